@@ -1,0 +1,272 @@
+//! The typed configuration. Its `Default` is the embedded default config.
+//!
+//! Owns: every setting, each with one name, one default and one doc comment
+//! (mirrored in docs/configuration.md), and [`Config::from_toml`], which
+//! overrides the defaults field by field from a TOML file and reports every
+//! problem it finds at once: unknown keys, wrong types (one per section, as
+//! serde stops at the first) and invalid values.
+//!
+//! Must not: do I/O beyond reading the file it is given; bind ports or open
+//! the spool (`check-config` relies on that).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::proto::BareLf;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub spool: SpoolConfig,
+    pub smtp: SmtpConfig,
+}
+
+/// `[server]`: process-wide settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Name used in the greeting, EHLO reply and Received: headers.
+    /// Default: the machine's host name.
+    pub hostname: String,
+    /// Executors (one per core). 0 = one per online CPU.
+    pub shards: usize,
+}
+
+/// `[spool]`: where and how messages are stored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SpoolConfig {
+    /// Spool directory; one `shard-N` subdirectory per shard.
+    pub dir: PathBuf,
+    /// sled page cache per shard, in bytes.
+    pub cache_bytes: u64,
+}
+
+/// `[smtp]`: the inbound SMTP listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SmtpConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Clients in these networks may relay to any domain.
+    pub relay_networks: Vec<IpNet>,
+    /// Domains accepted from any client (ringpost is their inbound MX).
+    pub local_domains: Vec<String>,
+    /// Largest message accepted, in bytes (advertised as SIZE).
+    pub max_message_size: u64,
+    /// Recipients per message; more get 452 4.5.3.
+    pub max_recipients: usize,
+    /// Longest command line, in octets including CRLF; longer gets 500 5.5.2.
+    pub max_command_line: usize,
+    /// Longest text line in a message, in octets; longer is refused (554 5.6.0)
+    /// after end of data. RFC 5321 says 998, but real mail breaks it.
+    pub max_line_length: usize,
+    /// Error replies in one session before 421 and close.
+    pub max_errors: u32,
+    /// Seconds a client may stay silent before 421 and close.
+    pub idle_timeout_secs: u64,
+    /// Lines ending in a bare LF: "normalize" (take as CRLF) or "reject".
+    pub bare_lf: BareLf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: system_hostname(),
+            shards: 0,
+        }
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("./ringpost-spool"),
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            relay_networks: vec![
+                "127.0.0.0/8".parse().expect("valid"),
+                "::1/128".parse().expect("valid"),
+            ],
+            local_domains: Vec::new(),
+            max_message_size: 36_700_160,
+            max_recipients: 1000,
+            max_command_line: 2048,
+            max_line_length: 65_536,
+            max_errors: 20,
+            idle_timeout_secs: 300,
+            bare_lf: BareLf::Normalize,
+        }
+    }
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl Config {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+        Config::from_toml(&text)
+    }
+
+    /// Overrides the defaults with `text`, field by field.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![e.to_string()]))?;
+        let mut errors = Vec::new();
+        let mut cfg = Config::default();
+        for (key, value) in table {
+            match key.as_str() {
+                "server" => section(&key, value, &mut errors, &mut cfg.server),
+                "spool" => section(&key, value, &mut errors, &mut cfg.spool),
+                "smtp" => section(&key, value, &mut errors, &mut cfg.smtp),
+                other => errors.push(format!("unknown section or key `{other}`")),
+            }
+        }
+        errors.extend(cfg.problems());
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Value checks that the types alone do not express.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let s = &self.smtp;
+        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
+            p.push("server.hostname must be a non-empty name without spaces".into());
+        }
+        if s.max_command_line < 512 {
+            p.push("smtp.max_command_line must be at least 512 (RFC 5321 4.5.3.1.4)".into());
+        }
+        if s.max_line_length < 1000 {
+            p.push("smtp.max_line_length must be at least 1000 (RFC 5321 4.5.3.1.6)".into());
+        }
+        if s.max_message_size < 1024 || s.max_message_size > (1 << 32) {
+            p.push("smtp.max_message_size must be between 1 KiB and 4 GiB".into());
+        }
+        if s.max_recipients < 100 {
+            p.push("smtp.max_recipients must be at least 100 (RFC 5321 4.5.3.1.8)".into());
+        }
+        if s.max_errors == 0 {
+            p.push("smtp.max_errors must be at least 1".into());
+        }
+        if s.idle_timeout_secs == 0 {
+            p.push("smtp.idle_timeout_secs must be at least 1".into());
+        }
+        for d in &s.local_domains {
+            if d.is_empty() || d.ends_with('.') || d.contains(['@', ' ']) {
+                p.push(format!("smtp.local_domains: `{d}` is not a domain name"));
+            }
+        }
+        if self.server.shards > 1024 {
+            p.push("server.shards must be at most 1024".into());
+        }
+        p
+    }
+
+    /// Whether a client at `ip` may relay (send to non-local domains).
+    pub fn is_relay_client(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.smtp.relay_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether ringpost accepts mail for `domain` from any client.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.smtp
+            .local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+/// Deserializes one section over its defaults, collecting unknown keys and
+/// the first type error.
+fn section<T: DeserializeOwned>(
+    name: &str,
+    value: toml::Value,
+    errors: &mut Vec<String>,
+    out: &mut T,
+) {
+    let mut unknown = Vec::new();
+    let result: Result<T, _> =
+        serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
+    for key in unknown {
+        errors.push(format!("unknown key `{name}.{key}`"));
+    }
+    match result {
+        Ok(v) => *out = v,
+        Err(e) => errors.push(format!("[{name}]: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn fields_override_one_by_one() {
+        let c = Config::from_toml("[smtp]\nlisten = \"127.0.0.1:2600\"\nmax_errors = 5\n").unwrap();
+        assert_eq!(c.smtp.listen.port(), 2600);
+        assert_eq!(c.smtp.max_errors, 5);
+        assert_eq!(c.smtp.max_recipients, SmtpConfig::default().max_recipients);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let errs = Config::from_toml(
+            "bogus = 1\n[smtp]\nlisten = \"127.0.0.1:25\"\nmax_errors = 0\nfoo = 2\nlocal_domains = [\"a b\"]\n[spool]\ncache_bytes = \"x\"\n",
+        )
+        .unwrap_err()
+        .0;
+        let all = errs.join("\n");
+        assert!(all.contains("`bogus`"), "{all}");
+        assert!(all.contains("smtp.foo"), "{all}");
+        assert!(all.contains("[spool]"), "{all}");
+        assert!(all.contains("max_errors"), "{all}");
+        assert!(all.contains("`a b`"), "{all}");
+    }
+
+    #[test]
+    fn relay_networks_match_mapped_v4() {
+        let c = Config::default();
+        assert!(c.is_relay_client("127.0.0.1".parse().unwrap()));
+        assert!(c.is_relay_client("::ffff:127.0.0.2".parse().unwrap()));
+        assert!(c.is_relay_client("::1".parse().unwrap()));
+        assert!(!c.is_relay_client("192.0.2.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,319 @@
+//! Reads a message body out of a DATA or BDAT byte stream.
+//!
+//! Owns: [`BodyReader`], a byte-at-a-time state machine that finds the end of
+//! DATA, removes dot-stuffing, canonicalises line endings to CRLF, and
+//! enforces the size and line-length limits, for input that arrives in
+//! arbitrary pieces.
+//!
+//! Must not: do I/O or grow its output past the size limit.
+//!
+//! Security: this is where SMTP smuggling is stopped. DATA ends only at
+//! `CRLF . CRLF`: the `.` line must end in CRLF *and* the line before it must
+//! have ended in CRLF too (the DATA command itself counts as such a line).
+//! `LF . LF`, `LF . CRLF`, `CRLF . LF`, `CR . CR` and every other variant are
+//! content. A bare CR is content. A bare LF is either taken as CRLF
+//! ([`BareLf::Normalize`]) or flagged ([`BareLf::Reject`]); either way it can
+//! never start or end an end-of-data sequence, so one DATA yields at most one
+//! message.
+
+use super::BareLf;
+
+/// How the body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// DATA: dot-stuffed, ends at CRLF.CRLF.
+    Data,
+    /// BDAT (RFC 3030): raw bytes, the length is given by the command.
+    Bdat,
+}
+
+/// Why a body that has ended must be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    TooBig,
+    LineTooLong,
+    BareLf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line that followed a CRLF (may begin end-of-data).
+    LineStart,
+    /// At the start of a line that followed a bare LF (may not).
+    LineStartAfterLf,
+    /// Saw `.` at the start of a line.
+    Dot,
+    /// Saw `.` `CR` at the start of a line.
+    DotCr,
+    /// Inside a line.
+    Mid,
+    /// Saw a CR inside a line: CRLF or bare CR, depending on what follows.
+    Cr,
+}
+
+#[derive(Debug, Clone)]
+pub struct BodyReader {
+    framing: Framing,
+    bare_lf: BareLf,
+    max_size: usize,
+    max_line: usize,
+    state: State,
+    line_len: usize,
+    /// Bytes of body seen, including those not stored after a fault.
+    size: u64,
+    fault: Option<BodyFault>,
+    has_8bit: bool,
+    /// Whether the `.` line being read followed a CRLF, so may end DATA.
+    dot_may_end: bool,
+}
+
+impl BodyReader {
+    /// `max_size` bounds the stored body; `max_line` the octets in one line
+    /// (without its CRLF).
+    pub fn new(framing: Framing, bare_lf: BareLf, max_size: usize, max_line: usize) -> BodyReader {
+        BodyReader {
+            framing,
+            bare_lf,
+            max_size,
+            max_line,
+            state: State::LineStart,
+            line_len: 0,
+            size: 0,
+            fault: None,
+            has_8bit: false,
+            dot_may_end: false,
+        }
+    }
+
+    /// Consumes bytes from `input`, appending body bytes to `out`. Returns
+    /// how many bytes were consumed and whether the end of DATA was reached
+    /// (never true for BDAT). Bytes after the end of DATA are not consumed.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
+        for (i, &b) in input.iter().enumerate() {
+            if self.step(b, out) {
+                return (i + 1, true);
+            }
+        }
+        (input.len(), false)
+    }
+
+    /// Ends a BDAT body: a CR left pending at the very end is content.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.state == State::Cr {
+            self.emit(b"\r", out);
+        }
+        self.state = State::LineStart;
+    }
+
+    /// The first limit the body broke, if any.
+    pub fn fault(&self) -> Option<BodyFault> {
+        self.fault
+    }
+
+    /// Whether any byte had the high bit set.
+    pub fn has_8bit(&self) -> bool {
+        self.has_8bit
+    }
+
+    /// Body octets seen on the wire so far (after unstuffing).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn step(&mut self, b: u8, out: &mut Vec<u8>) -> bool {
+        if b >= 0x80 {
+            self.has_8bit = true;
+        }
+        use State::*;
+        match (self.state, b) {
+            (LineStart | LineStartAfterLf, b'.') if self.framing == Framing::Data => {
+                self.dot_may_end = self.state == LineStart;
+                self.state = Dot;
+            }
+            (DotCr, b'\n') if self.dot_may_end => return true,
+            (DotCr, b'\n') => {
+                // A lone dot after a bare-LF line: content, kept as a literal dot.
+                self.emit_char(b'.', out);
+                self.end_line(out, LineStart);
+            }
+            (DotCr, _) => {
+                // ". CR x": a stuffed dot followed by a bare CR.
+                self.state = Mid;
+                self.emit_char(b'\r', out);
+                return self.step(b, out);
+            }
+            (Dot, b'\r') => self.state = DotCr,
+            (Dot, b'\n') => {
+                // ". LF": not an end (bare LF); keep the line as a literal dot.
+                self.emit_char(b'.', out);
+                self.bare_newline(out);
+            }
+            (Dot, _) => {
+                // Dot-stuffing: drop the first dot of the line.
+                self.state = Mid;
+                return self.step(b, out);
+            }
+            (Cr, b'\n') => self.end_line(out, LineStart),
+            (Cr, b'\r') => self.emit_char(b'\r', out),
+            (Cr, _) => {
+                self.emit_char(b'\r', out);
+                self.state = Mid;
+                return self.step(b, out);
+            }
+            (_, b'\r') => self.state = Cr,
+            (_, b'\n') => self.bare_newline(out),
+            (_, _) => {
+                self.state = Mid;
+                self.emit_char(b, out);
+            }
+        }
+        false
+    }
+
+    fn bare_newline(&mut self, out: &mut Vec<u8>) {
+        if self.bare_lf == BareLf::Reject {
+            self.set_fault(BodyFault::BareLf);
+        }
+        self.end_line(out, State::LineStartAfterLf);
+    }
+
+    fn end_line(&mut self, out: &mut Vec<u8>, next: State) {
+        self.emit(b"\r\n", out);
+        self.line_len = 0;
+        self.state = next;
+    }
+
+    fn emit_char(&mut self, b: u8, out: &mut Vec<u8>) {
+        self.line_len += 1;
+        if self.line_len > self.max_line {
+            self.set_fault(BodyFault::LineTooLong);
+        }
+        self.emit(&[b], out);
+    }
+
+    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        self.size += bytes.len() as u64;
+        if self.size > self.max_size as u64 {
+            self.set_fault(BodyFault::TooBig);
+        }
+        if self.fault.is_none() {
+            out.extend_from_slice(bytes);
+        }
+    }
+
+    fn set_fault(&mut self, f: BodyFault) {
+        self.fault.get_or_insert(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_data(input: &[u8], bare_lf: BareLf) -> (Vec<u8>, Option<usize>, Option<BodyFault>) {
+        let mut r = BodyReader::new(Framing::Data, bare_lf, 1 << 20, 1000);
+        let mut out = Vec::new();
+        let (n, done) = r.feed(input, &mut out);
+        (out, done.then_some(n), r.fault())
+    }
+
+    /// Feeds one byte at a time, to check that splitting never changes the result.
+    fn read_bytewise(input: &[u8]) -> (Vec<u8>, Option<usize>) {
+        let mut r = BodyReader::new(Framing::Data, BareLf::Normalize, 1 << 20, 1000);
+        let mut out = Vec::new();
+        for i in 0..input.len() {
+            let (_, done) = r.feed(&input[i..i + 1], &mut out);
+            if done {
+                return (out, Some(i + 1));
+            }
+        }
+        (out, None)
+    }
+
+    #[test]
+    fn ends_at_crlf_dot_crlf_and_unstuffs() {
+        let input = b"Subject: x\r\n\r\n..hidden\r\n.x\r\nend\r\n.\r\nMAIL FROM:<a@b>\r\n";
+        let (out, end, fault) = read_data(input, BareLf::Normalize);
+        assert_eq!(out, b"Subject: x\r\n\r\n.hidden\r\nx\r\nend\r\n");
+        assert_eq!(end, Some(input.len() - b"MAIL FROM:<a@b>\r\n".len()));
+        assert_eq!(fault, None);
+        assert_eq!(read_bytewise(input), (out, end));
+    }
+
+    #[test]
+    fn empty_body() {
+        assert_eq!(
+            read_data(b".\r\n", BareLf::Normalize),
+            (vec![], Some(3), None)
+        );
+    }
+
+    #[test]
+    fn smuggling_variants_are_content_not_end() {
+        for variant in [
+            &b"a\n.\nMAIL"[..],
+            b"a\n.\r\nMAIL",
+            b"a\r\n.\nMAIL",
+            b"a\r.\rMAIL",
+            b"a\r.\r\nMAIL",
+            b"a\r\n.\rMAIL",
+        ] {
+            let (_, end, _) = read_data(variant, BareLf::Normalize);
+            assert_eq!(
+                end,
+                None,
+                "{:?} must not end DATA",
+                String::from_utf8_lossy(variant)
+            );
+            assert_eq!(read_bytewise(variant).1, None);
+        }
+    }
+
+    #[test]
+    fn bare_lf_normalized_or_flagged() {
+        let (out, end, fault) = read_data(b"a\nb\r\n.\r\n", BareLf::Normalize);
+        assert_eq!(
+            (out.as_slice(), end, fault),
+            (&b"a\r\nb\r\n"[..], Some(8), None)
+        );
+        let (_, end, fault) = read_data(b"a\nb\r\n.\r\n", BareLf::Reject);
+        assert_eq!((end, fault), (Some(8), Some(BodyFault::BareLf)));
+    }
+
+    #[test]
+    fn dot_lines_after_bare_lf_are_unstuffed_but_never_end() {
+        let (out, end, _) = read_data(b"a\n..x\n.\r\nb\r\n.\r\n", BareLf::Normalize);
+        assert_eq!(out, b"a\r\n.x\r\n.\r\nb\r\n");
+        assert_eq!(end, Some(15));
+    }
+
+    #[test]
+    fn bare_cr_is_content() {
+        let (out, _, _) = read_data(b"a\rb\r\r\n.\r\n", BareLf::Normalize);
+        assert_eq!(out, b"a\rb\r\r\n");
+    }
+
+    #[test]
+    fn limits_flag_but_keep_reading_to_the_end() {
+        let mut r = BodyReader::new(Framing::Data, BareLf::Normalize, 10, 1000);
+        let mut out = Vec::new();
+        let (_, done) = r.feed(b"0123456789abcdef\r\n.\r\n", &mut out);
+        assert!(done);
+        assert_eq!(r.fault(), Some(BodyFault::TooBig));
+        assert!(out.len() <= 10);
+
+        let mut r = BodyReader::new(Framing::Data, BareLf::Normalize, 1000, 4);
+        let (_, done) = r.feed(b"12345\r\n.\r\n", &mut out);
+        assert!(done);
+        assert_eq!(r.fault(), Some(BodyFault::LineTooLong));
+    }
+
+    #[test]
+    fn bdat_is_raw_except_line_endings() {
+        let mut r = BodyReader::new(Framing::Bdat, BareLf::Normalize, 1000, 1000);
+        let mut out = Vec::new();
+        assert_eq!(r.feed(b".\r\n..x\nend\r", &mut out), (11, false));
+        r.finish(&mut out);
+        assert_eq!(out, b".\r\n..x\r\nend\r");
+    }
+}

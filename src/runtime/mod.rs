@@ -1,0 +1,259 @@
+//! Executors: one glommio executor (shard) per core, their start-up,
+//! failure and shutdown, and [`shard_for`].
+//!
+//! Owns: [`start`], which checks what can be checked before any thread
+//! starts (the listen port is free, the spool matches the shard count),
+//! starts the shards, and returns a [`Server`] only once every shard has
+//! reported that its spool is recovered and its listener bound. A shard that
+//! fails or dies at any time is reported on the same channel, so the process
+//! stops with an error instead of hanging.
+//!
+//! Concurrency: shards share nothing but the read-only config. The only
+//! cross-thread traffic is the start/stop channels here.
+//!
+//! Must not: contain anything mail-specific beyond choosing a message's shard.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
+
+use crate::config::Config;
+use crate::queue::{MessageId, Spool, SpoolOptions, existing_shards};
+use crate::smtp_in::{self, Shard};
+
+/// glommio's registered io_memory is used only by `DmaFile`, which ringpost
+/// does not use. The minimum keeps three rings per executor well within the
+/// 8 MiB RLIMIT_MEMLOCK of an unprivileged user.
+const IO_MEMORY: usize = 512 << 10;
+
+/// The one function that says which shard owns a message.
+pub fn shard_for(id: &MessageId, shards: usize) -> usize {
+    id.minted_by() as usize % shards.max(1)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the spool {dir} was written by {found} shards but {want} are configured; \
+         run with --shards {found} (or server.shards = {found}) until it is empty"
+    )]
+    ShardMismatch {
+        dir: String,
+        found: usize,
+        want: usize,
+    },
+    #[error("shard {shard}: {reason}")]
+    Shard { shard: usize, reason: String },
+    #[error("starting executors: {0}")]
+    Executor(String),
+}
+
+enum Report {
+    Ready,
+    Failed { shard: usize, reason: String },
+    Stopped { shard: usize },
+}
+
+/// A running server.
+pub struct Server {
+    pub smtp_addr: SocketAddr,
+    pub shards: usize,
+    reports: flume::Receiver<Report>,
+    stops: Vec<flume::Sender<()>>,
+    handles: Option<PoolThreadHandles<()>>,
+}
+
+/// Number of shards for this config: `server.shards`, or one per online CPU.
+pub fn shard_count(cfg: &Config) -> usize {
+    match cfg.server.shards {
+        0 => CpuSet::online().map_or(1, |s| s.len()).max(1),
+        n => n,
+    }
+}
+
+/// Starts every shard and waits until all are serving.
+pub fn start(mut cfg: Config) -> Result<Server, StartError> {
+    let shards = shard_count(&cfg);
+    check_spool_layout(&cfg, shards)?;
+    cfg.smtp.listen = probe_listen(cfg.smtp.listen)?;
+    let smtp_addr = cfg.smtp.listen;
+    let cfg = Arc::new(cfg);
+
+    let (report_tx, reports) = flume::unbounded();
+    let (stops, stop_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded::<()>(1)).unzip();
+    let stop_rxs = Arc::new(std::sync::Mutex::new(
+        stop_rxs.into_iter().map(Some).collect::<Vec<_>>(),
+    ));
+    let next_index = Arc::new(AtomicUsize::new(0));
+
+    let handles =
+        LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, CpuSet::online().ok()))
+            .name("ringpost-shard")
+            .io_memory(IO_MEMORY)
+            .on_all_shards(move || {
+                let index = next_index.fetch_add(1, Ordering::SeqCst);
+                let stop = stop_rxs.lock().expect("start-up only")[index]
+                    .take()
+                    .expect("one per shard");
+                let cfg = cfg.clone();
+                let guard = StopGuard {
+                    shard: index,
+                    tx: report_tx.clone(),
+                };
+                async move {
+                    match run_shard(index, cfg, stop, &guard.tx).await {
+                        Ok(()) => {}
+                        Err(reason) => {
+                            let _ = guard.tx.send(Report::Failed {
+                                shard: index,
+                                reason,
+                            });
+                        }
+                    }
+                    drop(guard);
+                }
+            })
+            .map_err(|e| StartError::Executor(e.to_string()))?;
+
+    let mut server = Server {
+        smtp_addr,
+        shards,
+        reports,
+        stops,
+        handles: Some(handles),
+    };
+    server.wait_ready()?;
+    Ok(server)
+}
+
+/// Sends `Stopped` when the shard's future ends or its thread unwinds, so
+/// a panicking shard can never leave the main thread waiting.
+struct StopGuard {
+    shard: usize,
+    tx: flume::Sender<Report>,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Report::Stopped { shard: self.shard });
+    }
+}
+
+async fn run_shard(
+    index: usize,
+    cfg: Arc<Config>,
+    stop: flume::Receiver<()>,
+    reports: &flume::Sender<Report>,
+) -> Result<(), String> {
+    let opts = SpoolOptions {
+        cache_bytes: cfg.spool.cache_bytes,
+    };
+    let spool = Spool::open(&cfg.spool.dir, index as u16, &opts).map_err(|e| e.to_string())?;
+    let recovered = spool.recover().map_err(|e| e.to_string())?;
+    log::info!(
+        "shard {index}: spool {} recovered: {} messages, {} quarantined, {} orphan bodies removed",
+        spool.path().display(),
+        recovered.messages,
+        recovered.quarantined,
+        recovered.orphan_bodies_removed
+    );
+    let listener = glommio::net::TcpListener::bind(cfg.smtp.listen)
+        .map_err(|e| format!("listen on {}: {e}", cfg.smtp.listen))?;
+    let shard = Rc::new(Shard::new(index as u16, cfg, Rc::new(spool)));
+    let _ = reports.send(Report::Ready);
+    smtp_in::serve(listener, shard, stop).await;
+    Ok(())
+}
+
+/// SO_REUSEPORT (which every shard's listener needs) would let us share a
+/// port with a stale instance without an error. Binding once without it
+/// finds that out. Port 0 is resolved here, so all shards share one port.
+fn probe_listen(addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    let probe =
+        std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
+    probe
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })
+}
+
+fn check_spool_layout(cfg: &Config, shards: usize) -> Result<(), StartError> {
+    let found = existing_shards(&cfg.spool.dir);
+    match found.last() {
+        Some(&max) if max as usize >= shards => Err(StartError::ShardMismatch {
+            dir: cfg.spool.dir.display().to_string(),
+            found: max as usize + 1,
+            want: shards,
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl Server {
+    fn wait_ready(&mut self) -> Result<(), StartError> {
+        let mut ready = 0;
+        while ready < self.shards {
+            match self.reports.recv_timeout(Duration::from_secs(120)) {
+                Ok(Report::Ready) => ready += 1,
+                Ok(Report::Failed { shard, reason }) => {
+                    self.stop();
+                    return Err(StartError::Shard { shard, reason });
+                }
+                Ok(Report::Stopped { shard }) => {
+                    self.stop();
+                    return Err(StartError::Shard {
+                        shard,
+                        reason: "stopped during start-up".into(),
+                    });
+                }
+                Err(_) => {
+                    self.stop();
+                    return Err(StartError::Executor("shards did not start in 120 s".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks until a shard fails or stops; returns why.
+    pub fn wait(&self) -> StartError {
+        loop {
+            match self.reports.recv() {
+                Ok(Report::Ready) => continue,
+                Ok(Report::Failed { shard, reason }) => return StartError::Shard { shard, reason },
+                Ok(Report::Stopped { shard }) => {
+                    return StartError::Shard {
+                        shard,
+                        reason: "stopped unexpectedly".into(),
+                    };
+                }
+                Err(_) => return StartError::Executor("all shards gone".into()),
+            }
+        }
+    }
+
+    /// Stops accepting on every shard and joins the executors.
+    pub fn stop(&mut self) {
+        for s in &self.stops {
+            let _ = s.try_send(());
+        }
+        if let Some(h) = self.handles.take() {
+            h.join_all();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,118 @@
+//! One client connection's buffered I/O.
+//!
+//! Owns: the bounded read buffer and the reply buffer of a session.
+//!
+//! Replies are queued and written only when the session needs more input
+//! ([`Conn::fill`] flushes first) or ends. That one rule implements
+//! PIPELINING (RFC 2920): every reply to a pipelined group goes out in order
+//! in one write, and a client that waits for a reply always gets it.
+//!
+//! Must not: interpret bytes; the session and `proto` do.
+//!
+//! Security: the read buffer never grows past its cap; idle reads and
+//! blocked writes time out (glommio socket timeouts), so a silent or
+//! non-reading peer costs a bounded amount of memory for a bounded time.
+
+use std::io;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::proto::reply::Reply;
+
+/// Bytes asked of the kernel per read.
+const READ_CHUNK: usize = 16 * 1024;
+
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+    cap: usize,
+    out: Vec<u8>,
+}
+
+impl Conn {
+    /// `cap` bounds the bytes held unconsumed; it must exceed the longest
+    /// command line.
+    pub fn new(stream: TcpStream, cap: usize, idle: Duration) -> io::Result<Conn> {
+        stream.set_read_timeout(Some(idle))?;
+        stream.set_write_timeout(Some(idle))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+            start: 0,
+            cap: cap.max(READ_CHUNK),
+            out: Vec::with_capacity(512),
+        })
+    }
+
+    /// Unconsumed input.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.buf.len());
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Drops all unconsumed input (e.g. bytes pipelined after STARTTLS).
+    pub fn discard_pending(&mut self) -> usize {
+        let n = self.buf.len() - self.start;
+        self.consume(n);
+        n
+    }
+
+    pub fn queue(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.out);
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Flushes queued replies, then reads more input. Ok(0) means the peer
+    /// closed; an error of kind `TimedOut` means it stayed silent too long.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        self.flush().await?;
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let room = self.cap.saturating_sub(self.buf.len()).min(READ_CHUNK);
+        if room == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "read buffer full",
+            ));
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + room, 0);
+        let result = self.stream.read(&mut self.buf[old..]).await;
+        let n = *result.as_ref().unwrap_or(&0);
+        self.buf.truncate(old + n);
+        result
+    }
+
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+}
+
+/// Whether an I/O error is a timeout (glommio reports these in two ways).
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
+}

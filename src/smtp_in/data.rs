@@ -1,0 +1,216 @@
+//! DATA and BDAT: reading a message body and queueing it.
+//!
+//! Owns: the Received: header, [`BodyInProgress`] (a body being read across
+//! BDAT chunks), and turning a finished body into an [`Envelope`] that goes
+//! to [`crate::queue::Spool::enqueue`]. The final reply (`250 2.0.0 Ok:
+//! queued as <id>`) is produced only after `enqueue` returned Ok, i.e. after
+//! the message is on disk.
+//!
+//! Must not: write sled or files itself; decide anything about the envelope
+//! (the session did).
+//!
+//! Security: every byte read here goes through `proto::body::BodyReader`,
+//! which bounds the stored size and enforces the end-of-data rule; a BDAT
+//! chunk outside a valid transaction is read and thrown away, never stored.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::Shard;
+use super::conn::{Conn, is_timeout};
+use super::session::{Session, Transaction};
+use crate::proto::body::{BodyFault, BodyReader, Framing};
+use crate::proto::reply::{Rejection, Reply};
+use crate::queue::{Envelope, MessageId, Recipient};
+
+/// How a body-reading step ended for the connection.
+pub enum Outcome {
+    Reply(Reply),
+    Close(Reply),
+    Disconnected,
+}
+
+/// A body being read: its id, the reader state and the bytes so far.
+pub struct BodyInProgress {
+    id: MessageId,
+    reader: BodyReader,
+    body: Vec<u8>,
+    client: String,
+}
+
+impl BodyInProgress {
+    pub fn start(session: &Session, shard: &Shard, framing: Framing) -> BodyInProgress {
+        let cfg = &shard.cfg.smtp;
+        let id = shard.next_id();
+        let mut body = Vec::with_capacity(4096);
+        received_header(&mut body, session, &shard.cfg.server.hostname, id);
+        BodyInProgress {
+            id,
+            reader: BodyReader::new(
+                framing,
+                cfg.bare_lf,
+                cfg.max_message_size as usize,
+                cfg.max_line_length,
+            ),
+            body,
+            client: format!(
+                "{} [{}]",
+                session.helo.as_deref().unwrap_or("unknown"),
+                session.client_ip()
+            ),
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) -> (usize, bool) {
+        self.reader.feed(bytes, &mut self.body)
+    }
+}
+
+/// Sends 354, reads the body up to CRLF.CRLF and queues it.
+pub async fn receive_data(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) -> Outcome {
+    conn.queue(&Reply::plain(
+        354,
+        vec!["End data with <CR><LF>.<CR><LF>".into()],
+    ));
+    let mut body = BodyInProgress::start(session, shard, Framing::Data);
+    loop {
+        let (n, done) = body.feed(conn.pending());
+        conn.consume(n);
+        if done {
+            break;
+        }
+        if let Err(end) = read_more(conn).await {
+            return end;
+        }
+    }
+    let tx = session
+        .end_transaction()
+        .expect("DATA is only read in a transaction");
+    finish(body, &tx, shard).await
+}
+
+/// Reads one BDAT chunk of `size` bytes into `pending` (started on the
+/// first chunk). Without a valid transaction the bytes are discarded.
+pub async fn receive_bdat(
+    conn: &mut Conn,
+    session: &mut Session<'_>,
+    shard: &Shard,
+    pending: &mut Option<BodyInProgress>,
+    size: u64,
+    last: bool,
+) -> Outcome {
+    let ready = session.bdat_ready();
+    if ready && pending.is_none() {
+        *pending = Some(BodyInProgress::start(session, shard, Framing::Bdat));
+    }
+    let mut remaining = size;
+    while remaining > 0 {
+        if conn.pending().is_empty() {
+            if let Err(end) = read_more(conn).await {
+                return end;
+            }
+        }
+        let take = conn
+            .pending()
+            .len()
+            .min(remaining.min(usize::MAX as u64) as usize);
+        if let Some(body) = pending.as_mut().filter(|_| ready) {
+            body.feed(&conn.pending()[..take]);
+        }
+        conn.consume(take);
+        remaining -= take as u64;
+    }
+    if !ready {
+        return Outcome::Reply(Rejection::BadSequence("need MAIL and RCPT before BDAT").reply());
+    }
+    let too_big = pending.as_ref().and_then(|b| b.reader.fault()) == Some(BodyFault::TooBig);
+    if !last && !too_big {
+        return Outcome::Reply(Reply::new(
+            250,
+            "2.0.0",
+            format!("Ok: {size} octets received"),
+        ));
+    }
+    let mut body = pending.take().expect("started above");
+    body.reader.finish(&mut body.body);
+    let tx = session
+        .end_transaction()
+        .expect("bdat_ready implies a transaction");
+    finish(body, &tx, shard).await
+}
+
+async fn read_more(conn: &mut Conn) -> Result<(), Outcome> {
+    match conn.fill().await {
+        Ok(0) => Err(Outcome::Disconnected),
+        Ok(_) => Ok(()),
+        Err(e) if is_timeout(&e) => Err(Outcome::Close(Rejection::Timeout.reply())),
+        Err(_) => Err(Outcome::Disconnected),
+    }
+}
+
+/// Refuses a faulty body, or queues it and answers 250 once it is durable.
+async fn finish(body: BodyInProgress, tx: &Transaction, shard: &Shard) -> Outcome {
+    match body.reader.fault() {
+        Some(BodyFault::TooBig) => return Outcome::Reply(Rejection::MessageTooBig.reply()),
+        Some(BodyFault::LineTooLong) => return Outcome::Reply(Rejection::TextLineTooLong.reply()),
+        Some(BodyFault::BareLf) => return Outcome::Close(Rejection::BareLf.reply()),
+        None => {}
+    }
+    let now = unix_now();
+    let env = Envelope {
+        sender: tx.sender(),
+        recipients: tx
+            .rcpts
+            .iter()
+            .map(|r| Recipient::pending(r.to_string()))
+            .collect(),
+        created: now,
+        attempts: 0,
+        next_due: now,
+        size: body.body.len() as u64,
+        smtputf8: tx.smtputf8(),
+        eight_bit: tx.declared_8bit() || body.reader.has_8bit(),
+        client: body.client,
+    };
+    let id = body.id;
+    match shard.spool.enqueue(id, &env, body.body).await {
+        Ok(()) => Outcome::Reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))),
+        Err(e) => {
+            log::error!("{e}");
+            Outcome::Reply(Rejection::StorageFailure.reply())
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The trace header (RFC 5321 4.4). The HELO name was checked by the
+/// command parser to be printable without spaces, so it cannot break the
+/// header.
+fn received_header(out: &mut Vec<u8>, session: &Session, hostname: &str, id: MessageId) {
+    use std::fmt::Write as _;
+    let helo = session.helo.as_deref().unwrap_or("unknown");
+    let ip = match session.client_ip() {
+        std::net::IpAddr::V4(v4) => format!("[{v4}]"),
+        std::net::IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    };
+    let tx = session.tx.as_ref();
+    let protocol = match (tx.is_some_and(Transaction::smtputf8), session.esmtp) {
+        (true, _) => "UTF8SMTP",
+        (false, true) => "ESMTP",
+        (false, false) => "SMTP",
+    };
+    let mut s = String::with_capacity(256);
+    let _ = write!(
+        s,
+        "Received: from {helo} ({ip})\r\n\tby {hostname} (ringpost) with {protocol} id {id}"
+    );
+    if let Some([only]) = tx.map(|t| t.rcpts.as_slice()) {
+        let _ = write!(s, "\r\n\tfor <{only}>");
+    }
+    let _ = write!(s, "; {}\r\n", chrono::Utc::now().to_rfc2822());
+    out.extend_from_slice(s.as_bytes());
+}

@@ -1,0 +1,162 @@
+//! Inbound SMTP: the listener of one shard and the loop that drives each
+//! connection.
+//!
+//! Owns: [`Shard`] (what a shard's sessions share: config, spool, id
+//! generator), [`serve`] (accept loop) and the per-connection driver that
+//! turns bytes into commands, commands into [`session::Action`]s, and
+//! actions into replies.
+//!
+//! Files: `conn` (buffered socket I/O), `session` (the state machine for
+//! envelope verbs), `data` (DATA/BDAT bodies and the hand-off to the spool).
+//!
+//! Concurrency: each shard accepts on its own SO_REUSEPORT listener and runs
+//! its sessions on its own executor; a session never leaves its shard, and
+//! the messages it accepts are minted for and stored in its shard's spool,
+//! so the accept-to-disk path crosses no thread.
+//!
+//! Must not: write sled directly (only through `queue::Spool`).
+//!
+//! Security: every reply to an error counts towards `max_errors`; input
+//! limits are enforced by `proto`, timeouts by `conn`.
+
+pub mod conn;
+pub mod data;
+pub mod session;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::config::Config;
+use crate::proto::BareLf;
+use crate::proto::command;
+use crate::proto::line::{LineEvent, LineSplitter};
+use crate::proto::reply::{Rejection, Reply};
+use crate::queue::{IdGenerator, MessageId, Spool};
+use conn::{Conn, is_timeout};
+use data::{BodyInProgress, Outcome};
+use session::{Action, Session};
+
+/// What the sessions of one shard share. Lives on that shard's executor.
+pub struct Shard {
+    pub index: u16,
+    pub cfg: Arc<Config>,
+    pub spool: Rc<Spool>,
+    ids: RefCell<IdGenerator>,
+}
+
+impl Shard {
+    pub fn new(index: u16, cfg: Arc<Config>, spool: Rc<Spool>) -> Shard {
+        Shard {
+            index,
+            cfg,
+            spool,
+            ids: RefCell::new(IdGenerator::new(index)),
+        }
+    }
+
+    /// A new id owned by this shard (`runtime::shard_for(id) == index`).
+    pub fn next_id(&self) -> MessageId {
+        self.ids.borrow_mut().next_id()
+    }
+}
+
+/// Accepts connections until `stop` fires, one task per session.
+pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receiver<()>) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = stop.recv_async().await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                glommio::spawn_local(handle_connection(stream, shard.clone())).detach();
+            }
+            Some(Err(e)) => {
+                // EMFILE and friends: back off instead of spinning.
+                log::warn!("shard {}: accept: {e}", shard.index);
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle_connection(stream: TcpStream, shard: Rc<Shard>) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    let cfg = shard.cfg.clone();
+    let idle = Duration::from_secs(cfg.smtp.idle_timeout_secs);
+    let Ok(mut conn) = Conn::new(stream, cfg.smtp.max_command_line + 2, idle) else {
+        return;
+    };
+    let mut session = Session::new(&cfg, peer.ip());
+    drive(&mut conn, &mut session, &shard).await;
+    let _ = conn.flush().await;
+}
+
+/// The command loop of one session. Returns when the session must end; any
+/// final reply is queued on `conn`.
+async fn drive(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) {
+    let cfg = &shard.cfg.smtp;
+    let mut splitter = LineSplitter::new(cfg.max_command_line);
+    let mut bdat: Option<BodyInProgress> = None;
+    let mut errors = 0u32;
+    conn.queue(&session.greeting());
+    loop {
+        let action = match splitter.next(conn.pending()) {
+            LineEvent::Line { bare_lf: true, .. } if cfg.bare_lf == BareLf::Reject => {
+                Action::Close(Rejection::BareLf.reply())
+            }
+            LineEvent::Line { len, consumed, .. } => {
+                let parsed = command::parse(&conn.pending()[..len]);
+                conn.consume(consumed);
+                session.handle(parsed)
+            }
+            LineEvent::TooLong { consumed } => {
+                conn.consume(consumed);
+                Action::Reply(Rejection::LineTooLong.reply())
+            }
+            LineEvent::Skipped { consumed } => {
+                conn.consume(consumed);
+                continue;
+            }
+            LineEvent::Incomplete => match conn.fill().await {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) if is_timeout(&e) => Action::Close(Rejection::Timeout.reply()),
+                Err(_) => return,
+            },
+        };
+        let outcome = match action {
+            Action::Reply(r) => Outcome::Reply(r),
+            Action::Close(r) => Outcome::Close(r),
+            Action::ReadData => data::receive_data(conn, session, shard).await,
+            Action::ReadBdat { size, last } => {
+                data::receive_bdat(conn, session, shard, &mut bdat, size, last).await
+            }
+        };
+        if session.tx.is_none() {
+            bdat = None;
+        }
+        let reply: Reply = match outcome {
+            Outcome::Reply(r) => r,
+            Outcome::Close(r) => {
+                conn.queue(&r);
+                return;
+            }
+            Outcome::Disconnected => return,
+        };
+        conn.queue(&reply);
+        if reply.is_error() {
+            errors += 1;
+            if errors >= cfg.max_errors {
+                conn.queue(&Rejection::TooManyErrors.reply());
+                return;
+            }
+        }
+    }
+}

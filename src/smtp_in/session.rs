@@ -1,0 +1,312 @@
+//! The SMTP session state machine for the envelope verbs (RFC 5321).
+//!
+//! Owns: [`Session`]: HELO/EHLO, MAIL, RCPT, RSET, NOOP, VRFY, HELP, QUIT,
+//! the sequence rules, the relay decision and the per-session limits. It
+//! answers each command with an [`Action`]; it does no I/O, so it is tested
+//! without sockets. Reading a body and queueing it is `smtp_in::data`'s job.
+//!
+//! Must not: write the spool, or send anything itself.
+//!
+//! Security: the relay rule lives here, in [`Session::may_relay_to`]: a
+//! recipient in a non-local domain is accepted only from a client in
+//! `relay_networks`. Nothing else opens relaying.
+
+use std::net::IpAddr;
+
+use crate::config::Config;
+use crate::proto::command::{BodyType, Command, MailParams, Mailbox};
+use crate::proto::reply::{Rejection, Reply};
+
+/// What the connection must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Reply(Reply),
+    /// Send 354 and read a DATA body.
+    ReadData,
+    /// Read a BDAT chunk of `size` bytes (always, even to refuse it).
+    ReadBdat {
+        size: u64,
+        last: bool,
+    },
+    /// Send the reply and close.
+    Close(Reply),
+}
+
+/// The mail transaction in progress (between MAIL and the end of data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    pub from: Option<Mailbox>,
+    pub params: MailParams,
+    pub rcpts: Vec<Mailbox>,
+    /// Set once a BDAT chunk was taken; DATA is then out of sequence.
+    pub in_bdat: bool,
+}
+
+impl Transaction {
+    pub fn sender(&self) -> String {
+        self.from
+            .as_ref()
+            .map(Mailbox::to_string)
+            .unwrap_or_default()
+    }
+
+    pub fn smtputf8(&self) -> bool {
+        self.params.smtputf8
+    }
+
+    pub fn declared_8bit(&self) -> bool {
+        self.params.body == BodyType::EightBitMime
+    }
+}
+
+pub struct Session<'a> {
+    cfg: &'a Config,
+    client_ip: IpAddr,
+    relay_client: bool,
+    pub helo: Option<String>,
+    pub esmtp: bool,
+    pub tx: Option<Transaction>,
+}
+
+impl<'a> Session<'a> {
+    pub fn new(cfg: &'a Config, client_ip: IpAddr) -> Session<'a> {
+        Session {
+            cfg,
+            client_ip,
+            relay_client: cfg.is_relay_client(client_ip),
+            helo: None,
+            esmtp: false,
+            tx: None,
+        }
+    }
+
+    pub fn client_ip(&self) -> IpAddr {
+        self.client_ip
+    }
+
+    pub fn greeting(&self) -> Reply {
+        Reply::plain(
+            220,
+            vec![format!("{} ESMTP ringpost", self.cfg.server.hostname)],
+        )
+    }
+
+    /// Answers a parsed command line.
+    pub fn handle(&mut self, parsed: Result<Command, Rejection>) -> Action {
+        match parsed {
+            Ok(cmd) => self.command(cmd),
+            Err(r) => reject(r),
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> Action {
+        match cmd {
+            Command::Ehlo(name) => self.hello(name, true),
+            Command::Helo(name) => self.hello(name, false),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to } => self.rcpt(to),
+            Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                self.tx = None;
+                Action::Reply(Reply::ok())
+            }
+            Command::Noop => Action::Reply(Reply::ok()),
+            Command::Vrfy => Action::Reply(Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Help => Action::Reply(Reply::new(
+                214,
+                "2.0.0",
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
+            )),
+            Command::Quit => Action::Close(Reply::new(221, "2.0.0", "Bye")),
+            Command::StartTls => reject(Rejection::UnknownCommand),
+        }
+    }
+
+    fn hello(&mut self, name: String, esmtp: bool) -> Action {
+        self.tx = None;
+        self.esmtp = esmtp;
+        self.helo = Some(name);
+        let host = self.cfg.server.hostname.clone();
+        if !esmtp {
+            return Action::Reply(Reply::plain(250, vec![host]));
+        }
+        Action::Reply(Reply::plain(
+            250,
+            vec![
+                host,
+                "PIPELINING".into(),
+                format!("SIZE {}", self.cfg.smtp.max_message_size),
+                "8BITMIME".into(),
+                "SMTPUTF8".into(),
+                "ENHANCEDSTATUSCODES".into(),
+                "CHUNKING".into(),
+            ],
+        ))
+    }
+
+    fn mail(&mut self, from: Option<Mailbox>, params: MailParams) -> Action {
+        if self.helo.is_none() {
+            return reject(Rejection::BadSequence("send HELO/EHLO first"));
+        }
+        if self.tx.is_some() {
+            return reject(Rejection::BadSequence("nested MAIL command"));
+        }
+        if !self.esmtp && params != MailParams::default() {
+            return reject(Rejection::UnsupportedParameter(
+                "parameters need EHLO".into(),
+            ));
+        }
+        if params
+            .size
+            .is_some_and(|s| s > self.cfg.smtp.max_message_size)
+        {
+            return reject(Rejection::MessageTooBig);
+        }
+        if from.as_ref().is_some_and(Mailbox::is_utf8) && !params.smtputf8 {
+            return reject(Rejection::NeedsSmtpUtf8);
+        }
+        self.tx = Some(Transaction {
+            from,
+            params,
+            rcpts: Vec::new(),
+            in_bdat: false,
+        });
+        Action::Reply(Reply::new(250, "2.1.0", "Ok"))
+    }
+
+    fn rcpt(&mut self, mut to: Mailbox) -> Action {
+        let Some(tx) = &self.tx else {
+            return reject(Rejection::BadSequence("need MAIL command"));
+        };
+        if tx.rcpts.len() >= self.cfg.smtp.max_recipients {
+            return reject(Rejection::TooManyRecipients);
+        }
+        if to.is_utf8() && !tx.smtputf8() {
+            return reject(Rejection::NeedsSmtpUtf8);
+        }
+        if to.is_bare_postmaster() {
+            to.domain = self.cfg.server.hostname.clone();
+        }
+        if !self.may_relay_to(&to.domain) {
+            return reject(Rejection::RelayDenied);
+        }
+        self.tx.as_mut().expect("checked above").rcpts.push(to);
+        Action::Reply(Reply::new(250, "2.1.5", "Ok"))
+    }
+
+    /// The relay rule: local domains from anyone, others only from relay
+    /// networks.
+    pub fn may_relay_to(&self, domain: &str) -> bool {
+        self.relay_client || self.cfg.is_local_domain(domain)
+    }
+
+    fn data(&mut self) -> Action {
+        match &self.tx {
+            None => reject(Rejection::BadSequence("need MAIL command")),
+            Some(tx) if tx.rcpts.is_empty() => reject(Rejection::BadSequence("need RCPT command")),
+            Some(tx) if tx.in_bdat => reject(Rejection::BadSequence("DATA after BDAT")),
+            Some(_) => Action::ReadData,
+        }
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) -> Action {
+        if let Some(tx) = self.tx.as_mut().filter(|tx| !tx.rcpts.is_empty()) {
+            tx.in_bdat = true;
+        }
+        Action::ReadBdat { size, last }
+    }
+
+    /// Ends the transaction (after the body was queued or refused).
+    pub fn end_transaction(&mut self) -> Option<Transaction> {
+        self.tx.take()
+    }
+
+    /// Whether a BDAT chunk belongs to a valid transaction.
+    pub fn bdat_ready(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.in_bdat)
+    }
+}
+
+fn reject(r: Rejection) -> Action {
+    Action::Reply(r.reply())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::command::parse;
+
+    fn run(s: &mut Session, line: &str) -> Action {
+        s.handle(parse(line.as_bytes()))
+    }
+
+    fn code(a: &Action) -> u16 {
+        match a {
+            Action::Reply(r) | Action::Close(r) => r.code,
+            Action::ReadData => 354,
+            Action::ReadBdat { .. } => 0,
+        }
+    }
+
+    #[test]
+    fn sequence_rules() {
+        let cfg = Config::default();
+        let mut s = Session::new(&cfg, "127.0.0.1".parse().unwrap());
+        assert_eq!(code(&run(&mut s, "MAIL FROM:<a@b.example>")), 503);
+        assert_eq!(code(&run(&mut s, "EHLO c.example")), 250);
+        assert_eq!(code(&run(&mut s, "RCPT TO:<x@y.example>")), 503);
+        assert_eq!(code(&run(&mut s, "DATA")), 503);
+        assert_eq!(code(&run(&mut s, "MAIL FROM:<a@b.example>")), 250);
+        assert_eq!(code(&run(&mut s, "MAIL FROM:<a@b.example>")), 503);
+        assert_eq!(code(&run(&mut s, "DATA")), 503);
+        assert_eq!(code(&run(&mut s, "RCPT TO:<x@y.example>")), 250);
+        assert_eq!(run(&mut s, "DATA"), Action::ReadData);
+        assert_eq!(code(&run(&mut s, "RSET")), 250);
+        assert_eq!(code(&run(&mut s, "RCPT TO:<x@y.example>")), 503);
+    }
+
+    #[test]
+    fn relay_denied_outside_relay_networks_unless_local_domain() {
+        let mut cfg = Config::default();
+        cfg.smtp.local_domains = vec!["local.example".into()];
+        let mut s = Session::new(&cfg, "192.0.2.7".parse().unwrap());
+        run(&mut s, "EHLO c.example");
+        run(&mut s, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&run(&mut s, "RCPT TO:<x@y.example>")), 554);
+        assert_eq!(code(&run(&mut s, "RCPT TO:<x@LOCAL.example>")), 250);
+    }
+
+    #[test]
+    fn limits() {
+        let mut cfg = Config::default();
+        cfg.smtp.max_recipients = 2;
+        let mut s = Session::new(&cfg, "127.0.0.1".parse().unwrap());
+        run(&mut s, "EHLO c.example");
+        assert_eq!(
+            code(&run(&mut s, "MAIL FROM:<a@b.example> SIZE=999999999999")),
+            552
+        );
+        run(&mut s, "MAIL FROM:<a@b.example>");
+        run(&mut s, "RCPT TO:<x1@y.example>");
+        run(&mut s, "RCPT TO:<x2@y.example>");
+        assert_eq!(code(&run(&mut s, "RCPT TO:<x3@y.example>")), 452);
+    }
+
+    #[test]
+    fn utf8_needs_smtputf8() {
+        let cfg = Config::default();
+        let mut s = Session::new(&cfg, "127.0.0.1".parse().unwrap());
+        run(&mut s, "EHLO c.example");
+        assert_eq!(code(&run(&mut s, "MAIL FROM:<jörg@b.example>")), 553);
+        assert_eq!(
+            code(&run(&mut s, "MAIL FROM:<jörg@b.example> SMTPUTF8")),
+            250
+        );
+        assert_eq!(code(&run(&mut s, "RCPT TO:<zoë@y.example>")), 250);
+    }
+}
