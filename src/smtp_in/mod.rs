@@ -24,11 +24,13 @@ pub mod data;
 pub mod session;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
+use glommio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::proto::BareLf;
@@ -64,8 +66,12 @@ impl Shard {
     }
 }
 
-/// Accepts connections until `stop` fires, one task per session.
+/// Accepts connections until `stop` fires, one task per session. On stop,
+/// the sessions still open are cancelled, so that nothing keeps the shard's
+/// spool open once `serve` returns.
 pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receiver<()>) {
+    let sessions: Rc<RefCell<HashMap<u64, JoinHandle<()>>>> = Rc::default();
+    let mut next_session = 0u64;
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             let _ = stop.recv_async().await;
@@ -73,9 +79,17 @@ pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receive
         })
         .await;
         match accepted {
-            None => return,
+            None => break,
             Some(Ok(stream)) => {
-                glommio::spawn_local(handle_connection(stream, shard.clone())).detach();
+                next_session += 1;
+                let (id, registry) = (next_session, sessions.clone());
+                let session = handle_connection(stream, shard.clone());
+                let task = glommio::spawn_local(async move {
+                    session.await;
+                    registry.borrow_mut().remove(&id);
+                });
+                // Not yet polled: it cannot have removed itself before this insert.
+                sessions.borrow_mut().insert(id, task.detach());
             }
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -83,6 +97,9 @@ pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receive
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+    for (_, task) in sessions.borrow_mut().drain() {
+        task.cancel();
     }
 }
 

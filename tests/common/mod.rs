@@ -1,0 +1,195 @@
+//! Test harness: a real ringpost server on a loopback port with its own
+//! spool directory, and a raw-socket SMTP client that reads whole replies.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ringpost::config::Config;
+use ringpost::queue::{Envelope, MessageId, Spool, SpoolOptions, existing_shards};
+use ringpost::runtime::{self, Server};
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shards: usize,
+    pub spool_dir: PathBuf,
+    server: Option<Server>,
+    _tmp: tempfile::TempDir,
+}
+
+/// Starts a server with `shards` executors on 127.0.0.1:0; `tweak` edits the
+/// config first.
+pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = Config::default();
+    cfg.server.hostname = "mx.test.example".into();
+    cfg.server.shards = shards;
+    cfg.spool.dir = tmp.path().join("spool");
+    cfg.spool.cache_bytes = 8 << 20;
+    cfg.smtp.listen = "127.0.0.1:0".parse().unwrap();
+    tweak(&mut cfg);
+    let spool_dir = cfg.spool.dir.clone();
+    let server = runtime::start(cfg).expect("server starts");
+    TestServer {
+        addr: server.smtp_addr,
+        shards,
+        spool_dir,
+        server: Some(server),
+        _tmp: tmp,
+    }
+}
+
+pub fn start() -> TestServer {
+    start_with(1, |_| {})
+}
+
+impl TestServer {
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// The stored body of a queued message (bodies are plain files, readable
+    /// while the server runs).
+    pub fn body(&self, id: &str) -> Vec<u8> {
+        let id = MessageId::parse(id).expect("a message id");
+        let shard = ringpost::runtime::shard_for(&id, self.shards);
+        let path = ringpost::queue::shard_dir(&self.spool_dir, shard as u16)
+            .join("bodies")
+            .join(id.to_string());
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// Stops the server and returns every queued message.
+    pub fn stop_and_list(&mut self) -> Vec<(MessageId, Envelope)> {
+        if let Some(mut s) = self.server.take() {
+            s.stop();
+        }
+        list_spool(&self.spool_dir)
+    }
+
+    /// Number of body files in the spool (what a smuggled second message
+    /// would add to).
+    pub fn body_files(&self) -> usize {
+        existing_shards(&self.spool_dir)
+            .into_iter()
+            .map(|s| {
+                std::fs::read_dir(ringpost::queue::shard_dir(&self.spool_dir, s).join("bodies"))
+                    .map(|d| d.count())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+pub fn list_spool(dir: &Path) -> Vec<(MessageId, Envelope)> {
+    let mut all = Vec::new();
+    for shard in existing_shards(dir) {
+        let spool = Spool::open(
+            dir,
+            shard,
+            &SpoolOptions {
+                cache_bytes: 8 << 20,
+            },
+        )
+        .expect("spool opens");
+        all.extend(spool.list());
+    }
+    all
+}
+
+/// One SMTP reply: code and the text of every line.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        self.lines.join("\n")
+    }
+
+    /// The id from "250 2.0.0 Ok: queued as <id>".
+    pub fn queued_id(&self) -> String {
+        let t = self.text();
+        let id = t.rsplit("queued as ").next().expect("queued as");
+        assert_eq!(id.len(), 32, "reply {t:?}");
+        id.to_string()
+    }
+}
+
+pub struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut c = Client {
+            reader: BufReader::new(s),
+        };
+        let greeting = c.reply();
+        assert_eq!(greeting.code, 220, "{greeting:?}");
+        c
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("send");
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    pub fn reply(&mut self) -> Reply {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("read reply");
+            assert!(n > 0, "connection closed while waiting for a reply");
+            assert!(line.ends_with("\r\n"), "reply line without CRLF: {line:?}");
+            let code: u16 = line[..3].parse().expect("reply code");
+            let more = line.as_bytes()[3] == b'-';
+            lines.push(line[4..].trim_end().to_string());
+            if !more {
+                return Reply { code, lines };
+            }
+        }
+    }
+
+    /// Sends one command line and reads its reply.
+    pub fn cmd(&mut self, line: &str) -> Reply {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Sends, expects `code` and returns the reply.
+    pub fn expect(&mut self, line: &str, code: u16) -> Reply {
+        let r = self.cmd(line);
+        assert_eq!(r.code, code, "{line:?} got {r:?}");
+        r
+    }
+
+    /// EHLO + MAIL + RCPT (each must succeed).
+    pub fn begin(&mut self, from: &str, rcpts: &[&str]) {
+        self.expect("EHLO client.test.example", 250);
+        self.expect(&format!("MAIL FROM:<{from}>"), 250);
+        for r in rcpts {
+            self.expect(&format!("RCPT TO:<{r}>"), 250);
+        }
+    }
+
+    /// DATA with `body` (already dot-stuffed, without the final dot line).
+    pub fn data(&mut self, body: &[u8]) -> Reply {
+        self.expect("DATA", 354);
+        self.send(body);
+        self.send(b".\r\n");
+        self.reply()
+    }
+
+    /// True once the server has closed the connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+}
