@@ -167,12 +167,33 @@ async fn run_shard(
         recovered.quarantined,
         recovered.orphan_bodies_removed
     );
-    let listener = glommio::net::TcpListener::bind(cfg.smtp.listen)
-        .map_err(|e| format!("listen on {}: {e}", cfg.smtp.listen))?;
+    let listener =
+        bind_shared(cfg.smtp.listen).map_err(|e| format!("listen on {}: {e}", cfg.smtp.listen))?;
     let shard = Rc::new(Shard::new(index as u16, cfg, Rc::new(spool)));
     let _ = reports.send(Report::Ready);
     smtp_in::serve(listener, shard, stop).await;
     Ok(())
+}
+
+/// Pending connections per shard listener before the kernel refuses more.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A listener for one shard. Every shard binds the same address with
+/// SO_REUSEPORT so the kernel spreads connections across shards. We build
+/// the socket ourselves because glommio's `TcpListener::bind` leaves out
+/// SO_REUSEADDR: the accepted connections then linger in TIME_WAIT without
+/// it, and a restart right after a crash could not bind the port.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // SAFETY: the descriptor is a listening TCP socket that we own and hand
+    // over whole; nothing else closes it.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// SO_REUSEPORT (which every shard's listener needs) would let us share a

@@ -1,0 +1,206 @@
+//! Durability under SIGKILL: every message that got a 250 is in the spool
+//! after a crash and a restart. Runs the real binary as a child process.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CONNECTIONS: usize = 24;
+const MESSAGES_PER_CONNECTION: usize = 150;
+const KILL_AFTER_ACKS: usize = 1200;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_server(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ringpost"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ringpost")
+}
+
+fn wait_for_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server did not start listening on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends messages on one connection until it fails; records (id, token)
+/// for every 250 received.
+fn sender(
+    addr: SocketAddr,
+    conn: usize,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+    count: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) {
+    let Ok(stream) = TcpStream::connect(addr) else {
+        return;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut read_reply = || -> Option<String> {
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.len() < 4 {
+                return None;
+            }
+            if line.as_bytes()[3] == b' ' {
+                return Some(line);
+            }
+        }
+    };
+    if read_reply().is_none()
+        || w.write_all(b"EHLO crash.test\r\n").is_err()
+        || read_reply().is_none()
+    {
+        return;
+    }
+    for n in 0..MESSAGES_PER_CONNECTION {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let token = format!("token-{conn}-{n}");
+        let msg = format!(
+            "MAIL FROM:<s@crash.test>\r\nRCPT TO:<r{conn}@dest.example>\r\nDATA\r\n\
+             Subject: {token}\r\n\r\n{}\r\n.\r\n",
+            "x".repeat(2000)
+        );
+        if w.write_all(msg.as_bytes()).is_err() {
+            return;
+        }
+        for _ in 0..3 {
+            if read_reply().is_none() {
+                return;
+            }
+        }
+        let Some(last) = read_reply() else { return };
+        if let Some(id) = last.trim_end().strip_prefix("250 2.0.0 Ok: queued as ") {
+            acked.lock().unwrap().push((id.to_string(), token));
+            count.fetch_add(1, Ordering::Relaxed);
+        } else {
+            return;
+        }
+    }
+}
+
+#[test]
+fn no_acknowledged_message_is_lost_on_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = tmp.path().join("spool");
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let config = tmp.path().join("ringpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nshards = 2\nhostname = \"crash.test\"\n[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{addr}\"\n",
+            spool.display()
+        ),
+    )
+    .unwrap();
+
+    let mut child = spawn_server(&config);
+    wait_for_port(addr);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = (0..CONNECTIONS)
+        .map(|i| {
+            let (a, c, s) = (acked.clone(), count.clone(), stop.clone());
+            std::thread::spawn(move || sender(addr, i, a, c, s))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count.load(Ordering::Relaxed) < KILL_AFTER_ACKS {
+        assert!(
+            Instant::now() < deadline,
+            "only {} acks in 120 s",
+            count.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL"); // Child::kill is SIGKILL on Unix
+    child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= KILL_AFTER_ACKS);
+    assert!(
+        acked.len() < CONNECTIONS * MESSAGES_PER_CONNECTION,
+        "the kill must land mid-stream for this test to mean anything"
+    );
+
+    // Restart: recovery runs; the server must come up and serve again.
+    let mut child = spawn_server(&config);
+    wait_for_port(addr);
+    let mut c = common::Client::connect(addr);
+    c.expect("NOOP", 250);
+    drop(c);
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let queued: HashMap<String, ()> = common::list_spool(&spool)
+        .into_iter()
+        .map(|(id, _)| (id.to_string(), ()))
+        .collect();
+    let mut missing = Vec::new();
+    for (id, token) in &acked {
+        if !queued.contains_key(id) {
+            missing.push(id.clone());
+            continue;
+        }
+        let shard = ringpost::queue::MessageId::parse(id).unwrap().minted_by();
+        let body = std::fs::read(
+            ringpost::queue::shard_dir(&spool, shard)
+                .join("bodies")
+                .join(id),
+        )
+        .unwrap();
+        assert!(
+            body.windows(token.len()).any(|w| w == token.as_bytes()),
+            "message {id} does not hold its own content {token}"
+        );
+    }
+    eprintln!(
+        "crash test: {} acknowledged before SIGKILL, {} in the spool after restart, {} missing",
+        acked.len(),
+        queued.len(),
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged but lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
