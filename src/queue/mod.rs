@@ -192,7 +192,8 @@ impl Spool {
     /// Makes the queue consistent after a crash. Blocking; start-up only.
     ///
     /// A record that does not decode, or whose body file is missing or has
-    /// the wrong size, moves to the quarantine tree (logged, never dropped).
+    /// the wrong size, moves to the quarantine tree (logged, never dropped;
+    /// its body file, if any, stays).
     /// A body file without a record is what a crash before the 250 leaves
     /// behind: nobody was told it was queued, so it is removed.
     pub fn recover(&self) -> Result<RecoveryReport, SpoolError> {
@@ -213,11 +214,12 @@ impl Spool {
         })?;
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let known = name
-                .to_str()
-                .and_then(MessageId::parse)
-                .map(|id| self.envelopes.contains_key(id.as_bytes()).unwrap_or(true))
-                .unwrap_or(false);
+            // A quarantined record keeps its body: both are evidence.
+            let known = name.to_str().and_then(MessageId::parse).is_some_and(|id| {
+                let key = id.as_bytes();
+                self.envelopes.contains_key(key).unwrap_or(true)
+                    || self.quarantine.contains_key(key).unwrap_or(true)
+            });
             if !known {
                 log::info!(
                     "spool: removing body without a queue record: {:?}",

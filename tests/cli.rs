@@ -1,0 +1,139 @@
+//! The binary's command line: check-config, start-up failures, queue ls.
+
+mod common;
+
+use std::process::Command;
+
+fn ringpost() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ringpost"))
+}
+
+#[test]
+fn check_config_accepts_a_good_file_and_reports_every_error_of_a_bad_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[smtp]\nlisten = \"127.0.0.1:2600\"\nbare_lf = \"reject\"\n",
+    )
+    .unwrap();
+    let out = ringpost().arg("check-config").arg(&good).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[smtp]\nlisten = \"127.0.0.1:2600\"\nmax_command_line = 100\ntypo = 1\n[spool]\ndir = 5\n[nonsense]\n",
+    )
+    .unwrap();
+    let out = ringpost().arg("check-config").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in ["smtp.typo", "[spool]", "max_command_line", "`nonsense`"] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn port_in_use_fails_at_once_with_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{}\"\n",
+            tmp.path().join("spool").display(),
+            taken.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = ringpost()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot listen on") && err.contains("Address already in use"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failing_shard_stops_the_process_with_an_error() {
+    // The spool path is a file, so every shard fails to open its spool.
+    let tmp = tempfile::tempdir().unwrap();
+    let not_a_dir = tmp.path().join("file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"127.0.0.1:0\"\n",
+            not_a_dir.display()
+        ),
+    )
+    .unwrap();
+    let out = ringpost()
+        .args(["serve", "--shards", "2", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shard") && err.contains("spool"), "{err}");
+}
+
+#[test]
+fn queue_ls_lists_what_was_queued() {
+    let mut ts = common::start_with(2, |_| {});
+    let mut c = ts.client();
+    c.begin(
+        "shop@sender.example",
+        &["one@dest.example", "two@dest.example"],
+    );
+    let id = c.data(b"Subject: ls\r\n\r\nbody\r\n").queued_id();
+    drop(c);
+    ts.stop_and_list();
+    let out = ringpost()
+        .args(["queue", "ls", "--spool"])
+        .arg(&ts.spool_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not in:\n{text}"));
+    assert!(line.contains("shop@sender.example"), "{line}");
+    assert!(
+        line.contains("one@dest.example, two@dest.example"),
+        "{line}"
+    );
+}
+
+#[test]
+fn help_documents_every_command() {
+    let out = ringpost().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "check-config", "queue"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+    let out = ringpost().args(["serve", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("--config") && text.contains("--shards"),
+        "{text}"
+    );
+}
