@@ -139,7 +139,7 @@ fn queue_ls(dir: &std::path::Path) -> Result<()> {
             println!(
                 "{:<32}  {:>9}  {:>7}s  {:<30}  {}",
                 id.to_string(),
-                env.size,
+                env.size(),
                 now.saturating_sub(env.created),
                 sender,
                 rcpts.join(", ")

@@ -169,23 +169,17 @@ fn no_acknowledged_message_is_lost_on_sigkill() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let queued: HashMap<String, ()> = common::list_spool(&spool)
+    // Every body reads back and passes its CRC (read_spool checks it).
+    let queued: HashMap<String, Vec<u8>> = common::read_spool(&spool)
         .into_iter()
-        .map(|(id, _)| (id.to_string(), ()))
+        .map(|(id, _, body)| (id.to_string(), body))
         .collect();
     let mut missing = Vec::new();
     for (id, token) in &acked {
-        if !queued.contains_key(id) {
+        let Some(body) = queued.get(id) else {
             missing.push(id.clone());
             continue;
-        }
-        let shard = ringpost::queue::MessageId::parse(id).unwrap().minted_by();
-        let body = std::fs::read(
-            ringpost::queue::shard_dir(&spool, shard)
-                .join("bodies")
-                .join(id),
-        )
-        .unwrap();
+        };
         assert!(
             body.windows(token.len()).any(|w| w == token.as_bytes()),
             "message {id} does not hold its own content {token}"

@@ -30,7 +30,7 @@ fn split_received(stored: &[u8]) -> (String, &[u8]) {
 
 #[test]
 fn lettre_message_is_in_the_spool_byte_for_byte() {
-    let ts = start();
+    let mut ts = start();
     let email = Message::builder()
         .from("Shop <orders@shop.example>".parse().unwrap())
         .to("Customer <customer@dest.example>".parse().unwrap())
@@ -71,7 +71,7 @@ fn lettre_message_is_in_the_spool_byte_for_byte() {
 
 #[test]
 fn dot_stuffed_lines_come_out_unstuffed() {
-    let ts = start();
+    let mut ts = start();
     let mut c = ts.client();
     c.begin("a@b.example", &["x@y.example"]);
     let r = c.data(b"Subject: dots\r\n\r\n..x\r\n...\r\n. \r\nplain\r\n");
@@ -140,7 +140,7 @@ fn pipelined_replies_arrive_in_a_single_segment() {
 
 #[test]
 fn bdat_with_several_chunks() {
-    let ts = start();
+    let mut ts = start();
     let mut c = ts.client();
     c.begin("a@b.example", &["x@y.example"]);
     let chunks: [&[u8]; 3] = [
@@ -158,21 +158,25 @@ fn bdat_with_several_chunks() {
     c.send(chunks[2]);
     let r = c.reply();
     assert_eq!(r.code, 250, "{r:?}");
-    let stored = ts.body(&r.queued_id());
-    let (_, rest) = split_received(&stored);
-    assert_eq!(rest, chunks.concat().as_slice());
     // BDAT 0 LAST alone ends a message too; DATA after BDAT is out of sequence.
     c.expect("MAIL FROM:<a@b.example>", 250);
     c.expect("RCPT TO:<x@y.example>", 250);
     c.send(b"BDAT 4\r\nab\r\n");
     assert_eq!(c.reply().code, 250);
     assert!(c.expect("DATA", 503).text().starts_with("5.5.1"));
-    assert_eq!(c.cmd("BDAT 0 LAST").code, 250);
+    let second = c.cmd("BDAT 0 LAST");
+    assert_eq!(second.code, 250);
+    drop(c);
+    let stored = ts.body(&r.queued_id());
+    let (_, rest) = split_received(&stored);
+    assert_eq!(rest, chunks.concat().as_slice());
+    let stored = ts.body(&second.queued_id());
+    assert_eq!(split_received(&stored).1, b"ab\r\n");
 }
 
 #[test]
 fn bdat_without_transaction_is_consumed_and_refused() {
-    let ts = start();
+    let mut ts = start();
     let mut c = ts.client();
     c.expect("EHLO c.example", 250);
     // The chunk holds something that looks like a command: it must not run.
@@ -180,19 +184,20 @@ fn bdat_without_transaction_is_consumed_and_refused() {
     let r = c.reply();
     assert_eq!(r.code, 503);
     c.expect("NOOP", 250);
-    assert_eq!(ts.body_files(), 0);
+    drop(c);
+    assert_eq!(ts.messages().len(), 0);
 }
 
 #[test]
 fn one_data_never_yields_two_messages() {
-    let ts = start();
+    let mut ts = start();
+    let mut ids = Vec::new();
     for trick in [
         &b"\n.\nMAIL FROM:<evil@x.example>\nRCPT TO:<v@y.example>\nDATA\nsmuggled\n"[..],
         b"\r\n.\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<v@y.example>\r\nDATA\r\nsmuggled\r\n",
         b"\n.\r\nMAIL FROM:<evil@x.example>\r\nRCPT TO:<v@y.example>\r\nDATA\r\nsmuggled\r\n",
         b"\r.\rMAIL FROM:<evil@x.example>\r\nRCPT TO:<v@y.example>\r\nDATA\r\nsmuggled\r\n",
     ] {
-        let before = ts.body_files();
         let mut c = ts.client();
         c.begin("a@b.example", &["x@y.example"]);
         c.expect("DATA", 354);
@@ -201,13 +206,21 @@ fn one_data_never_yields_two_messages() {
         c.send(b"\r\n.\r\n");
         let r = c.reply();
         assert_eq!(r.code, 250, "{r:?}");
-        let stored = ts.body(&r.queued_id());
-        assert!(
-            stored.windows(8).any(|w| w == b"smuggled"),
-            "smuggled text is content of the first message"
-        );
+        ids.push(r.queued_id());
         // Nothing else was executed: the next reply is for our NOOP.
         c.expect("NOOP", 250);
-        assert_eq!(ts.body_files(), before + 1);
+    }
+    let msgs = ts.messages();
+    assert_eq!(msgs.len(), ids.len(), "exactly one message per DATA");
+    for (id, env, body) in msgs {
+        assert!(ids.contains(&id.to_string()));
+        assert_eq!(
+            env.sender, "a@b.example",
+            "no message from the smuggled MAIL"
+        );
+        assert!(
+            body.windows(8).any(|w| w == b"smuggled"),
+            "smuggled text is content of the first message"
+        );
     }
 }

@@ -1,71 +1,81 @@
-//! Spool recovery after damage: records without bodies and records that do
-//! not decode are quarantined (kept, not dropped); bodies without records are
-//! removed. Uses the real spool on a real glommio executor.
+//! Spool recovery after damage: records whose body segment is missing or too
+//! short, and records that do not decode, are quarantined (kept, not
+//! dropped); segments no record refers to are removed; a body whose bytes
+//! were damaged fails its CRC when read. Uses the real spool on a real
+//! glommio executor and damages real files.
 
-use ringpost::queue::{Envelope, IdGenerator, Recipient, RecoveryReport, Spool, SpoolOptions};
+use std::path::{Path, PathBuf};
 
-fn envelope(size: usize) -> Envelope {
-    Envelope {
-        sender: "a@b.example".into(),
-        recipients: vec![Recipient::pending("c@d.example".into())],
-        created: 1,
-        attempts: 0,
-        next_due: 1,
-        size: size as u64,
-        smtputf8: false,
-        eight_bit: false,
-        client: "test [127.0.0.1]".into(),
+use ringpost::queue::{Envelope, IdGenerator, MessageId, RecoveryReport, Spool, SpoolOptions};
+
+/// Small segments so that each 40 KiB test body lands in its own segment.
+fn opts() -> SpoolOptions {
+    SpoolOptions {
+        cache_bytes: 8 << 20,
+        segment_bytes: 64 << 10,
     }
 }
 
-#[test]
-fn recovery_quarantines_damage_and_removes_orphans() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    let opts = SpoolOptions {
-        cache_bytes: 8 << 20,
-    };
-    let ids = glommio::LocalExecutorBuilder::default()
+fn segment_file(root: &Path, seq: u32) -> PathBuf {
+    root.join("shard-0/segments").join(format!("{seq:010}.seg"))
+}
+
+/// Enqueues `n` messages of 40 KiB on a real executor; returns their ids.
+fn enqueue(root: &Path, n: usize) -> Vec<MessageId> {
+    let root = root.to_path_buf();
+    glommio::LocalExecutorBuilder::default()
         .io_memory(512 << 10)
-        .spawn({
-            let root = root.clone();
-            let opts = opts.clone();
-            move || async move {
-                let spool = Spool::open(&root, 0, &opts).unwrap();
-                let mut ids_gen = IdGenerator::new(0);
-                let mut ids = Vec::new();
-                for i in 0..4 {
-                    let id = ids_gen.next_id();
-                    let body = format!("Subject: {i}\r\n\r\nbody\r\n").into_bytes();
-                    spool
-                        .enqueue(id, &envelope(body.len()), body)
-                        .await
-                        .unwrap();
-                    ids.push(id);
-                }
-                ids
+        .spawn(move || async move {
+            let spool = Spool::open(&root, 0, &opts()).unwrap();
+            let mut ids_gen = IdGenerator::new(0);
+            let mut ids = Vec::new();
+            for i in 0..n {
+                let id = ids_gen.next_id();
+                let env = Envelope::new("a@b.example".into(), vec!["c@d.example".into()], 1);
+                let mut body = format!("Subject: {i}\r\n\r\n").into_bytes();
+                body.resize(40 << 10, b'x');
+                spool.enqueue(id, env, body).await.unwrap();
+                ids.push(id);
             }
+            ids
         })
         .unwrap()
         .join()
+        .unwrap()
+}
+
+#[test]
+fn recovery_quarantines_damage_and_removes_unreferenced_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let ids = enqueue(root, 4);
+    for seq in 1..=4 {
+        assert!(segment_file(root, seq).exists(), "one segment per message");
+    }
+
+    // Damage: message 1's segment is gone, message 2's is truncated,
+    // message 0's body has a flipped byte, and a stray segment appears.
+    std::fs::remove_file(segment_file(root, 2)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment_file(root, 3))
+        .unwrap()
+        .set_len(10)
         .unwrap();
+    let seg1 = std::fs::read(segment_file(root, 1)).unwrap();
+    let mut damaged = seg1.clone();
+    damaged[100] ^= 0xff;
+    std::fs::write(segment_file(root, 1), &damaged).unwrap();
+    std::fs::write(segment_file(root, 99), b"never referenced").unwrap();
 
-    // Damage: message 1 loses its body, message 2's body is truncated,
-    // an orphan body appears (a crash before 250), and a stray file.
-    let spool = Spool::open(&root, 0, &opts).unwrap();
-    std::fs::remove_file(spool.body_path(ids[1])).unwrap();
-    std::fs::write(spool.body_path(ids[2]), b"short").unwrap();
-    let orphan = IdGenerator::new(0).next_id();
-    std::fs::write(spool.body_path(orphan), b"never acknowledged").unwrap();
-    std::fs::write(spool.body_path(ids[0]).with_file_name("junk"), b"?").unwrap();
-
+    let spool = Spool::open(root, 0, &opts()).unwrap();
     let report = spool.recover().unwrap();
     assert_eq!(
         report,
         RecoveryReport {
             messages: 2,
             quarantined: 2,
-            orphan_bodies_removed: 2
+            segments_removed: 2
         }
     );
     let listed: Vec<_> = spool.list().map(|(id, _)| id).collect();
@@ -74,33 +84,47 @@ fn recovery_quarantines_damage_and_removes_orphans() {
     assert_eq!(quarantined.len(), 2);
     assert_eq!(quarantined[0].0, ids[1].as_bytes());
     assert!(
-        quarantined[0].1.starts_with("body file:"),
+        quarantined[0].1.contains("segment 2 is missing"),
         "{:?}",
         quarantined[0]
     );
     assert!(
-        quarantined[1].1.contains("bytes, record says"),
+        quarantined[1].1.contains("segment 3 has 10 bytes"),
         "{:?}",
         quarantined[1]
     );
-    assert!(!spool.body_path(orphan).exists());
-    // The damaged body of a quarantined record is kept as evidence.
-    assert_eq!(std::fs::read(spool.body_path(ids[2])).unwrap(), b"short");
+    assert!(!segment_file(root, 99).exists());
+    // What was left of the truncated body is kept with its quarantined record.
+    assert_eq!(
+        spool.quarantined_body(ids[2].as_bytes()).unwrap(),
+        b"Subject: 2"
+    );
+    assert!(!segment_file(root, 3).exists());
+
+    // The intact message reads back; the damaged one fails its CRC.
+    let env3 = spool.get(ids[3]).unwrap();
+    assert!(
+        spool
+            .read_body_blocking(ids[3], &env3)
+            .unwrap()
+            .starts_with(b"Subject: 3\r\n")
+    );
+    let env0 = spool.get(ids[0]).unwrap();
+    let err = spool.read_body_blocking(ids[0], &env0).unwrap_err();
+    assert!(err.to_string().contains("CRC"), "{err}");
 
     // A second recovery finds a clean spool.
+    drop(spool);
+    let spool = Spool::open(root, 0, &opts()).unwrap();
     assert_eq!(spool.recover().unwrap().quarantined, 0);
 }
 
 #[test]
 fn undecodable_record_is_quarantined() {
     let tmp = tempfile::tempdir().unwrap();
-    let opts = SpoolOptions {
-        cache_bytes: 8 << 20,
-    };
     let id = IdGenerator::new(0).next_id();
+    drop(Spool::open(tmp.path(), 0, &opts()).unwrap());
     {
-        let spool = Spool::open(tmp.path(), 0, &opts).unwrap();
-        drop(spool);
         // Write a corrupt record with sled directly, as disk damage would.
         let db = sled::open(tmp.path().join("shard-0/queue")).unwrap();
         db.open_tree("envelopes")
@@ -109,9 +133,27 @@ fn undecodable_record_is_quarantined() {
             .unwrap();
         db.flush().unwrap();
     }
-    let spool = Spool::open(tmp.path(), 0, &opts).unwrap();
-    std::fs::write(spool.body_path(id), b"x").unwrap();
+    let spool = Spool::open(tmp.path(), 0, &opts()).unwrap();
     let report = spool.recover().unwrap();
     assert_eq!((report.messages, report.quarantined), (0, 1));
     assert!(spool.quarantined()[0].1.starts_with("undecodable record"));
+}
+
+#[test]
+fn removing_every_message_frees_every_sealed_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let ids = enqueue(&root, 6);
+    let spool = Spool::open(&root, 0, &opts()).unwrap();
+    spool.recover().unwrap();
+    assert_eq!(spool.segment_count(), 6);
+    for id in &ids {
+        spool.remove(*id).unwrap();
+    }
+    assert_eq!(
+        spool.segment_count(),
+        0,
+        "no active segment after a restart: all sealed, all freed"
+    );
+    assert!(spool.is_empty());
 }

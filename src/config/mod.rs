@@ -44,6 +44,9 @@ pub struct SpoolConfig {
     pub dir: PathBuf,
     /// sled page cache per shard, in bytes.
     pub cache_bytes: u64,
+    /// Size of a body segment file, in bytes. Space comes back a segment at
+    /// a time, when its last message is done.
+    pub segment_bytes: u64,
 }
 
 /// `[smtp]`: the inbound SMTP listener.
@@ -87,6 +90,7 @@ impl Default for SpoolConfig {
         SpoolConfig {
             dir: PathBuf::from("./ringpost-spool"),
             cache_bytes: 64 << 20,
+            segment_bytes: 16 << 20,
         }
     }
 }
@@ -184,6 +188,9 @@ impl Config {
             if d.is_empty() || d.ends_with('.') || d.contains(['@', ' ']) {
                 p.push(format!("smtp.local_domains: `{d}` is not a domain name"));
             }
+        }
+        if !(1 << 20..=1 << 30).contains(&self.spool.segment_bytes) {
+            p.push("spool.segment_bytes must be between 1 MiB and 1 GiB".into());
         }
         if self.server.shards > 1024 {
             p.push("server.shards must be at most 1024".into());

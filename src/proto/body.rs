@@ -89,9 +89,22 @@ impl BodyReader {
     /// how many bytes were consumed and whether the end of DATA was reached
     /// (never true for BDAT). Bytes after the end of DATA are not consumed.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            if self.state == State::Mid {
+                // Fast path: inside a line, everything up to the next CR or
+                // LF is plain content and is copied in one piece.
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+                if run > 0 {
+                    self.emit_run(&input[i..i + run], out);
+                    i += run;
+                    continue;
+                }
+            }
+            let b = input[i];
+            i += 1;
             if self.step(b, out) {
-                return (i + 1, true);
+                return (i, true);
             }
         }
         (input.len(), false)
@@ -181,6 +194,18 @@ impl BodyReader {
         self.emit(b"\r\n", out);
         self.line_len = 0;
         self.state = next;
+    }
+
+    /// A run of line content without CR or LF.
+    fn emit_run(&mut self, run: &[u8], out: &mut Vec<u8>) {
+        if !self.has_8bit && run.iter().any(|&b| b >= 0x80) {
+            self.has_8bit = true;
+        }
+        self.line_len += run.len();
+        if self.line_len > self.max_line {
+            self.set_fault(BodyFault::LineTooLong);
+        }
+        self.emit(run, out);
     }
 
     fn emit_char(&mut self, b: u8, out: &mut Vec<u8>) {

@@ -1,73 +1,77 @@
-//! Group commit: one fsync round serves every message waiting for it.
+//! Group commit: one round of syncs serves every message waiting for it.
 //!
-//! Owns: [`GroupCommit`], one per shard. A session that has written its
-//! message calls [`GroupCommit::wait`]. If no flush is running, the caller's
-//! task starts a flusher; otherwise it joins the queue for the next round.
-//! Each round takes *all* waiters queued so far, runs one `sled::Db::flush()`
-//! plus one fsync of the bodies directory on the executor's blocking thread,
-//! and answers them all. A waiter that arrives while a round is in flight
-//! waits for the next round, because the flush in flight may have started
-//! before its write: that is the rule that makes "250 only after fsync" hold.
+//! Owns: [`GroupCommit`], one per shard. A session whose body is written to
+//! its segment hands its queue record to [`GroupCommit::commit`]. If no round
+//! is running, it starts one; otherwise it waits for the next. A round takes
+//! *all* records queued so far and, on the executor's blocking thread:
 //!
-//! Why a directory fsync: the body files are created in the bodies
-//! directory; their names are durable only once the directory is synced.
-//! One directory fsync per round covers every file created before it.
+//! 1. fdatasyncs every segment written since the last round (and the segment
+//!    directory if a segment was created): the bodies are now durable;
+//! 2. inserts the records in one sled batch;
+//! 3. flushes sled (one fsync): the records are now durable;
 //!
-//! Concurrency: state is `Rc<RefCell<_>>` on the shard's executor, never
-//! shared across threads; only the `Db` handle and the directory's file
-//! descriptor cross to the blocking thread.
+//! then answers every waiter. A record joins sled only after its body is on
+//! disk, so no crash can leave a record pointing at unsynced bytes. A record
+//! that arrives while a round runs waits for the next one, since the syncs
+//! in flight may have started before its write: this is what makes "250 only
+//! after fsync" hold.
 //!
-//! Must not: call `flush_async` (it deadlocks with 8 or more concurrent
-//! callers in sled 0.34.7, upstream sled#1308).
+//! Concurrency: the queue of waiters is `Rc<RefCell<_>>` on the shard's
+//! executor; only file handles, the sled tree and the batch cross to the
+//! blocking thread.
+//!
+//! Must not: call sled's `flush_async` (it deadlocks with 8 or more
+//! concurrent callers in sled 0.34.7, upstream sled#1308).
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
 use futures::channel::oneshot;
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+use super::segment::Segments;
+
+struct Waiter {
+    key: [u8; 16],
+    record: Vec<u8>,
+    done: oneshot::Sender<Result<(), String>>,
+}
 
 #[derive(Clone)]
 pub struct GroupCommit {
     db: sled::Db,
-    bodies_dir: Arc<File>,
+    envelopes: sled::Tree,
+    segments: Rc<Segments>,
     state: Rc<RefCell<State>>,
 }
 
 #[derive(Default)]
 struct State {
     waiters: Vec<Waiter>,
-    flushing: bool,
-}
-
-/// What one round did, for metrics and benches.
-#[derive(Debug, Clone, Copy)]
-pub struct RoundStats {
-    pub batch: usize,
-    pub seconds: f64,
+    running: bool,
 }
 
 impl GroupCommit {
-    pub fn new(db: sled::Db, bodies_dir: File) -> GroupCommit {
+    pub fn new(db: sled::Db, envelopes: sled::Tree, segments: Rc<Segments>) -> GroupCommit {
         GroupCommit {
             db,
-            bodies_dir: Arc::new(bodies_dir),
+            envelopes,
+            segments,
             state: Rc::default(),
         }
     }
 
-    /// Resolves once a flush that began after this call has completed.
-    pub async fn wait(&self) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
-        let start_flusher = {
+    /// Resolves once `record` is in sled and a round that began after the
+    /// body was written has synced both.
+    pub async fn commit(&self, key: [u8; 16], record: Vec<u8>) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        let start_round = {
             let mut st = self.state.borrow_mut();
-            st.waiters.push(tx);
-            !std::mem::replace(&mut st.flushing, true)
+            st.waiters.push(Waiter { key, record, done });
+            !std::mem::replace(&mut st.running, true)
         };
-        if start_flusher {
+        if start_round {
             glommio::spawn_local(self.clone().run_rounds()).detach();
         }
         rx.await
@@ -78,29 +82,42 @@ impl GroupCommit {
         loop {
             let batch = std::mem::take(&mut self.state.borrow_mut().waiters);
             if batch.is_empty() {
-                self.state.borrow_mut().flushing = false;
+                self.state.borrow_mut().running = false;
                 return;
             }
-            let stats_batch = batch.len();
             let start = Instant::now();
-            let result = self.flush_once().await;
-            record_round(RoundStats {
-                batch: stats_batch,
-                seconds: start.elapsed().as_secs_f64(),
-            });
+            let mut sled_batch = sled::Batch::default();
+            let mut answers = Vec::with_capacity(batch.len());
             for w in batch {
-                let _ = w.send(result.clone());
+                sled_batch.insert(&w.key, w.record);
+                answers.push(w.done);
+            }
+            let result = self.round(sled_batch).await;
+            record_round(answers.len(), start.elapsed().as_secs_f64());
+            for a in answers {
+                let _ = a.send(result.clone());
             }
         }
     }
 
-    async fn flush_once(&self) -> Result<(), String> {
-        let db = self.db.clone();
-        let dir = self.bodies_dir.clone();
+    async fn round(&self, batch: sled::Batch) -> Result<(), String> {
+        let (files, dir_changed) = self.segments.take_unsynced();
+        let dir = self.segments.dir().to_path_buf();
+        let (db, envelopes) = (self.db.clone(), self.envelopes.clone());
         glommio::executor()
             .spawn_blocking(move || -> Result<(), String> {
-                dir.sync_all()
-                    .map_err(|e| format!("fsync of bodies directory: {e}"))?;
+                for f in &files {
+                    f.sync_data()
+                        .map_err(|e| format!("fdatasync segment: {e}"))?;
+                }
+                if dir_changed {
+                    File::open(&dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| format!("fsync segment directory: {e}"))?;
+                }
+                envelopes
+                    .apply_batch(batch)
+                    .map_err(|e| format!("sled insert: {e}"))?;
                 db.flush().map_err(|e| format!("sled flush: {e}"))?;
                 Ok(())
             })
@@ -109,24 +126,20 @@ impl GroupCommit {
 }
 
 thread_local! {
-    static LAST_ROUNDS: RefCell<(u64, u64)> = const { RefCell::new((0, 0)) };
+    static ROUNDS: RefCell<(u64, u64)> = const { RefCell::new((0, 0)) };
 }
 
-fn record_round(stats: RoundStats) {
-    LAST_ROUNDS.with(|r| {
+fn record_round(batch: usize, seconds: f64) {
+    ROUNDS.with(|r| {
         let mut r = r.borrow_mut();
         r.0 += 1;
-        r.1 += stats.batch as u64;
+        r.1 += batch as u64;
     });
-    log::trace!(
-        "group commit: {} messages in {:.6}s",
-        stats.batch,
-        stats.seconds
-    );
+    log::trace!("group commit: {batch} messages in {seconds:.6}s");
 }
 
-/// Rounds run and messages committed on this thread since it started:
-/// the ratio is the mean batch size (used by the commit bench).
+/// Rounds run and messages committed on this thread since it started: their
+/// ratio is the mean batch size (reported by the commit bench).
 pub fn thread_round_totals() -> (u64, u64) {
-    LAST_ROUNDS.with(|r| *r.borrow())
+    ROUNDS.with(|r| *r.borrow())
 }

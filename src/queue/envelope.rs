@@ -3,9 +3,12 @@
 //! Owns: [`Envelope`], its on-disk encoding (JSON: small, readable with
 //! `queue show`, and tolerant of fields added later through serde defaults).
 //!
-//! Must not: hold the body; bodies live in files (see `queue::body`).
+//! Must not: hold the body; bodies live in segments (see `queue::segment`),
+//! and the record says where.
 
 use serde::{Deserialize, Serialize};
+
+use super::segment::BodyRef;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,8 +51,10 @@ pub struct Envelope {
     pub attempts: u32,
     /// Unix seconds when the next delivery attempt is due.
     pub next_due: u64,
-    /// Body size in bytes, as stored (with the Received: header).
-    pub size: u64,
+    /// Where the body (with its Received: header) is stored; set by
+    /// `Spool::enqueue`.
+    #[serde(default)]
+    pub body: BodyRef,
     #[serde(default)]
     pub smtputf8: bool,
     #[serde(default)]
@@ -60,6 +65,26 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A new message's envelope: every recipient pending, due now.
+    pub fn new(sender: String, recipients: Vec<String>, now: u64) -> Envelope {
+        Envelope {
+            sender,
+            recipients: recipients.into_iter().map(Recipient::pending).collect(),
+            created: now,
+            attempts: 0,
+            next_due: now,
+            body: BodyRef::default(),
+            smtputf8: false,
+            eight_bit: false,
+            client: String::new(),
+        }
+    }
+
+    /// Body size in bytes, as stored.
+    pub fn size(&self) -> u64 {
+        self.body.len
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an Envelope always serializes")
     }
@@ -75,17 +100,9 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let e = Envelope {
-            sender: "a@b.example".into(),
-            recipients: vec![Recipient::pending("c@d.example".into())],
-            created: 1,
-            attempts: 0,
-            next_due: 1,
-            size: 10,
-            smtputf8: false,
-            eight_bit: true,
-            client: "h [127.0.0.1]".into(),
-        };
+        let mut e = Envelope::new("a@b.example".into(), vec!["c@d.example".into()], 1);
+        e.eight_bit = true;
+        e.body.len = 10;
         assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
         assert!(Envelope::decode(b"{not json").is_err());
     }

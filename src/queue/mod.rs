@@ -1,33 +1,27 @@
 //! The durable queue: one spool per shard, and the only user of sled.
 //!
-//! Owns: message ids ([`id`]), envelopes ([`envelope`]), the per-shard
-//! [`Spool`] (a sled database for queue records plus one file per message
-//! body), group commit ([`commit`]), and recovery at start-up with
-//! quarantine of damaged records.
+//! Owns: message ids ([`id`]), envelopes ([`envelope`]), body segments
+//! ([`segment`]), group commit ([`commit`]), the per-shard [`Spool`] that
+//! ties them together, and recovery at start-up with quarantine of damaged
+//! records.
 //!
 //! Layout on disk, per shard `k` under the spool directory:
 //!
 //! ```text
-//!  shard-k/queue/    sled: tree "envelopes" (id -> Envelope JSON),
-//!                          tree "quarantine" (id -> {reason, raw record})
-//!  shard-k/bodies/   one file per message, named by its id
+//!  shard-k/queue/      sled: tree "envelopes" (id -> Envelope JSON, with
+//!                            the body's segment, offset, length and CRC),
+//!                            tree "quarantine" (id -> {reason, record}),
+//!                            tree "quarantine_bodies" (id -> what was
+//!                            readable of the body)
+//!  shard-k/segments/   append-only body segments, unlinked when unreferenced
 //! ```
 //!
-//! Why bodies are files and not sled values (measured on this machine, see
-//! `../shared/design/stack.md`): sled 0.34 writes values that do not fit
-//! inline in a segment as blob files and never frees them; 100,000 10 KiB
-//! messages inserted and deleted left 1.1 GB behind with default segments,
-//! and 100 KiB bodies leak even with 8 MiB segments. A body file is freed the
-//! moment it is unlinked, and writing + fdatasync of one file per message ran
-//! at 12,600 msgs/s from 20 threads. Envelopes (~300 bytes) stay inline in
-//! sled, where they are reclaimed, ordered by id, and updated in place.
-//!
-//! Durability (the 250 rule): [`Spool::enqueue`] writes the body file and
-//! fdatasyncs it through io_uring (many in flight per core), inserts the
-//! envelope, then waits for a group-commit round (sled flush + bodies
-//! directory fsync) that began after the insert. Only then does it return
-//! Ok, and only then may the session answer 250. A crash before that leaves
-//! either nothing or a body without a record, which recovery removes.
+//! Durability (the 250 rule): [`Spool::enqueue`] appends the body to the
+//! active segment, then hands the record to the group commit, which syncs
+//! the segment, inserts the record and flushes sled, in that order, for
+//! every message of the round at once. `enqueue` returns Ok only after that;
+//! only then may the session answer 250. A crash before it leaves at most
+//! unreferenced bytes in a segment, reclaimed with the segment.
 //!
 //! Must not: know about SMTP; be touched from any thread but its shard's
 //! (the CLI opens a spool only while the server is stopped: sled's file lock
@@ -36,14 +30,18 @@
 pub mod commit;
 pub mod envelope;
 pub mod id;
+pub mod segment;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 pub use envelope::{Envelope, Recipient, RecipientStatus};
 pub use id::{IdGenerator, MessageId};
+pub use segment::BodyRef;
 
 use commit::GroupCommit;
+use segment::Segments;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -76,6 +74,8 @@ pub enum SpoolError {
     },
     #[error("message {id}: commit: {reason}")]
     Commit { id: MessageId, reason: String },
+    #[error("message {id} is not in the queue")]
+    NotFound { id: MessageId },
 }
 
 /// Tunables of one shard's spool.
@@ -83,12 +83,15 @@ pub enum SpoolError {
 pub struct SpoolOptions {
     /// sled's page cache per shard, bytes.
     pub cache_bytes: u64,
+    /// Size of a body segment; a larger body gets a segment of its own.
+    pub segment_bytes: u64,
 }
 
 impl Default for SpoolOptions {
     fn default() -> Self {
         SpoolOptions {
             cache_bytes: 64 << 20,
+            segment_bytes: 16 << 20,
         }
     }
 }
@@ -98,15 +101,16 @@ impl Default for SpoolOptions {
 pub struct RecoveryReport {
     pub messages: usize,
     pub quarantined: usize,
-    pub orphan_bodies_removed: usize,
+    pub segments_removed: usize,
 }
 
 pub struct Spool {
     shard: u16,
     path: PathBuf,
-    bodies: PathBuf,
     envelopes: sled::Tree,
     quarantine: sled::Tree,
+    quarantine_bodies: sled::Tree,
+    segments: Rc<Segments>,
     commit: GroupCommit,
 }
 
@@ -129,15 +133,14 @@ pub fn existing_shards(root: &Path) -> Vec<u16> {
 
 impl Spool {
     /// Opens (creating if needed) the spool of `shard`. Blocking: call at
-    /// start-up, before the shard serves. Does not recover; see [`Spool::recover`].
+    /// start-up, before the shard serves, then [`Spool::recover`].
     pub fn open(root: &Path, shard: u16, opts: &SpoolOptions) -> Result<Spool, SpoolError> {
         let path = shard_dir(root, shard);
-        let bodies = path.join("bodies");
         let io_err = |source| SpoolError::Open {
             path: path.clone(),
             source,
         };
-        fs::create_dir_all(&bodies).map_err(io_err)?;
+        fs::create_dir_all(&path).map_err(io_err)?;
         let db_path = path.join("queue");
         let db = sled::Config::new()
             .path(&db_path)
@@ -166,14 +169,17 @@ impl Spool {
         };
         let envelopes = tree("envelopes")?;
         let quarantine = tree("quarantine")?;
-        let dir = fs::File::open(&bodies).map_err(io_err)?;
+        let quarantine_bodies = tree("quarantine_bodies")?;
+        let segments =
+            Rc::new(Segments::open(&path.join("segments"), opts.segment_bytes).map_err(io_err)?);
         Ok(Spool {
             shard,
-            commit: GroupCommit::new(db, dir),
+            commit: GroupCommit::new(db, envelopes.clone(), segments.clone()),
             path,
-            bodies,
             envelopes,
             quarantine,
+            quarantine_bodies,
+            segments,
         })
     }
 
@@ -185,22 +191,19 @@ impl Spool {
         &self.path
     }
 
-    pub fn body_path(&self, id: MessageId) -> PathBuf {
-        self.bodies.join(id.to_string())
-    }
-
     /// Makes the queue consistent after a crash. Blocking; start-up only.
     ///
-    /// A record that does not decode, or whose body file is missing or has
-    /// the wrong size, moves to the quarantine tree (logged, never dropped;
-    /// its body file, if any, stays).
-    /// A body file without a record is what a crash before the 250 leaves
-    /// behind: nobody was told it was queued, so it is removed.
+    /// A record that does not decode, or whose segment is missing or too
+    /// short, moves to the quarantine tree (logged, never dropped), with
+    /// whatever of its body is still readable, so that the segment itself
+    /// need not be kept. Segments
+    /// that no record refers to hold only finished or never-acknowledged
+    /// mail and are removed.
     pub fn recover(&self) -> Result<RecoveryReport, SpoolError> {
         let mut report = RecoveryReport::default();
         for item in self.envelopes.iter() {
             let (key, value) = item.map_err(|source| self.db_err(source))?;
-            match self.check_record(&key, &value) {
+            match self.adopt_record(&key, &value) {
                 Ok(()) => report.messages += 1,
                 Err(reason) => {
                     self.quarantine_record(&key, &value, &reason)?;
@@ -208,27 +211,7 @@ impl Spool {
                 }
             }
         }
-        let entries = fs::read_dir(&self.bodies).map_err(|source| SpoolError::Open {
-            path: self.bodies.clone(),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            // A quarantined record keeps its body: both are evidence.
-            let known = name.to_str().and_then(MessageId::parse).is_some_and(|id| {
-                let key = id.as_bytes();
-                self.envelopes.contains_key(key).unwrap_or(true)
-                    || self.quarantine.contains_key(key).unwrap_or(true)
-            });
-            if !known {
-                log::info!(
-                    "spool: removing body without a queue record: {:?}",
-                    entry.path()
-                );
-                let _ = fs::remove_file(entry.path());
-                report.orphan_bodies_removed += 1;
-            }
-        }
+        report.segments_removed = self.segments.remove_unreferenced();
         if report.quarantined > 0 {
             self.envelopes
                 .flush()
@@ -237,18 +220,10 @@ impl Spool {
         Ok(report)
     }
 
-    fn check_record(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
-        let id = MessageId::from_slice(key).ok_or("queue key is not a message id")?;
+    fn adopt_record(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        MessageId::from_slice(key).ok_or("queue key is not a message id")?;
         let env = Envelope::decode(value).map_err(|e| format!("undecodable record: {e}"))?;
-        match fs::metadata(self.body_path(id)) {
-            Ok(m) if m.len() == env.size => Ok(()),
-            Ok(m) => Err(format!(
-                "body has {} bytes, record says {}",
-                m.len(),
-                env.size
-            )),
-            Err(e) => Err(format!("body file: {e}")),
-        }
+        self.segments.adopt(&env.body)
     }
 
     fn quarantine_record(&self, key: &[u8], value: &[u8], reason: &str) -> Result<(), SpoolError> {
@@ -261,8 +236,15 @@ impl Spool {
             "reason": reason,
             "record": String::from_utf8_lossy(value),
         });
-        self.quarantine
-            .insert(key, serde_json::to_vec(&entry).unwrap_or_default())
+        let body = Envelope::decode(value)
+            .map(|env| self.segments.read_available(&env.body))
+            .unwrap_or_default();
+        self.quarantine_bodies
+            .insert(key, body)
+            .and_then(|_| {
+                self.quarantine
+                    .insert(key, serde_json::to_vec(&entry).unwrap_or_default())
+            })
             .and_then(|_| self.envelopes.remove(key))
             .map(|_| ())
             .map_err(|source| self.db_err(source))
@@ -275,80 +257,67 @@ impl Spool {
         }
     }
 
-    /// Stores a message durably. Returns only after the body and the record
-    /// are both on disk (see the module doc). On error nothing is queued.
+    /// Stores a message durably and returns its envelope as stored. Returns
+    /// only after the body and the record are both on disk (see the module
+    /// doc). On error nothing is queued.
     pub async fn enqueue(
         &self,
         id: MessageId,
-        env: &Envelope,
+        mut env: Envelope,
         body: Vec<u8>,
-    ) -> Result<(), SpoolError> {
-        debug_assert_eq!(env.size, body.len() as u64);
-        self.write_body(id, body).await?;
-        if let Err(source) = self.envelopes.insert(id.as_bytes(), env.encode()) {
-            self.discard(id).await;
-            return Err(SpoolError::Record { id, source });
-        }
-        if let Err(reason) = self.commit.wait().await {
-            self.discard(id).await;
+    ) -> Result<Envelope, SpoolError> {
+        env.body = self
+            .segments
+            .append(body)
+            .await
+            .map_err(|source| SpoolError::Body {
+                id,
+                op: "append body",
+                source,
+            })?;
+        if let Err(reason) = self.commit.commit(*id.as_bytes(), env.encode()).await {
+            // The round may have inserted the record before failing.
+            let _ = self.envelopes.remove(id.as_bytes());
+            self.segments.release(&env.body);
             return Err(SpoolError::Commit { id, reason });
+        }
+        Ok(env)
+    }
+
+    /// Removes a message that is done (delivered or bounced) and releases
+    /// its body; the segment goes when its last body does.
+    pub fn remove(&self, id: MessageId) -> Result<(), SpoolError> {
+        let old = self
+            .envelopes
+            .remove(id.as_bytes())
+            .map_err(|source| SpoolError::Record { id, source })?
+            .ok_or(SpoolError::NotFound { id })?;
+        if let Ok(env) = Envelope::decode(&old) {
+            self.segments.release(&env.body);
         }
         Ok(())
     }
 
-    async fn write_body(&self, id: MessageId, body: Vec<u8>) -> Result<(), SpoolError> {
-        let err = |op| {
-            move |e: glommio::GlommioError<()>| SpoolError::Body {
-                id,
-                op,
-                source: e.into(),
-            }
-        };
-        let len = body.len();
-        let file = glommio::io::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .buffered_open(self.body_path(id))
+    /// A message's body, read through io_uring and checked against its CRC.
+    pub async fn read_body(&self, id: MessageId, env: &Envelope) -> Result<Vec<u8>, SpoolError> {
+        self.segments
+            .read(&env.body)
             .await
-            .map_err(err("create body file"))?;
-        let written = file.write_at(body, 0).await.map_err(err("write body"));
-        // A short write on a regular file means the disk is full: refuse the
-        // message rather than retry with a copy of the rest.
-        let synced = match written {
-            Ok(n) if n == len => file.fdatasync().await.map_err(err("fdatasync body")),
-            Ok(_) => Err(SpoolError::Body {
+            .map_err(|source| SpoolError::Body {
                 id,
-                op: "write body",
-                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
-            }),
-            Err(e) => Err(e),
-        };
-        let closed = file.close().await.map_err(err("close body"));
-        if synced.is_err() || closed.is_err() {
-            let _ = glommio::io::remove(self.body_path(id)).await;
-        }
-        synced.and(closed)
+                op: "read body",
+                source,
+            })
     }
 
-    /// Best-effort removal after a failed enqueue.
-    async fn discard(&self, id: MessageId) {
-        let _ = self.envelopes.remove(id.as_bytes());
-        let _ = glommio::io::remove(self.body_path(id)).await;
-    }
-
-    /// Removes a message that is done (delivered or bounced). The record
-    /// goes first: a crash in between leaves an orphan body that recovery
-    /// removes, never a record without its body.
-    pub async fn remove(&self, id: MessageId) -> Result<(), SpoolError> {
-        self.envelopes
-            .remove(id.as_bytes())
-            .map_err(|source| SpoolError::Record { id, source })?;
-        glommio::io::remove(self.body_path(id))
-            .await
-            .map_err(|e| SpoolError::Body {
+    /// Blocking variant of [`Spool::read_body`] for tools and tests.
+    pub fn read_body_blocking(&self, id: MessageId, env: &Envelope) -> Result<Vec<u8>, SpoolError> {
+        self.segments
+            .read_blocking(&env.body)
+            .map_err(|source| SpoolError::Body {
                 id,
-                op: "remove body",
-                source: e.into(),
+                op: "read body",
+                source,
             })
     }
 
@@ -373,6 +342,16 @@ impl Spool {
 
     pub fn is_empty(&self) -> bool {
         self.envelopes.is_empty()
+    }
+
+    /// Body segment files on disk.
+    pub fn segment_count(&self) -> usize {
+        self.segments.count()
+    }
+
+    /// What was saved of a quarantined message's body.
+    pub fn quarantined_body(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.quarantine_bodies.get(key).ok()?.map(|v| v.to_vec())
     }
 
     /// Quarantined records: (key, reason).

@@ -157,15 +157,16 @@ async fn run_shard(
 ) -> Result<(), String> {
     let opts = SpoolOptions {
         cache_bytes: cfg.spool.cache_bytes,
+        segment_bytes: cfg.spool.segment_bytes,
     };
     let spool = Spool::open(&cfg.spool.dir, index as u16, &opts).map_err(|e| e.to_string())?;
     let recovered = spool.recover().map_err(|e| e.to_string())?;
     log::info!(
-        "shard {index}: spool {} recovered: {} messages, {} quarantined, {} orphan bodies removed",
+        "shard {index}: spool {} recovered: {} messages, {} quarantined, {} unreferenced segments removed",
         spool.path().display(),
         recovered.messages,
         recovered.quarantined,
-        recovered.orphan_bodies_removed
+        recovered.segments_removed
     );
     let listener =
         bind_shared(cfg.smtp.listen).map_err(|e| format!("listen on {}: {e}", cfg.smtp.listen))?;

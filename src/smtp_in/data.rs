@@ -20,7 +20,7 @@ use super::conn::{Conn, is_timeout};
 use super::session::{Session, Transaction};
 use crate::proto::body::{BodyFault, BodyReader, Framing};
 use crate::proto::reply::{Rejection, Reply};
-use crate::queue::{Envelope, MessageId, Recipient};
+use crate::queue::{Envelope, MessageId};
 
 /// How a body-reading step ended for the connection.
 pub enum Outcome {
@@ -155,25 +155,14 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &Shard) -> Outcom
         Some(BodyFault::BareLf) => return Outcome::Close(Rejection::BareLf.reply()),
         None => {}
     }
-    let now = unix_now();
-    let env = Envelope {
-        sender: tx.sender(),
-        recipients: tx
-            .rcpts
-            .iter()
-            .map(|r| Recipient::pending(r.to_string()))
-            .collect(),
-        created: now,
-        attempts: 0,
-        next_due: now,
-        size: body.body.len() as u64,
-        smtputf8: tx.smtputf8(),
-        eight_bit: tx.declared_8bit() || body.reader.has_8bit(),
-        client: body.client,
-    };
+    let rcpts = tx.rcpts.iter().map(|r| r.to_string()).collect();
+    let mut env = Envelope::new(tx.sender(), rcpts, unix_now());
+    env.smtputf8 = tx.smtputf8();
+    env.eight_bit = tx.declared_8bit() || body.reader.has_8bit();
+    env.client = body.client;
     let id = body.id;
-    match shard.spool.enqueue(id, &env, body.body).await {
-        Ok(()) => Outcome::Reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))),
+    match shard.spool.enqueue(id, env, body.body).await {
+        Ok(_) => Outcome::Reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))),
         Err(e) => {
             log::error!("{e}");
             Outcome::Reply(Rejection::StorageFailure.reply())

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+
 use std::time::Duration;
 
 use ringpost::config::Config;
@@ -50,51 +51,52 @@ impl TestServer {
         Client::connect(self.addr)
     }
 
-    /// The stored body of a queued message (bodies are plain files, readable
-    /// while the server runs).
-    pub fn body(&self, id: &str) -> Vec<u8> {
-        let id = MessageId::parse(id).expect("a message id");
-        let shard = ringpost::runtime::shard_for(&id, self.shards);
-        let path = ringpost::queue::shard_dir(&self.spool_dir, shard as u16)
-            .join("bodies")
-            .join(id.to_string());
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    /// Stops the server (releasing the spool) if it still runs.
+    pub fn stop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.stop();
+        }
+    }
+
+    /// Stops the server and returns every queued message with its body.
+    pub fn messages(&mut self) -> Vec<(MessageId, Envelope, Vec<u8>)> {
+        self.stop();
+        read_spool(&self.spool_dir)
+    }
+
+    /// Stops the server and returns the stored body of message `id`.
+    pub fn body(&mut self, id: &str) -> Vec<u8> {
+        let all = self.messages();
+        let (_, _, body) = all
+            .into_iter()
+            .find(|(m, _, _)| m.to_string() == id)
+            .unwrap_or_else(|| panic!("message {id} is not in the spool"));
+        body
     }
 
     /// Stops the server and returns every queued message.
     pub fn stop_and_list(&mut self) -> Vec<(MessageId, Envelope)> {
-        if let Some(mut s) = self.server.take() {
-            s.stop();
-        }
+        self.stop();
         list_spool(&self.spool_dir)
-    }
-
-    /// Number of body files in the spool (what a smuggled second message
-    /// would add to).
-    pub fn body_files(&self) -> usize {
-        existing_shards(&self.spool_dir)
-            .into_iter()
-            .map(|s| {
-                std::fs::read_dir(ringpost::queue::shard_dir(&self.spool_dir, s).join("bodies"))
-                    .map(|d| d.count())
-                    .unwrap_or(0)
-            })
-            .sum()
     }
 }
 
 pub fn list_spool(dir: &Path) -> Vec<(MessageId, Envelope)> {
+    read_spool(dir)
+        .into_iter()
+        .map(|(id, env, _)| (id, env))
+        .collect()
+}
+
+/// Every message in a stopped server's spool, with its body (CRC-checked).
+pub fn read_spool(dir: &Path) -> Vec<(MessageId, Envelope, Vec<u8>)> {
     let mut all = Vec::new();
     for shard in existing_shards(dir) {
-        let spool = Spool::open(
-            dir,
-            shard,
-            &SpoolOptions {
-                cache_bytes: 8 << 20,
-            },
-        )
-        .expect("spool opens");
-        all.extend(spool.list());
+        let spool = Spool::open(dir, shard, &SpoolOptions::default()).expect("spool opens");
+        for (id, env) in spool.list() {
+            let body = spool.read_body_blocking(id, &env).expect("body reads back");
+            all.push((id, env, body));
+        }
     }
     all
 }
