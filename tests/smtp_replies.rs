@@ -110,6 +110,19 @@ fn overlong_command_line_is_500_5_5_2_and_the_session_resynchronises() {
 }
 
 #[test]
+fn overlong_command_line_sent_in_pieces_is_skipped_without_spinning() {
+    let ts = start();
+    let mut c = ts.client();
+    c.send(format!("NOOP {}", "x".repeat(3000)).as_bytes());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    c.send("x".repeat(3000).as_bytes());
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    c.send(b"\r\nNOOP\r\n");
+    assert_eq!(c.reply().code, 500);
+    assert_eq!(c.reply().code, 250);
+}
+
+#[test]
 fn size_limits_552_5_3_4() {
     let mut ts = start_with(1, |c| c.smtp.max_message_size = 2000);
     let mut c = ts.client();

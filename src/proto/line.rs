@@ -23,9 +23,9 @@ pub enum LineEvent {
     },
     /// A line exceeded the limit. Reported once per overlong line.
     TooLong { consumed: usize },
-    /// Bytes that belong to an overlong line were skipped.
+    /// Bytes that belong to an overlong line were skipped (never zero).
     Skipped { consumed: usize },
-    /// No complete line yet: read more.
+    /// No complete line yet (or nothing to skip): read more.
     Incomplete,
 }
 
@@ -45,6 +45,9 @@ impl LineSplitter {
     }
 
     pub fn next(&mut self, buf: &[u8]) -> LineEvent {
+        if buf.is_empty() {
+            return LineEvent::Incomplete;
+        }
         let lf = memchr(b'\n', buf);
         if self.discarding {
             return match lf {
@@ -80,7 +83,7 @@ impl LineSplitter {
 }
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+    memchr::memchr(needle, hay)
 }
 
 #[cfg(test)]
@@ -122,6 +125,15 @@ mod tests {
             s.next(b"NOOP\r\n"),
             LineEvent::Line { len: 4, .. }
         ));
+    }
+
+    #[test]
+    fn discarding_with_nothing_buffered_asks_for_more_input() {
+        let mut s = LineSplitter::new(8);
+        assert_eq!(s.next(b"0123456789"), LineEvent::TooLong { consumed: 10 });
+        // Must not report a zero-byte skip: the caller would loop without reading.
+        assert_eq!(s.next(b""), LineEvent::Incomplete);
+        assert_eq!(s.next(b"x\r\n"), LineEvent::Skipped { consumed: 3 });
     }
 
     #[test]
