@@ -121,8 +121,10 @@ fn no_acknowledged_message_is_lost_on_sigkill() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nshards = 2\nhostname = \"crash.test\"\n[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{addr}\"\n",
-            spool.display()
+            "[server]\nshards = 2\nhostname = \"crash.test\"\n[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{addr}\"\n\
+             [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n",
+            spool.display(),
+            common::closed_port()
         ),
     )
     .unwrap();

@@ -1,6 +1,8 @@
 //! The DATA/BDAT body reader: never panics, never stores more than its
 //! limit, finds end of data only at CRLF.CRLF, and gives the same result
-//! however the input is split into reads.
+//! however the input is split into reads. (After a fault the message is
+//! refused, so what was stored past that point may differ and is not
+//! compared.)
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use ringpost::proto::BareLf;
@@ -32,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
     for framing in [Framing::Data, Framing::Bdat] {
         let whole = read(input, &[], framing);
         let split = read(input, &[cut_a.min(cut_b), cut_a.max(cut_b)], framing);
-        assert_eq!(whole, split, "splitting the input changed the result");
+        assert_eq!((&whole.1, &whole.2), (&split.1, &split.2), "splitting changed end or fault");
+        if whole.2 == "None" {
+            assert_eq!(whole.0, split.0, "splitting changed the stored body");
+        }
         assert!(whole.0.len() <= MAX);
         if let Some(end) = whole.1 {
             assert_eq!(framing, Framing::Data);

@@ -9,6 +9,7 @@
 //! Must not: do I/O beyond reading the file it is given; bind ports or open
 //! the spool (`check-config` relies on that).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,110 @@ pub struct Config {
     pub server: ServerConfig,
     pub spool: SpoolConfig,
     pub smtp: SmtpConfig,
+    pub delivery: DeliveryConfig,
+    pub dns: DnsConfig,
+}
+
+/// `[delivery]`: outbound SMTP, scheduling and retries.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct DeliveryConfig {
+    /// Port used for MX deliveries (MX records carry no port).
+    pub remote_port: u16,
+    /// Send everything to this host instead of the MX: "host:port" or
+    /// "[ip]:port". Empty: use MX records.
+    pub smarthost: String,
+    /// Per-domain routes that override MX: domain -> "host:port" or "[ip]:port".
+    pub routes: BTreeMap<String, String>,
+    /// Concurrent connections per destination domain, across all shards
+    /// (each shard gets an equal share, at least one).
+    pub max_connections: usize,
+    /// Messages sent over one connection before it is closed.
+    pub max_messages_per_connection: u32,
+    /// Seconds an unused pooled connection stays open.
+    pub idle_timeout_secs: u64,
+    /// Seconds to wait for a TCP connection.
+    pub connect_timeout_secs: u64,
+    /// Seconds to wait for any reply (and for each write).
+    pub reply_timeout_secs: u64,
+    /// First retry delay after a temporary failure; doubles each attempt.
+    pub retry_initial_secs: u64,
+    /// Longest retry delay.
+    pub retry_max_secs: u64,
+    /// Age at which a message that still fails temporarily expires and bounces.
+    pub max_age_secs: u64,
+    /// Name sent in EHLO. Empty: `server.hostname`.
+    pub helo_name: String,
+    /// Delivery log (JSON lines): "stdout", "off", or a file path.
+    pub log: String,
+}
+
+/// `[dns]`: the resolver used for MX and address lookups.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct DnsConfig {
+    /// Nameservers as "ip:port". Empty: those in /etc/resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// Seconds per query attempt.
+    pub timeout_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            remote_port: 25,
+            smarthost: String::new(),
+            routes: BTreeMap::new(),
+            max_connections: 20,
+            max_messages_per_connection: 1000,
+            idle_timeout_secs: 30,
+            connect_timeout_secs: 30,
+            reply_timeout_secs: 300,
+            retry_initial_secs: 60,
+            retry_max_secs: 3600,
+            max_age_secs: 5 * 24 * 3600,
+            helo_name: String::new(),
+            log: "stdout".into(),
+        }
+    }
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: Vec::new(),
+            timeout_secs: 5,
+        }
+    }
+}
+
+/// A static next hop: `host:port` (looked up as A/AAAA, no MX) or
+/// `[ip]:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextHop {
+    Addr(SocketAddr),
+    Host(String, u16),
+}
+
+impl NextHop {
+    pub fn parse(s: &str) -> Result<NextHop, String> {
+        if let Some(rest) = s.strip_prefix('[') {
+            let (ip, port) = rest
+                .split_once("]:")
+                .ok_or_else(|| format!("`{s}`: expected [ip]:port"))?;
+            let ip: IpAddr = ip.parse().map_err(|_| format!("`{s}`: bad IP address"))?;
+            let port: u16 = port.parse().map_err(|_| format!("`{s}`: bad port"))?;
+            return Ok(NextHop::Addr(SocketAddr::new(ip, port)));
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}`: expected host:port"))?;
+        let port: u16 = port.parse().map_err(|_| format!("`{s}`: bad port"))?;
+        if host.is_empty() || host.contains(['[', ']', ' ']) {
+            return Err(format!("`{s}`: bad host name"));
+        }
+        Ok(NextHop::Host(host.to_string(), port))
+    }
 }
 
 /// `[server]`: process-wide settings.
@@ -148,6 +253,8 @@ impl Config {
                 "server" => section(&key, value, &mut errors, &mut cfg.server),
                 "spool" => section(&key, value, &mut errors, &mut cfg.spool),
                 "smtp" => section(&key, value, &mut errors, &mut cfg.smtp),
+                "delivery" => section(&key, value, &mut errors, &mut cfg.delivery),
+                "dns" => section(&key, value, &mut errors, &mut cfg.dns),
                 other => errors.push(format!("unknown section or key `{other}`")),
             }
         }
@@ -192,6 +299,34 @@ impl Config {
         if !(1 << 20..=1 << 30).contains(&self.spool.segment_bytes) {
             p.push("spool.segment_bytes must be between 1 MiB and 1 GiB".into());
         }
+        let d = &self.delivery;
+        if !d.smarthost.is_empty() {
+            if let Err(e) = NextHop::parse(&d.smarthost) {
+                p.push(format!("delivery.smarthost: {e}"));
+            }
+        }
+        for (domain, hop) in &d.routes {
+            if let Err(e) = NextHop::parse(hop) {
+                p.push(format!("delivery.routes.\"{domain}\": {e}"));
+            }
+        }
+        if d.max_connections == 0 || d.max_messages_per_connection == 0 {
+            p.push(
+                "delivery.max_connections and max_messages_per_connection must be at least 1"
+                    .into(),
+            );
+        }
+        if d.retry_initial_secs == 0 || d.retry_max_secs < d.retry_initial_secs {
+            p.push(
+                "delivery.retry_initial_secs must be at least 1 and at most retry_max_secs".into(),
+            );
+        }
+        if d.connect_timeout_secs == 0 || d.reply_timeout_secs == 0 || d.idle_timeout_secs == 0 {
+            p.push("delivery timeouts must be at least 1 second".into());
+        }
+        if self.dns.timeout_secs == 0 {
+            p.push("dns.timeout_secs must be at least 1".into());
+        }
         if self.server.shards > 1024 {
             p.push("server.shards must be at most 1024".into());
         }
@@ -205,6 +340,15 @@ impl Config {
             v4 => v4,
         };
         self.smtp.relay_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The EHLO name for outbound connections.
+    pub fn helo_name(&self) -> &str {
+        if self.delivery.helo_name.is_empty() {
+            &self.server.hostname
+        } else {
+            &self.delivery.helo_name
+        }
     }
 
     /// Whether ringpost accepts mail for `domain` from any client.

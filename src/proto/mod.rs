@@ -11,6 +11,7 @@
 //! Security: everything here parses bytes straight from the network.
 
 pub mod body;
+pub mod client;
 pub mod command;
 pub mod line;
 pub mod reply;

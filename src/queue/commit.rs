@@ -1,13 +1,15 @@
 //! Group commit: one round of syncs serves every message waiting for it.
 //!
 //! Owns: [`GroupCommit`], one per shard. A session whose body is written to
-//! its segment hands its queue record to [`GroupCommit::commit`]. If no round
+//! its segment hands its queue record to [`GroupCommit::commit`]; the
+//! scheduler hands it state changes and removals the same way, so that a
+//! recipient recorded as delivered stays delivered after a crash. If no round
 //! is running, it starts one; otherwise it waits for the next. A round takes
 //! *all* records queued so far and, on the executor's blocking thread:
 //!
 //! 1. fdatasyncs every segment written since the last round (and the segment
 //!    directory if a segment was created): the bodies are now durable;
-//! 2. inserts the records in one sled batch;
+//! 2. applies the records (inserts and removals) in one sled batch;
 //! 3. flushes sled (one fsync): the records are now durable;
 //!
 //! then answers every waiter. A record joins sled only after its body is on
@@ -34,7 +36,8 @@ use super::segment::Segments;
 
 struct Waiter {
     key: [u8; 16],
-    record: Vec<u8>,
+    /// The new record, or None to remove it.
+    record: Option<Vec<u8>>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -62,9 +65,9 @@ impl GroupCommit {
         }
     }
 
-    /// Resolves once `record` is in sled and a round that began after the
-    /// body was written has synced both.
-    pub async fn commit(&self, key: [u8; 16], record: Vec<u8>) -> Result<(), String> {
+    /// Resolves once `record` (None: its removal) is in sled and a round that
+    /// began after this call has synced the segments and flushed sled.
+    pub async fn commit(&self, key: [u8; 16], record: Option<Vec<u8>>) -> Result<(), String> {
         let (done, rx) = oneshot::channel();
         let start_round = {
             let mut st = self.state.borrow_mut();
@@ -78,6 +81,11 @@ impl GroupCommit {
             .unwrap_or_else(|_| Err("group commit dropped".into()))
     }
 
+    /// Whether a round is queued or running.
+    pub fn busy(&self) -> bool {
+        self.state.borrow().running
+    }
+
     async fn run_rounds(self) {
         loop {
             let batch = std::mem::take(&mut self.state.borrow_mut().waiters);
@@ -89,7 +97,10 @@ impl GroupCommit {
             let mut sled_batch = sled::Batch::default();
             let mut answers = Vec::with_capacity(batch.len());
             for w in batch {
-                sled_batch.insert(&w.key, w.record);
+                match w.record {
+                    Some(r) => sled_batch.insert(&w.key, r),
+                    None => sled_batch.remove(&w.key),
+                }
                 answers.push(w.done);
             }
             let result = self.round(sled_batch).await;

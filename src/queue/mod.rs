@@ -32,6 +32,7 @@ pub mod envelope;
 pub mod id;
 pub mod segment;
 
+use std::cell::RefCell;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -112,6 +113,7 @@ pub struct Spool {
     quarantine_bodies: sled::Tree,
     segments: Rc<Segments>,
     commit: GroupCommit,
+    ids: RefCell<IdGenerator>,
 }
 
 /// The directory of shard `k` under the spool root.
@@ -180,11 +182,18 @@ impl Spool {
             quarantine,
             quarantine_bodies,
             segments,
+            ids: RefCell::new(IdGenerator::new(shard)),
         })
     }
 
     pub fn shard(&self) -> u16 {
         self.shard
+    }
+
+    /// A new id owned by this spool's shard (`runtime::shard_for(id)` is
+    /// this shard).
+    pub fn new_id(&self) -> MessageId {
+        self.ids.borrow_mut().next_id()
     }
 
     pub fn path(&self) -> &Path {
@@ -275,7 +284,7 @@ impl Spool {
                 op: "append body",
                 source,
             })?;
-        if let Err(reason) = self.commit.commit(*id.as_bytes(), env.encode()).await {
+        if let Err(reason) = self.commit.commit(*id.as_bytes(), Some(env.encode())).await {
             // The round may have inserted the record before failing.
             let _ = self.envelopes.remove(id.as_bytes());
             self.segments.release(&env.body);
@@ -284,17 +293,31 @@ impl Spool {
         Ok(env)
     }
 
-    /// Removes a message that is done (delivered or bounced) and releases
-    /// its body; the segment goes when its last body does.
-    pub fn remove(&self, id: MessageId) -> Result<(), SpoolError> {
-        let old = self
-            .envelopes
-            .remove(id.as_bytes())
-            .map_err(|source| SpoolError::Record { id, source })?
-            .ok_or(SpoolError::NotFound { id })?;
-        if let Ok(env) = Envelope::decode(&old) {
-            self.segments.release(&env.body);
+    /// Waits until no commit round is in flight. A shard calls this last on
+    /// stop: a round's blocking flush must not outlive its executor.
+    pub async fn quiesce(&self) {
+        while self.commit.busy() {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
+    }
+
+    /// Durably stores a changed envelope (recipient states, retry time).
+    pub async fn update(&self, id: MessageId, env: &Envelope) -> Result<(), SpoolError> {
+        self.commit
+            .commit(*id.as_bytes(), Some(env.encode()))
+            .await
+            .map_err(|reason| SpoolError::Commit { id, reason })
+    }
+
+    /// Durably removes a message that is done (delivered or bounced), then
+    /// releases its body; the segment goes when its last body does.
+    pub async fn remove(&self, id: MessageId) -> Result<(), SpoolError> {
+        let env = self.get(id).ok_or(SpoolError::NotFound { id })?;
+        self.commit
+            .commit(*id.as_bytes(), None)
+            .await
+            .map_err(|reason| SpoolError::Commit { id, reason })?;
+        self.segments.release(&env.body);
         Ok(())
     }
 

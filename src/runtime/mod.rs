@@ -13,6 +13,8 @@
 //!
 //! Must not: contain anything mail-specific beyond choosing a message's shard.
 
+pub mod tasks;
+
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,7 +24,10 @@ use std::time::Duration;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
 
 use crate::config::Config;
+use crate::dns::{self, Resolver};
+use crate::events::EventLog;
 use crate::queue::{MessageId, Spool, SpoolOptions, existing_shards};
+use crate::scheduler::Scheduler;
 use crate::smtp_in::{self, Shard};
 
 /// glommio's registered io_memory is used only by `DmaFile`, which ringpost
@@ -56,6 +61,8 @@ pub enum StartError {
     Shard { shard: usize, reason: String },
     #[error("starting executors: {0}")]
     Executor(String),
+    #[error("starting the DNS resolver: {0}")]
+    Dns(std::io::Error),
 }
 
 enum Report {
@@ -87,6 +94,11 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
     check_spool_layout(&cfg, shards)?;
     cfg.smtp.listen = probe_listen(cfg.smtp.listen)?;
     let smtp_addr = cfg.smtp.listen;
+    let resolver = dns::start(
+        &cfg.dns.nameservers,
+        Duration::from_secs(cfg.dns.timeout_secs),
+    )
+    .map_err(StartError::Dns)?;
     let cfg = Arc::new(cfg);
 
     let (report_tx, reports) = flume::unbounded();
@@ -106,12 +118,13 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
                     .take()
                     .expect("one per shard");
                 let cfg = cfg.clone();
+                let resolver = resolver.clone();
                 let guard = StopGuard {
                     shard: index,
                     tx: report_tx.clone(),
                 };
                 async move {
-                    match run_shard(index, cfg, stop, &guard.tx).await {
+                    match run_shard(index, shards, cfg, resolver, stop, &guard.tx).await {
                         Ok(()) => {}
                         Err(reason) => {
                             let _ = guard.tx.send(Report::Failed {
@@ -151,7 +164,9 @@ impl Drop for StopGuard {
 
 async fn run_shard(
     index: usize,
+    shards: usize,
     cfg: Arc<Config>,
+    resolver: Resolver,
     stop: flume::Receiver<()>,
     reports: &flume::Sender<Report>,
 ) -> Result<(), String> {
@@ -170,9 +185,31 @@ async fn run_shard(
     );
     let listener =
         bind_shared(cfg.smtp.listen).map_err(|e| format!("listen on {}: {e}", cfg.smtp.listen))?;
-    let shard = Rc::new(Shard::new(index as u16, cfg, Rc::new(spool)));
+    let events = Rc::new(
+        EventLog::open(&cfg.delivery.log)
+            .map_err(|e| format!("delivery log {}: {e}", cfg.delivery.log))?,
+    );
+    let spool = Rc::new(spool);
+    let scheduler = Scheduler::new(
+        cfg.clone(),
+        index,
+        shards,
+        spool.clone(),
+        resolver,
+        events.clone(),
+    );
+    scheduler.start();
+    let shard = Rc::new(Shard {
+        index: index as u16,
+        cfg,
+        spool,
+        scheduler: scheduler.clone(),
+        events,
+    });
     let _ = reports.send(Report::Ready);
-    smtp_in::serve(listener, shard, stop).await;
+    smtp_in::serve(listener, shard.clone(), stop).await;
+    scheduler.stop();
+    shard.spool.quiesce().await;
     Ok(())
 }
 

@@ -13,8 +13,6 @@
 //! which bounds the stored size and enforces the end-of-data rule; a BDAT
 //! chunk outside a valid transaction is read and thrown away, never stored.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::Shard;
 use super::conn::{Conn, is_timeout};
 use super::session::{Session, Transaction};
@@ -40,7 +38,7 @@ pub struct BodyInProgress {
 impl BodyInProgress {
     pub fn start(session: &Session, shard: &Shard, framing: Framing) -> BodyInProgress {
         let cfg = &shard.cfg.smtp;
-        let id = shard.next_id();
+        let id = shard.spool.new_id();
         let mut body = Vec::with_capacity(4096);
         received_header(&mut body, session, &shard.cfg.server.hostname, id);
         BodyInProgress {
@@ -156,24 +154,22 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &Shard) -> Outcom
         None => {}
     }
     let rcpts = tx.rcpts.iter().map(|r| r.to_string()).collect();
-    let mut env = Envelope::new(tx.sender(), rcpts, unix_now());
+    let mut env = Envelope::new(tx.sender(), rcpts, crate::events::unix_now());
     env.smtputf8 = tx.smtputf8();
     env.eight_bit = tx.declared_8bit() || body.reader.has_8bit();
     env.client = body.client;
     let id = body.id;
     match shard.spool.enqueue(id, env, body.body).await {
-        Ok(_) => Outcome::Reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))),
+        Ok(env) => {
+            shard.events.reception(id, &env);
+            shard.scheduler.submit(id, env);
+            Outcome::Reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")))
+        }
         Err(e) => {
             log::error!("{e}");
             Outcome::Reply(Rejection::StorageFailure.reply())
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The trace header (RFC 5321 4.4). The HELO name was checked by the

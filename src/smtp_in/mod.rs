@@ -23,21 +23,21 @@ pub mod conn;
 pub mod data;
 pub mod session;
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::net::{TcpListener, TcpStream};
-use glommio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::events::EventLog;
 use crate::proto::BareLf;
 use crate::proto::command;
 use crate::proto::line::{LineEvent, LineSplitter};
 use crate::proto::reply::{Rejection, Reply};
-use crate::queue::{IdGenerator, MessageId, Spool};
+use crate::queue::Spool;
+use crate::runtime::tasks::TaskSet;
+use crate::scheduler::Scheduler;
 use conn::{Conn, is_timeout};
 use data::{BodyInProgress, Outcome};
 use session::{Action, Session};
@@ -47,31 +47,15 @@ pub struct Shard {
     pub index: u16,
     pub cfg: Arc<Config>,
     pub spool: Rc<Spool>,
-    ids: RefCell<IdGenerator>,
-}
-
-impl Shard {
-    pub fn new(index: u16, cfg: Arc<Config>, spool: Rc<Spool>) -> Shard {
-        Shard {
-            index,
-            cfg,
-            spool,
-            ids: RefCell::new(IdGenerator::new(index)),
-        }
-    }
-
-    /// A new id owned by this shard (`runtime::shard_for(id) == index`).
-    pub fn next_id(&self) -> MessageId {
-        self.ids.borrow_mut().next_id()
-    }
+    /// Where accepted messages go next (this shard's scheduler).
+    pub scheduler: Rc<Scheduler>,
+    pub events: Rc<EventLog>,
 }
 
 /// Accepts connections until `stop` fires, one task per session. On stop,
-/// the sessions still open are cancelled, so that nothing keeps the shard's
-/// spool open once `serve` returns.
+/// the sessions still open are cancelled (see `runtime::tasks`).
 pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receiver<()>) {
-    let sessions: Rc<RefCell<HashMap<u64, JoinHandle<()>>>> = Rc::default();
-    let mut next_session = 0u64;
+    let sessions = TaskSet::default();
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             let _ = stop.recv_async().await;
@@ -80,17 +64,7 @@ pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receive
         .await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => {
-                next_session += 1;
-                let (id, registry) = (next_session, sessions.clone());
-                let session = handle_connection(stream, shard.clone());
-                let task = glommio::spawn_local(async move {
-                    session.await;
-                    registry.borrow_mut().remove(&id);
-                });
-                // Not yet polled: it cannot have removed itself before this insert.
-                sessions.borrow_mut().insert(id, task.detach());
-            }
+            Some(Ok(stream)) => sessions.spawn(handle_connection(stream, shard.clone())),
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning.
                 log::warn!("shard {}: accept: {e}", shard.index);
@@ -98,9 +72,7 @@ pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receive
             }
         }
     }
-    for (_, task) in sessions.borrow_mut().drain() {
-        task.cancel();
-    }
+    sessions.cancel_all();
 }
 
 async fn handle_connection(stream: TcpStream, shard: Rc<Shard>) {

@@ -30,6 +30,11 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     cfg.spool.dir = tmp.path().join("spool");
     cfg.spool.cache_bytes = 8 << 20;
     cfg.smtp.listen = "127.0.0.1:0".parse().unwrap();
+    // Reception tests keep their mail queued: the next hop is a closed
+    // loopback port (nothing here may ever reach a real MX).
+    cfg.delivery.smarthost = format!("[127.0.0.1]:{}", closed_port());
+    cfg.delivery.log = "off".into();
+    cfg.dns.nameservers = vec!["127.0.0.1:9".parse().unwrap()];
     tweak(&mut cfg);
     let spool_dir = cfg.spool.dir.clone();
     let server = runtime::start(cfg).expect("server starts");
@@ -40,6 +45,15 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
         server: Some(server),
         _tmp: tmp,
     }
+}
+
+/// A loopback port with nothing listening on it.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn start() -> TestServer {

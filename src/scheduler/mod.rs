@@ -1,0 +1,567 @@
+//! Per-shard delivery scheduling: ready queues per destination domain,
+//! connection limits, retries with back-off, expiry, bounces.
+//!
+//! Owns: [`Scheduler`], one per shard, which schedules exactly the messages
+//! in its shard's spool (share-nothing: no other shard sees them).
+//!
+//! - A message becomes *jobs*, one per destination domain with pending
+//!   recipients, as soon as it is durable ([`Scheduler::submit`]): no
+//!   polling delay between the 250 and the first delivery attempt.
+//! - Each domain has a ready queue and at most its share of
+//!   `delivery.max_connections` workers on this shard; a worker takes jobs
+//!   one after another, reusing pooled connections (`smtp_out::pool`).
+//! - When every job of a message is done, the message is *finished*: if no
+//!   recipient is pending it is removed; recipients that failed for good are
+//!   bounced (DSN, never for a null sender); if some are still pending it is
+//!   deferred with exponential back-off, or expires past `max_age_secs`.
+//!   Every state change is durable (group-committed) before the next step,
+//!   so a recipient delivered once is never delivered again after a restart.
+//! - Deferred messages wait in a due-time index; their `next_due` is stored
+//!   in the envelope, so retry times survive restarts.
+//!
+//! Must not: open sockets itself (`smtp_out` does), or write sled other than
+//! through `queue::Spool`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::bounce::{self, Failure, Report};
+use crate::config::{Config, NextHop};
+use crate::dns::{DnsError, Resolver};
+use crate::events::{Event, EventKind, EventLog, unix_now};
+use crate::queue::{Envelope, MessageId, RecipientStatus, Spool};
+use crate::runtime::tasks::TaskSet;
+use crate::smtp_out::client::Outgoing;
+use crate::smtp_out::{Attempt, Delivery, Outcome, Target, targets};
+
+/// How often deferred messages are checked and idle connections reaped.
+const TICK: Duration = Duration::from_millis(200);
+
+pub struct Scheduler {
+    cfg: Arc<Config>,
+    spool: Rc<Spool>,
+    dns: Resolver,
+    delivery: Delivery,
+    events: Rc<EventLog>,
+    /// This shard's share of `max_connections` per domain.
+    connections_per_domain: usize,
+    state: RefCell<State>,
+    tasks: TaskSet,
+}
+
+#[derive(Default)]
+struct State {
+    messages: HashMap<MessageId, Entry>,
+    domains: HashMap<String, DomainQueue>,
+    deferred: BTreeSet<(u64, MessageId)>,
+    suspended: HashSet<String>,
+}
+
+struct Entry {
+    env: Envelope,
+    /// Jobs of the current round not yet done.
+    jobs: usize,
+    /// Recipients that failed for good in this round, for the DSN.
+    failures: Vec<(usize, String, String, Option<String>)>,
+}
+
+#[derive(Default)]
+struct DomainQueue {
+    ready: VecDeque<Job>,
+    workers: usize,
+}
+
+struct Job {
+    id: MessageId,
+    /// Indices into the envelope's recipients.
+    rcpts: Vec<usize>,
+}
+
+/// The destination domain of an address, lower-cased.
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .to_ascii_lowercase()
+}
+
+/// Shard `shard`'s share of a global limit: equal parts, the remainder to
+/// the first shards, never zero.
+pub fn share(total: usize, shard: usize, shards: usize) -> usize {
+    let shards = shards.max(1);
+    (total / shards + usize::from(shard < total % shards)).max(1)
+}
+
+/// Delay before attempt `attempts + 1`: `initial * 2^(attempts-1)`, capped.
+pub fn backoff(attempts: u32, initial: u64, max: u64) -> u64 {
+    let exp = attempts.saturating_sub(1).min(32);
+    initial.saturating_mul(1u64 << exp).min(max)
+}
+
+impl Scheduler {
+    pub fn new(
+        cfg: Arc<Config>,
+        shard: usize,
+        shards: usize,
+        spool: Rc<Spool>,
+        dns: Resolver,
+        events: Rc<EventLog>,
+    ) -> Rc<Scheduler> {
+        let d = &cfg.delivery;
+        let delivery = Delivery {
+            helo: cfg.helo_name().to_string(),
+            connect_timeout: Duration::from_secs(d.connect_timeout_secs),
+            timeout: Duration::from_secs(d.reply_timeout_secs),
+            pool: crate::smtp_out::pool::Pool::new(
+                Duration::from_secs(d.idle_timeout_secs),
+                d.max_messages_per_connection,
+            ),
+        };
+        Rc::new(Scheduler {
+            connections_per_domain: share(d.max_connections, shard, shards),
+            cfg,
+            spool,
+            dns,
+            delivery,
+            events,
+            state: RefCell::default(),
+            tasks: TaskSet::default(),
+        })
+    }
+
+    /// Takes over every message in the spool (after recovery) and starts the
+    /// timer. Due messages are dispatched at once.
+    pub fn start(self: &Rc<Self>) {
+        let now = unix_now();
+        for (id, env) in self.spool.list() {
+            let due = env.next_due;
+            self.state.borrow_mut().messages.insert(id, Entry::new(env));
+            if due <= now {
+                self.dispatch(id);
+            } else {
+                self.state.borrow_mut().deferred.insert((due, id));
+            }
+        }
+        let me = self.clone();
+        self.tasks.spawn(async move { me.run_timer().await });
+    }
+
+    /// Stops every worker and the timer. Messages in flight stay queued.
+    pub fn stop(&self) {
+        self.tasks.cancel_all();
+    }
+
+    /// A message that was just made durable: schedule it now.
+    pub fn submit(self: &Rc<Self>, id: MessageId, env: Envelope) {
+        self.state.borrow_mut().messages.insert(id, Entry::new(env));
+        self.dispatch(id);
+    }
+
+    /// Holds deliveries to `domain` until [`Scheduler::resume`].
+    pub fn suspend(&self, domain: &str) {
+        self.state
+            .borrow_mut()
+            .suspended
+            .insert(domain.to_ascii_lowercase());
+    }
+
+    pub fn resume(self: &Rc<Self>, domain: &str) {
+        let domain = domain.to_ascii_lowercase();
+        self.state.borrow_mut().suspended.remove(&domain);
+        self.kick(&domain);
+    }
+
+    /// Messages this shard schedules.
+    pub fn queued(&self) -> usize {
+        self.state.borrow().messages.len()
+    }
+
+    /// Turns a message's pending recipients into one job per domain.
+    fn dispatch(self: &Rc<Self>, id: MessageId) {
+        let domains: Vec<String> = {
+            let mut st = self.state.borrow_mut();
+            let Some(entry) = st.messages.get_mut(&id) else {
+                return;
+            };
+            let mut by_domain: HashMap<String, Vec<usize>> = HashMap::new();
+            for (i, r) in entry.env.recipients.iter().enumerate() {
+                if r.status == RecipientStatus::Pending {
+                    by_domain.entry(domain_of(&r.address)).or_default().push(i);
+                }
+            }
+            entry.jobs = by_domain.len();
+            let names: Vec<String> = by_domain.keys().cloned().collect();
+            for (domain, rcpts) in by_domain {
+                st.domains
+                    .entry(domain)
+                    .or_default()
+                    .ready
+                    .push_back(Job { id, rcpts });
+            }
+            names
+        };
+        if domains.is_empty() {
+            let me = self.clone();
+            self.tasks.spawn(async move { me.finish(id).await });
+        }
+        for d in domains {
+            self.kick(&d);
+        }
+    }
+
+    /// Starts workers for `domain` up to its connection share.
+    fn kick(self: &Rc<Self>, domain: &str) {
+        loop {
+            {
+                let mut st = self.state.borrow_mut();
+                if st.suspended.contains(domain) {
+                    return;
+                }
+                let q = st.domains.entry(domain.to_string()).or_default();
+                if q.ready.is_empty() || q.workers >= self.connections_per_domain {
+                    return;
+                }
+                q.workers += 1;
+            }
+            let me = self.clone();
+            let domain = domain.to_string();
+            self.tasks.spawn(async move { me.worker(domain).await });
+        }
+    }
+
+    async fn worker(self: Rc<Self>, domain: String) {
+        loop {
+            let job = {
+                let mut st = self.state.borrow_mut();
+                let suspended = st.suspended.contains(&domain);
+                let q = st.domains.get_mut(&domain).expect("worker's domain exists");
+                match q.ready.pop_front().filter(|_| !suspended) {
+                    Some(job) => job,
+                    None => {
+                        q.workers -= 1;
+                        return;
+                    }
+                }
+            };
+            self.run_job(&domain, job).await;
+        }
+    }
+
+    async fn run_job(self: &Rc<Self>, domain: &str, job: Job) {
+        let Some(env) = self
+            .state
+            .borrow()
+            .messages
+            .get(&job.id)
+            .map(|e| e.env.clone())
+        else {
+            return;
+        };
+        let rcpts: Vec<String> = job
+            .rcpts
+            .iter()
+            .map(|&i| env.recipients[i].address.clone())
+            .collect();
+        let body = match self.spool.read_body(job.id, &env).await {
+            Ok(body) => body,
+            Err(e) => {
+                // Retried like any temporary failure; expiry bounds it.
+                log::error!("{e}");
+                let reply = format!("local error reading the queued message: {e}");
+                let attempt = Attempt {
+                    outcomes: vec![Outcome::Temporary { reply }; rcpts.len()],
+                    remote: None,
+                };
+                return self.record(job.id, &job.rcpts, &attempt);
+            }
+        };
+        let attempt = match self.targets_for(domain).await {
+            Ok(targets) => {
+                let msg = Outgoing {
+                    sender: &env.sender,
+                    recipients: &rcpts,
+                    body: &body,
+                    smtputf8: env.smtputf8,
+                    eight_bit: env.eight_bit,
+                };
+                self.delivery.attempt(&targets, &msg).await
+            }
+            Err(e) => Attempt {
+                outcomes: vec![dns_outcome(&e); rcpts.len()],
+                remote: None,
+            },
+        };
+        self.record(job.id, &job.rcpts, &attempt);
+    }
+
+    /// Where mail for `domain` goes: a static route, the smarthost, or MX.
+    async fn targets_for(&self, domain: &str) -> Result<Vec<Target>, DnsError> {
+        let d = &self.cfg.delivery;
+        let hop = d
+            .routes
+            .get(domain)
+            .or(Some(&d.smarthost).filter(|s| !s.is_empty()))
+            .and_then(|s| NextHop::parse(s).ok());
+        match hop {
+            Some(NextHop::Addr(addr)) => Ok(vec![Target {
+                host: addr.ip().to_string(),
+                addr,
+            }]),
+            Some(NextHop::Host(host, port)) => {
+                let addrs = self.dns.host(&host).await?;
+                Ok(targets(&[(host, addrs)], port))
+            }
+            None => {
+                let hosts = self.dns.mx(domain).await?;
+                let list: Vec<_> = hosts.into_iter().map(|h| (h.name, h.addrs)).collect();
+                Ok(targets(&list, d.remote_port))
+            }
+        }
+    }
+
+    /// Applies one job's outcomes to the message; finishes it when its last
+    /// job is done.
+    fn record(self: &Rc<Self>, id: MessageId, rcpts: &[usize], attempt: &Attempt) {
+        let done = {
+            let mut st = self.state.borrow_mut();
+            let Some(entry) = st.messages.get_mut(&id) else {
+                return;
+            };
+            let remote = attempt.remote.as_ref();
+            for (&i, outcome) in rcpts.iter().zip(&attempt.outcomes) {
+                let r = &mut entry.env.recipients[i];
+                r.attempts += 1;
+                r.last_reply = Some(outcome.reply().to_string());
+                let kind = match outcome {
+                    Outcome::Delivered { .. } => {
+                        r.status = RecipientStatus::Delivered;
+                        EventKind::Delivery
+                    }
+                    Outcome::Temporary { .. } => EventKind::TransientFailure,
+                    Outcome::Permanent { reply, status } => {
+                        r.status = RecipientStatus::Failed;
+                        entry.failures.push((
+                            i,
+                            status.clone(),
+                            reply.clone(),
+                            remote.map(|t| t.host.clone()),
+                        ));
+                        continue; // logged as Bounce when the DSN is queued
+                    }
+                };
+                let mut ev = Event::new(kind, id, &entry.env.sender, &r.address);
+                ev.remote_host = remote.map(|t| t.host.as_str());
+                ev.remote_ip = remote.map(|t| t.addr.ip().to_string());
+                ev.reply = Some(outcome.reply());
+                ev.attempt = Some(r.attempts);
+                self.events.write(&ev);
+            }
+            entry.jobs = entry.jobs.saturating_sub(1);
+            entry.jobs == 0
+        };
+        if done {
+            let me = self.clone();
+            self.tasks.spawn(async move { me.finish(id).await });
+        }
+    }
+
+    /// After the last job of a round: bounce, remove, or defer.
+    async fn finish(self: Rc<Self>, id: MessageId) {
+        let now = unix_now();
+        let (mut env, mut failures) = {
+            let mut st = self.state.borrow_mut();
+            let Some(entry) = st.messages.get_mut(&id) else {
+                return;
+            };
+            (entry.env.clone(), std::mem::take(&mut entry.failures))
+        };
+        let pending = env
+            .recipients
+            .iter()
+            .any(|r| r.status == RecipientStatus::Pending);
+        let expired = pending && now >= env.created.saturating_add(self.cfg.delivery.max_age_secs);
+        if expired {
+            for (i, r) in env.recipients.iter_mut().enumerate() {
+                if r.status == RecipientStatus::Pending {
+                    r.status = RecipientStatus::Failed;
+                    let last = r.last_reply.clone().unwrap_or_default();
+                    failures.push((
+                        i,
+                        "4.4.7".into(),
+                        format!("message expired; last error: {last}"),
+                        None,
+                    ));
+                    let mut ev = Event::new(EventKind::Expiration, id, &env.sender, &r.address);
+                    ev.reply = r.last_reply.as_deref();
+                    ev.attempt = Some(r.attempts);
+                    self.events.write(&ev);
+                }
+            }
+        }
+        if !failures.is_empty() {
+            self.bounce(id, &env, &failures, expired).await;
+        }
+        let all_final = env
+            .recipients
+            .iter()
+            .all(|r| r.status != RecipientStatus::Pending);
+        let result = if all_final {
+            self.spool.remove(id).await
+        } else {
+            env.attempts += 1;
+            let d = &self.cfg.delivery;
+            env.next_due = now + backoff(env.attempts, d.retry_initial_secs, d.retry_max_secs);
+            self.spool.update(id, &env).await
+        };
+        if let Err(e) = result {
+            // The old record stays; the message is retried from it.
+            log::error!("{e}");
+        }
+        let mut st = self.state.borrow_mut();
+        if all_final {
+            st.messages.remove(&id);
+        } else {
+            st.deferred.insert((env.next_due, id));
+            if let Some(entry) = st.messages.get_mut(&id) {
+                entry.env = env;
+            }
+        }
+    }
+
+    /// Queues a DSN to the sender for `failures` (never for a null sender).
+    async fn bounce(
+        self: &Rc<Self>,
+        id: MessageId,
+        env: &Envelope,
+        failures: &[(usize, String, String, Option<String>)],
+        expired: bool,
+    ) {
+        for (i, _, reply, remote) in failures {
+            let mut ev = Event::new(
+                EventKind::Bounce,
+                id,
+                &env.sender,
+                &env.recipients[*i].address,
+            );
+            ev.reply = Some(reply);
+            ev.remote_host = remote.as_deref();
+            ev.attempt = Some(env.recipients[*i].attempts);
+            self.events.write(&ev);
+        }
+        if env.sender.is_empty() {
+            log::info!("{id}: not bouncing a message from the null sender");
+            return;
+        }
+        let original = self.spool.read_body(id, env).await.unwrap_or_default();
+        let list: Vec<Failure> = failures
+            .iter()
+            .map(|(i, status, diag, remote)| Failure {
+                recipient: &env.recipients[*i].address,
+                status,
+                diagnostic: diag,
+                remote_mta: remote.as_deref(),
+            })
+            .collect();
+        let id_text = id.to_string();
+        let dsn = bounce::build(
+            &Report {
+                reporting_mta: &self.cfg.server.hostname,
+                original_id: &id_text,
+                original_sender: &env.sender,
+                arrival: env.created,
+                expired,
+                failures: &list,
+            },
+            &original,
+        );
+        let mut dsn_env = Envelope::new(String::new(), vec![env.sender.clone()], unix_now());
+        dsn_env.smtputf8 = env.smtputf8;
+        let dsn_id = self.spool.new_id();
+        match self.spool.enqueue(dsn_id, dsn_env, dsn).await {
+            Ok(stored) => {
+                self.events.reception(dsn_id, &stored);
+                self.submit(dsn_id, stored);
+            }
+            Err(e) => log::error!("{id}: cannot queue bounce: {e}"),
+        }
+    }
+
+    async fn run_timer(self: Rc<Self>) {
+        let mut ticks = 0u64;
+        loop {
+            glommio::timer::sleep(TICK).await;
+            let now = unix_now();
+            let due: Vec<MessageId> = {
+                let mut st = self.state.borrow_mut();
+                let mut due = Vec::new();
+                while let Some(&(t, id)) = st.deferred.first() {
+                    if t > now {
+                        break;
+                    }
+                    st.deferred.pop_first();
+                    due.push(id);
+                }
+                due
+            };
+            for id in due {
+                self.dispatch(id);
+            }
+            ticks += 1;
+            if ticks % 25 == 0 {
+                self.delivery.pool.reap();
+            }
+        }
+    }
+}
+
+impl Entry {
+    fn new(env: Envelope) -> Entry {
+        Entry {
+            env,
+            jobs: 0,
+            failures: Vec::new(),
+        }
+    }
+}
+
+fn dns_outcome(e: &DnsError) -> Outcome {
+    if e.is_permanent() {
+        Outcome::permanent(e.status(), &e.to_string())
+    } else {
+        Outcome::Temporary {
+            reply: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_and_are_never_zero() {
+        assert_eq!((0..2).map(|s| share(20, s, 2)).sum::<usize>(), 20);
+        assert_eq!(
+            (0..3).map(|s| share(20, s, 3)).collect::<Vec<_>>(),
+            [7, 7, 6]
+        );
+        assert_eq!(share(1, 1, 2), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        assert_eq!(backoff(1, 60, 3600), 60);
+        assert_eq!(backoff(2, 60, 3600), 120);
+        assert_eq!(backoff(7, 60, 3600), 3600);
+        assert_eq!(backoff(u32::MAX, 60, 3600), 3600);
+    }
+
+    #[test]
+    fn domains_are_lower_case() {
+        assert_eq!(domain_of("A@Example.COM"), "example.com");
+        assert_eq!(domain_of("\"a@b\"@c.example"), "c.example");
+    }
+}

@@ -1,0 +1,331 @@
+//! One outbound SMTP connection: greeting, EHLO (HELO fallback), and mail
+//! transactions with per-recipient results, pipelined when the server
+//! offers PIPELINING.
+//!
+//! Owns: [`Client`] and [`Outgoing`]. What leaves is what was accepted: the
+//! stored body (canonical CRLF) dot-stuffed by `proto::client::dot_stuff`.
+//!
+//! Must not: retry, pick hosts or touch the queue.
+//!
+//! Security: replies are parsed with a bound (`proto::client::MAX_REPLY`);
+//! every read and write has a timeout.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use super::outcome::{Outcome, from_io, from_reply};
+use crate::proto::client::{ServerReply, dot_stuff, parse_reply};
+
+/// What the server said it supports in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    pub pipelining: bool,
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub starttls: bool,
+}
+
+impl Extensions {
+    fn from_ehlo(r: &ServerReply) -> Extensions {
+        let mut ext = Extensions::default();
+        for line in r.lines.iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let kw = words.next().unwrap_or("").to_ascii_uppercase();
+            match kw.as_str() {
+                "PIPELINING" => ext.pipelining = true,
+                "8BITMIME" => ext.eight_bit_mime = true,
+                "SMTPUTF8" => ext.smtputf8 = true,
+                "STARTTLS" => ext.starttls = true,
+                "SIZE" => ext.size = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
+                _ => {}
+            }
+        }
+        ext
+    }
+}
+
+/// One message to send on a connection.
+pub struct Outgoing<'a> {
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    pub body: &'a [u8],
+    pub smtputf8: bool,
+    pub eight_bit: bool,
+}
+
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    pub peer: SocketAddr,
+    pub host: String,
+    pub ext: Extensions,
+    /// Transactions attempted on this connection.
+    pub transactions: u32,
+    /// Whether the connection can carry another transaction.
+    pub usable: bool,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused).
+    /// A failure here means "try the next host": it is always temporary.
+    pub async fn connect(
+        peer: SocketAddr,
+        host: &str,
+        helo: &str,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Client, Outcome> {
+        let stream = TcpStream::connect_timeout(peer, connect_timeout)
+            .await
+            .map_err(|e| from_io(&format!("connect to {host}[{}]", peer.ip()), &e.into()))?;
+        let _ = stream.set_nodelay(true);
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|_| stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| from_io("socket", &e.into()))?;
+        let mut c = Client {
+            stream,
+            buf: Vec::with_capacity(1024),
+            peer,
+            host: host.to_string(),
+            ext: Extensions::default(),
+            transactions: 0,
+            usable: true,
+            timeout,
+        };
+        let greeting = c.read_reply().await?;
+        if greeting.code != 220 {
+            return Err(Outcome::Temporary {
+                reply: format!("greeting: {}", greeting.one_line()),
+            });
+        }
+        let ehlo = c.command(&format!("EHLO {helo}\r\n")).await?;
+        if ehlo.code == 250 {
+            c.ext = Extensions::from_ehlo(&ehlo);
+        } else {
+            let helo_reply = c.command(&format!("HELO {helo}\r\n")).await?;
+            if helo_reply.code != 250 {
+                return Err(Outcome::Temporary {
+                    reply: format!("HELO: {}", helo_reply.one_line()),
+                });
+            }
+        }
+        Ok(c)
+    }
+
+    async fn read_reply(&mut self) -> Result<ServerReply, Outcome> {
+        loop {
+            match parse_reply(&self.buf) {
+                Ok(Some((reply, used))) => {
+                    self.buf.drain(..used);
+                    if reply.code == 421 {
+                        self.usable = false;
+                    }
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.usable = false;
+                    return Err(Outcome::Temporary {
+                        reply: format!("bad reply from {}: {e}", self.host),
+                    });
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .await
+                .map_err(|e| self.io_failure("read", e))?;
+            if n == 0 {
+                return Err(self.io_failure("read", io::Error::from(io::ErrorKind::UnexpectedEof)));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), Outcome> {
+        self.stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| self.io_failure("write", e))
+    }
+
+    async fn command(&mut self, line: &str) -> Result<ServerReply, Outcome> {
+        self.write(line.as_bytes()).await?;
+        self.read_reply().await
+    }
+
+    fn io_failure(&mut self, stage: &str, e: io::Error) -> Outcome {
+        self.usable = false;
+        from_io(&format!("{stage} {}[{}]", self.host, self.peer.ip()), &e)
+    }
+
+    /// One mail transaction. Ok: one outcome per recipient, in order.
+    /// Err: the connection failed; no recipient's fate is known beyond
+    /// "try again" (the outcome says why).
+    pub async fn send(&mut self, msg: &Outgoing<'_>) -> Result<Vec<Outcome>, Outcome> {
+        if let Some(refusal) = self.refuse_before_sending(msg) {
+            return Ok(vec![refusal; msg.recipients.len()]);
+        }
+        let reset = self.transactions > 0;
+        self.transactions += 1;
+        let commands = self.envelope_commands(msg, reset);
+        let replies = if self.ext.pipelining {
+            self.write(commands.concat().as_bytes()).await?;
+            let mut v = Vec::with_capacity(commands.len());
+            for _ in &commands {
+                v.push(self.read_reply().await?);
+            }
+            v
+        } else {
+            self.lockstep(&commands, reset).await?
+        };
+        let mut replies = replies.into_iter();
+        if reset {
+            let r = replies.next().expect("one reply per command");
+            if r.code != 250 {
+                self.usable = false;
+                return Err(from_reply(&r).into_temporary());
+            }
+        }
+        let mail = replies.next().expect("MAIL reply");
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(msg.recipients.len());
+        for _ in msg.recipients {
+            let r = replies.next();
+            outcomes.push(match r {
+                Some(r) if mail.code == 250 && r.code / 100 == 2 => None, // accepted: fate decided by the data
+                Some(r) if mail.code == 250 => Some(from_reply(&r)),
+                _ => Some(from_reply(&mail)),
+            });
+        }
+        let data = replies.next();
+        let accepted = outcomes.iter().any(Option::is_none);
+        let final_outcome = match data {
+            Some(d) if d.code == 354 && accepted => {
+                self.write(&dot_stuff(msg.body)).await?;
+                from_reply(&self.read_reply().await?)
+            }
+            Some(d) if d.code == 354 => {
+                // Pipelined DATA was accepted with no valid recipient: end
+                // it empty; the reply does not matter.
+                self.write(b".\r\n").await?;
+                self.read_reply().await?;
+                Outcome::Temporary {
+                    reply: "no recipient accepted".into(),
+                }
+            }
+            Some(d) => from_reply(&d),
+            None => from_reply(&mail),
+        };
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| final_outcome.clone()))
+            .collect())
+    }
+
+    /// Outcomes known without talking: limits the server announced.
+    fn refuse_before_sending(&self, msg: &Outgoing<'_>) -> Option<Outcome> {
+        if self.ext.size.is_some_and(|max| msg.body.len() as u64 > max) {
+            return Some(Outcome::permanent(
+                "5.3.4",
+                "message too big for the destination server",
+            ));
+        }
+        if msg.smtputf8 && !self.ext.smtputf8 {
+            return Some(Outcome::permanent(
+                "5.6.7",
+                "destination server does not support SMTPUTF8",
+            ));
+        }
+        if msg.eight_bit && !self.ext.eight_bit_mime {
+            return Some(Outcome::permanent(
+                "5.6.3",
+                "destination server does not support 8BITMIME",
+            ));
+        }
+        None
+    }
+
+    fn envelope_commands(&self, msg: &Outgoing<'_>, reset: bool) -> Vec<String> {
+        let mut cmds = Vec::with_capacity(msg.recipients.len() + 3);
+        if reset {
+            cmds.push("RSET\r\n".to_string());
+        }
+        let mut mail = format!("MAIL FROM:<{}>", msg.sender);
+        if self.ext.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", msg.body.len()));
+        }
+        if msg.eight_bit && self.ext.eight_bit_mime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if msg.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        mail.push_str("\r\n");
+        cmds.push(mail);
+        for r in msg.recipients {
+            cmds.push(format!("RCPT TO:<{r}>\r\n"));
+        }
+        cmds.push("DATA\r\n".to_string());
+        cmds
+    }
+
+    /// Without PIPELINING: one command at a time, stopping early where the
+    /// protocol says the rest is pointless.
+    async fn lockstep(
+        &mut self,
+        commands: &[String],
+        reset: bool,
+    ) -> Result<Vec<ServerReply>, Outcome> {
+        let mut replies = Vec::with_capacity(commands.len());
+        let first_envelope = usize::from(reset);
+        for (i, cmd) in commands.iter().enumerate() {
+            let is_data = i == commands.len() - 1;
+            if is_data
+                && !replies[first_envelope + 1..]
+                    .iter()
+                    .any(|r: &ServerReply| r.code / 100 == 2)
+            {
+                break; // no recipient accepted: do not send DATA
+            }
+            let r = self.command(cmd).await?;
+            let failed_mail = i == first_envelope && r.code != 250;
+            let failed_reset = reset && i == 0 && r.code != 250;
+            replies.push(r);
+            if failed_mail || failed_reset {
+                break;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Ends the session politely (best effort).
+    pub async fn quit(mut self) {
+        let _ = glommio::timer::timeout(Duration::from_secs(2), async {
+            let _ = self.command("QUIT\r\n").await;
+            Ok(())
+        })
+        .await;
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+impl Outcome {
+    /// A failed RSET means the connection is unreliable: whatever it said,
+    /// the message is retried, not bounced.
+    fn into_temporary(self) -> Outcome {
+        Outcome::Temporary {
+            reply: self.reply().to_string(),
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Delivery outcomes are values: the one place where a server reply or an
+//! I/O failure becomes "delivered", "try again later" or "give up".
+//!
+//! Owns: [`Outcome`], [`from_reply`], [`from_io`].
+//!
+//! Must not: decide when to retry or bounce (the scheduler does).
+
+use crate::proto::client::ServerReply;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server took responsibility (2xx after the data).
+    Delivered { reply: String },
+    /// Try again later: 4xx, timeouts, refused or dropped connections.
+    Temporary { reply: String },
+    /// Give up and bounce: 5xx, or a message the server can never take.
+    Permanent { reply: String, status: String },
+}
+
+impl Outcome {
+    pub fn reply(&self) -> &str {
+        match self {
+            Outcome::Delivered { reply }
+            | Outcome::Temporary { reply }
+            | Outcome::Permanent { reply, .. } => reply,
+        }
+    }
+
+    pub fn permanent(status: &str, text: &str) -> Outcome {
+        Outcome::Permanent {
+            reply: format!("{status} {text}"),
+            status: status.to_string(),
+        }
+    }
+}
+
+/// The class of a reply decides: 2xx/3xx delivered (the caller only asks at
+/// points where that means accepted), 4xx temporary, 5xx permanent.
+pub fn from_reply(r: &ServerReply) -> Outcome {
+    let reply = r.one_line();
+    match r.code {
+        200..=399 => Outcome::Delivered { reply },
+        400..=499 => Outcome::Temporary { reply },
+        _ => {
+            let status = r
+                .enhanced()
+                .map_or_else(|| "5.0.0".to_string(), str::to_string);
+            Outcome::Permanent { reply, status }
+        }
+    }
+}
+
+/// Any I/O failure (refused, reset, timeout) is temporary.
+pub fn from_io(stage: &str, e: &std::io::Error) -> Outcome {
+    Outcome::Temporary {
+        reply: format!("{stage}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, text: &str) -> ServerReply {
+        ServerReply {
+            code,
+            lines: vec![text.into()],
+        }
+    }
+
+    #[test]
+    fn classes() {
+        assert!(matches!(
+            from_reply(&reply(250, "2.0.0 ok")),
+            Outcome::Delivered { .. }
+        ));
+        assert!(matches!(
+            from_reply(&reply(451, "4.3.0 later")),
+            Outcome::Temporary { .. }
+        ));
+        assert_eq!(
+            from_reply(&reply(550, "5.1.1 no such user")),
+            Outcome::Permanent {
+                reply: "550 5.1.1 no such user".into(),
+                status: "5.1.1".into()
+            }
+        );
+        assert!(matches!(
+            from_reply(&reply(554, "rejected")),
+            Outcome::Permanent { status, .. } if status == "5.0.0"
+        ));
+        let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(from_io("connect", &e), Outcome::Temporary { .. }));
+    }
+}
