@@ -2,6 +2,9 @@
 //! spool directory, and a raw-socket SMTP client that reads whole replies.
 #![allow(dead_code)]
 
+pub mod dns;
+pub mod sink;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -14,6 +17,7 @@ use ringpost::runtime::{self, Server};
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub cfg: Config,
     pub shards: usize,
     pub spool_dir: PathBuf,
     server: Option<Server>,
@@ -37,9 +41,10 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     cfg.dns.nameservers = vec!["127.0.0.1:9".parse().unwrap()];
     tweak(&mut cfg);
     let spool_dir = cfg.spool.dir.clone();
-    let server = runtime::start(cfg).expect("server starts");
+    let server = runtime::start(cfg.clone()).expect("server starts");
     TestServer {
         addr: server.smtp_addr,
+        cfg,
         shards,
         spool_dir,
         server: Some(server),
@@ -63,6 +68,14 @@ pub fn start() -> TestServer {
 impl TestServer {
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// Stops the server and starts it again on the same spool (and a new port).
+    pub fn restart(&mut self) {
+        self.stop();
+        let server = runtime::start(self.cfg.clone()).expect("server restarts");
+        self.addr = server.smtp_addr;
+        self.server = Some(server);
     }
 
     /// Stops the server (releasing the spool) if it still runs.

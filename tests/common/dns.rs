@@ -1,0 +1,85 @@
+//! A real authoritative DNS server on loopback (hickory-server), serving one
+//! zone built from the records a test gives it.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::Server;
+use hickory_server::net::runtime::TokioRuntimeProvider;
+use hickory_server::proto::rr::rdata::{A, MX, SOA};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+
+/// Records of the test zone, by name (absolute or relative to the zone).
+pub enum Rr {
+    Mx(&'static str, u16, &'static str),
+    A(&'static str, IpAddr),
+}
+
+/// Serves `zone` with `records` on 127.0.0.1 (UDP and TCP, same port) until
+/// the process ends. Names not in the zone get NXDOMAIN.
+pub fn serve(zone: &str, records: Vec<Rr>) -> SocketAddr {
+    let origin = Name::from_str(&format!("{zone}.")).unwrap();
+    let abs = |n: &str| {
+        if n == "." {
+            Name::root()
+        } else if n.ends_with('.') {
+            Name::from_str(n).unwrap()
+        } else {
+            Name::from_str(&format!("{n}.")).unwrap()
+        }
+    };
+    let mut handler = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
+        origin.clone(),
+        ZoneType::Primary,
+        AxfrPolicy::Deny,
+    );
+    let soa = SOA::new(
+        abs(&format!("ns.{zone}")),
+        abs(&format!("hostmaster.{zone}")),
+        1,
+        3600,
+        600,
+        86400,
+        1,
+    );
+    handler.upsert_mut(Record::from_rdata(origin.clone(), 60, RData::SOA(soa)), 1);
+    for rr in records {
+        let record = match rr {
+            Rr::Mx(name, pref, exchange) => {
+                Record::from_rdata(abs(name), 1, RData::MX(MX::new(pref, abs(exchange))))
+            }
+            Rr::A(name, IpAddr::V4(ip)) => Record::from_rdata(abs(name), 1, RData::A(A(ip))),
+            Rr::A(_, IpAddr::V6(_)) => unimplemented!("tests use IPv4 sinks"),
+        };
+        assert!(handler.upsert_mut(record, 1));
+    }
+    let mut catalog = Catalog::new();
+    catalog.upsert(LowerName::from(&origin), vec![Arc::new(handler)]);
+
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = std::net::TcpListener::bind(addr).unwrap();
+    udp.set_nonblocking(true).unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut server = Server::new(catalog);
+            server.register_socket(tokio::net::UdpSocket::from_std(udp).unwrap());
+            server.register_listener(
+                tokio::net::TcpListener::from_std(tcp).unwrap(),
+                Duration::from_secs(5),
+                4096,
+            );
+            let _ = server.block_until_done().await;
+        });
+    });
+    addr
+}

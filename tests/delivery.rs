@@ -1,0 +1,468 @@
+//! Delivery end to end: ringpost resolves MX records on a real DNS server
+//! (hickory-server on loopback) and delivers to scripted SMTP sinks on
+//! 127.0.0.x, all on one port (MX records carry none). Shown: byte-exact
+//! delivery, connection limits, MX fallback, retry after 4xx, bounces (DSN)
+//! for 550, expiry, null MX and NXDOMAIN, and a restart that neither loses
+//! nor repeats a delivery.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use common::dns::{self, Rr};
+use common::sink::{Script, Sink};
+use common::{TestServer, start_with};
+use mail_parser::{MessageParser, MimeHeaders};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A port free on 127.0.0.1; sinks bind it on other loopback addresses.
+fn sink_port() -> u16 {
+    common::closed_port()
+}
+
+/// The standard test zone: dest.test (one MX), fallback.test (a dead MX
+/// first), sender.test (where bounces go), nullmx.test; anything else under
+/// `.test` is NXDOMAIN.
+fn zone() -> SocketAddr {
+    dns::serve(
+        "test",
+        vec![
+            Rr::Mx("dest.test", 10, "mx1.dest.test"),
+            Rr::A("mx1.dest.test", ip("127.0.0.2")),
+            Rr::Mx("fallback.test", 10, "dead.fallback.test"),
+            Rr::Mx("fallback.test", 20, "live.fallback.test"),
+            Rr::A("dead.fallback.test", ip("127.0.0.4")),
+            Rr::A("live.fallback.test", ip("127.0.0.5")),
+            Rr::Mx("sender.test", 10, "mx.sender.test"),
+            Rr::A("mx.sender.test", ip("127.0.0.6")),
+            Rr::Mx("nullmx.test", 0, "."),
+            Rr::A("implicit.test", ip("127.0.0.7")),
+        ],
+    )
+}
+
+fn server(
+    port: u16,
+    dns: SocketAddr,
+    tweak: impl FnOnce(&mut ringpost::config::Config),
+) -> TestServer {
+    start_with(2, |c| {
+        c.delivery.smarthost.clear();
+        c.delivery.remote_port = port;
+        c.delivery.retry_initial_secs = 1;
+        c.delivery.retry_max_secs = 2;
+        c.delivery.connect_timeout_secs = 2;
+        c.delivery.reply_timeout_secs = 5;
+        c.dns.nameservers = vec![dns];
+        c.dns.timeout_secs = 2;
+        tweak(c);
+    })
+}
+
+fn send(ts: &TestServer, from: &str, rcpts: &[&str], body: &str) -> String {
+    let mut c = ts.client();
+    c.begin(from, rcpts);
+    let r = c.data(body.as_bytes());
+    assert_eq!(r.code, 250, "{r:?}");
+    r.queued_id()
+}
+
+/// Drops the Received: header ringpost prepends.
+fn without_received(data: &[u8]) -> &[u8] {
+    let mut end = 0;
+    while let Some(i) = data[end..].windows(2).position(|w| w == b"\r\n") {
+        end += i + 2;
+        if data.get(end) != Some(&b'\t') {
+            break;
+        }
+    }
+    &data[end..]
+}
+
+#[test]
+fn delivers_byte_exact_through_mx() {
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let ts = server(port, zone(), |_| {});
+    let body = "Subject: exact\r\nFrom: a@sender.test\r\n\r\n.leading dot\r\n..two\r\n.\r\n \r\nlast line\r\n";
+    // Dot-stuffed on the wire to ringpost:
+    let stuffed = body.replace("\r\n.", "\r\n..");
+    let id = send(
+        &ts,
+        "a@sender.test",
+        &["x@dest.test", "y@DEST.test"],
+        &stuffed,
+    );
+    let msgs = sink.wait_for(1, 20);
+    assert_eq!(msgs.len(), 1, "both recipients in one transaction");
+    assert_eq!(msgs[0].from, "a@sender.test");
+    assert_eq!(msgs[0].rcpts, ["x@dest.test", "y@DEST.test"]);
+    assert_eq!(without_received(&msgs[0].data), body.as_bytes());
+    let received = String::from_utf8_lossy(&msgs[0].data[..200]).to_string();
+    assert!(
+        received.starts_with("Received: from client.test.example") && received.contains(&id),
+        "{received}"
+    );
+}
+
+#[test]
+fn lettre_submission_reaches_the_sink_behind_the_test_mx() {
+    use lettre::{Message, SmtpTransport, Transport};
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let ts = server(port, zone(), |_| {});
+    let email = Message::builder()
+        .from("Shop <orders@sender.test>".parse().unwrap())
+        .to("customer@dest.test".parse().unwrap())
+        .subject("Your receipt 42")
+        .body(String::from("Total: 10.00\r\n"))
+        .unwrap();
+    SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(ts.addr.port())
+        .build()
+        .send(&email)
+        .expect("lettre submits");
+    let msgs = sink.wait_for(1, 20);
+    let parsed = MessageParser::default().parse(&msgs[0].data).unwrap();
+    assert_eq!(parsed.subject(), Some("Your receipt 42"));
+    assert_eq!(
+        without_received(&msgs[0].data),
+        [&email.formatted()[..], b"\r\n"].concat().as_slice()
+    );
+}
+
+#[test]
+fn five_hundred_messages_use_at_most_max_connections() {
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let ts = server(port, zone(), |c| c.delivery.max_connections = 4);
+    let threads: Vec<_> = (0..5)
+        .map(|t| {
+            let addr = ts.addr;
+            std::thread::spawn(move || {
+                let mut c = common::Client::connect(addr);
+                c.expect("EHLO client.test.example", 250);
+                for i in 0..100 {
+                    c.expect("MAIL FROM:<bulk@sender.test>", 250);
+                    c.expect(&format!("RCPT TO:<r{t}-{i}@dest.test>"), 250);
+                    assert_eq!(
+                        c.data(format!("Subject: {t}-{i}\r\n\r\nhello\r\n").as_bytes())
+                            .code,
+                        250
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let msgs = sink.wait_for(500, 60);
+    assert_eq!(msgs.len(), 500);
+    let distinct: HashSet<_> = msgs.iter().map(|m| m.rcpts[0].clone()).collect();
+    assert_eq!(distinct.len(), 500, "every message once");
+    assert!(
+        sink.accepts() <= 4,
+        "{} connections for max_connections = 4",
+        sink.accepts()
+    );
+}
+
+#[test]
+fn falls_through_to_the_next_mx_when_the_first_refuses() {
+    let port = sink_port();
+    let live = Sink::start("127.0.0.5", port, Script::default());
+    let ts = server(port, zone(), |_| {});
+    send(
+        &ts,
+        "a@sender.test",
+        &["x@fallback.test"],
+        "Subject: fb\r\n\r\nx\r\n",
+    );
+    let msgs = live.wait_for(1, 20);
+    assert_eq!(msgs[0].rcpts, ["x@fallback.test"]);
+}
+
+#[test]
+fn implicit_mx_uses_the_domain_address() {
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.7", port, Script::default());
+    let ts = server(port, zone(), |_| {});
+    send(
+        &ts,
+        "a@sender.test",
+        &["x@implicit.test"],
+        "Subject: a\r\n\r\nx\r\n",
+    );
+    assert_eq!(sink.wait_for(1, 20)[0].rcpts, ["x@implicit.test"]);
+}
+
+#[test]
+fn temporary_failures_are_retried_until_delivered() {
+    let port = sink_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            temp_fail_first: 1,
+            temp_reply: "451 4.3.0 try again later".into(),
+            drop_mid_data_once: true,
+            ..Script::default()
+        },
+    );
+    let log_path = log.path().to_str().unwrap().to_string();
+    let ts = server(port, zone(), |c| c.delivery.log = log_path);
+    let id = send(
+        &ts,
+        "a@sender.test",
+        &["x@dest.test"],
+        "Subject: retry\r\n\r\nx\r\n",
+    );
+    let msgs = sink.wait_for(1, 30);
+    assert_eq!(msgs.len(), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.messages().len(), 1, "delivered exactly once");
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(log.path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &serde_json::Value| e["id"] == id)
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "Reception",
+            "TransientFailure",
+            "TransientFailure",
+            "Delivery"
+        ],
+        "{events:#?}"
+    );
+    assert!(
+        events[2]["reply"]
+            .as_str()
+            .unwrap()
+            .starts_with("451 4.3.0"),
+        "{events:#?}"
+    );
+    assert_eq!(events[3]["attempt"], 3);
+    assert_eq!(events[3]["remote_ip"], "127.0.0.2");
+    assert_eq!(events[3]["remote_host"], "mx1.dest.test");
+}
+
+/// Waits for a DSN at the sender's sink and returns its delivery-status part.
+fn dsn_status(sender_sink: &Sink, secs: u64) -> String {
+    let msgs = sender_sink.wait_for(1, secs);
+    let dsn = &msgs[0];
+    assert_eq!(dsn.from, "", "bounces come from the null sender");
+    let parsed = MessageParser::default().parse(&dsn.data).unwrap();
+    let ct = parsed.content_type().unwrap();
+    assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("report")));
+    assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+    let text = String::from_utf8_lossy(&dsn.data).into_owned();
+    let start = text
+        .find("Reporting-MTA:")
+        .expect("a message/delivery-status part");
+    text[start..].to_string()
+}
+
+#[test]
+fn a_550_bounces_to_the_sender_as_a_multipart_report() {
+    let port = sink_port();
+    let mut script = Script::default();
+    script.reject_rcpts.insert("nobody@dest.test".into());
+    let dest = Sink::start("127.0.0.2", port, script);
+    let sender = Sink::start("127.0.0.6", port, Script::default());
+    let ts = server(port, zone(), |_| {});
+    send(
+        &ts,
+        "shop@sender.test",
+        &["nobody@dest.test", "real@dest.test"],
+        "Subject: mixed\r\n\r\nx\r\n",
+    );
+    let status = dsn_status(&sender, 20);
+    assert!(
+        status.contains("Final-Recipient: rfc822; nobody@dest.test"),
+        "{status}"
+    );
+    assert!(status.contains("Status: 5.1.1"), "{status}");
+    assert!(
+        status.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"),
+        "{status}"
+    );
+    assert!(
+        status.contains("Remote-MTA: dns; mx1.dest.test"),
+        "{status}"
+    );
+    assert!(
+        !status.contains("real@dest.test"),
+        "the delivered recipient is not reported"
+    );
+    assert_eq!(dest.wait_for(1, 5)[0].rcpts, ["real@dest.test"]);
+    assert_eq!(sender.messages()[0].rcpts, ["shop@sender.test"]);
+}
+
+#[test]
+fn null_mx_and_nxdomain_bounce_at_once() {
+    let port = sink_port();
+    let sender = Sink::start("127.0.0.6", port, Script::default());
+    let ts = server(port, zone(), |_| {});
+    send(
+        &ts,
+        "shop@sender.test",
+        &["a@nullmx.test"],
+        "Subject: n\r\n\r\nx\r\n",
+    );
+    let status = dsn_status(&sender, 20);
+    assert!(
+        status.contains("Final-Recipient: rfc822; a@nullmx.test")
+            && status.contains("Status: 5.1.10"),
+        "{status}"
+    );
+    send(
+        &ts,
+        "shop@sender.test",
+        &["a@nosuch.test"],
+        "Subject: n\r\n\r\nx\r\n",
+    );
+    let msgs = sender.wait_for(2, 20);
+    let second = String::from_utf8_lossy(&msgs[1].data);
+    assert!(
+        second.contains("Final-Recipient: rfc822; a@nosuch.test")
+            && second.contains("Status: 5.1.2"),
+        "{second}"
+    );
+}
+
+#[test]
+fn mail_that_keeps_failing_expires_with_a_dsn() {
+    let port = sink_port();
+    let _dest = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            temp_fail_first: usize::MAX,
+            temp_reply: "451 4.7.1 greylisted".into(),
+            ..Script::default()
+        },
+    );
+    let sender = Sink::start("127.0.0.6", port, Script::default());
+    let ts = server(port, zone(), |c| c.delivery.max_age_secs = 2);
+    send(
+        &ts,
+        "shop@sender.test",
+        &["late@dest.test"],
+        "Subject: exp\r\n\r\nx\r\n",
+    );
+    let status = dsn_status(&sender, 30);
+    assert!(
+        status.contains("Final-Recipient: rfc822; late@dest.test"),
+        "{status}"
+    );
+    assert!(status.contains("Status: 4.4.7"), "{status}");
+    assert!(
+        status.contains("451 4.7.1 greylisted"),
+        "the last error is reported: {status}"
+    );
+}
+
+#[test]
+fn a_bounce_is_never_bounced() {
+    let port = sink_port();
+    let mut script = Script::default();
+    script.reject_rcpts.insert("gone@dest.test".into());
+    let _dest = Sink::start("127.0.0.2", port, script);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap().to_string();
+    let mut ts = server(port, zone(), |c| c.delivery.log = log_path);
+    let mut c = ts.client();
+    c.expect("EHLO client.test.example", 250);
+    c.expect("MAIL FROM:<>", 250);
+    c.expect("RCPT TO:<gone@dest.test>", 250);
+    assert_eq!(c.data(b"Subject: a bounce\r\n\r\nx\r\n").code, 250);
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(log.path())
+        .unwrap()
+        .contains("\"Bounce\"")
+    {
+        assert!(Instant::now() < deadline, "the failure is logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        ts.messages().is_empty(),
+        "no DSN was queued for the null sender"
+    );
+}
+
+#[test]
+fn restart_with_pending_retries_loses_nothing_and_repeats_nothing() {
+    let port = sink_port();
+    let done = Sink::start("127.0.0.2", port, Script::default());
+    let later = Sink::start(
+        "127.0.0.7",
+        port,
+        Script {
+            temp_fail_first: 1,
+            temp_reply: "451 4.3.0 not now".into(),
+            ..Script::default()
+        },
+    );
+    let mut ts = server(port, zone(), |c| {
+        c.delivery.retry_initial_secs = 3;
+        c.delivery.retry_max_secs = 3;
+    });
+    send(
+        &ts,
+        "a@sender.test",
+        &["done@dest.test"],
+        "Subject: delivered\r\n\r\nx\r\n",
+    );
+    let pending = send(
+        &ts,
+        "a@sender.test",
+        &["later@implicit.test"],
+        "Subject: pending\r\n\r\nx\r\n",
+    );
+    done.wait_for(1, 20);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while later.state.lock().unwrap().refused == 0 {
+        assert!(Instant::now() < deadline, "the first attempt fails");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Stopped before the retry is due: only the deferred message is queued.
+    let queued: Vec<String> = ts
+        .messages()
+        .iter()
+        .map(|(id, _, _)| id.to_string())
+        .collect();
+    assert_eq!(queued, [pending.clone()]);
+
+    ts.restart();
+    let got = later.wait_for(1, 20);
+    assert_eq!(
+        got[0].rcpts,
+        ["later@implicit.test"],
+        "the retry survived the restart"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        done.messages().len(),
+        1,
+        "the delivered message was not delivered again"
+    );
+    assert_eq!(later.messages().len(), 1);
+    assert!(ts.messages().is_empty(), "delivered mail leaves the queue");
+}
