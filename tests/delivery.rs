@@ -42,6 +42,12 @@ fn zone() -> SocketAddr {
             Rr::A("mx.sender.test", ip("127.0.0.6")),
             Rr::Mx("nullmx.test", 0, "."),
             Rr::A("implicit.test", ip("127.0.0.7")),
+            Rr::Mx("busy.test", 10, "first.busy.test"),
+            Rr::Mx("busy.test", 20, "second.busy.test"),
+            Rr::A("first.busy.test", ip("127.0.0.9")),
+            Rr::A("second.busy.test", ip("127.0.0.10")),
+            Rr::A("old.test", ip("127.0.0.11")),
+            Rr::A("slow.test", ip("127.0.0.12")),
         ],
     )
 }
@@ -465,4 +471,119 @@ fn restart_with_pending_retries_loses_nothing_and_repeats_nothing() {
     );
     assert_eq!(later.messages().len(), 1);
     assert!(ts.messages().is_empty(), "delivered mail leaves the queue");
+}
+
+#[test]
+fn a_421_greeting_falls_through_to_the_next_mx() {
+    let port = sink_port();
+    let first = Sink::start(
+        "127.0.0.9",
+        port,
+        Script {
+            greeting: Some("421 4.3.2 too busy".into()),
+            ..Script::default()
+        },
+    );
+    let second = Sink::start("127.0.0.10", port, Script::default());
+    let ts = server(port, zone(), |_| {});
+    send(
+        &ts,
+        "a@sender.test",
+        &["x@busy.test"],
+        "Subject: busy\r\n\r\nx\r\n",
+    );
+    assert_eq!(second.wait_for(1, 20)[0].rcpts, ["x@busy.test"]);
+    assert!(first.accepts() >= 1, "the preferred MX was tried first");
+}
+
+#[test]
+fn a_server_slower_than_the_timeout_is_a_temporary_failure() {
+    let port = sink_port();
+    let _slow = Sink::start(
+        "127.0.0.12",
+        port,
+        Script {
+            delay: Duration::from_secs(3),
+            ..Script::default()
+        },
+    );
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap().to_string();
+    let mut ts = server(port, zone(), |c| {
+        c.delivery.reply_timeout_secs = 1;
+        c.delivery.retry_initial_secs = 3600;
+        c.delivery.retry_max_secs = 3600;
+        c.delivery.log = log_path;
+    });
+    let id = send(
+        &ts,
+        "a@sender.test",
+        &["x@slow.test"],
+        "Subject: slow\r\n\r\nx\r\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        if let Some(l) = text.lines().find(|l| l.contains("TransientFailure")) {
+            break serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no TransientFailure logged");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(event["id"], id);
+    let reply = event["reply"].as_str().unwrap().to_ascii_lowercase();
+    assert!(
+        reply.contains("timed out") || reply.contains("timeout"),
+        "{reply}"
+    );
+    assert_eq!(ts.messages().len(), 1, "still queued for a retry");
+}
+
+#[test]
+fn smtputf8_mail_to_a_server_without_it_bounces_with_5_6_7() {
+    let port = sink_port();
+    let old = Sink::start(
+        "127.0.0.11",
+        port,
+        Script {
+            no_smtputf8: true,
+            ..Script::default()
+        },
+    );
+    let sender = Sink::start("127.0.0.6", port, Script::default());
+    let ts = server(port, zone(), |_| {});
+    let mut c = ts.client();
+    c.expect("EHLO client.test.example", 250);
+    c.expect("MAIL FROM:<shop@sender.test> SMTPUTF8", 250);
+    c.expect("RCPT TO:<jörg@old.test>", 250);
+    assert_eq!(c.data("Subject: ü\r\n\r\nx\r\n".as_bytes()).code, 250);
+    let status = dsn_status(&sender, 20);
+    assert!(status.contains("Status: 5.6.7"), "{status}");
+    assert!(
+        old.messages().is_empty(),
+        "nothing was sent to the server without SMTPUTF8"
+    );
+}
+
+#[test]
+fn max_messages_per_second_paces_a_domain() {
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let ts = server(port, zone(), |c| c.delivery.max_messages_per_second = 10.0);
+    let start = Instant::now();
+    let mut c = ts.client();
+    c.expect("EHLO client.test.example", 250);
+    for i in 0..20 {
+        c.expect("MAIL FROM:<a@sender.test>", 250);
+        c.expect(&format!("RCPT TO:<r{i}@dest.test>"), 250);
+        assert_eq!(c.data(b"Subject: paced\r\n\r\nx\r\n").code, 250);
+    }
+    sink.wait_for(20, 30);
+    // 20 messages at 10/s: the last cannot start before ~1.9 s (the first
+    // message of each shard goes at once).
+    assert!(
+        start.elapsed() >= Duration::from_millis(1700),
+        "took {:?}",
+        start.elapsed()
+    );
 }

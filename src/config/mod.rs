@@ -42,6 +42,9 @@ pub struct DeliveryConfig {
     /// Concurrent connections per destination domain, across all shards
     /// (each shard gets an equal share, at least one).
     pub max_connections: usize,
+    /// Messages per second per destination domain, across all shards (each
+    /// shard paces its share). 0: no limit.
+    pub max_messages_per_second: f64,
     /// Messages sent over one connection before it is closed.
     pub max_messages_per_connection: u32,
     /// Seconds an unused pooled connection stays open.
@@ -79,6 +82,7 @@ impl Default for DeliveryConfig {
             smarthost: String::new(),
             routes: BTreeMap::new(),
             max_connections: 20,
+            max_messages_per_second: 0.0,
             max_messages_per_connection: 1000,
             idle_timeout_secs: 30,
             connect_timeout_secs: 30,
@@ -309,6 +313,9 @@ impl Config {
             if let Err(e) = NextHop::parse(hop) {
                 p.push(format!("delivery.routes.\"{domain}\": {e}"));
             }
+        }
+        if !(d.max_messages_per_second >= 0.0 && d.max_messages_per_second.is_finite()) {
+            p.push("delivery.max_messages_per_second must be 0 (no limit) or positive".into());
         }
         if d.max_connections == 0 || d.max_messages_per_connection == 0 {
             p.push(

@@ -26,7 +26,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::bounce::{self, Failure, Report};
 use crate::config::{Config, NextHop};
@@ -48,6 +48,9 @@ pub struct Scheduler {
     events: Rc<EventLog>,
     /// This shard's share of `max_connections` per domain.
     connections_per_domain: usize,
+    /// Time between two messages to one domain from this shard (its share
+    /// of `max_messages_per_second`), if limited.
+    pace: Option<Duration>,
     state: RefCell<State>,
     tasks: TaskSet,
 }
@@ -72,6 +75,8 @@ struct Entry {
 struct DomainQueue {
     ready: VecDeque<Job>,
     workers: usize,
+    /// Earliest start of the next message when the domain is rate-limited.
+    next_slot: Option<Instant>,
 }
 
 struct Job {
@@ -120,8 +125,10 @@ impl Scheduler {
                 d.max_messages_per_connection,
             ),
         };
+        let rate = d.max_messages_per_second;
         Rc::new(Scheduler {
             connections_per_domain: share(d.max_connections, shard, shards),
+            pace: (rate > 0.0).then(|| Duration::from_secs_f64(shards.max(1) as f64 / rate)),
             cfg,
             spool,
             dns,
@@ -246,8 +253,23 @@ impl Scheduler {
                     }
                 }
             };
+            if let Some(wait) = self.reserve_slot(&domain) {
+                glommio::timer::sleep(wait).await;
+            }
             self.run_job(&domain, job).await;
         }
+    }
+
+    /// Rate limit: books the next free start time for `domain` on this
+    /// shard and says how long to wait for it.
+    fn reserve_slot(&self, domain: &str) -> Option<Duration> {
+        let pace = self.pace?;
+        let mut st = self.state.borrow_mut();
+        let q = st.domains.get_mut(domain)?;
+        let now = Instant::now();
+        let start = q.next_slot.map_or(now, |t| t.max(now));
+        q.next_slot = Some(start + pace);
+        Some(start - now).filter(|w| !w.is_zero())
     }
 
     async fn run_job(self: &Rc<Self>, domain: &str, job: Job) {

@@ -21,6 +21,8 @@ pub struct Script {
     pub delay: Duration,
     /// Answer the greeting with this instead of 220.
     pub greeting: Option<String>,
+    /// Leave SMTPUTF8 out of the EHLO reply.
+    pub no_smtputf8: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -118,9 +120,16 @@ fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::i
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
         if upper.starts_with("EHLO") {
+            let utf8 = if sc.no_smtputf8 {
+                ""
+            } else {
+                "250-SMTPUTF8\r\n"
+            };
             reply(
                 &mut w,
-                "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000",
+                &format!(
+                    "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{utf8}250 SIZE 100000000"
+                ),
             )?;
         } else if upper.starts_with("HELO") || upper == "RSET" || upper == "NOOP" {
             from.clear();
