@@ -587,3 +587,21 @@ fn max_messages_per_second_paces_a_domain() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_static_route_overrides_mx() {
+    let port = sink_port();
+    let routed = Sink::start("127.0.0.13", 0, Script::default());
+    let hop = format!("[127.0.0.13]:{}", routed.addr.port());
+    // routed.test has no DNS records at all: only the route can deliver it.
+    let ts = server(port, zone(), |c| {
+        c.delivery.routes.insert("routed.test".into(), hop);
+    });
+    send(
+        &ts,
+        "a@sender.test",
+        &["x@routed.test"],
+        "Subject: routed\r\n\r\nx\r\n",
+    );
+    assert_eq!(routed.wait_for(1, 20)[0].rcpts, ["x@routed.test"]);
+}
