@@ -49,6 +49,9 @@ pub struct Event<'a> {
     pub reply: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// TLS protocol and cipher of the delivery connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'a str>,
 }
 
 enum Sink {
@@ -113,6 +116,7 @@ impl<'a> Event<'a> {
             remote_ip: None,
             reply: None,
             attempt: None,
+            tls: None,
         }
     }
 }

@@ -22,6 +22,7 @@
 //! - [`dns`]: MX and address lookups on a resolver thread.
 //! - [`bounce`]: delivery status notifications (RFC 3464).
 //! - [`events`]: the JSON delivery log.
+//! - [`tls`]: rustls configs for inbound STARTTLS and outbound encryption.
 //! - [`runtime`]: one glommio executor per core, start-up and shutdown, and
 //!   `shard_for`, the one place that maps a message to its shard.
 //! - [`config`]: the typed configuration; its defaults are the embedded
@@ -39,3 +40,4 @@ pub mod runtime;
 pub mod scheduler;
 pub mod smtp_in;
 pub mod smtp_out;
+pub mod tls;

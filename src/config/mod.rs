@@ -26,6 +26,35 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub delivery: DeliveryConfig,
     pub dns: DnsConfig,
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: certificates for inbound STARTTLS, and outbound policy.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM certificate chain. With `key_file`, STARTTLS is offered inbound.
+    pub cert_file: String,
+    /// PEM private key of `cert_file`.
+    pub key_file: String,
+    /// Outbound: "opportunistic" (STARTTLS when offered, any certificate,
+    /// plaintext to that host if the handshake fails) or "none".
+    pub outbound: OutboundTls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    #[default]
+    Opportunistic,
+    None,
+}
+
+impl TlsConfig {
+    /// Whether inbound STARTTLS is configured.
+    pub fn inbound(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
 }
 
 /// `[delivery]`: outbound SMTP, scheduling and retries.
@@ -259,6 +288,7 @@ impl Config {
                 "smtp" => section(&key, value, &mut errors, &mut cfg.smtp),
                 "delivery" => section(&key, value, &mut errors, &mut cfg.delivery),
                 "dns" => section(&key, value, &mut errors, &mut cfg.dns),
+                "tls" => section(&key, value, &mut errors, &mut cfg.tls),
                 other => errors.push(format!("unknown section or key `{other}`")),
             }
         }
@@ -330,6 +360,9 @@ impl Config {
         }
         if d.connect_timeout_secs == 0 || d.reply_timeout_secs == 0 || d.idle_timeout_secs == 0 {
             p.push("delivery timeouts must be at least 1 second".into());
+        }
+        if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
+            p.push("tls.cert_file and tls.key_file go together: set both or neither".into());
         }
         if self.dns.timeout_secs == 0 {
             p.push("dns.timeout_secs must be at least 1".into());

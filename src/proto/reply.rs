@@ -107,6 +107,12 @@ pub enum Rejection {
     StorageFailure,
     #[error("server shutting down")]
     ShuttingDown,
+    #[error("command not implemented")]
+    NotImplemented,
+    #[error("commands pipelined after STARTTLS")]
+    PipelinedAfterStartTls,
+    #[error("TLS handshake failed")]
+    TlsFailed,
 }
 
 impl Rejection {
@@ -139,6 +145,13 @@ impl Rejection {
             Timeout => Reply::new(421, "4.4.2", "Error: timeout exceeded, closing"),
             StorageFailure => Reply::new(451, "4.3.0", "Error: queue file write error"),
             ShuttingDown => Reply::new(421, "4.3.2", "Service shutting down, closing"),
+            NotImplemented => Reply::new(502, "5.5.1", "Error: command not implemented"),
+            PipelinedAfterStartTls => Reply::new(
+                554,
+                "5.5.1",
+                "Error: commands sent after STARTTLS before the handshake, closing",
+            ),
+            TlsFailed => Reply::new(454, "4.7.0", "TLS not available due to temporary reason"),
         }
     }
 
@@ -150,6 +163,7 @@ impl Rejection {
                 | Rejection::TooManyErrors
                 | Rejection::Timeout
                 | Rejection::ShuttingDown
+                | Rejection::PipelinedAfterStartTls
         )
     }
 }

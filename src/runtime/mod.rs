@@ -63,6 +63,8 @@ pub enum StartError {
     Executor(String),
     #[error("starting the DNS resolver: {0}")]
     Dns(std::io::Error),
+    #[error("{0}")]
+    Tls(crate::tls::TlsError),
 }
 
 enum Report {
@@ -99,6 +101,13 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         Duration::from_secs(cfg.dns.timeout_secs),
     )
     .map_err(StartError::Dns)?;
+    let tls = match cfg.tls.inbound() {
+        true => Some(
+            crate::tls::server_config(cfg.tls.cert_file.as_ref(), cfg.tls.key_file.as_ref())
+                .map_err(StartError::Tls)?,
+        ),
+        false => None,
+    };
     let cfg = Arc::new(cfg);
 
     let (report_tx, reports) = flume::unbounded();
@@ -119,12 +128,13 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
                     .expect("one per shard");
                 let cfg = cfg.clone();
                 let resolver = resolver.clone();
+                let tls = tls.clone();
                 let guard = StopGuard {
                     shard: index,
                     tx: report_tx.clone(),
                 };
                 async move {
-                    match run_shard(index, shards, cfg, resolver, stop, &guard.tx).await {
+                    match run_shard(index, shards, cfg, resolver, tls, stop, &guard.tx).await {
                         Ok(()) => {}
                         Err(reason) => {
                             let _ = guard.tx.send(Report::Failed {
@@ -167,6 +177,7 @@ async fn run_shard(
     shards: usize,
     cfg: Arc<Config>,
     resolver: Resolver,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: flume::Receiver<()>,
     reports: &flume::Sender<Report>,
 ) -> Result<(), String> {
@@ -205,6 +216,7 @@ async fn run_shard(
         spool,
         scheduler: scheduler.clone(),
         events,
+        tls: tls.map(futures_rustls::TlsAcceptor::from),
     });
     let _ = reports.send(Report::Ready);
     smtp_in::serve(listener, shard.clone(), stop).await;

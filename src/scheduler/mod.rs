@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bounce::{self, Failure, Report};
-use crate::config::{Config, NextHop};
+use crate::config::{Config, NextHop, OutboundTls};
 use crate::dns::{DnsError, Resolver};
 use crate::events::{Event, EventKind, EventLog, unix_now};
 use crate::queue::{Envelope, MessageId, RecipientStatus, Spool};
@@ -124,6 +124,10 @@ impl Scheduler {
                 Duration::from_secs(d.idle_timeout_secs),
                 d.max_messages_per_connection,
             ),
+            tls: match cfg.tls.outbound {
+                OutboundTls::Opportunistic => Some(crate::tls::opportunistic_client()),
+                OutboundTls::None => None,
+            },
         };
         let rate = d.max_messages_per_second;
         Rc::new(Scheduler {
@@ -296,6 +300,7 @@ impl Scheduler {
                 let attempt = Attempt {
                     outcomes: vec![Outcome::Temporary { reply }; rcpts.len()],
                     remote: None,
+                    tls: None,
                 };
                 return self.record(job.id, &job.rcpts, &attempt);
             }
@@ -314,6 +319,7 @@ impl Scheduler {
             Err(e) => Attempt {
                 outcomes: vec![dns_outcome(&e); rcpts.len()],
                 remote: None,
+                tls: None,
             },
         };
         self.record(job.id, &job.rcpts, &attempt);
@@ -379,6 +385,7 @@ impl Scheduler {
                 ev.remote_ip = remote.map(|t| t.addr.ip().to_string());
                 ev.reply = Some(outcome.reply());
                 ev.attempt = Some(r.attempts);
+                ev.tls = attempt.tls.as_deref();
                 self.events.write(&ev);
             }
             entry.jobs = entry.jobs.saturating_sub(1);

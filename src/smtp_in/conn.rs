@@ -17,15 +17,20 @@ use std::io;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
+use futures_rustls::TlsAcceptor;
+use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
 use crate::proto::reply::Reply;
+
+/// The client connection, plain or after STARTTLS.
+pub type Stream = crate::tls::Stream<TlsStream<TcpStream>>;
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
 
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     start: usize,
     cap: usize,
@@ -40,7 +45,7 @@ impl Conn {
         stream.set_write_timeout(Some(idle))?;
         stream.set_nodelay(true)?;
         Ok(Conn {
-            stream,
+            stream: Stream::Plain(stream),
             buf: Vec::new(),
             start: 0,
             cap: cap.max(READ_CHUNK),
@@ -76,8 +81,30 @@ impl Conn {
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
+            self.stream.flush().await?;
             self.out.clear();
         }
+        Ok(())
+    }
+
+    /// Flushes and closes; under TLS this sends close_notify, so the client
+    /// can tell a clean end from a truncation.
+    pub async fn close(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.stream.close().await;
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.stream.is_tls()
+    }
+
+    /// Runs the server side of a TLS handshake on the plain connection.
+    /// The caller has flushed the 220 and checked that no input is pending.
+    pub async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+        let tcp = self.stream.take_plain()?;
+        debug_assert!(self.pending().is_empty() && self.out.is_empty());
+        let tls = acceptor.accept(tcp).await?;
+        self.stream = Stream::Tls(Box::new(tls));
         Ok(())
     }
 
@@ -102,10 +129,6 @@ impl Conn {
         let n = *result.as_ref().unwrap_or(&0);
         self.buf.truncate(old + n);
         result
-    }
-
-    pub fn into_stream(self) -> TcpStream {
-        self.stream
     }
 }
 

@@ -20,11 +20,13 @@ use crate::proto::body::{BodyFault, BodyReader, Framing};
 use crate::proto::reply::{Rejection, Reply};
 use crate::queue::{Envelope, MessageId};
 
-/// How a body-reading step ended for the connection.
+/// How a step ended for the connection.
 pub enum Outcome {
     Reply(Reply),
     Close(Reply),
     Disconnected,
+    /// Nothing to answer (e.g. after a TLS handshake).
+    Silent,
 }
 
 /// A body being read: its id, the reader state and the bytes so far.
@@ -183,10 +185,18 @@ fn received_header(out: &mut Vec<u8>, session: &Session, hostname: &str, id: Mes
         std::net::IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
     };
     let tx = session.tx.as_ref();
-    let protocol = match (tx.is_some_and(Transaction::smtputf8), session.esmtp) {
-        (true, _) => "UTF8SMTP",
-        (false, true) => "ESMTP",
-        (false, false) => "SMTP",
+    // RFC 3848 / RFC 6531 protocol names.
+    let protocol = match (
+        tx.is_some_and(Transaction::smtputf8),
+        session.esmtp,
+        session.tls,
+    ) {
+        (true, _, false) => "UTF8SMTP",
+        (true, _, true) => "UTF8SMTPS",
+        (false, true, false) => "ESMTP",
+        (false, true, true) => "ESMTPS",
+        (false, false, false) => "SMTP",
+        (false, false, true) => "SMTPS",
     };
     let mut s = String::with_capacity(256);
     let _ = write!(

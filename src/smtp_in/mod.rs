@@ -27,6 +27,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
@@ -50,6 +51,8 @@ pub struct Shard {
     /// Where accepted messages go next (this shard's scheduler).
     pub scheduler: Rc<Scheduler>,
     pub events: Rc<EventLog>,
+    /// Inbound STARTTLS, when a certificate is configured.
+    pub tls: Option<TlsAcceptor>,
 }
 
 /// Accepts connections until `stop` fires, one task per session. On stop,
@@ -84,7 +87,7 @@ async fn handle_connection(stream: TcpStream, shard: Rc<Shard>) {
     };
     let mut session = Session::new(&cfg, peer.ip());
     drive(&mut conn, &mut session, &shard).await;
-    let _ = conn.flush().await;
+    conn.close().await;
 }
 
 /// The command loop of one session. Returns when the session must end; any
@@ -127,6 +130,7 @@ async fn drive(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) {
             Action::ReadBdat { size, last } => {
                 data::receive_bdat(conn, session, shard, &mut bdat, size, last).await
             }
+            Action::StartTls => start_tls(conn, session, shard).await,
         };
         if session.tx.is_none() {
             bdat = None;
@@ -138,6 +142,7 @@ async fn drive(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) {
                 return;
             }
             Outcome::Disconnected => return,
+            Outcome::Silent => continue,
         };
         conn.queue(&reply);
         if reply.is_error() {
@@ -146,6 +151,38 @@ async fn drive(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) {
                 conn.queue(&Rejection::TooManyErrors.reply());
                 return;
             }
+        }
+    }
+}
+
+/// STARTTLS (RFC 3207). Anything the client sent after the command, before
+/// the handshake, arrived in plaintext and could have been injected by a
+/// man in the middle (CVE-2011-0411): it is discarded, never executed, and
+/// the connection is closed.
+async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) -> Outcome {
+    let Some(acceptor) = &shard.tls else {
+        return Outcome::Reply(Rejection::NotImplemented.reply());
+    };
+    let injected = conn.discard_pending();
+    if injected > 0 {
+        log::warn!(
+            "{}: {injected} bytes pipelined after STARTTLS discarded, closing",
+            session.client_ip()
+        );
+        return Outcome::Close(Rejection::PipelinedAfterStartTls.reply());
+    }
+    conn.queue(&Reply::new(220, "2.0.0", "Ready to start TLS"));
+    if conn.flush().await.is_err() {
+        return Outcome::Disconnected;
+    }
+    match conn.start_tls(acceptor).await {
+        Ok(()) => {
+            session.tls_started();
+            Outcome::Silent
+        }
+        Err(e) => {
+            log::info!("{}: TLS handshake failed: {e}", session.client_ip());
+            Outcome::Disconnected
         }
     }
 }

@@ -30,6 +30,8 @@ pub enum Action {
     },
     /// Send the reply and close.
     Close(Reply),
+    /// Answer 220 and run the TLS handshake (RFC 3207).
+    StartTls,
 }
 
 /// The mail transaction in progress (between MAIL and the end of data).
@@ -66,6 +68,8 @@ pub struct Session<'a> {
     pub helo: Option<String>,
     pub esmtp: bool,
     pub tx: Option<Transaction>,
+    /// Whether TLS is active on the connection.
+    pub tls: bool,
 }
 
 impl<'a> Session<'a> {
@@ -77,7 +81,21 @@ impl<'a> Session<'a> {
             helo: None,
             esmtp: false,
             tx: None,
+            tls: false,
         }
+    }
+
+    /// After a TLS handshake the session starts over (RFC 3207 4.2): the
+    /// client must say EHLO again, and nothing learned before counts.
+    pub fn tls_started(&mut self) {
+        self.helo = None;
+        self.esmtp = false;
+        self.tx = None;
+        self.tls = true;
+    }
+
+    fn offers_starttls(&self) -> bool {
+        self.cfg.tls.inbound() && !self.tls
     }
 
     pub fn client_ip(&self) -> IpAddr {
@@ -123,7 +141,9 @@ impl<'a> Session<'a> {
                 "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
             )),
             Command::Quit => Action::Close(Reply::new(221, "2.0.0", "Bye")),
-            Command::StartTls => reject(Rejection::UnknownCommand),
+            Command::StartTls if !self.cfg.tls.inbound() => reject(Rejection::NotImplemented),
+            Command::StartTls if self.tls => reject(Rejection::BadSequence("TLS already active")),
+            Command::StartTls => Action::StartTls,
         }
     }
 
@@ -135,18 +155,19 @@ impl<'a> Session<'a> {
         if !esmtp {
             return Action::Reply(Reply::plain(250, vec![host]));
         }
-        Action::Reply(Reply::plain(
-            250,
-            vec![
-                host,
-                "PIPELINING".into(),
-                format!("SIZE {}", self.cfg.smtp.max_message_size),
-                "8BITMIME".into(),
-                "SMTPUTF8".into(),
-                "ENHANCEDSTATUSCODES".into(),
-                "CHUNKING".into(),
-            ],
-        ))
+        let mut lines = vec![
+            host,
+            "PIPELINING".into(),
+            format!("SIZE {}", self.cfg.smtp.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+        ];
+        if self.offers_starttls() {
+            lines.push("STARTTLS".into());
+        }
+        Action::Reply(Reply::plain(250, lines))
     }
 
     fn mail(&mut self, from: Option<Mailbox>, params: MailParams) -> Action {
@@ -250,6 +271,7 @@ mod tests {
             Action::Reply(r) | Action::Close(r) => r.code,
             Action::ReadData => 354,
             Action::ReadBdat { .. } => 0,
+            Action::StartTls => 220,
         }
     }
 

@@ -12,10 +12,15 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
+use futures_rustls::TlsConnector;
+use futures_rustls::client::TlsStream;
 use glommio::net::TcpStream;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 
 use super::outcome::{Outcome, from_io, from_reply};
 use crate::proto::client::{ServerReply, dot_stuff, parse_reply};
@@ -58,8 +63,27 @@ pub struct Outgoing<'a> {
     pub eight_bit: bool,
 }
 
+/// Why a connection could not be set up. A failed TLS handshake is told
+/// apart so that the caller can retry the host in plaintext.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub outcome: Outcome,
+    pub tls_handshake: bool,
+}
+
+impl From<Outcome> for ConnectError {
+    fn from(outcome: Outcome) -> Self {
+        ConnectError {
+            outcome,
+            tls_handshake: false,
+        }
+    }
+}
+
 pub struct Client {
-    stream: TcpStream,
+    stream: crate::tls::Stream<TlsStream<TcpStream>>,
+    /// Protocol and cipher once STARTTLS succeeded, for the delivery log.
+    pub tls: Option<String>,
     buf: Vec<u8>,
     pub peer: SocketAddr,
     pub host: String,
@@ -72,15 +96,18 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused).
-    /// A failure here means "try the next host": it is always temporary.
+    /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused);
+    /// with `tls`, upgrades with STARTTLS when the server offers it and says
+    /// EHLO again. A failure here means "try the next host": it is always
+    /// temporary.
     pub async fn connect(
         peer: SocketAddr,
         host: &str,
         helo: &str,
         connect_timeout: Duration,
         timeout: Duration,
-    ) -> Result<Client, Outcome> {
+        tls: Option<&Arc<ClientConfig>>,
+    ) -> Result<Client, ConnectError> {
         let stream = TcpStream::connect_timeout(peer, connect_timeout)
             .await
             .map_err(|e| from_io(&format!("connect to {host}[{}]", peer.ip()), &e.into()))?;
@@ -90,7 +117,8 @@ impl Client {
             .and_then(|_| stream.set_write_timeout(Some(timeout)))
             .map_err(|e| from_io("socket", &e.into()))?;
         let mut c = Client {
-            stream,
+            stream: crate::tls::Stream::Plain(stream),
+            tls: None,
             buf: Vec::with_capacity(1024),
             peer,
             host: host.to_string(),
@@ -103,20 +131,64 @@ impl Client {
         if greeting.code != 220 {
             return Err(Outcome::Temporary {
                 reply: format!("greeting: {}", greeting.one_line()),
-            });
+            }
+            .into());
         }
-        let ehlo = c.command(&format!("EHLO {helo}\r\n")).await?;
-        if ehlo.code == 250 {
-            c.ext = Extensions::from_ehlo(&ehlo);
-        } else {
-            let helo_reply = c.command(&format!("HELO {helo}\r\n")).await?;
-            if helo_reply.code != 250 {
-                return Err(Outcome::Temporary {
-                    reply: format!("HELO: {}", helo_reply.one_line()),
-                });
+        c.hello(helo).await?;
+        if let Some(config) = tls.filter(|_| c.ext.starttls) {
+            let reply = c.command("STARTTLS\r\n").await?;
+            if reply.code == 220 {
+                c.start_tls(config).await.map_err(|outcome| ConnectError {
+                    outcome,
+                    tls_handshake: true,
+                })?;
+                c.hello(helo).await?;
             }
         }
         Ok(c)
+    }
+
+    async fn hello(&mut self, helo: &str) -> Result<(), Outcome> {
+        let ehlo = self.command(&format!("EHLO {helo}\r\n")).await?;
+        if ehlo.code == 250 {
+            self.ext = Extensions::from_ehlo(&ehlo);
+            return Ok(());
+        }
+        self.ext = Extensions::default();
+        let reply = self.command(&format!("HELO {helo}\r\n")).await?;
+        if reply.code != 250 {
+            return Err(Outcome::Temporary {
+                reply: format!("HELO: {}", reply.one_line()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The client side of STARTTLS. Whatever the server sent after its 220
+    /// arrived before encryption and is thrown away unread (it could be
+    /// injected by a man in the middle).
+    async fn start_tls(&mut self, config: &Arc<ClientConfig>) -> Result<(), Outcome> {
+        self.buf.clear();
+        let name = ServerName::try_from(self.host.clone())
+            .unwrap_or_else(|_| ServerName::IpAddress(self.peer.ip().into()));
+        let tcp = self
+            .stream
+            .take_plain()
+            .map_err(|e| self.io_failure("STARTTLS", e))?;
+        let tls = TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| self.io_failure("TLS handshake with", e))?;
+        let (_, conn) = tls.get_ref();
+        self.tls = Some(format!(
+            "{:?} {:?}",
+            conn.protocol_version()
+                .map_or(rustls::ProtocolVersion::Unknown(0), |v| v),
+            conn.negotiated_cipher_suite().map(|s| s.suite())
+        ))
+        .map(|s| s.replace("Some(", "").replace(')', ""));
+        self.stream = crate::tls::Stream::Tls(Box::new(tls));
+        Ok(())
     }
 
     async fn read_reply(&mut self) -> Result<ServerReply, Outcome> {

@@ -16,6 +16,7 @@ pub mod outcome;
 pub mod pool;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use client::{Client, Outgoing};
@@ -36,6 +37,8 @@ pub struct Attempt {
     pub outcomes: Vec<Outcome>,
     /// The host that answered, if any did.
     pub remote: Option<Target>,
+    /// TLS protocol and cipher of the connection used, if encrypted.
+    pub tls: Option<String>,
 }
 
 pub struct Delivery {
@@ -43,6 +46,8 @@ pub struct Delivery {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub pool: Pool,
+    /// Opportunistic STARTTLS when set.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Delivery {
@@ -54,15 +59,7 @@ impl Delivery {
         for target in targets {
             let mut client = match self.pool.take(target.addr) {
                 Some(c) => c,
-                None => match Client::connect(
-                    target.addr,
-                    &target.host,
-                    &self.helo,
-                    self.connect_timeout,
-                    self.timeout,
-                )
-                .await
-                {
+                None => match self.connect(target).await {
                     Ok(c) => c,
                     Err(why) => {
                         log::debug!("{}: {}", target.host, why.reply());
@@ -71,6 +68,7 @@ impl Delivery {
                     }
                 },
             };
+            let tls = client.tls.clone();
             let result = client.send(msg).await;
             self.pool.put(client);
             let outcomes = match result {
@@ -80,11 +78,41 @@ impl Delivery {
             return Attempt {
                 outcomes,
                 remote: Some(target.clone()),
+                tls,
             };
         }
         Attempt {
             outcomes: vec![last; msg.recipients.len()],
             remote: None,
+            tls: None,
+        }
+    }
+
+    /// A new connection; if the TLS handshake fails, the same host again in
+    /// plaintext (opportunistic TLS: rustls has no CBC or RSA key exchange,
+    /// so some old servers cannot talk to it).
+    async fn connect(&self, target: &Target) -> Result<Client, Outcome> {
+        let connect = |tls| {
+            Client::connect(
+                target.addr,
+                &target.host,
+                &self.helo,
+                self.connect_timeout,
+                self.timeout,
+                tls,
+            )
+        };
+        match connect(self.tls.as_ref()).await {
+            Ok(c) => Ok(c),
+            Err(e) if e.tls_handshake => {
+                log::info!(
+                    "{}: {}; retrying without TLS",
+                    target.host,
+                    e.outcome.reply()
+                );
+                connect(None).await.map_err(|e| e.outcome)
+            }
+            Err(e) => Err(e.outcome),
         }
     }
 }
