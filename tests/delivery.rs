@@ -605,3 +605,69 @@ fn a_static_route_overrides_mx() {
     );
     assert_eq!(routed.wait_for(1, 20)[0].rcpts, ["x@routed.test"]);
 }
+
+#[test]
+fn outbound_starttls_is_used_when_offered_and_logged() {
+    let port = sink_port();
+    let sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            tls: Some(common::sink::self_signed_tls("mx1.dest.test")),
+            inject_after_starttls: true,
+            ..Script::default()
+        },
+    );
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap().to_string();
+    let ts = server(port, zone(), |c| c.delivery.log = log_path);
+    let id = send(
+        &ts,
+        "a@sender.test",
+        &["x@dest.test"],
+        "Subject: tls\r\n\r\nx\r\n",
+    );
+    let msgs = sink.wait_for(1, 20);
+    assert!(msgs[0].tls, "delivered over TLS");
+    assert_eq!(
+        without_received(&msgs[0].data),
+        b"Subject: tls\r\n\r\nx\r\n"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let delivery: serde_json::Value = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["event"] == "Delivery" && e["id"] == id)
+        .expect("a Delivery event");
+    let tls = delivery["tls"]
+        .as_str()
+        .expect("the TLS parameters are logged");
+    assert!(
+        tls.starts_with("TLSv1_3") || tls.starts_with("TLSv1_2"),
+        "{tls}"
+    );
+}
+
+#[test]
+fn outbound_tls_none_sends_in_plaintext() {
+    let port = sink_port();
+    let sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            tls: Some(common::sink::self_signed_tls("mx1.dest.test")),
+            ..Script::default()
+        },
+    );
+    let ts = server(port, zone(), |c| {
+        c.tls.outbound = ringpost::config::OutboundTls::None
+    });
+    send(
+        &ts,
+        "a@sender.test",
+        &["x@dest.test"],
+        "Subject: plain\r\n\r\nx\r\n",
+    );
+    assert!(!sink.wait_for(1, 20)[0].tls);
+}

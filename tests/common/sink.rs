@@ -2,10 +2,40 @@
 //! code) that record what they receive and answer as a test tells them.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// The sink's side of a connection, before or after STARTTLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
 
 /// How the sink answers.
 #[derive(Clone, Debug, Default)]
@@ -23,6 +53,10 @@ pub struct Script {
     pub greeting: Option<String>,
     /// Leave SMTPUTF8 out of the EHLO reply.
     pub no_smtputf8: bool,
+    /// Offer STARTTLS with this certificate.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Send a forged plaintext line in the same packet as the 220 to STARTTLS.
+    pub inject_after_starttls: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -31,6 +65,8 @@ pub struct Received {
     pub rcpts: Vec<String>,
     /// The message as the sink read it: dot-unstuffed, CRLF line endings.
     pub data: Vec<u8>,
+    /// Whether the transaction ran over TLS.
+    pub tls: bool,
 }
 
 #[derive(Default)]
@@ -96,21 +132,22 @@ impl Sink {
 
 fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut w = conn.try_clone()?;
-    let mut r = BufReader::new(conn);
+    let mut r = BufReader::new(Stream::Plain(conn));
     let sc = script.lock().unwrap().clone();
-    let reply = |w: &mut TcpStream, text: &str| -> std::io::Result<()> {
+    let reply = |r: &mut BufReader<Stream>, text: &str| -> std::io::Result<()> {
         if !sc.delay.is_zero() {
             std::thread::sleep(sc.delay);
         }
-        w.write_all(format!("{text}\r\n").as_bytes())
+        r.get_mut().write_all(format!("{text}\r\n").as_bytes())?;
+        r.get_mut().flush()
     };
     if let Some(g) = &sc.greeting {
-        reply(&mut w, g)?;
+        reply(&mut r, g)?;
         return Ok(());
     }
-    reply(&mut w, "220 sink.test ESMTP")?;
+    reply(&mut r, "220 sink.test ESMTP")?;
     let (mut from, mut rcpts) = (String::new(), Vec::new());
+    let mut tls = false;
     let mut line = String::new();
     loop {
         line.clear();
@@ -125,33 +162,53 @@ fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::i
             } else {
                 "250-SMTPUTF8\r\n"
             };
+            let starttls = if sc.tls.is_some() && !tls {
+                "250-STARTTLS\r\n"
+            } else {
+                ""
+            };
             reply(
-                &mut w,
+                &mut r,
                 &format!(
-                    "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{utf8}250 SIZE 100000000"
+                    "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{utf8}{starttls}250 SIZE 100000000"
                 ),
             )?;
+        } else if upper == "STARTTLS" && sc.tls.is_some() && !tls {
+            let extra = if sc.inject_after_starttls {
+                "\r\n250 2.0.0 forged"
+            } else {
+                ""
+            };
+            reply(&mut r, &format!("220 2.0.0 ready{extra}"))?;
+            let Stream::Plain(tcp) = r.into_inner() else {
+                unreachable!()
+            };
+            let conn = rustls::ServerConnection::new(sc.tls.clone().unwrap()).unwrap();
+            r = BufReader::new(Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))));
+            tls = true;
+            from.clear();
+            rcpts.clear();
         } else if upper.starts_with("HELO") || upper == "RSET" || upper == "NOOP" {
             from.clear();
             rcpts.clear();
-            reply(&mut w, "250 2.0.0 ok")?;
+            reply(&mut r, "250 2.0.0 ok")?;
         } else if upper.starts_with("MAIL FROM:") {
             from = between_brackets(&cmd);
-            reply(&mut w, "250 2.1.0 ok")?;
+            reply(&mut r, "250 2.1.0 ok")?;
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = between_brackets(&cmd);
             if sc.reject_rcpts.contains(&rcpt) {
-                reply(&mut w, "550 5.1.1 no such user")?;
+                reply(&mut r, "550 5.1.1 no such user")?;
             } else {
                 rcpts.push(rcpt);
-                reply(&mut w, "250 2.1.5 ok")?;
+                reply(&mut r, "250 2.1.5 ok")?;
             }
         } else if upper == "DATA" {
             if rcpts.is_empty() {
-                reply(&mut w, "554 5.5.1 no valid recipients")?;
+                reply(&mut r, "554 5.5.1 no valid recipients")?;
                 continue;
             }
-            reply(&mut w, "354 go ahead")?;
+            reply(&mut r, "354 go ahead")?;
             let mut data = Vec::new();
             loop {
                 let mut l = Vec::new();
@@ -184,26 +241,46 @@ fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::i
             match temp {
                 Some(t) => {
                     st.lock().unwrap().refused += 1;
-                    reply(&mut w, &t)?;
+                    reply(&mut r, &t)?;
                 }
                 None => {
                     st.lock().unwrap().messages.push(Received {
                         from: from.clone(),
                         rcpts: rcpts.clone(),
                         data,
+                        tls,
                     });
-                    reply(&mut w, "250 2.0.0 queued")?;
+                    reply(&mut r, "250 2.0.0 queued")?;
                 }
             }
             from.clear();
             rcpts.clear();
         } else if upper == "QUIT" {
-            reply(&mut w, "221 2.0.0 bye")?;
+            reply(&mut r, "221 2.0.0 bye")?;
             return Ok(());
         } else {
-            reply(&mut w, "500 5.5.1 unknown")?;
+            reply(&mut r, "500 5.5.1 unknown")?;
         }
     }
+}
+
+/// A rustls server config with a fresh self-signed certificate (rcgen).
+pub fn self_signed_tls(name: &str) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(ck.cert.pem().as_bytes()).unwrap();
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(ck.signing_key.serialize_pem().as_bytes())
+            .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    Arc::new(config)
 }
 
 fn between_brackets(cmd: &str) -> String {
