@@ -212,6 +212,13 @@ pub struct SmtpConfig {
     pub idle_timeout_secs: u64,
     /// Lines ending in a bare LF: "normalize" (take as CRLF) or "reject".
     pub bare_lf: BareLf,
+    /// Concurrent SMTP connections, all clients together (each shard takes
+    /// an equal share); more get 421 4.7.0.
+    pub max_connections: usize,
+    /// Concurrent SMTP connections from one client IP (per-shard share).
+    pub max_connections_per_ip: usize,
+    /// Longest SMTP session, in seconds, however active; then 421 4.4.2.
+    pub max_session_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -249,6 +256,9 @@ impl Default for SmtpConfig {
             max_errors: 20,
             idle_timeout_secs: 300,
             bare_lf: BareLf::Normalize,
+            max_connections: 10_000,
+            max_connections_per_ip: 100,
+            max_session_secs: 3600,
         }
     }
 }
@@ -322,8 +332,11 @@ impl Config {
         if s.max_errors == 0 {
             p.push("smtp.max_errors must be at least 1".into());
         }
-        if s.idle_timeout_secs == 0 {
-            p.push("smtp.idle_timeout_secs must be at least 1".into());
+        if s.idle_timeout_secs == 0 || s.max_session_secs == 0 {
+            p.push("smtp.idle_timeout_secs and max_session_secs must be at least 1".into());
+        }
+        if s.max_connections == 0 || s.max_connections_per_ip == 0 {
+            p.push("smtp.max_connections and max_connections_per_ip must be at least 1".into());
         }
         for d in &s.local_domains {
             if d.is_empty() || d.ends_with('.') || d.contains(['@', ' ']) {

@@ -113,6 +113,10 @@ pub enum Rejection {
     PipelinedAfterStartTls,
     #[error("TLS handshake failed")]
     TlsFailed,
+    #[error("too many connections")]
+    TooManyConnections,
+    #[error("commands sent before the 354 reply to DATA")]
+    Unsynchronized,
 }
 
 impl Rejection {
@@ -152,6 +156,14 @@ impl Rejection {
                 "Error: commands sent after STARTTLS before the handshake, closing",
             ),
             TlsFailed => Reply::new(454, "4.7.0", "TLS not available due to temporary reason"),
+            TooManyConnections => {
+                Reply::new(421, "4.7.0", "Error: too many connections, try again later")
+            }
+            Unsynchronized => Reply::new(
+                554,
+                "5.5.0",
+                "Error: SMTP protocol synchronization, closing",
+            ),
         }
     }
 
@@ -164,6 +176,8 @@ impl Rejection {
                 | Rejection::Timeout
                 | Rejection::ShuttingDown
                 | Rejection::PipelinedAfterStartTls
+                | Rejection::TooManyConnections
+                | Rejection::Unsynchronized
         )
     }
 }

@@ -35,6 +35,14 @@ use crate::smtp_in::{self, Shard};
 /// 8 MiB RLIMIT_MEMLOCK of an unprivileged user.
 const IO_MEMORY: usize = 512 << 10;
 
+/// Shard `shard`'s share of a global limit: equal parts, the remainder to
+/// the first shards, never zero. Limits are split this way so that shards
+/// enforce them without talking to each other.
+pub fn share(total: usize, shard: usize, shards: usize) -> usize {
+    let shards = shards.max(1);
+    (total / shards + usize::from(shard < total % shards)).max(1)
+}
+
 /// The one function that says which shard owns a message.
 pub fn shard_for(id: &MessageId, shards: usize) -> usize {
     id.minted_by() as usize % shards.max(1)
@@ -212,6 +220,7 @@ async fn run_shard(
     scheduler.start();
     let shard = Rc::new(Shard {
         index: index as u16,
+        shards,
         cfg,
         spool,
         scheduler: scheduler.clone(),
@@ -326,5 +335,20 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up_and_are_never_zero() {
+        assert_eq!((0..2).map(|s| share(20, s, 2)).sum::<usize>(), 20);
+        assert_eq!(
+            (0..3).map(|s| share(20, s, 3)).collect::<Vec<_>>(),
+            [7, 7, 6]
+        );
+        assert_eq!(share(1, 1, 2), 1);
     }
 }

@@ -5,7 +5,7 @@
 //! workers, timers) is spawned through a `TaskSet` and cancelled on stop;
 //! otherwise the spool's sled lock would outlive the shard.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
@@ -27,20 +27,31 @@ struct Inner {
 impl TaskSet {
     /// Spawns `fut` on this executor; it leaves the set when it finishes.
     /// After [`TaskSet::cancel_all`], nothing new is spawned.
+    ///
+    /// No borrow of the set is held while glommio runs anything: a task may
+    /// start (and even finish) inside `spawn_local`, and its completion
+    /// takes the same borrow.
     pub fn spawn(&self, fut: impl Future<Output = ()> + 'static) {
-        let mut inner = self.inner.borrow_mut();
-        if inner.closed {
-            return;
-        }
-        inner.next += 1;
-        let id = inner.next;
-        let set = self.inner.clone();
+        let id = {
+            let mut inner = self.inner.borrow_mut();
+            if inner.closed {
+                return;
+            }
+            inner.next += 1;
+            inner.next
+        };
+        let done = Rc::new(Cell::new(false));
+        let (set, finished) = (self.inner.clone(), done.clone());
         let task = glommio::spawn_local(async move {
             fut.await;
-            set.borrow_mut().tasks.remove(&id);
+            finished.set(true);
+            let handle = set.borrow_mut().tasks.remove(&id);
+            drop(handle);
         });
-        // Not polled yet, so it cannot have removed itself before this insert.
-        inner.tasks.insert(id, task.detach());
+        let handle = task.detach();
+        if !done.get() {
+            self.inner.borrow_mut().tasks.insert(id, handle);
+        }
     }
 
     pub fn cancel_all(&self) {
@@ -49,6 +60,7 @@ impl TaskSet {
             inner.closed = true;
             inner.tasks.drain().map(|(_, t)| t).collect()
         };
+        // Cancelled outside the borrow, for the same reason.
         for t in tasks {
             t.cancel();
         }

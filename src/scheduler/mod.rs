@@ -33,6 +33,7 @@ use crate::config::{Config, NextHop, OutboundTls};
 use crate::dns::{DnsError, Resolver};
 use crate::events::{Event, EventKind, EventLog, unix_now};
 use crate::queue::{Envelope, MessageId, RecipientStatus, Spool};
+use crate::runtime::share;
 use crate::runtime::tasks::TaskSet;
 use crate::smtp_out::client::Outgoing;
 use crate::smtp_out::{Attempt, Delivery, Outcome, Target, targets};
@@ -91,13 +92,6 @@ fn domain_of(address: &str) -> String {
         .rsplit_once('@')
         .map_or("", |(_, d)| d)
         .to_ascii_lowercase()
-}
-
-/// Shard `shard`'s share of a global limit: equal parts, the remainder to
-/// the first shards, never zero.
-pub fn share(total: usize, shard: usize, shards: usize) -> usize {
-    let shards = shards.max(1);
-    (total / shards + usize::from(shard < total % shards)).max(1)
 }
 
 /// Delay before attempt `attempts + 1`: `initial * 2^(attempts-1)`, capped.

@@ -14,7 +14,7 @@
 //! non-reading peer costs a bounded amount of memory for a bounded time.
 
 use std::io;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
@@ -35,12 +35,19 @@ pub struct Conn {
     start: usize,
     cap: usize,
     out: Vec<u8>,
+    /// The session ends at this time however active it is.
+    deadline: Instant,
 }
 
 impl Conn {
     /// `cap` bounds the bytes held unconsumed; it must exceed the longest
     /// command line.
-    pub fn new(stream: TcpStream, cap: usize, idle: Duration) -> io::Result<Conn> {
+    pub fn new(
+        stream: TcpStream,
+        cap: usize,
+        idle: Duration,
+        lifetime: Duration,
+    ) -> io::Result<Conn> {
         stream.set_read_timeout(Some(idle))?;
         stream.set_write_timeout(Some(idle))?;
         stream.set_nodelay(true)?;
@@ -50,6 +57,7 @@ impl Conn {
             start: 0,
             cap: cap.max(READ_CHUNK),
             out: Vec::with_capacity(512),
+            deadline: Instant::now() + lifetime,
         })
     }
 
@@ -109,9 +117,16 @@ impl Conn {
     }
 
     /// Flushes queued replies, then reads more input. Ok(0) means the peer
-    /// closed; an error of kind `TimedOut` means it stayed silent too long.
+    /// closed; an error of kind `TimedOut` means it stayed silent too long or
+    /// the session outlived `max_session_secs`.
     pub async fn fill(&mut self) -> io::Result<usize> {
         self.flush().await?;
+        if Instant::now() >= self.deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "session time limit",
+            ));
+        }
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;

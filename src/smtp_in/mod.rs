@@ -23,6 +23,9 @@ pub mod conn;
 pub mod data;
 pub mod session;
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,7 @@ use crate::proto::command;
 use crate::proto::line::{LineEvent, LineSplitter};
 use crate::proto::reply::{Rejection, Reply};
 use crate::queue::Spool;
+use crate::runtime::share;
 use crate::runtime::tasks::TaskSet;
 use crate::scheduler::Scheduler;
 use conn::{Conn, is_timeout};
@@ -46,6 +50,7 @@ use session::{Action, Session};
 /// What the sessions of one shard share. Lives on that shard's executor.
 pub struct Shard {
     pub index: u16,
+    pub shards: usize,
     pub cfg: Arc<Config>,
     pub spool: Rc<Spool>,
     /// Where accepted messages go next (this shard's scheduler).
@@ -55,10 +60,57 @@ pub struct Shard {
     pub tls: Option<TlsAcceptor>,
 }
 
+/// Connections open on one shard, in all and per client IP. A session holds
+/// a [`Ticket`] that gives its place back when the session ends (or is
+/// cancelled).
+#[derive(Default)]
+struct Admission {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+struct Ticket {
+    admission: Rc<RefCell<Admission>>,
+    ip: IpAddr,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut a = self.admission.borrow_mut();
+        a.total -= 1;
+        if let Some(n) = a.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                a.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Admits a connection within this shard's share of the limits.
+fn admit(admission: &Rc<RefCell<Admission>>, ip: IpAddr, shard: &Shard) -> Option<Ticket> {
+    let cfg = &shard.cfg.smtp;
+    let (index, shards) = (shard.index as usize, shard.shards);
+    let mut a = admission.borrow_mut();
+    let from_ip = a.per_ip.get(&ip).copied().unwrap_or(0);
+    if a.total >= share(cfg.max_connections, index, shards)
+        || from_ip >= share(cfg.max_connections_per_ip, index, shards)
+    {
+        return None;
+    }
+    a.total += 1;
+    *a.per_ip.entry(ip).or_default() += 1;
+    Some(Ticket {
+        admission: admission.clone(),
+        ip,
+    })
+}
+
 /// Accepts connections until `stop` fires, one task per session. On stop,
 /// the sessions still open are cancelled (see `runtime::tasks`).
 pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receiver<()>) {
     let sessions = TaskSet::default();
+    let admission = Rc::new(RefCell::new(Admission::default()));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             let _ = stop.recv_async().await;
@@ -67,7 +119,17 @@ pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receive
         .await;
         match accepted {
             None => break,
-            Some(Ok(stream)) => sessions.spawn(handle_connection(stream, shard.clone())),
+            Some(Ok(stream)) => {
+                let Ok(peer) = stream.peer_addr() else {
+                    continue;
+                };
+                match admit(&admission, peer.ip(), &shard) {
+                    Some(ticket) => {
+                        sessions.spawn(handle_connection(stream, shard.clone(), ticket))
+                    }
+                    None => sessions.spawn(turn_away(stream)),
+                }
+            }
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning.
                 log::warn!("shard {}: accept: {e}", shard.index);
@@ -78,11 +140,23 @@ pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receive
     sessions.cancel_all();
 }
 
-async fn handle_connection(stream: TcpStream, shard: Rc<Shard>) {
+/// Over the limits: one 421 and close, without reading anything.
+async fn turn_away(stream: TcpStream) {
+    use futures::AsyncWriteExt;
+    let mut stream = stream;
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    let _ = stream
+        .write_all(&Rejection::TooManyConnections.reply().to_bytes())
+        .await;
+    let _ = stream.close().await;
+}
+
+async fn handle_connection(stream: TcpStream, shard: Rc<Shard>, _ticket: Ticket) {
     let Ok(peer) = stream.peer_addr() else { return };
     let cfg = shard.cfg.clone();
     let idle = Duration::from_secs(cfg.smtp.idle_timeout_secs);
-    let Ok(mut conn) = Conn::new(stream, cfg.smtp.max_command_line + 2, idle) else {
+    let lifetime = Duration::from_secs(cfg.smtp.max_session_secs);
+    let Ok(mut conn) = Conn::new(stream, cfg.smtp.max_command_line + 2, idle, lifetime) else {
         return;
     };
     let mut session = Session::new(&cfg, peer.ip());
@@ -126,6 +200,11 @@ async fn drive(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) {
         let outcome = match action {
             Action::Reply(r) => Outcome::Reply(r),
             Action::Close(r) => Outcome::Close(r),
+            // Only a client that said EHLO was told it may pipeline: anything
+            // else sent before the 354 is out of step (RFC 2920 3.1).
+            Action::ReadData if !session.esmtp && !conn.pending().is_empty() => {
+                Outcome::Close(Rejection::Unsynchronized.reply())
+            }
             Action::ReadData => data::receive_data(conn, session, shard).await,
             Action::ReadBdat { size, last } => {
                 data::receive_bdat(conn, session, shard, &mut bdat, size, last).await

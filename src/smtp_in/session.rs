@@ -213,7 +213,7 @@ impl<'a> Session<'a> {
         if to.is_bare_postmaster() {
             to.domain = self.cfg.server.hostname.clone();
         }
-        if !self.may_relay_to(&to.domain) {
+        if !self.may_relay_to(&to) {
             return reject(Rejection::RelayDenied);
         }
         self.tx.as_mut().expect("checked above").rcpts.push(to);
@@ -221,9 +221,15 @@ impl<'a> Session<'a> {
     }
 
     /// The relay rule: local domains from anyone, others only from relay
-    /// networks.
-    pub fn may_relay_to(&self, domain: &str) -> bool {
-        self.relay_client || self.cfg.is_local_domain(domain)
+    /// networks. For everyone else, a local part that another MTA might
+    /// route on (`%` hack, `!` bang path, a quoted `@`) is refused even in a
+    /// local domain: ringpost does not route on them, but the next hop might.
+    pub fn may_relay_to(&self, to: &Mailbox) -> bool {
+        if self.relay_client {
+            return true;
+        }
+        let routable_local_part = to.local.contains(['%', '!', '@']);
+        self.cfg.is_local_domain(&to.domain) && !routable_local_part
     }
 
     fn data(&mut self) -> Action {
