@@ -671,3 +671,91 @@ fn outbound_tls_none_sends_in_plaintext() {
     );
     assert!(!sink.wait_for(1, 20)[0].tls);
 }
+
+/// A server whose policy requires verified TLS for dest.test, trusting `ca`.
+fn require_tls_server(port: u16, ca: &common::sink::TestCa, log: &std::path::Path) -> TestServer {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let log = log.to_str().unwrap().to_string();
+    server(port, zone(), move |c| {
+        c.tls.ca_file = ca_file.display().to_string();
+        c.tls
+            .policy
+            .insert("dest.test".into(), ringpost::config::OutboundTls::Require);
+        c.delivery.retry_initial_secs = 3600;
+        c.delivery.retry_max_secs = 3600;
+        c.delivery.log = log;
+    })
+}
+
+fn first_event(log: &std::path::Path, kind: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap();
+        if let Some(l) = text.lines().find(|l| l.contains(&format!("\"{kind}\""))) {
+            return serde_json::from_str(l).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no {kind} event in {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn require_tls_delivers_to_a_verified_certificate() {
+    let port = sink_port();
+    let ca = common::sink::TestCa::new();
+    let sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            tls: Some(ca.server_config("mx1.dest.test")),
+            ..Script::default()
+        },
+    );
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let ts = require_tls_server(port, &ca, log.path());
+    send(
+        &ts,
+        "a@sender.test",
+        &["x@dest.test"],
+        "Subject: verified\r\n\r\nx\r\n",
+    );
+    assert!(sink.wait_for(1, 20)[0].tls);
+    assert!(first_event(log.path(), "Delivery")["tls"].is_string());
+}
+
+#[test]
+fn require_tls_never_falls_back_to_plaintext() {
+    for script in [
+        // No STARTTLS offered at all.
+        Script::default(),
+        // A certificate the trusted CA did not sign.
+        Script {
+            tls: Some(common::sink::self_signed_tls("mx1.dest.test")),
+            ..Script::default()
+        },
+    ] {
+        let port = sink_port();
+        let offers_tls = script.tls.is_some();
+        let sink = Sink::start("127.0.0.2", port, script);
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut ts = require_tls_server(port, &common::sink::TestCa::new(), log.path());
+        send(
+            &ts,
+            "a@sender.test",
+            &["x@dest.test"],
+            "Subject: must be encrypted\r\n\r\nx\r\n",
+        );
+        let failure = first_event(log.path(), "TransientFailure");
+        let reply = failure["reply"].as_str().unwrap();
+        if offers_tls {
+            assert!(reply.contains("TLS handshake"), "{reply}");
+        } else {
+            assert!(reply.contains("TLS is required"), "{reply}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(sink.messages().is_empty(), "nothing went out in plaintext");
+        assert_eq!(ts.messages().len(), 1, "the message waits for a retry");
+    }
+}

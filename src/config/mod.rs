@@ -30,16 +30,22 @@ pub struct Config {
 }
 
 /// `[tls]`: certificates for inbound STARTTLS, and outbound policy.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct TlsConfig {
     /// PEM certificate chain. With `key_file`, STARTTLS is offered inbound.
     pub cert_file: String,
     /// PEM private key of `cert_file`.
     pub key_file: String,
-    /// Outbound: "opportunistic" (STARTTLS when offered, any certificate,
-    /// plaintext to that host if the handshake fails) or "none".
+    /// Outbound default: "opportunistic" (STARTTLS when offered, any
+    /// certificate, plaintext to that host if the handshake fails), "none",
+    /// or "require" (a certificate that verifies against `ca_file` for the
+    /// MX host name, else a temporary failure).
     pub outbound: OutboundTls,
+    /// Per destination domain outbound policy, overriding `outbound`.
+    pub policy: BTreeMap<String, OutboundTls>,
+    /// PEM bundle of trusted CAs for "require".
+    pub ca_file: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -48,9 +54,36 @@ pub enum OutboundTls {
     #[default]
     Opportunistic,
     None,
+    Require,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert_file: String::new(),
+            key_file: String::new(),
+            outbound: OutboundTls::Opportunistic,
+            policy: BTreeMap::new(),
+            ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
+        }
+    }
 }
 
 impl TlsConfig {
+    /// The outbound policy for mail to `domain`.
+    pub fn policy_for(&self, domain: &str) -> OutboundTls {
+        self.policy
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .map_or(self.outbound, |(_, p)| *p)
+    }
+
+    /// Whether any destination requires verified TLS.
+    pub fn requires_verification(&self) -> bool {
+        self.outbound == OutboundTls::Require
+            || self.policy.values().any(|p| *p == OutboundTls::Require)
+    }
+
     /// Whether inbound STARTTLS is configured.
     pub fn inbound(&self) -> bool {
         !self.cert_file.is_empty()

@@ -116,6 +116,9 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         ),
         false => None,
     };
+    if cfg.tls.requires_verification() {
+        crate::tls::verified_client(cfg.tls.ca_file.as_ref()).map_err(StartError::Tls)?;
+    }
     let cfg = Arc::new(cfg);
 
     let (report_tx, reports) = flume::unbounded();

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bounce::{self, Failure, Report};
-use crate::config::{Config, NextHop, OutboundTls};
+use crate::config::{Config, NextHop};
 use crate::dns::{DnsError, Resolver};
 use crate::events::{Event, EventKind, EventLog, unix_now};
 use crate::queue::{Envelope, MessageId, RecipientStatus, Spool};
@@ -118,10 +118,8 @@ impl Scheduler {
                 Duration::from_secs(d.idle_timeout_secs),
                 d.max_messages_per_connection,
             ),
-            tls: match cfg.tls.outbound {
-                OutboundTls::Opportunistic => Some(crate::tls::opportunistic_client()),
-                OutboundTls::None => None,
-            },
+            opportunistic: crate::tls::opportunistic_client(),
+            verified: verified_tls(&cfg),
         };
         let rate = d.max_messages_per_second;
         Rc::new(Scheduler {
@@ -308,7 +306,9 @@ impl Scheduler {
                     smtputf8: env.smtputf8,
                     eight_bit: env.eight_bit,
                 };
-                self.delivery.attempt(&targets, &msg).await
+                self.delivery
+                    .attempt(&targets, &msg, self.cfg.tls.policy_for(domain))
+                    .await
             }
             Err(e) => Attempt {
                 outcomes: vec![dns_outcome(&e); rcpts.len()],
@@ -548,6 +548,15 @@ impl Entry {
             failures: Vec::new(),
         }
     }
+}
+
+/// The verified-TLS client config when some destination requires it. A CA
+/// file that does not load was reported at start-up (`runtime::start`).
+fn verified_tls(cfg: &Config) -> Option<Arc<rustls::ClientConfig>> {
+    if !cfg.tls.requires_verification() {
+        return None;
+    }
+    crate::tls::verified_client(cfg.tls.ca_file.as_ref()).ok()
 }
 
 fn dns_outcome(e: &DnsError) -> Outcome {

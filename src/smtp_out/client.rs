@@ -107,6 +107,7 @@ impl Client {
         connect_timeout: Duration,
         timeout: Duration,
         tls: Option<&Arc<ClientConfig>>,
+        require_tls: bool,
     ) -> Result<Client, ConnectError> {
         let stream = TcpStream::connect_timeout(peer, connect_timeout)
             .await
@@ -144,6 +145,16 @@ impl Client {
                 })?;
                 c.hello(helo).await?;
             }
+        }
+        if require_tls && c.tls.is_none() {
+            c.usable = false;
+            return Err(Outcome::Temporary {
+                reply: format!(
+                    "TLS is required for {} and it did not offer STARTTLS",
+                    c.host
+                ),
+            }
+            .into());
         }
         Ok(c)
     }

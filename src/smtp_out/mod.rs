@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use client::{Client, Outgoing};
 pub use outcome::Outcome;
+
+use crate::config::OutboundTls;
 use pool::Pool;
 
 /// One host to try: its name (for logs and TLS) and address.
@@ -46,20 +48,34 @@ pub struct Delivery {
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub pool: Pool,
-    /// Opportunistic STARTTLS when set.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// For opportunistic STARTTLS (any certificate).
+    pub opportunistic: Arc<rustls::ClientConfig>,
+    /// For destinations that require a verified certificate, if any do.
+    pub verified: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Delivery {
-    /// Tries `targets` in order until one takes the transaction.
-    pub async fn attempt(&self, targets: &[Target], msg: &Outgoing<'_>) -> Attempt {
+    /// Tries `targets` in order until one takes the transaction, under the
+    /// destination's TLS `policy`.
+    pub async fn attempt(
+        &self,
+        targets: &[Target],
+        msg: &Outgoing<'_>,
+        policy: OutboundTls,
+    ) -> Attempt {
         let mut last = Outcome::Temporary {
             reply: "no host to deliver to".into(),
         };
         for target in targets {
-            let mut client = match self.pool.take(target.addr) {
+            // A pooled plaintext connection does not serve a destination
+            // that requires TLS.
+            let pooled = self
+                .pool
+                .take(target.addr)
+                .filter(|c| policy != OutboundTls::Require || c.tls.is_some());
+            let mut client = match pooled {
                 Some(c) => c,
-                None => match self.connect(target).await {
+                None => match self.connect(target, policy).await {
                     Ok(c) => c,
                     Err(why) => {
                         log::debug!("{}: {}", target.host, why.reply());
@@ -88,11 +104,12 @@ impl Delivery {
         }
     }
 
-    /// A new connection; if the TLS handshake fails, the same host again in
-    /// plaintext (opportunistic TLS: rustls has no CBC or RSA key exchange,
-    /// so some old servers cannot talk to it).
-    async fn connect(&self, target: &Target) -> Result<Client, Outcome> {
-        let connect = |tls| {
+    /// A new connection under `policy`. Opportunistic: if the TLS handshake
+    /// fails, the same host again in plaintext (rustls has no CBC or RSA key
+    /// exchange, so some old servers cannot talk to it). Require: verified
+    /// TLS or a temporary failure, never plaintext.
+    async fn connect(&self, target: &Target, policy: OutboundTls) -> Result<Client, Outcome> {
+        let connect = |tls, require| {
             Client::connect(
                 target.addr,
                 &target.host,
@@ -100,17 +117,30 @@ impl Delivery {
                 self.connect_timeout,
                 self.timeout,
                 tls,
+                require,
             )
         };
-        match connect(self.tls.as_ref()).await {
+        let (config, require) = match policy {
+            OutboundTls::None => (None, false),
+            OutboundTls::Opportunistic => (Some(&self.opportunistic), false),
+            OutboundTls::Require => match &self.verified {
+                Some(v) => (Some(v), true),
+                None => {
+                    return Err(Outcome::Temporary {
+                        reply: "TLS is required but no CA file is loaded".into(),
+                    });
+                }
+            },
+        };
+        match connect(config, require).await {
             Ok(c) => Ok(c),
-            Err(e) if e.tls_handshake => {
+            Err(e) if e.tls_handshake && !require => {
                 log::info!(
                     "{}: {}; retrying without TLS",
                     target.host,
                     e.outcome.reply()
                 );
-                connect(None).await.map_err(|e| e.outcome)
+                connect(None, false).await.map_err(|e| e.outcome)
             }
             Err(e) => Err(e.outcome),
         }

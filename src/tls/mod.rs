@@ -155,6 +155,29 @@ pub fn opportunistic_client() -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
+/// Outbound, verified: the server's certificate must chain to a CA in
+/// `ca_file` and name the MX host (RFC 6125 matching, by webpki).
+pub fn verified_client(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    let err = |reason: String| TlsError::Cert {
+        path: ca_file.display().to_string(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| err(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| err(e.to_string()))?)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(err("no CA certificate in the file".into()));
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Accepts any certificate, verifying only the handshake signatures.
 #[derive(Debug)]
 struct AnyCertificate(Arc<CryptoProvider>);

@@ -288,3 +288,47 @@ fn between_brackets(cmd: &str) -> String {
     let end = cmd[start..].find('>').map_or(cmd.len(), |i| start + i);
     cmd[start..end].to_string()
 }
+
+/// A test certificate authority (rcgen) that issues sink certificates.
+pub struct TestCa {
+    pub pem: String,
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let cert: &rcgen::Certificate = issuer.as_ref();
+        TestCa {
+            pem: cert.pem(),
+            issuer,
+        }
+    }
+
+    /// A server config whose certificate for `name` this CA signed.
+    pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let cert =
+            rustls::pki_types::CertificateDer::from_pem_slice(cert.pem().as_bytes()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+        Arc::new(config)
+    }
+}
