@@ -60,9 +60,16 @@ pub fn serve(zone: &str, records: Vec<Rr>) -> SocketAddr {
     let mut catalog = Catalog::new();
     catalog.upsert(LowerName::from(&origin), vec![Arc::new(handler)]);
 
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = std::net::TcpListener::bind(addr).unwrap();
+    // UDP and TCP on one port number: the TCP port may be taken by some
+    // connection's source port, so try until both bind.
+    let (udp, tcp, addr) = (0..50)
+        .find_map(|_| {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+            let addr = udp.local_addr().ok()?;
+            let tcp = std::net::TcpListener::bind(addr).ok()?;
+            Some((udp, tcp, addr))
+        })
+        .expect("a port free for both UDP and TCP");
     udp.set_nonblocking(true).unwrap();
     tcp.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
