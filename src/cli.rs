@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check-config`, `queue ls`.
+//! The command line: `serve`, `check-config`, `hash-password`, `queue ls`.
 //!
 //! Owns: argument parsing (clap), loading the config, and printing. Errors
 //! become `anyhow` here, at the binary's edge, and an exit status.
@@ -46,6 +46,9 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Read a password from standard input and print its argon2id hash,
+    /// for a line `name:hash` of the submission users file.
+    HashPassword,
     /// Inspect the queue.
     Queue {
         #[command(subcommand)]
@@ -88,6 +91,16 @@ fn load(config: Option<&PathBuf>) -> Result<Config> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { config, shards } => serve(config, shards),
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "empty password");
+            let hash = crate::smtp_in::auth::hash_password(password.as_bytes())
+                .map_err(anyhow::Error::msg)?;
+            println!("{hash}");
+            Ok(())
+        }
         Command::CheckConfig { file } => {
             load(Some(&file))?;
             println!("{}: ok", file.display());

@@ -27,6 +27,40 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
+    pub submission: SubmissionConfig,
+}
+
+/// `[submission]`: the message submission listener (RFC 6409) for
+/// authenticated users, who may relay anywhere.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct SubmissionConfig {
+    /// Address and port of the submission listener.
+    pub listen: SocketAddr,
+    /// Users, one `name:argon2-hash` per line (`ringpost hash-password`).
+    /// Empty: no submission listener. Needs `[tls]` (AUTH only after TLS).
+    pub users_file: String,
+    /// Failed AUTH attempts from one IP within `auth_failure_window_secs`
+    /// before its sessions are closed with 421.
+    pub max_auth_failures: u32,
+    pub auth_failure_window_secs: u64,
+}
+
+impl Default for SubmissionConfig {
+    fn default() -> Self {
+        SubmissionConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 587)),
+            users_file: String::new(),
+            max_auth_failures: 5,
+            auth_failure_window_secs: 300,
+        }
+    }
+}
+
+impl SubmissionConfig {
+    pub fn enabled(&self) -> bool {
+        !self.users_file.is_empty()
+    }
 }
 
 /// `[tls]`: certificates for inbound STARTTLS, and outbound policy.
@@ -332,6 +366,7 @@ impl Config {
                 "delivery" => section(&key, value, &mut errors, &mut cfg.delivery),
                 "dns" => section(&key, value, &mut errors, &mut cfg.dns),
                 "tls" => section(&key, value, &mut errors, &mut cfg.tls),
+                "submission" => section(&key, value, &mut errors, &mut cfg.submission),
                 other => errors.push(format!("unknown section or key `{other}`")),
             }
         }
@@ -409,6 +444,12 @@ impl Config {
         }
         if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
             p.push("tls.cert_file and tls.key_file go together: set both or neither".into());
+        }
+        if self.submission.enabled() && !self.tls.inbound() {
+            p.push("submission.users_file needs tls.cert_file and tls.key_file: AUTH is offered only over TLS".into());
+        }
+        if self.submission.max_auth_failures == 0 {
+            p.push("submission.max_auth_failures must be at least 1".into());
         }
         if self.dns.timeout_secs == 0 {
             p.push("dns.timeout_secs must be at least 1".into());

@@ -35,6 +35,11 @@ pub enum Command {
     Vrfy,
     Help,
     StartTls,
+    /// AUTH (RFC 4954): mechanism (upper-cased) and optional initial response.
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
 }
 
 /// A mailbox `local@domain`. `Postmaster` without a domain (RFC 5321 4.5.1)
@@ -100,6 +105,7 @@ pub fn parse(line: &[u8]) -> Result<Command, Rejection> {
         b"VRFY" => Ok(Command::Vrfy),
         b"HELP" => Ok(Command::Help),
         b"STARTTLS" => no_args(rest, Command::StartTls, "STARTTLS"),
+        b"AUTH" => parse_auth(rest),
         _ => Err(Rejection::UnknownCommand),
     }
 }
@@ -189,6 +195,24 @@ fn parse_rcpt(rest: &[u8]) -> Result<Command, Rejection> {
     }
     let to = parse_mailbox(path).ok_or(Rejection::BadRecipient)?;
     Ok(Command::Rcpt { to })
+}
+
+fn parse_auth(rest: &[u8]) -> Result<Command, Rejection> {
+    let mut w = words(rest);
+    let mechanism = w
+        .next()
+        .filter(|m| {
+            m.len() <= 20
+                && m.iter()
+                    .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        })
+        .map(|m| String::from_utf8_lossy(m).to_ascii_uppercase())
+        .ok_or(Rejection::Syntax("AUTH mechanism [initial-response]"))?;
+    let initial = w.next().map(|i| String::from_utf8_lossy(i).into_owned());
+    if w.next().is_some() {
+        return Err(Rejection::Syntax("AUTH mechanism [initial-response]"));
+    }
+    Ok(Command::Auth { mechanism, initial })
 }
 
 fn parse_bdat(rest: &[u8]) -> Result<Command, Rejection> {
@@ -531,6 +555,26 @@ mod tests {
         assert!(parse(b"BDAT -1").is_err());
         assert!(parse(b"BDAT 99999999999999999999999").is_err());
         assert!(parse(b"BDAT 10 LAST x").is_err());
+    }
+
+    #[test]
+    fn auth_forms() {
+        assert_eq!(
+            parse(b"AUTH plain AGFsaWNlAHNlY3JldA=="),
+            Ok(Command::Auth {
+                mechanism: "PLAIN".into(),
+                initial: Some("AGFsaWNlAHNlY3JldA==".into())
+            })
+        );
+        assert_eq!(
+            parse(b"AUTH LOGIN"),
+            Ok(Command::Auth {
+                mechanism: "LOGIN".into(),
+                initial: None
+            })
+        );
+        assert!(parse(b"AUTH").is_err());
+        assert!(parse(b"AUTH PLAIN a b").is_err());
     }
 
     #[test]

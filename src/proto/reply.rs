@@ -117,6 +117,18 @@ pub enum Rejection {
     TooManyConnections,
     #[error("commands sent before the 354 reply to DATA")]
     Unsynchronized,
+    #[error("authentication required")]
+    AuthRequired,
+    #[error("encryption required for authentication")]
+    EncryptionRequired,
+    #[error("authentication failed")]
+    AuthFailed,
+    #[error("unsupported authentication mechanism")]
+    AuthMechanism,
+    #[error("authentication cancelled or malformed")]
+    AuthCancelled,
+    #[error("too many failed authentications")]
+    TooManyAuthFailures,
 }
 
 impl Rejection {
@@ -164,6 +176,20 @@ impl Rejection {
                 "5.5.0",
                 "Error: SMTP protocol synchronization, closing",
             ),
+            AuthRequired => Reply::new(530, "5.7.0", "Authentication required"),
+            EncryptionRequired => Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ),
+            AuthFailed => Reply::new(535, "5.7.8", "Authentication credentials invalid"),
+            AuthMechanism => Reply::new(504, "5.5.4", "Unrecognized authentication type"),
+            AuthCancelled => Reply::new(501, "5.7.0", "Authentication cancelled"),
+            TooManyAuthFailures => Reply::new(
+                421,
+                "4.7.0",
+                "Error: too many failed authentications, closing",
+            ),
         }
     }
 
@@ -178,6 +204,7 @@ impl Rejection {
                 | Rejection::PipelinedAfterStartTls
                 | Rejection::TooManyConnections
                 | Rejection::Unsynchronized
+                | Rejection::TooManyAuthFailures
         )
     }
 }

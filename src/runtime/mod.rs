@@ -73,6 +73,8 @@ pub enum StartError {
     Dns(std::io::Error),
     #[error("{0}")]
     Tls(crate::tls::TlsError),
+    #[error("submission users: {0}")]
+    Users(String),
 }
 
 enum Report {
@@ -84,6 +86,8 @@ enum Report {
 /// A running server.
 pub struct Server {
     pub smtp_addr: SocketAddr,
+    /// The submission listener, when enabled.
+    pub submission_addr: Option<SocketAddr>,
     pub shards: usize,
     reports: flume::Receiver<Report>,
     stops: Vec<flume::Sender<()>>,
@@ -104,6 +108,17 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
     check_spool_layout(&cfg, shards)?;
     cfg.smtp.listen = probe_listen(cfg.smtp.listen)?;
     let smtp_addr = cfg.smtp.listen;
+    let users = match cfg.submission.enabled() {
+        true => {
+            cfg.submission.listen = probe_listen(cfg.submission.listen)?;
+            let path: &std::path::Path = cfg.submission.users_file.as_ref();
+            Some(Arc::new(
+                crate::smtp_in::auth::Users::load(path).map_err(StartError::Users)?,
+            ))
+        }
+        false => None,
+    };
+    let submission_addr = users.is_some().then_some(cfg.submission.listen);
     let resolver = dns::start(
         &cfg.dns.nameservers,
         Duration::from_secs(cfg.dns.timeout_secs),
@@ -140,12 +155,14 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
                 let cfg = cfg.clone();
                 let resolver = resolver.clone();
                 let tls = tls.clone();
+                let users = users.clone();
                 let guard = StopGuard {
                     shard: index,
                     tx: report_tx.clone(),
                 };
                 async move {
-                    match run_shard(index, shards, cfg, resolver, tls, stop, &guard.tx).await {
+                    match run_shard(index, shards, cfg, resolver, tls, users, stop, &guard.tx).await
+                    {
                         Ok(()) => {}
                         Err(reason) => {
                             let _ = guard.tx.send(Report::Failed {
@@ -161,6 +178,7 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
 
     let mut server = Server {
         smtp_addr,
+        submission_addr,
         shards,
         reports,
         stops,
@@ -189,6 +207,7 @@ async fn run_shard(
     cfg: Arc<Config>,
     resolver: Resolver,
     tls: Option<Arc<rustls::ServerConfig>>,
+    users: Option<Arc<crate::smtp_in::auth::Users>>,
     stop: flume::Receiver<()>,
     reports: &flume::Sender<Report>,
 ) -> Result<(), String> {
@@ -207,6 +226,13 @@ async fn run_shard(
     );
     let listener =
         bind_shared(cfg.smtp.listen).map_err(|e| format!("listen on {}: {e}", cfg.smtp.listen))?;
+    let submission = match users {
+        Some(_) => Some(
+            bind_shared(cfg.submission.listen)
+                .map_err(|e| format!("listen on {}: {e}", cfg.submission.listen))?,
+        ),
+        None => None,
+    };
     let events = Rc::new(
         EventLog::open(&cfg.delivery.log)
             .map_err(|e| format!("delivery log {}: {e}", cfg.delivery.log))?,
@@ -221,6 +247,10 @@ async fn run_shard(
         events.clone(),
     );
     scheduler.start();
+    let auth_failures = crate::smtp_in::auth::FailureLimiter::new(
+        cfg.submission.max_auth_failures,
+        Duration::from_secs(cfg.submission.auth_failure_window_secs),
+    );
     let shard = Rc::new(Shard {
         index: index as u16,
         shards,
@@ -229,9 +259,17 @@ async fn run_shard(
         scheduler: scheduler.clone(),
         events,
         tls: tls.map(futures_rustls::TlsAcceptor::from),
+        auth_failures,
+        users,
     });
     let _ = reports.send(Report::Ready);
-    smtp_in::serve(listener, shard.clone(), stop).await;
+    let smtp = smtp_in::serve(listener, shard.clone(), false, stop.clone());
+    match submission {
+        Some(l) => {
+            futures::future::join(smtp, smtp_in::serve(l, shard.clone(), true, stop)).await;
+        }
+        None => smtp.await,
+    }
     scheduler.stop();
     shard.spool.quiesce().await;
     Ok(())
@@ -324,11 +362,11 @@ impl Server {
         }
     }
 
-    /// Stops accepting on every shard and joins the executors.
+    /// Stops accepting on every shard and joins the executors. Dropping the
+    /// senders disconnects the channels, which wakes every accept loop of a
+    /// shard at once.
     pub fn stop(&mut self) {
-        for s in &self.stops {
-            let _ = s.try_send(());
-        }
+        self.stops.clear();
         if let Some(h) = self.handles.take() {
             h.join_all();
         }

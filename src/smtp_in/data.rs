@@ -186,18 +186,18 @@ fn received_header(out: &mut Vec<u8>, session: &Session, hostname: &str, id: Mes
     };
     let tx = session.tx.as_ref();
     // RFC 3848 / RFC 6531 protocol names.
-    let protocol = match (
-        tx.is_some_and(Transaction::smtputf8),
-        session.esmtp,
-        session.tls,
-    ) {
-        (true, _, false) => "UTF8SMTP",
-        (true, _, true) => "UTF8SMTPS",
-        (false, true, false) => "ESMTP",
-        (false, true, true) => "ESMTPS",
-        (false, false, false) => "SMTP",
-        (false, false, true) => "SMTPS",
+    let base = match (tx.is_some_and(Transaction::smtputf8), session.esmtp) {
+        (true, _) => "UTF8SMTP",
+        (false, true) => "ESMTP",
+        (false, false) => "SMTP",
     };
+    let suffix = match (session.tls, session.authenticated.is_some()) {
+        (true, true) => "SA",
+        (true, false) => "S",
+        (false, true) => "A",
+        (false, false) => "",
+    };
+    let protocol = format!("{base}{suffix}");
     let mut s = String::with_capacity(256);
     let _ = write!(
         s,

@@ -19,6 +19,7 @@
 //! Security: every reply to an error counts towards `max_errors`; input
 //! limits are enforced by `proto`, timeouts by `conn`.
 
+pub mod auth;
 pub mod conn;
 pub mod data;
 pub mod session;
@@ -58,6 +59,9 @@ pub struct Shard {
     pub events: Rc<EventLog>,
     /// Inbound STARTTLS, when a certificate is configured.
     pub tls: Option<TlsAcceptor>,
+    /// Submission users, when submission is enabled.
+    pub users: Option<Arc<auth::Users>>,
+    pub auth_failures: auth::FailureLimiter,
 }
 
 /// Connections open on one shard, in all and per client IP. A session holds
@@ -106,9 +110,15 @@ fn admit(admission: &Rc<RefCell<Admission>>, ip: IpAddr, shard: &Shard) -> Optio
     })
 }
 
-/// Accepts connections until `stop` fires, one task per session. On stop,
-/// the sessions still open are cancelled (see `runtime::tasks`).
-pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receiver<()>) {
+/// Accepts connections until `stop` is disconnected, one task per session.
+/// On stop, the sessions still open are cancelled (see `runtime::tasks`).
+/// `submission` marks the submission listener (AUTH required to send).
+pub async fn serve(
+    listener: TcpListener,
+    shard: Rc<Shard>,
+    submission: bool,
+    stop: flume::Receiver<()>,
+) {
     let sessions = TaskSet::default();
     let admission = Rc::new(RefCell::new(Admission::default()));
     loop {
@@ -125,7 +135,7 @@ pub async fn serve(listener: TcpListener, shard: Rc<Shard>, stop: flume::Receive
                 };
                 match admit(&admission, peer.ip(), &shard) {
                     Some(ticket) => {
-                        sessions.spawn(handle_connection(stream, shard.clone(), ticket))
+                        sessions.spawn(handle_connection(stream, shard.clone(), submission, ticket))
                     }
                     None => sessions.spawn(turn_away(stream)),
                 }
@@ -151,7 +161,7 @@ async fn turn_away(stream: TcpStream) {
     let _ = stream.close().await;
 }
 
-async fn handle_connection(stream: TcpStream, shard: Rc<Shard>, _ticket: Ticket) {
+async fn handle_connection(stream: TcpStream, shard: Rc<Shard>, submission: bool, _ticket: Ticket) {
     let Ok(peer) = stream.peer_addr() else { return };
     let cfg = shard.cfg.clone();
     let idle = Duration::from_secs(cfg.smtp.idle_timeout_secs);
@@ -159,7 +169,7 @@ async fn handle_connection(stream: TcpStream, shard: Rc<Shard>, _ticket: Ticket)
     let Ok(mut conn) = Conn::new(stream, cfg.smtp.max_command_line + 2, idle, lifetime) else {
         return;
     };
-    let mut session = Session::new(&cfg, peer.ip());
+    let mut session = Session::new(&cfg, peer.ip(), submission);
     drive(&mut conn, &mut session, &shard).await;
     conn.close().await;
 }
@@ -210,6 +220,9 @@ async fn drive(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) {
                 data::receive_bdat(conn, session, shard, &mut bdat, size, last).await
             }
             Action::StartTls => start_tls(conn, session, shard).await,
+            Action::Auth { mechanism, initial } => {
+                auth::authenticate(conn, session, shard, &mechanism, initial).await
+            }
         };
         if session.tx.is_none() {
             bdat = None;

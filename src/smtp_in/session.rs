@@ -32,6 +32,11 @@ pub enum Action {
     Close(Reply),
     /// Answer 220 and run the TLS handshake (RFC 3207).
     StartTls,
+    /// Run the AUTH exchange (RFC 4954).
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
 }
 
 /// The mail transaction in progress (between MAIL and the end of data).
@@ -70,10 +75,14 @@ pub struct Session<'a> {
     pub tx: Option<Transaction>,
     /// Whether TLS is active on the connection.
     pub tls: bool,
+    /// Whether this is the submission listener (AUTH required to send).
+    pub submission: bool,
+    /// The user who authenticated, if any.
+    pub authenticated: Option<String>,
 }
 
 impl<'a> Session<'a> {
-    pub fn new(cfg: &'a Config, client_ip: IpAddr) -> Session<'a> {
+    pub fn new(cfg: &'a Config, client_ip: IpAddr, submission: bool) -> Session<'a> {
         Session {
             cfg,
             client_ip,
@@ -82,6 +91,8 @@ impl<'a> Session<'a> {
             esmtp: false,
             tx: None,
             tls: false,
+            submission,
+            authenticated: None,
         }
     }
 
@@ -92,6 +103,7 @@ impl<'a> Session<'a> {
         self.esmtp = false;
         self.tx = None;
         self.tls = true;
+        self.authenticated = None;
     }
 
     fn offers_starttls(&self) -> bool {
@@ -144,6 +156,7 @@ impl<'a> Session<'a> {
             Command::StartTls if !self.cfg.tls.inbound() => reject(Rejection::NotImplemented),
             Command::StartTls if self.tls => reject(Rejection::BadSequence("TLS already active")),
             Command::StartTls => Action::StartTls,
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
         }
     }
 
@@ -167,12 +180,42 @@ impl<'a> Session<'a> {
         if self.offers_starttls() {
             lines.push("STARTTLS".into());
         }
+        if self.submission && self.tls {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
         Action::Reply(Reply::plain(250, lines))
+    }
+
+    fn auth(&mut self, mechanism: String, initial: Option<String>) -> Action {
+        if !self.submission {
+            return reject(Rejection::NotImplemented);
+        }
+        if !self.tls {
+            return reject(Rejection::EncryptionRequired);
+        }
+        if self.helo.is_none() {
+            return reject(Rejection::BadSequence("send EHLO first"));
+        }
+        if self.authenticated.is_some() {
+            return reject(Rejection::BadSequence("already authenticated"));
+        }
+        if self.tx.is_some() {
+            return reject(Rejection::BadSequence(
+                "AUTH not allowed during a mail transaction",
+            ));
+        }
+        if mechanism != "PLAIN" && mechanism != "LOGIN" {
+            return reject(Rejection::AuthMechanism);
+        }
+        Action::Auth { mechanism, initial }
     }
 
     fn mail(&mut self, from: Option<Mailbox>, params: MailParams) -> Action {
         if self.helo.is_none() {
             return reject(Rejection::BadSequence("send HELO/EHLO first"));
+        }
+        if self.submission && self.authenticated.is_none() {
+            return reject(Rejection::AuthRequired);
         }
         if self.tx.is_some() {
             return reject(Rejection::BadSequence("nested MAIL command"));
@@ -221,11 +264,11 @@ impl<'a> Session<'a> {
     }
 
     /// The relay rule: local domains from anyone, others only from relay
-    /// networks. For everyone else, a local part that another MTA might
+    /// networks or authenticated users. For everyone else, a local part that another MTA might
     /// route on (`%` hack, `!` bang path, a quoted `@`) is refused even in a
     /// local domain: ringpost does not route on them, but the next hop might.
     pub fn may_relay_to(&self, to: &Mailbox) -> bool {
-        if self.relay_client {
+        if self.relay_client || self.authenticated.is_some() {
             return true;
         }
         let routable_local_part = to.local.contains(['%', '!', '@']);
@@ -278,13 +321,14 @@ mod tests {
             Action::ReadData => 354,
             Action::ReadBdat { .. } => 0,
             Action::StartTls => 220,
+            Action::Auth { .. } => 334,
         }
     }
 
     #[test]
     fn sequence_rules() {
         let cfg = Config::default();
-        let mut s = Session::new(&cfg, "127.0.0.1".parse().unwrap());
+        let mut s = Session::new(&cfg, "127.0.0.1".parse().unwrap(), false);
         assert_eq!(code(&run(&mut s, "MAIL FROM:<a@b.example>")), 503);
         assert_eq!(code(&run(&mut s, "EHLO c.example")), 250);
         assert_eq!(code(&run(&mut s, "RCPT TO:<x@y.example>")), 503);
@@ -302,7 +346,7 @@ mod tests {
     fn relay_denied_outside_relay_networks_unless_local_domain() {
         let mut cfg = Config::default();
         cfg.smtp.local_domains = vec!["local.example".into()];
-        let mut s = Session::new(&cfg, "192.0.2.7".parse().unwrap());
+        let mut s = Session::new(&cfg, "192.0.2.7".parse().unwrap(), false);
         run(&mut s, "EHLO c.example");
         run(&mut s, "MAIL FROM:<a@b.example>");
         assert_eq!(code(&run(&mut s, "RCPT TO:<x@y.example>")), 554);
@@ -313,7 +357,7 @@ mod tests {
     fn limits() {
         let mut cfg = Config::default();
         cfg.smtp.max_recipients = 2;
-        let mut s = Session::new(&cfg, "127.0.0.1".parse().unwrap());
+        let mut s = Session::new(&cfg, "127.0.0.1".parse().unwrap(), false);
         run(&mut s, "EHLO c.example");
         assert_eq!(
             code(&run(&mut s, "MAIL FROM:<a@b.example> SIZE=999999999999")),
@@ -328,7 +372,7 @@ mod tests {
     #[test]
     fn utf8_needs_smtputf8() {
         let cfg = Config::default();
-        let mut s = Session::new(&cfg, "127.0.0.1".parse().unwrap());
+        let mut s = Session::new(&cfg, "127.0.0.1".parse().unwrap(), false);
         run(&mut s, "EHLO c.example");
         assert_eq!(code(&run(&mut s, "MAIL FROM:<jörg@b.example>")), 553);
         assert_eq!(

@@ -17,6 +17,7 @@ use ringpost::runtime::{self, Server};
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub submission_addr: Option<SocketAddr>,
     pub cfg: Config,
     pub shards: usize,
     pub spool_dir: PathBuf,
@@ -44,6 +45,7 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     let server = runtime::start(cfg.clone()).expect("server starts");
     TestServer {
         addr: server.smtp_addr,
+        submission_addr: server.submission_addr,
         cfg,
         shards,
         spool_dir,
