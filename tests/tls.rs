@@ -198,3 +198,37 @@ fn message_over_starttls_is_queued_and_marked_esmtps() {
         String::from_utf8_lossy(&body)
     );
 }
+
+#[test]
+fn lettre_sends_over_starttls() {
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::{Message, SmtpTransport, Transport};
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ts, pem) = tls_server(dir.path());
+    let tls = TlsParameters::builder(HOST.into())
+        .add_root_certificate(Certificate::from_pem(pem.as_bytes()).unwrap())
+        .build_rustls()
+        .unwrap();
+    let transport = SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(ts.addr.port())
+        .tls(Tls::Required(tls))
+        .build();
+    let email = Message::builder()
+        .from("Shop <orders@shop.example>".parse().unwrap())
+        .to("customer@dest.example".parse().unwrap())
+        .subject("Receipt over TLS")
+        .body(String::from("paid\r\n"))
+        .unwrap();
+    let response = transport.send(&email).expect("lettre sends over STARTTLS");
+    let text: Vec<&str> = response.message().collect();
+    let id = text
+        .join(" ")
+        .rsplit("queued as ")
+        .next()
+        .unwrap()
+        .to_string();
+    let body = ts.body(&id);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("with ESMTPS id"), "{text}");
+    assert!(text.contains("Subject: Receipt over TLS"), "{text}");
+}
