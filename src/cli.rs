@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check-config`, `hash-password`, `queue ls`.
+//! The command line: `serve`, `check-config`, `dump-metrics`,
+//! `hash-password`, `queue ls`.
 //!
 //! Owns: argument parsing (clap), loading the config, and printing. Errors
 //! become `anyhow` here, at the binary's edge, and an exit status.
@@ -46,6 +47,8 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Print every metric ringpost exports: name, type and help text.
+    DumpMetrics,
     /// Read a password from standard input and print its argon2id hash,
     /// for a line `name:hash` of the submission users file.
     HashPassword,
@@ -91,6 +94,12 @@ fn load(config: Option<&PathBuf>) -> Result<Config> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { config, shards } => serve(config, shards),
+        Command::DumpMetrics => {
+            for m in crate::metrics::ALL {
+                println!("{}\t{}\t{}", m.name, m.kind.as_str(), m.help);
+            }
+            Ok(())
+        }
         Command::HashPassword => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password)?;

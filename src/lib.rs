@@ -22,6 +22,7 @@
 //! - [`dns`]: MX and address lookups on a resolver thread.
 //! - [`bounce`]: delivery status notifications (RFC 3464).
 //! - [`events`]: the JSON delivery log.
+//! - [`metrics`]: every Prometheus metric, declared once; `/metrics`.
 //! - [`tls`]: rustls configs for inbound STARTTLS and outbound encryption.
 //! - [`runtime`]: one glommio executor per core, start-up and shutdown, and
 //!   `shard_for`, the one place that maps a message to its shard.
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod events;
+pub mod metrics;
 pub mod proto;
 pub mod queue;
 pub mod runtime;

@@ -28,6 +28,31 @@ pub struct Config {
     pub dns: DnsConfig,
     pub tls: TlsConfig,
     pub submission: SubmissionConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the HTTP endpoint for Prometheus (/metrics) and
+/// orchestrators (/healthz, /readyz).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// "ip:port" to listen on, or "off".
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The listen address, None when off.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 /// `[submission]`: the message submission listener (RFC 6409) for
@@ -367,6 +392,7 @@ impl Config {
                 "dns" => section(&key, value, &mut errors, &mut cfg.dns),
                 "tls" => section(&key, value, &mut errors, &mut cfg.tls),
                 "submission" => section(&key, value, &mut errors, &mut cfg.submission),
+                "metrics" => section(&key, value, &mut errors, &mut cfg.metrics),
                 other => errors.push(format!("unknown section or key `{other}`")),
             }
         }
@@ -450,6 +476,12 @@ impl Config {
         }
         if self.submission.max_auth_failures == 0 {
             p.push("submission.max_auth_failures must be at least 1".into());
+        }
+        if self.metrics.listen != "off" && self.metrics.addr().is_none() {
+            p.push(format!(
+                "metrics.listen: `{}` is neither ip:port nor \"off\"",
+                self.metrics.listen
+            ));
         }
         if self.dns.timeout_secs == 0 {
             p.push("dns.timeout_secs must be at least 1".into());

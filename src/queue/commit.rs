@@ -141,6 +141,8 @@ thread_local! {
 }
 
 fn record_round(batch: usize, seconds: f64) {
+    ::metrics::histogram!(crate::metrics::SPOOL_COMMIT_SECONDS).record(seconds);
+    ::metrics::histogram!(crate::metrics::SPOOL_COMMIT_BATCH).record(batch as f64);
     ROUNDS.with(|r| {
         let mut r = r.borrow_mut();
         r.0 += 1;

@@ -86,6 +86,8 @@ enum Report {
 /// A running server.
 pub struct Server {
     pub smtp_addr: SocketAddr,
+    /// The metrics/health HTTP endpoint, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// The submission listener, when enabled.
     pub submission_addr: Option<SocketAddr>,
     pub shards: usize,
@@ -119,6 +121,13 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         false => None,
     };
     let submission_addr = users.is_some().then_some(cfg.submission.listen);
+    let metrics_addr = match cfg.metrics.addr() {
+        Some(addr) => Some(probe_listen(addr)?),
+        None => None,
+    };
+    crate::metrics::install();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ready_flag = ready.clone();
     let resolver = dns::start(
         &cfg.dns.nameservers,
         Duration::from_secs(cfg.dns.timeout_secs),
@@ -156,12 +165,17 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
                 let resolver = resolver.clone();
                 let tls = tls.clone();
                 let users = users.clone();
+                // Shard 0 also serves the metrics endpoint.
+                let metrics = (index == 0).then(|| (metrics_addr, ready.clone()));
                 let guard = StopGuard {
                     shard: index,
                     tx: report_tx.clone(),
                 };
                 async move {
-                    match run_shard(index, shards, cfg, resolver, tls, users, stop, &guard.tx).await
+                    match run_shard(
+                        index, shards, cfg, resolver, tls, users, metrics, stop, &guard.tx,
+                    )
+                    .await
                     {
                         Ok(()) => {}
                         Err(reason) => {
@@ -178,6 +192,7 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
 
     let mut server = Server {
         smtp_addr,
+        metrics_addr,
         submission_addr,
         shards,
         reports,
@@ -185,6 +200,7 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         handles: Some(handles),
     };
     server.wait_ready()?;
+    ready_flag.store(true, std::sync::atomic::Ordering::Release);
     Ok(server)
 }
 
@@ -208,6 +224,7 @@ async fn run_shard(
     resolver: Resolver,
     tls: Option<Arc<rustls::ServerConfig>>,
     users: Option<Arc<crate::smtp_in::auth::Users>>,
+    metrics: Option<(Option<SocketAddr>, Arc<std::sync::atomic::AtomicBool>)>,
     stop: flume::Receiver<()>,
     reports: &flume::Sender<Report>,
 ) -> Result<(), String> {
@@ -226,6 +243,13 @@ async fn run_shard(
     );
     let listener =
         bind_shared(cfg.smtp.listen).map_err(|e| format!("listen on {}: {e}", cfg.smtp.listen))?;
+    let metrics_http = match metrics {
+        Some((Some(addr), ready)) => Some((
+            bind_shared(addr).map_err(|e| format!("listen on {addr}: {e}"))?,
+            ready,
+        )),
+        _ => None,
+    };
     let submission = match users {
         Some(_) => Some(
             bind_shared(cfg.submission.listen)
@@ -264,12 +288,17 @@ async fn run_shard(
     });
     let _ = reports.send(Report::Ready);
     let smtp = smtp_in::serve(listener, shard.clone(), false, stop.clone());
-    match submission {
-        Some(l) => {
-            futures::future::join(smtp, smtp_in::serve(l, shard.clone(), true, stop)).await;
+    let submission = async {
+        if let Some(l) = submission {
+            smtp_in::serve(l, shard.clone(), true, stop.clone()).await;
         }
-        None => smtp.await,
-    }
+    };
+    let http = async {
+        if let Some((l, ready)) = metrics_http {
+            crate::metrics::http::serve(l, ready, stop.clone()).await;
+        }
+    };
+    futures::future::join3(smtp, submission, http).await;
     scheduler.stop();
     shard.spool.quiesce().await;
     Ok(())

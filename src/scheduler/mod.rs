@@ -141,6 +141,7 @@ impl Scheduler {
         let now = unix_now();
         for (id, env) in self.spool.list() {
             let due = env.next_due;
+            queue_gauges(&env, 1.0);
             self.state.borrow_mut().messages.insert(id, Entry::new(env));
             if due <= now {
                 self.dispatch(id);
@@ -159,6 +160,7 @@ impl Scheduler {
 
     /// A message that was just made durable: schedule it now.
     pub fn submit(self: &Rc<Self>, id: MessageId, env: Envelope) {
+        queue_gauges(&env, 1.0);
         self.state.borrow_mut().messages.insert(id, Entry::new(env));
         self.dispatch(id);
     }
@@ -297,7 +299,11 @@ impl Scheduler {
                 return self.record(job.id, &job.rcpts, &attempt);
             }
         };
-        let attempt = match self.targets_for(domain).await {
+        let started = Instant::now();
+        let targets = self.targets_for(domain).await;
+        ::metrics::histogram!(crate::metrics::DNS_LOOKUP_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        let attempt = match targets {
             Ok(targets) => {
                 let msg = Outgoing {
                     sender: &env.sender,
@@ -306,9 +312,14 @@ impl Scheduler {
                     smtputf8: env.smtputf8,
                     eight_bit: env.eight_bit,
                 };
-                self.delivery
+                let started = Instant::now();
+                let attempt = self
+                    .delivery
                     .attempt(&targets, &msg, self.cfg.tls.policy_for(domain))
-                    .await
+                    .await;
+                ::metrics::histogram!(crate::metrics::DELIVERY_ATTEMPT_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                attempt
             }
             Err(e) => Attempt {
                 outcomes: vec![dns_outcome(&e); rcpts.len()],
@@ -359,11 +370,16 @@ impl Scheduler {
                 r.last_reply = Some(outcome.reply().to_string());
                 let kind = match outcome {
                     Outcome::Delivered { .. } => {
+                        ::metrics::counter!(crate::metrics::RECIPIENTS_DELIVERED).increment(1);
                         r.status = RecipientStatus::Delivered;
                         EventKind::Delivery
                     }
-                    Outcome::Temporary { .. } => EventKind::TransientFailure,
+                    Outcome::Temporary { .. } => {
+                        ::metrics::counter!(crate::metrics::RECIPIENTS_DEFERRED).increment(1);
+                        EventKind::TransientFailure
+                    }
                     Outcome::Permanent { reply, status } => {
+                        ::metrics::counter!(crate::metrics::RECIPIENTS_BOUNCED).increment(1);
                         r.status = RecipientStatus::Failed;
                         entry.failures.push((
                             i,
@@ -409,6 +425,7 @@ impl Scheduler {
         if expired {
             for (i, r) in env.recipients.iter_mut().enumerate() {
                 if r.status == RecipientStatus::Pending {
+                    ::metrics::counter!(crate::metrics::RECIPIENTS_EXPIRED).increment(1);
                     r.status = RecipientStatus::Failed;
                     let last = r.last_reply.clone().unwrap_or_default();
                     failures.push((
@@ -445,6 +462,7 @@ impl Scheduler {
         }
         let mut st = self.state.borrow_mut();
         if all_final {
+            queue_gauges(&env, -1.0);
             st.messages.remove(&id);
         } else {
             st.deferred.insert((env.next_due, id));
@@ -557,6 +575,12 @@ fn verified_tls(cfg: &Config) -> Option<Arc<rustls::ClientConfig>> {
         return None;
     }
     crate::tls::verified_client(cfg.tls.ca_file.as_ref()).ok()
+}
+
+/// Queue depth gauges: all shards add and remove their messages.
+fn queue_gauges(env: &Envelope, sign: f64) {
+    ::metrics::gauge!(crate::metrics::QUEUE_MESSAGES).increment(sign);
+    ::metrics::gauge!(crate::metrics::QUEUE_BYTES).increment(sign * env.size() as f64);
 }
 
 fn dns_outcome(e: &DnsError) -> Outcome {

@@ -82,7 +82,10 @@ impl Conn {
         n
     }
 
+    /// Queues a reply; every reply the server sends passes here, so this is
+    /// where replies are counted by class.
     pub fn queue(&mut self, reply: &Reply) {
+        ::metrics::counter!(crate::metrics::SMTP_REPLIES, "class" => crate::metrics::reply_class(reply.code)).increment(1);
         reply.write_to(&mut self.out);
     }
 

@@ -163,6 +163,10 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &Shard) -> Outcom
     let id = body.id;
     match shard.spool.enqueue(id, env, body.body).await {
         Ok(env) => {
+            ::metrics::counter!(crate::metrics::MESSAGES_RECEIVED).increment(1);
+            ::metrics::counter!(crate::metrics::RECIPIENTS_RECEIVED)
+                .increment(env.recipients.len() as u64);
+            ::metrics::counter!(crate::metrics::BYTES_RECEIVED).increment(env.size());
             shard.events.reception(id, &env);
             shard.scheduler.submit(id, env);
             Outcome::Reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")))

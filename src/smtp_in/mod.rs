@@ -80,6 +80,7 @@ struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        ::metrics::gauge!(crate::metrics::SMTP_CONNECTIONS).decrement(1.0);
         let mut a = self.admission.borrow_mut();
         a.total -= 1;
         if let Some(n) = a.per_ip.get_mut(&self.ip) {
@@ -104,6 +105,7 @@ fn admit(admission: &Rc<RefCell<Admission>>, ip: IpAddr, shard: &Shard) -> Optio
     }
     a.total += 1;
     *a.per_ip.entry(ip).or_default() += 1;
+    ::metrics::gauge!(crate::metrics::SMTP_CONNECTIONS).increment(1.0);
     Some(Ticket {
         admission: admission.clone(),
         ip,
@@ -152,6 +154,7 @@ pub async fn serve(
 
 /// Over the limits: one 421 and close, without reading anything.
 async fn turn_away(stream: TcpStream) {
+    ::metrics::counter!(crate::metrics::SMTP_CONNECTIONS_REJECTED).increment(1);
     use futures::AsyncWriteExt;
     let mut stream = stream;
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
@@ -162,6 +165,9 @@ async fn turn_away(stream: TcpStream) {
 }
 
 async fn handle_connection(stream: TcpStream, shard: Rc<Shard>, submission: bool, _ticket: Ticket) {
+    let listener = if submission { "submission" } else { "smtp" };
+    ::metrics::counter!(crate::metrics::SMTP_CONNECTIONS_TOTAL, "listener" => listener)
+        .increment(1);
     let Ok(peer) = stream.peer_addr() else { return };
     let cfg = shard.cfg.clone();
     let idle = Duration::from_secs(cfg.smtp.idle_timeout_secs);
@@ -267,7 +273,10 @@ async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) ->
     if conn.flush().await.is_err() {
         return Outcome::Disconnected;
     }
-    match conn.start_tls(acceptor).await {
+    let result = conn.start_tls(acceptor).await;
+    let label = if result.is_ok() { "ok" } else { "failed" };
+    ::metrics::counter!(crate::metrics::TLS_HANDSHAKES, "direction" => "inbound", "result" => label).increment(1);
+    match result {
         Ok(()) => {
             session.tls_started();
             Outcome::Silent

@@ -186,10 +186,10 @@ impl Client {
             .stream
             .take_plain()
             .map_err(|e| self.io_failure("STARTTLS", e))?;
-        let tls = TlsConnector::from(config.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| self.io_failure("TLS handshake with", e))?;
+        let handshake = TlsConnector::from(config.clone()).connect(name, tcp).await;
+        let label = if handshake.is_ok() { "ok" } else { "failed" };
+        ::metrics::counter!(crate::metrics::TLS_HANDSHAKES, "direction" => "outbound", "result" => label).increment(1);
+        let tls = handshake.map_err(|e| self.io_failure("TLS handshake with", e))?;
         let (_, conn) = tls.get_ref();
         self.tls = Some(format!(
             "{:?} {:?}",

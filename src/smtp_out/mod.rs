@@ -132,7 +132,11 @@ impl Delivery {
                 }
             },
         };
-        match connect(config, require).await {
+        let result = connect(config, require).await;
+        let label = if result.is_ok() { "ok" } else { "failed" };
+        ::metrics::counter!(crate::metrics::OUTBOUND_CONNECTIONS_TOTAL, "result" => label)
+            .increment(1);
+        match result {
             Ok(c) => Ok(c),
             Err(e) if e.tls_handshake && !require => {
                 log::info!(

@@ -17,6 +17,7 @@ use ringpost::runtime::{self, Server};
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub submission_addr: Option<SocketAddr>,
     pub cfg: Config,
     pub shards: usize,
@@ -39,12 +40,14 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     // loopback port (nothing here may ever reach a real MX).
     cfg.delivery.smarthost = format!("[127.0.0.1]:{}", closed_port());
     cfg.delivery.log = "off".into();
+    cfg.metrics.listen = "127.0.0.1:0".into();
     cfg.dns.nameservers = vec!["127.0.0.1:9".parse().unwrap()];
     tweak(&mut cfg);
     let spool_dir = cfg.spool.dir.clone();
     let server = runtime::start(cfg.clone()).expect("server starts");
     TestServer {
         addr: server.smtp_addr,
+        metrics_addr: server.metrics_addr,
         submission_addr: server.submission_addr,
         cfg,
         shards,

@@ -1,0 +1,138 @@
+//! Prometheus metrics: every metric ringpost exports, declared once.
+//!
+//! Owns: [`ALL`], the one table of metric names, types and help texts (what
+//! `ringpost dump-metrics` prints and what the Grafana dashboard is checked
+//! against), the process-wide recorder ([`install`]) and the `/metrics`
+//! HTTP endpoint ([`http`]). Code that records a metric names it through a
+//! constant from here, never a string of its own.
+//!
+//! Concurrency: the `metrics` crate's recorder is process-global and
+//! lock-free; shards record from their own threads and one scrape sees the
+//! sum. Gauges are adjusted up and down by each shard, so they add up too.
+//!
+//! Must not: decide anything from a metric's value.
+
+pub mod http;
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+macro_rules! metrics_table {
+    ($($const:ident = $name:literal, $kind:ident, $help:literal;)*) => {
+        $(pub const $const: &str = $name;)*
+        /// Every metric, with its type and help text.
+        pub const ALL: &[Metric] = &[$(Metric { name: $name, kind: Kind::$kind, help: $help }),*];
+    };
+}
+
+metrics_table! {
+    MESSAGES_RECEIVED = "ringpost_messages_received_total", Counter, "Messages accepted (250 after DATA/BDAT) and queued.";
+    RECIPIENTS_RECEIVED = "ringpost_recipients_received_total", Counter, "Recipients of accepted messages.";
+    BYTES_RECEIVED = "ringpost_received_bytes_total", Counter, "Bytes of accepted messages, as stored.";
+    RECIPIENTS_DELIVERED = "ringpost_recipients_delivered_total", Counter, "Recipients a remote server accepted.";
+    RECIPIENTS_DEFERRED = "ringpost_recipients_deferred_total", Counter, "Delivery attempts per recipient that failed temporarily.";
+    RECIPIENTS_BOUNCED = "ringpost_recipients_bounced_total", Counter, "Recipients that failed permanently (a DSN was sent unless the sender was <>).";
+    RECIPIENTS_EXPIRED = "ringpost_recipients_expired_total", Counter, "Recipients still failing at max_age_secs.";
+    SMTP_CONNECTIONS_TOTAL = "ringpost_smtp_connections_total", Counter, "Inbound SMTP connections accepted, by listener.";
+    SMTP_CONNECTIONS_REJECTED = "ringpost_smtp_connections_rejected_total", Counter, "Inbound connections turned away over the connection limits.";
+    SMTP_CONNECTIONS = "ringpost_smtp_connections", Gauge, "Inbound SMTP connections open now.";
+    SMTP_REPLIES = "ringpost_smtp_replies_total", Counter, "Replies sent to SMTP clients, by class (2xx, 3xx, 4xx, 5xx).";
+    OUTBOUND_CONNECTIONS_TOTAL = "ringpost_outbound_connections_total", Counter, "Outbound SMTP connections, by result (ok, failed).";
+    QUEUE_MESSAGES = "ringpost_queue_messages", Gauge, "Messages in the queue.";
+    QUEUE_BYTES = "ringpost_queue_bytes", Gauge, "Bytes of message bodies in the queue.";
+    SPOOL_COMMIT_SECONDS = "ringpost_spool_commit_seconds", Histogram, "Duration of one group-commit round (segment fdatasync, sled batch, sled flush).";
+    SPOOL_COMMIT_BATCH = "ringpost_spool_commit_batch_messages", Histogram, "Queue records made durable by one group-commit round.";
+    DELIVERY_ATTEMPT_SECONDS = "ringpost_delivery_attempt_seconds", Histogram, "Duration of one delivery attempt to one destination domain.";
+    DNS_LOOKUP_SECONDS = "ringpost_dns_lookup_seconds", Histogram, "Duration of MX or address resolution for one destination.";
+    TLS_HANDSHAKES = "ringpost_tls_handshakes_total", Counter, "TLS handshakes, by direction (inbound, outbound) and result (ok, failed).";
+}
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once) and describes every metric.
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ])
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(SPOOL_COMMIT_BATCH.into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                )
+            })
+            .expect("valid buckets")
+            .install_recorder()
+            .expect("the metrics recorder is installed once");
+        for m in ALL {
+            match m.kind {
+                Kind::Counter => ::metrics::describe_counter!(m.name, m.help),
+                Kind::Gauge => ::metrics::describe_gauge!(m.name, m.help),
+                Kind::Histogram => ::metrics::describe_histogram!(m.name, m.help),
+            }
+        }
+        handle
+    })
+}
+
+/// The Prometheus text exposition of every metric recorded so far.
+pub fn render() -> String {
+    install().render()
+}
+
+/// The reply class label for a reply code.
+pub fn reply_class(code: u16) -> &'static str {
+    match code / 100 {
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for m in ALL {
+            assert!(m.name.starts_with("ringpost_"), "{}", m.name);
+            assert!(seen.insert(m.name), "{} declared twice", m.name);
+            assert_eq!(
+                m.kind == Kind::Counter,
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
+            assert!(!m.help.is_empty());
+        }
+    }
+}
