@@ -138,7 +138,23 @@ fn serve(config: Option<PathBuf>, shards: Option<usize>) -> Result<()> {
         server.smtp_addr,
         server.shards
     );
-    Err(server.wait()).context("ringpost stopped")
+    let shutdown = server.shutdown_handle();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("ringpost-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("signal {sig}: shutting down gracefully");
+                shutdown.request();
+            }
+        })?;
+    server.wait().context("ringpost stopped")?;
+    log::info!("ringpost stopped");
+    Ok(())
 }
 
 fn queue_ls(dir: &std::path::Path) -> Result<()> {

@@ -25,12 +25,22 @@ fn prometheus_config_and_alert_rules_pass_promtool() {
 
 #[test]
 fn alert_rules_use_only_exported_metrics() {
-    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ringpost-alerts.yml")).unwrap();
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/ringpost-alerts.yml"
+    ))
+    .unwrap();
     let names: Vec<&str> = ringpost::metrics::ALL.iter().map(|m| m.name).collect();
     for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if word.starts_with("ringpost_") {
-            let base = word.strip_suffix("_bucket").filter(|b| names.contains(b)).unwrap_or(word);
-            assert!(names.contains(&base), "alert rules use unknown metric {word}");
+            let base = word
+                .strip_suffix("_bucket")
+                .filter(|b| names.contains(b))
+                .unwrap_or(word);
+            assert!(
+                names.contains(&base),
+                "alert rules use unknown metric {word}"
+            );
         }
     }
 }
@@ -38,8 +48,15 @@ fn alert_rules_use_only_exported_metrics() {
 #[test]
 fn example_config_passes_check_config() {
     let out = Command::new(env!("CARGO_BIN_EXE_ringpost"))
-        .args(["check-config", concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ringpost.toml")])
+        .args([
+            "check-config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/ringpost.toml"),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

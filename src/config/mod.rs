@@ -264,6 +264,9 @@ pub struct ServerConfig {
     pub hostname: String,
     /// Executors (one per core). 0 = one per online CPU.
     pub shards: usize,
+    /// On SIGTERM/SIGINT, seconds that open transactions and delivery
+    /// attempts get to finish before they are cut off.
+    pub shutdown_grace_secs: u64,
 }
 
 /// `[spool]`: where and how messages are stored.
@@ -318,6 +321,7 @@ impl Default for ServerConfig {
         ServerConfig {
             hostname: system_hostname(),
             shards: 0,
+            shutdown_grace_secs: 30,
         }
     }
 }

@@ -92,7 +92,7 @@ pub struct Server {
     pub submission_addr: Option<SocketAddr>,
     pub shards: usize,
     reports: flume::Receiver<Report>,
-    stops: Vec<flume::Sender<()>>,
+    shutdown: Shutdown,
     handles: Option<PoolThreadHandles<()>>,
 }
 
@@ -196,7 +196,10 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         submission_addr,
         shards,
         reports,
-        stops,
+        shutdown: Shutdown {
+            stops: Arc::new(std::sync::Mutex::new(stops)),
+            requested: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        },
         handles: Some(handles),
     };
     server.wait_ready()?;
@@ -285,6 +288,7 @@ async fn run_shard(
         tls: tls.map(futures_rustls::TlsAcceptor::from),
         auth_failures,
         users,
+        draining: std::cell::Cell::new(false),
     });
     let _ = reports.send(Report::Ready);
     let smtp = smtp_in::serve(listener, shard.clone(), false, stop.clone());
@@ -299,7 +303,8 @@ async fn run_shard(
         }
     };
     futures::future::join3(smtp, submission, http).await;
-    scheduler.stop();
+    let grace = Duration::from_secs(shard.cfg.server.shutdown_grace_secs);
+    scheduler.drain(std::time::Instant::now() + grace).await;
     shard.spool.quiesce().await;
     Ok(())
 }
@@ -374,31 +379,65 @@ impl Server {
         Ok(())
     }
 
-    /// Blocks until a shard fails or stops; returns why.
-    pub fn wait(&self) -> StartError {
+    /// Blocks until every shard has stopped after a requested shutdown
+    /// (Ok), or until one fails or stops on its own (the error).
+    pub fn wait(&self) -> Result<(), StartError> {
+        let mut stopped = 0;
         loop {
             match self.reports.recv() {
                 Ok(Report::Ready) => continue,
-                Ok(Report::Failed { shard, reason }) => return StartError::Shard { shard, reason },
-                Ok(Report::Stopped { shard }) => {
-                    return StartError::Shard {
+                Ok(Report::Failed { shard, reason }) => {
+                    return Err(StartError::Shard { shard, reason });
+                }
+                Ok(Report::Stopped { shard }) if !self.shutdown.is_requested() => {
+                    return Err(StartError::Shard {
                         shard,
                         reason: "stopped unexpectedly".into(),
-                    };
+                    });
                 }
-                Err(_) => return StartError::Executor("all shards gone".into()),
+                Ok(Report::Stopped { .. }) => {
+                    stopped += 1;
+                    if stopped == self.shards {
+                        return Ok(());
+                    }
+                }
+                Err(_) => return Err(StartError::Executor("all shards gone".into())),
             }
         }
     }
 
-    /// Stops accepting on every shard and joins the executors. Dropping the
-    /// senders disconnects the channels, which wakes every accept loop of a
-    /// shard at once.
+    /// A handle that starts a graceful shutdown from any thread (signals).
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// Shuts down gracefully and joins the executors.
     pub fn stop(&mut self) {
-        self.stops.clear();
+        self.shutdown.request();
         if let Some(h) = self.handles.take() {
             h.join_all();
         }
+    }
+}
+
+/// Starts a graceful shutdown: every shard stops accepting, lets open
+/// transactions and delivery attempts finish within
+/// `server.shutdown_grace_secs`, and exits. Dropping the stop senders
+/// disconnects the channels, which wakes every accept loop of a shard at once.
+#[derive(Clone)]
+pub struct Shutdown {
+    stops: Arc<std::sync::Mutex<Vec<flume::Sender<()>>>>,
+    requested: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Shutdown {
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        self.stops.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
     }
 }
 

@@ -66,6 +66,13 @@ impl TaskSet {
         }
     }
 
+    /// Waits until at most `keep` tasks are left, or until `deadline`.
+    pub async fn wait_until_at_most(&self, keep: usize, deadline: std::time::Instant) {
+        while self.len() > keep && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.inner.borrow().tasks.len()
     }

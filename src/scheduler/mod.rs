@@ -54,6 +54,8 @@ pub struct Scheduler {
     pace: Option<Duration>,
     state: RefCell<State>,
     tasks: TaskSet,
+    /// Set on shutdown: workers take no new jobs.
+    draining: std::cell::Cell<bool>,
 }
 
 #[derive(Default)]
@@ -132,6 +134,7 @@ impl Scheduler {
             events,
             state: RefCell::default(),
             tasks: TaskSet::default(),
+            draining: std::cell::Cell::new(false),
         })
     }
 
@@ -153,8 +156,13 @@ impl Scheduler {
         self.tasks.spawn(async move { me.run_timer().await });
     }
 
-    /// Stops every worker and the timer. Messages in flight stay queued.
-    pub fn stop(&self) {
+    /// Shutdown: no new delivery attempts; attempts in flight (and the
+    /// state changes they lead to) get until `deadline`; then every task
+    /// stops. Messages not finished stay queued.
+    pub async fn drain(&self, deadline: Instant) {
+        self.draining.set(true);
+        // The timer task never ends by itself: wait for everything else.
+        self.tasks.wait_until_at_most(1, deadline).await;
         self.tasks.cancel_all();
     }
 
@@ -241,7 +249,7 @@ impl Scheduler {
         loop {
             let job = {
                 let mut st = self.state.borrow_mut();
-                let suspended = st.suspended.contains(&domain);
+                let suspended = st.suspended.contains(&domain) || self.draining.get();
                 let q = st.domains.get_mut(&domain).expect("worker's domain exists");
                 match q.ready.pop_front().filter(|_| !suspended) {
                     Some(job) => job,

@@ -62,6 +62,25 @@ pub struct Shard {
     /// Submission users, when submission is enabled.
     pub users: Option<Arc<auth::Users>>,
     pub auth_failures: auth::FailureLimiter,
+    /// Set on shutdown: sessions close at their next command boundary.
+    pub draining: std::cell::Cell<bool>,
+}
+
+/// Counts a session as idle (waiting for a command, no transaction open,
+/// so safe to cut off at shutdown) for as long as it lives.
+struct IdleMark<'a>(&'a std::cell::Cell<usize>);
+
+impl<'a> IdleMark<'a> {
+    fn new(count: &'a std::cell::Cell<usize>) -> IdleMark<'a> {
+        count.set(count.get() + 1);
+        IdleMark(count)
+    }
+}
+
+impl Drop for IdleMark<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 /// Connections open on one shard, in all and per client IP. A session holds
@@ -122,6 +141,7 @@ pub async fn serve(
     stop: flume::Receiver<()>,
 ) {
     let sessions = TaskSet::default();
+    let idle = Rc::new(std::cell::Cell::new(0usize));
     let admission = Rc::new(RefCell::new(Admission::default()));
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -136,9 +156,13 @@ pub async fn serve(
                     continue;
                 };
                 match admit(&admission, peer.ip(), &shard) {
-                    Some(ticket) => {
-                        sessions.spawn(handle_connection(stream, shard.clone(), submission, ticket))
-                    }
+                    Some(ticket) => sessions.spawn(handle_connection(
+                        stream,
+                        shard.clone(),
+                        submission,
+                        idle.clone(),
+                        ticket,
+                    )),
                     None => sessions.spawn(turn_away(stream)),
                 }
             }
@@ -148,6 +172,15 @@ pub async fn serve(
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+    // Shutdown: no new connections. Sessions in a transaction get the grace
+    // period; idle ones are closed at their next command boundary or, if
+    // they sit waiting for input, cut off once only idle ones remain.
+    shard.draining.set(true);
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs(shard.cfg.server.shutdown_grace_secs);
+    while sessions.len() > idle.get() && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     sessions.cancel_all();
 }
@@ -164,7 +197,13 @@ async fn turn_away(stream: TcpStream) {
     let _ = stream.close().await;
 }
 
-async fn handle_connection(stream: TcpStream, shard: Rc<Shard>, submission: bool, _ticket: Ticket) {
+async fn handle_connection(
+    stream: TcpStream,
+    shard: Rc<Shard>,
+    submission: bool,
+    idle_count: Rc<std::cell::Cell<usize>>,
+    _ticket: Ticket,
+) {
     let listener = if submission { "submission" } else { "smtp" };
     ::metrics::counter!(crate::metrics::SMTP_CONNECTIONS_TOTAL, "listener" => listener)
         .increment(1);
@@ -176,13 +215,18 @@ async fn handle_connection(stream: TcpStream, shard: Rc<Shard>, submission: bool
         return;
     };
     let mut session = Session::new(&cfg, peer.ip(), submission);
-    drive(&mut conn, &mut session, &shard).await;
+    drive(&mut conn, &mut session, &shard, &idle_count).await;
     conn.close().await;
 }
 
 /// The command loop of one session. Returns when the session must end; any
 /// final reply is queued on `conn`.
-async fn drive(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) {
+async fn drive(
+    conn: &mut Conn,
+    session: &mut Session<'_>,
+    shard: &Shard,
+    idle_count: &std::cell::Cell<usize>,
+) {
     let cfg = &shard.cfg.smtp;
     let mut splitter = LineSplitter::new(cfg.max_command_line);
     let mut bdat: Option<BodyInProgress> = None;
@@ -206,12 +250,20 @@ async fn drive(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) {
                 conn.consume(consumed);
                 continue;
             }
-            LineEvent::Incomplete => match conn.fill().await {
-                Ok(0) => return,
-                Ok(_) => continue,
-                Err(e) if is_timeout(&e) => Action::Close(Rejection::Timeout.reply()),
-                Err(_) => return,
-            },
+            LineEvent::Incomplete => {
+                let idle = session.tx.is_none() && bdat.is_none();
+                if idle && shard.draining.get() {
+                    Action::Close(Rejection::ShuttingDown.reply())
+                } else {
+                    let _mark = idle.then(|| IdleMark::new(idle_count));
+                    match conn.fill().await {
+                        Ok(0) => return,
+                        Ok(_) => continue,
+                        Err(e) if is_timeout(&e) => Action::Close(Rejection::Timeout.reply()),
+                        Err(_) => return,
+                    }
+                }
+            }
         };
         let outcome = match action {
             Action::Reply(r) => Outcome::Reply(r),

@@ -41,6 +41,7 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     cfg.delivery.smarthost = format!("[127.0.0.1]:{}", closed_port());
     cfg.delivery.log = "off".into();
     cfg.metrics.listen = "127.0.0.1:0".into();
+    cfg.server.shutdown_grace_secs = 2;
     cfg.dns.nameservers = vec!["127.0.0.1:9".parse().unwrap()];
     tweak(&mut cfg);
     let spool_dir = cfg.spool.dir.clone();
