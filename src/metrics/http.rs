@@ -27,12 +27,7 @@ pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, stop: flume::R
     let tasks = TaskSet::default();
     let mut upkeep = std::time::Instant::now();
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            let _ = stop.recv_async().await;
-            None
-        })
-        .await;
-        match accepted {
+        match crate::runtime::accept_or_stop(&listener, &stop).await {
             None => break,
             Some(Ok(stream)) => tasks.spawn(respond(stream, ready.load(Ordering::Acquire))),
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(50)).await,

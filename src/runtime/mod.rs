@@ -2,14 +2,19 @@
 //! failure and shutdown, and [`shard_for`].
 //!
 //! Owns: [`start`], which checks what can be checked before any thread
-//! starts (the listen port is free, the spool matches the shard count),
+//! starts (the listen ports are free, the spool matches the shard count,
+//! certificates and users load),
 //! starts the shards, and returns a [`Server`] only once every shard has
 //! reported that its spool is recovered and its listener bound. A shard that
 //! fails or dies at any time is reported on the same channel, so the process
 //! stops with an error instead of hanging.
 //!
-//! Concurrency: shards share nothing but the read-only config. The only
-//! cross-thread traffic is the start/stop channels here.
+//! Also: [`share`] (a shard's part of a global limit), [`accept_or_stop`],
+//! the graceful [`Shutdown`] handle, and [`tasks::TaskSet`].
+//!
+//! Concurrency: shards share nothing but the read-only config, the DNS
+//! resolver handle and the metrics recorder. The only cross-thread traffic
+//! on the control path is the start/stop channels here.
 //!
 //! Must not: contain anything mail-specific beyond choosing a message's shard.
 
@@ -41,6 +46,22 @@ const IO_MEMORY: usize = 512 << 10;
 pub fn share(total: usize, shard: usize, shards: usize) -> usize {
     let shards = shards.max(1);
     (total / shards + usize::from(shard < total % shards)).max(1)
+}
+
+/// The next connection on `listener`, or None once `stop` is disconnected
+/// (shutdown). Every accept loop of a shard races the two this way.
+pub async fn accept_or_stop(
+    listener: &glommio::net::TcpListener,
+    stop: &flume::Receiver<()>,
+) -> Option<std::io::Result<glommio::net::TcpStream>> {
+    futures_lite::future::or(
+        async { Some(listener.accept().await.map_err(Into::into)) },
+        async {
+            let _ = stop.recv_async().await;
+            None
+        },
+    )
+    .await
 }
 
 /// The one function that says which shard owns a message.

@@ -6,8 +6,14 @@
 //! turns bytes into commands, commands into [`session::Action`]s, and
 //! actions into replies.
 //!
-//! Files: `conn` (buffered socket I/O), `session` (the state machine for
-//! envelope verbs), `data` (DATA/BDAT bodies and the hand-off to the spool).
+//! Files: `conn` (buffered socket I/O, plain or TLS), `session` (the state
+//! machine for envelope verbs), `data` (DATA/BDAT bodies and the hand-off to
+//! the spool), `auth` (AUTH on the submission listener). STARTTLS and the
+//! connection admission limits (global and per client IP) live here.
+//!
+//! Shutdown: the accept loop stops, sessions in a transaction get
+//! `shutdown_grace_secs`, idle ones are closed at their next command (421)
+//! or cut off while they wait.
 //!
 //! Concurrency: each shard accepts on its own SO_REUSEPORT listener and runs
 //! its sessions on its own executor; a session never leaves its shard, and
@@ -144,12 +150,7 @@ pub async fn serve(
     let idle = Rc::new(std::cell::Cell::new(0usize));
     let admission = Rc::new(RefCell::new(Admission::default()));
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            let _ = stop.recv_async().await;
-            None
-        })
-        .await;
-        match accepted {
+        match crate::runtime::accept_or_stop(&listener, &stop).await {
             None => break,
             Some(Ok(stream)) => {
                 let Ok(peer) = stream.peer_addr() else {

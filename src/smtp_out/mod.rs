@@ -4,7 +4,9 @@
 //! Owns: [`Delivery::attempt`]: walk the destination's hosts in order (MX
 //! preference, or a static route), take a pooled connection or connect,
 //! fall through to the next host on a refused connection or a bad greeting,
-//! and run one transaction carrying all the domain's recipients. Files:
+//! apply the destination's TLS policy (none, opportunistic with plaintext
+//! fallback, require), and run one transaction carrying all the domain's
+//! recipients. Files:
 //! `client` (the SMTP client), `outcome` (the one reply/error → outcome
 //! mapping), `pool` (idle connections).
 //!
