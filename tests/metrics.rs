@@ -74,6 +74,15 @@ fn counters_move_by_what_the_server_did() {
         "{after}"
     );
     assert!(value(&after, "ringpost_queue_messages") >= 2.0);
+    // Both messages wait for y.example: 3 pending recipients on shard 0.
+    assert_eq!(
+        value(
+            &after,
+            "ringpost_queue_domain_recipients{domain=\"y.example\",shard=\"0\"}"
+        ),
+        3.0,
+        "{after}"
+    );
     assert!(after.contains("# HELP ringpost_messages_received_total "));
     assert!(after.contains("# TYPE ringpost_spool_commit_seconds histogram"));
     promtool_check(&after);

@@ -64,6 +64,7 @@ metrics_table! {
     OUTBOUND_CONNECTIONS_TOTAL = "ringpost_outbound_connections_total", Counter, "Outbound SMTP connections, by result (ok, failed).";
     QUEUE_MESSAGES = "ringpost_queue_messages", Gauge, "Messages in the queue.";
     QUEUE_BYTES = "ringpost_queue_bytes", Gauge, "Bytes of message bodies in the queue.";
+    QUEUE_DOMAIN_RECIPIENTS = "ringpost_queue_domain_recipients", Gauge, "Pending recipients per destination domain and shard: each shard's top 10 domains, the rest as domain=\"other\".";
     SPOOL_COMMIT_SECONDS = "ringpost_spool_commit_seconds", Histogram, "Duration of one group-commit round (segment fdatasync, sled batch, sled flush).";
     SPOOL_COMMIT_BATCH = "ringpost_spool_commit_batch_messages", Histogram, "Queue records made durable by one group-commit round.";
     DELIVERY_ATTEMPT_SECONDS = "ringpost_delivery_attempt_seconds", Histogram, "Duration of one delivery attempt to one destination domain.";

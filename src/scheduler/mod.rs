@@ -50,6 +50,8 @@ pub struct Scheduler {
     events: Rc<EventLog>,
     /// This shard's share of `max_connections` per domain.
     connections_per_domain: usize,
+    /// This shard's index (a label of per-shard metrics).
+    shard: usize,
     /// Time between two messages to one domain from this shard (its share
     /// of `max_messages_per_second`), if limited.
     pace: Option<Duration>,
@@ -126,6 +128,7 @@ impl Scheduler {
         };
         let rate = d.max_messages_per_second;
         Rc::new(Scheduler {
+            shard,
             connections_per_domain: share(d.max_connections, shard, shards),
             pace: (rate > 0.0).then(|| Duration::from_secs_f64(shards.max(1) as f64 / rate)),
             cfg,
@@ -541,6 +544,7 @@ impl Scheduler {
 
     async fn run_timer(self: Rc<Self>) {
         let mut ticks = 0u64;
+        let mut published = HashSet::new();
         loop {
             glommio::timer::sleep(TICK).await;
             let now = unix_now();
@@ -560,10 +564,44 @@ impl Scheduler {
                 self.dispatch(id);
             }
             ticks += 1;
-            if ticks % 25 == 0 {
+            if ticks % 25 == 1 {
                 self.delivery.pool.reap();
+                self.publish_domain_depths(&mut published);
             }
         }
+    }
+}
+
+/// Domains with their own series in the per-domain depth gauge; the rest
+/// are summed as "other", so the metric's cardinality stays bounded.
+const TOP_DOMAINS: usize = 10;
+
+impl Scheduler {
+    /// Sets this shard's per-domain queue depth gauges (top domains by
+    /// pending recipients, plus "other"); domains that left the top go to 0.
+    fn publish_domain_depths(&self, published: &mut HashSet<String>) {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for entry in self.state.borrow().messages.values() {
+            for r in &entry.env.recipients {
+                if r.status == RecipientStatus::Pending {
+                    *counts.entry(domain_of(&r.address)).or_default() += 1;
+                }
+            }
+        }
+        let mut ranked: Vec<(String, usize)> = counts.into_iter().collect();
+        ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let other: usize = ranked.iter().skip(TOP_DOMAINS).map(|(_, n)| n).sum();
+        ranked.truncate(TOP_DOMAINS);
+        ranked.push(("other".into(), other));
+        let shard = self.shard.to_string();
+        let now: HashSet<String> = ranked.iter().map(|(d, _)| d.clone()).collect();
+        for gone in published.difference(&now) {
+            ::metrics::gauge!(crate::metrics::QUEUE_DOMAIN_RECIPIENTS, "domain" => gone.clone(), "shard" => shard.clone()).set(0.0);
+        }
+        for (domain, n) in ranked {
+            ::metrics::gauge!(crate::metrics::QUEUE_DOMAIN_RECIPIENTS, "domain" => domain, "shard" => shard.clone()).set(n as f64);
+        }
+        *published = now;
     }
 }
 
