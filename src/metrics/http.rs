@@ -25,17 +25,11 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// shard has started.
 pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, stop: flume::Receiver<()>) {
     let tasks = TaskSet::default();
-    let mut upkeep = std::time::Instant::now();
     loop {
         match crate::runtime::accept_or_stop(&listener, &stop).await {
             None => break,
             Some(Ok(stream)) => tasks.spawn(respond(stream, ready.load(Ordering::Acquire))),
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(50)).await,
-        }
-        // Histograms are summarised at render; upkeep keeps their memory flat.
-        if upkeep.elapsed() > Duration::from_secs(5) {
-            super::install().run_upkeep();
-            upkeep = std::time::Instant::now();
         }
     }
     tasks.cancel_all();

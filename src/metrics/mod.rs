@@ -102,6 +102,29 @@ pub fn install() -> &'static PrometheusHandle {
     })
 }
 
+/// Folds recorded histogram samples into their buckets every few seconds,
+/// until `stop` is disconnected. Without it, samples pile up between
+/// scrapes (or forever, with the endpoint off). Shard 0 runs it.
+pub async fn upkeep(stop: flume::Receiver<()>) {
+    loop {
+        let tick = futures_lite::future::or(
+            async {
+                glommio::timer::sleep(std::time::Duration::from_secs(5)).await;
+                true
+            },
+            async {
+                let _ = stop.recv_async().await;
+                false
+            },
+        )
+        .await;
+        if !tick {
+            return;
+        }
+        install().run_upkeep();
+    }
+}
+
 /// The Prometheus text exposition of every metric recorded so far.
 pub fn render() -> String {
     install().render()

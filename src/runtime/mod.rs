@@ -319,8 +319,18 @@ async fn run_shard(
         }
     };
     let http = async {
-        if let Some((l, ready)) = metrics_http {
-            crate::metrics::http::serve(l, ready, stop.clone()).await;
+        if index == 0 {
+            let upkeep = crate::metrics::upkeep(stop.clone());
+            match metrics_http {
+                Some((l, ready)) => {
+                    futures::future::join(
+                        crate::metrics::http::serve(l, ready, stop.clone()),
+                        upkeep,
+                    )
+                    .await;
+                }
+                None => upkeep.await,
+            }
         }
     };
     futures::future::join3(smtp, submission, http).await;
