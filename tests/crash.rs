@@ -6,8 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,28 +21,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn spawn_server(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ringpost"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn ringpost")
-}
-
-fn wait_for_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "server did not start listening on {addr}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Sends messages on one connection until it fails; records (id, token)
@@ -129,8 +106,7 @@ fn no_acknowledged_message_is_lost_on_sigkill() {
     )
     .unwrap();
 
-    let mut child = spawn_server(&config);
-    wait_for_port(addr);
+    let mut child = common::spawn_binary(&config, addr);
     let acked = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -163,8 +139,7 @@ fn no_acknowledged_message_is_lost_on_sigkill() {
     );
 
     // Restart: recovery runs; the server must come up and serve again.
-    let mut child = spawn_server(&config);
-    wait_for_port(addr);
+    let mut child = common::spawn_binary(&config, addr);
     let mut c = common::Client::connect(addr);
     c.expect("NOOP", 250);
     drop(c);

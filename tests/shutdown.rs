@@ -42,17 +42,7 @@ fn sigterm_finishes_the_transaction_in_flight_and_exits_cleanly() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringpost"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = common::spawn_binary(&config, addr);
 
     // A: in the middle of DATA. B: idle after EHLO.
     let mut a = BufReader::new(TcpStream::connect(addr).unwrap());

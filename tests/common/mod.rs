@@ -58,6 +58,26 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     }
 }
 
+/// Runs the built binary as `serve --config <config>` (RUST_LOG=warn) and
+/// waits until it listens on `addr`.
+pub fn spawn_binary(config: &Path, addr: SocketAddr) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringpost"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("spawn ringpost");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ringpost did not start listening on {addr}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 /// A loopback port with nothing listening on it.
 pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -266,12 +266,15 @@ fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::i
 
 /// A rustls server config with a fresh self-signed certificate (rcgen).
 pub fn self_signed_tls(name: &str) -> Arc<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
     let ck = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
-    let cert = rustls::pki_types::CertificateDer::from_pem_slice(ck.cert.pem().as_bytes()).unwrap();
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_slice(ck.signing_key.serialize_pem().as_bytes())
-            .unwrap();
+    server_config(&ck.cert.pem(), &ck.signing_key.serialize_pem())
+}
+
+/// A rustls server config (ring provider) from PEM certificate and key.
+fn server_config(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -311,24 +314,11 @@ impl TestCa {
 
     /// A server config whose certificate for `name` this CA signed.
     pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
-        use rustls::pki_types::pem::PemObject;
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec![name.to_string()])
             .unwrap()
             .signed_by(&key, &self.issuer)
             .unwrap();
-        let cert =
-            rustls::pki_types::CertificateDer::from_pem_slice(cert.pem().as_bytes()).unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
-            .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
-        Arc::new(config)
+        server_config(&cert.pem(), &key.serialize_pem())
     }
 }
