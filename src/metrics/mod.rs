@@ -130,14 +130,22 @@ pub fn render() -> String {
     install().render()
 }
 
-/// The reply class label for a reply code.
-pub fn reply_class(code: u16) -> &'static str {
-    match code / 100 {
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
-    }
+thread_local! {
+    /// One registered counter per reply class and shard thread: a reply is
+    /// counted with an atomic add, not a labelled key lookup (hot path).
+    static REPLY_COUNTERS: [::metrics::Counter; 4] = ["2xx", "3xx", "4xx", "5xx"]
+        .map(|class| ::metrics::counter!(SMTP_REPLIES, "class" => class));
+}
+
+/// Counts one SMTP reply by class.
+pub fn count_reply(code: u16) {
+    let class = match code / 100 {
+        2 => 0,
+        3 => 1,
+        4 => 2,
+        _ => 3,
+    };
+    REPLY_COUNTERS.with(|c| c[class].increment(1));
 }
 
 #[cfg(test)]

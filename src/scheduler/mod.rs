@@ -191,11 +191,6 @@ impl Scheduler {
         self.kick(&domain);
     }
 
-    /// Messages this shard schedules.
-    pub fn queued(&self) -> usize {
-        self.state.borrow().messages.len()
-    }
-
     /// Turns a message's pending recipients into one job per domain.
     fn dispatch(self: &Rc<Self>, id: MessageId) {
         let domains: Vec<String> = {

@@ -85,7 +85,7 @@ impl Conn {
     /// Queues a reply; every reply the server sends passes here, so this is
     /// where replies are counted by class.
     pub fn queue(&mut self, reply: &Reply) {
-        ::metrics::counter!(crate::metrics::SMTP_REPLIES, "class" => crate::metrics::reply_class(reply.code)).increment(1);
+        crate::metrics::count_reply(reply.code);
         reply.write_to(&mut self.out);
     }
 
@@ -103,10 +103,6 @@ impl Conn {
     pub async fn close(&mut self) {
         let _ = self.flush().await;
         let _ = self.stream.close().await;
-    }
-
-    pub fn is_tls(&self) -> bool {
-        self.stream.is_tls()
     }
 
     /// Runs the server side of a TLS handshake on the plain connection.

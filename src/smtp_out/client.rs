@@ -92,7 +92,6 @@ pub struct Client {
     pub transactions: u32,
     /// Whether the connection can carry another transaction.
     pub usable: bool,
-    timeout: Duration,
 }
 
 impl Client {
@@ -126,7 +125,6 @@ impl Client {
             ext: Extensions::default(),
             transactions: 0,
             usable: true,
-            timeout,
         };
         let greeting = c.read_reply().await?;
         if greeting.code != 220 {
@@ -396,10 +394,6 @@ impl Client {
             Ok(())
         })
         .await;
-    }
-
-    pub fn timeout(&self) -> Duration {
-        self.timeout
     }
 }
 

@@ -81,8 +81,4 @@ impl Pool {
         }
         n
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.borrow().values().map(Vec::len).sum()
-    }
 }

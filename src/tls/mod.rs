@@ -52,10 +52,6 @@ impl<T> Stream<T> {
             }
         }
     }
-
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
-    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Stream<T> {
