@@ -45,13 +45,7 @@ fn lettre_message_is_in_the_spool_byte_for_byte() {
         .build();
     let response = transport.send(&email).expect("lettre sends");
     assert_eq!(response.code().to_string(), "250");
-    let text: Vec<&str> = response.message().collect();
-    let id = text
-        .join(" ")
-        .rsplit("queued as ")
-        .next()
-        .unwrap()
-        .to_string();
+    let id = common::lettre_queued_id(&response);
 
     let stored = ts.body(&id);
     let (received, rest) = split_received(&stored);

@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -76,20 +75,11 @@ impl Sub {
     }
 
     fn starttls(self, pem: &str) -> Sub {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
-            .unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let conn =
-            rustls::ClientConnection::new(Arc::new(config), HOST.try_into().unwrap()).unwrap();
+        let conn = rustls::ClientConnection::new(
+            common::rustls_client_trusting(pem),
+            HOST.try_into().unwrap(),
+        )
+        .unwrap();
         let inner = self.r.into_inner();
         Sub {
             r: BufReader::new(Box::new(rustls::StreamOwned::new(conn, inner))),

@@ -8,7 +8,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestServer, start, start_with};
@@ -160,18 +159,8 @@ fn message_over_starttls_is_queued_and_marked_esmtps() {
     assert!(read_reply(&mut plain, &mut line).starts_with("220 2.0.0"));
 
     // A verifying client: the test certificate is its only root.
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
-    roots.add(der).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(Arc::new(config), HOST.try_into().unwrap()).unwrap();
+    let config = common::rustls_client_trusting(&pem);
+    let conn = rustls::ClientConnection::new(config, HOST.try_into().unwrap()).unwrap();
     let tls = rustls::StreamOwned::new(conn, plain.into_inner());
     let mut tls = BufReader::new(tls);
     tls.get_mut()
@@ -220,13 +209,7 @@ fn lettre_sends_over_starttls() {
         .body(String::from("paid\r\n"))
         .unwrap();
     let response = transport.send(&email).expect("lettre sends over STARTTLS");
-    let text: Vec<&str> = response.message().collect();
-    let id = text
-        .join(" ")
-        .rsplit("queued as ")
-        .next()
-        .unwrap()
-        .to_string();
+    let id = common::lettre_queued_id(&response);
     let body = ts.body(&id);
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("with ESMTPS id"), "{text}");

@@ -78,6 +78,32 @@ pub fn spawn_binary(config: &Path, addr: SocketAddr) -> std::process::Child {
     child
 }
 
+/// The message id in lettre's "250 ... queued as <id>" response.
+pub fn lettre_queued_id(response: &lettre::transport::smtp::response::Response) -> String {
+    let text: Vec<&str> = response.message().collect();
+    text.join(" ")
+        .rsplit("queued as ")
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// A rustls client config (ring provider) whose only root is `pem`.
+pub fn rustls_client_trusting(pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
+}
+
 /// A loopback port with nothing listening on it.
 pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
