@@ -57,7 +57,7 @@ fn churn(dir: &Path, count: usize, size: usize) {
                                 if l.len() > LIVE { l.pop_front() } else { None }
                             };
                             if let Some(old) = done {
-                                spool.remove(old).unwrap();
+                                spool.remove(old).await.unwrap();
                             }
                         }
                     })
@@ -68,7 +68,7 @@ fn churn(dir: &Path, count: usize, size: usize) {
             }
             let rest: Vec<_> = live.borrow_mut().drain(..).collect();
             for id in rest {
-                spool.remove(id).unwrap();
+                spool.remove(id).await.unwrap();
             }
         })
         .unwrap()

@@ -1,5 +1,6 @@
 //! The command line: `serve`, `check-config`, `dump-metrics`,
-//! `hash-password`, `queue ls`.
+//! `hash-password`, and `queue ...` (through the admin API of the running
+//! server; `queue ls --spool` reads a stopped server's spool).
 //!
 //! Owns: argument parsing (clap), loading the config, and printing. Errors
 //! become `anyhow` here, at the binary's edge, and an exit status.
@@ -52,25 +53,63 @@ pub enum Command {
     /// Read a password from standard input and print its argon2id hash,
     /// for a line `name:hash` of the submission users file.
     HashPassword,
-    /// Inspect the queue.
+    /// Inspect and act on the queue of the running server (admin API).
     Queue {
+        #[command(flatten)]
+        admin: AdminArgs,
         #[command(subcommand)]
         command: QueueCommand,
     },
 }
 
+/// Where the admin API is and how to talk to it.
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// Config file to take [admin] listen and token_file from.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The admin API address (default: from --config, else 127.0.0.1:9465).
+    #[arg(long, global = true)]
+    admin: Option<std::net::SocketAddr>,
+    /// File holding the bearer token (default: [admin] token_file).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum QueueCommand {
-    /// List queued messages: id, sender, recipients, size, age.
-    /// Reads the spool directly, so the server must be stopped.
+    /// Per destination domain: messages, recipients, oldest age, last error.
+    Summary,
+    /// List queued messages, oldest first.
     Ls {
-        /// Spool directory (default: from --config, else ./ringpost-spool).
+        /// Only messages with a pending recipient at this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Read this spool directory directly instead (server stopped).
         #[arg(long)]
         spool: Option<PathBuf>,
-        /// Config file to take the spool directory from.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
     },
+    /// One message: envelope, recipients' state, headers.
+    Show { id: String },
+    /// Retry deferred messages now (only those for DOMAIN, if given).
+    Flush {
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Hold deliveries to DOMAIN (until resume or restart).
+    Suspend { domain: String },
+    /// Release deliveries to DOMAIN.
+    Resume { domain: String },
+    /// Remove a message without delivering or bouncing it.
+    Delete { id: String },
+    /// Return a message to its sender now (a DSN), and remove it.
+    Bounce { id: String },
 }
 
 pub fn main() -> ExitCode {
@@ -116,15 +155,91 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Queue {
-            command: QueueCommand::Ls { spool, config },
-        } => {
-            let dir = match spool {
-                Some(d) => d,
-                None => load(config.as_ref())?.spool.dir,
-            };
-            queue_ls(&dir)
-        }
+            command: QueueCommand::Ls {
+                spool: Some(dir), ..
+            },
+            ..
+        } => queue_ls(&dir),
+        Command::Queue { admin, command } => queue(admin, command),
     }
+}
+
+fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
+    use crate::admin::api::{MessageDetail, Summary};
+    use crate::admin::client::{self, AdminClient, encode};
+    let cfg = load(args.config.as_ref())?;
+    let addr = match args.admin {
+        Some(a) => a,
+        None => cfg
+            .admin
+            .addr()
+            .context("[admin] listen is off in this config")?,
+    };
+    let token_file = args
+        .token_file
+        .or_else(|| (!cfg.admin.token_file.is_empty()).then(|| cfg.admin.token_file.into()));
+    let token = match token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let api = AdminClient { addr, token };
+    let domain_query = |d: &Option<String>| match d {
+        Some(d) => format!("?domain={}", encode(d)),
+        None => String::new(),
+    };
+    let (method, target) = match &command {
+        QueueCommand::Summary => ("GET", "/queue/summary".to_string()),
+        QueueCommand::Ls { domain, limit, .. } => {
+            let mut q = domain_query(domain);
+            if let Some(n) = limit {
+                q += &format!("{}limit={n}", if q.is_empty() { '?' } else { '&' });
+            }
+            ("GET", format!("/queue/messages{q}"))
+        }
+        QueueCommand::Show { id } => ("GET", format!("/queue/messages/{}", encode(id))),
+        QueueCommand::Flush { domain } => ("POST", format!("/queue/flush{}", domain_query(domain))),
+        QueueCommand::Suspend { domain } => {
+            ("POST", format!("/queue/domains/{}/suspend", encode(domain)))
+        }
+        QueueCommand::Resume { domain } => {
+            ("POST", format!("/queue/domains/{}/resume", encode(domain)))
+        }
+        QueueCommand::Delete { id } => ("DELETE", format!("/queue/messages/{}", encode(id))),
+        QueueCommand::Bounce { id } => ("POST", format!("/queue/messages/{}/bounce", encode(id))),
+    };
+    let answer = api.call(method, &target)?;
+    if args.json {
+        println!("{answer}");
+        return Ok(());
+    }
+    let now = crate::events::unix_now();
+    let text = match command {
+        QueueCommand::Summary => {
+            client::render_summary(&serde_json::from_value::<Summary>(answer)?)
+        }
+        QueueCommand::Ls { .. } => {
+            let list: Vec<crate::scheduler::control::MessageInfo> = serde_json::from_value(answer)?;
+            client::render_list(&list, now)
+        }
+        QueueCommand::Show { .. } => {
+            client::render_show(&serde_json::from_value::<MessageDetail>(answer)?, now)
+        }
+        QueueCommand::Flush { .. } => format!("{} deferred messages flushed\n", answer["flushed"]),
+        QueueCommand::Suspend { domain } => format!("{domain}: suspended\n"),
+        QueueCommand::Resume { domain } => format!("{domain}: resumed\n"),
+        QueueCommand::Delete { id } => format!("{id}: deleted\n"),
+        QueueCommand::Bounce { id } => format!("{id}: returned to sender\n"),
+    };
+    print!("{text}");
+    Ok(())
 }
 
 fn serve(config: Option<PathBuf>, shards: Option<usize>) -> Result<()> {

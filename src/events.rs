@@ -1,7 +1,7 @@
 //! The delivery log: one JSON line per event, for operators and log shippers.
 //!
 //! Owns: [`EventLog`] and the event schema: `time` (RFC 3339, UTC), `event`
-//! (Reception, Delivery, TransientFailure, Bounce, Expiration), `id`,
+//! (Reception, Delivery, TransientFailure, Bounce, Expiration, Deletion), `id`,
 //! `sender`, `recipient`, and where they apply `remote_host`, `remote_ip`,
 //! `reply` and `attempt`.
 //!
@@ -32,6 +32,8 @@ pub enum EventKind {
     TransientFailure,
     Bounce,
     Expiration,
+    /// Removed from the queue by the administrator (`ringpost queue delete`).
+    Deletion,
 }
 
 #[derive(Debug, Serialize)]

@@ -24,17 +24,23 @@
 //! - [`events`]: the JSON delivery log.
 //! - [`metrics`]: every Prometheus metric, declared once; `/metrics`.
 //! - [`tls`]: rustls configs for inbound STARTTLS and outbound encryption.
+//! - [`admin`]: the admin HTTP API (JSON) on a running server, and the
+//!   client behind `ringpost queue ...`.
+//! - [`http`]: the small HTTP/1.1 server behind the metrics and admin
+//!   endpoints.
 //! - [`runtime`]: one glommio executor per core, start-up and shutdown, and
 //!   `shard_for`, the one place that maps a message to its shard.
 //! - [`config`]: the typed configuration; its defaults are the embedded
 //!   default config.
 //! - [`cli`]: the command-line interface (the binary is a thin wrapper).
 
+pub mod admin;
 pub mod bounce;
 pub mod cli;
 pub mod config;
 pub mod dns;
 pub mod events;
+pub mod http;
 pub mod metrics;
 pub mod proto;
 pub mod queue;

@@ -13,21 +13,11 @@ use std::time::{Duration, Instant};
 
 use common::dns::{self, Rr};
 use common::sink::{Script, Sink};
-use common::{TestServer, start_with};
+use common::{TestServer, sink_port, start_with};
 use mail_parser::{MessageParser, MimeHeaders};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// A port for one test's sinks (on 127.0.0.x, all the same port since MX
-/// records carry none). Taken from a counter below the kernel's ephemeral
-/// range, so tests running in parallel never pick the same one.
-fn sink_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 400) as u16 * 25;
-    base + NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The standard test zone: dest.test (one MX), fallback.test (a dead MX

@@ -29,6 +29,35 @@ pub struct Config {
     pub tls: TlsConfig,
     pub submission: SubmissionConfig,
     pub metrics: MetricsConfig,
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the admin HTTP API (JSON) behind `ringpost queue ...`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// "ip:port" to listen on, or "off". Anything but loopback needs
+    /// `token_file`.
+    pub listen: String,
+    /// A file whose first line is the bearer token every request must
+    /// carry (`Authorization: Bearer ...`); empty: no token.
+    pub token_file: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9465".into(),
+            token_file: String::new(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The listen address, None when off.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 /// `[metrics]`: the HTTP endpoint for Prometheus (/metrics) and
@@ -397,6 +426,7 @@ impl Config {
                 "tls" => section(&key, value, &mut errors, &mut cfg.tls),
                 "submission" => section(&key, value, &mut errors, &mut cfg.submission),
                 "metrics" => section(&key, value, &mut errors, &mut cfg.metrics),
+                "admin" => section(&key, value, &mut errors, &mut cfg.admin),
                 other => errors.push(format!("unknown section or key `{other}`")),
             }
         }
@@ -486,6 +516,20 @@ impl Config {
                 "metrics.listen: `{}` is neither ip:port nor \"off\"",
                 self.metrics.listen
             ));
+        }
+        if self.admin.listen != "off" {
+            match self.admin.addr() {
+                None => p.push(format!(
+                    "admin.listen: `{}` is neither ip:port nor \"off\"",
+                    self.admin.listen
+                )),
+                Some(a) if !a.ip().is_loopback() && self.admin.token_file.is_empty() => p.push(
+                    "admin.listen is not a loopback address: set admin.token_file so that \
+                     the queue cannot be changed by anyone who can reach it"
+                        .into(),
+                ),
+                Some(_) => {}
+            }
         }
         if self.dns.timeout_secs == 0 {
             p.push("dns.timeout_secs must be at least 1".into());
@@ -582,5 +626,19 @@ mod tests {
         assert!(c.is_relay_client("::ffff:127.0.0.2".parse().unwrap()));
         assert!(c.is_relay_client("::1".parse().unwrap()));
         assert!(!c.is_relay_client("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_admin_api_beyond_loopback_needs_a_token() {
+        let open = Config::from_toml("[admin]\nlisten = \"0.0.0.0:9465\"\n").unwrap_err();
+        assert!(
+            open.0.join("\n").contains("admin.token_file"),
+            "{:?}",
+            open.0
+        );
+        let ok = "[admin]\nlisten = \"0.0.0.0:9465\"\ntoken_file = \"/etc/ringpost/token\"\n";
+        assert!(Config::from_toml(ok).is_ok());
+        assert!(Config::from_toml("[admin]\nlisten = \"off\"\n").is_ok());
+        assert!(Config::from_toml("[admin]\nlisten = \"nowhere\"\n").is_err());
     }
 }

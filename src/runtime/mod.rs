@@ -96,6 +96,8 @@ pub enum StartError {
     Tls(crate::tls::TlsError),
     #[error("submission users: {0}")]
     Users(String),
+    #[error("admin token file {path}: {reason}")]
+    AdminToken { path: String, reason: String },
 }
 
 enum Report {
@@ -111,6 +113,8 @@ pub struct Server {
     pub metrics_addr: Option<SocketAddr>,
     /// The submission listener, when enabled.
     pub submission_addr: Option<SocketAddr>,
+    /// The admin API, when enabled.
+    pub admin_addr: Option<SocketAddr>,
     pub shards: usize,
     reports: flume::Receiver<Report>,
     shutdown: Shutdown,
@@ -146,6 +150,11 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         Some(addr) => Some(probe_listen(addr)?),
         None => None,
     };
+    let admin_addr = match cfg.admin.addr() {
+        Some(addr) => Some(probe_listen(addr)?),
+        None => None,
+    };
+    let admin_token = admin_token(&cfg.admin.token_file)?;
     crate::metrics::install();
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ready_flag = ready.clone();
@@ -172,6 +181,13 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         stop_rxs.into_iter().map(Some).collect::<Vec<_>>(),
     ));
     let next_index = Arc::new(AtomicUsize::new(0));
+    // The admin channels: shard 0 serves the API and holds every sender;
+    // each shard takes its own receiver (see `admin`).
+    let (admin_txs, admin_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::unbounded()).unzip();
+    let admin_rxs = Arc::new(std::sync::Mutex::new(
+        admin_rxs.into_iter().map(Some).collect::<Vec<_>>(),
+    ));
+    let admin_shards = crate::admin::Shards::new(admin_txs);
 
     let handles =
         LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, CpuSet::online().ok()))
@@ -182,6 +198,13 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
                 let stop = stop_rxs.lock().expect("start-up only")[index]
                     .take()
                     .expect("one per shard");
+                let admin_rx = admin_rxs.lock().expect("start-up only")[index]
+                    .take()
+                    .expect("one per shard");
+                // Shard 0 also serves the admin API.
+                let admin = (index == 0)
+                    .then(|| admin_addr.map(|a| (a, admin_shards.clone(), admin_token.clone())))
+                    .flatten();
                 let cfg = cfg.clone();
                 let resolver = resolver.clone();
                 let tls = tls.clone();
@@ -193,10 +216,14 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
                     tx: report_tx.clone(),
                 };
                 async move {
-                    match run_shard(
-                        index, shards, cfg, resolver, tls, users, metrics, stop, &guard.tx,
-                    )
-                    .await
+                    let control = Control {
+                        metrics,
+                        admin,
+                        admin_rx,
+                        stop,
+                    };
+                    match run_shard(index, shards, cfg, resolver, tls, users, control, &guard.tx)
+                        .await
                     {
                         Ok(()) => {}
                         Err(reason) => {
@@ -215,6 +242,7 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         smtp_addr,
         metrics_addr,
         submission_addr,
+        admin_addr,
         shards,
         reports,
         shutdown: Shutdown {
@@ -241,6 +269,34 @@ impl Drop for StopGuard {
     }
 }
 
+/// A shard's control plane: the endpoints shard 0 serves, its admin
+/// channel and its stop signal.
+struct Control {
+    /// Shard 0: the metrics address (if on) and the readiness flag.
+    metrics: Option<(Option<SocketAddr>, Arc<std::sync::atomic::AtomicBool>)>,
+    /// Shard 0: the admin API address, every shard's admin sender, the token.
+    admin: Option<(SocketAddr, crate::admin::Shards, Option<String>)>,
+    admin_rx: flume::Receiver<crate::admin::Task>,
+    stop: flume::Receiver<()>,
+}
+
+/// The admin bearer token: the first line of `path`; none when unset.
+fn admin_token(path: &str) -> Result<Option<String>, StartError> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let fail = |reason: String| StartError::AdminToken {
+        path: path.to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    match token.len() {
+        16.. => Ok(Some(token)),
+        _ => Err(fail("the token must be at least 16 characters".into())),
+    }
+}
+
 async fn run_shard(
     index: usize,
     shards: usize,
@@ -248,10 +304,15 @@ async fn run_shard(
     resolver: Resolver,
     tls: Option<Arc<rustls::ServerConfig>>,
     users: Option<Arc<crate::smtp_in::auth::Users>>,
-    metrics: Option<(Option<SocketAddr>, Arc<std::sync::atomic::AtomicBool>)>,
-    stop: flume::Receiver<()>,
+    control: Control,
     reports: &flume::Sender<Report>,
 ) -> Result<(), String> {
+    let Control {
+        metrics,
+        admin,
+        admin_rx,
+        stop,
+    } = control;
     let opts = SpoolOptions {
         cache_bytes: cfg.spool.cache_bytes,
         segment_bytes: cfg.spool.segment_bytes,
@@ -273,6 +334,13 @@ async fn run_shard(
             ready,
         )),
         _ => None,
+    };
+    let admin_http = match admin {
+        Some((addr, shards, token)) => Some((
+            bind_shared(addr).map_err(|e| format!("listen on {addr}: {e}"))?,
+            crate::admin::api::handler(shards, token),
+        )),
+        None => None,
     };
     let submission = match users {
         Some(_) => Some(
@@ -333,7 +401,16 @@ async fn run_shard(
             }
         }
     };
-    futures::future::join3(smtp, submission, http).await;
+    let admin = async {
+        let own = crate::admin::serve_shard(admin_rx, scheduler.clone(), stop.clone());
+        match admin_http {
+            Some((l, handler)) => {
+                futures::future::join(own, crate::http::serve(l, handler, stop.clone())).await;
+            }
+            None => own.await,
+        }
+    };
+    futures::future::join4(smtp, submission, http, admin).await;
     let grace = Duration::from_secs(shard.cfg.server.shutdown_grace_secs);
     scheduler.drain(std::time::Instant::now() + grace).await;
     shard.spool.quiesce().await;

@@ -20,6 +20,10 @@
 //! - Deferred messages wait in a due-time index; their `next_due` is stored
 //!   in the envelope, so retry times survive restarts.
 //!
+//! - The admin API's view of the queue and its operations (flush, delete,
+//!   bounce) live in [`control`]; they run on this shard, sent here over the
+//!   admin channel (`admin`), like everything else that touches this state.
+//!
 //! Must not: open sockets itself (`smtp_out` does), or write sled other than
 //! through `queue::Spool`.
 
@@ -38,6 +42,8 @@ use crate::runtime::share;
 use crate::runtime::tasks::TaskSet;
 use crate::smtp_out::client::Outgoing;
 use crate::smtp_out::{Attempt, Delivery, Outcome, Target, targets};
+
+pub mod control;
 
 /// How often deferred messages are checked and idle connections reaped.
 const TICK: Duration = Duration::from_millis(200);
@@ -75,6 +81,8 @@ struct Entry {
     jobs: usize,
     /// Recipients that failed for good in this round, for the DSN.
     failures: Vec<(usize, String, String, Option<String>)>,
+    /// Jobs of this message with a delivery attempt under way.
+    in_flight: usize,
 }
 
 #[derive(Default)]
@@ -83,6 +91,8 @@ struct DomainQueue {
     workers: usize,
     /// Earliest start of the next message when the domain is rate-limited.
     next_slot: Option<Instant>,
+    /// The last failure reply from this domain and when (Unix seconds).
+    last_error: Option<(u64, String)>,
 }
 
 struct Job {
@@ -278,14 +288,19 @@ impl Scheduler {
     }
 
     async fn run_job(self: &Rc<Self>, domain: &str, job: Job) {
-        let Some(env) = self
-            .state
-            .borrow()
-            .messages
-            .get(&job.id)
-            .map(|e| e.env.clone())
-        else {
-            return;
+        let env = {
+            let mut st = self.state.borrow_mut();
+            // A message deleted or bounced by the admin while this job
+            // waited: nothing to do, and its round is already closed.
+            let Some(entry) = st.messages.get_mut(&job.id).filter(|e| {
+                job.rcpts
+                    .iter()
+                    .all(|&i| e.env.recipients[i].status == RecipientStatus::Pending)
+            }) else {
+                return;
+            };
+            entry.in_flight += 1;
+            entry.env.clone()
         };
         let rcpts: Vec<String> = job
             .rcpts
@@ -370,8 +385,13 @@ impl Scheduler {
             let Some(entry) = st.messages.get_mut(&id) else {
                 return;
             };
+            entry.in_flight = entry.in_flight.saturating_sub(1);
             let remote = attempt.remote.as_ref();
+            let mut last_error = None;
             for (&i, outcome) in rcpts.iter().zip(&attempt.outcomes) {
+                if !matches!(outcome, Outcome::Delivered { .. }) {
+                    last_error = Some(outcome.reply());
+                }
                 let r = &mut entry.env.recipients[i];
                 r.attempts += 1;
                 r.last_reply = Some(outcome.reply().to_string());
@@ -406,7 +426,12 @@ impl Scheduler {
                 self.events.write(&ev);
             }
             entry.jobs = entry.jobs.saturating_sub(1);
-            entry.jobs == 0
+            let done = entry.jobs == 0;
+            if let Some(reply) = last_error.map(str::to_string) {
+                let domain = domain_of(&entry.env.recipients[rcpts[0]].address);
+                st.domains.entry(domain).or_default().last_error = Some((unix_now(), reply));
+            }
+            done
         };
         if done {
             let me = self.clone();
@@ -606,6 +631,7 @@ impl Entry {
             env,
             jobs: 0,
             failures: Vec::new(),
+            in_flight: 0,
         }
     }
 }

@@ -19,6 +19,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub submission_addr: Option<SocketAddr>,
+    pub admin_addr: Option<SocketAddr>,
     pub cfg: Config,
     pub shards: usize,
     pub spool_dir: PathBuf,
@@ -41,6 +42,7 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     cfg.delivery.smarthost = format!("[127.0.0.1]:{}", closed_port());
     cfg.delivery.log = "off".into();
     cfg.metrics.listen = "127.0.0.1:0".into();
+    cfg.admin.listen = "127.0.0.1:0".into();
     cfg.server.shutdown_grace_secs = 2;
     cfg.dns.nameservers = vec!["127.0.0.1:9".parse().unwrap()];
     tweak(&mut cfg);
@@ -50,6 +52,7 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
         addr: server.smtp_addr,
         metrics_addr: server.metrics_addr,
         submission_addr: server.submission_addr,
+        admin_addr: server.admin_addr,
         cfg,
         shards,
         spool_dir,
@@ -104,6 +107,16 @@ pub fn rustls_client_trusting(pem: &str) -> std::sync::Arc<rustls::ClientConfig>
     std::sync::Arc::new(config)
 }
 
+/// A port for one test's sinks (on 127.0.0.x, all the same port since MX
+/// records carry none). Taken from a counter below the kernel's ephemeral
+/// range, so tests running in parallel never pick the same one.
+pub fn sink_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 400) as u16 * 25;
+    base + NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A loopback port with nothing listening on it.
 pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -127,6 +140,7 @@ impl TestServer {
         self.stop();
         let server = runtime::start(self.cfg.clone()).expect("server restarts");
         self.addr = server.smtp_addr;
+        self.admin_addr = server.admin_addr;
         self.server = Some(server);
     }
 

@@ -1,0 +1,338 @@
+//! The admin API's routes, served by shard 0 (see the module above for how
+//! a request reaches the shards).
+//!
+//! | method and path                         | answer                         |
+//! |-----------------------------------------|--------------------------------|
+//! | `GET /queue/summary`                    | [`Summary`]                    |
+//! | `GET /queue/messages?domain=D&limit=N`  | `[MessageInfo]`, oldest first  |
+//! | `GET /queue/messages/ID`                | [`MessageDetail`]              |
+//! | `DELETE /queue/messages/ID`             | `{"deleted": ID}`              |
+//! | `POST /queue/messages/ID/bounce`        | `{"bounced": ID}`              |
+//! | `POST /queue/flush?domain=D`            | `{"flushed": N}`               |
+//! | `POST /queue/domains/D/suspend`         | `{"domain": D, "suspended": true}`  |
+//! | `POST /queue/domains/D/resume`          | `{"domain": D, "suspended": false}` |
+//!
+//! Errors are `{"error": "..."}` with 400 (bad request), 401 (token),
+//! 404 (no such message or path), 405, 409 (delivery under way) or 503
+//! (shutting down). This is the one place that maps them.
+//!
+//! Must not: touch scheduler state itself; everything goes through
+//! [`Shards`].
+
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ShardGone, Shards};
+use crate::http::{Handler, Request, Response};
+use crate::queue::MessageId;
+use crate::runtime::shard_for;
+use crate::scheduler::control::{ControlError, DomainSummary, MessageInfo};
+
+/// The queue by destination domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub messages: usize,
+    pub recipients: usize,
+    /// Most pending recipients first.
+    pub domains: Vec<DomainSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDetail {
+    #[serde(flatten)]
+    pub message: MessageInfo,
+    /// The message's header section (at most 64 KiB).
+    pub headers: Option<String>,
+}
+
+const MAX_HEADERS: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed here")]
+    Method,
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Shard(#[from] ShardGone),
+}
+
+impl ApiError {
+    fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::NotFound(_) | ApiError::Control(ControlError::NotFound(_)) => 404,
+            ApiError::Method => 405,
+            ApiError::Control(ControlError::Busy(_)) => 409,
+            ApiError::Shard(_) => 503,
+        }
+    }
+}
+
+/// The handler for the admin listener. `token`: the bearer token every
+/// request must carry, if configured.
+pub fn handler(shards: Shards, token: Option<String>) -> Handler {
+    let token = Rc::new(token);
+    Rc::new(move |req: Request| {
+        let (shards, token) = (shards.clone(), token.clone());
+        Box::pin(async move {
+            let answer = match authorized(&req, token.as_deref()) {
+                true => route(&shards, &req).await,
+                false => Err(ApiError::Unauthorized),
+            };
+            answer
+                .unwrap_or_else(|e| Response::json(e.status(), &json!({ "error": e.to_string() })))
+        })
+    })
+}
+
+/// Compares in constant time, so the token cannot be guessed byte by byte
+/// from response times.
+fn authorized(req: &Request, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    let given = req.authorization.as_deref().unwrap_or("");
+    let given = given.strip_prefix("Bearer ").unwrap_or("").as_bytes();
+    let want = token.as_bytes();
+    given.len() == want.len() && given.iter().zip(want).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
+    let method = req.method.as_str();
+    match (method, req.route().as_slice()) {
+        ("GET", ["queue", "summary"]) => Ok(Response::json(200, &summary(shards).await?)),
+        ("GET", ["queue", "messages"]) => {
+            let limit = match req.param("limit") {
+                None => usize::MAX,
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest(format!("limit `{n}` is not a number")))?,
+            };
+            Ok(Response::json(
+                200,
+                &list(shards, req.param("domain"), limit).await?,
+            ))
+        }
+        ("GET", ["queue", "messages", id]) => Ok(Response::json(200, &show(shards, id).await?)),
+        ("DELETE", ["queue", "messages", id]) => {
+            let id = message_id(id)?;
+            shards
+                .ask(
+                    owner(shards, id),
+                    move |s| async move { s.delete(id).await },
+                )
+                .await??;
+            Ok(Response::json(200, &json!({ "deleted": id.to_string() })))
+        }
+        ("POST", ["queue", "messages", id, "bounce"]) => {
+            let id = message_id(id)?;
+            shards
+                .ask(owner(shards, id), move |s| async move {
+                    s.bounce_message(id).await
+                })
+                .await??;
+            Ok(Response::json(200, &json!({ "bounced": id.to_string() })))
+        }
+        ("POST", ["queue", "flush"]) => {
+            let domain = req.param("domain").map(str::to_string);
+            let flushed: usize = shards
+                .ask_all(move |s| async move { s.flush(domain.as_deref()) })
+                .await?
+                .into_iter()
+                .sum();
+            Ok(Response::json(200, &json!({ "flushed": flushed })))
+        }
+        ("POST", ["queue", "domains", domain, action @ ("suspend" | "resume")]) => {
+            let domain = domain_name(domain)?;
+            let suspend = *action == "suspend";
+            let d = domain.clone();
+            shards
+                .ask_all(move |s| async move {
+                    match suspend {
+                        true => s.suspend(&d),
+                        false => s.resume(&d),
+                    }
+                })
+                .await?;
+            Ok(Response::json(
+                200,
+                &json!({ "domain": domain, "suspended": suspend }),
+            ))
+        }
+        (_, ["queue", ..]) if known_path(req) => Err(ApiError::Method),
+        _ => Err(ApiError::NotFound(format!(
+            "no such path /{}",
+            req.segments.join("/")
+        ))),
+    }
+}
+
+/// Paths that exist with some method, for 405 rather than 404.
+fn known_path(req: &Request) -> bool {
+    matches!(
+        req.route().as_slice(),
+        ["queue", "summary" | "messages" | "flush"]
+            | ["queue", "messages", _]
+            | ["queue", "messages", _, "bounce"]
+            | ["queue", "domains", _, "suspend" | "resume"]
+    )
+}
+
+async fn summary(shards: &Shards) -> Result<Summary, ApiError> {
+    let answers = shards
+        .ask_all(|s| async move { (s.message_count(), s.summary()) })
+        .await?;
+    Ok(merge_summaries(answers))
+}
+
+/// Pure: the shards' summaries as one, most pending recipients first.
+fn merge_summaries(answers: Vec<(usize, Vec<DomainSummary>)>) -> Summary {
+    let mut messages = 0;
+    let mut by_domain: std::collections::HashMap<String, DomainSummary> = Default::default();
+    for (count, domains) in answers {
+        messages += count;
+        for d in domains {
+            match by_domain.get_mut(&d.domain) {
+                Some(known) => known.merge(d),
+                None => {
+                    by_domain.insert(d.domain.clone(), d);
+                }
+            }
+        }
+    }
+    let mut domains: Vec<DomainSummary> = by_domain.into_values().collect();
+    domains.sort_unstable_by(|a, b| {
+        b.recipients
+            .cmp(&a.recipients)
+            .then_with(|| a.domain.cmp(&b.domain))
+    });
+    Summary {
+        messages,
+        recipients: domains.iter().map(|d| d.recipients).sum(),
+        domains,
+    }
+}
+
+async fn list(
+    shards: &Shards,
+    domain: Option<&str>,
+    limit: usize,
+) -> Result<Vec<MessageInfo>, ApiError> {
+    if let Some(d) = domain {
+        domain_name(d)?;
+    }
+    let domain = domain.map(str::to_string);
+    let mut all: Vec<MessageInfo> = shards
+        .ask_all(move |s| async move { s.list(domain.as_deref(), limit) })
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+    all.truncate(limit);
+    Ok(all)
+}
+
+async fn show(shards: &Shards, id: &str) -> Result<MessageDetail, ApiError> {
+    let id = message_id(id)?;
+    let detail = shards
+        .ask(owner(shards, id), move |s| async move {
+            let message = s.show(id)?;
+            let headers = s.headers(id, MAX_HEADERS).await;
+            Some(MessageDetail { message, headers })
+        })
+        .await?;
+    detail.ok_or(ApiError::Control(ControlError::NotFound(id)))
+}
+
+fn owner(shards: &Shards, id: MessageId) -> usize {
+    shard_for(&id, shards.count())
+}
+
+fn message_id(text: &str) -> Result<MessageId, ApiError> {
+    MessageId::parse(text)
+        .ok_or_else(|| ApiError::BadRequest(format!("`{text}` is not a message id")))
+}
+
+/// A plausible domain name (UTF-8 allowed, for SMTPUTF8 domains).
+fn domain_name(text: &str) -> Result<String, ApiError> {
+    let ok = !text.is_empty()
+        && text.len() <= 255
+        && !text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "@/\\<>\"".contains(c));
+    match ok {
+        true => Ok(text.to_lowercase()),
+        false => Err(ApiError::BadRequest(format!(
+            "`{text}` is not a domain name"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(raw: &str) -> Request {
+        crate::http::parse_head(raw.as_bytes()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn bearer_token_must_match_exactly() {
+        let with = |h: &str| request(&format!("GET /queue/summary HTTP/1.1\r\n{h}\r\n\r\n"));
+        assert!(authorized(&with("X: y"), None));
+        assert!(authorized(
+            &with("Authorization: Bearer s3cret"),
+            Some("s3cret")
+        ));
+        assert!(!authorized(
+            &with("Authorization: Bearer s3cre"),
+            Some("s3cret")
+        ));
+        assert!(!authorized(
+            &with("Authorization: Bearer s3cretx"),
+            Some("s3cret")
+        ));
+        assert!(!authorized(&with("Authorization: s3cret"), Some("s3cret")));
+        assert!(!authorized(&with("X: y"), Some("s3cret")));
+    }
+
+    #[test]
+    fn summaries_merge_across_shards() {
+        let d = |name: &str, m, r| DomainSummary {
+            domain: name.into(),
+            messages: m,
+            recipients: r,
+            ..DomainSummary::default()
+        };
+        let s = merge_summaries(vec![
+            (3, vec![d("a.example", 2, 2), d("b.example", 1, 5)]),
+            (2, vec![d("a.example", 2, 4)]),
+        ]);
+        assert_eq!((s.messages, s.recipients), (5, 11));
+        let order: Vec<_> = s
+            .domains
+            .iter()
+            .map(|d| (d.domain.as_str(), d.recipients))
+            .collect();
+        assert_eq!(order, [("a.example", 6), ("b.example", 5)]);
+    }
+
+    #[test]
+    fn known_paths_and_names() {
+        assert!(known_path(&request("PUT /queue/flush HTTP/1.1\r\n\r\n")));
+        assert!(!known_path(&request("GET /queue/nope HTTP/1.1\r\n\r\n")));
+        assert_eq!(domain_name("Example.COM").unwrap(), "example.com");
+        assert!(domain_name("a@b").is_err());
+        assert!(domain_name("").is_err());
+        assert!(message_id("nope").is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! The client side of the admin API, for `ringpost queue ...`: one blocking
+//! HTTP request per command, and the human-readable tables.
+//!
+//! Must not: know the server's internals; it speaks only the JSON of
+//! `admin::api`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::api::{MessageDetail, Summary};
+use crate::scheduler::control::MessageInfo;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Answers are bounded: `queue ls` on a million messages is ~300 MB of JSON.
+const MAX_ANSWER: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the admin API at {addr} (is ringpost running with [admin] listen = \"{addr}\"?): {source}"
+    )]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin API at {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("admin API: malformed answer ({0})")]
+    Malformed(String),
+    /// The server's own error message, with its HTTP status.
+    #[error("{message} (HTTP {status})")]
+    Refused { status: u16, message: String },
+}
+
+pub struct AdminClient {
+    pub addr: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// A path segment or query value, percent-encoded.
+pub fn encode(s: &str) -> String {
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}
+
+impl AdminClient {
+    /// Sends one request; the JSON body of a 200 answer, or the error the
+    /// server gave.
+    pub fn call(&self, method: &str, target: &str) -> Result<serde_json::Value, ClientError> {
+        let addr = self.addr;
+        let io = |source| ClientError::Io { addr, source };
+        let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+        let auth = match &self.token {
+            Some(t) => format!("Authorization: Bearer {t}\r\n"),
+            None => String::new(),
+        };
+        let request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).map_err(io)?;
+        let mut raw = Vec::new();
+        stream.take(MAX_ANSWER).read_to_end(&mut raw).map_err(io)?;
+        let (status, body) = split_response(&raw)?;
+        let value: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| ClientError::Malformed(format!("not JSON: {e}")))?;
+        match status {
+            200 => Ok(value),
+            status => Err(ClientError::Refused {
+                status,
+                message: value["error"].as_str().unwrap_or("error").to_string(),
+            }),
+        }
+    }
+}
+
+/// Pure: the status and body of a whole HTTP response.
+fn split_response(raw: &[u8]) -> Result<(u16, &[u8]), ClientError> {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => Ok((resp.code.unwrap_or(0), &raw[n..])),
+        Ok(httparse::Status::Partial) => Err(ClientError::Malformed("truncated".into())),
+        Err(e) => Err(ClientError::Malformed(e.to_string())),
+    }
+}
+
+/// "3d4h", "5m12s", "40s": an age for tables.
+pub fn age(secs: u64) -> String {
+    match secs {
+        s if s >= 86_400 => format!("{}d{}h", s / 86_400, s % 86_400 / 3_600),
+        s if s >= 3_600 => format!("{}h{}m", s / 3_600, s % 3_600 / 60),
+        s if s >= 60 => format!("{}m{}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+fn sender(s: &str) -> &str {
+    if s.is_empty() { "<>" } else { s }
+}
+
+pub fn render_summary(s: &Summary) -> String {
+    let mut out = format!(
+        "{:<32} {:>9} {:>10} {:>8}  {:<9}  LAST ERROR\n",
+        "DOMAIN", "MESSAGES", "RECIPIENTS", "OLDEST", "STATE"
+    );
+    for d in &s.domains {
+        out += &format!(
+            "{:<32} {:>9} {:>10} {:>8}  {:<9}  {}\n",
+            d.domain,
+            d.messages,
+            d.recipients,
+            age(d.oldest_secs),
+            if d.suspended { "suspended" } else { "active" },
+            d.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    out += &format!(
+        "-- {} messages, {} recipients pending\n",
+        s.messages, s.recipients
+    );
+    out
+}
+
+pub fn render_list(list: &[MessageInfo], now: u64) -> String {
+    let mut out = format!(
+        "{:<32} {:>9} {:>8} {:>8}  {:<9} {:<30}  RECIPIENTS\n",
+        "ID", "SIZE", "AGE", "ATTEMPTS", "STATE", "SENDER"
+    );
+    for m in list {
+        let pending: Vec<&str> = m
+            .recipients
+            .iter()
+            .filter(|r| r.status == crate::queue::RecipientStatus::Pending)
+            .map(|r| r.address.as_str())
+            .collect();
+        out += &format!(
+            "{:<32} {:>9} {:>8} {:>8}  {:<9} {:<30}  {}\n",
+            m.id,
+            m.size,
+            age(now.saturating_sub(m.created)),
+            m.attempts,
+            m.state,
+            sender(&m.sender),
+            pending.join(", ")
+        );
+    }
+    out += &format!("-- {} messages\n", list.len());
+    out
+}
+
+pub fn render_show(d: &MessageDetail, now: u64) -> String {
+    let m = &d.message;
+    let mut out = format!(
+        "id:        {}\nsender:    {}\nsize:      {}\nage:       {}\nattempts:  {}\nstate:     {}\n",
+        m.id,
+        sender(&m.sender),
+        m.size,
+        age(now.saturating_sub(m.created)),
+        m.attempts,
+        m.state
+    );
+    if let Some(next) = m.next_attempt {
+        out += &format!("next try:  in {}\n", age(next.saturating_sub(now)));
+    }
+    out += "recipients:\n";
+    for r in &m.recipients {
+        out += &format!(
+            "  {:<40} {:<9} attempts {}  {}\n",
+            r.address,
+            format!("{:?}", r.status).to_lowercase(),
+            r.attempts,
+            r.last_reply.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(h) = &d.headers {
+        out += "headers:\n";
+        for line in h.lines() {
+            out += &format!("  {line}\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_responses() {
+        let (status, body) =
+            split_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((status, body), (404, &b"{}"[..]));
+        assert!(split_response(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    #[test]
+    fn ages_read_well() {
+        assert_eq!(age(5), "5s");
+        assert_eq!(age(312), "5m12s");
+        assert_eq!(age(7_260), "2h1m");
+        assert_eq!(age(273_600), "3d4h");
+    }
+
+    #[test]
+    fn encodes_path_parts() {
+        assert_eq!(encode("a.example"), "a%2Eexample");
+        assert_eq!(encode("a/b"), "a%2Fb");
+    }
+}

@@ -1,0 +1,250 @@
+//! The small HTTP/1.1 server behind the metrics and admin endpoints.
+//!
+//! Owns: [`serve`] (an accept loop on one shard, one request per
+//! connection), reading a request with bounded size and time, and writing
+//! a [`Response`]. Request heads are parsed by `httparse`; query strings and
+//! path segments are percent-decoded by `percent-encoding`.
+//!
+//! Must not: know what any path means (the handlers do), or keep a
+//! connection open after its response: these are control-plane endpoints
+//! for Prometheus, orchestrators and the `ringpost queue` command, not a
+//! web server.
+//!
+//! Security: a request head is read up to 8 KiB and a body up to 64 KiB,
+//! all within 10 s; anything larger or slower is answered 4xx and closed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::runtime::tasks::TaskSet;
+
+const MAX_HEAD: usize = 8 * 1024;
+const MAX_BODY: usize = 64 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The path, split on `/` and percent-decoded; empty segments dropped.
+    pub segments: Vec<String>,
+    /// Query parameters, percent-decoded, in order.
+    pub query: Vec<(String, String)>,
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The segments as `&str`s, for matching.
+    pub fn route(&self) -> Vec<&str> {
+        self.segments.iter().map(String::as_str).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(status: u16, body: impl Into<String>) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into().into_bytes(),
+        }
+    }
+
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Response {
+        match serde_json::to_vec(value) {
+            Ok(mut body) => {
+                body.push(b'\n');
+                Response {
+                    status,
+                    content_type: "application/json",
+                    body,
+                }
+            }
+            Err(e) => Response::text(500, format!("cannot encode the answer: {e}\n")),
+        }
+    }
+}
+
+pub type Handler = Rc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response>>>>;
+
+/// Serves `listener` until `stop` is disconnected; each request goes to
+/// `handler` on this shard.
+pub async fn serve(listener: TcpListener, handler: Handler, stop: flume::Receiver<()>) {
+    let tasks = TaskSet::default();
+    loop {
+        match crate::runtime::accept_or_stop(&listener, &stop).await {
+            None => break,
+            Some(Ok(stream)) => tasks.spawn(exchange(stream, handler.clone())),
+            Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    tasks.cancel_all();
+}
+
+async fn exchange(mut stream: TcpStream, handler: Handler) {
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let response = match read_request(&mut stream).await {
+        Ok(request) => handler(request).await,
+        Err(Some(response)) => response,
+        Err(None) => return,
+    };
+    let head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        reason(response.status),
+        response.content_type,
+        response.body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(&response.body).await;
+    let _ = stream.close().await;
+}
+
+/// Reads one request. Err(Some) is an error response to send; Err(None)
+/// means the peer went away or timed out.
+async fn read_request(stream: &mut TcpStream) -> Result<Request, Option<Response>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let (mut request, head_len, body_len) = loop {
+        match parse_head(&buf) {
+            Ok(Some(parsed)) => break parsed,
+            Ok(None) if buf.len() >= MAX_HEAD => {
+                return Err(Some(Response::text(431, "request head too large\n")));
+            }
+            Ok(None) => {}
+            Err(response) => return Err(Some(response)),
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    while buf.len() < head_len + body_len {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    request.body = buf[head_len..head_len + body_len].to_vec();
+    Ok(request)
+}
+
+/// Pure: parses a request head. Ok(None) while incomplete; otherwise the
+/// request (without body), the head's length and the body's length.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, Response> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Response::text(400, format!("bad request: {e}\n"))),
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned())
+    };
+    let body_len = match header("content-length") {
+        None => 0,
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n <= MAX_BODY => n,
+            Ok(_) => return Err(Response::text(413, "request body too large\n")),
+            Err(_) => return Err(Response::text(400, "bad Content-Length\n")),
+        },
+    };
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let request = Request {
+        method: req.method.unwrap_or("").to_string(),
+        segments: path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(decode)
+            .collect(),
+        query: query
+            .split('&')
+            .filter(|s| !s.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (decode(k), decode(v))
+            })
+            .collect(),
+        authorization: header("authorization"),
+        body: Vec::new(),
+    };
+    Ok(Some((request, head_len, body_len)))
+}
+
+fn decode(s: &str) -> String {
+    let plus_as_space = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_path_query_and_authorization() {
+        let raw = b"POST /queue/flush?domain=ex%41mple.com&x HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 2\r\n\r\nhi";
+        let (req, head, body) = parse_head(raw).unwrap().unwrap();
+        assert_eq!(req.method, "POST");
+        assert_eq!(req.route(), ["queue", "flush"]);
+        assert_eq!(req.param("domain"), Some("exAmple.com"));
+        assert_eq!(req.param("x"), Some(""));
+        assert_eq!(req.authorization.as_deref(), Some("Bearer t"));
+        assert_eq!((head + body, body), (raw.len(), 2));
+    }
+
+    #[test]
+    fn incomplete_and_bad_heads() {
+        assert!(parse_head(b"GET / HTTP/1.1\r\n").unwrap().is_none());
+        assert_eq!(
+            parse_head(b"\x00\x01 nonsense\r\n\r\n").unwrap_err().status,
+            400
+        );
+        let big = b"POST / HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n";
+        assert_eq!(parse_head(big).unwrap_err().status, 413);
+        let bad = b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n";
+        assert_eq!(parse_head(bad).unwrap_err().status, 400);
+    }
+}

@@ -1,0 +1,350 @@
+//! What the admin API may see and change of one shard's schedule.
+//!
+//! Owns: the views ([`DomainSummary`], [`MessageInfo`]) and the operations
+//! flush, delete and bounce. Each runs on the shard that owns the messages
+//! (the admin API sends it here over the shard's admin channel); merging
+//! the shards' answers is the admin API's job.
+//!
+//! Must not: block the shard for long. Views walk the in-memory state only
+//! (no sled reads), so a summary of 100,000 messages costs milliseconds.
+//! A message with a delivery attempt under way is not deleted or bounced
+//! (the attempt may already have handed it over); the caller is told to
+//! try again.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Entry, Scheduler, domain_of, queue_gauges};
+use crate::events::{Event, EventKind, unix_now};
+use crate::queue::{MessageId, RecipientStatus};
+
+/// One destination domain's part of the queue (pending recipients only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainSummary {
+    pub domain: String,
+    pub messages: usize,
+    pub recipients: usize,
+    /// Age in seconds of the oldest message with a recipient here.
+    pub oldest_secs: u64,
+    /// The last failure reply from this domain, if any.
+    pub last_error: Option<String>,
+    /// When that reply came (Unix seconds); 0 when only known from the
+    /// queued recipients (after a restart).
+    #[serde(default)]
+    pub last_error_at: u64,
+    pub suspended: bool,
+}
+
+impl DomainSummary {
+    /// Folds another shard's numbers for the same domain into this one.
+    pub fn merge(&mut self, other: DomainSummary) {
+        self.messages += other.messages;
+        self.recipients += other.recipients;
+        self.oldest_secs = self.oldest_secs.max(other.oldest_secs);
+        self.suspended |= other.suspended;
+        if other.last_error.is_some()
+            && (self.last_error.is_none() || other.last_error_at > self.last_error_at)
+        {
+            self.last_error = other.last_error;
+            self.last_error_at = other.last_error_at;
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientInfo {
+    pub address: String,
+    pub status: RecipientStatus,
+    pub attempts: u32,
+    pub last_reply: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageInfo {
+    pub id: String,
+    /// Empty for the null sender.
+    pub sender: String,
+    pub size: u64,
+    /// Unix seconds of acceptance.
+    pub created: u64,
+    pub attempts: u32,
+    /// Unix seconds of the next attempt, when deferred.
+    pub next_attempt: Option<u64>,
+    /// "deferred", or "active" (queued for or in a delivery attempt).
+    pub state: String,
+    pub recipients: Vec<RecipientInfo>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    #[error("no queued message {0}")]
+    NotFound(MessageId),
+    #[error("message {0} has a delivery attempt under way; try again in a moment")]
+    Busy(MessageId),
+}
+
+/// A domain's pending recipients are counted under its lower-cased name.
+/// Most addresses are lower-case already, so look up before allocating.
+fn tally<'a>(map: &'a mut HashMap<String, DomainSummary>, domain: &str) -> &'a mut DomainSummary {
+    let key = match domain.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => domain.to_ascii_lowercase(),
+        false if map.contains_key(domain) => return map.get_mut(domain).expect("just checked"),
+        false => domain.to_string(),
+    };
+    map.entry(key).or_insert_with_key(|d| DomainSummary {
+        domain: d.clone(),
+        ..DomainSummary::default()
+    })
+}
+
+impl Scheduler {
+    /// Messages this shard holds.
+    pub fn message_count(&self) -> usize {
+        self.state.borrow().messages.len()
+    }
+
+    /// Per-domain totals of this shard's pending recipients, plus every
+    /// suspended domain.
+    pub fn summary(&self) -> Vec<DomainSummary> {
+        let now = unix_now();
+        let st = self.state.borrow();
+        let mut map: HashMap<String, DomainSummary> = HashMap::new();
+        // A message counts once per domain, however many of its recipients
+        // are there: `seen` holds the domains of the message at hand.
+        let mut seen: Vec<&str> = Vec::new();
+        for entry in st.messages.values() {
+            seen.clear();
+            for r in entry.env.recipients.iter() {
+                if r.status != RecipientStatus::Pending {
+                    continue;
+                }
+                let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+                let first = !seen.iter().any(|s| s.eq_ignore_ascii_case(domain));
+                let d = tally(&mut map, domain);
+                d.recipients += 1;
+                if d.last_error.is_none() {
+                    d.last_error = r.last_reply.clone();
+                }
+                if first {
+                    seen.push(domain);
+                    d.messages += 1;
+                    d.oldest_secs = d.oldest_secs.max(now.saturating_sub(entry.env.created));
+                }
+            }
+        }
+        for (name, q) in &st.domains {
+            if let Some((at, reply)) = &q.last_error
+                && let Some(d) = map.get_mut(name)
+            {
+                d.last_error = Some(reply.clone());
+                d.last_error_at = *at;
+            }
+        }
+        for name in &st.suspended {
+            tally(&mut map, name).suspended = true;
+        }
+        map.into_values().collect()
+    }
+
+    /// This shard's messages, optionally only those with a pending
+    /// recipient at `domain`, oldest first, at most `limit`.
+    pub fn list(&self, domain: Option<&str>, limit: usize) -> Vec<MessageInfo> {
+        let domain = domain.map(str::to_ascii_lowercase);
+        let st = self.state.borrow();
+        let mut found: Vec<(&MessageId, &Entry)> = st
+            .messages
+            .iter()
+            .filter(|(_, e)| domain.as_deref().is_none_or(|d| e.has_pending_at(d)))
+            .collect();
+        found.sort_unstable_by_key(|(id, e)| (e.env.created, **id));
+        found.truncate(limit);
+        found
+            .into_iter()
+            .map(|(id, e)| e.info(*id, st.deferred.contains(&(e.env.next_due, *id))))
+            .collect()
+    }
+
+    /// One message, if this shard holds it.
+    pub fn show(&self, id: MessageId) -> Option<MessageInfo> {
+        let st = self.state.borrow();
+        let e = st.messages.get(&id)?;
+        Some(e.info(id, st.deferred.contains(&(e.env.next_due, id))))
+    }
+
+    /// The first `max` bytes of a message's header section, for `show`.
+    pub async fn headers(&self, id: MessageId, max: usize) -> Option<String> {
+        let env = self.state.borrow().messages.get(&id)?.env.clone();
+        let body = self.spool.read_body(id, &env).await.ok()?;
+        let end = memchr::memmem::find(&body, b"\r\n\r\n").map_or(body.len(), |i| i + 2);
+        Some(String::from_utf8_lossy(&body[..end.min(max)]).into_owned())
+    }
+
+    /// Makes deferred messages due now (only those with a pending recipient
+    /// at `domain`, if given) and dispatches them. Returns how many.
+    pub fn flush(self: &Rc<Self>, domain: Option<&str>) -> usize {
+        let domain = domain.map(str::to_ascii_lowercase);
+        let due: Vec<MessageId> = {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let picked: Vec<(u64, MessageId)> = st
+                .deferred
+                .iter()
+                .filter(|(_, id)| {
+                    domain
+                        .as_deref()
+                        .is_none_or(|d| st.messages.get(id).is_some_and(|e| e.has_pending_at(d)))
+                })
+                .copied()
+                .collect();
+            for key in &picked {
+                st.deferred.remove(key);
+            }
+            picked.into_iter().map(|(_, id)| id).collect()
+        };
+        for &id in &due {
+            self.dispatch(id);
+        }
+        due.len()
+    }
+
+    /// Removes a message from the queue without delivering or bouncing it.
+    pub async fn delete(self: &Rc<Self>, id: MessageId) -> Result<(), ControlError> {
+        let env = self.take_out(id)?;
+        if let Err(e) = self.spool.remove(id).await {
+            // Put back: the record is still on disk and will be retried.
+            log::error!("{id}: delete failed: {e}");
+            self.dispatch(id);
+            return Ok(());
+        }
+        queue_gauges(&env, -1.0);
+        self.state.borrow_mut().messages.remove(&id);
+        for r in env
+            .recipients
+            .iter()
+            .filter(|r| r.status == RecipientStatus::Pending)
+        {
+            let mut ev = Event::new(EventKind::Deletion, id, &env.sender, &r.address);
+            ev.reply = Some("deleted by the queue administrator");
+            self.events.write(&ev);
+        }
+        Ok(())
+    }
+
+    /// Fails every pending recipient now: a DSN goes to the sender (none
+    /// for the null sender) and the message leaves the queue.
+    pub async fn bounce_message(self: &Rc<Self>, id: MessageId) -> Result<(), ControlError> {
+        self.take_out(id)?;
+        {
+            let mut st = self.state.borrow_mut();
+            let entry = st.messages.get_mut(&id).ok_or(ControlError::NotFound(id))?;
+            for (i, r) in entry.env.recipients.iter_mut().enumerate() {
+                if r.status == RecipientStatus::Pending {
+                    r.status = RecipientStatus::Failed;
+                    entry.failures.push((
+                        i,
+                        "5.0.0".into(),
+                        "returned to sender by the queue administrator".into(),
+                        None,
+                    ));
+                }
+            }
+        }
+        self.clone().finish(id).await;
+        Ok(())
+    }
+
+    /// Takes a message out of the ready queues and the due index, so that
+    /// no new attempt starts; refused while an attempt is under way.
+    /// Returns its envelope; the entry stays until the caller is done.
+    fn take_out(&self, id: MessageId) -> Result<crate::queue::Envelope, ControlError> {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let entry = st.messages.get_mut(&id).ok_or(ControlError::NotFound(id))?;
+        if entry.in_flight > 0 {
+            return Err(ControlError::Busy(id));
+        }
+        entry.jobs = 0;
+        st.deferred.remove(&(entry.env.next_due, id));
+        for r in &entry.env.recipients {
+            if let Some(q) = st.domains.get_mut(&domain_of(&r.address)) {
+                q.ready.retain(|job| job.id != id);
+            }
+        }
+        Ok(entry.env.clone())
+    }
+}
+
+impl Entry {
+    fn has_pending_at(&self, domain: &str) -> bool {
+        self.env.recipients.iter().any(|r| {
+            r.status == RecipientStatus::Pending
+                && r.address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+        })
+    }
+
+    fn info(&self, id: MessageId, deferred: bool) -> MessageInfo {
+        let env = &self.env;
+        MessageInfo {
+            id: id.to_string(),
+            sender: env.sender.clone(),
+            size: env.size(),
+            created: env.created,
+            attempts: env.attempts,
+            next_attempt: deferred.then_some(env.next_due),
+            state: if deferred { "deferred" } else { "active" }.into(),
+            recipients: env
+                .recipients
+                .iter()
+                .map(|r| RecipientInfo {
+                    address: r.address.clone(),
+                    status: r.status,
+                    attempts: r.attempts,
+                    last_reply: r.last_reply.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_adds_counts_and_keeps_the_newest_error() {
+        let mut a = DomainSummary {
+            domain: "a.example".into(),
+            messages: 2,
+            recipients: 3,
+            oldest_secs: 10,
+            last_error: Some("451 old".into()),
+            last_error_at: 100,
+            suspended: false,
+        };
+        a.merge(DomainSummary {
+            domain: "a.example".into(),
+            messages: 1,
+            recipients: 1,
+            oldest_secs: 50,
+            last_error: Some("452 new".into()),
+            last_error_at: 200,
+            suspended: true,
+        });
+        assert_eq!((a.messages, a.recipients, a.oldest_secs), (3, 4, 50));
+        assert_eq!(a.last_error.as_deref(), Some("452 new"));
+        assert!(a.suspended);
+    }
+
+    #[test]
+    fn tally_folds_case() {
+        let mut map = HashMap::new();
+        tally(&mut map, "Example.COM").recipients += 1;
+        tally(&mut map, "example.com").recipients += 1;
+        assert_eq!(map.len(), 1);
+        assert_eq!(map["example.com"].recipients, 2);
+    }
+}

@@ -1,0 +1,363 @@
+//! The admin API and `ringpost queue ...` against a running server (two
+//! shards) that delivers to scripted sinks over static routes: every queue
+//! command, through the real binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::sink::{Script, Sink};
+use common::{TestServer, sink_port, start_with};
+use mail_parser::{MessageParser, MimeHeaders};
+
+/// A server whose mail for `hold.test` goes to 127.0.0.2 and for
+/// `sender.test` (where bounces go) to 127.0.0.6, both on `port`. Retries
+/// wait an hour, so a deferred message stays deferred unless flushed.
+fn server(port: u16, tweak: impl FnOnce(&mut ringpost::config::Config)) -> TestServer {
+    start_with(2, |c| {
+        c.delivery.smarthost.clear();
+        for (domain, ip) in [
+            ("hold.test", "127.0.0.2"),
+            ("b.test", "127.0.0.2"),
+            ("sender.test", "127.0.0.6"),
+        ] {
+            c.delivery
+                .routes
+                .insert(domain.into(), format!("[{ip}]:{port}"));
+        }
+        c.delivery.retry_initial_secs = 3600;
+        c.delivery.retry_max_secs = 3600;
+        c.delivery.connect_timeout_secs = 2;
+        tweak(c);
+    })
+}
+
+/// A sink that answers every transaction with a 451.
+fn always_451() -> Script {
+    Script {
+        temp_fail_first: usize::MAX,
+        temp_reply: "451 4.3.0 try again later".into(),
+        ..Script::default()
+    }
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// `ringpost queue <args> --admin <the server's admin address>`.
+fn queue(ts: &TestServer, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringpost"))
+        .arg("queue")
+        .args(args)
+        .arg("--admin")
+        .arg(ts.admin_addr.expect("admin API on").to_string())
+        .output()
+        .expect("run ringpost queue");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `queue <args> --json`, which must succeed.
+fn queue_json(ts: &TestServer, args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let run = queue(ts, &args);
+    assert!(run.ok, "queue {args:?}: {}", run.stderr);
+    serde_json::from_str(&run.stdout).expect("JSON")
+}
+
+fn send(ts: &TestServer, from: &str, rcpts: &[&str], subject: &str) -> String {
+    let mut c = ts.client();
+    c.begin(from, rcpts);
+    let r = c.data(format!("Subject: {subject}\r\n\r\nbody\r\n").as_bytes());
+    assert_eq!(r.code, 250, "{r:?}");
+    r.queued_id()
+}
+
+/// Polls `queue show ID` until `pred` holds of the message (10 s at most).
+fn wait_until(ts: &TestServer, id: &str, pred: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = queue_json(ts, &["show", id]);
+        if pred(&m) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "message never got there: {m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn is_deferred(m: &serde_json::Value) -> bool {
+    m["state"] == "deferred"
+}
+
+#[test]
+fn suspend_holds_delivery_and_resume_releases_it() {
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let ts = server(port, |_| {});
+    let run = queue(&ts, &["suspend", "Hold.Test"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(run.stdout, "Hold.Test: suspended\n");
+
+    let id = send(&ts, "s@sender.test", &["a@hold.test"], "held");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sink.messages().len(), 0, "nothing goes out while suspended");
+    let summary = queue_json(&ts, &["summary"]);
+    assert_eq!(summary["messages"], 1);
+    let d = &summary["domains"][0];
+    assert_eq!(
+        (
+            &d["domain"],
+            &d["messages"],
+            &d["recipients"],
+            &d["suspended"]
+        ),
+        (
+            &"hold.test".into(),
+            &1.into(),
+            &1.into(),
+            &serde_json::Value::Bool(true)
+        )
+    );
+    let table = queue(&ts, &["summary"]).stdout;
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("hold.test") && l.contains("suspended")),
+        "{table}"
+    );
+    let listed = queue_json(&ts, &["ls", "--domain", "hold.test"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+
+    let run = queue(&ts, &["resume", "hold.test"]);
+    assert!(run.ok, "{}", run.stderr);
+    let got = sink.wait_for(1, 10);
+    assert_eq!(got[0].rcpts, ["a@hold.test"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue_json(&ts, &["summary"])["messages"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the delivered message stays queued"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn flush_retries_a_deferred_message_at_once() {
+    let port = sink_port();
+    let sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            temp_fail_first: 1,
+            temp_reply: "451 4.3.0 first try fails".into(),
+            ..Script::default()
+        },
+    );
+    let ts = server(port, |_| {});
+    let id = send(&ts, "s@sender.test", &["a@hold.test"], "retry me");
+    wait_until(&ts, &id, is_deferred);
+    let m = queue_json(&ts, &["show", &id]);
+    assert_eq!(m["attempts"], 1);
+    assert_eq!(
+        m["recipients"][0]["last_reply"],
+        "451 4.3.0 first try fails"
+    );
+    assert!(
+        m["next_attempt"].as_u64().unwrap() > ringpost::events::unix_now() + 3000,
+        "the next retry is an hour away: {m}"
+    );
+    let summary = queue(&ts, &["summary"]).stdout;
+    assert!(summary.contains("451 4.3.0 first try fails"), "{summary}");
+
+    // Another domain's flush leaves it alone.
+    let other = queue_json(&ts, &["flush", "--domain", "b.test"]);
+    assert_eq!(other["flushed"], 0);
+    let run = queue(&ts, &["flush", "--domain", "hold.test"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(run.stdout, "1 deferred messages flushed\n");
+    let got = sink.wait_for(1, 5);
+    assert_eq!(got[0].rcpts, ["a@hold.test"]);
+}
+
+#[test]
+fn delete_removes_a_message_for_good() {
+    let port = sink_port();
+    let _sink = Sink::start("127.0.0.2", port, always_451());
+    let mut ts = server(port, |_| {});
+    let id = send(&ts, "s@sender.test", &["a@hold.test"], "unwanted");
+    let keep = send(&ts, "s@sender.test", &["b@hold.test"], "wanted");
+    wait_until(&ts, &id, is_deferred);
+
+    let run = queue(&ts, &["delete", &id]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(run.stdout, format!("{id}: deleted\n"));
+    let listed = queue_json(&ts, &["ls"]);
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [keep.as_str()]);
+    let again = queue(&ts, &["show", &id]);
+    assert!(!again.ok);
+    assert!(
+        again.stderr.contains(&format!("no queued message {id}")) && again.stderr.contains("404"),
+        "{}",
+        again.stderr
+    );
+    let bad = queue(&ts, &["delete", "not-an-id"]);
+    assert!(!bad.ok && bad.stderr.contains("400"), "{}", bad.stderr);
+
+    let left: Vec<String> = ts
+        .stop_and_list()
+        .into_iter()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    assert_eq!(left, [keep], "the deleted message is gone from disk");
+}
+
+#[test]
+fn bounce_returns_a_message_to_its_sender_with_a_dsn() {
+    let port = sink_port();
+    let _dest = Sink::start("127.0.0.2", port, always_451());
+    let sender = Sink::start("127.0.0.6", port, Script::default());
+    let ts = server(port, |_| {});
+    let id = send(&ts, "shop@sender.test", &["a@hold.test"], "give up");
+    wait_until(&ts, &id, is_deferred);
+
+    let run = queue(&ts, &["bounce", &id]);
+    assert!(run.ok, "{}", run.stderr);
+    let dsn = &sender.wait_for(1, 10)[0];
+    assert_eq!(dsn.from, "");
+    assert_eq!(dsn.rcpts, ["shop@sender.test"]);
+    let parsed = MessageParser::default().parse(&dsn.data).unwrap();
+    let ct = parsed.content_type().unwrap();
+    assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("report")));
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(
+        text.contains("Final-Recipient: rfc822; a@hold.test"),
+        "{text}"
+    );
+    assert!(text.contains("Action: failed"), "{text}");
+    assert!(text.contains("Status: 5.0.0"), "{text}");
+    let gone = queue(&ts, &["show", &id]);
+    assert!(!gone.ok, "the bounced message left the queue");
+}
+
+#[test]
+fn summary_counts_messages_per_domain_and_show_gives_headers() {
+    let port = sink_port();
+    let ts = server(port, |_| {});
+    for d in ["hold.test", "b.test"] {
+        assert!(queue(&ts, &["suspend", d]).ok);
+    }
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        // Separate connections, so both shards take some.
+        let rcpts: &[&str] = match i {
+            0 => &["x@hold.test"],
+            1 => &["y@hold.test", "p@b.test", "q@b.test"],
+            _ => &["z@HOLD.test", "r@b.test"],
+        };
+        ids.push(send(&ts, "s@sender.test", rcpts, &format!("hello {i}")));
+    }
+    let s = queue_json(&ts, &["summary"]);
+    assert_eq!((&s["messages"], &s["recipients"]), (&3.into(), &6.into()));
+    let by_name = |name: &str| {
+        s["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["domain"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from {s}"))
+            .clone()
+    };
+    let hold = by_name("hold.test");
+    assert_eq!(
+        (&hold["messages"], &hold["recipients"]),
+        (&3.into(), &3.into())
+    );
+    let b = by_name("b.test");
+    assert_eq!((&b["messages"], &b["recipients"]), (&2.into(), &3.into()));
+
+    let listed = queue_json(&ts, &["ls", "--domain", "b.test"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let limited = queue_json(&ts, &["ls", "--limit", "1"]);
+    assert_eq!(limited.as_array().unwrap().len(), 1);
+    assert_eq!(limited[0]["id"], ids[0].as_str(), "oldest first");
+
+    let shown = queue(&ts, &["show", &ids[1]]);
+    assert!(shown.ok, "{}", shown.stderr);
+    assert!(
+        shown.stdout.contains("Subject: hello 1"),
+        "{}",
+        shown.stdout
+    );
+    assert!(shown.stdout.contains("Received: from"), "{}", shown.stdout);
+    assert!(shown.stdout.contains("p@b.test"), "{}", shown.stdout);
+    let table = queue(&ts, &["ls"]).stdout;
+    assert_eq!(
+        table.lines().count(),
+        5,
+        "header, three messages, total: {table}"
+    );
+}
+
+/// A raw HTTP request to the admin API: (status, body).
+fn http(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
+#[test]
+fn a_configured_token_is_required_and_errors_are_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "correct-horse-battery-staple\n").unwrap();
+    let token_path = token_file.display().to_string();
+    let ts = server(sink_port(), |c| c.admin.token_file = token_path.clone());
+
+    let without = queue(&ts, &["summary"]);
+    assert!(!without.ok);
+    assert!(without.stderr.contains("401"), "{}", without.stderr);
+    let with = queue(&ts, &["summary", "--token-file", &token_path]);
+    assert!(with.ok, "{}", with.stderr);
+
+    let addr = ts.admin_addr.unwrap();
+    let auth = "Authorization: Bearer correct-horse-battery-staple\r\n";
+    let (status, body) = http(
+        addr,
+        "GET /queue/summary HTTP/1.1\r\nAuthorization: Bearer wrong\r\n\r\n",
+    );
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http(addr, &format!("GET /nothing HTTP/1.1\r\n{auth}\r\n"));
+    assert_eq!(status, 404);
+    assert!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"].is_string());
+    let (status, _) = http(addr, &format!("PUT /queue/flush HTTP/1.1\r\n{auth}\r\n"));
+    assert_eq!(status, 405);
+    let (status, _) = http(
+        addr,
+        &format!("GET /queue/messages?limit=x HTTP/1.1\r\n{auth}\r\n"),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = http(addr, "garbage\r\n\r\n");
+    assert_eq!(status, 400);
+}
