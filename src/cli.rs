@@ -91,7 +91,8 @@ pub enum QueueCommand {
         /// At most this many.
         #[arg(long)]
         limit: Option<usize>,
-        /// Read this spool directory directly instead (server stopped).
+        /// Read this spool directory directly instead (server stopped;
+        /// runs the same recovery as a start).
         #[arg(long)]
         spool: Option<PathBuf>,
     },
@@ -282,6 +283,9 @@ fn queue_ls(dir: &std::path::Path) -> Result<()> {
     );
     for shard in existing_shards(dir) {
         let spool = Spool::open(dir, shard, &SpoolOptions::default())?;
+        // As the server would at start: after a crash some messages may be
+        // only in the segments' journal.
+        spool.recover()?;
         for (id, env) in spool.list() {
             let rcpts: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
             let sender = if env.sender.is_empty() {

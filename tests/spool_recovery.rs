@@ -53,18 +53,24 @@ fn recovery_quarantines_damage_and_removes_unreferenced_segments() {
         assert!(segment_file(root, seq).exists(), "one segment per message");
     }
 
-    // Damage: message 1's segment is gone, message 2's is truncated,
-    // message 0's body has a flipped byte, and a stray segment appears.
+    // Damage: message 1's segment is gone, message 2's is truncated 10
+    // bytes into its body, message 0's body has a flipped byte, and a stray
+    // segment appears.
+    let body_at = |i: usize| {
+        let spool = Spool::open(root, 0, &opts()).unwrap();
+        spool.get(ids[i]).unwrap().body.offset
+    };
+    let (body0, body2) = (body_at(0), body_at(2));
     std::fs::remove_file(segment_file(root, 2)).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .open(segment_file(root, 3))
         .unwrap()
-        .set_len(10)
+        .set_len(body2 + 10)
         .unwrap();
     let seg1 = std::fs::read(segment_file(root, 1)).unwrap();
     let mut damaged = seg1.clone();
-    damaged[100] ^= 0xff;
+    damaged[body0 as usize + 100] ^= 0xff;
     std::fs::write(segment_file(root, 1), &damaged).unwrap();
     std::fs::write(segment_file(root, 99), b"never referenced").unwrap();
 
@@ -74,6 +80,7 @@ fn recovery_quarantines_damage_and_removes_unreferenced_segments() {
         report,
         RecoveryReport {
             messages: 2,
+            replayed: 0,
             quarantined: 2,
             segments_removed: 2
         }
@@ -89,7 +96,9 @@ fn recovery_quarantines_damage_and_removes_unreferenced_segments() {
         quarantined[0]
     );
     assert!(
-        quarantined[1].1.contains("segment 3 has 10 bytes"),
+        quarantined[1]
+            .1
+            .contains(&format!("segment 3 has {} bytes", body2 + 10)),
         "{:?}",
         quarantined[1]
     );
@@ -164,4 +173,63 @@ fn removing_every_message_frees_every_sealed_segment() {
         "after a restart all segments are sealed, so all are freed"
     );
     assert!(empty);
+}
+
+/// The child half of the next test: enqueue messages, then die at once,
+/// before any sled flush (abort skips every destructor).
+fn enqueue_then_abort(root: &Path, n: usize) -> ! {
+    let root = root.to_path_buf();
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(512 << 10)
+        .spawn(move || async move {
+            let spool = Spool::open(&root, 0, &opts()).unwrap();
+            let mut ids_gen = IdGenerator::new(0);
+            for i in 0..n {
+                let env = Envelope::new("a@b.example".into(), vec!["c@d.example".into()], 1);
+                let body = format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes();
+                spool.enqueue(ids_gen.next_id(), env, body).await.unwrap();
+            }
+            std::process::abort();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    unreachable!("the child aborts")
+}
+
+#[test]
+fn acknowledged_messages_are_replayed_from_the_journal_after_a_crash() {
+    const N: usize = 25;
+    if let Ok(root) = std::env::var("RINGPOST_TEST_CHILD_SPOOL") {
+        enqueue_then_abort(Path::new(&root), N);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "acknowledged_messages_are_replayed_from_the_journal_after_a_crash",
+            "--nocapture",
+        ])
+        .env("RINGPOST_TEST_CHILD_SPOOL", tmp.path())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must die mid-way");
+
+    let spool = Spool::open(tmp.path(), 0, &opts()).unwrap();
+    let report = spool.recover().unwrap();
+    assert_eq!(report.messages, N, "{report:?}");
+    assert!(
+        report.replayed > 0,
+        "sled was never flushed, so records come from the journal: {report:?}"
+    );
+    for (id, env) in spool.list() {
+        let body = spool.read_body_blocking(id, &env).unwrap();
+        assert!(body.starts_with(b"Subject: "), "{id}");
+        assert_eq!(env.recipients[0].address, "c@d.example");
+    }
+    // Replayed records are in sled now: a second recovery replays nothing.
+    drop(spool);
+    let spool = Spool::open(tmp.path(), 0, &opts()).unwrap();
+    let again = spool.recover().unwrap();
+    assert_eq!((again.messages, again.replayed), (N, 0));
 }

@@ -1,45 +1,97 @@
-//! Group commit: one round of syncs serves every message waiting for it.
+//! Group commit: one fdatasync serves every message waiting for it.
 //!
-//! Owns: [`GroupCommit`], one per shard. A session whose body is written to
-//! its segment hands its queue record to [`GroupCommit::commit`]; the
-//! scheduler hands it state changes and removals the same way, so that a
-//! recipient recorded as delivered stays delivered after a crash. If no round
-//! is running, it starts one; otherwise it waits for the next. A round takes
-//! *all* records queued so far and, on the executor's blocking thread:
+//! Owns: [`GroupCommit`], one per shard: the order in which new messages
+//! become durable, the commit rounds, and the periodic sled flush.
 //!
-//! 1. fdatasyncs every segment written since the last round (and the segment
-//!    directory if a segment was created): the bodies are now durable;
-//! 2. applies the records (inserts and removals) in one sled batch;
-//! 3. flushes sled (one fsync): the records are now durable;
+//! A new message is one *frame* (its queue record and body) appended to the
+//! active segment (`queue::segment`). Frames are registered in the order
+//! their room was reserved, which is their order in the segment. A round
+//! takes the longest run of frames, from the oldest, whose writes are
+//! complete, and:
 //!
-//! then answers every waiter. A record joins sled only after its body is on
-//! disk, so no crash can leave a record pointing at unsynced bytes. A record
-//! that arrives while a round runs waits for the next one, since the syncs
-//! in flight may have started before its write: this is what makes "250 only
-//! after fsync" hold.
+//! 1. fdatasyncs the segments written since the last round (and the
+//!    segment directory if a segment was created), through io_uring, so no
+//!    thread hand-off: the frames, records included, are now durable;
+//! 2. inserts their records into sled (no flush);
 //!
-//! Concurrency: the queue of waiters is `Rc<RefCell<_>>` on the shard's
-//! executor; only file handles, the sled tree and the batch cross to the
-//! blocking thread.
+//! then answers every waiter: only now may the session say 250. sled is not
+//! flushed in the round. It is flushed every [`FLUSH_INTERVAL`] (and on
+//! stop); a crash before that loses sled's newest writes but not the
+//! frames: recovery replays every frame past its segment's *watermark*.
+//!
+//! A watermark says "every frame of this segment below this offset had its
+//! record in sled at a flush that completed". The flush takes note of how
+//! far rounds have inserted, flushes, and only then writes the watermarks
+//! (made durable by the next flush). So "below the watermark but not in
+//! sled" can only mean "removed", whatever order sled writes its log in.
+//! (Records are single inserts, not `apply_batch`: in sled 0.34 that writes
+//! out the log buffer twice per call, which cost more than everything else
+//! in a round.)
+//!
+//! Why a run from the oldest frame: a frame may finish writing before an
+//! earlier one. Were it acknowledged first, a crash could leave a hole
+//! (the earlier frame unwritten) in front of it, and replay stops at the
+//! first spot that is not a whole frame. A failed write therefore also
+//! fails every later frame of the same segment, and the segment is sealed.
+//!
+//! State changes and removals (`Spool::update`, `Spool::remove`) go to sled
+//! directly and become durable with the next flush: a crash can lose the
+//! last ones, which repeats a delivery attempt but never loses a message
+//! (a duplicate, never a loss). Segments are unlinked only after a flush
+//! that covers the removal of their last record.
+//!
+//! Concurrency: the frame queue is `Rc<RefCell<_>>` on the shard's
+//! executor. Only the periodic sled flush runs on the blocking thread.
 //!
 //! Must not: call sled's `flush_async` (it deadlocks with 8 or more
 //! concurrent callers in sled 0.34.7, upstream sled#1308).
 
 use std::cell::RefCell;
-use std::fs::File;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
 use super::segment::Segments;
 
-struct Waiter {
-    key: [u8; 16],
-    /// The new record, or None to remove it.
-    record: Option<Vec<u8>>,
-    done: oneshot::Sender<Result<(), String>>,
+/// How often sled is flushed: the most recent state changes a crash can
+/// lose (they only cause a repeated attempt), and how long a finished
+/// segment lingers on disk.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The sled key of segment `seq`'s watermark. Message keys are 16 bytes;
+/// these are 6, so they never collide.
+pub fn watermark_key(seq: u32) -> [u8; 6] {
+    let mut k = [0u8; 6];
+    k[..2].copy_from_slice(b"wm");
+    k[2..].copy_from_slice(&seq.to_be_bytes());
+    k
 }
+
+enum Slot {
+    /// Room reserved, write under way.
+    Writing,
+    /// Written; waiting for a round.
+    Written {
+        key: [u8; 16],
+        record: Vec<u8>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// Its write failed, or an earlier one in its segment did.
+    Failed,
+}
+
+struct Frame {
+    segment: u32,
+    /// Offset just past the frame.
+    end: u64,
+    slot: Slot,
+}
+
+/// A frame's place in the queue, from [`GroupCommit::register`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
 
 #[derive(Clone)]
 pub struct GroupCommit {
@@ -51,8 +103,17 @@ pub struct GroupCommit {
 
 #[derive(Default)]
 struct State {
-    waiters: Vec<Waiter>,
+    /// Frames in reservation order; `first` is the ticket of the front one.
+    frames: VecDeque<Frame>,
+    first: u64,
     running: bool,
+    /// sled was written since the last flush.
+    dirty: bool,
+    /// Per segment, the end of the frames whose records rounds inserted.
+    applied: HashMap<u32, u64>,
+    /// Per segment, the watermark last written to sled.
+    marked: HashMap<u32, u64>,
+    flushing: bool,
 }
 
 impl GroupCommit {
@@ -65,13 +126,35 @@ impl GroupCommit {
         }
     }
 
-    /// Resolves once `record` (None: its removal) is in sled and a round that
-    /// began after this call has synced the segments and flushed sled.
-    pub async fn commit(&self, key: [u8; 16], record: Option<Vec<u8>>) -> Result<(), String> {
+    /// Registers a frame just reserved at the end of `segment` (call it
+    /// right after the reservation, with no await in between).
+    pub fn register(&self, segment: u32, end: u64) -> Ticket {
+        let mut st = self.state.borrow_mut();
+        let ticket = Ticket(st.first + st.frames.len() as u64);
+        st.frames.push_back(Frame {
+            segment,
+            end,
+            slot: Slot::Writing,
+        });
+        ticket
+    }
+
+    /// The frame's write is complete: resolves once a round has synced it
+    /// and applied `record` under `key` to sled.
+    pub async fn written(
+        &self,
+        ticket: Ticket,
+        key: [u8; 16],
+        record: Vec<u8>,
+    ) -> Result<(), String> {
         let (done, rx) = oneshot::channel();
         let start_round = {
             let mut st = self.state.borrow_mut();
-            st.waiters.push(Waiter { key, record, done });
+            let frame = st.frame(ticket).ok_or("frame lost")?;
+            if matches!(frame.slot, Slot::Failed) {
+                return Err("an earlier write to the segment failed".into());
+            }
+            frame.slot = Slot::Written { key, record, done };
             !std::mem::replace(&mut st.running, true)
         };
         if start_round {
@@ -81,29 +164,73 @@ impl GroupCommit {
             .unwrap_or_else(|_| Err("group commit dropped".into()))
     }
 
-    /// Whether a round is queued or running.
+    /// The frame's write failed: it and every later frame of its segment
+    /// fail (replay could not get past the hole).
+    pub fn failed(&self, ticket: Ticket) {
+        let mut st = self.state.borrow_mut();
+        let Some(segment) = st.frame(ticket).map(|f| f.segment) else {
+            return;
+        };
+        let skip = (ticket.0 - st.first) as usize;
+        for frame in st.frames.iter_mut().skip(skip) {
+            if frame.segment != segment {
+                continue;
+            }
+            if let Slot::Written { done, .. } = std::mem::replace(&mut frame.slot, Slot::Failed) {
+                let _ = done.send(Err("an earlier write to the segment failed".into()));
+            }
+        }
+        drop(st);
+        self.segments.seal(segment);
+        self.kick();
+    }
+
+    /// Starts a round if frames at the front are ready and none runs.
+    fn kick(&self) {
+        let start = {
+            let mut st = self.state.borrow_mut();
+            !st.frames.is_empty() && !std::mem::replace(&mut st.running, true)
+        };
+        if start {
+            glommio::spawn_local(self.clone().run_rounds()).detach();
+        }
+    }
+
+    /// Whether a round or a flush is queued or running.
     pub fn busy(&self) -> bool {
-        self.state.borrow().running
+        let st = self.state.borrow();
+        st.running || st.flushing
+    }
+
+    /// A state change or removal went to sled directly.
+    pub fn touched(&self) {
+        self.state.borrow_mut().dirty = true;
     }
 
     async fn run_rounds(self) {
         loop {
-            let batch = std::mem::take(&mut self.state.borrow_mut().waiters);
-            if batch.is_empty() {
+            let ready = self.state.borrow_mut().take_ready();
+            if ready.is_empty() {
                 self.state.borrow_mut().running = false;
                 return;
             }
             let start = Instant::now();
-            let mut sled_batch = sled::Batch::default();
-            let mut answers = Vec::with_capacity(batch.len());
-            for w in batch {
-                match w.record {
-                    Some(r) => sled_batch.insert(&w.key, r),
-                    None => sled_batch.remove(&w.key),
-                }
-                answers.push(w.done);
+            let mut records = Vec::with_capacity(ready.len());
+            let mut marks: HashMap<u32, u64> = HashMap::new();
+            let mut answers = Vec::with_capacity(ready.len());
+            for (segment, end, key, record, done) in ready {
+                records.push((key, record));
+                marks.insert(segment, end);
+                answers.push(done);
             }
-            let result = self.round(sled_batch).await;
+            let result = self.round(records).await;
+            {
+                let mut st = self.state.borrow_mut();
+                st.dirty = true;
+                if result.is_ok() {
+                    st.applied.extend(marks);
+                }
+            }
             record_round(answers.len(), start.elapsed().as_secs_f64());
             for a in answers {
                 let _ = a.send(result.clone());
@@ -111,28 +238,125 @@ impl GroupCommit {
         }
     }
 
-    async fn round(&self, batch: sled::Batch) -> Result<(), String> {
+    async fn round(&self, records: Vec<([u8; 16], Vec<u8>)>) -> Result<(), String> {
         let (files, dir_changed) = self.segments.take_unsynced();
-        let dir = self.segments.dir().to_path_buf();
-        let (db, envelopes) = (self.db.clone(), self.envelopes.clone());
-        glommio::executor()
-            .spawn_blocking(move || -> Result<(), String> {
-                for f in &files {
-                    f.sync_data()
-                        .map_err(|e| format!("fdatasync segment: {e}"))?;
-                }
-                if dir_changed {
-                    File::open(&dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(|e| format!("fsync segment directory: {e}"))?;
-                }
-                envelopes
-                    .apply_batch(batch)
-                    .map_err(|e| format!("sled insert: {e}"))?;
-                db.flush().map_err(|e| format!("sled flush: {e}"))?;
-                Ok(())
-            })
-            .await
+        let syncs = files.iter().map(|f| f.fdatasync());
+        for r in futures::future::join_all(syncs).await {
+            r.map_err(|e| format!("fdatasync segment: {e}"))?;
+        }
+        if dir_changed {
+            let dir = glommio::io::Directory::open(self.segments.dir())
+                .await
+                .map_err(|e| format!("open segment directory: {e}"))?;
+            dir.sync()
+                .await
+                .map_err(|e| format!("fsync segment directory: {e}"))?;
+            let _ = dir.close().await;
+        }
+        // In memory and sled's log buffer: no I/O to wait for here.
+        for (key, record) in &records {
+            self.envelopes
+                .insert(key, record.as_slice())
+                .map_err(|e| format!("sled insert: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes sled if it changed, then unlinks the segments that were
+    /// finished before the flush began. Called every [`FLUSH_INTERVAL`].
+    pub async fn flush(&self) {
+        {
+            let mut st = self.state.borrow_mut();
+            if !st.dirty || st.flushing {
+                return;
+            }
+            st.dirty = false;
+            st.flushing = true;
+        }
+        let doomed = self.segments.take_doomed();
+        let covered = self.state.borrow().applied.clone();
+        let db = self.db.clone();
+        let result = glommio::executor().spawn_blocking(move || db.flush()).await;
+        self.state.borrow_mut().flushing = false;
+        match result {
+            Ok(_) => self.after_flush(&doomed, covered),
+            Err(e) => {
+                log::error!("spool: sled flush failed: {e}");
+                self.state.borrow_mut().dirty = true;
+            }
+        }
+    }
+
+    /// After a flush: unlinks the segments doomed before it, and writes the
+    /// watermarks it covered (durable with the next flush). A segment's
+    /// watermark goes when the segment does (a stale one would be harmless).
+    fn after_flush(&self, doomed: &[u32], covered: HashMap<u32, u64>) {
+        self.segments.unlink_doomed(doomed);
+        let mut st = self.state.borrow_mut();
+        for seq in doomed {
+            st.applied.remove(seq);
+            st.marked.remove(seq);
+            let _ = self.envelopes.remove(watermark_key(*seq));
+            st.dirty = true;
+        }
+        for (seq, end) in covered {
+            if doomed.contains(&seq) || st.marked.get(&seq) == Some(&end) {
+                continue;
+            }
+            if self
+                .envelopes
+                .insert(watermark_key(seq), &end.to_be_bytes())
+                .is_ok()
+            {
+                st.marked.insert(seq, end);
+                st.dirty = true;
+            }
+        }
+    }
+
+    /// Blocking flush for shutdown, after the last round: twice, so that
+    /// the watermarks are durable too and a restart replays nothing.
+    pub fn flush_now(&self) {
+        for _ in 0..2 {
+            let doomed = self.segments.take_doomed();
+            let covered = self.state.borrow().applied.clone();
+            match self.db.flush() {
+                Ok(_) => self.after_flush(&doomed, covered),
+                Err(e) => log::error!("spool: sled flush failed: {e}"),
+            }
+        }
+    }
+}
+
+type Ready = (
+    u32,
+    u64,
+    [u8; 16],
+    Vec<u8>,
+    oneshot::Sender<Result<(), String>>,
+);
+
+impl State {
+    fn frame(&mut self, t: Ticket) -> Option<&mut Frame> {
+        let i = t.0.checked_sub(self.first)?;
+        self.frames.get_mut(i as usize)
+    }
+
+    /// Pops the frames at the front that are written (or failed, which are
+    /// dropped), up to the first still being written.
+    fn take_ready(&mut self) -> Vec<Ready> {
+        let mut ready = Vec::new();
+        while let Some(front) = self.frames.front() {
+            if matches!(front.slot, Slot::Writing) {
+                break;
+            }
+            let frame = self.frames.pop_front().expect("front exists");
+            self.first += 1;
+            if let Slot::Written { key, record, done } = frame.slot {
+                ready.push((frame.segment, frame.end, key, record, done));
+            }
+        }
+        ready
     }
 }
 

@@ -9,19 +9,24 @@
 //!
 //! ```text
 //!  shard-k/queue/      sled: tree "envelopes" (id -> Envelope JSON, with
-//!                            the body's segment, offset, length and CRC),
+//!                            the body's segment, offset, length and CRC;
+//!                            and "wm"+segment -> the segment's watermark),
 //!                            tree "quarantine" (id -> {reason, record}),
 //!                            tree "quarantine_bodies" (id -> what was
 //!                            readable of the body)
-//!  shard-k/segments/   append-only body segments, unlinked when unreferenced
+//!  shard-k/segments/   append-only segments of frames (record + body),
+//!                      unlinked when unreferenced
 //! ```
 //!
-//! Durability (the 250 rule): [`Spool::enqueue`] appends the body to the
-//! active segment, then hands the record to the group commit, which syncs
-//! the segment, inserts the record and flushes sled, in that order, for
-//! every message of the round at once. `enqueue` returns Ok only after that;
-//! only then may the session answer 250. A crash before it leaves at most
-//! unreferenced bytes in a segment, reclaimed with the segment.
+//! Durability (the 250 rule): [`Spool::enqueue`] appends the message as one
+//! frame (its record and body) to the active segment, then waits for the
+//! group commit round that fdatasyncs the segment and applies the record to
+//! sled. `enqueue` returns Ok only after that; only then may the session
+//! answer 250. sled itself is flushed every half second: recovery replays
+//! the frames it had not persisted ([`commit`] explains why this is
+//! exact). A crash before the round leaves at most bytes no record refers
+//! to, reclaimed with the segment, or a frame that recovery replays (a
+//! message whose client saw no 250: a possible duplicate, never a loss).
 //!
 //! Must not: know about SMTP; be touched from any thread but its shard's
 //! (the CLI opens a spool only while the server is stopped: sled's file lock
@@ -41,8 +46,13 @@ pub use envelope::{Envelope, Recipient, RecipientStatus};
 pub use id::{IdGenerator, MessageId};
 pub use segment::BodyRef;
 
-use commit::GroupCommit;
-use segment::Segments;
+use commit::{GroupCommit, watermark_key};
+use segment::{Frame, Segments};
+
+/// Keys of message records (watermarks have shorter keys).
+fn is_message_key(key: &[u8]) -> bool {
+    key.len() == 16
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -101,6 +111,8 @@ impl Default for SpoolOptions {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub messages: usize,
+    /// Records put back from the segments' journal (sled had not flushed).
+    pub replayed: usize,
     pub quarantined: usize,
     pub segments_removed: usize,
 }
@@ -148,6 +160,8 @@ impl Spool {
             .path(&db_path)
             .cache_capacity(opts.cache_bytes)
             .mode(sled::Mode::HighThroughput)
+            // We flush on our own schedule (`commit::FLUSH_INTERVAL`).
+            .flush_every_ms(None)
             .open()
             .map_err(|source| match source {
                 sled::Error::Io(ref e)
@@ -210,8 +224,12 @@ impl Spool {
     /// mail and are removed.
     pub fn recover(&self) -> Result<RecoveryReport, SpoolError> {
         let mut report = RecoveryReport::default();
+        report.replayed = self.replay_journal()?;
         for item in self.envelopes.iter() {
             let (key, value) = item.map_err(|source| self.db_err(source))?;
+            if key.len() == watermark_key(0).len() {
+                continue;
+            }
             match self.adopt_record(&key, &value) {
                 Ok(()) => report.messages += 1,
                 Err(reason) => {
@@ -220,13 +238,70 @@ impl Spool {
                 }
             }
         }
-        report.segments_removed = self.segments.remove_unreferenced();
-        if report.quarantined > 0 {
+        self.envelopes
+            .flush()
+            .map_err(|source| self.db_err(source))?;
+        let removed = self.segments.remove_unreferenced();
+        for seq in &removed {
             self.envelopes
-                .flush()
+                .remove(watermark_key(*seq))
                 .map_err(|source| self.db_err(source))?;
         }
+        report.segments_removed = removed.len();
         Ok(report)
+    }
+
+    /// Puts back into sled the records of frames past each segment's
+    /// watermark that sled lost (acknowledged, or at least written, before
+    /// a crash that came before sled's flush). Returns how many. A message
+    /// removed after its frame's watermark was last written comes back: a
+    /// possible duplicate, never a loss.
+    fn replay_journal(&self) -> Result<usize, SpoolError> {
+        let mut replayed = 0;
+        for seq in self.segments.sequence_numbers() {
+            let key = watermark_key(seq);
+            let from = match self.envelopes.get(key) {
+                Ok(Some(v)) => v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0),
+                Ok(None) => 0,
+                Err(source) => return Err(self.db_err(source)),
+            };
+            let frames = self.segments.replay(seq, from);
+            let Some(last) = frames.last().map(|f| f.end) else {
+                continue;
+            };
+            let mut batch = sled::Batch::default();
+            for f in frames {
+                // A record sled kept is as new as the frame's, or newer.
+                if self.envelopes.contains_key(f.id).unwrap_or(false) {
+                    continue;
+                }
+                batch.insert(f.id.as_slice(), self.replayed_record(&f));
+                replayed += 1;
+            }
+            batch.insert(&key, &last.to_be_bytes());
+            self.envelopes
+                .apply_batch(batch)
+                .map_err(|source| self.db_err(source))?;
+        }
+        if replayed > 0 {
+            log::warn!(
+                "spool shard {}: replayed {replayed} messages from the journal",
+                self.shard
+            );
+        }
+        Ok(replayed)
+    }
+
+    /// A replayed frame's record with its body's place filled in; a record
+    /// that does not decode is kept as it is (and quarantined next).
+    fn replayed_record(&self, f: &segment::ReplayedFrame) -> Vec<u8> {
+        match Envelope::decode(&f.record) {
+            Ok(mut env) => {
+                env.body = f.body;
+                env.encode()
+            }
+            Err(_) => f.record.clone(),
+        }
     }
 
     fn adopt_record(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
@@ -275,48 +350,75 @@ impl Spool {
         mut env: Envelope,
         body: Vec<u8>,
     ) -> Result<Envelope, SpoolError> {
-        env.body = self
-            .segments
-            .append(body)
-            .await
-            .map_err(|source| SpoolError::Body {
-                id,
-                op: "append body",
-                source,
-            })?;
-        if let Err(reason) = self.commit.commit(*id.as_bytes(), Some(env.encode())).await {
+        let body_err = |source| SpoolError::Body {
+            id,
+            op: "append body",
+            source,
+        };
+        // The frame's record has no body reference: replay rebuilds it from
+        // where the frame is.
+        env.body = BodyRef::default();
+        let frame = Frame::new(id.as_bytes(), &env.encode(), &body);
+        drop(body);
+        let (body_ref, write) = self.segments.reserve_frame(frame).map_err(body_err)?;
+        self.segments.prepare_spare();
+        let ticket = self
+            .commit
+            .register(write.segment, body_ref.offset + body_ref.len);
+        env.body = body_ref;
+        if let Err(e) = self.segments.write(write).await {
+            self.commit.failed(ticket);
+            self.segments.release(&body_ref);
+            return Err(body_err(e));
+        }
+        let key = *id.as_bytes();
+        if let Err(reason) = self.commit.written(ticket, key, env.encode()).await {
             // The round may have inserted the record before failing.
-            let _ = self.envelopes.remove(id.as_bytes());
-            self.segments.release(&env.body);
+            let _ = self.envelopes.remove(key);
+            self.commit.touched();
+            self.segments.release(&body_ref);
             return Err(SpoolError::Commit { id, reason });
         }
         Ok(env)
     }
 
-    /// Waits until no commit round is in flight. A shard calls this last on
-    /// stop: a round's blocking flush must not outlive its executor.
+    /// Waits until no commit round or flush is in flight, then flushes
+    /// sled. A shard calls this last on stop: blocking work must not
+    /// outlive its executor, and a clean stop leaves nothing to replay.
     pub async fn quiesce(&self) {
-        while self.commit.busy() {
+        while self.commit.busy() || self.segments.preparing() {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
+        self.commit.flush_now();
     }
 
-    /// Durably stores a changed envelope (recipient states, retry time).
+    /// Makes the latest state changes and removals durable, and unlinks
+    /// finished segments. The scheduler calls it every
+    /// [`commit::FLUSH_INTERVAL`].
+    pub async fn flush(&self) {
+        self.commit.flush().await;
+    }
+
+    /// Stores a changed envelope (recipient states, retry time). Durable
+    /// within [`commit::FLUSH_INTERVAL`]; losing it to a crash only
+    /// repeats an attempt.
     pub async fn update(&self, id: MessageId, env: &Envelope) -> Result<(), SpoolError> {
-        self.commit
-            .commit(*id.as_bytes(), Some(env.encode()))
-            .await
-            .map_err(|reason| SpoolError::Commit { id, reason })
+        self.envelopes
+            .insert(id.as_bytes(), env.encode())
+            .map_err(|source| SpoolError::Record { id, source })?;
+        self.commit.touched();
+        Ok(())
     }
 
-    /// Durably removes a message that is done (delivered or bounced), then
-    /// releases its body; the segment goes when its last body does.
+    /// Removes a message that is done (delivered, bounced or deleted) and
+    /// releases its body; the segment goes when its last body does, after
+    /// the flush that makes the removal durable.
     pub async fn remove(&self, id: MessageId) -> Result<(), SpoolError> {
         let env = self.get(id).ok_or(SpoolError::NotFound { id })?;
-        self.commit
-            .commit(*id.as_bytes(), None)
-            .await
-            .map_err(|reason| SpoolError::Commit { id, reason })?;
+        self.envelopes
+            .remove(id.as_bytes())
+            .map_err(|source| SpoolError::Record { id, source })?;
+        self.commit.touched();
         self.segments.release(&env.body);
         Ok(())
     }
@@ -349,6 +451,9 @@ impl Spool {
     pub fn list(&self) -> impl Iterator<Item = (MessageId, Envelope)> + '_ {
         self.envelopes.iter().filter_map(|item| {
             let (k, v) = item.ok()?;
+            if !is_message_key(&k) {
+                return None;
+            }
             Some((MessageId::from_slice(&k)?, Envelope::decode(&v).ok()?))
         })
     }
@@ -360,11 +465,15 @@ impl Spool {
 
     /// Number of queued messages (walks the tree; not for hot paths).
     pub fn len(&self) -> usize {
-        self.envelopes.len()
+        self.envelopes
+            .iter()
+            .keys()
+            .filter(|k| k.as_ref().is_ok_and(|k| is_message_key(k)))
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.envelopes.is_empty()
+        self.len() == 0
     }
 
     /// Body segment files on disk.

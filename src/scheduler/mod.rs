@@ -15,8 +15,10 @@
 //!   recipient is pending it is removed; recipients that failed for good are
 //!   bounced (DSN, never for a null sender); if some are still pending it is
 //!   deferred with exponential back-off, or expires past `max_age_secs`.
-//!   Every state change is durable (group-committed) before the next step,
-//!   so a recipient delivered once is never delivered again after a restart.
+//!   State changes go to the spool at once and are durable within
+//!   `queue::commit::FLUSH_INTERVAL` (the timer below flushes): a crash may
+//!   lose the last ones, which repeats an attempt (a duplicate), never
+//!   loses a message.
 //! - Deferred messages wait in a due-time index; their `next_due` is stored
 //!   in the envelope, so retry times survive restarts.
 //!
@@ -565,8 +567,13 @@ impl Scheduler {
     async fn run_timer(self: Rc<Self>) {
         let mut ticks = 0u64;
         let mut published = HashSet::new();
+        let mut flushed = Instant::now();
         loop {
             glommio::timer::sleep(TICK).await;
+            if flushed.elapsed() >= crate::queue::commit::FLUSH_INTERVAL {
+                self.spool.flush().await;
+                flushed = Instant::now();
+            }
             let now = unix_now();
             let due: Vec<MessageId> = {
                 let mut st = self.state.borrow_mut();

@@ -186,6 +186,9 @@ pub fn read_spool(dir: &Path) -> Vec<(MessageId, Envelope, Vec<u8>)> {
     let mut all = Vec::new();
     for shard in existing_shards(dir) {
         let spool = Spool::open(dir, shard, &SpoolOptions::default()).expect("spool opens");
+        // As the server would at start: a crash may have left messages
+        // only in the segments' journal.
+        spool.recover().expect("spool recovers");
         for (id, env) in spool.list() {
             let body = spool.read_body_blocking(id, &env).expect("body reads back");
             all.push((id, env, body));
