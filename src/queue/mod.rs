@@ -223,8 +223,10 @@ impl Spool {
     /// that no record refers to hold only finished or never-acknowledged
     /// mail and are removed.
     pub fn recover(&self) -> Result<RecoveryReport, SpoolError> {
-        let mut report = RecoveryReport::default();
-        report.replayed = self.replay_journal()?;
+        let mut report = RecoveryReport {
+            replayed: self.replay_journal()?,
+            ..RecoveryReport::default()
+        };
         for item in self.envelopes.iter() {
             let (key, value) = item.map_err(|source| self.db_err(source))?;
             if key.len() == watermark_key(0).len() {

@@ -193,6 +193,7 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, CpuSet::online().ok()))
             .name("ringpost-shard")
             .io_memory(IO_MEMORY)
+            .spin_before_park(Duration::from_micros(cfg.server.idle_spin_us))
             .on_all_shards(move || {
                 let index = next_index.fetch_add(1, Ordering::SeqCst);
                 let stop = stop_rxs.lock().expect("start-up only")[index]

@@ -90,6 +90,10 @@ pub struct Client {
     pub ext: Extensions,
     /// Transactions attempted on this connection.
     pub transactions: u32,
+    /// The last transaction ended with the reply to its data, so the
+    /// server has reset its state itself (RFC 5321 4.1.1.4) and the next
+    /// one needs no RSET.
+    ended_cleanly: bool,
     /// Whether the connection can carry another transaction.
     pub usable: bool,
 }
@@ -124,6 +128,7 @@ impl Client {
             host: host.to_string(),
             ext: Extensions::default(),
             transactions: 0,
+            ended_cleanly: false,
             usable: true,
         };
         let greeting = c.read_reply().await?;
@@ -255,8 +260,9 @@ impl Client {
         if let Some(refusal) = self.refuse_before_sending(msg) {
             return Ok(vec![refusal; msg.recipients.len()]);
         }
-        let reset = self.transactions > 0;
+        let reset = self.transactions > 0 && !self.ended_cleanly;
         self.transactions += 1;
+        self.ended_cleanly = false;
         let commands = self.envelope_commands(msg, reset);
         let replies = if self.ext.pipelining {
             self.write(commands.concat().as_bytes()).await?;
@@ -291,13 +297,16 @@ impl Client {
         let final_outcome = match data {
             Some(d) if d.code == 354 && accepted => {
                 self.write(&dot_stuff(msg.body)).await?;
-                from_reply(&self.read_reply().await?)
+                let reply = self.read_reply().await?;
+                self.ended_cleanly = true;
+                from_reply(&reply)
             }
             Some(d) if d.code == 354 => {
                 // Pipelined DATA was accepted with no valid recipient: end
                 // it empty; the reply does not matter.
                 self.write(b".\r\n").await?;
                 self.read_reply().await?;
+                self.ended_cleanly = true;
                 Outcome::Temporary {
                     reply: "no recipient accepted".into(),
                 }
