@@ -69,7 +69,8 @@ start_ringpost() {
 }
 
 now() { date +%s.%N; }
-queued() { "$BIN" queue summary --json --admin $ADMIN 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"])' 2>/dev/null || echo -1; }
+summary_field() { "$BIN" queue summary --json --admin $ADMIN 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])" 2>/dev/null || echo -1; }
+queued() { summary_field messages; }
 
 start_ringpost
 until [ "$(queued)" -ge 0 ]; do sleep 0.1; done
@@ -78,12 +79,7 @@ t0=$(now)
 smtp-source -s 20 -m "$MESSAGES" -l "$SIZE" -f sender@example.test -t rcpt@example.test 127.0.0.1:2528
 t1=$(now)
 # Every message must have had its first try and be deferred.
-until [ "$(queued)" -ge "$MESSAGES" ]; do sleep 0.5; done
-while "$BIN" queue ls --json --admin $ADMIN --limit 1000000000 | python3 -c '
-import json,sys
-sys.exit(0 if any(m["state"] != "deferred" for m in json.load(sys.stdin)) else 1)'; do
-  sleep 1
-done
+until [ "$(summary_field deferred)" -ge "$MESSAGES" ]; do sleep 0.5; done
 
 rss_kib=$(awk '/VmRSS/ {print $2}' /proc/$RP/status)
 spool_kib=$(du -sk "$WORK/spool" | cut -f1)

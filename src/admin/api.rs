@@ -34,6 +34,9 @@ use crate::scheduler::control::{ControlError, DomainSummary, MessageInfo};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub messages: usize,
+    /// Of `messages`, those waiting for a retry.
+    #[serde(default)]
+    pub deferred: usize,
     pub recipients: usize,
     /// Most pending recipients first.
     pub domains: Vec<DomainSummary>,
@@ -194,11 +197,12 @@ async fn summary(shards: &Shards) -> Result<Summary, ApiError> {
 }
 
 /// Pure: the shards' summaries as one, most pending recipients first.
-fn merge_summaries(answers: Vec<(usize, Vec<DomainSummary>)>) -> Summary {
-    let mut messages = 0;
+fn merge_summaries(answers: Vec<((usize, usize), Vec<DomainSummary>)>) -> Summary {
+    let (mut messages, mut deferred) = (0, 0);
     let mut by_domain: std::collections::HashMap<String, DomainSummary> = Default::default();
-    for (count, domains) in answers {
+    for ((count, waiting), domains) in answers {
         messages += count;
+        deferred += waiting;
         for d in domains {
             match by_domain.get_mut(&d.domain) {
                 Some(known) => known.merge(d),
@@ -216,6 +220,7 @@ fn merge_summaries(answers: Vec<(usize, Vec<DomainSummary>)>) -> Summary {
     });
     Summary {
         messages,
+        deferred,
         recipients: domains.iter().map(|d| d.recipients).sum(),
         domains,
     }
@@ -314,10 +319,10 @@ mod tests {
             ..DomainSummary::default()
         };
         let s = merge_summaries(vec![
-            (3, vec![d("a.example", 2, 2), d("b.example", 1, 5)]),
-            (2, vec![d("a.example", 2, 4)]),
+            ((3, 1), vec![d("a.example", 2, 2), d("b.example", 1, 5)]),
+            ((2, 2), vec![d("a.example", 2, 4)]),
         ]);
-        assert_eq!((s.messages, s.recipients), (5, 11));
+        assert_eq!((s.messages, s.deferred, s.recipients), (5, 3, 11));
         let order: Vec<_> = s
             .domains
             .iter()

@@ -108,14 +108,15 @@ fn sender(s: &str) -> &str {
 
 pub fn render_summary(s: &Summary) -> String {
     let mut out = format!(
-        "{:<32} {:>9} {:>10} {:>8}  {:<9}  LAST ERROR\n",
-        "DOMAIN", "MESSAGES", "RECIPIENTS", "OLDEST", "STATE"
+        "{:<32} {:>9} {:>9} {:>10} {:>8}  {:<9}  LAST ERROR\n",
+        "DOMAIN", "MESSAGES", "DEFERRED", "RECIPIENTS", "OLDEST", "STATE"
     );
     for d in &s.domains {
         out += &format!(
-            "{:<32} {:>9} {:>10} {:>8}  {:<9}  {}\n",
+            "{:<32} {:>9} {:>9} {:>10} {:>8}  {:<9}  {}\n",
             d.domain,
             d.messages,
+            d.deferred,
             d.recipients,
             age(d.oldest_secs),
             if d.suspended { "suspended" } else { "active" },
@@ -123,8 +124,8 @@ pub fn render_summary(s: &Summary) -> String {
         );
     }
     out += &format!(
-        "-- {} messages, {} recipients pending\n",
-        s.messages, s.recipients
+        "-- {} messages ({} deferred), {} recipients pending\n",
+        s.messages, s.deferred, s.recipients
     );
     out
 }

@@ -296,11 +296,6 @@ pub struct ServerConfig {
     /// On SIGTERM/SIGINT, seconds that open transactions and delivery
     /// attempts get to finish before they are cut off.
     pub shutdown_grace_secs: u64,
-    /// Microseconds an idle shard polls for work before it sleeps: saves
-    /// the sleep and wake-up (a syscall, an IPI, a context switch) between
-    /// the round trips of a session, at the price of that much CPU per
-    /// idle spell. 0: sleep at once.
-    pub idle_spin_us: u64,
 }
 
 /// `[spool]`: where and how messages are stored.
@@ -356,7 +351,6 @@ impl Default for ServerConfig {
             hostname: system_hostname(),
             shards: 0,
             shutdown_grace_secs: 30,
-            idle_spin_us: 100,
         }
     }
 }
@@ -539,9 +533,6 @@ impl Config {
         }
         if self.dns.timeout_secs == 0 {
             p.push("dns.timeout_secs must be at least 1".into());
-        }
-        if self.server.idle_spin_us > 10_000 {
-            p.push("server.idle_spin_us must be at most 10000 (10 ms)".into());
         }
         if self.server.shards > 1024 {
             p.push("server.shards must be at most 1024".into());

@@ -108,24 +108,28 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(ServerReply, usize)>, ReplyErro
 /// The body as sent after DATA: every line that starts with `.` gets one
 /// more, the body ends in CRLF, and the `.` CRLF terminator follows.
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 8);
-    let mut at_line_start = true;
-    for chunk in body.split_inclusive(|&b| b == b'\n') {
-        if at_line_start && chunk.first() == Some(&b'.') {
-            out.push(b'.');
-        }
-        out.extend_from_slice(chunk);
-        at_line_start = chunk.ends_with(b"\n");
+    if body.is_empty() {
+        return b".\r\n".to_vec();
     }
+    let mut out = Vec::with_capacity(body.len() + 8);
+    if body[0] == b'.' {
+        out.push(b'.');
+    }
+    // Lines are found with memchr's searcher, not byte by byte: bodies are
+    // copied at memcpy speed between the rare lines that need a dot.
+    let mut from = 0;
+    for newline in memchr::memmem::find_iter(body, b"\n.") {
+        out.extend_from_slice(&body[from..=newline]);
+        out.push(b'.');
+        from = newline + 1;
+    }
+    out.extend_from_slice(&body[from..]);
     if !out.ends_with(b"\r\n") {
         if out.ends_with(b"\r") {
             out.push(b'\n');
         } else {
             out.extend_from_slice(b"\r\n");
         }
-    }
-    if body.is_empty() {
-        out.clear();
     }
     out.extend_from_slice(b".\r\n");
     out
@@ -178,6 +182,8 @@ mod tests {
         assert_eq!(dot_stuff(b".\r\nend"), b"..\r\nend\r\n.\r\n");
         assert_eq!(dot_stuff(b""), b".\r\n");
         assert_eq!(dot_stuff(b"x\r"), b"x\r\n.\r\n");
+        assert_eq!(dot_stuff(b"\n.\n.."), b"\n..\n...\r\n.\r\n");
+        assert_eq!(dot_stuff(b"..\r\n"), b"...\r\n.\r\n");
     }
 
     /// What the server's body reader stores is what dot_stuff sends: the

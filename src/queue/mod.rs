@@ -126,6 +126,9 @@ pub struct Spool {
     segments: Rc<Segments>,
     commit: GroupCommit,
     ids: RefCell<IdGenerator>,
+    /// What recovery decoded, for the scheduler to take over without
+    /// decoding every record a second time.
+    recovered: RefCell<Option<Vec<(MessageId, Envelope)>>>,
 }
 
 /// The directory of shard `k` under the spool root.
@@ -197,6 +200,7 @@ impl Spool {
             quarantine_bodies,
             segments,
             ids: RefCell::new(IdGenerator::new(shard)),
+            recovered: RefCell::new(None),
         })
     }
 
@@ -227,13 +231,17 @@ impl Spool {
             replayed: self.replay_journal()?,
             ..RecoveryReport::default()
         };
+        let mut recovered = Vec::new();
         for item in self.envelopes.iter() {
             let (key, value) = item.map_err(|source| self.db_err(source))?;
             if key.len() == watermark_key(0).len() {
                 continue;
             }
             match self.adopt_record(&key, &value) {
-                Ok(()) => report.messages += 1,
+                Ok(entry) => {
+                    recovered.push(entry);
+                    report.messages += 1;
+                }
                 Err(reason) => {
                     self.quarantine_record(&key, &value, &reason)?;
                     report.quarantined += 1;
@@ -250,6 +258,7 @@ impl Spool {
                 .map_err(|source| self.db_err(source))?;
         }
         report.segments_removed = removed.len();
+        *self.recovered.borrow_mut() = Some(recovered);
         Ok(report)
     }
 
@@ -306,10 +315,20 @@ impl Spool {
         }
     }
 
-    fn adopt_record(&self, key: &[u8], value: &[u8]) -> Result<(), String> {
-        MessageId::from_slice(key).ok_or("queue key is not a message id")?;
+    fn adopt_record(&self, key: &[u8], value: &[u8]) -> Result<(MessageId, Envelope), String> {
+        let id = MessageId::from_slice(key).ok_or("queue key is not a message id")?;
         let env = Envelope::decode(value).map_err(|e| format!("undecodable record: {e}"))?;
-        self.segments.adopt(&env.body)
+        self.segments.adopt(&env.body)?;
+        Ok((id, env))
+    }
+
+    /// Every queued message as recovery found it, once (later calls, or
+    /// a spool never recovered, read sled again).
+    pub fn take_recovered(&self) -> Vec<(MessageId, Envelope)> {
+        match self.recovered.borrow_mut().take() {
+            Some(all) => all,
+            None => self.list().collect(),
+        }
     }
 
     fn quarantine_record(&self, key: &[u8], value: &[u8], reason: &str) -> Result<(), SpoolError> {

@@ -35,10 +35,10 @@
 //! `segment_bytes` bounds that waste per pinned segment.
 //!
 //! Concurrency: lives on its shard's executor (`RefCell`, not shared).
-//! Writes go through io_uring (glommio `BufferedFile::write_at`) at offsets
-//! reserved synchronously, so many appends run at once; the group-commit
-//! round fdatasyncs them through io_uring too. A `std::fs::File` handle of
-//! the same file serves blocking reads (recovery, tools).
+//! Frames are written with pwrite into the page cache at offsets reserved
+//! synchronously (see [`Segments::write`] for why not io_uring); the
+//! group-commit round fdatasyncs them through io_uring, and deliveries read
+//! bodies through io_uring (glommio `BufferedFile`).
 //!
 //! Must not: decide durability. A body is durable only after the commit
 //! round that synced its segment; `queue::commit` owns that order.
@@ -255,22 +255,18 @@ impl Segments {
 
     /// Runs a reserved write. On error the caller releases the body and
     /// seals the segment (see `queue::commit`).
+    ///
+    /// The write is a plain pwrite into the page cache, on the shard's
+    /// thread: for a frame of a few KiB that is a few microseconds, less than
+    /// io_uring's hand-off of a buffered write to an io-wq worker and back
+    /// (measured: see the #6 notes). Durability comes from the round's
+    /// fdatasync, which does go through io_uring.
     pub async fn write(&self, w: PendingWrite) -> io::Result<()> {
-        let len = w.bytes.len();
-        match w.file.write_at(w.bytes, w.offset).await {
-            Ok(n) if n == len => {
-                // Marked only now that the bytes are written: a commit round
-                // that started earlier must not count this write as synced.
-                self.state.borrow_mut().unsynced.insert(w.segment);
-                Ok(())
-            }
-            // A short write into a preallocated file means the device failed.
-            Ok(_) => Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "short write to segment",
-            )),
-            Err(e) => Err(e.into()),
-        }
+        w.file.write_all_at(&w.bytes, w.offset)?;
+        // Marked only now that the bytes are written: a commit round that
+        // started earlier must not count this write as synced.
+        self.state.borrow_mut().unsynced.insert(w.segment);
+        Ok(())
     }
 
     /// Stops appending to `segment` (after a failed write: frames after a
@@ -285,7 +281,7 @@ impl Segments {
 
     /// Picks the offset for `len` bytes, rotating to a new segment when the
     /// active one is full. Synchronous, so concurrent appends never overlap.
-    fn reserve(&self, len: u64) -> io::Result<(u32, u64, Rc<BufferedFile>)> {
+    fn reserve(&self, len: u64) -> io::Result<(u32, u64, Arc<File>)> {
         let mut st = self.state.borrow_mut();
         let fits = matches!(st.active, Some((_, cap, next)) if next + len <= cap);
         if !fits {
@@ -295,17 +291,12 @@ impl Segments {
         st.active = Some((seq, cap, next + len));
         let seg = st.files.get_mut(&seq).expect("active segment is open");
         seg.refs += 1;
-        let uring = match &seg.uring {
-            Some(u) => u.clone(),
-            None => {
-                let fd = seg.file.try_clone()?.into_raw_fd();
-                // SAFETY: `fd` is a fresh duplicate we own; BufferedFile closes it.
-                let u = Rc::new(unsafe { BufferedFile::from_raw_fd(fd) });
-                seg.uring = Some(u.clone());
-                u
-            }
-        };
-        Ok((seq, next, uring))
+        if seg.uring.is_none() {
+            let fd = seg.file.try_clone()?.into_raw_fd();
+            // SAFETY: `fd` is a fresh duplicate we own; BufferedFile closes it.
+            seg.uring = Some(Rc::new(unsafe { BufferedFile::from_raw_fd(fd) }));
+        }
+        Ok((seq, next, seg.file.clone()))
     }
 
     /// Seals the active segment and starts a new preallocated one (rare:
@@ -620,7 +611,7 @@ fn zero_filled(path: &Path, size: u64) -> io::Result<File> {
 pub struct PendingWrite {
     pub segment: u32,
     offset: u64,
-    file: Rc<BufferedFile>,
+    file: Arc<File>,
     bytes: Vec<u8>,
 }
 

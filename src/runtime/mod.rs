@@ -35,6 +35,12 @@ use crate::queue::{MessageId, Spool, SpoolOptions, existing_shards};
 use crate::scheduler::Scheduler;
 use crate::smtp_in::{self, Shard};
 
+// No `spin_before_park`: with glommio 0.9.0 it left a shard parked for
+// good, runnable tasks and all, within seconds of a one-session load
+// (smtp-source -s 1; measured 2026-11-26, twice). Its executor can park
+// when preempted before running any task queue (fixed upstream in
+// glommio/glommio#53, not released); spinning makes that far likelier.
+
 /// glommio's registered io_memory is used only by `DmaFile`, which ringpost
 /// does not use. The minimum keeps three rings per executor well within the
 /// 8 MiB RLIMIT_MEMLOCK of an unprivileged user.
@@ -193,7 +199,6 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, CpuSet::online().ok()))
             .name("ringpost-shard")
             .io_memory(IO_MEMORY)
-            .spin_before_park(Duration::from_micros(cfg.server.idle_spin_us))
             .on_all_shards(move || {
                 let index = next_index.fetch_add(1, Ordering::SeqCst);
                 let stop = stop_rxs.lock().expect("start-up only")[index]

@@ -26,6 +26,10 @@ pub struct DomainSummary {
     pub domain: String,
     pub messages: usize,
     pub recipients: usize,
+    /// Of `messages`, those waiting for a retry (the rest are being tried
+    /// or queued to be).
+    #[serde(default)]
+    pub deferred: usize,
     /// Age in seconds of the oldest message with a recipient here.
     pub oldest_secs: u64,
     /// The last failure reply from this domain, if any.
@@ -42,6 +46,7 @@ impl DomainSummary {
     pub fn merge(&mut self, other: DomainSummary) {
         self.messages += other.messages;
         self.recipients += other.recipients;
+        self.deferred += other.deferred;
         self.oldest_secs = self.oldest_secs.max(other.oldest_secs);
         self.suspended |= other.suspended;
         if other.last_error.is_some()
@@ -100,9 +105,10 @@ fn tally<'a>(map: &'a mut HashMap<String, DomainSummary>, domain: &str) -> &'a m
 }
 
 impl Scheduler {
-    /// Messages this shard holds.
-    pub fn message_count(&self) -> usize {
-        self.state.borrow().messages.len()
+    /// Messages this shard holds, and how many of them are deferred.
+    pub fn message_count(&self) -> (usize, usize) {
+        let st = self.state.borrow();
+        (st.messages.len(), st.deferred.len())
     }
 
     /// Per-domain totals of this shard's pending recipients, plus every
@@ -114,8 +120,9 @@ impl Scheduler {
         // A message counts once per domain, however many of its recipients
         // are there: `seen` holds the domains of the message at hand.
         let mut seen: Vec<&str> = Vec::new();
-        for entry in st.messages.values() {
+        for (id, entry) in st.messages.iter() {
             seen.clear();
+            let deferred = st.deferred.contains(&(entry.env.next_due, *id));
             for r in entry.env.recipients.iter() {
                 if r.status != RecipientStatus::Pending {
                     continue;
@@ -130,6 +137,7 @@ impl Scheduler {
                 if first {
                     seen.push(domain);
                     d.messages += 1;
+                    d.deferred += usize::from(deferred);
                     d.oldest_secs = d.oldest_secs.max(now.saturating_sub(entry.env.created));
                 }
             }
@@ -320,6 +328,7 @@ mod tests {
             domain: "a.example".into(),
             messages: 2,
             recipients: 3,
+            deferred: 1,
             oldest_secs: 10,
             last_error: Some("451 old".into()),
             last_error_at: 100,
@@ -329,12 +338,14 @@ mod tests {
             domain: "a.example".into(),
             messages: 1,
             recipients: 1,
+            deferred: 1,
             oldest_secs: 50,
             last_error: Some("452 new".into()),
             last_error_at: 200,
             suspended: true,
         });
         assert_eq!((a.messages, a.recipients, a.oldest_secs), (3, 4, 50));
+        assert_eq!(a.deferred, 2);
         assert_eq!(a.last_error.as_deref(), Some("452 new"));
         assert!(a.suspended);
     }

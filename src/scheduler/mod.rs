@@ -111,6 +111,32 @@ fn domain_of(address: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Pure: a message's pending recipients (indices) grouped by destination
+/// domain: one job each.
+pub fn jobs_by_domain(env: &Envelope) -> HashMap<String, Vec<usize>> {
+    let mut by_domain: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, r) in env.recipients.iter().enumerate() {
+        if r.status == RecipientStatus::Pending {
+            by_domain.entry(domain_of(&r.address)).or_default().push(i);
+        }
+    }
+    by_domain
+}
+
+/// Pure: takes every entry due at `now` off the due-time index, earliest
+/// first.
+pub fn pop_due(deferred: &mut BTreeSet<(u64, MessageId)>, now: u64) -> Vec<MessageId> {
+    let mut due = Vec::new();
+    while let Some(&(t, id)) = deferred.first() {
+        if t > now {
+            break;
+        }
+        deferred.pop_first();
+        due.push(id);
+    }
+    due
+}
+
 /// Delay before attempt `attempts + 1`: `initial * 2^(attempts-1)`, capped.
 pub fn backoff(attempts: u32, initial: u64, max: u64) -> u64 {
     let exp = attempts.saturating_sub(1).min(32);
@@ -158,7 +184,7 @@ impl Scheduler {
     /// timer. Due messages are dispatched at once.
     pub fn start(self: &Rc<Self>) {
         let now = unix_now();
-        for (id, env) in self.spool.list() {
+        for (id, env) in self.spool.take_recovered() {
             let due = env.next_due;
             queue_gauges(&env, 1.0);
             self.state.borrow_mut().messages.insert(id, Entry::new(env));
@@ -210,12 +236,7 @@ impl Scheduler {
             let Some(entry) = st.messages.get_mut(&id) else {
                 return;
             };
-            let mut by_domain: HashMap<String, Vec<usize>> = HashMap::new();
-            for (i, r) in entry.env.recipients.iter().enumerate() {
-                if r.status == RecipientStatus::Pending {
-                    by_domain.entry(domain_of(&r.address)).or_default().push(i);
-                }
-            }
+            let by_domain = jobs_by_domain(&entry.env);
             entry.jobs = by_domain.len();
             let names: Vec<String> = by_domain.keys().cloned().collect();
             for (domain, rcpts) in by_domain {
@@ -575,18 +596,7 @@ impl Scheduler {
                 flushed = Instant::now();
             }
             let now = unix_now();
-            let due: Vec<MessageId> = {
-                let mut st = self.state.borrow_mut();
-                let mut due = Vec::new();
-                while let Some(&(t, id)) = st.deferred.first() {
-                    if t > now {
-                        break;
-                    }
-                    st.deferred.pop_first();
-                    due.push(id);
-                }
-                due
-            };
+            let due = pop_due(&mut self.state.borrow_mut().deferred, now);
             for id in due {
                 self.dispatch(id);
             }
