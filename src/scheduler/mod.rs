@@ -47,6 +47,12 @@ use crate::smtp_out::{Attempt, Delivery, Outcome, Target, targets};
 
 pub mod control;
 
+/// Jobs one worker task runs before it hands over to a fresh task. glommio
+/// 0.9 counts a task's waker clones in an i16 and panics past 32,767; a
+/// worker that ran for thousands of deliveries hit that (README, "Known
+/// problems"), so no task lives that long.
+const WORKER_JOBS: usize = 256;
+
 /// How often deferred messages are checked and idle connections reaped.
 const TICK: Duration = Duration::from_millis(200);
 
@@ -278,16 +284,22 @@ impl Scheduler {
     }
 
     async fn worker(self: Rc<Self>, domain: String) {
-        loop {
+        for done in 0.. {
             let job = {
                 let mut st = self.state.borrow_mut();
                 let suspended = st.suspended.contains(&domain) || self.draining.get();
                 let q = st.domains.get_mut(&domain).expect("worker's domain exists");
-                match q.ready.pop_front().filter(|_| !suspended) {
+                // Checked before popping: a job taken off the queue must be
+                // run, or its message would never finish.
+                let next = match suspended || done >= WORKER_JOBS {
+                    true => None,
+                    false => q.ready.pop_front(),
+                };
+                match next {
                     Some(job) => job,
                     None => {
                         q.workers -= 1;
-                        return;
+                        break;
                     }
                 }
             };
@@ -296,6 +308,8 @@ impl Scheduler {
             }
             self.run_job(&domain, job).await;
         }
+        // A worker retired after WORKER_JOBS hands its place to a new one.
+        self.kick(&domain);
     }
 
     /// Rate limit: books the next free start time for `domain` on this
