@@ -386,37 +386,52 @@ async fn run_shard(
         draining: std::cell::Cell::new(false),
     });
     let _ = reports.send(Report::Ready);
-    let smtp = smtp_in::serve(listener, shard.clone(), false, stop.clone());
-    let submission = async {
-        if let Some(l) = submission {
-            smtp_in::serve(l, shard.clone(), true, stop.clone()).await;
-        }
-    };
-    let http = async {
-        if index == 0 {
-            let upkeep = crate::metrics::upkeep(stop.clone());
-            match metrics_http {
-                Some((l, ready)) => {
-                    futures::future::join(
-                        crate::metrics::http::serve(l, ready, stop.clone()),
-                        upkeep,
-                    )
-                    .await;
-                }
-                None => upkeep.await,
-            }
-        }
-    };
-    let admin = async {
-        let own = crate::admin::serve_shard(admin_rx, scheduler.clone(), stop.clone());
-        match admin_http {
-            Some((l, handler)) => {
-                futures::future::join(own, crate::http::serve(l, handler, stop.clone())).await;
-            }
-            None => own.await,
-        }
-    };
-    futures::future::join4(smtp, submission, http, admin).await;
+    // Every loop below is a task of its own, never joined into one future:
+    // glommio 0.9 keeps a waker clone per poll of a pending accept
+    // (`Source::collect_rw`), so an idle listener polled whenever a busy
+    // sibling woke the shared task gained one clone per SMTP connection,
+    // and after 32,767 the task's i16 refcount overflowed and the shard
+    // panicked ("Waker invariant broken"; README, Known problems).
+    let mut loops = vec![glommio::spawn_local(smtp_in::serve(
+        listener,
+        shard.clone(),
+        false,
+        stop.clone(),
+    ))];
+    if let Some(l) = submission {
+        loops.push(glommio::spawn_local(smtp_in::serve(
+            l,
+            shard.clone(),
+            true,
+            stop.clone(),
+        )));
+    }
+    if index == 0 {
+        loops.push(glommio::spawn_local(crate::metrics::upkeep(stop.clone())));
+    }
+    if let Some((l, ready)) = metrics_http {
+        loops.push(glommio::spawn_local(crate::metrics::http::serve(
+            l,
+            ready,
+            stop.clone(),
+        )));
+    }
+    loops.push(glommio::spawn_local(crate::admin::serve_shard(
+        admin_rx,
+        scheduler.clone(),
+        stop.clone(),
+    )));
+    if let Some((l, handler)) = admin_http {
+        loops.push(glommio::spawn_local(crate::http::serve(
+            l,
+            handler,
+            stop.clone(),
+        )));
+    }
+    // Each ends once `stop` is disconnected.
+    for task in loops {
+        task.await;
+    }
     let grace = Duration::from_secs(shard.cfg.server.shutdown_grace_secs);
     scheduler.drain(std::time::Instant::now() + grace).await;
     shard.spool.quiesce().await;
