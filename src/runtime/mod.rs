@@ -35,11 +35,10 @@ use crate::queue::{MessageId, Spool, SpoolOptions, existing_shards};
 use crate::scheduler::Scheduler;
 use crate::smtp_in::{self, Shard};
 
-// No `spin_before_park`: with glommio 0.9.0 it left a shard parked for
-// good, runnable tasks and all, within seconds of a one-session load
-// (smtp-source -s 1; measured 2026-11-26, twice). Its executor can park
-// when preempted before running any task queue (fixed upstream in
-// glommio/glommio#53, not released); spinning makes that far likelier.
+// No `spin_before_park`: it bought ~25% for one session at a time, but
+// burns CPU that smtp clients and sinks on the same cores need, and the
+// hangs we saw while trying it (really the waker overflow fixed in
+// `run_shard`) made it suspect. Measure again before turning it on.
 
 /// glommio's registered io_memory is used only by `DmaFile`, which ringpost
 /// does not use. The minimum keeps three rings per executor well within the

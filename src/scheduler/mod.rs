@@ -47,10 +47,10 @@ use crate::smtp_out::{Attempt, Delivery, Outcome, Target, targets};
 
 pub mod control;
 
-/// Jobs one worker task runs before it hands over to a fresh task. glommio
-/// 0.9 counts a task's waker clones in an i16 and panics past 32,767; a
-/// worker that ran for thousands of deliveries hit that (README, "Known
-/// problems"), so no task lives that long.
+/// Jobs one worker task runs before it hands over to a fresh task, so that
+/// no task lives for ever: glommio 0.9 counts a task's waker clones in an
+/// i16 and panics past 32,767, and a long-lived task is where clones can
+/// pile up (see `runtime::run_shard` for the one case found).
 const WORKER_JOBS: usize = 256;
 
 /// How often deferred messages are checked and idle connections reaped.
