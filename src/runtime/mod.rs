@@ -14,7 +14,8 @@
 //!
 //! Concurrency: shards share nothing but the read-only config, the DNS
 //! resolver handle and the metrics recorder. The only cross-thread traffic
-//! on the control path is the start/stop channels here.
+//! on the control path is the start/stop channels here and the per-shard
+//! admin channels (created here, used by `admin`).
 //!
 //! Must not: contain anything mail-specific beyond choosing a message's shard.
 
