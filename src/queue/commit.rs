@@ -58,7 +58,9 @@ use super::segment::Segments;
 /// How often sled is flushed: the most recent state changes a crash can
 /// lose (they only cause a repeated attempt), and how long a finished
 /// segment lingers on disk.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// The scheduler's timer ticks every 200 ms, so this is two ticks: sled is
+/// flushed within half a second of a change.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(400);
 
 /// The sled key of segment `seq`'s watermark. Message keys are 16 bytes;
 /// these are 6, so they never collide.

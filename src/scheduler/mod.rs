@@ -605,9 +605,11 @@ impl Scheduler {
         let mut flushed = Instant::now();
         loop {
             glommio::timer::sleep(TICK).await;
+            // Timed from the start of the last flush, so the flush's own
+            // duration does not stretch the interval.
             if flushed.elapsed() >= crate::queue::commit::FLUSH_INTERVAL {
-                self.spool.flush().await;
                 flushed = Instant::now();
+                self.spool.flush().await;
             }
             let now = unix_now();
             let due = pop_due(&mut self.state.borrow_mut().deferred, now);
