@@ -180,6 +180,12 @@ fn flush_retries_a_deferred_message_at_once() {
     );
     let summary = queue(&ts, &["summary"]).stdout;
     assert!(summary.contains("451 4.3.0 first try fails"), "{summary}");
+    let counts = queue_json(&ts, &["summary"]);
+    assert_eq!(
+        (&counts["messages"], &counts["deferred"]),
+        (&1.into(), &1.into()),
+        "{counts}"
+    );
 
     // Another domain's flush leaves it alone.
     let other = queue_json(&ts, &["flush", "--domain", "b.test"]);
@@ -189,6 +195,16 @@ fn flush_retries_a_deferred_message_at_once() {
     assert_eq!(run.stdout, "1 deferred messages flushed\n");
     let got = sink.wait_for(1, 5);
     assert_eq!(got[0].rcpts, ["a@hold.test"]);
+    // Delivered: the running totals go back to nothing.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = queue_json(&ts, &["summary"]);
+        if s["messages"] == 0 && s["domains"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still counted: {s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -211,6 +227,16 @@ fn delete_removes_a_message_for_good() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [keep.as_str()]);
+    let s = queue_json(&ts, &["summary"]);
+    assert_eq!(
+        (
+            &s["messages"],
+            &s["recipients"],
+            &s["domains"][0]["messages"]
+        ),
+        (&1.into(), &1.into(), &1.into()),
+        "only the kept message is counted: {s}"
+    );
     let again = queue(&ts, &["show", &id]);
     assert!(!again.ok);
     assert!(

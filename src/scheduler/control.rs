@@ -5,8 +5,10 @@
 //! (the admin API sends it here over the shard's admin channel); merging
 //! the shards' answers is the admin API's job.
 //!
-//! Must not: block the shard for long. Views walk the in-memory state only
-//! (no sled reads), so a summary of 100,000 messages costs milliseconds.
+//! Must not: block the shard for long. Views read the in-memory state only
+//! (no sled reads): a summary reads the running per-domain totals
+//! (`tally`), so it costs O(domains) however long the queue; a listing
+//! walks the messages once and sorts only the ones it returns.
 //! A message with a delivery attempt under way is not deleted or bounced
 //! (the attempt may already have handed it over); the caller is told to
 //! try again.
@@ -90,20 +92,6 @@ pub enum ControlError {
     Busy(MessageId),
 }
 
-/// A domain's pending recipients are counted under its lower-cased name.
-/// Most addresses are lower-case already, so look up before allocating.
-fn tally<'a>(map: &'a mut HashMap<String, DomainSummary>, domain: &str) -> &'a mut DomainSummary {
-    let key = match domain.bytes().any(|b| b.is_ascii_uppercase()) {
-        true => domain.to_ascii_lowercase(),
-        false if map.contains_key(domain) => return map.get_mut(domain).expect("just checked"),
-        false => domain.to_string(),
-    };
-    map.entry(key).or_insert_with_key(|d| DomainSummary {
-        domain: d.clone(),
-        ..DomainSummary::default()
-    })
-}
-
 impl Scheduler {
     /// Messages this shard holds, and how many of them are deferred.
     pub fn message_count(&self) -> (usize, usize) {
@@ -112,46 +100,35 @@ impl Scheduler {
     }
 
     /// Per-domain totals of this shard's pending recipients, plus every
-    /// suspended domain.
+    /// suspended domain: read off the running totals, O(domains).
     pub fn summary(&self) -> Vec<DomainSummary> {
         let now = unix_now();
         let st = self.state.borrow();
-        let mut map: HashMap<String, DomainSummary> = HashMap::new();
-        // A message counts once per domain, however many of its recipients
-        // are there: `seen` holds the domains of the message at hand.
-        let mut seen: Vec<&str> = Vec::new();
-        for (id, entry) in st.messages.iter() {
-            seen.clear();
-            let deferred = st.deferred.contains(&(entry.env.next_due, *id));
-            for r in entry.env.recipients.iter() {
-                if r.status != RecipientStatus::Pending {
-                    continue;
-                }
-                let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
-                let first = !seen.iter().any(|s| s.eq_ignore_ascii_case(domain));
-                let d = tally(&mut map, domain);
-                d.recipients += 1;
-                if d.last_error.is_none() {
-                    d.last_error = r.last_reply.clone();
-                }
-                if first {
-                    seen.push(domain);
-                    d.messages += 1;
-                    d.deferred += usize::from(deferred);
-                    d.oldest_secs = d.oldest_secs.max(now.saturating_sub(entry.env.created));
-                }
-            }
-        }
-        for (name, q) in &st.domains {
-            if let Some((at, reply)) = &q.last_error
-                && let Some(d) = map.get_mut(name)
-            {
-                d.last_error = Some(reply.clone());
-                d.last_error_at = *at;
-            }
-        }
+        let mut map: HashMap<String, DomainSummary> = st
+            .tallies
+            .iter()
+            .map(|(name, t)| {
+                let last = st.domains.get(name).and_then(|q| q.last_error.clone());
+                let summary = DomainSummary {
+                    domain: name.clone(),
+                    messages: t.messages,
+                    recipients: t.recipients,
+                    deferred: t.deferred,
+                    oldest_secs: t.oldest_created().map_or(0, |c| now.saturating_sub(c)),
+                    last_error_at: last.as_ref().map_or(0, |(at, _)| *at),
+                    last_error: last.map(|(_, reply)| reply),
+                    suspended: false,
+                };
+                (name.clone(), summary)
+            })
+            .collect();
         for name in &st.suspended {
-            tally(&mut map, name).suspended = true;
+            map.entry(name.clone())
+                .or_insert_with(|| DomainSummary {
+                    domain: name.clone(),
+                    ..DomainSummary::default()
+                })
+                .suspended = true;
         }
         map.into_values().collect()
     }
@@ -166,19 +143,20 @@ impl Scheduler {
             .iter()
             .filter(|(_, e)| domain.as_deref().is_none_or(|d| e.has_pending_at(d)))
             .collect();
-        found.sort_unstable_by_key(|(id, e)| (e.env.created, **id));
+        let oldest_first = |(id, e): &(&MessageId, &Entry)| (e.env.created, **id);
+        // Only the first `limit` need sorting, not the whole queue.
+        if found.len() > limit && limit > 0 {
+            found.select_nth_unstable_by_key(limit - 1, oldest_first);
+        }
         found.truncate(limit);
-        found
-            .into_iter()
-            .map(|(id, e)| e.info(*id, st.deferred.contains(&(e.env.next_due, *id))))
-            .collect()
+        found.sort_unstable_by_key(oldest_first);
+        found.into_iter().map(|(id, e)| e.info(*id)).collect()
     }
 
     /// One message, if this shard holds it.
     pub fn show(&self, id: MessageId) -> Option<MessageInfo> {
         let st = self.state.borrow();
-        let e = st.messages.get(&id)?;
-        Some(e.info(id, st.deferred.contains(&(e.env.next_due, id))))
+        Some(st.messages.get(&id)?.info(id))
     }
 
     /// The first `max` bytes of a message's header section, for `show`.
@@ -195,21 +173,20 @@ impl Scheduler {
         let domain = domain.map(str::to_ascii_lowercase);
         let due: Vec<MessageId> = {
             let mut st = self.state.borrow_mut();
-            let st = &mut *st;
-            let picked: Vec<(u64, MessageId)> = st
+            let picked: Vec<MessageId> = st
                 .deferred
                 .iter()
-                .filter(|(_, id)| {
+                .map(|&(_, id)| id)
+                .filter(|id| {
                     domain
                         .as_deref()
                         .is_none_or(|d| st.messages.get(id).is_some_and(|e| e.has_pending_at(d)))
                 })
-                .copied()
                 .collect();
-            for key in &picked {
-                st.deferred.remove(key);
+            for &id in &picked {
+                st.undefer(id);
             }
-            picked.into_iter().map(|(_, id)| id).collect()
+            picked
         };
         for &id in &due {
             self.dispatch(id);
@@ -227,7 +204,7 @@ impl Scheduler {
             return Ok(());
         }
         queue_gauges(&env, -1.0);
-        self.state.borrow_mut().messages.remove(&id);
+        self.state.borrow_mut().remove(id);
         for r in env
             .recipients
             .iter()
@@ -244,9 +221,7 @@ impl Scheduler {
     /// for the null sender) and the message leaves the queue.
     pub async fn bounce_message(self: &Rc<Self>, id: MessageId) -> Result<(), ControlError> {
         self.take_out(id)?;
-        {
-            let mut st = self.state.borrow_mut();
-            let entry = st.messages.get_mut(&id).ok_or(ControlError::NotFound(id))?;
+        let failed = self.state.borrow_mut().change(id, |entry| {
             for (i, r) in entry.env.recipients.iter_mut().enumerate() {
                 if r.status == RecipientStatus::Pending {
                     r.status = RecipientStatus::Failed;
@@ -258,7 +233,8 @@ impl Scheduler {
                     ));
                 }
             }
-        }
+        });
+        failed.ok_or(ControlError::NotFound(id))?;
         self.clone().finish(id).await;
         Ok(())
     }
@@ -268,19 +244,19 @@ impl Scheduler {
     /// Returns its envelope; the entry stays until the caller is done.
     fn take_out(&self, id: MessageId) -> Result<crate::queue::Envelope, ControlError> {
         let mut st = self.state.borrow_mut();
-        let st = &mut *st;
         let entry = st.messages.get_mut(&id).ok_or(ControlError::NotFound(id))?;
         if entry.in_flight > 0 {
             return Err(ControlError::Busy(id));
         }
         entry.jobs = 0;
-        st.deferred.remove(&(entry.env.next_due, id));
-        for r in &entry.env.recipients {
+        let env = entry.env.clone();
+        st.undefer(id);
+        for r in &env.recipients {
             if let Some(q) = st.domains.get_mut(&domain_of(&r.address)) {
                 q.ready.retain(|job| job.id != id);
             }
         }
-        Ok(entry.env.clone())
+        Ok(env)
     }
 }
 
@@ -294,8 +270,9 @@ impl Entry {
         })
     }
 
-    fn info(&self, id: MessageId, deferred: bool) -> MessageInfo {
+    fn info(&self, id: MessageId) -> MessageInfo {
         let env = &self.env;
+        let deferred = self.deferred;
         MessageInfo {
             id: id.to_string(),
             sender: env.sender.clone(),
@@ -348,14 +325,5 @@ mod tests {
         assert_eq!(a.deferred, 2);
         assert_eq!(a.last_error.as_deref(), Some("452 new"));
         assert!(a.suspended);
-    }
-
-    #[test]
-    fn tally_folds_case() {
-        let mut map = HashMap::new();
-        tally(&mut map, "Example.COM").recipients += 1;
-        tally(&mut map, "example.com").recipients += 1;
-        assert_eq!(map.len(), 1);
-        assert_eq!(map["example.com"].recipients, 2);
     }
 }

@@ -46,6 +46,9 @@ use crate::smtp_out::client::Outgoing;
 use crate::smtp_out::{Attempt, Delivery, Outcome, Target, targets};
 
 pub mod control;
+mod tally;
+
+use tally::Tallies;
 
 /// Jobs one worker task runs before it hands over to a fresh task, so that
 /// no task lives for ever: glommio 0.9 counts a task's waker clones in an
@@ -75,11 +78,15 @@ pub struct Scheduler {
     draining: std::cell::Cell<bool>,
 }
 
+/// One shard's schedule. `messages`, `deferred` and `tallies` change
+/// together, only through the methods below, so the running totals always
+/// match the messages.
 #[derive(Default)]
 struct State {
     messages: HashMap<MessageId, Entry>,
     domains: HashMap<String, DomainQueue>,
     deferred: BTreeSet<(u64, MessageId)>,
+    tallies: Tallies,
     suspended: HashSet<String>,
 }
 
@@ -89,8 +96,11 @@ struct Entry {
     jobs: usize,
     /// Recipients that failed for good in this round, for the DSN.
     failures: Vec<(usize, String, String, Option<String>)>,
-    /// Jobs of this message with a delivery attempt under way.
+    /// Jobs of this message with a delivery attempt under way (or its
+    /// round being finished).
     in_flight: usize,
+    /// In the due-time index, waiting for a retry.
+    deferred: bool,
 }
 
 #[derive(Default)]
@@ -143,6 +153,85 @@ pub fn pop_due(deferred: &mut BTreeSet<(u64, MessageId)>, now: u64) -> Vec<Messa
     due
 }
 
+impl State {
+    /// A message enters the schedule (not yet in the due-time index).
+    fn admit(&mut self, id: MessageId, env: Envelope) {
+        self.tallies.count(&env, false, true);
+        if let Some(old) = self.messages.insert(id, Entry::new(env)) {
+            self.tallies.count(&old.env, old.deferred, false);
+        }
+    }
+
+    /// A message leaves the schedule.
+    fn remove(&mut self, id: MessageId) -> Option<Entry> {
+        let entry = self.messages.remove(&id)?;
+        self.tallies.count(&entry.env, entry.deferred, false);
+        if entry.deferred {
+            self.deferred.remove(&(entry.env.next_due, id));
+        }
+        Some(entry)
+    }
+
+    /// Changes a message's entry, keeping the totals right. `None` if the
+    /// message is not (or no longer) here.
+    fn change<R>(&mut self, id: MessageId, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
+        let entry = self.messages.get_mut(&id)?;
+        self.tallies.count(&entry.env, entry.deferred, false);
+        if entry.deferred {
+            self.deferred.remove(&(entry.env.next_due, id));
+        }
+        let r = f(entry);
+        self.tallies.count(&entry.env, entry.deferred, true);
+        if entry.deferred {
+            self.deferred.insert((entry.env.next_due, id));
+        }
+        Some(r)
+    }
+
+    /// Puts a message in the due-time index, at its `next_due`.
+    fn defer(&mut self, id: MessageId) {
+        let Some(entry) = self.messages.get_mut(&id).filter(|e| !e.deferred) else {
+            return;
+        };
+        entry.deferred = true;
+        self.deferred.insert((entry.env.next_due, id));
+        self.tallies.set_deferred(&entry.env, true);
+    }
+
+    /// Takes a message out of the due-time index (to be tried now).
+    fn undefer(&mut self, id: MessageId) {
+        let Some(entry) = self.messages.get_mut(&id).filter(|e| e.deferred) else {
+            return;
+        };
+        entry.deferred = false;
+        self.deferred.remove(&(entry.env.next_due, id));
+        self.tallies.set_deferred(&entry.env, false);
+    }
+
+    /// After a restart the domains' last errors are known only from the
+    /// recipients' last replies: keep one per domain for the summary.
+    fn remember_last_errors(&mut self, env: &Envelope) {
+        for r in &env.recipients {
+            if let (RecipientStatus::Pending, Some(reply)) = (r.status, &r.last_reply) {
+                let q = self.domains.entry(domain_of(&r.address)).or_default();
+                q.last_error.get_or_insert_with(|| (0, reply.clone()));
+            }
+        }
+    }
+
+    /// Takes every message due at `now` out of the due-time index.
+    fn take_due(&mut self, now: u64) -> Vec<MessageId> {
+        let due = pop_due(&mut self.deferred, now);
+        for id in &due {
+            if let Some(entry) = self.messages.get_mut(id) {
+                entry.deferred = false;
+                self.tallies.set_deferred(&entry.env, false);
+            }
+        }
+        due
+    }
+}
+
 /// Delay before attempt `attempts + 1`: `initial * 2^(attempts-1)`, capped.
 pub fn backoff(attempts: u32, initial: u64, max: u64) -> u64 {
     let exp = attempts.saturating_sub(1).min(32);
@@ -193,11 +282,14 @@ impl Scheduler {
         for (id, env) in self.spool.take_recovered() {
             let due = env.next_due;
             queue_gauges(&env, 1.0);
-            self.state.borrow_mut().messages.insert(id, Entry::new(env));
+            let mut st = self.state.borrow_mut();
+            st.remember_last_errors(&env);
+            st.admit(id, env);
             if due <= now {
+                drop(st);
                 self.dispatch(id);
             } else {
-                self.state.borrow_mut().deferred.insert((due, id));
+                st.defer(id);
             }
         }
         let me = self.clone();
@@ -217,7 +309,7 @@ impl Scheduler {
     /// A message that was just made durable: schedule it now.
     pub fn submit(self: &Rc<Self>, id: MessageId, env: Envelope) {
         queue_gauges(&env, 1.0);
-        self.state.borrow_mut().messages.insert(id, Entry::new(env));
+        self.state.borrow_mut().admit(id, env);
         self.dispatch(id);
     }
 
@@ -417,11 +509,8 @@ impl Scheduler {
     /// Applies one job's outcomes to the message; finishes it when its last
     /// job is done.
     fn record(self: &Rc<Self>, id: MessageId, rcpts: &[usize], attempt: &Attempt) {
-        let done = {
-            let mut st = self.state.borrow_mut();
-            let Some(entry) = st.messages.get_mut(&id) else {
-                return;
-            };
+        let mut st = self.state.borrow_mut();
+        let changed = st.change(id, |entry| {
             entry.in_flight = entry.in_flight.saturating_sub(1);
             let remote = attempt.remote.as_ref();
             let mut last_error = None;
@@ -463,13 +552,16 @@ impl Scheduler {
                 self.events.write(&ev);
             }
             entry.jobs = entry.jobs.saturating_sub(1);
-            let done = entry.jobs == 0;
-            if let Some(reply) = last_error.map(str::to_string) {
-                let domain = domain_of(&entry.env.recipients[rcpts[0]].address);
-                st.domains.entry(domain).or_default().last_error = Some((unix_now(), reply));
-            }
-            done
+            let domain = domain_of(&entry.env.recipients[rcpts[0]].address);
+            (entry.jobs == 0, last_error.map(|e| (domain, e.to_string())))
+        });
+        let Some((done, last_error)) = changed else {
+            return;
         };
+        if let Some((domain, reply)) = last_error {
+            st.domains.entry(domain).or_default().last_error = Some((unix_now(), reply));
+        }
+        drop(st);
         if done {
             let me = self.clone();
             self.tasks.spawn(async move { me.finish(id).await });
@@ -479,12 +571,14 @@ impl Scheduler {
     /// After the last job of a round: bounce, remove, or defer.
     async fn finish(self: Rc<Self>, id: MessageId) {
         let now = unix_now();
-        let (mut env, mut failures) = {
-            let mut st = self.state.borrow_mut();
-            let Some(entry) = st.messages.get_mut(&id) else {
-                return;
-            };
+        // Counted as in flight until done, so that the admin cannot delete
+        // the message while its new state is being written.
+        let taken = self.state.borrow_mut().messages.get_mut(&id).map(|entry| {
+            entry.in_flight += 1;
             (entry.env.clone(), std::mem::take(&mut entry.failures))
+        });
+        let Some((mut env, mut failures)) = taken else {
+            return;
         };
         let pending = env
             .recipients
@@ -532,12 +626,13 @@ impl Scheduler {
         let mut st = self.state.borrow_mut();
         if all_final {
             queue_gauges(&env, -1.0);
-            st.messages.remove(&id);
+            st.remove(id);
         } else {
-            st.deferred.insert((env.next_due, id));
-            if let Some(entry) = st.messages.get_mut(&id) {
+            st.change(id, |entry| {
+                entry.in_flight -= 1;
                 entry.env = env;
-            }
+            });
+            st.defer(id);
         }
     }
 
@@ -612,7 +707,7 @@ impl Scheduler {
                 self.spool.flush().await;
             }
             let now = unix_now();
-            let due = pop_due(&mut self.state.borrow_mut().deferred, now);
+            let due = self.state.borrow_mut().take_due(now);
             for id in due {
                 self.dispatch(id);
             }
@@ -633,15 +728,13 @@ impl Scheduler {
     /// Sets this shard's per-domain queue depth gauges (top domains by
     /// pending recipients, plus "other"); domains that left the top go to 0.
     fn publish_domain_depths(&self, published: &mut HashSet<String>) {
-        let mut counts: HashMap<String, usize> = HashMap::new();
-        for entry in self.state.borrow().messages.values() {
-            for r in &entry.env.recipients {
-                if r.status == RecipientStatus::Pending {
-                    *counts.entry(domain_of(&r.address)).or_default() += 1;
-                }
-            }
-        }
-        let mut ranked: Vec<(String, usize)> = counts.into_iter().collect();
+        let mut ranked: Vec<(String, usize)> = self
+            .state
+            .borrow()
+            .tallies
+            .iter()
+            .map(|(d, t)| (d.clone(), t.recipients))
+            .collect();
         ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let other: usize = ranked.iter().skip(TOP_DOMAINS).map(|(_, n)| n).sum();
         ranked.truncate(TOP_DOMAINS);
@@ -665,6 +758,7 @@ impl Entry {
             jobs: 0,
             failures: Vec::new(),
             in_flight: 0,
+            deferred: false,
         }
     }
 }
