@@ -98,7 +98,7 @@ fn no_acknowledged_message_is_lost_on_sigkill() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nshards = 2\nhostname = \"crash.test\"\n[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{addr}\"\n\
+            "[server]\nshards = 2\nhostname = \"crash.test\"\n[spool]\ndir = \"{}\"\n# 1 MiB (the least): segments rotate during the run, so recovery\n# crosses segment boundaries and new-segment directory syncs.\nsegment_bytes = 1048576\n[smtp]\nlisten = \"{addr}\"\n\
              [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n",
             spool.display(),
             common::closed_port()

@@ -32,7 +32,18 @@
 //! earlier one. Were it acknowledged first, a crash could leave a hole
 //! (the earlier frame unwritten) in front of it, and replay stops at the
 //! first spot that is not a whole frame. A failed write therefore also
-//! fails every later frame of the same segment, and the segment is sealed.
+//! fails every later frame of the same segment, and the segment is sealed;
+//! so does a failed sync (after which the kernel may report later syncs of
+//! the file as good although the failed pages never reached the disk).
+//!
+//! Rounds overlap: up to [`ROUNDS_IN_FLIGHT`] run at once, so a message
+//! written just after a round began starts its own sync at once instead of
+//! waiting for that round to end and then for a whole round of its own
+//! (that wait was most of the p99 acceptance latency). Rounds still
+//! *finish* in order: each waits for the one before it before it inserts
+//! its records and answers. That keeps sled's inserts, the watermarks and
+//! the failure rule above in frame order, and a round never answers before
+//! an earlier round's directory sync (a new segment's name) is done.
 //!
 //! State changes and removals (`Spool::update`, `Spool::remove`) go to sled
 //! directly and become durable with the next flush: a crash can lose the
@@ -47,7 +58,7 @@
 //! concurrent callers in sled 0.34.7, upstream sled#1308).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +72,11 @@ use super::segment::Segments;
 /// The scheduler's timer ticks every 200 ms, so this is two ticks: sled is
 /// flushed within half a second of a change.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(400);
+
+/// Commit rounds that may be under way at once (see the module doc). Two
+/// are enough to take the round-boundary wait out of the latency; more
+/// would mostly split batches into more syncs.
+pub const ROUNDS_IN_FLIGHT: usize = 2;
 
 /// The sled key of segment `seq`'s watermark. Message keys are 16 bytes;
 /// these are 6, so they never collide.
@@ -108,7 +124,12 @@ struct State {
     /// Frames in reservation order; `first` is the ticket of the front one.
     frames: VecDeque<Frame>,
     first: u64,
-    running: bool,
+    /// Rounds under way.
+    rounds: usize,
+    /// Resolves when the newest round under way has finished.
+    tail: Option<oneshot::Receiver<()>>,
+    /// Segments with a failed sync: no frame in them is acknowledged.
+    poisoned: HashSet<u32>,
     /// sled was written since the last flush.
     dirty: bool,
     /// Per segment, the end of the frames whose records rounds inserted.
@@ -150,18 +171,15 @@ impl GroupCommit {
         record: Vec<u8>,
     ) -> Result<(), String> {
         let (done, rx) = oneshot::channel();
-        let start_round = {
+        {
             let mut st = self.state.borrow_mut();
             let frame = st.frame(ticket).ok_or("frame lost")?;
             if matches!(frame.slot, Slot::Failed) {
                 return Err("an earlier write to the segment failed".into());
             }
             frame.slot = Slot::Written { key, record, done };
-            !std::mem::replace(&mut st.running, true)
-        };
-        if start_round {
-            glommio::spawn_local(self.clone().run_rounds()).detach();
         }
+        self.kick();
         rx.await
             .unwrap_or_else(|_| Err("group commit dropped".into()))
     }
@@ -169,11 +187,16 @@ impl GroupCommit {
     /// The frame's write failed: it and every later frame of its segment
     /// fail (replay could not get past the hole).
     pub fn failed(&self, ticket: Ticket) {
+        let segment = self.state.borrow_mut().frame(ticket).map(|f| f.segment);
+        if let Some(segment) = segment {
+            self.fail_segment_from(ticket.0, segment);
+        }
+    }
+
+    /// Fails the frames of `segment` from ticket `from` on and seals it.
+    fn fail_segment_from(&self, from: u64, segment: u32) {
         let mut st = self.state.borrow_mut();
-        let Some(segment) = st.frame(ticket).map(|f| f.segment) else {
-            return;
-        };
-        let skip = (ticket.0 - st.first) as usize;
+        let skip = from.saturating_sub(st.first) as usize;
         for frame in st.frames.iter_mut().skip(skip) {
             if frame.segment != segment {
                 continue;
@@ -187,11 +210,18 @@ impl GroupCommit {
         self.kick();
     }
 
-    /// Starts a round if frames at the front are ready and none runs.
+    /// Starts a round if frames at the front are ready and fewer than
+    /// [`ROUNDS_IN_FLIGHT`] are under way.
     fn kick(&self) {
         let start = {
             let mut st = self.state.borrow_mut();
-            !st.frames.is_empty() && !std::mem::replace(&mut st.running, true)
+            let ready = st
+                .frames
+                .front()
+                .is_some_and(|f| !matches!(f.slot, Slot::Writing));
+            let start = ready && st.rounds < ROUNDS_IN_FLIGHT;
+            st.rounds += usize::from(start);
+            start
         };
         if start {
             glommio::spawn_local(self.clone().run_rounds()).detach();
@@ -201,7 +231,7 @@ impl GroupCommit {
     /// Whether a round or a flush is queued or running.
     pub fn busy(&self) -> bool {
         let st = self.state.borrow();
-        st.running || st.flushing
+        st.rounds > 0 || st.flushing
     }
 
     /// A state change or removal went to sled directly.
@@ -209,39 +239,39 @@ impl GroupCommit {
         self.state.borrow_mut().dirty = true;
     }
 
+    /// Runs rounds while frames are ready; one of [`ROUNDS_IN_FLIGHT`].
     async fn run_rounds(self) {
         loop {
-            let ready = self.state.borrow_mut().take_ready();
-            if ready.is_empty() {
-                self.state.borrow_mut().running = false;
-                return;
-            }
-            let start = Instant::now();
-            let mut records = Vec::with_capacity(ready.len());
-            let mut marks: HashMap<u32, u64> = HashMap::new();
-            let mut answers = Vec::with_capacity(ready.len());
-            for (segment, end, key, record, done) in ready {
-                records.push((key, record));
-                marks.insert(segment, end);
-                answers.push(done);
-            }
-            let result = self.round(records).await;
-            {
+            let (ready, before, finished) = {
                 let mut st = self.state.borrow_mut();
-                st.dirty = true;
-                if result.is_ok() {
-                    st.applied.extend(marks);
+                let ready = st.take_ready();
+                if ready.is_empty() {
+                    st.rounds -= 1;
+                    return;
                 }
+                let (tx, rx) = oneshot::channel();
+                (ready, st.tail.replace(rx), tx)
+            };
+            let start = Instant::now();
+            let mut segments: Vec<u32> = ready.iter().map(|r| r.0).collect();
+            segments.sort_unstable();
+            segments.dedup();
+            let synced = self.sync(&segments).await;
+            // Finish in order: the round before this one answers first.
+            if let Some(before) = before {
+                let _ = before.await;
             }
-            record_round(answers.len(), start.elapsed().as_secs_f64());
-            for a in answers {
-                let _ = a.send(result.clone());
-            }
+            let answers = self.finish_round(ready, &segments, synced);
+            record_round(answers, start.elapsed().as_secs_f64());
+            let _ = finished.send(());
         }
     }
 
-    async fn round(&self, records: Vec<([u8; 16], Vec<u8>)>) -> Result<(), String> {
-        let (files, dir_changed) = self.segments.take_unsynced();
+    /// Makes the frames of `segments` durable: fdatasync of the segment
+    /// files (and of the directory if it gained a segment), through
+    /// io_uring, all at once.
+    async fn sync(&self, segments: &[u32]) -> Result<(), String> {
+        let (files, dir_changed) = self.segments.sync_handles(segments);
         let syncs = files.iter().map(|f| f.fdatasync());
         for r in futures::future::join_all(syncs).await {
             r.map_err(|e| format!("fdatasync segment: {e}"))?;
@@ -255,13 +285,49 @@ impl GroupCommit {
                 .map_err(|e| format!("fsync segment directory: {e}"))?;
             let _ = dir.close().await;
         }
-        // In memory and sled's log buffer: no I/O to wait for here.
-        for (key, record) in &records {
-            self.envelopes
-                .insert(key, record.as_slice())
-                .map_err(|e| format!("sled insert: {e}"))?;
-        }
         Ok(())
+    }
+
+    /// After the sync (and every earlier round): inserts the records into
+    /// sled and answers each frame. Returns how many were answered.
+    fn finish_round(
+        &self,
+        ready: Vec<Ready>,
+        segments: &[u32],
+        synced: Result<(), String>,
+    ) -> usize {
+        if synced.is_err() {
+            let mut st = self.state.borrow_mut();
+            st.poisoned.extend(segments);
+            let next = st.first;
+            drop(st);
+            for &seg in segments {
+                self.fail_segment_from(next, seg);
+            }
+        }
+        let mut st = self.state.borrow_mut();
+        st.dirty = true;
+        let count = ready.len();
+        for (segment, end, key, record, done) in ready {
+            let result = match &synced {
+                Err(e) => Err(e.clone()),
+                Ok(()) if st.poisoned.contains(&segment) => {
+                    Err("an earlier sync of the segment failed".to_string())
+                }
+                // In memory and sled's log buffer: no I/O to wait for here.
+                Ok(()) => self
+                    .envelopes
+                    .insert(key, record.as_slice())
+                    .map(|_| ())
+                    .map_err(|e| format!("sled insert: {e}")),
+            };
+            if result.is_ok() {
+                let mark = st.applied.entry(segment).or_default();
+                *mark = (*mark).max(end);
+            }
+            let _ = done.send(result);
+        }
+        count
     }
 
     /// Flushes sled if it changed, then unlinks the segments that were

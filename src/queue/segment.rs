@@ -44,7 +44,7 @@
 //! round that synced its segment; `queue::commit` owns that order.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
@@ -163,8 +163,6 @@ struct State {
     files: BTreeMap<u32, SegmentFile>,
     /// The segment appends go to, with its capacity and next free offset.
     active: Option<(u32, u64, u64)>,
-    /// Segments written since the last commit round.
-    unsynced: HashSet<u32>,
     /// Segments no longer referenced, to be unlinked once sled has been
     /// flushed (their records' removals must be durable first).
     doomed: Vec<u32>,
@@ -228,7 +226,6 @@ impl Segments {
             state: RefCell::new(State {
                 files,
                 active: None,
-                unsynced: HashSet::new(),
                 doomed: Vec::new(),
                 dir_changed: false,
                 spare: None,
@@ -263,9 +260,6 @@ impl Segments {
     /// fdatasync, which does go through io_uring.
     pub async fn write(&self, w: PendingWrite) -> io::Result<()> {
         w.file.write_all_at(&w.bytes, w.offset)?;
-        // Marked only now that the bytes are written: a commit round that
-        // started earlier must not count this write as synced.
-        self.state.borrow_mut().unsynced.insert(w.segment);
         Ok(())
     }
 
@@ -367,15 +361,16 @@ impl Segments {
         self.state.borrow().preparing
     }
 
-    /// What the next commit round must sync: segments with writes completed
-    /// since the last call, and whether the directory gained a segment (its
+    /// What a commit round of frames in `segments` must sync: their files,
+    /// and whether the directory gained a segment since the last call (its
     /// name is durable only once the directory is synced).
     /// Segments are synced through io_uring (their `BufferedFile`, which
-    /// every written segment has), so a round needs no thread hand-off.
-    pub fn take_unsynced(&self) -> (Vec<Rc<BufferedFile>>, bool) {
+    /// every segment gets when its first frame is reserved), so a round
+    /// needs no thread hand-off. A segment holding a frame is referenced,
+    /// so it is still open.
+    pub fn sync_handles(&self, segments: &[u32]) -> (Vec<Rc<BufferedFile>>, bool) {
         let mut st = self.state.borrow_mut();
-        let seqs: Vec<u32> = st.unsynced.drain().collect();
-        let files = seqs
+        let files = segments
             .iter()
             .filter_map(|s| st.files.get(s).and_then(|f| f.uring.clone()))
             .collect();
@@ -402,7 +397,6 @@ impl Segments {
         let unused = st.files.get(&seq).is_some_and(|f| f.refs == 0);
         if unused && active != Some(seq) {
             st.files.remove(&seq);
-            st.unsynced.remove(&seq);
             st.doomed.push(seq);
         }
     }

@@ -31,8 +31,11 @@ const READ_CHUNK: usize = 16 * 1024;
 
 pub struct Conn {
     stream: Stream,
+    /// Input is `buf[start..end]`. The vector only grows (zero-filled once),
+    /// so a read does not clear memory it is about to overwrite.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     cap: usize,
     out: Vec<u8>,
     /// The session ends at this time however active it is.
@@ -55,6 +58,7 @@ impl Conn {
             stream: Stream::Plain(stream),
             buf: Vec::new(),
             start: 0,
+            end: 0,
             cap: cap.max(READ_CHUNK),
             out: Vec::with_capacity(512),
             deadline: Instant::now() + lifetime,
@@ -63,21 +67,21 @@ impl Conn {
 
     /// Unconsumed input.
     pub fn pending(&self) -> &[u8] {
-        &self.buf[self.start..]
+        &self.buf[self.start..self.end]
     }
 
     pub fn consume(&mut self, n: usize) {
         self.start += n;
-        debug_assert!(self.start <= self.buf.len());
-        if self.start == self.buf.len() {
-            self.buf.clear();
+        debug_assert!(self.start <= self.end);
+        if self.start == self.end {
             self.start = 0;
+            self.end = 0;
         }
     }
 
     /// Drops all unconsumed input (e.g. bytes pipelined after STARTTLS).
     pub fn discard_pending(&mut self) -> usize {
-        let n = self.buf.len() - self.start;
+        let n = self.end - self.start;
         self.consume(n);
         n
     }
@@ -127,21 +131,25 @@ impl Conn {
             ));
         }
         if self.start > 0 {
-            self.buf.drain(..self.start);
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        let room = self.cap.saturating_sub(self.buf.len()).min(READ_CHUNK);
+        let room = self.cap.saturating_sub(self.end).min(READ_CHUNK);
         if room == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::OutOfMemory,
                 "read buffer full",
             ));
         }
-        let old = self.buf.len();
-        self.buf.resize(old + room, 0);
-        let result = self.stream.read(&mut self.buf[old..]).await;
-        let n = *result.as_ref().unwrap_or(&0);
-        self.buf.truncate(old + n);
+        if self.buf.len() < self.end + room {
+            self.buf.resize(self.end + room, 0);
+        }
+        let result = self
+            .stream
+            .read(&mut self.buf[self.end..self.end + room])
+            .await;
+        self.end += *result.as_ref().unwrap_or(&0);
         result
     }
 }

@@ -161,8 +161,11 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &Shard) -> Outcom
     env.eight_bit = tx.declared_8bit() || body.reader.has_8bit();
     env.client = body.client;
     let id = body.id;
+    let started = std::time::Instant::now();
     match shard.spool.enqueue(id, env, body.body).await {
         Ok(env) => {
+            ::metrics::histogram!(crate::metrics::SMTP_ACCEPT_SECONDS)
+                .record(started.elapsed().as_secs_f64());
             ::metrics::counter!(crate::metrics::MESSAGES_RECEIVED).increment(1);
             ::metrics::counter!(crate::metrics::RECIPIENTS_RECEIVED)
                 .increment(env.recipients.len() as u64);
