@@ -379,8 +379,7 @@ impl Spool {
         // The frame's record has no body reference: replay rebuilds it from
         // where the frame is.
         env.body = BodyRef::default();
-        let frame = Frame::new(id.as_bytes(), &env.encode(), &body);
-        drop(body);
+        let frame = Frame::new(id.as_bytes(), &env.encode(), body);
         let (body_ref, write) = self.segments.reserve_frame(frame).map_err(body_err)?;
         self.segments.prepare_spare();
         let ticket = self

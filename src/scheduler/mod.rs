@@ -450,6 +450,7 @@ impl Scheduler {
                 return self.record(job.id, &job.rcpts, &attempt);
             }
         };
+        let wire = crate::proto::client::dot_stuff(body);
         let started = Instant::now();
         let targets = self.targets_for(domain).await;
         ::metrics::histogram!(crate::metrics::DNS_LOOKUP_SECONDS)
@@ -459,7 +460,8 @@ impl Scheduler {
                 let msg = Outgoing {
                     sender: &env.sender,
                     recipients: &rcpts,
-                    body: &body,
+                    wire: &wire,
+                    size: env.size(),
                     smtputf8: env.smtputf8,
                     eight_bit: env.eight_bit,
                 };

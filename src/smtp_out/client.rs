@@ -23,7 +23,7 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
 use super::outcome::{Outcome, from_io, from_reply};
-use crate::proto::client::{ServerReply, dot_stuff, parse_reply};
+use crate::proto::client::{ServerReply, parse_reply};
 
 /// What the server said it supports in its EHLO reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,7 +58,11 @@ impl Extensions {
 pub struct Outgoing<'a> {
     pub sender: &'a str,
     pub recipients: &'a [String],
-    pub body: &'a [u8],
+    /// The body as sent after DATA: dot-stuffed and terminated
+    /// (`proto::client::dot_stuff`), made once for every try.
+    pub wire: &'a [u8],
+    /// The body's size as stored, for SIZE.
+    pub size: u64,
     pub smtputf8: bool,
     pub eight_bit: bool,
 }
@@ -296,7 +300,7 @@ impl Client {
         let accepted = outcomes.iter().any(Option::is_none);
         let final_outcome = match data {
             Some(d) if d.code == 354 && accepted => {
-                self.write(&dot_stuff(msg.body)).await?;
+                self.write(msg.wire).await?;
                 let reply = self.read_reply().await?;
                 self.ended_cleanly = true;
                 from_reply(&reply)
@@ -322,7 +326,7 @@ impl Client {
 
     /// Outcomes known without talking: limits the server announced.
     fn refuse_before_sending(&self, msg: &Outgoing<'_>) -> Option<Outcome> {
-        if self.ext.size.is_some_and(|max| msg.body.len() as u64 > max) {
+        if self.ext.size.is_some_and(|max| msg.size > max) {
             return Some(Outcome::permanent(
                 "5.3.4",
                 "message too big for the destination server",
@@ -350,7 +354,7 @@ impl Client {
         }
         let mut mail = format!("MAIL FROM:<{}>", msg.sender);
         if self.ext.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", msg.body.len()));
+            mail.push_str(&format!(" SIZE={}", msg.size));
         }
         if msg.eight_bit && self.ext.eight_bit_mime {
             mail.push_str(" BODY=8BITMIME");
