@@ -449,7 +449,7 @@ fn restart_with_pending_retries_loses_nothing_and_repeats_nothing() {
         .iter()
         .map(|(id, _, _)| id.to_string())
         .collect();
-    assert_eq!(queued, [pending.clone()]);
+    assert_eq!(queued, std::slice::from_ref(&pending));
 
     ts.restart();
     let got = later.wait_for(1, 20);

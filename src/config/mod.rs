@@ -475,10 +475,10 @@ impl Config {
             p.push("spool.segment_bytes must be between 1 MiB and 1 GiB".into());
         }
         let d = &self.delivery;
-        if !d.smarthost.is_empty() {
-            if let Err(e) = NextHop::parse(&d.smarthost) {
-                p.push(format!("delivery.smarthost: {e}"));
-            }
+        if !d.smarthost.is_empty()
+            && let Err(e) = NextHop::parse(&d.smarthost)
+        {
+            p.push(format!("delivery.smarthost: {e}"));
         }
         for (domain, hop) in &d.routes {
             if let Err(e) = NextHop::parse(hop) {

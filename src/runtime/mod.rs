@@ -303,6 +303,8 @@ fn admin_token(path: &str) -> Result<Option<String>, StartError> {
     }
 }
 
+// Everything a shard starts from; bundling it would only move the list.
+#[allow(clippy::too_many_arguments)]
 async fn run_shard(
     index: usize,
     shards: usize,

@@ -104,10 +104,10 @@ pub async fn receive_bdat(
     }
     let mut remaining = size;
     while remaining > 0 {
-        if conn.pending().is_empty() {
-            if let Err(end) = read_more(conn).await {
-                return end;
-            }
+        if conn.pending().is_empty()
+            && let Err(end) = read_more(conn).await
+        {
+            return end;
         }
         let take = conn
             .pending()
