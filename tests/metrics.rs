@@ -68,6 +68,8 @@ fn counters_move_by_what_the_server_did() {
         delta("ringpost_spool_commit_seconds_count") >= 2.0,
         "{after}"
     );
+    // One acceptance latency sample per message queued.
+    assert_eq!(delta("ringpost_smtp_accept_seconds_count"), 2.0, "{after}");
     // The next hop is a closed port: each recipient is deferred once.
     assert!(
         delta("ringpost_recipients_deferred_total") >= 2.0,

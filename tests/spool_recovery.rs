@@ -13,6 +13,7 @@ fn opts() -> SpoolOptions {
     SpoolOptions {
         cache_bytes: 8 << 20,
         segment_bytes: 64 << 10,
+        ..SpoolOptions::default()
     }
 }
 

@@ -309,6 +309,9 @@ pub struct SpoolConfig {
     /// Size of a body segment file, in bytes. Space comes back a segment at
     /// a time, when its last message is done.
     pub segment_bytes: u64,
+    /// Where group-commit rounds run their fdatasync: "inline" (on the
+    /// shard's thread) or "io_uring".
+    pub sync: crate::queue::commit::SyncMode,
 }
 
 /// `[smtp]`: the inbound SMTP listener.
@@ -361,6 +364,7 @@ impl Default for SpoolConfig {
             dir: PathBuf::from("./ringpost-spool"),
             cache_bytes: 64 << 20,
             segment_bytes: 16 << 20,
+            sync: crate::queue::commit::SyncMode::default(),
         }
     }
 }
@@ -617,6 +621,16 @@ mod tests {
         assert!(all.contains("[spool]"), "{all}");
         assert!(all.contains("max_errors"), "{all}");
         assert!(all.contains("`a b`"), "{all}");
+    }
+
+    #[test]
+    fn spool_sync_is_inline_unless_asked() {
+        use crate::queue::commit::SyncMode;
+        assert_eq!(Config::default().spool.sync, SyncMode::Inline);
+        let c = Config::from_toml("[spool]\nsync = \"io_uring\"\n").unwrap();
+        assert_eq!(c.spool.sync, SyncMode::IoUring);
+        let bad = Config::from_toml("[spool]\nsync = \"later\"\n").unwrap_err();
+        assert!(bad.0.join("\n").contains("inline"), "{:?}", bad.0);
     }
 
     #[test]

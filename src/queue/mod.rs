@@ -46,6 +46,7 @@ pub use envelope::{Envelope, Recipient, RecipientStatus};
 pub use id::{IdGenerator, MessageId};
 pub use segment::BodyRef;
 
+pub use commit::SyncMode;
 use commit::{GroupCommit, watermark_key};
 use segment::{Frame, Segments};
 
@@ -96,6 +97,8 @@ pub struct SpoolOptions {
     pub cache_bytes: u64,
     /// Size of a body segment; a larger body gets a segment of its own.
     pub segment_bytes: u64,
+    /// Where commit rounds run their fdatasync.
+    pub sync: SyncMode,
 }
 
 impl Default for SpoolOptions {
@@ -103,6 +106,7 @@ impl Default for SpoolOptions {
         SpoolOptions {
             cache_bytes: 64 << 20,
             segment_bytes: 16 << 20,
+            sync: SyncMode::default(),
         }
     }
 }
@@ -193,7 +197,7 @@ impl Spool {
             Rc::new(Segments::open(&path.join("segments"), opts.segment_bytes).map_err(io_err)?);
         Ok(Spool {
             shard,
-            commit: GroupCommit::new(db, envelopes.clone(), segments.clone()),
+            commit: GroupCommit::new(db, envelopes.clone(), segments.clone(), opts.sync),
             path,
             envelopes,
             quarantine,

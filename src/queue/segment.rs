@@ -35,10 +35,11 @@
 //! `segment_bytes` bounds that waste per pinned segment.
 //!
 //! Concurrency: lives on its shard's executor (`RefCell`, not shared).
-//! Frames are written with pwrite into the page cache at offsets reserved
+//! Frames are written with pwritev into the page cache at offsets reserved
 //! synchronously (see [`Segments::write`] for why not io_uring); the
-//! group-commit round fdatasyncs them through io_uring, and deliveries read
-//! bodies through io_uring (glommio `BufferedFile`).
+//! group-commit round fdatasyncs them through io_uring. Deliveries read
+//! bodies from the page cache with a non-blocking preadv2, and through
+//! io_uring (glommio `BufferedFile`) when that would wait for the disk.
 //!
 //! Must not: decide durability. A body is durable only after the commit
 //! round that synced its segment; `queue::commit` owns that order.
@@ -262,7 +263,7 @@ impl Segments {
     /// Runs a reserved write. On error the caller releases the body and
     /// seals the segment (see `queue::commit`).
     ///
-    /// The write is a plain pwrite into the page cache, on the shard's
+    /// The write is a plain pwritev into the page cache, on the shard's
     /// thread: for a frame of a few KiB that is a few microseconds, less than
     /// io_uring's hand-off of a buffered write to an io-wq worker and back
     /// (measured: see the #6 notes). Durability comes from the round's

@@ -324,6 +324,7 @@ async fn run_shard(
     let opts = SpoolOptions {
         cache_bytes: cfg.spool.cache_bytes,
         segment_bytes: cfg.spool.segment_bytes,
+        sync: cfg.spool.sync,
     };
     let spool = Spool::open(&cfg.spool.dir, index as u16, &opts).map_err(|e| e.to_string())?;
     let recovered = spool.recover().map_err(|e| e.to_string())?;
