@@ -274,6 +274,14 @@ impl GroupCommit {
     /// Runs rounds while frames are ready; one of [`ROUNDS_IN_FLIGHT`].
     async fn run_rounds(self) {
         loop {
+            if self.sync == SyncMode::Inline {
+                // Let every task that is ready to run write its frame
+                // first: an inline sync blocks the shard, so whatever is
+                // not in this round waits for all of it. Without this a
+                // round started by the first writer (glommio may run a new
+                // task at once) would carry one frame.
+                futures_lite::future::yield_now().await;
+            }
             let (ready, before, finished) = {
                 let mut st = self.state.borrow_mut();
                 let ready = st.take_ready();
