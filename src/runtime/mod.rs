@@ -437,6 +437,12 @@ async fn run_shard(
     }
     let grace = Duration::from_secs(shard.cfg.server.shutdown_grace_secs);
     scheduler.drain(std::time::Instant::now() + grace).await;
+    // Cancelled sessions and workers are dropped only when the executor
+    // next runs them (glommio); yielding lets it, so none of them still
+    // holds the spool, and sled's lock, once this shard ends.
+    for _ in 0..2 {
+        futures_lite::future::yield_now().await;
+    }
     shard.spool.quiesce().await;
     Ok(())
 }
