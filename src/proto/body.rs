@@ -3,7 +3,9 @@
 //! Owns: [`BodyReader`], a byte-at-a-time state machine that finds the end of
 //! DATA, removes dot-stuffing, canonicalises line endings to CRLF, and
 //! enforces the size and line-length limits, for input that arrives in
-//! arbitrary pieces.
+//! arbitrary pieces. Runs of whole lines that need none of that (CRLF, in
+//! the limit, no leading dot) skip the machine and are copied whole; a test
+//! holds the two paths to the same result.
 //!
 //! Must not: do I/O or grow its output past the size limit.
 //!

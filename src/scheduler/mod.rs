@@ -25,6 +25,7 @@
 //! - The admin API's view of the queue and its operations (flush, delete,
 //!   bounce) live in [`control`]; they run on this shard, sent here over the
 //!   admin channel (`admin`), like everything else that touches this state.
+//!   Per-domain running totals (`tally`) keep its summary O(domains).
 //!
 //! Must not: open sockets itself (`smtp_out` does), or write sled other than
 //! through `queue::Spool`.
