@@ -88,7 +88,7 @@ pub enum SyncMode {
     /// On the shard's own thread: the shard waits for the disk, and nothing
     /// is handed to another thread and back. Measured on this VM (fdatasync
     /// 0.3-1 ms) at 20 sessions x 10 KiB: p99 acceptance latency 5.6-7.2 ms
-    /// instead of 8.9-15 ms, and 10-20% less CPU per message. Best when
+    /// instead of 8.9-15 ms, and 5-20% less CPU per message. Best when
     /// fdatasync is fast (SSD, NVMe, virtio with a write cache).
     #[default]
     Inline,

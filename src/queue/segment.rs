@@ -554,7 +554,9 @@ impl Segments {
         match uring {
             Some(u) => {
                 let got = u.read_at(r.offset, r.len as usize).await?;
-                check_crc(r, got.to_vec())
+                let mut body = Vec::with_capacity(got.len() + READ_SLACK);
+                body.extend_from_slice(&got);
+                check_crc(r, body)
             }
             None => self.read_blocking(r),
         }
@@ -629,7 +631,7 @@ pub struct PendingWrite {
 }
 
 /// Room left after a body read for delivery: `.\r\n` and a CRLF before it.
-pub const READ_SLACK: usize = 5;
+const READ_SLACK: usize = 5;
 
 /// The body at `r` if it is all in the page cache, else None.
 fn read_cached(file: &File, r: &BodyRef) -> Option<Vec<u8>> {
