@@ -222,6 +222,17 @@ impl Spool {
         &self.path
     }
 
+    /// Prepares the first segment the shard will append to (see
+    /// `Segments::ready_spare`). Blocking; start-up only, after `recover`.
+    pub fn ready_for_appends(&self) -> Result<(), SpoolError> {
+        self.segments
+            .ready_spare()
+            .map_err(|source| SpoolError::Open {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     /// Makes the queue consistent after a crash. Blocking; start-up only.
     ///
     /// A record that does not decode, or whose segment is missing or too

@@ -202,6 +202,7 @@ impl Segments {
     pub fn open(dir: &Path, segment_bytes: u64) -> io::Result<Segments> {
         fs::create_dir_all(dir)?;
         let mut files = BTreeMap::new();
+        let mut spare = None;
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             let seq = entry
@@ -210,8 +211,9 @@ impl Segments {
                 .and_then(|n| n.strip_suffix(".seg"))
                 .and_then(|n| n.parse::<u32>().ok());
             if entry.file_name() == SPARE_NAME {
-                // Half-written or unused: made again when needed.
-                fs::remove_file(entry.path())?;
+                // Complete (zeros to the full size): kept for the next
+                // segment. Half-written: made again.
+                spare = keep_spare(&entry.path(), segment_bytes)?;
                 continue;
             }
             match seq {
@@ -237,7 +239,7 @@ impl Segments {
                 active: None,
                 doomed: Vec::new(),
                 dir_changed: false,
-                spare: None,
+                spare,
                 preparing: false,
             }),
         })
@@ -363,6 +365,18 @@ impl Segments {
             }
         })
         .detach();
+    }
+
+    /// Makes sure a spare is ready before the shard serves (blocking,
+    /// start-up only), so that the first segment after a start is also
+    /// zero-filled: mail that fits in one segment, as in a short burst,
+    /// would otherwise pay the metadata sync in every round.
+    pub fn ready_spare(&self) -> io::Result<()> {
+        let mut st = self.state.borrow_mut();
+        if st.spare.is_none() {
+            st.spare = Some(zero_filled(&self.dir.join(SPARE_NAME), self.segment_bytes)?);
+        }
+        Ok(())
     }
 
     /// Whether a spare is being written (a stopping shard waits for it).
@@ -600,6 +614,19 @@ fn allocate(path: &Path, cap: u64) -> io::Result<File> {
         return Err(io::Error::from_raw_os_error(rc));
     }
     Ok(file)
+}
+
+/// The spare at `path` if it has its full size. A crash while it was
+/// written leaves it short; a power loss may leave holes, which read as
+/// zeros too and cost only the metadata syncs the spare is meant to save.
+fn keep_spare(path: &Path, size: u64) -> io::Result<Option<File>> {
+    let file = File::options().read(true).write(true).open(path)?;
+    if file.metadata()?.len() == size {
+        return Ok(Some(file));
+    }
+    drop(file);
+    fs::remove_file(path)?;
+    Ok(None)
 }
 
 /// Writes a file of `size` zeros and syncs it (blocking thread).

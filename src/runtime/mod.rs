@@ -328,6 +328,7 @@ async fn run_shard(
     };
     let spool = Spool::open(&cfg.spool.dir, index as u16, &opts).map_err(|e| e.to_string())?;
     let recovered = spool.recover().map_err(|e| e.to_string())?;
+    spool.ready_for_appends().map_err(|e| e.to_string())?;
     log::info!(
         "shard {index}: spool {} recovered: {} messages, {} quarantined, {} unreferenced segments removed",
         spool.path().display(),
