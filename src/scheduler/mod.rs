@@ -108,6 +108,10 @@ struct Entry {
 struct DomainQueue {
     ready: VecDeque<Job>,
     workers: usize,
+    /// Workers spawned that have not yet taken their first job: each will
+    /// take one of `ready`, so `kick` does not start more than there are
+    /// jobs for (spawned tasks run only once the spawner yields).
+    starting: usize,
     /// Earliest start of the next message when the domain is rate-limited.
     next_slot: Option<Instant>,
     /// The last failure reply from this domain and when (Unix seconds).
@@ -365,10 +369,11 @@ impl Scheduler {
                     return;
                 }
                 let q = st.domains.entry(domain.to_string()).or_default();
-                if q.ready.is_empty() || q.workers >= self.connections_per_domain {
+                if q.ready.len() <= q.starting || q.workers >= self.connections_per_domain {
                     return;
                 }
                 q.workers += 1;
+                q.starting += 1;
             }
             let me = self.clone();
             let domain = domain.to_string();
@@ -382,6 +387,9 @@ impl Scheduler {
                 let mut st = self.state.borrow_mut();
                 let suspended = st.suspended.contains(&domain) || self.draining.get();
                 let q = st.domains.get_mut(&domain).expect("worker's domain exists");
+                if done == 0 {
+                    q.starting -= 1;
+                }
                 // Checked before popping: a job taken off the queue must be
                 // run, or its message would never finish.
                 let next = match suspended || done >= WORKER_JOBS {
