@@ -247,9 +247,11 @@ impl Spool {
             ..RecoveryReport::default()
         };
         let mut recovered = Vec::new();
+        let mut watermarks = Vec::new();
         for item in self.envelopes.iter() {
             let (key, value) = item.map_err(|source| self.db_err(source))?;
             if key.len() == watermark_key(0).len() {
+                watermarks.push(key);
                 continue;
             }
             match self.adopt_record(&key, &value) {
@@ -267,12 +269,25 @@ impl Spool {
             .flush()
             .map_err(|source| self.db_err(source))?;
         let removed = self.segments.remove_unreferenced();
-        for seq in &removed {
-            self.envelopes
-                .remove(watermark_key(*seq))
-                .map_err(|source| self.db_err(source))?;
-        }
         report.segments_removed = removed.len();
+        // Watermarks of segments that are gone, durably gone before a new
+        // segment can take the number: this run numbers segments on from
+        // the highest one left, and a stale watermark would make a crash's
+        // replay skip the new segment's first frames. (A watermark goes
+        // with its segment, but only with the next flush, so a crash can
+        // leave one behind.)
+        let present = self.segments.sequence_numbers();
+        for key in watermarks {
+            let seq = u32::from_be_bytes(key[2..6].try_into().expect("6-byte key"));
+            if !present.contains(&seq) {
+                self.envelopes
+                    .remove(key)
+                    .map_err(|source| self.db_err(source))?;
+            }
+        }
+        self.envelopes
+            .flush()
+            .map_err(|source| self.db_err(source))?;
         *self.recovered.borrow_mut() = Some(recovered);
         Ok(report)
     }

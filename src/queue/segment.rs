@@ -9,11 +9,16 @@
 //! A segment is also the spool's journal. A frame is
 //!
 //! ```text
-//!  magic u32 | record_len u32 | body_len u64 | crc32 u32 | 0 u32 | id [16] | record | body
+//!  magic u32 | record_len u32 | body_len u64 | crc32 u32 | segment u32 | id [16] | record | body
 //! ```
 //!
 //! (little-endian; the CRC covers everything but itself; the record is the
-//! envelope as first queued, without its body reference). One fdatasync of the
+//! envelope as first queued, without its body reference). `segment` is the
+//! number of the segment the frame was written to: segment files are
+//! recycled (below), so past the last frame of its current life a file
+//! still holds intact frames of an earlier one, and replay stops at the
+//! first frame that names another segment. (Frames written before this
+//! field existed have 0 there and a CRC without it; they are still read.) One fdatasync of the
 //! segment makes a whole group-commit round of frames durable, so sled need
 //! not be flushed before the 250: recovery replays the frames that sled had
 //! not yet persisted (see `queue::commit`). Frames are only ever read back
@@ -31,6 +36,16 @@
 //! `../shared/design/stack.md`). Here space comes back whole, segment by
 //! segment, when the last message in a segment is done.
 //!
+//! Segment files are recycled, as PostgreSQL recycles WAL segments: a
+//! segment whose last message is done becomes the spare for the next one
+//! instead of being unlinked. Its blocks are allocated and written, so
+//! fdatasyncs into it flush only data; no 16 MiB of zeros is written (and
+//! synced, competing with the commit rounds' fdatasyncs: p99 acceptance
+//! latency 6 ms with 16 MiB zero-filled spares, 28 ms with 256 MiB ones,
+//! measured 2026-11-26), and no discard of the freed blocks stalls the
+//! disk. Zero-filled spares are made only when none can be recycled (at
+//! start, and while the queue grows).
+//!
 //! Known cost: one long-deferred message keeps its whole segment on disk.
 //! `segment_bytes` bounds that waste per pinned segment.
 //!
@@ -45,7 +60,7 @@
 //! round that synced its segment; `queue::commit` owns that order.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
@@ -68,7 +83,9 @@ pub struct Frame {
     head: Vec<u8>,
     body: Vec<u8>,
     record_len: u64,
-    body_crc: u32,
+    /// The body's CRC state: its value is the body's own CRC, and it is
+    /// the tail of the frame's, finished once the segment is known.
+    body_hash: crc32fast::Hasher,
 }
 
 impl Frame {
@@ -83,19 +100,23 @@ impl Frame {
         // The body is hashed once: its CRC is also the tail of the frame's.
         let mut body_hash = crc32fast::Hasher::new();
         body_hash.update(&body);
-        let body_crc = body_hash.clone().finalize();
-        let mut frame_hash = crc32fast::Hasher::new();
-        frame_hash.update(&head[..16]);
-        frame_hash.update(&head[24..]);
-        frame_hash.combine(&body_hash);
-        let crc = frame_hash.finalize();
-        head[16..20].copy_from_slice(&crc.to_le_bytes());
         Frame {
             record_len: record.len() as u64,
             head,
             body,
-            body_crc,
+            body_hash,
         }
+    }
+
+    /// Stamps the segment the frame goes to and finishes its CRC.
+    fn seal(&mut self, segment: u32) {
+        self.head[20..24].copy_from_slice(&segment.to_le_bytes());
+        let mut frame_hash = crc32fast::Hasher::new();
+        frame_hash.update(&self.head[..16]);
+        frame_hash.update(&self.head[20..]);
+        frame_hash.combine(&self.body_hash);
+        let crc = frame_hash.finalize();
+        self.head[16..20].copy_from_slice(&crc.to_le_bytes());
     }
 
     pub fn len(&self) -> u64 {
@@ -112,16 +133,26 @@ impl Frame {
             segment,
             offset: offset + FRAME_HEADER + self.record_len,
             len: self.body.len() as u64,
-            crc32: self.body_crc,
+            crc32: self.body_hash.clone().finalize(),
         }
     }
 }
 
-fn frame_crc(frame: &[u8]) -> u32 {
+/// Pure: whether a whole frame read from segment `segment` is intact and
+/// was written to that segment (not to an earlier life of its file).
+fn frame_is_current(frame: &[u8], segment: u32) -> bool {
+    let word = |at: usize| u32::from_le_bytes(frame[at..at + 4].try_into().expect("4 bytes"));
+    let skip = match word(20) {
+        s if s == segment => 16..20,
+        // Written before frames named their segment; such files are never
+        // recycled, so these cannot be stale.
+        0 => 16..24,
+        _ => return false,
+    };
     let mut h = crc32fast::Hasher::new();
-    h.update(&frame[..16]);
-    h.update(&frame[24..]);
-    h.finalize()
+    h.update(&frame[..skip.start]);
+    h.update(&frame[skip.end..]);
+    h.finalize() == word(16)
 }
 
 /// Pure: the frame at the start of `buf` (which holds at least its header):
@@ -177,14 +208,30 @@ struct State {
     doomed: Vec<u32>,
     /// A segment was created since the last round: the directory needs a sync.
     dir_changed: bool,
-    /// A zero-filled file ready to become the next segment.
-    spare: Option<File>,
-    /// A spare is being written on the blocking thread.
+    /// A file ready to become the next segment.
+    spare: Option<Spare>,
+    /// A zero-filled spare is being written on the blocking thread.
     preparing: bool,
+    /// The number the next segment gets. Numbers are never reused within a
+    /// run, so a recycled file's old frames never name its new number.
+    next_seq: u32,
+    /// Segments created in this run, at the regular size: their frames
+    /// all name their segment, so their files may be recycled.
+    recyclable: BTreeSet<u32>,
 }
 
-/// The spare's name while it is being prepared or waits for its turn.
+/// A file ready to become the next segment, and its name meanwhile.
+struct Spare {
+    file: File,
+    name: &'static str,
+}
+
+/// A zero-filled spare's name while it is prepared or waits for its turn.
 const SPARE_NAME: &str = "spare.tmp";
+/// A finished segment's file waiting to be the next segment. Removed at
+/// start-up: numbering restarts after the highest segment on disk, so its
+/// old frames could name a number the new run gives out.
+const RECYCLED_NAME: &str = "recycled.tmp";
 
 pub struct Segments {
     dir: PathBuf,
@@ -216,6 +263,10 @@ impl Segments {
                 spare = keep_spare(&entry.path(), segment_bytes)?;
                 continue;
             }
+            if entry.file_name() == RECYCLED_NAME {
+                fs::remove_file(entry.path())?;
+                continue;
+            }
             match seq {
                 Some(seq) => {
                     let file = File::options().read(true).write(true).open(entry.path())?;
@@ -231,6 +282,7 @@ impl Segments {
                 None => log::warn!("spool: ignoring stray file {:?}", entry.path()),
             }
         }
+        let next_seq = files.keys().next_back().map_or(1, |s| s + 1);
         Ok(Segments {
             dir: dir.to_path_buf(),
             segment_bytes,
@@ -239,8 +291,13 @@ impl Segments {
                 active: None,
                 doomed: Vec::new(),
                 dir_changed: false,
-                spare,
+                spare: spare.map(|file| Spare {
+                    file,
+                    name: SPARE_NAME,
+                }),
                 preparing: false,
+                next_seq,
+                recyclable: BTreeSet::new(),
             }),
         })
     }
@@ -248,8 +305,9 @@ impl Segments {
     /// Reserves room for `frame` (synchronously, so reservations are in
     /// offset order) and returns where its body will be, and the write to
     /// run. The write returns once the bytes are written (not yet synced).
-    pub fn reserve_frame(&self, frame: Frame) -> io::Result<(BodyRef, PendingWrite)> {
+    pub fn reserve_frame(&self, mut frame: Frame) -> io::Result<(BodyRef, PendingWrite)> {
         let (segment, offset, file) = self.reserve(frame.len())?;
+        frame.seal(segment);
         Ok((
             frame.body_ref(segment, offset),
             PendingWrite {
@@ -304,20 +362,25 @@ impl Segments {
         Ok((seq, next, seg.file.clone()))
     }
 
-    /// Seals the active segment and starts a new preallocated one (rare:
-    /// once per `segment_bytes` of mail, so done inline).
+    /// Seals the active segment and starts the next one: the spare if one
+    /// is ready, else a preallocated file (rare: once per `segment_bytes`
+    /// of mail, so done inline).
     fn rotate(&self, st: &mut State, len: u64) -> io::Result<()> {
         let old = st.active.take().map(|(seq, _, _)| seq);
-        let seq = st.files.keys().next_back().map_or(1, |s| s + 1);
+        let seq = st.next_seq;
+        st.next_seq += 1;
         let cap = self.segment_bytes.max(len);
         let path = segment_path(&self.dir, seq);
-        let file = match st.spare.take().filter(|_| cap == self.segment_bytes) {
+        let file = match st.spare.take_if(|_| cap == self.segment_bytes) {
             Some(spare) => {
-                fs::rename(self.dir.join(SPARE_NAME), &path)?;
-                spare
+                fs::rename(self.dir.join(spare.name), &path)?;
+                spare.file
             }
             None => allocate(&path, cap)?,
         };
+        if cap == self.segment_bytes {
+            st.recyclable.insert(seq);
+        }
         st.files.insert(
             seq,
             SegmentFile {
@@ -334,8 +397,10 @@ impl Segments {
         Ok(())
     }
 
-    /// Starts writing the next segment's zeros ahead of time, if none is
-    /// ready or under way.
+    /// Starts writing the next segment's zeros ahead of time, if no spare
+    /// is ready or under way and the active segment is half full: by then
+    /// the segment before it has usually been recycled, unless the queue is
+    /// growing.
     ///
     /// Why zeros: fallocate leaves *unwritten* extents, and the first write
     /// into one changes metadata, so every fdatasync then waits for an ext4
@@ -346,7 +411,8 @@ impl Segments {
     pub fn prepare_spare(self: &Rc<Self>) {
         {
             let mut st = self.state.borrow_mut();
-            if st.spare.is_some() || st.preparing {
+            let half_full = st.active.is_some_and(|(_, cap, next)| next >= cap / 2);
+            if st.spare.is_some() || st.preparing || !half_full {
                 return;
             }
             st.preparing = true;
@@ -360,7 +426,12 @@ impl Segments {
             let mut st = me.state.borrow_mut();
             st.preparing = false;
             match made {
-                Ok(file) => st.spare = Some(file),
+                Ok(file) => {
+                    st.spare = Some(Spare {
+                        file,
+                        name: SPARE_NAME,
+                    })
+                }
                 Err(e) => log::warn!("spool: cannot prepare a segment ahead: {e}"),
             }
         })
@@ -374,7 +445,10 @@ impl Segments {
     pub fn ready_spare(&self) -> io::Result<()> {
         let mut st = self.state.borrow_mut();
         if st.spare.is_none() {
-            st.spare = Some(zero_filled(&self.dir.join(SPARE_NAME), self.segment_bytes)?);
+            st.spare = Some(Spare {
+                file: zero_filled(&self.dir.join(SPARE_NAME), self.segment_bytes)?,
+                name: SPARE_NAME,
+            });
         }
         Ok(())
     }
@@ -430,10 +504,42 @@ impl Segments {
         std::mem::take(&mut self.state.borrow_mut().doomed)
     }
 
+    /// Unlinks doomed segments, or keeps one's file as the next spare.
     pub fn unlink_doomed(&self, doomed: &[u32]) {
         for seq in doomed {
-            if let Err(e) = fs::remove_file(segment_path(&self.dir, *seq)) {
+            let path = segment_path(&self.dir, *seq);
+            if self.recycle(*seq, &path) {
+                continue;
+            }
+            if let Err(e) = fs::remove_file(&path) {
                 log::warn!("spool: cannot remove segment {seq}: {e}");
+            }
+        }
+    }
+
+    /// Renames a doomed segment's file to be the next spare, if it may be
+    /// recycled and no spare is ready or being made.
+    fn recycle(&self, seq: u32, path: &Path) -> bool {
+        let mut st = self.state.borrow_mut();
+        if !st.recyclable.remove(&seq) || st.spare.is_some() || st.preparing {
+            return false;
+        }
+        let spare = File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .and_then(|file| fs::rename(path, self.dir.join(RECYCLED_NAME)).map(|()| file));
+        match spare {
+            Ok(file) => {
+                st.spare = Some(Spare {
+                    file,
+                    name: RECYCLED_NAME,
+                });
+                true
+            }
+            Err(e) => {
+                log::warn!("spool: cannot recycle segment {seq}: {e}");
+                false
             }
         }
     }
@@ -455,8 +561,7 @@ impl Segments {
                 break;
             };
             let mut frame = vec![0u8; (FRAME_HEADER + record_len + body_len) as usize];
-            if seg.file.read_exact_at(&mut frame, at).is_err()
-                || frame_crc(&frame) != u32::from_le_bytes(header[16..20].try_into().expect("4"))
+            if seg.file.read_exact_at(&mut frame, at).is_err() || !frame_is_current(&frame, segment)
             {
                 break;
             }
@@ -731,13 +836,14 @@ mod tests {
 
     #[test]
     fn frames_carry_record_and_body_and_check_their_lengths() {
-        let f = Frame::new(&[9; 16], b"{rec}", b"body bytes".to_vec());
+        let mut f = Frame::new(&[9; 16], b"{rec}", b"body bytes".to_vec());
+        f.seal(7);
         assert_eq!(f.len(), FRAME_HEADER + 5 + 10);
         let bytes = [f.head.as_slice(), &f.body].concat();
         assert_eq!(frame_lengths(&bytes, f.len()), Some((5, 10)));
         assert_eq!(frame_lengths(&bytes, f.len() - 1), None, "must fit");
         // The combined CRC is the CRC of the frame as written.
-        assert_eq!(frame_crc(&bytes).to_le_bytes(), bytes[16..20]);
+        assert!(frame_is_current(&bytes, 7));
         let r = f.body_ref(7, 100);
         assert_eq!(
             (r.segment, r.offset, r.len),
@@ -748,5 +854,39 @@ mod tests {
         let mut huge = bytes.clone();
         huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(frame_lengths(&huge, u64::MAX), None, "no overflow");
+    }
+
+    fn sealed(segment: u32, body: &[u8]) -> Vec<u8> {
+        let mut f = Frame::new(&[3; 16], b"{}", body.to_vec());
+        f.seal(segment);
+        [f.head.as_slice(), &f.body].concat()
+    }
+
+    #[test]
+    fn a_frame_from_an_earlier_life_of_the_file_is_not_current() {
+        let old = sealed(4, b"delivered long ago");
+        assert!(frame_is_current(&old, 4));
+        assert!(!frame_is_current(&old, 9), "recycled as segment 9");
+        // The segment number is under the CRC: a header torn between two
+        // lives does not pass either.
+        let mut torn = old.clone();
+        torn[20..24].copy_from_slice(&9u32.to_le_bytes());
+        assert!(!frame_is_current(&torn, 9));
+        let mut flipped = old;
+        flipped[50] ^= 1;
+        assert!(!frame_is_current(&flipped, 4));
+    }
+
+    #[test]
+    fn frames_written_before_they_named_their_segment_still_replay() {
+        // The old layout: 0 where the segment is, CRC over all but 16..24.
+        let mut legacy = sealed(1, b"old body");
+        legacy[20..24].copy_from_slice(&[0; 4]);
+        let mut h = crc32fast::Hasher::new();
+        h.update(&legacy[..16]);
+        h.update(&legacy[24..]);
+        let crc = h.finalize().to_le_bytes();
+        legacy[16..20].copy_from_slice(&crc);
+        assert!(frame_is_current(&legacy, 5));
     }
 }
