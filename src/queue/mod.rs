@@ -462,7 +462,10 @@ impl Spool {
 
     /// Removes a message that is done (delivered, bounced or deleted) and
     /// releases its body; the segment goes when its last body does, after
-    /// the flush that makes the removal durable.
+    /// the flush that makes the removal durable. When that segment's file
+    /// is wanted as the next spare, the flush is now rather than within
+    /// [`commit::FLUSH_INTERVAL`]: at 100 KiB messages a segment fills in
+    /// a quarter of a second, and a late recycle means 16 MiB of zeros.
     pub async fn remove(&self, id: MessageId) -> Result<(), SpoolError> {
         let env = self.get(id).ok_or(SpoolError::NotFound { id })?;
         self.envelopes
@@ -470,6 +473,9 @@ impl Spool {
             .map_err(|source| SpoolError::Record { id, source })?;
         self.commit.touched();
         self.segments.release(&env.body);
+        if self.segments.recycle_waiting() {
+            self.commit.flush().await;
+        }
         Ok(())
     }
 
