@@ -50,14 +50,14 @@ fn churn(dir: &Path, count: usize, size: usize) {
                                 vec!["r@dest.example".into()],
                                 0,
                             );
-                            spool.enqueue(id, env, vec![b'x'; size]).await.unwrap();
+                            let stored = spool.enqueue(id, env, vec![b'x'; size]).await.unwrap();
                             let done = {
                                 let mut l = live.borrow_mut();
-                                l.push_back(id);
+                                l.push_back((id, stored.body));
                                 if l.len() > LIVE { l.pop_front() } else { None }
                             };
-                            if let Some(old) = done {
-                                spool.remove(old).await.unwrap();
+                            if let Some((old, body)) = done {
+                                spool.remove(old, &body).await.unwrap();
                             }
                         }
                     })
@@ -67,8 +67,8 @@ fn churn(dir: &Path, count: usize, size: usize) {
                 t.await;
             }
             let rest: Vec<_> = live.borrow_mut().drain(..).collect();
-            for id in rest {
-                spool.remove(id).await.unwrap();
+            for (id, body) in rest {
+                spool.remove(id, &body).await.unwrap();
             }
         })
         .unwrap()

@@ -161,7 +161,8 @@ fn removing_every_message_frees_every_sealed_segment() {
             spool.recover().unwrap();
             let before = spool.segment_count();
             for id in &ids {
-                spool.remove(*id).await.unwrap();
+                let body = spool.get(*id).unwrap().body;
+                spool.remove(*id, &body).await.unwrap();
             }
             (before, spool.segment_count(), spool.is_empty())
         })
@@ -303,7 +304,8 @@ fn recycle_then_abort(root: &Path) -> ! {
             // Everything but the newest message is done.
             let newest = live.pop().unwrap();
             for id in live.drain(..) {
-                spool.remove(id).await.unwrap();
+                let body = spool.get(id).unwrap().body;
+                spool.remove(id, &body).await.unwrap();
             }
             live.push(newest);
             spool.flush().await;

@@ -461,18 +461,20 @@ impl Spool {
     }
 
     /// Removes a message that is done (delivered, bounced or deleted) and
-    /// releases its body; the segment goes when its last body does, after
-    /// the flush that makes the removal durable. When that segment's file
-    /// is wanted as the next spare, the flush is now rather than within
+    /// releases its body (`body`: where its record says it is; the caller
+    /// holds the envelope, so the record is not read back). The segment
+    /// goes when its last body does, after the flush that makes the
+    /// removal durable. When that segment's file is wanted as the next
+    /// spare, the flush is now rather than within
     /// [`commit::FLUSH_INTERVAL`]: at 100 KiB messages a segment fills in
     /// a quarter of a second, and a late recycle means 16 MiB of zeros.
-    pub async fn remove(&self, id: MessageId) -> Result<(), SpoolError> {
-        let env = self.get(id).ok_or(SpoolError::NotFound { id })?;
+    pub async fn remove(&self, id: MessageId, body: &BodyRef) -> Result<(), SpoolError> {
         self.envelopes
             .remove(id.as_bytes())
-            .map_err(|source| SpoolError::Record { id, source })?;
+            .map_err(|source| SpoolError::Record { id, source })?
+            .ok_or(SpoolError::NotFound { id })?;
         self.commit.touched();
-        self.segments.release(&env.body);
+        self.segments.release(body);
         if self.segments.recycle_waiting() {
             self.commit.flush().await;
         }

@@ -18,7 +18,9 @@
 //! recycled (below), so past the last frame of its current life a file
 //! still holds intact frames of an earlier one, and replay stops at the
 //! first frame that names another segment. (Frames written before this
-//! field existed have 0 there and a CRC without it; they are still read.) One fdatasync of the
+//! field existed have 0 there and a CRC without it; they are still read.)
+//!
+//! One fdatasync of the
 //! segment makes a whole group-commit round of frames durable, so sled need
 //! not be flushed before the 250: recovery replays the frames that sled had
 //! not yet persisted (see `queue::commit`). Frames are only ever read back
@@ -44,7 +46,7 @@
 //! latency 6 ms with 16 MiB zero-filled spares, 28 ms with 256 MiB ones,
 //! measured 2026-11-26), and no discard of the freed blocks stalls the
 //! disk. Zero-filled spares are made only when none can be recycled (at
-//! start, and while the queue grows).
+//! start, and while the queue grows), and at most every few seconds.
 //!
 //! Known cost: one long-deferred message keeps its whole segment on disk.
 //! `segment_bytes` bounds that waste per pinned segment.
@@ -233,7 +235,8 @@ struct Spare {
 /// faster (a backlog of big messages: nothing to recycle, and 16 MiB of
 /// zeros per quarter second took 9% of the shard's CPU at 100 KiB,
 /// measured 2026-11-26) the next segment is preallocated instead, and its
-/// fdatasyncs pay for the extent conversion (~0.04 ms each here).
+/// fdatasyncs pay for the extent conversion (0.18 instead of 0.14 ms each,
+/// 2 KiB writes from Python on this machine's idle disk).
 const ZERO_FILL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A zero-filled spare's name while it is prepared or waits for its turn.
@@ -414,11 +417,12 @@ impl Segments {
     /// growing.
     ///
     /// Why zeros: fallocate leaves *unwritten* extents, and the first write
-    /// into one changes metadata, so every fdatasync then waits for an ext4
-    /// journal commit (~1 ms here, measured as the mean commit round). In a
-    /// file whose blocks were written once, fdatasync only flushes data.
-    /// Writing 16 MiB of zeros costs a few ms on the blocking thread once per
-    /// segment; it saves that journal commit in every round.
+    /// into one changes metadata, so every fdatasync then also writes
+    /// metadata (under load the mean commit round was ~1 ms with
+    /// fallocated segments, session 2). In a file whose blocks were written
+    /// once, fdatasync only flushes data. Writing 16 MiB of zeros costs a
+    /// few ms on the blocking thread once per segment; it saves that
+    /// metadata write in every round.
     pub fn prepare_spare(self: &Rc<Self>) {
         {
             let mut st = self.state.borrow_mut();

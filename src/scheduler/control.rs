@@ -197,7 +197,7 @@ impl Scheduler {
     /// Removes a message from the queue without delivering or bouncing it.
     pub async fn delete(self: &Rc<Self>, id: MessageId) -> Result<(), ControlError> {
         let env = self.take_out(id)?;
-        if let Err(e) = self.spool.remove(id).await {
+        if let Err(e) = self.spool.remove(id, &env.body).await {
             // Put back: the record is still on disk and will be retried.
             log::error!("{id}: delete failed: {e}");
             self.dispatch(id);

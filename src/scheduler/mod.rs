@@ -623,7 +623,7 @@ impl Scheduler {
             .iter()
             .all(|r| r.status != RecipientStatus::Pending);
         let result = if all_final {
-            self.spool.remove(id).await
+            self.spool.remove(id, &env.body).await
         } else {
             env.attempts += 1;
             let d = &self.cfg.delivery;
