@@ -103,10 +103,13 @@ impl Conn {
     }
 
     /// Flushes and closes; under TLS this sends close_notify, so the client
-    /// can tell a clean end from a truncation.
+    /// can tell a clean end from a truncation. A plain connection needs no
+    /// shutdown call (a syscall per session): dropping it closes it.
     pub async fn close(&mut self) {
         let _ = self.flush().await;
-        let _ = self.stream.close().await;
+        if let Stream::Tls(_) = self.stream {
+            let _ = self.stream.close().await;
+        }
     }
 
     /// Runs the server side of a TLS handshake on the plain connection.

@@ -32,7 +32,7 @@ pub mod session;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,6 +159,7 @@ pub async fn serve(
                 match admit(&admission, peer.ip(), &shard) {
                     Some(ticket) => sessions.spawn(handle_connection(
                         stream,
+                        peer,
                         shard.clone(),
                         submission,
                         idle.clone(),
@@ -200,6 +201,7 @@ async fn turn_away(stream: TcpStream) {
 
 async fn handle_connection(
     stream: TcpStream,
+    peer: SocketAddr,
     shard: Rc<Shard>,
     submission: bool,
     idle_count: Rc<std::cell::Cell<usize>>,
@@ -208,7 +210,6 @@ async fn handle_connection(
     let listener = if submission { "submission" } else { "smtp" };
     ::metrics::counter!(crate::metrics::SMTP_CONNECTIONS_TOTAL, "listener" => listener)
         .increment(1);
-    let Ok(peer) = stream.peer_addr() else { return };
     let cfg = shard.cfg.clone();
     let idle = Duration::from_secs(cfg.smtp.idle_timeout_secs);
     let lifetime = Duration::from_secs(cfg.smtp.max_session_secs);
