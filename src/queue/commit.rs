@@ -373,8 +373,10 @@ impl GroupCommit {
         count
     }
 
-    /// Flushes sled if it changed, then unlinks the segments that were
-    /// finished before the flush began. Called every [`FLUSH_INTERVAL`].
+    /// Flushes sled if it changed, then unlinks (or recycles) the segments
+    /// that were finished before the flush began. Called every
+    /// [`FLUSH_INTERVAL`], and at once by `Spool::remove` when a finished
+    /// segment's file is wanted as the next spare.
     pub async fn flush(&self) {
         {
             let mut st = self.state.borrow_mut();
@@ -398,9 +400,10 @@ impl GroupCommit {
         }
     }
 
-    /// After a flush: unlinks the segments doomed before it, and writes the
-    /// watermarks it covered (durable with the next flush). A segment's
-    /// watermark goes when the segment does (a stale one would be harmless).
+    /// After a flush: unlinks (or recycles) the segments doomed before it,
+    /// and writes the watermarks it covered (durable with the next flush).
+    /// A segment's watermark goes when the segment does; one a crash leaves
+    /// behind is deleted at recovery (`Spool::recover` says why it must be).
     fn after_flush(&self, doomed: &[u32], covered: HashMap<u32, u64>) {
         self.segments.unlink_doomed(doomed);
         let mut st = self.state.borrow_mut();

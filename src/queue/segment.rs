@@ -54,7 +54,8 @@
 //! Concurrency: lives on its shard's executor (`RefCell`, not shared).
 //! Frames are written with pwritev into the page cache at offsets reserved
 //! synchronously (see [`Segments::write`] for why not io_uring); the
-//! group-commit round fdatasyncs them through io_uring. Deliveries read
+//! group-commit round fdatasyncs them, on the shard's thread or through
+//! io_uring (`spool.sync`, see `queue::commit`). Deliveries read
 //! bodies from the page cache with a non-blocking preadv2, and through
 //! io_uring (glommio `BufferedFile`) when that would wait for the disk.
 //!
@@ -196,7 +197,9 @@ pub struct BodyRef {
 struct SegmentFile {
     /// For fdatasync and reads; shared with the blocking thread.
     file: Arc<File>,
-    /// For io_uring writes; created on first append (needs an executor).
+    /// For the commit rounds' fdatasync (inline on its descriptor, or
+    /// through io_uring) and io_uring reads; created on first append
+    /// (needs an executor).
     uring: Option<Rc<BufferedFile>>,
     /// Bodies reserved in this segment and not yet released.
     refs: u64,
@@ -341,7 +344,7 @@ impl Segments {
     /// thread: for a frame of a few KiB that is a few microseconds, less than
     /// io_uring's hand-off of a buffered write to an io-wq worker and back
     /// (measured: see the #6 notes). Durability comes from the round's
-    /// fdatasync, which does go through io_uring.
+    /// fdatasync.
     pub async fn write(&self, w: PendingWrite) -> io::Result<()> {
         write_all_vectored_at(&w.file, [&w.head, &w.body], w.offset)
     }
@@ -426,11 +429,16 @@ impl Segments {
     pub fn prepare_spare(self: &Rc<Self>) {
         {
             let mut st = self.state.borrow_mut();
+            // Called for every frame: the clock is read only when the rest
+            // would let a zero-fill begin.
             let half_full = st.active.is_some_and(|(_, cap, next)| next >= cap / 2);
-            let lately = st
-                .last_zero_fill
-                .is_some_and(|t| t.elapsed() < ZERO_FILL_INTERVAL);
-            if st.spare.is_some() || st.preparing || !half_full || lately {
+            if st.spare.is_some()
+                || st.preparing
+                || !half_full
+                || st
+                    .last_zero_fill
+                    .is_some_and(|t| t.elapsed() < ZERO_FILL_INTERVAL)
+            {
                 return;
             }
             st.preparing = true;
@@ -480,10 +488,10 @@ impl Segments {
     /// What a commit round of frames in `segments` must sync: their files,
     /// and whether the directory gained a segment since the last call (its
     /// name is durable only once the directory is synced).
-    /// Segments are synced through io_uring (their `BufferedFile`, which
-    /// every segment gets when its first frame is reserved), so a round
-    /// needs no thread hand-off. A segment holding a frame is referenced,
-    /// so it is still open.
+    /// Segments are synced through their `BufferedFile`, which every
+    /// segment gets when its first frame is reserved (inline on its
+    /// descriptor, or as an io_uring fdatasync: `spool.sync`). A segment
+    /// holding a frame is referenced, so it is still open.
     pub fn sync_handles(&self, segments: &[u32]) -> (Vec<Rc<BufferedFile>>, bool) {
         let mut st = self.state.borrow_mut();
         let files = segments
