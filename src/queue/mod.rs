@@ -152,6 +152,48 @@ pub fn existing_shards(root: &Path) -> Vec<u16> {
     v
 }
 
+/// How long `open_db` waits for a lock that a closing spool still holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens a shard's sled database. sled releases its file lock only when
+/// its last background write has let go of the database, a moment after
+/// the last handle is dropped, so a spool reopened right after it was
+/// closed (a shard restarted in the same process, as the tests do; a
+/// process started while the old one is still exiting) may see the lock
+/// held: that is waited out for up to [`LOCK_WAIT`]. A second ringpost on
+/// the same spool still gets [`SpoolError::Locked`].
+fn open_db(db_path: &Path, cache_bytes: u64) -> Result<sled::Db, SpoolError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(db_path)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // We flush on our own schedule (`commit::FLUSH_INTERVAL`).
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(ref e))
+                if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
+            {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(SpoolError::Locked {
+                        path: db_path.to_path_buf(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(source) => {
+                return Err(SpoolError::Db {
+                    path: db_path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 impl Spool {
     /// Opens (creating if needed) the spool of `shard`. Blocking: call at
     /// start-up, before the shard serves, then [`Spool::recover`].
@@ -163,27 +205,7 @@ impl Spool {
         };
         fs::create_dir_all(&path).map_err(io_err)?;
         let db_path = path.join("queue");
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(opts.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            // We flush on our own schedule (`commit::FLUSH_INTERVAL`).
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| match source {
-                sled::Error::Io(ref e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.to_string().contains("lock") =>
-                {
-                    SpoolError::Locked {
-                        path: db_path.clone(),
-                    }
-                }
-                source => SpoolError::Db {
-                    path: db_path.clone(),
-                    source,
-                },
-            })?;
+        let db = open_db(&db_path, opts.cache_bytes)?;
         let tree = |name: &str| {
             db.open_tree(name).map_err(|source| SpoolError::Db {
                 path: db_path.clone(),
@@ -277,17 +299,21 @@ impl Spool {
         // with its segment, but only with the next flush, so a crash can
         // leave one behind.)
         let present = self.segments.sequence_numbers();
+        let mut stale = 0;
         for key in watermarks {
             let seq = u32::from_be_bytes(key[2..6].try_into().expect("6-byte key"));
             if !present.contains(&seq) {
                 self.envelopes
                     .remove(key)
                     .map_err(|source| self.db_err(source))?;
+                stale += 1;
             }
         }
-        self.envelopes
-            .flush()
-            .map_err(|source| self.db_err(source))?;
+        if stale > 0 {
+            self.envelopes
+                .flush()
+                .map_err(|source| self.db_err(source))?;
+        }
         *self.recovered.borrow_mut() = Some(recovered);
         Ok(report)
     }
