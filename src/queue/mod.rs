@@ -15,7 +15,9 @@
 //!                            tree "quarantine_bodies" (id -> what was
 //!                            readable of the body)
 //!  shard-k/segments/   append-only segments of frames (record + body),
-//!                      unlinked when unreferenced
+//!                      unlinked or recycled when unreferenced; at most
+//!                      one spare (spare.tmp: zeros, recycled.tmp: a
+//!                      finished segment) waiting to be the next one
 //! ```
 //!
 //! Durability (the 250 rule): [`Spool::enqueue`] appends the message as one
