@@ -349,10 +349,14 @@ impl Segments {
         write_all_vectored_at(&w.file, [&w.head, &w.body], w.offset)
     }
 
-    /// Stops appending to `segment` (after a failed write: frames after a
-    /// hole could not be replayed).
+    /// Stops appending to `segment` after a failed write or sync (frames
+    /// after a hole could not be replayed), and keeps its file from being
+    /// recycled.
     pub fn seal(&self, segment: u32) {
         let mut st = self.state.borrow_mut();
+        // A file a write or an fdatasync failed on is not reused: unlinked
+        // once its messages are done.
+        st.recyclable.remove(&segment);
         if st.active.is_some_and(|(s, _, _)| s == segment) {
             st.active = None;
             self.unlink_if_unused(&mut st, segment);
