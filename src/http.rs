@@ -1,4 +1,5 @@
-//! The small HTTP/1.1 server behind the metrics and admin endpoints.
+//! The small HTTP/1.1 server behind the metrics, admin and injection
+//! endpoints.
 //!
 //! Owns: [`serve`] (an accept loop on one shard, one request per
 //! connection), reading a request with bounded size and time, and writing
@@ -6,12 +7,15 @@
 //! path segments are percent-decoded by `percent-encoding`.
 //!
 //! Must not: know what any path means (the handlers do), or keep a
-//! connection open after its response: these are control-plane endpoints
-//! for Prometheus, orchestrators and the `ringpost queue` command, not a
-//! web server.
+//! connection open after its response: its clients are Prometheus,
+//! orchestrators, the `ringpost queue` command and applications injecting
+//! mail, not browsers.
 //!
-//! Security: a request head is read up to 8 KiB and a body up to 64 KiB,
-//! all within 10 s; anything larger or slower is answered 4xx and closed.
+//! Security: a request head is read up to 8 KiB and a body up to the
+//! listener's limit (64 KiB for the control plane, the message size limit
+//! for injection), each read within 10 s; anything larger or slower is
+//! answered 4xx and closed. Bearer tokens are compared in constant time
+//! ([`bearer_matches`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +28,8 @@ use glommio::net::{TcpListener, TcpStream};
 use crate::runtime::tasks::TaskSet;
 
 const MAX_HEAD: usize = 8 * 1024;
-const MAX_BODY: usize = 64 * 1024;
+/// The body limit of the control-plane endpoints.
+pub const MAX_BODY: usize = 64 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +41,8 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The client's address (None only in tests of the parser).
+    pub peer: Option<std::net::IpAddr>,
     pub body: Vec<u8>,
 }
 
@@ -86,25 +93,42 @@ impl Response {
 
 pub type Handler = Rc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Response>>>>;
 
-/// Serves `listener` until `stop` is disconnected; each request goes to
-/// `handler` on this shard.
-pub async fn serve(listener: TcpListener, handler: Handler, stop: flume::Receiver<()>) {
+/// Whether `req` carries `Authorization: Bearer <token>`, compared in
+/// constant time.
+pub fn bearer_matches(req: &Request, token: &str) -> bool {
+    let given = req.authorization.as_deref().unwrap_or("");
+    let given = given.strip_prefix("Bearer ").unwrap_or("").as_bytes();
+    let want = token.as_bytes();
+    given.len() == want.len() && given.iter().zip(want).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Serves `listener` until `stop` is disconnected; each request (with a
+/// body of at most `max_body` bytes) goes to `handler` on this shard.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    max_body: usize,
+    stop: flume::Receiver<()>,
+) {
     let tasks = TaskSet::default();
     loop {
         match crate::runtime::accept_or_stop(&listener, &stop).await {
             None => break,
-            Some(Ok(stream)) => tasks.spawn(exchange(stream, handler.clone())),
+            Some(Ok(stream)) => tasks.spawn(exchange(stream, handler.clone(), max_body)),
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(50)).await,
         }
     }
     tasks.cancel_all();
 }
 
-async fn exchange(mut stream: TcpStream, handler: Handler) {
+async fn exchange(mut stream: TcpStream, handler: Handler, max_body: usize) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let response = match read_request(&mut stream).await {
-        Ok(request) => handler(request).await,
+    let response = match read_request(&mut stream, max_body).await {
+        Ok(mut request) => {
+            request.peer = stream.peer_addr().ok().map(|a| a.ip());
+            handler(request).await
+        }
         Err(Some(response)) => response,
         Err(None) => return,
     };
@@ -122,11 +146,14 @@ async fn exchange(mut stream: TcpStream, handler: Handler) {
 
 /// Reads one request. Err(Some) is an error response to send; Err(None)
 /// means the peer went away or timed out.
-async fn read_request(stream: &mut TcpStream) -> Result<Request, Option<Response>> {
+async fn read_request(
+    stream: &mut TcpStream,
+    max_body: usize,
+) -> Result<Request, Option<Response>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     let (mut request, head_len, body_len) = loop {
-        match parse_head(&buf) {
+        match parse_head(&buf, max_body) {
             Ok(Some(parsed)) => break parsed,
             Ok(None) if buf.len() >= MAX_HEAD => {
                 return Err(Some(Response::text(431, "request head too large\n")));
@@ -150,8 +177,12 @@ async fn read_request(stream: &mut TcpStream) -> Result<Request, Option<Response
 }
 
 /// Pure: parses a request head. Ok(None) while incomplete; otherwise the
-/// request (without body), the head's length and the body's length.
-pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, Response> {
+/// request (without body), the head's length and the body's length, which
+/// may not exceed `max_body`.
+pub fn parse_head(
+    buf: &[u8],
+    max_body: usize,
+) -> Result<Option<(Request, usize, usize)>, Response> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -168,7 +199,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, Respons
     let body_len = match header("content-length") {
         None => 0,
         Some(v) => match v.trim().parse::<usize>() {
-            Ok(n) if n <= MAX_BODY => n,
+            Ok(n) if n <= max_body => n,
             Ok(_) => return Err(Response::text(413, "request body too large\n")),
             Err(_) => return Err(Response::text(400, "bad Content-Length\n")),
         },
@@ -191,6 +222,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Request, usize, usize)>, Respons
             })
             .collect(),
         authorization: header("authorization"),
+        peer: None,
         body: Vec::new(),
     };
     Ok(Some((request, head_len, body_len)))
@@ -226,7 +258,7 @@ mod tests {
     #[test]
     fn parses_path_query_and_authorization() {
         let raw = b"POST /queue/flush?domain=ex%41mple.com&x HTTP/1.1\r\nAuthorization: Bearer t\r\nContent-Length: 2\r\n\r\nhi";
-        let (req, head, body) = parse_head(raw).unwrap().unwrap();
+        let (req, head, body) = parse_head(raw, MAX_BODY).unwrap().unwrap();
         assert_eq!(req.method, "POST");
         assert_eq!(req.route(), ["queue", "flush"]);
         assert_eq!(req.param("domain"), Some("exAmple.com"));
@@ -237,14 +269,20 @@ mod tests {
 
     #[test]
     fn incomplete_and_bad_heads() {
-        assert!(parse_head(b"GET / HTTP/1.1\r\n").unwrap().is_none());
+        assert!(
+            parse_head(b"GET / HTTP/1.1\r\n", MAX_BODY)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(
-            parse_head(b"\x00\x01 nonsense\r\n\r\n").unwrap_err().status,
+            parse_head(b"\x00\x01 nonsense\r\n\r\n", MAX_BODY)
+                .unwrap_err()
+                .status,
             400
         );
         let big = b"POST / HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n";
-        assert_eq!(parse_head(big).unwrap_err().status, 413);
+        assert_eq!(parse_head(big, MAX_BODY).unwrap_err().status, 413);
         let bad = b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n";
-        assert_eq!(parse_head(bad).unwrap_err().status, 400);
+        assert_eq!(parse_head(bad, MAX_BODY).unwrap_err().status, 400);
     }
 }

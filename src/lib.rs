@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  client ──SMTP──▶ smtp_in ──enqueue──▶ queue (sled + body segments, per shard)
-//!                                            │ submit
+//!  client ──HTTP──▶ inject  ──enqueue──┘     │ receive
 //!                       bounce (DSN) ──▶ scheduler (per-domain ready queues, retries)
 //!                                            │ job
 //!                          dns (MX, A) ──▶ smtp_out (pooled connections) ──SMTP──▶ MX hosts
@@ -13,6 +13,7 @@
 //! - [`proto`]: SMTP command, reply and message-body codecs. Pure functions
 //!   over bytes; no I/O.
 //! - [`smtp_in`]: the inbound listener and session state machine.
+//! - [`inject`]: the HTTP injection API (JSON in, same spool and scheduler).
 //! - [`queue`]: message ids, envelopes, the durable spool with group commit,
 //!   recovery and quarantine. The only user of sled.
 //! - [`scheduler`]: per-shard, per-domain delivery scheduling: limits,
@@ -26,8 +27,8 @@
 //! - [`tls`]: rustls configs for inbound STARTTLS and outbound encryption.
 //! - [`admin`]: the admin HTTP API (JSON) on a running server, and the
 //!   client behind `ringpost queue ...`.
-//! - [`http`]: the small HTTP/1.1 server behind the metrics and admin
-//!   endpoints.
+//! - [`http`]: the small HTTP/1.1 server behind the metrics, admin and
+//!   injection endpoints.
 //! - [`runtime`]: one glommio executor per core, start-up and shutdown, and
 //!   `shard_for`, the one place that maps a message to its shard.
 //! - [`config`]: the typed configuration; its defaults are the embedded
@@ -41,6 +42,7 @@ pub mod config;
 pub mod dns;
 pub mod events;
 pub mod http;
+pub mod inject;
 pub mod metrics;
 pub mod proto;
 pub mod queue;

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -344,13 +343,7 @@ fn summary_counts_messages_per_domain_and_show_gives_headers() {
 
 /// A raw HTTP request to the admin API: (status, body).
 fn http(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
+    common::http(addr, head.as_bytes())
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn port_in_use_fails_at_once_with_a_clear_message() {
     std::fs::write(
         &cfg,
         format!(
-            "[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{}\"\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n",
+            "[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{}\"\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n",
             tmp.path().join("spool").display(),
             taken.local_addr().unwrap()
         ),
@@ -75,7 +75,7 @@ fn a_failing_shard_stops_the_process_with_an_error() {
     std::fs::write(
         &cfg,
         format!(
-            "[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n",
+            "[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n",
             not_a_dir.display()
         ),
     )

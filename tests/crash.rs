@@ -109,7 +109,7 @@ fn sigkill_mid_stream(sync: &str) {
         &config,
         format!(
             "[server]\nshards = 2\nhostname = \"crash.test\"\n[spool]\ndir = \"{}\"\n# 1 MiB (the least): segments rotate during the run, so recovery\n# crosses segment boundaries and new-segment directory syncs.\nsegment_bytes = 1048576\nsync = \"{sync}\"\n[smtp]\nlisten = \"{addr}\"\n\
-             [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n",
+             [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n",
             spool.display(),
             common::closed_port()
         ),

@@ -167,7 +167,7 @@ fn five_thousand_idle_connections_do_not_block_a_normal_client() {
         &config,
         format!(
             "[server]\nshards = 2\n[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{addr}\"\n\
-             [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n",
+             [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n",
             tmp.path().join("spool").display(),
             common::closed_port()
         ),

@@ -36,7 +36,7 @@ fn sigterm_finishes_the_transaction_in_flight_and_exits_cleanly() {
         format!(
             "[server]\nshards = 2\nshutdown_grace_secs = 10\n[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{addr}\"\n\
              [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
-             [metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n",
+             [metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n",
             spool.display(),
             common::closed_port()
         ),

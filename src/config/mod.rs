@@ -30,6 +30,35 @@ pub struct Config {
     pub submission: SubmissionConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
+    pub inject: InjectConfig,
+}
+
+/// `[inject]`: the HTTP injection API (`POST /api/inject/v1`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct InjectConfig {
+    /// "ip:port" every shard listens on, or "off".
+    pub listen: String,
+    /// A file whose first line is a bearer token that lets a client outside
+    /// `smtp.relay_networks` inject (`Authorization: Bearer ...`); empty:
+    /// only clients in `smtp.relay_networks` may inject.
+    pub token_file: String,
+}
+
+impl Default for InjectConfig {
+    fn default() -> Self {
+        InjectConfig {
+            listen: "127.0.0.1:8025".into(),
+            token_file: String::new(),
+        }
+    }
+}
+
+impl InjectConfig {
+    /// The listen address, None when off.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 /// `[admin]`: the admin HTTP API (JSON) behind `ringpost queue ...`.
@@ -431,6 +460,7 @@ impl Config {
                 "submission" => section(&key, value, &mut errors, &mut cfg.submission),
                 "metrics" => section(&key, value, &mut errors, &mut cfg.metrics),
                 "admin" => section(&key, value, &mut errors, &mut cfg.admin),
+                "inject" => section(&key, value, &mut errors, &mut cfg.inject),
                 other => errors.push(format!("unknown section or key `{other}`")),
             }
         }
@@ -534,6 +564,12 @@ impl Config {
                 ),
                 Some(_) => {}
             }
+        }
+        if self.inject.listen != "off" && self.inject.addr().is_none() {
+            p.push(format!(
+                "inject.listen: `{}` is neither ip:port nor \"off\"",
+                self.inject.listen
+            ));
         }
         if self.dns.timeout_secs == 0 {
             p.push("dns.timeout_secs must be at least 1".into());

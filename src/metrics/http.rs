@@ -22,7 +22,7 @@ pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, stop: flume::R
         let response = route(&req, ready.load(Ordering::Acquire));
         Box::pin(async move { response })
     });
-    crate::http::serve(listener, handler, stop).await;
+    crate::http::serve(listener, handler, crate::http::MAX_BODY, stop).await;
 }
 
 /// Pure: the response to a request.
@@ -48,7 +48,9 @@ mod tests {
     use super::*;
 
     fn get(raw: &[u8], ready: bool) -> u16 {
-        let (req, _, _) = crate::http::parse_head(raw).unwrap().unwrap();
+        let (req, _, _) = crate::http::parse_head(raw, crate::http::MAX_BODY)
+            .unwrap()
+            .unwrap();
         route(&req, ready).status
     }
 

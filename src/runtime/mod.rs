@@ -102,8 +102,8 @@ pub enum StartError {
     Tls(crate::tls::TlsError),
     #[error("submission users: {0}")]
     Users(String),
-    #[error("admin token file {path}: {reason}")]
-    AdminToken { path: String, reason: String },
+    #[error("token file {path}: {reason}")]
+    TokenFile { path: String, reason: String },
 }
 
 enum Report {
@@ -121,6 +121,8 @@ pub struct Server {
     pub submission_addr: Option<SocketAddr>,
     /// The admin API, when enabled.
     pub admin_addr: Option<SocketAddr>,
+    /// The HTTP injection API, when enabled.
+    pub inject_addr: Option<SocketAddr>,
     pub shards: usize,
     reports: flume::Receiver<Report>,
     shutdown: Shutdown,
@@ -160,7 +162,15 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         Some(addr) => Some(probe_listen(addr)?),
         None => None,
     };
-    let admin_token = admin_token(&cfg.admin.token_file)?;
+    let admin_token = read_token(&cfg.admin.token_file)?;
+    let inject_addr = match cfg.inject.addr() {
+        Some(addr) => Some(probe_listen(addr)?),
+        None => None,
+    };
+    if let Some(addr) = inject_addr {
+        cfg.inject.listen = addr.to_string();
+    }
+    let inject_token = read_token(&cfg.inject.token_file)?;
     crate::metrics::install();
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ready_flag = ready.clone();
@@ -215,6 +225,7 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
                 let resolver = resolver.clone();
                 let tls = tls.clone();
                 let users = users.clone();
+                let inject_token = inject_token.clone();
                 // Shard 0 also serves the metrics endpoint.
                 let metrics = (index == 0).then(|| (metrics_addr, ready.clone()));
                 let guard = StopGuard {
@@ -226,6 +237,7 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
                         metrics,
                         admin,
                         admin_rx,
+                        inject_token,
                         stop,
                     };
                     match run_shard(index, shards, cfg, resolver, tls, users, control, &guard.tx)
@@ -249,6 +261,7 @@ pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         metrics_addr,
         submission_addr,
         admin_addr,
+        inject_addr,
         shards,
         reports,
         shutdown: Shutdown {
@@ -283,15 +296,18 @@ struct Control {
     /// Shard 0: the admin API address, every shard's admin sender, the token.
     admin: Option<(SocketAddr, crate::admin::Shards, Option<String>)>,
     admin_rx: flume::Receiver<crate::admin::Task>,
+    /// The bearer token for injection from outside `smtp.relay_networks`.
+    inject_token: Option<String>,
     stop: flume::Receiver<()>,
 }
 
-/// The admin bearer token: the first line of `path`; none when unset.
-fn admin_token(path: &str) -> Result<Option<String>, StartError> {
+/// A bearer token (admin or injection): the first line of `path`; none
+/// when unset.
+fn read_token(path: &str) -> Result<Option<String>, StartError> {
     if path.is_empty() {
         return Ok(None);
     }
-    let fail = |reason: String| StartError::AdminToken {
+    let fail = |reason: String| StartError::TokenFile {
         path: path.to_string(),
         reason,
     };
@@ -319,6 +335,7 @@ async fn run_shard(
         metrics,
         admin,
         admin_rx,
+        inject_token,
         stop,
     } = control;
     let opts = SpoolOptions {
@@ -352,6 +369,10 @@ async fn run_shard(
         )),
         None => None,
     };
+    let inject_http = match cfg.inject.addr() {
+        Some(addr) => Some(bind_shared(addr).map_err(|e| format!("listen on {addr}: {e}"))?),
+        None => None,
+    };
     let submission = match users {
         Some(_) => Some(
             bind_shared(cfg.submission.listen)
@@ -377,6 +398,12 @@ async fn run_shard(
         cfg.submission.max_auth_failures,
         Duration::from_secs(cfg.submission.auth_failure_window_secs),
     );
+    let injector = Rc::new(crate::inject::Injector {
+        cfg: cfg.clone(),
+        spool: spool.clone(),
+        scheduler: scheduler.clone(),
+        token: inject_token,
+    });
     let shard = Rc::new(Shard {
         index: index as u16,
         shards,
@@ -429,6 +456,15 @@ async fn run_shard(
         loops.push(glommio::spawn_local(crate::http::serve(
             l,
             handler,
+            crate::http::MAX_BODY,
+            stop.clone(),
+        )));
+    }
+    if let Some(l) = inject_http {
+        loops.push(glommio::spawn_local(crate::http::serve(
+            l,
+            crate::inject::handler(injector),
+            crate::inject::max_request_bytes(&shard.cfg),
             stop.clone(),
         )));
     }

@@ -311,6 +311,18 @@ impl Scheduler {
         self.tasks.cancel_all();
     }
 
+    /// A message a receiver (SMTP or HTTP injection) just made durable:
+    /// counted, logged as received (one Reception per recipient), and
+    /// scheduled at once.
+    pub fn receive(self: &Rc<Self>, id: MessageId, env: Envelope) {
+        ::metrics::counter!(crate::metrics::MESSAGES_RECEIVED).increment(1);
+        ::metrics::counter!(crate::metrics::RECIPIENTS_RECEIVED)
+            .increment(env.recipients.len() as u64);
+        ::metrics::counter!(crate::metrics::BYTES_RECEIVED).increment(env.size());
+        self.events.reception(id, &env);
+        self.submit(id, env);
+    }
+
     /// A message that was just made durable: schedule it now.
     pub fn submit(self: &Rc<Self>, id: MessageId, env: Envelope) {
         queue_gauges(&env, 1.0);

@@ -166,12 +166,7 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &Shard) -> Outcom
         Ok(env) => {
             ::metrics::histogram!(crate::metrics::SMTP_ACCEPT_SECONDS)
                 .record(started.elapsed().as_secs_f64());
-            ::metrics::counter!(crate::metrics::MESSAGES_RECEIVED).increment(1);
-            ::metrics::counter!(crate::metrics::RECIPIENTS_RECEIVED)
-                .increment(env.recipients.len() as u64);
-            ::metrics::counter!(crate::metrics::BYTES_RECEIVED).increment(env.size());
-            shard.events.reception(id, &env);
-            shard.scheduler.submit(id, env);
+            shard.scheduler.receive(id, env);
             Outcome::Reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")))
         }
         Err(e) => {

@@ -20,6 +20,7 @@ pub struct TestServer {
     pub metrics_addr: Option<SocketAddr>,
     pub submission_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
+    pub inject_addr: Option<SocketAddr>,
     pub cfg: Config,
     pub shards: usize,
     pub spool_dir: PathBuf,
@@ -43,6 +44,7 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     cfg.delivery.log = "off".into();
     cfg.metrics.listen = "127.0.0.1:0".into();
     cfg.admin.listen = "127.0.0.1:0".into();
+    cfg.inject.listen = "127.0.0.1:0".into();
     cfg.server.shutdown_grace_secs = 2;
     cfg.dns.nameservers = vec!["127.0.0.1:9".parse().unwrap()];
     tweak(&mut cfg);
@@ -53,6 +55,7 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
         metrics_addr: server.metrics_addr,
         submission_addr: server.submission_addr,
         admin_addr: server.admin_addr,
+        inject_addr: server.inject_addr,
         cfg,
         shards,
         spool_dir,
@@ -290,4 +293,19 @@ impl Client {
         let mut b = [0u8; 1];
         matches!(self.reader.read(&mut b), Ok(0) | Err(_))
     }
+}
+
+/// One raw HTTP/1.1 exchange (`request` is sent as given; the server closes
+/// the connection after its answer): (status, body).
+pub fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
 }

@@ -1,0 +1,391 @@
+//! HTTP injection: messages handed over as JSON instead of over SMTP.
+//!
+//! Owns: the `POST /api/inject/v1` route ([`handler`]); who may use it (a
+//! client in `smtp.relay_networks`, or one that sends the bearer token from
+//! `inject.token_file`); [`parse`], which turns a request body into an
+//! [`Injection`] (pure: the JSON, the addresses, the content's size and
+//! line lengths, its line endings made CRLF); and the answer, which comes
+//! only after `Spool::enqueue` returned, i.e. once the message is on disk
+//! (the same group commit as SMTP's 250).
+//!
+//! Concurrency: every shard listens on the injection port (SO_REUSEPORT,
+//! like SMTP). A request is queued in the spool of the shard that took it
+//! and handed to that shard's scheduler; nothing crosses shards.
+//!
+//! May call: `queue` (enqueue), `scheduler` (receive), `proto` (address
+//! syntax), `http` (the server). Must not: deliver anything itself, or
+//! queue mail for a client that is neither in `smtp.relay_networks` nor
+//! holds the token: injected mail goes to any domain, so anything else
+//! would be an open relay.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::http::{Handler, Request, Response};
+use crate::proto::command::{Mailbox, parse_mailbox};
+use crate::queue::{Envelope, MessageId, Spool};
+use crate::scheduler::Scheduler;
+
+/// What a shard needs to take injections.
+pub struct Injector {
+    pub cfg: Arc<Config>,
+    pub spool: Rc<Spool>,
+    pub scheduler: Rc<Scheduler>,
+    /// The bearer token that admits clients outside `smtp.relay_networks`.
+    pub token: Option<String>,
+}
+
+/// The largest request body the listener reads: a message at the size
+/// limit, JSON-escaped (CRLF becomes `\r\n`, 2 bytes each), plus room for
+/// the envelope.
+pub fn max_request_bytes(cfg: &Config) -> usize {
+    let message = cfg.smtp.max_message_size as usize;
+    message
+        .saturating_add(message / 2)
+        .saturating_add(256 * 1024)
+}
+
+/// The request body (a subset of KumoMTA's injection API: no templates).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InjectRequest {
+    /// The envelope sender; "" for the null sender `<>`.
+    envelope_sender: String,
+    recipients: Vec<RecipientField>,
+    /// The whole message: header fields, a blank line, the body.
+    content: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipientField {
+    email: String,
+}
+
+/// A request that passed [`parse`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Injection {
+    pub sender: Option<Mailbox>,
+    pub recipients: Vec<Mailbox>,
+    /// Recipients that are not addresses; the others are still queued.
+    pub failed: Vec<String>,
+    /// The content with CRLF line endings.
+    pub content: Vec<u8>,
+}
+
+impl Injection {
+    fn smtputf8(&self) -> bool {
+        self.sender
+            .iter()
+            .chain(&self.recipients)
+            .any(Mailbox::is_utf8)
+    }
+}
+
+/// Why a request is refused: the HTTP status and a message for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+fn refuse(status: u16, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        message: message.into(),
+    }
+}
+
+/// The limits [`parse`] applies (from `[smtp]`, as for SMTP mail).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_size: usize,
+    pub max_line_length: usize,
+    pub max_recipients: usize,
+}
+
+impl Limits {
+    pub fn of(cfg: &Config) -> Limits {
+        Limits {
+            max_message_size: cfg.smtp.max_message_size as usize,
+            max_line_length: cfg.smtp.max_line_length,
+            max_recipients: cfg.smtp.max_recipients,
+        }
+    }
+}
+
+/// Pure: checks a request body and builds the message to queue.
+pub fn parse(body: &[u8], limits: Limits) -> Result<Injection, Refusal> {
+    let req: InjectRequest =
+        serde_json::from_slice(body).map_err(|e| refuse(400, format!("bad request: {e}")))?;
+    let sender =
+        match req.envelope_sender.as_str() {
+            "" => None,
+            text => Some(parse_mailbox(text.as_bytes()).ok_or_else(|| {
+                refuse(400, format!("envelope_sender `{text}` is not an address"))
+            })?),
+        };
+    if req.recipients.is_empty() {
+        return Err(refuse(400, "no recipients"));
+    }
+    if req.recipients.len() > limits.max_recipients {
+        return Err(refuse(
+            400,
+            format!("too many recipients (at most {})", limits.max_recipients),
+        ));
+    }
+    let (mut recipients, mut failed) = (Vec::new(), Vec::new());
+    for r in req.recipients {
+        match parse_mailbox(r.email.as_bytes()) {
+            Some(m) => recipients.push(m),
+            None => failed.push(r.email),
+        }
+    }
+    if recipients.is_empty() {
+        return Err(refuse(400, "no recipient is an address"));
+    }
+    let content = crlf_content(req.content.as_bytes(), limits)?;
+    Ok(Injection {
+        sender,
+        recipients,
+        failed,
+        content,
+    })
+}
+
+/// Pure: `content` with every line ending (CRLF, LF or a lone CR) made
+/// CRLF and a final CRLF added if missing; refused when empty, over the
+/// size limit or with a line over the line limit (RFC 5321 4.5.3.1.6).
+fn crlf_content(content: &[u8], limits: Limits) -> Result<Vec<u8>, Refusal> {
+    if content.is_empty() {
+        return Err(refuse(400, "content is empty"));
+    }
+    let mut out = Vec::with_capacity(content.len() + content.len() / 32 + 2);
+    let mut rest = content;
+    let mut line_no = 0;
+    while !rest.is_empty() {
+        line_no += 1;
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .unwrap_or(rest.len());
+        if end + 2 > limits.max_line_length {
+            return Err(refuse(
+                400,
+                format!(
+                    "content line {line_no} is longer than {} octets",
+                    limits.max_line_length - 2
+                ),
+            ));
+        }
+        out.extend_from_slice(&rest[..end]);
+        out.extend_from_slice(b"\r\n");
+        rest = match &rest[end..] {
+            [b'\r', b'\n', tail @ ..] | [b'\r', tail @ ..] | [b'\n', tail @ ..] => tail,
+            tail => tail,
+        };
+        if out.len() > limits.max_message_size {
+            return Err(refuse(
+                413,
+                format!("content is larger than {} octets", limits.max_message_size),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The answer to an accepted request (KumoMTA's fields, plus the id).
+#[derive(Debug, Serialize)]
+struct Accepted {
+    id: String,
+    success_count: usize,
+    fail_count: usize,
+    failed_recipients: Vec<String>,
+    errors: Vec<String>,
+}
+
+/// The handler for one shard's injection listener.
+pub fn handler(injector: Rc<Injector>) -> Handler {
+    Rc::new(move |req: Request| {
+        let injector = injector.clone();
+        Box::pin(async move {
+            let response = match injector.serve(req).await {
+                Ok(response) => response,
+                Err(refusal) => Response::json(
+                    refusal.status,
+                    &serde_json::json!({ "error": refusal.message }),
+                ),
+            };
+            let class = format!("{}xx", response.status / 100);
+            ::metrics::counter!(crate::metrics::HTTP_INJECTIONS, "status" => class).increment(1);
+            response
+        })
+    })
+}
+
+impl Injector {
+    async fn serve(&self, req: Request) -> Result<Response, Refusal> {
+        match (req.method.as_str(), req.route().as_slice()) {
+            ("POST", ["api", "inject", "v1"]) => {}
+            (_, ["api", "inject", "v1"]) => return Err(refuse(405, "use POST")),
+            _ => return Err(refuse(404, "no such path (POST /api/inject/v1)")),
+        }
+        self.authorize(&req)?;
+        let injection = parse(&req.body, Limits::of(&self.cfg))?;
+        let peer = req.peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let id = self.spool.new_id();
+        let env = self.envelope(&injection, peer);
+        let mut body = received_header(&self.cfg.server.hostname, peer, id, &injection);
+        body.extend_from_slice(&injection.content);
+        let env = self.spool.enqueue(id, env, body).await.map_err(|e| {
+            log::error!("{e}");
+            refuse(503, "queue file write error: try again")
+        })?;
+        let success_count = env.recipients.len();
+        self.scheduler.receive(id, env);
+        Ok(Response::json(
+            200,
+            &Accepted {
+                id: id.to_string(),
+                success_count,
+                fail_count: injection.failed.len(),
+                failed_recipients: injection.failed,
+                errors: Vec::new(),
+            },
+        ))
+    }
+
+    /// A client in `smtp.relay_networks` may inject; anyone else needs the
+    /// token (when one is configured).
+    fn authorize(&self, req: &Request) -> Result<(), Refusal> {
+        if req.peer.is_some_and(|ip| self.cfg.is_relay_client(ip)) {
+            return Ok(());
+        }
+        match &self.token {
+            Some(t) if crate::http::bearer_matches(req, t) => Ok(()),
+            Some(_) => Err(refuse(401, "a bearer token is required")),
+            None => Err(refuse(403, "this client may not inject mail")),
+        }
+    }
+
+    fn envelope(&self, injection: &Injection, peer: IpAddr) -> Envelope {
+        let sender = injection
+            .sender
+            .as_ref()
+            .map(Mailbox::to_string)
+            .unwrap_or_default();
+        let rcpts = injection
+            .recipients
+            .iter()
+            .map(Mailbox::to_string)
+            .collect();
+        let mut env = Envelope::new(sender, rcpts, crate::events::unix_now());
+        env.smtputf8 = injection.smtputf8();
+        env.eight_bit = !injection.content.is_ascii();
+        env.client = format!("http [{peer}]");
+        env
+    }
+}
+
+/// The trace header (RFC 5321 4.4), as SMTP reception writes it, with
+/// protocol `HTTP`.
+fn received_header(hostname: &str, peer: IpAddr, id: MessageId, inj: &Injection) -> Vec<u8> {
+    let ip = match peer {
+        IpAddr::V4(v4) => format!("[{v4}]"),
+        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    };
+    let mut s = String::with_capacity(256);
+    let _ = write!(
+        s,
+        "Received: from {ip} ({ip})\r\n\tby {hostname} (ringpost) with HTTP id {id}"
+    );
+    if let [only] = inj.recipients.as_slice() {
+        let _ = write!(s, "\r\n\tfor <{only}>");
+    }
+    let _ = write!(s, "; {}\r\n", chrono::Utc::now().to_rfc2822());
+    s.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_message_size: 4096,
+        max_line_length: 1000,
+        max_recipients: 100,
+    };
+
+    fn request(sender: &str, rcpts: &[&str], content: &str) -> Vec<u8> {
+        let recipients: Vec<_> = rcpts
+            .iter()
+            .map(|r| serde_json::json!({ "email": r }))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "envelope_sender": sender,
+            "recipients": recipients,
+            "content": content,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_request_becomes_an_injection_with_crlf_content() {
+        let body = request(
+            "noreply@example.com",
+            &["a@example.net", "not an address", "b@example.org"],
+            "Subject: hi\nFrom: x@example.com\r\n\nline\rlast",
+        );
+        let inj = parse(&body, LIMITS).unwrap();
+        assert_eq!(inj.sender.unwrap().to_string(), "noreply@example.com");
+        let rcpts: Vec<_> = inj.recipients.iter().map(|m| m.to_string()).collect();
+        assert_eq!(rcpts, ["a@example.net", "b@example.org"]);
+        assert_eq!(inj.failed, ["not an address"]);
+        assert_eq!(
+            inj.content,
+            b"Subject: hi\r\nFrom: x@example.com\r\n\r\nline\r\nlast\r\n"
+        );
+    }
+
+    #[test]
+    fn the_null_sender_and_utf8_addresses() {
+        let inj = parse(&request("", &["jörg@exämple.de"], "x"), LIMITS).unwrap();
+        assert_eq!(inj.sender, None);
+        assert!(inj.smtputf8());
+        let ascii = parse(&request("", &["a@example.de"], "x"), LIMITS).unwrap();
+        assert!(!ascii.smtputf8());
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let status = |body: &[u8]| parse(body, LIMITS).unwrap_err().status;
+        assert_eq!(status(b"not json"), 400);
+        assert_eq!(status(br#"{"envelope_sender":"","recipients":[]}"#), 400);
+        assert_eq!(
+            status(br#"{"envelope_sender":"","recipients":[{"email":"a@b.c"}],"content":"x","template":1}"#),
+            400
+        );
+        assert_eq!(status(&request("bad", &["a@b.c"], "x")), 400);
+        assert_eq!(status(&request("", &[], "x")), 400);
+        assert_eq!(status(&request("", &["nope"], "x")), 400);
+        assert_eq!(status(&request("", &["a@b.c"], "")), 400);
+        let many: Vec<String> = (0..101).map(|i| format!("r{i}@b.c")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(status(&request("", &many, "x")), 400);
+        assert_eq!(status(&request("", &["a@b.c"], &"y".repeat(999))), 400);
+        let big = "line\n".repeat(1000);
+        assert_eq!(status(&request("", &["a@b.c"], &big)), 413);
+    }
+
+    #[test]
+    fn a_line_at_the_limit_passes() {
+        let inj = parse(&request("", &["a@b.c"], &"y".repeat(998)), LIMITS).unwrap();
+        assert_eq!(inj.content.len(), 1000);
+    }
+}

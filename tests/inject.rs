@@ -1,0 +1,181 @@
+//! HTTP injection (`POST /api/inject/v1`) against a running server with two
+//! shards: a message injected as JSON is queued durably before the 200,
+//! delivered through the test MX like SMTP mail, and only clients in
+//! `smtp.relay_networks` or holding the token may inject; bad requests get
+//! a clear status and nothing is queued.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::dns::{self, Rr};
+use common::sink::{Script, Sink};
+use common::{TestServer, http, sink_port, start_with};
+
+fn post(
+    addr: SocketAddr,
+    auth: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body = serde_json::to_vec(body).unwrap();
+    let auth = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let mut req = format!(
+        "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let (status, text) = http(addr, &req);
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, json)
+}
+
+fn message(rcpts: &[&str], content: &str) -> serde_json::Value {
+    let recipients: Vec<_> = rcpts
+        .iter()
+        .map(|r| serde_json::json!({ "email": r }))
+        .collect();
+    serde_json::json!({
+        "envelope_sender": "orders@sender.test",
+        "recipients": recipients,
+        "content": content,
+    })
+}
+
+/// A server that delivers through a test DNS server: dest.test's MX is
+/// 127.0.0.2 on `port`.
+fn server(port: u16, tweak: impl FnOnce(&mut ringpost::config::Config)) -> TestServer {
+    let zone = dns::serve(
+        "test",
+        vec![
+            Rr::Mx("dest.test", 10, "mx1.dest.test"),
+            Rr::A("mx1.dest.test", "127.0.0.2".parse().unwrap()),
+        ],
+    );
+    start_with(2, |c| {
+        c.delivery.smarthost.clear();
+        c.delivery.remote_port = port;
+        c.delivery.connect_timeout_secs = 2;
+        c.dns.nameservers = vec![zone];
+        c.dns.timeout_secs = 2;
+        tweak(c);
+    })
+}
+
+#[test]
+fn an_injected_message_is_delivered_with_crlf_line_endings() {
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let ts = server(port, |_| {});
+    let content = "From: Shop <orders@sender.test>\nTo: a@dest.test\nSubject: receipt 42\n\n.total: 10.00\nthanks\n";
+    let (status, answer) = post(
+        ts.inject_addr.unwrap(),
+        None,
+        &message(&["a@dest.test", "not an address", "b@dest.test"], content),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["success_count"], 2);
+    assert_eq!(answer["fail_count"], 1);
+    assert_eq!(
+        answer["failed_recipients"],
+        serde_json::json!(["not an address"])
+    );
+    let id = answer["id"].as_str().unwrap().to_string();
+
+    let msgs = sink.wait_for(1, 20);
+    assert_eq!(msgs.len(), 1, "both recipients in one transaction");
+    assert_eq!(msgs[0].from, "orders@sender.test");
+    assert_eq!(msgs[0].rcpts, ["a@dest.test", "b@dest.test"]);
+    let data = String::from_utf8(msgs[0].data.clone()).unwrap();
+    let (received, rest) = data.split_once("\r\nFrom: ").unwrap();
+    assert!(
+        received.starts_with("Received: from [127.0.0.1]")
+            && received.contains(&format!("with HTTP id {id}")),
+        "{received}"
+    );
+    assert_eq!(
+        format!("From: {rest}"),
+        content.replace('\n', "\r\n"),
+        "byte-exact apart from line endings (the leading dot survives the SMTP hop)"
+    );
+}
+
+#[test]
+fn the_200_comes_after_the_message_is_in_the_spool() {
+    // The next hop is a closed port: the message stays queued.
+    let mut ts = start_with(2, |_| {});
+    let (status, answer) = post(
+        ts.inject_addr.unwrap(),
+        None,
+        &message(&["x@elsewhere.test"], "Subject: kept\r\n\r\nbody\r\n"),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_string();
+    let queued = ts.stop_and_list();
+    let (_, env) = queued
+        .iter()
+        .find(|(qid, _)| qid.to_string() == id)
+        .expect("the injected message is in the spool");
+    assert_eq!(env.sender, "orders@sender.test");
+    assert_eq!(env.recipients.len(), 1);
+    assert_eq!(env.recipients[0].address, "x@elsewhere.test");
+}
+
+#[test]
+fn clients_outside_relay_networks_need_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "correct-horse-battery-staple\n").unwrap();
+    let outside = |c: &mut ringpost::config::Config| {
+        c.smtp.relay_networks = vec!["10.0.0.0/8".parse().unwrap()];
+    };
+    let ts = start_with(1, |c| {
+        outside(c);
+        c.inject.token_file = token_file.to_str().unwrap().into();
+    });
+    let addr = ts.inject_addr.unwrap();
+    let msg = message(&["x@elsewhere.test"], "Subject: t\r\n\r\nx\r\n");
+    assert_eq!(post(addr, None, &msg).0, 401);
+    assert_eq!(post(addr, Some("correct-horse-battery-stapl"), &msg).0, 401);
+    let (status, answer) = post(addr, Some("correct-horse-battery-staple"), &msg);
+    assert_eq!(status, 200, "{answer}");
+
+    let no_token = start_with(1, outside);
+    let (status, answer) = post(no_token.inject_addr.unwrap(), None, &msg);
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("may not inject"));
+}
+
+#[test]
+fn bad_requests_get_a_clear_status_and_queue_nothing() {
+    let mut ts = start_with(1, |c| {
+        c.smtp.max_message_size = 64 * 1024;
+        c.smtp.max_line_length = 1000;
+    });
+    let addr = ts.inject_addr.unwrap();
+    let (status, answer) = post(addr, None, &serde_json::json!({ "recipients": [] }));
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("envelope_sender"),
+        "{answer}"
+    );
+    let (status, _) = post(addr, None, &message(&["nobody"], "x"));
+    assert_eq!(status, 400);
+    let long_line = format!("Subject: x\r\n\r\n{}\r\n", "y".repeat(1200));
+    let (status, answer) = post(addr, None, &message(&["a@b.test"], &long_line));
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("line 3"),
+        "{answer}"
+    );
+    let big = "0123456789abcdef\r\n".repeat(5000);
+    assert_eq!(post(addr, None, &message(&["a@b.test"], &big)).0, 413);
+    let huge = b"POST /api/inject/v1 HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n";
+    assert_eq!(http(addr, huge).0, 413);
+    assert_eq!(http(addr, b"GET /api/inject/v1 HTTP/1.1\r\n\r\n").0, 405);
+    assert_eq!(http(addr, b"POST /inject HTTP/1.1\r\n\r\n").0, 404);
+    assert!(ts.stop_and_list().is_empty(), "nothing was queued");
+}
