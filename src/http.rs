@@ -31,6 +31,8 @@ const MAX_HEAD: usize = 8 * 1024;
 /// The body limit of the control-plane endpoints.
 pub const MAX_BODY: usize = 64 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection over the limit gets to take its 503.
+const REJECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -102,19 +104,46 @@ pub fn bearer_matches(req: &Request, token: &str) -> bool {
     given.len() == want.len() && given.iter().zip(want).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-/// Serves `listener` until `stop` is disconnected; each request (with a
-/// body of at most `max_body` bytes) goes to `handler` on this shard.
+/// What one listener admits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest request body read.
+    pub max_body: usize,
+    /// Connections served at once on this shard; more get 503 at once.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The metrics and admin endpoints.
+    pub const CONTROL: Limits = Limits {
+        max_body: MAX_BODY,
+        max_connections: 64,
+    };
+}
+
+/// Serves `listener` until `stop` is disconnected; each request goes to
+/// `handler` on this shard, within `limits`.
 pub async fn serve(
     listener: TcpListener,
     handler: Handler,
-    max_body: usize,
+    limits: Limits,
     stop: flume::Receiver<()>,
 ) {
     let tasks = TaskSet::default();
     loop {
         match crate::runtime::accept_or_stop(&listener, &stop).await {
             None => break,
-            Some(Ok(stream)) => tasks.spawn(exchange(stream, handler.clone(), max_body)),
+            Some(Ok(stream)) if tasks.len() < limits.max_connections => {
+                tasks.spawn(exchange(stream, handler.clone(), limits.max_body));
+            }
+            // Over the limit: a short 503 while the overflow is small;
+            // beyond that the connection is just closed, so that a flood
+            // costs no more than the accept.
+            Some(Ok(stream)) if tasks.len() < 2 * limits.max_connections => {
+                let busy = Response::text(503, "too many connections, try again\n");
+                tasks.spawn(respond(stream, busy, REJECT_TIMEOUT));
+            }
+            Some(Ok(stream)) => drop(stream),
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(50)).await,
         }
     }
@@ -123,7 +152,6 @@ pub async fn serve(
 
 async fn exchange(mut stream: TcpStream, handler: Handler, max_body: usize) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let response = match read_request(&mut stream, max_body).await {
         Ok(mut request) => {
             request.peer = stream.peer_addr().ok().map(|a| a.ip());
@@ -132,6 +160,12 @@ async fn exchange(mut stream: TcpStream, handler: Handler, max_body: usize) {
         Err(Some(response)) => response,
         Err(None) => return,
     };
+    respond(stream, response, IO_TIMEOUT).await;
+}
+
+/// Writes `response` (the connection closes after it).
+async fn respond(mut stream: TcpStream, response: Response, timeout: Duration) {
+    let _ = stream.set_write_timeout(Some(timeout));
     let head = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         response.status,
@@ -240,6 +274,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",

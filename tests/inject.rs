@@ -179,3 +179,29 @@ fn bad_requests_get_a_clear_status_and_queue_nothing() {
     assert_eq!(http(addr, b"POST /inject HTTP/1.1\r\n\r\n").0, 404);
     assert!(ts.stop_and_list().is_empty(), "nothing was queued");
 }
+
+#[test]
+fn connections_over_the_limit_get_503() {
+    let ts = start_with(1, |c| c.inject.max_connections = 1);
+    let addr = ts.inject_addr.unwrap();
+    // Holds the only slot: connected, request not yet sent.
+    let mut held = std::net::TcpStream::connect(addr).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let msg = message(&["x@elsewhere.test"], "Subject: t\r\n\r\nx\r\n");
+    let body = serde_json::to_vec(&msg).unwrap();
+    let mut req = format!(
+        "POST /api/inject/v1 HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    assert_eq!(http(addr, &req).0, 503);
+    // The held connection is still served, and frees its slot after.
+    use std::io::{Read, Write};
+    held.write_all(&req).unwrap();
+    let mut answer = String::new();
+    held.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(http(addr, &req).0, 200);
+}

@@ -43,6 +43,9 @@ pub struct InjectConfig {
     /// `smtp.relay_networks` inject (`Authorization: Bearer ...`); empty:
     /// only clients in `smtp.relay_networks` may inject.
     pub token_file: String,
+    /// Concurrent injection connections, all clients together (each shard
+    /// admits its equal share); more get 503 at once.
+    pub max_connections: usize,
 }
 
 impl Default for InjectConfig {
@@ -50,6 +53,7 @@ impl Default for InjectConfig {
         InjectConfig {
             listen: "127.0.0.1:8025".into(),
             token_file: String::new(),
+            max_connections: 100,
         }
     }
 }
@@ -564,6 +568,9 @@ impl Config {
                 ),
                 Some(_) => {}
             }
+        }
+        if self.inject.max_connections == 0 {
+            p.push("inject.max_connections must be at least 1".into());
         }
         if self.inject.listen != "off" && self.inject.addr().is_none() {
             p.push(format!(

@@ -40,14 +40,18 @@ pub struct Injector {
     pub token: Option<String>,
 }
 
-/// The largest request body the listener reads: a message at the size
+/// What shard `index`'s listener admits: its share of
+/// `inject.max_connections`, and request bodies up to a message at the size
 /// limit, JSON-escaped (CRLF becomes `\r\n`, 2 bytes each), plus room for
 /// the envelope.
-pub fn max_request_bytes(cfg: &Config) -> usize {
+pub fn limits(cfg: &Config, index: usize, shards: usize) -> crate::http::Limits {
     let message = cfg.smtp.max_message_size as usize;
-    message
-        .saturating_add(message / 2)
-        .saturating_add(256 * 1024)
+    crate::http::Limits {
+        max_body: message
+            .saturating_add(message / 2)
+            .saturating_add(256 * 1024),
+        max_connections: crate::runtime::share(cfg.inject.max_connections, index, shards),
+    }
 }
 
 /// The request body (a subset of KumoMTA's injection API: no templates).

@@ -22,7 +22,7 @@ pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, stop: flume::R
         let response = route(&req, ready.load(Ordering::Acquire));
         Box::pin(async move { response })
     });
-    crate::http::serve(listener, handler, crate::http::MAX_BODY, stop).await;
+    crate::http::serve(listener, handler, crate::http::Limits::CONTROL, stop).await;
 }
 
 /// Pure: the response to a request.

@@ -456,7 +456,7 @@ async fn run_shard(
         loops.push(glommio::spawn_local(crate::http::serve(
             l,
             handler,
-            crate::http::MAX_BODY,
+            crate::http::Limits::CONTROL,
             stop.clone(),
         )));
     }
@@ -464,7 +464,7 @@ async fn run_shard(
         loops.push(glommio::spawn_local(crate::http::serve(
             l,
             crate::inject::handler(injector),
-            crate::inject::max_request_bytes(&shard.cfg),
+            crate::inject::limits(&shard.cfg, index, shards),
             stop.clone(),
         )));
     }
