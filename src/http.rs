@@ -166,15 +166,18 @@ async fn exchange(mut stream: TcpStream, handler: Handler, max_body: usize) {
 /// Writes `response` (the connection closes after it).
 async fn respond(mut stream: TcpStream, response: Response, timeout: Duration) {
     let _ = stream.set_write_timeout(Some(timeout));
-    let head = format!(
+    // Head and body in one write: one send, and no answer cut after its
+    // status line by a crash between two.
+    let mut out = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         response.status,
         reason(response.status),
         response.content_type,
         response.body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(&response.body).await;
+    )
+    .into_bytes();
+    out.extend_from_slice(&response.body);
+    let _ = stream.write_all(&out).await;
     let _ = stream.close().await;
 }
 

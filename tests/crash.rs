@@ -1,5 +1,6 @@
-//! Durability under SIGKILL: every message that got a 250 is in the spool
-//! after a crash and a restart. Runs the real binary as a child process.
+//! Durability under SIGKILL: every message that got a 250 (SMTP) or a 200
+//! (HTTP injection) is in the spool after a crash and a restart. Runs the
+//! real binary as a child process.
 
 mod common;
 
@@ -104,30 +105,110 @@ fn sigkill_mid_stream(sync: &str) {
     let spool = tmp.path().join("spool");
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let config = tmp.path().join("ringpost.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nshards = 2\nhostname = \"crash.test\"\n[spool]\ndir = \"{}\"\n# 1 MiB (the least): segments rotate during the run, so recovery\n# crosses segment boundaries and new-segment directory syncs.\nsegment_bytes = 1048576\nsync = \"{sync}\"\n[smtp]\nlisten = \"{addr}\"\n\
-             [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n",
-            spool.display(),
-            common::closed_port()
-        ),
-    )
-    .unwrap();
-
+    let config = write_config(tmp.path(), &spool, sync, addr, "off");
     let mut child = common::spawn_binary(&config, addr);
+    let acked = kill_mid_stream(&mut child, addr, CONNECTIONS, sender, KILL_AFTER_ACKS);
+    assert!(acked.len() >= KILL_AFTER_ACKS);
+    assert!(
+        acked.len() < CONNECTIONS * MESSAGES_PER_CONNECTION,
+        "the kill must land mid-stream for this test to mean anything"
+    );
+
+    restart_and_check(&config, addr, &spool, &acked);
+}
+
+/// Injects messages over HTTP, one request per connection, until one
+/// fails; records (id, token) for every 200.
+fn injector(
+    addr: SocketAddr,
+    thread: usize,
+    acked: Arc<Mutex<Vec<(String, String)>>>,
+    count: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) {
+    for n in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let token = format!("injected-{thread}-{n}");
+        let body = serde_json::to_vec(&serde_json::json!({
+            "envelope_sender": "s@crash.test",
+            "recipients": [{ "email": format!("r{thread}@dest.example") }],
+            "content": format!("Subject: {token}\n\n{}\n", "x".repeat(2000)),
+        }))
+        .unwrap();
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            return;
+        };
+        let head = format!(
+            "POST /api/inject/v1 HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut answer = String::new();
+        if stream.write_all(head.as_bytes()).is_err()
+            || stream.write_all(&body).is_err()
+            || std::io::Read::read_to_string(&mut stream, &mut answer).is_err()
+        {
+            return;
+        }
+        // A 200 whose body did not arrive whole (the kill) is not an
+        // acknowledgement the client could act on.
+        let id = answer
+            .strip_prefix("HTTP/1.1 200")
+            .and_then(|a| a.split_once("\r\n\r\n"))
+            .and_then(|(_, json)| serde_json::from_str::<serde_json::Value>(json).ok())
+            .and_then(|v| v["id"].as_str().map(str::to_string));
+        let Some(id) = id else { return };
+        acked.lock().unwrap().push((id, token));
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// As for SMTP: 8 clients inject over HTTP, SIGKILL after 300 answers of
+/// 200, restart, and every one of them is in the spool.
+#[test]
+fn no_injected_message_is_lost_on_sigkill() {
+    const INJECTORS: usize = 8;
+    const KILL_AFTER: usize = 300;
+    let tmp = tempfile::tempdir().unwrap();
+    let spool = tmp.path().join("spool");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let inject: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = write_config(tmp.path(), &spool, "inline", addr, &inject.to_string());
+    let mut child = common::spawn_binary(&config, inject);
+    let acked = kill_mid_stream(&mut child, inject, INJECTORS, injector, KILL_AFTER);
+    assert!(acked.len() >= KILL_AFTER);
+    // The restart needs only SMTP (its readiness is checked there).
+    let config = write_config(tmp.path(), &spool, "inline", addr, "off");
+    restart_and_check(&config, addr, &spool, &acked);
+}
+
+/// A client thread: sends to `addr` as client number `n` until it fails or
+/// `stop` is set, recording (id, token) for each acknowledged message.
+type ClientFn =
+    fn(SocketAddr, usize, Arc<Mutex<Vec<(String, String)>>>, Arc<AtomicUsize>, Arc<AtomicBool>);
+
+/// Runs `clients` threads of `client` against `addr`, SIGKILLs `child` once
+/// `kill_after` messages are acknowledged, and returns every (id, token)
+/// acknowledged before the kill.
+fn kill_mid_stream(
+    child: &mut std::process::Child,
+    addr: SocketAddr,
+    clients: usize,
+    client: ClientFn,
+    kill_after: usize,
+) -> Vec<(String, String)> {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = (0..CONNECTIONS)
+    let threads: Vec<_> = (0..clients)
         .map(|i| {
             let (a, c, s) = (acked.clone(), count.clone(), stop.clone());
-            std::thread::spawn(move || sender(addr, i, a, c, s))
+            std::thread::spawn(move || client(addr, i, a, c, s))
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while count.load(Ordering::Relaxed) < KILL_AFTER_ACKS {
+    while count.load(Ordering::Relaxed) < kill_after {
         assert!(
             Instant::now() < deadline,
             "only {} acks in 120 s",
@@ -141,13 +222,42 @@ fn sigkill_mid_stream(sync: &str) {
     for t in threads {
         t.join().unwrap();
     }
-    let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= KILL_AFTER_ACKS);
-    assert!(
-        acked.len() < CONNECTIONS * MESSAGES_PER_CONNECTION,
-        "the kill must land mid-stream for this test to mean anything"
-    );
+    acked.lock().unwrap().clone()
+}
 
+/// A two-shard config with 1 MiB segments (the least: segments rotate
+/// during a run, so recovery crosses segment boundaries and new-segment
+/// directory syncs), delivery to a closed port, SMTP on `addr`.
+fn write_config(
+    dir: &std::path::Path,
+    spool: &std::path::Path,
+    sync: &str,
+    addr: SocketAddr,
+    inject: &str,
+) -> std::path::PathBuf {
+    let config = dir.join("ringpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nshards = 2\nhostname = \"crash.test\"\n[spool]\ndir = \"{}\"\nsegment_bytes = 1048576\nsync = \"{sync}\"\n[smtp]\nlisten = \"{addr}\"\n\
+             [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[inject]\nlisten = \"{inject}\"\n",
+            spool.display(),
+            common::closed_port()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Restarts the server (recovery runs; it must come up and serve again),
+/// stops it, and checks that every acknowledged (id, token) is in the
+/// spool with its own content.
+fn restart_and_check(
+    config: &std::path::Path,
+    addr: SocketAddr,
+    spool: &std::path::Path,
+    acked: &[(String, String)],
+) {
     // Restart: recovery runs; the server must come up and serve again.
     // The killed process's listening socket can outlive it briefly (the
     // kernel tears its io_uring down in the background, and a pending
@@ -161,7 +271,7 @@ fn sigkill_mid_stream(sync: &str) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut child = common::spawn_binary(&config, addr);
+    let mut child = common::spawn_binary(config, addr);
     let mut c = common::Client::connect(addr);
     c.expect("NOOP", 250);
     drop(c);
@@ -169,12 +279,12 @@ fn sigkill_mid_stream(sync: &str) {
     child.wait().unwrap();
 
     // Every body reads back and passes its CRC (read_spool checks it).
-    let queued: HashMap<String, Vec<u8>> = common::read_spool(&spool)
+    let queued: HashMap<String, Vec<u8>> = common::read_spool(spool)
         .into_iter()
         .map(|(id, _, body)| (id.to_string(), body))
         .collect();
     let mut missing = Vec::new();
-    for (id, token) in &acked {
+    for (id, token) in acked {
         let Some(body) = queued.get(id) else {
             missing.push(id.clone());
             continue;
