@@ -111,13 +111,16 @@ pub struct Limits {
     pub max_body: usize,
     /// Connections served at once on this shard; more get 503 at once.
     pub max_connections: usize,
+    /// On shutdown, how long requests under way may take to finish.
+    pub drain: Duration,
 }
 
 impl Limits {
-    /// The metrics and admin endpoints.
+    /// The metrics and admin endpoints: nothing to finish on shutdown.
     pub const CONTROL: Limits = Limits {
         max_body: MAX_BODY,
         max_connections: 64,
+        drain: Duration::ZERO,
     };
 }
 
@@ -147,6 +150,10 @@ pub async fn serve(
             Some(Err(_)) => glommio::timer::sleep(Duration::from_millis(50)).await,
         }
     }
+    // No new connections now; a request under way (an injection waiting
+    // for its group commit) gets `drain` to be answered.
+    let deadline = std::time::Instant::now() + limits.drain;
+    tasks.wait_until_at_most(0, deadline).await;
     tasks.cancel_all();
 }
 

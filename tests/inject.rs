@@ -2,7 +2,9 @@
 //! shards: a message injected as JSON is queued durably before the 200,
 //! delivered through the test MX like SMTP mail, and only clients in
 //! `smtp.relay_networks` or holding the token may inject; bad requests get
-//! a clear status and nothing is queued.
+//! a clear status and nothing is queued; connections are limited, and a
+//! request under way at shutdown is still answered. (Durability under
+//! SIGKILL: tests/crash.rs.)
 
 mod common;
 
@@ -204,4 +206,34 @@ fn connections_over_the_limit_get_503() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(http(addr, &req).0, 200);
+}
+
+#[test]
+fn a_request_under_way_at_shutdown_is_answered_and_kept() {
+    use std::io::{Read, Write};
+    let mut ts = start_with(1, |c| c.server.shutdown_grace_secs = 5);
+    let msg = message(&["x@elsewhere.test"], "Subject: late\r\n\r\nx\r\n");
+    let body = serde_json::to_vec(&msg).unwrap();
+    let mut conn = std::net::TcpStream::connect(ts.inject_addr.unwrap()).unwrap();
+    let head = format!(
+        "POST /api/inject/v1 HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(&body[..10]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    ts.request_shutdown();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    conn.write_all(&body[10..]).unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let json: serde_json::Value =
+        serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let id = json["id"].as_str().unwrap().to_string();
+    let queued = ts.stop_and_list();
+    assert!(
+        queued.iter().any(|(q, _)| q.to_string() == id),
+        "{id} is queued"
+    );
 }

@@ -43,7 +43,7 @@ pub struct Injector {
 /// What shard `index`'s listener admits: its share of
 /// `inject.max_connections`, and request bodies up to a message at the size
 /// limit, JSON-escaped (CRLF becomes `\r\n`, 2 bytes each), plus room for
-/// the envelope.
+/// the envelope. On shutdown, requests under way get the grace period.
 pub fn limits(cfg: &Config, index: usize, shards: usize) -> crate::http::Limits {
     let message = cfg.smtp.max_message_size as usize;
     crate::http::Limits {
@@ -51,6 +51,7 @@ pub fn limits(cfg: &Config, index: usize, shards: usize) -> crate::http::Limits 
             .saturating_add(message / 2)
             .saturating_add(256 * 1024),
         max_connections: crate::runtime::share(cfg.inject.max_connections, index, shards),
+        drain: std::time::Duration::from_secs(cfg.server.shutdown_grace_secs),
     }
 }
 

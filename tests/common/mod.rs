@@ -147,6 +147,13 @@ impl TestServer {
         self.server = Some(server);
     }
 
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn request_shutdown(&self) {
+        if let Some(s) = &self.server {
+            s.shutdown_handle().request();
+        }
+    }
+
     /// Stops the server (releasing the spool) if it still runs.
     pub fn stop(&mut self) {
         if let Some(mut s) = self.server.take() {
