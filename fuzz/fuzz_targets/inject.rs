@@ -1,6 +1,7 @@
 //! The HTTP injection request parser: never panics; what it accepts has at
-//! least one recipient, no more than the limit, and content within the
-//! size limit made only of CRLF-terminated lines within the line limit.
+//! least one recipient, no more than the limit, addresses without CR, LF
+//! or NUL (they go into the Received: header), and content within the size
+//! limit made only of CRLF-terminated lines within the line limit.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use ringpost::inject::{Limits, parse};
@@ -17,6 +18,10 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(!inj.recipients.is_empty());
     assert!(inj.recipients.len() + inj.failed.len() <= LIMITS.max_recipients);
+    for m in inj.sender.iter().chain(&inj.recipients) {
+        let text = m.to_string();
+        assert!(!text.contains(['\r', '\n', '\0']), "{text:?}");
+    }
     assert!(inj.content.len() <= LIMITS.max_message_size);
     let mut lines: Vec<&[u8]> = inj.content.split(|&b| b == b'\n').collect();
     assert_eq!(lines.pop(), Some(&b""[..]), "ends with a line ending");

@@ -379,6 +379,8 @@ mod tests {
         assert_eq!(status(&request("bad", &["a@b.c"], "x")), 400);
         assert_eq!(status(&request("", &[], "x")), 400);
         assert_eq!(status(&request("", &["nope"], "x")), 400);
+        // No header injection through an address (it goes into Received:).
+        assert_eq!(status(&request("", &["\"a\r\nX: y\"@b.c"], "x")), 400);
         assert_eq!(status(&request("", &["a@b.c"], "")), 400);
         let many: Vec<String> = (0..101).map(|i| format!("r{i}@b.c")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
