@@ -385,32 +385,18 @@ async fn run_shard(
             .map_err(|e| format!("delivery log {}: {e}", cfg.delivery.log))?,
     );
     let spool = Rc::new(spool);
-    let scheduler = Scheduler::new(
-        cfg.clone(),
-        index,
-        shards,
-        spool.clone(),
-        resolver,
-        events.clone(),
-    );
+    let scheduler = Scheduler::new(cfg.clone(), index, shards, spool.clone(), resolver, events);
     scheduler.start();
     let auth_failures = crate::smtp_in::auth::FailureLimiter::new(
         cfg.submission.max_auth_failures,
         Duration::from_secs(cfg.submission.auth_failure_window_secs),
     );
-    let injector = Rc::new(crate::inject::Injector {
-        cfg: cfg.clone(),
-        spool: spool.clone(),
-        scheduler: scheduler.clone(),
-        token: inject_token,
-    });
     let shard = Rc::new(Shard {
         index: index as u16,
         shards,
         cfg,
         spool,
         scheduler: scheduler.clone(),
-        events,
         tls: tls.map(futures_rustls::TlsAcceptor::from),
         auth_failures,
         users,
@@ -461,6 +447,12 @@ async fn run_shard(
         )));
     }
     if let Some(l) = inject_http {
+        let injector = Rc::new(crate::inject::Injector {
+            cfg: shard.cfg.clone(),
+            spool: shard.spool.clone(),
+            scheduler: scheduler.clone(),
+            token: inject_token,
+        });
         loops.push(glommio::spawn_local(crate::http::serve(
             l,
             crate::inject::handler(injector),

@@ -41,7 +41,6 @@ use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
-use crate::events::EventLog;
 use crate::proto::BareLf;
 use crate::proto::command;
 use crate::proto::line::{LineEvent, LineSplitter};
@@ -62,7 +61,6 @@ pub struct Shard {
     pub spool: Rc<Spool>,
     /// Where accepted messages go next (this shard's scheduler).
     pub scheduler: Rc<Scheduler>,
-    pub events: Rc<EventLog>,
     /// Inbound STARTTLS, when a certificate is configured.
     pub tls: Option<TlsAcceptor>,
     /// Submission users, when submission is enabled.
