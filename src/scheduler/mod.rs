@@ -6,7 +6,10 @@
 //!
 //! - A message becomes *jobs*, one per destination domain with pending
 //!   recipients, as soon as it is durable ([`Scheduler::submit`]): no
-//!   polling delay between the 250 and the first delivery attempt.
+//!   polling delay between the 250 and the first delivery attempt. The
+//!   receivers (`smtp_in`, `inject`) hand it over through
+//!   [`Scheduler::receive`], which also counts it and writes its Reception
+//!   events, so both count the same way.
 //! - Each domain has a ready queue and at most its share of
 //!   `delivery.max_connections` workers on this shard, paced by its share of
 //!   `max_messages_per_second`; a worker takes jobs one after another,
