@@ -18,7 +18,6 @@
 //! holds the token: injected mail goes to any domain, so anything else
 //! would be an open relay.
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::http::{Handler, Request, Response};
 use crate::proto::command::{Mailbox, parse_mailbox};
+use crate::proto::trace::{self, Trace};
 use crate::queue::{Envelope, MessageId, Spool};
 use crate::scheduler::Scheduler;
 
@@ -298,23 +298,27 @@ impl Injector {
     }
 }
 
-/// The trace header (RFC 5321 4.4), as SMTP reception writes it, with
-/// protocol `HTTP`.
+/// The trace header, as SMTP reception writes it, with protocol `HTTP`
+/// and the client's address literal for a name.
 fn received_header(hostname: &str, peer: IpAddr, id: MessageId, inj: &Injection) -> Vec<u8> {
-    let ip = match peer {
-        IpAddr::V4(v4) => format!("[{v4}]"),
-        IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
+    let mut out = Vec::with_capacity(256 + inj.content.len());
+    let only_rcpt = match inj.recipients.as_slice() {
+        [only] => Some(only),
+        _ => None,
     };
-    let mut s = String::with_capacity(256);
-    let _ = write!(
-        s,
-        "Received: from {ip} ({ip})\r\n\tby {hostname} (ringpost) with HTTP id {id}"
+    trace::received(
+        &mut out,
+        &Trace {
+            from: &trace::address_literal(peer),
+            ip: peer,
+            by: hostname,
+            with: "HTTP",
+            id: &id.to_string(),
+            only_rcpt,
+            date: &chrono::Utc::now().to_rfc2822(),
+        },
     );
-    if let [only] = inj.recipients.as_slice() {
-        let _ = write!(s, "\r\n\tfor <{only}>");
-    }
-    let _ = write!(s, "; {}\r\n", chrono::Utc::now().to_rfc2822());
-    s.into_bytes()
+    out
 }
 
 #[cfg(test)]

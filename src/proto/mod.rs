@@ -3,7 +3,8 @@
 //! Owns: splitting command lines out of a byte stream ([`line`]), parsing a
 //! command line into a [`command::Command`], reading a message body out of a
 //! DATA or BDAT stream ([`body`]), and every reply the server sends
-//! ([`reply`]), including the single mapping from a rejection to its code.
+//! ([`reply`]), including the single mapping from a rejection to its code,
+//! and the `Received:` header every receiver writes ([`trace`]).
 //!
 //! Must not: do I/O, allocate without bound, or panic on any input. Every
 //! function here is unit-tested in-module and fuzzed from `fuzz/`.
@@ -15,6 +16,7 @@ pub mod client;
 pub mod command;
 pub mod line;
 pub mod reply;
+pub mod trace;
 
 use serde::{Deserialize, Serialize};
 

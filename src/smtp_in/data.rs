@@ -18,6 +18,7 @@ use super::conn::{Conn, is_timeout};
 use super::session::{Session, Transaction};
 use crate::proto::body::{BodyFault, BodyReader, Framing};
 use crate::proto::reply::{Rejection, Reply};
+use crate::proto::trace::{self, Trace};
 use crate::queue::{Envelope, MessageId};
 
 /// How a step ended for the connection.
@@ -180,12 +181,6 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &Shard) -> Outcom
 /// command parser to be printable without spaces, so it cannot break the
 /// header.
 fn received_header(out: &mut Vec<u8>, session: &Session, hostname: &str, id: MessageId) {
-    use std::fmt::Write as _;
-    let helo = session.helo.as_deref().unwrap_or("unknown");
-    let ip = match session.client_ip() {
-        std::net::IpAddr::V4(v4) => format!("[{v4}]"),
-        std::net::IpAddr::V6(v6) => format!("[IPv6:{v6}]"),
-    };
     let tx = session.tx.as_ref();
     // RFC 3848 / RFC 6531 protocol names.
     let base = match (tx.is_some_and(Transaction::smtputf8), session.esmtp) {
@@ -199,15 +194,20 @@ fn received_header(out: &mut Vec<u8>, session: &Session, hostname: &str, id: Mes
         (false, true) => "A",
         (false, false) => "",
     };
-    let protocol = format!("{base}{suffix}");
-    let mut s = String::with_capacity(256);
-    let _ = write!(
-        s,
-        "Received: from {helo} ({ip})\r\n\tby {hostname} (ringpost) with {protocol} id {id}"
+    let only_rcpt = match tx.map(|t| t.rcpts.as_slice()) {
+        Some([only]) => Some(only),
+        _ => None,
+    };
+    trace::received(
+        out,
+        &Trace {
+            from: session.helo.as_deref().unwrap_or("unknown"),
+            ip: session.client_ip(),
+            by: hostname,
+            with: &format!("{base}{suffix}"),
+            id: &id.to_string(),
+            only_rcpt,
+            date: &chrono::Utc::now().to_rfc2822(),
+        },
     );
-    if let Some([only]) = tx.map(|t| t.rcpts.as_slice()) {
-        let _ = write!(s, "\r\n\tfor <{only}>");
-    }
-    let _ = write!(s, "; {}\r\n", chrono::Utc::now().to_rfc2822());
-    out.extend_from_slice(s.as_bytes());
 }
