@@ -301,6 +301,40 @@ struct Control {
     stop: flume::Receiver<()>,
 }
 
+/// How often a shard looks at the stop signal besides waiting for it.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// This shard's own stop signal: disconnected (on this thread) once the
+/// global one is.
+///
+/// The global signal is dropped on another thread (`Shutdown::request`),
+/// so it reaches a shard as a wake from a foreign thread, which glommio
+/// 0.9 takes up only when its executor next wakes. Seen: `Server::stop`
+/// hung in 1 of 8 and 1 of 16 runs of `tests/delivery.rs` (with and
+/// without the injection listener), one shard parked in io_uring with no
+/// timer left, every loop still waiting for the signal. While serving,
+/// the scheduler's timers wake a shard often enough to hide this; at
+/// shutdown nothing else does. So one task per shard takes the signal both
+/// by waiting for it and by looking every [`STOP_POLL`], and hands it on
+/// to the shard's loops as a same-thread signal.
+fn local_stop(stop: flume::Receiver<()>) -> flume::Receiver<()> {
+    let (tx, rx) = flume::bounded::<()>(1);
+    glommio::spawn_local(async move {
+        while !stop.is_disconnected() {
+            futures_lite::future::or(
+                async {
+                    let _ = stop.recv_async().await;
+                },
+                glommio::timer::sleep(STOP_POLL),
+            )
+            .await;
+        }
+        drop(tx);
+    })
+    .detach();
+    rx
+}
+
 /// A bearer token (admin or injection): the first line of `path`; none
 /// when unset.
 fn read_token(path: &str) -> Result<Option<String>, StartError> {
@@ -338,6 +372,7 @@ async fn run_shard(
         inject_token,
         stop,
     } = control;
+    let stop = local_stop(stop);
     let opts = SpoolOptions {
         cache_bytes: cfg.spool.cache_bytes,
         segment_bytes: cfg.spool.segment_bytes,
