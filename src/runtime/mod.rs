@@ -301,38 +301,43 @@ struct Control {
     stop: flume::Receiver<()>,
 }
 
-/// How often a shard looks at the stop signal besides waiting for it.
-const STOP_POLL: Duration = Duration::from_millis(100);
+/// How often the main thread repeats the stop signal until a shard is gone.
+const STOP_NUDGE: Duration = Duration::from_millis(100);
 
-/// This shard's own stop signal: disconnected (on this thread) once the
-/// global one is.
+/// This shard's own stop signal: disconnected (on this thread) at the first
+/// message on the global one, or when that closes.
 ///
-/// The global signal is dropped on another thread (`Shutdown::request`),
-/// so it reaches a shard as a wake from a foreign thread, which glommio
-/// 0.9 takes up only when its executor next wakes. Seen: `Server::stop`
-/// hung in 1 of 8 and 1 of 16 runs of `tests/delivery.rs` (with and
-/// without the injection listener), one shard parked in io_uring with no
-/// timer left, every loop still waiting for the signal. While serving,
-/// the scheduler's timers wake a shard often enough to hide this; at
-/// shutdown nothing else does. So one task per shard takes the signal both
-/// by waiting for it and by looking every [`STOP_POLL`], and hands it on
-/// to the shard's loops as a same-thread signal.
+/// The global signal comes from the main thread (`Shutdown::request`), i.e.
+/// as a wake from a foreign thread, and a glommio 0.9 executor that went
+/// to sleep just then can miss it. Seen: `Server::stop` hung in 1 of 8 and
+/// 1 of 16 runs of `tests/delivery.rs` (with and without the injection
+/// listener), a shard parked in io_uring with nothing left to wake it. So
+/// the main thread repeats the signal every [`STOP_NUDGE`] until the shard
+/// has ended, and this task keeps taking the repeats until then: every one
+/// wakes the shard, whatever it is still finishing (timers included).
 fn local_stop(stop: flume::Receiver<()>) -> flume::Receiver<()> {
     let (tx, rx) = flume::bounded::<()>(1);
     glommio::spawn_local(async move {
-        while !stop.is_disconnected() {
-            futures_lite::future::or(
-                async {
-                    let _ = stop.recv_async().await;
-                },
-                glommio::timer::sleep(STOP_POLL),
-            )
-            .await;
+        let mut tx = Some(tx);
+        while stop.recv_async().await.is_ok() {
+            tx.take();
         }
         drop(tx);
     })
     .detach();
     rx
+}
+
+/// Sends the stop signal to every shard, and again every [`STOP_NUDGE`]
+/// until each shard's executor has ended (its receiver is gone).
+fn nudge_until_stopped(mut shards: Vec<flume::Sender<()>>) {
+    loop {
+        shards.retain(|s| !matches!(s.try_send(()), Err(flume::TrySendError::Disconnected(_))));
+        if shards.is_empty() {
+            return;
+        }
+        std::thread::sleep(STOP_NUDGE);
+    }
 }
 
 /// A bearer token (admin or injection): the first line of `path`; none
@@ -624,8 +629,9 @@ impl Server {
 
 /// Starts a graceful shutdown: every shard stops accepting, lets open
 /// transactions and delivery attempts finish within
-/// `server.shutdown_grace_secs`, and exits. Dropping the stop senders
-/// disconnects the channels, which wakes every accept loop of a shard at once.
+/// `server.shutdown_grace_secs`, and exits. The signal is a message on each
+/// shard's stop channel, repeated until the shard has ended (see
+/// `local_stop`); the shard passes it to all its loops at once.
 #[derive(Clone)]
 pub struct Shutdown {
     stops: Arc<std::sync::Mutex<Vec<flume::Sender<()>>>>,
@@ -635,7 +641,15 @@ pub struct Shutdown {
 impl Shutdown {
     pub fn request(&self) {
         self.requested.store(true, Ordering::SeqCst);
-        self.stops.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let stops = std::mem::take(&mut *self.stops.lock().unwrap_or_else(|e| e.into_inner()));
+        if stops.is_empty() {
+            return;
+        }
+        // If no thread can be made, the senders drop here: the channels
+        // close, which signals every shard too (without the repeats).
+        let _ = std::thread::Builder::new()
+            .name("ringpost-stop".into())
+            .spawn(move || nudge_until_stopped(stops));
     }
 
     pub fn is_requested(&self) -> bool {
