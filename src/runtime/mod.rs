@@ -329,9 +329,13 @@ fn local_stop(stop: flume::Receiver<()>) -> flume::Receiver<()> {
 }
 
 /// Sends the stop signal to every shard, and again every [`STOP_NUDGE`]
-/// until each shard's executor has ended (its receiver is gone).
+/// until each shard's executor has ended (its receiver is gone), or for at
+/// most ten minutes: glommio may keep a detached task (and with it the
+/// receiver) past its executor's end, and this thread must not outlive
+/// that by more than a bounded while.
 fn nudge_until_stopped(mut shards: Vec<flume::Sender<()>>) {
-    loop {
+    let give_up = std::time::Instant::now() + Duration::from_secs(600);
+    while std::time::Instant::now() < give_up {
         shards.retain(|s| !matches!(s.try_send(()), Err(flume::TrySendError::Disconnected(_))));
         if shards.is_empty() {
             return;
