@@ -313,8 +313,9 @@ const STOP_NUDGE: Duration = Duration::from_millis(100);
 /// 1 of 16 runs of `tests/delivery.rs` (with and without the injection
 /// listener), a shard parked in io_uring with nothing left to wake it. So
 /// the main thread repeats the signal every [`STOP_NUDGE`] until the shard
-/// has ended, and this task keeps taking the repeats until then: every one
-/// wakes the shard, whatever it is still finishing (timers included).
+/// has ended, and this task keeps taking the repeats until then, each one
+/// a fresh wake. A hang was still seen once in 24 runs after this (README,
+/// Known problems): the cause is not found yet.
 fn local_stop(stop: flume::Receiver<()>) -> flume::Receiver<()> {
     let (tx, rx) = flume::bounded::<()>(1);
     glommio::spawn_local(async move {
