@@ -549,18 +549,11 @@ impl Config {
         if self.submission.max_auth_failures == 0 {
             p.push("submission.max_auth_failures must be at least 1".into());
         }
-        if self.metrics.listen != "off" && self.metrics.addr().is_none() {
-            p.push(format!(
-                "metrics.listen: `{}` is neither ip:port nor \"off\"",
-                self.metrics.listen
-            ));
-        }
+        p.extend(listen_problem("metrics", &self.metrics.listen));
+        p.extend(listen_problem("admin", &self.admin.listen));
         if self.admin.listen != "off" {
             match self.admin.addr() {
-                None => p.push(format!(
-                    "admin.listen: `{}` is neither ip:port nor \"off\"",
-                    self.admin.listen
-                )),
+                None => {}
                 Some(a) if !a.ip().is_loopback() && self.admin.token_file.is_empty() => p.push(
                     "admin.listen is not a loopback address: set admin.token_file so that \
                      the queue cannot be changed by anyone who can reach it"
@@ -572,12 +565,7 @@ impl Config {
         if self.inject.max_connections == 0 {
             p.push("inject.max_connections must be at least 1".into());
         }
-        if self.inject.listen != "off" && self.inject.addr().is_none() {
-            p.push(format!(
-                "inject.listen: `{}` is neither ip:port nor \"off\"",
-                self.inject.listen
-            ));
-        }
+        p.extend(listen_problem("inject", &self.inject.listen));
         if self.dns.timeout_secs == 0 {
             p.push("dns.timeout_secs must be at least 1".into());
         }
@@ -632,6 +620,12 @@ fn section<T: DeserializeOwned>(
         Ok(v) => *out = v,
         Err(e) => errors.push(format!("[{name}]: {e}")),
     }
+}
+
+/// `[section] listen` must be "ip:port" or "off".
+fn listen_problem(section: &str, listen: &str) -> Option<String> {
+    (listen != "off" && listen.parse::<SocketAddr>().is_err())
+        .then(|| format!("{section}.listen: `{listen}` is neither ip:port nor \"off\""))
 }
 
 #[cfg(test)]
