@@ -1,0 +1,195 @@
+//! The crate's shape, checked: which top-level module imports which, with
+//! no import cycle between them, and no function that has grown past what a
+//! reader can hold in their head.
+//!
+//! `cargo test --release --test architecture -- --nocapture` prints the
+//! module list with line counts, the import graph and the longest
+//! functions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// Longest function body allowed in `src/`, in lines.
+const MAX_FUNCTION_LINES: usize = 100;
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The top-level module a file belongs to (`src/queue/segment.rs` ->
+/// `queue`), None for the crate root and the binary.
+fn module_of(src: &Path, file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(src).unwrap();
+    let first = rel.components().next()?.as_os_str().to_str()?.to_string();
+    match first.as_str() {
+        "lib.rs" | "main.rs" => None,
+        name => Some(name.trim_end_matches(".rs").to_string()),
+    }
+}
+
+/// Every `crate::name` a file mentions outside comments.
+fn imports(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            let tail = &rest[i + "crate::".len()..];
+            let name: String = tail
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                found.insert(name);
+            }
+            rest = tail;
+        }
+        // `use crate::{a, b::c}` groups.
+        if let Some(group) = code.split("use crate::{").nth(1) {
+            for part in group.split(',') {
+                let name: String = part
+                    .trim()
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() {
+                    found.insert(name);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// (function name, file, first line, length in lines) for every `fn`
+/// whose body closes at the indentation it opened at.
+fn functions(file: &Path, text: &str) -> Vec<(String, String, usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let after_qualifiers = trimmed
+            .trim_start_matches("pub(crate) ")
+            .trim_start_matches("pub(super) ")
+            .trim_start_matches("pub ")
+            .trim_start_matches("const ")
+            .trim_start_matches("async ")
+            .trim_start_matches("unsafe ");
+        let Some(sig) = after_qualifiers.strip_prefix("fn ") else {
+            continue;
+        };
+        let name: String = sig
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        // One-line functions and trait declarations.
+        if trimmed.ends_with('}') || trimmed.ends_with(';') {
+            continue;
+        }
+        let close = format!("{}}}", " ".repeat(indent));
+        if let Some(end) = lines[i..].iter().position(|l| *l == close) {
+            out.push((name, file.display().to_string(), i + 1, end + 1));
+        }
+    }
+    out
+}
+
+#[test]
+fn modules_form_no_import_cycle_and_functions_stay_short() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+
+    let mut lines_per_module: BTreeMap<String, usize> = BTreeMap::new();
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut all_functions = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        all_functions.extend(functions(file.strip_prefix(root).unwrap(), &text));
+        let Some(module) = module_of(&src, file) else {
+            continue;
+        };
+        *lines_per_module.entry(module.clone()).or_default() += text.lines().count();
+        let deps = graph.entry(module.clone()).or_default();
+        for name in imports(&text) {
+            if name != module {
+                deps.insert(name);
+            }
+        }
+    }
+    let modules: BTreeSet<String> = graph.keys().cloned().collect();
+    for deps in graph.values_mut() {
+        deps.retain(|d| modules.contains(d));
+    }
+
+    println!("modules (lines) and what each imports:");
+    for (module, deps) in &graph {
+        let deps: Vec<&str> = deps.iter().map(String::as_str).collect();
+        println!(
+            "  {module:<12} {:>5}  -> {}",
+            lines_per_module[module],
+            deps.join(", ")
+        );
+    }
+
+    all_functions.sort_by(|a, b| b.3.cmp(&a.3));
+    println!("longest functions:");
+    for (name, file, line, len) in all_functions.iter().take(8) {
+        println!("  {len:>4} lines  {file}:{line} {name}");
+    }
+
+    let cycles = find_cycles(&graph);
+    assert!(
+        cycles.is_empty(),
+        "import cycles between modules: {cycles:?}"
+    );
+    let too_long: Vec<_> = all_functions
+        .iter()
+        .filter(|f| f.3 > MAX_FUNCTION_LINES)
+        .collect();
+    assert!(
+        too_long.is_empty(),
+        "functions over {MAX_FUNCTION_LINES} lines: {too_long:?}"
+    );
+}
+
+/// Every cycle found by a depth-first walk, as the modules on it.
+fn find_cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    fn walk(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        stack: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+        cycles: &mut Vec<Vec<String>>,
+    ) {
+        if let Some(at) = stack.iter().position(|n| n == node) {
+            cycles.push(stack[at..].to_vec());
+            return;
+        }
+        if done.contains(node) {
+            return;
+        }
+        stack.push(node.to_string());
+        for next in graph.get(node).into_iter().flatten() {
+            walk(next, graph, stack, done, cycles);
+        }
+        stack.pop();
+        done.insert(node.to_string());
+    }
+    let mut cycles = Vec::new();
+    let mut done = BTreeSet::new();
+    for node in graph.keys() {
+        walk(node, graph, &mut Vec::new(), &mut done, &mut cycles);
+    }
+    cycles
+}
