@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use criterion::{BatchSize, Criterion, black_box, criterion_group, criterion_main};
 use ringpost::queue::{Envelope, IdGenerator, MessageId};
-use ringpost::scheduler::{jobs_by_domain, pop_due};
+use ringpost::scheduler::state::{jobs_by_domain, pop_due};
 
 fn jobs(c: &mut Criterion) {
     let mut g = c.benchmark_group("scheduler_jobs");

@@ -142,7 +142,7 @@ fn modules_form_no_import_cycle_and_functions_stay_short() {
         );
     }
 
-    all_functions.sort_by(|a, b| b.3.cmp(&a.3));
+    all_functions.sort_by_key(|f| std::cmp::Reverse(f.3));
     println!("longest functions:");
     for (name, file, line, len) in all_functions.iter().take(8) {
         println!("  {len:>4} lines  {file}:{line} {name}");

@@ -19,7 +19,7 @@ fn submission_server(dir: &std::path::Path, max_failures: u32) -> (TestServer, S
     let (cert, key, users) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("users"));
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let hash = ringpost::smtp_in::auth::hash_password(b"correct horse").unwrap();
+    let hash = ringpost::inbound::smtp::auth::hash_password(b"correct horse").unwrap();
     std::fs::write(&users, format!("# submission users\nalice:{hash}\n")).unwrap();
     let ts = start_with(1, |c| {
         c.smtp.relay_networks.clear(); // loopback is not trusted here: only AUTH lets mail through

@@ -4,9 +4,9 @@
 //! limit made only of CRLF-terminated lines within the line limit.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ringpost::inject::{Limits, parse};
+use ringpost::http::inject::{ContentLimits, parse};
 
-const LIMITS: Limits = Limits {
+const LIMITS: ContentLimits = ContentLimits {
     max_message_size: 4096,
     max_line_length: 1000,
     max_recipients: 100,

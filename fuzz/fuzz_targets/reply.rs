@@ -2,7 +2,7 @@
 //! given, and a parsed reply has a valid code and at least one line.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ringpost::proto::client::{MAX_REPLY, parse_reply};
+use ringpost::proto::server_reply::{MAX_REPLY, parse_reply};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Some((reply, used))) = parse_reply(data) {

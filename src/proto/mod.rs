@@ -12,10 +12,10 @@
 //! Security: everything here parses bytes straight from the network.
 
 pub mod body;
-pub mod client;
 pub mod command;
 pub mod line;
 pub mod reply;
+pub mod server_reply;
 pub mod trace;
 
 use serde::{Deserialize, Serialize};

@@ -377,6 +377,13 @@ impl GroupCommit {
     /// that were finished before the flush began. Called every
     /// [`FLUSH_INTERVAL`], and at once by `Spool::remove` when a finished
     /// segment's file is wanted as the next spare.
+    ///
+    /// The flush itself runs in a task of its own, which the caller only
+    /// waits for: a caller cancelled at shutdown (a delivery worker, the
+    /// flush timer) must not cut a flush off between setting `flushing` and
+    /// clearing it, or [`Spool::quiesce`](super::Spool::quiesce), which
+    /// waits for `flushing` to clear, would wait for ever (the graceful
+    /// stop hang: a shard sleeping a millisecond at a time in `quiesce`).
     pub async fn flush(&self) {
         {
             let mut st = self.state.borrow_mut();
@@ -386,6 +393,18 @@ impl GroupCommit {
             st.dirty = false;
             st.flushing = true;
         }
+        let (done, finished) = oneshot::channel();
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            me.flush_in_background().await;
+            let _ = done.send(());
+        })
+        .detach();
+        let _ = finished.await;
+    }
+
+    /// The body of [`GroupCommit::flush`]: never cancelled.
+    async fn flush_in_background(&self) {
         let doomed = self.segments.take_doomed();
         let covered = self.state.borrow().applied.clone();
         let db = self.db.clone();

@@ -10,10 +10,11 @@
 //!  48 bits  per-shard counter -- order within one millisecond
 //! ```
 //!
-//! Printed as 32 lower-case hex digits, which is also the body file's name.
+//! Printed as 32 lower-case hex digits.
 //!
-//! Must not: decide placement. `runtime::shard_for` reads the shard field;
-//! nothing else does.
+//! Placement: [`MessageId::shard`] is the one place that says which shard
+//! owns a message (the one that minted it); nothing else reads the field
+//! for that.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -37,6 +38,12 @@ impl MessageId {
     /// The shard that minted the id.
     pub fn minted_by(&self) -> u16 {
         u16::from_be_bytes([self.0[6], self.0[7]])
+    }
+
+    /// The shard that owns this message among `shards`: the one that
+    /// minted it. This is the one place that decides a message's shard.
+    pub fn shard(&self, shards: usize) -> usize {
+        self.minted_by() as usize % shards.max(1)
     }
 
     /// Milliseconds since the Unix epoch when the id was minted.

@@ -92,6 +92,23 @@ pub enum SpoolError {
     NotFound { id: MessageId },
 }
 
+/// A message on its way into the queue: what a receiver (SMTP, HTTP
+/// injection, a DSN the scheduler makes) hands the reception door
+/// (`inbound::Door`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Minted by the spool that will hold it ([`Spool::new_id`]).
+    pub id: MessageId,
+    /// Sender, recipients and flags; the door stamps the arrival time.
+    pub envelope: Envelope,
+    /// The message as it will be stored: our trace header, then what the
+    /// client sent.
+    pub body: Vec<u8>,
+    /// Where in `body` the message as the client sent it begins (after our
+    /// trace header).
+    pub content_start: usize,
+}
+
 /// Tunables of one shard's spool.
 #[derive(Debug, Clone)]
 pub struct SpoolOptions {
@@ -132,9 +149,13 @@ pub struct Spool {
     segments: Rc<Segments>,
     commit: GroupCommit,
     ids: RefCell<IdGenerator>,
-    /// What recovery decoded, for the scheduler to take over without
-    /// decoding every record a second time.
-    recovered: RefCell<Option<Vec<(MessageId, Envelope)>>>,
+}
+
+/// What [`Spool::start`] found: the report, and every queued message,
+/// decoded once, for the scheduler to take over.
+pub struct Recovered {
+    pub report: RecoveryReport,
+    pub messages: Vec<(MessageId, Envelope)>,
 }
 
 /// The directory of shard `k` under the spool root.
@@ -153,6 +174,9 @@ pub fn existing_shards(root: &Path) -> Vec<u16> {
     v.sort_unstable();
     v
 }
+
+/// How often recovery reports its progress.
+const RECOVERY_PROGRESS: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long `open_db` waits for a lock that a closing spool still holds.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -228,15 +252,27 @@ impl Spool {
             quarantine_bodies,
             segments,
             ids: RefCell::new(IdGenerator::new(shard)),
-            recovered: RefCell::new(None),
         })
+    }
+
+    /// Opens the spool of `shard`, recovers it and prepares the first
+    /// segment: everything a shard does before it serves. Blocking.
+    pub fn start(
+        root: &Path,
+        shard: u16,
+        opts: &SpoolOptions,
+    ) -> Result<(Spool, Recovered), SpoolError> {
+        let spool = Spool::open(root, shard, opts)?;
+        let recovered = spool.recover_messages()?;
+        spool.ready_for_appends()?;
+        Ok((spool, recovered))
     }
 
     pub fn shard(&self) -> u16 {
         self.shard
     }
 
-    /// A new id owned by this spool's shard (`runtime::shard_for(id)` is
+    /// A new id owned by this spool's shard (`MessageId::shard` names
     /// this shard).
     pub fn new_id(&self) -> MessageId {
         self.ids.borrow_mut().next_id()
@@ -266,14 +302,29 @@ impl Spool {
     /// that no record refers to hold only finished or never-acknowledged
     /// mail and are removed.
     pub fn recover(&self) -> Result<RecoveryReport, SpoolError> {
+        Ok(self.recover_messages()?.report)
+    }
+
+    /// [`Spool::recover`], keeping what it decoded. Logs how far it is
+    /// every few seconds: a queue of millions takes a while.
+    fn recover_messages(&self) -> Result<Recovered, SpoolError> {
         let mut report = RecoveryReport {
             replayed: self.replay_journal()?,
             ..RecoveryReport::default()
         };
         let mut recovered = Vec::new();
         let mut watermarks = Vec::new();
+        let mut progress = std::time::Instant::now();
         for item in self.envelopes.iter() {
             let (key, value) = item.map_err(|source| self.db_err(source))?;
+            if progress.elapsed() >= RECOVERY_PROGRESS {
+                progress = std::time::Instant::now();
+                log::info!(
+                    "spool shard {}: recovering, {} messages read so far",
+                    self.shard,
+                    recovered.len()
+                );
+            }
             if key.len() == watermark_key(0).len() {
                 watermarks.push(key);
                 continue;
@@ -316,8 +367,10 @@ impl Spool {
                 .flush()
                 .map_err(|source| self.db_err(source))?;
         }
-        *self.recovered.borrow_mut() = Some(recovered);
-        Ok(report)
+        Ok(Recovered {
+            report,
+            messages: recovered,
+        })
     }
 
     /// Puts back into sled the records of frames past each segment's
@@ -378,15 +431,6 @@ impl Spool {
         let env = Envelope::decode(value).map_err(|e| format!("undecodable record: {e}"))?;
         self.segments.adopt(&env.body)?;
         Ok((id, env))
-    }
-
-    /// Every queued message as recovery found it, once (later calls, or
-    /// a spool never recovered, read sled again).
-    pub fn take_recovered(&self) -> Vec<(MessageId, Envelope)> {
-        match self.recovered.borrow_mut().take() {
-            Some(all) => all,
-            None => self.list().collect(),
-        }
     }
 
     fn quarantine_record(&self, key: &[u8], value: &[u8], reason: &str) -> Result<(), SpoolError> {
@@ -471,10 +515,37 @@ impl Spool {
     }
 
     /// Makes the latest state changes and removals durable, and unlinks
-    /// finished segments. The scheduler calls it every
-    /// [`commit::FLUSH_INTERVAL`].
+    /// finished segments ([`Spool::run_flusher`] calls it every
+    /// [`commit::FLUSH_INTERVAL`]).
     pub async fn flush(&self) {
         self.commit.flush().await;
+    }
+
+    /// Flushes every [`commit::FLUSH_INTERVAL`] until `stop` (the last
+    /// flush is [`Spool::quiesce`]'s). One task of each shard runs it.
+    pub async fn run_flusher(&self, stop: crate::shard::stop::StopSignal) {
+        let mut flushed = std::time::Instant::now();
+        loop {
+            // Timed from the start of the last flush, so the flush's own
+            // duration does not stretch the interval.
+            let wait = commit::FLUSH_INTERVAL.saturating_sub(flushed.elapsed());
+            let tick = futures_lite::future::or(
+                async {
+                    glommio::timer::sleep(wait).await;
+                    true
+                },
+                async {
+                    stop.wait().await;
+                    false
+                },
+            )
+            .await;
+            if !tick {
+                return;
+            }
+            flushed = std::time::Instant::now();
+            self.flush().await;
+        }
     }
 
     /// Stores a changed envelope (recipient states, retry time). Durable

@@ -691,7 +691,7 @@ impl Segments {
     }
 
     /// Reads a body and checks its CRC. The returned vector has room for a
-    /// few more bytes (the DATA terminator, `proto::client::dot_stuff`).
+    /// few more bytes (the DATA terminator, `proto::body::dot_stuff`).
     ///
     /// A body just queued is in the page cache: it is copied straight into
     /// the vector on the shard's thread (preadv2 with RWF_NOWAIT, which

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ringpost::config::Config;
 use ringpost::queue::{Envelope, MessageId, Spool, SpoolOptions, existing_shards};
-use ringpost::runtime::{self, Server};
+use ringpost::server::{self, Server};
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -49,13 +49,14 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     cfg.dns.nameservers = vec!["127.0.0.1:9".parse().unwrap()];
     tweak(&mut cfg);
     let spool_dir = cfg.spool.dir.clone();
-    let server = runtime::start(cfg.clone()).expect("server starts");
+    let server = server::start(cfg.clone()).expect("server starts");
+    let l = server.listeners;
     TestServer {
-        addr: server.smtp_addr,
-        metrics_addr: server.metrics_addr,
-        submission_addr: server.submission_addr,
-        admin_addr: server.admin_addr,
-        inject_addr: server.inject_addr,
+        addr: l.smtp,
+        metrics_addr: l.metrics,
+        submission_addr: l.submission,
+        admin_addr: l.admin,
+        inject_addr: l.inject,
         cfg,
         shards,
         spool_dir,
@@ -141,9 +142,9 @@ impl TestServer {
     /// Stops the server and starts it again on the same spool (and a new port).
     pub fn restart(&mut self) {
         self.stop();
-        let server = runtime::start(self.cfg.clone()).expect("server restarts");
-        self.addr = server.smtp_addr;
-        self.admin_addr = server.admin_addr;
+        let server = server::start(self.cfg.clone()).expect("server restarts");
+        self.addr = server.listeners.smtp;
+        self.admin_addr = server.listeners.admin;
         self.server = Some(server);
     }
 

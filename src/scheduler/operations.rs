@@ -18,8 +18,9 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Entry, Scheduler, domain_of, queue_gauges};
-use crate::events::{Event, EventKind, unix_now};
+use super::state::{Entry, Failure};
+use super::{Scheduler, queue_gauges};
+use crate::events::{Event, EventKind};
 use crate::queue::{MessageId, RecipientStatus};
 
 /// One destination domain's part of the queue (pending recipients only).
@@ -85,7 +86,7 @@ pub struct MessageInfo {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ControlError {
+pub enum OperationError {
     #[error("no queued message {0}")]
     NotFound(MessageId),
     #[error("message {0} has a delivery attempt under way; try again in a moment")]
@@ -102,7 +103,7 @@ impl Scheduler {
     /// Per-domain totals of this shard's pending recipients, plus every
     /// suspended domain: read off the running totals, O(domains).
     pub fn summary(&self) -> Vec<DomainSummary> {
-        let now = unix_now();
+        let now = self.clock.now();
         let st = self.state.borrow();
         let mut map: HashMap<String, DomainSummary> = st
             .tallies
@@ -195,7 +196,7 @@ impl Scheduler {
     }
 
     /// Removes a message from the queue without delivering or bouncing it.
-    pub async fn delete(self: &Rc<Self>, id: MessageId) -> Result<(), ControlError> {
+    pub async fn delete(self: &Rc<Self>, id: MessageId) -> Result<(), OperationError> {
         let env = self.take_out(id)?;
         if let Err(e) = self.spool.remove(id, &env.body).await {
             // Put back: the record is still on disk and will be retried.
@@ -219,22 +220,22 @@ impl Scheduler {
 
     /// Fails every pending recipient now: a DSN goes to the sender (none
     /// for the null sender) and the message leaves the queue.
-    pub async fn bounce_message(self: &Rc<Self>, id: MessageId) -> Result<(), ControlError> {
+    pub async fn bounce_message(self: &Rc<Self>, id: MessageId) -> Result<(), OperationError> {
         self.take_out(id)?;
         let failed = self.state.borrow_mut().change(id, |entry| {
             for (i, r) in entry.env.recipients.iter_mut().enumerate() {
                 if r.status == RecipientStatus::Pending {
                     r.status = RecipientStatus::Failed;
-                    entry.failures.push((
-                        i,
-                        "5.0.0".into(),
-                        "returned to sender by the queue administrator".into(),
-                        None,
-                    ));
+                    entry.failures.push(Failure {
+                        index: i,
+                        status: "5.0.0".into(),
+                        reply: "returned to sender by the queue administrator".into(),
+                        remote: None,
+                    });
                 }
             }
         });
-        failed.ok_or(ControlError::NotFound(id))?;
+        failed.ok_or(OperationError::NotFound(id))?;
         self.clone().finish(id).await;
         Ok(())
     }
@@ -242,34 +243,16 @@ impl Scheduler {
     /// Takes a message out of the ready queues and the due index, so that
     /// no new attempt starts; refused while an attempt is under way.
     /// Returns its envelope; the entry stays until the caller is done.
-    fn take_out(&self, id: MessageId) -> Result<crate::queue::Envelope, ControlError> {
-        let mut st = self.state.borrow_mut();
-        let entry = st.messages.get_mut(&id).ok_or(ControlError::NotFound(id))?;
-        if entry.in_flight > 0 {
-            return Err(ControlError::Busy(id));
+    fn take_out(&self, id: MessageId) -> Result<crate::queue::Envelope, OperationError> {
+        match self.state.borrow_mut().take_out(id) {
+            None => Err(OperationError::NotFound(id)),
+            Some(Err(())) => Err(OperationError::Busy(id)),
+            Some(Ok(env)) => Ok(env),
         }
-        entry.jobs = 0;
-        let env = entry.env.clone();
-        st.undefer(id);
-        for r in &env.recipients {
-            if let Some(q) = st.domains.get_mut(&domain_of(&r.address)) {
-                q.ready.retain(|job| job.id != id);
-            }
-        }
-        Ok(env)
     }
 }
 
 impl Entry {
-    fn has_pending_at(&self, domain: &str) -> bool {
-        self.env.recipients.iter().any(|r| {
-            r.status == RecipientStatus::Pending
-                && r.address
-                    .rsplit_once('@')
-                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
-        })
-    }
-
     fn info(&self, id: MessageId) -> MessageInfo {
         let env = &self.env;
         let deferred = self.deferred;

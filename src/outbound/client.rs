@@ -3,11 +3,11 @@
 //! offers PIPELINING.
 //!
 //! Owns: [`Client`] and [`Outgoing`]. What leaves is what was accepted: the
-//! stored body (canonical CRLF) dot-stuffed by `proto::client::dot_stuff`.
+//! stored body (canonical CRLF) dot-stuffed by `proto::body::dot_stuff`.
 //!
 //! Must not: retry, pick hosts or touch the queue.
 //!
-//! Security: replies are parsed with a bound (`proto::client::MAX_REPLY`);
+//! Security: replies are parsed with a bound (`proto::server_reply::MAX_REPLY`);
 //! every read and write has a timeout.
 
 use std::io;
@@ -22,8 +22,8 @@ use glommio::net::TcpStream;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
-use super::outcome::{Outcome, from_io, from_reply};
-use crate::proto::client::{ServerReply, parse_reply};
+use super::outcome::{DeliveryOutcome, from_io, from_reply};
+use crate::proto::server_reply::{ServerReply, parse_reply};
 
 /// What the server said it supports in its EHLO reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub struct Outgoing<'a> {
     pub sender: &'a str,
     pub recipients: &'a [String],
     /// The body as sent after DATA: dot-stuffed and terminated
-    /// (`proto::client::dot_stuff`), made once for every try.
+    /// (`proto::body::dot_stuff`), made once for every try.
     pub wire: &'a [u8],
     /// The body's size as stored, for SIZE.
     pub size: u64,
@@ -71,12 +71,12 @@ pub struct Outgoing<'a> {
 /// apart so that the caller can retry the host in plaintext.
 #[derive(Debug)]
 pub struct ConnectError {
-    pub outcome: Outcome,
+    pub outcome: DeliveryOutcome,
     pub tls_handshake: bool,
 }
 
-impl From<Outcome> for ConnectError {
-    fn from(outcome: Outcome) -> Self {
+impl From<DeliveryOutcome> for ConnectError {
+    fn from(outcome: DeliveryOutcome) -> Self {
         ConnectError {
             outcome,
             tls_handshake: false,
@@ -137,7 +137,7 @@ impl Client {
         };
         let greeting = c.read_reply().await?;
         if greeting.code != 220 {
-            return Err(Outcome::Temporary {
+            return Err(DeliveryOutcome::Temporary {
                 reply: format!("greeting: {}", greeting.one_line()),
             }
             .into());
@@ -155,7 +155,7 @@ impl Client {
         }
         if require_tls && c.tls.is_none() {
             c.usable = false;
-            return Err(Outcome::Temporary {
+            return Err(DeliveryOutcome::Temporary {
                 reply: format!(
                     "TLS is required for {} and it did not offer STARTTLS",
                     c.host
@@ -166,7 +166,7 @@ impl Client {
         Ok(c)
     }
 
-    async fn hello(&mut self, helo: &str) -> Result<(), Outcome> {
+    async fn hello(&mut self, helo: &str) -> Result<(), DeliveryOutcome> {
         let ehlo = self.command(&format!("EHLO {helo}\r\n")).await?;
         if ehlo.code == 250 {
             self.ext = Extensions::from_ehlo(&ehlo);
@@ -175,7 +175,7 @@ impl Client {
         self.ext = Extensions::default();
         let reply = self.command(&format!("HELO {helo}\r\n")).await?;
         if reply.code != 250 {
-            return Err(Outcome::Temporary {
+            return Err(DeliveryOutcome::Temporary {
                 reply: format!("HELO: {}", reply.one_line()),
             });
         }
@@ -185,7 +185,7 @@ impl Client {
     /// The client side of STARTTLS. Whatever the server sent after its 220
     /// arrived before encryption and is thrown away unread (it could be
     /// injected by a man in the middle).
-    async fn start_tls(&mut self, config: &Arc<ClientConfig>) -> Result<(), Outcome> {
+    async fn start_tls(&mut self, config: &Arc<ClientConfig>) -> Result<(), DeliveryOutcome> {
         self.buf.clear();
         let name = ServerName::try_from(self.host.clone())
             .unwrap_or_else(|_| ServerName::IpAddress(self.peer.ip().into()));
@@ -209,7 +209,7 @@ impl Client {
         Ok(())
     }
 
-    async fn read_reply(&mut self) -> Result<ServerReply, Outcome> {
+    async fn read_reply(&mut self) -> Result<ServerReply, DeliveryOutcome> {
         loop {
             match parse_reply(&self.buf) {
                 Ok(Some((reply, used))) => {
@@ -222,7 +222,7 @@ impl Client {
                 Ok(None) => {}
                 Err(e) => {
                     self.usable = false;
-                    return Err(Outcome::Temporary {
+                    return Err(DeliveryOutcome::Temporary {
                         reply: format!("bad reply from {}: {e}", self.host),
                     });
                 }
@@ -240,19 +240,19 @@ impl Client {
         }
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), Outcome> {
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), DeliveryOutcome> {
         self.stream
             .write_all(bytes)
             .await
             .map_err(|e| self.io_failure("write", e))
     }
 
-    async fn command(&mut self, line: &str) -> Result<ServerReply, Outcome> {
+    async fn command(&mut self, line: &str) -> Result<ServerReply, DeliveryOutcome> {
         self.write(line.as_bytes()).await?;
         self.read_reply().await
     }
 
-    fn io_failure(&mut self, stage: &str, e: io::Error) -> Outcome {
+    fn io_failure(&mut self, stage: &str, e: io::Error) -> DeliveryOutcome {
         self.usable = false;
         from_io(&format!("{stage} {}[{}]", self.host, self.peer.ip()), &e)
     }
@@ -260,7 +260,10 @@ impl Client {
     /// One mail transaction. Ok: one outcome per recipient, in order.
     /// Err: the connection failed; no recipient's fate is known beyond
     /// "try again" (the outcome says why).
-    pub async fn send(&mut self, msg: &Outgoing<'_>) -> Result<Vec<Outcome>, Outcome> {
+    pub async fn send(
+        &mut self,
+        msg: &Outgoing<'_>,
+    ) -> Result<Vec<DeliveryOutcome>, DeliveryOutcome> {
         if let Some(refusal) = self.refuse_before_sending(msg) {
             return Ok(vec![refusal; msg.recipients.len()]);
         }
@@ -287,7 +290,7 @@ impl Client {
             }
         }
         let mail = replies.next().expect("MAIL reply");
-        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(msg.recipients.len());
+        let mut outcomes: Vec<Option<DeliveryOutcome>> = Vec::with_capacity(msg.recipients.len());
         for _ in msg.recipients {
             let r = replies.next();
             outcomes.push(match r {
@@ -311,7 +314,7 @@ impl Client {
                 self.write(b".\r\n").await?;
                 self.read_reply().await?;
                 self.ended_cleanly = true;
-                Outcome::Temporary {
+                DeliveryOutcome::Temporary {
                     reply: "no recipient accepted".into(),
                 }
             }
@@ -325,21 +328,21 @@ impl Client {
     }
 
     /// Outcomes known without talking: limits the server announced.
-    fn refuse_before_sending(&self, msg: &Outgoing<'_>) -> Option<Outcome> {
+    fn refuse_before_sending(&self, msg: &Outgoing<'_>) -> Option<DeliveryOutcome> {
         if self.ext.size.is_some_and(|max| msg.size > max) {
-            return Some(Outcome::permanent(
+            return Some(DeliveryOutcome::permanent(
                 "5.3.4",
                 "message too big for the destination server",
             ));
         }
         if msg.smtputf8 && !self.ext.smtputf8 {
-            return Some(Outcome::permanent(
+            return Some(DeliveryOutcome::permanent(
                 "5.6.7",
                 "destination server does not support SMTPUTF8",
             ));
         }
         if msg.eight_bit && !self.ext.eight_bit_mime {
-            return Some(Outcome::permanent(
+            return Some(DeliveryOutcome::permanent(
                 "5.6.3",
                 "destination server does not support 8BITMIME",
             ));
@@ -377,7 +380,7 @@ impl Client {
         &mut self,
         commands: &[String],
         reset: bool,
-    ) -> Result<Vec<ServerReply>, Outcome> {
+    ) -> Result<Vec<ServerReply>, DeliveryOutcome> {
         let mut replies = Vec::with_capacity(commands.len());
         let first_envelope = usize::from(reset);
         for (i, cmd) in commands.iter().enumerate() {
@@ -410,11 +413,11 @@ impl Client {
     }
 }
 
-impl Outcome {
+impl DeliveryOutcome {
     /// A failed RSET means the connection is unreliable: whatever it said,
     /// the message is retried, not bounced.
-    fn into_temporary(self) -> Outcome {
-        Outcome::Temporary {
+    fn into_temporary(self) -> DeliveryOutcome {
+        DeliveryOutcome::Temporary {
             reply: self.reply().to_string(),
         }
     }

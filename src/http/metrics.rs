@@ -14,15 +14,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use glommio::net::TcpListener;
 
 use crate::http::{Request, Response};
+use crate::shard::stop::StopSignal;
 
 /// Serves until `stop` is disconnected. `ready` turns true once every
 /// shard has started.
-pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, stop: flume::Receiver<()>) {
+pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, stop: StopSignal) {
     let handler: crate::http::Handler = Rc::new(move |req: Request| {
         let response = route(&req, ready.load(Ordering::Acquire));
         Box::pin(async move { response })
     });
-    crate::http::serve(listener, handler, crate::http::Limits::CONTROL, stop).await;
+    crate::http::serve(
+        listener,
+        handler,
+        crate::http::ListenerLimits::CONTROL,
+        stop,
+    )
+    .await;
 }
 
 /// Pure: the response to a request.
@@ -34,7 +41,7 @@ fn route(req: &Request, ready: bool) -> Response {
         ["metrics"] => Response {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: super::render().into_bytes(),
+            body: crate::metrics::render().into_bytes(),
         },
         ["healthz"] => Response::text(200, "ok\n"),
         ["readyz"] if ready => Response::text(200, "ready\n"),

@@ -5,15 +5,15 @@
 //! `inject.token_file`); [`parse`], which turns a request body into an
 //! [`Injection`] (pure: the JSON, the addresses, the content's size and
 //! line lengths, its line endings made CRLF); and the answer, which comes
-//! only after `Spool::enqueue` returned, i.e. once the message is on disk
-//! (the same group commit as SMTP's 250).
+//! only after the reception door (`inbound::Door::accept`) returned, i.e.
+//! once the message is on disk (the same group commit as SMTP's 250).
 //!
 //! Concurrency: every shard listens on the injection port (SO_REUSEPORT,
 //! like SMTP). A request is queued in the spool of the shard that took it
 //! and handed to that shard's scheduler; nothing crosses shards.
 //!
-//! May call: `queue` (enqueue), `scheduler` (receive), `proto` (address
-//! syntax), `http` (the server). Must not: deliver anything itself, or
+//! May call: `inbound` (the reception door), `proto` (address syntax),
+//! `http` (the server). Must not: deliver anything itself, or
 //! queue mail for a client that is neither in `smtp.relay_networks` nor
 //! holds the token: injected mail goes to any domain, so anything else
 //! would be an open relay.
@@ -26,16 +26,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::http::{Handler, Request, Response};
+use crate::inbound::{Door, Refusal as DoorRefusal};
 use crate::proto::command::{Mailbox, parse_mailbox};
 use crate::proto::trace::{self, Trace};
-use crate::queue::{Envelope, MessageId, Spool};
-use crate::scheduler::Scheduler;
+use crate::queue::{Envelope, MessageId, NewMessage};
 
 /// What a shard needs to take injections.
 pub struct Injector {
     pub cfg: Arc<Config>,
-    pub spool: Rc<Spool>,
-    pub scheduler: Rc<Scheduler>,
+    pub door: Rc<Door>,
     /// The bearer token that admits clients outside `smtp.relay_networks`.
     pub token: Option<String>,
 }
@@ -44,13 +43,13 @@ pub struct Injector {
 /// `inject.max_connections`, and request bodies up to a message at the size
 /// limit, JSON-escaped (CRLF becomes `\r\n`, 2 bytes each), plus room for
 /// the envelope. On shutdown, requests under way get the grace period.
-pub fn limits(cfg: &Config, index: usize, shards: usize) -> crate::http::Limits {
+pub fn listener_limits(cfg: &Config, index: usize, shards: usize) -> crate::http::ListenerLimits {
     let message = cfg.smtp.max_message_size as usize;
-    crate::http::Limits {
+    crate::http::ListenerLimits {
         max_body: message
             .saturating_add(message / 2)
             .saturating_add(256 * 1024),
-        max_connections: crate::runtime::share(cfg.inject.max_connections, index, shards),
+        max_connections: crate::shard::share(cfg.inject.max_connections, index, shards),
         drain: std::time::Duration::from_secs(cfg.server.shutdown_grace_secs),
     }
 }
@@ -109,15 +108,15 @@ fn refuse(status: u16, message: impl Into<String>) -> Refusal {
 
 /// The limits [`parse`] applies (from `[smtp]`, as for SMTP mail).
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct ContentLimits {
     pub max_message_size: usize,
     pub max_line_length: usize,
     pub max_recipients: usize,
 }
 
-impl Limits {
-    pub fn of(cfg: &Config) -> Limits {
-        Limits {
+impl ContentLimits {
+    pub fn of(cfg: &Config) -> ContentLimits {
+        ContentLimits {
             max_message_size: cfg.smtp.max_message_size as usize,
             max_line_length: cfg.smtp.max_line_length,
             max_recipients: cfg.smtp.max_recipients,
@@ -126,7 +125,7 @@ impl Limits {
 }
 
 /// Pure: checks a request body and builds the message to queue.
-pub fn parse(body: &[u8], limits: Limits) -> Result<Injection, Refusal> {
+pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, Refusal> {
     let req: InjectRequest =
         serde_json::from_slice(body).map_err(|e| refuse(400, format!("bad request: {e}")))?;
     let sender =
@@ -167,7 +166,7 @@ pub fn parse(body: &[u8], limits: Limits) -> Result<Injection, Refusal> {
 /// Pure: `content` with every line ending (CRLF, LF or a lone CR) made
 /// CRLF and a final CRLF added if missing; refused when empty, over the
 /// size limit or with a line over the line limit (RFC 5321 4.5.3.1.6).
-fn crlf_content(content: &[u8], limits: Limits) -> Result<Vec<u8>, Refusal> {
+fn crlf_content(content: &[u8], limits: ContentLimits) -> Result<Vec<u8>, Refusal> {
     if content.is_empty() {
         return Err(refuse(400, "content is empty"));
     }
@@ -242,23 +241,30 @@ impl Injector {
             _ => return Err(refuse(404, "no such path (POST /api/inject/v1)")),
         }
         self.authorize(&req)?;
-        let injection = parse(&req.body, Limits::of(&self.cfg))?;
+        let injection = parse(&req.body, ContentLimits::of(&self.cfg))?;
         let peer = req.peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let id = self.spool.new_id();
-        let env = self.envelope(&injection, peer);
+        let id = self.door.new_id();
+        let envelope = self.envelope(&injection, peer);
         let mut body = received_header(&self.cfg.server.hostname, peer, id, &injection);
+        let content_start = body.len();
         body.extend_from_slice(&injection.content);
-        let env = self.spool.enqueue(id, env, body).await.map_err(|e| {
-            log::error!("{e}");
-            refuse(503, "queue file write error: try again")
+        let msg = NewMessage {
+            id,
+            envelope,
+            body,
+            content_start,
+        };
+        let accepted = self.door.accept(msg).await.map_err(|e| match e {
+            DoorRefusal::Storage(e) => {
+                log::error!("{e}");
+                refuse(503, "queue file write error: try again")
+            }
         })?;
-        let success_count = env.recipients.len();
-        self.scheduler.receive(id, env);
         Ok(Response::json(
             200,
             &Accepted {
                 id: id.to_string(),
-                success_count,
+                success_count: accepted.recipients,
                 fail_count: injection.failed.len(),
                 failed_recipients: injection.failed,
                 errors: Vec::new(),
@@ -290,7 +296,7 @@ impl Injector {
             .iter()
             .map(Mailbox::to_string)
             .collect();
-        let mut env = Envelope::new(sender, rcpts, crate::events::unix_now());
+        let mut env = Envelope::new(sender, rcpts, 0);
         env.smtputf8 = injection.smtputf8();
         env.eight_bit = !injection.content.is_ascii();
         env.client = format!("http [{peer}]");
@@ -325,7 +331,7 @@ fn received_header(hostname: &str, peer: IpAddr, id: MessageId, inj: &Injection)
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
+    const LIMITS: ContentLimits = ContentLimits {
         max_message_size: 4096,
         max_line_length: 1000,
         max_recipients: 100,

@@ -1,10 +1,10 @@
 //! DATA and BDAT: reading a message body and queueing it.
 //!
 //! Owns: the Received: header, [`BodyInProgress`] (a body being read across
-//! BDAT chunks), and turning a finished body into an [`Envelope`] that goes
-//! to [`crate::queue::Spool::enqueue`]. The final reply (`250 2.0.0 Ok:
-//! queued as <id>`) is produced only after `enqueue` returned Ok, i.e. after
-//! the message is on disk.
+//! BDAT chunks), and turning a finished body into a [`NewMessage`] for the
+//! reception door (`inbound::Door::accept`). The final reply (`250 2.0.0
+//! Ok: queued as <id>`) is produced only after the door returned Ok, i.e.
+//! after the message is on disk.
 //!
 //! Must not: write sled or files itself; decide anything about the envelope
 //! (the session did).
@@ -13,16 +13,17 @@
 //! which bounds the stored size and enforces the end-of-data rule; a BDAT
 //! chunk outside a valid transaction is read and thrown away, never stored.
 
-use super::Shard;
+use super::SmtpService;
 use super::conn::{Conn, is_timeout};
 use super::session::{Session, Transaction};
+use crate::inbound::Refusal;
 use crate::proto::body::{BodyFault, BodyReader, Framing};
 use crate::proto::reply::{Rejection, Reply};
 use crate::proto::trace::{self, Trace};
-use crate::queue::{Envelope, MessageId};
+use crate::queue::{Envelope, MessageId, NewMessage};
 
-/// How a step ended for the connection.
-pub enum Outcome {
+/// How a step of the session ended for the connection.
+pub enum Step {
     Reply(Reply),
     Close(Reply),
     Disconnected,
@@ -35,15 +36,18 @@ pub struct BodyInProgress {
     id: MessageId,
     reader: BodyReader,
     body: Vec<u8>,
+    /// Where the client's message begins (after our Received: header).
+    content_start: usize,
     client: String,
 }
 
 impl BodyInProgress {
-    pub fn start(session: &Session, shard: &Shard, framing: Framing) -> BodyInProgress {
+    pub fn start(session: &Session, shard: &SmtpService, framing: Framing) -> BodyInProgress {
         let cfg = &shard.cfg.smtp;
-        let id = shard.spool.new_id();
+        let id = shard.door.new_id();
         let mut body = Vec::with_capacity(4096);
         received_header(&mut body, session, &shard.cfg.server.hostname, id);
+        let content_start = body.len();
         BodyInProgress {
             id,
             reader: BodyReader::new(
@@ -53,6 +57,7 @@ impl BodyInProgress {
                 cfg.max_line_length,
             ),
             body,
+            content_start,
             client: format!(
                 "{} [{}]",
                 session.helo.as_deref().unwrap_or("unknown"),
@@ -67,7 +72,7 @@ impl BodyInProgress {
 }
 
 /// Sends 354, reads the body up to CRLF.CRLF and queues it.
-pub async fn receive_data(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) -> Outcome {
+pub async fn receive_data(conn: &mut Conn, session: &mut Session<'_>, shard: &SmtpService) -> Step {
     conn.queue(&Reply::plain(
         354,
         vec!["End data with <CR><LF>.<CR><LF>".into()],
@@ -94,11 +99,11 @@ pub async fn receive_data(conn: &mut Conn, session: &mut Session<'_>, shard: &Sh
 pub async fn receive_bdat(
     conn: &mut Conn,
     session: &mut Session<'_>,
-    shard: &Shard,
+    shard: &SmtpService,
     pending: &mut Option<BodyInProgress>,
     size: u64,
     last: bool,
-) -> Outcome {
+) -> Step {
     let ready = session.bdat_ready();
     if ready && pending.is_none() {
         *pending = Some(BodyInProgress::start(session, shard, Framing::Bdat));
@@ -121,11 +126,11 @@ pub async fn receive_bdat(
         remaining -= take as u64;
     }
     if !ready {
-        return Outcome::Reply(Rejection::BadSequence("need MAIL and RCPT before BDAT").reply());
+        return Step::Reply(Rejection::BadSequence("need MAIL and RCPT before BDAT").reply());
     }
     let too_big = pending.as_ref().and_then(|b| b.reader.fault()) == Some(BodyFault::TooBig);
     if !last && !too_big {
-        return Outcome::Reply(Reply::new(
+        return Step::Reply(Reply::new(
             250,
             "2.0.0",
             format!("Ok: {size} octets received"),
@@ -139,40 +144,52 @@ pub async fn receive_bdat(
     finish(body, &tx, shard).await
 }
 
-async fn read_more(conn: &mut Conn) -> Result<(), Outcome> {
+async fn read_more(conn: &mut Conn) -> Result<(), Step> {
     match conn.fill().await {
-        Ok(0) => Err(Outcome::Disconnected),
+        Ok(0) => Err(Step::Disconnected),
         Ok(_) => Ok(()),
-        Err(e) if is_timeout(&e) => Err(Outcome::Close(Rejection::Timeout.reply())),
-        Err(_) => Err(Outcome::Disconnected),
+        Err(e) if is_timeout(&e) => Err(Step::Close(Rejection::Timeout.reply())),
+        Err(_) => Err(Step::Disconnected),
     }
 }
 
 /// Refuses a faulty body, or queues it and answers 250 once it is durable.
-async fn finish(body: BodyInProgress, tx: &Transaction, shard: &Shard) -> Outcome {
+async fn finish(body: BodyInProgress, tx: &Transaction, shard: &SmtpService) -> Step {
     match body.reader.fault() {
-        Some(BodyFault::TooBig) => return Outcome::Reply(Rejection::MessageTooBig.reply()),
-        Some(BodyFault::LineTooLong) => return Outcome::Reply(Rejection::TextLineTooLong.reply()),
-        Some(BodyFault::BareLf) => return Outcome::Close(Rejection::BareLf.reply()),
+        Some(BodyFault::TooBig) => return Step::Reply(Rejection::MessageTooBig.reply()),
+        Some(BodyFault::LineTooLong) => return Step::Reply(Rejection::TextLineTooLong.reply()),
+        Some(BodyFault::BareLf) => return Step::Close(Rejection::BareLf.reply()),
         None => {}
     }
     let rcpts = tx.rcpts.iter().map(|r| r.to_string()).collect();
-    let mut env = Envelope::new(tx.sender(), rcpts, crate::events::unix_now());
-    env.smtputf8 = tx.smtputf8();
-    env.eight_bit = tx.declared_8bit() || body.reader.has_8bit();
-    env.client = body.client;
+    let mut envelope = Envelope::new(tx.sender(), rcpts, 0);
+    envelope.smtputf8 = tx.smtputf8();
+    envelope.eight_bit = tx.declared_8bit() || body.reader.has_8bit();
+    envelope.client = body.client;
     let id = body.id;
     let started = std::time::Instant::now();
-    match shard.spool.enqueue(id, env, body.body).await {
-        Ok(env) => {
+    let msg = NewMessage {
+        id,
+        envelope,
+        body: body.body,
+        content_start: body.content_start,
+    };
+    match shard.door.accept(msg).await {
+        Ok(_) => {
             ::metrics::histogram!(crate::metrics::SMTP_ACCEPT_SECONDS)
                 .record(started.elapsed().as_secs_f64());
-            shard.scheduler.receive(id, env);
-            Outcome::Reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")))
+            Step::Reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")))
         }
-        Err(e) => {
+        Err(refusal) => Step::Reply(refusal_reply(&refusal)),
+    }
+}
+
+/// The one mapping from the door's refusals to SMTP replies.
+fn refusal_reply(refusal: &Refusal) -> Reply {
+    match refusal {
+        Refusal::Storage(e) => {
             log::error!("{e}");
-            Outcome::Reply(Rejection::StorageFailure.reply())
+            Rejection::StorageFailure.reply()
         }
     }
 }

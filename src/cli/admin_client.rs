@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
-use super::api::{MessageDetail, Summary};
-use crate::scheduler::control::MessageInfo;
+use crate::http::admin::{MessageDetail, Summary};
+use crate::scheduler::operations::MessageInfo;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// Answers are bounded: `queue ls` on a million messages is ~300 MB of JSON.

@@ -1,5 +1,6 @@
-//! The small HTTP/1.1 server behind the metrics, admin and injection
-//! endpoints.
+//! HTTP: the small HTTP/1.1 server, and the three APIs it serves, one
+//! module each: [`admin`] (the queue of a running server), [`metrics`]
+//! (Prometheus and health) and [`inject`] (messages as JSON).
 //!
 //! Owns: [`serve`] (an accept loop on one shard, one request per
 //! connection), reading a request with bounded size and time, and writing
@@ -25,7 +26,12 @@ use std::time::Duration;
 use futures::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::runtime::tasks::TaskSet;
+use crate::shard::stop::StopSignal;
+use crate::shard::tasks::TaskSet;
+
+pub mod admin;
+pub mod inject;
+pub mod metrics;
 
 const MAX_HEAD: usize = 8 * 1024;
 /// The body limit of the control-plane endpoints.
@@ -106,7 +112,7 @@ pub fn bearer_matches(req: &Request, token: &str) -> bool {
 
 /// What one listener admits.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct ListenerLimits {
     /// The largest request body read.
     pub max_body: usize,
     /// Connections served at once on this shard; more get 503 at once.
@@ -115,9 +121,9 @@ pub struct Limits {
     pub drain: Duration,
 }
 
-impl Limits {
+impl ListenerLimits {
     /// The metrics and admin endpoints: nothing to finish on shutdown.
-    pub const CONTROL: Limits = Limits {
+    pub const CONTROL: ListenerLimits = ListenerLimits {
         max_body: MAX_BODY,
         max_connections: 64,
         drain: Duration::ZERO,
@@ -129,12 +135,12 @@ impl Limits {
 pub async fn serve(
     listener: TcpListener,
     handler: Handler,
-    limits: Limits,
-    stop: flume::Receiver<()>,
+    limits: ListenerLimits,
+    stop: StopSignal,
 ) {
     let tasks = TaskSet::default();
     loop {
-        match crate::runtime::accept_or_stop(&listener, &stop).await {
+        match crate::shard::net::accept_or_stop(&listener, &stop).await {
             None => break,
             Some(Ok(stream)) if tasks.len() < limits.max_connections => {
                 tasks.spawn(exchange(stream, handler.clone(), limits.max_body));
@@ -152,7 +158,7 @@ pub async fn serve(
     }
     // No new connections now; a request under way (an injection waiting
     // for its group commit) gets `drain` to be answered.
-    let deadline = std::time::Instant::now() + limits.drain;
+    let deadline = stop.deadline(limits.drain);
     tasks.wait_until_at_most(0, deadline).await;
     tasks.cancel_all();
 }

@@ -8,7 +8,8 @@
 //! fallback, require), and run one transaction carrying all the domain's
 //! recipients. Files:
 //! `client` (the SMTP client), `outcome` (the one reply/error → outcome
-//! mapping), `pool` (idle connections).
+//! mapping), `pool` (idle connections), `route` (static routes, smarthost
+//! or MX → the targets to try).
 //!
 //! Must not: write the queue, retry or bounce; it returns values and the
 //! scheduler decides.
@@ -16,15 +17,16 @@
 pub mod client;
 pub mod outcome;
 pub mod pool;
+pub mod route;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use client::{Client, Outgoing};
-pub use outcome::Outcome;
+pub use outcome::DeliveryOutcome;
 
-use crate::config::OutboundTls;
+use crate::config::{Config, OutboundTls};
 use pool::Pool;
 
 /// One host to try: its name (for logs and TLS) and address.
@@ -38,13 +40,46 @@ pub struct Target {
 #[derive(Debug, Clone)]
 pub struct Attempt {
     /// One per recipient, in the order given.
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Vec<DeliveryOutcome>,
     /// The host that answered, if any did.
     pub remote: Option<Target>,
     /// TLS protocol and cipher of the connection used, if encrypted.
     pub tls: Option<String>,
 }
 
+/// How outbound connections are made: read from the config and the CA
+/// file once at start-up, shared by every shard.
+#[derive(Clone)]
+pub struct OutboundSettings {
+    pub helo: String,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_messages_per_connection: u32,
+    /// For opportunistic STARTTLS (any certificate).
+    pub opportunistic: Arc<rustls::ClientConfig>,
+    /// For destinations that require a verified certificate, if any do.
+    pub verified: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl OutboundSettings {
+    /// From the config and the verified-TLS client config (loaded from
+    /// `tls.ca_file` by the caller when some destination requires it).
+    pub fn new(cfg: &Config, verified: Option<Arc<rustls::ClientConfig>>) -> OutboundSettings {
+        let d = &cfg.delivery;
+        OutboundSettings {
+            helo: cfg.helo_name().to_string(),
+            connect_timeout: Duration::from_secs(d.connect_timeout_secs),
+            timeout: Duration::from_secs(d.reply_timeout_secs),
+            idle_timeout: Duration::from_secs(d.idle_timeout_secs),
+            max_messages_per_connection: d.max_messages_per_connection,
+            opportunistic: crate::tls::opportunistic_client(),
+            verified,
+        }
+    }
+}
+
+/// One shard's outbound side: its connection pool and the settings.
 pub struct Delivery {
     pub helo: String,
     pub connect_timeout: Duration,
@@ -57,6 +92,17 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    pub fn new(s: &OutboundSettings) -> Delivery {
+        Delivery {
+            helo: s.helo.clone(),
+            connect_timeout: s.connect_timeout,
+            timeout: s.timeout,
+            pool: Pool::new(s.idle_timeout, s.max_messages_per_connection),
+            opportunistic: s.opportunistic.clone(),
+            verified: s.verified.clone(),
+        }
+    }
+
     /// Tries `targets` in order until one takes the transaction, under the
     /// destination's TLS `policy`.
     pub async fn attempt(
@@ -65,7 +111,7 @@ impl Delivery {
         msg: &Outgoing<'_>,
         policy: OutboundTls,
     ) -> Attempt {
-        let mut last = Outcome::Temporary {
+        let mut last = DeliveryOutcome::Temporary {
             reply: "no host to deliver to".into(),
         };
         for target in targets {
@@ -110,7 +156,11 @@ impl Delivery {
     /// fails, the same host again in plaintext (rustls has no CBC or RSA key
     /// exchange, so some old servers cannot talk to it). Require: verified
     /// TLS or a temporary failure, never plaintext.
-    async fn connect(&self, target: &Target, policy: OutboundTls) -> Result<Client, Outcome> {
+    async fn connect(
+        &self,
+        target: &Target,
+        policy: OutboundTls,
+    ) -> Result<Client, DeliveryOutcome> {
         let connect = |tls, require| {
             Client::connect(
                 target.addr,
@@ -128,7 +178,7 @@ impl Delivery {
             OutboundTls::Require => match &self.verified {
                 Some(v) => (Some(v), true),
                 None => {
-                    return Err(Outcome::Temporary {
+                    return Err(DeliveryOutcome::Temporary {
                         reply: "TLS is required but no CA file is loaded".into(),
                     });
                 }
@@ -151,17 +201,4 @@ impl Delivery {
             Err(e) => Err(e.outcome),
         }
     }
-}
-
-/// Hosts with their addresses → ordered targets on `port`.
-pub fn targets(hosts: &[(String, Vec<IpAddr>)], port: u16) -> Vec<Target> {
-    hosts
-        .iter()
-        .flat_map(|(host, addrs)| {
-            addrs.iter().map(move |ip| Target {
-                host: host.clone(),
-                addr: SocketAddr::new(*ip, port),
-            })
-        })
-        .collect()
 }

@@ -8,6 +8,8 @@
 //! Must not: open the spool while a server runs on it (sled's lock refuses;
 //! the error says so).
 
+pub mod admin_client;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,7 +19,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::queue::{Spool, SpoolOptions, existing_shards};
-use crate::runtime;
+use crate::server;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -145,7 +147,7 @@ pub fn run(cli: Cli) -> Result<()> {
             std::io::stdin().read_line(&mut password)?;
             let password = password.trim_end_matches(['\r', '\n']);
             anyhow::ensure!(!password.is_empty(), "empty password");
-            let hash = crate::smtp_in::auth::hash_password(password.as_bytes())
+            let hash = crate::inbound::smtp::auth::hash_password(password.as_bytes())
                 .map_err(anyhow::Error::msg)?;
             println!("{hash}");
             Ok(())
@@ -166,8 +168,8 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
-    use crate::admin::api::{MessageDetail, Summary};
-    use crate::admin::client::{self, AdminClient, encode};
+    use crate::http::admin::{MessageDetail, Summary};
+    use admin_client::{AdminClient, encode};
     let cfg = load(args.config.as_ref())?;
     let addr = match args.admin {
         Some(a) => a,
@@ -221,17 +223,18 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
         println!("{answer}");
         return Ok(());
     }
-    let now = crate::events::unix_now();
+    let now = crate::shard::clock::unix_now();
     let text = match command {
         QueueCommand::Summary => {
-            client::render_summary(&serde_json::from_value::<Summary>(answer)?)
+            admin_client::render_summary(&serde_json::from_value::<Summary>(answer)?)
         }
         QueueCommand::Ls { .. } => {
-            let list: Vec<crate::scheduler::control::MessageInfo> = serde_json::from_value(answer)?;
-            client::render_list(&list, now)
+            let list: Vec<crate::scheduler::operations::MessageInfo> =
+                serde_json::from_value(answer)?;
+            admin_client::render_list(&list, now)
         }
         QueueCommand::Show { .. } => {
-            client::render_show(&serde_json::from_value::<MessageDetail>(answer)?, now)
+            admin_client::render_show(&serde_json::from_value::<MessageDetail>(answer)?, now)
         }
         QueueCommand::Flush { .. } => format!("{} deferred messages flushed\n", answer["flushed"]),
         QueueCommand::Suspend { domain } => format!("{domain}: suspended\n"),
@@ -248,10 +251,10 @@ fn serve(config: Option<PathBuf>, shards: Option<usize>) -> Result<()> {
     if let Some(n) = shards {
         cfg.server.shards = n;
     }
-    let server = runtime::start(cfg).context("starting ringpost")?;
+    let server = server::start(cfg).context("starting ringpost")?;
     log::info!(
         "ringpost listening for SMTP on {} with {} shards",
-        server.smtp_addr,
+        server.listeners.smtp,
         server.shards
     );
     let shutdown = server.shutdown_handle();

@@ -22,9 +22,9 @@ use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use super::Shard;
+use super::SmtpService;
 use super::conn::{Conn, is_timeout};
-use super::data::Outcome;
+use super::data::Step;
 use super::session::Session;
 use crate::proto::line::{LineEvent, LineSplitter};
 use crate::proto::reply::{Rejection, Reply};
@@ -120,16 +120,16 @@ impl FailureLimiter {
 pub async fn authenticate(
     conn: &mut Conn,
     session: &mut Session<'_>,
-    shard: &Shard,
+    shard: &SmtpService,
     mechanism: &str,
     initial: Option<String>,
-) -> Outcome {
+) -> Step {
     let ip = session.client_ip();
     let (Some(users), limiter) = (&shard.users, &shard.auth_failures) else {
-        return Outcome::Reply(Rejection::NotImplemented.reply());
+        return Step::Reply(Rejection::NotImplemented.reply());
     };
     if limiter.blocked(ip) {
-        return Outcome::Close(Rejection::TooManyAuthFailures.reply());
+        return Step::Close(Rejection::TooManyAuthFailures.reply());
     }
     let credentials = match mechanism {
         "PLAIN" => plain(conn, shard, initial).await,
@@ -147,20 +147,20 @@ pub async fn authenticate(
     if ok {
         log::info!("{ip}: authenticated as {user}");
         session.authenticated = Some(user);
-        return Outcome::Reply(Reply::new(235, "2.7.0", "Authentication successful"));
+        return Step::Reply(Reply::new(235, "2.7.0", "Authentication successful"));
     }
     limiter.record_failure(ip);
     log::warn!("{ip}: failed AUTH {mechanism}");
     if limiter.blocked(ip) {
-        return Outcome::Close(Rejection::TooManyAuthFailures.reply());
+        return Step::Close(Rejection::TooManyAuthFailures.reply());
     }
-    Outcome::Reply(Rejection::AuthFailed.reply())
+    Step::Reply(Rejection::AuthFailed.reply())
 }
 
-type Credentials = Result<(String, Vec<u8>), Outcome>;
+type Credentials = Result<(String, Vec<u8>), Step>;
 
 /// PLAIN (RFC 4616): authzid NUL authcid NUL password, base64.
-async fn plain(conn: &mut Conn, shard: &Shard, initial: Option<String>) -> Credentials {
+async fn plain(conn: &mut Conn, shard: &SmtpService, initial: Option<String>) -> Credentials {
     let response = match initial {
         Some(i) => i.into_bytes(),
         None => challenge(conn, shard, "").await?,
@@ -170,11 +170,11 @@ async fn plain(conn: &mut Conn, shard: &Shard, initial: Option<String>) -> Crede
     let (Some(authz), Some(authc), Some(password), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(Outcome::Reply(Rejection::AuthCancelled.reply()));
+        return Err(Step::Reply(Rejection::AuthCancelled.reply()));
     };
     // No proxy authorization: authzid must be empty or the same user.
     if !authz.is_empty() && authz != authc {
-        return Err(Outcome::Reply(Rejection::AuthFailed.reply()));
+        return Err(Step::Reply(Rejection::AuthFailed.reply()));
     }
     Ok((
         String::from_utf8_lossy(authc).into_owned(),
@@ -183,7 +183,7 @@ async fn plain(conn: &mut Conn, shard: &Shard, initial: Option<String>) -> Crede
 }
 
 /// LOGIN (draft-murchison-sasl-login): username, then password, base64.
-async fn login(conn: &mut Conn, shard: &Shard, initial: Option<String>) -> Credentials {
+async fn login(conn: &mut Conn, shard: &SmtpService, initial: Option<String>) -> Credentials {
     let user = match initial {
         Some(i) => decode(i.as_bytes())?,
         None => decode(&challenge(conn, shard, "VXNlcm5hbWU6").await?)?,
@@ -192,16 +192,16 @@ async fn login(conn: &mut Conn, shard: &Shard, initial: Option<String>) -> Crede
     Ok((String::from_utf8_lossy(&user).into_owned(), password))
 }
 
-fn decode(b64: &[u8]) -> Result<Vec<u8>, Outcome> {
+fn decode(b64: &[u8]) -> Result<Vec<u8>, Step> {
     if b64 == b"*" {
-        return Err(Outcome::Reply(Rejection::AuthCancelled.reply()));
+        return Err(Step::Reply(Rejection::AuthCancelled.reply()));
     }
     B64.decode(b64)
-        .map_err(|_| Outcome::Reply(Rejection::Syntax("invalid base64 in AUTH response").reply()))
+        .map_err(|_| Step::Reply(Rejection::Syntax("invalid base64 in AUTH response").reply()))
 }
 
 /// Sends a 334 challenge and reads the client's one-line response.
-async fn challenge(conn: &mut Conn, shard: &Shard, text: &str) -> Result<Vec<u8>, Outcome> {
+async fn challenge(conn: &mut Conn, shard: &SmtpService, text: &str) -> Result<Vec<u8>, Step> {
     conn.queue(&Reply::plain(334, vec![text.to_string()]));
     let mut splitter = LineSplitter::new(shard.cfg.smtp.max_command_line);
     loop {
@@ -213,13 +213,13 @@ async fn challenge(conn: &mut Conn, shard: &Shard, text: &str) -> Result<Vec<u8>
             }
             LineEvent::TooLong { .. } | LineEvent::Skipped { .. } => {
                 conn.discard_pending();
-                return Err(Outcome::Reply(Rejection::LineTooLong.reply()));
+                return Err(Step::Reply(Rejection::LineTooLong.reply()));
             }
             LineEvent::Incomplete => match conn.fill().await {
-                Ok(0) => return Err(Outcome::Disconnected),
+                Ok(0) => return Err(Step::Disconnected),
                 Ok(_) => {}
-                Err(e) if is_timeout(&e) => return Err(Outcome::Close(Rejection::Timeout.reply())),
-                Err(_) => return Err(Outcome::Disconnected),
+                Err(e) if is_timeout(&e) => return Err(Step::Close(Rejection::Timeout.reply())),
+                Err(_) => return Err(Step::Disconnected),
             },
         }
     }

@@ -1,14 +1,14 @@
 //! Delivery outcomes are values: the one place where a server reply or an
 //! I/O failure becomes "delivered", "try again later" or "give up".
 //!
-//! Owns: [`Outcome`], [`from_reply`], [`from_io`].
+//! Owns: [`DeliveryOutcome`], [`from_reply`], [`from_io`], [`from_dns`].
 //!
 //! Must not: decide when to retry or bounce (the scheduler does).
 
-use crate::proto::client::ServerReply;
+use crate::proto::server_reply::ServerReply;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum DeliveryOutcome {
     /// The server took responsibility (2xx after the data).
     Delivered { reply: String },
     /// Try again later: 4xx, timeouts, refused or dropped connections.
@@ -17,17 +17,17 @@ pub enum Outcome {
     Permanent { reply: String, status: String },
 }
 
-impl Outcome {
+impl DeliveryOutcome {
     pub fn reply(&self) -> &str {
         match self {
-            Outcome::Delivered { reply }
-            | Outcome::Temporary { reply }
-            | Outcome::Permanent { reply, .. } => reply,
+            DeliveryOutcome::Delivered { reply }
+            | DeliveryOutcome::Temporary { reply }
+            | DeliveryOutcome::Permanent { reply, .. } => reply,
         }
     }
 
-    pub fn permanent(status: &str, text: &str) -> Outcome {
-        Outcome::Permanent {
+    pub fn permanent(status: &str, text: &str) -> DeliveryOutcome {
+        DeliveryOutcome::Permanent {
             reply: format!("{status} {text}"),
             status: status.to_string(),
         }
@@ -36,23 +36,35 @@ impl Outcome {
 
 /// The class of a reply decides: 2xx/3xx delivered (the caller only asks at
 /// points where that means accepted), 4xx temporary, 5xx permanent.
-pub fn from_reply(r: &ServerReply) -> Outcome {
+pub fn from_reply(r: &ServerReply) -> DeliveryOutcome {
     let reply = r.one_line();
     match r.code {
-        200..=399 => Outcome::Delivered { reply },
-        400..=499 => Outcome::Temporary { reply },
+        200..=399 => DeliveryOutcome::Delivered { reply },
+        400..=499 => DeliveryOutcome::Temporary { reply },
         _ => {
             let status = r
                 .enhanced()
                 .map_or_else(|| "5.0.0".to_string(), str::to_string);
-            Outcome::Permanent { reply, status }
+            DeliveryOutcome::Permanent { reply, status }
+        }
+    }
+}
+
+/// A failed lookup: permanent when the domain cannot take mail (NXDOMAIN,
+/// null MX, no address), temporary otherwise.
+pub fn from_dns(e: &crate::dns::DnsError) -> DeliveryOutcome {
+    if e.is_permanent() {
+        DeliveryOutcome::permanent(e.status(), &e.to_string())
+    } else {
+        DeliveryOutcome::Temporary {
+            reply: e.to_string(),
         }
     }
 }
 
 /// Any I/O failure (refused, reset, timeout) is temporary.
-pub fn from_io(stage: &str, e: &std::io::Error) -> Outcome {
-    Outcome::Temporary {
+pub fn from_io(stage: &str, e: &std::io::Error) -> DeliveryOutcome {
+    DeliveryOutcome::Temporary {
         reply: format!("{stage}: {e}"),
     }
 }
@@ -72,24 +84,27 @@ mod tests {
     fn classes() {
         assert!(matches!(
             from_reply(&reply(250, "2.0.0 ok")),
-            Outcome::Delivered { .. }
+            DeliveryOutcome::Delivered { .. }
         ));
         assert!(matches!(
             from_reply(&reply(451, "4.3.0 later")),
-            Outcome::Temporary { .. }
+            DeliveryOutcome::Temporary { .. }
         ));
         assert_eq!(
             from_reply(&reply(550, "5.1.1 no such user")),
-            Outcome::Permanent {
+            DeliveryOutcome::Permanent {
                 reply: "550 5.1.1 no such user".into(),
                 status: "5.1.1".into()
             }
         );
         assert!(matches!(
             from_reply(&reply(554, "rejected")),
-            Outcome::Permanent { status, .. } if status == "5.0.0"
+            DeliveryOutcome::Permanent { status, .. } if status == "5.0.0"
         ));
         let e = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(matches!(from_io("connect", &e), Outcome::Temporary { .. }));
+        assert!(matches!(
+            from_io("connect", &e),
+            DeliveryOutcome::Temporary { .. }
+        ));
     }
 }

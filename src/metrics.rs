@@ -2,8 +2,8 @@
 //!
 //! Owns: [`ALL`], the one table of metric names, types and help texts (what
 //! `ringpost dump-metrics` prints and what the Grafana dashboard is checked
-//! against), the process-wide recorder ([`install`]) and the `/metrics`
-//! HTTP endpoint ([`http`]). Code that records a metric names it through a
+//! against), the process-wide recorder ([`install`]) and its text
+//! exposition ([`render`], served at `/metrics` by `http::metrics`). Code that records a metric names it through a
 //! constant from here, never a string of its own.
 //!
 //! Concurrency: the `metrics` crate's recorder is process-global and
@@ -11,8 +11,6 @@
 //! sum. Gauges are adjusted up and down by each shard, so they add up too.
 //!
 //! Must not: decide anything from a metric's value.
-
-pub mod http;
 
 use std::sync::OnceLock;
 
@@ -107,7 +105,7 @@ pub fn install() -> &'static PrometheusHandle {
 /// Folds recorded histogram samples into their buckets every few seconds,
 /// until `stop` is disconnected. Without it, samples pile up between
 /// scrapes (or forever, with the endpoint off). Shard 0 runs it.
-pub async fn upkeep(stop: flume::Receiver<()>) {
+pub async fn upkeep(stop: crate::shard::stop::StopSignal) {
     loop {
         let tick = futures_lite::future::or(
             async {
@@ -115,7 +113,7 @@ pub async fn upkeep(stop: flume::Receiver<()>) {
                 true
             },
             async {
-                let _ = stop.recv_async().await;
+                stop.wait().await;
                 false
             },
         )

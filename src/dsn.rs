@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 
 /// One recipient the DSN reports on.
 #[derive(Debug, Clone)]
-pub struct Failure<'a> {
+pub struct FailedRcpt<'a> {
     pub recipient: &'a str,
     /// Enhanced status code, e.g. "5.1.1" or "4.4.7" (expired).
     pub status: &'a str,
@@ -27,18 +27,18 @@ pub struct Failure<'a> {
     pub remote_mta: Option<&'a str>,
 }
 
-pub struct Report<'a> {
+pub struct Notice<'a> {
     pub reporting_mta: &'a str,
     pub original_id: &'a str,
     pub original_sender: &'a str,
     /// Unix seconds when the original arrived.
     pub arrival: u64,
     pub expired: bool,
-    pub failures: &'a [Failure<'a>],
+    pub failures: &'a [FailedRcpt<'a>],
 }
 
 /// The DSN message (headers and body, CRLF line endings).
-pub fn build(report: &Report, original: &[u8]) -> Vec<u8> {
+pub fn build(report: &Notice, original: &[u8]) -> Vec<u8> {
     let boundary = format!("{}/{}", report.original_id, report.reporting_mta);
     let now = chrono::Utc::now();
     let date = |secs: u64| {
@@ -148,14 +148,14 @@ mod tests {
     fn dsn_parses_as_multipart_report() {
         let original =
             b"Received: from x\r\nSubject: hello\r\nFrom: a@b.example\r\n\r\nbody text\r\n";
-        let failures = [Failure {
+        let failures = [FailedRcpt {
             recipient: "nobody@dest.example",
             status: "5.1.1",
             diagnostic: "550 5.1.1 no such user\r\nsecond line",
             remote_mta: Some("mx.dest.example"),
         }];
         let dsn = build(
-            &Report {
+            &Notice {
                 reporting_mta: "mx.test",
                 original_id: "0123",
                 original_sender: "a@b.example",

@@ -1,8 +1,7 @@
-//! The client side of SMTP: parsing server replies and encoding a body for
-//! DATA.
+//! Replies from the servers we deliver to.
 //!
-//! Owns: [`parse_reply`] (one possibly multi-line reply from a buffer) and
-//! [`dot_stuff`] (DATA transparency, RFC 5321 4.5.2).
+//! Owns: [`ServerReply`] and [`parse_reply`] (one possibly multi-line reply
+//! from a buffer).
 //!
 //! Must not: do I/O.
 //!
@@ -105,45 +104,6 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(ServerReply, usize)>, ReplyErro
     }
 }
 
-/// The body as sent after DATA: every line that starts with `.` gets one
-/// more, the body ends in CRLF, and the `.` CRLF terminator follows.
-pub fn dot_stuff(body: Vec<u8>) -> Vec<u8> {
-    // Most bodies need no stuffing: then only the terminator is appended,
-    // in place (spool reads leave room for it), and nothing is copied.
-    let needs_dots = body.first() == Some(&b'.') || memchr::memmem::find(&body, b"\n.").is_some();
-    let mut out = match needs_dots {
-        false => body,
-        true => stuffed(&body),
-    };
-    if !out.is_empty() && !out.ends_with(b"\r\n") {
-        if out.ends_with(b"\r") {
-            out.push(b'\n');
-        } else {
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
-/// A copy of `body` with a dot before every line that starts with one.
-fn stuffed(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 8);
-    if body.first() == Some(&b'.') {
-        out.push(b'.');
-    }
-    // Lines are found with memchr's searcher, not byte by byte: bodies are
-    // copied at memcpy speed between the rare lines that need a dot.
-    let mut from = 0;
-    for newline in memchr::memmem::find_iter(body, b"\n.") {
-        out.extend_from_slice(&body[from..=newline]);
-        out.push(b'.');
-        from = newline + 1;
-    }
-    out.extend_from_slice(&body[from..]);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,33 +140,5 @@ mod tests {
             parse_reply(&vec![b'2'; MAX_REPLY + 1]),
             Err(ReplyError::TooLong)
         );
-    }
-
-    #[test]
-    fn dot_stuffing_and_termination() {
-        assert_eq!(
-            dot_stuff(b"a\r\n.b\r\n..c\r\n".to_vec()),
-            b"a\r\n..b\r\n...c\r\n.\r\n"
-        );
-        assert_eq!(dot_stuff(b".\r\nend".to_vec()), b"..\r\nend\r\n.\r\n");
-        assert_eq!(dot_stuff(b"".to_vec()), b".\r\n");
-        assert_eq!(dot_stuff(b"x\r".to_vec()), b"x\r\n.\r\n");
-        assert_eq!(dot_stuff(b"\n.\n..".to_vec()), b"\n..\n...\r\n.\r\n");
-        assert_eq!(dot_stuff(b"..\r\n".to_vec()), b"...\r\n.\r\n");
-    }
-
-    /// What the server's body reader stores is what dot_stuff sends: the
-    /// round trip is the identity for canonical (CRLF) bodies.
-    #[test]
-    fn round_trip_through_the_server_reader() {
-        use crate::proto::BareLf;
-        use crate::proto::body::{BodyReader, Framing};
-        let body = b"Subject: t\r\n\r\n.\r\n..\r\n.x\r\nend\r\n";
-        let wire = dot_stuff(body.to_vec());
-        let mut r = BodyReader::new(Framing::Data, BareLf::Normalize, 1 << 20, 1000);
-        let mut out = Vec::new();
-        let (n, done) = r.feed(&wire, &mut out);
-        assert!(done && n == wire.len());
-        assert_eq!(out, body);
     }
 }

@@ -1,5 +1,8 @@
-//! The admin API's routes, served by shard 0 (see the module above for how
-//! a request reaches the shards).
+//! The admin API: a JSON interface to the queue of a running server, for
+//! `ringpost queue ...` and for scripts. Served by shard 0; every shard
+//! owns its own messages and scheduler state (share-nothing), so a request
+//! travels to the shard that owns what it asks about through the shard
+//! mesh (`shard::mesh`), and queue-wide answers are merged here.
 //!
 //! | method and path                         | answer                         |
 //! |-----------------------------------------|--------------------------------|
@@ -16,19 +19,22 @@
 //! 404 (no such message or path), 405, 409 (delivery under way) or 503
 //! (shutting down). This is the one place that maps them.
 //!
-//! Must not: touch scheduler state itself; everything goes through
-//! [`Shards`].
+//! Must not: touch scheduler state itself; everything goes through the
+//! mesh, to the shard that owns it.
 
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ShardGone, Shards};
 use crate::http::{Handler, Request, Response};
 use crate::queue::MessageId;
-use crate::runtime::shard_for;
-use crate::scheduler::control::{ControlError, DomainSummary, MessageInfo};
+use crate::scheduler::Scheduler;
+use crate::scheduler::operations::{DomainSummary, MessageInfo, OperationError};
+use crate::shard::mesh::{Mesh, ShardGone};
+
+/// Every shard's scheduler, reached through the mesh.
+pub type Shards = Mesh<Scheduler>;
 
 /// The queue by destination domain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +69,7 @@ enum ApiError {
     #[error("method not allowed here")]
     Method,
     #[error(transparent)]
-    Control(#[from] ControlError),
+    Queue(#[from] OperationError),
     #[error(transparent)]
     Shard(#[from] ShardGone),
 }
@@ -73,9 +79,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Unauthorized => 401,
-            ApiError::NotFound(_) | ApiError::Control(ControlError::NotFound(_)) => 404,
+            ApiError::NotFound(_) | ApiError::Queue(OperationError::NotFound(_)) => 404,
             ApiError::Method => 405,
-            ApiError::Control(ControlError::Busy(_)) => 409,
+            ApiError::Queue(OperationError::Busy(_)) => 409,
             ApiError::Shard(_) => 503,
         }
     }
@@ -249,11 +255,11 @@ async fn show(shards: &Shards, id: &str) -> Result<MessageDetail, ApiError> {
             Some(MessageDetail { message, headers })
         })
         .await?;
-    detail.ok_or(ApiError::Control(ControlError::NotFound(id)))
+    detail.ok_or(ApiError::Queue(OperationError::NotFound(id)))
 }
 
 fn owner(shards: &Shards, id: MessageId) -> usize {
-    shard_for(&id, shards.count())
+    id.shard(shards.count())
 }
 
 fn message_id(text: &str) -> Result<MessageId, ApiError> {

@@ -1,14 +1,15 @@
 //! Inbound SMTP: the listener of one shard and the loop that drives each
 //! connection.
 //!
-//! Owns: [`Shard`] (what a shard's sessions share: config, spool, id
-//! generator), [`serve`] (accept loop) and the per-connection driver that
+//! Owns: [`SmtpService`] (what a shard's sessions share: config, the
+//! reception door, TLS, users), [`serve`] (accept loop) and the
+//! per-connection driver that
 //! turns bytes into commands, commands into [`session::Action`]s, and
 //! actions into replies.
 //!
 //! Files: `conn` (buffered socket I/O, plain or TLS), `session` (the state
 //! machine for envelope verbs), `data` (DATA/BDAT bodies and the hand-off to
-//! the spool), `auth` (AUTH on the submission listener). STARTTLS and the
+//! the reception door), `auth` (AUTH on the submission listener). STARTTLS and the
 //! connection admission limits (global and per client IP) live here.
 //!
 //! Shutdown: the accept loop stops, sessions in a transaction get
@@ -20,7 +21,8 @@
 //! the messages it accepts are minted for and stored in its shard's spool,
 //! so the accept-to-disk path crosses no thread.
 //!
-//! Must not: write sled directly (only through `queue::Spool`).
+//! Must not: queue anything except through the reception door
+//! (`inbound::Door`).
 //!
 //! Security: every reply to an error counts towards `max_errors`; input
 //! limits are enforced by `proto`, timeouts by `conn`.
@@ -41,26 +43,25 @@ use futures_rustls::TlsAcceptor;
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
+use crate::inbound::Door;
 use crate::proto::BareLf;
 use crate::proto::command;
 use crate::proto::line::{LineEvent, LineSplitter};
 use crate::proto::reply::{Rejection, Reply};
-use crate::queue::Spool;
-use crate::runtime::share;
-use crate::runtime::tasks::TaskSet;
-use crate::scheduler::Scheduler;
+use crate::shard::share;
+use crate::shard::stop::StopSignal;
+use crate::shard::tasks::TaskSet;
 use conn::{Conn, is_timeout};
-use data::{BodyInProgress, Outcome};
+use data::{BodyInProgress, Step};
 use session::{Action, Session};
 
 /// What the sessions of one shard share. Lives on that shard's executor.
-pub struct Shard {
+pub struct SmtpService {
     pub index: u16,
     pub shards: usize,
     pub cfg: Arc<Config>,
-    pub spool: Rc<Spool>,
-    /// Where accepted messages go next (this shard's scheduler).
-    pub scheduler: Rc<Scheduler>,
+    /// Where accepted messages go (this shard's reception door).
+    pub door: Rc<Door>,
     /// Inbound STARTTLS, when a certificate is configured.
     pub tls: Option<TlsAcceptor>,
     /// Submission users, when submission is enabled.
@@ -116,7 +117,7 @@ impl Drop for Ticket {
 }
 
 /// Admits a connection within this shard's share of the limits.
-fn admit(admission: &Rc<RefCell<Admission>>, ip: IpAddr, shard: &Shard) -> Option<Ticket> {
+fn admit(admission: &Rc<RefCell<Admission>>, ip: IpAddr, shard: &SmtpService) -> Option<Ticket> {
     let cfg = &shard.cfg.smtp;
     let (index, shards) = (shard.index as usize, shard.shards);
     let mut a = admission.borrow_mut();
@@ -136,19 +137,19 @@ fn admit(admission: &Rc<RefCell<Admission>>, ip: IpAddr, shard: &Shard) -> Optio
 }
 
 /// Accepts connections until `stop` is disconnected, one task per session.
-/// On stop, the sessions still open are cancelled (see `runtime::tasks`).
+/// On stop, the sessions still open are cancelled (see `shard::tasks`).
 /// `submission` marks the submission listener (AUTH required to send).
 pub async fn serve(
     listener: TcpListener,
-    shard: Rc<Shard>,
+    shard: Rc<SmtpService>,
     submission: bool,
-    stop: flume::Receiver<()>,
+    stop: StopSignal,
 ) {
     let sessions = TaskSet::default();
     let idle = Rc::new(std::cell::Cell::new(0usize));
     let admission = Rc::new(RefCell::new(Admission::default()));
     loop {
-        match crate::runtime::accept_or_stop(&listener, &stop).await {
+        match crate::shard::net::accept_or_stop(&listener, &stop).await {
             None => break,
             Some(Ok(stream)) => {
                 let Ok(peer) = stream.peer_addr() else {
@@ -177,8 +178,7 @@ pub async fn serve(
     // period; idle ones are closed at their next command boundary or, if
     // they sit waiting for input, cut off once only idle ones remain.
     shard.draining.set(true);
-    let deadline =
-        std::time::Instant::now() + Duration::from_secs(shard.cfg.server.shutdown_grace_secs);
+    let deadline = stop.deadline(Duration::from_secs(shard.cfg.server.shutdown_grace_secs));
     while sessions.len() > idle.get() && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
@@ -200,7 +200,7 @@ async fn turn_away(stream: TcpStream) {
 async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    shard: Rc<Shard>,
+    shard: Rc<SmtpService>,
     submission: bool,
     idle_count: Rc<std::cell::Cell<usize>>,
     _ticket: Ticket,
@@ -224,7 +224,7 @@ async fn handle_connection(
 async fn drive(
     conn: &mut Conn,
     session: &mut Session<'_>,
-    shard: &Shard,
+    shard: &SmtpService,
     idle_count: &std::cell::Cell<usize>,
 ) {
     let cfg = &shard.cfg.smtp;
@@ -266,12 +266,12 @@ async fn drive(
             }
         };
         let outcome = match action {
-            Action::Reply(r) => Outcome::Reply(r),
-            Action::Close(r) => Outcome::Close(r),
+            Action::Reply(r) => Step::Reply(r),
+            Action::Close(r) => Step::Close(r),
             // Only a client that said EHLO was told it may pipeline: anything
             // else sent before the 354 is out of step (RFC 2920 3.1).
             Action::ReadData if !session.esmtp && !conn.pending().is_empty() => {
-                Outcome::Close(Rejection::Unsynchronized.reply())
+                Step::Close(Rejection::Unsynchronized.reply())
             }
             Action::ReadData => data::receive_data(conn, session, shard).await,
             Action::ReadBdat { size, last } => {
@@ -286,13 +286,13 @@ async fn drive(
             bdat = None;
         }
         let reply: Reply = match outcome {
-            Outcome::Reply(r) => r,
-            Outcome::Close(r) => {
+            Step::Reply(r) => r,
+            Step::Close(r) => {
                 conn.queue(&r);
                 return;
             }
-            Outcome::Disconnected => return,
-            Outcome::Silent => continue,
+            Step::Disconnected => return,
+            Step::Silent => continue,
         };
         conn.queue(&reply);
         if reply.is_error() {
@@ -309,9 +309,9 @@ async fn drive(
 /// the handshake, arrived in plaintext and could have been injected by a
 /// man in the middle (CVE-2011-0411): it is discarded, never executed, and
 /// the connection is closed.
-async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) -> Outcome {
+async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, shard: &SmtpService) -> Step {
     let Some(acceptor) = &shard.tls else {
-        return Outcome::Reply(Rejection::NotImplemented.reply());
+        return Step::Reply(Rejection::NotImplemented.reply());
     };
     let injected = conn.discard_pending();
     if injected > 0 {
@@ -319,11 +319,11 @@ async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) ->
             "{}: {injected} bytes pipelined after STARTTLS discarded, closing",
             session.client_ip()
         );
-        return Outcome::Close(Rejection::PipelinedAfterStartTls.reply());
+        return Step::Close(Rejection::PipelinedAfterStartTls.reply());
     }
     conn.queue(&Reply::new(220, "2.0.0", "Ready to start TLS"));
     if conn.flush().await.is_err() {
-        return Outcome::Disconnected;
+        return Step::Disconnected;
     }
     let result = conn.start_tls(acceptor).await;
     let label = if result.is_ok() { "ok" } else { "failed" };
@@ -331,11 +331,11 @@ async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, shard: &Shard) ->
     match result {
         Ok(()) => {
             session.tls_started();
-            Outcome::Silent
+            Step::Silent
         }
         Err(e) => {
             log::info!("{}: TLS handshake failed: {e}", session.client_ip());
-            Outcome::Disconnected
+            Step::Disconnected
         }
     }
 }

@@ -1,0 +1,116 @@
+//! Reception: every way mail comes in, and the one door it all goes
+//! through into the queue.
+//!
+//! Owns: [`Door`], one per shard. A receiver (the SMTP front end in
+//! [`smtp`], HTTP injection in `http::inject`, and the scheduler's
+//! delivery status notifications, which arrive on the door's DSN channel)
+//! mints an id, builds a [`NewMessage`] (envelope, our trace header and
+//! the content) and calls [`Door::accept`]. The door stamps the arrival
+//! time, stores the message durably (`Spool::enqueue`, which returns only
+//! after the group commit), counts it, writes its Reception events and
+//! hands it to the shard's scheduler, which starts delivering at once.
+//! Whatever reception must do for every message (signing, suppression
+//! checks, priorities) belongs here, once, and nowhere else.
+//!
+//! Concurrency: a door serves the sessions and requests of its own shard;
+//! the messages it accepts are minted for and stored in that shard's spool.
+//!
+//! May call: `queue` (enqueue), `scheduler` (submit), `events`, `metrics`.
+//! Must not: speak a protocol (the front ends do) or deliver anything.
+
+pub mod smtp;
+
+use std::rc::Rc;
+
+use crate::events::EventLog;
+use crate::queue::{MessageId, NewMessage, Spool, SpoolError};
+use crate::scheduler::Scheduler;
+use crate::shard::clock::Clock;
+
+/// Why the door did not take a message. Each front end maps it to its own
+/// answer (SMTP: one reply code in `proto::reply`; HTTP: a status).
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The spool could not store it: the client should try again.
+    #[error(transparent)]
+    Storage(#[from] SpoolError),
+}
+
+/// What the door took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// Recipients queued.
+    pub recipients: usize,
+}
+
+pub struct Door {
+    spool: Rc<Spool>,
+    scheduler: Rc<Scheduler>,
+    events: Rc<EventLog>,
+    clock: Clock,
+}
+
+impl Door {
+    pub fn new(
+        spool: Rc<Spool>,
+        scheduler: Rc<Scheduler>,
+        events: Rc<EventLog>,
+        clock: Clock,
+    ) -> Door {
+        Door {
+            spool,
+            scheduler,
+            events,
+            clock,
+        }
+    }
+
+    /// A new id owned by this shard, for the message about to be received
+    /// (the trace header names it before the body is complete).
+    pub fn new_id(&self) -> MessageId {
+        self.spool.new_id()
+    }
+
+    /// Unix seconds now, by the shard's clock.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Makes `msg` durable and scheduled. Only once this returned Ok may
+    /// the client be told the message is accepted.
+    pub async fn accept(&self, msg: NewMessage) -> Result<Accepted, Refusal> {
+        let NewMessage {
+            id,
+            mut envelope,
+            body,
+            content_start: _,
+        } = msg;
+        let now = self.clock.now();
+        envelope.created = now;
+        envelope.next_due = now;
+        let stored = self.spool.enqueue(id, envelope, body).await?;
+        ::metrics::counter!(crate::metrics::MESSAGES_RECEIVED).increment(1);
+        ::metrics::counter!(crate::metrics::RECIPIENTS_RECEIVED)
+            .increment(stored.recipients.len() as u64);
+        ::metrics::counter!(crate::metrics::BYTES_RECEIVED).increment(stored.size());
+        self.events.reception(id, &stored);
+        let accepted = Accepted {
+            recipients: stored.recipients.len(),
+        };
+        self.scheduler.submit(id, stored);
+        Ok(accepted)
+    }
+
+    /// Takes the delivery status notifications the scheduler makes until
+    /// it closes its side (at the end of its drain), each through
+    /// [`Door::accept`] like any other message.
+    pub async fn take_notifications(self: Rc<Self>, dsns: flume::Receiver<NewMessage>) {
+        while let Ok(dsn) = dsns.recv_async().await {
+            let (id, to) = (dsn.id, dsn.envelope.recipients.first().cloned());
+            if let Err(e) = self.accept(dsn).await {
+                let to = to.map(|r| r.address).unwrap_or_default();
+                log::error!("{id}: cannot queue the delivery status notification to <{to}>: {e}");
+            }
+        }
+    }
+}

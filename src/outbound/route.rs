@@ -1,0 +1,108 @@
+//! Where mail for a destination domain goes: a static route, the
+//! smarthost, or the domain's MX hosts, as an ordered list of targets.
+//!
+//! Owns: [`Router`], built once per shard from `[delivery]` (routes and
+//! the smarthost parsed once), and [`targets`], the pure expansion of hosts
+//! with their addresses into targets on a port.
+//!
+//! May call: `dns` (MX, A/AAAA). Must not: connect to anything.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use super::Target;
+use crate::config::{DeliveryConfig, NextHop};
+use crate::dns::{DnsError, Resolver};
+
+pub struct Router {
+    /// Per-domain routes, keys lower-case.
+    routes: HashMap<String, NextHop>,
+    smarthost: Option<NextHop>,
+    /// The port for MX deliveries (MX records carry none).
+    remote_port: u16,
+    dns: Resolver,
+}
+
+impl Router {
+    /// From a validated config (routes that do not parse were refused by
+    /// `check-config`; any left are ignored).
+    pub fn new(d: &DeliveryConfig, dns: Resolver) -> Router {
+        Router {
+            routes: d
+                .routes
+                .iter()
+                .filter_map(|(domain, hop)| {
+                    Some((domain.to_ascii_lowercase(), NextHop::parse(hop).ok()?))
+                })
+                .collect(),
+            smarthost: Some(&d.smarthost)
+                .filter(|s| !s.is_empty())
+                .and_then(|s| NextHop::parse(s).ok()),
+            remote_port: d.remote_port,
+            dns,
+        }
+    }
+
+    /// The hosts to try for mail to `domain` (lower-case), in order.
+    pub async fn targets_for(&self, domain: &str) -> Result<Vec<Target>, DnsError> {
+        match self.routes.get(domain).or(self.smarthost.as_ref()) {
+            Some(NextHop::Addr(addr)) => Ok(vec![Target {
+                host: addr.ip().to_string(),
+                addr: *addr,
+            }]),
+            Some(NextHop::Host(host, port)) => {
+                let addrs = self.dns.host(host).await?;
+                Ok(targets(&[(host.clone(), addrs)], *port))
+            }
+            None => {
+                let hosts = self.dns.mx(domain).await?;
+                let list: Vec<_> = hosts.into_iter().map(|h| (h.name, h.addrs)).collect();
+                Ok(targets(&list, self.remote_port))
+            }
+        }
+    }
+}
+
+/// Pure: hosts with their addresses → ordered targets on `port`.
+pub fn targets(hosts: &[(String, Vec<IpAddr>)], port: u16) -> Vec<Target> {
+    hosts
+        .iter()
+        .flat_map(|(host, addrs)| {
+            addrs.iter().map(move |ip| Target {
+                host: host.clone(),
+                addr: SocketAddr::new(*ip, port),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_expand_in_order() {
+        let t = targets(
+            &[
+                ("mx1.example".into(), vec!["192.0.2.1".parse().unwrap()]),
+                (
+                    "mx2.example".into(),
+                    vec!["192.0.2.2".parse().unwrap(), "2001:db8::2".parse().unwrap()],
+                ),
+            ],
+            2525,
+        );
+        let got: Vec<_> = t
+            .iter()
+            .map(|t| (t.host.as_str(), t.addr.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("mx1.example", "192.0.2.1:2525".to_string()),
+                ("mx2.example", "192.0.2.2:2525".to_string()),
+                ("mx2.example", "[2001:db8::2]:2525".to_string())
+            ]
+        );
+    }
+}

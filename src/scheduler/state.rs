@@ -1,0 +1,534 @@
+//! One shard's schedule as data: which messages it holds, their rounds of
+//! jobs, the per-domain ready queues and workers, and the due-time index.
+//!
+//! Owns: [`State`] and every change to it, as plain methods without I/O,
+//! so that the round accounting is unit-tested here rather than only end
+//! to end. The rules:
+//!
+//! - A message *round* is one job per destination domain with pending
+//!   recipients ([`State::dispatch`]); `jobs` counts those not yet done.
+//! - A job's attempt counts as *in flight* from [`State::start_job`] to
+//!   [`State::record`]; finishing a round ([`State::begin_finish`] ..
+//!   [`State::end_finish`]) counts as in flight too, so the admin cannot
+//!   take a message out while its new state is being written.
+//! - `messages`, `deferred` and `tallies` change together, only through
+//!   these methods, so the running totals always match the messages.
+//!
+//! Must not: do I/O, read the clock, or log: the scheduler does, around
+//! these calls.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use super::tally::Tallies;
+use crate::outbound::{Attempt, DeliveryOutcome};
+use crate::queue::{Envelope, MessageId, RecipientStatus};
+
+/// A recipient that failed for good in this round, for the DSN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Index into the envelope's recipients.
+    pub index: usize,
+    /// Enhanced status code, e.g. "5.1.1".
+    pub status: String,
+    /// What the remote server (or ringpost) said.
+    pub reply: String,
+    /// The host that said it, if any.
+    pub remote: Option<String>,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub messages: HashMap<MessageId, Entry>,
+    pub domains: HashMap<String, DomainQueue>,
+    pub deferred: BTreeSet<(u64, MessageId)>,
+    pub tallies: Tallies,
+    pub suspended: HashSet<String>,
+}
+
+pub struct Entry {
+    pub env: Envelope,
+    /// Jobs of the current round not yet done.
+    pub jobs: usize,
+    /// Recipients that failed for good in this round, for the DSN.
+    pub failures: Vec<Failure>,
+    /// Jobs of this message with a delivery attempt under way (or its
+    /// round being finished).
+    pub in_flight: usize,
+    /// In the due-time index, waiting for a retry.
+    pub deferred: bool,
+}
+
+#[derive(Default)]
+pub struct DomainQueue {
+    pub ready: VecDeque<Job>,
+    pub workers: usize,
+    /// Workers spawned that have not yet taken their first job: each will
+    /// take one of `ready`, so no more are started than there are jobs for
+    /// (spawned tasks run only once the spawner yields).
+    pub starting: usize,
+    /// Earliest start of the next message when the domain is rate-limited.
+    pub next_slot: Option<Instant>,
+    /// The last failure reply from this domain and when (Unix seconds).
+    pub last_error: Option<(u64, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: MessageId,
+    /// Indices into the envelope's recipients.
+    pub rcpts: Vec<usize>,
+}
+
+/// What [`State::record`] found when it applied a job's outcomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The round's last job: the message is to be finished.
+    pub round_done: bool,
+    /// The domain and the reply of the last failure, if any.
+    pub failed: Option<(String, String)>,
+}
+
+/// The destination domain of an address, lower-cased.
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .to_ascii_lowercase()
+}
+
+/// Pure: a message's pending recipients (indices) grouped by destination
+/// domain: one job each.
+pub fn jobs_by_domain(env: &Envelope) -> HashMap<String, Vec<usize>> {
+    let mut by_domain: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, r) in env.recipients.iter().enumerate() {
+        if r.status == RecipientStatus::Pending {
+            by_domain.entry(domain_of(&r.address)).or_default().push(i);
+        }
+    }
+    by_domain
+}
+
+/// Pure: takes every entry due at `now` off the due-time index, earliest
+/// first.
+pub fn pop_due(deferred: &mut BTreeSet<(u64, MessageId)>, now: u64) -> Vec<MessageId> {
+    let mut due = Vec::new();
+    while let Some(&(t, id)) = deferred.first() {
+        if t > now {
+            break;
+        }
+        deferred.pop_first();
+        due.push(id);
+    }
+    due
+}
+
+impl Entry {
+    fn new(env: Envelope) -> Entry {
+        Entry {
+            env,
+            jobs: 0,
+            failures: Vec::new(),
+            in_flight: 0,
+            deferred: false,
+        }
+    }
+
+    pub fn has_pending_at(&self, domain: &str) -> bool {
+        self.env.recipients.iter().any(|r| {
+            r.status == RecipientStatus::Pending
+                && r.address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+        })
+    }
+}
+
+impl State {
+    /// A message enters the schedule (not yet in the due-time index).
+    pub fn admit(&mut self, id: MessageId, env: Envelope) {
+        self.tallies.count(&env, false, true);
+        if let Some(old) = self.messages.insert(id, Entry::new(env)) {
+            self.tallies.count(&old.env, old.deferred, false);
+        }
+    }
+
+    /// A message leaves the schedule.
+    pub fn remove(&mut self, id: MessageId) -> Option<Entry> {
+        let entry = self.messages.remove(&id)?;
+        self.tallies.count(&entry.env, entry.deferred, false);
+        if entry.deferred {
+            self.deferred.remove(&(entry.env.next_due, id));
+        }
+        Some(entry)
+    }
+
+    /// Changes a message's entry, keeping the totals right. `None` if the
+    /// message is not (or no longer) here.
+    pub fn change<R>(&mut self, id: MessageId, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
+        let entry = self.messages.get_mut(&id)?;
+        self.tallies.count(&entry.env, entry.deferred, false);
+        if entry.deferred {
+            self.deferred.remove(&(entry.env.next_due, id));
+        }
+        let r = f(entry);
+        self.tallies.count(&entry.env, entry.deferred, true);
+        if entry.deferred {
+            self.deferred.insert((entry.env.next_due, id));
+        }
+        Some(r)
+    }
+
+    /// Puts a message in the due-time index, at its `next_due`.
+    pub fn defer(&mut self, id: MessageId) {
+        let Some(entry) = self.messages.get_mut(&id).filter(|e| !e.deferred) else {
+            return;
+        };
+        entry.deferred = true;
+        self.deferred.insert((entry.env.next_due, id));
+        self.tallies.set_deferred(&entry.env, true);
+    }
+
+    /// Takes a message out of the due-time index (to be tried now).
+    pub fn undefer(&mut self, id: MessageId) {
+        let Some(entry) = self.messages.get_mut(&id).filter(|e| e.deferred) else {
+            return;
+        };
+        entry.deferred = false;
+        self.deferred.remove(&(entry.env.next_due, id));
+        self.tallies.set_deferred(&entry.env, false);
+    }
+
+    /// After a restart the domains' last errors are known only from the
+    /// recipients' last replies: keep one per domain for the summary.
+    pub fn remember_last_errors(&mut self, env: &Envelope) {
+        for r in &env.recipients {
+            if let (RecipientStatus::Pending, Some(reply)) = (r.status, &r.last_reply) {
+                let q = self.domains.entry(domain_of(&r.address)).or_default();
+                q.last_error.get_or_insert_with(|| (0, reply.clone()));
+            }
+        }
+    }
+
+    /// Takes every message due at `now` out of the due-time index.
+    pub fn take_due(&mut self, now: u64) -> Vec<MessageId> {
+        let due = pop_due(&mut self.deferred, now);
+        for id in &due {
+            if let Some(entry) = self.messages.get_mut(id) {
+                entry.deferred = false;
+                self.tallies.set_deferred(&entry.env, false);
+            }
+        }
+        due
+    }
+
+    /// Starts a round: one job per domain with pending recipients, each
+    /// queued at its domain. Returns the domains (empty: nothing pending,
+    /// the round is over at once and the message is to be finished); None
+    /// if the message is not here.
+    pub fn dispatch(&mut self, id: MessageId) -> Option<Vec<String>> {
+        let entry = self.messages.get_mut(&id)?;
+        let by_domain = jobs_by_domain(&entry.env);
+        entry.jobs = by_domain.len();
+        let names: Vec<String> = by_domain.keys().cloned().collect();
+        for (domain, rcpts) in by_domain {
+            self.domains
+                .entry(domain)
+                .or_default()
+                .ready
+                .push_back(Job { id, rcpts });
+        }
+        Some(names)
+    }
+
+    /// Whether `domain` needs one more worker (within `limit` workers and
+    /// the jobs waiting for one); if so, counts it as starting.
+    pub fn add_worker(&mut self, domain: &str, limit: usize) -> bool {
+        if self.suspended.contains(domain) {
+            return false;
+        }
+        let q = self.domains.entry(domain.to_string()).or_default();
+        if q.ready.len() <= q.starting || q.workers >= limit {
+            return false;
+        }
+        q.workers += 1;
+        q.starting += 1;
+        true
+    }
+
+    /// A worker's next job at `domain`; None retires the worker (nothing
+    /// ready, the domain suspended, or `stop`). `first`: the worker's first
+    /// call, which ends its starting phase.
+    pub fn next_job(&mut self, domain: &str, first: bool, stop: bool) -> Option<Job> {
+        let suspended = self.suspended.contains(domain);
+        let q = self
+            .domains
+            .get_mut(domain)
+            .expect("a worker's domain exists");
+        if first {
+            q.starting -= 1;
+        }
+        // Checked before popping: a job taken off the queue must be run,
+        // or its message would never finish.
+        let next = match suspended || stop {
+            true => None,
+            false => q.ready.pop_front(),
+        };
+        if next.is_none() {
+            q.workers -= 1;
+        }
+        next
+    }
+
+    /// A job's attempt begins: its message's envelope, counted in flight;
+    /// None if the message was taken out (deleted, bounced) or its
+    /// recipients are no longer pending while the job waited.
+    pub fn start_job(&mut self, job: &Job) -> Option<Envelope> {
+        let entry = self.messages.get_mut(&job.id).filter(|e| {
+            job.rcpts
+                .iter()
+                .all(|&i| e.env.recipients[i].status == RecipientStatus::Pending)
+        })?;
+        entry.in_flight += 1;
+        Some(entry.env.clone())
+    }
+
+    /// Applies one job's outcomes to its message: recipient states,
+    /// attempts, last replies; permanent failures are kept for the DSN.
+    /// `each` sees every recipient's index and outcome after the change (to
+    /// log and count it). None if the message is gone.
+    pub fn record(
+        &mut self,
+        id: MessageId,
+        rcpts: &[usize],
+        attempt: &Attempt,
+        mut each: impl FnMut(&Envelope, usize, &DeliveryOutcome),
+    ) -> Option<Recorded> {
+        let recorded = self.change(id, |entry| {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+            let remote = attempt.remote.as_ref().map(|t| t.host.clone());
+            let mut failed = None;
+            for (&i, outcome) in rcpts.iter().zip(&attempt.outcomes) {
+                let r = &mut entry.env.recipients[i];
+                r.attempts += 1;
+                r.last_reply = Some(outcome.reply().to_string());
+                match outcome {
+                    DeliveryOutcome::Delivered { .. } => r.status = RecipientStatus::Delivered,
+                    DeliveryOutcome::Temporary { .. } => {}
+                    DeliveryOutcome::Permanent { reply, status } => {
+                        r.status = RecipientStatus::Failed;
+                        entry.failures.push(Failure {
+                            index: i,
+                            status: status.clone(),
+                            reply: reply.clone(),
+                            remote: remote.clone(),
+                        });
+                    }
+                }
+                if !matches!(outcome, DeliveryOutcome::Delivered { .. }) {
+                    failed = Some(outcome.reply().to_string());
+                }
+                each(&entry.env, i, outcome);
+            }
+            entry.jobs = entry.jobs.saturating_sub(1);
+            let domain = domain_of(&entry.env.recipients[rcpts[0]].address);
+            Recorded {
+                round_done: entry.jobs == 0,
+                failed: failed.map(|reply| (domain, reply)),
+            }
+        })?;
+        Some(recorded)
+    }
+
+    /// Finishing a round begins: a copy of the envelope and the round's
+    /// failures, the message counted in flight until [`State::end_finish`].
+    pub fn begin_finish(&mut self, id: MessageId) -> Option<(Envelope, Vec<Failure>)> {
+        let entry = self.messages.get_mut(&id)?;
+        entry.in_flight += 1;
+        Some((entry.env.clone(), std::mem::take(&mut entry.failures)))
+    }
+
+    /// Finishing a round ends: the message leaves (`done`) or waits in the
+    /// due-time index with its new envelope.
+    pub fn end_finish(&mut self, id: MessageId, env: Envelope, done: bool) -> Option<Entry> {
+        if done {
+            return self.remove(id);
+        }
+        self.change(id, |entry| {
+            entry.in_flight -= 1;
+            entry.env = env;
+        });
+        self.defer(id);
+        None
+    }
+
+    /// Takes a message out of the ready queues and the due index, so that
+    /// no new attempt starts; refused (false) while an attempt is under
+    /// way. Its entry stays until the caller is done.
+    pub fn take_out(&mut self, id: MessageId) -> Option<Result<Envelope, ()>> {
+        let entry = self.messages.get_mut(&id)?;
+        if entry.in_flight > 0 {
+            return Some(Err(()));
+        }
+        entry.jobs = 0;
+        let env = entry.env.clone();
+        self.undefer(id);
+        for r in &env.recipients {
+            if let Some(q) = self.domains.get_mut(&domain_of(&r.address)) {
+                q.ready.retain(|job| job.id != id);
+            }
+        }
+        Some(Ok(env))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbound::Target;
+    use crate::queue::IdGenerator;
+
+    fn env(rcpts: &[&str]) -> Envelope {
+        Envelope::new(
+            "s@x.example".into(),
+            rcpts.iter().map(|r| r.to_string()).collect(),
+            100,
+        )
+    }
+
+    fn attempt(outcomes: Vec<DeliveryOutcome>) -> Attempt {
+        Attempt {
+            outcomes,
+            remote: Some(Target {
+                host: "mx.a.example".into(),
+                addr: "127.0.0.1:25".parse().unwrap(),
+            }),
+            tls: None,
+        }
+    }
+
+    fn delivered() -> DeliveryOutcome {
+        DeliveryOutcome::Delivered {
+            reply: "250 ok".into(),
+        }
+    }
+
+    fn temporary() -> DeliveryOutcome {
+        DeliveryOutcome::Temporary {
+            reply: "451 later".into(),
+        }
+    }
+
+    #[test]
+    fn a_round_is_one_job_per_domain_and_ends_with_its_last_job() {
+        let mut st = State::default();
+        let id = IdGenerator::new(0).next_id();
+        st.admit(id, env(&["a@a.example", "b@A.example", "c@b.example"]));
+        let mut domains = st.dispatch(id).unwrap();
+        domains.sort();
+        assert_eq!(domains, ["a.example", "b.example"]);
+        assert_eq!(st.messages[&id].jobs, 2);
+
+        assert!(st.add_worker("a.example", 5));
+        assert!(!st.add_worker("a.example", 5), "one job, one worker");
+        let job = st.next_job("a.example", true, false).unwrap();
+        assert_eq!(job.rcpts, [0, 1]);
+        st.start_job(&job).unwrap();
+        assert_eq!(st.messages[&id].in_flight, 1);
+        let mut seen = Vec::new();
+        let r = st
+            .record(
+                id,
+                &job.rcpts,
+                &attempt(vec![delivered(), temporary()]),
+                |_, i, _| seen.push(i),
+            )
+            .unwrap();
+        assert_eq!(seen, [0, 1]);
+        assert_eq!(
+            r,
+            Recorded {
+                round_done: false,
+                failed: Some(("a.example".into(), "451 later".into()))
+            }
+        );
+        assert_eq!(st.messages[&id].in_flight, 0);
+        assert!(st.next_job("a.example", false, false).is_none());
+        assert_eq!(st.domains["a.example"].workers, 0);
+
+        assert!(st.add_worker("b.example", 5));
+        let job = st.next_job("b.example", true, false).unwrap();
+        st.start_job(&job).unwrap();
+        let perm = DeliveryOutcome::Permanent {
+            reply: "550 5.1.1 no".into(),
+            status: "5.1.1".into(),
+        };
+        let r = st.record(id, &job.rcpts, &attempt(vec![perm]), |_, _, _| {});
+        assert!(r.unwrap().round_done);
+
+        let (env, failures) = st.begin_finish(id).unwrap();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].index, 2);
+        assert_eq!(failures[0].remote.as_deref(), Some("mx.a.example"));
+        assert_eq!(st.messages[&id].in_flight, 1);
+        // b@A.example is still pending: the message waits for a retry.
+        let mut env = env;
+        env.next_due = 500;
+        assert!(st.end_finish(id, env, false).is_none());
+        assert_eq!(st.messages[&id].in_flight, 0);
+        assert!(st.messages[&id].deferred);
+        let t = st
+            .tallies
+            .iter()
+            .find(|(d, _)| *d == "a.example")
+            .unwrap()
+            .1;
+        assert_eq!((t.messages, t.recipients, t.deferred), (1, 1, 1));
+        assert!(st.take_due(499).is_empty());
+        assert_eq!(st.take_due(500), [id]);
+        assert!(!st.messages[&id].deferred);
+    }
+
+    #[test]
+    fn the_admin_cannot_take_out_a_message_in_flight() {
+        let mut st = State::default();
+        let id = IdGenerator::new(0).next_id();
+        st.admit(id, env(&["a@a.example"]));
+        st.dispatch(id);
+        st.add_worker("a.example", 1);
+        let job = st.next_job("a.example", true, false).unwrap();
+        st.start_job(&job).unwrap();
+        assert_eq!(st.take_out(id), Some(Err(())));
+        st.record(id, &job.rcpts, &attempt(vec![temporary()]), |_, _, _| {});
+        // Queued again behind a second job: taking out clears the queue.
+        st.dispatch(id);
+        assert!(matches!(st.take_out(id), Some(Ok(_))));
+        assert!(st.domains["a.example"].ready.is_empty());
+        assert_eq!(st.messages[&id].jobs, 0);
+        // A job that was taken before the message went is not started.
+        st.remove(id);
+        assert!(st.start_job(&job).is_none());
+        assert!(st.tallies.iter().next().is_none());
+    }
+
+    #[test]
+    fn suspended_domains_and_stop_retire_workers() {
+        let mut st = State::default();
+        let id = IdGenerator::new(0).next_id();
+        st.admit(id, env(&["a@a.example"]));
+        st.dispatch(id);
+        st.suspended.insert("a.example".into());
+        assert!(!st.add_worker("a.example", 1));
+        st.suspended.clear();
+        assert!(st.add_worker("a.example", 1));
+        assert!(st.next_job("a.example", true, true).is_none(), "stopping");
+        assert_eq!(st.domains["a.example"].ready.len(), 1, "the job stays");
+        assert_eq!(st.domains["a.example"].workers, 0);
+    }
+
+    #[test]
+    fn domains_are_lower_case() {
+        assert_eq!(domain_of("A@Example.COM"), "example.com");
+        assert_eq!(domain_of("\"a@b\"@c.example"), "c.example");
+    }
+}

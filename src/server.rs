@@ -1,0 +1,590 @@
+//! The composition root: start-up, the assembly of each shard, and stop.
+//!
+//! Owns: [`start`], which checks what can be checked before any thread
+//! starts (the listen ports are free, the spool matches the shard count,
+//! certificates, users and tokens load: [`Prepared`]), starts one glommio
+//! executor per shard, and returns a [`Server`] only once every shard has
+//! reported that its spool is recovered and its listeners bound. A shard
+//! that fails or dies at any time is reported on the same channel, so the
+//! process stops with an error instead of hanging.
+//!
+//! Each shard is assembled in [`run_shard`] from the same parts: its spool,
+//! its scheduler, the reception door in front of them, and the front ends
+//! (SMTP, submission, HTTP injection); shard 0 also serves the admin API
+//! and `/metrics`. Every listener is a task of its own.
+//!
+//! Shutdown ([`Server::stop`], or SIGTERM through [`StopSender`]): every
+//! listener stops accepting; transactions, requests and delivery attempts
+//! in flight get `server.shutdown_grace_secs`, counted from the request, on
+//! every shard at once; then the spool is flushed and the shard ends.
+//!
+//! Concurrency: shards share nothing but what start-up prepared (read-only
+//! config, loaded files, the DNS resolver handle) and the metrics recorder.
+//! Cross-shard traffic is the admin API's, over the shard mesh.
+//!
+//! May call: every service. Must not: be imported by any of them.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
+
+use crate::config::Config;
+use crate::dns::{self, Resolver};
+use crate::events::EventLog;
+use crate::inbound::Door;
+use crate::inbound::smtp::{self, SmtpService, auth::Users};
+use crate::outbound::route::Router;
+use crate::outbound::{Delivery, OutboundSettings};
+use crate::queue::{Spool, SpoolOptions, existing_shards};
+use crate::scheduler::{Scheduler, Wiring};
+use crate::shard::clock::Clock;
+use crate::shard::mesh::{self, Mesh, Work};
+use crate::shard::net::{bind_shared, probe_listen};
+use crate::shard::stop::{self, StopSender, StopSignal};
+
+/// glommio's registered io_memory is used only by `DmaFile`, which ringpost
+/// does not use. The minimum keeps three rings per executor well within the
+/// 8 MiB RLIMIT_MEMLOCK of an unprivileged user.
+const IO_MEMORY: usize = 512 << 10;
+
+// No `spin_before_park`: it bought ~25% for one session at a time, but
+// burns CPU that smtp clients and sinks on the same cores need. Measure
+// again before turning it on.
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the spool {dir} was written by {found} shards but {want} are configured; \
+         run with --shards {found} (or server.shards = {found}) until it is empty"
+    )]
+    ShardMismatch {
+        dir: String,
+        found: usize,
+        want: usize,
+    },
+    #[error("shard {shard}: {reason}")]
+    Shard { shard: usize, reason: String },
+    #[error("starting executors: {0}")]
+    Executor(String),
+    #[error("starting the DNS resolver: {0}")]
+    Dns(std::io::Error),
+    #[error("{0}")]
+    Tls(crate::tls::TlsError),
+    #[error("submission users: {0}")]
+    Users(String),
+    #[error("token file {path}: {reason}")]
+    TokenFile { path: String, reason: String },
+}
+
+/// Where each listener is, once bound (port 0 resolved); None when off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listeners {
+    pub smtp: SocketAddr,
+    pub submission: Option<SocketAddr>,
+    pub inject: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+impl Listeners {
+    /// Probes every configured listener (see `probe_listen`).
+    fn probe(cfg: &Config) -> Result<Listeners, StartError> {
+        let probe = |addr: SocketAddr| {
+            probe_listen(addr).map_err(|source| StartError::Listen { addr, source })
+        };
+        let optional = |addr: Option<SocketAddr>| addr.map(probe).transpose();
+        Ok(Listeners {
+            smtp: probe(cfg.smtp.listen)?,
+            submission: optional(cfg.submission.enabled().then_some(cfg.submission.listen))?,
+            inject: optional(cfg.inject.addr())?,
+            metrics: optional(cfg.metrics.addr())?,
+            admin: optional(cfg.admin.addr())?,
+        })
+    }
+}
+
+/// Everything start-up loads once and every shard reads: the files named
+/// in the config, the resolver, the shard mesh.
+struct Prepared {
+    cfg: Arc<Config>,
+    shards: usize,
+    listeners: Listeners,
+    clock: Clock,
+    resolver: Resolver,
+    inbound_tls: Option<Arc<rustls::ServerConfig>>,
+    users: Option<Arc<Users>>,
+    outbound: OutboundSettings,
+    admin_token: Option<String>,
+    inject_token: Option<String>,
+    /// Turns true once every shard serves (`/readyz`).
+    ready: Arc<AtomicBool>,
+    mesh: Mesh<Scheduler>,
+}
+
+/// One shard's own ends of the cross-shard channels.
+struct Seat {
+    index: usize,
+    stop: StopSignal,
+    work: flume::Receiver<Work<Scheduler>>,
+}
+
+enum ShardReport {
+    Ready,
+    Failed { shard: usize, reason: String },
+    Stopped { shard: usize },
+}
+
+/// A running server.
+pub struct Server {
+    pub listeners: Listeners,
+    pub shards: usize,
+    reports: flume::Receiver<ShardReport>,
+    stop: StopSender,
+    handles: Option<PoolThreadHandles<()>>,
+}
+
+/// Number of shards for this config: `server.shards`, or one per online CPU.
+pub fn shard_count(cfg: &Config) -> usize {
+    match cfg.server.shards {
+        0 => CpuSet::online().map_or(1, |s| s.len()).max(1),
+        n => n,
+    }
+}
+
+/// Starts every shard and waits until all are serving.
+pub fn start(cfg: Config) -> Result<Server, StartError> {
+    start_with_clock(cfg, Clock::System)
+}
+
+/// [`start`] with a clock of the caller's (tests drive retries and expiry
+/// with a manual one).
+pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError> {
+    let shards = shard_count(&cfg);
+    check_spool_layout(&cfg, shards)?;
+    let (mesh, works) = mesh::mesh(shards);
+    let prepared = Arc::new(prepare(cfg, shards, clock, mesh)?);
+    crate::metrics::install();
+
+    let (report_tx, reports) = flume::unbounded();
+    let (stop, signals) = stop::channel(shards);
+    let seats: Vec<Option<Seat>> = signals
+        .into_iter()
+        .zip(works)
+        .enumerate()
+        .map(|(index, (stop, work))| Some(Seat { index, stop, work }))
+        .collect();
+    let seats = Arc::new(Mutex::new(seats));
+    let next_index = Arc::new(AtomicUsize::new(0));
+    let shared = prepared.clone();
+    let handles =
+        LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, CpuSet::online().ok()))
+            .name("ringpost-shard")
+            .io_memory(IO_MEMORY)
+            .on_all_shards(move || {
+                let index = next_index.fetch_add(1, Ordering::SeqCst);
+                let seat = seats.lock().expect("start-up only")[index]
+                    .take()
+                    .expect("one seat per shard");
+                let guard = StopGuard {
+                    shard: index,
+                    tx: report_tx.clone(),
+                };
+                let shared = shared.clone();
+                async move {
+                    if let Err(reason) = run_shard(shared, seat, &guard.tx).await {
+                        let _ = guard.tx.send(ShardReport::Failed {
+                            shard: index,
+                            reason,
+                        });
+                    }
+                    drop(guard);
+                }
+            })
+            .map_err(|e| StartError::Executor(e.to_string()))?;
+
+    let mut server = Server {
+        listeners: prepared.listeners,
+        shards,
+        reports,
+        stop,
+        handles: Some(handles),
+    };
+    server.wait_ready()?;
+    prepared.ready.store(true, Ordering::Release);
+    Ok(server)
+}
+
+/// Loads and checks everything the shards will share.
+fn prepare(
+    mut cfg: Config,
+    shards: usize,
+    clock: Clock,
+    mesh: Mesh<Scheduler>,
+) -> Result<Prepared, StartError> {
+    let listeners = Listeners::probe(&cfg)?;
+    // Every shard binds the probed address: port 0 became one port.
+    cfg.smtp.listen = listeners.smtp;
+    if let Some(addr) = listeners.submission {
+        cfg.submission.listen = addr;
+    }
+    let users = match cfg.submission.enabled() {
+        true => Some(Arc::new(
+            Users::load(cfg.submission.users_file.as_ref()).map_err(StartError::Users)?,
+        )),
+        false => None,
+    };
+    let inbound_tls = match cfg.tls.inbound() {
+        true => Some(
+            crate::tls::server_config(cfg.tls.cert_file.as_ref(), cfg.tls.key_file.as_ref())
+                .map_err(StartError::Tls)?,
+        ),
+        false => None,
+    };
+    let verified = match cfg.tls.requires_verification() {
+        true => {
+            Some(crate::tls::verified_client(cfg.tls.ca_file.as_ref()).map_err(StartError::Tls)?)
+        }
+        false => None,
+    };
+    let resolver = dns::start(
+        &cfg.dns.nameservers,
+        Duration::from_secs(cfg.dns.timeout_secs),
+    )
+    .map_err(StartError::Dns)?;
+    Ok(Prepared {
+        outbound: OutboundSettings::new(&cfg, verified),
+        admin_token: read_token(&cfg.admin.token_file)?,
+        inject_token: read_token(&cfg.inject.token_file)?,
+        cfg: Arc::new(cfg),
+        shards,
+        listeners,
+        clock,
+        resolver,
+        inbound_tls,
+        users,
+        ready: Arc::new(AtomicBool::new(false)),
+        mesh,
+    })
+}
+
+/// Sends `Stopped` when the shard's future ends or its thread unwinds, so
+/// a panicking shard can never leave the main thread waiting.
+struct StopGuard {
+    shard: usize,
+    tx: flume::Sender<ShardReport>,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(ShardReport::Stopped { shard: self.shard });
+    }
+}
+
+/// A bearer token (admin or injection): the first line of `path`; none
+/// when unset.
+fn read_token(path: &str) -> Result<Option<String>, StartError> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let fail = |reason: String| StartError::TokenFile {
+        path: path.to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    match token.len() {
+        16.. => Ok(Some(token)),
+        _ => Err(fail("the token must be at least 16 characters".into())),
+    }
+}
+
+/// One shard's parts, as assembled at its start.
+struct Parts {
+    spool: Rc<Spool>,
+    scheduler: Rc<Scheduler>,
+    door: Rc<Door>,
+    smtp: Rc<SmtpService>,
+    /// The door's task that queues the scheduler's DSNs.
+    notifications: glommio::Task<()>,
+}
+
+/// Opens the spool, builds the scheduler and the door in front of it, and
+/// the SMTP front end. Blocking work (recovery) happens here, before the
+/// shard serves.
+fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
+    let cfg = &p.cfg;
+    let opts = SpoolOptions {
+        cache_bytes: cfg.spool.cache_bytes,
+        segment_bytes: cfg.spool.segment_bytes,
+        sync: cfg.spool.sync,
+    };
+    let (spool, recovered) =
+        Spool::start(&cfg.spool.dir, index as u16, &opts).map_err(|e| e.to_string())?;
+    let r = &recovered.report;
+    log::info!(
+        "shard {index}: spool {} recovered: {} messages ({} replayed from the journal), {} quarantined, {} unreferenced segments removed",
+        spool.path().display(),
+        r.messages,
+        r.replayed,
+        r.quarantined,
+        r.segments_removed
+    );
+    let events = Rc::new(
+        EventLog::open(&cfg.delivery.log)
+            .map_err(|e| format!("delivery log {}: {e}", cfg.delivery.log))?,
+    );
+    let spool = Rc::new(spool);
+    let (scheduler, dsns) = Scheduler::new(Wiring {
+        cfg: cfg.clone(),
+        shard: index,
+        shards: p.shards,
+        spool: spool.clone(),
+        router: Router::new(&cfg.delivery, p.resolver.clone()),
+        delivery: Delivery::new(&p.outbound),
+        events: events.clone(),
+        clock: p.clock.clone(),
+    });
+    scheduler.start(recovered.messages);
+    let door = Rc::new(Door::new(
+        spool.clone(),
+        scheduler.clone(),
+        events,
+        p.clock.clone(),
+    ));
+    let notifications = glommio::spawn_local(door.clone().take_notifications(dsns));
+    let smtp = Rc::new(SmtpService {
+        index: index as u16,
+        shards: p.shards,
+        cfg: cfg.clone(),
+        door: door.clone(),
+        tls: p.inbound_tls.clone().map(futures_rustls::TlsAcceptor::from),
+        auth_failures: smtp::auth::FailureLimiter::new(
+            cfg.submission.max_auth_failures,
+            Duration::from_secs(cfg.submission.auth_failure_window_secs),
+        ),
+        users: p.users.clone(),
+        draining: std::cell::Cell::new(false),
+    });
+    Ok(Parts {
+        spool,
+        scheduler,
+        door,
+        smtp,
+        notifications,
+    })
+}
+
+/// The shard's listening sockets, bound before it reports ready.
+struct Bound {
+    smtp: glommio::net::TcpListener,
+    submission: Option<glommio::net::TcpListener>,
+    inject: Option<glommio::net::TcpListener>,
+    /// Shard 0 only.
+    metrics: Option<glommio::net::TcpListener>,
+    /// Shard 0 only.
+    admin: Option<glommio::net::TcpListener>,
+}
+
+fn bind(l: &Listeners, index: usize) -> Result<Bound, String> {
+    let bind = |addr: SocketAddr| bind_shared(addr).map_err(|e| format!("listen on {addr}: {e}"));
+    let optional = |addr: Option<SocketAddr>| addr.map(bind).transpose();
+    let first = index == 0;
+    Ok(Bound {
+        smtp: bind(l.smtp)?,
+        submission: optional(l.submission)?,
+        inject: optional(l.inject)?,
+        metrics: optional(l.metrics.filter(|_| first))?,
+        admin: optional(l.admin.filter(|_| first))?,
+    })
+}
+
+/// Starts every loop of the shard, each a task of its own, never joined
+/// into one future: glommio 0.9 keeps a waker clone per poll of a pending
+/// accept (`Source::collect_rw`), so an idle listener polled whenever a
+/// busy sibling woke the shared task gained one clone per SMTP connection,
+/// and after 32,767 the task's i16 refcount overflowed and the shard
+/// panicked ("Waker invariant broken"; README, Known problems). Each loop
+/// ends once `stop` fires.
+fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glommio::Task<()>> {
+    let stop = &seat.stop;
+    let mut loops = vec![glommio::spawn_local(smtp::serve(
+        bound.smtp,
+        parts.smtp.clone(),
+        false,
+        stop.clone(),
+    ))];
+    if let Some(l) = bound.submission {
+        let service = parts.smtp.clone();
+        loops.push(glommio::spawn_local(smtp::serve(
+            l,
+            service,
+            true,
+            stop.clone(),
+        )));
+    }
+    let spool = parts.spool.clone();
+    let flusher_stop = stop.clone();
+    loops.push(glommio::spawn_local(async move {
+        spool.run_flusher(flusher_stop).await
+    }));
+    loops.push(glommio::spawn_local(mesh::serve(
+        seat.work,
+        parts.scheduler.clone(),
+        stop.clone(),
+    )));
+    if let Some(l) = bound.inject {
+        let injector = Rc::new(crate::http::inject::Injector {
+            cfg: p.cfg.clone(),
+            door: parts.door.clone(),
+            token: p.inject_token.clone(),
+        });
+        loops.push(glommio::spawn_local(crate::http::serve(
+            l,
+            crate::http::inject::handler(injector),
+            crate::http::inject::listener_limits(&p.cfg, seat.index, p.shards),
+            stop.clone(),
+        )));
+    }
+    if let Some(l) = bound.metrics {
+        loops.push(glommio::spawn_local(crate::metrics::upkeep(stop.clone())));
+        loops.push(glommio::spawn_local(crate::http::metrics::serve(
+            l,
+            p.ready.clone(),
+            stop.clone(),
+        )));
+    }
+    if let Some(l) = bound.admin {
+        loops.push(glommio::spawn_local(crate::http::serve(
+            l,
+            crate::http::admin::handler(p.mesh.clone(), p.admin_token.clone()),
+            crate::http::ListenerLimits::CONTROL,
+            stop.clone(),
+        )));
+    }
+    loops
+}
+
+/// One shard from start to stop.
+async fn run_shard(
+    p: Arc<Prepared>,
+    seat: Seat,
+    reports: &flume::Sender<ShardReport>,
+) -> Result<(), String> {
+    let parts = assemble(&p, seat.index)?;
+    let bound = bind(&p.listeners, seat.index)?;
+    let stop = seat.stop.clone();
+    let loops = spawn_loops(&p, seat, &parts, bound);
+    let _ = reports.send(ShardReport::Ready);
+    for task in loops {
+        task.await;
+    }
+    // Every listener has stopped; delivery attempts under way get what is
+    // left of the grace period.
+    let deadline = stop.deadline(Duration::from_secs(p.cfg.server.shutdown_grace_secs));
+    parts.scheduler.drain(deadline).await;
+    // The scheduler closed its DSN stream: the door queues what is left.
+    parts.notifications.await;
+    let Parts {
+        spool, door, smtp, ..
+    } = parts;
+    drop((door, smtp));
+    // Cancelled sessions and workers are dropped only when the executor
+    // next runs them (glommio); yielding lets it, so none of them still
+    // holds the spool, and sled's lock, once this shard ends.
+    for _ in 0..2 {
+        futures_lite::future::yield_now().await;
+    }
+    spool.quiesce().await;
+    Ok(())
+}
+
+fn check_spool_layout(cfg: &Config, shards: usize) -> Result<(), StartError> {
+    let found = existing_shards(&cfg.spool.dir);
+    match found.last() {
+        Some(&max) if max as usize >= shards => Err(StartError::ShardMismatch {
+            dir: cfg.spool.dir.display().to_string(),
+            found: max as usize + 1,
+            want: shards,
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl Server {
+    fn wait_ready(&mut self) -> Result<(), StartError> {
+        let mut ready = 0;
+        while ready < self.shards {
+            let failed = match self.reports.recv_timeout(Duration::from_secs(120)) {
+                Ok(ShardReport::Ready) => {
+                    ready += 1;
+                    continue;
+                }
+                Ok(ShardReport::Failed { shard, reason }) => StartError::Shard { shard, reason },
+                Ok(ShardReport::Stopped { shard }) => StartError::Shard {
+                    shard,
+                    reason: "stopped during start-up".into(),
+                },
+                Err(_) => StartError::Executor("shards did not start in 120 s".into()),
+            };
+            self.stop();
+            return Err(failed);
+        }
+        Ok(())
+    }
+
+    /// Blocks until every shard has stopped after a requested shutdown
+    /// (Ok), or until one fails or stops on its own (the error).
+    pub fn wait(&self) -> Result<(), StartError> {
+        let mut stopped = 0;
+        loop {
+            match self.reports.recv() {
+                Ok(ShardReport::Ready) => continue,
+                Ok(ShardReport::Failed { shard, reason }) => {
+                    return Err(StartError::Shard { shard, reason });
+                }
+                Ok(ShardReport::Stopped { shard }) if !self.stop.is_requested() => {
+                    return Err(StartError::Shard {
+                        shard,
+                        reason: "stopped unexpectedly".into(),
+                    });
+                }
+                Ok(ShardReport::Stopped { .. }) => {
+                    stopped += 1;
+                    if stopped == self.shards {
+                        return Ok(());
+                    }
+                }
+                Err(_) => return Err(StartError::Executor("all shards gone".into())),
+            }
+        }
+    }
+
+    /// A handle that starts a graceful shutdown from any thread (signals).
+    pub fn shutdown_handle(&self) -> StopSender {
+        self.stop.clone()
+    }
+
+    /// Shuts down gracefully and joins the executors.
+    pub fn stop(&mut self) {
+        self.stop.request();
+        if let Some(h) = self.handles.take() {
+            h.join_all();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
