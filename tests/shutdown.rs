@@ -115,3 +115,119 @@ fn sigterm_finishes_the_transaction_in_flight_and_exits_cleanly() {
         "the acknowledged message is queued: {queued:?}"
     );
 }
+
+/// The cause of the graceful-stop hang seen in about 1 of 10-25 runs of
+/// the delivery suite: at stop, the shard cancels its tasks; one that was
+/// in the middle of a spool flush (the flush timer, or a delivery worker
+/// removing a finished message) left the flush marked as running for ever,
+/// and `Spool::quiesce`, the shard's last step, waited for it a
+/// millisecond at a time. Here the cut is made on purpose.
+#[test]
+fn a_flush_cut_off_by_a_cancelled_task_does_not_stall_the_stop() {
+    use ringpost::queue::{Envelope, Spool, SpoolOptions};
+    use ringpost::shard::tasks::TaskSet;
+    use std::rc::Rc;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let stopped_in_time = glommio::LocalExecutorBuilder::default()
+        .io_memory(512 << 10)
+        .spawn(move || async move {
+            let opts = SpoolOptions {
+                cache_bytes: 8 << 20,
+                ..SpoolOptions::default()
+            };
+            let (spool, _) = Spool::start(&root, 0, &opts).unwrap();
+            let spool = Rc::new(spool);
+            let env = Envelope::new("a@b.example".into(), vec!["c@d.example".into()], 1);
+            let id = spool.new_id();
+            // Leaves sled with something to flush.
+            spool.enqueue(id, env, b"Subject: x\r\n\r\nx\r\n".to_vec()).await.unwrap();
+            let tasks = TaskSet::default();
+            let s = spool.clone();
+            tasks.spawn(async move { s.flush().await });
+            // The task runs up to its wait for sled's fsync on the blocking
+            // thread, and is cancelled there, as at a stop.
+            futures_lite::future::yield_now().await;
+            tasks.cancel_all();
+            glommio::timer::timeout(Duration::from_secs(10), async {
+                spool.quiesce().await;
+                Ok(())
+            })
+            .await
+            .is_ok()
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(stopped_in_time, "Spool::quiesce still waiting after 10 s");
+}
+
+/// Under load (sessions sending, delivery attempts hanging on a slow next
+/// hop), a stop ends within `shutdown_grace_secs` + 1 s, counted from the
+/// request, on every shard.
+#[test]
+fn a_stop_under_load_ends_within_the_grace_period() {
+    use common::sink::{Script, Sink};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let slow = Sink::start(
+        "127.0.0.1",
+        0,
+        Script {
+            delay: Duration::from_secs(8),
+            ..Script::default()
+        },
+    );
+    let mut ts = common::start_with(2, |c| {
+        c.delivery.smarthost = format!("[127.0.0.1]:{}", slow.addr.port());
+        c.delivery.reply_timeout_secs = 30;
+        c.server.shutdown_grace_secs = 2;
+    });
+    let running = Arc::new(AtomicBool::new(true));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let senders: Vec<_> = (0..8)
+        .map(|_| {
+            let (addr, running, sent) = (ts.addr, running.clone(), sent.clone());
+            std::thread::spawn(move || {
+                while running.load(Ordering::Relaxed) {
+                    let Ok(s) = TcpStream::connect(addr) else {
+                        return;
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                    let mut r = BufReader::new(s);
+                    if !reply(&mut r).starts_with("220") {
+                        return;
+                    }
+                    let _ = r.get_mut().write_all(
+                        b"EHLO l.test\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<x@y.example>\r\nDATA\r\n",
+                    );
+                    for _ in 0..4 {
+                        reply(&mut r);
+                    }
+                    let _ = r.get_mut().write_all(b"Subject: load\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+                    if reply(&mut r).starts_with("250") {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while sent.load(Ordering::Relaxed) < 50 || slow.accepts() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no load built up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stop = Instant::now();
+    ts.stop();
+    let took = stop.elapsed();
+    running.store(false, Ordering::Relaxed);
+    for s in senders {
+        let _ = s.join();
+    }
+    assert!(
+        took < Duration::from_secs(3),
+        "the stop took {took:?} with a 2 s grace period"
+    );
+}
