@@ -1,7 +1,7 @@
 //! Parser hot paths: one command line, and reading a DATA body.
 
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
-use ringpost::proto::BareLf;
+use ringpost::proto::body::BareEndings;
 use ringpost::proto::body::{BodyReader, Framing};
 use ringpost::proto::command::parse;
 use ringpost::proto::line::LineSplitter;
@@ -44,7 +44,7 @@ fn body(c: &mut Criterion) {
         let mut out = Vec::with_capacity(16 * 1024);
         b.iter(|| {
             out.clear();
-            let mut r = BodyReader::new(Framing::Data, BareLf::Normalize, 1 << 26, 65536);
+            let mut r = BodyReader::new(Framing::Data, BareEndings::default(), 1 << 26, 65536);
             black_box(r.feed(black_box(&msg), &mut out))
         })
     });

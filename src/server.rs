@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors, Listen, Problems};
 use crate::dns::{self, Resolver};
 use crate::events::EventLog;
 use crate::inbound::Door;
@@ -79,17 +79,13 @@ pub enum StartError {
     #[error("starting the DNS resolver: {0}")]
     Dns(std::io::Error),
     #[error("{0}")]
-    Tls(crate::tls::TlsError),
-    #[error("submission users: {0}")]
-    Users(String),
-    #[error("token file {path}: {reason}")]
-    TokenFile { path: String, reason: String },
+    Files(ConfigErrors),
 }
 
 /// Where each listener is, once bound (port 0 resolved); None when off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Listeners {
-    pub smtp: SocketAddr,
+    pub smtp: Option<SocketAddr>,
     pub submission: Option<SocketAddr>,
     pub inject: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
@@ -97,18 +93,24 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Probes every configured listener (see `probe_listen`).
-    fn probe(cfg: &Config) -> Result<Listeners, StartError> {
-        let probe = |addr: SocketAddr| {
-            probe_listen(addr).map_err(|source| StartError::Listen { addr, source })
+    /// Probes every configured listener (see `probe_listen`) and writes
+    /// the resolved addresses back, so that every shard binds the port
+    /// that port 0 became.
+    fn probe(cfg: &mut Config) -> Result<Listeners, StartError> {
+        let probe = |listen: &mut Listen| -> Result<Option<SocketAddr>, StartError> {
+            let Some(addr) = listen.addr() else {
+                return Ok(None);
+            };
+            let bound = probe_listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+            *listen = Listen::At(bound);
+            Ok(Some(bound))
         };
-        let optional = |addr: Option<SocketAddr>| addr.map(probe).transpose();
         Ok(Listeners {
-            smtp: probe(cfg.smtp.listen)?,
-            submission: optional(cfg.submission.enabled().then_some(cfg.submission.listen))?,
-            inject: optional(cfg.inject.addr())?,
-            metrics: optional(cfg.metrics.addr())?,
-            admin: optional(cfg.admin.addr())?,
+            smtp: probe(&mut cfg.smtp.listen)?,
+            submission: probe(&mut cfg.submission.listen)?,
+            inject: probe(&mut cfg.inject.listen)?,
+            metrics: probe(&mut cfg.metrics.listen)?,
+            admin: probe(&mut cfg.admin.listen)?,
         })
     }
 }
@@ -121,11 +123,8 @@ struct Prepared {
     listeners: Listeners,
     clock: Clock,
     resolver: Resolver,
-    inbound_tls: Option<Arc<rustls::ServerConfig>>,
-    users: Option<Arc<Users>>,
+    files: Loaded,
     outbound: OutboundSettings,
-    admin_token: Option<String>,
-    inject_token: Option<String>,
     /// Turns true once every shard serves (`/readyz`).
     ready: Arc<AtomicBool>,
     mesh: Mesh<Scheduler>,
@@ -231,50 +230,120 @@ fn prepare(
     clock: Clock,
     mesh: Mesh<Scheduler>,
 ) -> Result<Prepared, StartError> {
-    let listeners = Listeners::probe(&cfg)?;
-    // Every shard binds the probed address: port 0 became one port.
-    cfg.smtp.listen = listeners.smtp;
-    if let Some(addr) = listeners.submission {
-        cfg.submission.listen = addr;
-    }
-    let users = match cfg.submission.enabled() {
-        true => Some(Arc::new(
-            Users::load(cfg.submission.users_file.as_ref()).map_err(StartError::Users)?,
-        )),
-        false => None,
-    };
-    let inbound_tls = match cfg.tls.inbound() {
-        true => Some(
-            crate::tls::server_config(cfg.tls.cert_file.as_ref(), cfg.tls.key_file.as_ref())
-                .map_err(StartError::Tls)?,
-        ),
-        false => None,
-    };
-    let verified = match cfg.tls.requires_verification() {
-        true => {
-            Some(crate::tls::verified_client(cfg.tls.ca_file.as_ref()).map_err(StartError::Tls)?)
-        }
-        false => None,
-    };
+    let files = preflight(&cfg).map_err(|p| StartError::Files(ConfigErrors(p)))?;
+    let listeners = Listeners::probe(&mut cfg)?;
     let resolver = dns::start(
         &cfg.dns.nameservers,
         Duration::from_secs(cfg.dns.timeout_secs),
     )
     .map_err(StartError::Dns)?;
     Ok(Prepared {
-        outbound: OutboundSettings::new(&cfg, verified),
-        admin_token: read_token(&cfg.admin.token_file)?,
-        inject_token: read_token(&cfg.inject.token_file)?,
+        outbound: OutboundSettings::new(&cfg, files.verified.clone()),
         cfg: Arc::new(cfg),
         shards,
         listeners,
         clock,
         resolver,
-        inbound_tls,
-        users,
+        files,
         ready: Arc::new(AtomicBool::new(false)),
         mesh,
     })
+}
+
+/// What the files a config names hold, loaded once at start-up.
+pub struct Loaded {
+    /// Submission users, when submission is on.
+    pub users: Option<Arc<Users>>,
+    /// Inbound STARTTLS, when a certificate is configured.
+    pub inbound_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The verified-TLS client, when some destination requires it.
+    pub verified: Option<Arc<rustls::ClientConfig>>,
+    pub admin_token: Option<String>,
+    pub inject_token: Option<String>,
+}
+
+/// Every check `serve` makes before it binds anything, on the files the
+/// config names: certificates and keys, the CA bundle, the users file,
+/// tokens, the delivery log's directory. Every problem is reported, each
+/// with the key that names the file. `check-config` runs it too.
+pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
+    let mut p = Problems::default();
+    let mut loaded = Loaded {
+        users: None,
+        inbound_tls: None,
+        verified: None,
+        admin_token: None,
+        inject_token: None,
+    };
+    if cfg.submission.enabled() && !cfg.submission.users_file.is_empty() {
+        match Users::load(cfg.submission.users_file.as_ref()) {
+            Ok(users) => loaded.users = Some(Arc::new(users)),
+            Err(e) => p.at("submission.users_file", e),
+        }
+    }
+    if cfg.tls.inbound() && !cfg.tls.key_file.is_empty() {
+        match crate::tls::server_config(cfg.tls.cert_file.as_ref(), cfg.tls.key_file.as_ref()) {
+            Ok(tls) => loaded.inbound_tls = Some(tls),
+            Err(e @ crate::tls::TlsError::Key { .. }) => p.at("tls.key_file", e.to_string()),
+            Err(e) => p.at("tls.cert_file", e.to_string()),
+        }
+    }
+    if cfg.tls.requires_verification() {
+        match crate::tls::verified_client(cfg.tls.ca_file.as_ref()) {
+            Ok(v) => loaded.verified = Some(v),
+            Err(e) => p.at("tls.ca_file", e.to_string()),
+        }
+    }
+    for (key, path, token) in [
+        (
+            "admin.token_file",
+            &cfg.admin.token_file,
+            &mut loaded.admin_token,
+        ),
+        (
+            "inject.token_file",
+            &cfg.inject.token_file,
+            &mut loaded.inject_token,
+        ),
+    ] {
+        match read_token(path) {
+            Ok(t) => *token = t,
+            Err(e) => p.at(key, e),
+        }
+    }
+    if let Some(problem) = log_target_problem(&cfg.delivery.log) {
+        p.at("delivery.log", problem);
+    }
+    match p.is_empty() {
+        true => Ok(loaded),
+        false => Err(p),
+    }
+}
+
+/// Whether the delivery log can be appended to, without creating it.
+fn log_target_problem(target: &str) -> Option<String> {
+    if matches!(target, "stdout" | "off") {
+        return None;
+    }
+    let path = std::path::Path::new(target);
+    if path.exists() {
+        return std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .err()
+            .map(|e| format!("{target}: {e}"));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    match dir.is_dir() {
+        true => None,
+        false => Some(format!(
+            "{target}: the directory {} does not exist",
+            dir.display()
+        )),
+    }
 }
 
 /// Sends `Stopped` when the shard's future ends or its thread unwinds, so
@@ -292,19 +361,15 @@ impl Drop for StopGuard {
 
 /// A bearer token (admin or injection): the first line of `path`; none
 /// when unset.
-fn read_token(path: &str) -> Result<Option<String>, StartError> {
+fn read_token(path: &str) -> Result<Option<String>, String> {
     if path.is_empty() {
         return Ok(None);
     }
-    let fail = |reason: String| StartError::TokenFile {
-        path: path.to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
     let token = text.lines().next().unwrap_or("").trim().to_string();
     match token.len() {
         16.. => Ok(Some(token)),
-        _ => Err(fail("the token must be at least 16 characters".into())),
+        _ => Err(format!("{path}: the token must be at least 16 characters")),
     }
 }
 
@@ -367,12 +432,16 @@ fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         shards: p.shards,
         cfg: cfg.clone(),
         door: door.clone(),
-        tls: p.inbound_tls.clone().map(futures_rustls::TlsAcceptor::from),
+        tls: p
+            .files
+            .inbound_tls
+            .clone()
+            .map(futures_rustls::TlsAcceptor::from),
         auth_failures: smtp::auth::FailureLimiter::new(
             cfg.submission.max_auth_failures,
             Duration::from_secs(cfg.submission.auth_failure_window_secs),
         ),
-        users: p.users.clone(),
+        users: p.files.users.clone(),
         draining: std::cell::Cell::new(false),
     });
     Ok(Parts {
@@ -386,13 +455,13 @@ fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
 
 /// The shard's listening sockets, bound before it reports ready.
 struct Bound {
-    smtp: glommio::net::TcpListener,
-    submission: Option<glommio::net::TcpListener>,
-    inject: Option<glommio::net::TcpListener>,
+    smtp: Option<crate::shard::net::Bound>,
+    submission: Option<crate::shard::net::Bound>,
+    inject: Option<crate::shard::net::Bound>,
     /// Shard 0 only.
-    metrics: Option<glommio::net::TcpListener>,
+    metrics: Option<crate::shard::net::Bound>,
     /// Shard 0 only.
-    admin: Option<glommio::net::TcpListener>,
+    admin: Option<crate::shard::net::Bound>,
 }
 
 fn bind(l: &Listeners, index: usize) -> Result<Bound, String> {
@@ -400,7 +469,7 @@ fn bind(l: &Listeners, index: usize) -> Result<Bound, String> {
     let optional = |addr: Option<SocketAddr>| addr.map(bind).transpose();
     let first = index == 0;
     Ok(Bound {
-        smtp: bind(l.smtp)?,
+        smtp: optional(l.smtp)?,
         submission: optional(l.submission)?,
         inject: optional(l.inject)?,
         metrics: optional(l.metrics.filter(|_| first))?,
@@ -417,12 +486,16 @@ fn bind(l: &Listeners, index: usize) -> Result<Bound, String> {
 /// ends once `stop` fires.
 fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glommio::Task<()>> {
     let stop = &seat.stop;
-    let mut loops = vec![glommio::spawn_local(smtp::serve(
-        bound.smtp,
-        parts.smtp.clone(),
-        false,
-        stop.clone(),
-    ))];
+    let mut loops = Vec::new();
+    if let Some(l) = bound.smtp {
+        let service = parts.smtp.clone();
+        loops.push(glommio::spawn_local(smtp::serve(
+            l,
+            service,
+            false,
+            stop.clone(),
+        )));
+    }
     if let Some(l) = bound.submission {
         let service = parts.smtp.clone();
         loops.push(glommio::spawn_local(smtp::serve(
@@ -446,7 +519,7 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
         let injector = Rc::new(crate::http::inject::Injector {
             cfg: p.cfg.clone(),
             door: parts.door.clone(),
-            token: p.inject_token.clone(),
+            token: p.files.inject_token.clone(),
         });
         loops.push(glommio::spawn_local(crate::http::serve(
             l,
@@ -466,7 +539,7 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
     if let Some(l) = bound.admin {
         loops.push(glommio::spawn_local(crate::http::serve(
             l,
-            crate::http::admin::handler(p.mesh.clone(), p.admin_token.clone()),
+            crate::http::admin::handler(p.mesh.clone(), p.files.admin_token.clone()),
             crate::http::ListenerLimits::CONTROL,
             stop.clone(),
         )));

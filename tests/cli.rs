@@ -33,7 +33,12 @@ fn check_config_accepts_a_good_file_and_reports_every_error_of_a_bad_one() {
     let out = ringpost().arg("check-config").arg(&bad).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    for expected in ["smtp.typo", "[spool]", "max_command_line", "`nonsense`"] {
+    for expected in [
+        "line 3: smtp.max_command_line: must be at least 512",
+        "line 4: smtp.typo: unknown key",
+        "line 6: spool.dir: invalid type",
+        "line 7: nonsense: unknown section",
+    ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }

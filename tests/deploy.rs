@@ -60,3 +60,13 @@ fn example_config_passes_check_config() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_example_configs_are_valid() {
+    for file in ["deploy/ringpost.toml", "benches/relay-bench.toml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        if let Err(e) = ringpost::config::Config::load(&path) {
+            panic!("{file}:\n{e}");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{Client, start, start_with};
-use ringpost::proto::BareLf;
+use ringpost::config::LineEndings;
 
 #[test]
 fn greeting_ehlo_helo_and_simple_verbs() {
@@ -278,7 +278,7 @@ fn overlong_text_line_is_refused_after_end_of_data() {
 
 #[test]
 fn bare_lf_reject_mode_closes_with_550_5_5_2() {
-    let mut ts = start_with(1, |c| c.smtp.bare_lf = BareLf::Reject);
+    let mut ts = start_with(1, |c| c.smtp.bare_lf = LineEndings::Reject);
     let mut c = ts.client();
     c.begin("a@b.example", &["x@y.example"]);
     c.expect("DATA", 354);

@@ -5,13 +5,13 @@
 //! compared.)
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use ringpost::proto::BareLf;
+use ringpost::proto::body::BareEndings;
 use ringpost::proto::body::{BodyReader, Framing};
 
 const MAX: usize = 4096;
 
 fn read(input: &[u8], cuts: &[usize], framing: Framing) -> (Vec<u8>, Option<usize>, String) {
-    let mut r = BodyReader::new(framing, BareLf::Normalize, MAX, 200);
+    let mut r = BodyReader::new(framing, BareEndings::default(), MAX, 200);
     let mut out = Vec::new();
     let mut pos = 0;
     for &cut in cuts.iter().chain(std::iter::once(&input.len())) {

@@ -44,12 +44,16 @@ pub enum Command {
         #[arg(long)]
         shards: Option<usize>,
     },
-    /// Validate a config file without binding ports or opening the spool;
-    /// prints every error found.
+    /// Check a config file as `serve` would before it binds anything: the
+    /// values, and the files they name (certificates, keys, users, tokens,
+    /// the delivery log's directory). Prints every problem with its line.
     CheckConfig {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Print the configuration reference (every key, its default and its
+    /// meaning) as Markdown: docs/configuration.md is this output.
+    ConfigReference,
     /// Print every metric ringpost exports: name, type and help text.
     DumpMetrics,
     /// Read a password from standard input and print its argon2id hash,
@@ -152,9 +156,9 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("{hash}");
             Ok(())
         }
-        Command::CheckConfig { file } => {
-            load(Some(&file))?;
-            println!("{}: ok", file.display());
+        Command::CheckConfig { file } => check_config(&file),
+        Command::ConfigReference => {
+            print!("{}", crate::config::reference_markdown());
             Ok(())
         }
         Command::Queue {
@@ -175,6 +179,7 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
         Some(a) => a,
         None => cfg
             .admin
+            .listen
             .addr()
             .context("[admin] listen is off in this config")?,
     };
@@ -246,23 +251,49 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
     Ok(())
 }
 
+/// `check-config`: the values, then the files, all problems at once.
+fn check_config(file: &std::path::Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let (cfg, mut problems) =
+        Config::parse(&text).map_err(|e| anyhow::anyhow!("{}:\n{e}", file.display()))?;
+    if let Err(mut files) = server::preflight(&cfg) {
+        crate::config::locate(&text, &mut files);
+        problems.extend(files);
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{}:\n{}",
+            file.display(),
+            crate::config::ConfigErrors(problems)
+        );
+    }
+    println!("{}: ok", file.display());
+    Ok(())
+}
+
 fn serve(config: Option<PathBuf>, shards: Option<usize>) -> Result<()> {
     let mut cfg = load(config.as_ref())?;
     if let Some(n) = shards {
         cfg.server.shards = n;
     }
-    let server = server::start(cfg).context("starting ringpost")?;
-    log::info!(
-        "ringpost listening for SMTP on {} with {} shards",
-        server.listeners.smtp,
-        server.shards
-    );
-    let shutdown = server.shutdown_handle();
+    // Before anything listens: a SIGTERM that arrives while the shards
+    // start must be taken (and acted on once they run), not kill the
+    // process with its default action.
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])
     .context("installing signal handlers")?;
+    let summary = startup_summary(&cfg);
+    let server = server::start(cfg).context("starting ringpost")?;
+    for line in summary.lines(&server) {
+        log::info!("{line}");
+    }
+    for warning in summary.warnings {
+        log::warn!("{warning}");
+    }
+    let shutdown = server.shutdown_handle();
     std::thread::Builder::new()
         .name("ringpost-signals".into())
         .spawn(move || {
@@ -274,6 +305,60 @@ fn serve(config: Option<PathBuf>, shards: Option<usize>) -> Result<()> {
     server.wait().context("ringpost stopped")?;
     log::info!("ringpost stopped");
     Ok(())
+}
+
+/// What start-up tells the operator: where everything is.
+struct StartupSummary {
+    hostname: String,
+    spool: String,
+    log: String,
+    warnings: Vec<String>,
+}
+
+fn startup_summary(cfg: &Config) -> StartupSummary {
+    let hostname = cfg.hostname().to_string();
+    let mut warnings = Vec::new();
+    if !hostname.contains('.') {
+        warnings.push(format!(
+            "the host name `{hostname}` (greeting, EHLO, Received:) is not a fully qualified \
+             domain name: receivers may refuse mail from it; set server.hostname"
+        ));
+    }
+    StartupSummary {
+        hostname,
+        spool: cfg.spool.dir.display().to_string(),
+        log: match cfg.delivery.log.as_str() {
+            "stdout" => "standard output".into(),
+            "off" => "off".into(),
+            path => path.into(),
+        },
+        warnings,
+    }
+}
+
+impl StartupSummary {
+    fn lines(&self, server: &server::Server) -> Vec<String> {
+        let l = &server.listeners;
+        let at = |a: Option<std::net::SocketAddr>| a.map_or("off".into(), |a| a.to_string());
+        vec![
+            format!(
+                "ringpost {} serving as {} with {} shards, spool {}",
+                env!("CARGO_PKG_VERSION"),
+                self.hostname,
+                server.shards,
+                self.spool
+            ),
+            format!(
+                "listening: smtp {}, submission {}, injection {}, metrics {}, admin {}",
+                at(l.smtp),
+                at(l.submission),
+                at(l.inject),
+                at(l.metrics),
+                at(l.admin)
+            ),
+            format!("delivery log: {} (logs: standard error)", self.log),
+        ]
+    }
 }
 
 fn queue_ls(dir: &std::path::Path) -> Result<()> {

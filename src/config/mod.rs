@@ -1,578 +1,303 @@
-//! The typed configuration. Its `Default` is the embedded default config.
+//! The typed configuration. Its defaults are the embedded default config.
 //!
-//! Owns: every setting, each with one name, one default and one doc comment
-//! (mirrored in docs/configuration.md), and [`Config::from_toml`], which
-//! overrides the defaults field by field from a TOML file and reports every
-//! problem it finds at once: unknown keys, wrong types (one per section, as
-//! serde stops at the first) and invalid values.
+//! Owns: every setting. Each key is defined once, with its type, default
+//! and doc comment, by the [`section!`] of its section (one file each);
+//! the section's value checks sit beside it. From those definitions come
+//! the defaults, reading a TOML file ([`Config::from_toml`]: field by
+//! field over the defaults, every problem reported at once with its key
+//! and line), and the reference in docs/configuration.md
+//! ([`reference_markdown`], which a test holds the file to).
 //!
-//! Must not: do I/O beyond reading the file it is given; bind ports or open
-//! the spool (`check-config` relies on that).
+//! Must not: depend on anything else in the crate; do I/O beyond reading
+//! the file it is given; bind ports or open the spool (`check-config`
+//! relies on that). Checks that need the files a config names (keys,
+//! certificates, users) are the server's (`server::preflight`).
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::IpAddr;
+use std::path::Path;
 
-use ipnet::IpNet;
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+/// Defines a config section: the struct, its `Default`, reading it from a
+/// TOML table key by key, and its reference entry, all from one list of
+/// `doc, key: type = default`.
+macro_rules! section {
+    (
+        $(#[doc = $sdoc:literal])*
+        $name:ident = $section:literal {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident : $ty:ty = $default:expr
+            ),* $(,)?
+        }
+    ) => {
+        $(#[doc = $sdoc])*
+        #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+        pub struct $name {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+        }
 
-use crate::proto::BareLf;
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $( $field: $default, )* }
+            }
+        }
+
+        impl $name {
+            /// Overrides the defaults with the keys of `table`; a key that
+            /// is unknown or of the wrong type is a problem.
+            pub fn merge(&mut self, table: toml::Table, problems: &mut $crate::config::Problems) {
+                for (key, value) in table {
+                    match key.as_str() {
+                        $(stringify!($field) => match value.try_into::<$ty>() {
+                            Ok(v) => self.$field = v,
+                            Err(e) => problems.at(
+                                concat!($section, ".", stringify!($field)),
+                                e.to_string().trim_end(),
+                            ),
+                        },)*
+                        other => problems.at(format!("{}.{other}", $section), "unknown key"),
+                    }
+                }
+            }
+
+            /// This section's entry in the reference.
+            pub fn reference() -> $crate::config::SectionDoc {
+                let defaults = Self::default();
+                $crate::config::SectionDoc {
+                    name: $section,
+                    doc: concat!($($sdoc, "\n"),*),
+                    keys: vec![$($crate::config::KeyDoc {
+                        key: stringify!($field),
+                        doc: concat!($($doc, "\n"),*),
+                        default: $crate::config::default_text(
+                            stringify!($field),
+                            &defaults.$field,
+                        ),
+                    },)*],
+                }
+            }
+        }
+    };
+}
+
+mod delivery;
+mod dns;
+mod http;
+mod listen;
+mod reference;
+mod server;
+mod smtp;
+mod spool;
+mod submission;
+mod tls;
+
+pub use delivery::{DeliveryConfig, NextHop};
+pub use dns::DnsConfig;
+pub use http::{AdminConfig, InjectConfig, MetricsConfig};
+pub use listen::Listen;
+pub use reference::{KeyDoc, SectionDoc, default_text, reference_markdown};
+pub use server::ServerConfig;
+pub use smtp::{LineEndings, SmtpConfig};
+pub use spool::{SpoolConfig, SyncMode};
+pub use submission::SubmissionConfig;
+pub use tls::{OutboundTls, TlsConfig};
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
     pub server: ServerConfig,
     pub spool: SpoolConfig,
     pub smtp: SmtpConfig,
+    pub submission: SubmissionConfig,
+    pub inject: InjectConfig,
     pub delivery: DeliveryConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
-    pub submission: SubmissionConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
-    pub inject: InjectConfig,
 }
 
-/// `[inject]`: the HTTP injection API (`POST /api/inject/v1`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct InjectConfig {
-    /// "ip:port" every shard listens on, or "off".
-    pub listen: String,
-    /// A file whose first line is a bearer token that lets a client outside
-    /// `smtp.relay_networks` inject (`Authorization: Bearer ...`); empty:
-    /// only clients in `smtp.relay_networks` may inject.
-    pub token_file: String,
-    /// Concurrent injection connections, all clients together (each shard
-    /// admits its equal share); more get 503 at once.
-    pub max_connections: usize,
-}
-
-impl Default for InjectConfig {
-    fn default() -> Self {
-        InjectConfig {
-            listen: "127.0.0.1:8025".into(),
-            token_file: String::new(),
-            max_connections: 100,
-        }
-    }
-}
-
-impl InjectConfig {
-    /// The listen address, None when off.
-    pub fn addr(&self) -> Option<SocketAddr> {
-        self.listen.parse().ok()
-    }
-}
-
-/// `[admin]`: the admin HTTP API (JSON) behind `ringpost queue ...`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct AdminConfig {
-    /// "ip:port" to listen on, or "off". Anything but loopback needs
-    /// `token_file`.
-    pub listen: String,
-    /// A file whose first line is the bearer token every request must
-    /// carry (`Authorization: Bearer ...`); empty: no token.
-    pub token_file: String,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: "127.0.0.1:9465".into(),
-            token_file: String::new(),
-        }
-    }
-}
-
-impl AdminConfig {
-    /// The listen address, None when off.
-    pub fn addr(&self) -> Option<SocketAddr> {
-        self.listen.parse().ok()
-    }
-}
-
-/// `[metrics]`: the HTTP endpoint for Prometheus (/metrics) and
-/// orchestrators (/healthz, /readyz).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct MetricsConfig {
-    /// "ip:port" to listen on, or "off".
-    pub listen: String,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig {
-            listen: "127.0.0.1:9464".into(),
-        }
-    }
-}
-
-impl MetricsConfig {
-    /// The listen address, None when off.
-    pub fn addr(&self) -> Option<SocketAddr> {
-        self.listen.parse().ok()
-    }
-}
-
-/// `[submission]`: the message submission listener (RFC 6409) for
-/// authenticated users, who may relay anywhere.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct SubmissionConfig {
-    /// Address and port of the submission listener.
-    pub listen: SocketAddr,
-    /// Users, one `name:argon2-hash` per line (`ringpost hash-password`).
-    /// Empty: no submission listener. Needs `[tls]` (AUTH only after TLS).
-    pub users_file: String,
-    /// Failed AUTH attempts from one IP within `auth_failure_window_secs`
-    /// before its sessions are closed with 421.
-    pub max_auth_failures: u32,
-    pub auth_failure_window_secs: u64,
-}
-
-impl Default for SubmissionConfig {
-    fn default() -> Self {
-        SubmissionConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 587)),
-            users_file: String::new(),
-            max_auth_failures: 5,
-            auth_failure_window_secs: 300,
-        }
-    }
-}
-
-impl SubmissionConfig {
-    pub fn enabled(&self) -> bool {
-        !self.users_file.is_empty()
-    }
-}
-
-/// `[tls]`: certificates for inbound STARTTLS, and outbound policy.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct TlsConfig {
-    /// PEM certificate chain. With `key_file`, STARTTLS is offered inbound.
-    pub cert_file: String,
-    /// PEM private key of `cert_file`.
-    pub key_file: String,
-    /// Outbound default: "opportunistic" (STARTTLS when offered, any
-    /// certificate, plaintext to that host if the handshake fails), "none",
-    /// or "require" (a certificate that verifies against `ca_file` for the
-    /// MX host name, else a temporary failure).
-    pub outbound: OutboundTls,
-    /// Per destination domain outbound policy, overriding `outbound`.
-    pub policy: BTreeMap<String, OutboundTls>,
-    /// PEM bundle of trusted CAs for "require".
-    pub ca_file: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum OutboundTls {
-    #[default]
-    Opportunistic,
-    None,
-    Require,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        TlsConfig {
-            cert_file: String::new(),
-            key_file: String::new(),
-            outbound: OutboundTls::Opportunistic,
-            policy: BTreeMap::new(),
-            ca_file: "/etc/ssl/certs/ca-certificates.crt".into(),
-        }
-    }
-}
-
-impl TlsConfig {
-    /// The outbound policy for mail to `domain`.
-    pub fn policy_for(&self, domain: &str) -> OutboundTls {
-        self.policy
-            .iter()
-            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
-            .map_or(self.outbound, |(_, p)| *p)
-    }
-
-    /// Whether any destination requires verified TLS.
-    pub fn requires_verification(&self) -> bool {
-        self.outbound == OutboundTls::Require
-            || self.policy.values().any(|p| *p == OutboundTls::Require)
-    }
-
-    /// Whether inbound STARTTLS is configured.
-    pub fn inbound(&self) -> bool {
-        !self.cert_file.is_empty()
-    }
-}
-
-/// `[delivery]`: outbound SMTP, scheduling and retries.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct DeliveryConfig {
-    /// Port used for MX deliveries (MX records carry no port).
-    pub remote_port: u16,
-    /// Send everything to this host instead of the MX: "host:port" or
-    /// "[ip]:port". Empty: use MX records.
-    pub smarthost: String,
-    /// Per-domain routes that override MX: domain -> "host:port" or "[ip]:port".
-    pub routes: BTreeMap<String, String>,
-    /// Concurrent connections per destination domain, across all shards
-    /// (each shard gets an equal share, at least one).
-    pub max_connections: usize,
-    /// Messages per second per destination domain, across all shards (each
-    /// shard paces its share). 0: no limit.
-    pub max_messages_per_second: f64,
-    /// Messages sent over one connection before it is closed.
-    pub max_messages_per_connection: u32,
-    /// Seconds an unused pooled connection stays open.
-    pub idle_timeout_secs: u64,
-    /// Seconds to wait for a TCP connection.
-    pub connect_timeout_secs: u64,
-    /// Seconds to wait for any reply (and for each write).
-    pub reply_timeout_secs: u64,
-    /// First retry delay after a temporary failure; doubles each attempt.
-    pub retry_initial_secs: u64,
-    /// Longest retry delay.
-    pub retry_max_secs: u64,
-    /// Age at which a message that still fails temporarily expires and bounces.
-    pub max_age_secs: u64,
-    /// Name sent in EHLO. Empty: `server.hostname`.
-    pub helo_name: String,
-    /// Delivery log (JSON lines): "stdout", "off", or a file path.
-    pub log: String,
-}
-
-/// `[dns]`: the resolver used for MX and address lookups.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct DnsConfig {
-    /// Nameservers as "ip:port". Empty: those in /etc/resolv.conf.
-    pub nameservers: Vec<SocketAddr>,
-    /// Seconds per query attempt.
-    pub timeout_secs: u64,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        DeliveryConfig {
-            remote_port: 25,
-            smarthost: String::new(),
-            routes: BTreeMap::new(),
-            max_connections: 20,
-            max_messages_per_second: 0.0,
-            max_messages_per_connection: 1000,
-            idle_timeout_secs: 30,
-            connect_timeout_secs: 30,
-            reply_timeout_secs: 300,
-            retry_initial_secs: 60,
-            retry_max_secs: 3600,
-            max_age_secs: 5 * 24 * 3600,
-            helo_name: String::new(),
-            log: "stdout".into(),
-        }
-    }
-}
-
-impl Default for DnsConfig {
-    fn default() -> Self {
-        DnsConfig {
-            nameservers: Vec::new(),
-            timeout_secs: 5,
-        }
-    }
-}
-
-/// A static next hop: `host:port` (looked up as A/AAAA, no MX) or
-/// `[ip]:port`.
+/// One problem in a config: the key it is about, what is wrong, and the
+/// line of the file where the key is (when there is one).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NextHop {
-    Addr(SocketAddr),
-    Host(String, u16),
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+    pub line: Option<usize>,
 }
 
-impl NextHop {
-    pub fn parse(s: &str) -> Result<NextHop, String> {
-        if let Some(rest) = s.strip_prefix('[') {
-            let (ip, port) = rest
-                .split_once("]:")
-                .ok_or_else(|| format!("`{s}`: expected [ip]:port"))?;
-            let ip: IpAddr = ip.parse().map_err(|_| format!("`{s}`: bad IP address"))?;
-            let port: u16 = port.parse().map_err(|_| format!("`{s}`: bad port"))?;
-            return Ok(NextHop::Addr(SocketAddr::new(ip, port)));
-        }
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("`{s}`: expected host:port"))?;
-        let port: u16 = port.parse().map_err(|_| format!("`{s}`: bad port"))?;
-        if host.is_empty() || host.contains(['[', ']', ' ']) {
-            return Err(format!("`{s}`: bad host name"));
-        }
-        Ok(NextHop::Host(host.to_string(), port))
+/// The problems found so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn at(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+            line: None,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds `other`'s problems, and puts them all in the file's order.
+    pub fn extend(&mut self, other: Problems) {
+        self.0.extend(other.0);
+        self.0.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
     }
 }
 
-/// `[server]`: process-wide settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct ServerConfig {
-    /// Name used in the greeting, EHLO reply and Received: headers.
-    /// Default: the machine's host name.
-    pub hostname: String,
-    /// Executors (one per core). 0 = one per online CPU.
-    pub shards: usize,
-    /// On SIGTERM/SIGINT, seconds that open transactions and delivery
-    /// attempts get to finish before they are cut off.
-    pub shutdown_grace_secs: u64,
-}
-
-/// `[spool]`: where and how messages are stored.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct SpoolConfig {
-    /// Spool directory; one `shard-N` subdirectory per shard.
-    pub dir: PathBuf,
-    /// sled page cache per shard, in bytes.
-    pub cache_bytes: u64,
-    /// Size of a body segment file, in bytes. Space comes back a segment at
-    /// a time, when its last message is done.
-    pub segment_bytes: u64,
-    /// Where group-commit rounds run their fdatasync: "inline" (on the
-    /// shard's thread) or "io_uring".
-    pub sync: crate::queue::commit::SyncMode,
-}
-
-/// `[smtp]`: the inbound SMTP listener.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct SmtpConfig {
-    /// Address and port to listen on.
-    pub listen: SocketAddr,
-    /// Clients in these networks may relay to any domain.
-    pub relay_networks: Vec<IpNet>,
-    /// Domains accepted from any client (ringpost is their inbound MX).
-    pub local_domains: Vec<String>,
-    /// Largest message accepted, in bytes (advertised as SIZE).
-    pub max_message_size: u64,
-    /// Recipients per message; more get 452 4.5.3.
-    pub max_recipients: usize,
-    /// Longest command line, in octets including CRLF; longer gets 500 5.5.2.
-    pub max_command_line: usize,
-    /// Longest text line in a message, in octets; longer is refused (554 5.6.0)
-    /// after end of data. RFC 5321 says 998, but real mail breaks it.
-    pub max_line_length: usize,
-    /// Error replies in one session before 421 and close.
-    pub max_errors: u32,
-    /// Seconds a client may stay silent before 421 and close.
-    pub idle_timeout_secs: u64,
-    /// Lines ending in a bare LF: "normalize" (take as CRLF) or "reject".
-    pub bare_lf: BareLf,
-    /// Concurrent SMTP connections, all clients together (each shard takes
-    /// an equal share); more get 421 4.7.0.
-    pub max_connections: usize,
-    /// Concurrent SMTP connections from one client IP (per-shard share).
-    pub max_connections_per_ip: usize,
-    /// Longest SMTP session, in seconds, however active; then 421 4.4.2.
-    pub max_session_secs: u64,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            hostname: system_hostname(),
-            shards: 0,
-            shutdown_grace_secs: 30,
-        }
-    }
-}
-
-impl Default for SpoolConfig {
-    fn default() -> Self {
-        SpoolConfig {
-            dir: PathBuf::from("./ringpost-spool"),
-            cache_bytes: 64 << 20,
-            segment_bytes: 16 << 20,
-            sync: crate::queue::commit::SyncMode::default(),
-        }
-    }
-}
-
-impl Default for SmtpConfig {
-    fn default() -> Self {
-        SmtpConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
-            relay_networks: vec![
-                "127.0.0.0/8".parse().expect("valid"),
-                "::1/128".parse().expect("valid"),
-            ],
-            local_domains: Vec::new(),
-            max_message_size: 36_700_160,
-            max_recipients: 1000,
-            max_command_line: 2048,
-            max_line_length: 65_536,
-            max_errors: 20,
-            idle_timeout_secs: 300,
-            bare_lf: BareLf::Normalize,
-            max_connections: 10_000,
-            max_connections_per_ip: 100,
-            max_session_secs: 3600,
-        }
-    }
-}
-
-fn system_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}
-
-/// Every problem found in a config file.
+/// Every problem found in a config file, one per line:
+/// `line N: section.key: what is wrong`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .0.join("\n"))]
-pub struct ConfigErrors(pub Vec<String>);
+#[error("{}", render(&.0.0))]
+pub struct ConfigErrors(pub Problems);
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| match p.line {
+            Some(line) => format!("line {line}: {}: {}", p.key, p.message),
+            None => format!("{}: {}", p.key, p.message),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigErrors {
+    fn one(key: &str, message: String, line: Option<usize>) -> ConfigErrors {
+        ConfigErrors(Problems(vec![Problem {
+            key: key.into(),
+            message,
+            line,
+        }]))
+    }
+}
 
 impl Config {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
+            .map_err(|e| ConfigErrors::one(&path.display().to_string(), e.to_string(), None))?;
         Config::from_toml(&text)
     }
 
-    /// Overrides the defaults with `text`, field by field.
+    /// Overrides the defaults with `text`, key by key, and checks the
+    /// result. Every problem is reported, each with its line.
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigErrors(vec![e.to_string()]))?;
-        let mut errors = Vec::new();
-        let mut cfg = Config::default();
-        for (key, value) in table {
-            match key.as_str() {
-                "server" => section(&key, value, &mut errors, &mut cfg.server),
-                "spool" => section(&key, value, &mut errors, &mut cfg.spool),
-                "smtp" => section(&key, value, &mut errors, &mut cfg.smtp),
-                "delivery" => section(&key, value, &mut errors, &mut cfg.delivery),
-                "dns" => section(&key, value, &mut errors, &mut cfg.dns),
-                "tls" => section(&key, value, &mut errors, &mut cfg.tls),
-                "submission" => section(&key, value, &mut errors, &mut cfg.submission),
-                "metrics" => section(&key, value, &mut errors, &mut cfg.metrics),
-                "admin" => section(&key, value, &mut errors, &mut cfg.admin),
-                "inject" => section(&key, value, &mut errors, &mut cfg.inject),
-                other => errors.push(format!("unknown section or key `{other}`")),
-            }
-        }
-        errors.extend(cfg.problems());
-        if errors.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigErrors(errors))
+        let (cfg, problems) = Config::parse(text)?;
+        match problems.is_empty() {
+            true => Ok(cfg),
+            false => Err(ConfigErrors(problems)),
         }
     }
 
-    /// Value checks that the types alone do not express.
-    pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        let s = &self.smtp;
-        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
-            p.push("server.hostname must be a non-empty name without spaces".into());
-        }
-        if s.max_command_line < 512 {
-            p.push("smtp.max_command_line must be at least 512 (RFC 5321 4.5.3.1.4)".into());
-        }
-        if s.max_line_length < 1000 {
-            p.push("smtp.max_line_length must be at least 1000 (RFC 5321 4.5.3.1.6)".into());
-        }
-        if s.max_message_size < 1024 || s.max_message_size > (1 << 32) {
-            p.push("smtp.max_message_size must be between 1 KiB and 4 GiB".into());
-        }
-        if s.max_recipients < 100 {
-            p.push("smtp.max_recipients must be at least 100 (RFC 5321 4.5.3.1.8)".into());
-        }
-        if s.max_errors == 0 {
-            p.push("smtp.max_errors must be at least 1".into());
-        }
-        if s.idle_timeout_secs == 0 || s.max_session_secs == 0 {
-            p.push("smtp.idle_timeout_secs and max_session_secs must be at least 1".into());
-        }
-        if s.max_connections == 0 || s.max_connections_per_ip == 0 {
-            p.push("smtp.max_connections and max_connections_per_ip must be at least 1".into());
-        }
-        for d in &s.local_domains {
-            if d.is_empty() || d.ends_with('.') || d.contains(['@', ' ']) {
-                p.push(format!("smtp.local_domains: `{d}` is not a domain name"));
+    /// [`Config::from_toml`], but the config is returned along with its
+    /// problems (keys with problems keep their defaults), so that more
+    /// checks can run on it (`check-config`). Only a file that is not TOML
+    /// at all is an error here.
+    pub fn parse(text: &str) -> Result<(Config, Problems), ConfigErrors> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map(|s| line_at(text, s.start));
+            ConfigErrors::one("file", e.message().to_string(), line)
+        })?;
+        let mut p = Problems::default();
+        let mut cfg = Config::default();
+        for (name, value) in table {
+            let toml::Value::Table(t) = value else {
+                p.at(name, "unknown key (sections are tables: [name])");
+                continue;
+            };
+            match name.as_str() {
+                "server" => cfg.server.merge(t, &mut p),
+                "spool" => cfg.spool.merge(t, &mut p),
+                "smtp" => cfg.smtp.merge(t, &mut p),
+                "submission" => cfg.submission.merge(t, &mut p),
+                "inject" => cfg.inject.merge(t, &mut p),
+                "delivery" => cfg.delivery.merge(t, &mut p),
+                "dns" => cfg.dns.merge(t, &mut p),
+                "tls" => cfg.tls.merge(t, &mut p),
+                "metrics" => cfg.metrics.merge(t, &mut p),
+                "admin" => cfg.admin.merge(t, &mut p),
+                other => p.at(other, "unknown section"),
             }
         }
-        if !(1 << 20..=1 << 30).contains(&self.spool.segment_bytes) {
-            p.push("spool.segment_bytes must be between 1 MiB and 1 GiB".into());
-        }
-        let d = &self.delivery;
-        if !d.smarthost.is_empty()
-            && let Err(e) = NextHop::parse(&d.smarthost)
-        {
-            p.push(format!("delivery.smarthost: {e}"));
-        }
-        for (domain, hop) in &d.routes {
-            if let Err(e) = NextHop::parse(hop) {
-                p.push(format!("delivery.routes.\"{domain}\": {e}"));
-            }
-        }
-        if !(d.max_messages_per_second >= 0.0 && d.max_messages_per_second.is_finite()) {
-            p.push("delivery.max_messages_per_second must be 0 (no limit) or positive".into());
-        }
-        if d.max_connections == 0 || d.max_messages_per_connection == 0 {
-            p.push(
-                "delivery.max_connections and max_messages_per_connection must be at least 1"
-                    .into(),
+        cfg.check(&mut p);
+        locate(text, &mut p);
+        Ok((cfg, p))
+    }
+
+    /// Value checks: each section's own, then those across sections.
+    pub fn check(&self, p: &mut Problems) {
+        self.server.check(p);
+        self.spool.check(p);
+        self.smtp.check(p);
+        self.submission.check(p);
+        self.inject.check(p);
+        self.delivery.check(p);
+        self.dns.check(p);
+        self.tls.check(p);
+        self.admin.check(p);
+        if self.submission.listen.is_on() && !self.tls.inbound() {
+            p.at(
+                "submission.listen",
+                "submission needs tls.cert_file and tls.key_file: AUTH is offered only over TLS",
             );
         }
-        if d.retry_initial_secs == 0 || d.retry_max_secs < d.retry_initial_secs {
-            p.push(
-                "delivery.retry_initial_secs must be at least 1 and at most retry_max_secs".into(),
-            );
-        }
-        if d.connect_timeout_secs == 0 || d.reply_timeout_secs == 0 || d.idle_timeout_secs == 0 {
-            p.push("delivery timeouts must be at least 1 second".into());
-        }
-        if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
-            p.push("tls.cert_file and tls.key_file go together: set both or neither".into());
-        }
-        if self.submission.enabled() && !self.tls.inbound() {
-            p.push("submission.users_file needs tls.cert_file and tls.key_file: AUTH is offered only over TLS".into());
-        }
-        if self.submission.max_auth_failures == 0 {
-            p.push("submission.max_auth_failures must be at least 1".into());
-        }
-        p.extend(listen_problem("metrics", &self.metrics.listen));
-        p.extend(listen_problem("admin", &self.admin.listen));
-        if self.admin.listen != "off" {
-            match self.admin.addr() {
-                None => {}
-                Some(a) if !a.ip().is_loopback() && self.admin.token_file.is_empty() => p.push(
-                    "admin.listen is not a loopback address: set admin.token_file so that \
-                     the queue cannot be changed by anyone who can reach it"
-                        .into(),
+        self.check_listeners(p);
+    }
+
+    /// Every listener on its own address, and some way for mail to come in.
+    fn check_listeners(&self, p: &mut Problems) {
+        let mut seen: Vec<(&str, std::net::SocketAddr)> = Vec::new();
+        for (key, listen) in self.listeners() {
+            let Some(addr) = listen.addr() else {
+                continue;
+            };
+            let clash = seen
+                .iter()
+                .find(|(_, a)| *a == addr && addr.port() != 0)
+                .map(|(k, _)| *k);
+            match clash {
+                Some(other) => p.at(
+                    key,
+                    format!("{addr} is also {other}: one address per listener"),
                 ),
-                Some(_) => {}
+                None => seen.push((key, addr)),
             }
         }
-        if self.inject.max_connections == 0 {
-            p.push("inject.max_connections must be at least 1".into());
+        let receives = [
+            &self.smtp.listen,
+            &self.submission.listen,
+            &self.inject.listen,
+        ];
+        if !receives.iter().any(|l| l.is_on()) {
+            p.at(
+                "smtp.listen",
+                "smtp, submission and inject are all off: no mail could come in",
+            );
         }
-        p.extend(listen_problem("inject", &self.inject.listen));
-        if self.dns.timeout_secs == 0 {
-            p.push("dns.timeout_secs must be at least 1".into());
+    }
+
+    /// Every listener with its key.
+    pub fn listeners(&self) -> [(&'static str, &Listen); 5] {
+        [
+            ("smtp.listen", &self.smtp.listen),
+            ("submission.listen", &self.submission.listen),
+            ("inject.listen", &self.inject.listen),
+            ("metrics.listen", &self.metrics.listen),
+            ("admin.listen", &self.admin.listen),
+        ]
+    }
+
+    /// The name in the greeting, EHLO reply and trace headers:
+    /// `server.hostname`, or the machine's host name.
+    pub fn hostname(&self) -> &str {
+        match self.server.hostname.as_str() {
+            "" => server::system_hostname(),
+            name => name,
         }
-        if self.server.shards > 1024 {
-            p.push("server.shards must be at most 1024".into());
-        }
-        p
     }
 
     /// Whether a client at `ip` may relay (send to non-local domains).
@@ -586,10 +311,9 @@ impl Config {
 
     /// The EHLO name for outbound connections.
     pub fn helo_name(&self) -> &str {
-        if self.delivery.helo_name.is_empty() {
-            &self.server.hostname
-        } else {
-            &self.delivery.helo_name
+        match self.delivery.helo_name.as_str() {
+            "" => self.hostname(),
+            name => name,
         }
     }
 
@@ -602,30 +326,35 @@ impl Config {
     }
 }
 
-/// Deserializes one section over its defaults, collecting unknown keys and
-/// the first type error.
-fn section<T: DeserializeOwned>(
-    name: &str,
-    value: toml::Value,
-    errors: &mut Vec<String>,
-    out: &mut T,
-) {
-    let mut unknown = Vec::new();
-    let result: Result<T, _> =
-        serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
-    for key in unknown {
-        errors.push(format!("unknown key `{name}.{key}`"));
-    }
-    match result {
-        Ok(v) => *out = v,
-        Err(e) => errors.push(format!("[{name}]: {e}")),
-    }
+/// The 1-based line of byte `offset` in `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// `[section] listen` must be "ip:port" or "off".
-fn listen_problem(section: &str, listen: &str) -> Option<String> {
-    (listen != "off" && listen.parse::<SocketAddr>().is_err())
-        .then(|| format!("{section}.listen: `{listen}` is neither ip:port nor \"off\""))
+/// Fills in the line of each problem whose key appears in the file, and
+/// puts them in the file's order.
+pub fn locate(text: &str, problems: &mut Problems) {
+    locate_lines(text, problems);
+    problems.0.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+}
+
+fn locate_lines(text: &str, problems: &mut Problems) {
+    let Ok(doc) = text.parse::<toml_edit::ImDocument<String>>() else {
+        return;
+    };
+    for p in &mut problems.0 {
+        let mut parts = p.key.splitn(2, '.');
+        let section = parts.next().unwrap_or("");
+        let item = doc.get(section);
+        let span = match parts.next() {
+            Some(key) => item
+                .and_then(|t| t.get(key))
+                .and_then(|v| v.span())
+                .or_else(|| item.and_then(|t| t.as_table_like()?.key(key)?.span())),
+            None => doc.as_table().key(section).and_then(|k| k.span()),
+        };
+        p.line = span.map(|s| line_at(text, s.start));
+    }
 }
 
 #[cfg(test)]
@@ -640,34 +369,28 @@ mod tests {
     #[test]
     fn fields_override_one_by_one() {
         let c = Config::from_toml("[smtp]\nlisten = \"127.0.0.1:2600\"\nmax_errors = 5\n").unwrap();
-        assert_eq!(c.smtp.listen.port(), 2600);
+        assert_eq!(c.smtp.listen.addr().unwrap().port(), 2600);
         assert_eq!(c.smtp.max_errors, 5);
         assert_eq!(c.smtp.max_recipients, SmtpConfig::default().max_recipients);
     }
 
     #[test]
-    fn every_error_is_reported_at_once() {
-        let errs = Config::from_toml(
-            "bogus = 1\n[smtp]\nlisten = \"127.0.0.1:25\"\nmax_errors = 0\nfoo = 2\nlocal_domains = [\"a b\"]\n[spool]\ncache_bytes = \"x\"\n",
-        )
-        .unwrap_err()
-        .0;
-        let all = errs.join("\n");
-        assert!(all.contains("`bogus`"), "{all}");
-        assert!(all.contains("smtp.foo"), "{all}");
-        assert!(all.contains("[spool]"), "{all}");
-        assert!(all.contains("max_errors"), "{all}");
-        assert!(all.contains("`a b`"), "{all}");
+    fn every_error_is_reported_at_once_with_its_line() {
+        let text = "bogus = 1\n[smtp]\nlisten = \"127.0.0.1:25\"\nmax_errors = 0\nfoo = 2\nlocal_domains = [\"a b\"]\n[spool]\ncache_bytes = \"x\"\nsegment_bytes = \"y\"\n";
+        let errs = Config::from_toml(text).unwrap_err();
+        let all = errs.to_string();
+        assert!(all.contains("line 1: bogus"), "{all}");
+        assert!(all.contains("line 5: smtp.foo: unknown key"), "{all}");
+        assert!(all.contains("line 8: spool.cache_bytes"), "{all}");
+        assert!(all.contains("line 9: spool.segment_bytes"), "{all}");
+        assert!(all.contains("line 4: smtp.max_errors"), "{all}");
+        assert!(all.contains("line 6: smtp.local_domains: `a b`"), "{all}");
     }
 
     #[test]
-    fn spool_sync_is_inline_unless_asked() {
-        use crate::queue::commit::SyncMode;
-        assert_eq!(Config::default().spool.sync, SyncMode::Inline);
-        let c = Config::from_toml("[spool]\nsync = \"io_uring\"\n").unwrap();
-        assert_eq!(c.spool.sync, SyncMode::IoUring);
-        let bad = Config::from_toml("[spool]\nsync = \"later\"\n").unwrap_err();
-        assert!(bad.0.join("\n").contains("inline"), "{:?}", bad.0);
+    fn a_syntax_error_names_its_line() {
+        let errs = Config::from_toml("[smtp]\nmax_errors = = 3\n").unwrap_err();
+        assert!(errs.to_string().starts_with("line 2: "), "{errs}");
     }
 
     #[test]
@@ -680,16 +403,32 @@ mod tests {
     }
 
     #[test]
-    fn an_admin_api_beyond_loopback_needs_a_token() {
-        let open = Config::from_toml("[admin]\nlisten = \"0.0.0.0:9465\"\n").unwrap_err();
+    fn one_address_per_listener() {
+        let text = "[smtp]\nlisten = \"127.0.0.1:3525\"\n[metrics]\nlisten = \"127.0.0.1:3525\"\n[admin]\nlisten = \"127.0.0.1:3525\"\n";
+        let all = Config::from_toml(text).unwrap_err().to_string();
         assert!(
-            open.0.join("\n").contains("admin.token_file"),
-            "{:?}",
-            open.0
+            all.contains("line 4: metrics.listen: 127.0.0.1:3525 is also smtp.listen"),
+            "{all}"
         );
-        let ok = "[admin]\nlisten = \"0.0.0.0:9465\"\ntoken_file = \"/etc/ringpost/token\"\n";
-        assert!(Config::from_toml(ok).is_ok());
-        assert!(Config::from_toml("[admin]\nlisten = \"off\"\n").is_ok());
-        assert!(Config::from_toml("[admin]\nlisten = \"nowhere\"\n").is_err());
+        assert!(
+            all.contains("admin.listen: 127.0.0.1:3525 is also smtp.listen"),
+            "{all}"
+        );
+        let off = "[smtp]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n";
+        assert!(
+            Config::from_toml(off)
+                .unwrap_err()
+                .to_string()
+                .contains("no mail could come in")
+        );
+    }
+
+    #[test]
+    fn the_hostname_defaults_to_the_machines() {
+        let c = Config::default();
+        assert!(!c.hostname().is_empty());
+        assert_eq!(c.helo_name(), c.hostname());
+        let named = Config::from_toml("[server]\nhostname = \"mx.example\"\n").unwrap();
+        assert_eq!(named.hostname(), "mx.example");
     }
 }

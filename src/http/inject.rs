@@ -245,7 +245,7 @@ impl Injector {
         let peer = req.peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let id = self.door.new_id();
         let envelope = self.envelope(&injection, peer);
-        let mut body = received_header(&self.cfg.server.hostname, peer, id, &injection);
+        let mut body = received_header(self.cfg.hostname(), peer, id, &injection);
         let content_start = body.len();
         body.extend_from_slice(&injection.content);
         let msg = NewMessage {

@@ -11,14 +11,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use glommio::net::TcpListener;
-
 use crate::http::{Request, Response};
 use crate::shard::stop::StopSignal;
 
 /// Serves until `stop` is disconnected. `ready` turns true once every
 /// shard has started.
-pub async fn serve(listener: TcpListener, ready: Arc<AtomicBool>, stop: StopSignal) {
+pub async fn serve(listener: crate::shard::net::Bound, ready: Arc<AtomicBool>, stop: StopSignal) {
     let handler: crate::http::Handler = Rc::new(move |req: Request| {
         let response = route(&req, ready.load(Ordering::Acquire));
         Box::pin(async move { response })

@@ -24,8 +24,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpStream;
 
+use crate::shard::net::{Bound, Listener};
 use crate::shard::stop::StopSignal;
 use crate::shard::tasks::TaskSet;
 
@@ -132,15 +133,11 @@ impl ListenerLimits {
 
 /// Serves `listener` until `stop` is disconnected; each request goes to
 /// `handler` on this shard, within `limits`.
-pub async fn serve(
-    listener: TcpListener,
-    handler: Handler,
-    limits: ListenerLimits,
-    stop: StopSignal,
-) {
+pub async fn serve(listener: Bound, handler: Handler, limits: ListenerLimits, stop: StopSignal) {
     let tasks = TaskSet::default();
+    let listener = Listener::new(listener, stop.clone());
     loop {
-        match crate::shard::net::accept_or_stop(&listener, &stop).await {
+        match listener.next().await {
             None => break,
             Some(Ok(stream)) if tasks.len() < limits.max_connections => {
                 tasks.spawn(exchange(stream, handler.clone(), limits.max_body));

@@ -15,12 +15,19 @@
 //! `CRLF . CRLF`: the `.` line must end in CRLF *and* the line before it must
 //! have ended in CRLF too (the DATA command itself counts as such a line).
 //! `LF . LF`, `LF . CRLF`, `CRLF . LF`, `CR . CR` and every other variant are
-//! content. A bare CR is content. A bare LF is either taken as CRLF
-//! ([`BareLf::Normalize`]) or flagged ([`BareLf::Reject`]); either way it can
-//! never start or end an end-of-data sequence, so one DATA yields at most one
-//! message.
+//! content. A bare LF or a bare CR (one not followed by LF) is either taken
+//! as a line end and stored as CRLF, or flagged ([`BareEndings`]); either
+//! way it can never start or end an end-of-data sequence, so one DATA
+//! yields at most one message, and what is stored and relayed has only
+//! CRLF line ends: a receiver that takes a bare CR (or LF) for a line end
+//! sees the same lines we do.
 
-use super::BareLf;
+/// Which bare line ends make a body faulty; the others are taken as CRLF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BareEndings {
+    pub reject_lf: bool,
+    pub reject_cr: bool,
+}
 
 /// How the body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +44,7 @@ pub enum BodyFault {
     TooBig,
     LineTooLong,
     BareLf,
+    BareCr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +66,7 @@ enum State {
 #[derive(Debug, Clone)]
 pub struct BodyReader {
     framing: Framing,
-    bare_lf: BareLf,
+    bare: BareEndings,
     max_size: usize,
     max_line: usize,
     state: State,
@@ -74,10 +82,15 @@ pub struct BodyReader {
 impl BodyReader {
     /// `max_size` bounds the stored body; `max_line` the octets in one line
     /// (without its CRLF).
-    pub fn new(framing: Framing, bare_lf: BareLf, max_size: usize, max_line: usize) -> BodyReader {
+    pub fn new(
+        framing: Framing,
+        bare: BareEndings,
+        max_size: usize,
+        max_line: usize,
+    ) -> BodyReader {
         BodyReader {
             framing,
-            bare_lf,
+            bare,
             max_size,
             max_line,
             state: State::LineStart,
@@ -141,6 +154,9 @@ impl BodyReader {
             if lf == start || input[lf - 1] != b'\r' {
                 break; // a bare LF, or a CR that came in the last piece
             }
+            if memchr::memchr(b'\r', &input[start..lf - 1]).is_some() {
+                break; // a bare CR inside the line
+            }
             line_len += lf - 1 - start;
             if line_len > self.max_line {
                 break;
@@ -165,10 +181,15 @@ impl BodyReader {
         self.state = State::LineStart;
     }
 
-    /// Ends a BDAT body: a CR left pending at the very end is content.
+    /// Ends a BDAT body: a CR left pending at the very end is a bare CR.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.state == State::Cr {
-            self.emit(b"\r", out);
+        match self.state {
+            State::Cr => self.bare_cr(out),
+            State::DotCr => {
+                self.emit_char(b'.', out);
+                self.bare_cr(out);
+            }
+            _ => {}
         }
         self.state = State::LineStart;
     }
@@ -205,9 +226,10 @@ impl BodyReader {
                 self.end_line(out, LineStart);
             }
             (DotCr, _) => {
-                // ". CR x": a stuffed dot followed by a bare CR.
-                self.state = Mid;
-                self.emit_char(b'\r', out);
+                // ". CR x": a line of one dot ended by a bare CR: content,
+                // kept as a literal dot (it cannot end DATA).
+                self.emit_char(b'.', out);
+                self.bare_cr(out);
                 return self.step(b, out);
             }
             (Dot, b'\r') => self.state = DotCr,
@@ -222,10 +244,8 @@ impl BodyReader {
                 return self.step(b, out);
             }
             (Cr, b'\n') => self.end_line(out, LineStart),
-            (Cr, b'\r') => self.emit_char(b'\r', out),
             (Cr, _) => {
-                self.emit_char(b'\r', out);
-                self.state = Mid;
+                self.bare_cr(out);
                 return self.step(b, out);
             }
             (_, b'\r') => self.state = Cr,
@@ -239,8 +259,17 @@ impl BodyReader {
     }
 
     fn bare_newline(&mut self, out: &mut Vec<u8>) {
-        if self.bare_lf == BareLf::Reject {
+        if self.bare.reject_lf {
             self.set_fault(BodyFault::BareLf);
+        }
+        self.end_line(out, State::LineStartAfterLf);
+    }
+
+    /// A CR not followed by LF ends the line as a bare LF does: stored as
+    /// CRLF, and the next line may not end DATA.
+    fn bare_cr(&mut self, out: &mut Vec<u8>) {
+        if self.bare.reject_cr {
+            self.set_fault(BodyFault::BareCr);
         }
         self.end_line(out, State::LineStartAfterLf);
     }
@@ -329,8 +358,8 @@ fn stuffed(body: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn read_data(input: &[u8], bare_lf: BareLf) -> (Vec<u8>, Option<usize>, Option<BodyFault>) {
-        let mut r = BodyReader::new(Framing::Data, bare_lf, 1 << 20, 1000);
+    fn read_data(input: &[u8], bare: BareEndings) -> (Vec<u8>, Option<usize>, Option<BodyFault>) {
+        let mut r = BodyReader::new(Framing::Data, bare, 1 << 20, 1000);
         let mut out = Vec::new();
         let (n, done) = r.feed(input, &mut out);
         (out, done.then_some(n), r.fault())
@@ -338,7 +367,7 @@ mod tests {
 
     /// Feeds one byte at a time, to check that splitting never changes the result.
     fn read_bytewise(input: &[u8]) -> (Vec<u8>, Option<usize>) {
-        let mut r = BodyReader::new(Framing::Data, BareLf::Normalize, 1 << 20, 1000);
+        let mut r = BodyReader::new(Framing::Data, BareEndings::default(), 1 << 20, 1000);
         let mut out = Vec::new();
         for i in 0..input.len() {
             let (_, done) = r.feed(&input[i..i + 1], &mut out);
@@ -357,7 +386,7 @@ mod tests {
         framing: Framing,
         max_line: usize,
     ) -> (Vec<u8>, Option<usize>, Option<BodyFault>, bool) {
-        let mut r = BodyReader::new(framing, BareLf::Normalize, 1 << 20, max_line);
+        let mut r = BodyReader::new(framing, BareEndings::default(), 1 << 20, max_line);
         let mut out = Vec::new();
         let mut at = 0;
         for &len in pieces.iter().cycle() {
@@ -427,7 +456,7 @@ mod tests {
     #[test]
     fn ends_at_crlf_dot_crlf_and_unstuffs() {
         let input = b"Subject: x\r\n\r\n..hidden\r\n.x\r\nend\r\n.\r\nMAIL FROM:<a@b>\r\n";
-        let (out, end, fault) = read_data(input, BareLf::Normalize);
+        let (out, end, fault) = read_data(input, BareEndings::default());
         assert_eq!(out, b"Subject: x\r\n\r\n.hidden\r\nx\r\nend\r\n");
         assert_eq!(end, Some(input.len() - b"MAIL FROM:<a@b>\r\n".len()));
         assert_eq!(fault, None);
@@ -437,7 +466,7 @@ mod tests {
     #[test]
     fn empty_body() {
         assert_eq!(
-            read_data(b".\r\n", BareLf::Normalize),
+            read_data(b".\r\n", BareEndings::default()),
             (vec![], Some(3), None)
         );
     }
@@ -452,7 +481,7 @@ mod tests {
             b"a\r.\r\nMAIL",
             b"a\r\n.\rMAIL",
         ] {
-            let (_, end, _) = read_data(variant, BareLf::Normalize);
+            let (_, end, _) = read_data(variant, BareEndings::default());
             assert_eq!(
                 end,
                 None,
@@ -465,38 +494,57 @@ mod tests {
 
     #[test]
     fn bare_lf_normalized_or_flagged() {
-        let (out, end, fault) = read_data(b"a\nb\r\n.\r\n", BareLf::Normalize);
+        let (out, end, fault) = read_data(b"a\nb\r\n.\r\n", BareEndings::default());
         assert_eq!(
             (out.as_slice(), end, fault),
             (&b"a\r\nb\r\n"[..], Some(8), None)
         );
-        let (_, end, fault) = read_data(b"a\nb\r\n.\r\n", BareLf::Reject);
+        let reject = BareEndings {
+            reject_lf: true,
+            reject_cr: false,
+        };
+        let (_, end, fault) = read_data(b"a\nb\r\n.\r\n", reject);
         assert_eq!((end, fault), (Some(8), Some(BodyFault::BareLf)));
     }
 
     #[test]
     fn dot_lines_after_bare_lf_are_unstuffed_but_never_end() {
-        let (out, end, _) = read_data(b"a\n..x\n.\r\nb\r\n.\r\n", BareLf::Normalize);
+        let (out, end, _) = read_data(b"a\n..x\n.\r\nb\r\n.\r\n", BareEndings::default());
         assert_eq!(out, b"a\r\n.x\r\n.\r\nb\r\n");
         assert_eq!(end, Some(15));
     }
 
     #[test]
-    fn bare_cr_is_content() {
-        let (out, _, _) = read_data(b"a\rb\r\r\n.\r\n", BareLf::Normalize);
-        assert_eq!(out, b"a\rb\r\r\n");
+    fn bare_cr_ends_a_line_or_is_flagged() {
+        let (out, _, _) = read_data(b"a\rb\r\r\n.\r\n", BareEndings::default());
+        assert_eq!(out, b"a\r\nb\r\n\r\n");
+        // The CR variant of SMTP smuggling: what is stored (and relayed)
+        // has the forged transaction inside one message, as plain lines.
+        let input = b"A\r.\rMAIL FROM:<evil@x.example>\r\n.\r\n";
+        let (out, end, fault) = read_data(input, BareEndings::default());
+        assert_eq!(out, b"A\r\n.\r\nMAIL FROM:<evil@x.example>\r\n");
+        assert_eq!((end, fault), (Some(input.len()), None));
+        assert_eq!(read_bytewise(input), (out, end));
+        let reject = BareEndings {
+            reject_lf: false,
+            reject_cr: true,
+        };
+        let (_, end, fault) = read_data(input, reject);
+        assert_eq!((end, fault), (Some(input.len()), Some(BodyFault::BareCr)));
+        let (_, _, fault) = read_data(b"a\nb\r\n.\r\n", reject);
+        assert_eq!(fault, None, "bare LF is its own setting");
     }
 
     #[test]
     fn limits_flag_but_keep_reading_to_the_end() {
-        let mut r = BodyReader::new(Framing::Data, BareLf::Normalize, 10, 1000);
+        let mut r = BodyReader::new(Framing::Data, BareEndings::default(), 10, 1000);
         let mut out = Vec::new();
         let (_, done) = r.feed(b"0123456789abcdef\r\n.\r\n", &mut out);
         assert!(done);
         assert_eq!(r.fault(), Some(BodyFault::TooBig));
         assert!(out.len() <= 10);
 
-        let mut r = BodyReader::new(Framing::Data, BareLf::Normalize, 1000, 4);
+        let mut r = BodyReader::new(Framing::Data, BareEndings::default(), 1000, 4);
         let (_, done) = r.feed(b"12345\r\n.\r\n", &mut out);
         assert!(done);
         assert_eq!(r.fault(), Some(BodyFault::LineTooLong));
@@ -504,11 +552,11 @@ mod tests {
 
     #[test]
     fn bdat_is_raw_except_line_endings() {
-        let mut r = BodyReader::new(Framing::Bdat, BareLf::Normalize, 1000, 1000);
+        let mut r = BodyReader::new(Framing::Bdat, BareEndings::default(), 1000, 1000);
         let mut out = Vec::new();
         assert_eq!(r.feed(b".\r\n..x\nend\r", &mut out), (11, false));
         r.finish(&mut out);
-        assert_eq!(out, b".\r\n..x\r\nend\r");
+        assert_eq!(out, b".\r\n..x\r\nend\r\n");
     }
 
     #[test]
@@ -530,7 +578,7 @@ mod tests {
     fn round_trip_through_the_server_reader() {
         let body = b"Subject: t\r\n\r\n.\r\n..\r\n.x\r\nend\r\n";
         let wire = dot_stuff(body.to_vec());
-        let mut r = BodyReader::new(Framing::Data, BareLf::Normalize, 1 << 20, 1000);
+        let mut r = BodyReader::new(Framing::Data, BareEndings::default(), 1 << 20, 1000);
         let mut out = Vec::new();
         let (n, done) = r.feed(&wire, &mut out);
         assert!(done && n == wire.len());

@@ -17,20 +17,3 @@ pub mod line;
 pub mod reply;
 pub mod server_reply;
 pub mod trace;
-
-use serde::{Deserialize, Serialize};
-
-/// What to do with a line that ends in a bare LF instead of CRLF.
-///
-/// A bare LF is how SMTP smuggling starts (a `\n.\r\n` that one server takes
-/// for end of data and the next does not), so whichever is chosen, a `.`
-/// line never ends DATA unless both it and the line before it end in CRLF.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BareLf {
-    /// Take the line as if it ended in CRLF (Postfix 3.9's `normalize`).
-    #[default]
-    Normalize,
-    /// Answer 550 5.5.2 and close the connection.
-    Reject,
-}

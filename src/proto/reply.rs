@@ -99,6 +99,8 @@ pub enum Rejection {
     TextLineTooLong,
     #[error("bare LF received")]
     BareLf,
+    #[error("bare CR received")]
+    BareCr,
     #[error("too many errors")]
     TooManyErrors,
     #[error("idle timeout")]
@@ -157,6 +159,7 @@ impl Rejection {
                 "Error: message has a line longer than the limit",
             ),
             BareLf => Reply::new(550, "5.5.2", "Error: bare <LF> received"),
+            BareCr => Reply::new(550, "5.5.2", "Error: bare <CR> received"),
             TooManyErrors => Reply::new(421, "4.7.0", "Error: too many errors, closing"),
             Timeout => Reply::new(421, "4.4.2", "Error: timeout exceeded, closing"),
             StorageFailure => Reply::new(451, "4.3.0", "Error: queue file write error"),
@@ -198,6 +201,7 @@ impl Rejection {
         matches!(
             self,
             Rejection::BareLf
+                | Rejection::BareCr
                 | Rejection::TooManyErrors
                 | Rejection::Timeout
                 | Rejection::ShuttingDown

@@ -81,22 +81,7 @@ use super::segment::Segments;
 /// flushed within half a second of a change.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(400);
 
-/// Where a commit round's fdatasync runs (`spool.sync`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// On the shard's own thread: the shard waits for the disk, and nothing
-    /// is handed to another thread and back. Measured on this VM (fdatasync
-    /// 0.3-1 ms) at 20 sessions x 10 KiB: p99 acceptance latency 5.6-7.2 ms
-    /// instead of 8.9-15 ms, and 5-20% less CPU per message. Best when
-    /// fdatasync is fast (SSD, NVMe, virtio with a write cache).
-    #[default]
-    Inline,
-    /// Through io_uring (an io-wq worker): the shard keeps serving other
-    /// sessions while the disk works, and rounds overlap. Best when
-    /// fdatasync is slow (spinning or network disks).
-    IoUring,
-}
+pub use crate::config::SyncMode;
 
 /// Commit rounds that may be under way at once (see the module doc). Two
 /// are enough to take the round-boundary wait out of the latency; more

@@ -409,7 +409,7 @@ impl Scheduler {
         }
         let original = self.spool.read_body(id, env).await.unwrap_or_default();
         let dsn_id = self.spool.new_id();
-        let reporting_mta = &self.cfg.server.hostname;
+        let reporting_mta = self.cfg.hostname();
         let notice =
             bounce::notification(reporting_mta, id, env, failures, expired, &original, dsn_id);
         let sent = match (notice, &*self.notifications.borrow()) {

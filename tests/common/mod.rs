@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
-use ringpost::config::Config;
+use ringpost::config::{Config, Listen};
 use ringpost::queue::{Envelope, MessageId, Spool, SpoolOptions, existing_shards};
 use ringpost::server::{self, Server};
 
@@ -37,14 +37,14 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     cfg.server.shards = shards;
     cfg.spool.dir = tmp.path().join("spool");
     cfg.spool.cache_bytes = 8 << 20;
-    cfg.smtp.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.smtp.listen = Listen::at("127.0.0.1:0");
     // Reception tests keep their mail queued: the next hop is a closed
     // loopback port (nothing here may ever reach a real MX).
     cfg.delivery.smarthost = format!("[127.0.0.1]:{}", closed_port());
     cfg.delivery.log = "off".into();
-    cfg.metrics.listen = "127.0.0.1:0".into();
-    cfg.admin.listen = "127.0.0.1:0".into();
-    cfg.inject.listen = "127.0.0.1:0".into();
+    cfg.metrics.listen = Listen::at("127.0.0.1:0");
+    cfg.admin.listen = Listen::at("127.0.0.1:0");
+    cfg.inject.listen = Listen::at("127.0.0.1:0");
     cfg.server.shutdown_grace_secs = 2;
     cfg.dns.nameservers = vec!["127.0.0.1:9".parse().unwrap()];
     tweak(&mut cfg);
@@ -52,7 +52,7 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     let server = server::start(cfg.clone()).expect("server starts");
     let l = server.listeners;
     TestServer {
-        addr: l.smtp,
+        addr: l.smtp.expect("smtp is on"),
         metrics_addr: l.metrics,
         submission_addr: l.submission,
         admin_addr: l.admin,
@@ -143,7 +143,7 @@ impl TestServer {
     pub fn restart(&mut self) {
         self.stop();
         let server = server::start(self.cfg.clone()).expect("server restarts");
-        self.addr = server.listeners.smtp;
+        self.addr = server.listeners.smtp.expect("smtp is on");
         self.admin_addr = server.listeners.admin;
         self.server = Some(server);
     }

@@ -16,8 +16,9 @@
 use super::SmtpService;
 use super::conn::{Conn, is_timeout};
 use super::session::{Session, Transaction};
+use crate::config::LineEndings;
 use crate::inbound::Refusal;
-use crate::proto::body::{BodyFault, BodyReader, Framing};
+use crate::proto::body::{BareEndings, BodyFault, BodyReader, Framing};
 use crate::proto::reply::{Rejection, Reply};
 use crate::proto::trace::{self, Trace};
 use crate::queue::{Envelope, MessageId, NewMessage};
@@ -46,13 +47,16 @@ impl BodyInProgress {
         let cfg = &shard.cfg.smtp;
         let id = shard.door.new_id();
         let mut body = Vec::with_capacity(4096);
-        received_header(&mut body, session, &shard.cfg.server.hostname, id);
+        received_header(&mut body, session, shard.cfg.hostname(), id);
         let content_start = body.len();
         BodyInProgress {
             id,
             reader: BodyReader::new(
                 framing,
-                cfg.bare_lf,
+                BareEndings {
+                    reject_lf: cfg.bare_lf == LineEndings::Reject,
+                    reject_cr: cfg.bare_cr == LineEndings::Reject,
+                },
                 cfg.max_message_size as usize,
                 cfg.max_line_length,
             ),
@@ -159,6 +163,7 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &SmtpService) -> 
         Some(BodyFault::TooBig) => return Step::Reply(Rejection::MessageTooBig.reply()),
         Some(BodyFault::LineTooLong) => return Step::Reply(Rejection::TextLineTooLong.reply()),
         Some(BodyFault::BareLf) => return Step::Close(Rejection::BareLf.reply()),
+        Some(BodyFault::BareCr) => return Step::Close(Rejection::BareCr.reply()),
         None => {}
     }
     let rcpts = tx.rcpts.iter().map(|r| r.to_string()).collect();

@@ -12,9 +12,12 @@
 //! the reception door), `auth` (AUTH on the submission listener). STARTTLS and the
 //! connection admission limits (global and per client IP) live here.
 //!
-//! Shutdown: the accept loop stops, sessions in a transaction get
-//! `shutdown_grace_secs`, idle ones are closed at their next command (421)
-//! or cut off while they wait.
+//! Shutdown: the accept loop stops; idle sessions (no transaction open)
+//! get `421 4.3.2` and are closed at once, also those waiting for the
+//! client's next command (their socket's read side is shut down, which
+//! ends the wait); sessions in a transaction get `shutdown_grace_secs` to
+//! finish it, then `421 4.3.2` at their next command boundary. Any left at
+//! the deadline have their sockets shut down and end.
 //!
 //! Concurrency: each shard accepts on its own SO_REUSEPORT listener and runs
 //! its sessions on its own executor; a session never leaves its shard, and
@@ -35,19 +38,20 @@ pub mod session;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_rustls::TlsAcceptor;
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpStream;
 
-use crate::config::Config;
+use crate::config::{Config, LineEndings};
 use crate::inbound::Door;
-use crate::proto::BareLf;
 use crate::proto::command;
 use crate::proto::line::{LineEvent, LineSplitter};
 use crate::proto::reply::{Rejection, Reply};
+use crate::shard::net::{Bound, Listener};
 use crate::shard::share;
 use crate::shard::stop::StopSignal;
 use crate::shard::tasks::TaskSet;
@@ -71,20 +75,58 @@ pub struct SmtpService {
     pub draining: std::cell::Cell<bool>,
 }
 
-/// Counts a session as idle (waiting for a command, no transaction open,
-/// so safe to cut off at shutdown) for as long as it lives.
-struct IdleMark<'a>(&'a std::cell::Cell<usize>);
+/// The open sessions of one listener on one shard, by socket, and whether
+/// each is idle (waiting for a command, no transaction open: safe to close
+/// at shutdown). Only used to end sessions at shutdown.
+#[derive(Default)]
+struct Sessions {
+    by_fd: RefCell<HashMap<RawFd, bool>>,
+}
 
-impl<'a> IdleMark<'a> {
-    fn new(count: &'a std::cell::Cell<usize>) -> IdleMark<'a> {
-        count.set(count.get() + 1);
-        IdleMark(count)
+impl Sessions {
+    /// Ends the read side of the matching sessions' sockets: a session
+    /// waiting for input wakes up with end-of-file and closes (an idle one
+    /// with a 421 first).
+    fn shut_down(&self, only_idle: bool, how: libc::c_int) {
+        for (&fd, &idle) in self.by_fd.borrow().iter() {
+            if idle || !only_idle {
+                // SAFETY: the descriptor belongs to a live session, which
+                // leaves this map before it closes its socket.
+                unsafe { libc::shutdown(fd, how) };
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_fd.borrow().is_empty()
     }
 }
 
-impl Drop for IdleMark<'_> {
+/// A session's place in [`Sessions`], given back when the session ends.
+struct SessionMark {
+    sessions: Rc<Sessions>,
+    fd: RawFd,
+}
+
+impl SessionMark {
+    fn new(sessions: &Rc<Sessions>, fd: RawFd) -> SessionMark {
+        sessions.by_fd.borrow_mut().insert(fd, false);
+        SessionMark {
+            sessions: sessions.clone(),
+            fd,
+        }
+    }
+
+    fn set_idle(&self, idle: bool) {
+        if let Some(v) = self.sessions.by_fd.borrow_mut().get_mut(&self.fd) {
+            *v = idle;
+        }
+    }
+}
+
+impl Drop for SessionMark {
     fn drop(&mut self) {
-        self.0.set(self.0.get() - 1);
+        self.sessions.by_fd.borrow_mut().remove(&self.fd);
     }
 }
 
@@ -139,17 +181,13 @@ fn admit(admission: &Rc<RefCell<Admission>>, ip: IpAddr, shard: &SmtpService) ->
 /// Accepts connections until `stop` is disconnected, one task per session.
 /// On stop, the sessions still open are cancelled (see `shard::tasks`).
 /// `submission` marks the submission listener (AUTH required to send).
-pub async fn serve(
-    listener: TcpListener,
-    shard: Rc<SmtpService>,
-    submission: bool,
-    stop: StopSignal,
-) {
+pub async fn serve(listener: Bound, shard: Rc<SmtpService>, submission: bool, stop: StopSignal) {
     let sessions = TaskSet::default();
-    let idle = Rc::new(std::cell::Cell::new(0usize));
+    let open = Rc::new(Sessions::default());
     let admission = Rc::new(RefCell::new(Admission::default()));
+    let listener = Listener::new(listener, stop.clone());
     loop {
-        match crate::shard::net::accept_or_stop(&listener, &stop).await {
+        match listener.next().await {
             None => break,
             Some(Ok(stream)) => {
                 let Ok(peer) = stream.peer_addr() else {
@@ -161,7 +199,7 @@ pub async fn serve(
                         peer,
                         shard.clone(),
                         submission,
-                        idle.clone(),
+                        open.clone(),
                         ticket,
                     )),
                     None => sessions.spawn(turn_away(stream)),
@@ -174,14 +212,22 @@ pub async fn serve(
             }
         }
     }
-    // Shutdown: no new connections. Sessions in a transaction get the grace
-    // period; idle ones are closed at their next command boundary or, if
-    // they sit waiting for input, cut off once only idle ones remain.
+    // Shutdown: no new connections (the listener was shut down). Idle
+    // sessions end now (a session that
+    // is not waiting sees `draining` before it waits again); sessions in a
+    // transaction get the grace period; the rest are shut down.
+    drop(listener);
     shard.draining.set(true);
-    let deadline = stop.deadline(Duration::from_secs(shard.cfg.server.shutdown_grace_secs));
-    while sessions.len() > idle.get() && std::time::Instant::now() < deadline {
+    open.shut_down(true, libc::SHUT_RD);
+    let grace = Duration::from_secs(shard.cfg.server.shutdown_grace_secs);
+    let deadline = stop.deadline(grace);
+    while !open.is_empty() && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
+    open.shut_down(false, libc::SHUT_RDWR);
+    sessions
+        .wait_until_at_most(0, std::time::Instant::now() + Duration::from_millis(500))
+        .await;
     sessions.cancel_all();
 }
 
@@ -202,7 +248,7 @@ async fn handle_connection(
     peer: SocketAddr,
     shard: Rc<SmtpService>,
     submission: bool,
-    idle_count: Rc<std::cell::Cell<usize>>,
+    open: Rc<Sessions>,
     _ticket: Ticket,
 ) {
     let listener = if submission { "submission" } else { "smtp" };
@@ -211,11 +257,12 @@ async fn handle_connection(
     let cfg = shard.cfg.clone();
     let idle = Duration::from_secs(cfg.smtp.idle_timeout_secs);
     let lifetime = Duration::from_secs(cfg.smtp.max_session_secs);
+    let mark = SessionMark::new(&open, stream.as_raw_fd());
     let Ok(mut conn) = Conn::new(stream, cfg.smtp.max_command_line + 2, idle, lifetime) else {
         return;
     };
     let mut session = Session::new(&cfg, peer.ip(), submission);
-    drive(&mut conn, &mut session, &shard, &idle_count).await;
+    drive(&mut conn, &mut session, &shard, &mark).await;
     conn.close().await;
 }
 
@@ -225,7 +272,7 @@ async fn drive(
     conn: &mut Conn,
     session: &mut Session<'_>,
     shard: &SmtpService,
-    idle_count: &std::cell::Cell<usize>,
+    mark: &SessionMark,
 ) {
     let cfg = &shard.cfg.smtp;
     let mut splitter = LineSplitter::new(cfg.max_command_line);
@@ -234,7 +281,7 @@ async fn drive(
     conn.queue(&session.greeting());
     loop {
         let action = match splitter.next(conn.pending()) {
-            LineEvent::Line { bare_lf: true, .. } if cfg.bare_lf == BareLf::Reject => {
+            LineEvent::Line { bare_lf: true, .. } if cfg.bare_lf == LineEndings::Reject => {
                 Action::Close(Rejection::BareLf.reply())
             }
             LineEvent::Line { len, consumed, .. } => {
@@ -255,8 +302,15 @@ async fn drive(
                 if idle && shard.draining.get() {
                     Action::Close(Rejection::ShuttingDown.reply())
                 } else {
-                    let _mark = idle.then(|| IdleMark::new(idle_count));
-                    match conn.fill().await {
+                    mark.set_idle(idle);
+                    let read = conn.fill().await;
+                    mark.set_idle(false);
+                    match read {
+                        // End of input at shutdown: the read side was shut
+                        // down here (see `serve`), the client still reads.
+                        Ok(0) if idle && shard.draining.get() => {
+                            Action::Close(Rejection::ShuttingDown.reply())
+                        }
                         Ok(0) => return,
                         Ok(_) => continue,
                         Err(e) if is_timeout(&e) => Action::Close(Rejection::Timeout.reply()),

@@ -115,10 +115,7 @@ impl<'a> Session<'a> {
     }
 
     pub fn greeting(&self) -> Reply {
-        Reply::plain(
-            220,
-            vec![format!("{} ESMTP ringpost", self.cfg.server.hostname)],
-        )
+        Reply::plain(220, vec![format!("{} ESMTP ringpost", self.cfg.hostname())])
     }
 
     /// Answers a parsed command line.
@@ -164,7 +161,7 @@ impl<'a> Session<'a> {
         self.tx = None;
         self.esmtp = esmtp;
         self.helo = Some(name);
-        let host = self.cfg.server.hostname.clone();
+        let host = self.cfg.hostname().to_string();
         if !esmtp {
             return Action::Reply(Reply::plain(250, vec![host]));
         }
@@ -254,7 +251,7 @@ impl<'a> Session<'a> {
             return reject(Rejection::NeedsSmtpUtf8);
         }
         if to.is_bare_postmaster() {
-            to.domain = self.cfg.server.hostname.clone();
+            to.domain = self.cfg.hostname().to_string();
         }
         if !self.may_relay_to(&to) {
             return reject(Rejection::RelayDenied);

@@ -1,0 +1,74 @@
+//! `[metrics]`, `[admin]` and `[inject]`: the HTTP listeners.
+
+use super::{Listen, Problems};
+
+section! {
+    /// The HTTP endpoint for Prometheus and orchestrators, served by shard
+    /// 0. `ringpost dump-metrics` lists every metric with its type and help
+    /// text; the dashboard in `grafana/` uses only those.
+    MetricsConfig = "metrics" {
+        /// `GET /metrics` (Prometheus text format), `GET /healthz` (200
+        /// while the process answers), `GET /readyz` (200 once every shard
+        /// has started, 503 before), or `"off"`.
+        listen: Listen = Listen::at("127.0.0.1:9464"),
+    }
+}
+
+section! {
+    /// The admin API (JSON over HTTP), served by shard 0, behind `ringpost
+    /// queue ...`; see the README for its routes.
+    AdminConfig = "admin" {
+        /// Address of the admin API, or `"off"`. An address other than
+        /// loopback is refused unless `token_file` is set.
+        listen: Listen = Listen::at("127.0.0.1:9465"),
+        /// A file whose first line (at least 16 characters) is the bearer
+        /// token every request must carry (`Authorization: Bearer ...`);
+        /// `ringpost queue` reads the same file. Empty: no token (loopback
+        /// only).
+        token_file: String = String::new(),
+    }
+}
+
+section! {
+    /// The HTTP injection API (`POST /api/inject/v1`, see the README), on
+    /// every shard. The message itself obeys `smtp.max_message_size`,
+    /// `max_line_length` and `max_recipients` as SMTP mail does.
+    InjectConfig = "inject" {
+        /// Address of the injection API, or `"off"`. Requests may carry up
+        /// to 1.5 x `smtp.max_message_size` + 256 KiB of JSON.
+        listen: Listen = Listen::at("127.0.0.1:8025"),
+        /// A file whose first line (at least 16 characters) is a bearer
+        /// token (`Authorization: Bearer ...`) that lets a client outside
+        /// `smtp.relay_networks` inject. Clients inside `relay_networks`
+        /// need none. Empty: only `relay_networks` may inject (403 for
+        /// anyone else).
+        token_file: String = String::new(),
+        /// Concurrent injection connections, all clients together; each
+        /// shard admits its equal share. More get `503` at once (and, past
+        /// twice the share, are closed unanswered).
+        max_connections: usize = 100,
+    }
+}
+
+impl AdminConfig {
+    pub fn check(&self, p: &mut Problems) {
+        if let Some(a) = self.listen.addr()
+            && !a.ip().is_loopback()
+            && self.token_file.is_empty()
+        {
+            p.at(
+                "admin.listen",
+                "not a loopback address: set admin.token_file so that the queue cannot be \
+                 changed by anyone who can reach it",
+            );
+        }
+    }
+}
+
+impl InjectConfig {
+    pub fn check(&self, p: &mut Problems) {
+        if self.max_connections == 0 {
+            p.at("inject.max_connections", "must be at least 1");
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! `[spool]`: where and how messages are stored.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::Problems;
+
+/// Where a group-commit round runs its fdatasync (`spool.sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// On the shard's own thread: the shard waits for the disk, and
+    /// nothing is handed to another thread and back.
+    #[default]
+    Inline,
+    /// Through io_uring (an io-wq worker): the shard keeps serving other
+    /// sessions while the disk works, and rounds overlap.
+    IoUring,
+}
+
+section! {
+    /// Where and how messages are stored. Keep the spool on a journaling
+    /// file system (ext4 with its journal, XFS): without a journal, ext4's
+    /// fdatasync also writes the inode whenever its time stamp moves.
+    SpoolConfig = "spool" {
+        /// Spool directory. Holds `shard-N/queue` (sled: envelopes,
+        /// quarantine) and `shard-N/segments` (message bodies).
+        dir: PathBuf = PathBuf::from("./ringpost-spool"),
+        /// sled page cache per shard, in bytes.
+        cache_bytes: u64 = 64 << 20,
+        /// Size of one body segment file (1 MiB to 1 GiB). Disk space comes
+        /// back a segment at a time, when its last message is done. A
+        /// finished segment's file is kept
+        /// (one per shard) to become the next segment. A body larger than
+        /// this gets a segment of its own.
+        segment_bytes: u64 = 16 << 20,
+        /// Where a group-commit round runs its fdatasync. `"inline"`: on
+        /// the shard's own thread, which waits for the disk; the least
+        /// latency and CPU when fdatasync is fast (SSD, NVMe, a VM disk with
+        /// a write cache). `"io_uring"`: through an io_uring worker, up to
+        /// two rounds at once, while the shard keeps serving its other
+        /// sessions; choose it when fdatasync is slow (spinning or network
+        /// disks). Either way the 250 comes only after the fdatasync.
+        sync: SyncMode = SyncMode::Inline,
+    }
+}
+
+impl SpoolConfig {
+    pub fn check(&self, p: &mut Problems) {
+        if self.dir.as_os_str().is_empty() {
+            p.at("spool.dir", "must not be empty");
+        }
+        if !(1 << 20..=1 << 30).contains(&self.segment_bytes) {
+            p.at("spool.segment_bytes", "must be between 1 MiB and 1 GiB");
+        }
+    }
+}

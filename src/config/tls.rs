@@ -1,0 +1,82 @@
+//! `[tls]`: certificates for inbound STARTTLS, and the outbound policy.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::Problems;
+
+/// How hard to insist on TLS when delivering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    #[default]
+    Opportunistic,
+    None,
+    Require,
+}
+
+section! {
+    /// Certificates for inbound STARTTLS, and the outbound policy.
+    ///
+    /// Inbound, bytes a client sends after `STARTTLS` but before the
+    /// handshake are never executed: they are discarded and the session is
+    /// closed (`554 5.5.1`), the defence against CVE-2011-0411-style
+    /// injection. After the handshake the session starts over (EHLO again);
+    /// `Received:` says `ESMTPS`. Outbound, any bytes a server sends after
+    /// its `220` to STARTTLS are discarded unread, and a pooled connection
+    /// serves only destinations whose policy it was opened for.
+    TlsConfig = "tls" {
+        /// PEM certificate chain for inbound STARTTLS. With `key_file` set
+        /// too, STARTTLS is advertised (until TLS is active). Loaded at
+        /// start-up.
+        cert_file: String = String::new(),
+        /// PEM private key of `cert_file`.
+        key_file: String = String::new(),
+        /// Default outbound policy. `"opportunistic"`: STARTTLS when a
+        /// server offers it, accepting any certificate (RFC 7435), and that
+        /// host again in plaintext if the handshake fails. `"require"`: the
+        /// certificate must verify against `ca_file` for the MX host name;
+        /// no STARTTLS or a failed verification is a temporary failure,
+        /// never plaintext. `"none"`: never TLS. The delivery log records
+        /// protocol and cipher.
+        outbound: OutboundTls = OutboundTls::Opportunistic,
+        /// Per destination domain overrides of `outbound`, e.g. `policy = {
+        /// "bank.example" = "require", "old.example" = "none" }`.
+        policy: BTreeMap<String, OutboundTls> = BTreeMap::new(),
+        /// PEM bundle of CAs trusted for `require` (loaded at start-up when
+        /// some destination requires TLS; a bundle that does not load stops
+        /// the start).
+        ca_file: String = "/etc/ssl/certs/ca-certificates.crt".into(),
+    }
+}
+
+impl TlsConfig {
+    pub fn check(&self, p: &mut Problems) {
+        if self.cert_file.is_empty() != self.key_file.is_empty() {
+            p.at(
+                "tls.cert_file",
+                "cert_file and key_file go together: set both or neither",
+            );
+        }
+    }
+
+    /// The outbound policy for mail to `domain`.
+    pub fn policy_for(&self, domain: &str) -> OutboundTls {
+        self.policy
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .map_or(self.outbound, |(_, p)| *p)
+    }
+
+    /// Whether any destination requires verified TLS.
+    pub fn requires_verification(&self) -> bool {
+        self.outbound == OutboundTls::Require
+            || self.policy.values().any(|p| *p == OutboundTls::Require)
+    }
+
+    /// Whether inbound STARTTLS is configured.
+    pub fn inbound(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+}
