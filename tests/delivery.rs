@@ -43,6 +43,9 @@ fn zone() -> SocketAddr {
             Rr::A("second.busy.test", ip("127.0.0.10")),
             Rr::A("old.test", ip("127.0.0.11")),
             Rr::A("slow.test", ip("127.0.0.12")),
+            Rr::Mx("opp.test", 10, "mx.shared.test"),
+            Rr::Mx("req.test", 10, "mx.shared.test"),
+            Rr::A("mx.shared.test", ip("127.0.0.13")),
         ],
     )
 }
@@ -752,5 +755,71 @@ fn require_tls_never_falls_back_to_plaintext() {
         std::thread::sleep(Duration::from_millis(200));
         assert!(sink.messages().is_empty(), "nothing went out in plaintext");
         assert_eq!(ts.messages().len(), 1, "the message waits for a retry");
+    }
+}
+
+/// Two domains share one MX host, which offers STARTTLS with a certificate
+/// no trusted CA signed: opp.test is opportunistic, req.test requires
+/// verified TLS. In either order, req.test's mail never rides the
+/// connection opened for opp.test: it waits for a retry, and the host only
+/// ever receives opp.test's message.
+#[test]
+fn a_require_destination_never_rides_an_opportunistic_pooled_connection() {
+    for req_first in [false, true] {
+        let port = sink_port();
+        let sink = Sink::start(
+            "127.0.0.13",
+            port,
+            Script {
+                tls: Some(common::sink::self_signed_tls("mx.shared.test")),
+                ..Script::default()
+            },
+        );
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let ca = common::sink::TestCa::new();
+        let ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(ca_file.path(), &ca.pem).unwrap();
+        let (log_path, ca_path) = (
+            log.path().display().to_string(),
+            ca_file.path().display().to_string(),
+        );
+        let mut ts = server(port, zone(), move |c| {
+            // One shard, one pool: the second message finds the first's
+            // connection.
+            c.server.shards = 1;
+            c.tls.ca_file = ca_path;
+            c.tls
+                .policy
+                .insert("req.test".into(), ringpost::config::OutboundTls::Require);
+            c.delivery.retry_initial_secs = 3600;
+            c.delivery.retry_max_secs = 3600;
+            c.delivery.idle_timeout_secs = 300;
+            c.delivery.log = log_path;
+        });
+        let opp = |ts: &TestServer| {
+            send(ts, "a@sender.test", &["x@opp.test"], "Subject: opp\r\n\r\nx\r\n");
+            let got = sink.wait_for(1, 20);
+            assert!(got[0].tls && got[0].rcpts == ["x@opp.test"]);
+        };
+        let req = |ts: &TestServer| {
+            send(ts, "a@sender.test", &["y@req.test"], "Subject: req\r\n\r\ny\r\n");
+            let failure = first_event(log.path(), "TransientFailure");
+            assert_eq!(failure["recipient"], "y@req.test");
+            let reply = failure["reply"].as_str().unwrap();
+            assert!(reply.contains("TLS handshake"), "{reply}");
+        };
+        if req_first {
+            req(&ts);
+            opp(&ts);
+        } else {
+            opp(&ts);
+            req(&ts);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let got: Vec<_> = sink.messages().iter().map(|m| m.rcpts.clone()).collect();
+        assert_eq!(got, [vec!["x@opp.test".to_string()]], "req.test's mail went out");
+        let queued = ts.messages();
+        assert_eq!(queued.len(), 1, "req.test's message waits for a retry");
+        assert_eq!(queued[0].1.recipients[0].address, "y@req.test");
     }
 }

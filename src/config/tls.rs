@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::Problems;
 
 /// How hard to insist on TLS when delivering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutboundTls {
     #[default]

@@ -23,6 +23,8 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
 use super::outcome::{DeliveryOutcome, from_io, from_reply};
+use super::pool::PoolKey;
+use crate::config::OutboundTls;
 use crate::proto::server_reply::{ServerReply, parse_reply};
 
 /// What the server said it supports in its EHLO reply.
@@ -91,6 +93,8 @@ pub struct Client {
     buf: Vec<u8>,
     pub peer: SocketAddr,
     pub host: String,
+    /// The TLS policy it was opened under (see `outbound::pool`).
+    pub policy: OutboundTls,
     pub ext: Extensions,
     /// Transactions attempted on this connection.
     pub transactions: u32,
@@ -114,8 +118,9 @@ impl Client {
         connect_timeout: Duration,
         timeout: Duration,
         tls: Option<&Arc<ClientConfig>>,
-        require_tls: bool,
+        policy: OutboundTls,
     ) -> Result<Client, ConnectError> {
+        let require_tls = policy == OutboundTls::Require;
         let stream = TcpStream::connect_timeout(peer, connect_timeout)
             .await
             .map_err(|e| from_io(&format!("connect to {host}[{}]", peer.ip()), &e.into()))?;
@@ -130,6 +135,7 @@ impl Client {
             buf: Vec::with_capacity(1024),
             peer,
             host: host.to_string(),
+            policy,
             ext: Extensions::default(),
             transactions: 0,
             ended_cleanly: false,
@@ -164,6 +170,15 @@ impl Client {
             .into());
         }
         Ok(c)
+    }
+
+    /// What the connection was established for, as the pool keys it.
+    pub fn pool_key(&self) -> PoolKey {
+        PoolKey {
+            host: self.host.clone(),
+            addr: self.peer,
+            policy: self.policy,
+        }
     }
 
     async fn hello(&mut self, helo: &str) -> Result<(), DeliveryOutcome> {

@@ -115,12 +115,9 @@ impl Delivery {
             reply: "no host to deliver to".into(),
         };
         for target in targets {
-            // A pooled plaintext connection does not serve a destination
-            // that requires TLS.
-            let pooled = self
-                .pool
-                .take(target.addr)
-                .filter(|c| policy != OutboundTls::Require || c.tls.is_some());
+            // Only a connection opened for this host under this policy (or
+            // a stricter one) serves it: see `pool`.
+            let pooled = self.pool.take(&target.host, target.addr, policy);
             let mut client = match pooled {
                 Some(c) => c,
                 None => match self.connect(target, policy).await {
@@ -161,7 +158,7 @@ impl Delivery {
         target: &Target,
         policy: OutboundTls,
     ) -> Result<Client, DeliveryOutcome> {
-        let connect = |tls, require| {
+        let connect = |tls| {
             Client::connect(
                 target.addr,
                 &target.host,
@@ -169,14 +166,15 @@ impl Delivery {
                 self.connect_timeout,
                 self.timeout,
                 tls,
-                require,
+                policy,
             )
         };
-        let (config, require) = match policy {
-            OutboundTls::None => (None, false),
-            OutboundTls::Opportunistic => (Some(&self.opportunistic), false),
+        let require = policy == OutboundTls::Require;
+        let config = match policy {
+            OutboundTls::None => None,
+            OutboundTls::Opportunistic => Some(&self.opportunistic),
             OutboundTls::Require => match &self.verified {
-                Some(v) => (Some(v), true),
+                Some(v) => Some(v),
                 None => {
                     return Err(DeliveryOutcome::Temporary {
                         reply: "TLS is required but no CA file is loaded".into(),
@@ -184,7 +182,7 @@ impl Delivery {
                 }
             },
         };
-        let result = connect(config, require).await;
+        let result = connect(config).await;
         let label = if result.is_ok() { "ok" } else { "failed" };
         ::metrics::counter!(crate::metrics::OUTBOUND_CONNECTIONS_TOTAL, "result" => label)
             .increment(1);
@@ -196,7 +194,7 @@ impl Delivery {
                     target.host,
                     e.outcome.reply()
                 );
-                connect(None, false).await.map_err(|e| e.outcome)
+                connect(None).await.map_err(|e| e.outcome)
             }
             Err(e) => Err(e.outcome),
         }

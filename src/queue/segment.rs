@@ -27,25 +27,22 @@
 //! in sequence from a known frame boundary, never by searching, so a body
 //! can never be mistaken for a frame.
 //!
-//! Why segments (measured on this machine, 2026-11-26, ext4 on virtio): a
-//! file per message needs one fsync per message, and ext4 serialises the
-//! journal commits that new files force: create + write + fdatasync topped
-//! out at 1,000-2,000 files/s whether from 1, 8, 20 or 64 OS threads or
-//! through io_uring. Writing into a preallocated segment and issuing *one*
-//! fdatasync per group-commit round reached 43,000 msgs/s of 10 KiB at
-//! batches of 20 (0.46 ms per fdatasync). sled itself is not used for bodies
-//! because it writes large values as blob files it never frees (see
-//! `../shared/design/stack.md`). Here space comes back whole, segment by
-//! segment, when the last message in a segment is done.
+//! Why segments: a file per message needs one fsync per message, and ext4
+//! serialises the journal commits that new files force, whatever the
+//! number of threads; writing into a preallocated segment and issuing *one*
+//! fdatasync per group-commit round is an order of magnitude faster
+//! (benches/results/README.md has the numbers). sled itself is not used for
+//! bodies because it writes large values as blob files it never frees.
+//! Here space comes back whole, segment by segment, when the last message
+//! in a segment is done.
 //!
 //! Segment files are recycled, as PostgreSQL recycles WAL segments: a
 //! segment whose last message is done becomes the spare for the next one
 //! instead of being unlinked. Its blocks are allocated and written, so
 //! fdatasyncs into it flush only data; no 16 MiB of zeros is written (and
-//! synced, competing with the commit rounds' fdatasyncs: p99 acceptance
-//! latency 6 ms with 16 MiB zero-filled spares, 28 ms with 256 MiB ones,
-//! measured 2026-11-26), and no discard of the freed blocks stalls the
-//! disk. Zero-filled spares are made only when none can be recycled (at
+//! synced, competing with the commit rounds' fdatasyncs and showing in the
+//! acceptance latency's tail), and no discard of the freed blocks stalls
+//! the disk. Zero-filled spares are made only when none can be recycled (at
 //! start, and while the queue grows), and at most every few seconds.
 //!
 //! Known cost: one long-deferred message keeps its whole segment on disk.
@@ -235,11 +232,10 @@ struct Spare {
 }
 
 /// Zero-filled spares are begun at most this often. When segments fill
-/// faster (a backlog of big messages: nothing to recycle, and 16 MiB of
-/// zeros per quarter second took 9% of the shard's CPU at 100 KiB,
-/// measured 2026-11-26) the next segment is preallocated instead, and its
-/// fdatasyncs pay for the extent conversion (0.18 instead of 0.14 ms each,
-/// 2 KiB writes from Python on this machine's idle disk).
+/// faster (a backlog of big messages: nothing to recycle, and writing 16
+/// MiB of zeros every quarter second costs the shard real CPU) the next
+/// segment is preallocated instead, and its fdatasyncs pay for the extent
+/// conversion, a little slower each.
 const ZERO_FILL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A zero-filled spare's name while it is prepared or waits for its turn.
@@ -342,9 +338,8 @@ impl Segments {
     ///
     /// The write is a plain pwritev into the page cache, on the shard's
     /// thread: for a frame of a few KiB that is a few microseconds, less than
-    /// io_uring's hand-off of a buffered write to an io-wq worker and back
-    /// (measured: see the #6 notes). Durability comes from the round's
-    /// fdatasync.
+    /// io_uring's hand-off of a buffered write to an io-wq worker and back.
+    /// Durability comes from the round's fdatasync.
     pub async fn write(&self, w: PendingWrite) -> io::Result<()> {
         write_all_vectored_at(&w.file, [&w.head, &w.body], w.offset)
     }
