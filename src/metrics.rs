@@ -60,6 +60,7 @@ metrics_table! {
     SMTP_CONNECTIONS = "ringpost_smtp_connections", Gauge, "Inbound SMTP connections open now.";
     SMTP_REPLIES = "ringpost_smtp_replies_total", Counter, "Replies sent to SMTP clients, by class (2xx, 3xx, 4xx, 5xx).";
     OUTBOUND_CONNECTIONS_TOTAL = "ringpost_outbound_connections_total", Counter, "Outbound SMTP connections, by result (ok, failed).";
+    OUTBOUND_STALE_CONNECTIONS = "ringpost_outbound_stale_connections_total", Counter, "Pooled connections found dead when reused (the message went again at once on a fresh connection, not counted as an attempt).";
     QUEUE_MESSAGES = "ringpost_queue_messages", Gauge, "Messages in the queue.";
     QUEUE_BYTES = "ringpost_queue_bytes", Gauge, "Bytes of message bodies in the queue.";
     QUEUE_DOMAIN_RECIPIENTS = "ringpost_queue_domain_recipients", Gauge, "Pending recipients per destination domain and shard: each shard's top 10 domains, the rest as domain=\"other\".";

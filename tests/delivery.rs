@@ -797,12 +797,22 @@ fn a_require_destination_never_rides_an_opportunistic_pooled_connection() {
             c.delivery.log = log_path;
         });
         let opp = |ts: &TestServer| {
-            send(ts, "a@sender.test", &["x@opp.test"], "Subject: opp\r\n\r\nx\r\n");
+            send(
+                ts,
+                "a@sender.test",
+                &["x@opp.test"],
+                "Subject: opp\r\n\r\nx\r\n",
+            );
             let got = sink.wait_for(1, 20);
             assert!(got[0].tls && got[0].rcpts == ["x@opp.test"]);
         };
         let req = |ts: &TestServer| {
-            send(ts, "a@sender.test", &["y@req.test"], "Subject: req\r\n\r\ny\r\n");
+            send(
+                ts,
+                "a@sender.test",
+                &["y@req.test"],
+                "Subject: req\r\n\r\ny\r\n",
+            );
             let failure = first_event(log.path(), "TransientFailure");
             assert_eq!(failure["recipient"], "y@req.test");
             let reply = failure["reply"].as_str().unwrap();
@@ -817,9 +827,47 @@ fn a_require_destination_never_rides_an_opportunistic_pooled_connection() {
         }
         std::thread::sleep(Duration::from_millis(300));
         let got: Vec<_> = sink.messages().iter().map(|m| m.rcpts.clone()).collect();
-        assert_eq!(got, [vec!["x@opp.test".to_string()]], "req.test's mail went out");
+        assert_eq!(
+            got,
+            [vec!["x@opp.test".to_string()]],
+            "req.test's mail went out"
+        );
         let queued = ts.messages();
         assert_eq!(queued.len(), 1, "req.test's message waits for a retry");
         assert_eq!(queued[0].1.recipients[0].address, "y@req.test");
     }
+}
+
+/// A pooled connection that the next hop closed while it sat idle (a
+/// restart, an idle timeout) costs nothing: the message goes again at once
+/// on a fresh connection, and it is not an attempt (no TransientFailure).
+#[test]
+fn a_dead_pooled_connection_is_replaced_at_once() {
+    let port = sink_port();
+    let sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            close_after_message: true,
+            ..Script::default()
+        },
+    );
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().display().to_string();
+    let ts = server(port, zone(), move |c| {
+        c.server.shards = 1;
+        c.delivery.max_connections = 1;
+        c.delivery.idle_timeout_secs = 300;
+        c.delivery.log = log_path;
+    });
+    let started = Instant::now();
+    for i in 0..6 {
+        let body = format!("Subject: {i}\r\n\r\nx\r\n");
+        send(&ts, "a@sender.test", &["x@dest.test"], &body);
+        sink.wait_for(i + 1, 10);
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(sink.accepts() >= 6, "a fresh connection for each message");
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(!text.contains("TransientFailure"), "{text}");
 }

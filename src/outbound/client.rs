@@ -104,6 +104,8 @@ pub struct Client {
     ended_cleanly: bool,
     /// Whether the connection can carry another transaction.
     pub usable: bool,
+    /// The code of the reply to MAIL in the last transaction, once read.
+    mail_reply: Option<u16>,
 }
 
 impl Client {
@@ -140,6 +142,7 @@ impl Client {
             transactions: 0,
             ended_cleanly: false,
             usable: true,
+            mail_reply: None,
         };
         let greeting = c.read_reply().await?;
         if greeting.code != 220 {
@@ -285,16 +288,24 @@ impl Client {
         let reset = self.transactions > 0 && !self.ended_cleanly;
         self.transactions += 1;
         self.ended_cleanly = false;
+        self.mail_reply = None;
         let commands = self.envelope_commands(msg, reset);
+        let mail_at = usize::from(reset);
         let replies = if self.ext.pipelining {
             self.write(commands.concat().as_bytes()).await?;
             let mut v = Vec::with_capacity(commands.len());
-            for _ in &commands {
-                v.push(self.read_reply().await?);
+            for i in 0..commands.len() {
+                let reply = self.read_reply().await?;
+                if i == mail_at {
+                    self.mail_reply = Some(reply.code);
+                }
+                v.push(reply);
             }
             v
         } else {
-            self.lockstep(&commands, reset).await?
+            let v = self.lockstep(&commands, reset).await?;
+            self.mail_reply = v.get(mail_at).map(|r| r.code);
+            v
         };
         let mut replies = replies.into_iter();
         if reset {
@@ -340,6 +351,18 @@ impl Client {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| final_outcome.clone()))
             .collect())
+    }
+
+    /// Whether the last transaction failed before the server took MAIL
+    /// FROM: the connection broke (or the server said 421, closing) before
+    /// anything of the message was accepted. On a pooled connection that
+    /// means it had gone stale while idle (the server timed it out or
+    /// restarted), and the message is tried again at once on a fresh one.
+    pub fn failed_before_mail(&self) -> bool {
+        match self.mail_reply {
+            None => !self.usable,
+            Some(code) => code == 421,
+        }
     }
 
     /// Outcomes known without talking: limits the server announced.

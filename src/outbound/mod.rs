@@ -118,6 +118,7 @@ impl Delivery {
             // Only a connection opened for this host under this policy (or
             // a stricter one) serves it: see `pool`.
             let pooled = self.pool.take(&target.host, target.addr, policy);
+            let reused = pooled.is_some();
             let mut client = match pooled {
                 Some(c) => c,
                 None => match self.connect(target, policy).await {
@@ -129,8 +130,24 @@ impl Delivery {
                     }
                 },
             };
+            let mut result = client.send(msg).await;
+            if reused && client.failed_before_mail() {
+                // The pooled connection had died while idle: nothing of
+                // the message was accepted, so it goes again at once on a
+                // fresh connection, as if the pool had been empty.
+                ::metrics::counter!(crate::metrics::OUTBOUND_STALE_CONNECTIONS).increment(1);
+                match self.connect(target, policy).await {
+                    Ok(fresh) => {
+                        client = fresh;
+                        result = client.send(msg).await;
+                    }
+                    Err(why) => {
+                        last = why;
+                        continue;
+                    }
+                }
+            }
             let tls = client.tls.clone();
-            let result = client.send(msg).await;
             self.pool.put(client);
             let outcomes = match result {
                 Ok(outcomes) => outcomes,

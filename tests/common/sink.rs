@@ -57,6 +57,9 @@ pub struct Script {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Send a forged plaintext line in the same packet as the 220 to STARTTLS.
     pub inject_after_starttls: bool,
+    /// Close the connection silently after each accepted message, as a
+    /// sink that restarts (or times out idle connections) between uses.
+    pub close_after_message: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -251,6 +254,9 @@ fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::i
                         tls,
                     });
                     reply(&mut r, "250 2.0.0 queued")?;
+                    if sc.close_after_message {
+                        return Ok(());
+                    }
                 }
             }
             from.clear();
