@@ -871,3 +871,46 @@ fn a_dead_pooled_connection_is_replaced_at_once() {
     let text = std::fs::read_to_string(log.path()).unwrap();
     assert!(!text.contains("TransientFailure"), "{text}");
 }
+
+/// A recipient that fails for good is logged and bounced when it fails,
+/// not when the message's other domains are done: here dest.test is
+/// suspended, and nosuch.test (NXDOMAIN) bounces at once.
+#[test]
+fn a_failure_is_logged_and_bounced_without_waiting_for_other_domains() {
+    let port = sink_port();
+    let dest = Sink::start("127.0.0.2", port, Script::default());
+    let sender = Sink::start("127.0.0.6", port, Script::default());
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().display().to_string();
+    let ts = server(port, zone(), move |c| c.delivery.log = log_path);
+    let admin = ts.admin_addr.unwrap();
+    let (status, _) = common::http(
+        admin,
+        b"POST /queue/domains/dest.test/suspend HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    send(
+        &ts,
+        "shop@sender.test",
+        &["alice@dest.test", "bob@nosuch.test"],
+        "Subject: split\r\n\r\nx\r\n",
+    );
+    let status = dsn_status(&sender, 10);
+    assert!(
+        status.contains("Final-Recipient: rfc822; bob@nosuch.test"),
+        "{status}"
+    );
+    assert!(!status.contains("alice@dest.test"), "{status}");
+    let bounce = first_event(log.path(), "Bounce");
+    assert_eq!(bounce["recipient"], "bob@nosuch.test");
+    assert!(dest.messages().is_empty(), "dest.test is still suspended");
+    // Resumed, alice's copy goes out and no second DSN follows.
+    let (status, _) = common::http(
+        admin,
+        b"POST /queue/domains/dest.test/resume HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(dest.wait_for(1, 10)[0].rcpts, ["alice@dest.test"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sender.messages().len(), 1, "one DSN, for bob only");
+}

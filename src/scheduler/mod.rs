@@ -308,7 +308,7 @@ impl Scheduler {
                 }
                 DeliveryOutcome::Permanent { .. } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_BOUNCED).increment(1);
-                    return; // logged as Bounce when the DSN is queued
+                    EventKind::Bounce
                 }
             };
             let remote = attempt.remote.as_ref();
@@ -329,6 +329,24 @@ impl Scheduler {
         drop(st);
         if recorded.round_done {
             self.spawn_finish(id);
+        } else if recorded.bounced {
+            // The sender hears of recipients that failed for good now, not
+            // when the message's other domains are done (which a suspended
+            // or slow domain can put off for days).
+            let me = self.clone();
+            self.tasks.spawn(async move { me.notify_early(id).await });
+        }
+    }
+
+    /// Sends the DSN for the failures recorded so far in a round that is
+    /// not over yet (see `record`).
+    async fn notify_early(self: Rc<Self>, id: MessageId) {
+        let taken = self.state.borrow_mut().messages.get_mut(&id).and_then(|e| {
+            let failures = std::mem::take(&mut e.failures);
+            (!failures.is_empty()).then(|| (e.env.clone(), failures))
+        });
+        if let Some((env, failures)) = taken {
+            self.notify_sender(id, &env, &failures, false).await;
         }
     }
 
@@ -348,7 +366,7 @@ impl Scheduler {
             self.expire(id, &mut env, &mut failures);
         }
         if !failures.is_empty() {
-            self.bounce(id, &env, &failures, end == RoundEnd::Expired)
+            self.notify_sender(id, &env, &failures, end == RoundEnd::Expired)
                 .await;
         }
         let done = !matches!(end, RoundEnd::Retry { .. });
@@ -389,20 +407,36 @@ impl Scheduler {
             ev.reply = r.last_reply.as_deref();
             ev.attempt = Some(r.attempts);
             self.events.write(&ev);
+            let failure = failures.last().expect("just pushed");
+            self.log_bounce(id, &env.sender, r, failure);
         }
     }
 
-    /// Logs the failed recipients and sends a DSN for them to the reception
-    /// door (none for a null sender).
-    async fn bounce(&self, id: MessageId, env: &Envelope, failures: &[Failure], expired: bool) {
-        for f in failures {
-            let r = &env.recipients[f.index];
-            let mut ev = Event::new(EventKind::Bounce, id, &env.sender, &r.address);
-            ev.reply = Some(&f.reply);
-            ev.remote_host = f.remote.as_deref();
-            ev.attempt = Some(r.attempts);
-            self.events.write(&ev);
-        }
+    /// The Bounce event of a recipient that failed for good.
+    fn log_bounce(
+        &self,
+        id: MessageId,
+        sender: &str,
+        r: &crate::queue::Recipient,
+        failure: &Failure,
+    ) {
+        let mut ev = Event::new(EventKind::Bounce, id, sender, &r.address);
+        ev.reply = Some(&failure.reply);
+        ev.remote_host = failure.remote.as_deref();
+        ev.attempt = Some(r.attempts);
+        self.events.write(&ev);
+    }
+
+    /// Sends a DSN for the failed recipients to the reception door (none
+    /// for a null sender). Their Bounce events were written when they
+    /// failed.
+    async fn notify_sender(
+        &self,
+        id: MessageId,
+        env: &Envelope,
+        failures: &[Failure],
+        expired: bool,
+    ) {
         if env.sender.is_empty() {
             log::info!("{id}: not bouncing a message from the null sender");
             return;

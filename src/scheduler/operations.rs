@@ -226,12 +226,14 @@ impl Scheduler {
             for (i, r) in entry.env.recipients.iter_mut().enumerate() {
                 if r.status == RecipientStatus::Pending {
                     r.status = RecipientStatus::Failed;
-                    entry.failures.push(Failure {
+                    let failure = Failure {
                         index: i,
                         status: "5.0.0".into(),
                         reply: "returned to sender by the queue administrator".into(),
                         remote: None,
-                    });
+                    };
+                    self.log_bounce(id, &entry.env.sender, r, &failure);
+                    entry.failures.push(failure);
                 }
             }
         });

@@ -85,6 +85,8 @@ pub struct Job {
 pub struct Recorded {
     /// The round's last job: the message is to be finished.
     pub round_done: bool,
+    /// Some recipient failed for good (a DSN is due).
+    pub bounced: bool,
     /// The domain and the reply of the last failure, if any.
     pub failed: Option<(String, String)>,
 }
@@ -308,6 +310,7 @@ impl State {
             entry.in_flight = entry.in_flight.saturating_sub(1);
             let remote = attempt.remote.as_ref().map(|t| t.host.clone());
             let mut failed = None;
+            let mut bounced = false;
             for (&i, outcome) in rcpts.iter().zip(&attempt.outcomes) {
                 let r = &mut entry.env.recipients[i];
                 r.attempts += 1;
@@ -316,6 +319,7 @@ impl State {
                     DeliveryOutcome::Delivered { .. } => r.status = RecipientStatus::Delivered,
                     DeliveryOutcome::Temporary { .. } => {}
                     DeliveryOutcome::Permanent { reply, status } => {
+                        bounced = true;
                         r.status = RecipientStatus::Failed;
                         entry.failures.push(Failure {
                             index: i,
@@ -334,6 +338,7 @@ impl State {
             let domain = domain_of(&entry.env.recipients[rcpts[0]].address);
             Recorded {
                 round_done: entry.jobs == 0,
+                bounced,
                 failed: failed.map(|reply| (domain, reply)),
             }
         })?;
@@ -449,6 +454,7 @@ mod tests {
             r,
             Recorded {
                 round_done: false,
+                bounced: false,
                 failed: Some(("a.example".into(), "451 later".into()))
             }
         );
