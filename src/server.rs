@@ -388,11 +388,7 @@ struct Parts {
 /// shard serves.
 fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
     let cfg = &p.cfg;
-    let opts = SpoolOptions {
-        cache_bytes: cfg.spool.cache_bytes,
-        segment_bytes: cfg.spool.segment_bytes,
-        sync: cfg.spool.sync,
-    };
+    let opts = SpoolOptions::from(&cfg.spool);
     let (spool, recovered) =
         Spool::start(&cfg.spool.dir, index as u16, &opts).map_err(|e| e.to_string())?;
     let r = &recovered.report;

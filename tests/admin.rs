@@ -103,13 +103,18 @@ fn suspend_holds_delivery_and_resume_releases_it() {
     let port = sink_port();
     let sink = Sink::start("127.0.0.2", port, Script::default());
     let ts = server(port, |_| {});
+    let mut ts = ts;
     let run = queue(&ts, &["suspend", "Hold.Test"]);
     assert!(run.ok, "{}", run.stderr);
-    assert_eq!(run.stdout, "Hold.Test: suspended\n");
+    assert_eq!(run.stdout, "Hold.Test: suspended until resumed\n");
 
     let id = send(&ts, "s@sender.test", &["a@hold.test"], "held");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(sink.messages().len(), 0, "nothing goes out while suspended");
+    // The suspension is on disk: a restart keeps it.
+    ts.restart();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(sink.messages().len(), 0, "still suspended after a restart");
     let summary = queue_json(&ts, &["summary"]);
     assert_eq!(summary["messages"], 1);
     let d = &summary["domains"][0];
@@ -191,7 +196,7 @@ fn flush_retries_a_deferred_message_at_once() {
     assert_eq!(other["flushed"], 0);
     let run = queue(&ts, &["flush", "--domain", "hold.test"]);
     assert!(run.ok, "{}", run.stderr);
-    assert_eq!(run.stdout, "1 deferred messages flushed\n");
+    assert_eq!(run.stdout, "1 deferred message flushed\n");
     let got = sink.wait_for(1, 5);
     assert_eq!(got[0].rcpts, ["a@hold.test"]);
     // Delivered: the running totals go back to nothing.
@@ -379,4 +384,41 @@ fn a_configured_token_is_required_and_errors_are_json() {
     assert_eq!(status, 400);
     let (status, _) = http(addr, "garbage\r\n\r\n");
     assert_eq!(status, 400);
+}
+
+/// `queue suspend --for`: the suspension ends by itself when its time is
+/// up, by the server's clock (here a manual one), also across a restart;
+/// `queue ls` says why a message waits.
+#[test]
+fn a_timed_suspension_ends_by_itself() {
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let clock = ringpost::shard::clock::Clock::manual(1_000_000);
+    let mut ts = common::start_with_clock(2, clock.clone(), |c| {
+        c.delivery.smarthost = format!("[127.0.0.2]:{port}");
+    });
+    let run = queue(&ts, &["suspend", "hold.test", "--for", "1h"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(run.stdout, "hold.test: suspended for 1h0m\n");
+    let summary = queue_json(&ts, &["summary"]);
+    assert_eq!(summary["domains"][0]["suspended_until"], 1_000_000 + 3600);
+    send(&ts, "s@sender.test", &["a@hold.test"], "timed");
+    let table = queue(&ts, &["ls"]).stdout;
+    assert!(table.contains("suspended"), "{table}");
+    ts.restart();
+    clock.advance(3599);
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(sink.messages().is_empty(), "a second early");
+    clock.advance(1);
+    assert_eq!(sink.wait_for(1, 5)[0].rcpts, ["a@hold.test"]);
+    // Every shard ends its copy of the suspension at its next tick.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let summary = queue_json(&ts, &["summary"]);
+        if summary["domains"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still suspended: {summary}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -68,6 +68,49 @@ fn port_in_use_fails_at_once_with_a_clear_message() {
         err.contains("cannot listen on") && err.contains("Address already in use"),
         "{err}"
     );
+    assert_eq!(
+        err.matches("Address already in use").count(),
+        1,
+        "said once: {err}"
+    );
+}
+
+#[test]
+fn queue_ls_on_a_directory_without_a_spool_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ringpost()
+        .args(["queue", "ls", "--spool"])
+        .arg(tmp.path().join("nothing-here"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("there is no spool at"), "{err}");
+    assert!(out.stdout.is_empty(), "no empty table");
+}
+
+#[test]
+fn check_config_checks_the_files_a_config_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[submission]\nlisten = \"127.0.0.1:5870\"\nusers_file = \"/nonexistent/users\"\n\
+         [tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n\
+         [delivery]\nlog = \"/nonexistent/dir/delivery.log\"\n[spool]\ndir = \"\"\n",
+    )
+    .unwrap();
+    let out = ringpost().arg("check-config").arg(&cfg).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "line 3: submission.users_file: /nonexistent/users",
+        "line 5: tls.cert_file: certificate file /nonexistent/cert.pem",
+        "line 8: delivery.log: /nonexistent/dir/delivery.log: the directory /nonexistent/dir does not exist",
+        "line 10: spool.dir: must not be empty",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
 }
 
 #[test]

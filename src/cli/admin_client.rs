@@ -2,7 +2,7 @@
 //! HTTP request per command, and the human-readable tables.
 //!
 //! Must not: know the server's internals; it speaks only the JSON of
-//! `admin::api`.
+//! `http::admin`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -69,13 +69,21 @@ impl AdminClient {
         let mut raw = Vec::new();
         stream.take(MAX_ANSWER).read_to_end(&mut raw).map_err(io)?;
         let (status, body) = split_response(&raw)?;
-        let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| ClientError::Malformed(format!("not JSON: {e}")))?;
-        match status {
-            200 => Ok(value),
-            status => Err(ClientError::Refused {
+        let value = serde_json::from_slice::<serde_json::Value>(body);
+        match (status, value) {
+            (200, Ok(value)) => Ok(value),
+            (200, Err(e)) => Err(ClientError::Malformed(format!("not JSON: {e}"))),
+            (503, _) => Err(ClientError::Refused {
+                status,
+                message: "the server is busy or shutting down: try again".into(),
+            }),
+            (status, Ok(value)) => Err(ClientError::Refused {
                 status,
                 message: value["error"].as_str().unwrap_or("error").to_string(),
+            }),
+            (status, Err(_)) => Err(ClientError::Refused {
+                status,
+                message: String::from_utf8_lossy(body).trim().to_string(),
             }),
         }
     }
@@ -102,6 +110,14 @@ pub fn age(secs: u64) -> String {
     }
 }
 
+/// "1 message", "2 messages".
+pub fn count(n: usize, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    }
+}
+
 fn sender(s: &str) -> &str {
     if s.is_empty() { "<>" } else { s }
 }
@@ -119,21 +135,30 @@ pub fn render_summary(s: &Summary) -> String {
             d.deferred,
             d.recipients,
             age(d.oldest_secs),
-            if d.suspended { "suspended" } else { "active" },
+            match (d.suspended, d.suspended_until) {
+                (true, Some(_)) => "suspended*",
+                (true, None) => "suspended",
+                (false, _) => "active",
+            },
             d.last_error.as_deref().unwrap_or("-")
         );
     }
     out += &format!(
-        "-- {} messages ({} deferred), {} recipients pending\n",
-        s.messages, s.deferred, s.recipients
+        "-- {} ({} deferred), {} pending\n",
+        count(s.messages, "message"),
+        s.deferred,
+        count(s.recipients, "recipient")
     );
+    if s.domains.iter().any(|d| d.suspended_until.is_some()) {
+        out += "   * suspended for a while: the suspension ends by itself\n";
+    }
     out
 }
 
 pub fn render_list(list: &[MessageInfo], now: u64) -> String {
     let mut out = format!(
-        "{:<32} {:>9} {:>8} {:>8}  {:<9} {:<30}  RECIPIENTS\n",
-        "ID", "SIZE", "AGE", "ATTEMPTS", "STATE", "SENDER"
+        "{:<32} {:>9} {:>8} {:>8}  {:<16} {:<30}  RECIPIENTS\n",
+        "ID", "SIZE", "AGE", "ATTEMPTS", "WAITING FOR", "SENDER"
     );
     for m in list {
         let pending: Vec<&str> = m
@@ -142,18 +167,22 @@ pub fn render_list(list: &[MessageInfo], now: u64) -> String {
             .filter(|r| r.status == crate::queue::RecipientStatus::Pending)
             .map(|r| r.address.as_str())
             .collect();
+        let waiting = match (m.state.as_str(), m.next_attempt) {
+            ("deferred", Some(t)) => format!("retry in {}", age(t.saturating_sub(now))),
+            (state, _) => state.to_string(),
+        };
         out += &format!(
-            "{:<32} {:>9} {:>8} {:>8}  {:<9} {:<30}  {}\n",
+            "{:<32} {:>9} {:>8} {:>8}  {:<16} {:<30}  {}\n",
             m.id,
             m.size,
             age(now.saturating_sub(m.created)),
             m.attempts,
-            m.state,
+            waiting,
             sender(&m.sender),
             pending.join(", ")
         );
     }
-    out += &format!("-- {} messages\n", list.len());
+    out += &format!("-- {}\n", count(list.len(), "message"));
     out
 }
 

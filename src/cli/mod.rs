@@ -12,7 +12,6 @@ pub mod admin_client;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -109,8 +108,14 @@ pub enum QueueCommand {
         #[arg(long)]
         domain: Option<String>,
     },
-    /// Hold deliveries to DOMAIN (until resume or restart).
-    Suspend { domain: String },
+    /// Hold deliveries to DOMAIN until resumed (or for a while: --for 2h).
+    /// Suspensions survive a restart.
+    Suspend {
+        domain: String,
+        /// How long: seconds, or with a unit (30m, 2h, 1d).
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<u64>,
+    },
     /// Release deliveries to DOMAIN.
     Resume { domain: String },
     /// Remove a message without delivering or bouncing it.
@@ -124,9 +129,48 @@ pub fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ringpost: {e:#}");
+            eprintln!("ringpost: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes, each said once: a cause whose text the message
+/// before it already carries is left out.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// "90", "90s", "30m", "2h", "1d": seconds.
+fn parse_duration(text: &str) -> Result<u64, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number of seconds, or 30m, 2h, 1d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit is s, m, h or d")),
+    };
+    match n.checked_mul(scale) {
+        Some(secs) if secs > 0 => Ok(secs),
+        _ => Err(format!("`{text}`: must be at least one second")),
     }
 }
 
@@ -165,8 +209,8 @@ pub fn run(cli: Cli) -> Result<()> {
             command: QueueCommand::Ls {
                 spool: Some(dir), ..
             },
-            ..
-        } => queue_ls(&dir),
+            admin,
+        } => queue_ls(&dir, &load(admin.config.as_ref())?),
         Command::Queue { admin, command } => queue(admin, command),
     }
 }
@@ -214,8 +258,12 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
         }
         QueueCommand::Show { id } => ("GET", format!("/queue/messages/{}", encode(id))),
         QueueCommand::Flush { domain } => ("POST", format!("/queue/flush{}", domain_query(domain))),
-        QueueCommand::Suspend { domain } => {
-            ("POST", format!("/queue/domains/{}/suspend", encode(domain)))
+        QueueCommand::Suspend { domain, duration } => {
+            let query = duration.map_or(String::new(), |d| format!("?for={d}"));
+            (
+                "POST",
+                format!("/queue/domains/{}/suspend{query}", encode(domain)),
+            )
         }
         QueueCommand::Resume { domain } => {
             ("POST", format!("/queue/domains/{}/resume", encode(domain)))
@@ -241,8 +289,14 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
         QueueCommand::Show { .. } => {
             admin_client::render_show(&serde_json::from_value::<MessageDetail>(answer)?, now)
         }
-        QueueCommand::Flush { .. } => format!("{} deferred messages flushed\n", answer["flushed"]),
-        QueueCommand::Suspend { domain } => format!("{domain}: suspended\n"),
+        QueueCommand::Flush { .. } => {
+            let n = answer["flushed"].as_u64().unwrap_or(0) as usize;
+            format!("{} flushed\n", admin_client::count(n, "deferred message"))
+        }
+        QueueCommand::Suspend { domain, duration } => match duration {
+            Some(secs) => format!("{domain}: suspended for {}\n", admin_client::age(secs)),
+            None => format!("{domain}: suspended until resumed\n"),
+        },
         QueueCommand::Resume { domain } => format!("{domain}: resumed\n"),
         QueueCommand::Delete { id } => format!("{id}: deleted\n"),
         QueueCommand::Bounce { id } => format!("{id}: returned to sender\n"),
@@ -361,16 +415,20 @@ impl StartupSummary {
     }
 }
 
-fn queue_ls(dir: &std::path::Path) -> Result<()> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+fn queue_ls(dir: &std::path::Path, cfg: &Config) -> Result<()> {
+    let now = crate::shard::clock::unix_now();
+    let shards = existing_shards(dir);
+    anyhow::ensure!(
+        !shards.is_empty(),
+        "there is no spool at {} (no shard-N directories)",
+        dir.display()
+    );
     println!(
         "{:<32}  {:>9}  {:>8}  {:<30}  RECIPIENTS",
         "ID", "SIZE", "AGE", "SENDER"
     );
-    for shard in existing_shards(dir) {
-        let spool = Spool::open(dir, shard, &SpoolOptions::default())?;
+    for shard in shards {
+        let spool = Spool::open(dir, shard, &SpoolOptions::from(&cfg.spool))?;
         // As the server would at start: after a crash some messages may be
         // only in the segments' journal.
         spool.recover()?;

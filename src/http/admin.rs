@@ -12,12 +12,14 @@
 //! | `DELETE /queue/messages/ID`             | `{"deleted": ID}`              |
 //! | `POST /queue/messages/ID/bounce`        | `{"bounced": ID}`              |
 //! | `POST /queue/flush?domain=D`            | `{"flushed": N}`               |
-//! | `POST /queue/domains/D/suspend`         | `{"domain": D, "suspended": true}`  |
+//! | `POST /queue/domains/D/suspend?for=SECS`| `{"domain": D, "suspended": true, "until": T}` |
 //! | `POST /queue/domains/D/resume`          | `{"domain": D, "suspended": false}` |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad request), 401 (token),
-//! 404 (no such message or path), 405, 409 (delivery under way) or 503
-//! (shutting down). This is the one place that maps them.
+//! 404 (no such message or path), 405, 409 (delivery under way), 500 (the
+//! spool could not store the change) or 503 (shutting down). This is the
+//! one place that maps them. Suspensions are stored in every shard's spool
+//! before the answer: they survive a restart.
 //!
 //! Must not: touch scheduler state itself; everything goes through the
 //! mesh, to the shard that owns it.
@@ -72,6 +74,9 @@ enum ApiError {
     Queue(#[from] OperationError),
     #[error(transparent)]
     Shard(#[from] ShardGone),
+    /// The spool could not store the change; nothing was changed for good.
+    #[error("not stored: {0}")]
+    Storage(String),
 }
 
 impl ApiError {
@@ -82,7 +87,9 @@ impl ApiError {
             ApiError::NotFound(_) | ApiError::Queue(OperationError::NotFound(_)) => 404,
             ApiError::Method => 405,
             ApiError::Queue(OperationError::Busy(_)) => 409,
+            ApiError::Queue(OperationError::Storage(..)) => 500,
             ApiError::Shard(_) => 503,
+            ApiError::Storage(_) => 500,
         }
     }
 }
@@ -153,21 +160,44 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
                 .sum();
             Ok(Response::json(200, &json!({ "flushed": flushed })))
         }
-        ("POST", ["queue", "domains", domain, action @ ("suspend" | "resume")]) => {
+        ("POST", ["queue", "domains", domain, "suspend"]) => {
             let domain = domain_name(domain)?;
-            let suspend = *action == "suspend";
+            let secs = match req.param("for") {
+                None => None,
+                Some(n) => Some(n.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    ApiError::BadRequest(format!("for=`{n}` is not a number of seconds"))
+                })?),
+            };
             let d = domain.clone();
-            shards
-                .ask_all(move |s| async move {
-                    match suspend {
-                        true => s.suspend(&d),
-                        false => s.resume(&d),
-                    }
-                })
+            let answers = shards
+                .ask_all(
+                    move |s| async move { s.suspend(&d, secs).await.map_err(|e| e.to_string()) },
+                )
                 .await?;
+            let until = answers
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ApiError::Storage)?
+                .into_iter()
+                .flatten()
+                .max();
             Ok(Response::json(
                 200,
-                &json!({ "domain": domain, "suspended": suspend }),
+                &json!({ "domain": domain, "suspended": true, "until": until }),
+            ))
+        }
+        ("POST", ["queue", "domains", domain, "resume"]) => {
+            let domain = domain_name(domain)?;
+            let d = domain.clone();
+            shards
+                .ask_all(move |s| async move { s.resume(&d).await.map_err(|e| e.to_string()) })
+                .await?
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ApiError::Storage)?;
+            Ok(Response::json(
+                200,
+                &json!({ "domain": domain, "suspended": false }),
             ))
         }
         (_, ["queue", ..]) if known_path(req) => Err(ApiError::Method),

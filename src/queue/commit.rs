@@ -148,6 +148,10 @@ struct State {
     /// Per segment, the watermark last written to sled.
     marked: HashMap<u32, u64>,
     flushing: bool,
+    /// Told when the flush under way ends.
+    flush_waiters: Vec<oneshot::Sender<()>>,
+    /// Whether the last flush succeeded.
+    last_flush_ok: bool,
 }
 
 impl GroupCommit {
@@ -254,6 +258,36 @@ impl GroupCommit {
     /// A state change or removal went to sled directly.
     pub fn touched(&self) {
         self.state.borrow_mut().dirty = true;
+    }
+
+    /// Makes every change to sled so far durable: returns once a flush
+    /// that began after this call has completed. For changes whose caller
+    /// must be told they are durable (the admin's suspensions).
+    pub async fn flush_durably(&self) -> Result<(), String> {
+        loop {
+            let in_flight = {
+                let mut st = self.state.borrow_mut();
+                match st.flushing {
+                    true => {
+                        let (tx, rx) = oneshot::channel();
+                        st.flush_waiters.push(tx);
+                        Some(rx)
+                    }
+                    false => None,
+                }
+            };
+            let Some(done) = in_flight else {
+                // No flush under way: start one that covers everything.
+                self.touched();
+                self.flush().await;
+                return match self.state.borrow().last_flush_ok {
+                    true => Ok(()),
+                    false => Err("sled flush failed".into()),
+                };
+            };
+            // That flush began before this call: wait, then flush again.
+            let _ = done.await;
+        }
     }
 
     /// Runs rounds while frames are ready; one of [`ROUNDS_IN_FLIGHT`].
@@ -394,7 +428,14 @@ impl GroupCommit {
         let covered = self.state.borrow().applied.clone();
         let db = self.db.clone();
         let result = glommio::executor().spawn_blocking(move || db.flush()).await;
-        self.state.borrow_mut().flushing = false;
+        {
+            let mut st = self.state.borrow_mut();
+            st.flushing = false;
+            st.last_flush_ok = result.is_ok();
+            for waiter in st.flush_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
         match result {
             Ok(_) => self.after_flush(&doomed, covered),
             Err(e) => {

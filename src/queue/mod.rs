@@ -12,6 +12,8 @@
 //!                            the body's segment, offset, length and CRC;
 //!                            and "wm"+segment -> the segment's watermark),
 //!                            tree "quarantine" (id -> {reason, record}),
+//!                            tree "suspensions" (domain -> until, Unix
+//!                            seconds big-endian, 0 for none),
 //!                            tree "quarantine_bodies" (id -> what was
 //!                            readable of the body)
 //!  shard-k/segments/   append-only segments of frames (record + body),
@@ -90,6 +92,8 @@ pub enum SpoolError {
     Commit { id: MessageId, reason: String },
     #[error("message {id} is not in the queue")]
     NotFound { id: MessageId },
+    #[error("spool: {reason}")]
+    Durability { reason: String },
 }
 
 /// A message on its way into the queue: what a receiver (SMTP, HTTP
@@ -120,13 +124,20 @@ pub struct SpoolOptions {
     pub sync: SyncMode,
 }
 
-impl Default for SpoolOptions {
-    fn default() -> Self {
+impl From<&crate::config::SpoolConfig> for SpoolOptions {
+    fn from(c: &crate::config::SpoolConfig) -> SpoolOptions {
         SpoolOptions {
-            cache_bytes: 64 << 20,
-            segment_bytes: 16 << 20,
-            sync: SyncMode::default(),
+            cache_bytes: c.cache_bytes,
+            segment_bytes: c.segment_bytes,
+            sync: c.sync,
         }
+    }
+}
+
+impl Default for SpoolOptions {
+    /// The configuration's defaults (`[spool]`).
+    fn default() -> Self {
+        SpoolOptions::from(&crate::config::SpoolConfig::default())
     }
 }
 
@@ -146,6 +157,7 @@ pub struct Spool {
     envelopes: sled::Tree,
     quarantine: sled::Tree,
     quarantine_bodies: sled::Tree,
+    suspensions: sled::Tree,
     segments: Rc<Segments>,
     commit: GroupCommit,
     ids: RefCell<IdGenerator>,
@@ -241,6 +253,7 @@ impl Spool {
         let envelopes = tree("envelopes")?;
         let quarantine = tree("quarantine")?;
         let quarantine_bodies = tree("quarantine_bodies")?;
+        let suspensions = tree("suspensions")?;
         let segments =
             Rc::new(Segments::open(&path.join("segments"), opts.segment_bytes).map_err(io_err)?);
         Ok(Spool {
@@ -250,6 +263,7 @@ impl Spool {
             envelopes,
             quarantine,
             quarantine_bodies,
+            suspensions,
             segments,
             ids: RefCell::new(IdGenerator::new(shard)),
         })
@@ -578,6 +592,47 @@ impl Spool {
             self.commit.flush().await;
         }
         Ok(())
+    }
+
+    /// Makes every change so far durable (removals, state changes): returns
+    /// once a flush that began after this call has completed.
+    pub async fn make_durable(&self) -> Result<(), SpoolError> {
+        self.commit
+            .flush_durably()
+            .await
+            .map_err(|reason| SpoolError::Durability { reason })
+    }
+
+    /// Every suspension stored: (domain, until in Unix seconds if it
+    /// expires).
+    pub fn suspensions(&self) -> Vec<(String, Option<u64>)> {
+        self.suspensions
+            .iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                let domain = String::from_utf8(k.to_vec()).ok()?;
+                let until = u64::from_be_bytes(v.as_ref().try_into().ok()?);
+                Some((domain, (until > 0).then_some(until)))
+            })
+            .collect()
+    }
+
+    /// Stores a suspension (`until`: when it ends by itself), or its end
+    /// (`None` for `suspended`), durably: returns once sled is flushed.
+    pub async fn set_suspension(
+        &self,
+        domain: &str,
+        suspended: Option<Option<u64>>,
+    ) -> Result<(), SpoolError> {
+        let result = match suspended {
+            Some(until) => self
+                .suspensions
+                .insert(domain.as_bytes(), &until.unwrap_or(0).to_be_bytes())
+                .map(|_| ()),
+            None => self.suspensions.remove(domain.as_bytes()).map(|_| ()),
+        };
+        result.map_err(|source| self.db_err(source))?;
+        self.make_durable().await
     }
 
     /// A message's body, read through io_uring and checked against its CRC.

@@ -49,7 +49,7 @@ use crate::events::{Event, EventKind, EventLog};
 use crate::outbound::client::Outgoing;
 use crate::outbound::route::Router;
 use crate::outbound::{Attempt, Delivery, DeliveryOutcome, outcome};
-use crate::queue::{Envelope, MessageId, NewMessage, RecipientStatus, Spool};
+use crate::queue::{Envelope, MessageId, NewMessage, RecipientStatus, Spool, SpoolError};
 use crate::shard::clock::Clock;
 use crate::shard::share;
 use crate::shard::tasks::TaskSet;
@@ -127,10 +127,14 @@ impl Scheduler {
         (Rc::new(scheduler), rx)
     }
 
-    /// Takes over the messages recovery found and starts the timer. Due
-    /// messages are dispatched at once.
+    /// Takes over the messages recovery found and the stored suspensions,
+    /// and starts the timer. Due messages are dispatched at once.
     pub fn start(self: &Rc<Self>, recovered: Vec<(MessageId, Envelope)>) {
         let now = self.clock.now();
+        self.state
+            .borrow_mut()
+            .suspended
+            .extend(self.spool.suspensions());
         for (id, env) in recovered {
             let due = env.next_due;
             queue_gauges(&env, 1.0);
@@ -166,18 +170,40 @@ impl Scheduler {
         self.dispatch(id);
     }
 
-    /// Holds deliveries to `domain` until [`Scheduler::resume`].
-    pub fn suspend(&self, domain: &str) {
-        self.state
-            .borrow_mut()
-            .suspended
-            .insert(domain.to_ascii_lowercase());
+    /// Holds deliveries to `domain` until [`Scheduler::resume`] or, if
+    /// given, for `secs` seconds. Stored in the spool first: a suspension
+    /// survives a restart. Returns when it ends, if it does.
+    pub async fn suspend(
+        &self,
+        domain: &str,
+        secs: Option<u64>,
+    ) -> Result<Option<u64>, SpoolError> {
+        let domain = domain.to_ascii_lowercase();
+        let until = secs.map(|s| self.clock.now().saturating_add(s));
+        self.spool.set_suspension(&domain, Some(until)).await?;
+        self.state.borrow_mut().suspended.insert(domain, until);
+        Ok(until)
     }
 
-    pub fn resume(self: &Rc<Self>, domain: &str) {
+    /// Ends a suspension, durably, and starts delivering to `domain`.
+    pub async fn resume(self: &Rc<Self>, domain: &str) -> Result<(), SpoolError> {
         let domain = domain.to_ascii_lowercase();
+        self.spool.set_suspension(&domain, None).await?;
         self.state.borrow_mut().suspended.remove(&domain);
         self.kick(&domain);
+        Ok(())
+    }
+
+    /// Ends the suspensions whose time is up (the timer calls it).
+    async fn end_expired_suspensions(self: &Rc<Self>, now: u64) {
+        let ended = self.state.borrow_mut().take_expired_suspensions(now);
+        for domain in ended {
+            log::info!("suspension of {domain} ended");
+            if let Err(e) = self.spool.set_suspension(&domain, None).await {
+                log::error!("ending the suspension of {domain}: {e}");
+            }
+            self.kick(&domain);
+        }
     }
 
     /// Turns a message's pending recipients into one job per domain.
@@ -460,7 +486,9 @@ impl Scheduler {
         let mut published = HashSet::new();
         loop {
             glommio::timer::sleep(TICK).await;
-            let due = self.state.borrow_mut().take_due(self.clock.now());
+            let now = self.clock.now();
+            self.end_expired_suspensions(now).await;
+            let due = self.state.borrow_mut().take_due(now);
             for id in due {
                 self.dispatch(id);
             }

@@ -42,6 +42,9 @@ pub struct DomainSummary {
     #[serde(default)]
     pub last_error_at: u64,
     pub suspended: bool,
+    /// When the suspension ends by itself (Unix seconds), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspended_until: Option<u64>,
 }
 
 impl DomainSummary {
@@ -52,6 +55,7 @@ impl DomainSummary {
         self.deferred += other.deferred;
         self.oldest_secs = self.oldest_secs.max(other.oldest_secs);
         self.suspended |= other.suspended;
+        self.suspended_until = self.suspended_until.max(other.suspended_until);
         if other.last_error.is_some()
             && (self.last_error.is_none() || other.last_error_at > self.last_error_at)
         {
@@ -80,7 +84,9 @@ pub struct MessageInfo {
     pub attempts: u32,
     /// Unix seconds of the next attempt, when deferred.
     pub next_attempt: Option<u64>,
-    /// "deferred", or "active" (queued for or in a delivery attempt).
+    /// Why it waits: "deferred" (for a retry at `next_attempt`),
+    /// "suspended" (every pending recipient's domain is), "delivering" (an
+    /// attempt is under way) or "queued" (for a connection).
     pub state: String,
     pub recipients: Vec<RecipientInfo>,
 }
@@ -91,6 +97,8 @@ pub enum OperationError {
     NotFound(MessageId),
     #[error("message {0} has a delivery attempt under way; try again in a moment")]
     Busy(MessageId),
+    #[error("message {0}: the change could not be stored ({1}); it is still queued")]
+    Storage(MessageId, String),
 }
 
 impl Scheduler {
@@ -119,17 +127,18 @@ impl Scheduler {
                     last_error_at: last.as_ref().map_or(0, |(at, _)| *at),
                     last_error: last.map(|(_, reply)| reply),
                     suspended: false,
+                    suspended_until: None,
                 };
                 (name.clone(), summary)
             })
             .collect();
-        for name in &st.suspended {
-            map.entry(name.clone())
-                .or_insert_with(|| DomainSummary {
-                    domain: name.clone(),
-                    ..DomainSummary::default()
-                })
-                .suspended = true;
+        for (name, until) in &st.suspended {
+            let d = map.entry(name.clone()).or_insert_with(|| DomainSummary {
+                domain: name.clone(),
+                ..DomainSummary::default()
+            });
+            d.suspended = true;
+            d.suspended_until = *until;
         }
         map.into_values().collect()
     }
@@ -151,13 +160,16 @@ impl Scheduler {
         }
         found.truncate(limit);
         found.sort_unstable_by_key(oldest_first);
-        found.into_iter().map(|(id, e)| e.info(*id)).collect()
+        found
+            .into_iter()
+            .map(|(id, e)| e.info(*id, &st.suspended))
+            .collect()
     }
 
     /// One message, if this shard holds it.
     pub fn show(&self, id: MessageId) -> Option<MessageInfo> {
         let st = self.state.borrow();
-        Some(st.messages.get(&id)?.info(id))
+        Some(st.messages.get(&id)?.info(id, &st.suspended))
     }
 
     /// The first `max` bytes of a message's header section, for `show`.
@@ -196,13 +208,19 @@ impl Scheduler {
     }
 
     /// Removes a message from the queue without delivering or bouncing it.
+    /// Answers Ok only once the removal is on disk: a delete the operator
+    /// is told about never comes back after a restart.
     pub async fn delete(self: &Rc<Self>, id: MessageId) -> Result<(), OperationError> {
         let env = self.take_out(id)?;
-        if let Err(e) = self.spool.remove(id, &env.body).await {
-            // Put back: the record is still on disk and will be retried.
-            log::error!("{id}: delete failed: {e}");
+        let removed = match self.spool.remove(id, &env.body).await {
+            Ok(()) => self.spool.make_durable().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            // Put back: the message stays queued and is retried.
+            let _ = self.spool.update(id, &env).await;
             self.dispatch(id);
-            return Ok(());
+            return Err(OperationError::Storage(id, e.to_string()));
         }
         queue_gauges(&env, -1.0);
         self.state.borrow_mut().remove(id);
@@ -255,9 +273,20 @@ impl Scheduler {
 }
 
 impl Entry {
-    fn info(&self, id: MessageId) -> MessageInfo {
+    fn info(&self, id: MessageId, suspended: &HashMap<String, Option<u64>>) -> MessageInfo {
         let env = &self.env;
         let deferred = self.deferred;
+        let all_suspended = env
+            .recipients
+            .iter()
+            .filter(|r| r.status == RecipientStatus::Pending)
+            .all(|r| suspended.contains_key(&super::state::domain_of(&r.address)));
+        let state = match (deferred, all_suspended, self.in_flight > 0) {
+            (true, _, _) => "deferred",
+            (false, true, false) => "suspended",
+            (false, _, true) => "delivering",
+            (false, false, false) => "queued",
+        };
         MessageInfo {
             id: id.to_string(),
             sender: env.sender.clone(),
@@ -265,7 +294,7 @@ impl Entry {
             created: env.created,
             attempts: env.attempts,
             next_attempt: deferred.then_some(env.next_due),
-            state: if deferred { "deferred" } else { "active" }.into(),
+            state: state.into(),
             recipients: env
                 .recipients
                 .iter()
@@ -295,6 +324,7 @@ mod tests {
             last_error: Some("451 old".into()),
             last_error_at: 100,
             suspended: false,
+            suspended_until: None,
         };
         a.merge(DomainSummary {
             domain: "a.example".into(),
@@ -305,10 +335,12 @@ mod tests {
             last_error: Some("452 new".into()),
             last_error_at: 200,
             suspended: true,
+            suspended_until: Some(900),
         });
         assert_eq!((a.messages, a.recipients, a.oldest_secs), (3, 4, 50));
         assert_eq!(a.deferred, 2);
         assert_eq!(a.last_error.as_deref(), Some("452 new"));
         assert!(a.suspended);
+        assert_eq!(a.suspended_until, Some(900));
     }
 }

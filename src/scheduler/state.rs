@@ -17,7 +17,7 @@
 //! Must not: do I/O, read the clock, or log: the scheduler does, around
 //! these calls.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
 use super::tally::Tallies;
@@ -43,7 +43,9 @@ pub struct State {
     pub domains: HashMap<String, DomainQueue>,
     pub deferred: BTreeSet<(u64, MessageId)>,
     pub tallies: Tallies,
-    pub suspended: HashSet<String>,
+    /// Suspended domains, and when each suspension ends by itself (Unix
+    /// seconds), if it does.
+    pub suspended: HashMap<String, Option<u64>>,
 }
 
 pub struct Entry {
@@ -212,6 +214,21 @@ impl State {
         }
     }
 
+    /// Suspensions that have ended by `now`: taken out, their domains
+    /// returned.
+    pub fn take_expired_suspensions(&mut self, now: u64) -> Vec<String> {
+        let ended: Vec<String> = self
+            .suspended
+            .iter()
+            .filter(|(_, until)| until.is_some_and(|t| t <= now))
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in &ended {
+            self.suspended.remove(d);
+        }
+        ended
+    }
+
     /// Takes every message due at `now` out of the due-time index.
     pub fn take_due(&mut self, now: u64) -> Vec<MessageId> {
         let due = pop_due(&mut self.deferred, now);
@@ -246,7 +263,7 @@ impl State {
     /// Whether `domain` needs one more worker (within `limit` workers and
     /// the jobs waiting for one); if so, counts it as starting.
     pub fn add_worker(&mut self, domain: &str, limit: usize) -> bool {
-        if self.suspended.contains(domain) {
+        if self.suspended.contains_key(domain) {
             return false;
         }
         let q = self.domains.entry(domain.to_string()).or_default();
@@ -262,7 +279,7 @@ impl State {
     /// ready, the domain suspended, or `stop`). `first`: the worker's first
     /// call, which ends its starting phase.
     pub fn next_job(&mut self, domain: &str, first: bool, stop: bool) -> Option<Job> {
-        let suspended = self.suspended.contains(domain);
+        let suspended = self.suspended.contains_key(domain);
         let q = self
             .domains
             .get_mut(domain)
@@ -523,7 +540,7 @@ mod tests {
         let id = IdGenerator::new(0).next_id();
         st.admit(id, env(&["a@a.example"]));
         st.dispatch(id);
-        st.suspended.insert("a.example".into());
+        st.suspended.insert("a.example".into(), None);
         assert!(!st.add_worker("a.example", 1));
         st.suspended.clear();
         assert!(st.add_worker("a.example", 1));

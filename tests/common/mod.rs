@@ -14,6 +14,7 @@ use std::time::Duration;
 use ringpost::config::{Config, Listen};
 use ringpost::queue::{Envelope, MessageId, Spool, SpoolOptions, existing_shards};
 use ringpost::server::{self, Server};
+use ringpost::shard::clock::Clock;
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -24,6 +25,8 @@ pub struct TestServer {
     pub cfg: Config,
     pub shards: usize,
     pub spool_dir: PathBuf,
+    /// The server's clock: manual when the test drives time.
+    pub clock: Clock,
     server: Option<Server>,
     _tmp: tempfile::TempDir,
 }
@@ -31,6 +34,15 @@ pub struct TestServer {
 /// Starts a server with `shards` executors on 127.0.0.1:0; `tweak` edits the
 /// config first.
 pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    start_with_clock(shards, Clock::System, tweak)
+}
+
+/// [`start_with`] on `clock` (a manual one lets the test move time).
+pub fn start_with_clock(
+    shards: usize,
+    clock: Clock,
+    tweak: impl FnOnce(&mut Config),
+) -> TestServer {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut cfg = Config::default();
     cfg.server.hostname = "mx.test.example".into();
@@ -49,7 +61,7 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
     cfg.dns.nameservers = vec!["127.0.0.1:9".parse().unwrap()];
     tweak(&mut cfg);
     let spool_dir = cfg.spool.dir.clone();
-    let server = server::start(cfg.clone()).expect("server starts");
+    let server = server::start_with_clock(cfg.clone(), clock.clone()).expect("server starts");
     let l = server.listeners;
     TestServer {
         addr: l.smtp.expect("smtp is on"),
@@ -60,6 +72,7 @@ pub fn start_with(shards: usize, tweak: impl FnOnce(&mut Config)) -> TestServer 
         cfg,
         shards,
         spool_dir,
+        clock,
         server: Some(server),
         _tmp: tmp,
     }
@@ -142,7 +155,8 @@ impl TestServer {
     /// Stops the server and starts it again on the same spool (and a new port).
     pub fn restart(&mut self) {
         self.stop();
-        let server = server::start(self.cfg.clone()).expect("server restarts");
+        let server = server::start_with_clock(self.cfg.clone(), self.clock.clone())
+            .expect("server restarts");
         self.addr = server.listeners.smtp.expect("smtp is on");
         self.admin_addr = server.listeners.admin;
         self.server = Some(server);
