@@ -63,15 +63,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error(
-        "the spool {dir} was written by {found} shards but {want} are configured; \
-         run with --shards {found} (or server.shards = {found}) until it is empty"
-    )]
-    ShardMismatch {
-        dir: String,
-        found: usize,
-        want: usize,
-    },
     #[error("shard {shard}: {reason}")]
     Shard { shard: usize, reason: String },
     #[error("starting executors: {0}")]
@@ -160,6 +151,19 @@ pub fn shard_count(cfg: &Config) -> usize {
     }
 }
 
+/// One shard per CPU, spread over the cores; more shards than CPUs are
+/// allowed (a spool written by a bigger machine, say) but not pinned.
+fn placement(shards: usize) -> PoolPlacement {
+    let cpus = CpuSet::online().ok();
+    match cpus.as_ref().map_or(0, |c| c.len()) {
+        n if n >= shards => PoolPlacement::MaxSpread(shards, cpus),
+        n => {
+            log::warn!("{shards} shards on {n} CPUs: the shards' threads are not pinned to CPUs");
+            PoolPlacement::Unbound(shards)
+        }
+    }
+}
+
 /// Starts every shard and waits until all are serving.
 pub fn start(cfg: Config) -> Result<Server, StartError> {
     start_with_clock(cfg, Clock::System)
@@ -169,7 +173,6 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
 /// with a manual one).
 pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError> {
     let shards = shard_count(&cfg);
-    check_spool_layout(&cfg, shards)?;
     let (mesh, works) = mesh::mesh(shards);
     let prepared = Arc::new(prepare(cfg, shards, clock, mesh)?);
     crate::metrics::install();
@@ -185,31 +188,30 @@ pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError>
     let seats = Arc::new(Mutex::new(seats));
     let next_index = Arc::new(AtomicUsize::new(0));
     let shared = prepared.clone();
-    let handles =
-        LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, CpuSet::online().ok()))
-            .name("ringpost-shard")
-            .io_memory(IO_MEMORY)
-            .on_all_shards(move || {
-                let index = next_index.fetch_add(1, Ordering::SeqCst);
-                let seat = seats.lock().expect("start-up only")[index]
-                    .take()
-                    .expect("one seat per shard");
-                let guard = StopGuard {
-                    shard: index,
-                    tx: report_tx.clone(),
-                };
-                let shared = shared.clone();
-                async move {
-                    if let Err(reason) = run_shard(shared, seat, &guard.tx).await {
-                        let _ = guard.tx.send(ShardReport::Failed {
-                            shard: index,
-                            reason,
-                        });
-                    }
-                    drop(guard);
+    let handles = LocalExecutorPoolBuilder::new(placement(shards))
+        .name("ringpost-shard")
+        .io_memory(IO_MEMORY)
+        .on_all_shards(move || {
+            let index = next_index.fetch_add(1, Ordering::SeqCst);
+            let seat = seats.lock().expect("start-up only")[index]
+                .take()
+                .expect("one seat per shard");
+            let guard = StopGuard {
+                shard: index,
+                tx: report_tx.clone(),
+            };
+            let shared = shared.clone();
+            async move {
+                if let Err(reason) = run_shard(shared, seat, &guard.tx).await {
+                    let _ = guard.tx.send(ShardReport::Failed {
+                        shard: index,
+                        reason,
+                    });
                 }
-            })
-            .map_err(|e| StartError::Executor(e.to_string()))?;
+                drop(guard);
+            }
+        })
+        .map_err(|e| StartError::Executor(e.to_string()))?;
 
     let mut server = Server {
         listeners: prepared.listeners,
@@ -386,11 +388,22 @@ struct Parts {
 /// Opens the spool, builds the scheduler and the door in front of it, and
 /// the SMTP front end. Blocking work (recovery) happens here, before the
 /// shard serves.
-fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
+async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
     let cfg = &p.cfg;
     let opts = SpoolOptions::from(&cfg.spool);
-    let (spool, recovered) =
+    let (spool, mut recovered) =
         Spool::start(&cfg.spool.dir, index as u16, &opts).map_err(|e| e.to_string())?;
+    for orphan in orphans_of(cfg, index, p.shards) {
+        log::warn!(
+            "shard {index}: the spool of shard {orphan} has no shard to run it ({} shards now): taking it over",
+            p.shards
+        );
+        let moved = spool
+            .adopt_orphan(&cfg.spool.dir, orphan, &opts)
+            .await
+            .map_err(|e| format!("taking over shard {orphan}'s spool: {e}"))?;
+        recovered.messages.extend(moved);
+    }
     let r = &recovered.report;
     log::info!(
         "shard {index}: spool {} recovered: {} messages ({} replayed from the journal), {} quarantined, {} unreferenced segments removed",
@@ -549,7 +562,7 @@ async fn run_shard(
     seat: Seat,
     reports: &flume::Sender<ShardReport>,
 ) -> Result<(), String> {
-    let parts = assemble(&p, seat.index)?;
+    let parts = assemble(&p, seat.index).await?;
     let bound = bind(&p.listeners, seat.index)?;
     let stop = seat.stop.clone();
     let loops = spawn_loops(&p, seat, &parts, bound);
@@ -577,16 +590,14 @@ async fn run_shard(
     Ok(())
 }
 
-fn check_spool_layout(cfg: &Config, shards: usize) -> Result<(), StartError> {
-    let found = existing_shards(&cfg.spool.dir);
-    match found.last() {
-        Some(&max) if max as usize >= shards => Err(StartError::ShardMismatch {
-            dir: cfg.spool.dir.display().to_string(),
-            found: max as usize + 1,
-            want: shards,
-        }),
-        _ => Ok(()),
-    }
+/// The spools of shards that no longer run (`shard-k` with k >= `shards`)
+/// which shard `index` takes over: those with `k % shards == index`, the
+/// shard their messages' ids name now (`MessageId::shard`).
+fn orphans_of(cfg: &Config, index: usize, shards: usize) -> Vec<u16> {
+    existing_shards(&cfg.spool.dir)
+        .into_iter()
+        .filter(|&k| k as usize >= shards && k as usize % shards == index)
+        .collect()
 }
 
 impl Server {

@@ -13,8 +13,12 @@ section! {
         /// start-up when that is not a fully qualified name).
         hostname: String = String::new(),
         /// Executors, one per core. `0`: one per online CPU. `serve
-        /// --shards N` overrides it. A spool remembers how many shards wrote
-        /// it: start with at least that many until it is empty.
+        /// --shards N` overrides it. The count may change between runs:
+        /// with more shards the new ones start empty; with fewer, each
+        /// shard takes over the spools of the shards that no longer run at
+        /// start-up (copied durably, then removed; a start cut off half-way
+        /// copies them again, without duplicates). More shards than CPUs
+        /// run unpinned.
         shards: usize = 0,
         /// On SIGTERM or SIGINT ringpost stops accepting, lets open mail
         /// transactions, injection requests and delivery attempts finish for

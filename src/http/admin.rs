@@ -134,21 +134,17 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
         ("GET", ["queue", "messages", id]) => Ok(Response::json(200, &show(shards, id).await?)),
         ("DELETE", ["queue", "messages", id]) => {
             let id = message_id(id)?;
-            shards
-                .ask(
-                    owner(shards, id),
-                    move |s| async move { s.delete(id).await },
-                )
-                .await??;
+            on_holder(shards, id, move |s| async move { s.delete(id).await }).await?;
             Ok(Response::json(200, &json!({ "deleted": id.to_string() })))
         }
         ("POST", ["queue", "messages", id, "bounce"]) => {
             let id = message_id(id)?;
-            shards
-                .ask(owner(shards, id), move |s| async move {
-                    s.bounce_message(id).await
-                })
-                .await??;
+            on_holder(
+                shards,
+                id,
+                move |s| async move { s.bounce_message(id).await },
+            )
+            .await?;
             Ok(Response::json(200, &json!({ "bounced": id.to_string() })))
         }
         ("POST", ["queue", "flush"]) => {
@@ -278,18 +274,33 @@ async fn list(
 
 async fn show(shards: &Shards, id: &str) -> Result<MessageDetail, ApiError> {
     let id = message_id(id)?;
-    let detail = shards
-        .ask(owner(shards, id), move |s| async move {
-            let message = s.show(id)?;
-            let headers = s.headers(id, MAX_HEADERS).await;
-            Some(MessageDetail { message, headers })
-        })
-        .await?;
-    detail.ok_or(ApiError::Queue(OperationError::NotFound(id)))
+    on_holder(shards, id, move |s| async move {
+        let message = s.show(id).ok_or(OperationError::NotFound(id))?;
+        let headers = s.headers(id, MAX_HEADERS).await;
+        Ok(MessageDetail { message, headers })
+    })
+    .await
 }
 
-fn owner(shards: &Shards, id: MessageId) -> usize {
-    id.shard(shards.count())
+/// Runs `work` on the shard that holds message `id`: the one its id names
+/// (`MessageId::shard`), or, when that one does not have it, the others in
+/// turn (a message taken over from a shard that no longer runs lives on
+/// the shard that took it; a later start with more shards names another).
+async fn on_holder<T, F, Fut>(shards: &Shards, id: MessageId, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(Rc<Scheduler>) -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = Result<T, OperationError>> + 'static,
+{
+    let first = id.shard(shards.count());
+    let order = std::iter::once(first).chain((0..shards.count()).filter(|&s| s != first));
+    for shard in order {
+        match shards.ask(shard, work.clone()).await? {
+            Err(OperationError::NotFound(_)) => continue,
+            answer => return Ok(answer?),
+        }
+    }
+    Err(ApiError::Queue(OperationError::NotFound(id)))
 }
 
 fn message_id(text: &str) -> Result<MessageId, ApiError> {

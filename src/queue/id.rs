@@ -13,8 +13,11 @@
 //! Printed as 32 lower-case hex digits.
 //!
 //! Placement: [`MessageId::shard`] is the one place that says which shard
-//! owns a message (the one that minted it); nothing else reads the field
-//! for that.
+//! owns a message (the one that minted it). After the shard count shrank,
+//! a message taken over from a shard that no longer runs lives on the shard
+//! that took it, which is what `shard` names for that count; a later change
+//! of count can name another, so a lookup by id that misses asks the other
+//! shards (`http::admin`).
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};

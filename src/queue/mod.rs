@@ -190,6 +190,19 @@ pub fn existing_shards(root: &Path) -> Vec<u16> {
 /// How often recovery reports its progress.
 const RECOVERY_PROGRESS: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Removes a spool directory whose sled database was just closed (sled
+/// lets go of its files a moment after the last handle is dropped).
+fn remove_dir_when_unlocked(dir: &Path) -> std::io::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if started.elapsed() >= LOCK_WAIT => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
 /// How long `open_db` waits for a lock that a closing spool still holds.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -526,6 +539,57 @@ impl Spool {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         self.commit.flush_now();
+    }
+
+    /// Takes over the spool of a shard that no longer runs (the server was
+    /// started with fewer shards than wrote the spool): every message in
+    /// `orphan`'s directory is copied into this spool under its own id, with
+    /// its state (recipients, attempts, retry time), durably (the group
+    /// commit); then the orphan's directory is removed. Returns what was
+    /// moved, for the scheduler to take over.
+    ///
+    /// Crash-safe: the orphan is removed only after every copy is on disk,
+    /// and a copy is keyed by the message's own id, so a crash in between
+    /// makes the next start copy the same messages again, overwriting
+    /// rather than duplicating them. The id still names the shard that
+    /// minted it; `MessageId::shard` maps it to this one (`k % shards`).
+    pub async fn adopt_orphan(
+        &self,
+        root: &Path,
+        orphan: u16,
+        opts: &SpoolOptions,
+    ) -> Result<Vec<(MessageId, Envelope)>, SpoolError> {
+        let old = Spool::open(root, orphan, opts)?;
+        let found = old.recover_messages()?;
+        let total = found.messages.len();
+        let mut moved = Vec::with_capacity(total);
+        let mut progress = std::time::Instant::now();
+        for (id, env) in found.messages {
+            let body = old.read_body_blocking(id, &env)?;
+            moved.push((id, self.enqueue(id, env, body).await?));
+            if progress.elapsed() >= RECOVERY_PROGRESS {
+                progress = std::time::Instant::now();
+                log::info!(
+                    "spool shard {}: taking over shard {orphan}: {} of {total} messages",
+                    self.shard,
+                    moved.len()
+                );
+            }
+        }
+        for (domain, until) in old.suspensions() {
+            self.suspensions
+                .insert(domain.as_bytes(), &until.unwrap_or(0).to_be_bytes())
+                .map_err(|source| self.db_err(source))?;
+        }
+        self.make_durable().await?;
+        let dir = old.path.clone();
+        drop(old);
+        remove_dir_when_unlocked(&dir).map_err(|source| SpoolError::Open { path: dir, source })?;
+        log::info!(
+            "spool shard {}: took over shard {orphan}'s {total} messages",
+            self.shard
+        );
+        Ok(moved)
     }
 
     /// Makes the latest state changes and removals durable, and unlinks
