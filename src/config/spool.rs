@@ -43,6 +43,16 @@ section! {
         /// sessions; choose it when fdatasync is slow (spinning or network
         /// disks). Either way the 250 comes only after the fdatasync.
         sync: SyncMode = SyncMode::Inline,
+        /// Free space the spool's file system keeps in reserve, in bytes:
+        /// below it, reception stops (`452 4.3.1 Insufficient system
+        /// storage`, HTTP `507`) until space comes back, so that removals,
+        /// state changes, the admin's deletes and recovery always have room.
+        /// At least twice `segment_bytes` (the next segment is made ahead);
+        /// better a few times `smtp.max_message_size` too. `0`: no reserve,
+        /// not recommended: when the disk fills, the queue index (sled)
+        /// fails for good after its first failed write, and the shard
+        /// refuses mail (451) until a restart with free space.
+        min_free_bytes: u64 = 160 << 20,
     }
 }
 
@@ -53,6 +63,12 @@ impl SpoolConfig {
         }
         if !(1 << 20..=1 << 30).contains(&self.segment_bytes) {
             p.at("spool.segment_bytes", "must be between 1 MiB and 1 GiB");
+        }
+        if self.min_free_bytes > 0 && self.min_free_bytes < 2 * self.segment_bytes {
+            p.at(
+                "spool.min_free_bytes",
+                "must be 0 or at least twice segment_bytes (the next segment is made ahead)",
+            );
         }
     }
 }

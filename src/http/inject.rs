@@ -255,9 +255,9 @@ impl Injector {
             content_start,
         };
         let accepted = self.door.accept(msg).await.map_err(|e| match e {
-            DoorRefusal::Storage(e) => {
-                log::error!("{e}");
-                refuse(503, "queue file write error: try again")
+            DoorRefusal::Storage(_) => refuse(503, "queue file write error: try again"),
+            DoorRefusal::InsufficientStorage => {
+                refuse(507, "insufficient storage on the server: try again later")
             }
         })?;
         Ok(Response::json(

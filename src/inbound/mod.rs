@@ -21,11 +21,13 @@
 pub mod smtp;
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use crate::events::EventLog;
 use crate::queue::{MessageId, NewMessage, Spool, SpoolError};
 use crate::scheduler::Scheduler;
 use crate::shard::clock::Clock;
+use crate::shard::log_limit::LogLimit;
 
 /// Why the door did not take a message. Each front end maps it to its own
 /// answer (SMTP: one reply code in `proto::reply`; HTTP: a status).
@@ -34,6 +36,10 @@ pub enum Refusal {
     /// The spool could not store it: the client should try again.
     #[error(transparent)]
     Storage(#[from] SpoolError),
+    /// The spool's file system is under its free-space reserve
+    /// (`spool.min_free_bytes`): the client should try again later.
+    #[error("the spool's free space is under its reserve")]
+    InsufficientStorage,
 }
 
 /// What the door took.
@@ -48,6 +54,9 @@ pub struct Door {
     scheduler: Rc<Scheduler>,
     events: Rc<EventLog>,
     clock: Clock,
+    /// Refusals can come by the thousand a second (a full disk): logged
+    /// once, then counted.
+    refusals_logged: LogLimit,
 }
 
 impl Door {
@@ -62,7 +71,14 @@ impl Door {
             scheduler,
             events,
             clock,
+            refusals_logged: LogLimit::new(Duration::from_secs(10)),
         }
+    }
+
+    /// Whether a new message would be taken now (free space above the
+    /// reserve). The SMTP front end asks at MAIL, before the body comes.
+    pub fn has_room(&self) -> bool {
+        self.spool.has_room()
     }
 
     /// A new id owned by this shard, for the message about to be received
@@ -85,10 +101,16 @@ impl Door {
             body,
             content_start: _,
         } = msg;
+        if !self.spool.has_room() {
+            return Err(self.refused(id, Refusal::InsufficientStorage));
+        }
         let now = self.clock.now();
         envelope.created = now;
         envelope.next_due = now;
-        let stored = self.spool.enqueue(id, envelope, body).await?;
+        let stored = match self.spool.enqueue(id, envelope, body).await {
+            Ok(stored) => stored,
+            Err(e) => return Err(self.refused(id, Refusal::Storage(e))),
+        };
         ::metrics::counter!(crate::metrics::MESSAGES_RECEIVED).increment(1);
         ::metrics::counter!(crate::metrics::RECIPIENTS_RECEIVED)
             .increment(stored.recipients.len() as u64);
@@ -99,6 +121,18 @@ impl Door {
         };
         self.scheduler.submit(id, stored);
         Ok(accepted)
+    }
+
+    /// Counts and logs (rate-limited) a refusal.
+    fn refused(&self, id: MessageId, why: Refusal) -> Refusal {
+        let reason = match why {
+            Refusal::Storage(_) => "storage",
+            Refusal::InsufficientStorage => "space",
+        };
+        ::metrics::counter!(crate::metrics::RECEPTION_REFUSED, "reason" => reason).increment(1);
+        self.refusals_logged
+            .log(log::Level::Error, || format!("message {id} refused: {why}"));
+        why
     }
 
     /// Takes the delivery status notifications the scheduler makes until

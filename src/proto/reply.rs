@@ -101,6 +101,8 @@ pub enum Rejection {
     BareLf,
     #[error("bare CR received")]
     BareCr,
+    #[error("insufficient system storage")]
+    InsufficientStorage,
     #[error("too many errors")]
     TooManyErrors,
     #[error("idle timeout")]
@@ -163,6 +165,7 @@ impl Rejection {
             TooManyErrors => Reply::new(421, "4.7.0", "Error: too many errors, closing"),
             Timeout => Reply::new(421, "4.4.2", "Error: timeout exceeded, closing"),
             StorageFailure => Reply::new(451, "4.3.0", "Error: queue file write error"),
+            InsufficientStorage => Reply::new(452, "4.3.1", "Insufficient system storage"),
             ShuttingDown => Reply::new(421, "4.3.2", "Service shutting down, closing"),
             NotImplemented => Reply::new(502, "5.5.1", "Error: command not implemented"),
             PipelinedAfterStartTls => Reply::new(

@@ -439,7 +439,11 @@ impl GroupCommit {
         match result {
             Ok(_) => self.after_flush(&doomed, covered),
             Err(e) => {
-                log::error!("spool: sled flush failed: {e}");
+                FLUSH_ERRORS.with(|l| {
+                    l.log(log::Level::Error, || {
+                        format!("spool: sled flush failed: {e}")
+                    })
+                });
                 self.state.borrow_mut().dirty = true;
             }
         }
@@ -538,6 +542,9 @@ impl State {
 }
 
 thread_local! {
+    /// A failing disk fails every flush: logged once per interval.
+    static FLUSH_ERRORS: crate::shard::log_limit::LogLimit =
+        const { crate::shard::log_limit::LogLimit::new(Duration::from_secs(10)) };
     static ROUNDS: RefCell<(u64, u64)> = const { RefCell::new((0, 0)) };
 }
 

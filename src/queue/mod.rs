@@ -116,6 +116,9 @@ pub struct NewMessage {
 /// Tunables of one shard's spool.
 #[derive(Debug, Clone)]
 pub struct SpoolOptions {
+    /// Free space to keep on the spool's file system (see
+    /// [`Spool::has_room`]).
+    pub min_free_bytes: u64,
     /// sled's page cache per shard, bytes.
     pub cache_bytes: u64,
     /// Size of a body segment; a larger body gets a segment of its own.
@@ -127,6 +130,7 @@ pub struct SpoolOptions {
 impl From<&crate::config::SpoolConfig> for SpoolOptions {
     fn from(c: &crate::config::SpoolConfig) -> SpoolOptions {
         SpoolOptions {
+            min_free_bytes: c.min_free_bytes,
             cache_bytes: c.cache_bytes,
             segment_bytes: c.segment_bytes,
             sync: c.sync,
@@ -161,7 +165,22 @@ pub struct Spool {
     segments: Rc<Segments>,
     commit: GroupCommit,
     ids: RefCell<IdGenerator>,
+    space: FreeSpace,
 }
+
+/// The spool file system's free space, looked at again when the last look
+/// is old or much has been written since.
+struct FreeSpace {
+    reserve: u64,
+    free: std::cell::Cell<u64>,
+    checked: std::cell::Cell<Option<std::time::Instant>>,
+    written: std::cell::Cell<u64>,
+}
+
+/// A look at the free space is good for this long...
+const SPACE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// ...or for this many bytes written.
+const SPACE_CHECK_BYTES: u64 = 4 << 20;
 
 /// What [`Spool::start`] found: the report, and every queued message,
 /// decoded once, for the scheduler to take over.
@@ -279,7 +298,52 @@ impl Spool {
             suspensions,
             segments,
             ids: RefCell::new(IdGenerator::new(shard)),
+            space: FreeSpace {
+                reserve: opts.min_free_bytes,
+                free: std::cell::Cell::new(u64::MAX),
+                checked: std::cell::Cell::new(None),
+                written: std::cell::Cell::new(0),
+            },
         })
+    }
+
+    /// Whether the spool's file system has more free space than the
+    /// reserve (`spool.min_free_bytes`): reception takes a message only
+    /// then. Looked up with statvfs at most every 100 ms or 4 MiB written.
+    pub fn has_room(&self) -> bool {
+        let s = &self.space;
+        if s.reserve == 0 {
+            return true;
+        }
+        let stale = s
+            .checked
+            .get()
+            .is_none_or(|t| t.elapsed() >= SPACE_CHECK_INTERVAL)
+            || s.written.get() >= SPACE_CHECK_BYTES;
+        if stale {
+            s.free.set(self.free_bytes().unwrap_or(u64::MAX));
+            s.checked.set(Some(std::time::Instant::now()));
+            s.written.set(0);
+            ::metrics::gauge!(crate::metrics::SPOOL_FREE_BYTES).set(s.free.get() as f64);
+        }
+        s.free.get().saturating_sub(s.written.get()) > s.reserve
+    }
+
+    /// Free bytes on the spool's file system (for unprivileged users).
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.path.as_os_str().as_bytes())
+            .map_err(std::io::Error::other)?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: a NUL-terminated path and a buffer statvfs fills.
+        if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: statvfs returned 0, so it filled the buffer.
+        let st = unsafe { st.assume_init() };
+        // c_ulong: u64 here, u32 on 32-bit targets.
+        #[allow(clippy::unnecessary_cast)]
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
     }
 
     /// Opens the spool of `shard`, recovers it and prepares the first
@@ -509,26 +573,43 @@ impl Spool {
         // where the frame is.
         env.body = BodyRef::default();
         let frame = Frame::new(id.as_bytes(), &env.encode(), body);
+        self.space
+            .written
+            .set(self.space.written.get() + frame.len());
         let (body_ref, write) = self.segments.reserve_frame(frame).map_err(body_err)?;
         self.segments.prepare_spare();
+        let (segment, frame_offset) = (write.segment, write.offset);
         let ticket = self
             .commit
-            .register(write.segment, body_ref.offset + body_ref.len);
+            .register(segment, body_ref.offset + body_ref.len);
         env.body = body_ref;
         if let Err(e) = self.segments.write(write).await {
             self.commit.failed(ticket);
+            self.void(id, segment, frame_offset);
             self.segments.release(&body_ref);
             return Err(body_err(e));
         }
         let key = *id.as_bytes();
         if let Err(reason) = self.commit.written(ticket, key, env.encode()).await {
-            // The round may have inserted the record before failing.
+            // The round may have inserted the record before failing; the
+            // frame may be on disk whole. Neither may outlive the refusal.
             let _ = self.envelopes.remove(key);
             self.commit.touched();
+            self.void(id, segment, frame_offset);
             self.segments.release(&body_ref);
             return Err(SpoolError::Commit { id, reason });
         }
         Ok(env)
+    }
+
+    /// Makes sure a refused message's frame is never replayed (see
+    /// `Segments::void`).
+    fn void(&self, id: MessageId, segment: u32, frame_offset: u64) {
+        if let Err(e) = self.segments.void(segment, frame_offset) {
+            // Left as it is, replay could bring the refused message back:
+            // a duplicate of what the client will send again.
+            log::error!("message {id}: cannot void its frame in segment {segment}: {e}");
+        }
     }
 
     /// Waits until no commit round or flush is in flight, then flushes

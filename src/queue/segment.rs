@@ -344,6 +344,28 @@ impl Segments {
         write_all_vectored_at(&w.file, [&w.head, &w.body], w.offset)
     }
 
+    /// Unmakes a frame whose message was refused after its write (its
+    /// commit failed): its magic is overwritten with zeros and the segment
+    /// synced, so that replay stops there and never brings back a message
+    /// whose client was told no. Replay stops at the first frame that is not
+    /// whole, and every later frame of the segment failed with this one
+    /// (the segment is sealed), so nothing acknowledged is lost by it. The
+    /// bytes are written over blocks the frame already has: this needs no
+    /// free space.
+    pub fn void(&self, segment: u32, frame_offset: u64) -> io::Result<()> {
+        let file = self
+            .state
+            .borrow()
+            .files
+            .get(&segment)
+            .map(|f| f.file.clone());
+        let Some(file) = file else {
+            return Ok(());
+        };
+        file.write_all_at(&[0; 4], frame_offset)?;
+        file.sync_data()
+    }
+
     /// Stops appending to `segment` after a failed write or sync (frames
     /// after a hole could not be replayed), and keeps its file from being
     /// recycled.
@@ -792,7 +814,7 @@ fn zero_filled(path: &Path, size: u64) -> io::Result<File> {
 /// A reserved frame write (see [`Segments::reserve_frame`]).
 pub struct PendingWrite {
     pub segment: u32,
-    offset: u64,
+    pub offset: u64,
     file: Arc<File>,
     head: Vec<u8>,
     body: Vec<u8>,

@@ -51,6 +51,7 @@ use crate::outbound::route::Router;
 use crate::outbound::{Attempt, Delivery, DeliveryOutcome, outcome};
 use crate::queue::{Envelope, MessageId, NewMessage, RecipientStatus, Spool, SpoolError};
 use crate::shard::clock::Clock;
+use crate::shard::log_limit::LogLimit;
 use crate::shard::share;
 use crate::shard::tasks::TaskSet;
 use retry::{RetryPolicy, RoundEnd};
@@ -99,6 +100,9 @@ pub struct Scheduler {
     /// Delivery status notifications on their way to the reception door;
     /// closed at the end of the drain.
     notifications: RefCell<Option<flume::Sender<NewMessage>>>,
+    /// Spool errors repeat for every message while a disk is full or
+    /// failing: logged once, then counted.
+    spool_errors_logged: LogLimit,
 }
 
 impl Scheduler {
@@ -123,6 +127,7 @@ impl Scheduler {
             tasks: TaskSet::default(),
             draining: Cell::new(false),
             notifications: RefCell::new(Some(tx)),
+            spool_errors_logged: LogLimit::new(Duration::from_secs(10)),
         };
         (Rc::new(scheduler), rx)
     }
@@ -284,7 +289,8 @@ impl Scheduler {
             Ok(body) => body,
             Err(e) => {
                 // Retried like any temporary failure; expiry bounds it.
-                log::error!("{e}");
+                self.spool_errors_logged
+                    .log(log::Level::Error, || e.to_string());
                 let reply = format!("local error reading the queued message: {e}");
                 return all(DeliveryOutcome::Temporary { reply });
             }
@@ -406,7 +412,8 @@ impl Scheduler {
         };
         if let Err(e) = result {
             // The old record stays; the message is retried from it.
-            log::error!("{e}");
+            self.spool_errors_logged
+                .log(log::Level::Error, || e.to_string());
         }
         if done {
             queue_gauges(&env, -1.0);

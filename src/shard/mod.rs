@@ -3,9 +3,10 @@
 //!
 //! Owns: [`share`] (a shard's part of a global limit) and the submodules:
 //! [`tasks`] (task sets a shard cancels on stop), [`stop`] (the stop
-//! signal), [`net`] (shared listeners and the accept loop's race with
-//! stop), [`mesh`] (asking another shard to run work on its own state) and
-//! [`clock`] (the wall clock, which tests can drive).
+//! signal), [`net`] (shared listeners that stop accepting on that signal),
+//! [`mesh`] (asking another shard to run work on its own state),
+//! [`clock`] (the wall clock, which tests can drive) and [`log_limit`]
+//! (log lines that could repeat, rate-limited).
 //!
 //! May call: nothing else in the crate. Must not: import any service
 //! (queue, scheduler, inbound, http, server): they all stand on this, and
@@ -13,6 +14,7 @@
 //! queue's to say: `MessageId::shard`.)
 
 pub mod clock;
+pub mod log_limit;
 pub mod mesh;
 pub mod net;
 pub mod stop;

@@ -189,13 +189,12 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &SmtpService) -> 
     }
 }
 
-/// The one mapping from the door's refusals to SMTP replies.
+/// The one mapping from the door's refusals to SMTP replies (the door
+/// logged them).
 fn refusal_reply(refusal: &Refusal) -> Reply {
     match refusal {
-        Refusal::Storage(e) => {
-            log::error!("{e}");
-            Rejection::StorageFailure.reply()
-        }
+        Refusal::Storage(_) => Rejection::StorageFailure.reply(),
+        Refusal::InsufficientStorage => Rejection::InsufficientStorage.reply(),
     }
 }
 

@@ -287,7 +287,14 @@ async fn drive(
             LineEvent::Line { len, consumed, .. } => {
                 let parsed = command::parse(&conn.pending()[..len]);
                 conn.consume(consumed);
-                session.handle(parsed)
+                // A full spool says so at MAIL, before the body comes (RFC
+                // 5321 4.5.3.1.10 allows 452 there).
+                let mail = matches!(parsed, Ok(command::Command::Mail { .. }));
+                if mail && session.tx.is_none() && !shard.door.has_room() {
+                    Action::Reply(Rejection::InsufficientStorage.reply())
+                } else {
+                    session.handle(parsed)
+                }
             }
             LineEvent::TooLong { consumed } => {
                 conn.consume(consumed);
