@@ -9,6 +9,7 @@
 //! the error says so).
 
 pub mod admin_client;
+pub mod sink;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +56,23 @@ pub enum Command {
     ConfigReference,
     /// Print every metric ringpost exports: name, type and help text.
     DumpMetrics,
+    /// A test SMTP server that takes mail and discards it: for trying
+    /// ringpost without the internet (see the README's Quick start) and
+    /// for benchmarks. Never a real MX.
+    Sink {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:2626")]
+        listen: std::net::SocketAddr,
+        /// Answer 451 (try later) to every Nth message.
+        #[arg(long, default_value_t = 0)]
+        defer_every: u64,
+        /// Answer 550 (no such user) to every Nth message.
+        #[arg(long, default_value_t = 0)]
+        reject_every: u64,
+        /// Print nothing per message.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Read a password from standard input and print its argon2id hash,
     /// for a line `name:hash` of the submission users file.
     HashPassword,
@@ -184,6 +202,19 @@ fn load(config: Option<&PathBuf>) -> Result<Config> {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve { config, shards } => serve(config, shards),
+        Command::Sink {
+            listen,
+            defer_every,
+            reject_every,
+            quiet,
+        } => {
+            let opts = sink::SinkOptions {
+                defer_every,
+                reject_every,
+                verbose: !quiet,
+            };
+            sink::run(listen, opts).with_context(|| format!("sink on {listen}"))
+        }
         Command::DumpMetrics => {
             for m in crate::metrics::ALL {
                 println!("{}\t{}\t{}", m.name, m.kind.as_str(), m.help);

@@ -53,6 +53,13 @@ section! {
         /// fails for good after its first failed write, and the shard
         /// refuses mail (451) until a restart with free space.
         min_free_bytes: u64 = 160 << 20,
+        /// Compaction: a full segment whose queued bodies take less than
+        /// this percentage of it, for at least 30 s, has them copied into
+        /// the segment being written (durably, through the group commit,
+        /// then the queue index repointed), so that its space comes back
+        /// although some of its mail waits for days (deferrals). Paced: a
+        /// few MiB per second per shard. `0`: no compaction.
+        compact_below_percent: u64 = 50,
     }
 }
 
@@ -63,6 +70,9 @@ impl SpoolConfig {
         }
         if !(1 << 20..=1 << 30).contains(&self.segment_bytes) {
             p.at("spool.segment_bytes", "must be between 1 MiB and 1 GiB");
+        }
+        if self.compact_below_percent > 90 {
+            p.at("spool.compact_below_percent", "must be at most 90");
         }
         if self.min_free_bytes > 0 && self.min_free_bytes < 2 * self.segment_bytes {
             p.at(

@@ -206,6 +206,10 @@ pub fn existing_shards(root: &Path) -> Vec<u16> {
     v
 }
 
+/// How long a segment stays untouched by compaction after it was sealed:
+/// most of its mail is delivered within seconds, and needs no moving.
+const COMPACTION_SETTLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How often recovery reports its progress.
 const RECOVERY_PROGRESS: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -620,6 +624,33 @@ impl Spool {
             glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
         self.commit.flush_now();
+    }
+
+    /// Segments worth compacting (see `Segments::sparse`): their queued
+    /// bodies take less than `percent` of them.
+    pub fn sparse_segments(&self, percent: u64) -> Vec<u32> {
+        self.segments.sparse(percent, COMPACTION_SETTLE)
+    }
+
+    /// Compaction of one message: its body is copied into the active
+    /// segment as a new frame, with `env` (its current state) as the record,
+    /// through the group commit like any new message; then the old body is
+    /// released. Returns the new envelope (its new body place).
+    ///
+    /// Crash-safe at every step: until a sled flush covers the new record,
+    /// sled still points to the old frame, whose segment is kept (it is
+    /// unlinked only after a flush that covers the release); replay skips
+    /// the new frame because sled has the key. After the flush, sled points
+    /// to the new frame. Either way the message is there once.
+    ///
+    /// The caller must keep the message from being delivered, changed or
+    /// removed meanwhile (the scheduler takes it out of its due-time index
+    /// and counts it in flight).
+    pub async fn relocate(&self, id: MessageId, env: &Envelope) -> Result<Envelope, SpoolError> {
+        let body = self.read_body(id, env).await?;
+        let moved = self.enqueue(id, env.clone(), body).await?;
+        self.segments.release(&env.body);
+        Ok(moved)
     }
 
     /// Takes over the spool of a shard that no longer runs (the server was

@@ -200,6 +200,25 @@ struct SegmentFile {
     uring: Option<Rc<BufferedFile>>,
     /// Bodies reserved in this segment and not yet released.
     refs: u64,
+    /// Bytes of those bodies: what compaction would have to move.
+    live: u64,
+    /// The file's size (its capacity while it is active).
+    capacity: u64,
+    /// Since when appends go elsewhere (None while active).
+    sealed_at: Option<Instant>,
+}
+
+impl SegmentFile {
+    fn new(file: File, capacity: u64, sealed_at: Option<Instant>) -> SegmentFile {
+        SegmentFile {
+            file: Arc::new(file),
+            uring: None,
+            refs: 0,
+            live: 0,
+            capacity,
+            sealed_at,
+        }
+    }
 }
 
 struct State {
@@ -282,14 +301,10 @@ impl Segments {
             match seq {
                 Some(seq) => {
                     let file = File::options().read(true).write(true).open(entry.path())?;
-                    files.insert(
-                        seq,
-                        SegmentFile {
-                            file: Arc::new(file),
-                            uring: None,
-                            refs: 0,
-                        },
-                    );
+                    let size = file.metadata()?.len();
+                    // Appends go to new segments: every one found is sealed.
+                    let segment = SegmentFile::new(file, size, Some(Instant::now()));
+                    files.insert(seq, segment);
                 }
                 None => log::warn!("spool: ignoring stray file {:?}", entry.path()),
             }
@@ -319,7 +334,7 @@ impl Segments {
     /// offset order) and returns where its body will be, and the write to
     /// run. The write returns once the bytes are written (not yet synced).
     pub fn reserve_frame(&self, mut frame: Frame) -> io::Result<(BodyRef, PendingWrite)> {
-        let (segment, offset, file) = self.reserve(frame.len())?;
+        let (segment, offset, file) = self.reserve(frame.len(), frame.body.len() as u64)?;
         frame.seal(segment);
         Ok((
             frame.body_ref(segment, offset),
@@ -382,7 +397,7 @@ impl Segments {
 
     /// Picks the offset for `len` bytes, rotating to a new segment when the
     /// active one is full. Synchronous, so concurrent appends never overlap.
-    fn reserve(&self, len: u64) -> io::Result<(u32, u64, Arc<File>)> {
+    fn reserve(&self, len: u64, body_len: u64) -> io::Result<(u32, u64, Arc<File>)> {
         let mut st = self.state.borrow_mut();
         let fits = matches!(st.active, Some((_, cap, next)) if next + len <= cap);
         if !fits {
@@ -392,6 +407,7 @@ impl Segments {
         st.active = Some((seq, cap, next + len));
         let seg = st.files.get_mut(&seq).expect("active segment is open");
         seg.refs += 1;
+        seg.live += body_len;
         if seg.uring.is_none() {
             let fd = seg.file.try_clone()?.into_raw_fd();
             // SAFETY: `fd` is a fresh duplicate we own; BufferedFile closes it.
@@ -419,17 +435,13 @@ impl Segments {
         if cap == self.segment_bytes {
             st.recyclable.insert(seq);
         }
-        st.files.insert(
-            seq,
-            SegmentFile {
-                file: Arc::new(file),
-                uring: None,
-                refs: 0,
-            },
-        );
+        st.files.insert(seq, SegmentFile::new(file, cap, None));
         st.active = Some((seq, cap, 0));
         st.dir_changed = true;
         if let Some(old) = old {
+            if let Some(f) = st.files.get_mut(&old) {
+                f.sealed_at = Some(Instant::now());
+            }
             self.unlink_if_unused(st, old);
         }
         Ok(())
@@ -531,8 +543,26 @@ impl Segments {
         let mut st = self.state.borrow_mut();
         if let Some(seg) = st.files.get_mut(&r.segment) {
             seg.refs = seg.refs.saturating_sub(1);
+            seg.live = seg.live.saturating_sub(r.len);
         }
         self.unlink_if_unused(&mut st, r.segment);
+    }
+
+    /// Segments worth compacting: sealed for at least `settle`, and with
+    /// live bodies under `percent` of their size (see `Spool::relocate`).
+    pub fn sparse(&self, percent: u64, settle: Duration) -> Vec<u32> {
+        let st = self.state.borrow();
+        let active = st.active.map(|(s, _, _)| s);
+        st.files
+            .iter()
+            .filter(|(seq, f)| {
+                Some(**seq) != active
+                    && f.refs > 0
+                    && f.sealed_at.is_some_and(|t| t.elapsed() >= settle)
+                    && f.live.saturating_mul(100) < f.capacity.saturating_mul(percent)
+            })
+            .map(|(seq, _)| *seq)
+            .collect()
     }
 
     /// A sealed segment nobody refers to is closed and doomed: unlinked by
@@ -662,6 +692,7 @@ impl Segments {
             ));
         }
         seg.refs += 1;
+        seg.live += r.len;
         Ok(())
     }
 

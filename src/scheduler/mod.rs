@@ -103,6 +103,8 @@ pub struct Scheduler {
     /// Spool errors repeat for every message while a disk is full or
     /// failing: logged once, then counted.
     spool_errors_logged: LogLimit,
+    /// A compaction pass is under way.
+    compacting: Cell<bool>,
 }
 
 impl Scheduler {
@@ -128,6 +130,7 @@ impl Scheduler {
             draining: Cell::new(false),
             notifications: RefCell::new(Some(tx)),
             spool_errors_logged: LogLimit::new(Duration::from_secs(10)),
+            compacting: Cell::new(false),
         };
         (Rc::new(scheduler), rx)
     }
@@ -504,7 +507,59 @@ impl Scheduler {
                 self.delivery.pool.reap();
                 self.publish_domain_depths(&mut published);
             }
+            if ticks % 5 == 0 && !self.compacting.get() && !self.draining.get() {
+                let me = self.clone();
+                self.tasks.spawn(async move { me.compact().await });
+            }
         }
+    }
+}
+
+/// Bodies one compaction pass moves at most (a pass starts every second):
+/// compaction never takes more than a few MiB/s of the disk.
+const COMPACT_BYTES_PER_PASS: u64 = 4 << 20;
+
+impl Scheduler {
+    /// One compaction pass: the deferred messages whose bodies sit in
+    /// sparse segments are moved into the active one (`Spool::relocate`),
+    /// one at a time, each through a commit round like new mail, up to
+    /// [`COMPACT_BYTES_PER_PASS`].
+    async fn compact(self: Rc<Self>) {
+        let percent = self.cfg.spool.compact_below_percent;
+        if percent == 0 {
+            return;
+        }
+        let sparse = self.spool.sparse_segments(percent);
+        if sparse.is_empty() {
+            return;
+        }
+        self.compacting.set(true);
+        let movable = self.state.borrow().movable_in(&sparse);
+        let mut moved_bytes = 0;
+        for id in movable {
+            if moved_bytes >= COMPACT_BYTES_PER_PASS || self.draining.get() {
+                break;
+            }
+            let Some(env) = self.state.borrow_mut().begin_move(id) else {
+                continue;
+            };
+            let result = self.spool.relocate(id, &env).await;
+            let moved = match result {
+                Ok(moved) => {
+                    moved_bytes += moved.size();
+                    ::metrics::counter!(crate::metrics::SPOOL_COMPACTED_BYTES)
+                        .increment(moved.size());
+                    Some(moved.body)
+                }
+                Err(e) => {
+                    self.spool_errors_logged
+                        .log(log::Level::Error, || format!("compaction: {e}"));
+                    None
+                }
+            };
+            self.state.borrow_mut().end_move(id, moved);
+        }
+        self.compacting.set(false);
     }
 }
 

@@ -17,7 +17,7 @@
 //! Must not: do I/O, read the clock, or log: the scheduler does, around
 //! these calls.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use super::tally::Tallies;
@@ -46,6 +46,8 @@ pub struct State {
     /// Suspended domains, and when each suspension ends by itself (Unix
     /// seconds), if it does.
     pub suspended: HashMap<String, Option<u64>>,
+    /// The messages whose bodies are in each segment, for compaction.
+    pub by_segment: HashMap<u32, HashSet<MessageId>>,
 }
 
 pub struct Entry {
@@ -152,8 +154,13 @@ impl State {
     /// A message enters the schedule (not yet in the due-time index).
     pub fn admit(&mut self, id: MessageId, env: Envelope) {
         self.tallies.count(&env, false, true);
+        self.by_segment
+            .entry(env.body.segment)
+            .or_default()
+            .insert(id);
         if let Some(old) = self.messages.insert(id, Entry::new(env)) {
             self.tallies.count(&old.env, old.deferred, false);
+            self.unindex_body(id, old.env.body.segment);
         }
     }
 
@@ -164,7 +171,65 @@ impl State {
         if entry.deferred {
             self.deferred.remove(&(entry.env.next_due, id));
         }
+        self.unindex_body(id, entry.env.body.segment);
         Some(entry)
+    }
+
+    fn unindex_body(&mut self, id: MessageId, segment: u32) {
+        if let Some(ids) = self.by_segment.get_mut(&segment) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_segment.remove(&segment);
+            }
+        }
+    }
+
+    /// Deferred messages (not in flight) whose bodies are in `segments`:
+    /// what compaction may move now.
+    pub fn movable_in(&self, segments: &[u32]) -> Vec<MessageId> {
+        segments
+            .iter()
+            .filter_map(|seg| self.by_segment.get(seg))
+            .flatten()
+            .filter(|id| {
+                self.messages
+                    .get(id)
+                    .is_some_and(|e| e.deferred && e.in_flight == 0)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Compaction takes a deferred message out of the due-time index and
+    /// counts it in flight (so nothing delivers, changes or removes it
+    /// while its body moves): its envelope, or None if it is not movable.
+    pub fn begin_move(&mut self, id: MessageId) -> Option<Envelope> {
+        let movable = self
+            .messages
+            .get(&id)
+            .is_some_and(|e| e.deferred && e.in_flight == 0);
+        if !movable {
+            return None;
+        }
+        self.undefer(id);
+        let entry = self.messages.get_mut(&id)?;
+        entry.in_flight += 1;
+        Some(entry.env.clone())
+    }
+
+    /// The move is over: the body is at `moved` (None: it stayed), and the
+    /// message waits in the due-time index again.
+    pub fn end_move(&mut self, id: MessageId, moved: Option<crate::queue::BodyRef>) {
+        let Some(entry) = self.messages.get_mut(&id) else {
+            return;
+        };
+        entry.in_flight -= 1;
+        if let Some(body) = moved {
+            let old = std::mem::replace(&mut entry.env.body, body);
+            self.unindex_body(id, old.segment);
+            self.by_segment.entry(body.segment).or_default().insert(id);
+        }
+        self.defer(id);
     }
 
     /// Changes a message's entry, keeping the totals right. `None` if the
@@ -547,6 +612,38 @@ mod tests {
         assert!(st.next_job("a.example", true, true).is_none(), "stopping");
         assert_eq!(st.domains["a.example"].ready.len(), 1, "the job stays");
         assert_eq!(st.domains["a.example"].workers, 0);
+    }
+
+    #[test]
+    fn compaction_moves_only_deferred_messages_and_reindexes_them() {
+        let mut st = State::default();
+        let mut ids = IdGenerator::new(0);
+        let (a, b) = (ids.next_id(), ids.next_id());
+        for id in [a, b] {
+            let mut e = env(&["x@a.example"]);
+            e.body.segment = 7;
+            st.admit(id, e);
+        }
+        st.defer(a);
+        assert_eq!(st.movable_in(&[7]), [a], "b waits for a worker: not moved");
+        let env = st.begin_move(a).unwrap();
+        assert_eq!(env.body.segment, 7);
+        assert!(
+            st.deferred.is_empty(),
+            "out of the due index while it moves"
+        );
+        assert!(st.take_out(a) == Some(Err(())), "the admin must wait");
+        assert!(st.begin_move(a).is_none());
+        let mut moved = env.body;
+        moved.segment = 9;
+        st.end_move(a, Some(moved));
+        assert!(st.messages[&a].deferred);
+        assert_eq!(st.messages[&a].env.body.segment, 9);
+        assert_eq!(st.by_segment[&7].len(), 1);
+        assert!(st.by_segment[&9].contains(&a));
+        st.remove(a);
+        st.remove(b);
+        assert!(st.by_segment.is_empty());
     }
 
     #[test]
