@@ -107,7 +107,7 @@ fn session(stream: TcpStream, opts: SinkOptions, counters: &Counters) -> std::io
                 size += line.len() as u64;
             }
             let n = counters.messages.fetch_add(1, Ordering::Relaxed) + 1;
-            let every = |k: u64| k > 0 && n % k == 0;
+            let every = |k: u64| k > 0 && n.is_multiple_of(k);
             let answer: &[u8] = if every(opts.reject_every) {
                 b"550 5.1.1 refused by the sink\r\n"
             } else if every(opts.defer_every) {

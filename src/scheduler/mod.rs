@@ -507,7 +507,7 @@ impl Scheduler {
                 self.delivery.pool.reap();
                 self.publish_domain_depths(&mut published);
             }
-            if ticks % 5 == 0 && !self.compacting.get() && !self.draining.get() {
+            if ticks.is_multiple_of(5) && !self.compacting.get() && !self.draining.get() {
                 let me = self.clone();
                 self.tasks.spawn(async move { me.compact().await });
             }
