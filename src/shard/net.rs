@@ -89,6 +89,53 @@ pub fn bind_shared(addr: SocketAddr) -> std::io::Result<Bound> {
 /// SO_REUSEPORT (which every shard's listener needs) would let us share a
 /// port with a stale instance without an error. Binding once without it
 /// finds that out. Port 0 is resolved here, so all shards share one port.
+///
+/// A predecessor killed a moment ago may still hold the address: the
+/// kernel tears a dead process's io_uring down in a worker after the
+/// process is reaped, and sockets with requests in flight close only then
+/// (measured by benches/soak.py: about 10 ms after SIGKILL under load). So
+/// "in use" is retried for up to [`RELEASE_WAIT`] before it is an error.
 pub fn probe_listen(addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind(addr)?.local_addr()
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(listener) => return listener.local_addr(),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How long [`probe_listen`] waits for an address a dead predecessor holds.
+pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A predecessor's socket that closes a moment after the start (as a
+    /// killed process's io_uring does) does not fail the start; one that
+    /// stays is an error after the wait.
+    #[test]
+    fn the_probe_waits_briefly_for_an_address_to_be_released() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        assert_eq!(probe_listen(addr).unwrap(), addr);
+        releaser.join().unwrap();
+
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let started = std::time::Instant::now();
+        let err = probe_listen(busy.local_addr().unwrap()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(started.elapsed() >= RELEASE_WAIT);
+    }
 }
