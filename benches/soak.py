@@ -5,6 +5,9 @@ real binary killed with SIGKILL every few seconds, ROUNDS times.
 
     python3 benches/soak.py [ROUNDS] [SECONDS_PER_ROUND]    (default 100 3)
 
+RINGPOST_BIN picks the binary (default target/release/ringpost); SOAK_PACE
+the pause of each of the 6 clients between messages (default 0.02 s).
+
 Every message has its own recipient, so the sink's log tells which arrived
 and how often. After each restart it prints the acknowledged messages (250
 or 200 answered) and how many of them are accounted for (delivered or
@@ -29,7 +32,10 @@ import urllib.request
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 100
 SECONDS = float(sys.argv[2]) if len(sys.argv) > 2 else 3.0
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/ringpost")
+BIN = os.environ.get("RINGPOST_BIN", os.path.join(ROOT, "target/release/ringpost"))
+# Each client waits this long between messages, so that reception does not
+# outrun delivery and the queue stays a size that restarts recover quickly.
+PACE = float(os.environ.get("SOAK_PACE", "0.02"))
 SMTP, HTTP, ADMIN, SINK = 2537, 8035, 9475, 2636
 
 work = tempfile.mkdtemp(prefix="ringpost-soak-")
@@ -84,6 +90,7 @@ def smtp_client():
                 s.sendmail("shop@sender.example", [rcpt], f"Subject: {rcpt}\r\n\r\n{'x' * 2000}\r\n")
             with acked_lock:
                 acked.add(rcpt)
+            time.sleep(PACE)
         except Exception:
             time.sleep(0.05)
 
@@ -101,6 +108,7 @@ def http_client():
                 if r.status == 200:
                     with acked_lock:
                         acked.add(rcpt)
+            time.sleep(PACE)
         except Exception:
             time.sleep(0.05)
 
