@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Load for the HTTP injection API: N messages from T threads, one request
-per connection (as the server answers), SIZE bytes of content each.
+"""Load for the HTTP injection API: N messages from T threads, SIZE bytes of
+content each, one request per connection (`Connection: close`), or with
+--keep-alive one connection per thread for all its requests.
 
-Usage: python3 benches/inject-load.py N T SIZE [HOST:PORT]
+Usage: python3 benches/inject-load.py [--keep-alive] N T SIZE [HOST:PORT]
 
 Prints the messages answered 200, the rate, and the latency of a request
 (connect to answer read) at p50 and p99. Start ringpost first, e.g. with
@@ -19,7 +20,7 @@ import threading
 import time
 
 
-def request(size):
+def request(size, keep_alive):
     content = "Subject: bench\r\nFrom: s@example.test\r\n\r\n"
     content += ("x" * 76 + "\r\n") * (size // 78)
     body = json.dumps(
@@ -29,7 +30,8 @@ def request(size):
             "content": content,
         }
     ).encode()
-    head = b"POST /api/inject/v1 HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body)
+    connection = b"" if keep_alive else b"Connection: close\r\n"
+    head = b"POST /api/inject/v1 HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n" % (connection, len(body))
     return head + body
 
 
@@ -46,15 +48,43 @@ def client(addr, req, count, ok, latencies):
             ok.append(1)
 
 
+def read_answer(f):
+    """One answer from a kept-alive connection, read by its Content-Length."""
+    status = f.readline()
+    length = 0
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    f.read(length)
+    return status
+
+
+def keep_alive_client(addr, req, count, ok, latencies):
+    with socket.create_connection(addr) as s:
+        f = s.makefile("rb")
+        for _ in range(count):
+            start = time.perf_counter()
+            s.sendall(req)
+            status = read_answer(f)
+            latencies.append(time.perf_counter() - start)
+            if status.startswith(b"HTTP/1.1 200"):
+                ok.append(1)
+
+
 def main():
-    if len(sys.argv) not in (4, 5):
+    args = sys.argv[1:]
+    keep_alive = "--keep-alive" in args
+    args = [a for a in args if a != "--keep-alive"]
+    if len(args) not in (3, 4):
         sys.exit(__doc__)
-    n, threads, size = (int(a) for a in sys.argv[1:4])
-    host, port = (sys.argv[4] if len(sys.argv) == 5 else "127.0.0.1:8025").rsplit(":", 1)
-    req = request(size)
+    n, threads, size = (int(a) for a in args[:3])
+    host, port = (args[3] if len(args) == 4 else "127.0.0.1:8025").rsplit(":", 1)
+    req = request(size, keep_alive)
+    target = keep_alive_client if keep_alive else client
     ok, latencies = [], []
     workers = [
-        threading.Thread(target=client, args=((host, int(port)), req, n // threads, ok, latencies))
+        threading.Thread(target=target, args=((host, int(port)), req, n // threads, ok, latencies))
         for _ in range(threads)
     ]
     start = time.time()

@@ -532,7 +532,7 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
         });
         loops.push(glommio::spawn_local(crate::http::serve(
             l,
-            crate::http::inject::handler(injector),
+            injector,
             crate::http::inject::listener_limits(&p.cfg, seat.index, p.shards),
             stop.clone(),
         )));
@@ -548,8 +548,8 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
     if let Some(l) = bound.admin {
         loops.push(glommio::spawn_local(crate::http::serve(
             l,
-            crate::http::admin::handler(p.mesh.clone(), p.files.admin_token.clone()),
-            crate::http::ListenerLimits::CONTROL,
+            crate::http::admin::AdminApi::new(p.mesh.clone(), p.files.admin_token.clone()),
+            crate::http::ListenerLimits::control("admin"),
             stop.clone(),
         )));
     }

@@ -141,7 +141,7 @@ fn injector(
             return;
         };
         let head = format!(
-            "POST /api/inject/v1 HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            "POST /api/inject/v1 HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         let mut answer = String::new();

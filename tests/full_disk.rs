@@ -89,7 +89,7 @@ fn http_send(addr: SocketAddr, subject: &str, size: usize) -> Result<String, Str
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     write!(
         s,
-        "POST /api/inject/v1 HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /api/inject/v1 HTTP/1.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .map_err(|e| e.to_string())?;

@@ -192,7 +192,7 @@ fn connections_over_the_limit_get_503() {
     let msg = message(&["x@elsewhere.test"], "Subject: t\r\n\r\nx\r\n");
     let body = serde_json::to_vec(&msg).unwrap();
     let mut req = format!(
-        "POST /api/inject/v1 HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        "POST /api/inject/v1 HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -216,7 +216,7 @@ fn a_request_under_way_at_shutdown_is_answered_and_kept() {
     let body = serde_json::to_vec(&msg).unwrap();
     let mut conn = std::net::TcpStream::connect(ts.inject_addr.unwrap()).unwrap();
     let head = format!(
-        "POST /api/inject/v1 HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+        "POST /api/inject/v1 HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     conn.write_all(head.as_bytes()).unwrap();

@@ -46,7 +46,16 @@ section! {
         /// Concurrent injection connections, all clients together; each
         /// shard admits its equal share. More get `503` at once (and, past
         /// twice the share, are closed unanswered).
-        max_connections: usize = 100,
+        max_connections: usize = 1000,
+        /// Concurrent injection connections from one client address (each
+        /// shard admits its equal share), so that one client cannot hold
+        /// every place. More get `503`.
+        max_connections_per_ip: usize = 100,
+        /// Seconds within which a request head must arrive whole (from the
+        /// connection's start, or the previous answer on a kept-alive
+        /// connection); a body gets this long plus its length at 32 KiB/s.
+        /// Slower clients are disconnected.
+        head_timeout_secs: u64 = 10,
     }
 }
 
@@ -69,6 +78,12 @@ impl InjectConfig {
     pub fn check(&self, p: &mut Problems) {
         if self.max_connections == 0 {
             p.at("inject.max_connections", "must be at least 1");
+        }
+        if self.head_timeout_secs == 0 {
+            p.at("inject.head_timeout_secs", "must be at least 1");
+        }
+        if self.max_connections_per_ip == 0 {
+            p.at("inject.max_connections_per_ip", "must be at least 1");
         }
     }
 }

@@ -29,7 +29,10 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::http::{Handler, Request, Response};
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::http::{Endpoint, Request, Response};
 use crate::queue::MessageId;
 use crate::scheduler::Scheduler;
 use crate::scheduler::operations::{DomainSummary, MessageInfo, OperationError};
@@ -94,21 +97,40 @@ impl ApiError {
     }
 }
 
-/// The handler for the admin listener. `token`: the bearer token every
-/// request must carry, if configured.
-pub fn handler(shards: Shards, token: Option<String>) -> Handler {
-    let token = Rc::new(token);
-    Rc::new(move |req: Request| {
-        let (shards, token) = (shards.clone(), token.clone());
+/// The admin listener's endpoint.
+pub struct AdminApi {
+    shards: Shards,
+    /// The bearer token every request must carry, if configured.
+    token: Option<String>,
+}
+
+impl AdminApi {
+    pub fn new(shards: Shards, token: Option<String>) -> Rc<AdminApi> {
+        Rc::new(AdminApi { shards, token })
+    }
+}
+
+impl Endpoint for AdminApi {
+    fn admit(&self, head: &Request) -> Result<(), Response> {
+        match authorized(head, self.token.as_deref()) {
+            true => Ok(()),
+            false => Err(ApiError::Unauthorized.into_response()),
+        }
+    }
+
+    fn answer(self: Rc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
         Box::pin(async move {
-            let answer = match authorized(&req, token.as_deref()) {
-                true => route(&shards, &req).await,
-                false => Err(ApiError::Unauthorized),
-            };
-            answer
-                .unwrap_or_else(|e| Response::json(e.status(), &json!({ "error": e.to_string() })))
+            route(&self.shards, &req)
+                .await
+                .unwrap_or_else(ApiError::into_response)
         })
-    })
+    }
+}
+
+impl ApiError {
+    fn into_response(self) -> Response {
+        Response::json(self.status(), &json!({ "error": self.to_string() }))
+    }
 }
 
 fn authorized(req: &Request, token: Option<&str>) -> bool {
@@ -327,16 +349,16 @@ fn domain_name(text: &str) -> Result<String, ApiError> {
 mod tests {
     use super::*;
 
-    fn request(raw: &str) -> Request {
-        crate::http::parse_head(raw.as_bytes(), crate::http::MAX_BODY)
-            .unwrap()
-            .unwrap()
-            .0
+    fn request(method: &str, target: &str) -> Request {
+        Request::new(method, target)
     }
 
     #[test]
     fn bearer_token_must_match_exactly() {
-        let with = |h: &str| request(&format!("GET /queue/summary HTTP/1.1\r\n{h}\r\n\r\n"));
+        let with = |h: &str| Request {
+            authorization: h.strip_prefix("Authorization: ").map(str::to_string),
+            ..request("GET", "/queue/summary")
+        };
         assert!(authorized(&with("X: y"), None));
         assert!(authorized(
             &with("Authorization: Bearer s3cret"),
@@ -377,8 +399,8 @@ mod tests {
 
     #[test]
     fn known_paths_and_names() {
-        assert!(known_path(&request("PUT /queue/flush HTTP/1.1\r\n\r\n")));
-        assert!(!known_path(&request("GET /queue/nope HTTP/1.1\r\n\r\n")));
+        assert!(known_path(&request("PUT", "/queue/flush")));
+        assert!(!known_path(&request("GET", "/queue/nope")));
         assert_eq!(domain_name("Example.COM").unwrap(), "example.com");
         assert!(domain_name("a@b").is_err());
         assert!(domain_name("").is_err());

@@ -25,7 +25,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::http::{Handler, Request, Response};
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::http::{Endpoint, Request, Response};
 use crate::inbound::{Door, Refusal as DoorRefusal};
 use crate::proto::command::{Mailbox, parse_mailbox};
 use crate::proto::trace::{self, Trace};
@@ -46,10 +49,17 @@ pub struct Injector {
 pub fn listener_limits(cfg: &Config, index: usize, shards: usize) -> crate::http::ListenerLimits {
     let message = cfg.smtp.max_message_size as usize;
     crate::http::ListenerLimits {
+        name: "inject",
         max_body: message
             .saturating_add(message / 2)
             .saturating_add(256 * 1024),
         max_connections: crate::shard::share(cfg.inject.max_connections, index, shards),
+        max_connections_per_ip: crate::shard::share(
+            cfg.inject.max_connections_per_ip,
+            index,
+            shards,
+        ),
+        head_timeout: std::time::Duration::from_secs(cfg.inject.head_timeout_secs),
         drain: std::time::Duration::from_secs(cfg.server.shutdown_grace_secs),
     }
 }
@@ -215,32 +225,36 @@ struct Accepted {
 }
 
 /// The handler for one shard's injection listener.
-pub fn handler(injector: Rc<Injector>) -> Handler {
-    Rc::new(move |req: Request| {
-        let injector = injector.clone();
+impl Endpoint for Injector {
+    /// The path, the method and the client's permission, from the head:
+    /// an unauthorised client's body is never read.
+    fn admit(&self, head: &Request) -> Result<(), Response> {
+        let admitted = match (head.method.as_str(), head.route().as_slice()) {
+            ("POST", ["api", "inject", "v1"]) => self.authorize(head),
+            (_, ["api", "inject", "v1"]) => Err(refuse(405, "use POST")),
+            _ => Err(refuse(404, "no such path (POST /api/inject/v1)")),
+        };
+        admitted.map_err(Refusal::into_response)
+    }
+
+    fn answer(self: Rc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
         Box::pin(async move {
-            let response = match injector.serve(req).await {
-                Ok(response) => response,
-                Err(refusal) => Response::json(
-                    refusal.status,
-                    &serde_json::json!({ "error": refusal.message }),
-                ),
-            };
-            let class = format!("{}xx", response.status / 100);
-            ::metrics::counter!(crate::metrics::HTTP_INJECTIONS, "status" => class).increment(1);
-            response
+            self.inject(req)
+                .await
+                .unwrap_or_else(Refusal::into_response)
         })
-    })
+    }
+}
+
+impl Refusal {
+    fn into_response(self) -> Response {
+        Response::json(self.status, &serde_json::json!({ "error": self.message }))
+    }
 }
 
 impl Injector {
-    async fn serve(&self, req: Request) -> Result<Response, Refusal> {
-        match (req.method.as_str(), req.route().as_slice()) {
-            ("POST", ["api", "inject", "v1"]) => {}
-            (_, ["api", "inject", "v1"]) => return Err(refuse(405, "use POST")),
-            _ => return Err(refuse(404, "no such path (POST /api/inject/v1)")),
-        }
-        self.authorize(&req)?;
+    /// Queues an admitted request's message.
+    async fn inject(&self, req: Request) -> Result<Response, Refusal> {
         let injection = parse(&req.body, ContentLimits::of(&self.cfg))?;
         let peer = req.peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let id = self.door.new_id();

@@ -11,23 +11,33 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::http::{Request, Response};
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::http::{Endpoint, Request, Response};
 use crate::shard::stop::StopSignal;
 
 /// Serves until `stop` is disconnected. `ready` turns true once every
 /// shard has started.
 pub async fn serve(listener: crate::shard::net::Bound, ready: Arc<AtomicBool>, stop: StopSignal) {
-    let handler: crate::http::Handler = Rc::new(move |req: Request| {
-        let response = route(&req, ready.load(Ordering::Acquire));
-        Box::pin(async move { response })
-    });
     crate::http::serve(
         listener,
-        handler,
-        crate::http::ListenerLimits::CONTROL,
+        Rc::new(MetricsApi { ready }),
+        crate::http::ListenerLimits::control("metrics"),
         stop,
     )
     .await;
+}
+
+struct MetricsApi {
+    ready: Arc<AtomicBool>,
+}
+
+impl Endpoint for MetricsApi {
+    fn answer(self: Rc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
+        let response = route(&req, self.ready.load(Ordering::Acquire));
+        Box::pin(async move { response })
+    }
 }
 
 /// Pure: the response to a request.
@@ -52,19 +62,17 @@ fn route(req: &Request, ready: bool) -> Response {
 mod tests {
     use super::*;
 
-    fn get(raw: &[u8], ready: bool) -> u16 {
-        let (req, _, _) = crate::http::parse_head(raw, crate::http::MAX_BODY)
-            .unwrap()
-            .unwrap();
-        route(&req, ready).status
+    fn get(raw: &str, ready: bool) -> u16 {
+        let (method, target) = raw.split_once(' ').unwrap();
+        route(&Request::new(method, target), ready).status
     }
 
     #[test]
     fn routes() {
-        assert_eq!(get(b"GET /healthz HTTP/1.1\r\n\r\n", false), 200);
-        assert_eq!(get(b"GET /readyz HTTP/1.1\r\n\r\n", false), 503);
-        assert_eq!(get(b"GET /readyz HTTP/1.1\r\n\r\n", true), 200);
-        assert_eq!(get(b"GET /nope HTTP/1.1\r\n\r\n", true), 404);
-        assert_eq!(get(b"POST /metrics HTTP/1.1\r\n\r\n", true), 405);
+        assert_eq!(get("GET /healthz", false), 200);
+        assert_eq!(get("GET /readyz", false), 503);
+        assert_eq!(get("GET /readyz", true), 200);
+        assert_eq!(get("GET /nope", true), 404);
+        assert_eq!(get("POST /metrics", true), 405);
     }
 }

@@ -2,6 +2,7 @@
 //! nothing mail-specific.
 //!
 //! Owns: [`share`] (a shard's part of a global limit) and the submodules:
+//! [`admission`] (connections per listener and client address),
 //! [`tasks`] (task sets a shard cancels on stop), [`stop`] (the stop
 //! signal), [`net`] (shared listeners that stop accepting on that signal),
 //! [`mesh`] (asking another shard to run work on its own state),
@@ -13,6 +14,7 @@
 //! an arrow back would make a cycle. (Which shard owns a message is the
 //! queue's to say: `MessageId::shard`.)
 
+pub mod admission;
 pub mod clock;
 pub mod log_limit;
 pub mod mesh;

@@ -317,17 +317,47 @@ impl Client {
     }
 }
 
-/// One raw HTTP/1.1 exchange (`request` is sent as given; the server closes
-/// the connection after its answer): (status, body).
+/// One raw HTTP/1.1 exchange (`request` is sent as given; the answer is
+/// read by its Content-Length, the connection may stay open): (status,
+/// body).
 pub fn http(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.write_all(request).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
+    let answer = read_http_answer(&mut s);
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
         .split_once("\r\n\r\n")
         .map_or("", |(_, b)| b)
         .to_string();
     (status, body)
+}
+
+/// Reads one HTTP answer (head and Content-Length body; `100 Continue`
+/// interim answers included in the text) or up to the end of the stream.
+pub fn read_http_answer(s: &mut TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some((head, body)) = text.rsplit_once("\r\n\r\n")
+            && !head.ends_with("100 Continue")
+        {
+            let last_head = head.rsplit("\r\n\r\n").next().unwrap_or(head);
+            let length = last_head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        match s.read(&mut byte) {
+            Ok(0) | Err(_) => return text,
+            Ok(_) => raw.push(byte[0]),
+        }
+    }
 }

@@ -37,7 +37,7 @@ pub mod session;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -51,6 +51,7 @@ use crate::inbound::Door;
 use crate::proto::command;
 use crate::proto::line::{LineEvent, LineSplitter};
 use crate::proto::reply::{Rejection, Reply};
+use crate::shard::admission::{Admission, Ticket};
 use crate::shard::net::{Bound, Listener};
 use crate::shard::share;
 use crate::shard::stop::StopSignal;
@@ -130,61 +131,19 @@ impl Drop for SessionMark {
     }
 }
 
-/// Connections open on one shard, in all and per client IP. A session holds
-/// a [`Ticket`] that gives its place back when the session ends (or is
-/// cancelled).
-#[derive(Default)]
-struct Admission {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-struct Ticket {
-    admission: Rc<RefCell<Admission>>,
-    ip: IpAddr,
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        ::metrics::gauge!(crate::metrics::SMTP_CONNECTIONS).decrement(1.0);
-        let mut a = self.admission.borrow_mut();
-        a.total -= 1;
-        if let Some(n) = a.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                a.per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// Admits a connection within this shard's share of the limits.
-fn admit(admission: &Rc<RefCell<Admission>>, ip: IpAddr, shard: &SmtpService) -> Option<Ticket> {
-    let cfg = &shard.cfg.smtp;
-    let (index, shards) = (shard.index as usize, shard.shards);
-    let mut a = admission.borrow_mut();
-    let from_ip = a.per_ip.get(&ip).copied().unwrap_or(0);
-    if a.total >= share(cfg.max_connections, index, shards)
-        || from_ip >= share(cfg.max_connections_per_ip, index, shards)
-    {
-        return None;
-    }
-    a.total += 1;
-    *a.per_ip.entry(ip).or_default() += 1;
-    ::metrics::gauge!(crate::metrics::SMTP_CONNECTIONS).increment(1.0);
-    Some(Ticket {
-        admission: admission.clone(),
-        ip,
-    })
-}
-
 /// Accepts connections until `stop` is disconnected, one task per session.
 /// On stop, the sessions still open are cancelled (see `shard::tasks`).
 /// `submission` marks the submission listener (AUTH required to send).
 pub async fn serve(listener: Bound, shard: Rc<SmtpService>, submission: bool, stop: StopSignal) {
     let sessions = TaskSet::default();
     let open = Rc::new(Sessions::default());
-    let admission = Rc::new(RefCell::new(Admission::default()));
+    let cfg = &shard.cfg.smtp;
+    let (index, shards) = (shard.index as usize, shard.shards);
+    let admission = Admission::new(
+        share(cfg.max_connections, index, shards),
+        share(cfg.max_connections_per_ip, index, shards),
+        Some(crate::metrics::SMTP_CONNECTIONS),
+    );
     let listener = Listener::new(listener, stop.clone());
     loop {
         match listener.next().await {
@@ -193,8 +152,8 @@ pub async fn serve(listener: Bound, shard: Rc<SmtpService>, submission: bool, st
                 let Ok(peer) = stream.peer_addr() else {
                     continue;
                 };
-                match admit(&admission, peer.ip(), &shard) {
-                    Some(ticket) => sessions.spawn(handle_connection(
+                match admission.admit(peer.ip()) {
+                    Ok(ticket) => sessions.spawn(handle_connection(
                         stream,
                         peer,
                         shard.clone(),
@@ -202,7 +161,7 @@ pub async fn serve(listener: Bound, shard: Rc<SmtpService>, submission: bool, st
                         open.clone(),
                         ticket,
                     )),
-                    None => sessions.spawn(turn_away(stream)),
+                    Err(_) => sessions.spawn(turn_away(stream)),
                 }
             }
             Some(Err(e)) => {
