@@ -43,6 +43,10 @@ pub enum Command {
         /// Number of shards (executors); default one per online CPU.
         #[arg(long)]
         shards: Option<usize>,
+        /// Relay all mail to this host instead of the recipients' MX hosts
+        /// (`delivery.smarthost`): `[ip]:port` or `host:port`.
+        #[arg(long)]
+        smarthost: Option<String>,
     },
     /// Check a config file as `serve` would before it binds anything: the
     /// values, and the files they name (certificates, keys, users, tokens,
@@ -201,7 +205,11 @@ fn load(config: Option<&PathBuf>) -> Result<Config> {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { config, shards } => serve(config, shards),
+        Command::Serve {
+            config,
+            shards,
+            smarthost,
+        } => serve(config, shards, smarthost),
         Command::Sink {
             listen,
             defer_every,
@@ -357,10 +365,18 @@ fn check_config(file: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn serve(config: Option<PathBuf>, shards: Option<usize>) -> Result<()> {
+fn serve(config: Option<PathBuf>, shards: Option<usize>, smarthost: Option<String>) -> Result<()> {
     let mut cfg = load(config.as_ref())?;
     if let Some(n) = shards {
         cfg.server.shards = n;
+    }
+    if let Some(host) = smarthost {
+        cfg.delivery.smarthost = host;
+        let mut problems = crate::config::Problems::default();
+        cfg.delivery.check(&mut problems);
+        if !problems.is_empty() {
+            anyhow::bail!("--smarthost:\n{}", crate::config::ConfigErrors(problems));
+        }
     }
     // Before anything listens: a SIGTERM that arrives while the shards
     // start must be taken (and acted on once they run), not kill the

@@ -37,11 +37,25 @@ struct Counters {
 /// Serves `listen` until the process ends.
 pub fn run(listen: SocketAddr, opts: SinkOptions) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen)?;
+    let every = |n: u64, what: &str| match n {
+        0 => None,
+        1 => Some(format!("{what} every message")),
+        n => Some(format!("{what} 1 message in {n}")),
+    };
+    let answers: Vec<String> = [
+        every(opts.defer_every, "451 to"),
+        every(opts.reject_every, "550 to"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let answers = match answers.is_empty() {
+        true => "250 to every message".to_string(),
+        false => format!("{}, 250 to the rest", answers.join(", ")),
+    };
     eprintln!(
-        "ringpost sink: listening on {} (defers every {}th, refuses every {}th message; 0 = none)",
-        listener.local_addr()?,
-        opts.defer_every,
-        opts.reject_every
+        "ringpost sink: listening on {} ({answers})",
+        listener.local_addr()?
     );
     let counters = Arc::new(Counters {
         messages: AtomicU64::new(0),
