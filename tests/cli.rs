@@ -44,7 +44,7 @@ fn check_config_accepts_a_good_file_and_reports_every_error_of_a_bad_one() {
 }
 
 #[test]
-fn port_in_use_fails_at_once_with_a_clear_message() {
+fn port_in_use_fails_after_a_short_wait_with_a_clear_message() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("c.toml");
