@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Client, start_with};
+use common::{Client, connect_from, rss_kib, start_with};
 
 /// A client that may relay nowhere: only local.example is accepted.
 fn untrusted() -> common::TestServer {
@@ -92,14 +92,6 @@ fn a_helo_client_that_sends_before_the_354_is_out_of_sync() {
     assert!(ts.messages().is_empty());
 }
 
-fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    sock.connect(&to.into()).unwrap();
-    sock.into()
-}
-
 fn first_line(s: &mut TcpStream) -> String {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 512];
@@ -146,15 +138,6 @@ fn a_session_that_never_ends_is_closed_at_its_time_limit() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(start.elapsed() >= Duration::from_millis(900));
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 #[test]

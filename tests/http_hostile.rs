@@ -10,19 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, read_http_answer, start_with};
-
-fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    sock.connect(&to.into()).unwrap();
-    let stream: TcpStream = sock.into();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-}
+use common::{TestServer, connect_from, read_http_answer, rss_kib, start_with};
 
 fn message_json(rcpt: &str) -> String {
     serde_json::json!({
@@ -279,15 +267,6 @@ fn a_kept_alive_connection_serves_request_after_request() {
         assert_eq!(status_of(&read_http_answer(&mut s)), 200);
     }
     assert_eq!(ts.stop_and_list().len(), 3);
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 /// The measurement of issue 15 item 1, on the real binary: 100 clients

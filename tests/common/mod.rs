@@ -361,3 +361,27 @@ pub fn read_http_answer(s: &mut TcpStream) -> String {
         }
     }
 }
+
+/// A connection to `to` from the loopback address `src` (127.0.0.0/8
+/// addresses bind without setup), with a 10 s read timeout.
+pub fn connect_from(src: &str, to: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&format!("{src}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.connect(&to.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// The resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
