@@ -74,7 +74,7 @@ metrics_table! {
     DNS_LOOKUP_SECONDS = "ringpost_dns_lookup_seconds", Histogram, "Duration of MX or address resolution for one destination.";
     HTTP_REQUESTS = "ringpost_http_requests_total", Counter, "HTTP requests answered, by listener (inject, admin, metrics) and status class (2xx, 4xx, 5xx).";
     HTTP_CONNECTIONS_REJECTED = "ringpost_http_connections_rejected_total", Counter, "HTTP connections refused with 503 before any request was read, by listener and reason (limit, per_address_limit).";
-    HTTP_TIMEOUTS = "ringpost_http_timeouts_total", Counter, "HTTP connections closed because a request head or body came too slowly, by listener and phase (head, body).";
+    HTTP_TIMEOUTS = "ringpost_http_timeouts_total", Counter, "HTTP connections closed at a deadline, by listener and phase: idle (no request began), head (a request head came too slowly), body (a body under the minimum rate).";
     TLS_HANDSHAKES = "ringpost_tls_handshakes_total", Counter, "TLS handshakes, by direction (inbound, outbound) and result (ok, failed).";
 }
 

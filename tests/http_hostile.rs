@@ -180,6 +180,7 @@ fn slow_clients_are_cut_off_and_one_address_cannot_hold_every_connection() {
     );
     // 30 slowloris connections from 127.0.0.1: a request line, then one
     // header byte every 200 ms.
+    let mut idle = connect_from("127.0.0.4", addr);
     let mut slow: Vec<TcpStream> = (0..30).map(|_| connect_from("127.0.0.1", addr)).collect();
     for s in &mut slow {
         let _ = s.write_all(b"POST /api/inject/v1 HTTP/1.1\r\n");
@@ -222,6 +223,13 @@ fn slow_clients_are_cut_off_and_one_address_cannot_hold_every_connection() {
             "ringpost_http_timeouts_total{listener=\"inject\",phase=\"head\"}"
         ) >= 1.0
     );
+    // A connection that never sends a request is closed too, as idle.
+    assert!(closed_within(&mut idle, Duration::from_secs(3)));
+    let idle_closed = metric(
+        &ts,
+        "ringpost_http_timeouts_total{listener=\"inject\",phase=\"idle\"}",
+    );
+    assert!(idle_closed >= 1.0);
 }
 
 #[test]

@@ -340,7 +340,7 @@ async fn turn_away(mut stream: TcpStream) {
 /// the client closes, a deadline passes, or the server stops.
 async fn connection(stream: TcpStream, peer: IpAddr, site: Rc<Site>, stop: StopSignal) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let phase = Rc::new(Cell::new(Phase::Head(Instant::now())));
+    let phase = Rc::new(Cell::new(Phase::head()));
     let io = Io {
         stream,
         phase: phase.clone(),
@@ -479,8 +479,9 @@ fn decode(s: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Waiting for a request head, since the connection's start or the
-    /// previous answer.
-    Head(Instant),
+    /// previous answer; whether any of it has come (a client that sends
+    /// nothing is idle, one that sends a head too slowly is not).
+    Head { since: Instant, started: bool },
     /// Reading a body begun at `since`, `read` bytes so far.
     Body { since: Instant, read: u64 },
     /// The endpoint is at work: nothing is expected from the client.
@@ -488,10 +489,17 @@ enum Phase {
 }
 
 impl Phase {
+    fn head() -> Phase {
+        Phase::Head {
+            since: Instant::now(),
+            started: false,
+        }
+    }
+
     /// The instant by which the next bytes must have come, if any.
     fn deadline(self, head_timeout: Duration) -> Option<Instant> {
         match self {
-            Phase::Head(since) => Some(since + head_timeout),
+            Phase::Head { since, .. } => Some(since + head_timeout),
             Phase::Body { since, read } => {
                 Some(since + head_timeout + Duration::from_millis(read * 1000 / MIN_BODY_RATE))
             }
@@ -501,7 +509,8 @@ impl Phase {
 
     fn name(self) -> &'static str {
         match self {
-            Phase::Head(_) => "head",
+            Phase::Head { started: false, .. } => "idle",
+            Phase::Head { started: true, .. } => "head",
             Phase::Body { .. } => "body",
             Phase::Answering => "answer",
         }
@@ -563,9 +572,18 @@ impl hyper::rt::Read for Io {
         match Pin::new(&mut this.stream).poll_read(cx, &mut scratch[..want]) {
             Poll::Ready(Ok(n)) => {
                 buf.put_slice(&scratch[..n]);
-                if let Phase::Body { since, read } = this.phase.get() {
-                    let read = read + n as u64;
-                    this.phase.set(Phase::Body { since, read });
+                match this.phase.get() {
+                    Phase::Body { since, read } => {
+                        let read = read + n as u64;
+                        this.phase.set(Phase::Body { since, read });
+                    }
+                    Phase::Head { since, .. } if n > 0 => {
+                        this.phase.set(Phase::Head {
+                            since,
+                            started: true,
+                        });
+                    }
+                    _ => {}
                 }
                 Poll::Ready(Ok(()))
             }
@@ -591,7 +609,7 @@ impl hyper::rt::Write for Io {
         // The answer is going out: the next head's time starts now. (A
         // `100 Continue` is written in the body phase and changes nothing.)
         if this.phase.get() == Phase::Answering {
-            this.phase.set(Phase::Head(Instant::now()));
+            this.phase.set(Phase::head());
         }
         Pin::new(&mut this.stream).poll_write(cx, buf)
     }
@@ -624,7 +642,11 @@ mod tests {
     fn a_body_may_be_slow_but_not_slower_than_the_minimum_rate() {
         let t = Instant::now();
         let limit = Duration::from_secs(3);
-        assert_eq!(Phase::Head(t).deadline(limit), Some(t + limit));
+        let head = Phase::Head {
+            since: t,
+            started: true,
+        };
+        assert_eq!(head.deadline(limit), Some(t + limit));
         let body = |read| Phase::Body { since: t, read }.deadline(limit).unwrap();
         assert_eq!(body(0), t + limit);
         assert_eq!(
