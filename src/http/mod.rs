@@ -8,9 +8,9 @@
 //! back. HTTP/1.1 itself (framing, chunked bodies, `Expect: 100-continue`,
 //! keep-alive) is hyper's: we chose it over our own `httparse` loop
 //! because RFC 9112's framing rules are where hand-written servers go
-//! wrong, and the injection load measured no slower with it (see the
-//! commit that brought it). Paths and query strings are percent-decoded by
-//! `percent-encoding`.
+//! wrong; it costs a few percent per connection and gains more with
+//! keep-alive (benches/inject-ab.sh; figures in benches/results/README.md).
+//! Paths and query strings are percent-decoded by `percent-encoding`.
 //!
 //! Order of a request, which is what keeps an unauthorised client cheap:
 //! the head (at most 16 KiB, within the listener's head timeout), then the endpoint's
