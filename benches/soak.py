@@ -36,7 +36,12 @@ BIN = os.environ.get("RINGPOST_BIN", os.path.join(ROOT, "target/release/ringpost
 # Each client waits this long between messages, so that reception does not
 # outrun delivery and the queue stays a size that restarts recover quickly.
 PACE = float(os.environ.get("SOAK_PACE", "0.02"))
-SMTP, HTTP, ADMIN, SINK = 2537, 8035, 9475, 2636
+SMTP, HTTP, ADMIN, SINK, METRICS = 2537, 8035, 9475, 2636, 9575
+# 1 message in HELD_EVERY goes to a domain that is suspended until the load
+# ends: those messages stay while the rest are delivered, so their segments
+# become sparse and compaction moves them (under the kills).
+HELD_EVERY = 10
+HELD = "held.soak.example"
 
 work = tempfile.mkdtemp(prefix="ringpost-soak-")
 config = os.path.join(work, "soak.toml")
@@ -54,7 +59,7 @@ listen = "127.0.0.1:{SMTP}"
 [inject]
 listen = "127.0.0.1:{HTTP}"
 [metrics]
-listen = "off"
+listen = "127.0.0.1:{METRICS}"
 [admin]
 listen = "127.0.0.1:{ADMIN}"
 [delivery]
@@ -79,7 +84,8 @@ counter_lock = threading.Lock()
 
 def next_rcpt():
     with counter_lock:
-        return f"m{next(counter)}@soak.example"
+        n = next(counter)
+    return f"m{n}@{HELD if n % HELD_EVERY == 0 else 'soak.example'}"
 
 
 def smtp_client():
@@ -142,6 +148,22 @@ def sink_seen():
     return seen
 
 
+def admin(method, path):
+    req = urllib.request.Request(f"http://127.0.0.1:{ADMIN}{path}", method=method, data=b"")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def compacted_bytes():
+    """ringpost_spool_compacted_bytes_total of the running server (0 if none yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS}/metrics", timeout=10) as r:
+            return sum(float(l.rsplit(" ", 1)[1]) for l in r.read().decode().splitlines()
+                       if l.startswith("ringpost_spool_compacted_bytes_total"))
+    except Exception:
+        return 0.0
+
+
 def queued():
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/queue/messages", timeout=10) as r:
@@ -152,6 +174,8 @@ def queued():
 
 
 mta = start_mta()
+admin("POST", f"/queue/domains/{HELD}/suspend")
+compacted = 0.0
 running.set()
 threads = [threading.Thread(target=smtp_client) for _ in range(4)]
 threads += [threading.Thread(target=http_client) for _ in range(2)]
@@ -160,6 +184,7 @@ for t in threads:
 worst_missing = 0
 for rnd in range(1, ROUNDS + 1):
     time.sleep(random.uniform(0.5 * SECONDS, 1.5 * SECONDS))
+    compacted += compacted_bytes()
     mta.send_signal(signal.SIGKILL)
     mta.wait()
     mta = start_mta()
@@ -171,11 +196,13 @@ for rnd in range(1, ROUNDS + 1):
     missing = len(snapshot - done - (q or set())) if q is not None else -1
     worst_missing = max(worst_missing, missing)
     print(f"round {rnd}: {len(snapshot)} acknowledged, {len(done & snapshot)} delivered or refused, "
-          f"{len(q or ())} queued, {missing} unaccounted", flush=True)
+          f"{len(q or ())} queued, {missing} unaccounted, {compacted / 1e6:.1f} MB compacted so far",
+          flush=True)
 
 running.clear()
 for t in threads:
     t.join()
+admin("POST", f"/queue/domains/{HELD}/resume")
 with acked_lock:
     final = set(acked)
 deadline = time.time() + 180
@@ -195,7 +222,8 @@ duplicates = sum(1 for r in final if seen.get(r, []).count("250") > 1)
 summary = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": ROUNDS,
            "seconds_per_round": SECONDS, "acknowledged": len(final), "lost": len(lost),
            "duplicates_delivered": duplicates,
-           "refused_by_sink": sum(1 for r in final if "550" in seen.get(r, []))}
+           "refused_by_sink": sum(1 for r in final if "550" in seen.get(r, [])),
+           "compacted_mb_before_kills": round(compacted / 1e6, 1)}
 print(json.dumps(summary))
 os.makedirs(os.path.join(ROOT, "benches/results"), exist_ok=True)
 with open(os.path.join(ROOT, "benches/results/soak.jsonl"), "a") as f:

@@ -301,9 +301,19 @@ impl Segments {
             match seq {
                 Some(seq) => {
                     let file = File::options().read(true).write(true).open(entry.path())?;
-                    let size = file.metadata()?.len();
-                    // Appends go to new segments: every one found is sealed.
-                    let segment = SegmentFile::new(file, size, Some(Instant::now()));
+                    let meta = file.metadata()?;
+                    // Appends go to new segments: every one found is sealed,
+                    // at its last write (so that a process restarted again
+                    // and again still lets old segments settle and be
+                    // compacted; a clock step back only makes it "now").
+                    let written_ago = meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .unwrap_or_default();
+                    let now = Instant::now();
+                    let sealed_at = now.checked_sub(written_ago).unwrap_or(now);
+                    let segment = SegmentFile::new(file, meta.len(), Some(sealed_at));
                     files.insert(seq, segment);
                 }
                 None => log::warn!("spool: ignoring stray file {:?}", entry.path()),
@@ -977,5 +987,32 @@ mod tests {
         let crc = h.finalize().to_le_bytes();
         legacy[16..20].copy_from_slice(&crc);
         assert!(frame_is_current(&legacy, 5));
+    }
+
+    /// Compaction waits until a segment has settled; that time is the
+    /// file's, not the process's, so a server restarted again and again
+    /// (a crash loop) still compacts (found by benches/soak.py: with a kill
+    /// every few seconds nothing ever settled).
+    #[test]
+    fn a_segment_found_at_start_up_is_as_old_as_its_last_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |seq: u32, age: Duration| {
+            let f = File::create(dir.path().join(format!("{seq:010}.seg"))).unwrap();
+            f.set_len(1 << 20).unwrap();
+            f.set_modified(std::time::SystemTime::now() - age).unwrap();
+        };
+        write(1, Duration::from_secs(600));
+        write(2, Duration::ZERO);
+        let segments = Segments::open(dir.path(), 1 << 20).unwrap();
+        for segment in [1, 2] {
+            let r = BodyRef {
+                segment,
+                offset: 0,
+                len: 1000,
+                crc32: 0,
+            };
+            segments.adopt(&r).unwrap();
+        }
+        assert_eq!(segments.sparse(50, Duration::from_secs(30)), [1]);
     }
 }
