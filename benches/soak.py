@@ -37,9 +37,9 @@ BIN = os.environ.get("RINGPOST_BIN", os.path.join(ROOT, "target/release/ringpost
 # outrun delivery and the queue stays a size that restarts recover quickly.
 PACE = float(os.environ.get("SOAK_PACE", "0.02"))
 SMTP, HTTP, ADMIN, SINK, METRICS = 2537, 8035, 9475, 2636, 9575
-# 1 message in HELD_EVERY goes to a domain that is suspended until the load
-# ends: those messages stay while the rest are delivered, so their segments
-# become sparse and compaction moves them (under the kills).
+# 1 message in HELD_EVERY goes to a domain the sink defers (450) until the
+# load ends: those messages stay deferred while the rest are delivered, so
+# their segments become sparse and compaction moves them (under the kills).
 HELD_EVERY = 10
 HELD = "held.soak.example"
 
@@ -71,9 +71,8 @@ log = "off"
 
 sink_log = open(os.path.join(work, "sink.log"), "w")
 mta_log = open(os.path.join(work, "ringpost.log"), "a")
-sink = subprocess.Popen(
-    [BIN, "sink", "--listen", f"127.0.0.1:{SINK}", "--defer-every", "7", "--reject-every", "50"],
-    stdout=sink_log, stderr=subprocess.DEVNULL)
+SINK_ARGS = [BIN, "sink", "--listen", f"127.0.0.1:{SINK}", "--defer-every", "7", "--reject-every", "50"]
+sink = subprocess.Popen(SINK_ARGS + ["--defer-domain", HELD], stdout=sink_log, stderr=subprocess.DEVNULL)
 
 acked = set()
 acked_lock = threading.Lock()
@@ -174,7 +173,6 @@ def queued():
 
 
 mta = start_mta()
-admin("POST", f"/queue/domains/{HELD}/suspend")
 compacted = 0.0
 running.set()
 threads = [threading.Thread(target=smtp_client) for _ in range(4)]
@@ -202,7 +200,12 @@ for rnd in range(1, ROUNDS + 1):
 running.clear()
 for t in threads:
     t.join()
-admin("POST", f"/queue/domains/{HELD}/resume")
+# The held domain is taken from now on, and retried at once.
+sink.kill()
+sink.wait()
+sink = subprocess.Popen(SINK_ARGS, stdout=sink_log, stderr=subprocess.DEVNULL)
+time.sleep(0.5)
+admin("POST", "/queue/flush")
 with acked_lock:
     final = set(acked)
 deadline = time.time() + 180

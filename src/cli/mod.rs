@@ -73,6 +73,9 @@ pub enum Command {
         /// Answer 550 (no such user) to every Nth message.
         #[arg(long, default_value_t = 0)]
         reject_every: u64,
+        /// Answer 450 to every recipient at this domain.
+        #[arg(long)]
+        defer_domain: Option<String>,
         /// Print nothing per message.
         #[arg(long)]
         quiet: bool,
@@ -214,11 +217,14 @@ pub fn run(cli: Cli) -> Result<()> {
             listen,
             defer_every,
             reject_every,
+            defer_domain,
             quiet,
         } => {
             let opts = sink::SinkOptions {
                 defer_every,
                 reject_every,
+                // Lives as long as the process.
+                defer_domain: defer_domain.map(|d| &*Box::leak(d.into_boxed_str())),
                 verbose: !quiet,
             };
             sink::run(listen, opts).with_context(|| format!("sink on {listen}"))

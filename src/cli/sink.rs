@@ -25,6 +25,9 @@ pub struct SinkOptions {
     pub defer_every: u64,
     /// Answer `550 5.1.1` to every Nth message (0: never).
     pub reject_every: u64,
+    /// Answer `450 4.2.1` to every recipient at this domain (a receiver
+    /// that throttles one domain: the mail waits in the queue).
+    pub defer_domain: Option<&'static str>,
     /// Print one line per message.
     pub verbose: bool,
 }
@@ -49,6 +52,10 @@ pub fn run(listen: SocketAddr, opts: SinkOptions) -> std::io::Result<()> {
     .into_iter()
     .flatten()
     .collect();
+    let mut answers = answers;
+    if let Some(d) = opts.defer_domain {
+        answers.push(format!("450 to every recipient at {d}"));
+    }
     let answers = match answers.is_empty() {
         true => "250 to every message".to_string(),
         false => format!("{}, 250 to the rest", answers.join(", ")),
@@ -104,8 +111,19 @@ fn session(stream: TcpStream, opts: SinkOptions, counters: &Counters) -> std::io
             from = cmd[10..].trim().to_string();
             b"250 2.1.0 ok\r\n"
         } else if upper.starts_with("RCPT TO:") {
-            rcpts.push(cmd[8..].trim().to_string());
-            b"250 2.1.5 ok\r\n"
+            let rcpt = cmd[8..].trim();
+            let deferred = opts.defer_domain.is_some_and(|d| {
+                rcpt.trim_end_matches('>')
+                    .rsplit_once('@')
+                    .is_some_and(|(_, domain)| domain.eq_ignore_ascii_case(d))
+            });
+            match deferred {
+                true => b"450 4.2.1 this domain is deferred by the sink\r\n",
+                false => {
+                    rcpts.push(rcpt.to_string());
+                    b"250 2.1.5 ok\r\n"
+                }
+            }
         } else if upper == "DATA" {
             out.write_all(b"354 go ahead\r\n")?;
             let (mut size, mut line_start) = (0u64, true);
