@@ -336,17 +336,11 @@ fn frames_left_in_a_recycled_segment_are_not_replayed_after_a_crash() {
         "RINGPOST_TEST_RECYCLE_SPOOL",
         tmp.path(),
     );
-    let mut live: Vec<String> = std::fs::read_to_string(tmp.path().join("live"))
-        .expect("the child got as far as the crash")
-        .lines()
-        .map(str::to_string)
-        .collect();
-    live.sort();
+    let live = live_ids(tmp.path());
 
     let spool = Spool::open(tmp.path(), 0, &opts()).unwrap();
     let report = spool.recover().unwrap();
-    let mut recovered: Vec<String> = spool.list().map(|(id, _)| id.to_string()).collect();
-    recovered.sort();
+    let recovered = recovered_ids(&spool);
     // Segment 3 starts with the new frames; right after them lie segment
     // 1's frames of messages long done, intact. They name segment 1, so
     // replay stops there instead of bringing those messages back.
@@ -422,16 +416,10 @@ fn compaction_crash(name: &str, var: &str, switched: bool) {
     }
     let tmp = tempfile::tempdir().unwrap();
     run_crashing_child(name, var, tmp.path());
-    let mut live: Vec<String> = std::fs::read_to_string(tmp.path().join("live"))
-        .expect("the child got as far as the crash")
-        .lines()
-        .map(str::to_string)
-        .collect();
-    live.sort();
+    let live = live_ids(tmp.path());
     let spool = Spool::open(tmp.path(), 0, &opts()).unwrap();
     let report = spool.recover().unwrap();
-    let mut recovered: Vec<String> = spool.list().map(|(id, _)| id.to_string()).collect();
-    recovered.sort();
+    let recovered = recovered_ids(&spool);
     assert_eq!(recovered, live, "{report:?}");
     assert_eq!(report.quarantined, 0);
     for (id, env) in spool.list() {
@@ -501,4 +489,22 @@ fn compaction_frees_sparse_segments() {
     assert!(before >= 6, "{before}");
     assert!(after <= 2, "{after} segments left of {before}");
     assert_eq!(kept.0, kept.1, "every kept message reads back");
+}
+
+/// The ids the crashing child wrote to `live` before it aborted, sorted.
+fn live_ids(dir: &Path) -> Vec<String> {
+    let mut live: Vec<String> = std::fs::read_to_string(dir.join("live"))
+        .expect("the child got as far as the crash")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    live.sort();
+    live
+}
+
+/// The ids a recovered spool holds, sorted.
+fn recovered_ids(spool: &Spool) -> Vec<String> {
+    let mut recovered: Vec<String> = spool.list().map(|(id, _)| id.to_string()).collect();
+    recovered.sort();
+    recovered
 }

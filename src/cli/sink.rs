@@ -1,6 +1,7 @@
 //! `ringpost sink`: a small SMTP server that takes mail and throws it away,
 //! for trying ringpost without the internet (the Quick start routes mail
-//! to it) and for benchmarks (it can defer or refuse every Nth message).
+//! to it) and for benchmarks (it can defer or refuse every Nth message,
+//! or defer every recipient at one domain).
 //!
 //! Owns: [`run`]. One thread per connection (it is a test tool, not part
 //! of the MTA), bounded: at most 256 connections, lines of 4 KiB, a minute

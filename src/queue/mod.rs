@@ -213,6 +213,26 @@ const COMPACTION_SETTLE: std::time::Duration = std::time::Duration::from_secs(30
 /// How often recovery reports its progress.
 const RECOVERY_PROGRESS: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Long start-up work (recovery, taking over a shard) says how far it is
+/// once per [`RECOVERY_PROGRESS`].
+struct Progress(std::time::Instant);
+
+impl Progress {
+    fn new() -> Progress {
+        Progress(std::time::Instant::now())
+    }
+
+    /// Whether a progress line is due (and if so, the next one is counted
+    /// from now).
+    fn due(&mut self) -> bool {
+        let due = self.0.elapsed() >= RECOVERY_PROGRESS;
+        if due {
+            self.0 = std::time::Instant::now();
+        }
+        due
+    }
+}
+
 /// Removes a spool directory whose sled database was just closed (sled
 /// lets go of its files a moment after the last handle is dropped).
 fn remove_dir_when_unlocked(dir: &Path) -> std::io::Result<()> {
@@ -409,11 +429,10 @@ impl Spool {
         };
         let mut recovered = Vec::new();
         let mut watermarks = Vec::new();
-        let mut progress = std::time::Instant::now();
+        let mut progress = Progress::new();
         for item in self.envelopes.iter() {
             let (key, value) = item.map_err(|source| self.db_err(source))?;
-            if progress.elapsed() >= RECOVERY_PROGRESS {
-                progress = std::time::Instant::now();
+            if progress.due() {
                 log::info!(
                     "spool shard {}: recovering, {} messages read so far",
                     self.shard,
@@ -675,12 +694,11 @@ impl Spool {
         let found = old.recover_messages()?;
         let total = found.messages.len();
         let mut moved = Vec::with_capacity(total);
-        let mut progress = std::time::Instant::now();
+        let mut progress = Progress::new();
         for (id, env) in found.messages {
             let body = old.read_body_blocking(id, &env)?;
             moved.push((id, self.enqueue(id, env, body).await?));
-            if progress.elapsed() >= RECOVERY_PROGRESS {
-                progress = std::time::Instant::now();
+            if progress.due() {
                 log::info!(
                     "spool shard {}: taking over shard {orphan}: {} of {total} messages",
                     self.shard,

@@ -9,8 +9,9 @@
 //!
 //! Files: `conn` (buffered socket I/O, plain or TLS), `session` (the state
 //! machine for envelope verbs), `data` (DATA/BDAT bodies and the hand-off to
-//! the reception door), `auth` (AUTH on the submission listener). STARTTLS and the
-//! connection admission limits (global and per client IP) live here.
+//! the reception door), `auth` (AUTH on the submission listener). STARTTLS lives
+//! here; the connection limits (global and per client IP) are this
+//! listener's `shard::admission::Admission`.
 //!
 //! Shutdown: the accept loop stops; idle sessions (no transaction open)
 //! get `421 4.3.2` and are closed at once, also those waiting for the
