@@ -1,5 +1,5 @@
 //! DNS for delivery: MX, then A/AAAA, on one resolver thread shared by all
-//! shards.
+//! shards; and TXT, for `ringpost dkim check`.
 //!
 //! Owns: the resolver thread ([`start`]), the [`Resolver`] handle shards use,
 //! and the rules that turn DNS answers into an ordered list of hosts
@@ -62,6 +62,7 @@ impl DnsError {
 enum Request {
     Mx(String, oneshot::Sender<Result<Vec<MxHost>, DnsError>>),
     Host(String, oneshot::Sender<Result<Vec<IpAddr>, DnsError>>),
+    Txt(String, oneshot::Sender<Result<Vec<Vec<u8>>, DnsError>>),
 }
 
 /// A handle to the resolver thread. Cheap to clone, `Send`.
@@ -102,6 +103,9 @@ pub fn start(
                             }
                             Request::Host(host, reply) => {
                                 let _ = reply.send(lookup_host(&r, &host).await);
+                            }
+                            Request::Txt(name, reply) => {
+                                let _ = reply.send(lookup_txt(&r, &name).await);
                             }
                         }
                     });
@@ -154,6 +158,15 @@ impl Resolver {
     pub async fn host(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         let (tx, rx) = oneshot::channel();
         self.send(Request::Host(host.to_string(), tx))?;
+        rx.await
+            .unwrap_or_else(|_| Err(DnsError::Temporary("resolver thread gone".into())))
+    }
+
+    /// The TXT records at `name`, each one's strings joined (as DKIM
+    /// reads a key record, RFC 6376 3.6.2.2).
+    pub async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Txt(name.to_string(), tx))?;
         rx.await
             .unwrap_or_else(|_| Err(DnsError::Temporary("resolver thread gone".into())))
     }
@@ -225,6 +238,27 @@ async fn lookup_host(r: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, DnsEr
         }
         Err(e) if e.is_nx_domain() => Err(DnsError::NoSuchDomain),
         Err(e) if e.is_no_records_found() => Err(DnsError::NoAddress),
+        Err(e) => Err(DnsError::Temporary(e.to_string())),
+    }
+}
+
+async fn lookup_txt(r: &TokioResolver, name: &str) -> Result<Vec<Vec<u8>>, DnsError> {
+    match r.txt_lookup(fqdn(name)).await {
+        Ok(lookup) => Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|rec| match &rec.data {
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .flat_map(|s| s.iter().copied())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect()),
+        Err(e) if e.is_nx_domain() => Err(DnsError::NoSuchDomain),
+        Err(e) if e.is_no_records_found() => Ok(Vec::new()),
         Err(e) => Err(DnsError::Temporary(e.to_string())),
     }
 }

@@ -3,7 +3,8 @@
 //! Owns: [`EventLog`] and the event schema: `time` (RFC 3339, UTC), `event`
 //! (Reception, Delivery, TransientFailure, Bounce, Expiration, Deletion), `id`,
 //! `sender`, `recipient`, and where they apply `remote_host`, `remote_ip`,
-//! `reply` and `attempt`.
+//! `reply`, `attempt`, `tls`, and on Reception `dkim` (`{"signed": ["d=...
+//! s=... a=..."]}` or `{"unsigned": "no_from"}`).
 //!
 //! Each shard opens its own append-mode handle; one event is one `write` of
 //! a whole line, which O_APPEND keeps intact across shards.
@@ -16,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::dkim::DkimOutcome;
 use crate::queue::{Envelope, MessageId};
 
 /// Seconds since the Unix epoch.
@@ -58,6 +60,10 @@ pub struct Event<'a> {
     /// TLS protocol and cipher of the delivery connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<&'a str>,
+    /// Reception: the DKIM signatures added, or why there are none (only
+    /// when signing is configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<&'a DkimOutcome>,
 }
 
 enum Sink {
@@ -101,14 +107,11 @@ impl EventLog {
     }
 
     /// One Reception event per recipient of a newly queued message.
-    pub fn reception(&self, id: MessageId, env: &Envelope) {
+    pub fn reception(&self, id: MessageId, env: &Envelope, dkim: Option<&DkimOutcome>) {
         for r in &env.recipients {
-            self.write(&Event::new(
-                EventKind::Reception,
-                id,
-                &env.sender,
-                &r.address,
-            ));
+            let mut event = Event::new(EventKind::Reception, id, &env.sender, &r.address);
+            event.dkim = dkim;
+            self.write(&event);
         }
     }
 }
@@ -126,6 +129,7 @@ impl<'a> Event<'a> {
             reply: None,
             attempt: None,
             tls: None,
+            dkim: None,
         }
     }
 }

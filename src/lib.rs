@@ -3,7 +3,7 @@
 //! # Layout: the data path
 //!
 //! ```text
-//!  client ──SMTP──▶ inbound::smtp ─┐
+//!  client ──SMTP──▶ inbound::smtp ─┐   (signs: dkim)
 //!  app ─────HTTP──▶ http::inject ──┼─▶ inbound::Door ──▶ queue (segments + sled, per shard)
 //!  DSNs (scheduler) ───────────────┘    (one door)            │ submit
 //!                                                             ▼
@@ -28,7 +28,9 @@
 //!
 //! - [`proto`]: SMTP command, reply and message-body codecs. Pure functions
 //!   over bytes; no I/O.
-//! - [`dns`]: MX and address lookups on a resolver thread.
+//! - [`dkim`]: DKIM signing keys and the signer the door calls for every
+//!   message.
+//! - [`dns`]: MX, address and TXT lookups on a resolver thread.
 //! - [`tls`]: rustls configs for inbound STARTTLS and outbound encryption.
 //! - [`dsn`]: delivery status notifications (RFC 3464).
 //! - [`events`]: the JSON delivery log.
@@ -43,6 +45,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dkim;
 pub mod dns;
 pub mod dsn;
 pub mod events;

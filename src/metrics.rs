@@ -75,6 +75,9 @@ metrics_table! {
     HTTP_REQUESTS = "ringpost_http_requests_total", Counter, "HTTP requests answered, by listener (inject, admin, metrics) and status class (2xx, 4xx, 5xx).";
     HTTP_CONNECTIONS_REJECTED = "ringpost_http_connections_rejected_total", Counter, "HTTP connections refused with 503 before any request was read, by listener and reason (limit, per_address_limit).";
     HTTP_TIMEOUTS = "ringpost_http_timeouts_total", Counter, "HTTP connections closed at a deadline, by listener and phase: idle (no request began), head (a request head came too slowly), body (a body under the minimum rate).";
+    DKIM_SIGNATURES = "ringpost_dkim_signatures_total", Counter, "DKIM signatures made at reception, by signing domain, selector and algorithm (rsa-sha256, ed25519-sha256).";
+    DKIM_UNSIGNED = "ringpost_dkim_unsigned_total", Counter, "Messages queued without a DKIM signature while signing is configured, by reason (no_from, multiple_from, bad_from, no_identity, do_not_sign, error).";
+    DKIM_SIGN_SECONDS = "ringpost_dkim_sign_seconds", Histogram, "CPU time to sign one message with every identity its From domain calls for (header scan, canonicalization, hashing, signatures).";
     TLS_HANDSHAKES = "ringpost_tls_handshakes_total", Counter, "TLS handshakes, by direction (inbound, outbound) and result (ok, failed).";
 }
 
@@ -92,6 +95,14 @@ pub fn install() -> &'static PrometheusHandle {
                 b.set_buckets_for_metric(
                     metrics_exporter_prometheus::Matcher::Full(SPOOL_COMMIT_BATCH.into()),
                     &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(DKIM_SIGN_SECONDS.into()),
+                    &[
+                        0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01,
+                    ],
                 )
             })
             .expect("valid buckets")

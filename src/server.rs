@@ -262,11 +262,13 @@ pub struct Loaded {
     pub verified: Option<Arc<rustls::ClientConfig>>,
     pub admin_token: Option<String>,
     pub inject_token: Option<String>,
+    /// The DKIM signer, when `[dkim]` has identities.
+    pub dkim: Option<Arc<crate::dkim::Signer>>,
 }
 
 /// Every check `serve` makes before it binds anything, on the files the
 /// config names: certificates and keys, the CA bundle, the users file,
-/// tokens, the delivery log's directory. Every problem is reported, each
+/// tokens, DKIM keys, the delivery log's directory. Every problem is reported, each
 /// with the key that names the file. `check-config` runs it too.
 pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
     let mut p = Problems::default();
@@ -276,6 +278,7 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
         verified: None,
         admin_token: None,
         inject_token: None,
+        dkim: None,
     };
     if cfg.submission.enabled() && !cfg.submission.users_file.is_empty() {
         match Users::load(cfg.submission.users_file.as_ref()) {
@@ -311,6 +314,14 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
         match read_token(path) {
             Ok(t) => *token = t,
             Err(e) => p.at(key, e),
+        }
+    }
+    match crate::dkim::Signer::load(&cfg.dkim) {
+        Ok(signer) => loaded.dkim = signer.map(Arc::new),
+        Err(problems) => {
+            for (key, e) in problems.0 {
+                p.at(key, e.to_string());
+            }
         }
     }
     if let Some(problem) = log_target_problem(&cfg.delivery.log) {
@@ -434,6 +445,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         scheduler.clone(),
         events,
         p.clock.clone(),
+        p.files.dkim.clone(),
     ));
     let notifications = glommio::spawn_local(door.clone().take_notifications(dsns));
     let smtp = Rc::new(SmtpService {

@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check-config`, `dump-metrics`,
-//! `hash-password`, and `queue ...` (through the admin API of the running
+//! `hash-password`, `dkim keygen|check`, and `queue ...` (through the admin API of the running
 //! server; `queue ls --spool` reads a stopped server's spool).
 //!
 //! Owns: argument parsing (clap), loading the config, and printing. Errors
@@ -9,6 +9,7 @@
 //! the error says so).
 
 pub mod admin_client;
+pub mod dkim;
 pub mod sink;
 
 use std::path::PathBuf;
@@ -83,6 +84,11 @@ pub enum Command {
     /// Read a password from standard input and print its argon2id hash,
     /// for a line `name:hash` of the submission users file.
     HashPassword,
+    /// DKIM signing keys: make one, or check the DNS record of one.
+    Dkim {
+        #[command(subcommand)]
+        command: dkim::DkimCommand,
+    },
     /// Inspect and act on the queue of the running server (admin API).
     Queue {
         #[command(flatten)]
@@ -246,6 +252,10 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::CheckConfig { file } => check_config(&file),
+        Command::Dkim { command } => match dkim::run(command)? {
+            true => Ok(()),
+            false => anyhow::bail!("DNS does not publish every key checked"),
+        },
         Command::ConfigReference => {
             print!("{}", crate::config::reference_markdown());
             Ok(())

@@ -80,6 +80,7 @@ macro_rules! section {
 }
 
 mod delivery;
+mod dkim;
 mod dns;
 mod http;
 mod listen;
@@ -91,6 +92,7 @@ mod submission;
 mod tls;
 
 pub use delivery::{DeliveryConfig, NextHop};
+pub use dkim::{DKIM_ALGORITHMS, DkimConfig, DkimIdentity};
 pub use dns::DnsConfig;
 pub use http::{AdminConfig, InjectConfig, MetricsConfig};
 pub use listen::Listen;
@@ -111,6 +113,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
+    pub dkim: DkimConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
 }
@@ -218,6 +221,7 @@ impl Config {
                 "delivery" => cfg.delivery.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
+                "dkim" => cfg.dkim.merge(t, &mut p),
                 "metrics" => cfg.metrics.merge(t, &mut p),
                 "admin" => cfg.admin.merge(t, &mut p),
                 other => p.at(other, "unknown section"),
@@ -238,6 +242,7 @@ impl Config {
         self.delivery.check(p);
         self.dns.check(p);
         self.tls.check(p);
+        self.dkim.check(p);
         self.admin.check(p);
         if self.submission.listen.is_on() && !self.tls.inbound() {
             p.at(
@@ -347,6 +352,16 @@ fn locate_lines(text: &str, problems: &mut Problems) {
         let section = parts.next().unwrap_or("");
         let item = doc.get(section);
         let span = match parts.next() {
+            // `identity[3].key_file`: a key of one table of an array of
+            // tables (`[[section.identity]]`).
+            Some(key) if key.contains('[') => key.split_once('[').and_then(|(array, rest)| {
+                let (index, field) = rest.split_once("].")?;
+                let table = item?
+                    .get(array)?
+                    .as_array_of_tables()?
+                    .get(index.parse().ok()?)?;
+                table.get(field)?.span().or(table.span())
+            }),
             Some(key) => item
                 .and_then(|t| t.get(key))
                 .and_then(|v| v.span())

@@ -6,7 +6,8 @@
 //! delivery status notifications, which arrive on the door's DSN channel)
 //! mints an id, builds a [`NewMessage`] (envelope, our trace header and
 //! the content) and calls [`Door::accept`]. The door stamps the arrival
-//! time, stores the message durably (`Spool::enqueue`, which returns only
+//! time, signs it (DKIM, when configured: the spooled bytes are the
+//! signed bytes, so every retry sends what was signed), stores it durably (`Spool::enqueue`, which returns only
 //! after the group commit), counts it, writes its Reception events and
 //! hands it to the shard's scheduler, which starts delivering at once.
 //! Whatever reception must do for every message (signing, suppression
@@ -15,14 +16,17 @@
 //! Concurrency: a door serves the sessions and requests of its own shard;
 //! the messages it accepts are minted for and stored in that shard's spool.
 //!
-//! May call: `queue` (enqueue), `scheduler` (submit), `events`, `metrics`.
+//! May call: `dkim` (sign), `queue` (enqueue), `scheduler` (submit),
+//! `events`, `metrics`.
 //! Must not: speak a protocol (the front ends do) or deliver anything.
 
 pub mod smtp;
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dkim::Signer;
 use crate::events::EventLog;
 use crate::queue::{MessageId, NewMessage, Spool, SpoolError};
 use crate::scheduler::Scheduler;
@@ -54,6 +58,8 @@ pub struct Door {
     scheduler: Rc<Scheduler>,
     events: Rc<EventLog>,
     clock: Clock,
+    /// DKIM signing, when configured: one signer shared by every shard.
+    dkim: Option<Arc<Signer>>,
     /// Refusals can come by the thousand a second (a full disk): logged
     /// once, then counted.
     refusals_logged: LogLimit,
@@ -65,12 +71,14 @@ impl Door {
         scheduler: Rc<Scheduler>,
         events: Rc<EventLog>,
         clock: Clock,
+        dkim: Option<Arc<Signer>>,
     ) -> Door {
         Door {
             spool,
             scheduler,
             events,
             clock,
+            dkim,
             refusals_logged: LogLimit::new(Duration::from_secs(10)),
         }
     }
@@ -98,12 +106,25 @@ impl Door {
         let NewMessage {
             id,
             mut envelope,
-            body,
+            mut body,
             content_start: _,
         } = msg;
         if !self.spool.has_room() {
             return Err(self.refused(id, Refusal::InsufficientStorage));
         }
+        // Signed over the whole message as stored; our Received: is not
+        // among the signed fields, so where it sits does not matter to a
+        // verifier. The signature goes on top (see `dkim::Signer::sign`).
+        let dkim = self.dkim.as_ref().map(|signer| {
+            let signed = signer.sign(&body);
+            if !signed.header.is_empty() {
+                let mut with = Vec::with_capacity(signed.header.len() + body.len());
+                with.extend_from_slice(&signed.header);
+                with.extend_from_slice(&body);
+                body = with;
+            }
+            signed.outcome
+        });
         let now = self.clock.now();
         envelope.created = now;
         envelope.next_due = now;
@@ -115,7 +136,7 @@ impl Door {
         ::metrics::counter!(crate::metrics::RECIPIENTS_RECEIVED)
             .increment(stored.recipients.len() as u64);
         ::metrics::counter!(crate::metrics::BYTES_RECEIVED).increment(stored.size());
-        self.events.reception(id, &stored);
+        self.events.reception(id, &stored, dkim.as_ref());
         let accepted = Accepted {
             recipients: stored.recipients.len(),
         };
