@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hickory_server::Server;
 use hickory_server::net::runtime::TokioRuntimeProvider;
-use hickory_server::proto::rr::rdata::{A, MX, SOA};
+use hickory_server::proto::rr::rdata::{A, MX, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
@@ -17,6 +17,8 @@ use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 pub enum Rr {
     Mx(&'static str, u16, &'static str),
     A(&'static str, IpAddr),
+    /// One TXT record; the text is split into strings of 255 octets.
+    Txt(String, String),
 }
 
 /// Serves `zone` with `records` on 127.0.0.1 (UDP and TCP, same port) until
@@ -54,6 +56,14 @@ pub fn serve(zone: &str, records: Vec<Rr>) -> SocketAddr {
             }
             Rr::A(name, IpAddr::V4(ip)) => Record::from_rdata(abs(name), 1, RData::A(A(ip))),
             Rr::A(_, IpAddr::V6(_)) => unimplemented!("tests use IPv4 sinks"),
+            Rr::Txt(name, text) => {
+                let strings = text
+                    .as_bytes()
+                    .chunks(255)
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect();
+                Record::from_rdata(abs(&name), 60, RData::TXT(TXT::new(strings)))
+            }
         };
         assert!(handler.upsert_mut(record, 1));
     }

@@ -1,7 +1,7 @@
 """A small authoritative DNS server (dnspython, UDP and TCP) answering TXT
 queries from a JSON map {name: record text}; everything else NXDOMAIN.
 
-Used by tests/dkim/verify.py inside a network namespace, where the libc
+Used by tests/verifiers/verify.py inside a network namespace, where the libc
 resolver of OpenDKIM (and Perl's Net::DNS) finds it at 127.0.0.1:53."""
 import json
 import socket
