@@ -130,13 +130,13 @@ fn corpus_message(i: usize, eight_bit_ok: bool) -> Vec<u8> {
     let mut m = Vec::new();
     let from = match i % 4 {
         0 => format!("From: Receipts <receipts{i}@example.com>"),
-        1 => format!("From: \"Shop, Inc.\" <news@mail.example.com>"),
+        1 => "From: \"Shop, Inc.\" <news@mail.example.com>".to_string(),
         2 => format!("From: alerts{i}@example.com (alerts)"),
         _ => format!("From: =?utf-8?q?J=C3=B6rg?= <j{i}@example.com>"),
     };
     m.extend_from_slice(from.as_bytes());
     m.extend_from_slice(b"\r\n");
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         // A long To: folded over many lines.
         m.extend_from_slice(b"To: ");
         for k in 0..30 {
@@ -157,11 +157,11 @@ fn corpus_message(i: usize, eight_bit_ok: bool) -> Vec<u8> {
     m.extend_from_slice(format!("Date: Tue, 01 Dec 2026 03:00:{:02} +0000\r\n", i % 60).as_bytes());
     m.extend_from_slice(format!("Message-ID: <corpus.{i}@example.com>\r\n").as_bytes());
     m.extend_from_slice(format!("X-Corpus: {i}\r\n").as_bytes());
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         m.extend_from_slice(format!("List-Unsubscribe: <https://example.com/u/{i}>,\r\n <mailto:unsub-{i}@example.com>\r\n").as_bytes());
         m.extend_from_slice(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n");
     }
-    if i % 7 == 0 {
+    if i.is_multiple_of(7) {
         m.extend_from_slice(b"Feedback-ID: 1:receipts:example\r\n");
     }
     let multipart = i % 6 == 3;
@@ -360,7 +360,7 @@ fn a_thousand_varied_messages_verify_with_independent_verifiers_and_tampering_br
                 2,
                 "From over-signed: {h:?}"
             );
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 unsubscribes += 1;
                 assert!(h.contains(&"list-unsubscribe".to_string()), "{i}: {h:?}");
                 assert!(

@@ -43,6 +43,18 @@ pub struct Identity {
     signatures: OnceLock<::metrics::Counter>,
 }
 
+impl Identity {
+    pub fn new(domain: &str, selector: &str, key: SigningKey, expiry_secs: u64) -> Identity {
+        Identity {
+            domain: domain.to_ascii_lowercase(),
+            selector: selector.to_string(),
+            key,
+            expiry_secs,
+            signatures: OnceLock::new(),
+        }
+    }
+}
+
 /// Why a message was queued unsigned (the `reason` label of
 /// `ringpost_dkim_unsigned_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -125,13 +137,12 @@ impl Signer {
                 Ok(key)
             });
             match loaded {
-                Ok(key) => identities.push(Identity {
-                    domain: id.domain.to_ascii_lowercase(),
-                    selector: id.selector.clone(),
+                Ok(key) => identities.push(Identity::new(
+                    &id.domain,
+                    &id.selector,
                     key,
-                    expiry_secs: id.expiry_secs.unwrap_or(cfg.expiry_secs),
-                    signatures: OnceLock::new(),
-                }),
+                    id.expiry_secs.unwrap_or(cfg.expiry_secs),
+                )),
                 Err(e) => problems.push((format!("dkim.identity[{i}].key_file"), e)),
             }
         }

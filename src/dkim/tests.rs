@@ -8,13 +8,12 @@ use crate::config::DkimConfig;
 
 fn identity(domain: &str, selector: &str) -> Identity {
     let pem = generate(KeyKind::Ed25519).unwrap();
-    Identity {
-        domain: domain.into(),
-        selector: selector.into(),
-        key: SigningKey::from_pem(pem.as_bytes(), "test").unwrap(),
-        expiry_secs: 0,
-        signatures: OnceLock::new(),
-    }
+    Identity::new(
+        domain,
+        selector,
+        SigningKey::from_pem(pem.as_bytes(), "test").unwrap(),
+        0,
+    )
 }
 
 fn signer(tweak: impl FnOnce(&mut DkimConfig)) -> Signer {
@@ -122,8 +121,10 @@ fn signed_fields_are_those_present_and_from_once_more() {
 
 #[test]
 fn expiry_sets_x() {
-    let mut cfg = DkimConfig::default();
-    cfg.expiry_secs = 86_400;
+    let cfg = DkimConfig {
+        expiry_secs: 86_400,
+        ..Default::default()
+    };
     let mut id = identity("example.com", "a");
     id.expiry_secs = cfg.expiry_secs;
     let s = Signer::new(&cfg, vec![id]);
