@@ -28,6 +28,8 @@
 //!
 //! - [`proto`]: SMTP command, reply and message-body codecs. Pure functions
 //!   over bytes; no I/O.
+//! - [`classify`]: bounce classification of failed and deferred
+//!   deliveries (categories, rules).
 //! - [`dkim`]: DKIM signing keys and the signer the door calls for every
 //!   message.
 //! - [`dns`]: MX, address and TXT lookups on a resolver thread.
@@ -43,6 +45,7 @@
 //! At the top: [`server`], the composition root that assembles the shards,
 //! and [`cli`], the command line (the binary is a thin wrapper).
 
+pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod dkim;
