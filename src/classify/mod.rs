@@ -346,7 +346,8 @@ mod tests {
             (Some(554), s(5, 7, 1))
         );
         assert_eq!(parse_reply("421 RP-001 too many"), (Some(421), None));
-        assert_eq!(parse_reply("550 5.7.1; x"), (Some(550), None));
+        assert_eq!(parse_reply("550 5.7.1; x"), (Some(550), s(5, 7, 1)));
+        assert_eq!(parse_reply("550 5.7.x no"), (Some(550), None));
         assert_eq!(parse_reply("connect: Connection refused"), (None, None));
         assert_eq!(parse_reply(""), (None, None));
         assert_eq!(parse_reply("5500 x"), (None, None));
