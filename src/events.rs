@@ -3,7 +3,8 @@
 //! Owns: [`EventLog`] and the event schema: `time` (RFC 3339, UTC), `event`
 //! (Reception, Delivery, TransientFailure, Bounce, Expiration, Deletion), `id`,
 //! `sender`, `recipient`, and where they apply `remote_host`, `remote_ip`,
-//! `reply`, `attempt`, `tls`, and on Reception `dkim` (`{"signed": ["d=...
+//! `reply`, `attempt`, `tls`, `category` (TransientFailure, Bounce: the
+//! bounce category), and on Reception `dkim` (`{"signed": ["d=...
 //! s=... a=..."]}` or `{"unsigned": "no_from"}`).
 //!
 //! Each shard opens its own append-mode handle; one event is one `write` of
@@ -60,6 +61,10 @@ pub struct Event<'a> {
     /// TLS protocol and cipher of the delivery connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<&'a str>,
+    /// TransientFailure and Bounce: what the failure means
+    /// (`classify::BounceCategory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<&'static str>,
     /// Reception: the DKIM signatures added, or why there are none (only
     /// when signing is configured).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -129,6 +134,7 @@ impl<'a> Event<'a> {
             reply: None,
             attempt: None,
             tls: None,
+            category: None,
             dkim: None,
         }
     }

@@ -54,6 +54,7 @@ metrics_table! {
     RECIPIENTS_DELIVERED = "ringpost_recipients_delivered_total", Counter, "Recipients a remote server accepted.";
     RECIPIENTS_DEFERRED = "ringpost_recipients_deferred_total", Counter, "Delivery attempts per recipient that failed temporarily.";
     RECIPIENTS_BOUNCED = "ringpost_recipients_bounced_total", Counter, "Recipients that failed permanently (a DSN was sent unless the sender was <>).";
+    DELIVERY_FAILURES = "ringpost_delivery_failures_total", Counter, "Failed delivery attempts per recipient, by bounce category (see [bounce_classifier]) and result (deferred: to be retried; bounced: failed for good, including expiry).";
     RECIPIENTS_EXPIRED = "ringpost_recipients_expired_total", Counter, "Recipients still failing at max_age_secs.";
     SMTP_CONNECTIONS_TOTAL = "ringpost_smtp_connections_total", Counter, "Inbound SMTP connections accepted, by listener.";
     SMTP_CONNECTIONS_REJECTED = "ringpost_smtp_connections_rejected_total", Counter, "Inbound connections turned away over the connection limits.";

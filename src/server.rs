@@ -264,6 +264,8 @@ pub struct Loaded {
     pub inject_token: Option<String>,
     /// The DKIM signer, when `[dkim]` has identities.
     pub dkim: Option<Arc<crate::dkim::Signer>>,
+    /// The bounce classifier: the operator's rules, then ringpost's.
+    pub classifier: Arc<crate::classify::Classifier>,
 }
 
 /// Every check `serve` makes before it binds anything, on the files the
@@ -279,6 +281,7 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
         admin_token: None,
         inject_token: None,
         dkim: None,
+        classifier: Arc::new(crate::classify::Classifier::default_rules()),
     };
     if cfg.submission.enabled() && !cfg.submission.users_file.is_empty() {
         match Users::load(cfg.submission.users_file.as_ref()) {
@@ -316,6 +319,10 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
             Err(e) => p.at(key, e),
         }
     }
+    match load_classifier(&cfg.bounce_classifier) {
+        Ok(c) => loaded.classifier = Arc::new(c),
+        Err(e) => p.at("bounce_classifier.rules_file", e),
+    }
     match crate::dkim::Signer::load(&cfg.dkim) {
         Ok(signer) => loaded.dkim = signer.map(Arc::new),
         Err(problems) => {
@@ -331,6 +338,24 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
         true => Ok(loaded),
         false => Err(p),
     }
+}
+
+/// The operator's rules file (if any), then ringpost's own rules.
+fn load_classifier(
+    cfg: &crate::config::BounceClassifierConfig,
+) -> Result<crate::classify::Classifier, String> {
+    let own = match cfg.rules_file.as_str() {
+        "" => None,
+        path => Some(std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?),
+    };
+    let mut files: Vec<(&str, &str)> = Vec::new();
+    if let Some(text) = &own {
+        files.push((cfg.rules_file.as_str(), text));
+    }
+    if cfg.default_rules {
+        files.push(("ringpost's default rules", crate::classify::DEFAULT_RULES));
+    }
+    crate::classify::Classifier::new(&files).map_err(|e| e.to_string())
 }
 
 /// Whether the delivery log can be appended to, without creating it.
@@ -438,6 +463,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         delivery: Delivery::new(&p.outbound),
         events: events.clone(),
         clock: p.clock.clone(),
+        classifier: p.files.classifier.clone(),
     });
     scheduler.start(recovered.messages);
     let door = Rc::new(Door::new(

@@ -914,3 +914,105 @@ fn a_failure_is_logged_and_bounced_without_waiting_for_other_domains() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(sender.messages().len(), 1, "one DSN, for bob only");
 }
+
+/// Every failed or deferred delivery is classified: the category is in the
+/// delivery log and in `ringpost_delivery_failures_total`; an operator's
+/// rules file comes before ringpost's rules.
+#[test]
+fn failures_carry_their_bounce_category() {
+    let port = sink_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let rules = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        rules.path(),
+        // The sink's "550 5.1.1 no such user" is InvalidRecipient by
+        // ringpost's rules; this operator says otherwise.
+        "[[rule]]\ncategory = \"InactiveMailbox\"\ntext = 'no such user'\n",
+    )
+    .unwrap();
+    let _sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            temp_fail_first: 1,
+            temp_reply: "421 4.7.28 Gmail has detected an unusual rate of unsolicited mail originating from your DKIM domain [sender.test 1]. To protect our users from spam, mail sent from your DKIM domain has been temporarily rate limited.".into(),
+            reject_rcpts: ["gone@dest.test".to_string(), "closed-mailbox@dest.test".to_string()]
+                .into_iter()
+                .collect(),
+            ..Script::default()
+        },
+    );
+    let log_path = log.path().to_str().unwrap().to_string();
+    let rules_path = rules.path().to_str().unwrap().to_string();
+    let ts = server(port, zone(), |c| {
+        c.delivery.log = log_path;
+        c.bounce_classifier.rules_file = rules_path;
+    });
+    let id = send(
+        &ts,
+        "a@sender.test",
+        &["x@dest.test"],
+        "Subject: a\r\n\r\nx\r\n",
+    );
+    let gone = send(&ts, "", &["gone@dest.test"], "Subject: b\r\n\r\nx\r\n");
+    let closed = send(
+        &ts,
+        "",
+        &["closed-mailbox@dest.test"],
+        "Subject: c\r\n\r\nx\r\n",
+    );
+    let _ = nxdomain_send(&ts);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events: Vec<serde_json::Value> = std::fs::read_to_string(log.path())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let done = events
+            .iter()
+            .filter(|e| e["event"] == "Delivery" || e["event"] == "Bounce")
+            .count();
+        if done >= 4 || std::time::Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let category = |id: &str, kind: &str| {
+        events
+            .iter()
+            .find(|e| e["id"] == id && e["event"] == kind)
+            .map(|e| e["category"].as_str().unwrap_or("none").to_string())
+            .unwrap_or_else(|| panic!("no {kind} for {id}: {events:#?}"))
+    };
+    assert_eq!(category(&id, "TransientFailure"), "RateLimited");
+    assert_eq!(
+        category(&gone, "Bounce"),
+        "InactiveMailbox",
+        "the operator's rule wins"
+    );
+    assert_eq!(category(&closed, "Bounce"), "InactiveMailbox");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "Bounce" && e["category"] == "BadDomain"),
+        "{events:#?}"
+    );
+    let metrics = common::http(
+        ts.metrics_addr.unwrap(),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .1;
+    for line in [
+        "ringpost_delivery_failures_total{category=\"RateLimited\",result=\"deferred\"} 1",
+        "ringpost_delivery_failures_total{category=\"InactiveMailbox\",result=\"bounced\"} 2",
+        "ringpost_delivery_failures_total{category=\"BadDomain\",result=\"bounced\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}
+
+/// A message to a domain that does not exist (NXDOMAIN under .test).
+fn nxdomain_send(ts: &TestServer) -> String {
+    send(ts, "", &["x@nowhere.test"], "Subject: d\r\n\r\nx\r\n")
+}

@@ -79,6 +79,7 @@ macro_rules! section {
     };
 }
 
+mod bounce_classifier;
 mod delivery;
 mod dkim;
 mod dns;
@@ -91,6 +92,7 @@ mod spool;
 mod submission;
 mod tls;
 
+pub use bounce_classifier::BounceClassifierConfig;
 pub use delivery::{DeliveryConfig, NextHop};
 pub use dkim::{DKIM_ALGORITHMS, DkimConfig, DkimIdentity};
 pub use dns::DnsConfig;
@@ -111,6 +113,7 @@ pub struct Config {
     pub submission: SubmissionConfig,
     pub inject: InjectConfig,
     pub delivery: DeliveryConfig,
+    pub bounce_classifier: BounceClassifierConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
     pub dkim: DkimConfig,
@@ -219,6 +222,7 @@ impl Config {
                 "submission" => cfg.submission.merge(t, &mut p),
                 "inject" => cfg.inject.merge(t, &mut p),
                 "delivery" => cfg.delivery.merge(t, &mut p),
+                "bounce_classifier" => cfg.bounce_classifier.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
                 "dkim" => cfg.dkim.merge(t, &mut p),
@@ -240,6 +244,7 @@ impl Config {
         self.submission.check(p);
         self.inject.check(p);
         self.delivery.check(p);
+        self.bounce_classifier.check(p);
         self.dns.check(p);
         self.tls.check(p);
         self.dkim.check(p);

@@ -96,6 +96,7 @@ pub fn reference_markdown() -> String {
         super::SubmissionConfig::reference(),
         super::InjectConfig::reference(),
         super::DeliveryConfig::reference(),
+        super::BounceClassifierConfig::reference(),
         super::DnsConfig::reference(),
         super::TlsConfig::reference(),
         super::DkimConfig::reference(),

@@ -76,6 +76,8 @@ pub struct Wiring {
     pub delivery: Delivery,
     pub events: Rc<EventLog>,
     pub clock: Clock,
+    /// Gives every failure its category (shared by every shard).
+    pub classifier: Arc<crate::classify::Classifier>,
 }
 
 pub struct Scheduler {
@@ -85,6 +87,7 @@ pub struct Scheduler {
     delivery: Delivery,
     events: Rc<EventLog>,
     clock: Clock,
+    classifier: Arc<crate::classify::Classifier>,
     retry: RetryPolicy,
     /// This shard's share of `max_connections` per domain.
     connections_per_domain: usize,
@@ -125,6 +128,7 @@ impl Scheduler {
             delivery: w.delivery,
             events: w.events,
             clock: w.clock,
+            classifier: w.classifier,
             state: RefCell::default(),
             tasks: TaskSet::default(),
             draining: Cell::new(false),
@@ -332,18 +336,19 @@ impl Scheduler {
         let mut st = self.state.borrow_mut();
         let recorded = st.record(id, rcpts, attempt, |env, i, outcome| {
             let r = &env.recipients[i];
-            let kind = match outcome {
+            let (kind, category) = match outcome {
                 DeliveryOutcome::Delivered { .. } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_DELIVERED).increment(1);
-                    EventKind::Delivery
+                    (EventKind::Delivery, None)
                 }
-                DeliveryOutcome::Temporary { .. } => {
+                DeliveryOutcome::Temporary { reply } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_DEFERRED).increment(1);
-                    EventKind::TransientFailure
+                    let category = self.failed(reply, true, false);
+                    (EventKind::TransientFailure, Some(category))
                 }
-                DeliveryOutcome::Permanent { .. } => {
+                DeliveryOutcome::Permanent { reply, .. } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_BOUNCED).increment(1);
-                    EventKind::Bounce
+                    (EventKind::Bounce, Some(self.failed(reply, false, true)))
                 }
             };
             let remote = attempt.remote.as_ref();
@@ -353,6 +358,7 @@ impl Scheduler {
             ev.reply = Some(outcome.reply());
             ev.attempt = Some(r.attempts);
             ev.tls = attempt.tls.as_deref();
+            ev.category = category.map(crate::classify::BounceCategory::as_str);
             self.events.write(&ev);
         });
         let Some(recorded) = recorded else {
@@ -448,7 +454,29 @@ impl Scheduler {
         }
     }
 
-    /// The Bounce event of a recipient that failed for good.
+    /// The category of a failure, counted: `temporary` says how the
+    /// attempt ended (a 4xx, or no reply), `bounced` whether the recipient
+    /// failed for good (a 5xx, expiry, the administrator's bounce) or will
+    /// be retried.
+    fn failed(
+        &self,
+        reply: &str,
+        temporary: bool,
+        bounced: bool,
+    ) -> crate::classify::BounceCategory {
+        let category = self.classifier.classify(reply, temporary);
+        let result = if bounced { "bounced" } else { "deferred" };
+        ::metrics::counter!(
+            crate::metrics::DELIVERY_FAILURES,
+            "category" => category.as_str(),
+            "result" => result,
+        )
+        .increment(1);
+        category
+    }
+
+    /// The Bounce event of a recipient that failed for good (expiry, or
+    /// the administrator's bounce), with the category of its last reply.
     fn log_bounce(
         &self,
         id: MessageId,
@@ -457,6 +485,8 @@ impl Scheduler {
         failure: &Failure,
     ) {
         let mut ev = Event::new(EventKind::Bounce, id, sender, &r.address);
+        let category = self.failed(&failure.reply, failure.status.starts_with('4'), true);
+        ev.category = Some(category.as_str());
         ev.reply = Some(&failure.reply);
         ev.remote_host = failure.remote.as_deref();
         ev.attempt = Some(r.attempts);
