@@ -39,6 +39,7 @@ use crate::inbound::Door;
 use crate::inbound::smtp::{self, SmtpService, auth::Users};
 use crate::outbound::route::Router;
 use crate::outbound::{Delivery, OutboundSettings};
+use crate::queue::suppression::SuppressionList;
 use crate::queue::{Spool, SpoolOptions, existing_shards};
 use crate::scheduler::{Scheduler, Wiring};
 use crate::shard::clock::Clock;
@@ -71,6 +72,8 @@ pub enum StartError {
     Dns(std::io::Error),
     #[error("{0}")]
     Files(ConfigErrors),
+    #[error("suppression list: {0}")]
+    Suppressions(crate::queue::SpoolError),
 }
 
 /// Where each listener is, once bound (port 0 resolved); None when off.
@@ -119,6 +122,8 @@ struct Prepared {
     /// Turns true once every shard serves (`/readyz`).
     ready: Arc<AtomicBool>,
     mesh: Mesh<Scheduler>,
+    /// The node's suppression list, when `suppression.enabled`.
+    suppressions: Option<Arc<SuppressionList>>,
 }
 
 /// One shard's own ends of the cross-shard channels.
@@ -239,7 +244,15 @@ fn prepare(
         Duration::from_secs(cfg.dns.timeout_secs),
     )
     .map_err(StartError::Dns)?;
+    let suppressions = match cfg.suppression.enabled {
+        true => Some(Arc::new(
+            SuppressionList::open(&cfg.suppression.dir(&cfg.spool.dir))
+                .map_err(StartError::Suppressions)?,
+        )),
+        false => None,
+    };
     Ok(Prepared {
+        suppressions,
         outbound: OutboundSettings::new(&cfg, files.verified.clone()),
         cfg: Arc::new(cfg),
         shards,
@@ -464,6 +477,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         events: events.clone(),
         clock: p.clock.clone(),
         classifier: p.files.classifier.clone(),
+        suppressions: p.suppressions.clone(),
     });
     scheduler.start(recovered.messages);
     let door = Rc::new(Door::new(
@@ -472,6 +486,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         events,
         p.clock.clone(),
         p.files.dkim.clone(),
+        p.suppressions.clone(),
     ));
     let notifications = glommio::spawn_local(door.clone().take_notifications(dsns));
     let smtp = Rc::new(SmtpService {
@@ -586,8 +601,18 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
     if let Some(l) = bound.admin {
         loops.push(glommio::spawn_local(crate::http::serve(
             l,
-            crate::http::admin::AdminApi::new(p.mesh.clone(), p.files.admin_token.clone()),
-            crate::http::ListenerLimits::control("admin"),
+            crate::http::admin::AdminApi::new(
+                p.mesh.clone(),
+                p.files.admin_token.clone(),
+                p.suppressions.clone(),
+                p.clock.clone(),
+            ),
+            crate::http::ListenerLimits {
+                // A suppression import posts up to 10,000 entries at once;
+                // only a request with the token gets its body read.
+                max_body: 2 << 20,
+                ..crate::http::ListenerLimits::control("admin")
+            },
             stop.clone(),
         )));
     }

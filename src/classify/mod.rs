@@ -321,6 +321,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn category_names_are_the_configs() {
+        let names: Vec<&str> = BounceCategory::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names, crate::config::BOUNCE_CATEGORIES);
+    }
+
+    #[test]
     fn reply_codes_are_read_from_the_line() {
         let s = |c, sj, d| {
             Some(StatusCode {

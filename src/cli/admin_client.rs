@@ -52,6 +52,16 @@ impl AdminClient {
     /// Sends one request; the JSON body of a 200 answer, or the error the
     /// server gave.
     pub fn call(&self, method: &str, target: &str) -> Result<serde_json::Value, ClientError> {
+        self.call_with_body(method, target, b"")
+    }
+
+    /// [`AdminClient::call`] with a JSON request body.
+    pub fn call_with_body(
+        &self,
+        method: &str,
+        target: &str,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ClientError> {
         let addr = self.addr;
         let io = |source| ClientError::Io { addr, source };
         let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
@@ -63,9 +73,11 @@ impl AdminClient {
             None => String::new(),
         };
         let request = format!(
-            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
         );
         stream.write_all(request.as_bytes()).map_err(io)?;
+        stream.write_all(body).map_err(io)?;
         let mut raw = Vec::new();
         stream.take(MAX_ANSWER).read_to_end(&mut raw).map_err(io)?;
         let (status, body) = split_response(&raw)?;
@@ -73,6 +85,10 @@ impl AdminClient {
         match (status, value) {
             (200, Ok(value)) => Ok(value),
             (200, Err(e)) => Err(ClientError::Malformed(format!("not JSON: {e}"))),
+            (503, Ok(value)) if value["error"].is_string() => Err(ClientError::Refused {
+                status,
+                message: value["error"].as_str().unwrap_or_default().to_string(),
+            }),
             (503, _) => Err(ClientError::Refused {
                 status,
                 message: "the server is busy or shutting down: try again".into(),

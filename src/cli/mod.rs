@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check-config`, `dump-metrics`,
-//! `hash-password`, `dkim keygen|check`, and `queue ...` (through the admin API of the running
+//! `hash-password`, `dkim keygen|check`, `suppression ...` and `queue ...` (through the admin API of the running
 //! server; `queue ls --spool` reads a stopped server's spool).
 //!
 //! Owns: argument parsing (clap), loading the config, and printing. Errors
@@ -11,6 +11,7 @@
 pub mod admin_client;
 pub mod dkim;
 pub mod sink;
+pub mod suppression;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +89,13 @@ pub enum Command {
     Dkim {
         #[command(subcommand)]
         command: dkim::DkimCommand,
+    },
+    /// The suppression list of the running server (admin API).
+    Suppression {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: suppression::SuppressionCommand,
     },
     /// Inspect and act on the queue of the running server (admin API).
     Queue {
@@ -267,12 +275,16 @@ pub fn run(cli: Cli) -> Result<()> {
             admin,
         } => queue_ls(&dir, &load(admin.config.as_ref())?),
         Command::Queue { admin, command } => queue(admin, command),
+        Command::Suppression { admin, command } => {
+            let json = admin.json;
+            let api = admin_client(admin)?;
+            suppression::run(&api, command, json)
+        }
     }
 }
 
-fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
-    use crate::http::admin::{MessageDetail, Summary};
-    use admin_client::{AdminClient, encode};
+/// The admin API client of `--config`/`--admin`/`--token-file`.
+fn admin_client(args: AdminArgs) -> Result<admin_client::AdminClient> {
     let cfg = load(args.config.as_ref())?;
     let addr = match args.admin {
         Some(a) => a,
@@ -297,7 +309,14 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
         ),
         None => None,
     };
-    let api = AdminClient { addr, token };
+    Ok(admin_client::AdminClient { addr, token })
+}
+
+fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
+    use crate::http::admin::{MessageDetail, Summary};
+    use admin_client::encode;
+    let json = args.json;
+    let api = admin_client(args)?;
     let domain_query = |d: &Option<String>| match d {
         Some(d) => format!("?domain={}", encode(d)),
         None => String::new(),
@@ -327,7 +346,7 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
         QueueCommand::Bounce { id } => ("POST", format!("/queue/messages/{}/bounce", encode(id))),
     };
     let answer = api.call(method, &target)?;
-    if args.json {
+    if json {
         println!("{answer}");
         return Ok(());
     }

@@ -3,6 +3,25 @@
 
 use super::Problems;
 
+/// The bounce categories (`classify::BounceCategory`, whose names a test
+/// holds to this list), for the keys that name them.
+pub const BOUNCE_CATEGORIES: &[&str] = &[
+    "InvalidRecipient",
+    "BadDomain",
+    "InactiveMailbox",
+    "QuotaIssues",
+    "MessageTooLarge",
+    "SpamBlock",
+    "SpamContent",
+    "PolicyRelated",
+    "AuthFailure",
+    "TLSRequired",
+    "RateLimited",
+    "TransientFailure",
+    "ProtocolError",
+    "Other",
+];
+
 section! {
     /// Every failed or deferred delivery gets a category
     /// (InvalidRecipient, BadDomain, InactiveMailbox, QuotaIssues,

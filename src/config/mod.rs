@@ -90,9 +90,10 @@ mod server;
 mod smtp;
 mod spool;
 mod submission;
+mod suppression;
 mod tls;
 
-pub use bounce_classifier::BounceClassifierConfig;
+pub use bounce_classifier::{BOUNCE_CATEGORIES, BounceClassifierConfig};
 pub use delivery::{DeliveryConfig, NextHop};
 pub use dkim::{DKIM_ALGORITHMS, DkimConfig, DkimIdentity};
 pub use dns::DnsConfig;
@@ -103,6 +104,7 @@ pub use server::ServerConfig;
 pub use smtp::{LineEndings, SmtpConfig};
 pub use spool::{SpoolConfig, SyncMode};
 pub use submission::SubmissionConfig;
+pub use suppression::{SuppressionAction, SuppressionConfig, SuppressionScope};
 pub use tls::{OutboundTls, TlsConfig};
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -114,6 +116,7 @@ pub struct Config {
     pub inject: InjectConfig,
     pub delivery: DeliveryConfig,
     pub bounce_classifier: BounceClassifierConfig,
+    pub suppression: SuppressionConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
     pub dkim: DkimConfig,
@@ -223,6 +226,7 @@ impl Config {
                 "inject" => cfg.inject.merge(t, &mut p),
                 "delivery" => cfg.delivery.merge(t, &mut p),
                 "bounce_classifier" => cfg.bounce_classifier.merge(t, &mut p),
+                "suppression" => cfg.suppression.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
                 "dkim" => cfg.dkim.merge(t, &mut p),
@@ -245,6 +249,7 @@ impl Config {
         self.inject.check(p);
         self.delivery.check(p);
         self.bounce_classifier.check(p);
+        self.suppression.check(p);
         self.dns.check(p);
         self.tls.check(p);
         self.dkim.check(p);

@@ -97,6 +97,7 @@ pub fn reference_markdown() -> String {
         super::InjectConfig::reference(),
         super::DeliveryConfig::reference(),
         super::BounceClassifierConfig::reference(),
+        super::SuppressionConfig::reference(),
         super::DnsConfig::reference(),
         super::TlsConfig::reference(),
         super::DkimConfig::reference(),

@@ -14,6 +14,7 @@
 //! | `POST /queue/flush?domain=D`            | `{"flushed": N}`               |
 //! | `POST /queue/domains/D/suspend?for=SECS`| `{"domain": D, "suspended": true, "until": T}` |
 //! | `POST /queue/domains/D/resume`          | `{"domain": D, "suspended": false}` |
+//! | `... /suppressions...`                  | the suppression list: `http::suppressions` |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad request), 401 (token),
 //! 404 (no such message or path), 405, 409 (delivery under way), 500 (the
@@ -25,6 +26,7 @@
 //! mesh, to the shard that owns it.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -34,8 +36,10 @@ use std::pin::Pin;
 
 use crate::http::{Endpoint, Request, Response};
 use crate::queue::MessageId;
+use crate::queue::suppression::SuppressionList;
 use crate::scheduler::Scheduler;
 use crate::scheduler::operations::{DomainSummary, MessageInfo, OperationError};
+use crate::shard::clock::Clock;
 use crate::shard::mesh::{Mesh, ShardGone};
 
 /// Every shard's scheduler, reached through the mesh.
@@ -102,11 +106,24 @@ pub struct AdminApi {
     shards: Shards,
     /// The bearer token every request must carry, if configured.
     token: Option<String>,
+    /// The node's suppression list (shared), when on.
+    suppressions: Option<Arc<SuppressionList>>,
+    clock: Clock,
 }
 
 impl AdminApi {
-    pub fn new(shards: Shards, token: Option<String>) -> Rc<AdminApi> {
-        Rc::new(AdminApi { shards, token })
+    pub fn new(
+        shards: Shards,
+        token: Option<String>,
+        suppressions: Option<Arc<SuppressionList>>,
+        clock: Clock,
+    ) -> Rc<AdminApi> {
+        Rc::new(AdminApi {
+            shards,
+            token,
+            suppressions,
+            clock,
+        })
     }
 }
 
@@ -120,6 +137,13 @@ impl Endpoint for AdminApi {
 
     fn answer(self: Rc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
         Box::pin(async move {
+            if req.segments.first().is_some_and(|s| s == "suppressions") {
+                return crate::http::suppressions::answer(
+                    self.suppressions.as_ref(),
+                    &self.clock,
+                    &req,
+                );
+            }
             route(&self.shards, &req)
                 .await
                 .unwrap_or_else(ApiError::into_response)

@@ -255,7 +255,20 @@ impl Refusal {
 impl Injector {
     /// Queues an admitted request's message.
     async fn inject(&self, req: Request) -> Result<Response, Refusal> {
-        let injection = parse(&req.body, ContentLimits::of(&self.cfg))?;
+        let mut injection = parse(&req.body, ContentLimits::of(&self.cfg))?;
+        let errors = self.drop_suppressed(&mut injection);
+        if injection.recipients.is_empty() {
+            return Ok(Response::json(
+                200,
+                &Accepted {
+                    id: String::new(),
+                    success_count: 0,
+                    fail_count: injection.failed.len(),
+                    failed_recipients: injection.failed,
+                    errors,
+                },
+            ));
+        }
         let peer = req.peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let id = self.door.new_id();
         let envelope = self.envelope(&injection, peer);
@@ -281,9 +294,32 @@ impl Injector {
                 success_count: accepted.recipients,
                 fail_count: injection.failed.len(),
                 failed_recipients: injection.failed,
-                errors: Vec::new(),
+                errors,
             },
         ))
+    }
+
+    /// Moves suppressed recipients to `failed`; an error line for each.
+    fn drop_suppressed(&self, injection: &mut Injection) -> Vec<String> {
+        let sender = injection
+            .sender
+            .as_ref()
+            .map(Mailbox::to_string)
+            .unwrap_or_default();
+        let mut errors = Vec::new();
+        let door = &self.door;
+        injection.recipients.retain(|r| {
+            let address = r.to_string();
+            match door.suppressed(&sender, &address, "http") {
+                Some(s) => {
+                    errors.push(format!("{address}: recipient suppressed ({})", s.reason));
+                    injection.failed.push(address);
+                    false
+                }
+                None => true,
+            }
+        });
+        errors
     }
 
     /// A client in `smtp.relay_networks` may inject; anyone else needs the

@@ -53,6 +53,7 @@ use crate::shard::tasks::TaskSet;
 pub mod admin;
 pub mod inject;
 pub mod metrics;
+pub mod suppressions;
 
 /// The largest request head (request line and header fields).
 const MAX_HEAD: usize = 16 * 1024;

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use crate::dkim::Signer;
 use crate::events::EventLog;
+use crate::queue::suppression::{Suppression, SuppressionList};
 use crate::queue::{MessageId, NewMessage, Spool, SpoolError};
 use crate::scheduler::Scheduler;
 use crate::shard::clock::Clock;
@@ -60,6 +61,8 @@ pub struct Door {
     clock: Clock,
     /// DKIM signing, when configured: one signer shared by every shard.
     dkim: Option<Arc<Signer>>,
+    /// The node's suppression list, when on (shared by every shard).
+    suppressions: Option<Arc<SuppressionList>>,
     /// Refusals can come by the thousand a second (a full disk): logged
     /// once, then counted.
     refusals_logged: LogLimit,
@@ -72,6 +75,7 @@ impl Door {
         events: Rc<EventLog>,
         clock: Clock,
         dkim: Option<Arc<Signer>>,
+        suppressions: Option<Arc<SuppressionList>>,
     ) -> Door {
         Door {
             spool,
@@ -79,6 +83,7 @@ impl Door {
             events,
             clock,
             dkim,
+            suppressions,
             refusals_logged: LogLimit::new(Duration::from_secs(10)),
         }
     }
@@ -87,6 +92,24 @@ impl Door {
     /// reserve). The SMTP front end asks at MAIL, before the body comes.
     pub fn has_room(&self) -> bool {
         self.spool.has_room()
+    }
+
+    /// The suppression that refuses mail from `sender` to `rcpt`, if any
+    /// (counted by `listener`: "smtp", "http"). Every front end asks, for
+    /// every recipient, before it takes the message.
+    pub fn suppressed(
+        &self,
+        sender: &str,
+        rcpt: &str,
+        listener: &'static str,
+    ) -> Option<Suppression> {
+        let found = self
+            .suppressions
+            .as_ref()?
+            .check(sender, rcpt, self.clock.now())?;
+        ::metrics::counter!(crate::metrics::SUPPRESSED_RECIPIENTS, "listener" => listener)
+            .increment(1);
+        Some(found)
     }
 
     /// A new id owned by this shard, for the message about to be received

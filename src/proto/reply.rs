@@ -133,6 +133,8 @@ pub enum Rejection {
     AuthCancelled,
     #[error("too many failed authentications")]
     TooManyAuthFailures,
+    #[error("recipient suppressed")]
+    Suppressed,
 }
 
 impl Rejection {
@@ -196,6 +198,7 @@ impl Rejection {
                 "4.7.0",
                 "Error: too many failed authentications, closing",
             ),
+            Suppressed => Reply::new(550, "5.7.1", "Recipient suppressed"),
         }
     }
 

@@ -40,6 +40,7 @@ pub mod commit;
 pub mod envelope;
 pub mod id;
 pub mod segment;
+pub mod suppression;
 
 use std::cell::RefCell;
 use std::fs;

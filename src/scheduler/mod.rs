@@ -78,6 +78,8 @@ pub struct Wiring {
     pub clock: Clock,
     /// Gives every failure its category (shared by every shard).
     pub classifier: Arc<crate::classify::Classifier>,
+    /// Where recipients that bounced for good are suppressed.
+    pub suppressions: Option<Arc<crate::queue::suppression::SuppressionList>>,
 }
 
 pub struct Scheduler {
@@ -88,6 +90,7 @@ pub struct Scheduler {
     events: Rc<EventLog>,
     clock: Clock,
     classifier: Arc<crate::classify::Classifier>,
+    suppressions: Option<Arc<crate::queue::suppression::SuppressionList>>,
     retry: RetryPolicy,
     /// This shard's share of `max_connections` per domain.
     connections_per_domain: usize,
@@ -129,6 +132,7 @@ impl Scheduler {
             events: w.events,
             clock: w.clock,
             classifier: w.classifier,
+            suppressions: w.suppressions,
             state: RefCell::default(),
             tasks: TaskSet::default(),
             draining: Cell::new(false),
@@ -348,7 +352,9 @@ impl Scheduler {
                 }
                 DeliveryOutcome::Permanent { reply, .. } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_BOUNCED).increment(1);
-                    (EventKind::Bounce, Some(self.failed(reply, false, true)))
+                    let category = self.failed(reply, false, true);
+                    self.suppress(&env.sender, &r.address, category);
+                    (EventKind::Bounce, Some(category))
                 }
             };
             let remote = attempt.remote.as_ref();
@@ -473,6 +479,45 @@ impl Scheduler {
         )
         .increment(1);
         category
+    }
+
+    /// Puts a recipient that failed for good on the suppression list, if
+    /// its category is one of `suppression.categories`.
+    fn suppress(&self, sender: &str, rcpt: &str, category: crate::classify::BounceCategory) {
+        let Some(list) = &self.suppressions else {
+            return;
+        };
+        let cfg = &self.cfg.suppression;
+        if !cfg.categories.iter().any(|c| c == category.as_str()) {
+            return;
+        }
+        use crate::queue::suppression::{GLOBAL, Suppression, domain_of};
+        let scope = match cfg.scope {
+            crate::config::SuppressionScope::Global => GLOBAL.to_string(),
+            crate::config::SuppressionScope::SenderDomain => domain_of(sender),
+        };
+        let now = self.clock.now();
+        let entry = Suppression {
+            address: rcpt.to_lowercase(),
+            scope: if scope.is_empty() {
+                GLOBAL.into()
+            } else {
+                scope
+            },
+            reason: category.as_str().into(),
+            source: "bounce".into(),
+            added: now,
+            expires: if cfg.expiry_secs == 0 {
+                0
+            } else {
+                now + cfg.expiry_secs
+            },
+        };
+        match list.add(&[entry]) {
+            Ok(()) => ::metrics::counter!(crate::metrics::SUPPRESSIONS_ADDED, "source" => "bounce")
+                .increment(1),
+            Err(e) => log::warn!("suppression list: cannot add <{rcpt}>: {e}"),
+        }
     }
 
     /// The Bounce event of a recipient that failed for good (expiry, or

@@ -166,6 +166,15 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &SmtpService) -> 
         Some(BodyFault::BareCr) => return Step::Close(Rejection::BareCr.reply()),
         None => {}
     }
+    if tx.rcpts.is_empty() {
+        // Every recipient was suppressed and dropped (`suppression.action
+        // = "drop"`): the client is told it went, and nothing is queued.
+        return Step::Reply(Reply::new(
+            250,
+            "2.0.0",
+            "Ok: not queued, every recipient is suppressed",
+        ));
+    }
     let rcpts = tx.rcpts.iter().map(|r| r.to_string()).collect();
     let mut envelope = Envelope::new(tx.sender(), rcpts, 0);
     envelope.smtputf8 = tx.smtputf8();

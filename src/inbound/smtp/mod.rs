@@ -221,7 +221,7 @@ async fn handle_connection(
     let Ok(mut conn) = Conn::new(stream, cfg.smtp.max_command_line + 2, idle, lifetime) else {
         return;
     };
-    let mut session = Session::new(&cfg, peer.ip(), submission);
+    let mut session = Session::new(&cfg, peer.ip(), submission).with_door(&shard.door);
     drive(&mut conn, &mut session, &shard, &mark).await;
     conn.close().await;
 }

@@ -13,7 +13,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::Config;
+use crate::config::{Config, SuppressionAction};
 use crate::proto::command::{BodyType, Command, MailParams, Mailbox};
 use crate::proto::reply::{Rejection, Reply};
 
@@ -45,6 +45,9 @@ pub struct Transaction {
     pub from: Option<Mailbox>,
     pub params: MailParams,
     pub rcpts: Vec<Mailbox>,
+    /// Recipients answered 250 but dropped: suppressed, with
+    /// `suppression.action = "drop"`.
+    pub dropped: usize,
     /// Set once a BDAT chunk was taken; DATA is then out of sequence.
     pub in_bdat: bool,
 }
@@ -79,6 +82,9 @@ pub struct Session<'a> {
     pub submission: bool,
     /// The user who authenticated, if any.
     pub authenticated: Option<String>,
+    /// The reception door, asked about suppressed recipients (none in
+    /// unit tests).
+    door: Option<&'a crate::inbound::Door>,
 }
 
 impl<'a> Session<'a> {
@@ -93,7 +99,14 @@ impl<'a> Session<'a> {
             tls: false,
             submission,
             authenticated: None,
+            door: None,
         }
+    }
+
+    /// The door to ask whether a recipient is suppressed.
+    pub fn with_door(mut self, door: &'a crate::inbound::Door) -> Session<'a> {
+        self.door = Some(door);
+        self
     }
 
     /// After a TLS handshake the session starts over (RFC 3207 4.2): the
@@ -235,6 +248,7 @@ impl<'a> Session<'a> {
             from,
             params,
             rcpts: Vec::new(),
+            dropped: 0,
             in_bdat: false,
         });
         Action::Reply(Reply::new(250, "2.1.0", "Ok"))
@@ -256,7 +270,21 @@ impl<'a> Session<'a> {
         if !self.may_relay_to(&to) {
             return reject(Rejection::RelayDenied);
         }
-        self.tx.as_mut().expect("checked above").rcpts.push(to);
+        let tx = self.tx.as_mut().expect("checked above");
+        if let Some(door) = self.door
+            && door
+                .suppressed(&tx.sender(), &to.to_string(), "smtp")
+                .is_some()
+        {
+            match self.cfg.suppression.action {
+                SuppressionAction::Reject => return reject(Rejection::Suppressed),
+                SuppressionAction::Drop => {
+                    tx.dropped += 1;
+                    return Action::Reply(Reply::new(250, "2.1.5", "Ok"));
+                }
+            }
+        }
+        tx.rcpts.push(to);
         Action::Reply(Reply::new(250, "2.1.5", "Ok"))
     }
 
@@ -275,14 +303,20 @@ impl<'a> Session<'a> {
     fn data(&mut self) -> Action {
         match &self.tx {
             None => reject(Rejection::BadSequence("need MAIL command")),
-            Some(tx) if tx.rcpts.is_empty() => reject(Rejection::BadSequence("need RCPT command")),
+            Some(tx) if tx.rcpts.is_empty() && tx.dropped == 0 => {
+                reject(Rejection::BadSequence("need RCPT command"))
+            }
             Some(tx) if tx.in_bdat => reject(Rejection::BadSequence("DATA after BDAT")),
             Some(_) => Action::ReadData,
         }
     }
 
     fn bdat(&mut self, size: u64, last: bool) -> Action {
-        if let Some(tx) = self.tx.as_mut().filter(|tx| !tx.rcpts.is_empty()) {
+        if let Some(tx) = self
+            .tx
+            .as_mut()
+            .filter(|tx| !tx.rcpts.is_empty() || tx.dropped > 0)
+        {
             tx.in_bdat = true;
         }
         Action::ReadBdat { size, last }

@@ -1,0 +1,82 @@
+//! `[suppression]`: recipients ringpost will not send to.
+
+use serde::{Deserialize, Serialize};
+
+use super::Problems;
+
+/// What reception does with a suppressed recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SuppressionAction {
+    /// SMTP: `550 5.7.1 Recipient suppressed` at RCPT; HTTP: the
+    /// recipient is in `failed_recipients`.
+    #[default]
+    Reject,
+    /// SMTP: `250` at RCPT, and the recipient is dropped (not queued; a
+    /// message whose every recipient was dropped is answered 250 and
+    /// discarded), for clients that cannot handle a 5xx.
+    Drop,
+}
+
+/// Whom a suppression made after a bounce applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuppressionScope {
+    /// Every sender.
+    #[default]
+    Global,
+    /// Senders of the bouncing message's envelope-sender domain only.
+    SenderDomain,
+}
+
+section! {
+    /// The suppression list: recipients whose mail bounced for good (in
+    /// the `categories` below) or whom an operator added (`ringpost
+    /// suppression add|import`, admin API `/suppressions`). Reception checks
+    /// it for every recipient, SMTP at RCPT and HTTP injection alike. It is
+    /// one sled database for the node, kept apart from the spool's shards;
+    /// an entry reported added by the admin API is on disk.
+    SuppressionConfig = "suppression" {
+        /// Whether reception checks the list and bounces add to it.
+        enabled: bool = true,
+        /// `"reject"` or `"drop"` (see above).
+        action: SuppressionAction = SuppressionAction::Reject,
+        /// Bounce categories (`[bounce_classifier]`) whose recipients are
+        /// suppressed when their delivery fails for good.
+        categories: Vec<String> = ["InvalidRecipient", "InactiveMailbox", "BadDomain"].map(String::from).to_vec(),
+        /// `"global"` (every sender) or `"sender_domain"` (the bouncing
+        /// message's envelope-sender domain) for suppressions made after
+        /// a bounce.
+        scope: SuppressionScope = SuppressionScope::Global,
+        /// Lifetime of a suppression made after a bounce, in seconds; 0:
+        /// until removed.
+        expiry_secs: u64 = 0,
+        /// Directory of the list's database. Empty: `suppressions` under
+        /// `spool.dir`.
+        path: String = String::new(),
+    }
+}
+
+impl SuppressionConfig {
+    pub fn check(&self, p: &mut Problems) {
+        for c in &self.categories {
+            if !crate::config::BOUNCE_CATEGORIES.contains(&c.as_str()) {
+                p.at(
+                    "suppression.categories",
+                    format!(
+                        "unknown category {c:?}: use some of {:?}",
+                        crate::config::BOUNCE_CATEGORIES
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Where the list's database lives.
+    pub fn dir(&self, spool_dir: &std::path::Path) -> std::path::PathBuf {
+        match self.path.as_str() {
+            "" => spool_dir.join("suppressions"),
+            p => p.into(),
+        }
+    }
+}
