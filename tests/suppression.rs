@@ -311,9 +311,9 @@ fn sigkill_loses_no_suppression_the_api_reported_added() {
         // Restart and look every acknowledged entry up.
         let mut child = common::spawn_binary(&config, smtp);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(admin_addr).is_err() {
+        while !post(&format!("probe{round}@example.net")) {
             assert!(Instant::now() < deadline, "admin API did not come back");
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         }
         let missing: Vec<&String> = acked
             .iter()
