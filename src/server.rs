@@ -20,7 +20,8 @@
 //!
 //! Concurrency: shards share nothing but what start-up prepared (read-only
 //! config, loaded files, the DNS resolver handle) and the metrics recorder.
-//! Cross-shard traffic is the admin API's, over the shard mesh.
+//! Cross-shard traffic (the admin API's, the schedulers' back-off
+//! notices) goes over the shard mesh.
 //!
 //! May call: every service. Must not: be imported by any of them.
 
@@ -478,6 +479,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         clock: p.clock.clone(),
         classifier: p.files.classifier.clone(),
         suppressions: p.suppressions.clone(),
+        mesh: p.mesh.clone(),
     });
     scheduler.start(recovered.messages);
     let door = Rc::new(Door::new(

@@ -123,8 +123,10 @@ fn a_failing_shard_stops_the_process_with_an_error() {
     std::fs::write(
         &cfg,
         format!(
-            "[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n",
-            not_a_dir.display()
+            // The suppression list elsewhere: it opens before the shards.
+            "[spool]\ndir = \"{}\"\n[suppression]\npath = \"{}\"\n[smtp]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n",
+            not_a_dir.display(),
+            tmp.path().join("suppressions").display()
         ),
     )
     .unwrap();

@@ -152,9 +152,13 @@ pub fn render_summary(s: &Summary) -> String {
             d.recipients,
             age(d.oldest_secs),
             match (d.suspended, d.suspended_until) {
-                (true, Some(_)) => "suspended*",
-                (true, None) => "suspended",
-                (false, _) => "active",
+                (true, Some(_)) => "suspended*".to_string(),
+                (true, None) => "suspended".to_string(),
+                _ if d.bouncing => "bouncing*".to_string(),
+                _ => match d.throttled_per_second {
+                    Some(rate) => format!("{rate:.1}/s*"),
+                    None => "active".to_string(),
+                },
             },
             d.last_error.as_deref().unwrap_or("-")
         );
@@ -167,6 +171,12 @@ pub fn render_summary(s: &Summary) -> String {
     );
     if s.domains.iter().any(|d| d.suspended_until.is_some()) {
         out += "   * suspended for a while: the suspension ends by itself\n";
+    }
+    if s.domains.iter().any(|d| d.bouncing) {
+        out += "   * bouncing: a [backoff] rule fails its queue without trying, for a while\n";
+    }
+    if s.domains.iter().any(|d| d.throttled_per_second.is_some()) {
+        out += "   * N/s: a [backoff] throttle holds the rate to N messages a second, recovering\n";
     }
     out
 }

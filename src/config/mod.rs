@@ -79,6 +79,7 @@ macro_rules! section {
     };
 }
 
+mod backoff;
 mod bounce_classifier;
 mod delivery;
 mod dkim;
@@ -93,6 +94,7 @@ mod submission;
 mod suppression;
 mod tls;
 
+pub use backoff::{BackoffConfig, BackoffRule};
 pub use bounce_classifier::{BOUNCE_CATEGORIES, BounceClassifierConfig};
 pub use delivery::{DeliveryConfig, NextHop};
 pub use dkim::{DKIM_ALGORITHMS, DkimConfig, DkimIdentity};
@@ -117,6 +119,7 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub bounce_classifier: BounceClassifierConfig,
     pub suppression: SuppressionConfig,
+    pub backoff: BackoffConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
     pub dkim: DkimConfig,
@@ -227,6 +230,7 @@ impl Config {
                 "delivery" => cfg.delivery.merge(t, &mut p),
                 "bounce_classifier" => cfg.bounce_classifier.merge(t, &mut p),
                 "suppression" => cfg.suppression.merge(t, &mut p),
+                "backoff" => cfg.backoff.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
                 "dkim" => cfg.dkim.merge(t, &mut p),
@@ -250,6 +254,7 @@ impl Config {
         self.delivery.check(p);
         self.bounce_classifier.check(p);
         self.suppression.check(p);
+        self.backoff.check(p);
         self.dns.check(p);
         self.tls.check(p);
         self.dkim.check(p);

@@ -98,6 +98,7 @@ pub fn reference_markdown() -> String {
         super::DeliveryConfig::reference(),
         super::BounceClassifierConfig::reference(),
         super::SuppressionConfig::reference(),
+        super::BackoffConfig::reference(),
         super::DnsConfig::reference(),
         super::TlsConfig::reference(),
         super::DkimConfig::reference(),

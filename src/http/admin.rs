@@ -46,7 +46,7 @@ use crate::shard::mesh::{Mesh, ShardGone};
 pub type Shards = Mesh<Scheduler>;
 
 /// The queue by destination domain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub messages: usize,
     /// Of `messages`, those waiting for a retry.

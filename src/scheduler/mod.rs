@@ -22,16 +22,22 @@
 //!   attempt (a duplicate), never loses a message.
 //! - Deferred messages wait in a due-time index; their `next_due` is
 //!   stored in the envelope, so retry times survive restarts.
+//! - Receivers' "slow down" replies trigger `[backoff]` rules ([`backoff`]):
+//!   the shard that hears one suspends, throttles (AIMD) or bounces the
+//!   domain and tells the other shards over the shard mesh to do the same.
 //!
 //! Files: [`state`] (the schedule as data and its accounting, unit-tested),
+//! [`backoff`] (reply-driven rules and the AIMD throttle, pure),
 //! [`retry`] (pure retry decisions), [`bounce`] (the DSN for a round's
 //! failures), [`operations`] (the admin API's views and actions, run on
 //! this shard), [`tally`] (per-domain running totals).
 //!
 //! May call: `queue` (update, remove, read), `outbound` (routing and one
-//! attempt), `events`, `metrics`. Must not: open sockets itself, or write
-//! sled other than through `queue::Spool`.
+//! attempt), `events`, `metrics`, `shard::mesh` (back-off notices). Must
+//! not: open sockets itself, or write sled other than through
+//! `queue::Spool`.
 
+pub mod backoff;
 pub mod bounce;
 pub mod operations;
 pub mod retry;
@@ -52,6 +58,7 @@ use crate::outbound::{Attempt, Delivery, DeliveryOutcome, outcome};
 use crate::queue::{Envelope, MessageId, NewMessage, RecipientStatus, Spool, SpoolError};
 use crate::shard::clock::Clock;
 use crate::shard::log_limit::LogLimit;
+use crate::shard::mesh::Mesh;
 use crate::shard::share;
 use crate::shard::tasks::TaskSet;
 use retry::{RetryPolicy, RoundEnd};
@@ -80,6 +87,8 @@ pub struct Wiring {
     pub classifier: Arc<crate::classify::Classifier>,
     /// Where recipients that bounced for good are suppressed.
     pub suppressions: Option<Arc<crate::queue::suppression::SuppressionList>>,
+    /// Every shard's scheduler: a back-off one shard takes, all take.
+    pub mesh: Mesh<Scheduler>,
 }
 
 pub struct Scheduler {
@@ -91,6 +100,9 @@ pub struct Scheduler {
     clock: Clock,
     classifier: Arc<crate::classify::Classifier>,
     suppressions: Option<Arc<crate::queue::suppression::SuppressionList>>,
+    /// `[backoff]` rules, their expressions compiled.
+    backoff: backoff::Rules,
+    mesh: Mesh<Scheduler>,
     retry: RetryPolicy,
     /// This shard's share of `max_connections` per domain.
     connections_per_domain: usize,
@@ -125,6 +137,8 @@ impl Scheduler {
             pace: (rate > 0.0).then(|| Duration::from_secs_f64(w.shards.max(1) as f64 / rate)),
             retry: RetryPolicy::of(d),
             shard: w.shard,
+            backoff: backoff::Rules::new(&w.cfg.backoff.rules),
+            mesh: w.mesh,
             cfg: w.cfg,
             spool: w.spool,
             router: w.router,
@@ -237,20 +251,38 @@ impl Scheduler {
 
     /// Starts workers for `domain` up to its connection share.
     fn kick(self: &Rc<Self>, domain: &str) {
-        while self
-            .state
-            .borrow_mut()
-            .add_worker(domain, self.connections_per_domain)
-        {
+        while {
+            let limit = self.connection_limit(domain);
+            self.state.borrow_mut().add_worker(domain, limit)
+        } {
             let me = self.clone();
             let domain = domain.to_string();
             self.tasks.spawn(async move { me.worker(domain).await });
         }
     }
 
+    /// This shard's connections to `domain`: its share of
+    /// `max_connections`, less while a throttle holds.
+    fn connection_limit(&self, domain: &str) -> usize {
+        let limit = self.connections_per_domain;
+        match self.state.borrow().throttled.get(domain) {
+            Some(t) => t.connections(limit, Instant::now()),
+            None => limit,
+        }
+    }
+
     async fn worker(self: Rc<Self>, domain: String) {
         for done in 0.. {
-            let stop = self.draining.get() || done >= WORKER_JOBS;
+            // A worker over a throttled limit retires.
+            let over = done > 0
+                && self
+                    .state
+                    .borrow()
+                    .domains
+                    .get(&domain)
+                    .map_or(0, |q| q.workers)
+                    > self.connection_limit(&domain);
+            let stop = self.draining.get() || done >= WORKER_JOBS || over;
             let Some(job) = self.state.borrow_mut().next_job(&domain, done == 0, stop) else {
                 break;
             };
@@ -264,12 +296,21 @@ impl Scheduler {
     }
 
     /// Rate limit: books the next free start time for `domain` on this
-    /// shard and says how long to wait for it.
+    /// shard and says how long to wait for it. The pace is the configured
+    /// one, or slower while a `[backoff]` throttle holds.
     fn reserve_slot(&self, domain: &str) -> Option<Duration> {
-        let pace = self.pace?;
         let mut st = self.state.borrow_mut();
-        let q = st.domains.get_mut(domain)?;
         let now = Instant::now();
+        let throttled = st.throttled.get(domain).and_then(|t| t.rate(now));
+        let q = st.domains.get_mut(domain)?;
+        q.meter.tick(now);
+        let pace = match throttled {
+            Some(rate) => {
+                let slow = Duration::from_secs_f64(1.0 / rate);
+                self.pace.map_or(slow, |p| p.max(slow))
+            }
+            None => self.pace?,
+        };
         let start = q.next_slot.map_or(now, |t| t.max(now));
         q.next_slot = Some(start + pace);
         Some(start - now).filter(|w| !w.is_zero())
@@ -279,7 +320,11 @@ impl Scheduler {
         let Some(env) = self.state.borrow_mut().start_job(&job) else {
             return;
         };
-        let attempt = self.attempt(domain, &job, &env).await;
+        let bouncing = self.state.borrow().bouncing.get(domain).cloned();
+        let attempt = match bouncing.filter(|b| b.until > Instant::now()) {
+            Some(b) => bounced_by_rule(domain, &b.reply, job.rcpts.len()),
+            None => self.attempt(domain, &job, &env).await,
+        };
         self.record(job.id, &job.rcpts, &attempt);
     }
 
@@ -337,6 +382,7 @@ impl Scheduler {
     /// job is done.
     fn record(self: &Rc<Self>, id: MessageId, rcpts: &[usize], attempt: &Attempt) {
         let now = self.clock.now();
+        let mut backoff: Option<(backoff::Action, crate::classify::BounceCategory, String)> = None;
         let mut st = self.state.borrow_mut();
         let recorded = st.record(id, rcpts, attempt, |env, i, outcome| {
             let r = &env.recipients[i];
@@ -348,12 +394,24 @@ impl Scheduler {
                 DeliveryOutcome::Temporary { reply } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_DEFERRED).increment(1);
                     let category = self.failed(reply, true, false);
+                    if backoff.is_none() {
+                        backoff = self
+                            .backoff
+                            .action_for(reply, category)
+                            .map(|a| (a, category, reply.clone()));
+                    }
                     (EventKind::TransientFailure, Some(category))
                 }
                 DeliveryOutcome::Permanent { reply, .. } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_BOUNCED).increment(1);
                     let category = self.failed(reply, false, true);
                     self.suppress(&env.sender, &r.address, category);
+                    if backoff.is_none() {
+                        backoff = self
+                            .backoff
+                            .action_for(reply, category)
+                            .map(|a| (a, category, reply.clone()));
+                    }
                     (EventKind::Bounce, Some(category))
                 }
             };
@@ -370,10 +428,17 @@ impl Scheduler {
         let Some(recorded) = recorded else {
             return;
         };
+        let mut back_off = None;
         if let Some((domain, reply)) = recorded.failed {
+            if let Some((action, category, rule_reply)) = backoff {
+                back_off = Some((domain.clone(), action, category, rule_reply));
+            }
             st.domains.entry(domain).or_default().last_error = Some((now, reply));
         }
         drop(st);
+        if let Some((domain, action, category, reply)) = back_off {
+            self.back_off(&domain, action, category, reply);
+        }
         if recorded.round_done {
             self.spawn_finish(id);
         } else if recorded.bounced {
@@ -481,6 +546,139 @@ impl Scheduler {
         category
     }
 
+    /// Takes the action a `[backoff]` rule asked for on `domain`, after a
+    /// reply in `category`, here and on every other shard: the receiver
+    /// meant this node, not the shard that happened to hear it.
+    fn back_off(
+        self: &Rc<Self>,
+        domain: &str,
+        action: backoff::Action,
+        category: crate::classify::BounceCategory,
+        reply: String,
+    ) {
+        let Some(acted) = self.apply_backoff(domain, action, reply.clone()) else {
+            return;
+        };
+        ::metrics::counter!(
+            crate::metrics::BACKOFF_ACTIONS,
+            "action" => action.name(),
+            "category" => category.as_str(),
+        )
+        .increment(1);
+        // At most once a second per domain and action (`CUT_HOLD`, or the
+        // action already in force): no log flood from a busy domain.
+        log::warn!(
+            "backing off {domain}: {acted} (the receiver replied {})",
+            category.as_str()
+        );
+        for shard in (0..self.mesh.count()).filter(|s| *s != self.shard) {
+            let (mesh, domain, reply) = (self.mesh.clone(), domain.to_string(), reply.clone());
+            self.tasks.spawn(async move {
+                // A shard that is stopping does not need telling.
+                let _ = mesh
+                    .ask(shard, move |s: Rc<Scheduler>| async move {
+                        s.apply_backoff(&domain, action, reply);
+                    })
+                    .await;
+            });
+        }
+    }
+
+    /// The back-off itself, on this shard; what was done, or None if
+    /// nothing new (the action already holds, or a cut came too soon).
+    fn apply_backoff(
+        self: &Rc<Self>,
+        domain: &str,
+        action: backoff::Action,
+        reply: String,
+    ) -> Option<String> {
+        let now = Instant::now();
+        let mut st = self.state.borrow_mut();
+        let acted = match action {
+            backoff::Action::Suspend { secs } => {
+                if st.suspended.contains_key(domain) {
+                    return None;
+                }
+                // In memory at once (no new job starts), in the spool right
+                // after (see `suspend` for the order the admin API takes).
+                let until = self.clock.now().saturating_add(secs);
+                st.suspended.insert(domain.to_string(), Some(until));
+                let me = self.clone();
+                let domain = domain.to_string();
+                self.tasks.spawn(async move {
+                    if let Err(e) = me.spool.set_suspension(&domain, Some(Some(until))).await {
+                        log::error!("storing the back-off of {domain}: {e}");
+                    }
+                });
+                format!("suspended for {secs} s")
+            }
+            backoff::Action::Throttle { factor, secs } => {
+                let recover = Duration::from_secs(secs);
+                let configured = self.pace.map(|p| 1.0 / p.as_secs_f64());
+                let measured = st
+                    .domains
+                    .entry(domain.to_string())
+                    .or_default()
+                    .meter
+                    .rate(now);
+                match st.throttled.get_mut(domain) {
+                    Some(t) => {
+                        if !t.cut(factor, recover, now) {
+                            return None;
+                        }
+                    }
+                    None => {
+                        let base = configured.map_or(measured, |c| c.min(measured));
+                        st.throttled.insert(
+                            domain.to_string(),
+                            backoff::Throttle::new(base, factor, recover, now),
+                        );
+                    }
+                }
+                let rate = st.throttled[domain].rate(now).unwrap_or(0.0);
+                format!("throttled to {rate:.1} msg/s on this shard, recovering over {secs} s")
+            }
+            backoff::Action::Bounce { secs } => {
+                if st.bouncing.contains_key(domain) {
+                    return None;
+                }
+                let until = now + Duration::from_secs(secs);
+                st.bouncing
+                    .insert(domain.to_string(), state::Bouncing { until, reply });
+                format!("bouncing its queue for {secs} s")
+            }
+        };
+        Some(acted)
+    }
+
+    /// Ends the throttles that have recovered and the bouncing that is
+    /// over, and lets their domains use every connection again.
+    fn end_expired_backoffs(self: &Rc<Self>) {
+        let now = Instant::now();
+        let mut ended = Vec::new();
+        {
+            let mut st = self.state.borrow_mut();
+            st.throttled.retain(|d, t| {
+                let keep = t.rate(now).is_some();
+                if !keep {
+                    ended.push(d.clone());
+                }
+                keep
+            });
+            st.bouncing.retain(|d, b| {
+                let keep = b.until > now;
+                if !keep {
+                    ended.push(d.clone());
+                }
+                keep
+            });
+        }
+        for domain in ended {
+            log::info!("back-off of {domain} ended");
+            self.kick(&domain);
+        }
+    }
+
     /// Puts a recipient that failed for good on the suppression list, if
     /// its category is one of `suppression.categories`.
     fn suppress(&self, sender: &str, rcpt: &str, category: crate::classify::BounceCategory) {
@@ -573,6 +771,7 @@ impl Scheduler {
             glommio::timer::sleep(TICK).await;
             let now = self.clock.now();
             self.end_expired_suspensions(now).await;
+            self.end_expired_backoffs();
             let due = self.state.borrow_mut().take_due(now);
             for id in due {
                 self.dispatch(id);
@@ -587,6 +786,30 @@ impl Scheduler {
                 self.tasks.spawn(async move { me.compact().await });
             }
         }
+    }
+}
+
+/// The outcome of a job a `[backoff]` "bounce" rule fails without an
+/// attempt: permanent, with the enhanced status of the reply that
+/// triggered the rule (made permanent: 4.7.28 becomes 5.7.28).
+fn bounced_by_rule(domain: &str, reply: &str, rcpts: usize) -> Attempt {
+    let status = match crate::classify::parse_reply(reply).1 {
+        Some(s) => format!("5.{}.{}", s.subject, s.detail),
+        None => "5.0.0".to_string(),
+    };
+    let text = format!(
+        "not attempted: ringpost bounces mail to {domain} for now, as it replied \"{reply}\""
+    );
+    Attempt {
+        outcomes: vec![
+            DeliveryOutcome::Permanent {
+                reply: format!("550 {status} {text}"),
+                status,
+            };
+            rcpts
+        ],
+        remote: None,
+        tls: None,
     }
 }
 

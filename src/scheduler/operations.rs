@@ -24,7 +24,7 @@ use crate::events::{Event, EventKind};
 use crate::queue::{MessageId, RecipientStatus};
 
 /// One destination domain's part of the queue (pending recipients only).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DomainSummary {
     pub domain: String,
     pub messages: usize,
@@ -45,6 +45,13 @@ pub struct DomainSummary {
     /// When the suspension ends by itself (Unix seconds), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspended_until: Option<u64>,
+    /// Messages per second a `[backoff]` throttle allows now (summed
+    /// over the shards that hold one), if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_per_second: Option<f64>,
+    /// A `[backoff]` rule bounces this domain's queue for now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bouncing: bool,
 }
 
 impl DomainSummary {
@@ -56,6 +63,11 @@ impl DomainSummary {
         self.oldest_secs = self.oldest_secs.max(other.oldest_secs);
         self.suspended |= other.suspended;
         self.suspended_until = self.suspended_until.max(other.suspended_until);
+        self.throttled_per_second = match (self.throttled_per_second, other.throttled_per_second) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.bouncing |= other.bouncing;
         if other.last_error.is_some()
             && (self.last_error.is_none() || other.last_error_at > self.last_error_at)
         {
@@ -126,8 +138,7 @@ impl Scheduler {
                     oldest_secs: t.oldest_created().map_or(0, |c| now.saturating_sub(c)),
                     last_error_at: last.as_ref().map_or(0, |(at, _)| *at),
                     last_error: last.map(|(_, reply)| reply),
-                    suspended: false,
-                    suspended_until: None,
+                    ..DomainSummary::default()
                 };
                 (name.clone(), summary)
             })
@@ -139,6 +150,17 @@ impl Scheduler {
             });
             d.suspended = true;
             d.suspended_until = *until;
+        }
+        let instant = std::time::Instant::now();
+        for (name, t) in &st.throttled {
+            if let (Some(rate), Some(d)) = (t.rate(instant), map.get_mut(name)) {
+                d.throttled_per_second = Some(rate);
+            }
+        }
+        for name in st.bouncing.keys() {
+            if let Some(d) = map.get_mut(name) {
+                d.bouncing = true;
+            }
         }
         map.into_values().collect()
     }
@@ -325,6 +347,8 @@ mod tests {
             last_error_at: 100,
             suspended: false,
             suspended_until: None,
+            throttled_per_second: Some(2.5),
+            bouncing: false,
         };
         a.merge(DomainSummary {
             domain: "a.example".into(),
@@ -336,11 +360,19 @@ mod tests {
             last_error_at: 200,
             suspended: true,
             suspended_until: Some(900),
+            throttled_per_second: Some(1.5),
+            bouncing: true,
         });
         assert_eq!((a.messages, a.recipients, a.oldest_secs), (3, 4, 50));
         assert_eq!(a.deferred, 2);
         assert_eq!(a.last_error.as_deref(), Some("452 new"));
         assert!(a.suspended);
         assert_eq!(a.suspended_until, Some(900));
+        assert_eq!(
+            a.throttled_per_second,
+            Some(4.0),
+            "the shards' rates add up"
+        );
+        assert!(a.bouncing);
     }
 }

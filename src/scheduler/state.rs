@@ -46,6 +46,10 @@ pub struct State {
     /// Suspended domains, and when each suspension ends by itself (Unix
     /// seconds), if it does.
     pub suspended: HashMap<String, Option<u64>>,
+    /// Domains a `[backoff]` rule throttled, until the throttle recovers.
+    pub throttled: HashMap<String, super::backoff::Throttle>,
+    /// Domains a `[backoff]` rule bounces, until when, and why.
+    pub bouncing: HashMap<String, Bouncing>,
     /// The messages whose bodies are in each segment, for compaction.
     pub by_segment: HashMap<u32, HashSet<MessageId>>,
 }
@@ -75,6 +79,16 @@ pub struct DomainQueue {
     pub next_slot: Option<Instant>,
     /// The last failure reply from this domain and when (Unix seconds).
     pub last_error: Option<(u64, String)>,
+    /// How fast messages start here: the base of a first throttle cut.
+    pub meter: super::backoff::RateMeter,
+}
+
+/// A domain whose queue a `[backoff]` rule bounces.
+#[derive(Debug, Clone)]
+pub struct Bouncing {
+    pub until: Instant,
+    /// The reply that triggered the rule.
+    pub reply: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

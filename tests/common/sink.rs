@@ -78,11 +78,16 @@ pub struct State {
     pub messages: Vec<Received>,
     /// Transactions that ended in a temporary failure or a dropped connection.
     pub refused: usize,
+    /// When each transaction's data was answered (2xx or 4xx), in order.
+    pub answered_at: Vec<Instant>,
 }
 
 pub struct Sink {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<State>>,
+    /// The script, which a test may change while the sink runs (e.g. start
+    /// refusing with `temp_fail_first`).
+    pub script: Arc<Mutex<Script>>,
 }
 
 impl Sink {
@@ -93,6 +98,7 @@ impl Sink {
         let state = Arc::new(Mutex::new(State::default()));
         let script = Arc::new(Mutex::new(script));
         let st = state.clone();
+        let shared = script.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
@@ -103,7 +109,11 @@ impl Sink {
                 });
             }
         });
-        Sink { addr, state }
+        Sink {
+            addr,
+            state,
+            script: shared,
+        }
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -243,10 +253,14 @@ fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::i
             };
             match temp {
                 Some(t) => {
-                    st.lock().unwrap().refused += 1;
+                    let mut st = st.lock().unwrap();
+                    st.refused += 1;
+                    st.answered_at.push(Instant::now());
+                    drop(st);
                     reply(&mut r, &t)?;
                 }
                 None => {
+                    st.lock().unwrap().answered_at.push(Instant::now());
                     st.lock().unwrap().messages.push(Received {
                         from: from.clone(),
                         rcpts: rcpts.clone(),
