@@ -37,6 +37,11 @@ pub enum EventKind {
     Expiration,
     /// Removed from the queue by the administrator (`ringpost queue delete`).
     Deletion,
+    /// A recipient complained (an ARF report came to a feedback address).
+    Complaint,
+    /// A recipient's mail failed after it was delivered to the next hop
+    /// (a DSN came to a feedback address).
+    AsyncBounce,
 }
 
 /// Time and id are kept raw and formatted only when the event is written:
@@ -69,6 +74,17 @@ pub struct Event<'a> {
     /// when signing is configured).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dkim: Option<&'a DkimOutcome>,
+    /// Complaint and AsyncBounce: the queue id of the report itself (`id`
+    /// is the original message's, when the report could be tied to it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_id: Option<String>,
+    /// Complaint: the ARF Feedback-Type (abuse, fraud, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback_type: Option<&'a str>,
+    /// Complaint and AsyncBounce: who sent the report (ARF User-Agent,
+    /// DSN Reporting-MTA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reporter: Option<&'a str>,
 }
 
 enum Sink {
@@ -135,6 +151,9 @@ impl<'a> Event<'a> {
             attempt: None,
             tls: None,
             category: None,
+            report_id: None,
+            feedback_type: None,
+            reporter: None,
             dkim: None,
         }
     }

@@ -30,6 +30,9 @@
 //!   over bytes; no I/O.
 //! - [`classify`]: bounce classification of failed and deferred
 //!   deliveries (categories, rules).
+//! - [`feedback`]: reading spam complaints (ARF) and asynchronous bounces
+//!   (DSNs) that receivers send back; the door's `inbound::feedback`
+//!   acts on them.
 //! - [`dkim`]: DKIM signing keys and the signer the door calls for every
 //!   message.
 //! - [`dns`]: MX, address and TXT lookups on a resolver thread.
@@ -52,6 +55,7 @@ pub mod dkim;
 pub mod dns;
 pub mod dsn;
 pub mod events;
+pub mod feedback;
 pub mod http;
 pub mod inbound;
 pub mod metrics;

@@ -57,6 +57,7 @@ metrics_table! {
     DELIVERY_FAILURES = "ringpost_delivery_failures_total", Counter, "Failed delivery attempts per recipient, by bounce category (see [bounce_classifier]) and result (deferred: to be retried; bounced: failed for good, including expiry).";
     SUPPRESSED_RECIPIENTS = "ringpost_suppressed_recipients_total", Counter, "Recipients refused (or dropped) at reception because they are on the suppression list, by listener (smtp, http).";
     SUPPRESSIONS_ADDED = "ringpost_suppressions_added_total", Counter, "Entries put on the suppression list, by source (bounce, admin, import).";
+    FEEDBACK_REPORTS = "ringpost_feedback_reports_total", Counter, "Reports that came to a [feedback] address, by kind (arf, dsn, unknown) and result (read, or why not: not_a_message, not_a_report, no_report_part, no_recipient).";
     BACKOFF_ACTIONS = "ringpost_backoff_actions_total", Counter, "Back-off actions taken on receivers' replies ([backoff] rules), by action (suspend, throttle, bounce) and the reply's bounce category.";
     RECIPIENTS_EXPIRED = "ringpost_recipients_expired_total", Counter, "Recipients still failing at max_age_secs.";
     SMTP_CONNECTIONS_TOTAL = "ringpost_smtp_connections_total", Counter, "Inbound SMTP connections accepted, by listener.";

@@ -485,10 +485,22 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
     let door = Rc::new(Door::new(
         spool.clone(),
         scheduler.clone(),
-        events,
+        events.clone(),
         p.clock.clone(),
-        p.files.dkim.clone(),
-        p.suppressions.clone(),
+        crate::inbound::Steps {
+            dkim: p.files.dkim.clone(),
+            suppressions: p.suppressions.clone(),
+            feedback: cfg.feedback.is_on().then(|| {
+                crate::inbound::feedback::Intake::new(
+                    cfg.clone(),
+                    p.suppressions.clone(),
+                    p.files.classifier.clone(),
+                    events.clone(),
+                    p.clock.clone(),
+                )
+            }),
+            tracking_header: Some(cfg.feedback.tracking_header.clone()).filter(|h| !h.is_empty()),
+        },
     ));
     let notifications = glommio::spawn_local(door.clone().take_notifications(dsns));
     let smtp = Rc::new(SmtpService {

@@ -84,6 +84,7 @@ mod bounce_classifier;
 mod delivery;
 mod dkim;
 mod dns;
+mod feedback;
 mod http;
 mod listen;
 mod reference;
@@ -99,6 +100,7 @@ pub use bounce_classifier::{BOUNCE_CATEGORIES, BounceClassifierConfig};
 pub use delivery::{DeliveryConfig, NextHop};
 pub use dkim::{DKIM_ALGORITHMS, DkimConfig, DkimIdentity};
 pub use dns::DnsConfig;
+pub use feedback::FeedbackConfig;
 pub use http::{AdminConfig, InjectConfig, MetricsConfig};
 pub use listen::Listen;
 pub use reference::{KeyDoc, SectionDoc, default_text, reference_markdown};
@@ -120,6 +122,7 @@ pub struct Config {
     pub bounce_classifier: BounceClassifierConfig,
     pub suppression: SuppressionConfig,
     pub backoff: BackoffConfig,
+    pub feedback: FeedbackConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
     pub dkim: DkimConfig,
@@ -231,6 +234,7 @@ impl Config {
                 "bounce_classifier" => cfg.bounce_classifier.merge(t, &mut p),
                 "suppression" => cfg.suppression.merge(t, &mut p),
                 "backoff" => cfg.backoff.merge(t, &mut p),
+                "feedback" => cfg.feedback.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
                 "dkim" => cfg.dkim.merge(t, &mut p),
@@ -255,6 +259,7 @@ impl Config {
         self.bounce_classifier.check(p);
         self.suppression.check(p);
         self.backoff.check(p);
+        self.feedback.check(&self.smtp.local_domains, p);
         self.dns.check(p);
         self.tls.check(p);
         self.dkim.check(p);

@@ -99,6 +99,7 @@ pub fn reference_markdown() -> String {
         super::BounceClassifierConfig::reference(),
         super::SuppressionConfig::reference(),
         super::BackoffConfig::reference(),
+        super::FeedbackConfig::reference(),
         super::DnsConfig::reference(),
         super::TlsConfig::reference(),
         super::DkimConfig::reference(),

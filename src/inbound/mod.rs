@@ -16,10 +16,14 @@
 //! Concurrency: a door serves the sessions and requests of its own shard;
 //! the messages it accepts are minted for and stored in that shard's spool.
 //!
-//! May call: `dkim` (sign), `queue` (enqueue), `scheduler` (submit),
-//! `events`, `metrics`.
+//! Reports that come to feedback addresses (`[feedback]`) are read by
+//! [`feedback::Intake`] here instead of being queued.
+//!
+//! May call: `dkim` (sign), `feedback` (through [`feedback`]), `queue`
+//! (enqueue, suppression), `scheduler` (submit), `events`, `metrics`.
 //! Must not: speak a protocol (the front ends do) or deliver anything.
 
+pub mod feedback;
 pub mod smtp;
 
 use std::rc::Rc;
@@ -63,9 +67,28 @@ pub struct Door {
     dkim: Option<Arc<Signer>>,
     /// The node's suppression list, when on (shared by every shard).
     suppressions: Option<Arc<SuppressionList>>,
+    /// Reads the reports that come to feedback addresses, when any are
+    /// configured.
+    feedback: Option<feedback::Intake>,
+    /// `feedback.tracking_header`, when set: added to every message.
+    tracking_header: Option<String>,
     /// Refusals can come by the thousand a second (a full disk): logged
     /// once, then counted.
     refusals_logged: LogLimit,
+}
+
+/// What the door does to every message besides storing it, each part
+/// optional; assembled by the composition root.
+#[derive(Default)]
+pub struct Steps {
+    /// DKIM signing (shared by every shard).
+    pub dkim: Option<Arc<Signer>>,
+    /// The node's suppression list (shared by every shard).
+    pub suppressions: Option<Arc<SuppressionList>>,
+    /// Reads reports that come to feedback addresses.
+    pub feedback: Option<feedback::Intake>,
+    /// `feedback.tracking_header`, when set: added to every message.
+    pub tracking_header: Option<String>,
 }
 
 impl Door {
@@ -74,9 +97,14 @@ impl Door {
         scheduler: Rc<Scheduler>,
         events: Rc<EventLog>,
         clock: Clock,
-        dkim: Option<Arc<Signer>>,
-        suppressions: Option<Arc<SuppressionList>>,
+        steps: Steps,
     ) -> Door {
+        let Steps {
+            dkim,
+            suppressions,
+            feedback,
+            tracking_header,
+        } = steps;
         Door {
             spool,
             scheduler,
@@ -84,6 +112,8 @@ impl Door {
             clock,
             dkim,
             suppressions,
+            feedback,
+            tracking_header,
             refusals_logged: LogLimit::new(Duration::from_secs(10)),
         }
     }
@@ -130,10 +160,35 @@ impl Door {
             id,
             mut envelope,
             mut body,
-            content_start: _,
+            content_start,
         } = msg;
         if !self.spool.has_room() {
             return Err(self.refused(id, Refusal::InsufficientStorage));
+        }
+        // Reports to feedback addresses are read here, not queued; their
+        // effects are stored before the answer, like a queued message.
+        if let Some(intake) = &self.feedback
+            && envelope
+                .recipients
+                .iter()
+                .any(|r| intake.is_report_address(&r.address))
+        {
+            let content = body.get(content_start..).unwrap_or(&body);
+            if let Err(e) = intake.take(id, content) {
+                return Err(self.refused(id, Refusal::Storage(e)));
+            }
+            let all = envelope.recipients.len();
+            envelope
+                .recipients
+                .retain(|r| !intake.is_report_address(&r.address));
+            if envelope.recipients.is_empty() {
+                return Ok(Accepted { recipients: all });
+            }
+        }
+        if let Some(h) = &self.tracking_header {
+            let line = format!("{h}: {id}\r\n");
+            let at = content_start.min(body.len());
+            body.splice(at..at, line.into_bytes());
         }
         // Signed over the whole message as stored; our Received: is not
         // among the signed fields, so where it sits does not matter to a

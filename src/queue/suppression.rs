@@ -39,7 +39,8 @@ pub struct Suppression {
     pub scope: String,
     /// Why: a bounce category, "complaint", or the operator's words.
     pub reason: String,
-    /// Who added it: "bounce", "admin", "import".
+    /// Who added it: "bounce", "async_bounce", "complaint", "admin",
+    /// "import".
     pub source: String,
     /// Unix seconds.
     pub added: u64,
@@ -68,6 +69,38 @@ fn key(scope: &str, address: &str) -> Vec<u8> {
 }
 
 /// The domain of an address, lower case.
+/// The entry ringpost makes for `rcpt` after a failure or complaint about
+/// mail from `sender`, scoped and timed as `[suppression]` says.
+pub fn entry_for(
+    cfg: &crate::config::SuppressionConfig,
+    sender: &str,
+    rcpt: &str,
+    reason: &str,
+    source: &str,
+    now: u64,
+) -> Suppression {
+    let scope = match cfg.scope {
+        crate::config::SuppressionScope::Global => GLOBAL.to_string(),
+        crate::config::SuppressionScope::SenderDomain => domain_of(sender),
+    };
+    Suppression {
+        address: rcpt.to_lowercase(),
+        scope: if scope.is_empty() {
+            GLOBAL.into()
+        } else {
+            scope
+        },
+        reason: reason.into(),
+        source: source.into(),
+        added: now,
+        expires: if cfg.expiry_secs == 0 {
+            0
+        } else {
+            now + cfg.expiry_secs
+        },
+    }
+}
+
 pub fn domain_of(address: &str) -> String {
     address
         .rsplit_once('@')

@@ -689,28 +689,14 @@ impl Scheduler {
         if !cfg.categories.iter().any(|c| c == category.as_str()) {
             return;
         }
-        use crate::queue::suppression::{GLOBAL, Suppression, domain_of};
-        let scope = match cfg.scope {
-            crate::config::SuppressionScope::Global => GLOBAL.to_string(),
-            crate::config::SuppressionScope::SenderDomain => domain_of(sender),
-        };
-        let now = self.clock.now();
-        let entry = Suppression {
-            address: rcpt.to_lowercase(),
-            scope: if scope.is_empty() {
-                GLOBAL.into()
-            } else {
-                scope
-            },
-            reason: category.as_str().into(),
-            source: "bounce".into(),
-            added: now,
-            expires: if cfg.expiry_secs == 0 {
-                0
-            } else {
-                now + cfg.expiry_secs
-            },
-        };
+        let entry = crate::queue::suppression::entry_for(
+            cfg,
+            sender,
+            rcpt,
+            category.as_str(),
+            "bounce",
+            self.clock.now(),
+        );
         match list.add(&[entry]) {
             Ok(()) => ::metrics::counter!(crate::metrics::SUPPRESSIONS_ADDED, "source" => "bounce")
                 .increment(1),
