@@ -620,6 +620,7 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
                 p.files.admin_token.clone(),
                 p.suppressions.clone(),
                 p.clock.clone(),
+                p.cfg.delivery.log.clone(),
             ),
             crate::http::ListenerLimits {
                 // A suppression import posts up to 10,000 entries at once;

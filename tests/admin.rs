@@ -422,3 +422,94 @@ fn a_timed_suspension_ends_by_itself() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `queue trace ID`: every event of one message from the delivery log, in
+/// order, and where it stands; a message still queued after a deferral
+/// shows both, one delivered after a flush shows the whole story.
+#[test]
+fn trace_shows_every_event_of_a_message_in_order() {
+    let port = sink_port();
+    let sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            temp_fail_first: 1,
+            temp_reply: "451 4.3.0 try again later".into(),
+            ..Script::default()
+        },
+    );
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap().to_string();
+    let ts = server(port, |c| c.delivery.log = log_path);
+    let id = send(&ts, "a@sender.test", &["x@hold.test", "y@b.test"], "traced");
+    let other = send(&ts, "a@sender.test", &["z@hold.test"], "not traced");
+    // Wait for the first round: one recipient deferred, one delivered
+    // (which of the two domains met the 451 depends on who came first).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let deferred = loop {
+        let t = queue_json(&ts, &["trace", &id]);
+        let kinds: Vec<String> = t["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_string())
+            .collect();
+        if kinds.iter().any(|k| k == "TransientFailure") && kinds.len() >= 4 {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "{t}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(deferred["id"], id.as_str());
+    assert_eq!(deferred["queued"]["state"], "deferred", "{deferred}");
+    let events = deferred["events"].as_array().unwrap();
+    assert!(
+        events.iter().all(|e| e["id"] == id.as_str()),
+        "only its own"
+    );
+    assert_eq!(events[0]["event"], "Reception");
+    queue(&ts, &["flush"]);
+    sink.wait_for(3, 20);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = queue(&ts, &["trace", &id]);
+        assert!(run.ok, "{}", run.stderr);
+        if run.stdout.contains("not queued") {
+            let lines: Vec<&str> = run.stdout.lines().collect();
+            assert_eq!(lines[0], id);
+            let order: Vec<&str> = lines[1..]
+                .iter()
+                .filter(|l| !l.trim_start().starts_with("now:"))
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .collect();
+            assert_eq!(
+                order,
+                [
+                    "Reception",
+                    "Reception",
+                    "TransientFailure",
+                    "Delivery",
+                    "Delivery"
+                ],
+                "{}",
+                run.stdout
+            );
+            assert!(
+                run.stdout.contains("451 4.3.0 try again later"),
+                "{}",
+                run.stdout
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", run.stdout);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // An id nobody has seen: a clear 404.
+    let run = queue(&ts, &["trace", "0123456789abcdef0123456789abcdef"]);
+    assert!(
+        !run.ok && run.stderr.contains("not queued"),
+        "{}",
+        run.stderr
+    );
+    let _ = other;
+}

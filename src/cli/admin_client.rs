@@ -181,6 +181,45 @@ pub fn render_summary(s: &Summary) -> String {
     out
 }
 
+/// `queue trace`: one line per event, then where the message stands.
+pub fn render_trace(t: &crate::http::admin::Trace, now: u64) -> String {
+    let text = |e: &serde_json::Value, k: &str| e[k].as_str().unwrap_or("").to_string();
+    let mut out = format!("{}\n", t.id);
+    for e in &t.events {
+        let mut detail = text(e, "reply");
+        if let Some(c) = e["category"].as_str() {
+            detail = format!("[{c}] {detail}");
+        }
+        if let Some(host) = e["remote_host"].as_str() {
+            detail = format!("{host}: {detail}");
+        }
+        if let Some(f) = e["feedback_type"].as_str() {
+            detail = format!("feedback-type {f} {detail}");
+        }
+        out += &format!(
+            "  {:<24} {:<16} {:<32} {}\n",
+            text(e, "time"),
+            text(e, "event"),
+            text(e, "recipient"),
+            detail.trim()
+        );
+    }
+    match &t.queued {
+        Some(m) => {
+            out += &format!(
+                "  now: {}, {} attempt(s){}\n",
+                m.state,
+                m.attempts,
+                m.next_attempt
+                    .map(|at| format!(", next in {}", age(at.saturating_sub(now))))
+                    .unwrap_or_default()
+            )
+        }
+        None => out += "  now: not queued (done, or removed)\n",
+    }
+    out
+}
+
 pub fn render_list(list: &[MessageInfo], now: u64) -> String {
     let mut out = format!(
         "{:<32} {:>9} {:>8} {:>8}  {:<16} {:<30}  RECIPIENTS\n",

@@ -142,6 +142,9 @@ pub enum QueueCommand {
     },
     /// One message: envelope, recipients' state, headers.
     Show { id: String },
+    /// Everything that happened to one message, in order (from the
+    /// delivery log), and where it stands if still queued.
+    Trace { id: String },
     /// Retry deferred messages now (only those for DOMAIN, if given).
     Flush {
         #[arg(long)]
@@ -331,6 +334,7 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
             ("GET", format!("/queue/messages{q}"))
         }
         QueueCommand::Show { id } => ("GET", format!("/queue/messages/{}", encode(id))),
+        QueueCommand::Trace { id } => ("GET", format!("/queue/messages/{}/trace", encode(id))),
         QueueCommand::Flush { domain } => ("POST", format!("/queue/flush{}", domain_query(domain))),
         QueueCommand::Suspend { domain, duration } => {
             let query = duration.map_or(String::new(), |d| format!("?for={d}"));
@@ -363,6 +367,10 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
         QueueCommand::Show { .. } => {
             admin_client::render_show(&serde_json::from_value::<MessageDetail>(answer)?, now)
         }
+        QueueCommand::Trace { .. } => admin_client::render_trace(
+            &serde_json::from_value::<crate::http::admin::Trace>(answer)?,
+            now,
+        ),
         QueueCommand::Flush { .. } => {
             let n = answer["flushed"].as_u64().unwrap_or(0) as usize;
             format!("{} flushed\n", admin_client::count(n, "deferred message"))

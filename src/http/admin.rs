@@ -9,6 +9,7 @@
 //! | `GET /queue/summary`                    | [`Summary`]                    |
 //! | `GET /queue/messages?domain=D&limit=N`  | `[MessageInfo]`, oldest first  |
 //! | `GET /queue/messages/ID`                | [`MessageDetail`]              |
+//! | `GET /queue/messages/ID/trace`          | [`Trace`]: its events, in order (`http::trace`) |
 //! | `DELETE /queue/messages/ID`             | `{"deleted": ID}`              |
 //! | `POST /queue/messages/ID/bounce`        | `{"bounced": ID}`              |
 //! | `POST /queue/flush?domain=D`            | `{"flushed": N}`               |
@@ -67,6 +68,16 @@ pub struct MessageDetail {
 
 const MAX_HEADERS: usize = 64 * 1024;
 
+/// What happened to one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    pub id: String,
+    /// Its events in the delivery log, oldest first.
+    pub events: Vec<serde_json::Value>,
+    /// Where it stands, if it is still queued.
+    pub queued: Option<MessageInfo>,
+}
+
 #[derive(Debug, thiserror::Error)]
 enum ApiError {
     #[error("{0}")]
@@ -84,6 +95,9 @@ enum ApiError {
     /// The spool could not store the change; nothing was changed for good.
     #[error("not stored: {0}")]
     Storage(String),
+    /// A file the answer needs could not be read.
+    #[error("{0}")]
+    Read(String),
 }
 
 impl ApiError {
@@ -96,7 +110,7 @@ impl ApiError {
             ApiError::Queue(OperationError::Busy(_)) => 409,
             ApiError::Queue(OperationError::Storage(..)) => 500,
             ApiError::Shard(_) => 503,
-            ApiError::Storage(_) => 500,
+            ApiError::Storage(_) | ApiError::Read(_) => 500,
         }
     }
 }
@@ -109,6 +123,8 @@ pub struct AdminApi {
     /// The node's suppression list (shared), when on.
     suppressions: Option<Arc<SuppressionList>>,
     clock: Clock,
+    /// `delivery.log`, read by `/queue/messages/ID/trace`.
+    delivery_log: String,
 }
 
 impl AdminApi {
@@ -117,12 +133,14 @@ impl AdminApi {
         token: Option<String>,
         suppressions: Option<Arc<SuppressionList>>,
         clock: Clock,
+        delivery_log: String,
     ) -> Rc<AdminApi> {
         Rc::new(AdminApi {
             shards,
             token,
             suppressions,
             clock,
+            delivery_log,
         })
     }
 }
@@ -143,6 +161,13 @@ impl Endpoint for AdminApi {
                     &self.clock,
                     &req,
                 );
+            }
+            if let ("GET", ["queue", "messages", id, "trace"]) =
+                (req.method.as_str(), req.route().as_slice())
+            {
+                return trace(&self.shards, &self.delivery_log, id)
+                    .await
+                    .unwrap_or_else(ApiError::into_response);
             }
             route(&self.shards, &req)
                 .await
@@ -256,7 +281,7 @@ fn known_path(req: &Request) -> bool {
         req.route().as_slice(),
         ["queue", "summary" | "messages" | "flush"]
             | ["queue", "messages", _]
-            | ["queue", "messages", _, "bounce"]
+            | ["queue", "messages", _, "bounce" | "trace"]
             | ["queue", "domains", _, "suspend" | "resume"]
     )
 }
@@ -316,6 +341,27 @@ async fn list(
     all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
     all.truncate(limit);
     Ok(all)
+}
+
+async fn trace(shards: &Shards, log: &str, id: &str) -> Result<Response, ApiError> {
+    let id = message_id(id)?.to_string();
+    let events = crate::http::trace::events(log, &id)
+        .await
+        .map_err(|e| match e {
+            crate::http::trace::TraceError::NoFile(_) => ApiError::NotFound(e.to_string()),
+            crate::http::trace::TraceError::Read(..) => ApiError::Read(e.to_string()),
+        })?;
+    let queued = match show(shards, &id).await {
+        Ok(detail) => Some(detail.message),
+        Err(ApiError::Queue(OperationError::NotFound(_))) => None,
+        Err(e) => return Err(e),
+    };
+    if events.is_empty() && queued.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "no event of {id} in the delivery log, and it is not queued"
+        )));
+    }
+    Ok(Response::json(200, &Trace { id, events, queued }))
 }
 
 async fn show(shards: &Shards, id: &str) -> Result<MessageDetail, ApiError> {

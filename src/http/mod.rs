@@ -54,6 +54,7 @@ pub mod admin;
 pub mod inject;
 pub mod metrics;
 pub mod suppressions;
+pub mod trace;
 
 /// The largest request head (request line and header fields).
 const MAX_HEAD: usize = 16 * 1024;
