@@ -85,6 +85,9 @@ pub struct Event<'a> {
     /// DSN Reporting-MTA).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reporter: Option<&'a str>,
+    /// The application's data for the message (`Envelope::meta`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<&'a serde_json::Value>,
 }
 
 enum Sink {
@@ -130,7 +133,7 @@ impl EventLog {
     /// One Reception event per recipient of a newly queued message.
     pub fn reception(&self, id: MessageId, env: &Envelope, dkim: Option<&DkimOutcome>) {
         for r in &env.recipients {
-            let mut event = Event::new(EventKind::Reception, id, &env.sender, &r.address);
+            let mut event = Event::of(EventKind::Reception, id, env, &r.address);
             event.dkim = dkim;
             self.write(&event);
         }
@@ -138,6 +141,14 @@ impl EventLog {
 }
 
 impl<'a> Event<'a> {
+    /// An event of message `id` for `recipient`, with its envelope's
+    /// sender and meta.
+    pub fn of(event: EventKind, id: MessageId, env: &'a Envelope, recipient: &'a str) -> Event<'a> {
+        let mut ev = Event::new(event, id, &env.sender, recipient);
+        ev.meta = env.meta.as_ref();
+        ev
+    }
+
     pub fn new(event: EventKind, id: MessageId, sender: &'a str, recipient: &'a str) -> Event<'a> {
         Event {
             time: SystemTime::now(),
@@ -154,6 +165,7 @@ impl<'a> Event<'a> {
             report_id: None,
             feedback_type: None,
             reporter: None,
+            meta: None,
             dkim: None,
         }
     }

@@ -87,6 +87,7 @@ mod dns;
 mod feedback;
 mod http;
 mod listen;
+mod meta;
 mod reference;
 mod server;
 mod smtp;
@@ -103,6 +104,7 @@ pub use dns::DnsConfig;
 pub use feedback::FeedbackConfig;
 pub use http::{AdminConfig, InjectConfig, MetricsConfig};
 pub use listen::Listen;
+pub use meta::MetaConfig;
 pub use reference::{KeyDoc, SectionDoc, default_text, reference_markdown};
 pub use server::ServerConfig;
 pub use smtp::{LineEndings, SmtpConfig};
@@ -123,6 +125,7 @@ pub struct Config {
     pub suppression: SuppressionConfig,
     pub backoff: BackoffConfig,
     pub feedback: FeedbackConfig,
+    pub meta: MetaConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
     pub dkim: DkimConfig,
@@ -235,6 +238,7 @@ impl Config {
                 "suppression" => cfg.suppression.merge(t, &mut p),
                 "backoff" => cfg.backoff.merge(t, &mut p),
                 "feedback" => cfg.feedback.merge(t, &mut p),
+                "meta" => cfg.meta.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
                 "dkim" => cfg.dkim.merge(t, &mut p),
@@ -260,6 +264,7 @@ impl Config {
         self.suppression.check(p);
         self.backoff.check(p);
         self.feedback.check(&self.smtp.local_domains, p);
+        self.meta.check(p);
         self.dns.check(p);
         self.tls.check(p);
         self.dkim.check(p);

@@ -100,6 +100,7 @@ pub fn reference_markdown() -> String {
         super::SuppressionConfig::reference(),
         super::BackoffConfig::reference(),
         super::FeedbackConfig::reference(),
+        super::MetaConfig::reference(),
         super::DnsConfig::reference(),
         super::TlsConfig::reference(),
         super::DkimConfig::reference(),

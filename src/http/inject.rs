@@ -73,6 +73,9 @@ struct InjectRequest {
     recipients: Vec<RecipientField>,
     /// The whole message: header fields, a blank line, the body.
     content: String,
+    /// The application's own data, copied into every event (`[meta]`).
+    #[serde(default)]
+    meta: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +93,8 @@ pub struct Injection {
     pub failed: Vec<String>,
     /// The content with CRLF line endings.
     pub content: Vec<u8>,
+    /// `meta`, a JSON object within `meta.max_bytes`.
+    pub meta: Option<serde_json::Value>,
 }
 
 impl Injection {
@@ -122,6 +127,7 @@ pub struct ContentLimits {
     pub max_message_size: usize,
     pub max_line_length: usize,
     pub max_recipients: usize,
+    pub max_meta_bytes: usize,
 }
 
 impl ContentLimits {
@@ -130,6 +136,7 @@ impl ContentLimits {
             max_message_size: cfg.smtp.max_message_size as usize,
             max_line_length: cfg.smtp.max_line_length,
             max_recipients: cfg.smtp.max_recipients,
+            max_meta_bytes: cfg.meta.max_bytes,
         }
     }
 }
@@ -165,11 +172,25 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, Refusal> {
         return Err(refuse(400, "no recipient is an address"));
     }
     let content = crlf_content(req.content.as_bytes(), limits)?;
+    let meta = req.meta.map(serde_json::Value::Object);
+    if let Some(m) = &meta {
+        let len = m.to_string().len();
+        if len > limits.max_meta_bytes {
+            return Err(refuse(
+                400,
+                format!(
+                    "meta is {len} bytes, over meta.max_bytes ({})",
+                    limits.max_meta_bytes
+                ),
+            ));
+        }
+    }
     Ok(Injection {
         sender,
         recipients,
         failed,
         content,
+        meta,
     })
 }
 
@@ -280,12 +301,15 @@ impl Injector {
             envelope,
             body,
             content_start,
+            // Only relay networks or the bearer token get this far.
+            trusted: true,
         };
         let accepted = self.door.accept(msg).await.map_err(|e| match e {
             DoorRefusal::Storage(_) => refuse(503, "queue file write error: try again"),
             DoorRefusal::InsufficientStorage => {
                 refuse(507, "insufficient storage on the server: try again later")
             }
+            DoorRefusal::BadMeta(why) => refuse(400, why),
         })?;
         Ok(Response::json(
             200,
@@ -350,6 +374,7 @@ impl Injector {
         env.smtputf8 = injection.smtputf8();
         env.eight_bit = !injection.content.is_ascii();
         env.client = format!("http [{peer}]");
+        env.meta = injection.meta.clone();
         env
     }
 }
@@ -385,6 +410,7 @@ mod tests {
         max_message_size: 4096,
         max_line_length: 1000,
         max_recipients: 100,
+        max_meta_bytes: 64,
     };
 
     fn request(sender: &str, rcpts: &[&str], content: &str) -> Vec<u8> {

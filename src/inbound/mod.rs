@@ -49,6 +49,10 @@ pub enum Refusal {
     /// (`spool.min_free_bytes`): the client should try again later.
     #[error("the spool's free space is under its reserve")]
     InsufficientStorage,
+    /// The `meta.header` a trusted client set is not a JSON object of at
+    /// most `meta.max_bytes`: the client should fix it.
+    #[error("{0}")]
+    BadMeta(String),
 }
 
 /// What the door took.
@@ -72,6 +76,7 @@ pub struct Door {
     feedback: Option<feedback::Intake>,
     /// `feedback.tracking_header`, when set: added to every message.
     tracking_header: Option<String>,
+    meta: crate::config::MetaConfig,
     /// Refusals can come by the thousand a second (a full disk): logged
     /// once, then counted.
     refusals_logged: LogLimit,
@@ -89,6 +94,9 @@ pub struct Steps {
     pub feedback: Option<feedback::Intake>,
     /// `feedback.tracking_header`, when set: added to every message.
     pub tracking_header: Option<String>,
+    /// `[meta]`: the header trusted clients carry the application's data
+    /// in (removed from every message), and its bound.
+    pub meta: crate::config::MetaConfig,
 }
 
 impl Door {
@@ -104,6 +112,7 @@ impl Door {
             suppressions,
             feedback,
             tracking_header,
+            meta,
         } = steps;
         Door {
             spool,
@@ -114,6 +123,7 @@ impl Door {
             suppressions,
             feedback,
             tracking_header,
+            meta,
             refusals_logged: LogLimit::new(Duration::from_secs(10)),
         }
     }
@@ -161,9 +171,20 @@ impl Door {
             mut envelope,
             mut body,
             content_start,
+            trusted,
         } = msg;
         if !self.spool.has_room() {
             return Err(self.refused(id, Refusal::InsufficientStorage));
+        }
+        // The application's data: taken out of every message (it must
+        // never reach a recipient), honoured only from trusted clients.
+        if !self.meta.header.is_empty()
+            && let Some(text) =
+                crate::proto::header::take_field(&mut body, content_start, &self.meta.header)
+            && trusted
+            && envelope.meta.is_none()
+        {
+            envelope.meta = Some(self.meta.parse(&text).map_err(Refusal::BadMeta)?);
         }
         // Reports to feedback addresses are read here, not queued; their
         // effects are stored before the answer, like a queued message.
@@ -227,6 +248,7 @@ impl Door {
         let reason = match why {
             Refusal::Storage(_) => "storage",
             Refusal::InsufficientStorage => "space",
+            Refusal::BadMeta(_) => "meta",
         };
         ::metrics::counter!(crate::metrics::RECEPTION_REFUSED, "reason" => reason).increment(1);
         self.refusals_logged

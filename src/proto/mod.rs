@@ -4,7 +4,8 @@
 //! command line into a [`command::Command`], reading a message body out of a
 //! DATA or BDAT stream ([`body`]), and every reply the server sends
 //! ([`reply`]), including the single mapping from a rejection to its code,
-//! and the `Received:` header every receiver writes ([`trace`]).
+//! the `Received:` header every receiver writes ([`trace`]), and taking a
+//! header field out of a message ([`header`]).
 //!
 //! Must not: do I/O, allocate without bound, or panic on any input. Every
 //! function here is unit-tested in-module and fuzzed from `fuzz/`.
@@ -13,6 +14,7 @@
 
 pub mod body;
 pub mod command;
+pub mod header;
 pub mod line;
 pub mod reply;
 pub mod server_reply;

@@ -135,6 +135,9 @@ pub enum Rejection {
     TooManyAuthFailures,
     #[error("recipient suppressed")]
     Suppressed,
+    /// The `meta.header` of a trusted client is not a bounded JSON object.
+    #[error("bad meta: {0}")]
+    BadMeta(String),
 }
 
 impl Rejection {
@@ -199,6 +202,7 @@ impl Rejection {
                 "Error: too many failed authentications, closing",
             ),
             Suppressed => Reply::new(550, "5.7.1", "Recipient suppressed"),
+            BadMeta(why) => Reply::new(550, "5.6.0", why),
         }
     }
 

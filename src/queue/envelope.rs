@@ -62,6 +62,11 @@ pub struct Envelope {
     /// Who sent it: `helo [ip]`, for logs and `queue show`.
     #[serde(default)]
     pub client: String,
+    /// The application's own data for this message (a JSON object: the
+    /// injection's `meta`, or the trusted `X-Ringpost-Meta` header),
+    /// copied into every event of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
 }
 
 impl Envelope {
@@ -77,6 +82,7 @@ impl Envelope {
             smtputf8: false,
             eight_bit: false,
             client: String::new(),
+            meta: None,
         }
     }
 

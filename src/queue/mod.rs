@@ -112,6 +112,9 @@ pub struct NewMessage {
     /// Where in `body` the message as the client sent it begins (after our
     /// trace header).
     pub content_start: usize,
+    /// Whether the client may set `meta.header` (a relay-network or
+    /// authenticated SMTP client, an authorized injector).
+    pub trusted: bool,
 }
 
 /// Tunables of one shard's spool.

@@ -56,6 +56,7 @@ pub fn notification(
         envelope,
         body,
         content_start: 0,
+        trusted: false,
     })
 }
 

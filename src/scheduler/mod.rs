@@ -416,7 +416,7 @@ impl Scheduler {
                 }
             };
             let remote = attempt.remote.as_ref();
-            let mut ev = Event::new(kind, id, &env.sender, &r.address);
+            let mut ev = Event::of(kind, id, env, &r.address);
             ev.remote_host = remote.map(|t| t.host.as_str());
             ev.remote_ip = remote.map(|t| t.addr.ip().to_string());
             ev.reply = Some(outcome.reply());
@@ -503,6 +503,7 @@ impl Scheduler {
 
     /// Fails every pending recipient of an expired message (4.4.7).
     fn expire(&self, id: MessageId, env: &mut Envelope, failures: &mut Vec<Failure>) {
+        let (sender, meta) = (env.sender.clone(), env.meta.clone());
         for (i, r) in env.recipients.iter_mut().enumerate() {
             if r.status != RecipientStatus::Pending {
                 continue;
@@ -516,12 +517,13 @@ impl Scheduler {
                 reply: format!("message expired; last error: {last}"),
                 remote: None,
             });
-            let mut ev = Event::new(EventKind::Expiration, id, &env.sender, &r.address);
+            let mut ev = Event::new(EventKind::Expiration, id, &sender, &r.address);
+            ev.meta = meta.as_ref();
             ev.reply = r.last_reply.as_deref();
             ev.attempt = Some(r.attempts);
             self.events.write(&ev);
             let failure = failures.last().expect("just pushed");
-            self.log_bounce(id, &env.sender, r, failure);
+            self.log_bounce(id, (&sender, meta.as_ref()), r, failure);
         }
     }
 
@@ -709,11 +711,12 @@ impl Scheduler {
     fn log_bounce(
         &self,
         id: MessageId,
-        sender: &str,
+        (sender, meta): (&str, Option<&serde_json::Value>),
         r: &crate::queue::Recipient,
         failure: &Failure,
     ) {
         let mut ev = Event::new(EventKind::Bounce, id, sender, &r.address);
+        ev.meta = meta;
         let category = self.failed(&failure.reply, failure.status.starts_with('4'), true);
         ev.category = Some(category.as_str());
         ev.reply = Some(&failure.reply);

@@ -251,7 +251,7 @@ impl Scheduler {
             .iter()
             .filter(|r| r.status == RecipientStatus::Pending)
         {
-            let mut ev = Event::new(EventKind::Deletion, id, &env.sender, &r.address);
+            let mut ev = Event::of(EventKind::Deletion, id, &env, &r.address);
             ev.reply = Some("deleted by the queue administrator");
             self.events.write(&ev);
         }
@@ -263,6 +263,7 @@ impl Scheduler {
     pub async fn bounce_message(self: &Rc<Self>, id: MessageId) -> Result<(), OperationError> {
         self.take_out(id)?;
         let failed = self.state.borrow_mut().change(id, |entry| {
+            let (sender, meta) = (entry.env.sender.clone(), entry.env.meta.clone());
             for (i, r) in entry.env.recipients.iter_mut().enumerate() {
                 if r.status == RecipientStatus::Pending {
                     r.status = RecipientStatus::Failed;
@@ -272,7 +273,7 @@ impl Scheduler {
                         reply: "returned to sender by the queue administrator".into(),
                         remote: None,
                     };
-                    self.log_bounce(id, &entry.env.sender, r, &failure);
+                    self.log_bounce(id, (&sender, meta.as_ref()), r, &failure);
                     entry.failures.push(failure);
                 }
             }

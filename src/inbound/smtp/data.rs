@@ -40,6 +40,8 @@ pub struct BodyInProgress {
     /// Where the client's message begins (after our Received: header).
     content_start: usize,
     client: String,
+    /// A relay-network or authenticated client: may set `meta.header`.
+    trusted: bool,
 }
 
 impl BodyInProgress {
@@ -67,6 +69,7 @@ impl BodyInProgress {
                 session.helo.as_deref().unwrap_or("unknown"),
                 session.client_ip()
             ),
+            trusted: session.is_trusted(),
         }
     }
 
@@ -187,6 +190,7 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &SmtpService) -> 
         envelope,
         body: body.body,
         content_start: body.content_start,
+        trusted: body.trusted,
     };
     match shard.door.accept(msg).await {
         Ok(_) => {
@@ -204,6 +208,7 @@ fn refusal_reply(refusal: &Refusal) -> Reply {
     match refusal {
         Refusal::Storage(_) => Rejection::StorageFailure.reply(),
         Refusal::InsufficientStorage => Rejection::InsufficientStorage.reply(),
+        Refusal::BadMeta(why) => Rejection::BadMeta(why.clone()).reply(),
     }
 }
 

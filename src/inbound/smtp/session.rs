@@ -292,6 +292,12 @@ impl<'a> Session<'a> {
     /// networks or authenticated users. For everyone else, a local part that another MTA might
     /// route on (`%` hack, `!` bang path, a quoted `@`) is refused even in a
     /// local domain: ringpost does not route on them, but the next hop might.
+    /// A client in `relay_networks` or authenticated: trusted with what
+    /// only the sending application may set (`meta.header`).
+    pub fn is_trusted(&self) -> bool {
+        self.relay_client || self.authenticated.is_some()
+    }
+
     pub fn may_relay_to(&self, to: &Mailbox) -> bool {
         if self.relay_client || self.authenticated.is_some() {
             return true;

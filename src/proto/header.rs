@@ -1,0 +1,78 @@
+//! Taking one header field out of a message's header section.
+//!
+//! Owns: [`take_field`], a pure function over the message bytes: it
+//! removes every occurrence of a named field (with its folded lines) from
+//! the header section and returns the first one's unfolded value. Used by
+//! the reception door for `meta.header`, which must never reach a
+//! recipient. Must not: look past the header section (the first empty
+//! line), or change anything else in the message.
+
+/// Removes every `name:` field (case-insensitive, folded lines included)
+/// from the header section of `message[start..]`; the first one's value,
+/// unfolded and trimmed, if there was one.
+pub fn take_field(message: &mut Vec<u8>, start: usize, name: &str) -> Option<String> {
+    let mut first = None;
+    let mut at = start.min(message.len());
+    loop {
+        let line_end = line_end_of(message, at);
+        let line = &message[at..line_end];
+        if line.is_empty() || line == b"\r\n" || line == b"\n" {
+            return first;
+        }
+        let is_field = line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+            && line[name.len()] == b':';
+        if !is_field {
+            at = line_end;
+            continue;
+        }
+        // The field and its continuation lines (starting with WSP).
+        let mut end = line_end;
+        while matches!(message.get(end), Some(b' ' | b'\t')) {
+            end = line_end_of(message, end);
+        }
+        if first.is_none() {
+            let raw = String::from_utf8_lossy(&message[at + name.len() + 1..end]);
+            let value: Vec<&str> = raw
+                .split(['\r', '\n'])
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            first = Some(value.join(" ").trim().to_string());
+        }
+        message.drain(at..end);
+    }
+}
+
+/// The index just past the LF ending the line at `at` (or the end).
+fn line_end_of(message: &[u8], at: usize) -> usize {
+    message[at..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(message.len(), |i| at + i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_every_occurrence_with_folded_lines_and_nothing_else() {
+        let mut m = b"Received: x\r\nSubject: a\r\nx-ringpost-meta: {\"a\":\r\n  1}\r\nTo: b\r\nX-Ringpost-Meta: {}\r\n\r\nX-Ringpost-Meta: body\r\n".to_vec();
+        let v = take_field(&mut m, 13, "X-Ringpost-Meta");
+        assert_eq!(v.as_deref(), Some("{\"a\": 1}"));
+        assert_eq!(
+            m,
+            b"Received: x\r\nSubject: a\r\nTo: b\r\n\r\nX-Ringpost-Meta: body\r\n"
+        );
+    }
+
+    #[test]
+    fn absent_or_prefixed_names_are_left() {
+        let mut m = b"X-Ringpost-Metadata: 1\r\n\r\nbody".to_vec();
+        assert_eq!(take_field(&mut m, 0, "X-Ringpost-Meta"), None);
+        assert_eq!(m, b"X-Ringpost-Metadata: 1\r\n\r\nbody");
+        let mut empty = Vec::new();
+        assert_eq!(take_field(&mut empty, 5, "X"), None);
+    }
+}
