@@ -51,5 +51,29 @@ fn body(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, commands, body);
+/// `meta.header` at reception: the header section of a typical 10 KiB
+/// receipt searched for a field that is not there (the common case), and
+/// one that is taken out.
+fn meta_header(c: &mut Criterion) {
+    let mut g = c.benchmark_group("meta_header");
+    let mut msg = b"Received: from c (c [127.0.0.1])\r\n\tby mx (ringpost) with ESMTP id 0;\r\n\tTue, 1 Dec 2026 06:00:00 +0000\r\nFrom: Shop <shop@example.com>\r\nTo: <a@example.net>\r\nSubject: receipt\r\nDate: Tue, 1 Dec 2026 06:00:00 +0000\r\nMessage-ID: <1@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+    while msg.len() < 10 * 1024 {
+        msg.extend_from_slice(b"Thank you for your order. Line of a typical receipt body...\r\n");
+    }
+    g.bench_function("absent_10KiB", |b| {
+        let mut m = msg.clone();
+        b.iter(|| black_box(ringpost::proto::header::take_field(&mut m, 0, "X-Ringpost-Meta")))
+    });
+    let mut with = b"X-Ringpost-Meta: {\"app_id\": \"order-1234\"}\r\n".to_vec();
+    with.extend_from_slice(&msg);
+    g.bench_function("present_10KiB", |b| {
+        b.iter(|| {
+            let mut m = with.clone();
+            black_box(ringpost::proto::header::take_field(&mut m, 0, "X-Ringpost-Meta"))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, commands, body, meta_header);
 criterion_main!(benches);
