@@ -62,14 +62,24 @@ fn meta_header(c: &mut Criterion) {
     }
     g.bench_function("absent_10KiB", |b| {
         let mut m = msg.clone();
-        b.iter(|| black_box(ringpost::proto::header::take_field(&mut m, 0, "X-Ringpost-Meta")))
+        b.iter(|| {
+            black_box(ringpost::proto::header::take_field(
+                &mut m,
+                0,
+                "X-Ringpost-Meta",
+            ))
+        })
     });
     let mut with = b"X-Ringpost-Meta: {\"app_id\": \"order-1234\"}\r\n".to_vec();
     with.extend_from_slice(&msg);
     g.bench_function("present_10KiB", |b| {
         b.iter(|| {
             let mut m = with.clone();
-            black_box(ringpost::proto::header::take_field(&mut m, 0, "X-Ringpost-Meta"))
+            black_box(ringpost::proto::header::take_field(
+                &mut m,
+                0,
+                "X-Ringpost-Meta",
+            ))
         })
     });
     g.finish();
