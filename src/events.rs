@@ -88,6 +88,9 @@ pub struct Event<'a> {
     /// The application's data for the message (`Envelope::meta`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta: Option<&'a serde_json::Value>,
+    /// Delivery attempts: the egress source they went from (`[egress]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<&'a str>,
 }
 
 enum Sink {
@@ -166,6 +169,7 @@ impl<'a> Event<'a> {
             feedback_type: None,
             reporter: None,
             meta: None,
+            source: None,
             dkim: None,
         }
     }

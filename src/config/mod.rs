@@ -84,6 +84,7 @@ mod bounce_classifier;
 mod delivery;
 mod dkim;
 mod dns;
+mod egress;
 mod feedback;
 mod http;
 mod listen;
@@ -101,6 +102,7 @@ pub use bounce_classifier::{BOUNCE_CATEGORIES, BounceClassifierConfig};
 pub use delivery::{DeliveryConfig, NextHop};
 pub use dkim::{DKIM_ALGORITHMS, DkimConfig, DkimIdentity};
 pub use dns::DnsConfig;
+pub use egress::{EgressConfig, EgressPool, EgressSource, PoolMember};
 pub use feedback::FeedbackConfig;
 pub use http::{AdminConfig, InjectConfig, MetricsConfig};
 pub use listen::Listen;
@@ -126,6 +128,7 @@ pub struct Config {
     pub backoff: BackoffConfig,
     pub feedback: FeedbackConfig,
     pub meta: MetaConfig,
+    pub egress: EgressConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
     pub dkim: DkimConfig,
@@ -239,6 +242,7 @@ impl Config {
                 "backoff" => cfg.backoff.merge(t, &mut p),
                 "feedback" => cfg.feedback.merge(t, &mut p),
                 "meta" => cfg.meta.merge(t, &mut p),
+                "egress" => cfg.egress.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
                 "dkim" => cfg.dkim.merge(t, &mut p),
@@ -265,6 +269,7 @@ impl Config {
         self.backoff.check(p);
         self.feedback.check(&self.smtp.local_domains, p);
         self.meta.check(p);
+        self.egress.check(p);
         self.dns.check(p);
         self.tls.check(p);
         self.dkim.check(p);

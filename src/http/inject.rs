@@ -76,6 +76,9 @@ struct InjectRequest {
     /// The application's own data, copied into every event (`[meta]`).
     #[serde(default)]
     meta: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The egress pool to send through (`[egress]`).
+    #[serde(default)]
+    pool: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +98,8 @@ pub struct Injection {
     pub content: Vec<u8>,
     /// `meta`, a JSON object within `meta.max_bytes`.
     pub meta: Option<serde_json::Value>,
+    /// `pool`, as given (checked against the pools by the injector).
+    pub pool: String,
 }
 
 impl Injection {
@@ -191,6 +196,7 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, Refusal> {
         failed,
         content,
         meta,
+        pool: req.pool,
     })
 }
 
@@ -277,6 +283,12 @@ impl Injector {
     /// Queues an admitted request's message.
     async fn inject(&self, req: Request) -> Result<Response, Refusal> {
         let mut injection = parse(&req.body, ContentLimits::of(&self.cfg))?;
+        if !injection.pool.is_empty() && !self.cfg.egress.has_pool(&injection.pool) {
+            return Err(refuse(
+                400,
+                format!("no egress pool named {:?}", injection.pool),
+            ));
+        }
         let errors = self.drop_suppressed(&mut injection);
         if injection.recipients.is_empty() {
             return Ok(Response::json(
@@ -310,6 +322,7 @@ impl Injector {
                 refuse(507, "insufficient storage on the server: try again later")
             }
             DoorRefusal::BadMeta(why) => refuse(400, why),
+            DoorRefusal::UnknownPool(name) => refuse(400, format!("no egress pool named {name:?}")),
         })?;
         Ok(Response::json(
             200,
@@ -375,6 +388,7 @@ impl Injector {
         env.eight_bit = !injection.content.is_ascii();
         env.client = format!("http [{peer}]");
         env.meta = injection.meta.clone();
+        env.pool = injection.pool.clone();
         env
     }
 }

@@ -53,6 +53,9 @@ pub enum Refusal {
     /// most `meta.max_bytes`: the client should fix it.
     #[error("{0}")]
     BadMeta(String),
+    /// A trusted client named an egress pool that does not exist.
+    #[error("no egress pool named {0:?}")]
+    UnknownPool(String),
 }
 
 /// What the door took.
@@ -77,6 +80,7 @@ pub struct Door {
     /// `feedback.tracking_header`, when set: added to every message.
     tracking_header: Option<String>,
     meta: crate::config::MetaConfig,
+    egress: crate::config::EgressConfig,
     /// Refusals can come by the thousand a second (a full disk): logged
     /// once, then counted.
     refusals_logged: LogLimit,
@@ -97,6 +101,9 @@ pub struct Steps {
     /// `[meta]`: the header trusted clients carry the application's data
     /// in (removed from every message), and its bound.
     pub meta: crate::config::MetaConfig,
+    /// `[egress]`: the pools a message may name, the header naming one,
+    /// and the sender-domain mapping.
+    pub egress: crate::config::EgressConfig,
 }
 
 impl Door {
@@ -113,6 +120,7 @@ impl Door {
             feedback,
             tracking_header,
             meta,
+            egress,
         } = steps;
         Door {
             spool,
@@ -124,6 +132,7 @@ impl Door {
             feedback,
             tracking_header,
             meta,
+            egress,
             refusals_logged: LogLimit::new(Duration::from_secs(10)),
         }
     }
@@ -186,6 +195,7 @@ impl Door {
         {
             envelope.meta = Some(self.meta.parse(&text).map_err(Refusal::BadMeta)?);
         }
+        self.choose_pool(&mut envelope, &mut body, content_start, trusted)?;
         // Reports to feedback addresses are read here, not queued; their
         // effects are stored before the answer, like a queued message.
         if let Some(intake) = &self.feedback
@@ -243,12 +253,45 @@ impl Door {
         Ok(accepted)
     }
 
+    /// The message's egress pool, unless the injection named one: a
+    /// trusted client's `egress.pool_header` (taken out of every message),
+    /// else `egress.sender_domains`; empty means the default pool.
+    fn choose_pool(
+        &self,
+        envelope: &mut crate::queue::Envelope,
+        body: &mut Vec<u8>,
+        content_start: usize,
+        trusted: bool,
+    ) -> Result<(), Refusal> {
+        let header = &self.egress.pool_header;
+        if !header.is_empty()
+            && let Some(name) = crate::proto::header::take_field(body, content_start, header)
+            && trusted
+            && envelope.pool.is_empty()
+        {
+            if !self.egress.has_pool(&name) {
+                return Err(Refusal::UnknownPool(name));
+            }
+            envelope.pool = name;
+        }
+        if envelope.pool.is_empty()
+            && let Some(pool) = self
+                .egress
+                .sender_domains
+                .get(&crate::queue::suppression::domain_of(&envelope.sender))
+        {
+            envelope.pool = pool.clone();
+        }
+        Ok(())
+    }
+
     /// Counts and logs (rate-limited) a refusal.
     fn refused(&self, id: MessageId, why: Refusal) -> Refusal {
         let reason = match why {
             Refusal::Storage(_) => "storage",
             Refusal::InsufficientStorage => "space",
             Refusal::BadMeta(_) => "meta",
+            Refusal::UnknownPool(_) => "pool",
         };
         ::metrics::counter!(crate::metrics::RECEPTION_REFUSED, "reason" => reason).increment(1);
         self.refusals_logged

@@ -98,6 +98,8 @@ pub struct Client {
     pub ext: Extensions,
     /// Transactions attempted on this connection.
     pub transactions: u32,
+    /// The egress source it was opened from, if any.
+    pub source: Option<String>,
     /// The last transaction ended with the reply to its data, so the
     /// server has reset its state itself (RFC 5321 4.1.1.4) and the next
     /// one needs no RSET.
@@ -108,24 +110,44 @@ pub struct Client {
     mail_reply: Option<u16>,
 }
 
+/// Where a new connection goes, where from, and what it says first.
+pub struct Dial<'a> {
+    pub peer: SocketAddr,
+    /// The egress source (name, local address) to connect from, if any.
+    pub source: Option<(&'a str, std::net::IpAddr)>,
+    /// The host name it is opened to (for TLS and the pool).
+    pub host: &'a str,
+    /// The EHLO name.
+    pub helo: &'a str,
+}
+
 impl Client {
     /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused);
     /// with `tls`, upgrades with STARTTLS when the server offers it and says
     /// EHLO again. A failure here means "try the next host": it is always
     /// temporary.
     pub async fn connect(
-        peer: SocketAddr,
-        host: &str,
-        helo: &str,
+        dial: Dial<'_>,
         connect_timeout: Duration,
         timeout: Duration,
         tls: Option<&Arc<ClientConfig>>,
         policy: OutboundTls,
     ) -> Result<Client, ConnectError> {
+        let Dial {
+            peer,
+            source,
+            host,
+            helo,
+        } = dial;
         let require_tls = policy == OutboundTls::Require;
-        let stream = TcpStream::connect_timeout(peer, connect_timeout)
-            .await
-            .map_err(|e| from_io(&format!("connect to {host}[{}]", peer.ip()), &e.into()))?;
+        let connected = match source {
+            None => TcpStream::connect_timeout(peer, connect_timeout)
+                .await
+                .map_err(std::io::Error::from),
+            Some((_, local)) => connect_from(local, peer, connect_timeout).await,
+        };
+        let stream =
+            connected.map_err(|e| from_io(&format!("connect to {host}[{}]", peer.ip()), &e))?;
         let _ = stream.set_nodelay(true);
         stream
             .set_read_timeout(Some(timeout))
@@ -140,6 +162,7 @@ impl Client {
             policy,
             ext: Extensions::default(),
             transactions: 0,
+            source: source.map(|(name, _)| name.to_string()),
             ended_cleanly: false,
             usable: true,
             mail_reply: None,
@@ -181,6 +204,7 @@ impl Client {
             host: self.host.clone(),
             addr: self.peer,
             policy: self.policy,
+            source: self.source.clone(),
         }
     }
 
@@ -459,4 +483,32 @@ impl DeliveryOutcome {
             reply: self.reply().to_string(),
         }
     }
+}
+
+/// A connection to `peer` from the local address `local` (an egress
+/// source). glommio's `TcpStream::connect` cannot bind first, so the
+/// socket is made, bound and connected (with `timeout`) on glommio's
+/// blocking-task pool, made non-blocking, and handed to the executor.
+async fn connect_from(
+    local: std::net::IpAddr,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    let fd = glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<OwnedFd> {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(peer),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.bind(&SocketAddr::new(local, 0).into())?;
+            socket.connect_timeout(&peer.into(), timeout)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket.into())
+        })
+        .await?;
+    // SAFETY: `fd` is a connected TCP socket that nothing else owns; the
+    // stream takes it over.
+    Ok(unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) })
 }

@@ -15,6 +15,7 @@
 //! scheduler decides.
 
 pub mod client;
+pub mod egress;
 pub mod outcome;
 pub mod pool;
 pub mod route;
@@ -43,6 +44,8 @@ pub struct Attempt {
     pub outcomes: Vec<DeliveryOutcome>,
     /// The host that answered, if any did.
     pub remote: Option<Target>,
+    /// The egress source the attempt went from, if sources are set up.
+    pub source: Option<String>,
     /// TLS protocol and cipher of the connection used, if encrypted.
     pub tls: Option<String>,
 }
@@ -60,6 +63,8 @@ pub struct OutboundSettings {
     pub opportunistic: Arc<rustls::ClientConfig>,
     /// For destinations that require a verified certificate, if any do.
     pub verified: Option<Arc<rustls::ClientConfig>>,
+    /// `[egress]`: the sources and pools.
+    pub egress: crate::config::EgressConfig,
 }
 
 impl OutboundSettings {
@@ -75,6 +80,7 @@ impl OutboundSettings {
             max_messages_per_connection: d.max_messages_per_connection,
             opportunistic: crate::tls::opportunistic_client(),
             verified,
+            egress: cfg.egress.clone(),
         }
     }
 }
@@ -89,6 +95,8 @@ pub struct Delivery {
     pub opportunistic: Arc<rustls::ClientConfig>,
     /// For destinations that require a verified certificate, if any do.
     pub verified: Option<Arc<rustls::ClientConfig>>,
+    /// This shard's sources and pool rotations.
+    pub egress: egress::Egress,
 }
 
 impl Delivery {
@@ -100,6 +108,7 @@ impl Delivery {
             pool: Pool::new(s.idle_timeout, s.max_messages_per_connection),
             opportunistic: s.opportunistic.clone(),
             verified: s.verified.clone(),
+            egress: egress::Egress::new(&s.egress, &s.helo),
         }
     }
 
@@ -110,18 +119,25 @@ impl Delivery {
         targets: &[Target],
         msg: &Outgoing<'_>,
         policy: OutboundTls,
+        source: Option<&egress::Source>,
     ) -> Attempt {
+        let source_name = source.map(|s| s.name.clone());
         let mut last = DeliveryOutcome::Temporary {
             reply: "no host to deliver to".into(),
         };
         for target in targets {
             // Only a connection opened for this host under this policy (or
             // a stricter one) serves it: see `pool`.
-            let pooled = self.pool.take(&target.host, target.addr, policy);
+            let pooled = self.pool.take(
+                &target.host,
+                target.addr,
+                policy,
+                source.map(|s| s.name.as_str()),
+            );
             let reused = pooled.is_some();
             let mut client = match pooled {
                 Some(c) => c,
-                None => match self.connect(target, policy).await {
+                None => match self.connect(target, policy, source).await {
                     Ok(c) => c,
                     Err(why) => {
                         log::debug!("{}: {}", target.host, why.reply());
@@ -136,7 +152,7 @@ impl Delivery {
                 // the message was accepted, so it goes again at once on a
                 // fresh connection, as if the pool had been empty.
                 ::metrics::counter!(crate::metrics::OUTBOUND_STALE_CONNECTIONS).increment(1);
-                match self.connect(target, policy).await {
+                match self.connect(target, policy, source).await {
                     Ok(fresh) => {
                         client = fresh;
                         result = client.send(msg).await;
@@ -157,12 +173,14 @@ impl Delivery {
                 outcomes,
                 remote: Some(target.clone()),
                 tls,
+                source: source_name,
             };
         }
         Attempt {
             outcomes: vec![last; msg.recipients.len()],
             remote: None,
             tls: None,
+            source: source_name,
         }
     }
 
@@ -174,12 +192,17 @@ impl Delivery {
         &self,
         target: &Target,
         policy: OutboundTls,
+        source: Option<&egress::Source>,
     ) -> Result<Client, DeliveryOutcome> {
+        let helo = source.map_or(self.helo.as_str(), |s| s.ehlo.as_str());
         let connect = |tls| {
             Client::connect(
-                target.addr,
-                &target.host,
-                &self.helo,
+                client::Dial {
+                    peer: target.addr,
+                    source: source.map(|s| (s.name.as_str(), s.address)),
+                    host: &target.host,
+                    helo,
+                },
                 self.connect_timeout,
                 self.timeout,
                 tls,

@@ -37,6 +37,9 @@ pub struct PoolKey {
     pub host: String,
     pub addr: SocketAddr,
     pub policy: OutboundTls,
+    /// The egress source it was opened from (`[egress]`), if any: it never
+    /// carries another source's mail.
+    pub source: Option<String>,
 }
 
 impl PoolKey {
@@ -68,13 +71,20 @@ impl Pool {
 
     /// The most recently used fresh idle connection to `host` at `addr`
     /// that may carry mail under `policy`.
-    pub fn take(&self, host: &str, addr: SocketAddr, policy: OutboundTls) -> Option<Client> {
+    pub fn take(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        policy: OutboundTls,
+        source: Option<&str>,
+    ) -> Option<Client> {
         let mut idle = self.idle.borrow_mut();
         for &opened_under in PoolKey::serves(policy) {
             let key = PoolKey {
                 host: host.to_string(),
                 addr,
                 policy: opened_under,
+                source: source.map(str::to_string),
             };
             let Some(list) = idle.get_mut(&key) else {
                 continue;

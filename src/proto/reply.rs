@@ -138,6 +138,9 @@ pub enum Rejection {
     /// The `meta.header` of a trusted client is not a bounded JSON object.
     #[error("bad meta: {0}")]
     BadMeta(String),
+    /// A trusted client named an egress pool that does not exist.
+    #[error("unknown pool {0}")]
+    UnknownPool(String),
 }
 
 impl Rejection {
@@ -203,6 +206,7 @@ impl Rejection {
             ),
             Suppressed => Reply::new(550, "5.7.1", "Recipient suppressed"),
             BadMeta(why) => Reply::new(550, "5.6.0", why),
+            UnknownPool(name) => Reply::new(550, "5.7.0", format!("no egress pool named {name:?}")),
         }
     }
 

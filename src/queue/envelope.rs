@@ -67,6 +67,10 @@ pub struct Envelope {
     /// copied into every event of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<serde_json::Value>,
+    /// The egress pool it goes out through (`[egress]`); empty: the
+    /// default pool.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pool: String,
 }
 
 impl Envelope {
@@ -83,6 +87,7 @@ impl Envelope {
             eight_bit: false,
             client: String::new(),
             meta: None,
+            pool: String::new(),
         }
     }
 

@@ -340,6 +340,7 @@ impl Scheduler {
             outcomes: vec![outcome; rcpts.len()],
             remote: None,
             tls: None,
+            source: None,
         };
         let body = match self.spool.read_body(job.id, env).await {
             Ok(body) => body,
@@ -371,7 +372,12 @@ impl Scheduler {
         let started = Instant::now();
         let attempt = self
             .delivery
-            .attempt(&targets, &msg, self.cfg.tls.policy_for(domain))
+            .attempt(
+                &targets,
+                &msg,
+                self.cfg.tls.policy_for(domain),
+                self.delivery.egress.pick(&env.pool).as_deref(),
+            )
             .await;
         ::metrics::histogram!(crate::metrics::DELIVERY_ATTEMPT_SECONDS)
             .record(started.elapsed().as_secs_f64());
@@ -422,6 +428,7 @@ impl Scheduler {
             ev.reply = Some(outcome.reply());
             ev.attempt = Some(r.attempts);
             ev.tls = attempt.tls.as_deref();
+            ev.source = attempt.source.as_deref();
             ev.category = category.map(crate::classify::BounceCategory::as_str);
             self.events.write(&ev);
         });
@@ -799,6 +806,7 @@ fn bounced_by_rule(domain: &str, reply: &str, rcpts: usize) -> Attempt {
         ],
         remote: None,
         tls: None,
+        source: None,
     }
 }
 

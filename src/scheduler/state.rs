@@ -505,6 +505,7 @@ mod tests {
                 addr: "127.0.0.1:25".parse().unwrap(),
             }),
             tls: None,
+            source: None,
         }
     }
 

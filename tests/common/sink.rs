@@ -70,6 +70,10 @@ pub struct Received {
     pub data: Vec<u8>,
     /// Whether the transaction ran over TLS.
     pub tls: bool,
+    /// The client's address (its source address).
+    pub peer: SocketAddr,
+    /// The name the client gave in EHLO or HELO.
+    pub helo: String,
 }
 
 #[derive(Default)]
@@ -145,6 +149,8 @@ impl Sink {
 
 fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let peer = conn.peer_addr()?;
+    let mut helo = String::new();
     let mut r = BufReader::new(Stream::Plain(conn));
     let sc = script.lock().unwrap().clone();
     let reply = |r: &mut BufReader<Stream>, text: &str| -> std::io::Result<()> {
@@ -169,6 +175,9 @@ fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::i
         }
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
+        if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            helo = cmd.get(5..).unwrap_or("").trim().to_string();
+        }
         if upper.starts_with("EHLO") {
             let utf8 = if sc.no_smtputf8 {
                 ""
@@ -266,6 +275,8 @@ fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::i
                         rcpts: rcpts.clone(),
                         data,
                         tls,
+                        peer,
+                        helo: helo.clone(),
                     });
                     reply(&mut r, "250 2.0.0 queued")?;
                     if sc.close_after_message {

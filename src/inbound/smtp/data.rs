@@ -209,6 +209,7 @@ fn refusal_reply(refusal: &Refusal) -> Reply {
         Refusal::Storage(_) => Rejection::StorageFailure.reply(),
         Refusal::InsufficientStorage => Rejection::InsufficientStorage.reply(),
         Refusal::BadMeta(why) => Rejection::BadMeta(why.clone()).reply(),
+        Refusal::UnknownPool(name) => Rejection::UnknownPool(name.clone()).reply(),
     }
 }
 

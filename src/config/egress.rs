@@ -1,0 +1,153 @@
+//! `[egress]`: the local addresses ringpost sends from (sources) and the
+//! weighted sets of them a message may use (pools).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::Problems;
+
+/// One local address to send from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSource {
+    /// How pools, metrics and the delivery log name it.
+    pub name: String,
+    /// The local address connections from it are bound to (IPv4 or IPv6;
+    /// it must be configured on this machine).
+    pub address: IpAddr,
+    /// The EHLO name to give from it (its PTR name, for receivers that
+    /// check). Empty: `server.hostname`.
+    #[serde(default)]
+    pub ehlo: String,
+}
+
+/// One source's share of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolMember {
+    /// A source's `name`.
+    pub source: String,
+    /// Its share: messages are spread over the pool's sources in
+    /// proportion to their weights.
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A named, weighted set of sources.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressPool {
+    pub name: String,
+    pub sources: Vec<PoolMember>,
+}
+
+section! {
+    /// Where outbound connections come from. Without sources, ringpost
+    /// connects from the address the kernel picks and says
+    /// `server.hostname` in EHLO. With them, each message is sent from a
+    /// source of its pool, spread over the pool's sources by weight
+    /// (smooth weighted round-robin on each shard: exact proportions, no
+    /// bursts). A message's pool is, in order: the HTTP injection's `pool`
+    /// field; the `X-Ringpost-Pool` header of a trusted SMTP client
+    /// (always taken out of the message); `sender_domains` by the
+    /// envelope sender's domain; `default_pool`. Connections are pooled
+    /// per source: a connection opened from one source never carries
+    /// another's mail.
+    ///
+    /// Example: `[[egress.source]] name = "ip1" address = "192.0.2.10"
+    /// ehlo = "mta1.example.com"`, `[[egress.pool]] name = "transactional"
+    /// sources = [{ source = "ip1", weight = 3 }, { source = "ip2" }]`.
+    EgressConfig = "egress" {
+        /// The sources, as `[[egress.source]]` tables.
+        source: Vec<EgressSource> = Vec::new(),
+        /// The pools, as `[[egress.pool]]` tables.
+        pool: Vec<EgressPool> = Vec::new(),
+        /// The pool of messages that name none. Empty: the first pool.
+        default_pool: String = String::new(),
+        /// Envelope-sender domain to pool, e.g. `{ "news.example" =
+        /// "bulk" }`.
+        sender_domains: BTreeMap<String, String> = BTreeMap::new(),
+        /// The header a trusted SMTP client names a pool in.
+        pool_header: String = "X-Ringpost-Pool".to_string(),
+    }
+}
+
+impl EgressConfig {
+    pub fn check(&self, p: &mut Problems) {
+        let mut names = std::collections::HashSet::new();
+        for s in &self.source {
+            if s.name.is_empty() || !names.insert(s.name.as_str()) {
+                p.at(
+                    "egress.source",
+                    format!("source name {:?} is empty or used twice", s.name),
+                );
+            }
+        }
+        let mut pools = std::collections::HashSet::new();
+        for pool in &self.pool {
+            if pool.name.is_empty() || !pools.insert(pool.name.as_str()) {
+                p.at(
+                    "egress.pool",
+                    format!("pool name {:?} is empty or used twice", pool.name),
+                );
+            }
+            if pool.sources.is_empty() {
+                p.at(
+                    "egress.pool",
+                    format!("pool {:?} has no sources", pool.name),
+                );
+            }
+            for m in &pool.sources {
+                if !names.contains(m.source.as_str()) {
+                    p.at(
+                        "egress.pool",
+                        format!("pool {:?}: no source named {:?}", pool.name, m.source),
+                    );
+                }
+                if m.weight == 0 {
+                    p.at(
+                        "egress.pool",
+                        format!("pool {:?}: weight 0 for {:?}", pool.name, m.source),
+                    );
+                }
+            }
+        }
+        if !self.source.is_empty() && self.pool.is_empty() {
+            p.at(
+                "egress.pool",
+                "sources are configured but no pool uses them",
+            );
+        }
+        let known = |name: &str| pools.contains(name);
+        if !self.default_pool.is_empty() && !known(&self.default_pool) {
+            p.at(
+                "egress.default_pool",
+                format!("no pool named {:?}", self.default_pool),
+            );
+        }
+        for (domain, pool) in &self.sender_domains {
+            if !known(pool) {
+                p.at(
+                    "egress.sender_domains",
+                    format!("{domain}: no pool named {pool:?}"),
+                );
+            }
+        }
+    }
+
+    /// Whether any source is configured.
+    pub fn is_on(&self) -> bool {
+        !self.pool.is_empty()
+    }
+
+    /// Whether `name` is a configured pool.
+    pub fn has_pool(&self, name: &str) -> bool {
+        self.pool.iter().any(|p| p.name == name)
+    }
+}

@@ -1,0 +1,161 @@
+//! Egress sources and pools (`[egress]`): which local address, and which
+//! EHLO name, each delivery attempt uses.
+//!
+//! Owns: [`Source`] and [`Egress`], one per shard: each pool's smooth
+//! weighted round-robin (nginx's algorithm: every pick adds each member's
+//! weight to its running score, takes the highest, and subtracts the total
+//! from it), which spreads a pool's messages over its sources in exact
+//! proportion to the weights, interleaved rather than in bursts. Pure
+//! bookkeeping, unit-tested.
+//!
+//! Must not: open connections (`outbound::client` binds to the source's
+//! address), or know about messages beyond their pool's name.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use crate::config::EgressConfig;
+
+/// One local address to send from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub name: String,
+    pub address: IpAddr,
+    /// The EHLO name to give from it.
+    pub ehlo: String,
+}
+
+/// One pool's members: source index, weight, running score.
+type Members = Vec<(usize, i64, i64)>;
+
+/// A shard's sources and the state of its pools' rotations.
+#[derive(Debug, Default)]
+pub struct Egress {
+    sources: Vec<Rc<Source>>,
+    pools: RefCell<HashMap<String, Members>>,
+    default_pool: String,
+}
+
+impl Egress {
+    /// From `[egress]` (checked by `EgressConfig::check`); `helo` is the
+    /// EHLO name of sources that name none.
+    pub fn new(cfg: &EgressConfig, helo: &str) -> Egress {
+        let sources: Vec<Rc<Source>> = cfg
+            .source
+            .iter()
+            .map(|s| {
+                Rc::new(Source {
+                    name: s.name.clone(),
+                    address: s.address,
+                    ehlo: if s.ehlo.is_empty() {
+                        helo.to_string()
+                    } else {
+                        s.ehlo.clone()
+                    },
+                })
+            })
+            .collect();
+        let index = |name: &str| sources.iter().position(|s| s.name == name);
+        let pools = cfg
+            .pool
+            .iter()
+            .map(|p| {
+                let members = p
+                    .sources
+                    .iter()
+                    .filter_map(|m| Some((index(&m.source)?, i64::from(m.weight), 0)))
+                    .collect();
+                (p.name.clone(), members)
+            })
+            .collect();
+        let default_pool = match cfg.default_pool.as_str() {
+            "" => cfg.pool.first().map(|p| p.name.clone()).unwrap_or_default(),
+            name => name.to_string(),
+        };
+        Egress {
+            sources,
+            pools: RefCell::new(pools),
+            default_pool,
+        }
+    }
+
+    /// The source the next message of `pool` goes from (the default pool
+    /// for an empty or unknown name); None when no sources are configured.
+    pub fn pick(&self, pool: &str) -> Option<Rc<Source>> {
+        let mut pools = self.pools.borrow_mut();
+        let name = if pools.contains_key(pool) {
+            pool
+        } else {
+            self.default_pool.as_str()
+        };
+        let members = pools.get_mut(name)?;
+        let total: i64 = members.iter().map(|m| m.1).sum();
+        for m in members.iter_mut() {
+            m.2 += m.1;
+        }
+        let best = members
+            .iter_mut()
+            .reduce(|a, b| if b.2 > a.2 { b } else { a })?;
+        best.2 -= total;
+        Some(self.sources[best.0].clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EgressPool, EgressSource, PoolMember};
+
+    fn cfg() -> EgressConfig {
+        let source = |name: &str, ip: &str| EgressSource {
+            name: name.into(),
+            address: ip.parse().unwrap(),
+            ehlo: String::new(),
+        };
+        let member = |name: &str, weight| PoolMember {
+            source: name.into(),
+            weight,
+        };
+        EgressConfig {
+            source: vec![source("a", "127.0.0.3"), source("b", "127.0.0.4")],
+            pool: vec![
+                EgressPool {
+                    name: "bulk".into(),
+                    sources: vec![member("a", 3), member("b", 1)],
+                },
+                EgressPool {
+                    name: "vip".into(),
+                    sources: vec![member("b", 1)],
+                },
+            ],
+            ..EgressConfig::default()
+        }
+    }
+
+    #[test]
+    fn weights_are_met_exactly_and_interleaved() {
+        let e = Egress::new(&cfg(), "mx.example");
+        let picks: Vec<String> = (0..8)
+            .map(|_| e.pick("bulk").unwrap().name.clone())
+            .collect();
+        assert_eq!(picks, ["a", "a", "b", "a", "a", "a", "b", "a"]);
+        assert_eq!(e.pick("vip").unwrap().name, "b");
+        assert_eq!(e.pick("vip").unwrap().ehlo, "mx.example");
+    }
+
+    #[test]
+    fn unknown_and_empty_pools_use_the_default() {
+        let e = Egress::new(&cfg(), "mx.example");
+        let n = (0..400)
+            .filter(|i| e.pick(if i % 2 == 0 { "" } else { "nope" }).unwrap().name == "a")
+            .count();
+        assert_eq!(n, 300);
+        assert!(
+            Egress::new(&EgressConfig::default(), "x")
+                .pick("")
+                .is_none()
+        );
+    }
+}

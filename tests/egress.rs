@@ -1,0 +1,135 @@
+//! Egress sources and pools: messages go out from the local addresses of
+//! their pool's sources (loopback addresses 127.0.0.x, bound without any
+//! setup), spread by weight, each with its source's EHLO name; the sink
+//! records the peer address and the EHLO name of every message.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::sink::{Script, Sink};
+use common::{Client, TestServer, http, sink_port, start_with};
+use ringpost::config::{EgressPool, EgressSource, PoolMember};
+
+fn source(name: &str, ip: &str, ehlo: &str) -> EgressSource {
+    EgressSource {
+        name: name.into(),
+        address: ip.parse().unwrap(),
+        ehlo: ehlo.into(),
+    }
+}
+
+fn member(name: &str, weight: u32) -> PoolMember {
+    PoolMember {
+        source: name.into(),
+        weight,
+    }
+}
+
+fn server(port: u16) -> TestServer {
+    start_with(2, move |c| {
+        c.delivery.smarthost.clear();
+        c.delivery
+            .routes
+            .insert("dest.test".into(), format!("[127.0.0.2]:{port}"));
+        c.egress.source = vec![
+            source("ip3", "127.0.0.3", "mta3.example.com"),
+            source("ip4", "127.0.0.4", "mta4.example.com"),
+            source("ip5", "127.0.0.5", ""),
+        ];
+        c.egress.pool = vec![
+            EgressPool {
+                name: "bulk".into(),
+                sources: vec![member("ip3", 3), member("ip4", 1)],
+            },
+            EgressPool {
+                name: "vip".into(),
+                sources: vec![member("ip5", 1)],
+            },
+        ];
+        c.egress
+            .sender_domains
+            .insert("vip.example".into(), "vip".into());
+    })
+}
+
+fn by_peer(sink: &Sink) -> HashMap<String, (usize, String)> {
+    let mut counts: HashMap<String, (usize, String)> = HashMap::new();
+    for m in sink.messages() {
+        let e = counts.entry(m.peer.ip().to_string()).or_default();
+        e.0 += 1;
+        e.1 = m.helo.clone();
+    }
+    counts
+}
+
+/// 10,000 messages of the default pool (weights 3:1) split within ±5% of
+/// the weights; the other pool, chosen by sender domain, by header and by
+/// the injection field, uses its own source; EHLO names per source.
+#[test]
+fn a_pool_spreads_mail_over_its_sources_by_weight() {
+    const N: usize = 10_000;
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let ts = server(port);
+    let senders: Vec<_> = (0..4)
+        .map(|t| {
+            let addr = ts.addr;
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.expect("EHLO app.test.example", 250);
+                for i in 0..N / 4 {
+                    c.expect("MAIL FROM:<news@shop.example>", 250);
+                    c.expect(&format!("RCPT TO:<r{t}-{i}@dest.test>"), 250);
+                    assert_eq!(c.data(b"Subject: bulk\r\n\r\nx\r\n").code, 250);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    sink.wait_for(N, 120);
+    let counts = by_peer(&sink);
+    let (n3, n4) = (counts["127.0.0.3"].0, counts["127.0.0.4"].0);
+    println!("127.0.0.3: {n3}, 127.0.0.4: {n4}");
+    assert_eq!(n3 + n4, N, "{counts:?}");
+    let share = n3 as f64 / N as f64;
+    assert!(
+        (share - 0.75).abs() <= 0.75 * 0.05,
+        "share of the weight-3 source: {share}"
+    );
+    assert_eq!(counts["127.0.0.3"].1, "mta3.example.com");
+    assert_eq!(counts["127.0.0.4"].1, "mta4.example.com");
+    // The vip pool: by sender domain, by a trusted client's header (taken
+    // out of the message), and by the injection's field.
+    let mut c = Client::connect(ts.addr);
+    c.expect("EHLO app.test.example", 250);
+    c.begin("alerts@vip.example", &["v1@dest.test"]);
+    assert_eq!(c.data(b"Subject: v1\r\n\r\nx\r\n").code, 250);
+    c.begin("news@shop.example", &["v2@dest.test"]);
+    assert_eq!(
+        c.data(b"X-Ringpost-Pool: vip\r\nSubject: v2\r\n\r\nx\r\n")
+            .code,
+        250
+    );
+    c.begin("news@shop.example", &["v3@dest.test"]);
+    let r = c.data(b"X-Ringpost-Pool: nope\r\nSubject: v3\r\n\r\nx\r\n");
+    assert_eq!((r.code, r.text().contains("5.7.0")), (550, true), "{r:?}");
+    let body = r#"{"envelope_sender": "news@shop.example", "recipients": [{"email": "v4@dest.test"}], "content": "Subject: v4\r\n\r\nx\r\n", "pool": "vip"}"#;
+    let req = format!(
+        "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = http(ts.inject_addr.unwrap(), req.as_bytes());
+    assert_eq!(status, 200, "{text}");
+    let all = sink.wait_for(N + 3, 30);
+    for rcpt in ["v1@dest.test", "v2@dest.test", "v4@dest.test"] {
+        let m = all.iter().find(|m| m.rcpts == [rcpt.to_string()]).unwrap();
+        assert_eq!(m.peer.ip().to_string(), "127.0.0.5", "{rcpt}");
+        assert_eq!(m.helo, "mx.test.example", "no ehlo: server.hostname");
+        assert!(!String::from_utf8_lossy(&m.data).contains("X-Ringpost-Pool"));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+}
