@@ -1,6 +1,7 @@
 //! HTTP: one HTTP/1.1 server for the three APIs, one module each:
-//! [`admin`] (the queue of a running server), [`metrics`] (Prometheus and
-//! health) and [`inject`] (messages as JSON).
+//! [`admin`] (the queue of a running server, with its endpoints
+//! [`suppressions`] and [`trace`] in files of their own), [`metrics`]
+//! (Prometheus and health) and [`inject`] (messages as JSON).
 //!
 //! Owns: [`serve`] (a listener's accept loop on one shard, with its
 //! connection limits), the connection's deadlines ([`Io`]), turning a
