@@ -133,3 +133,40 @@ fn a_pool_spreads_mail_over_its_sources_by_weight() {
     }
     std::thread::sleep(Duration::from_millis(200));
 }
+
+/// A source whose address is not on this machine (192.0.2.1, TEST-NET-1)
+/// cannot be bound: it is down, and its share goes at once, in the same
+/// attempt, to the pool's other source; nothing is deferred.
+#[test]
+fn a_source_that_cannot_be_bound_is_skipped() {
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_str().unwrap().to_string();
+    let ts = start_with(2, move |c| {
+        c.delivery.smarthost.clear();
+        c.delivery
+            .routes
+            .insert("dest.test".into(), format!("[127.0.0.2]:{port}"));
+        c.delivery.log = log_path;
+        c.egress.source = vec![
+            source("good", "127.0.0.3", ""),
+            source("gone", "192.0.2.1", ""),
+        ];
+        c.egress.pool = vec![EgressPool {
+            name: "main".into(),
+            sources: vec![member("good", 1), member("gone", 1)],
+        }];
+    });
+    let mut c = Client::connect(ts.addr);
+    c.expect("EHLO app.test.example", 250);
+    for i in 0..20 {
+        c.begin("news@shop.example", &[&format!("r{i}@dest.test")]);
+        assert_eq!(c.data(b"Subject: x\r\n\r\nx\r\n").code, 250);
+    }
+    let got = sink.wait_for(20, 30);
+    assert!(got.iter().all(|m| m.peer.ip().to_string() == "127.0.0.3"));
+    let log = std::fs::read_to_string(log.path()).unwrap();
+    assert!(!log.contains("TransientFailure"), "{log}");
+    assert!(log.contains("\"source\":\"good\""), "{log}");
+}

@@ -75,6 +75,9 @@ pub struct Outgoing<'a> {
 pub struct ConnectError {
     pub outcome: DeliveryOutcome,
     pub tls_handshake: bool,
+    /// The egress source's address could not be bound (not configured on
+    /// this machine): the source is down, not the destination.
+    pub source_down: bool,
 }
 
 impl From<DeliveryOutcome> for ConnectError {
@@ -82,6 +85,7 @@ impl From<DeliveryOutcome> for ConnectError {
         ConnectError {
             outcome,
             tls_handshake: false,
+            source_down: false,
         }
     }
 }
@@ -146,8 +150,11 @@ impl Client {
                 .map_err(std::io::Error::from),
             Some((_, local)) => connect_from(local, peer, connect_timeout).await,
         };
-        let stream =
-            connected.map_err(|e| from_io(&format!("connect to {host}[{}]", peer.ip()), &e))?;
+        let stream = connected.map_err(|e| ConnectError {
+            outcome: from_io(&format!("connect to {host}[{}]", peer.ip()), &e),
+            tls_handshake: false,
+            source_down: source.is_some() && e.kind() == io::ErrorKind::AddrNotAvailable,
+        })?;
         let _ = stream.set_nodelay(true);
         stream
             .set_read_timeout(Some(timeout))
@@ -181,6 +188,7 @@ impl Client {
                 c.start_tls(config).await.map_err(|outcome| ConnectError {
                     outcome,
                     tls_handshake: true,
+                    source_down: false,
                 })?;
                 c.hello(helo).await?;
             }

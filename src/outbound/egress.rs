@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use crate::config::EgressConfig;
 
@@ -27,6 +28,9 @@ pub struct Source {
     pub ehlo: String,
 }
 
+/// How long a source whose address could not be bound is left out.
+pub const DOWN_FOR: Duration = Duration::from_secs(60);
+
 /// One pool's members: source index, weight, running score.
 type Members = Vec<(usize, i64, i64)>;
 
@@ -36,6 +40,8 @@ pub struct Egress {
     sources: Vec<Rc<Source>>,
     pools: RefCell<HashMap<String, Members>>,
     default_pool: String,
+    /// Sources that are down, by index, until when.
+    down: RefCell<HashMap<usize, Instant>>,
 }
 
 impl Egress {
@@ -78,12 +84,19 @@ impl Egress {
             sources,
             pools: RefCell::new(pools),
             default_pool,
+            down: RefCell::default(),
         }
     }
 
+    /// How many sources there are.
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
+    }
+
     /// The source the next message of `pool` goes from (the default pool
-    /// for an empty or unknown name); None when no sources are configured.
-    pub fn pick(&self, pool: &str) -> Option<Rc<Source>> {
+    /// for an empty or unknown name), leaving out sources that are down
+    /// unless all of the pool's are; None when no sources are configured.
+    pub fn pick(&self, pool: &str, now: Instant) -> Option<Rc<Source>> {
         let mut pools = self.pools.borrow_mut();
         let name = if pools.contains_key(pool) {
             pool
@@ -91,15 +104,29 @@ impl Egress {
             self.default_pool.as_str()
         };
         let members = pools.get_mut(name)?;
-        let total: i64 = members.iter().map(|m| m.1).sum();
-        for m in members.iter_mut() {
+        let mut down = self.down.borrow_mut();
+        down.retain(|_, until| *until > now);
+        let all_down = members.iter().all(|m| down.contains_key(&m.0));
+        let up = |m: &(usize, i64, i64)| all_down || !down.contains_key(&m.0);
+        let total: i64 = members.iter().filter(|m| up(m)).map(|m| m.1).sum();
+        for m in members.iter_mut().filter(|m| up(m)) {
             m.2 += m.1;
         }
         let best = members
             .iter_mut()
+            .filter(|m| up(m))
             .reduce(|a, b| if b.2 > a.2 { b } else { a })?;
         best.2 -= total;
         Some(self.sources[best.0].clone())
+    }
+
+    /// Leaves source `name` out for [`DOWN_FOR`]; whether it was up.
+    pub fn mark_down(&self, name: &str, now: Instant) -> bool {
+        let Some(i) = self.sources.iter().position(|s| s.name == name) else {
+            return false;
+        };
+        let was = self.down.borrow_mut().insert(i, now + DOWN_FOR);
+        was.is_none_or(|until| until <= now)
     }
 }
 
@@ -137,25 +164,45 @@ mod tests {
     #[test]
     fn weights_are_met_exactly_and_interleaved() {
         let e = Egress::new(&cfg(), "mx.example");
+        let now = Instant::now();
         let picks: Vec<String> = (0..8)
-            .map(|_| e.pick("bulk").unwrap().name.clone())
+            .map(|_| e.pick("bulk", now).unwrap().name.clone())
             .collect();
         assert_eq!(picks, ["a", "a", "b", "a", "a", "a", "b", "a"]);
-        assert_eq!(e.pick("vip").unwrap().name, "b");
-        assert_eq!(e.pick("vip").unwrap().ehlo, "mx.example");
+        assert_eq!(e.pick("vip", now).unwrap().name, "b");
+        assert_eq!(e.pick("vip", now).unwrap().ehlo, "mx.example");
     }
 
     #[test]
     fn unknown_and_empty_pools_use_the_default() {
         let e = Egress::new(&cfg(), "mx.example");
+        let now = Instant::now();
         let n = (0..400)
-            .filter(|i| e.pick(if i % 2 == 0 { "" } else { "nope" }).unwrap().name == "a")
+            .filter(|i| {
+                let pool = if i % 2 == 0 { "" } else { "nope" };
+                e.pick(pool, now).unwrap().name == "a"
+            })
             .count();
         assert_eq!(n, 300);
-        assert!(
-            Egress::new(&EgressConfig::default(), "x")
-                .pick("")
-                .is_none()
-        );
+        let none = Egress::new(&EgressConfig::default(), "x");
+        assert!(none.pick("", now).is_none());
+    }
+
+    #[test]
+    fn a_source_that_is_down_is_left_out_for_a_while() {
+        let e = Egress::new(&cfg(), "mx.example");
+        let t0 = Instant::now();
+        assert!(e.mark_down("a", t0));
+        assert!(!e.mark_down("a", t0), "already down");
+        assert!((0..10).all(|_| e.pick("bulk", t0).unwrap().name == "b"));
+        // Every source of the pool down: still one to try.
+        assert!(e.mark_down("b", t0));
+        assert!(e.pick("vip", t0).is_some());
+        // Back after DOWN_FOR.
+        let later = t0 + DOWN_FOR;
+        let names: Vec<String> = (0..4)
+            .map(|_| e.pick("bulk", later).unwrap().name.clone())
+            .collect();
+        assert!(names.iter().any(|n| n == "a"), "{names:?}");
     }
 }

@@ -22,7 +22,7 @@ pub mod route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use client::{Client, Outgoing};
 pub use outcome::DeliveryOutcome;
@@ -113,14 +113,58 @@ impl Delivery {
     }
 
     /// Tries `targets` in order until one takes the transaction, under the
-    /// destination's TLS `policy`.
+    /// destination's TLS `policy`, from a source of egress `pool` (if
+    /// sources are configured). A source whose address cannot be bound is
+    /// down: it is skipped for [`egress::DOWN_FOR`] and the attempt goes
+    /// at once from the pool's next source.
     pub async fn attempt(
         &self,
         targets: &[Target],
         msg: &Outgoing<'_>,
         policy: OutboundTls,
-        source: Option<&egress::Source>,
+        pool: &str,
     ) -> Attempt {
+        let mut last = DeliveryOutcome::Temporary {
+            reply: "no egress source of the pool could be used".into(),
+        };
+        for _ in 0..self.egress.source_count().max(1) {
+            let source = self.egress.pick(pool, Instant::now());
+            match self
+                .attempt_from(targets, msg, policy, source.as_deref())
+                .await
+            {
+                Ok(attempt) => return attempt,
+                Err(why) => {
+                    if let Some(s) = &source
+                        && self.egress.mark_down(&s.name, Instant::now())
+                    {
+                        log::warn!(
+                            "egress source {} is down for {} s: {}",
+                            s.name,
+                            egress::DOWN_FOR.as_secs(),
+                            why.reply()
+                        );
+                    }
+                    last = why;
+                }
+            }
+        }
+        Attempt {
+            outcomes: vec![last; msg.recipients.len()],
+            remote: None,
+            tls: None,
+            source: None,
+        }
+    }
+
+    /// [`Delivery::attempt`] from one source; Err when the source is down.
+    async fn attempt_from(
+        &self,
+        targets: &[Target],
+        msg: &Outgoing<'_>,
+        policy: OutboundTls,
+        source: Option<&egress::Source>,
+    ) -> Result<Attempt, DeliveryOutcome> {
         let source_name = source.map(|s| s.name.clone());
         let mut last = DeliveryOutcome::Temporary {
             reply: "no host to deliver to".into(),
@@ -139,9 +183,10 @@ impl Delivery {
                 Some(c) => c,
                 None => match self.connect(target, policy, source).await {
                     Ok(c) => c,
-                    Err(why) => {
-                        log::debug!("{}: {}", target.host, why.reply());
-                        last = why;
+                    Err(e) if e.source_down => return Err(e.outcome),
+                    Err(e) => {
+                        log::debug!("{}: {}", target.host, e.outcome.reply());
+                        last = e.outcome;
                         continue;
                     }
                 },
@@ -157,8 +202,8 @@ impl Delivery {
                         client = fresh;
                         result = client.send(msg).await;
                     }
-                    Err(why) => {
-                        last = why;
+                    Err(e) => {
+                        last = e.outcome;
                         continue;
                     }
                 }
@@ -169,19 +214,19 @@ impl Delivery {
                 Ok(outcomes) => outcomes,
                 Err(why) => vec![why; msg.recipients.len()],
             };
-            return Attempt {
+            return Ok(Attempt {
                 outcomes,
                 remote: Some(target.clone()),
                 tls,
                 source: source_name,
-            };
+            });
         }
-        Attempt {
+        Ok(Attempt {
             outcomes: vec![last; msg.recipients.len()],
             remote: None,
             tls: None,
             source: source_name,
-        }
+        })
     }
 
     /// A new connection under `policy`. Opportunistic: if the TLS handshake
@@ -193,7 +238,7 @@ impl Delivery {
         target: &Target,
         policy: OutboundTls,
         source: Option<&egress::Source>,
-    ) -> Result<Client, DeliveryOutcome> {
+    ) -> Result<Client, client::ConnectError> {
         let helo = source.map_or(self.helo.as_str(), |s| s.ehlo.as_str());
         let connect = |tls| {
             Client::connect(
@@ -218,7 +263,8 @@ impl Delivery {
                 None => {
                     return Err(DeliveryOutcome::Temporary {
                         reply: "TLS is required but no CA file is loaded".into(),
-                    });
+                    }
+                    .into());
                 }
             },
         };
@@ -234,9 +280,9 @@ impl Delivery {
                     target.host,
                     e.outcome.reply()
                 );
-                connect(None).await.map_err(|e| e.outcome)
+                connect(None).await
             }
-            Err(e) => Err(e.outcome),
+            Err(e) => Err(e),
         }
     }
 }

@@ -372,12 +372,7 @@ impl Scheduler {
         let started = Instant::now();
         let attempt = self
             .delivery
-            .attempt(
-                &targets,
-                &msg,
-                self.cfg.tls.policy_for(domain),
-                self.delivery.egress.pick(&env.pool).as_deref(),
-            )
+            .attempt(&targets, &msg, self.cfg.tls.policy_for(domain), &env.pool)
             .await;
         ::metrics::histogram!(crate::metrics::DELIVERY_ATTEMPT_SECONDS)
             .record(started.elapsed().as_secs_f64());
