@@ -5,22 +5,25 @@
 //! [`smtp`], HTTP injection in `http::inject`, and the scheduler's
 //! delivery status notifications, which arrive on the door's DSN channel)
 //! mints an id, builds a [`NewMessage`] (envelope, our trace header and
-//! the content) and calls [`Door::accept`]. The door stamps the arrival
-//! time, signs it (DKIM, when configured: the spooled bytes are the
-//! signed bytes, so every retry sends what was signed), stores it durably (`Spool::enqueue`, which returns only
-//! after the group commit), counts it, writes its Reception events and
-//! hands it to the shard's scheduler, which starts delivering at once.
-//! Whatever reception must do for every message (signing, suppression
-//! checks, priorities) belongs here, once, and nowhere else.
+//! the content) and calls [`Door::accept`]. The door takes our own header
+//! fields out of the content (`meta.header`, `egress.pool_header`: set in
+//! the envelope when the client is trusted, never delivered), reads the
+//! reports that come to feedback addresses instead of queueing them
+//! ([`feedback::Intake`]), adds the tracking header, signs the message
+//! (DKIM, when configured: the spooled bytes are the signed bytes, so
+//! every retry sends what was signed), stores it durably
+//! (`Spool::enqueue`, which returns only after the group commit), counts
+//! it, writes its Reception events and hands it to the shard's scheduler,
+//! which starts delivering at once. Whatever reception must do for every
+//! message (these steps, [`Steps`], and the suppression check the front
+//! ends ask for at RCPT) belongs here, once, and nowhere else.
 //!
 //! Concurrency: a door serves the sessions and requests of its own shard;
 //! the messages it accepts are minted for and stored in that shard's spool.
 //!
-//! Reports that come to feedback addresses (`[feedback]`) are read by
-//! [`feedback::Intake`] here instead of being queued.
-//!
-//! May call: `dkim` (sign), `feedback` (through [`feedback`]), `queue`
-//! (enqueue, suppression), `scheduler` (submit), `events`, `metrics`.
+//! May call: `dkim` (sign), `feedback` (through [`feedback`]), `proto`
+//! (header fields), `queue` (enqueue, suppression), `scheduler` (submit),
+//! `events`, `metrics`.
 //! Must not: speak a protocol (the front ends do) or deliver anything.
 
 pub mod feedback;
@@ -70,17 +73,7 @@ pub struct Door {
     scheduler: Rc<Scheduler>,
     events: Rc<EventLog>,
     clock: Clock,
-    /// DKIM signing, when configured: one signer shared by every shard.
-    dkim: Option<Arc<Signer>>,
-    /// The node's suppression list, when on (shared by every shard).
-    suppressions: Option<Arc<SuppressionList>>,
-    /// Reads the reports that come to feedback addresses, when any are
-    /// configured.
-    feedback: Option<feedback::Intake>,
-    /// `feedback.tracking_header`, when set: added to every message.
-    tracking_header: Option<String>,
-    meta: crate::config::MetaConfig,
-    egress: crate::config::EgressConfig,
+    steps: Steps,
     /// Refusals can come by the thousand a second (a full disk): logged
     /// once, then counted.
     refusals_logged: LogLimit,
@@ -114,25 +107,12 @@ impl Door {
         clock: Clock,
         steps: Steps,
     ) -> Door {
-        let Steps {
-            dkim,
-            suppressions,
-            feedback,
-            tracking_header,
-            meta,
-            egress,
-        } = steps;
         Door {
             spool,
             scheduler,
             events,
             clock,
-            dkim,
-            suppressions,
-            feedback,
-            tracking_header,
-            meta,
-            egress,
+            steps,
             refusals_logged: LogLimit::new(Duration::from_secs(10)),
         }
     }
@@ -153,6 +133,7 @@ impl Door {
         listener: &'static str,
     ) -> Option<Suppression> {
         let found = self
+            .steps
             .suppressions
             .as_ref()?
             .check(sender, rcpt, self.clock.now())?;
@@ -185,20 +166,23 @@ impl Door {
         if !self.spool.has_room() {
             return Err(self.refused(id, Refusal::InsufficientStorage));
         }
-        // The application's data: taken out of every message (it must
+        // Our own header fields: taken out of every message (they must
         // never reach a recipient), honoured only from trusted clients.
-        if !self.meta.header.is_empty()
-            && let Some(text) =
-                crate::proto::header::take_field(&mut body, content_start, &self.meta.header)
-            && trusted
-            && envelope.meta.is_none()
-        {
-            envelope.meta = Some(self.meta.parse(&text).map_err(Refusal::BadMeta)?);
+        let [meta, pool] = crate::proto::header::take_fields(
+            &mut body,
+            content_start,
+            [&self.steps.meta.header, &self.steps.egress.pool_header],
+        );
+        let (meta, pool) = match trusted {
+            true => (meta, pool),
+            false => (None, None),
+        };
+        if let Err(why) = self.set_meta_and_pool(&mut envelope, meta, pool) {
+            return Err(self.refused(id, why));
         }
-        self.choose_pool(&mut envelope, &mut body, content_start, trusted)?;
         // Reports to feedback addresses are read here, not queued; their
         // effects are stored before the answer, like a queued message.
-        if let Some(intake) = &self.feedback
+        if let Some(intake) = &self.steps.feedback
             && envelope
                 .recipients
                 .iter()
@@ -216,7 +200,7 @@ impl Door {
                 return Ok(Accepted { recipients: all });
             }
         }
-        if let Some(h) = &self.tracking_header {
+        if let Some(h) = &self.steps.tracking_header {
             let line = format!("{h}: {id}\r\n");
             let at = content_start.min(body.len());
             body.splice(at..at, line.into_bytes());
@@ -224,7 +208,7 @@ impl Door {
         // Signed over the whole message as stored; our Received: is not
         // among the signed fields, so where it sits does not matter to a
         // verifier. The signature goes on top (see `dkim::Signer::sign`).
-        let dkim = self.dkim.as_ref().map(|signer| {
+        let dkim = self.steps.dkim.as_ref().map(|signer| {
             let signed = signer.sign(&body);
             if !signed.header.is_empty() {
                 let mut with = Vec::with_capacity(signed.header.len() + body.len());
@@ -253,49 +237,53 @@ impl Door {
         Ok(accepted)
     }
 
-    /// The message's egress pool, unless the injection named one: a
-    /// trusted client's `egress.pool_header` (taken out of every message),
-    /// else `egress.sender_domains`; empty means the default pool.
-    fn choose_pool(
+    /// The application's data and the egress pool from a trusted
+    /// client's header fields, unless the injection set them; else the
+    /// pool by `egress.sender_domains` (empty: the default pool).
+    fn set_meta_and_pool(
         &self,
         envelope: &mut crate::queue::Envelope,
-        body: &mut Vec<u8>,
-        content_start: usize,
-        trusted: bool,
+        meta: Option<String>,
+        pool: Option<String>,
     ) -> Result<(), Refusal> {
-        let header = &self.egress.pool_header;
-        if !header.is_empty()
-            && let Some(name) = crate::proto::header::take_field(body, content_start, header)
-            && trusted
+        if let Some(text) = meta
+            && envelope.meta.is_none()
+        {
+            envelope.meta = Some(self.steps.meta.parse(&text).map_err(Refusal::BadMeta)?);
+        }
+        let egress = &self.steps.egress;
+        if let Some(name) = pool
             && envelope.pool.is_empty()
         {
-            if !self.egress.has_pool(&name) {
+            if !egress.has_pool(&name) {
                 return Err(Refusal::UnknownPool(name));
             }
             envelope.pool = name;
         }
         if envelope.pool.is_empty()
-            && let Some(pool) = self
-                .egress
+            && let Some(pool) = egress
                 .sender_domains
-                .get(&crate::queue::suppression::domain_of(&envelope.sender))
+                .get(&crate::queue::domain_of(&envelope.sender))
         {
             envelope.pool = pool.clone();
         }
         Ok(())
     }
 
-    /// Counts and logs (rate-limited) a refusal.
+    /// Counts a refusal, and logs (rate-limited) the ones that are the
+    /// server's trouble; a client's bad header field is its own.
     fn refused(&self, id: MessageId, why: Refusal) -> Refusal {
-        let reason = match why {
-            Refusal::Storage(_) => "storage",
-            Refusal::InsufficientStorage => "space",
-            Refusal::BadMeta(_) => "meta",
-            Refusal::UnknownPool(_) => "pool",
+        let (reason, ours) = match why {
+            Refusal::Storage(_) => ("storage", true),
+            Refusal::InsufficientStorage => ("space", true),
+            Refusal::BadMeta(_) => ("meta", false),
+            Refusal::UnknownPool(_) => ("pool", false),
         };
         ::metrics::counter!(crate::metrics::RECEPTION_REFUSED, "reason" => reason).increment(1);
-        self.refusals_logged
-            .log(log::Level::Error, || format!("message {id} refused: {why}"));
+        if ours {
+            self.refusals_logged
+                .log(log::Level::Error, || format!("message {id} refused: {why}"));
+        }
         why
     }
 

@@ -1,17 +1,30 @@
-//! Taking one header field out of a message's header section.
+//! Taking header fields out of a message's header section.
 //!
-//! Owns: [`take_field`], a pure function over the message bytes: it
-//! removes every occurrence of a named field (with its folded lines) from
-//! the header section and returns the first one's unfolded value. Used by
-//! the reception door for `meta.header`, which must never reach a
-//! recipient. Must not: look past the header section (the first empty
+//! Owns: [`take_fields`] (and [`take_field`] for one name), pure functions
+//! over the message bytes: they remove every occurrence of the named
+//! fields (with their folded lines) from the header section, in one pass,
+//! and return each name's first value, unfolded. Used by the reception
+//! door for `meta.header` and `egress.pool_header`, which must never reach
+//! a recipient. Must not: look past the header section (the first empty
 //! line), or change anything else in the message.
 
 /// Removes every `name:` field (case-insensitive, folded lines included)
 /// from the header section of `message[start..]`; the first one's value,
 /// unfolded and trimmed, if there was one.
 pub fn take_field(message: &mut Vec<u8>, start: usize, name: &str) -> Option<String> {
-    let mut first = None;
+    let [value] = take_fields(message, start, [name]);
+    value
+}
+
+/// [`take_field`] for several names in one pass over the header section:
+/// each name's first value, in the order of `names`. Empty names match
+/// nothing.
+pub fn take_fields<const N: usize>(
+    message: &mut Vec<u8>,
+    start: usize,
+    names: [&str; N],
+) -> [Option<String>; N] {
+    let mut first = [const { None }; N];
     let mut at = start.min(message.len());
     loop {
         let line_end = line_end_of(message, at);
@@ -19,26 +32,28 @@ pub fn take_field(message: &mut Vec<u8>, start: usize, name: &str) -> Option<Str
         if line.is_empty() || line == b"\r\n" || line == b"\n" {
             return first;
         }
-        let is_field = line.len() > name.len()
-            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-            && line[name.len()] == b':';
-        if !is_field {
+        let Some(i) = names.iter().position(|name| {
+            !name.is_empty()
+                && line.len() > name.len()
+                && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+                && line[name.len()] == b':'
+        }) else {
             at = line_end;
             continue;
-        }
+        };
         // The field and its continuation lines (starting with WSP).
         let mut end = line_end;
         while matches!(message.get(end), Some(b' ' | b'\t')) {
             end = line_end_of(message, end);
         }
-        if first.is_none() {
-            let raw = String::from_utf8_lossy(&message[at + name.len() + 1..end]);
+        if first[i].is_none() {
+            let raw = String::from_utf8_lossy(&message[at + names[i].len() + 1..end]);
             let value: Vec<&str> = raw
                 .split(['\r', '\n'])
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
                 .collect();
-            first = Some(value.join(" ").trim().to_string());
+            first[i] = Some(value.join(" ").trim().to_string());
         }
         message.drain(at..end);
     }
@@ -74,5 +89,15 @@ mod tests {
         assert_eq!(m, b"X-Ringpost-Metadata: 1\r\n\r\nbody");
         let mut empty = Vec::new();
         assert_eq!(take_field(&mut empty, 5, "X"), None);
+    }
+
+    #[test]
+    fn several_names_in_one_pass() {
+        let mut m = b"X-Pool: bulk\r\nSubject: a\r\nX-Meta: {}\r\n\r\nbody".to_vec();
+        let [meta, pool, none] = take_fields(&mut m, 0, ["x-meta", "X-Pool", ""]);
+        assert_eq!(meta.as_deref(), Some("{}"));
+        assert_eq!(pool.as_deref(), Some("bulk"));
+        assert_eq!(none, None);
+        assert_eq!(m, b"Subject: a\r\n\r\nbody");
     }
 }

@@ -39,6 +39,15 @@ impl Recipient {
     }
 }
 
+/// The domain of an address (a recipient's destination, a sender's
+/// domain), lower-cased; empty for the null sender.
+pub fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .to_ascii_lowercase()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Reverse-path; empty for the null sender `<>`.

@@ -47,7 +47,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-pub use envelope::{Envelope, Recipient, RecipientStatus};
+pub use envelope::{Envelope, Recipient, RecipientStatus, domain_of};
 pub use id::{IdGenerator, MessageId};
 pub use segment::BodyRef;
 

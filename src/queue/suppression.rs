@@ -25,7 +25,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::SpoolError;
+use super::{SpoolError, domain_of};
 
 /// The scope that applies to every sender.
 pub const GLOBAL: &str = "*";
@@ -99,13 +99,6 @@ pub fn entry_for(
             now + cfg.expiry_secs
         },
     }
-}
-
-pub fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map_or("", |(_, d)| d)
-        .to_ascii_lowercase()
 }
 
 impl SuppressionList {

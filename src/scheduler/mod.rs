@@ -394,28 +394,26 @@ impl Scheduler {
                 }
                 DeliveryOutcome::Temporary { reply } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_DEFERRED).increment(1);
-                    let category = self.failed(reply, true, false);
-                    if backoff.is_none() {
-                        backoff = self
-                            .backoff
-                            .action_for(reply, category)
-                            .map(|a| (a, category, reply.clone()));
-                    }
-                    (EventKind::TransientFailure, Some(category))
+                    (
+                        EventKind::TransientFailure,
+                        Some(self.failed(reply, true, false)),
+                    )
                 }
                 DeliveryOutcome::Permanent { reply, .. } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_BOUNCED).increment(1);
                     let category = self.failed(reply, false, true);
                     self.suppress(&env.sender, &r.address, category);
-                    if backoff.is_none() {
-                        backoff = self
-                            .backoff
-                            .action_for(reply, category)
-                            .map(|a| (a, category, reply.clone()));
-                    }
                     (EventKind::Bounce, Some(category))
                 }
             };
+            // The first failure a `[backoff]` rule fits decides.
+            if let (Some(category), None) = (category, &backoff) {
+                let reply = outcome.reply();
+                backoff = self
+                    .backoff
+                    .action_for(reply, category)
+                    .map(|a| (a, category, reply.to_string()));
+            }
             let remote = attempt.remote.as_ref();
             let mut ev = Event::of(kind, id, env, &r.address);
             ev.remote_host = remote.map(|t| t.host.as_str());

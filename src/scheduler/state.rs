@@ -109,13 +109,7 @@ pub struct Recorded {
     pub failed: Option<(String, String)>,
 }
 
-/// The destination domain of an address, lower-cased.
-pub fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map_or("", |(_, d)| d)
-        .to_ascii_lowercase()
-}
+pub use crate::queue::domain_of;
 
 /// Pure: a message's pending recipients (indices) grouped by destination
 /// domain: one job each.
