@@ -35,11 +35,7 @@ fn server(port: u16, tweak: impl FnOnce(&mut ringpost::config::Config)) -> TestS
 
 /// A sink that answers every transaction with a 451.
 fn always_451() -> Script {
-    Script {
-        temp_fail_first: usize::MAX,
-        temp_reply: "451 4.3.0 try again later".into(),
-        ..Script::default()
-    }
+    Script::temp_failing(usize::MAX, "451 4.3.0 try again later")
 }
 
 struct Run {
@@ -163,11 +159,7 @@ fn flush_retries_a_deferred_message_at_once() {
     let sink = Sink::start(
         "127.0.0.2",
         port,
-        Script {
-            temp_fail_first: 1,
-            temp_reply: "451 4.3.0 first try fails".into(),
-            ..Script::default()
-        },
+        Script::temp_failing(1, "451 4.3.0 first try fails"),
     );
     let ts = server(port, |_| {});
     let id = send(&ts, "s@sender.test", &["a@hold.test"], "retry me");
@@ -432,11 +424,7 @@ fn trace_shows_every_event_of_a_message_in_order() {
     let sink = Sink::start(
         "127.0.0.2",
         port,
-        Script {
-            temp_fail_first: 1,
-            temp_reply: "451 4.3.0 try again later".into(),
-            ..Script::default()
-        },
+        Script::temp_failing(1, "451 4.3.0 try again later"),
     );
     let log = tempfile::NamedTempFile::new().unwrap();
     let log_path = log.path().to_str().unwrap().to_string();

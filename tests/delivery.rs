@@ -363,11 +363,7 @@ fn mail_that_keeps_failing_expires_with_a_dsn() {
     let _dest = Sink::start(
         "127.0.0.2",
         port,
-        Script {
-            temp_fail_first: usize::MAX,
-            temp_reply: "451 4.7.1 greylisted".into(),
-            ..Script::default()
-        },
+        Script::temp_failing(usize::MAX, "451 4.7.1 greylisted"),
     );
     let sender = Sink::start("127.0.0.6", port, Script::default());
     let ts = server(port, zone(), |c| c.delivery.max_age_secs = 2);
@@ -426,11 +422,7 @@ fn restart_with_pending_retries_loses_nothing_and_repeats_nothing() {
     let later = Sink::start(
         "127.0.0.7",
         port,
-        Script {
-            temp_fail_first: 1,
-            temp_reply: "451 4.3.0 not now".into(),
-            ..Script::default()
-        },
+        Script::temp_failing(1, "451 4.3.0 not now"),
     );
     let mut ts = server(port, zone(), |c| {
         c.delivery.retry_initial_secs = 3;
@@ -1007,11 +999,7 @@ fn failures_carry_their_bounce_category() {
             .any(|e| e["event"] == "Bounce" && e["category"] == "BadDomain"),
         "{events:#?}"
     );
-    let metrics = common::http(
-        ts.metrics_addr.unwrap(),
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .1;
+    let metrics = ts.metrics_text();
     // The recorder is the test process's: other tests here count too.
     for (series, at_least) in [
         ("{category=\"RateLimited\",result=\"deferred\"}", 1),
@@ -1158,11 +1146,7 @@ fn a_rate_limit_reply_cuts_the_rate_within_a_second_and_it_recovers() {
         after as f64 >= before as f64 * 0.8,
         "after: {after}/s against {before}/s before"
     );
-    let metrics = common::http(
-        ts.metrics_addr.unwrap(),
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .1;
+    let metrics = ts.metrics_text();
     assert!(
         metrics.contains(
             "ringpost_backoff_actions_total{action=\"throttle\",category=\"RateLimited\"}"
@@ -1179,11 +1163,10 @@ fn a_suspend_rule_holds_the_domain_across_a_restart() {
     let sink = Sink::start(
         "127.0.0.2",
         port,
-        Script {
-            temp_fail_first: 1,
-            temp_reply: "421 4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes".into(),
-            ..Script::default()
-        },
+        Script::temp_failing(
+            1,
+            "421 4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes",
+        ),
     );
     let mut ts = server(port, zone(), |c| {
         c.backoff.rules = vec![backoff_rule(None, Some(r"\[TSS04\]"), "suspend", 6, 0.5)];
@@ -1232,11 +1215,10 @@ fn a_bounce_rule_fails_the_domain_queue_without_trying() {
     let sink = Sink::start(
         "127.0.0.2",
         port,
-        Script {
-            temp_fail_first: 1,
-            temp_reply: "451 4.7.1 Service unavailable; Client host [127.0.0.1] blocked using zen.spamhaus.org".into(),
-            ..Script::default()
-        },
+        Script::temp_failing(
+            1,
+            "451 4.7.1 Service unavailable; Client host [127.0.0.1] blocked using zen.spamhaus.org",
+        ),
     );
     let log_path = log.path().to_str().unwrap().to_string();
     let ts = server(port, zone(), |c| {

@@ -438,11 +438,9 @@ fn a_thousand_varied_messages_verify_with_independent_verifiers_and_tampering_br
 }
 
 fn metric(server: &TestServer, line_start: &str) -> u64 {
-    let (_, text) = http(
-        server.metrics_addr.unwrap(),
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
-    );
-    text.lines()
+    server
+        .metrics_text()
+        .lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)

@@ -190,11 +190,7 @@ fn samples_are_tied_to_their_message_and_recipient(tracking_header: &str) {
                     .unwrap()
                     .ends_with("@bounces.fb.test"))
     }));
-    let metrics = common::http(
-        ts.metrics_addr.unwrap(),
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .1;
+    let metrics = ts.metrics_text();
     for series in [
         "ringpost_feedback_reports_total{kind=\"arf\",result=\"read\"}",
         "ringpost_feedback_reports_total{kind=\"dsn\",result=\"read\"}",
@@ -334,11 +330,7 @@ fn unreadable_reports_are_kept_for_inspection() {
             .unwrap_or_else(|e| panic!("{id} kept in {}: {e}", dir.display()));
         assert!(!kept.is_empty());
     }
-    let metrics = common::http(
-        ts.metrics_addr.unwrap(),
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
-    )
-    .1;
+    let metrics = ts.metrics_text();
     for reason in ["not_a_report", "no_report_part", "no_recipient"] {
         let series =
             format!("ringpost_feedback_reports_total{{kind=\"unknown\",result=\"{reason}\"}}");

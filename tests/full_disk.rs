@@ -171,11 +171,7 @@ fn run(reserve: u64, segment: u64) {
     let _next_hop = Sink::start(
         "127.0.0.2",
         port,
-        Script {
-            temp_fail_first: usize::MAX,
-            temp_reply: "451 4.3.0 not today".into(),
-            ..Script::default()
-        },
+        Script::temp_failing(usize::MAX, "451 4.3.0 not today"),
     );
     let spool = mount.0.clone();
     let mut ts = common::start_with(2, |c| {

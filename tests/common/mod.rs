@@ -152,6 +152,13 @@ impl TestServer {
         Client::connect(self.addr)
     }
 
+    /// The server's `/metrics` page. The recorder is the test process's:
+    /// every server a test binary starts counts into the same series.
+    pub fn metrics_text(&self) -> String {
+        let addr = self.metrics_addr.expect("metrics listener on");
+        http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").1
+    }
+
     /// Stops the server and starts it again on the same spool (and a new port).
     pub fn restart(&mut self) {
         self.stop();

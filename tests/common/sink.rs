@@ -62,6 +62,18 @@ pub struct Script {
     pub close_after_message: bool,
 }
 
+impl Script {
+    /// Answers the first `n` transactions with `reply` after the data,
+    /// then takes everything.
+    pub fn temp_failing(n: usize, reply: &str) -> Script {
+        Script {
+            temp_fail_first: n,
+            temp_reply: reply.into(),
+            ..Script::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Received {
     pub from: String,
