@@ -91,6 +91,10 @@ pub struct Event<'a> {
     /// Delivery attempts: the egress source they went from (`[egress]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<&'a str>,
+    /// Delivery attempts: the site they went to (its MX hosts; see
+    /// `scheduler::shaping`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<&'a str>,
 }
 
 enum Sink {
@@ -170,6 +174,7 @@ impl<'a> Event<'a> {
             reporter: None,
             meta: None,
             source: None,
+            site: None,
             dkim: None,
         }
     }

@@ -59,6 +59,11 @@ metrics_table! {
     SUPPRESSIONS_ADDED = "ringpost_suppressions_added_total", Counter, "Entries put on the suppression list, by source (bounce, admin, import).";
     FEEDBACK_REPORTS = "ringpost_feedback_reports_total", Counter, "Reports that came to a [feedback] address, by kind (arf, dsn, unknown) and result (read, or why not: not_a_message, not_a_report, no_report_part, no_recipient).";
     BACKOFF_ACTIONS = "ringpost_backoff_actions_total", Counter, "Back-off actions taken on receivers' replies ([backoff] rules), by action (suspend, throttle, bounce) and the reply's bounce category.";
+    CONFIG_RELOADS = "ringpost_config_reloads_total", Counter, "Reloads of the shaping rules (SIGHUP or POST /config/reload), by result (ok; failed: the file was not valid and the rules in force stayed).";
+    PATH_CONNECTIONS = "ringpost_path_connections", Gauge, "Outbound connections in use now per path, by egress source (\"default\" without [egress]) and site (the shaping rule's name, \"default\" where none fits).";
+    PATH_WAITING = "ringpost_path_waiting", Gauge, "Delivery attempts waiting for a connection on a path at its limit, by source and site (as ringpost_path_connections).";
+    PATH_ATTEMPTS = "ringpost_path_attempts_total", Counter, "Delivery attempts per path, by source, site (as ringpost_path_connections) and result (delivered: every recipient; deferred; bounced: some recipient failed for good).";
+    PATH_THROTTLED = "ringpost_path_throttled", Gauge, "Shards holding a [backoff] throttle on a path now, by source and site (as ringpost_path_connections); throttled time is its sum_over_time.";
     RECIPIENTS_EXPIRED = "ringpost_recipients_expired_total", Counter, "Recipients still failing at max_age_secs.";
     SMTP_CONNECTIONS_TOTAL = "ringpost_smtp_connections_total", Counter, "Inbound SMTP connections accepted, by listener.";
     SMTP_CONNECTIONS_REJECTED = "ringpost_smtp_connections_rejected_total", Counter, "Inbound connections turned away over the connection limits.";

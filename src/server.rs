@@ -144,6 +144,8 @@ enum ShardReport {
 pub struct Server {
     pub listeners: Listeners,
     pub shards: usize,
+    /// Reloads the shaping rules (SIGHUP, `POST /config/reload`).
+    reload: crate::scheduler::reload::Reload,
     reports: flume::Receiver<ShardReport>,
     stop: StopSender,
     handles: Option<PoolThreadHandles<()>>,
@@ -180,6 +182,7 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
 pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError> {
     let shards = shard_count(&cfg);
     let (mesh, works) = mesh::mesh(shards);
+    let reload = crate::scheduler::reload::Reload::new(&cfg.delivery.shaping_file, mesh.clone());
     let prepared = Arc::new(prepare(cfg, shards, clock, mesh)?);
     crate::metrics::install();
 
@@ -222,6 +225,7 @@ pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError>
     let mut server = Server {
         listeners: prepared.listeners,
         shards,
+        reload,
         reports,
         stop,
         handles: Some(handles),
@@ -280,6 +284,8 @@ pub struct Loaded {
     pub dkim: Option<Arc<crate::dkim::Signer>>,
     /// The bounce classifier: the operator's rules, then ringpost's.
     pub classifier: Arc<crate::classify::Classifier>,
+    /// The shaping rules: the operator's file, then ringpost's.
+    pub shaping: Arc<crate::scheduler::shaping::Shaping>,
 }
 
 /// Every check `serve` makes before it binds anything, on the files the
@@ -296,6 +302,7 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
         inject_token: None,
         dkim: None,
         classifier: Arc::new(crate::classify::Classifier::default_rules()),
+        shaping: Arc::default(),
     };
     if cfg.submission.enabled() && !cfg.submission.users_file.is_empty() {
         match Users::load(cfg.submission.users_file.as_ref()) {
@@ -310,10 +317,24 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
             Err(e) => p.at("tls.cert_file", e.to_string()),
         }
     }
+    match crate::scheduler::shaping::Shaping::load(&cfg.delivery.shaping_file) {
+        Ok(s) => loaded.shaping = Arc::new(s),
+        Err(e) => p.at("delivery.shaping_file", e),
+    }
     if cfg.tls.requires_verification() {
         match crate::tls::verified_client(cfg.tls.ca_file.as_ref()) {
             Ok(v) => loaded.verified = Some(v),
             Err(e) => p.at("tls.ca_file", e.to_string()),
+        }
+    } else if loaded.shaping.requires_tls() {
+        // Only some sites' rules ask for it (and a reload may add more):
+        // without the bundle their mail waits with a clear reason
+        // ("TLS is required but no CA file is loaded"), the rest flows.
+        match crate::tls::verified_client(cfg.tls.ca_file.as_ref()) {
+            Ok(v) => loaded.verified = Some(v),
+            Err(e) => log::warn!(
+                "tls.ca_file: {e}; mail to sites whose shaping rule requires TLS will wait"
+            ),
         }
     }
     for (key, path, token) in [
@@ -480,6 +501,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         classifier: p.files.classifier.clone(),
         suppressions: p.suppressions.clone(),
         mesh: p.mesh.clone(),
+        shaping: p.files.shaping.clone(),
     });
     scheduler.start(recovered.messages);
     let door = Rc::new(Door::new(
@@ -623,6 +645,7 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
                 p.suppressions.clone(),
                 p.clock.clone(),
                 p.cfg.delivery.log.clone(),
+                crate::scheduler::reload::Reload::new(&p.cfg.delivery.shaping_file, p.mesh.clone()),
             ),
             crate::http::ListenerLimits {
                 // A suppression import posts up to 10,000 entries at once;
@@ -727,6 +750,11 @@ impl Server {
                 Err(_) => return Err(StartError::Executor("all shards gone".into())),
             }
         }
+    }
+
+    /// A handle that reloads the shaping rules from any thread (SIGHUP).
+    pub fn reload_handle(&self) -> crate::scheduler::reload::Reload {
+        self.reload.clone()
     }
 
     /// A handle that starts a graceful shutdown from any thread (signals).

@@ -427,6 +427,7 @@ fn serve(config: Option<PathBuf>, shards: Option<usize>, smarthost: Option<Strin
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .context("installing signal handlers")?;
     let summary = startup_summary(&cfg);
@@ -438,12 +439,19 @@ fn serve(config: Option<PathBuf>, shards: Option<usize>, smarthost: Option<Strin
         log::warn!("{warning}");
     }
     let shutdown = server.shutdown_handle();
+    let reload = server.reload_handle();
     std::thread::Builder::new()
         .name("ringpost-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    // Logged (and counted) by the reload either way.
+                    let _ = reload.run_blocking();
+                    continue;
+                }
                 log::info!("signal {sig}: shutting down gracefully");
                 shutdown.request();
+                break;
             }
         })?;
     server.wait().context("ringpost stopped")?;

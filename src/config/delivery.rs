@@ -24,12 +24,23 @@ section! {
         /// Per-domain next hops that override MX and the smarthost, e.g.
         /// `routes = { "example.com" = "[10.0.0.5]:2525" }`.
         routes: BTreeMap<String, String> = BTreeMap::new(),
-        /// Concurrent connections per destination domain, across all
-        /// shards. Each shard gets an equal share (remainder to the first
-        /// shards), and at least one, so with more shards than connections
-        /// the total is the number of shards.
+        /// Traffic shaping rules (TOML), read before the ones ringpost
+        /// ships: per *site* (the set of MX hosts a domain's mail goes to,
+        /// so all domains hosted by one provider share it), matched by
+        /// recipient domain or MX host suffix, with per egress source
+        /// overrides. Their values replace this section's `max_*` and
+        /// timeouts for the sites they fit. Read again on `SIGHUP` or
+        /// `POST /config/reload`, without a restart. Format and the
+        /// shipped rules: docs/shaping.md. Empty: the shipped rules only.
+        shaping_file: String = String::new(),
+        /// Concurrent connections per path, across all shards: from one
+        /// egress source (or the default address) to one site, for sites
+        /// no shaping rule sets it for. Each shard gets an equal share
+        /// (remainder to the first shards), and at least one, so with more
+        /// shards than connections the total is the number of shards.
+        /// Idle pooled connections count.
         max_connections: usize = 20,
-        /// Messages per second per destination domain, across all shards
+        /// Messages per second per path (source, site), across all shards
         /// (each shard paces its share). `0`: no limit.
         max_messages_per_second: f64 = 0.0,
         /// Transactions on one connection before it is closed.

@@ -16,10 +16,12 @@
 //! | `POST /queue/domains/D/suspend?for=SECS`| `{"domain": D, "suspended": true, "until": T}` |
 //! | `POST /queue/domains/D/resume`          | `{"domain": D, "suspended": false}` |
 //! | `... /suppressions...`                  | the suppression list: `http::suppressions` |
+//! | `POST /config/reload`                   | `{"shaping_file": F, "rules": N}`: the shaping rules read again (`scheduler::reload`) |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad request), 401 (token),
-//! 404 (no such message or path), 405, 409 (delivery under way), 500 (the
-//! spool could not store the change) or 503 (shutting down). This is the
+//! 404 (no such message or path), 405, 409 (delivery under way), 422 (a
+//! reload found the shaping file invalid; the rules in force stay), 500
+//! (the spool could not store the change) or 503 (shutting down). This is the
 //! one place that maps them. Suspensions are stored in every shard's spool
 //! before the answer: they survive a restart.
 //!
@@ -98,6 +100,8 @@ enum ApiError {
     /// A file the answer needs could not be read.
     #[error("{0}")]
     Read(String),
+    #[error(transparent)]
+    Reload(crate::scheduler::reload::ReloadError),
 }
 
 impl ApiError {
@@ -111,6 +115,9 @@ impl ApiError {
             ApiError::Queue(OperationError::Storage(..)) => 500,
             ApiError::Shard(_) => 503,
             ApiError::Storage(_) | ApiError::Read(_) => 500,
+            // The file is the operator's to fix: the request itself was fine.
+            ApiError::Reload(crate::scheduler::reload::ReloadError::Invalid(_)) => 422,
+            ApiError::Reload(crate::scheduler::reload::ReloadError::Shard(_)) => 503,
         }
     }
 }
@@ -125,6 +132,8 @@ pub struct AdminApi {
     clock: Clock,
     /// `delivery.log`, read by `/queue/messages/ID/trace`.
     delivery_log: String,
+    /// `POST /config/reload`.
+    reload: crate::scheduler::reload::Reload,
 }
 
 impl AdminApi {
@@ -134,6 +143,7 @@ impl AdminApi {
         suppressions: Option<Arc<SuppressionList>>,
         clock: Clock,
         delivery_log: String,
+        reload: crate::scheduler::reload::Reload,
     ) -> Rc<AdminApi> {
         Rc::new(AdminApi {
             shards,
@@ -141,6 +151,7 @@ impl AdminApi {
             suppressions,
             clock,
             delivery_log,
+            reload,
         })
     }
 }
@@ -161,6 +172,15 @@ impl Endpoint for AdminApi {
                     &self.clock,
                     &req,
                 );
+            }
+            if req.route().as_slice() == ["config", "reload"] {
+                if req.method != "POST" {
+                    return ApiError::Method.into_response();
+                }
+                return match self.reload.run().await {
+                    Ok(done) => Response::json(200, &done),
+                    Err(e) => ApiError::Reload(e).into_response(),
+                };
             }
             if let ("GET", ["queue", "messages", id, "trace"]) =
                 (req.method.as_str(), req.route().as_slice())

@@ -207,12 +207,14 @@ impl Client {
     }
 
     /// What the connection was established for, as the pool keys it.
-    pub fn pool_key(&self) -> PoolKey {
+    /// Its key in the pool, as a connection of `site`.
+    pub fn pool_key(&self, site: &str) -> PoolKey {
         PoolKey {
             host: self.host.clone(),
             addr: self.peer,
             policy: self.policy,
             source: self.source.clone(),
+            site: site.to_string(),
         }
     }
 

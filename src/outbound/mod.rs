@@ -22,7 +22,7 @@ pub mod route;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use client::{Client, Outgoing};
 pub use outcome::DeliveryOutcome;
@@ -46,8 +46,23 @@ pub struct Attempt {
     pub remote: Option<Target>,
     /// The egress source the attempt went from, if sources are set up.
     pub source: Option<String>,
+    /// The site it went to (`scheduler::shaping::site_name`), once known.
+    pub site: Option<String>,
     /// TLS protocol and cipher of the connection used, if encrypted.
     pub tls: Option<String>,
+}
+
+impl Attempt {
+    /// Every recipient of `rcpts` with the same outcome, nothing reached.
+    pub fn all(outcome: DeliveryOutcome, rcpts: usize) -> Attempt {
+        Attempt {
+            outcomes: vec![outcome; rcpts],
+            remote: None,
+            source: None,
+            site: None,
+            tls: None,
+        }
+    }
 }
 
 /// How outbound connections are made: read from the config and the CA
@@ -55,10 +70,8 @@ pub struct Attempt {
 #[derive(Clone)]
 pub struct OutboundSettings {
     pub helo: String,
-    pub connect_timeout: Duration,
+    /// For every reply and write.
     pub timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_messages_per_connection: u32,
     /// For opportunistic STARTTLS (any certificate).
     pub opportunistic: Arc<rustls::ClientConfig>,
     /// For destinations that require a verified certificate, if any do.
@@ -71,13 +84,9 @@ impl OutboundSettings {
     /// From the config and the verified-TLS client config (loaded from
     /// `tls.ca_file` by the caller when some destination requires it).
     pub fn new(cfg: &Config, verified: Option<Arc<rustls::ClientConfig>>) -> OutboundSettings {
-        let d = &cfg.delivery;
         OutboundSettings {
             helo: cfg.helo_name().to_string(),
-            connect_timeout: Duration::from_secs(d.connect_timeout_secs),
-            timeout: Duration::from_secs(d.reply_timeout_secs),
-            idle_timeout: Duration::from_secs(d.idle_timeout_secs),
-            max_messages_per_connection: d.max_messages_per_connection,
+            timeout: Duration::from_secs(cfg.delivery.reply_timeout_secs),
             opportunistic: crate::tls::opportunistic_client(),
             verified,
             egress: cfg.egress.clone(),
@@ -85,10 +94,24 @@ impl OutboundSettings {
     }
 }
 
+/// One path of an attempt: where from, to which site, under which limits.
+pub struct Path<'a> {
+    pub source: Option<&'a egress::Source>,
+    pub site: &'a str,
+    /// The destination's TLS policy, after the shaping rule raised it.
+    pub policy: OutboundTls,
+    pub connect_timeout: Duration,
+    pub max_messages_per_connection: u32,
+    pub idle_timeout: Duration,
+    /// Idle connections of the path that may stay open when this attempt
+    /// opens a new one (its limit, less those in use): the oldest others
+    /// are closed first.
+    pub idle_room: usize,
+}
+
 /// One shard's outbound side: its connection pool and the settings.
 pub struct Delivery {
     pub helo: String,
-    pub connect_timeout: Duration,
     pub timeout: Duration,
     pub pool: Pool,
     /// For opportunistic STARTTLS (any certificate).
@@ -103,69 +126,24 @@ impl Delivery {
     pub fn new(s: &OutboundSettings) -> Delivery {
         Delivery {
             helo: s.helo.clone(),
-            connect_timeout: s.connect_timeout,
             timeout: s.timeout,
-            pool: Pool::new(s.idle_timeout, s.max_messages_per_connection),
+            pool: Pool::default(),
             opportunistic: s.opportunistic.clone(),
             verified: s.verified.clone(),
             egress: egress::Egress::new(&s.egress, &s.helo),
         }
     }
 
-    /// Tries `targets` in order until one takes the transaction, under the
-    /// destination's TLS `policy`, from a source of egress `pool` (if
-    /// sources are configured). A source whose address cannot be bound is
-    /// down: it is skipped for [`egress::DOWN_FOR`] and the attempt goes
-    /// at once from the pool's next source.
+    /// Tries `targets` in order until one takes the transaction, over
+    /// `path`. Err when the path's source is down (its address cannot be
+    /// bound): the caller tries another source.
     pub async fn attempt(
         &self,
         targets: &[Target],
         msg: &Outgoing<'_>,
-        policy: OutboundTls,
-        pool: &str,
-    ) -> Attempt {
-        let mut last = DeliveryOutcome::Temporary {
-            reply: "no egress source of the pool could be used".into(),
-        };
-        for _ in 0..self.egress.source_count().max(1) {
-            let source = self.egress.pick(pool, Instant::now());
-            match self
-                .attempt_from(targets, msg, policy, source.as_deref())
-                .await
-            {
-                Ok(attempt) => return attempt,
-                Err(why) => {
-                    if let Some(s) = &source
-                        && self.egress.mark_down(&s.name, Instant::now())
-                    {
-                        log::warn!(
-                            "egress source {} is down for {} s: {}",
-                            s.name,
-                            egress::DOWN_FOR.as_secs(),
-                            why.reply()
-                        );
-                    }
-                    last = why;
-                }
-            }
-        }
-        Attempt {
-            outcomes: vec![last; msg.recipients.len()],
-            remote: None,
-            tls: None,
-            source: None,
-        }
-    }
-
-    /// [`Delivery::attempt`] from one source; Err when the source is down.
-    async fn attempt_from(
-        &self,
-        targets: &[Target],
-        msg: &Outgoing<'_>,
-        policy: OutboundTls,
-        source: Option<&egress::Source>,
+        path: &Path<'_>,
     ) -> Result<Attempt, DeliveryOutcome> {
-        let source_name = source.map(|s| s.name.clone());
+        let source_name = path.source.map(|s| s.name.clone());
         let mut last = DeliveryOutcome::Temporary {
             reply: "no host to deliver to".into(),
         };
@@ -173,15 +151,15 @@ impl Delivery {
             // Only a connection opened for this host under this policy (or
             // a stricter one) serves it: see `pool`.
             let pooled = self.pool.take(
-                &target.host,
-                target.addr,
-                policy,
-                source.map(|s| s.name.as_str()),
+                (&target.host, target.addr),
+                path.policy,
+                path.source.map(|s| s.name.as_str()),
+                path.site,
             );
             let reused = pooled.is_some();
             let mut client = match pooled {
                 Some(c) => c,
-                None => match self.connect(target, policy, source).await {
+                None => match self.connect(target, path).await {
                     Ok(c) => c,
                     Err(e) if e.source_down => return Err(e.outcome),
                     Err(e) => {
@@ -197,7 +175,7 @@ impl Delivery {
                 // the message was accepted, so it goes again at once on a
                 // fresh connection, as if the pool had been empty.
                 ::metrics::counter!(crate::metrics::OUTBOUND_STALE_CONNECTIONS).increment(1);
-                match self.connect(target, policy, source).await {
+                match self.connect(target, path).await {
                     Ok(fresh) => {
                         client = fresh;
                         result = client.send(msg).await;
@@ -209,7 +187,12 @@ impl Delivery {
                 }
             }
             let tls = client.tls.clone();
-            self.pool.put(client);
+            self.pool.put(
+                client,
+                path.site,
+                path.max_messages_per_connection,
+                path.idle_timeout,
+            );
             let outcomes = match result {
                 Ok(outcomes) => outcomes,
                 Err(why) => vec![why; msg.recipients.len()],
@@ -219,13 +202,13 @@ impl Delivery {
                 remote: Some(target.clone()),
                 tls,
                 source: source_name,
+                site: Some(path.site.to_string()),
             });
         }
         Ok(Attempt {
-            outcomes: vec![last; msg.recipients.len()],
-            remote: None,
-            tls: None,
             source: source_name,
+            site: Some(path.site.to_string()),
+            ..Attempt::all(last, msg.recipients.len())
         })
     }
 
@@ -236,9 +219,11 @@ impl Delivery {
     async fn connect(
         &self,
         target: &Target,
-        policy: OutboundTls,
-        source: Option<&egress::Source>,
+        path: &Path<'_>,
     ) -> Result<Client, client::ConnectError> {
+        let (policy, source) = (path.policy, path.source);
+        self.pool
+            .trim(source.map(|s| s.name.as_str()), path.site, path.idle_room);
         let helo = source.map_or(self.helo.as_str(), |s| s.ehlo.as_str());
         let connect = |tls| {
             Client::connect(
@@ -248,7 +233,7 @@ impl Delivery {
                     host: &target.host,
                     helo,
                 },
-                self.connect_timeout,
+                path.connect_timeout,
                 self.timeout,
                 tls,
                 policy,

@@ -1,13 +1,15 @@
 //! Reusable outbound connections of one shard, keyed by what each was
 //! established for.
 //!
-//! Owns: [`Pool`]: idle connections waiting for their next message, the idle
-//! timeout, and the cap on messages per connection. A connection goes back
-//! to the pool only if it is still usable and under the cap; idle ones past
-//! their timeout are closed with QUIT by [`Pool::reap`].
+//! Owns: [`Pool`]: idle connections waiting for their next message. A
+//! connection goes back to the pool only if it is still usable and under
+//! its path's cap on messages per connection; idle ones past their path's
+//! idle timeout are closed with QUIT by [`Pool::reap`], and
+//! [`Pool::trim`] closes the oldest idle ones of a path (source, site)
+//! before a new connection would take it over its connection limit.
 //!
-//! The key is [`PoolKey`]: the MX host name, its address, and the TLS
-//! policy the connection was opened under. A connection opened under
+//! The key is [`PoolKey`]: the MX host name, its address, the TLS policy
+//! the connection was opened under, its egress source and its site. A connection opened under
 //! `require` was verified for that host name, so it also serves an
 //! opportunistic destination at the same host; nothing else crosses:
 //! an opportunistic connection (any certificate, or plaintext after a
@@ -40,6 +42,8 @@ pub struct PoolKey {
     /// The egress source it was opened from (`[egress]`), if any: it never
     /// carries another source's mail.
     pub source: Option<String>,
+    /// The site (`scheduler::shaping`) it counts against.
+    pub site: String,
 }
 
 impl PoolKey {
@@ -54,78 +58,112 @@ impl PoolKey {
     }
 }
 
+/// An idle connection, and until when it may wait.
+struct Idle {
+    client: Client,
+    since: Instant,
+    until: Instant,
+}
+
+#[derive(Default)]
 pub struct Pool {
-    idle: RefCell<HashMap<PoolKey, Vec<(Client, Instant)>>>,
-    idle_timeout: Duration,
-    max_transactions: u32,
+    idle: RefCell<HashMap<PoolKey, Vec<Idle>>>,
 }
 
 impl Pool {
-    pub fn new(idle_timeout: Duration, max_transactions: u32) -> Pool {
-        Pool {
-            idle: RefCell::default(),
-            idle_timeout,
-            max_transactions,
-        }
-    }
-
     /// The most recently used fresh idle connection to `host` at `addr`
-    /// that may carry mail under `policy`.
+    /// from `source` for `site` that may carry mail under `policy`.
     pub fn take(
         &self,
-        host: &str,
-        addr: SocketAddr,
+        (host, addr): (&str, SocketAddr),
         policy: OutboundTls,
         source: Option<&str>,
+        site: &str,
     ) -> Option<Client> {
         let mut idle = self.idle.borrow_mut();
+        let now = Instant::now();
         for &opened_under in PoolKey::serves(policy) {
             let key = PoolKey {
                 host: host.to_string(),
                 addr,
                 policy: opened_under,
                 source: source.map(str::to_string),
+                site: site.to_string(),
             };
             let Some(list) = idle.get_mut(&key) else {
                 continue;
             };
-            while let Some((client, since)) = list.pop() {
-                if since.elapsed() < self.idle_timeout {
-                    return Some(client);
+            while let Some(entry) = list.pop() {
+                if entry.until > now {
+                    return Some(entry.client);
                 }
-                glommio::spawn_local(client.quit()).detach();
+                glommio::spawn_local(entry.client.quit()).detach();
             }
         }
         None
     }
 
-    /// Returns a connection after use; closes it if it is spent.
-    pub fn put(&self, client: Client) {
+    /// Returns a connection of `site` after use; closes it if it is spent
+    /// (`max_transactions`), else keeps it for up to `idle_timeout`.
+    pub fn put(&self, client: Client, site: &str, max_transactions: u32, idle_timeout: Duration) {
         if !client.usable {
             return;
         }
-        if client.transactions >= self.max_transactions {
+        if client.transactions >= max_transactions {
             glommio::spawn_local(client.quit()).detach();
             return;
         }
+        let now = Instant::now();
         self.idle
             .borrow_mut()
-            .entry(client.pool_key())
+            .entry(client.pool_key(site))
             .or_default()
-            .push((client, Instant::now()));
+            .push(Idle {
+                client,
+                since: now,
+                until: now + idle_timeout,
+            });
     }
 
-    /// Closes connections idle longer than the timeout. Returns how many.
+    /// Closes the oldest idle connections from `source` to `site` beyond
+    /// `keep`: before a new connection opens, so that those in use and
+    /// those idle together stay within the path's limit.
+    pub fn trim(&self, source: Option<&str>, site: &str, keep: usize) {
+        let mut closing = Vec::new();
+        {
+            let mut idle = self.idle.borrow_mut();
+            let mut of_path: Vec<(Instant, PoolKey)> = idle
+                .iter()
+                .filter(|(k, _)| k.site == site && k.source.as_deref() == source)
+                .flat_map(|(k, list)| list.iter().map(move |e| (e.since, k.clone())))
+                .collect();
+            if of_path.len() <= keep {
+                return;
+            }
+            of_path.sort_by_key(|(since, _)| *since);
+            for (_, key) in &of_path[..of_path.len() - keep] {
+                if let Some(list) = idle.get_mut(key) {
+                    // Oldest first within a key too: they were pushed in order.
+                    closing.push(list.remove(0).client);
+                }
+            }
+            idle.retain(|_, l| !l.is_empty());
+        }
+        for c in closing {
+            glommio::spawn_local(c.quit()).detach();
+        }
+    }
+
+    /// Closes connections idle longer than their timeout. Returns how many.
     pub fn reap(&self) -> usize {
+        let now = Instant::now();
         let mut expired = Vec::new();
         {
             let mut idle = self.idle.borrow_mut();
             for list in idle.values_mut() {
-                let (keep, old): (Vec<_>, Vec<_>) = list
-                    .drain(..)
-                    .partition(|(_, since)| since.elapsed() < self.idle_timeout);
+                let (keep, old): (Vec<_>, Vec<_>) = list.drain(..).partition(|e| e.until > now);
                 *list = keep;
-                expired.extend(old.into_iter().map(|(c, _)| c));
+                expired.extend(old.into_iter().map(|e| e.client));
             }
             idle.retain(|_, l| !l.is_empty());
         }

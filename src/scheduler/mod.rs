@@ -39,8 +39,11 @@
 
 pub mod backoff;
 pub mod bounce;
+pub mod gate;
 pub mod operations;
+pub mod reload;
 pub mod retry;
+pub mod shaping;
 pub mod state;
 mod tally;
 
@@ -89,6 +92,8 @@ pub struct Wiring {
     pub suppressions: Option<Arc<crate::queue::suppression::SuppressionList>>,
     /// Every shard's scheduler: a back-off one shard takes, all take.
     pub mesh: Mesh<Scheduler>,
+    /// The shaping rules at start-up (`delivery.shaping_file`).
+    pub shaping: Arc<shaping::Shaping>,
 }
 
 pub struct Scheduler {
@@ -104,13 +109,17 @@ pub struct Scheduler {
     backoff: backoff::Rules,
     mesh: Mesh<Scheduler>,
     retry: RetryPolicy,
-    /// This shard's share of `max_connections` per domain.
-    connections_per_domain: usize,
+    /// Workers per domain before its site is known: this shard's share of
+    /// `delivery.max_connections`.
+    default_capacity: usize,
     /// This shard's index (a label of per-shard metrics).
     shard: usize,
-    /// Time between two messages to one domain from this shard (its share
-    /// of `max_messages_per_second`), if limited.
-    pace: Option<Duration>,
+    /// The shaping rules; a reload replaces them ([`Scheduler::set_shaping`]).
+    shaping: RefCell<Arc<shaping::Shaping>>,
+    /// `[delivery]`'s limits: a site no rule fits gets these.
+    base_limits: shaping::Limits,
+    /// Connections and pacing per path (source, site).
+    gates: RefCell<gate::Gates>,
     state: RefCell<State>,
     tasks: TaskSet,
     /// Set on shutdown: workers take no new jobs.
@@ -130,11 +139,12 @@ impl Scheduler {
     /// reception door to queue.
     pub fn new(w: Wiring) -> (Rc<Scheduler>, flume::Receiver<NewMessage>) {
         let d = &w.cfg.delivery;
-        let rate = d.max_messages_per_second;
         let (tx, rx) = flume::unbounded();
         let scheduler = Scheduler {
-            connections_per_domain: share(d.max_connections, w.shard, w.shards),
-            pace: (rate > 0.0).then(|| Duration::from_secs_f64(w.shards.max(1) as f64 / rate)),
+            default_capacity: share(d.max_connections, w.shard, w.shards),
+            shaping: RefCell::new(w.shaping),
+            base_limits: shaping::Limits::of(d),
+            gates: RefCell::new(gate::Gates::new(w.shard, w.shards)),
             retry: RetryPolicy::of(d),
             shard: w.shard,
             backoff: backoff::Rules::new(&w.cfg.backoff.rules),
@@ -261,19 +271,20 @@ impl Scheduler {
         }
     }
 
-    /// This shard's connections to `domain`: its share of
-    /// `max_connections`, less while a throttle holds.
+    /// This shard's workers for `domain`: enough for every connection its
+    /// site's paths allow, once the site is known.
     fn connection_limit(&self, domain: &str) -> usize {
-        let limit = self.connections_per_domain;
-        match self.state.borrow().throttled.get(domain) {
-            Some(t) => t.connections(limit, Instant::now()),
-            None => limit,
-        }
+        self.state
+            .borrow()
+            .domains
+            .get(domain)
+            .and_then(|q| q.capacity)
+            .unwrap_or(self.default_capacity)
     }
 
     async fn worker(self: Rc<Self>, domain: String) {
         for done in 0.. {
-            // A worker over a throttled limit retires.
+            // A worker over a lowered limit retires.
             let over = done > 0
                 && self
                     .state
@@ -286,34 +297,16 @@ impl Scheduler {
             let Some(job) = self.state.borrow_mut().next_job(&domain, done == 0, stop) else {
                 break;
             };
-            if let Some(wait) = self.reserve_slot(&domain) {
-                glommio::timer::sleep(wait).await;
-            }
             self.run_job(&domain, job).await;
         }
         // A worker retired after WORKER_JOBS hands its place to a new one.
         self.kick(&domain);
     }
 
-    /// Rate limit: books the next free start time for `domain` on this
-    /// shard and says how long to wait for it. The pace is the configured
-    /// one, or slower while a `[backoff]` throttle holds.
-    fn reserve_slot(&self, domain: &str) -> Option<Duration> {
-        let mut st = self.state.borrow_mut();
-        let now = Instant::now();
-        let throttled = st.throttled.get(domain).and_then(|t| t.rate(now));
-        let q = st.domains.get_mut(domain)?;
-        q.meter.tick(now);
-        let pace = match throttled {
-            Some(rate) => {
-                let slow = Duration::from_secs_f64(1.0 / rate);
-                self.pace.map_or(slow, |p| p.max(slow))
-            }
-            None => self.pace?,
-        };
-        let start = q.next_slot.map_or(now, |t| t.max(now));
-        q.next_slot = Some(start + pace);
-        Some(start - now).filter(|w| !w.is_zero())
+    /// Replaces the shaping rules (a reload): paths take their new limits
+    /// as their next message starts; nothing queued is touched.
+    pub fn set_shaping(&self, shaping: Arc<shaping::Shaping>) {
+        *self.shaping.borrow_mut() = shaping;
     }
 
     async fn run_job(self: &Rc<Self>, domain: &str, job: Job) {
@@ -328,55 +321,160 @@ impl Scheduler {
         self.record(job.id, &job.rcpts, &attempt);
     }
 
-    /// One delivery attempt of `job`: read the body, find the targets,
-    /// deliver. Every failure on the way becomes outcomes, never an error.
+    /// One delivery attempt of `job`: find the targets and so the site,
+    /// pick a source of the message's pool, wait for a connection and a
+    /// start time on that path, read the body, deliver. Every failure on
+    /// the way becomes outcomes, never an error.
     async fn attempt(&self, domain: &str, job: &Job, env: &Envelope) -> Attempt {
         let rcpts: Vec<String> = job
             .rcpts
             .iter()
             .map(|&i| env.recipients[i].address.clone())
             .collect();
-        let all = |outcome: DeliveryOutcome| Attempt {
-            outcomes: vec![outcome; rcpts.len()],
-            remote: None,
-            tls: None,
-            source: None,
-        };
-        let body = match self.spool.read_body(job.id, env).await {
-            Ok(body) => body,
-            Err(e) => {
-                // Retried like any temporary failure; expiry bounds it.
-                self.spool_errors_logged
-                    .log(log::Level::Error, || e.to_string());
-                let reply = format!("local error reading the queued message: {e}");
-                return all(DeliveryOutcome::Temporary { reply });
-            }
-        };
-        let wire = crate::proto::body::dot_stuff(body);
         let started = Instant::now();
         let targets = self.router.targets_for(domain).await;
         ::metrics::histogram!(crate::metrics::DNS_LOOKUP_SECONDS)
             .record(started.elapsed().as_secs_f64());
         let targets = match targets {
             Ok(targets) => targets,
-            Err(e) => return all(outcome::from_dns(&e)),
+            Err(e) => return Attempt::all(outcome::from_dns(&e), rcpts.len()),
         };
-        let msg = Outgoing {
-            sender: &env.sender,
-            recipients: &rcpts,
-            wire: &wire,
-            size: env.size(),
-            smtputf8: env.smtputf8,
-            eight_bit: env.eight_bit,
+        let hosts: Vec<&str> = targets.iter().map(|t| t.host.as_str()).collect();
+        let site = shaping::site_name(hosts.iter().copied());
+        let shaping = self.shaping.borrow().clone();
+        let rule = shaping.rule_for(domain, &hosts);
+        self.note_site(domain, &site, rule);
+        let mut body = None;
+        let mut last = DeliveryOutcome::Temporary {
+            reply: "no egress source of the pool could be used".into(),
         };
-        let started = Instant::now();
-        let attempt = self
-            .delivery
-            .attempt(&targets, &msg, self.cfg.tls.policy_for(domain), &env.pool)
-            .await;
-        ::metrics::histogram!(crate::metrics::DELIVERY_ATTEMPT_SECONDS)
-            .record(started.elapsed().as_secs_f64());
-        attempt
+        for _ in 0..self.delivery.egress.source_count().max(1) {
+            let source = self.delivery.egress.pick(&env.pool, Instant::now());
+            let limits = shaping::Shaping::limits(
+                rule,
+                source.as_ref().map(|s| s.name.as_str()),
+                &self.base_limits,
+            );
+            let path = gate::PathKey {
+                source: source.as_ref().map(|s| s.name.clone()),
+                site: site.clone(),
+            };
+            let lease = self
+                .enter_path(&path, &limits, rule.map(|r| r.name.as_str()))
+                .await;
+            let wire = match &body {
+                Some(wire) => wire,
+                None => match self.spool.read_body(job.id, env).await {
+                    Ok(b) => body.insert(crate::proto::body::dot_stuff(b)),
+                    Err(e) => {
+                        // Retried like any temporary failure; expiry bounds it.
+                        self.spool_errors_logged
+                            .log(log::Level::Error, || e.to_string());
+                        let reply = format!("local error reading the queued message: {e}");
+                        return Attempt::all(DeliveryOutcome::Temporary { reply }, rcpts.len());
+                    }
+                },
+            };
+            let msg = Outgoing {
+                sender: &env.sender,
+                recipients: &rcpts,
+                wire,
+                size: env.size(),
+                smtputf8: env.smtputf8,
+                eight_bit: env.eight_bit,
+            };
+            let way = crate::outbound::Path {
+                source: source.as_deref(),
+                site: &site,
+                policy: limits.tls_policy(self.cfg.tls.policy_for(domain)),
+                connect_timeout: limits.connect_timeout,
+                max_messages_per_connection: limits.max_messages_per_connection,
+                idle_timeout: limits.idle_timeout,
+                idle_room: self.gates.borrow().idle_room(&path, Instant::now()),
+            };
+            let started = Instant::now();
+            let result = self.delivery.attempt(&targets, &msg, &way).await;
+            ::metrics::histogram!(crate::metrics::DELIVERY_ATTEMPT_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            if let Ok(attempt) = &result {
+                let mut labels = lease.labels.clone();
+                labels.push(("result", attempt_result(attempt).into()));
+                ::metrics::counter!(crate::metrics::PATH_ATTEMPTS, &labels).increment(1);
+            }
+            drop(lease);
+            match result {
+                Ok(attempt) => return attempt,
+                Err(why) => {
+                    if let Some(s) = &source
+                        && self.delivery.egress.mark_down(&s.name, Instant::now())
+                    {
+                        log::warn!(
+                            "egress source {} is down for {} s: {}",
+                            s.name,
+                            crate::outbound::egress::DOWN_FOR.as_secs(),
+                            why.reply()
+                        );
+                    }
+                    last = why;
+                }
+            }
+        }
+        Attempt {
+            site: Some(site),
+            ..Attempt::all(last, rcpts.len())
+        }
+    }
+
+    /// Remembers `domain`'s site, and sizes its workers to the site's
+    /// connections over every source (the paths' gates hold each to its
+    /// own limit; workers beyond a path's limit wait at its gate).
+    fn note_site(&self, domain: &str, site: &str, rule: Option<&shaping::Rule>) {
+        let sources = self.delivery.egress.source_count().max(1);
+        let per_source = shaping::Shaping::limits(rule, None, &self.base_limits).max_connections;
+        let capacity = share(per_source * sources, self.shard, self.mesh.count());
+        let mut st = self.state.borrow_mut();
+        let q = st.domains.entry(domain.to_string()).or_default();
+        q.capacity = Some(capacity);
+        if q.site.as_deref() != Some(site) {
+            q.site = Some(site.to_string());
+        }
+    }
+
+    /// Waits for a connection on `path` (configured with `limits` first)
+    /// and for its next start time; the connection is the path's until
+    /// the lease is dropped.
+    async fn enter_path(
+        &self,
+        path: &gate::PathKey,
+        limits: &shaping::Limits,
+        rule: Option<&str>,
+    ) -> Lease<'_> {
+        let admission = {
+            let mut gates = self.gates.borrow_mut();
+            let now = Instant::now();
+            gates.configure(path, limits, rule, now);
+            gates.enter(path, now)
+        };
+        let labels = path_labels(path, rule);
+        if let gate::Admission::Wait(rx) = admission {
+            let waiting = ::metrics::gauge!(crate::metrics::PATH_WAITING, &labels);
+            waiting.increment(1.0);
+            // The sender is dropped only with the gate, which is kept while
+            // anyone waits at it.
+            let _ = rx.await;
+            waiting.decrement(1.0);
+        }
+        ::metrics::gauge!(crate::metrics::PATH_CONNECTIONS, &labels).increment(1.0);
+        let lease = Lease {
+            gates: &self.gates,
+            path: path.clone(),
+            labels,
+        };
+        let wait = self.gates.borrow_mut().slot(path, Instant::now());
+        if let Some(wait) = wait {
+            glommio::timer::sleep(wait).await;
+        }
+        lease
     }
 
     /// Applies one job's outcomes to the message; finishes it when its last
@@ -422,6 +520,7 @@ impl Scheduler {
             ev.attempt = Some(r.attempts);
             ev.tls = attempt.tls.as_deref();
             ev.source = attempt.source.as_deref();
+            ev.site = attempt.site.as_deref();
             ev.category = category.map(crate::classify::BounceCategory::as_str);
             self.events.write(&ev);
         });
@@ -437,7 +536,11 @@ impl Scheduler {
         }
         drop(st);
         if let Some((domain, action, category, reply)) = back_off {
-            self.back_off(&domain, action, category, reply);
+            let path = attempt.site.as_ref().map(|site| gate::PathKey {
+                source: attempt.source.clone(),
+                site: site.clone(),
+            });
+            self.back_off(&domain, path, action, category, reply);
         }
         if recorded.round_done {
             self.spawn_finish(id);
@@ -548,17 +651,19 @@ impl Scheduler {
         category
     }
 
-    /// Takes the action a `[backoff]` rule asked for on `domain`, after a
-    /// reply in `category`, here and on every other shard: the receiver
-    /// meant this node, not the shard that happened to hear it.
+    /// Takes the action a `[backoff]` rule asked for on `domain` (a
+    /// throttle: on the `path` the reply came over), after a reply in
+    /// `category`, here and on every other shard: the receiver meant this
+    /// node, not the shard that happened to hear it.
     fn back_off(
         self: &Rc<Self>,
         domain: &str,
+        path: Option<gate::PathKey>,
         action: backoff::Action,
         category: crate::classify::BounceCategory,
         reply: String,
     ) {
-        let Some(acted) = self.apply_backoff(domain, action, reply.clone()) else {
+        let Some(acted) = self.apply_backoff(domain, path.as_ref(), action, reply.clone()) else {
             return;
         };
         ::metrics::counter!(
@@ -575,11 +680,12 @@ impl Scheduler {
         );
         for shard in (0..self.mesh.count()).filter(|s| *s != self.shard) {
             let (mesh, domain, reply) = (self.mesh.clone(), domain.to_string(), reply.clone());
+            let path = path.clone();
             self.tasks.spawn(async move {
                 // A shard that is stopping does not need telling.
                 let _ = mesh
                     .ask(shard, move |s: Rc<Scheduler>| async move {
-                        s.apply_backoff(&domain, action, reply);
+                        s.apply_backoff(&domain, path.as_ref(), action, reply);
                     })
                     .await;
             });
@@ -591,6 +697,7 @@ impl Scheduler {
     fn apply_backoff(
         self: &Rc<Self>,
         domain: &str,
+        path: Option<&gate::PathKey>,
         action: backoff::Action,
         reply: String,
     ) -> Option<String> {
@@ -615,30 +722,23 @@ impl Scheduler {
                 format!("suspended for {secs} s")
             }
             backoff::Action::Throttle { factor, secs } => {
-                let recover = Duration::from_secs(secs);
-                let configured = self.pace.map(|p| 1.0 / p.as_secs_f64());
-                let measured = st
-                    .domains
-                    .entry(domain.to_string())
-                    .or_default()
-                    .meter
-                    .rate(now);
-                match st.throttled.get_mut(domain) {
-                    Some(t) => {
-                        if !t.cut(factor, recover, now) {
-                            return None;
-                        }
-                    }
-                    None => {
-                        let base = configured.map_or(measured, |c| c.min(measured));
-                        st.throttled.insert(
-                            domain.to_string(),
-                            backoff::Throttle::new(base, factor, recover, now),
-                        );
-                    }
+                // No path: the attempt never reached the site (DNS).
+                let path = path?;
+                let mut gates = self.gates.borrow_mut();
+                let first = gates.throttled_rate(path, now).is_none();
+                if !gates.throttle(path, factor, Duration::from_secs(secs), now) {
+                    return None;
                 }
-                let rate = st.throttled[domain].rate(now).unwrap_or(0.0);
-                format!("throttled to {rate:.1} msg/s on this shard, recovering over {secs} s")
+                if first {
+                    let rule = gates.rule_of(path);
+                    ::metrics::gauge!(crate::metrics::PATH_THROTTLED, &path_labels(path, rule))
+                        .increment(1.0);
+                }
+                let rate = gates.throttled_rate(path, now).unwrap_or(0.0);
+                let from = path.source.as_deref().unwrap_or("the default address");
+                format!(
+                    "throttled to {rate:.1} msg/s from {from} on this shard, recovering over {secs} s"
+                )
             }
             backoff::Action::Bounce { secs } => {
                 if st.bouncing.contains_key(domain) {
@@ -654,27 +754,29 @@ impl Scheduler {
     }
 
     /// Ends the throttles that have recovered and the bouncing that is
-    /// over, and lets their domains use every connection again.
+    /// over; lets waiters in where a recovering throttle allows more
+    /// connections.
     fn end_expired_backoffs(self: &Rc<Self>) {
         let now = Instant::now();
-        let mut ended = Vec::new();
-        {
-            let mut st = self.state.borrow_mut();
-            st.throttled.retain(|d, t| {
-                let keep = t.rate(now).is_some();
-                if !keep {
-                    ended.push(d.clone());
-                }
-                keep
-            });
-            st.bouncing.retain(|d, b| {
-                let keep = b.until > now;
-                if !keep {
-                    ended.push(d.clone());
-                }
-                keep
-            });
+        let mut gates = self.gates.borrow_mut();
+        for (path, rule) in gates.tick(now) {
+            ::metrics::gauge!(
+                crate::metrics::PATH_THROTTLED,
+                &path_labels(&path, rule.as_deref())
+            )
+            .decrement(1.0);
+            let from = path.source.as_deref().unwrap_or("the default address");
+            log::info!("throttle of {} from {from} ended", path.site);
         }
+        drop(gates);
+        let mut ended = Vec::new();
+        self.state.borrow_mut().bouncing.retain(|d, b| {
+            let keep = b.until > now;
+            if !keep {
+                ended.push(d.clone());
+            }
+            keep
+        });
         for domain in ended {
             log::info!("back-off of {domain} ended");
             self.kick(&domain);
@@ -789,18 +891,13 @@ fn bounced_by_rule(domain: &str, reply: &str, rcpts: usize) -> Attempt {
     let text = format!(
         "not attempted: ringpost bounces mail to {domain} for now, as it replied \"{reply}\""
     );
-    Attempt {
-        outcomes: vec![
-            DeliveryOutcome::Permanent {
-                reply: format!("550 {status} {text}"),
-                status,
-            };
-            rcpts
-        ],
-        remote: None,
-        tls: None,
-        source: None,
-    }
+    Attempt::all(
+        DeliveryOutcome::Permanent {
+            reply: format!("550 {status} {text}"),
+            status,
+        },
+        rcpts,
+    )
 }
 
 /// Bodies one compaction pass moves at most (a pass starts every second):
@@ -886,4 +983,52 @@ impl Scheduler {
 fn queue_gauges(env: &Envelope, sign: f64) {
     ::metrics::gauge!(crate::metrics::QUEUE_MESSAGES).increment(sign);
     ::metrics::gauge!(crate::metrics::QUEUE_BYTES).increment(sign * env.size() as f64);
+}
+
+/// A connection on one path, held from `Scheduler::enter_path` until
+/// dropped: whatever way the attempt ends, the gate gets it back.
+struct Lease<'a> {
+    gates: &'a RefCell<gate::Gates>,
+    path: gate::PathKey,
+    /// The path's metric labels.
+    labels: Vec<(&'static str, String)>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.gates.borrow_mut().leave(&self.path, Instant::now());
+        ::metrics::gauge!(crate::metrics::PATH_CONNECTIONS, &self.labels).decrement(1.0);
+    }
+}
+
+/// A path's metric labels: its source's name and its shaping rule's
+/// ("default" for none), so that the series stay few.
+fn path_labels(path: &gate::PathKey, rule: Option<&str>) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "source",
+            path.source.as_deref().unwrap_or("default").to_string(),
+        ),
+        ("site", rule.unwrap_or("default").to_string()),
+    ]
+}
+
+/// How an attempt ended, for `ringpost_path_attempts_total`.
+fn attempt_result(attempt: &Attempt) -> &'static str {
+    let all_delivered = attempt
+        .outcomes
+        .iter()
+        .all(|o| matches!(o, DeliveryOutcome::Delivered { .. }));
+    match all_delivered {
+        true => "delivered",
+        false
+            if attempt
+                .outcomes
+                .iter()
+                .any(|o| matches!(o, DeliveryOutcome::Permanent { .. })) =>
+        {
+            "bounced"
+        }
+        false => "deferred",
+    }
 }

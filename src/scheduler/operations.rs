@@ -151,10 +151,20 @@ impl Scheduler {
             d.suspended = true;
             d.suspended_until = *until;
         }
+        // A domain is throttled while a path to its site is (the slowest).
         let instant = std::time::Instant::now();
-        for (name, t) in &st.throttled {
-            if let (Some(rate), Some(d)) = (t.rate(instant), map.get_mut(name)) {
-                d.throttled_per_second = Some(rate);
+        let gates = self.gates.borrow();
+        let mut site_rates: HashMap<&str, f64> = HashMap::new();
+        for (path, _) in gates.iter() {
+            if let Some(rate) = gates.throttled_rate(path, instant) {
+                let r = site_rates.entry(path.site.as_str()).or_insert(rate);
+                *r = r.min(rate);
+            }
+        }
+        for (name, d) in map.iter_mut() {
+            let site = st.domains.get(name).and_then(|q| q.site.as_deref());
+            if let Some(rate) = site.and_then(|s| site_rates.get(s)) {
+                d.throttled_per_second = Some(*rate);
             }
         }
         for name in st.bouncing.keys() {

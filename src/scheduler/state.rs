@@ -46,8 +46,6 @@ pub struct State {
     /// Suspended domains, and when each suspension ends by itself (Unix
     /// seconds), if it does.
     pub suspended: HashMap<String, Option<u64>>,
-    /// Domains a `[backoff]` rule throttled, until the throttle recovers.
-    pub throttled: HashMap<String, super::backoff::Throttle>,
     /// Domains a `[backoff]` rule bounces, until when, and why.
     pub bouncing: HashMap<String, Bouncing>,
     /// The messages whose bodies are in each segment, for compaction.
@@ -75,12 +73,13 @@ pub struct DomainQueue {
     /// take one of `ready`, so no more are started than there are jobs for
     /// (spawned tasks run only once the spawner yields).
     pub starting: usize,
-    /// Earliest start of the next message when the domain is rate-limited.
-    pub next_slot: Option<Instant>,
     /// The last failure reply from this domain and when (Unix seconds).
     pub last_error: Option<(u64, String)>,
-    /// How fast messages start here: the base of a first throttle cut.
-    pub meter: super::backoff::RateMeter,
+    /// The site its mail went to last (`shaping::site_name`).
+    pub site: Option<String>,
+    /// Workers this shard runs for the domain at most, from its site's
+    /// limits once known (the paths' gates hold them to those).
+    pub capacity: Option<usize>,
 }
 
 /// A domain whose queue a `[backoff]` rule bounces.
@@ -500,6 +499,7 @@ mod tests {
             }),
             tls: None,
             source: None,
+            site: None,
         }
     }
 

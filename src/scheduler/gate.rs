@@ -1,0 +1,365 @@
+//! Admission per path: how many connections one shard has open from one
+//! egress source to one site, how fast it starts messages there, and who
+//! waits for a connection.
+//!
+//! Owns: [`Gates`], one per shard, a [`Gate`] per [`PathKey`] (source,
+//! site): this shard's share of the path's limits (`shaping::Limits`),
+//! the connections in use, the workers waiting for one (first come, first
+//! served), the next free start time (pacing), the measured rate, and a
+//! `[backoff]` throttle when a receiver asked to slow down. A worker holds
+//! a connection from [`Gates::enter`] (at once, or when one is handed
+//! over) to [`Gates::leave`]; leaving hands the connection straight to
+//! the longest waiter, so a waiter never misses its turn.
+//!
+//! Concurrency: per shard, on its executor; the scheduler keeps it in a
+//! `RefCell` and never holds the borrow across an await. A waiter is a
+//! one-shot channel: a worker cancelled while it waits (shutdown) drops
+//! its end, and the connection goes to the next one.
+//!
+//! Must not: read the clock (callers pass `Instant`s), open connections
+//! or know about messages.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+
+use super::backoff::{RateMeter, Throttle};
+use super::shaping::Limits;
+use crate::shard::share;
+
+/// One path: mail from `source` (None: the kernel's choice of address)
+/// to `site`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PathKey {
+    pub source: Option<String>,
+    pub site: String,
+}
+
+/// One path's admission on this shard.
+#[derive(Debug, Default)]
+pub struct Gate {
+    /// The node-wide limits last configured.
+    pub limits: Option<Limits>,
+    /// The shaping rule that gave them, for metrics and the summary.
+    pub rule: Option<String>,
+    /// This shard's connections.
+    limit: usize,
+    /// Time between two starts on this shard, if the rate is limited.
+    pace: Option<Duration>,
+    in_use: usize,
+    waiters: VecDeque<oneshot::Sender<()>>,
+    next_slot: Option<Instant>,
+    pub meter: RateMeter,
+    pub throttle: Option<Throttle>,
+    /// When a worker last entered or left: idle gates are forgotten.
+    last_used: Option<Instant>,
+}
+
+/// How a worker gets its connection.
+pub enum Admission {
+    Now,
+    /// Wait for a leaving worker (or a raised limit) to hand one over.
+    Wait(oneshot::Receiver<()>),
+}
+
+/// A gate nobody used for this long (and without a throttle) is dropped.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Default)]
+pub struct Gates {
+    gates: HashMap<PathKey, Gate>,
+    shard: usize,
+    shards: usize,
+}
+
+impl Gate {
+    /// Connections this shard may use at `now`: its share, fewer while a
+    /// throttle holds.
+    fn capacity(&self, now: Instant) -> usize {
+        match &self.throttle {
+            Some(t) => t.connections(self.limit, now),
+            None => self.limit,
+        }
+    }
+
+    /// Hands connections to waiters while there is room.
+    fn wake(&mut self, now: Instant) {
+        while self.in_use < self.capacity(now) {
+            let Some(tx) = self.waiters.pop_front() else {
+                break;
+            };
+            if tx.send(()).is_ok() {
+                self.in_use += 1;
+            }
+        }
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.in_use
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
+}
+
+impl Gates {
+    pub fn new(shard: usize, shards: usize) -> Gates {
+        Gates {
+            gates: HashMap::new(),
+            shard,
+            shards: shards.max(1),
+        }
+    }
+
+    /// Sets `key`'s limits (node-wide; this shard takes its share) and
+    /// the rule they came from; a raised limit lets waiters in.
+    pub fn configure(&mut self, key: &PathKey, limits: &Limits, rule: Option<&str>, now: Instant) {
+        let (shard, shards) = (self.shard, self.shards);
+        let gate = self.gates.entry(key.clone()).or_default();
+        if gate.limits.as_ref() == Some(limits) && gate.rule.as_deref() == rule {
+            return;
+        }
+        gate.limit = share(limits.max_connections, shard, shards);
+        let rate = limits.max_messages_per_second;
+        gate.pace = (rate > 0.0).then(|| Duration::from_secs_f64(shards as f64 / rate));
+        gate.limits = Some(limits.clone());
+        gate.rule = rule.map(str::to_string);
+        gate.wake(now);
+    }
+
+    /// A worker asks for a connection on `key` (configured first).
+    pub fn enter(&mut self, key: &PathKey, now: Instant) -> Admission {
+        let gate = self.gates.entry(key.clone()).or_default();
+        gate.last_used = Some(now);
+        if gate.waiters.is_empty() && gate.in_use < gate.capacity(now) {
+            gate.in_use += 1;
+            return Admission::Now;
+        }
+        let (tx, rx) = oneshot::channel();
+        gate.waiters.push_back(tx);
+        Admission::Wait(rx)
+    }
+
+    /// A worker is done with its connection on `key`: it goes to the
+    /// longest waiter if the limit still allows it.
+    pub fn leave(&mut self, key: &PathKey, now: Instant) {
+        let Some(gate) = self.gates.get_mut(key) else {
+            return;
+        };
+        gate.last_used = Some(now);
+        gate.in_use = gate.in_use.saturating_sub(1);
+        gate.wake(now);
+    }
+
+    /// Idle connections of `key` that may stay open beside those in use.
+    pub fn idle_room(&self, key: &PathKey, now: Instant) -> usize {
+        self.gates
+            .get(key)
+            .map_or(0, |g| g.capacity(now).saturating_sub(g.in_use))
+    }
+
+    /// Books the next start time on `key` and says how long to wait for
+    /// it: the configured pace, or slower while a throttle holds.
+    pub fn slot(&mut self, key: &PathKey, now: Instant) -> Option<Duration> {
+        let gate = self.gates.get_mut(key)?;
+        gate.meter.tick(now);
+        let throttled = gate.throttle.as_ref().and_then(|t| t.rate(now));
+        let pace = match throttled {
+            Some(rate) => {
+                let slow = Duration::from_secs_f64(1.0 / rate);
+                gate.pace.map_or(slow, |p| p.max(slow))
+            }
+            None => gate.pace?,
+        };
+        let start = gate.next_slot.map_or(now, |t| t.max(now));
+        gate.next_slot = Some(start + pace);
+        Some(start - now).filter(|w| !w.is_zero())
+    }
+
+    /// A `[backoff]` throttle on `key`: the first cut from this shard's
+    /// configured rate (or what it measured, if lower), later cuts from
+    /// where recovery has got to. False if nothing changed (a cut within
+    /// `backoff::CUT_HOLD` of the last).
+    pub fn throttle(
+        &mut self,
+        key: &PathKey,
+        factor: f64,
+        recover: Duration,
+        now: Instant,
+    ) -> bool {
+        let gate = self.gates.entry(key.clone()).or_default();
+        if let Some(t) = &mut gate.throttle {
+            return t.cut(factor, recover, now);
+        }
+        let measured = gate.meter.rate(now);
+        let configured = gate.pace.map(|p| 1.0 / p.as_secs_f64());
+        let base = configured.map_or(measured, |c| c.min(measured));
+        gate.throttle = Some(Throttle::new(base, factor, recover, now));
+        true
+    }
+
+    /// The throttled rate of `key` at `now`, if one holds.
+    pub fn throttled_rate(&self, key: &PathKey, now: Instant) -> Option<f64> {
+        self.gates.get(key)?.throttle.as_ref()?.rate(now)
+    }
+
+    /// The shaping rule `key` was last configured under.
+    pub fn rule_of(&self, key: &PathKey) -> Option<&str> {
+        self.gates.get(key)?.rule.as_deref()
+    }
+
+    /// The timer's round: throttles that recovered end (their paths
+    /// returned, with their rules), throttles recovering let waiters in,
+    /// and gates unused for a long time are forgotten.
+    pub fn tick(&mut self, now: Instant) -> Vec<(PathKey, Option<String>)> {
+        let mut recovered = Vec::new();
+        self.gates.retain(|key, gate| {
+            if gate
+                .throttle
+                .as_ref()
+                .is_some_and(|t| t.rate(now).is_none())
+            {
+                gate.throttle = None;
+                recovered.push((key.clone(), gate.rule.clone()));
+            }
+            gate.wake(now);
+            let idle = gate.in_use == 0
+                && gate.waiters.is_empty()
+                && gate.throttle.is_none()
+                && gate
+                    .last_used
+                    .is_none_or(|t| now.saturating_duration_since(t) > FORGET_AFTER);
+            !idle
+        });
+        recovered
+    }
+
+    /// Every path, for the summary and the metrics.
+    pub fn iter(&self) -> impl Iterator<Item = (&PathKey, &Gate)> {
+        self.gates.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DeliveryConfig;
+
+    fn key(site: &str) -> PathKey {
+        PathKey {
+            source: Some("ip1".into()),
+            site: site.into(),
+        }
+    }
+
+    fn limits(connections: usize, rate: f64) -> Limits {
+        let mut l = Limits::of(&DeliveryConfig::default());
+        l.max_connections = connections;
+        l.max_messages_per_second = rate;
+        l
+    }
+
+    fn waits(a: Admission) -> oneshot::Receiver<()> {
+        match a {
+            Admission::Wait(rx) => rx,
+            Admission::Now => panic!("admitted at once"),
+        }
+    }
+
+    #[test]
+    fn connections_are_handed_over_in_order_within_the_limit() {
+        let t0 = Instant::now();
+        let mut g = Gates::new(0, 1);
+        let k = key("mx.a");
+        g.configure(&k, &limits(2, 0.0), Some("a"), t0);
+        assert!(matches!(g.enter(&k, t0), Admission::Now));
+        assert!(matches!(g.enter(&k, t0), Admission::Now));
+        let mut first = waits(g.enter(&k, t0));
+        let mut second = waits(g.enter(&k, t0));
+        assert_eq!(g.idle_room(&k, t0), 0);
+        g.leave(&k, t0);
+        assert_eq!(first.try_recv(), Ok(Some(())));
+        assert_eq!(second.try_recv(), Ok(None));
+        // A waiter that gave up is skipped.
+        drop(second);
+        let mut third = waits(g.enter(&k, t0));
+        g.leave(&k, t0);
+        assert_eq!(third.try_recv(), Ok(Some(())));
+        assert_eq!(g.gates[&k].in_use(), 2);
+        // A raised limit lets the next waiter in at once.
+        let mut fourth = waits(g.enter(&k, t0));
+        g.configure(&k, &limits(3, 0.0), Some("a"), t0);
+        assert_eq!(fourth.try_recv(), Ok(Some(())));
+        // A lowered one: leaving workers are not replaced until under it.
+        let mut fifth = waits(g.enter(&k, t0));
+        g.configure(&k, &limits(1, 0.0), Some("a"), t0);
+        g.leave(&k, t0);
+        g.leave(&k, t0);
+        assert_eq!(fifth.try_recv(), Ok(None));
+        g.leave(&k, t0);
+        assert_eq!(fifth.try_recv(), Ok(Some(())));
+        assert_eq!(g.gates[&k].in_use(), 1);
+    }
+
+    #[test]
+    fn a_shard_takes_its_share_and_paces_its_share_of_the_rate() {
+        let t0 = Instant::now();
+        let mut g = Gates::new(1, 2);
+        let k = key("mx.a");
+        g.configure(&k, &limits(3, 100.0), None, t0);
+        assert!(matches!(g.enter(&k, t0), Admission::Now));
+        assert!(matches!(g.enter(&k, t0), Admission::Wait(_)), "1 of 3");
+        // 100/s over 2 shards: one start per 20 ms here.
+        assert_eq!(g.slot(&k, t0), None);
+        assert_eq!(g.slot(&k, t0), Some(Duration::from_millis(20)));
+        assert_eq!(g.slot(&k, t0), Some(Duration::from_millis(40)));
+    }
+
+    #[test]
+    fn a_throttle_cuts_rate_and_connections_then_ends() {
+        let t0 = Instant::now();
+        let mut g = Gates::new(0, 1);
+        let k = key("mx.a");
+        g.configure(&k, &limits(4, 40.0), None, t0);
+        // Sending at the configured 40/s for half a second...
+        for _ in 0..20 {
+            g.slot(&k, t0);
+        }
+        // ...then "slow down": half of that.
+        let t0 = t0 + Duration::from_millis(500);
+        assert!(g.throttle(&k, 0.5, Duration::from_secs(4), t0));
+        assert!(
+            !g.throttle(&k, 0.5, Duration::from_secs(4), t0),
+            "held a second"
+        );
+        assert_eq!(g.throttled_rate(&k, t0), Some(20.0));
+        assert_eq!(g.slot(&k, t0), None);
+        assert_eq!(g.slot(&k, t0), Some(Duration::from_millis(50)));
+        for _ in 0..2 {
+            assert!(matches!(g.enter(&k, t0), Admission::Now));
+        }
+        let mut third = waits(g.enter(&k, t0));
+        let t1 = t0 + Duration::from_secs(2);
+        assert!(g.tick(t1).is_empty());
+        assert_eq!(third.try_recv(), Ok(Some(())), "recovering: 3 of 4");
+        let t2 = t0 + Duration::from_secs(4);
+        assert_eq!(g.tick(t2), [(k.clone(), None)]);
+        assert_eq!(g.throttled_rate(&k, t2), None);
+    }
+
+    #[test]
+    fn unused_gates_are_forgotten() {
+        let t0 = Instant::now();
+        let mut g = Gates::new(0, 1);
+        let k = key("mx.a");
+        g.configure(&k, &limits(1, 0.0), None, t0);
+        assert!(matches!(g.enter(&k, t0), Admission::Now));
+        g.tick(t0 + FORGET_AFTER * 2);
+        assert_eq!(g.iter().count(), 1, "in use");
+        g.leave(&k, t0);
+        g.tick(t0 + FORGET_AFTER * 2);
+        assert_eq!(g.iter().count(), 0);
+    }
+}

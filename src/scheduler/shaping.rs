@@ -1,0 +1,400 @@
+//! Traffic shaping: the limits that apply to one path, from one egress
+//! source to one *site* (the set of MX hosts a destination's mail goes
+//! to), read from the shaping file (`delivery.shaping_file`) and the
+//! rules ringpost ships (`default-shaping.toml`, embedded).
+//!
+//! Owns: [`Shaping`] (parsed rules, the operator's first; first rule that
+//! fits a destination wins), [`Limits`] (what a path may do) and
+//! [`site_name`] (a destination's site from its targets). All pure: the
+//! caller reads the file, and a reload is a new `Shaping` handed to every
+//! shard (see `Scheduler::set_shaping`).
+//!
+//! A rule fits a destination if the recipient domain is one of its
+//! `domains`, or one of the site's MX hosts ends with one of its
+//! `mx_suffix`es. The rule's values replace `[delivery]`'s, and a
+//! `[site.source.NAME]` table replaces them again for one source.
+//!
+//! Must not: do I/O, keep per-path state (`gate` does), or weaken TLS: a
+//! rule's `tls` can only ask for more than `[tls]` does.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{DeliveryConfig, OutboundTls};
+
+/// The rules ringpost ships: starting points for the large providers,
+/// each with where its numbers came from.
+pub const DEFAULT_SHAPING: &str = include_str!("default-shaping.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShapingError {
+    #[error("{file}: {source}")]
+    Parse {
+        file: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{file}: site \"{site}\": {problem}")]
+    Invalid {
+        file: String,
+        site: String,
+        problem: String,
+    },
+}
+
+/// Values a rule (or a source within it) may set; unset ones come from
+/// the level above.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overrides {
+    pub max_connections: Option<usize>,
+    pub max_messages_per_second: Option<f64>,
+    pub max_messages_per_connection: Option<u32>,
+    pub connect_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub tls: Option<OutboundTls>,
+}
+
+/// One `[[site]]` of a shaping file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// The name in metrics, logs and `queue summary --by site`.
+    pub name: String,
+    /// Recipient domains this rule is for (exact, case-insensitive).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// MX host name suffixes, e.g. `".google.com"` (`"*.google.com"` is
+    /// the same).
+    #[serde(default)]
+    pub mx_suffix: Vec<String>,
+    #[serde(flatten)]
+    pub limits: Overrides,
+    /// Per egress source overrides, by source name.
+    #[serde(default)]
+    pub source: BTreeMap<String, Overrides>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    site: Vec<Rule>,
+}
+
+/// What one path (source, site) may do, node-wide.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// Messages per second; 0: no limit.
+    pub max_messages_per_second: f64,
+    pub max_messages_per_connection: u32,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// At least this TLS (the destination's `[tls]` policy may ask more).
+    pub tls: Option<OutboundTls>,
+}
+
+impl Limits {
+    /// `[delivery]`'s values: the limits of a site no rule fits.
+    pub fn of(d: &DeliveryConfig) -> Limits {
+        Limits {
+            max_connections: d.max_connections,
+            max_messages_per_second: d.max_messages_per_second,
+            max_messages_per_connection: d.max_messages_per_connection,
+            connect_timeout: Duration::from_secs(d.connect_timeout_secs),
+            idle_timeout: Duration::from_secs(d.idle_timeout_secs),
+            tls: None,
+        }
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = o.max_connections {
+            self.max_connections = v;
+        }
+        if let Some(v) = o.max_messages_per_second {
+            self.max_messages_per_second = v;
+        }
+        if let Some(v) = o.max_messages_per_connection {
+            self.max_messages_per_connection = v;
+        }
+        if let Some(v) = o.connect_timeout_secs {
+            self.connect_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = o.idle_timeout_secs {
+            self.idle_timeout = Duration::from_secs(v);
+        }
+        if o.tls.is_some() {
+            self.tls = o.tls;
+        }
+    }
+
+    /// The TLS policy for a destination whose `[tls]` policy is
+    /// `configured`: the stricter of the two (`none` < `opportunistic` <
+    /// `require`), except that a destination set to `none` by the
+    /// operator stays plaintext unless the rule requires TLS.
+    pub fn tls_policy(&self, configured: OutboundTls) -> OutboundTls {
+        match (configured, self.tls) {
+            (_, Some(OutboundTls::Require)) => OutboundTls::Require,
+            (OutboundTls::None, Some(OutboundTls::Opportunistic)) => OutboundTls::Opportunistic,
+            (configured, _) => configured,
+        }
+    }
+}
+
+/// The rules, the operator's before ringpost's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shaping {
+    rules: Vec<Rule>,
+}
+
+impl Shaping {
+    /// From shaping files in order, each `(name, text)`; the name is for
+    /// error messages. Every rule is checked.
+    pub fn parse(files: &[(&str, &str)]) -> Result<Shaping, ShapingError> {
+        let mut rules = Vec::new();
+        for (file, text) in files {
+            let parsed: File = toml::from_str(text).map_err(|e| ShapingError::Parse {
+                file: file.to_string(),
+                source: Box::new(e),
+            })?;
+            for mut rule in parsed.site {
+                let invalid = |problem: String| ShapingError::Invalid {
+                    file: file.to_string(),
+                    site: rule.name.clone(),
+                    problem,
+                };
+                if let Some(problem) = check(&rule) {
+                    return Err(invalid(problem));
+                }
+                normalise(&mut rule);
+                rules.push(rule);
+            }
+        }
+        Ok(Shaping { rules })
+    }
+
+    /// The operator's file (if `path` is not empty), then ringpost's
+    /// rules: what `delivery.shaping_file` names, read now.
+    pub fn load(path: &str) -> Result<Shaping, String> {
+        let own = match path {
+            "" => None,
+            p => Some(std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"))?),
+        };
+        let mut files = Vec::new();
+        if let Some(text) = &own {
+            files.push((path, text.as_str()));
+        }
+        files.push(("ringpost's default shaping rules", DEFAULT_SHAPING));
+        Shaping::parse(&files).map_err(|e| e.to_string())
+    }
+
+    /// The first rule that fits mail to `domain` (lower-case) through the
+    /// MX hosts `hosts`.
+    pub fn rule_for<'a>(&'a self, domain: &str, hosts: &[&str]) -> Option<&'a Rule> {
+        self.rules.iter().find(|r| {
+            r.domains.iter().any(|d| d == domain)
+                || r.mx_suffix.iter().any(|suffix| {
+                    hosts.iter().any(|h| {
+                        let h = h.trim_end_matches('.');
+                        h.len() > suffix.len()
+                            && h.is_char_boundary(h.len() - suffix.len())
+                            && h[h.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                    })
+                })
+        })
+    }
+
+    /// The limits of the path from `source` under `rule`, over `base`
+    /// (`[delivery]`'s).
+    pub fn limits(rule: Option<&Rule>, source: Option<&str>, base: &Limits) -> Limits {
+        let mut limits = base.clone();
+        if let Some(rule) = rule {
+            limits.apply(&rule.limits);
+            if let Some(o) = source.and_then(|s| rule.source.get(s)) {
+                limits.apply(o);
+            }
+        }
+        limits
+    }
+
+    /// Whether some rule requires verified TLS (the CA bundle is then
+    /// loaded at start-up).
+    pub fn requires_tls(&self) -> bool {
+        self.rules.iter().any(|r| {
+            r.limits.tls == Some(OutboundTls::Require)
+                || r.source
+                    .values()
+                    .any(|o| o.tls == Some(OutboundTls::Require))
+        })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+}
+
+fn check(rule: &Rule) -> Option<String> {
+    if rule.name.is_empty() || rule.name.contains(char::is_whitespace) {
+        return Some("needs a name without spaces".into());
+    }
+    if rule.domains.is_empty() && rule.mx_suffix.is_empty() {
+        return Some("needs `domains` or `mx_suffix`".into());
+    }
+    if rule
+        .mx_suffix
+        .iter()
+        .any(|s| s.trim_start_matches('*').len() < 2)
+    {
+        return Some("an `mx_suffix` must name a domain, e.g. \".google.com\"".into());
+    }
+    for (who, o) in std::iter::once(("", &rule.limits))
+        .chain(rule.source.iter().map(|(name, o)| (name.as_str(), o)))
+    {
+        let at = |what: &str| match who {
+            "" => what.to_string(),
+            s => format!("source \"{s}\": {what}"),
+        };
+        if o.max_connections == Some(0) {
+            return Some(at("max_connections must be at least 1"));
+        }
+        if o.max_messages_per_second
+            .is_some_and(|r| !(r >= 0.0 && r.is_finite()))
+        {
+            return Some(at(
+                "max_messages_per_second must be 0 (no limit) or positive",
+            ));
+        }
+        if o.max_messages_per_connection == Some(0)
+            || o.connect_timeout_secs == Some(0)
+            || o.idle_timeout_secs == Some(0)
+        {
+            return Some(at("counts and timeouts must be at least 1"));
+        }
+        if o.tls == Some(OutboundTls::None) {
+            return Some(at(
+                "tls may be \"opportunistic\" or \"require\": a shaping rule never weakens TLS",
+            ));
+        }
+    }
+    None
+}
+
+/// Lower-case domains; suffixes as ".example.com".
+fn normalise(rule: &mut Rule) {
+    for d in &mut rule.domains {
+        *d = d.trim_end_matches('.').to_ascii_lowercase();
+    }
+    for s in &mut rule.mx_suffix {
+        let bare = s.trim_start_matches('*').trim_start_matches('.');
+        *s = format!(".{}", bare.trim_end_matches('.').to_ascii_lowercase());
+    }
+}
+
+/// Pure: the site of a destination whose targets are `hosts` (in
+/// preference order, repeats allowed): its distinct host names, lower
+/// case, sorted, joined by commas. Domains with the same MX hosts share a
+/// site, whatever the order or preferences of their records.
+pub fn site_name<'a>(hosts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut names: Vec<String> = hosts
+        .into_iter()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Limits {
+        Limits::of(&DeliveryConfig::default())
+    }
+
+    #[test]
+    fn the_shipped_rules_parse_and_name_the_large_providers() {
+        let s = Shaping::load("").unwrap();
+        let google = s.rule_for("gmail.com", &["gmail-smtp-in.l.google.com."]);
+        assert_eq!(google.unwrap().name, "google");
+        let yahoo = s.rule_for("yahoo.com", &["mta5.am0.yahoodns.net"]);
+        assert_eq!(yahoo.unwrap().name, "yahoo");
+        let ms = s.rule_for("outlook.com", &["outlook-com.olc.protection.outlook.com"]);
+        assert_eq!(ms.unwrap().name, "outlook");
+        assert!(s.rule_for("example.org", &["mx.example.org"]).is_none());
+    }
+
+    #[test]
+    fn the_operators_rules_come_first_and_sources_override_them() {
+        let own = r#"
+            [[site]]
+            name = "g"
+            mx_suffix = ["*.google.com"]
+            max_connections = 3
+            max_messages_per_second = 10
+            [site.source.ip2]
+            max_connections = 1
+            tls = "require"
+        "#;
+        let s = Shaping::parse(&[("own", own), ("default", DEFAULT_SHAPING)]).unwrap();
+        let rule = s.rule_for("x.test", &["ASPMX.L.GOOGLE.COM"]);
+        assert_eq!(rule.unwrap().name, "g");
+        let l = Shaping::limits(rule, Some("ip1"), &base());
+        assert_eq!((l.max_connections, l.max_messages_per_second), (3, 10.0));
+        let l = Shaping::limits(rule, Some("ip2"), &base());
+        assert_eq!((l.max_connections, l.max_messages_per_second), (1, 10.0));
+        assert_eq!(l.tls, Some(OutboundTls::Require));
+        assert!(s.requires_tls());
+        // "google.com" itself is not a host under ".google.com".
+        assert!(s.rule_for("x.test", &["google.com"]).is_none());
+        assert_eq!(Shaping::limits(None, Some("ip2"), &base()), base());
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_their_name() {
+        for (text, want) in [
+            ("[[site]]\nname = \"a\"\n", "needs `domains` or `mx_suffix`"),
+            (
+                "[[site]]\nname = \"a\"\ndomains = [\"x\"]\nmax_connections = 0\n",
+                "max_connections",
+            ),
+            (
+                "[[site]]\nname = \"a\"\ndomains = [\"x\"]\ntls = \"none\"\n",
+                "never weakens TLS",
+            ),
+            (
+                "[[site]]\nname = \"a\"\ndomains = [\"x\"]\n[site.source.s]\nmax_messages_per_second = -1\n",
+                "source \"s\"",
+            ),
+            ("[[site]]\nname = \"a\"\nfrobnicate = 1\n", "frobnicate"),
+        ] {
+            let e = Shaping::parse(&[("f.toml", text)]).unwrap_err().to_string();
+            assert!(e.contains(want), "{text}: {e}");
+            assert!(e.starts_with("f.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn tls_is_only_ever_raised() {
+        use OutboundTls::*;
+        let mut l = base();
+        assert_eq!(l.tls_policy(Require), Require);
+        l.tls = Some(Opportunistic);
+        assert_eq!(l.tls_policy(Require), Require);
+        assert_eq!(l.tls_policy(None), Opportunistic);
+        l.tls = Some(Require);
+        assert_eq!(l.tls_policy(None), Require);
+        assert_eq!(l.tls_policy(Opportunistic), Require);
+    }
+
+    #[test]
+    fn domains_with_the_same_mx_hosts_share_a_site() {
+        let a = site_name(["mx2.x.test.", "MX1.x.test", "mx2.x.test"]);
+        let b = site_name(["mx1.x.test", "mx2.x.test"]);
+        assert_eq!(a, "mx1.x.test,mx2.x.test");
+        assert_eq!(a, b);
+        assert_ne!(a, site_name(["mx1.x.test"]));
+    }
+}
