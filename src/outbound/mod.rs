@@ -222,8 +222,12 @@ impl Delivery {
         path: &Path<'_>,
     ) -> Result<Client, client::ConnectError> {
         let (policy, source) = (path.policy, path.source);
-        self.pool
+        let closing = self
+            .pool
             .trim(source.map(|s| s.name.as_str()), path.site, path.idle_room);
+        // Closed before the new one opens: the receiver never sees more
+        // than the path's limit at once.
+        futures::future::join_all(closing.into_iter().map(Client::quit)).await;
         let helo = source.map_or(self.helo.as_str(), |s| s.ehlo.as_str());
         let connect = |tls| {
             Client::connect(

@@ -125,10 +125,12 @@ impl Pool {
             });
     }
 
-    /// Closes the oldest idle connections from `source` to `site` beyond
-    /// `keep`: before a new connection opens, so that those in use and
-    /// those idle together stay within the path's limit.
-    pub fn trim(&self, source: Option<&str>, site: &str, keep: usize) {
+    /// Takes out the oldest idle connections from `source` to `site`
+    /// beyond `keep`, for the caller to close (and wait for) before a new
+    /// connection opens, so that those in use and those idle together
+    /// stay within the path's limit.
+    #[must_use = "the connections taken out are to be closed"]
+    pub fn trim(&self, source: Option<&str>, site: &str, keep: usize) -> Vec<Client> {
         let mut closing = Vec::new();
         {
             let mut idle = self.idle.borrow_mut();
@@ -138,7 +140,7 @@ impl Pool {
                 .flat_map(|(k, list)| list.iter().map(move |e| (e.since, k.clone())))
                 .collect();
             if of_path.len() <= keep {
-                return;
+                return closing;
             }
             of_path.sort_by_key(|(since, _)| *since);
             for (_, key) in &of_path[..of_path.len() - keep] {
@@ -149,9 +151,7 @@ impl Pool {
             }
             idle.retain(|_, l| !l.is_empty());
         }
-        for c in closing {
-            glommio::spawn_local(c.quit()).detach();
-        }
+        closing
     }
 
     /// Closes connections idle longer than their timeout. Returns how many.

@@ -1,9 +1,9 @@
 //! Scripted SMTP sinks: small, independent SMTP servers (not ringpost's
 //! code) that record what they receive and answer as a test tells them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -86,6 +86,8 @@ pub struct Received {
     pub peer: SocketAddr,
     /// The name the client gave in EHLO or HELO.
     pub helo: String,
+    /// When the sink took it (answered 250).
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -96,6 +98,26 @@ pub struct State {
     pub refused: usize,
     /// When each transaction's data was answered (2xx or 4xx), in order.
     pub answered_at: Vec<Instant>,
+    /// Connections open now, by client address (from accept until the
+    /// client's QUIT or close).
+    pub open: HashMap<IpAddr, usize>,
+    /// The most connections ever open at once, by client address.
+    pub max_open: HashMap<IpAddr, usize>,
+}
+
+impl State {
+    fn opened(&mut self, ip: IpAddr) {
+        let n = self.open.entry(ip).or_default();
+        *n += 1;
+        let max = self.max_open.entry(ip).or_default();
+        *max = (*max).max(*n);
+    }
+
+    fn closed(&mut self, ip: IpAddr) {
+        if let Some(n) = self.open.get_mut(&ip) {
+            *n -= 1;
+        }
+    }
 }
 
 pub struct Sink {
@@ -118,10 +140,19 @@ impl Sink {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                st.lock().unwrap().accepts += 1;
+                let Ok(peer) = conn.peer_addr() else { continue };
+                {
+                    let mut st = st.lock().unwrap();
+                    st.accepts += 1;
+                    st.opened(peer.ip());
+                }
                 let (st, script) = (st.clone(), script.clone());
                 std::thread::spawn(move || {
-                    let _ = session(conn, &st, &script);
+                    let mut quit = false;
+                    let _ = session(conn, &st, &script, &mut quit);
+                    if !quit {
+                        st.lock().unwrap().closed(peer.ip());
+                    }
                 });
             }
         });
@@ -159,8 +190,19 @@ impl Sink {
     }
 }
 
-fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::io::Result<()> {
+/// One connection; `quit` is set once the client's QUIT has closed it
+/// (counted closed before the 221 goes out: the client may connect again
+/// as soon as it reads it).
+fn session(
+    conn: TcpStream,
+    st: &Mutex<State>,
+    script: &Mutex<Script>,
+    quit: &mut bool,
+) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    // Replies go out at once: with Nagle, a reply written right after
+    // another waits for the client's (delayed) ACK, tens of ms.
+    conn.set_nodelay(true)?;
     let peer = conn.peer_addr()?;
     let mut helo = String::new();
     let mut r = BufReader::new(Stream::Plain(conn));
@@ -289,6 +331,7 @@ fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::i
                         tls,
                         peer,
                         helo: helo.clone(),
+                        at: Instant::now(),
                     });
                     reply(&mut r, "250 2.0.0 queued")?;
                     if sc.close_after_message {
@@ -299,6 +342,8 @@ fn session(conn: TcpStream, st: &Mutex<State>, script: &Mutex<Script>) -> std::i
             from.clear();
             rcpts.clear();
         } else if upper == "QUIT" {
+            st.lock().unwrap().closed(peer.ip());
+            *quit = true;
             reply(&mut r, "221 2.0.0 bye")?;
             return Ok(());
         } else {
