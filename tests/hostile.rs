@@ -166,9 +166,10 @@ fn five_thousand_idle_connections_do_not_block_a_normal_client() {
         idle.push(connect_from(&src, addr));
     }
     for s in idle.iter_mut().step_by(250) {
+        let line = first_line(s);
         assert!(
-            first_line(s).starts_with("220 "),
-            "idle connections are admitted"
+            line.starts_with("220 "),
+            "idle connections are admitted: {line:?}"
         );
     }
     std::thread::sleep(Duration::from_millis(500));

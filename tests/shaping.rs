@@ -238,3 +238,68 @@ fn a_reload_changes_limits_under_load_without_loss_or_duplicates() {
         "{metrics}"
     );
 }
+
+/// `kill -HUP` reloads the shaping file of a running `ringpost serve`:
+/// a bad file is counted as failed (the process keeps running), a good
+/// one as ok.
+#[test]
+fn sighup_reloads_the_shaping_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shaping.toml");
+    std::fs::write(&file, "[[site]]\nname = \"a\"\ndomains = [\"a.test\"]\n").unwrap();
+    let port = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (smtp, metrics): (SocketAddr, SocketAddr) = (port(0), port(1));
+    let config = dir.path().join("ringpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nshards = 1\nhostname = \"hup.test\"\n[spool]\ndir = \"{}\"\n\
+             [smtp]\nlisten = \"{smtp}\"\n[delivery]\nshaping_file = \"{}\"\n\
+             smarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
+             [metrics]\nlisten = \"{metrics}\"\n[admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n",
+            dir.path().join("spool").display(),
+            file.display(),
+            common::closed_port()
+        ),
+    )
+    .unwrap();
+    let mut child = common::spawn_binary(&config, smtp);
+    let reloads = |result: &str| -> u64 {
+        let (_, text) = http(metrics, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let key = format!("ringpost_config_reloads_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let hup = |pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let wait_for = |result: &str, n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reloads(result) < n {
+            assert!(Instant::now() < deadline, "no {result} reload counted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    std::fs::write(&file, "[[site]]\nname = \"a\"\n").unwrap();
+    hup(child.id());
+    wait_for("failed", 1);
+    std::fs::write(&file, "[[site]]\nname = \"b\"\ndomains = [\"b.test\"]\n").unwrap();
+    hup(child.id());
+    wait_for("ok", 1);
+    assert_eq!(reloads("failed"), 1);
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    let mut c = Client::connect(smtp);
+    c.expect("EHLO app.test.example", 250);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

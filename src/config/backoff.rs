@@ -21,7 +21,7 @@ pub struct BackoffRule {
     /// How long the action lasts, in seconds: the suspension, the
     /// throttle's recovery after its last cut, the bouncing.
     pub secs: u64,
-    /// For `"throttle"`: what each cut multiplies the domain's rate and
+    /// For `"throttle"`: what each cut multiplies the path's rate and
     /// connections by, between 0 and 1.
     #[serde(default = "default_factor")]
     pub factor: f64,
@@ -35,14 +35,16 @@ section! {
     /// Reply-driven back-off. Each rule names a bounce category, a
     /// regular expression over the reply (case-insensitive), or both; a
     /// deferral or bounce that fits a rule (the first that fits) makes
-    /// ringpost act on its destination domain:
+    /// ringpost act on its destination domain (a throttle: on the path):
     ///
     /// - `"suspend"`: no delivery to the domain for `secs` seconds, stored
     ///   in the spool like `ringpost queue suspend DOMAIN --for` (it
     ///   survives a restart, shows in `queue summary`, ends by itself, and
     ///   `queue resume` lifts it). A domain already suspended is left as
     ///   it is.
-    /// - `"throttle"` (AIMD): the domain's rate and connections are cut to
+    /// - `"throttle"` (AIMD): the rate and connections of the path the
+    ///   reply came over (its egress source and site, see
+    ///   `delivery.shaping_file`) are cut to
     ///   `factor` times what they were (the rate measured over the last
     ///   second, or the throttled rate if one holds), at most once a
     ///   second; they then grow back linearly over `secs` seconds after

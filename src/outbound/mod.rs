@@ -1,8 +1,11 @@
 //! Outbound SMTP: one delivery attempt of one message to one destination
 //! domain, with an outcome per recipient.
 //!
-//! Owns: [`Delivery::attempt`]: walk the destination's hosts in order (MX
-//! preference, or a static route), take a pooled connection or connect,
+//! Owns: [`Delivery::attempt`], over one [`Path`] (an egress source, a
+//! site, and the limits the scheduler's shaping gave it): walk the
+//! destination's hosts in order (MX preference, or a static route), take
+//! a pooled connection or connect (closing the path's oldest idle ones
+//! first if it is at its limit),
 //! fall through to the next host on a refused connection or a bad greeting,
 //! apply the destination's TLS policy (none, opportunistic with plaintext
 //! fallback, require), and run one transaction carrying all the domain's

@@ -9,10 +9,12 @@
 //!   recipients, as soon as it is durable ([`Scheduler::submit`], called
 //!   by the reception door): no polling delay between the 250 and the
 //!   first delivery attempt.
-//! - Each domain has a ready queue and at most its share of
-//!   `delivery.max_connections` workers on this shard, paced by its share
-//!   of `max_messages_per_second`; a worker takes jobs one after another,
-//!   reusing pooled connections (`outbound::pool`).
+//! - Each domain has a ready queue and workers that take its jobs one
+//!   after another. A job's attempt resolves the domain's *site* (its MX
+//!   hosts, `shaping`), picks a source of the message's egress pool, and
+//!   waits at the path's gate (`gate`: this shard's share of the path's
+//!   connections and rate, from the shaping rules) before it reads the
+//!   body and delivers over a pooled or new connection (`outbound::pool`).
 //! - When every job of a message is done, the round is over: [`retry`]
 //!   decides whether the message is done, retried later or expired;
 //!   recipients that failed for good are bounced ([`bounce`] builds the
@@ -23,10 +25,13 @@
 //! - Deferred messages wait in a due-time index; their `next_due` is
 //!   stored in the envelope, so retry times survive restarts.
 //! - Receivers' "slow down" replies trigger `[backoff]` rules ([`backoff`]):
-//!   the shard that hears one suspends, throttles (AIMD) or bounces the
-//!   domain and tells the other shards over the shard mesh to do the same.
+//!   the shard that hears one suspends or bounces the domain, or
+//!   throttles (AIMD) the path the reply came over, and tells the other
+//!   shards over the shard mesh to do the same.
 //!
 //! Files: [`state`] (the schedule as data and its accounting, unit-tested),
+//! [`gate`] (admission per path), [`shaping`] (sites and the shaping
+//! rules, pure), [`reload`] (new shaping rules for every shard),
 //! [`backoff`] (reply-driven rules and the AIMD throttle, pure),
 //! [`retry`] (pure retry decisions), [`bounce`] (the DSN for a round's
 //! failures), [`operations`] (the admin API's views and actions, run on
