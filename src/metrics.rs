@@ -63,6 +63,7 @@ metrics_table! {
     PATH_CONNECTIONS = "ringpost_path_connections", Gauge, "Outbound connections in use now per path, by egress source (\"default\" without [egress]) and site (the shaping rule's name, \"default\" where none fits).";
     PATH_WAITING = "ringpost_path_waiting", Gauge, "Delivery attempts waiting for a connection on a path at its limit, by source and site (as ringpost_path_connections).";
     PATH_ATTEMPTS = "ringpost_path_attempts_total", Counter, "Delivery attempts per path, by source, site (as ringpost_path_connections) and result (delivered: every recipient; deferred; bounced: some recipient failed for good).";
+    PATH_CAPPED = "ringpost_path_capped_total", Counter, "Messages that found a path's hourly or daily cap (a shaping rule's, or its source's warm-up) reached: they went from another source of the pool, or waited. By source and site (as ringpost_path_connections).";
     PATH_THROTTLED = "ringpost_path_throttled", Gauge, "Shards holding a [backoff] throttle on a path now, by source and site (as ringpost_path_connections); throttled time is its sum_over_time.";
     RECIPIENTS_EXPIRED = "ringpost_recipients_expired_total", Counter, "Recipients still failing at max_age_secs.";
     SMTP_CONNECTIONS_TOTAL = "ringpost_smtp_connections_total", Counter, "Inbound SMTP connections accepted, by listener.";

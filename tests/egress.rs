@@ -17,6 +17,8 @@ fn source(name: &str, ip: &str, ehlo: &str) -> EgressSource {
         name: name.into(),
         address: ip.parse().unwrap(),
         ehlo: ehlo.into(),
+        warmup_start: String::new(),
+        warmup_daily: Vec::new(),
     }
 }
 

@@ -135,6 +135,8 @@ fn two_domains_with_the_same_mx_hosts_share_one_limit_per_source() {
             name: name.into(),
             address: address.parse().unwrap(),
             ehlo: String::new(),
+            warmup_start: String::new(),
+            warmup_daily: Vec::new(),
         };
         c.egress.source = vec![source("ip3", "127.0.0.3"), source("ip4", "127.0.0.4")];
         let member = |name: &str| PoolMember {
@@ -302,4 +304,108 @@ fn sighup_reloads_the_shaping_file() {
     c.expect("EHLO app.test.example", 250);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Sends `n` messages from `from` over 10 sessions, to a.site.test and
+/// b.site.test, subjects "<tag><i>".
+fn send_from(ts: &TestServer, from: &str, n: usize, tag: &str) {
+    const SESSIONS: usize = 10;
+    let senders: Vec<_> = (0..SESSIONS)
+        .map(|t| {
+            let (addr, from, tag) = (ts.addr, from.to_string(), tag.to_string());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.expect("EHLO app.test.example", 250);
+                for i in (t..n).step_by(SESSIONS) {
+                    let domain = if i % 2 == 0 { "a" } else { "b" };
+                    c.expect(&format!("MAIL FROM:<{from}>"), 250);
+                    c.expect(&format!("RCPT TO:<{tag}{i}@{domain}.site.test>"), 250);
+                    let body = format!("Subject: {tag}{i}\r\n\r\nx\r\n");
+                    assert_eq!(c.data(body.as_bytes()).code, 250);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+}
+
+/// Messages the sink took from `source`.
+fn from_source(sink: &Sink, source: &str) -> usize {
+    sink.messages()
+        .iter()
+        .filter(|m| m.peer.ip() == ip(source))
+        .count()
+}
+
+/// A source warming up (10 messages a day per site on its first day, 25
+/// on its second) sends exactly that many, over a restart, with the
+/// rest of its pool's mail going from the other source; mail of a pool
+/// with only the warming source waits for the next day. The days pass
+/// on a manual clock.
+#[test]
+fn a_warmup_cap_holds_to_the_message_and_grows_the_next_day() {
+    // 2026-12-01 08:00 UTC: the first day of the warm-up.
+    let clock = ringpost::shard::clock::Clock::manual(20_788 * 86_400 + 8 * 3600);
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let dns = zone();
+    let mut ts = common::start_with_clock(2, clock.clone(), move |c| {
+        c.delivery.smarthost.clear();
+        c.delivery.remote_port = port;
+        c.dns.nameservers = vec![dns];
+        let source = |name: &str, address: &str| EgressSource {
+            name: name.into(),
+            address: address.parse().unwrap(),
+            ehlo: String::new(),
+            warmup_start: String::new(),
+            warmup_daily: Vec::new(),
+        };
+        let mut warming = source("ip3", "127.0.0.3");
+        warming.warmup_start = "2026-12-01".into();
+        warming.warmup_daily = vec![10, 25];
+        c.egress.source = vec![warming, source("ip4", "127.0.0.4")];
+        let member = |name: &str| PoolMember {
+            source: name.into(),
+            weight: 1,
+        };
+        c.egress.pool = vec![
+            EgressPool {
+                name: "both".into(),
+                sources: vec![member("ip3"), member("ip4")],
+            },
+            EgressPool {
+                name: "warm".into(),
+                sources: vec![member("ip3")],
+            },
+        ];
+        c.egress
+            .sender_domains
+            .insert("warm.example".into(), "warm".into());
+    });
+    send_from(&ts, "news@shop.example", 100, "d1-");
+    sink.wait_for(100, 60);
+    assert_eq!(from_source(&sink, "127.0.0.3"), 10, "day 1: the cap");
+    assert_eq!(from_source(&sink, "127.0.0.4"), 90);
+    // Only the warming source in the pool: the mail waits.
+    send_from(&ts, "alerts@warm.example", 6, "w-");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sink.messages().len(), 100, "over the cap: waiting");
+    // The day's counts survive a restart.
+    ts.restart();
+    send_from(&ts, "news@shop.example", 20, "d1b-");
+    sink.wait_for(120, 60);
+    assert_eq!(from_source(&sink, "127.0.0.3"), 10, "still day 1");
+    // Day 2: 25. The waiting six go first (their retry is due), then
+    // 19 of the next 100.
+    clock.advance(86_400);
+    sink.wait_for(126, 60);
+    assert_eq!(from_source(&sink, "127.0.0.3"), 16);
+    send_from(&ts, "news@shop.example", 100, "d2-");
+    sink.wait_for(226, 60);
+    assert_eq!(from_source(&sink, "127.0.0.3"), 10 + 25, "day 2: the cap");
+    assert_eq!(from_source(&sink, "127.0.0.4"), 90 + 20 + 81);
+    let metrics = ts.metrics_text();
+    assert!(metrics.contains("ringpost_path_capped_total{"), "{metrics}");
 }

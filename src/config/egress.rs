@@ -21,6 +21,34 @@ pub struct EgressSource {
     /// check). Empty: `server.hostname`.
     #[serde(default)]
     pub ehlo: String,
+    /// IP warm-up: the first day (UTC, `"YYYY-MM-DD"`) of the schedule in
+    /// `warmup_daily`. Empty: no warm-up.
+    #[serde(default)]
+    pub warmup_start: String,
+    /// IP warm-up: the most messages a day from this source to each site,
+    /// for day 1, 2, ... from `warmup_start`; after the last day, no cap.
+    /// Over the cap, a message goes from another source of its pool, or
+    /// waits for the next day.
+    #[serde(default)]
+    pub warmup_daily: Vec<u64>,
+}
+
+impl EgressSource {
+    /// The day `warmup_start` names, in days since the Unix epoch.
+    pub fn warmup_start_day(&self) -> Result<Option<i64>, String> {
+        if self.warmup_start.is_empty() {
+            return Ok(None);
+        }
+        let date =
+            chrono::NaiveDate::parse_from_str(&self.warmup_start, "%Y-%m-%d").map_err(|e| {
+                format!(
+                    "warmup_start {:?}: {e} (want YYYY-MM-DD)",
+                    self.warmup_start
+                )
+            })?;
+        let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a valid date");
+        Ok(Some((date - epoch).num_days()))
+    }
 }
 
 /// One source's share of a pool.
@@ -60,9 +88,16 @@ section! {
     /// per source: a connection opened from one source never carries
     /// another's mail.
     ///
+    /// A new IP can carry a warm-up schedule: daily caps per site that
+    /// grow day by day (`warmup_start`, `warmup_daily`); over a cap, mail
+    /// goes from the pool's other sources, or waits.
+    ///
     /// Example: `[[egress.source]] name = "ip1" address = "192.0.2.10"
     /// ehlo = "mta1.example.com"`, `[[egress.pool]] name = "transactional"
-    /// sources = [{ source = "ip1", weight = 3 }, { source = "ip2" }]`.
+    /// sources = [{ source = "ip1", weight = 3 }, { source = "ip2" }]`,
+    /// `[[egress.source]] name = "ip3" address = "192.0.2.12"
+    /// warmup_start = "2026-12-01" warmup_daily = [200, 500, 1000, 2000,
+    /// 5000]`.
     EgressConfig = "egress" {
         /// The sources, as `[[egress.source]]` tables.
         source: Vec<EgressSource> = Vec::new(),
@@ -87,6 +122,17 @@ impl EgressConfig {
                     "egress.source",
                     format!("source name {:?} is empty or used twice", s.name),
                 );
+            }
+            match s.warmup_start_day() {
+                Err(e) => p.at("egress.source", format!("source {:?}: {e}", s.name)),
+                Ok(start) if start.is_some() != !s.warmup_daily.is_empty() => p.at(
+                    "egress.source",
+                    format!(
+                        "source {:?}: warmup_start and warmup_daily go together",
+                        s.name
+                    ),
+                ),
+                Ok(_) => {}
             }
         }
         let mut pools = std::collections::HashSet::new();

@@ -26,6 +26,20 @@ pub struct Source {
     pub address: IpAddr,
     /// The EHLO name to give from it.
     pub ehlo: String,
+    /// Its warm-up: the first day (days since the Unix epoch) and the
+    /// daily caps per site from then on.
+    pub warmup: Option<(i64, Vec<u64>)>,
+}
+
+impl Source {
+    /// The most messages it may send to one site on `day` (days since the
+    /// Unix epoch) while it warms up; None once the schedule is over. A
+    /// day before the start counts as the first.
+    pub fn warmup_cap(&self, day: i64) -> Option<u64> {
+        let (start, daily) = self.warmup.as_ref()?;
+        let n = usize::try_from(day - start).unwrap_or(0);
+        daily.get(n).copied()
+    }
 }
 
 /// How long a source whose address could not be bound is left out.
@@ -60,6 +74,12 @@ impl Egress {
                     } else {
                         s.ehlo.clone()
                     },
+                    // Checked by `EgressConfig::check`.
+                    warmup: s
+                        .warmup_start_day()
+                        .ok()
+                        .flatten()
+                        .map(|start| (start, s.warmup_daily.clone())),
                 })
             })
             .collect();
@@ -140,6 +160,8 @@ mod tests {
             name: name.into(),
             address: ip.parse().unwrap(),
             ehlo: String::new(),
+            warmup_start: String::new(),
+            warmup_daily: Vec::new(),
         };
         let member = |name: &str, weight| PoolMember {
             source: name.into(),
@@ -186,6 +208,22 @@ mod tests {
         assert_eq!(n, 300);
         let none = Egress::new(&EgressConfig::default(), "x");
         assert!(none.pick("", now).is_none());
+    }
+
+    #[test]
+    fn a_warmup_cap_grows_day_by_day_then_ends() {
+        let mut c = cfg();
+        c.source[0].warmup_start = "2026-12-01".into();
+        c.source[0].warmup_daily = vec![10, 20];
+        let e = Egress::new(&c, "mx.example");
+        let a = e.pick("vip", Instant::now()).unwrap();
+        assert_eq!(a.warmup_cap(0), None, "ip b: no warm-up");
+        let a = &e.sources[0];
+        let first = 20_788; // 2026-12-01
+        assert_eq!(a.warmup_cap(first - 3), Some(10));
+        assert_eq!(a.warmup_cap(first), Some(10));
+        assert_eq!(a.warmup_cap(first + 1), Some(20));
+        assert_eq!(a.warmup_cap(first + 2), None);
     }
 
     #[test]

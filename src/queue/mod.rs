@@ -14,6 +14,9 @@
 //!                            tree "quarantine" (id -> {reason, record}),
 //!                            tree "suspensions" (domain -> until, Unix
 //!                            seconds big-endian, 0 for none),
+//!                            tree "path_counts" (source "\n" site ->
+//!                            the messages this shard sent on a capped
+//!                            path this hour and day: 4 x u64 big-endian),
 //!                            tree "quarantine_bodies" (id -> what was
 //!                            readable of the body)
 //!  shard-k/segments/   append-only segments of frames (record + body),
@@ -166,6 +169,7 @@ pub struct Spool {
     quarantine: sled::Tree,
     quarantine_bodies: sled::Tree,
     suspensions: sled::Tree,
+    path_counts: sled::Tree,
     segments: Rc<Segments>,
     commit: GroupCommit,
     ids: RefCell<IdGenerator>,
@@ -314,6 +318,7 @@ impl Spool {
         let quarantine = tree("quarantine")?;
         let quarantine_bodies = tree("quarantine_bodies")?;
         let suspensions = tree("suspensions")?;
+        let path_counts = tree("path_counts")?;
         let segments =
             Rc::new(Segments::open(&path.join("segments"), opts.segment_bytes).map_err(io_err)?);
         Ok(Spool {
@@ -324,6 +329,7 @@ impl Spool {
             quarantine,
             quarantine_bodies,
             suspensions,
+            path_counts,
             segments,
             ids: RefCell::new(IdGenerator::new(shard)),
             space: FreeSpace {
@@ -715,6 +721,9 @@ impl Spool {
                 .insert(domain.as_bytes(), &until.unwrap_or(0).to_be_bytes())
                 .map_err(|source| self.db_err(source))?;
         }
+        for (source, site, counts) in old.path_counts() {
+            self.set_path_counts(&source, &site, counts)?;
+        }
         self.make_durable().await?;
         let dir = old.path.clone();
         drop(old);
@@ -813,6 +822,43 @@ impl Spool {
                 Some((domain, (until > 0).then_some(until)))
             })
             .collect()
+    }
+
+    /// Every capped path's counts stored: (source, site, counts); the
+    /// source is empty for the default address.
+    pub fn path_counts(&self) -> Vec<(String, String, [u64; 4])> {
+        self.path_counts
+            .iter()
+            .flatten()
+            .filter_map(|(k, v)| {
+                let key = std::str::from_utf8(&k).ok()?;
+                let (source, site) = key.split_once('\n')?;
+                let mut counts = [0u64; 4];
+                for (i, c) in v.chunks_exact(8).enumerate().take(4) {
+                    counts[i] = u64::from_be_bytes(c.try_into().ok()?);
+                }
+                Some((source.to_string(), site.to_string(), counts))
+            })
+            .collect()
+    }
+
+    /// Stores a capped path's counts. Not waited for: sled writes them
+    /// out within its flush interval, so a crash forgets at most the
+    /// messages of that interval (which may then go over the cap by as
+    /// many).
+    pub fn set_path_counts(
+        &self,
+        source: &str,
+        site: &str,
+        counts: [u64; 4],
+    ) -> Result<(), SpoolError> {
+        let key = format!("{source}\n{site}");
+        let value: Vec<u8> = counts.iter().flat_map(|c| c.to_be_bytes()).collect();
+        self.path_counts
+            .insert(key.as_bytes(), value)
+            .map_err(|source| self.db_err(source))?;
+        self.commit.touched();
+        Ok(())
     }
 
     /// Stores a suspension (`until`: when it ends by itself), or its end

@@ -69,8 +69,40 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 #[derive(Debug, Default)]
 pub struct Gates {
     gates: HashMap<PathKey, Gate>,
+    /// Messages counted against the hourly and daily caps of capped paths
+    /// (kept apart from the gates, which are forgotten when idle).
+    counts: HashMap<PathKey, Counts>,
     shard: usize,
     shards: usize,
+}
+
+/// One capped path's messages on this shard in the current clock hour
+/// and day (UTC): (window number since the epoch, messages).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub hour: (u64, u64),
+    pub day: (u64, u64),
+}
+
+impl Counts {
+    /// As four numbers, for the spool.
+    pub fn to_array(self) -> [u64; 4] {
+        [self.hour.0, self.hour.1, self.day.0, self.day.1]
+    }
+
+    pub fn from_array(a: [u64; 4]) -> Counts {
+        Counts {
+            hour: (a[0], a[1]),
+            day: (a[2], a[3]),
+        }
+    }
+}
+
+/// This shard's part of a node-wide cap: the shares of all shards add up
+/// to the cap exactly (some may be 0).
+fn cap_share(cap: u64, shard: usize, shards: usize) -> u64 {
+    let (shard, shards) = (shard as u64, shards as u64);
+    cap / shards + u64::from(shard < cap % shards)
 }
 
 impl Gate {
@@ -108,6 +140,7 @@ impl Gates {
     pub fn new(shard: usize, shards: usize) -> Gates {
         Gates {
             gates: HashMap::new(),
+            counts: HashMap::new(),
             shard,
             shards: shards.max(1),
         }
@@ -203,6 +236,42 @@ impl Gates {
     /// The throttled rate of `key` at `now`, if one holds.
     pub fn throttled_rate(&self, key: &PathKey, now: Instant) -> Option<f64> {
         self.gates.get(key)?.throttle.as_ref()?.rate(now)
+    }
+
+    /// Counts one message on `key` at `unix` (seconds) if this shard's
+    /// shares of the node-wide caps (`per_hour`, `per_day`) allow it:
+    /// the new counts (for the caller to store), or None when a cap is
+    /// reached.
+    pub fn take_quota(
+        &mut self,
+        key: &PathKey,
+        per_hour: Option<u64>,
+        per_day: Option<u64>,
+        unix: u64,
+    ) -> Option<Counts> {
+        let (shard, shards) = (self.shard, self.shards);
+        let c = self.counts.entry(key.clone()).or_default();
+        let (hour, day) = (unix / 3600, unix / 86_400);
+        if c.hour.0 != hour {
+            c.hour = (hour, 0);
+        }
+        if c.day.0 != day {
+            c.day = (day, 0);
+        }
+        let room = |cap: Option<u64>, used: u64| {
+            cap.is_none_or(|cap| used < cap_share(cap, shard, shards))
+        };
+        if !room(per_hour, c.hour.1) || !room(per_day, c.day.1) {
+            return None;
+        }
+        c.hour.1 += 1;
+        c.day.1 += 1;
+        Some(*c)
+    }
+
+    /// Counts stored before a restart.
+    pub fn seed(&mut self, key: PathKey, counts: Counts) {
+        self.counts.insert(key, counts);
     }
 
     /// The shaping rule `key` was last configured under.
@@ -347,6 +416,38 @@ mod tests {
         let t2 = t0 + Duration::from_secs(4);
         assert_eq!(g.tick(t2), [(k.clone(), None)]);
         assert_eq!(g.throttled_rate(&k, t2), None);
+    }
+
+    #[test]
+    fn caps_hold_to_the_message_per_hour_and_day_over_the_shards() {
+        let k = key("mx.a");
+        // A day cap of 5 over 2 shards: 3 here (shard 0), 2 there.
+        let mut shard0 = Gates::new(0, 2);
+        let mut shard1 = Gates::new(1, 2);
+        let day = 20_000 * 86_400;
+        let taken = |g: &mut Gates, unix| {
+            (0..10)
+                .filter(|_| g.take_quota(&k, None, Some(5), unix).is_some())
+                .count()
+        };
+        assert_eq!(taken(&mut shard0, day) + taken(&mut shard1, day), 5);
+        assert_eq!(taken(&mut shard0, day + 86_399), 0, "same day");
+        assert_eq!(taken(&mut shard0, day + 86_400), 3, "the next day");
+        // An hourly cap within the day's.
+        let mut g = Gates::new(0, 1);
+        let n = (0..10)
+            .filter(|_| g.take_quota(&k, Some(2), Some(3), day).is_some())
+            .count();
+        assert_eq!(n, 2);
+        let c = g.take_quota(&k, Some(2), Some(3), day + 3600).unwrap();
+        assert_eq!(c.day, (20_000, 3));
+        assert!(g.take_quota(&k, Some(2), Some(3), day + 7200).is_none());
+        // Counts survive as stored.
+        let mut fresh = Gates::new(0, 1);
+        fresh.seed(k.clone(), Counts::from_array(c.to_array()));
+        assert!(fresh.take_quota(&k, None, Some(3), day + 7200).is_none());
+        // A cap of 0: never.
+        assert!(g.take_quota(&key("b"), None, Some(0), day).is_none());
     }
 
     #[test]

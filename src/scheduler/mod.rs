@@ -180,6 +180,14 @@ impl Scheduler {
             .borrow_mut()
             .suspended
             .extend(self.spool.suspensions());
+        for (source, site, counts) in self.spool.path_counts() {
+            let path = gate::PathKey {
+                source: Some(source).filter(|s| !s.is_empty()),
+                site,
+            };
+            let counts = gate::Counts::from_array(counts);
+            self.gates.borrow_mut().seed(path, counts);
+        }
         for (id, env) in recovered {
             let due = env.next_due;
             queue_gauges(&env, 1.0);
@@ -364,6 +372,10 @@ impl Scheduler {
                 source: source.as_ref().map(|s| s.name.clone()),
                 site: site.clone(),
             };
+            if let Err(over) = self.within_caps(source.as_deref(), &path, &limits, rule) {
+                last = over;
+                continue;
+            }
             let lease = self
                 .enter_path(&path, &limits, rule.map(|r| r.name.as_str()))
                 .await;
@@ -428,6 +440,59 @@ impl Scheduler {
             site: Some(site),
             ..Attempt::all(last, rcpts.len())
         }
+    }
+
+    /// Counts one message against the hourly and daily caps of `path`
+    /// (the shaping rule's, and its source's warm-up for today), if it
+    /// has any; Err (a deferral, for when no source of the pool is left)
+    /// when a cap is reached.
+    fn within_caps(
+        &self,
+        source: Option<&crate::outbound::egress::Source>,
+        path: &gate::PathKey,
+        limits: &shaping::Limits,
+        rule: Option<&shaping::Rule>,
+    ) -> Result<(), DeliveryOutcome> {
+        let unix = self.clock.now();
+        let warmup = source.and_then(|s| s.warmup_cap((unix / 86_400) as i64));
+        let per_day = match (limits.max_messages_per_day, warmup) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let per_hour = limits.max_messages_per_hour;
+        if per_day.is_none() && per_hour.is_none() {
+            return Ok(());
+        }
+        let taken = self
+            .gates
+            .borrow_mut()
+            .take_quota(path, per_hour, per_day, unix);
+        let Some(counts) = taken else {
+            let labels = path_labels(path, rule.map(|r| r.name.as_str()));
+            ::metrics::counter!(crate::metrics::PATH_CAPPED, &labels).increment(1);
+            let from = path.source.as_deref().unwrap_or("the default address");
+            let caps = match (per_hour, per_day) {
+                (Some(h), Some(d)) => format!("{h} an hour, {d} a day"),
+                (Some(h), None) => format!("{h} an hour"),
+                (None, d) => format!("{} a day", d.unwrap_or(0)),
+            };
+            return Err(DeliveryOutcome::Temporary {
+                reply: format!(
+                    "451 4.4.5 not attempted: {from} has reached its cap to this site \
+                     ({caps}{}); waiting",
+                    if warmup.is_some() { ", warming up" } else { "" }
+                ),
+            });
+        };
+        let source = path.source.as_deref().unwrap_or("");
+        if let Err(e) = self
+            .spool
+            .set_path_counts(source, &path.site, counts.to_array())
+        {
+            self.spool_errors_logged
+                .log(log::Level::Error, || format!("storing path counts: {e}"));
+        }
+        Ok(())
     }
 
     /// Remembers `domain`'s site, and sizes its workers to the site's

@@ -54,6 +54,10 @@ pub struct Overrides {
     pub connect_timeout_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
     pub tls: Option<OutboundTls>,
+    /// Messages per clock hour (UTC) on the path; 0: none at all.
+    pub max_messages_per_hour: Option<u64>,
+    /// Messages per day (UTC) on the path; 0: none at all.
+    pub max_messages_per_day: Option<u64>,
 }
 
 /// One `[[site]]` of a shaping file.
@@ -94,6 +98,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// At least this TLS (the destination's `[tls]` policy may ask more).
     pub tls: Option<OutboundTls>,
+    /// Messages per clock hour (UTC), if capped.
+    pub max_messages_per_hour: Option<u64>,
+    /// Messages per day (UTC), if capped (a warm-up lowers it further).
+    pub max_messages_per_day: Option<u64>,
 }
 
 impl Limits {
@@ -106,6 +114,8 @@ impl Limits {
             connect_timeout: Duration::from_secs(d.connect_timeout_secs),
             idle_timeout: Duration::from_secs(d.idle_timeout_secs),
             tls: None,
+            max_messages_per_hour: None,
+            max_messages_per_day: None,
         }
     }
 
@@ -127,6 +137,12 @@ impl Limits {
         }
         if o.tls.is_some() {
             self.tls = o.tls;
+        }
+        if o.max_messages_per_hour.is_some() {
+            self.max_messages_per_hour = o.max_messages_per_hour;
+        }
+        if o.max_messages_per_day.is_some() {
+            self.max_messages_per_day = o.max_messages_per_day;
         }
     }
 

@@ -166,6 +166,9 @@ impl TestServer {
             .expect("server restarts");
         self.addr = server.listeners.smtp.expect("smtp is on");
         self.admin_addr = server.listeners.admin;
+        self.metrics_addr = server.listeners.metrics;
+        self.inject_addr = server.listeners.inject;
+        self.submission_addr = server.listeners.submission;
         self.server = Some(server);
     }
 
