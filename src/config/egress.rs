@@ -125,7 +125,7 @@ impl EgressConfig {
             }
             match s.warmup_start_day() {
                 Err(e) => p.at("egress.source", format!("source {:?}: {e}", s.name)),
-                Ok(start) if start.is_some() != !s.warmup_daily.is_empty() => p.at(
+                Ok(start) if start.is_some() == s.warmup_daily.is_empty() => p.at(
                     "egress.source",
                     format!(
                         "source {:?}: warmup_start and warmup_daily go together",
