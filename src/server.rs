@@ -524,6 +524,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
             tracking_header: Some(cfg.feedback.tracking_header.clone()).filter(|h| !h.is_empty()),
             meta: cfg.meta.clone(),
             egress: cfg.egress.clone(),
+            priority_header: cfg.priority.header.clone(),
         },
     ));
     let notifications = glommio::spawn_local(door.clone().take_notifications(dsns));

@@ -73,6 +73,9 @@ fn one() -> u32 {
 pub struct EgressPool {
     pub name: String,
     pub sources: Vec<PoolMember>,
+    /// The priority of its messages that name none (`[priority]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<super::Priority>,
 }
 
 section! {
@@ -190,6 +193,17 @@ impl EgressConfig {
     /// Whether any source is configured.
     pub fn is_on(&self) -> bool {
         !self.pool.is_empty()
+    }
+
+    /// The default priority of pool `name`'s messages, if it sets one.
+    pub fn pool_priority(&self, name: &str) -> Option<super::Priority> {
+        let pool = match self.pool.iter().find(|p| p.name == name) {
+            Some(p) => Some(p),
+            // No (or no known) pool: the default one.
+            None if self.default_pool.is_empty() => self.pool.first(),
+            None => self.pool.iter().find(|p| p.name == self.default_pool),
+        };
+        pool?.priority
     }
 
     /// Whether `name` is a configured pool.

@@ -89,6 +89,7 @@ mod feedback;
 mod http;
 mod listen;
 mod meta;
+mod priority;
 mod reference;
 mod server;
 mod smtp;
@@ -107,6 +108,7 @@ pub use feedback::FeedbackConfig;
 pub use http::{AdminConfig, InjectConfig, MetricsConfig};
 pub use listen::Listen;
 pub use meta::MetaConfig;
+pub use priority::{Priority, PriorityConfig};
 pub use reference::{KeyDoc, SectionDoc, default_text, reference_markdown};
 pub use server::ServerConfig;
 pub use smtp::{LineEndings, SmtpConfig};
@@ -128,6 +130,7 @@ pub struct Config {
     pub backoff: BackoffConfig,
     pub feedback: FeedbackConfig,
     pub meta: MetaConfig,
+    pub priority: PriorityConfig,
     pub egress: EgressConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
@@ -242,6 +245,7 @@ impl Config {
                 "backoff" => cfg.backoff.merge(t, &mut p),
                 "feedback" => cfg.feedback.merge(t, &mut p),
                 "meta" => cfg.meta.merge(t, &mut p),
+                "priority" => cfg.priority.merge(t, &mut p),
                 "egress" => cfg.egress.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
@@ -269,6 +273,7 @@ impl Config {
         self.backoff.check(p);
         self.feedback.check(&self.smtp.local_domains, p);
         self.meta.check(p);
+        self.priority.check(p);
         self.egress.check(p);
         self.dns.check(p);
         self.tls.check(p);

@@ -101,6 +101,7 @@ pub fn reference_markdown() -> String {
         super::BackoffConfig::reference(),
         super::FeedbackConfig::reference(),
         super::MetaConfig::reference(),
+        super::PriorityConfig::reference(),
         super::EgressConfig::reference(),
         super::DnsConfig::reference(),
         super::TlsConfig::reference(),

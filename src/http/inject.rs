@@ -79,6 +79,9 @@ struct InjectRequest {
     /// The egress pool to send through (`[egress]`).
     #[serde(default)]
     pool: String,
+    /// "high", "normal" or "bulk" (`[priority]`).
+    #[serde(default)]
+    priority: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +103,8 @@ pub struct Injection {
     pub meta: Option<serde_json::Value>,
     /// `pool`, as given (checked against the pools by the injector).
     pub pool: String,
+    /// `priority`, if given.
+    pub priority: Option<crate::config::Priority>,
 }
 
 impl Injection {
@@ -190,6 +195,10 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, Refusal> {
             ));
         }
     }
+    let priority = match req.priority.as_deref() {
+        None => None,
+        Some(text) => Some(crate::config::Priority::parse(text).map_err(|e| refuse(400, e))?),
+    };
     Ok(Injection {
         sender,
         recipients,
@@ -197,6 +206,7 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, Refusal> {
         content,
         meta,
         pool: req.pool,
+        priority,
     })
 }
 
@@ -323,6 +333,7 @@ impl Injector {
             }
             DoorRefusal::BadMeta(why) => refuse(400, why),
             DoorRefusal::UnknownPool(name) => refuse(400, format!("no egress pool named {name:?}")),
+            DoorRefusal::BadPriority(why) => refuse(400, why),
         })?;
         Ok(Response::json(
             200,
@@ -389,6 +400,7 @@ impl Injector {
         env.client = format!("http [{peer}]");
         env.meta = injection.meta.clone();
         env.pool = injection.pool.clone();
+        env.priority = injection.priority;
         env
     }
 }

@@ -59,6 +59,9 @@ pub enum Refusal {
     /// A trusted client named an egress pool that does not exist.
     #[error("no egress pool named {0:?}")]
     UnknownPool(String),
+    /// A trusted client's priority is not high, normal or bulk.
+    #[error("{0}")]
+    BadPriority(String),
 }
 
 /// What the door took.
@@ -97,6 +100,8 @@ pub struct Steps {
     /// `[egress]`: the pools a message may name, the header naming one,
     /// and the sender-domain mapping.
     pub egress: crate::config::EgressConfig,
+    /// `priority.header`: where trusted clients name a message's priority.
+    pub priority_header: String,
 }
 
 impl Door {
@@ -168,16 +173,20 @@ impl Door {
         }
         // Our own header fields: taken out of every message (they must
         // never reach a recipient), honoured only from trusted clients.
-        let [meta, pool] = crate::proto::header::take_fields(
+        let [meta, pool, priority] = crate::proto::header::take_fields(
             &mut body,
             content_start,
-            [&self.steps.meta.header, &self.steps.egress.pool_header],
+            [
+                &self.steps.meta.header,
+                &self.steps.egress.pool_header,
+                &self.steps.priority_header,
+            ],
         );
-        let (meta, pool) = match trusted {
-            true => (meta, pool),
-            false => (None, None),
+        let fields = match trusted {
+            true => [meta, pool, priority],
+            false => [None, None, None],
         };
-        if let Err(why) = self.set_meta_and_pool(&mut envelope, meta, pool) {
+        if let Err(why) = self.set_own_fields(&mut envelope, fields) {
             return Err(self.refused(id, why));
         }
         // Reports to feedback addresses are read here, not queued; their
@@ -237,14 +246,14 @@ impl Door {
         Ok(accepted)
     }
 
-    /// The application's data and the egress pool from a trusted
-    /// client's header fields, unless the injection set them; else the
-    /// pool by `egress.sender_domains` (empty: the default pool).
-    fn set_meta_and_pool(
+    /// The application's data, the egress pool and the priority from a
+    /// trusted client's header fields, unless the injection set them;
+    /// else the pool by `egress.sender_domains` (empty: the default
+    /// pool) and the pool's priority.
+    fn set_own_fields(
         &self,
         envelope: &mut crate::queue::Envelope,
-        meta: Option<String>,
-        pool: Option<String>,
+        [meta, pool, priority]: [Option<String>; 3],
     ) -> Result<(), Refusal> {
         if let Some(text) = meta
             && envelope.meta.is_none()
@@ -267,6 +276,15 @@ impl Door {
         {
             envelope.pool = pool.clone();
         }
+        if let Some(text) = priority
+            && envelope.priority.is_none()
+        {
+            let p = crate::config::Priority::parse(&text).map_err(Refusal::BadPriority)?;
+            envelope.priority = Some(p);
+        }
+        if envelope.priority.is_none() {
+            envelope.priority = egress.pool_priority(&envelope.pool);
+        }
         Ok(())
     }
 
@@ -278,6 +296,7 @@ impl Door {
             Refusal::InsufficientStorage => ("space", true),
             Refusal::BadMeta(_) => ("meta", false),
             Refusal::UnknownPool(_) => ("pool", false),
+            Refusal::BadPriority(_) => ("priority", false),
         };
         ::metrics::counter!(crate::metrics::RECEPTION_REFUSED, "reason" => reason).increment(1);
         if ours {

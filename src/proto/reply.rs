@@ -141,6 +141,9 @@ pub enum Rejection {
     /// A trusted client named an egress pool that does not exist.
     #[error("unknown pool {0}")]
     UnknownPool(String),
+    /// A trusted client's priority header is not high, normal or bulk.
+    #[error("bad priority: {0}")]
+    BadPriority(String),
 }
 
 impl Rejection {
@@ -207,6 +210,7 @@ impl Rejection {
             Suppressed => Reply::new(550, "5.7.1", "Recipient suppressed"),
             BadMeta(why) => Reply::new(550, "5.6.0", why),
             UnknownPool(name) => Reply::new(550, "5.7.0", format!("no egress pool named {name:?}")),
+            BadPriority(why) => Reply::new(550, "5.6.0", why),
         }
     }
 

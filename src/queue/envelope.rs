@@ -80,6 +80,10 @@ pub struct Envelope {
     /// default pool.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pool: String,
+    /// Its delivery priority (`[priority]`): the injection's, a trusted
+    /// client's header, or its pool's. None: normal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::config::Priority>,
 }
 
 impl Envelope {
@@ -97,6 +101,7 @@ impl Envelope {
             client: String::new(),
             meta: None,
             pool: String::new(),
+            priority: None,
         }
     }
 

@@ -19,12 +19,13 @@
 //! Must not: read the clock (callers pass `Instant`s), open connections
 //! or know about messages.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 
 use super::backoff::{RateMeter, Throttle};
+use super::lanes::{LANES, Lanes};
 use super::shaping::Limits;
 use crate::shard::share;
 
@@ -48,7 +49,8 @@ pub struct Gate {
     /// Time between two starts on this shard, if the rate is limited.
     pace: Option<Duration>,
     in_use: usize,
-    waiters: VecDeque<oneshot::Sender<()>>,
+    /// Workers waiting for a connection, by their message's priority.
+    waiters: Lanes<oneshot::Sender<()>>,
     next_slot: Option<Instant>,
     pub meter: RateMeter,
     pub throttle: Option<Throttle>,
@@ -69,6 +71,8 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 #[derive(Debug, Default)]
 pub struct Gates {
     gates: HashMap<PathKey, Gate>,
+    /// The priority lanes' weights, for the waiters' turns.
+    weights: [u32; LANES],
     /// Messages counted against the hourly and daily caps of capped paths
     /// (kept apart from the gates, which are forgotten when idle).
     counts: HashMap<PathKey, Counts>,
@@ -115,10 +119,11 @@ impl Gate {
         }
     }
 
-    /// Hands connections to waiters while there is room.
-    fn wake(&mut self, now: Instant) {
+    /// Hands connections to waiters while there is room, the lanes
+    /// taking turns by `weights`.
+    fn wake(&mut self, now: Instant, weights: [u32; LANES]) {
         while self.in_use < self.capacity(now) {
-            let Some(tx) = self.waiters.pop_front() else {
+            let Some(tx) = self.waiters.pop(weights) else {
                 break;
             };
             if tx.send(()).is_ok() {
@@ -137,9 +142,10 @@ impl Gate {
 }
 
 impl Gates {
-    pub fn new(shard: usize, shards: usize) -> Gates {
+    pub fn new(shard: usize, shards: usize, weights: [u32; LANES]) -> Gates {
         Gates {
             gates: HashMap::new(),
+            weights,
             counts: HashMap::new(),
             shard,
             shards: shards.max(1),
@@ -159,11 +165,12 @@ impl Gates {
         gate.pace = (rate > 0.0).then(|| Duration::from_secs_f64(shards as f64 / rate));
         gate.limits = Some(limits.clone());
         gate.rule = rule.map(str::to_string);
-        gate.wake(now);
+        gate.wake(now, self.weights);
     }
 
-    /// A worker asks for a connection on `key` (configured first).
-    pub fn enter(&mut self, key: &PathKey, now: Instant) -> Admission {
+    /// A worker asks for a connection on `key` (configured first) for a
+    /// message in priority lane `lane`.
+    pub fn enter(&mut self, key: &PathKey, lane: usize, now: Instant) -> Admission {
         let gate = self.gates.entry(key.clone()).or_default();
         gate.last_used = Some(now);
         if gate.waiters.is_empty() && gate.in_use < gate.capacity(now) {
@@ -171,7 +178,7 @@ impl Gates {
             return Admission::Now;
         }
         let (tx, rx) = oneshot::channel();
-        gate.waiters.push_back(tx);
+        gate.waiters.push(lane, tx);
         Admission::Wait(rx)
     }
 
@@ -183,7 +190,7 @@ impl Gates {
         };
         gate.last_used = Some(now);
         gate.in_use = gate.in_use.saturating_sub(1);
-        gate.wake(now);
+        gate.wake(now, self.weights);
     }
 
     /// Idle connections of `key` that may stay open beside those in use.
@@ -284,6 +291,7 @@ impl Gates {
     /// and gates unused for a long time are forgotten.
     pub fn tick(&mut self, now: Instant) -> Vec<(PathKey, Option<String>)> {
         let mut recovered = Vec::new();
+        let weights = self.weights;
         self.gates.retain(|key, gate| {
             if gate
                 .throttle
@@ -293,7 +301,7 @@ impl Gates {
                 gate.throttle = None;
                 recovered.push((key.clone(), gate.rule.clone()));
             }
-            gate.wake(now);
+            gate.wake(now, weights);
             let idle = gate.in_use == 0
                 && gate.waiters.is_empty()
                 && gate.throttle.is_none()
@@ -340,29 +348,29 @@ mod tests {
     #[test]
     fn connections_are_handed_over_in_order_within_the_limit() {
         let t0 = Instant::now();
-        let mut g = Gates::new(0, 1);
+        let mut g = Gates::new(0, 1, [16, 4, 1]);
         let k = key("mx.a");
         g.configure(&k, &limits(2, 0.0), Some("a"), t0);
-        assert!(matches!(g.enter(&k, t0), Admission::Now));
-        assert!(matches!(g.enter(&k, t0), Admission::Now));
-        let mut first = waits(g.enter(&k, t0));
-        let mut second = waits(g.enter(&k, t0));
+        assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
+        assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
+        let mut first = waits(g.enter(&k, 1, t0));
+        let mut second = waits(g.enter(&k, 1, t0));
         assert_eq!(g.idle_room(&k, t0), 0);
         g.leave(&k, t0);
         assert_eq!(first.try_recv(), Ok(Some(())));
         assert_eq!(second.try_recv(), Ok(None));
         // A waiter that gave up is skipped.
         drop(second);
-        let mut third = waits(g.enter(&k, t0));
+        let mut third = waits(g.enter(&k, 1, t0));
         g.leave(&k, t0);
         assert_eq!(third.try_recv(), Ok(Some(())));
         assert_eq!(g.gates[&k].in_use(), 2);
         // A raised limit lets the next waiter in at once.
-        let mut fourth = waits(g.enter(&k, t0));
+        let mut fourth = waits(g.enter(&k, 1, t0));
         g.configure(&k, &limits(3, 0.0), Some("a"), t0);
         assert_eq!(fourth.try_recv(), Ok(Some(())));
         // A lowered one: leaving workers are not replaced until under it.
-        let mut fifth = waits(g.enter(&k, t0));
+        let mut fifth = waits(g.enter(&k, 1, t0));
         g.configure(&k, &limits(1, 0.0), Some("a"), t0);
         g.leave(&k, t0);
         g.leave(&k, t0);
@@ -375,11 +383,11 @@ mod tests {
     #[test]
     fn a_shard_takes_its_share_and_paces_its_share_of_the_rate() {
         let t0 = Instant::now();
-        let mut g = Gates::new(1, 2);
+        let mut g = Gates::new(1, 2, [16, 4, 1]);
         let k = key("mx.a");
         g.configure(&k, &limits(3, 100.0), None, t0);
-        assert!(matches!(g.enter(&k, t0), Admission::Now));
-        assert!(matches!(g.enter(&k, t0), Admission::Wait(_)), "1 of 3");
+        assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
+        assert!(matches!(g.enter(&k, 1, t0), Admission::Wait(_)), "1 of 3");
         // 100/s over 2 shards: one start per 20 ms here.
         assert_eq!(g.slot(&k, t0), None);
         assert_eq!(g.slot(&k, t0), Some(Duration::from_millis(20)));
@@ -389,7 +397,7 @@ mod tests {
     #[test]
     fn a_throttle_cuts_rate_and_connections_then_ends() {
         let t0 = Instant::now();
-        let mut g = Gates::new(0, 1);
+        let mut g = Gates::new(0, 1, [16, 4, 1]);
         let k = key("mx.a");
         g.configure(&k, &limits(4, 40.0), None, t0);
         // Sending at the configured 40/s for half a second...
@@ -407,9 +415,9 @@ mod tests {
         assert_eq!(g.slot(&k, t0), None);
         assert_eq!(g.slot(&k, t0), Some(Duration::from_millis(50)));
         for _ in 0..2 {
-            assert!(matches!(g.enter(&k, t0), Admission::Now));
+            assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
         }
-        let mut third = waits(g.enter(&k, t0));
+        let mut third = waits(g.enter(&k, 1, t0));
         let t1 = t0 + Duration::from_secs(2);
         assert!(g.tick(t1).is_empty());
         assert_eq!(third.try_recv(), Ok(Some(())), "recovering: 3 of 4");
@@ -422,8 +430,8 @@ mod tests {
     fn caps_hold_to_the_message_per_hour_and_day_over_the_shards() {
         let k = key("mx.a");
         // A day cap of 5 over 2 shards: 3 here (shard 0), 2 there.
-        let mut shard0 = Gates::new(0, 2);
-        let mut shard1 = Gates::new(1, 2);
+        let mut shard0 = Gates::new(0, 2, [16, 4, 1]);
+        let mut shard1 = Gates::new(1, 2, [16, 4, 1]);
         let day = 20_000 * 86_400;
         let taken = |g: &mut Gates, unix| {
             (0..10)
@@ -434,7 +442,7 @@ mod tests {
         assert_eq!(taken(&mut shard0, day + 86_399), 0, "same day");
         assert_eq!(taken(&mut shard0, day + 86_400), 3, "the next day");
         // An hourly cap within the day's.
-        let mut g = Gates::new(0, 1);
+        let mut g = Gates::new(0, 1, [16, 4, 1]);
         let n = (0..10)
             .filter(|_| g.take_quota(&k, Some(2), Some(3), day).is_some())
             .count();
@@ -443,7 +451,7 @@ mod tests {
         assert_eq!(c.day, (20_000, 3));
         assert!(g.take_quota(&k, Some(2), Some(3), day + 7200).is_none());
         // Counts survive as stored.
-        let mut fresh = Gates::new(0, 1);
+        let mut fresh = Gates::new(0, 1, [16, 4, 1]);
         fresh.seed(k.clone(), Counts::from_array(c.to_array()));
         assert!(fresh.take_quota(&k, None, Some(3), day + 7200).is_none());
         // A cap of 0: never.
@@ -453,10 +461,10 @@ mod tests {
     #[test]
     fn unused_gates_are_forgotten() {
         let t0 = Instant::now();
-        let mut g = Gates::new(0, 1);
+        let mut g = Gates::new(0, 1, [16, 4, 1]);
         let k = key("mx.a");
         g.configure(&k, &limits(1, 0.0), None, t0);
-        assert!(matches!(g.enter(&k, t0), Admission::Now));
+        assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
         g.tick(t0 + FORGET_AFTER * 2);
         assert_eq!(g.iter().count(), 1, "in use");
         g.leave(&k, t0);

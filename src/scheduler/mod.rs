@@ -45,6 +45,7 @@
 pub mod backoff;
 pub mod bounce;
 pub mod gate;
+pub mod lanes;
 pub mod operations;
 pub mod reload;
 pub mod retry;
@@ -144,12 +145,13 @@ impl Scheduler {
     /// reception door to queue.
     pub fn new(w: Wiring) -> (Rc<Scheduler>, flume::Receiver<NewMessage>) {
         let d = &w.cfg.delivery;
+        let weights = w.cfg.priority.weights();
         let (tx, rx) = flume::unbounded();
         let scheduler = Scheduler {
             default_capacity: share(d.max_connections, w.shard, w.shards),
             shaping: RefCell::new(w.shaping),
             base_limits: shaping::Limits::of(d),
-            gates: RefCell::new(gate::Gates::new(w.shard, w.shards)),
+            gates: RefCell::new(gate::Gates::new(w.shard, w.shards, weights)),
             retry: RetryPolicy::of(d),
             shard: w.shard,
             backoff: backoff::Rules::new(&w.cfg.backoff.rules),
@@ -162,7 +164,10 @@ impl Scheduler {
             clock: w.clock,
             classifier: w.classifier,
             suppressions: w.suppressions,
-            state: RefCell::default(),
+            state: RefCell::new(State {
+                lane_weights: weights,
+                ..State::default()
+            }),
             tasks: TaskSet::default(),
             draining: Cell::new(false),
             notifications: RefCell::new(Some(tx)),
@@ -377,7 +382,12 @@ impl Scheduler {
                 continue;
             }
             let lease = self
-                .enter_path(&path, &limits, rule.map(|r| r.name.as_str()))
+                .enter_path(
+                    &path,
+                    &limits,
+                    rule.map(|r| r.name.as_str()),
+                    env.priority.unwrap_or_default().lane(),
+                )
                 .await;
             let wire = match &body {
                 Some(wire) => wire,
@@ -510,7 +520,8 @@ impl Scheduler {
         }
     }
 
-    /// Waits for a connection on `path` (configured with `limits` first)
+    /// Waits (in priority `lane`) for a connection on `path` (configured
+    /// with `limits` first)
     /// and for its next start time; the connection is the path's until
     /// the lease is dropped.
     async fn enter_path(
@@ -518,12 +529,13 @@ impl Scheduler {
         path: &gate::PathKey,
         limits: &shaping::Limits,
         rule: Option<&str>,
+        lane: usize,
     ) -> Lease<'_> {
         let admission = {
             let mut gates = self.gates.borrow_mut();
             let now = Instant::now();
             gates.configure(path, limits, rule, now);
-            gates.enter(path, now)
+            gates.enter(path, lane, now)
         };
         let labels = path_labels(path, rule);
         if let gate::Admission::Wait(rx) = admission {

@@ -17,7 +17,7 @@
 //! Must not: do I/O, read the clock, or log: the scheduler does, around
 //! these calls.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Instant;
 
 use super::tally::Tallies;
@@ -50,6 +50,8 @@ pub struct State {
     pub bouncing: HashMap<String, Bouncing>,
     /// The messages whose bodies are in each segment, for compaction.
     pub by_segment: HashMap<u32, HashSet<MessageId>>,
+    /// The priority lanes' weights (`[priority]`).
+    pub lane_weights: [u32; super::lanes::LANES],
 }
 
 pub struct Entry {
@@ -67,7 +69,8 @@ pub struct Entry {
 
 #[derive(Default)]
 pub struct DomainQueue {
-    pub ready: VecDeque<Job>,
+    /// Jobs waiting for a worker, by priority lane.
+    pub ready: super::lanes::Lanes<Job>,
     pub workers: usize,
     /// Workers spawned that have not yet taken their first job: each will
     /// take one of `ready`, so no more are started than there are jobs for
@@ -321,13 +324,14 @@ impl State {
         let entry = self.messages.get_mut(&id)?;
         let by_domain = jobs_by_domain(&entry.env);
         entry.jobs = by_domain.len();
+        let lane = entry.env.priority.unwrap_or_default().lane();
         let names: Vec<String> = by_domain.keys().cloned().collect();
         for (domain, rcpts) in by_domain {
             self.domains
                 .entry(domain)
                 .or_default()
                 .ready
-                .push_back(Job { id, rcpts });
+                .push(lane, Job { id, rcpts });
         }
         Some(names)
     }
@@ -363,7 +367,7 @@ impl State {
         // or its message would never finish.
         let next = match suspended || stop {
             true => None,
-            false => q.ready.pop_front(),
+            false => q.ready.pop(self.lane_weights),
         };
         if next.is_none() {
             q.workers -= 1;

@@ -210,6 +210,7 @@ fn refusal_reply(refusal: &Refusal) -> Reply {
         Refusal::InsufficientStorage => Rejection::InsufficientStorage.reply(),
         Refusal::BadMeta(why) => Rejection::BadMeta(why.clone()).reply(),
         Refusal::UnknownPool(name) => Rejection::UnknownPool(name.clone()).reply(),
+        Refusal::BadPriority(why) => Rejection::BadPriority(why.clone()).reply(),
     }
 }
 
