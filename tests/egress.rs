@@ -44,10 +44,12 @@ fn server(port: u16) -> TestServer {
             EgressPool {
                 name: "bulk".into(),
                 sources: vec![member("ip3", 3), member("ip4", 1)],
+                priority: None,
             },
             EgressPool {
                 name: "vip".into(),
                 sources: vec![member("ip5", 1)],
+                priority: None,
             },
         ];
         c.egress
@@ -161,6 +163,7 @@ fn a_source_that_cannot_be_bound_is_skipped() {
         c.egress.pool = vec![EgressPool {
             name: "main".into(),
             sources: vec![member("good", 1), member("gone", 1)],
+            priority: None,
         }];
     });
     let mut c = Client::connect(ts.addr);

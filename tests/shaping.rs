@@ -146,6 +146,7 @@ fn two_domains_with_the_same_mx_hosts_share_one_limit_per_source() {
         c.egress.pool = vec![EgressPool {
             name: "both".into(),
             sources: vec![member("ip3"), member("ip4")],
+            priority: None,
         }];
     });
     send_many(&ts, N);
@@ -374,10 +375,12 @@ fn a_warmup_cap_holds_to_the_message_and_grows_the_next_day() {
             EgressPool {
                 name: "both".into(),
                 sources: vec![member("ip3"), member("ip4")],
+                priority: None,
             },
             EgressPool {
                 name: "warm".into(),
                 sources: vec![member("ip3")],
+                priority: None,
             },
         ];
         c.egress

@@ -211,3 +211,31 @@ impl EgressConfig {
         self.pool.iter().any(|p| p.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Priority;
+
+    #[test]
+    fn a_pools_priority_is_the_default_of_its_messages() {
+        let pool = |name: &str, priority| EgressPool {
+            name: name.into(),
+            sources: Vec::new(),
+            priority,
+        };
+        let mut cfg = EgressConfig {
+            pool: vec![
+                pool("tx", Some(Priority::High)),
+                pool("news", Some(Priority::Bulk)),
+            ],
+            ..EgressConfig::default()
+        };
+        assert_eq!(cfg.pool_priority("news"), Some(Priority::Bulk));
+        assert_eq!(cfg.pool_priority(""), Some(Priority::High), "the first");
+        cfg.default_pool = "news".into();
+        assert_eq!(cfg.pool_priority(""), Some(Priority::Bulk));
+        assert_eq!(cfg.pool_priority("tx"), Some(Priority::High));
+        assert_eq!(EgressConfig::default().pool_priority(""), None);
+    }
+}

@@ -173,10 +173,12 @@ mod tests {
                 EgressPool {
                     name: "bulk".into(),
                     sources: vec![member("a", 3), member("b", 1)],
+                    priority: None,
                 },
                 EgressPool {
                     name: "vip".into(),
                     sources: vec![member("b", 1)],
+                    priority: None,
                 },
             ],
             ..EgressConfig::default()
