@@ -143,6 +143,24 @@ fn urgent_mail_overtakes_a_queued_campaign_and_bulk_keeps_its_rate() {
     assert!(left > 5_000, "the campaign was still queued throughout");
     assert!(p99 < 2.0, "p99 {p99} s");
     assert!(bulk_rate >= 160.0, "bulk {bulk_rate}/s: under 80% of 200/s");
+    // The queue by site and by pool, as `ringpost queue summary --by`.
+    let get = |path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, text) = http(ts.admin_addr.unwrap(), req.as_bytes());
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    let sites = get("/queue/summary?by=site");
+    let site = &sites["groups"][0];
+    assert_eq!(site["name"], "mx.lanes.test", "{sites}");
+    assert_eq!(site["rule"], "lanes", "{sites}");
+    assert!(site["messages"].as_u64().unwrap() > 4_000, "{sites}");
+    assert!(site["connections"].as_u64().unwrap() <= 10, "{sites}");
+    let pools = get("/queue/summary?by=pool");
+    assert_eq!(pools["groups"][0]["name"], "default", "{pools}");
+    assert!(pools["groups"][0]["messages"].as_u64().unwrap() > 4_000);
+    let req = b"GET /queue/summary?by=color HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(http(ts.admin_addr.unwrap(), req).0, 400);
     // The priority header never reaches a recipient.
     assert!(
         msgs.iter()

@@ -411,4 +411,16 @@ fn a_warmup_cap_holds_to_the_message_and_grows_the_next_day() {
     assert_eq!(from_source(&sink, "127.0.0.4"), 90 + 20 + 81);
     let metrics = ts.metrics_text();
     assert!(metrics.contains("ringpost_path_capped_total{"), "{metrics}");
+    // `queue summary --by source`: today's count against the caps.
+    let req = b"GET /queue/summary?by=source HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (status, text) = http(ts.admin_addr.unwrap(), req);
+    assert_eq!(status, 200, "{text}");
+    let by: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let ip3 = by["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "ip3")
+        .unwrap_or_else(|| panic!("{by}"));
+    assert_eq!(ip3["sent_today"], 25, "{by}");
 }

@@ -181,6 +181,46 @@ pub fn render_summary(s: &Summary) -> String {
     out
 }
 
+/// `queue summary --by`: one line per site, source or pool.
+pub fn render_groups(s: &crate::http::admin::GroupedSummary) -> String {
+    use crate::scheduler::operations::GroupBy;
+    let title = match s.by {
+        GroupBy::Site => "SITE",
+        GroupBy::Source => "SOURCE",
+        GroupBy::Pool => "POOL",
+    };
+    let mut out = format!(
+        "{title:<40} {:>9} {:>10} {:>9} {:>6} {:>7} {:>9}  STATE\n",
+        "MESSAGES", "RECIPIENTS", "DEFERRED", "CONNS", "WAITING", "TODAY"
+    );
+    for g in &s.groups {
+        let name = match &g.rule {
+            Some(rule) => format!("{} [{rule}]", g.name),
+            None => g.name.clone(),
+        };
+        out += &format!(
+            "{name:<40} {:>9} {:>10} {:>9} {:>6} {:>7} {:>9}  {}\n",
+            g.messages,
+            g.recipients,
+            g.deferred,
+            g.connections,
+            g.waiting,
+            g.sent_today,
+            match g.throttled_per_second {
+                Some(rate) => format!("{rate:.1}/s*"),
+                None => "active".to_string(),
+            }
+        );
+    }
+    if s.groups.iter().any(|g| g.throttled_per_second.is_some()) {
+        out += "   * N/s: a [backoff] throttle holds the rate to N messages a second, recovering\n";
+    }
+    if s.groups.iter().any(|g| g.sent_today > 0) {
+        out += "   TODAY: messages counted against hourly/daily (warm-up) caps today\n";
+    }
+    out
+}
+
 /// `queue trace`: one line per event, then where the message stands.
 pub fn render_trace(t: &crate::http::admin::Trace, now: u64) -> String {
     let text = |e: &serde_json::Value, k: &str| e[k].as_str().unwrap_or("").to_string();
@@ -302,6 +342,34 @@ mod tests {
         assert_eq!(age(312), "5m12s");
         assert_eq!(age(7_260), "2h1m");
         assert_eq!(age(273_600), "3d4h");
+    }
+
+    #[test]
+    fn groups_read_as_a_table_with_the_rule_and_state() {
+        use crate::scheduler::operations::{GroupBy, GroupSummary};
+        let s = crate::http::admin::GroupedSummary {
+            by: GroupBy::Site,
+            groups: vec![GroupSummary {
+                name: "aspmx.l.google.com".into(),
+                rule: Some("google".into()),
+                messages: 12,
+                recipients: 15,
+                connections: 5,
+                throttled_per_second: Some(2.5),
+                sent_today: 40,
+                ..GroupSummary::default()
+            }],
+        };
+        let text = render_groups(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("SITE"), "{text}");
+        assert!(
+            lines[1].starts_with("aspmx.l.google.com [google]"),
+            "{text}"
+        );
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells[2..], ["12", "15", "0", "5", "0", "40", "2.5/s*"]);
+        assert!(text.contains("throttle"), "{text}");
     }
 
     #[test]

@@ -125,8 +125,13 @@ pub struct AdminArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum QueueCommand {
-    /// Per destination domain: messages, recipients, oldest age, last error.
-    Summary,
+    /// Per destination domain: messages, recipients, oldest age, last
+    /// error; or grouped by site, egress source or pool (`--by`).
+    Summary {
+        /// Group by `site` (the set of MX hosts), `source` or `pool`.
+        #[arg(long, value_parser = ["site", "source", "pool"])]
+        by: Option<String>,
+    },
     /// List queued messages, oldest first.
     Ls {
         /// Only messages with a pending recipient at this domain.
@@ -325,7 +330,10 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
         None => String::new(),
     };
     let (method, target) = match &command {
-        QueueCommand::Summary => ("GET", "/queue/summary".to_string()),
+        QueueCommand::Summary { by } => match by {
+            None => ("GET", "/queue/summary".to_string()),
+            Some(by) => ("GET", format!("/queue/summary?by={by}")),
+        },
         QueueCommand::Ls { domain, limit, .. } => {
             let mut q = domain_query(domain);
             if let Some(n) = limit {
@@ -356,8 +364,13 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
     }
     let now = crate::shard::clock::unix_now();
     let text = match command {
-        QueueCommand::Summary => {
+        QueueCommand::Summary { by: None } => {
             admin_client::render_summary(&serde_json::from_value::<Summary>(answer)?)
+        }
+        QueueCommand::Summary { by: Some(_) } => {
+            admin_client::render_groups(&serde_json::from_value::<
+                crate::http::admin::GroupedSummary,
+            >(answer)?)
         }
         QueueCommand::Ls { .. } => {
             let list: Vec<crate::scheduler::operations::MessageInfo> =

@@ -7,6 +7,7 @@
 //! | method and path                         | answer                         |
 //! |-----------------------------------------|--------------------------------|
 //! | `GET /queue/summary`                    | [`Summary`]                    |
+//! | `GET /queue/summary?by=site\|source\|pool` | [`GroupedSummary`]          |
 //! | `GET /queue/messages?domain=D&limit=N`  | `[MessageInfo]`, oldest first  |
 //! | `GET /queue/messages/ID`                | [`MessageDetail`]              |
 //! | `GET /queue/messages/ID/trace`          | [`Trace`]: its events, in order (`http::trace`) |
@@ -41,7 +42,9 @@ use crate::http::{Endpoint, Request, Response};
 use crate::queue::MessageId;
 use crate::queue::suppression::SuppressionList;
 use crate::scheduler::Scheduler;
-use crate::scheduler::operations::{DomainSummary, MessageInfo, OperationError};
+use crate::scheduler::operations::{
+    DomainSummary, GroupBy, GroupSummary, MessageInfo, OperationError,
+};
 use crate::shard::clock::Clock;
 use crate::shard::mesh::{Mesh, ShardGone};
 
@@ -209,7 +212,13 @@ fn authorized(req: &Request, token: Option<&str>) -> bool {
 async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
     let method = req.method.as_str();
     match (method, req.route().as_slice()) {
-        ("GET", ["queue", "summary"]) => Ok(Response::json(200, &summary(shards).await?)),
+        ("GET", ["queue", "summary"]) => match req.param("by") {
+            None => Ok(Response::json(200, &summary(shards).await?)),
+            Some(by) => {
+                let by: GroupBy = by.parse().map_err(ApiError::BadRequest)?;
+                Ok(Response::json(200, &grouped(shards, by).await?))
+            }
+        },
         ("GET", ["queue", "messages"]) => {
             let limit = match req.param("limit") {
                 None => usize::MAX,
@@ -311,6 +320,32 @@ async fn summary(shards: &Shards) -> Result<Summary, ApiError> {
         .ask_all(|s| async move { (s.message_count(), s.summary()) })
         .await?;
     Ok(merge_summaries(answers))
+}
+
+/// The queue grouped by site, source or pool (`?by=`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupedSummary {
+    pub by: GroupBy,
+    /// Most pending recipients first, then most connections.
+    pub groups: Vec<GroupSummary>,
+}
+
+async fn grouped(shards: &Shards, by: GroupBy) -> Result<GroupedSummary, ApiError> {
+    let answers = shards.ask_all(move |s| async move { s.groups(by) }).await?;
+    let mut by_name: std::collections::HashMap<String, GroupSummary> = Default::default();
+    for g in answers.into_iter().flatten() {
+        match by_name.get_mut(&g.name) {
+            Some(known) => known.merge(g),
+            None => {
+                by_name.insert(g.name.clone(), g);
+            }
+        }
+    }
+    let mut groups: Vec<GroupSummary> = by_name.into_values().collect();
+    groups.sort_unstable_by(|a, b| {
+        (b.recipients, b.connections, &a.name).cmp(&(a.recipients, a.connections, &b.name))
+    });
+    Ok(GroupedSummary { by, groups })
 }
 
 /// Pure: the shards' summaries as one, most pending recipients first.

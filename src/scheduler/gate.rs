@@ -276,6 +276,14 @@ impl Gates {
         Some(*c)
     }
 
+    /// Messages counted on `key` today (by `unix` seconds), if capped.
+    pub fn sent_today(&self, key: &PathKey, unix: u64) -> u64 {
+        self.counts
+            .get(key)
+            .filter(|c| c.day.0 == unix / 86_400)
+            .map_or(0, |c| c.day.1)
+    }
+
     /// Counts stored before a restart.
     pub fn seed(&mut self, key: PathKey, counts: Counts) {
         self.counts.insert(key, counts);

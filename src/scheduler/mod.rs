@@ -389,23 +389,16 @@ impl Scheduler {
                     env.priority.unwrap_or_default().lane(),
                 )
                 .await;
-            let wire = match &body {
-                Some(wire) => wire,
-                None => match self.spool.read_body(job.id, env).await {
-                    Ok(b) => body.insert(crate::proto::body::dot_stuff(b)),
-                    Err(e) => {
-                        // Retried like any temporary failure; expiry bounds it.
-                        self.spool_errors_logged
-                            .log(log::Level::Error, || e.to_string());
-                        let reply = format!("local error reading the queued message: {e}");
-                        return Attempt::all(DeliveryOutcome::Temporary { reply }, rcpts.len());
-                    }
-                },
-            };
+            if body.is_none() {
+                match self.read_wire(job.id, env).await {
+                    Ok(wire) => body = Some(wire),
+                    Err(why) => return Attempt::all(why, rcpts.len()),
+                }
+            }
             let msg = Outgoing {
                 sender: &env.sender,
                 recipients: &rcpts,
-                wire,
+                wire: body.as_deref().unwrap_or_default(),
                 size: env.size(),
                 smtputf8: env.smtputf8,
                 eight_bit: env.eight_bit,
@@ -432,15 +425,8 @@ impl Scheduler {
             match result {
                 Ok(attempt) => return attempt,
                 Err(why) => {
-                    if let Some(s) = &source
-                        && self.delivery.egress.mark_down(&s.name, Instant::now())
-                    {
-                        log::warn!(
-                            "egress source {} is down for {} s: {}",
-                            s.name,
-                            crate::outbound::egress::DOWN_FOR.as_secs(),
-                            why.reply()
-                        );
+                    if let Some(s) = &source {
+                        self.source_down(s, &why);
                     }
                     last = why;
                 }
@@ -449,6 +435,33 @@ impl Scheduler {
         Attempt {
             site: Some(site),
             ..Attempt::all(last, rcpts.len())
+        }
+    }
+
+    /// The queued message's body, dot-stuffed for DATA; a read error is a
+    /// deferral (retried like any; expiry bounds it).
+    async fn read_wire(&self, id: MessageId, env: &Envelope) -> Result<Vec<u8>, DeliveryOutcome> {
+        match self.spool.read_body(id, env).await {
+            Ok(body) => Ok(crate::proto::body::dot_stuff(body)),
+            Err(e) => {
+                self.spool_errors_logged
+                    .log(log::Level::Error, || e.to_string());
+                let reply = format!("local error reading the queued message: {e}");
+                Err(DeliveryOutcome::Temporary { reply })
+            }
+        }
+    }
+
+    /// A source whose address could not be bound is left out for a while
+    /// (logged once per time it goes down).
+    fn source_down(&self, source: &crate::outbound::egress::Source, why: &DeliveryOutcome) {
+        if self.delivery.egress.mark_down(&source.name, Instant::now()) {
+            log::warn!(
+                "egress source {} is down for {} s: {}",
+                source.name,
+                crate::outbound::egress::DOWN_FOR.as_secs(),
+                why.reply()
+            );
         }
     }
 

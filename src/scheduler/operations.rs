@@ -77,6 +77,83 @@ impl DomainSummary {
     }
 }
 
+/// How `queue summary --by` groups the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupBy {
+    /// By site: the domains' pending mail, and the paths to the site.
+    Site,
+    /// By egress source: its paths' connections, waiters, throttles and
+    /// capped counts.
+    Source,
+    /// By egress pool: the messages that go through it.
+    Pool,
+}
+
+impl std::str::FromStr for GroupBy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<GroupBy, String> {
+        match s {
+            "site" => Ok(GroupBy::Site),
+            "source" => Ok(GroupBy::Source),
+            "pool" => Ok(GroupBy::Pool),
+            other => Err(format!("cannot group by `{other}`: site, source or pool")),
+        }
+    }
+}
+
+/// Where a domain's site is not known yet (no attempt since the start).
+pub const UNRESOLVED_SITE: &str = "(not resolved yet)";
+
+/// One group of `queue summary --by`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    pub name: String,
+    /// Sites: the shaping rule that fits it, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Messages with pending recipients here (by site: counted once per
+    /// domain of the site they have recipients at).
+    pub messages: usize,
+    pub recipients: usize,
+    pub deferred: usize,
+    /// Connections in use on its paths.
+    pub connections: usize,
+    /// Deliveries waiting for a connection on its paths.
+    pub waiting: usize,
+    /// Messages per second a `[backoff]` throttle allows on its paths
+    /// (summed over the shards that hold one), if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_per_second: Option<f64>,
+    /// Messages counted against its paths' daily caps today.
+    #[serde(default)]
+    pub sent_today: u64,
+}
+
+impl GroupSummary {
+    /// Folds another shard's numbers for the same group into this one.
+    pub fn merge(&mut self, other: GroupSummary) {
+        self.rule = self.rule.take().or(other.rule);
+        self.messages += other.messages;
+        self.recipients += other.recipients;
+        self.deferred += other.deferred;
+        self.connections += other.connections;
+        self.waiting += other.waiting;
+        self.sent_today += other.sent_today;
+        self.throttled_per_second = match (self.throttled_per_second, other.throttled_per_second) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+fn group<'a>(map: &'a mut HashMap<String, GroupSummary>, name: &str) -> &'a mut GroupSummary {
+    map.entry(name.to_string()).or_insert_with(|| GroupSummary {
+        name: name.to_string(),
+        ..GroupSummary::default()
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecipientInfo {
     pub address: String,
@@ -170,6 +247,74 @@ impl Scheduler {
         for name in st.bouncing.keys() {
             if let Some(d) = map.get_mut(name) {
                 d.bouncing = true;
+            }
+        }
+        map.into_values().collect()
+    }
+
+    /// This shard's queue grouped `by` site, source or pool: from the
+    /// running totals, the paths' gates, and (by pool) one walk over the
+    /// messages.
+    pub fn groups(&self, by: GroupBy) -> Vec<GroupSummary> {
+        let st = self.state.borrow();
+        let mut map: HashMap<String, GroupSummary> = HashMap::new();
+        match by {
+            GroupBy::Site => {
+                for (domain, t) in st.tallies.iter() {
+                    let site = st.domains.get(domain).and_then(|q| q.site.as_deref());
+                    let g = group(&mut map, site.unwrap_or(UNRESOLVED_SITE));
+                    g.messages += t.messages;
+                    g.recipients += t.recipients;
+                    g.deferred += t.deferred;
+                }
+            }
+            GroupBy::Pool => {
+                let egress = &self.cfg.egress;
+                let default = match egress.default_pool.as_str() {
+                    "" => egress.pool.first().map_or("default", |p| p.name.as_str()),
+                    name => name,
+                };
+                for e in st.messages.values() {
+                    let pending = e
+                        .env
+                        .recipients
+                        .iter()
+                        .filter(|r| r.status == RecipientStatus::Pending)
+                        .count();
+                    if pending == 0 {
+                        continue;
+                    }
+                    let pool = match e.env.pool.as_str() {
+                        "" => default,
+                        name => name,
+                    };
+                    let g = group(&mut map, pool);
+                    g.messages += 1;
+                    g.recipients += pending;
+                    g.deferred += usize::from(e.deferred);
+                }
+            }
+            GroupBy::Source => {}
+        }
+        if by != GroupBy::Pool {
+            let gates = self.gates.borrow();
+            let (now, unix) = (std::time::Instant::now(), self.clock.now());
+            for (path, gate) in gates.iter() {
+                let name = match by {
+                    GroupBy::Site => path.site.as_str(),
+                    _ => path.source.as_deref().unwrap_or("default"),
+                };
+                let g = group(&mut map, name);
+                g.connections += gate.in_use();
+                g.waiting += gate.waiting();
+                g.sent_today += gates.sent_today(path, unix);
+                if by == GroupBy::Site && g.rule.is_none() {
+                    g.rule = gate.rule.clone();
+                }
+                if let Some(rate) = gates.throttled_rate(path, now) {
+                    let r = g.throttled_per_second.get_or_insert(rate);
+                    *r = r.min(rate);
+                }
             }
         }
         map.into_values().collect()
