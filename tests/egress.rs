@@ -19,6 +19,7 @@ fn source(name: &str, ip: &str, ehlo: &str) -> EgressSource {
         ehlo: ehlo.into(),
         warmup_start: String::new(),
         warmup_daily: Vec::new(),
+        proxy: String::new(),
     }
 }
 
@@ -177,4 +178,50 @@ fn a_source_that_cannot_be_bound_is_skipped() {
     let log = std::fs::read_to_string(log.path()).unwrap();
     assert!(!log.contains("TransientFailure"), "{log}");
     assert!(log.contains("\"source\":\"good\""), "{log}");
+}
+
+/// A source that sends through a PROXY v2 forwarder: its connections go
+/// to the forwarder (here the sink, playing forwarder and MX at once)
+/// and start with a header naming the source's address and the MX; the
+/// EHLO is the source's. Its address need not exist on this machine.
+#[test]
+fn a_proxied_source_names_itself_and_the_mx_in_a_proxy_v2_header() {
+    let port = sink_port();
+    let sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            proxy_v2: true,
+            ..Script::default()
+        },
+    );
+    let ts = start_with(2, move |c| {
+        c.delivery.smarthost.clear();
+        // The MX the forwarder is to reach; nothing listens there.
+        c.delivery
+            .routes
+            .insert("dest.test".into(), "[127.0.0.9]:2525".into());
+        let mut far = source("far", "192.0.2.55", "mta55.example.com");
+        far.proxy = format!("127.0.0.2:{port}");
+        c.egress.source = vec![far];
+        c.egress.pool = vec![EgressPool {
+            name: "main".into(),
+            sources: vec![member("far", 1)],
+            priority: None,
+        }];
+    });
+    let mut c = Client::connect(ts.addr);
+    c.expect("EHLO app.test.example", 250);
+    for i in 0..10 {
+        c.begin("news@shop.example", &[&format!("r{i}@dest.test")]);
+        assert_eq!(c.data(b"Subject: via proxy\r\n\r\nx\r\n").code, 250);
+    }
+    let msgs = sink.wait_for(10, 30);
+    for m in &msgs {
+        let (src, dst) = m.proxy.expect("a PROXY v2 header");
+        assert_eq!(src.ip().to_string(), "192.0.2.55");
+        assert_eq!(dst.to_string(), "127.0.0.9:2525");
+        assert_eq!(m.helo, "mta55.example.com");
+    }
+    println!("first header: {:?}", msgs[0].proxy);
 }

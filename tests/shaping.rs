@@ -137,6 +137,7 @@ fn two_domains_with_the_same_mx_hosts_share_one_limit_per_source() {
             ehlo: String::new(),
             warmup_start: String::new(),
             warmup_daily: Vec::new(),
+            proxy: String::new(),
         };
         c.egress.source = vec![source("ip3", "127.0.0.3"), source("ip4", "127.0.0.4")];
         let member = |name: &str| PoolMember {
@@ -362,6 +363,7 @@ fn a_warmup_cap_holds_to_the_message_and_grows_the_next_day() {
             ehlo: String::new(),
             warmup_start: String::new(),
             warmup_daily: Vec::new(),
+            proxy: String::new(),
         };
         let mut warming = source("ip3", "127.0.0.3");
         warming.warmup_start = "2026-12-01".into();

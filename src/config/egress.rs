@@ -31,6 +31,13 @@ pub struct EgressSource {
     /// waits for the next day.
     #[serde(default)]
     pub warmup_daily: Vec<u64>,
+    /// Send through a forwarder (HAProxy, or anything that speaks the
+    /// PROXY protocol v2) at this `ip:port` instead of binding `address`
+    /// here: each connection goes to the forwarder and starts with a
+    /// PROXY v2 header naming `address` as its source and the MX as its
+    /// destination. Empty: bind `address` on this machine.
+    #[serde(default)]
+    pub proxy: String,
 }
 
 impl EgressSource {
@@ -124,6 +131,12 @@ impl EgressConfig {
                 p.at(
                     "egress.source",
                     format!("source name {:?} is empty or used twice", s.name),
+                );
+            }
+            if !s.proxy.is_empty() && s.proxy.parse::<std::net::SocketAddr>().is_err() {
+                p.at(
+                    "egress.source",
+                    format!("source {:?}: proxy {:?} is not ip:port", s.name, s.proxy),
                 );
             }
             match s.warmup_start_day() {

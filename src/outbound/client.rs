@@ -117,8 +117,9 @@ pub struct Client {
 /// Where a new connection goes, where from, and what it says first.
 pub struct Dial<'a> {
     pub peer: SocketAddr,
-    /// The egress source (name, local address) to connect from, if any.
-    pub source: Option<(&'a str, std::net::IpAddr)>,
+    /// The egress source to connect from (its address bound here, or
+    /// named to its PROXY forwarder), if any.
+    pub source: Option<&'a super::egress::Source>,
     /// The host name it is opened to (for TLS and the pool).
     pub host: &'a str,
     /// The EHLO name.
@@ -148,12 +149,16 @@ impl Client {
             None => TcpStream::connect_timeout(peer, connect_timeout)
                 .await
                 .map_err(std::io::Error::from),
-            Some((_, local)) => connect_from(local, peer, connect_timeout).await,
+            Some(s) => match s.proxy {
+                Some(proxy) => connect_via(proxy, s.address, peer, connect_timeout).await,
+                None => connect_from(s.address, peer, connect_timeout).await,
+            },
         };
         let stream = connected.map_err(|e| ConnectError {
             outcome: from_io(&format!("connect to {host}[{}]", peer.ip()), &e),
             tls_handshake: false,
-            source_down: source.is_some() && e.kind() == io::ErrorKind::AddrNotAvailable,
+            source_down: source.is_some_and(|s| s.proxy.is_none())
+                && e.kind() == io::ErrorKind::AddrNotAvailable,
         })?;
         let _ = stream.set_nodelay(true);
         stream
@@ -169,7 +174,7 @@ impl Client {
             policy,
             ext: Extensions::default(),
             transactions: 0,
-            source: source.map(|(name, _)| name.to_string()),
+            source: source.map(|s| s.name.clone()),
             ended_cleanly: false,
             usable: true,
             mail_reply: None,
@@ -206,7 +211,6 @@ impl Client {
         Ok(c)
     }
 
-    /// What the connection was established for, as the pool keys it.
     /// Its key in the pool, as a connection of `site`.
     pub fn pool_key(&self, site: &str) -> PoolKey {
         PoolKey {
@@ -493,6 +497,24 @@ impl DeliveryOutcome {
             reply: self.reply().to_string(),
         }
     }
+}
+
+/// A connection to `peer` through the PROXY v2 forwarder at `proxy`, as
+/// if from `source`: a connection to the forwarder that starts with the
+/// header naming both (the forwarder then connects to `peer` from
+/// `source` and relays).
+async fn connect_via(
+    proxy: SocketAddr,
+    source: std::net::IpAddr,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let header = super::proxy::v2_header(SocketAddr::new(source, 0), peer)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut stream = TcpStream::connect_timeout(proxy, timeout).await?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(&header).await?;
+    Ok(stream)
 }
 
 /// A connection to `peer` from the local address `local` (an egress

@@ -29,6 +29,8 @@ pub struct Source {
     /// Its warm-up: the first day (days since the Unix epoch) and the
     /// daily caps per site from then on.
     pub warmup: Option<(i64, Vec<u64>)>,
+    /// The PROXY v2 forwarder its connections go through, if any.
+    pub proxy: Option<std::net::SocketAddr>,
 }
 
 impl Source {
@@ -80,6 +82,7 @@ impl Egress {
                         .ok()
                         .flatten()
                         .map(|start| (start, s.warmup_daily.clone())),
+                    proxy: s.proxy.parse().ok(),
                 })
             })
             .collect();
@@ -162,6 +165,7 @@ mod tests {
             ehlo: String::new(),
             warmup_start: String::new(),
             warmup_daily: Vec::new(),
+            proxy: String::new(),
         };
         let member = |name: &str, weight| PoolMember {
             source: name.into(),

@@ -21,6 +21,7 @@ pub mod client;
 pub mod egress;
 pub mod outcome;
 pub mod pool;
+pub mod proxy;
 pub mod route;
 
 use std::net::SocketAddr;
@@ -236,7 +237,7 @@ impl Delivery {
             Client::connect(
                 client::Dial {
                     peer: target.addr,
-                    source: source.map(|s| (s.name.as_str(), s.address)),
+                    source,
                     host: &target.host,
                     helo,
                 },

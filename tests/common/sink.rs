@@ -60,6 +60,9 @@ pub struct Script {
     /// Close the connection silently after each accepted message, as a
     /// sink that restarts (or times out idle connections) between uses.
     pub close_after_message: bool,
+    /// Play a PROXY protocol v2 forwarder in front of the MX: every
+    /// connection must start with a v2 header, which is recorded.
+    pub proxy_v2: bool,
 }
 
 impl Script {
@@ -88,6 +91,9 @@ pub struct Received {
     pub helo: String,
     /// When the sink took it (answered 250).
     pub at: Instant,
+    /// The (source, destination) of the PROXY v2 header the connection
+    /// began with, when the sink expects one.
+    pub proxy: Option<(SocketAddr, SocketAddr)>,
 }
 
 #[derive(Default)]
@@ -204,6 +210,10 @@ fn session(
     // another waits for the client's (delayed) ACK, tens of ms.
     conn.set_nodelay(true)?;
     let peer = conn.peer_addr()?;
+    let proxy = match script.lock().unwrap().proxy_v2 {
+        true => Some(read_proxy_v2(&conn)?),
+        false => None,
+    };
     let mut helo = String::new();
     let mut r = BufReader::new(Stream::Plain(conn));
     let sc = script.lock().unwrap().clone();
@@ -332,6 +342,7 @@ fn session(
                         peer,
                         helo: helo.clone(),
                         at: Instant::now(),
+                        proxy,
                     });
                     reply(&mut r, "250 2.0.0 queued")?;
                     if sc.close_after_message {
@@ -350,6 +361,44 @@ fn session(
             reply(&mut r, "500 5.5.1 unknown")?;
         }
     }
+}
+
+/// Reads a PROXY protocol v2 header (HAProxy's specification, 2.2):
+/// signature, version/command, family, length, then the addresses and
+/// ports; (source, destination).
+fn read_proxy_v2(mut conn: &TcpStream) -> std::io::Result<(SocketAddr, SocketAddr)> {
+    use std::io::{Error, ErrorKind};
+    let bad = |what: &str| Error::new(ErrorKind::InvalidData, what.to_string());
+    let mut head = [0u8; 16];
+    conn.read_exact(&mut head)?;
+    if head[..12] != *b"\r\n\r\n\0\r\nQUIT\n" || head[12] != 0x21 {
+        return Err(bad("not a PROXY v2 header"));
+    }
+    let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+    let mut body = vec![0u8; len];
+    conn.read_exact(&mut body)?;
+    let (ip_len, v6) = match head[13] {
+        0x11 => (4, false),
+        0x21 => (16, true),
+        _ => return Err(bad("not TCP over IPv4 or IPv6")),
+    };
+    if len < 2 * ip_len + 4 {
+        return Err(bad("short PROXY header"));
+    }
+    let ip = |b: &[u8]| -> IpAddr {
+        if v6 {
+            <[u8; 16]>::try_from(b).unwrap().into()
+        } else {
+            <[u8; 4]>::try_from(b).unwrap().into()
+        }
+    };
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    let (src, dst) = (ip(&body[..ip_len]), ip(&body[ip_len..2 * ip_len]));
+    let ports = &body[2 * ip_len..];
+    Ok((
+        SocketAddr::new(src, port(&ports[..2])),
+        SocketAddr::new(dst, port(&ports[2..4])),
+    ))
 }
 
 /// A rustls server config with a fresh self-signed certificate (rcgen).
