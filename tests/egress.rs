@@ -225,3 +225,81 @@ fn a_proxied_source_names_itself_and_the_mx_in_a_proxy_v2_header() {
     }
     println!("first header: {:?}", msgs[0].proxy);
 }
+
+/// A receiver throttling one source (421 4.7.28 to every transaction
+/// from 127.0.0.3): once a `[backoff]` rule throttles that path, the
+/// pool's other source takes its turns, so the mail goes out at once
+/// from 127.0.0.4 instead of waiting on the throttled one. The delivery
+/// log names the source and site of every attempt.
+#[test]
+fn a_throttled_source_gives_its_turns_to_the_pools_other() {
+    const N: usize = 200;
+    let port = sink_port();
+    let sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            temp_fail_peer: Some("127.0.0.3".parse().unwrap()),
+            temp_reply: "421 4.7.28 this IP is rate limited, try later".into(),
+            ..Script::default()
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("delivery.log");
+    let log_path = log.to_str().unwrap().to_string();
+    let ts = start_with(2, move |c| {
+        c.delivery.smarthost.clear();
+        c.delivery.log = log_path;
+        c.delivery.retry_initial_secs = 1;
+        c.delivery.retry_max_secs = 1;
+        c.delivery
+            .routes
+            .insert("dest.test".into(), format!("[127.0.0.2]:{port}"));
+        c.egress.source = vec![
+            source("ip3", "127.0.0.3", ""),
+            source("ip4", "127.0.0.4", ""),
+        ];
+        c.egress.pool = vec![EgressPool {
+            name: "both".into(),
+            sources: vec![member("ip3", 1), member("ip4", 1)],
+            priority: None,
+        }];
+        c.backoff.rules = vec![ringpost::config::BackoffRule {
+            category: Some("RateLimited".into()),
+            text: None,
+            action: "throttle".into(),
+            secs: 60,
+            factor: 0.5,
+        }];
+    });
+    let mut c = Client::connect(ts.addr);
+    c.expect("EHLO app.test.example", 250);
+    for i in 0..N {
+        c.begin("news@shop.example", &[&format!("r{i}@dest.test")]);
+        assert_eq!(c.data(b"Subject: x\r\n\r\nx\r\n").code, 250);
+    }
+    let msgs = sink.wait_for(N, 60);
+    assert!(msgs.iter().all(|m| m.peer.ip().to_string() == "127.0.0.4"));
+    let refused = sink.state.lock().unwrap().refused_by_peer.clone();
+    let from_ip3 = refused.values().sum::<usize>();
+    println!("421s to 127.0.0.3: {from_ip3} (of {N} messages)");
+    assert!(
+        from_ip3 <= 30,
+        "{from_ip3} attempts from the throttled source"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let delivered = events.iter().find(|e| e["event"] == "Delivery").unwrap();
+    assert_eq!(delivered["source"], "ip4", "{delivered}");
+    assert_eq!(delivered["site"], "127.0.0.2", "{delivered}");
+    let deferred = events
+        .iter()
+        .find(|e| e["event"] == "TransientFailure")
+        .unwrap();
+    assert_eq!(deferred["source"], "ip3", "{deferred}");
+    assert_eq!(deferred["category"], "RateLimited", "{deferred}");
+}

@@ -366,7 +366,8 @@ impl Scheduler {
         let mut last = DeliveryOutcome::Temporary {
             reply: "no egress source of the pool could be used".into(),
         };
-        for _ in 0..self.delivery.egress.source_count().max(1) {
+        let tries = self.delivery.egress.source_count().max(1);
+        for t in 0..tries {
             let source = self.delivery.egress.pick(&env.pool, Instant::now());
             let limits = shaping::Shaping::limits(
                 rule,
@@ -377,6 +378,12 @@ impl Scheduler {
                 source: source.as_ref().map(|s| s.name.clone()),
                 site: site.clone(),
             };
+            // A throttled path gives its turn to the pool's next source,
+            // unless it is the last one to try.
+            let throttled = self.gates.borrow().throttled_rate(&path, Instant::now());
+            if throttled.is_some() && t + 1 < tries {
+                continue;
+            }
             if let Err(over) = self.within_caps(source.as_deref(), &path, &limits, rule) {
                 last = over;
                 continue;

@@ -63,6 +63,9 @@ pub struct Script {
     /// Play a PROXY protocol v2 forwarder in front of the MX: every
     /// connection must start with a v2 header, which is recorded.
     pub proxy_v2: bool,
+    /// Answer every transaction from this client address with
+    /// `temp_reply` (a receiver throttling one sending IP).
+    pub temp_fail_peer: Option<IpAddr>,
 }
 
 impl Script {
@@ -102,6 +105,9 @@ pub struct State {
     pub messages: Vec<Received>,
     /// Transactions that ended in a temporary failure or a dropped connection.
     pub refused: usize,
+    /// Of `refused`, those answered with a temporary failure, by client
+    /// address.
+    pub refused_by_peer: HashMap<IpAddr, usize>,
     /// When each transaction's data was answered (2xx or 4xx), in order.
     pub answered_at: Vec<Instant>,
     /// Connections open now, by client address (from accept until the
@@ -317,7 +323,9 @@ fn session(
             }
             let temp = {
                 let mut s = script.lock().unwrap();
-                if s.temp_fail_first > 0 {
+                if s.temp_fail_peer == Some(peer.ip()) {
+                    Some(s.temp_reply.clone())
+                } else if s.temp_fail_first > 0 {
                     s.temp_fail_first -= 1;
                     Some(s.temp_reply.clone())
                 } else {
@@ -328,6 +336,7 @@ fn session(
                 Some(t) => {
                     let mut st = st.lock().unwrap();
                     st.refused += 1;
+                    *st.refused_by_peer.entry(peer.ip()).or_default() += 1;
                     st.answered_at.push(Instant::now());
                     drop(st);
                     reply(&mut r, &t)?;
