@@ -303,3 +303,77 @@ fn a_throttled_source_gives_its_turns_to_the_pools_other() {
     assert_eq!(deferred["source"], "ip3", "{deferred}");
     assert_eq!(deferred["category"], "RateLimited", "{deferred}");
 }
+
+/// A `[backoff]` suspend rule with egress sources suspends the path the
+/// reply came over (source and site), durably: the pool's other source
+/// carries the mail, and the hold is still there after a restart.
+#[test]
+fn a_suspend_rule_holds_one_sources_path_to_the_site_across_a_restart() {
+    const N: usize = 40;
+    let port = sink_port();
+    let sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script {
+            temp_fail_peer: Some("127.0.0.3".parse().unwrap()),
+            temp_reply: "421 4.7.0 [TSS04] Messages from 127.0.0.3 temporarily deferred".into(),
+            ..Script::default()
+        },
+    );
+    let mut ts = start_with(2, move |c| {
+        c.delivery.smarthost.clear();
+        c.delivery.retry_initial_secs = 1;
+        c.delivery.retry_max_secs = 1;
+        c.delivery
+            .routes
+            .insert("dest.test".into(), format!("[127.0.0.2]:{port}"));
+        c.egress.source = vec![
+            source("ip3", "127.0.0.3", ""),
+            source("ip4", "127.0.0.4", ""),
+        ];
+        c.egress.pool = vec![EgressPool {
+            name: "both".into(),
+            sources: vec![member("ip3", 1), member("ip4", 1)],
+            priority: None,
+        }];
+        c.backoff.rules = vec![ringpost::config::BackoffRule {
+            category: None,
+            text: Some(r"\[TSS04\]".into()),
+            action: "suspend".into(),
+            secs: 3600,
+            factor: 0.5,
+        }];
+    });
+    let mut c = Client::connect(ts.addr);
+    c.expect("EHLO app.test.example", 250);
+    for i in 0..N {
+        c.begin("news@shop.example", &[&format!("r{i}@dest.test")]);
+        assert_eq!(c.data(b"Subject: x\r\n\r\nx\r\n").code, 250);
+    }
+    sink.wait_for(N, 60);
+    let refused = sink.state.lock().unwrap().refused_by_peer.clone();
+    let from_ip3: usize = refused.values().sum();
+    println!("[TSS04] replies to 127.0.0.3: {from_ip3}");
+    assert!(from_ip3 <= 5, "{from_ip3}");
+    ts.restart();
+    let req = b"GET /queue/summary HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (_, text) = http(ts.admin_addr.unwrap(), req);
+    let summary: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(summary["holds"][0]["kind"], "path", "{summary}");
+    assert_eq!(summary["holds"][0]["name"], "ip3|127.0.0.2", "{summary}");
+    assert!(summary["holds"][0]["until"].as_u64().is_some(), "{summary}");
+    // After the restart, still only ip4.
+    let mut c = Client::connect(ts.addr);
+    c.expect("EHLO app.test.example", 250);
+    for i in 0..10 {
+        c.begin("news@shop.example", &[&format!("later{i}@dest.test")]);
+        assert_eq!(c.data(b"Subject: x\r\n\r\nx\r\n").code, 250);
+    }
+    let msgs = sink.wait_for(N + 10, 30);
+    assert!(msgs.iter().all(|m| m.peer.ip().to_string() == "127.0.0.4"));
+    let refused_after: usize = sink.state.lock().unwrap().refused_by_peer.values().sum();
+    assert_eq!(
+        refused_after, from_ip3,
+        "no attempt from ip3 after the restart"
+    );
+}

@@ -426,3 +426,124 @@ fn a_warmup_cap_holds_to_the_message_and_grows_the_next_day() {
         .unwrap_or_else(|| panic!("{by}"));
     assert_eq!(ip3["sent_today"], 25, "{by}");
 }
+
+fn admin(ts: &TestServer, method: &str, path: &str) -> serde_json::Value {
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    let (status, text) = http(ts.admin_addr.unwrap(), req.as_bytes());
+    assert_eq!(status, 200, "{method} {path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn send_one(ts: &TestServer, from: &str, to: &str, subject: &str) {
+    let mut c = Client::connect(ts.addr);
+    c.expect("EHLO app.test.example", 250);
+    c.begin(from, &[to]);
+    let body = format!("Subject: {subject}\r\n\r\nx\r\n");
+    assert_eq!(c.data(body.as_bytes()).code, 250);
+}
+
+/// Suspending a site holds mail to both its domains, across a restart;
+/// suspending a source sends its pool's mail from the other source;
+/// suspending a pool holds that pool's mail. Each shows in the summary,
+/// and resuming delivers what it held at once.
+#[test]
+fn sites_sources_and_pools_can_be_suspended_and_resumed() {
+    const SITE: &str = "mx1.site.test,mx2.site.test";
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let dns = zone();
+    let mut ts = start_with(2, move |c| {
+        c.delivery.smarthost.clear();
+        c.delivery.remote_port = port;
+        c.delivery.retry_initial_secs = 1;
+        c.delivery.retry_max_secs = 2;
+        c.dns.nameservers = vec![dns];
+        let source = |name: &str, address: &str| EgressSource {
+            name: name.into(),
+            address: address.parse().unwrap(),
+            ehlo: String::new(),
+            warmup_start: String::new(),
+            warmup_daily: Vec::new(),
+            proxy: String::new(),
+        };
+        c.egress.source = vec![source("ip3", "127.0.0.3"), source("ip4", "127.0.0.4")];
+        let member = |name: &str| PoolMember {
+            source: name.into(),
+            weight: 1,
+        };
+        c.egress.pool = vec![
+            EgressPool {
+                name: "both".into(),
+                sources: vec![member("ip3"), member("ip4")],
+                priority: None,
+            },
+            EgressPool {
+                name: "solo".into(),
+                sources: vec![member("ip4")],
+                priority: None,
+            },
+        ];
+        c.egress
+            .sender_domains
+            .insert("solo.example".into(), "solo".into());
+    });
+    // The site is learnt from a first delivery.
+    send_one(&ts, "news@shop.example", "first@a.site.test", "first");
+    sink.wait_for(1, 30);
+    let site = SITE.replace(',', "%2C");
+    let answer = admin(&ts, "POST", &format!("/queue/sites/{site}/suspend"));
+    assert_eq!(answer["site"], SITE, "{answer}");
+    for (i, d) in ["a", "b", "a", "b"].iter().enumerate() {
+        send_one(
+            &ts,
+            "news@shop.example",
+            &format!("s{i}@{d}.site.test"),
+            "held",
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sink.messages().len(), 1, "the site is held");
+    ts.restart();
+    let summary = admin(&ts, "GET", "/queue/summary");
+    assert_eq!(summary["holds"][0]["kind"], "site", "{summary}");
+    assert_eq!(summary["holds"][0]["name"], SITE, "{summary}");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(sink.messages().len(), 1, "still held after the restart");
+    admin(&ts, "POST", &format!("/queue/sites/{site}/resume"));
+    sink.wait_for(5, 10);
+
+    // A source: the pool's other one takes all.
+    admin(&ts, "POST", "/queue/sources/ip3/suspend");
+    for i in 0..10 {
+        send_one(
+            &ts,
+            "news@shop.example",
+            &format!("src{i}@a.site.test"),
+            "src",
+        );
+    }
+    let msgs = sink.wait_for(15, 20);
+    assert!(msgs[5..].iter().all(|m| m.peer.ip() == ip("127.0.0.4")));
+    admin(&ts, "POST", "/queue/sources/ip3/resume");
+
+    // A pool: its mail waits, the rest flows.
+    admin(&ts, "POST", "/queue/pools/solo/suspend");
+    send_one(&ts, "alerts@solo.example", "p1@b.site.test", "pool-held");
+    send_one(&ts, "news@shop.example", "p2@b.site.test", "pool-free");
+    sink.wait_for(16, 20);
+    std::thread::sleep(Duration::from_millis(1500));
+    let subjects: Vec<String> = sink.messages().iter().map(subject).collect();
+    assert!(subjects.contains(&"pool-free".to_string()));
+    assert!(
+        !subjects.contains(&"pool-held".to_string()),
+        "the pool is held"
+    );
+    let resumed_at = Instant::now();
+    admin(&ts, "POST", "/queue/pools/solo/resume");
+    sink.wait_for(17, 10);
+    println!("held mail out {:?} after the resume", resumed_at.elapsed());
+    assert!(
+        resumed_at.elapsed() < Duration::from_secs(1),
+        "at once, not at its retry"
+    );
+}

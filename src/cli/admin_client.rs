@@ -169,6 +169,20 @@ pub fn render_summary(s: &Summary) -> String {
         s.deferred,
         count(s.recipients, "recipient")
     );
+    for h in &s.holds {
+        out += &format!(
+            "-- {} {} suspended{}\n",
+            h.kind.as_str(),
+            h.name,
+            match h.until {
+                Some(t) => format!(
+                    " for another {}",
+                    age(t.saturating_sub(crate::shard::clock::unix_now()))
+                ),
+                None => " until resumed".to_string(),
+            }
+        );
+    }
     if s.domains.iter().any(|d| d.suspended_until.is_some()) {
         out += "   * suspended for a while: the suspension ends by itself\n";
     }

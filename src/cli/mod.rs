@@ -158,13 +158,24 @@ pub enum QueueCommand {
     /// Hold deliveries to DOMAIN until resumed (or for a while: --for 2h).
     /// Suspensions survive a restart.
     Suspend {
+        /// A destination domain, or with `--kind` a site (its MX host
+        /// names, as `queue summary --by site` shows them), an egress
+        /// source or pool, or a path (`SOURCE|SITE`).
         domain: String,
+        /// What NAME is.
+        #[arg(long, default_value = "domain", value_parser = ["domain", "site", "source", "pool", "path"])]
+        kind: String,
         /// How long: seconds, or with a unit (30m, 2h, 1d).
         #[arg(long = "for", value_parser = parse_duration)]
         duration: Option<u64>,
     },
-    /// Release deliveries to DOMAIN.
-    Resume { domain: String },
+    /// Release deliveries to DOMAIN (or the site, source, pool or path
+    /// `--kind` says).
+    Resume {
+        domain: String,
+        #[arg(long, default_value = "domain", value_parser = ["domain", "site", "source", "pool", "path"])]
+        kind: String,
+    },
     /// Remove a message without delivering or bouncing it.
     Delete { id: String },
     /// Return a message to its sender now (a DSN), and remove it.
@@ -344,15 +355,19 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
         QueueCommand::Show { id } => ("GET", format!("/queue/messages/{}", encode(id))),
         QueueCommand::Trace { id } => ("GET", format!("/queue/messages/{}/trace", encode(id))),
         QueueCommand::Flush { domain } => ("POST", format!("/queue/flush{}", domain_query(domain))),
-        QueueCommand::Suspend { domain, duration } => {
+        QueueCommand::Suspend {
+            domain,
+            kind,
+            duration,
+        } => {
             let query = duration.map_or(String::new(), |d| format!("?for={d}"));
             (
                 "POST",
-                format!("/queue/domains/{}/suspend{query}", encode(domain)),
+                format!("/queue/{kind}s/{}/suspend{query}", encode(domain)),
             )
         }
-        QueueCommand::Resume { domain } => {
-            ("POST", format!("/queue/domains/{}/resume", encode(domain)))
+        QueueCommand::Resume { domain, kind } => {
+            ("POST", format!("/queue/{kind}s/{}/resume", encode(domain)))
         }
         QueueCommand::Delete { id } => ("DELETE", format!("/queue/messages/{}", encode(id))),
         QueueCommand::Bounce { id } => ("POST", format!("/queue/messages/{}/bounce", encode(id))),
@@ -388,11 +403,13 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
             let n = answer["flushed"].as_u64().unwrap_or(0) as usize;
             format!("{} flushed\n", admin_client::count(n, "deferred message"))
         }
-        QueueCommand::Suspend { domain, duration } => match duration {
+        QueueCommand::Suspend {
+            domain, duration, ..
+        } => match duration {
             Some(secs) => format!("{domain}: suspended for {}\n", admin_client::age(secs)),
             None => format!("{domain}: suspended until resumed\n"),
         },
-        QueueCommand::Resume { domain } => format!("{domain}: resumed\n"),
+        QueueCommand::Resume { domain, .. } => format!("{domain}: resumed\n"),
         QueueCommand::Delete { id } => format!("{id}: deleted\n"),
         QueueCommand::Bounce { id } => format!("{id}: returned to sender\n"),
     };

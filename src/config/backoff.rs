@@ -37,11 +37,13 @@ section! {
     /// deferral or bounce that fits a rule (the first that fits) makes
     /// ringpost act on its destination domain (a throttle: on the path):
     ///
-    /// - `"suspend"`: no delivery to the domain for `secs` seconds, stored
-    ///   in the spool like `ringpost queue suspend DOMAIN --for` (it
+    /// - `"suspend"`: no delivery to the domain for `secs` seconds (with
+    ///   egress sources: none over the path the reply came over, that
+    ///   source to that site, while the pool's other sources carry on),
+    ///   stored in the spool like `ringpost queue suspend NAME --for` (it
     ///   survives a restart, shows in `queue summary`, ends by itself, and
-    ///   `queue resume` lifts it). A domain already suspended is left as
-    ///   it is.
+    ///   `queue resume` lifts it). A suspension already in force is left
+    ///   as it is.
     /// - `"throttle"` (AIMD): the rate and connections of the path the
     ///   reply came over (its egress source and site, see
     ///   `delivery.shaping_file`) are cut to

@@ -208,15 +208,24 @@ impl EgressConfig {
         !self.pool.is_empty()
     }
 
-    /// The default priority of pool `name`'s messages, if it sets one.
-    pub fn pool_priority(&self, name: &str) -> Option<super::Priority> {
-        let pool = match self.pool.iter().find(|p| p.name == name) {
+    /// The pool a message naming `name` goes through: that pool, or for
+    /// none (or an unknown one) the default pool; None without pools.
+    fn pool_named(&self, name: &str) -> Option<&EgressPool> {
+        match self.pool.iter().find(|p| p.name == name) {
             Some(p) => Some(p),
-            // No (or no known) pool: the default one.
             None if self.default_pool.is_empty() => self.pool.first(),
             None => self.pool.iter().find(|p| p.name == self.default_pool),
-        };
-        pool?.priority
+        }
+    }
+
+    /// The name of the pool a message naming `name` goes through.
+    pub fn pool_of(&self, name: &str) -> Option<&str> {
+        self.pool_named(name).map(|p| p.name.as_str())
+    }
+
+    /// The default priority of pool `name`'s messages, if it sets one.
+    pub fn pool_priority(&self, name: &str) -> Option<super::Priority> {
+        self.pool_named(name)?.priority
     }
 
     /// Whether `name` is a configured pool.

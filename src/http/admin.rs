@@ -16,6 +16,7 @@
 //! | `POST /queue/flush?domain=D`            | `{"flushed": N}`               |
 //! | `POST /queue/domains/D/suspend?for=SECS`| `{"domain": D, "suspended": true, "until": T}` |
 //! | `POST /queue/domains/D/resume`          | `{"domain": D, "suspended": false}` |
+//! | `POST /queue/{sites,sources,pools,paths}/N/suspend` and `.../resume` | the same for a site, an egress source or pool, or a path (`SOURCE\|SITE`) |
 //! | `... /suppressions...`                  | the suppression list: `http::suppressions` |
 //! | `POST /config/reload`                   | `{"shaping_file": F, "rules": N}`: the shaping rules read again (`scheduler::reload`) |
 //!
@@ -43,8 +44,9 @@ use crate::queue::MessageId;
 use crate::queue::suppression::SuppressionList;
 use crate::scheduler::Scheduler;
 use crate::scheduler::operations::{
-    DomainSummary, GroupBy, GroupSummary, MessageInfo, OperationError,
+    DomainSummary, GroupBy, GroupSummary, HoldSummary, MessageInfo, OperationError,
 };
+use crate::scheduler::state::Hold;
 use crate::shard::clock::Clock;
 use crate::shard::mesh::{Mesh, ShardGone};
 
@@ -61,6 +63,10 @@ pub struct Summary {
     pub recipients: usize,
     /// Most pending recipients first.
     pub domains: Vec<DomainSummary>,
+    /// Suspensions of sites, sources, pools and paths (a domain's shows
+    /// on the domain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<HoldSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,19 +262,20 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
                 .sum();
             Ok(Response::json(200, &json!({ "flushed": flushed })))
         }
-        ("POST", ["queue", "domains", domain, "suspend"]) => {
-            let domain = domain_name(domain)?;
+        ("POST", ["queue", kind, name, "suspend"]) if hold_kind(kind).is_some() => {
+            let kind = hold_kind(kind).expect("checked");
+            let name = hold_name(kind, name)?;
             let secs = match req.param("for") {
                 None => None,
                 Some(n) => Some(n.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
                     ApiError::BadRequest(format!("for=`{n}` is not a number of seconds"))
                 })?),
             };
-            let d = domain.clone();
+            let n = name.clone();
             let answers = shards
-                .ask_all(
-                    move |s| async move { s.suspend(&d, secs).await.map_err(|e| e.to_string()) },
-                )
+                .ask_all(move |s| async move {
+                    s.suspend(kind, &n, secs).await.map_err(|e| e.to_string())
+                })
                 .await?;
             let until = answers
                 .into_iter()
@@ -279,21 +286,24 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
                 .max();
             Ok(Response::json(
                 200,
-                &json!({ "domain": domain, "suspended": true, "until": until }),
+                &json!({ kind.as_str(): name, "suspended": true, "until": until }),
             ))
         }
-        ("POST", ["queue", "domains", domain, "resume"]) => {
-            let domain = domain_name(domain)?;
-            let d = domain.clone();
+        ("POST", ["queue", kind, name, "resume"]) if hold_kind(kind).is_some() => {
+            let kind = hold_kind(kind).expect("checked");
+            let name = hold_name(kind, name)?;
+            let n = name.clone();
             shards
-                .ask_all(move |s| async move { s.resume(&d).await.map_err(|e| e.to_string()) })
+                .ask_all(
+                    move |s| async move { s.resume(kind, &n).await.map_err(|e| e.to_string()) },
+                )
                 .await?
                 .into_iter()
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(ApiError::Storage)?;
             Ok(Response::json(
                 200,
-                &json!({ "domain": domain, "suspended": false }),
+                &json!({ kind.as_str(): name, "suspended": false }),
             ))
         }
         (_, ["queue", ..]) if known_path(req) => Err(ApiError::Method),
@@ -311,15 +321,62 @@ fn known_path(req: &Request) -> bool {
         ["queue", "summary" | "messages" | "flush"]
             | ["queue", "messages", _]
             | ["queue", "messages", _, "bounce" | "trace"]
-            | ["queue", "domains", _, "suspend" | "resume"]
+            | [
+                "queue",
+                "domains" | "sites" | "sources" | "pools" | "paths",
+                _,
+                "suspend" | "resume"
+            ]
     )
+}
+
+/// The kind of hold a path segment names.
+fn hold_kind(segment: &str) -> Option<Hold> {
+    match segment {
+        "domains" => Some(Hold::Domain),
+        "sites" => Some(Hold::Site),
+        "sources" => Some(Hold::Source),
+        "pools" => Some(Hold::Pool),
+        "paths" => Some(Hold::Path),
+        _ => None,
+    }
+}
+
+/// A hold's name from the path: a domain name checked as such; the others
+/// non-empty, without spaces or control characters.
+fn hold_name(kind: Hold, name: &str) -> Result<String, ApiError> {
+    if kind == Hold::Domain {
+        return domain_name(name);
+    }
+    match !name.is_empty() && name.chars().all(|c| c.is_ascii_graphic()) && name.len() <= 1024 {
+        true => Ok(name.to_string()),
+        false => Err(ApiError::BadRequest(format!(
+            "`{name}` is not a {} name",
+            kind.as_str()
+        ))),
+    }
 }
 
 async fn summary(shards: &Shards) -> Result<Summary, ApiError> {
     let answers = shards
-        .ask_all(|s| async move { (s.message_count(), s.summary()) })
+        .ask_all(|s| async move { (s.message_count(), s.summary(), s.holds()) })
         .await?;
-    Ok(merge_summaries(answers))
+    // Every shard holds the same suspensions (each is set on all).
+    let mut holds: Vec<HoldSummary> = Vec::new();
+    let mut parts = Vec::with_capacity(answers.len());
+    for (counts, domains, shard_holds) in answers {
+        for h in shard_holds {
+            if !holds.iter().any(|k| k.kind == h.kind && k.name == h.name) {
+                holds.push(h);
+            }
+        }
+        parts.push((counts, domains));
+    }
+    holds.sort_by(|a, b| (a.kind.as_str(), &a.name).cmp(&(b.kind.as_str(), &b.name)));
+    Ok(Summary {
+        holds,
+        ..merge_summaries(parts)
+    })
 }
 
 /// The queue grouped by site, source or pool (`?by=`).
@@ -375,6 +432,7 @@ fn merge_summaries(answers: Vec<((usize, usize), Vec<DomainSummary>)>) -> Summar
         deferred,
         recipients: domains.iter().map(|d| d.recipients).sum(),
         domains,
+        holds: Vec::new(),
     }
 }
 

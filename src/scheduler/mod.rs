@@ -71,7 +71,7 @@ use crate::shard::mesh::Mesh;
 use crate::shard::share;
 use crate::shard::tasks::TaskSet;
 use retry::{RetryPolicy, RoundEnd};
-use state::{Failure, Job, State};
+use state::{Failure, Hold, Job, State};
 
 /// Jobs one worker task runs before it hands over to a fresh task, so that
 /// no task lives for ever: glommio 0.9 counts a task's waker clones in an
@@ -228,39 +228,66 @@ impl Scheduler {
         self.dispatch(id);
     }
 
-    /// Holds deliveries to `domain` until [`Scheduler::resume`] or, if
-    /// given, for `secs` seconds. Stored in the spool first: a suspension
-    /// survives a restart. Returns when it ends, if it does.
+    /// Holds deliveries to a domain, a site, or from an egress source or
+    /// pool (`kind` `name`), until [`Scheduler::resume`] or, if given, for
+    /// `secs` seconds. Stored in the spool first: a suspension survives a
+    /// restart. Returns when it ends, if it does.
     pub async fn suspend(
         &self,
-        domain: &str,
+        kind: Hold,
+        name: &str,
         secs: Option<u64>,
     ) -> Result<Option<u64>, SpoolError> {
-        let domain = domain.to_ascii_lowercase();
+        let key = kind.key(name);
         let until = secs.map(|s| self.clock.now().saturating_add(s));
-        self.spool.set_suspension(&domain, Some(until)).await?;
-        self.state.borrow_mut().suspended.insert(domain, until);
+        self.spool.set_suspension(&key, Some(until)).await?;
+        self.state.borrow_mut().suspended.insert(key, until);
         Ok(until)
     }
 
-    /// Ends a suspension, durably, and starts delivering to `domain`.
-    pub async fn resume(self: &Rc<Self>, domain: &str) -> Result<(), SpoolError> {
-        let domain = domain.to_ascii_lowercase();
-        self.spool.set_suspension(&domain, None).await?;
-        self.state.borrow_mut().suspended.remove(&domain);
-        self.kick(&domain);
+    /// Ends a suspension, durably, and delivers what it held.
+    pub async fn resume(self: &Rc<Self>, kind: Hold, name: &str) -> Result<(), SpoolError> {
+        let key = kind.key(name);
+        self.spool.set_suspension(&key, None).await?;
+        self.state.borrow_mut().suspended.remove(&key);
+        self.released(&key);
         Ok(())
+    }
+
+    /// A suspension (by its key) ended: a domain's workers start again;
+    /// for a site, every domain of it; and messages that waited for any
+    /// hold ([`state::HELD_REPLY`]) are tried now.
+    fn released(self: &Rc<Self>, key: &str) {
+        let domains: Vec<String> = match Hold::of_key(key) {
+            (Hold::Domain, domain) => vec![domain.to_string()],
+            (Hold::Site, site) => self
+                .state
+                .borrow()
+                .domains
+                .iter()
+                .filter(|(_, q)| q.site.as_deref() == Some(site))
+                .map(|(d, _)| d.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        for domain in domains {
+            self.kick(&domain);
+        }
+        let held = self.state.borrow_mut().take_held();
+        for id in held {
+            self.dispatch(id);
+        }
     }
 
     /// Ends the suspensions whose time is up (the timer calls it).
     async fn end_expired_suspensions(self: &Rc<Self>, now: u64) {
         let ended = self.state.borrow_mut().take_expired_suspensions(now);
-        for domain in ended {
-            log::info!("suspension of {domain} ended");
-            if let Err(e) = self.spool.set_suspension(&domain, None).await {
-                log::error!("ending the suspension of {domain}: {e}");
+        for key in ended {
+            log::info!("suspension of {key} ended");
+            if let Err(e) = self.spool.set_suspension(&key, None).await {
+                log::error!("ending the suspension of {key}: {e}");
             }
-            self.kick(&domain);
+            self.released(&key);
         }
     }
 
@@ -362,6 +389,12 @@ impl Scheduler {
         let shaping = self.shaping.borrow().clone();
         let rule = shaping.rule_for(domain, &hosts);
         self.note_site(domain, &site, rule);
+        if let Some(why) = self.held(env, &site) {
+            return Attempt {
+                site: Some(site),
+                ..Attempt::all(why, rcpts.len())
+            };
+        }
         let mut body = None;
         let mut last = DeliveryOutcome::Temporary {
             reply: "no egress source of the pool could be used".into(),
@@ -378,6 +411,12 @@ impl Scheduler {
                 source: source.as_ref().map(|s| s.name.clone()),
                 site: site.clone(),
             };
+            if let Some(s) = &source
+                && let Some(why) = self.source_held(&s.name, &site)
+            {
+                last = why;
+                continue;
+            }
             // A throttled path gives its turn to the pool's next source,
             // unless it is the last one to try.
             let throttled = self.gates.borrow().throttled_rate(&path, Instant::now());
@@ -445,6 +484,39 @@ impl Scheduler {
         }
     }
 
+    /// Why `env` may not go to `site` now, if a suspension of the site
+    /// or of the message's pool holds it (the message then waits until the
+    /// hold ends).
+    fn held(&self, env: &Envelope, site: &str) -> Option<DeliveryOutcome> {
+        let st = self.state.borrow();
+        let what = if st.is_held(Hold::Site, site) {
+            format!("site {site} is suspended")
+        } else {
+            let pool = self.cfg.egress.pool_of(&env.pool)?;
+            st.is_held(Hold::Pool, pool)
+                .then(|| format!("pool {pool} is suspended"))?
+        };
+        Some(DeliveryOutcome::Temporary {
+            reply: format!("{} {what}", state::HELD_REPLY),
+        })
+    }
+
+    /// Why `source` may not send to `site` now, if it or its path is
+    /// suspended.
+    fn source_held(&self, source: &str, site: &str) -> Option<DeliveryOutcome> {
+        let st = self.state.borrow();
+        let what = if st.is_held(Hold::Source, source) {
+            format!("source {source} is suspended")
+        } else if st.is_held(Hold::Path, &format!("{source}|{site}")) {
+            format!("source {source} is suspended for site {site}")
+        } else {
+            return None;
+        };
+        Some(DeliveryOutcome::Temporary {
+            reply: format!("{} {what}", state::HELD_REPLY),
+        })
+    }
+
     /// The queued message's body, dot-stuffed for DATA; a read error is a
     /// deferral (retried like any; expiry bounds it).
     async fn read_wire(&self, id: MessageId, env: &Envelope) -> Result<Vec<u8>, DeliveryOutcome> {
@@ -508,8 +580,8 @@ impl Scheduler {
             };
             return Err(DeliveryOutcome::Temporary {
                 reply: format!(
-                    "451 4.4.5 not attempted: {from} has reached its cap to this site \
-                     ({caps}{}); waiting",
+                    "{} {from} has reached its cap to this site ({caps}{}); waiting",
+                    state::HELD_REPLY,
                     if warmup.is_some() { ", warming up" } else { "" }
                 ),
             });
@@ -807,21 +879,30 @@ impl Scheduler {
         let mut st = self.state.borrow_mut();
         let acted = match action {
             backoff::Action::Suspend { secs } => {
-                if st.suspended.contains_key(domain) {
+                // With egress sources, the path the reply came over: the
+                // pool's other sources keep sending to the site.
+                let key = match path {
+                    Some(gate::PathKey {
+                        source: Some(source),
+                        site,
+                    }) => Hold::Path.key(&format!("{source}|{site}")),
+                    _ => Hold::Domain.key(domain),
+                };
+                if st.suspended.contains_key(&key) {
                     return None;
                 }
                 // In memory at once (no new job starts), in the spool right
                 // after (see `suspend` for the order the admin API takes).
                 let until = self.clock.now().saturating_add(secs);
-                st.suspended.insert(domain.to_string(), Some(until));
+                st.suspended.insert(key.clone(), Some(until));
                 let me = self.clone();
-                let domain = domain.to_string();
+                let stored = key.clone();
                 self.tasks.spawn(async move {
-                    if let Err(e) = me.spool.set_suspension(&domain, Some(Some(until))).await {
-                        log::error!("storing the back-off of {domain}: {e}");
+                    if let Err(e) = me.spool.set_suspension(&stored, Some(Some(until))).await {
+                        log::error!("storing the back-off of {stored}: {e}");
                     }
                 });
-                format!("suspended for {secs} s")
+                format!("{key} suspended for {secs} s")
             }
             backoff::Action::Throttle { factor, secs } => {
                 // No path: the attempt never reached the site (DNS).

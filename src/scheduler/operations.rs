@@ -18,7 +18,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use super::state::{Entry, Failure};
+use super::state::{Entry, Failure, Hold};
 use super::{Scheduler, queue_gauges};
 use crate::events::{Event, EventKind};
 use crate::queue::{MessageId, RecipientStatus};
@@ -75,6 +75,15 @@ impl DomainSummary {
             self.last_error_at = other.last_error_at;
         }
     }
+}
+
+/// A suspension of a site, source, pool or path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldSummary {
+    pub kind: Hold,
+    pub name: String,
+    /// When it ends by itself (Unix seconds), if it does.
+    pub until: Option<u64>,
 }
 
 /// How `queue summary --by` groups the queue.
@@ -220,13 +229,29 @@ impl Scheduler {
                 (name.clone(), summary)
             })
             .collect();
-        for (name, until) in &st.suspended {
-            let d = map.entry(name.clone()).or_insert_with(|| DomainSummary {
-                domain: name.clone(),
-                ..DomainSummary::default()
-            });
-            d.suspended = true;
-            d.suspended_until = *until;
+        for (key, until) in &st.suspended {
+            match Hold::of_key(key) {
+                (Hold::Domain, name) => {
+                    let d = map
+                        .entry(name.to_string())
+                        .or_insert_with(|| DomainSummary {
+                            domain: name.to_string(),
+                            ..DomainSummary::default()
+                        });
+                    d.suspended = true;
+                    d.suspended_until = *until;
+                }
+                (Hold::Site, site) => {
+                    // The domains known to go there.
+                    for (name, d) in map.iter_mut() {
+                        if st.domains.get(name).and_then(|q| q.site.as_deref()) == Some(site) {
+                            d.suspended = true;
+                            d.suspended_until = d.suspended_until.max(*until);
+                        }
+                    }
+                }
+                _ => {}
+            }
         }
         // A domain is throttled while a path to its site is (the slowest).
         let instant = std::time::Instant::now();
@@ -252,6 +277,24 @@ impl Scheduler {
         map.into_values().collect()
     }
 
+    /// Every suspension in force that is not a domain's: (kind, name,
+    /// until).
+    pub fn holds(&self) -> Vec<HoldSummary> {
+        self.state
+            .borrow()
+            .suspended
+            .iter()
+            .filter_map(|(key, until)| match Hold::of_key(key) {
+                (Hold::Domain, _) => None,
+                (kind, name) => Some(HoldSummary {
+                    kind,
+                    name: name.to_string(),
+                    until: *until,
+                }),
+            })
+            .collect()
+    }
+
     /// This shard's queue grouped `by` site, source or pool: from the
     /// running totals, the paths' gates, and (by pool) one walk over the
     /// messages.
@@ -270,10 +313,6 @@ impl Scheduler {
             }
             GroupBy::Pool => {
                 let egress = &self.cfg.egress;
-                let default = match egress.default_pool.as_str() {
-                    "" => egress.pool.first().map_or("default", |p| p.name.as_str()),
-                    name => name,
-                };
                 for e in st.messages.values() {
                     let pending = e
                         .env
@@ -284,10 +323,7 @@ impl Scheduler {
                     if pending == 0 {
                         continue;
                     }
-                    let pool = match e.env.pool.as_str() {
-                        "" => default,
-                        name => name,
-                    };
+                    let pool = egress.pool_of(&e.env.pool).unwrap_or("default");
                     let g = group(&mut map, pool);
                     g.messages += 1;
                     g.recipients += pending;
@@ -337,16 +373,13 @@ impl Scheduler {
         }
         found.truncate(limit);
         found.sort_unstable_by_key(oldest_first);
-        found
-            .into_iter()
-            .map(|(id, e)| e.info(*id, &st.suspended))
-            .collect()
+        found.into_iter().map(|(id, e)| e.info(*id, &st)).collect()
     }
 
     /// One message, if this shard holds it.
     pub fn show(&self, id: MessageId) -> Option<MessageInfo> {
         let st = self.state.borrow();
-        Some(st.messages.get(&id)?.info(id, &st.suspended))
+        Some(st.messages.get(&id)?.info(id, &st))
     }
 
     /// The first `max` bytes of a message's header section, for `show`.
@@ -451,14 +484,14 @@ impl Scheduler {
 }
 
 impl Entry {
-    fn info(&self, id: MessageId, suspended: &HashMap<String, Option<u64>>) -> MessageInfo {
+    fn info(&self, id: MessageId, st: &super::state::State) -> MessageInfo {
         let env = &self.env;
         let deferred = self.deferred;
         let all_suspended = env
             .recipients
             .iter()
             .filter(|r| r.status == RecipientStatus::Pending)
-            .all(|r| suspended.contains_key(&super::state::domain_of(&r.address)));
+            .all(|r| st.domain_held(&super::state::domain_of(&r.address)));
         let state = match (deferred, all_suspended, self.in_flight > 0) {
             (true, _, _) => "deferred",
             (false, true, false) => "suspended",

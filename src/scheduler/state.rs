@@ -43,8 +43,8 @@ pub struct State {
     pub domains: HashMap<String, DomainQueue>,
     pub deferred: BTreeSet<(u64, MessageId)>,
     pub tallies: Tallies,
-    /// Suspended domains, and when each suspension ends by itself (Unix
-    /// seconds), if it does.
+    /// Suspensions by [`Hold::key`] (a domain's is its name), and when
+    /// each ends by itself (Unix seconds), if it does.
     pub suspended: HashMap<String, Option<u64>>,
     /// Domains a `[backoff]` rule bounces, until when, and why.
     pub bouncing: HashMap<String, Bouncing>,
@@ -112,6 +112,80 @@ pub struct Recorded {
 }
 
 pub use crate::queue::domain_of;
+
+/// What a suspension holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hold {
+    /// A destination domain: its jobs wait, untried.
+    Domain,
+    /// A site (its MX hosts): every domain whose mail goes there.
+    Site,
+    /// An egress source: its pools send from their other sources.
+    Source,
+    /// An egress pool: its messages wait.
+    Pool,
+    /// One source's path to one site (a `[backoff]` rule's suspension
+    /// when egress sources are configured); the name is `SOURCE|SITE`.
+    Path,
+}
+
+impl Hold {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hold::Domain => "domain",
+            Hold::Site => "site",
+            Hold::Source => "source",
+            Hold::Pool => "pool",
+            Hold::Path => "path",
+        }
+    }
+
+    /// The key a suspension of `name` is kept (and stored) under: a
+    /// domain's own name, lower case; `kind:name` for the others (a
+    /// domain name has no colon, so they never meet).
+    pub fn key(self, name: &str) -> String {
+        match self {
+            Hold::Domain => name.to_ascii_lowercase(),
+            Hold::Site => format!("site:{}", name.to_ascii_lowercase()),
+            kind => format!("{}:{name}", kind.as_str()),
+        }
+    }
+
+    /// Pure: a stored key's kind and name.
+    pub fn of_key(key: &str) -> (Hold, &str) {
+        for kind in [Hold::Site, Hold::Source, Hold::Pool, Hold::Path] {
+            if let Some(name) = key
+                .strip_prefix(kind.as_str())
+                .and_then(|r| r.strip_prefix(':'))
+            {
+                return (kind, name);
+            }
+        }
+        (Hold::Domain, key)
+    }
+}
+
+impl std::str::FromStr for Hold {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Hold, String> {
+        [
+            Hold::Domain,
+            Hold::Site,
+            Hold::Source,
+            Hold::Pool,
+            Hold::Path,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| format!("`{s}`: domain, site, source, pool or path"))
+    }
+}
+
+/// The start of the reply of a job that was not attempted because its
+/// pool, source or path is held (suspended, or at a cap): such messages
+/// are retried at once when a hold ends.
+pub const HELD_REPLY: &str = "451 4.4.5 not attempted:";
 
 /// Pure: a message's pending recipients (indices) grouped by destination
 /// domain: one job each.
@@ -289,7 +363,51 @@ impl State {
         }
     }
 
-    /// Suspensions that have ended by `now`: taken out, their domains
+    /// Whether `domain` is suspended, itself or through its site (as far
+    /// as its site is known).
+    pub fn domain_held(&self, domain: &str) -> bool {
+        if self.suspended.is_empty() {
+            return false;
+        }
+        self.suspended.contains_key(domain)
+            || self
+                .domains
+                .get(domain)
+                .and_then(|q| q.site.as_deref())
+                .is_some_and(|site| self.is_held(Hold::Site, site))
+    }
+
+    /// Whether a suspension of `kind` `name` holds.
+    pub fn is_held(&self, kind: Hold, name: &str) -> bool {
+        !self.suspended.is_empty() && self.suspended.contains_key(&kind.key(name))
+    }
+
+    /// Deferred messages that wait only because of a hold (their last
+    /// reply is [`HELD_REPLY`]): taken out of the due-time index, to be
+    /// tried now that a hold ended.
+    pub fn take_held(&mut self) -> Vec<MessageId> {
+        let held: Vec<MessageId> = self
+            .deferred
+            .iter()
+            .map(|&(_, id)| id)
+            .filter(|id| {
+                self.messages.get(id).is_some_and(|e| {
+                    e.env.recipients.iter().any(|r| {
+                        r.status == RecipientStatus::Pending
+                            && r.last_reply
+                                .as_deref()
+                                .is_some_and(|t| t.starts_with(HELD_REPLY))
+                    })
+                })
+            })
+            .collect();
+        for &id in &held {
+            self.undefer(id);
+        }
+        held
+    }
+
+    /// Suspensions that have ended by `now`: taken out, their keys
     /// returned.
     pub fn take_expired_suspensions(&mut self, now: u64) -> Vec<String> {
         let ended: Vec<String> = self
@@ -339,7 +457,7 @@ impl State {
     /// Whether `domain` needs one more worker (within `limit` workers and
     /// the jobs waiting for one); if so, counts it as starting.
     pub fn add_worker(&mut self, domain: &str, limit: usize) -> bool {
-        if self.suspended.contains_key(domain) {
+        if self.domain_held(domain) {
             return false;
         }
         let q = self.domains.entry(domain.to_string()).or_default();
@@ -355,7 +473,7 @@ impl State {
     /// ready, the domain suspended, or `stop`). `first`: the worker's first
     /// call, which ends its starting phase.
     pub fn next_job(&mut self, domain: &str, first: bool, stop: bool) -> Option<Job> {
-        let suspended = self.suspended.contains_key(domain);
+        let suspended = self.domain_held(domain);
         let q = self
             .domains
             .get_mut(domain)
