@@ -401,32 +401,13 @@ impl Scheduler {
         };
         let tries = self.delivery.egress.source_count().max(1);
         for t in 0..tries {
-            let source = self.delivery.egress.pick(&env.pool, Instant::now());
-            let limits = shaping::Shaping::limits(
-                rule,
-                source.as_ref().map(|s| s.name.as_str()),
-                &self.base_limits,
-            );
-            let path = gate::PathKey {
-                source: source.as_ref().map(|s| s.name.clone()),
-                site: site.clone(),
+            let (source, limits, path) = match self.choose_path(env, &site, rule, t + 1 == tries) {
+                Ok(chosen) => chosen,
+                Err(why) => {
+                    last = why.unwrap_or(last);
+                    continue;
+                }
             };
-            if let Some(s) = &source
-                && let Some(why) = self.source_held(&s.name, &site)
-            {
-                last = why;
-                continue;
-            }
-            // A throttled path gives its turn to the pool's next source,
-            // unless it is the last one to try.
-            let throttled = self.gates.borrow().throttled_rate(&path, Instant::now());
-            if throttled.is_some() && t + 1 < tries {
-                continue;
-            }
-            if let Err(over) = self.within_caps(source.as_deref(), &path, &limits, rule) {
-                last = over;
-                continue;
-            }
             let lease = self
                 .enter_path(
                     &path,
@@ -482,6 +463,37 @@ impl Scheduler {
             site: Some(site),
             ..Attempt::all(last, rcpts.len())
         }
+    }
+
+    /// The next source of `env`'s pool to try for `site` (by the pool's
+    /// turns), with its path and limits; Err when it may not be used now:
+    /// held or at a cap (with the deferral, for when no source is left),
+    /// or throttled (None: its turn goes to the next source, unless this
+    /// is the `last` try).
+    fn choose_path(
+        &self,
+        env: &Envelope,
+        site: &str,
+        rule: Option<&shaping::Rule>,
+        last: bool,
+    ) -> Result<ChosenPath, Option<DeliveryOutcome>> {
+        let source = self.delivery.egress.pick(&env.pool, Instant::now());
+        let name = source.as_ref().map(|s| s.name.as_str());
+        let limits = shaping::Shaping::limits(rule, name, &self.base_limits);
+        let path = gate::PathKey {
+            source: name.map(str::to_string),
+            site: site.to_string(),
+        };
+        if let Some(why) = name.and_then(|n| self.source_held(n, site)) {
+            return Err(Some(why));
+        }
+        let throttled = self.gates.borrow().throttled_rate(&path, Instant::now());
+        if throttled.is_some() && !last {
+            return Err(None);
+        }
+        self.within_caps(source.as_deref(), &path, &limits, rule)
+            .map_err(Some)?;
+        Ok((source, limits, path))
     }
 
     /// Why `env` may not go to `site` now, if a suspension of the site
@@ -1167,6 +1179,14 @@ fn queue_gauges(env: &Envelope, sign: f64) {
     ::metrics::gauge!(crate::metrics::QUEUE_MESSAGES).increment(sign);
     ::metrics::gauge!(crate::metrics::QUEUE_BYTES).increment(sign * env.size() as f64);
 }
+
+/// A source chosen for an attempt (None without `[egress]`), the limits
+/// of its path to the site, and the path.
+type ChosenPath = (
+    Option<Rc<crate::outbound::egress::Source>>,
+    shaping::Limits,
+    gate::PathKey,
+);
 
 /// A connection on one path, held from `Scheduler::enter_path` until
 /// dropped: whatever way the attempt ends, the gate gets it back.
