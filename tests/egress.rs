@@ -80,24 +80,13 @@ fn a_pool_spreads_mail_over_its_sources_by_weight() {
     let ts = server(port);
     // 20 sessions at once: reception's group commit then syncs 20
     // messages at a time, not 4.
-    const SESSIONS: usize = 20;
-    let senders: Vec<_> = (0..SESSIONS)
-        .map(|t| {
-            let addr = ts.addr;
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                c.expect("EHLO app.test.example", 250);
-                for i in 0..N / SESSIONS {
-                    c.expect("MAIL FROM:<news@shop.example>", 250);
-                    c.expect(&format!("RCPT TO:<r{t}-{i}@dest.test>"), 250);
-                    assert_eq!(c.data(b"Subject: bulk\r\n\r\nx\r\n").code, 250);
-                }
-            })
-        })
-        .collect();
-    for s in senders {
-        s.join().unwrap();
-    }
+    common::send_concurrently(ts.addr, N, 20, |i| {
+        (
+            "news@shop.example".into(),
+            format!("r{i}@dest.test"),
+            "Subject: bulk\r\n\r\nx\r\n".into(),
+        )
+    });
     sink.wait_for(N, 120);
     let counts = by_peer(&sink);
     let (n3, n4) = (counts["127.0.0.3"].0, counts["127.0.0.4"].0);
@@ -226,30 +215,29 @@ fn a_proxied_source_names_itself_and_the_mx_in_a_proxy_v2_header() {
     println!("first header: {:?}", msgs[0].proxy);
 }
 
-/// A receiver throttling one source (421 4.7.28 to every transaction
-/// from 127.0.0.3): once a `[backoff]` rule throttles that path, the
-/// pool's other source takes its turns, so the mail goes out at once
-/// from 127.0.0.4 instead of waiting on the throttled one. The delivery
-/// log names the source and site of every attempt.
-#[test]
-fn a_throttled_source_gives_its_turns_to_the_pools_other() {
-    const N: usize = 200;
+/// A sink at 127.0.0.2 that answers every transaction from 127.0.0.3
+/// with `reply`, and a server whose pool spreads dest.test's mail over
+/// 127.0.0.3 and 127.0.0.4 (retries after 1 s) under the `[backoff]`
+/// `rule`; `log`: the delivery log's path.
+fn one_source_refused(
+    reply: &str,
+    rule: ringpost::config::BackoffRule,
+    log: &str,
+) -> (Sink, TestServer) {
     let port = sink_port();
     let sink = Sink::start(
         "127.0.0.2",
         port,
         Script {
             temp_fail_peer: Some("127.0.0.3".parse().unwrap()),
-            temp_reply: "421 4.7.28 this IP is rate limited, try later".into(),
+            temp_reply: reply.into(),
             ..Script::default()
         },
     );
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("delivery.log");
-    let log_path = log.to_str().unwrap().to_string();
+    let log = log.to_string();
     let ts = start_with(2, move |c| {
         c.delivery.smarthost.clear();
-        c.delivery.log = log_path;
+        c.delivery.log = log;
         c.delivery.retry_initial_secs = 1;
         c.delivery.retry_max_secs = 1;
         c.delivery
@@ -264,20 +252,43 @@ fn a_throttled_source_gives_its_turns_to_the_pools_other() {
             sources: vec![member("ip3", 1), member("ip4", 1)],
             priority: None,
         }];
-        c.backoff.rules = vec![ringpost::config::BackoffRule {
+        c.backoff.rules = vec![rule];
+    });
+    (sink, ts)
+}
+
+/// Sends `n` messages to `<tag><i>@dest.test` on one session.
+fn send_to_dest(ts: &TestServer, n: usize, tag: &str) {
+    let mut c = Client::connect(ts.addr);
+    c.expect("EHLO app.test.example", 250);
+    for i in 0..n {
+        c.begin("news@shop.example", &[&format!("{tag}{i}@dest.test")]);
+        assert_eq!(c.data(b"Subject: x\r\n\r\nx\r\n").code, 250);
+    }
+}
+
+/// A receiver throttling one source (421 4.7.28 to every transaction
+/// from 127.0.0.3): once a `[backoff]` rule throttles that path, the
+/// pool's other source takes its turns, so the mail goes out at once
+/// from 127.0.0.4 instead of waiting on the throttled one. The delivery
+/// log names the source and site of every attempt.
+#[test]
+fn a_throttled_source_gives_its_turns_to_the_pools_other() {
+    const N: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("delivery.log");
+    let (sink, ts) = one_source_refused(
+        "421 4.7.28 this IP is rate limited, try later",
+        ringpost::config::BackoffRule {
             category: Some("RateLimited".into()),
             text: None,
             action: "throttle".into(),
             secs: 60,
             factor: 0.5,
-        }];
-    });
-    let mut c = Client::connect(ts.addr);
-    c.expect("EHLO app.test.example", 250);
-    for i in 0..N {
-        c.begin("news@shop.example", &[&format!("r{i}@dest.test")]);
-        assert_eq!(c.data(b"Subject: x\r\n\r\nx\r\n").code, 250);
-    }
+        },
+        log.to_str().unwrap(),
+    );
+    send_to_dest(&ts, N, "r");
     let msgs = sink.wait_for(N, 60);
     assert!(msgs.iter().all(|m| m.peer.ip().to_string() == "127.0.0.4"));
     let refused = sink.state.lock().unwrap().refused_by_peer.clone();
@@ -310,46 +321,18 @@ fn a_throttled_source_gives_its_turns_to_the_pools_other() {
 #[test]
 fn a_suspend_rule_holds_one_sources_path_to_the_site_across_a_restart() {
     const N: usize = 40;
-    let port = sink_port();
-    let sink = Sink::start(
-        "127.0.0.2",
-        port,
-        Script {
-            temp_fail_peer: Some("127.0.0.3".parse().unwrap()),
-            temp_reply: "421 4.7.0 [TSS04] Messages from 127.0.0.3 temporarily deferred".into(),
-            ..Script::default()
-        },
-    );
-    let mut ts = start_with(2, move |c| {
-        c.delivery.smarthost.clear();
-        c.delivery.retry_initial_secs = 1;
-        c.delivery.retry_max_secs = 1;
-        c.delivery
-            .routes
-            .insert("dest.test".into(), format!("[127.0.0.2]:{port}"));
-        c.egress.source = vec![
-            source("ip3", "127.0.0.3", ""),
-            source("ip4", "127.0.0.4", ""),
-        ];
-        c.egress.pool = vec![EgressPool {
-            name: "both".into(),
-            sources: vec![member("ip3", 1), member("ip4", 1)],
-            priority: None,
-        }];
-        c.backoff.rules = vec![ringpost::config::BackoffRule {
+    let (sink, mut ts) = one_source_refused(
+        "421 4.7.0 [TSS04] Messages from 127.0.0.3 temporarily deferred",
+        ringpost::config::BackoffRule {
             category: None,
             text: Some(r"\[TSS04\]".into()),
             action: "suspend".into(),
             secs: 3600,
             factor: 0.5,
-        }];
-    });
-    let mut c = Client::connect(ts.addr);
-    c.expect("EHLO app.test.example", 250);
-    for i in 0..N {
-        c.begin("news@shop.example", &[&format!("r{i}@dest.test")]);
-        assert_eq!(c.data(b"Subject: x\r\n\r\nx\r\n").code, 250);
-    }
+        },
+        "off",
+    );
+    send_to_dest(&ts, N, "r");
     sink.wait_for(N, 60);
     let refused = sink.state.lock().unwrap().refused_by_peer.clone();
     let from_ip3: usize = refused.values().sum();
@@ -363,12 +346,7 @@ fn a_suspend_rule_holds_one_sources_path_to_the_site_across_a_restart() {
     assert_eq!(summary["holds"][0]["name"], "ip3|127.0.0.2", "{summary}");
     assert!(summary["holds"][0]["until"].as_u64().is_some(), "{summary}");
     // After the restart, still only ip4.
-    let mut c = Client::connect(ts.addr);
-    c.expect("EHLO app.test.example", 250);
-    for i in 0..10 {
-        c.begin("news@shop.example", &[&format!("later{i}@dest.test")]);
-        assert_eq!(c.data(b"Subject: x\r\n\r\nx\r\n").code, 250);
-    }
+    send_to_dest(&ts, 10, "later");
     let msgs = sink.wait_for(N + 10, 30);
     assert!(msgs.iter().all(|m| m.peer.ip().to_string() == "127.0.0.4"));
     let refused_after: usize = sink.state.lock().unwrap().refused_by_peer.values().sum();

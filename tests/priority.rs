@@ -61,26 +61,13 @@ fn urgent_mail_overtakes_a_queued_campaign_and_bulk_keeps_its_rate() {
     let sink = Sink::start("127.0.0.2", port, Script::default());
     let dir = tempfile::tempdir().unwrap();
     let ts = server(port, dir.path());
-    const SESSIONS: usize = 20;
-    let senders: Vec<_> = (0..SESSIONS)
-        .map(|t| {
-            let addr = ts.addr;
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                c.expect("EHLO app.test.example", 250);
-                for i in (t..bulk).step_by(SESSIONS) {
-                    c.expect("MAIL FROM:<news@shop.example>", 250);
-                    c.expect(&format!("RCPT TO:<r{i}@bulk.lanes.test>"), 250);
-                    let body =
-                        format!("X-Ringpost-Priority: bulk\r\nSubject: bulk{i}\r\n\r\nx\r\n");
-                    assert_eq!(c.data(body.as_bytes()).code, 250);
-                }
-            })
-        })
-        .collect();
-    for s in senders {
-        s.join().unwrap();
-    }
+    common::send_concurrently(ts.addr, bulk, 20, |i| {
+        (
+            "news@shop.example".into(),
+            format!("r{i}@bulk.lanes.test"),
+            format!("X-Ringpost-Priority: bulk\r\nSubject: bulk{i}\r\n\r\nx\r\n"),
+        )
+    });
     let queued_at = Instant::now();
     // Half of the urgent mail by SMTP header, half by the HTTP field.
     let mut c = Client::connect(ts.addr);

@@ -58,25 +58,33 @@ fn server(
 /// Sends `n` messages over 20 sessions, alternately to a.site.test and
 /// b.site.test, each with its own subject ("m<i>").
 fn send_many(ts: &TestServer, n: usize) {
-    const SESSIONS: usize = 20;
-    let senders: Vec<_> = (0..SESSIONS)
-        .map(|t| {
-            let addr = ts.addr;
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                c.expect("EHLO app.test.example", 250);
-                for i in (t..n).step_by(SESSIONS) {
-                    let domain = if i % 2 == 0 { "a" } else { "b" };
-                    c.expect("MAIL FROM:<news@shop.example>", 250);
-                    c.expect(&format!("RCPT TO:<r{i}@{domain}.site.test>"), 250);
-                    let body = format!("Subject: m{i}\r\n\r\nx\r\n");
-                    assert_eq!(c.data(body.as_bytes()).code, 250);
-                }
+    send_from(ts, "news@shop.example", n, "m", 20);
+}
+
+/// An egress source at `address` (no warm-up, no forwarder).
+fn source(name: &str, address: &str) -> EgressSource {
+    EgressSource {
+        name: name.into(),
+        address: address.parse().unwrap(),
+        ehlo: String::new(),
+        warmup_start: String::new(),
+        warmup_daily: Vec::new(),
+        proxy: String::new(),
+    }
+}
+
+/// A pool of `sources`, each of weight 1.
+fn pool(name: &str, sources: &[&str]) -> EgressPool {
+    EgressPool {
+        name: name.into(),
+        sources: sources
+            .iter()
+            .map(|s| PoolMember {
+                source: s.to_string(),
+                weight: 1,
             })
-        })
-        .collect();
-    for s in senders {
-        s.join().unwrap();
+            .collect(),
+        priority: None,
     }
 }
 
@@ -131,24 +139,8 @@ fn two_domains_with_the_same_mx_hosts_share_one_limit_per_source() {
     )
     .unwrap();
     let ts = server(port, &file, |c| {
-        let source = |name: &str, address: &str| EgressSource {
-            name: name.into(),
-            address: address.parse().unwrap(),
-            ehlo: String::new(),
-            warmup_start: String::new(),
-            warmup_daily: Vec::new(),
-            proxy: String::new(),
-        };
         c.egress.source = vec![source("ip3", "127.0.0.3"), source("ip4", "127.0.0.4")];
-        let member = |name: &str| PoolMember {
-            source: name.into(),
-            weight: 1,
-        };
-        c.egress.pool = vec![EgressPool {
-            name: "both".into(),
-            sources: vec![member("ip3"), member("ip4")],
-            priority: None,
-        }];
+        c.egress.pool = vec![pool("both", &["ip3", "ip4"])];
     });
     send_many(&ts, N);
     let msgs = sink.wait_for(N, 120);
@@ -308,29 +300,18 @@ fn sighup_reloads_the_shaping_file() {
     child.wait().unwrap();
 }
 
-/// Sends `n` messages from `from` over 10 sessions, to a.site.test and
-/// b.site.test, subjects "<tag><i>".
-fn send_from(ts: &TestServer, from: &str, n: usize, tag: &str) {
-    const SESSIONS: usize = 10;
-    let senders: Vec<_> = (0..SESSIONS)
-        .map(|t| {
-            let (addr, from, tag) = (ts.addr, from.to_string(), tag.to_string());
-            std::thread::spawn(move || {
-                let mut c = Client::connect(addr);
-                c.expect("EHLO app.test.example", 250);
-                for i in (t..n).step_by(SESSIONS) {
-                    let domain = if i % 2 == 0 { "a" } else { "b" };
-                    c.expect(&format!("MAIL FROM:<{from}>"), 250);
-                    c.expect(&format!("RCPT TO:<{tag}{i}@{domain}.site.test>"), 250);
-                    let body = format!("Subject: {tag}{i}\r\n\r\nx\r\n");
-                    assert_eq!(c.data(body.as_bytes()).code, 250);
-                }
-            })
-        })
-        .collect();
-    for s in senders {
-        s.join().unwrap();
-    }
+/// Sends `n` messages from `from` over `sessions` sessions, alternately
+/// to a.site.test and b.site.test, subjects (and local parts) "<tag><i>".
+fn send_from(ts: &TestServer, from: &str, n: usize, tag: &str, sessions: usize) {
+    let (from, tag) = (from.to_string(), tag.to_string());
+    common::send_concurrently(ts.addr, n, sessions, move |i| {
+        let domain = if i % 2 == 0 { "a" } else { "b" };
+        (
+            from.clone(),
+            format!("{tag}{i}@{domain}.site.test"),
+            format!("Subject: {tag}{i}\r\n\r\nx\r\n"),
+        )
+    });
 }
 
 /// Messages the sink took from `source`.
@@ -357,49 +338,26 @@ fn a_warmup_cap_holds_to_the_message_and_grows_the_next_day() {
         c.delivery.smarthost.clear();
         c.delivery.remote_port = port;
         c.dns.nameservers = vec![dns];
-        let source = |name: &str, address: &str| EgressSource {
-            name: name.into(),
-            address: address.parse().unwrap(),
-            ehlo: String::new(),
-            warmup_start: String::new(),
-            warmup_daily: Vec::new(),
-            proxy: String::new(),
-        };
         let mut warming = source("ip3", "127.0.0.3");
         warming.warmup_start = "2026-12-01".into();
         warming.warmup_daily = vec![10, 25];
         c.egress.source = vec![warming, source("ip4", "127.0.0.4")];
-        let member = |name: &str| PoolMember {
-            source: name.into(),
-            weight: 1,
-        };
-        c.egress.pool = vec![
-            EgressPool {
-                name: "both".into(),
-                sources: vec![member("ip3"), member("ip4")],
-                priority: None,
-            },
-            EgressPool {
-                name: "warm".into(),
-                sources: vec![member("ip3")],
-                priority: None,
-            },
-        ];
+        c.egress.pool = vec![pool("both", &["ip3", "ip4"]), pool("warm", &["ip3"])];
         c.egress
             .sender_domains
             .insert("warm.example".into(), "warm".into());
     });
-    send_from(&ts, "news@shop.example", 100, "d1-");
+    send_from(&ts, "news@shop.example", 100, "d1-", 10);
     sink.wait_for(100, 60);
     assert_eq!(from_source(&sink, "127.0.0.3"), 10, "day 1: the cap");
     assert_eq!(from_source(&sink, "127.0.0.4"), 90);
     // Only the warming source in the pool: the mail waits.
-    send_from(&ts, "alerts@warm.example", 6, "w-");
+    send_from(&ts, "alerts@warm.example", 6, "w-", 10);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(sink.messages().len(), 100, "over the cap: waiting");
     // The day's counts survive a restart.
     ts.restart();
-    send_from(&ts, "news@shop.example", 20, "d1b-");
+    send_from(&ts, "news@shop.example", 20, "d1b-", 10);
     sink.wait_for(120, 60);
     assert_eq!(from_source(&sink, "127.0.0.3"), 10, "still day 1");
     // Day 2: 25. The waiting six go first (their retry is due), then
@@ -407,7 +365,7 @@ fn a_warmup_cap_holds_to_the_message_and_grows_the_next_day() {
     clock.advance(86_400);
     sink.wait_for(126, 60);
     assert_eq!(from_source(&sink, "127.0.0.3"), 16);
-    send_from(&ts, "news@shop.example", 100, "d2-");
+    send_from(&ts, "news@shop.example", 100, "d2-", 10);
     sink.wait_for(226, 60);
     assert_eq!(from_source(&sink, "127.0.0.3"), 10 + 25, "day 2: the cap");
     assert_eq!(from_source(&sink, "127.0.0.4"), 90 + 20 + 81);
@@ -458,31 +416,8 @@ fn sites_sources_and_pools_can_be_suspended_and_resumed() {
         c.delivery.retry_initial_secs = 1;
         c.delivery.retry_max_secs = 2;
         c.dns.nameservers = vec![dns];
-        let source = |name: &str, address: &str| EgressSource {
-            name: name.into(),
-            address: address.parse().unwrap(),
-            ehlo: String::new(),
-            warmup_start: String::new(),
-            warmup_daily: Vec::new(),
-            proxy: String::new(),
-        };
         c.egress.source = vec![source("ip3", "127.0.0.3"), source("ip4", "127.0.0.4")];
-        let member = |name: &str| PoolMember {
-            source: name.into(),
-            weight: 1,
-        };
-        c.egress.pool = vec![
-            EgressPool {
-                name: "both".into(),
-                sources: vec![member("ip3"), member("ip4")],
-                priority: None,
-            },
-            EgressPool {
-                name: "solo".into(),
-                sources: vec![member("ip4")],
-                priority: None,
-            },
-        ];
+        c.egress.pool = vec![pool("both", &["ip3", "ip4"]), pool("solo", &["ip4"])];
         c.egress
             .sender_domains
             .insert("solo.example".into(), "solo".into());

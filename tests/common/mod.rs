@@ -98,6 +98,36 @@ pub fn spawn_binary(config: &Path, addr: SocketAddr) -> std::process::Child {
     child
 }
 
+/// Sends messages `0..n` over `sessions` SMTP sessions at once (message
+/// `i` on session `i % sessions`), each answered 250; `message(i)` gives
+/// its sender, recipient and content.
+pub fn send_concurrently(
+    addr: SocketAddr,
+    n: usize,
+    sessions: usize,
+    message: impl Fn(usize) -> (String, String, String) + Send + Sync + 'static,
+) {
+    let message = std::sync::Arc::new(message);
+    let senders: Vec<_> = (0..sessions)
+        .map(|t| {
+            let message = message.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                c.expect("EHLO app.test.example", 250);
+                for i in (t..n).step_by(sessions) {
+                    let (from, to, content) = message(i);
+                    c.expect(&format!("MAIL FROM:<{from}>"), 250);
+                    c.expect(&format!("RCPT TO:<{to}>"), 250);
+                    assert_eq!(c.data(content.as_bytes()).code, 250);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+}
+
 /// The message id in lettre's "250 ... queued as <id>" response.
 pub fn lettre_queued_id(response: &lettre::transport::smtp::response::Response) -> String {
     let text: Vec<&str> = response.message().collect();
