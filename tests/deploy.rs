@@ -70,3 +70,135 @@ fn the_example_configs_are_valid() {
         }
     }
 }
+
+const KUBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes");
+
+/// The Kubernetes manifests pass `kubernetes-validate --strict` (PyPI,
+/// offline, its bundled schemas; .ci/run installs it); the PodMonitor, a
+/// CRD without a bundled schema, scrapes the port the pods name.
+#[test]
+fn kubernetes_manifests_validate() {
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet", "ringpost.yaml", "podmonitor.yaml"])
+        .current_dir(KUBE)
+        .output()
+        .expect("kubernetes-validate is needed (PyPI; .ci/run installs it)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("ERROR"), "{text}");
+    let manifests = std::fs::read_to_string(format!("{KUBE}/ringpost.yaml")).unwrap();
+    let monitor = std::fs::read_to_string(format!("{KUBE}/podmonitor.yaml")).unwrap();
+    assert!(manifests.contains("- name: metrics\n              containerPort: 9464"));
+    assert!(monitor.contains("- port: metrics"));
+    for probe in [
+        "path: /readyz",
+        "path: /healthz",
+        "preStop:",
+        "readOnlyRootFilesystem: true",
+    ] {
+        assert!(manifests.contains(probe), "{probe}");
+    }
+}
+
+/// The config in the ConfigMap is a valid ringpost config, and its
+/// shutdown grace fits the pod's termination grace after the preStop.
+#[test]
+fn the_configmaps_config_is_valid_and_fits_the_grace_period() {
+    let manifests = std::fs::read_to_string(format!("{KUBE}/ringpost.yaml")).unwrap();
+    let start = manifests.find("  ringpost.toml: |\n").unwrap() + "  ringpost.toml: |\n".len();
+    let toml: String = manifests[start..]
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ringpost.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let cfg = ringpost::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let number_after = |key: &str| -> u64 {
+        let at = manifests.find(key).unwrap() + key.len();
+        let digits: String = manifests[at..]
+            .chars()
+            .skip_while(|c| !c.is_ascii_digit())
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().unwrap()
+    };
+    let grace = number_after("terminationGracePeriodSeconds:");
+    let pre_stop = number_after("sleep:\n                seconds:");
+    assert!(
+        pre_stop + cfg.server.shutdown_grace_secs < grace,
+        "preStop {pre_stop} s + shutdown_grace_secs {} s must fit in {grace} s",
+        cfg.server.shutdown_grace_secs
+    );
+    assert_eq!(cfg.smtp.listen.addr().unwrap().port(), 2525);
+}
+
+/// The Containerfile parses as a two-stage build whose image holds the
+/// binary only, runs it as a non-root user, and builds with the Rust the
+/// crate is pinned to.
+#[test]
+fn the_containerfile_is_a_two_stage_build_of_the_binary_alone() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/Containerfile"))
+            .unwrap();
+    let known = [
+        "FROM",
+        "WORKDIR",
+        "COPY",
+        "RUN",
+        "USER",
+        "EXPOSE",
+        "ENTRYPOINT",
+        "CMD",
+    ];
+    let instructions: Vec<(&str, &str)> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .map(|l| l.split_once(' ').unwrap_or((l, "")))
+        .collect();
+    for (word, _) in &instructions {
+        assert!(known.contains(word), "unknown instruction {word}");
+    }
+    let stages: Vec<&str> = instructions
+        .iter()
+        .filter(|(w, _)| *w == "FROM")
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    let cargo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let pinned = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        stages[0].contains(&format!("rust:{pinned}")),
+        "{}",
+        stages[0]
+    );
+    let last_from = text.rfind("\nFROM ").unwrap();
+    let final_stage = &text[last_from..];
+    let copies: Vec<&str> = final_stage
+        .lines()
+        .filter(|l| l.starts_with("COPY"))
+        .collect();
+    assert_eq!(
+        copies,
+        ["COPY --from=build /src/target/release/ringpost /ringpost"]
+    );
+    assert!(final_stage.contains("\nUSER 65532:65532"));
+    for (word, args) in instructions
+        .iter()
+        .filter(|(w, _)| ["ENTRYPOINT", "CMD"].contains(w))
+    {
+        let parsed: Vec<String> = serde_json::from_str(args)
+            .unwrap_or_else(|e| panic!("{word} is not an exec-form JSON array: {e}"));
+        assert!(!parsed.is_empty());
+    }
+}
