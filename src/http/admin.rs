@@ -262,49 +262,10 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
                 .sum();
             Ok(Response::json(200, &json!({ "flushed": flushed })))
         }
-        ("POST", ["queue", kind, name, "suspend"]) if hold_kind(kind).is_some() => {
-            let kind = hold_kind(kind).expect("checked");
-            let name = hold_name(kind, name)?;
-            let secs = match req.param("for") {
-                None => None,
-                Some(n) => Some(n.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
-                    ApiError::BadRequest(format!("for=`{n}` is not a number of seconds"))
-                })?),
-            };
-            let n = name.clone();
-            let answers = shards
-                .ask_all(move |s| async move {
-                    s.suspend(kind, &n, secs).await.map_err(|e| e.to_string())
-                })
-                .await?;
-            let until = answers
-                .into_iter()
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(ApiError::Storage)?
-                .into_iter()
-                .flatten()
-                .max();
-            Ok(Response::json(
-                200,
-                &json!({ kind.as_str(): name, "suspended": true, "until": until }),
-            ))
-        }
-        ("POST", ["queue", kind, name, "resume"]) if hold_kind(kind).is_some() => {
-            let kind = hold_kind(kind).expect("checked");
-            let name = hold_name(kind, name)?;
-            let n = name.clone();
-            shards
-                .ask_all(
-                    move |s| async move { s.resume(kind, &n).await.map_err(|e| e.to_string()) },
-                )
-                .await?
-                .into_iter()
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(ApiError::Storage)?;
-            Ok(Response::json(
-                200,
-                &json!({ kind.as_str(): name, "suspended": false }),
-            ))
+        ("POST", ["queue", kind, name, action @ ("suspend" | "resume")])
+            if hold_kind(kind).is_some() =>
+        {
+            hold(shards, req, kind, name, *action == "suspend").await
         }
         (_, ["queue", ..]) if known_path(req) => Err(ApiError::Method),
         _ => Err(ApiError::NotFound(format!(
@@ -328,6 +289,47 @@ fn known_path(req: &Request) -> bool {
                 "suspend" | "resume"
             ]
     )
+}
+
+/// Suspends (or resumes) what `segment`/`name` names on every shard,
+/// stored before the answer.
+async fn hold(
+    shards: &Shards,
+    req: &Request,
+    segment: &str,
+    name: &str,
+    suspend: bool,
+) -> Result<Response, ApiError> {
+    let kind = hold_kind(segment).ok_or_else(|| ApiError::NotFound(segment.to_string()))?;
+    let name = hold_name(kind, name)?;
+    let secs = match req.param("for").filter(|_| suspend) {
+        None => None,
+        Some(n) => Some(n.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
+            ApiError::BadRequest(format!("for=`{n}` is not a number of seconds"))
+        })?),
+    };
+    let n = name.clone();
+    let answers = shards
+        .ask_all(move |s| async move {
+            match suspend {
+                true => s.suspend(kind, &n, secs).await,
+                false => s.resume(kind, &n).await.map(|()| None),
+            }
+            .map_err(|e| e.to_string())
+        })
+        .await?;
+    let until = answers
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::Storage)?
+        .into_iter()
+        .flatten()
+        .max();
+    let mut answer = json!({ kind.as_str(): name, "suspended": suspend });
+    if suspend {
+        answer["until"] = json!(until);
+    }
+    Ok(Response::json(200, &answer))
 }
 
 /// The kind of hold a path segment names.

@@ -5,11 +5,14 @@
 //! Owns: [`Gates`], one per shard, a [`Gate`] per [`PathKey`] (source,
 //! site): this shard's share of the path's limits (`shaping::Limits`),
 //! the connections in use, the workers waiting for one (first come, first
-//! served), the next free start time (pacing), the measured rate, and a
-//! `[backoff]` throttle when a receiver asked to slow down. A worker holds
-//! a connection from [`Gates::enter`] (at once, or when one is handed
-//! over) to [`Gates::leave`]; leaving hands the connection straight to
-//! the longest waiter, so a waiter never misses its turn.
+//! served within a priority lane, the lanes taking turns: `lanes`), the
+//! next free start time (pacing), the measured rate, and a `[backoff]`
+//! throttle when a receiver asked to slow down; and, apart from the gates
+//! (which are forgotten when idle), the [`Counts`] of capped paths against
+//! their hourly and daily caps. A worker holds a connection from
+//! [`Gates::enter`] (at once, or when one is handed over) to
+//! [`Gates::leave`]; leaving hands the connection straight to the next
+//! waiter, so a waiter never misses its turn.
 //!
 //! Concurrency: per shard, on its executor; the scheduler keeps it in a
 //! `RefCell` and never holds the borrow across an await. A waiter is a
@@ -41,7 +44,7 @@ pub struct PathKey {
 #[derive(Debug, Default)]
 pub struct Gate {
     /// The node-wide limits last configured.
-    pub limits: Option<Limits>,
+    limits: Option<Limits>,
     /// The shaping rule that gave them, for metrics and the summary.
     pub rule: Option<String>,
     /// This shard's connections.
@@ -52,8 +55,11 @@ pub struct Gate {
     /// Workers waiting for a connection, by their message's priority.
     waiters: Lanes<oneshot::Sender<()>>,
     next_slot: Option<Instant>,
-    pub meter: RateMeter,
-    pub throttle: Option<Throttle>,
+    meter: RateMeter,
+    throttle: Option<Throttle>,
+    /// The rule the path was under when its throttle began: what the
+    /// throttle's metric was labelled with, so that its end is too.
+    throttled_under: Option<String>,
     /// When a worker last entered or left: idle gates are forgotten.
     last_used: Option<Instant>,
 }
@@ -183,7 +189,7 @@ impl Gates {
     }
 
     /// A worker is done with its connection on `key`: it goes to the
-    /// longest waiter if the limit still allows it.
+    /// next waiter if the limit still allows it.
     pub fn leave(&mut self, key: &PathKey, now: Instant) {
         let Some(gate) = self.gates.get_mut(key) else {
             return;
@@ -220,24 +226,26 @@ impl Gates {
 
     /// A `[backoff]` throttle on `key`: the first cut from this shard's
     /// configured rate (or what it measured, if lower), later cuts from
-    /// where recovery has got to. False if nothing changed (a cut within
-    /// `backoff::CUT_HOLD` of the last).
+    /// where recovery has got to. None if nothing changed (a cut within
+    /// `backoff::CUT_HOLD` of the last); else whether this cut began the
+    /// throttle.
     pub fn throttle(
         &mut self,
         key: &PathKey,
         factor: f64,
         recover: Duration,
         now: Instant,
-    ) -> bool {
+    ) -> Option<bool> {
         let gate = self.gates.entry(key.clone()).or_default();
         if let Some(t) = &mut gate.throttle {
-            return t.cut(factor, recover, now);
+            return t.cut(factor, recover, now).then_some(false);
         }
         let measured = gate.meter.rate(now);
         let configured = gate.pace.map(|p| 1.0 / p.as_secs_f64());
         let base = configured.map_or(measured, |c| c.min(measured));
         gate.throttle = Some(Throttle::new(base, factor, recover, now));
-        true
+        gate.throttled_under = gate.rule.clone();
+        Some(true)
     }
 
     /// The throttled rate of `key` at `now`, if one holds.
@@ -295,8 +303,9 @@ impl Gates {
     }
 
     /// The timer's round: throttles that recovered end (their paths
-    /// returned, with their rules), throttles recovering let waiters in,
-    /// and gates unused for a long time are forgotten.
+    /// returned, with the rule each was under when its throttle began),
+    /// throttles recovering let waiters in, and gates unused for a long
+    /// time are forgotten.
     pub fn tick(&mut self, now: Instant) -> Vec<(PathKey, Option<String>)> {
         let mut recovered = Vec::new();
         let weights = self.weights;
@@ -307,7 +316,7 @@ impl Gates {
                 .is_some_and(|t| t.rate(now).is_none())
             {
                 gate.throttle = None;
-                recovered.push((key.clone(), gate.rule.clone()));
+                recovered.push((key.clone(), gate.throttled_under.take()));
             }
             gate.wake(now, weights);
             let idle = gate.in_use == 0
@@ -414,9 +423,10 @@ mod tests {
         }
         // ...then "slow down": half of that.
         let t0 = t0 + Duration::from_millis(500);
-        assert!(g.throttle(&k, 0.5, Duration::from_secs(4), t0));
-        assert!(
-            !g.throttle(&k, 0.5, Duration::from_secs(4), t0),
+        assert_eq!(g.throttle(&k, 0.5, Duration::from_secs(4), t0), Some(true));
+        assert_eq!(
+            g.throttle(&k, 0.5, Duration::from_secs(4), t0),
+            None,
             "held a second"
         );
         assert_eq!(g.throttled_rate(&k, t0), Some(20.0));
@@ -464,6 +474,20 @@ mod tests {
         assert!(fresh.take_quota(&k, None, Some(3), day + 7200).is_none());
         // A cap of 0: never.
         assert!(g.take_quota(&key("b"), None, Some(0), day).is_none());
+    }
+
+    #[test]
+    fn a_throttle_ends_under_the_rule_it_began_under() {
+        // Its metric is labelled by rule: a reload between the two must
+        // not leave one label up and another down.
+        let t0 = Instant::now();
+        let mut g = Gates::new(0, 1, [16, 4, 1]);
+        let k = key("mx.a");
+        g.configure(&k, &limits(2, 10.0), Some("old"), t0);
+        assert_eq!(g.throttle(&k, 0.5, Duration::from_secs(1), t0), Some(true));
+        g.configure(&k, &limits(2, 20.0), Some("new"), t0);
+        let ended = g.tick(t0 + Duration::from_secs(1));
+        assert_eq!(ended, [(k.clone(), Some("old".to_string()))]);
     }
 
     #[test]

@@ -517,6 +517,9 @@ impl Scheduler {
     /// suspended.
     fn source_held(&self, source: &str, site: &str) -> Option<DeliveryOutcome> {
         let st = self.state.borrow();
+        if st.suspended.is_empty() {
+            return None;
+        }
         let what = if st.is_held(Hold::Source, source) {
             format!("source {source} is suspended")
         } else if st.is_held(Hold::Path, &format!("{source}|{site}")) {
@@ -617,7 +620,10 @@ impl Scheduler {
         let per_source = shaping::Shaping::limits(rule, None, &self.base_limits).max_connections;
         let capacity = share(per_source * sources, self.shard, self.mesh.count());
         let mut st = self.state.borrow_mut();
-        let q = st.domains.entry(domain.to_string()).or_default();
+        // The domain's queue exists (its job came from it): no new key.
+        let Some(q) = st.domains.get_mut(domain) else {
+            return;
+        };
         q.capacity = Some(capacity);
         if q.site.as_deref() != Some(site) {
             q.site = Some(site.to_string());
@@ -625,9 +631,8 @@ impl Scheduler {
     }
 
     /// Waits (in priority `lane`) for a connection on `path` (configured
-    /// with `limits` first)
-    /// and for its next start time; the connection is the path's until
-    /// the lease is dropped.
+    /// with `limits` first) and for its next start time; the connection
+    /// is the path's until the lease is dropped.
     async fn enter_path(
         &self,
         path: &gate::PathKey,
@@ -920,10 +925,7 @@ impl Scheduler {
                 // No path: the attempt never reached the site (DNS).
                 let path = path?;
                 let mut gates = self.gates.borrow_mut();
-                let first = gates.throttled_rate(path, now).is_none();
-                if !gates.throttle(path, factor, Duration::from_secs(secs), now) {
-                    return None;
-                }
+                let first = gates.throttle(path, factor, Duration::from_secs(secs), now)?;
                 if first {
                     let rule = gates.rule_of(path);
                     ::metrics::gauge!(crate::metrics::PATH_THROTTLED, &path_labels(path, rule))

@@ -166,22 +166,6 @@ impl Hold {
     }
 }
 
-impl std::str::FromStr for Hold {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Hold, String> {
-        [
-            Hold::Domain,
-            Hold::Site,
-            Hold::Source,
-            Hold::Pool,
-            Hold::Path,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-        .ok_or_else(|| format!("`{s}`: domain, site, source, pool or path"))
-    }
-}
-
 /// The start of the reply of a job that was not attempted because its
 /// pool, source or path is held (suspended, or at a cap): such messages
 /// are retried at once when a hold ends.
