@@ -89,10 +89,16 @@ fn sender(
     }
 }
 
-/// Both `spool.sync` modes, one after the other: run side by side, one
-/// test's client connections could take the other's chosen port.
+/// The tests here pick free ports by binding and letting go, then start
+/// a server on them: run side by side, one test's client connections (or
+/// its server) could take the other's chosen port (seen once: an SMTP
+/// test whose clients got no 250 for 120 s). They take turns.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Both `spool.sync` modes, one after the other (see [`ONE_AT_A_TIME`]).
 #[test]
 fn no_acknowledged_message_is_lost_on_sigkill() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     sigkill_mid_stream("inline");
     sigkill_mid_stream("io_uring");
 }
@@ -168,6 +174,7 @@ fn injector(
 /// 200, restart, and every one of them is in the spool.
 #[test]
 fn no_injected_message_is_lost_on_sigkill() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const INJECTORS: usize = 8;
     const KILL_AFTER: usize = 300;
     let tmp = tempfile::tempdir().unwrap();
