@@ -45,7 +45,7 @@ use crate::queue::{Spool, SpoolOptions, existing_shards};
 use crate::scheduler::{Scheduler, Wiring};
 use crate::shard::clock::Clock;
 use crate::shard::mesh::{self, Mesh, Work};
-use crate::shard::net::{bind_shared, probe_listen};
+use crate::shard::net::{Reserved, probe_listen, reserve_shared};
 use crate::shard::stop::{self, StopSender, StopSignal};
 
 /// glommio's registered io_memory is used only by `DmaFile`, which ringpost
@@ -116,6 +116,9 @@ struct Prepared {
     cfg: Arc<Config>,
     shards: usize,
     listeners: Listeners,
+    /// Every shard's listening sockets, bound at start-up (see
+    /// `reserve_shared`); each shard takes its own.
+    sockets: Vec<Mutex<Option<Sockets>>>,
     clock: Clock,
     resolver: Resolver,
     files: Loaded,
@@ -244,6 +247,11 @@ fn prepare(
 ) -> Result<Prepared, StartError> {
     let files = preflight(&cfg).map_err(|p| StartError::Files(ConfigErrors(p)))?;
     let listeners = Listeners::probe(&mut cfg)?;
+    // At once after the probe: between the two, another process could
+    // take the port (and, with SO_REUSEPORT, share it without an error).
+    let sockets = (0..shards)
+        .map(|index| Sockets::reserve(&listeners, index).map(|s| Mutex::new(Some(s))))
+        .collect::<Result<Vec<_>, _>>()?;
     let resolver = dns::start(
         &cfg.dns.nameservers,
         Duration::from_secs(cfg.dns.timeout_secs),
@@ -262,6 +270,7 @@ fn prepare(
         cfg: Arc::new(cfg),
         shards,
         listeners,
+        sockets,
         clock,
         resolver,
         files,
@@ -554,28 +563,48 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
     })
 }
 
-/// The shard's listening sockets, bound before it reports ready.
-struct Bound {
-    smtp: Option<crate::shard::net::Bound>,
-    submission: Option<crate::shard::net::Bound>,
-    inject: Option<crate::shard::net::Bound>,
+/// One shard's listening sockets: `S` is `Reserved` until the shard's
+/// executor adopts them as `Bound`.
+struct Listening<S> {
+    smtp: Option<S>,
+    submission: Option<S>,
+    inject: Option<S>,
     /// Shard 0 only.
-    metrics: Option<crate::shard::net::Bound>,
+    metrics: Option<S>,
     /// Shard 0 only.
-    admin: Option<crate::shard::net::Bound>,
+    admin: Option<S>,
 }
 
-fn bind(l: &Listeners, index: usize) -> Result<Bound, String> {
-    let bind = |addr: SocketAddr| bind_shared(addr).map_err(|e| format!("listen on {addr}: {e}"));
-    let optional = |addr: Option<SocketAddr>| addr.map(bind).transpose();
-    let first = index == 0;
-    Ok(Bound {
-        smtp: optional(l.smtp)?,
-        submission: optional(l.submission)?,
-        inject: optional(l.inject)?,
-        metrics: optional(l.metrics.filter(|_| first))?,
-        admin: optional(l.admin.filter(|_| first))?,
-    })
+type Sockets = Listening<Reserved>;
+type Bound = Listening<crate::shard::net::Bound>;
+
+impl Sockets {
+    /// Shard `index`'s sockets on the probed addresses, bound now.
+    fn reserve(l: &Listeners, index: usize) -> Result<Sockets, StartError> {
+        let bind = |addr: SocketAddr| {
+            reserve_shared(addr).map_err(|source| StartError::Listen { addr, source })
+        };
+        let optional = |addr: Option<SocketAddr>| addr.map(bind).transpose();
+        let first = index == 0;
+        Ok(Sockets {
+            smtp: optional(l.smtp)?,
+            submission: optional(l.submission)?,
+            inject: optional(l.inject)?,
+            metrics: optional(l.metrics.filter(|_| first))?,
+            admin: optional(l.admin.filter(|_| first))?,
+        })
+    }
+
+    fn adopt(self) -> Bound {
+        let adopt = |s: Option<Reserved>| s.map(Reserved::adopt);
+        Bound {
+            smtp: adopt(self.smtp),
+            submission: adopt(self.submission),
+            inject: adopt(self.inject),
+            metrics: adopt(self.metrics),
+            admin: adopt(self.admin),
+        }
+    }
 }
 
 /// Starts every loop of the shard, each a task of its own, never joined
@@ -667,7 +696,12 @@ async fn run_shard(
     reports: &flume::Sender<ShardReport>,
 ) -> Result<(), String> {
     let parts = assemble(&p, seat.index).await?;
-    let bound = bind(&p.listeners, seat.index)?;
+    let bound = p.sockets[seat.index]
+        .lock()
+        .expect("start-up only")
+        .take()
+        .ok_or("the shard's sockets were taken already")?
+        .adopt();
     let stop = seat.stop.clone();
     let loops = spawn_loops(&p, seat, &parts, bound);
     let _ = reports.send(ShardReport::Ready);

@@ -2,7 +2,8 @@
 //! with the stop signal.
 //!
 //! Owns: [`probe_listen`] (is the address free, and which port does 0
-//! become), [`bind_shared`] (one SO_REUSEPORT listener per shard) and
+//! become), [`reserve_shared`] (one SO_REUSEPORT listener per shard,
+//! bound at start-up and adopted by its shard's executor) and
 //! [`Listener`], which accepts until the stop signal.
 //!
 //! Stopping a listener: when the stop signal fires, the listening socket
@@ -25,7 +26,7 @@ use super::stop::StopSignal;
 /// Pending connections per shard listener before the kernel refuses more.
 const LISTEN_BACKLOG: i32 = 1024;
 
-/// A shard's listening socket, bound by [`bind_shared`].
+/// A shard's listening socket, adopted by its executor ([`Reserved::adopt`]).
 pub struct Bound {
     listener: glommio::net::TcpListener,
     fd: RawFd,
@@ -66,24 +67,39 @@ impl Listener {
     }
 }
 
+/// A shard's listening socket, bound and listening (any thread may make
+/// it), until its shard's executor adopts it.
+#[derive(Debug)]
+pub struct Reserved(std::os::fd::OwnedFd);
+
 /// A listener for one shard. Every shard binds the same address with
 /// SO_REUSEPORT so the kernel spreads connections across shards. We build
 /// the socket ourselves because glommio's `TcpListener::bind` leaves out
 /// SO_REUSEADDR: the accepted connections then linger in TIME_WAIT without
 /// it, and a restart right after a crash could not bind the port.
-pub fn bind_shared(addr: SocketAddr) -> std::io::Result<Bound> {
+/// Start-up binds every shard's sockets right after [`probe_listen`],
+/// before the shards start: between the two another process could take
+/// the port, and SO_REUSEPORT would let it share the port silently.
+pub fn reserve_shared(addr: SocketAddr) -> std::io::Result<Reserved> {
     use socket2::{Domain, Protocol, Socket, Type};
-    use std::os::fd::{FromRawFd, IntoRawFd};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
-    let fd = socket.into_raw_fd();
-    // SAFETY: the descriptor is a listening TCP socket that we own and hand
-    // over whole; nothing else closes it.
-    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-    Ok(Bound { listener, fd })
+    Ok(Reserved(socket.into()))
+}
+
+impl Reserved {
+    /// The socket as a listener of the calling shard's executor.
+    pub fn adopt(self) -> Bound {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let fd = self.0.into_raw_fd();
+        // SAFETY: the descriptor is a listening TCP socket that we own and
+        // hand over whole; nothing else closes it.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+        Bound { listener, fd }
+    }
 }
 
 /// SO_REUSEPORT (which every shard's listener needs) would let us share a
