@@ -295,6 +295,8 @@ pub struct Loaded {
     pub classifier: Arc<crate::classify::Classifier>,
     /// The shaping rules: the operator's file, then ringpost's.
     pub shaping: Arc<crate::scheduler::shaping::Shaping>,
+    /// The webhooks, with their secrets and TLS configs.
+    pub webhooks: Vec<Arc<crate::events::webhook::Hook>>,
 }
 
 /// Every check `serve` makes before it binds anything, on the files the
@@ -312,7 +314,12 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
         dkim: None,
         classifier: Arc::new(crate::classify::Classifier::default_rules()),
         shaping: Arc::default(),
+        webhooks: Vec::new(),
     };
+    match crate::events::webhook::Hook::load_all(&cfg.events) {
+        Ok(hooks) => loaded.webhooks = hooks,
+        Err(e) => p.at("events.webhook", e),
+    }
     if cfg.submission.enabled() && !cfg.submission.users_file.is_empty() {
         match Users::load(cfg.submission.users_file.as_ref()) {
             Ok(users) => loaded.users = Some(Arc::new(users)),
@@ -493,11 +500,12 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         r.quarantined,
         r.segments_removed
     );
+    let spool = Rc::new(spool);
     let events = Rc::new(
         EventLog::open(&cfg.delivery.log)
-            .map_err(|e| format!("delivery log {}: {e}", cfg.delivery.log))?,
+            .map_err(|e| format!("delivery log {}: {e}", cfg.delivery.log))?
+            .with_webhooks(&cfg.events, spool.clone()),
     );
-    let spool = Rc::new(spool);
     let (scheduler, dsns) = Scheduler::new(Wiring {
         cfg: cfg.clone(),
         shard: index,
@@ -640,6 +648,24 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
     loops.push(glommio::spawn_local(async move {
         spool.run_flusher(flusher_stop).await
     }));
+    if !p.files.webhooks.is_empty() {
+        let shard = Rc::new(crate::events::webhook::Shard {
+            spool: parts.spool.clone(),
+            names: p
+                .files
+                .webhooks
+                .iter()
+                .map(|h| h.cfg.name.clone())
+                .collect(),
+        });
+        for hook in &p.files.webhooks {
+            loops.push(glommio::spawn_local(crate::events::webhook::run(
+                hook.clone(),
+                shard.clone(),
+                stop.clone(),
+            )));
+        }
+    }
     loops.push(glommio::spawn_local(mesh::serve(
         seat.work,
         parts.scheduler.clone(),

@@ -174,6 +174,22 @@ pub fn verified_client(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(config))
 }
 
+/// For HTTPS clients (webhooks): the Web PKI's roots (webpki-roots), or
+/// only the CAs in `ca_file` when one is given.
+pub fn web_client(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    if let Some(ca) = ca_file {
+        return verified_client(ca);
+    }
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Accepts any certificate, verifying only the handshake signatures.
 #[derive(Debug)]
 struct AnyCertificate(Arc<CryptoProvider>);

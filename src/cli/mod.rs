@@ -97,6 +97,15 @@ pub enum Command {
         #[command(subcommand)]
         command: suppression::SuppressionCommand,
     },
+    /// Webhook events a receiver refused for good (a 4xx other than 408
+    /// or 429), kept in the spool: printed as JSON lines, each with the
+    /// webhook's name. Reads the spool directly: the server must be
+    /// stopped.
+    EventsFailed {
+        /// Config file to take [spool] dir from.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Inspect and act on the queue of the running server (admin API).
     Queue {
         #[command(flatten)]
@@ -294,6 +303,7 @@ pub fn run(cli: Cli) -> Result<()> {
             admin,
         } => queue_ls(&dir, &load(admin.config.as_ref())?),
         Command::Queue { admin, command } => queue(admin, command),
+        Command::EventsFailed { config } => events_failed(&load(config.as_ref())?),
         Command::Suppression { admin, command } => {
             let json = admin.json;
             let api = admin_client(admin)?;
@@ -541,6 +551,18 @@ impl StartupSummary {
             format!("delivery log: {} (logs: standard error)", self.log),
         ]
     }
+}
+
+fn events_failed(cfg: &Config) -> Result<()> {
+    let dir = &cfg.spool.dir;
+    for shard in existing_shards(dir) {
+        let spool = Spool::open(dir, shard, &SpoolOptions::from(&cfg.spool))?;
+        for (webhook, event) in spool.outbox().failed() {
+            let json: serde_json::Value = serde_json::from_slice(&event.json)?;
+            println!("{}", serde_json::json!({"webhook": webhook, "event": json}));
+        }
+    }
+    Ok(())
 }
 
 fn queue_ls(dir: &std::path::Path, cfg: &Config) -> Result<()> {

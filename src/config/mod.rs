@@ -85,6 +85,7 @@ mod delivery;
 mod dkim;
 mod dns;
 mod egress;
+mod events;
 mod feedback;
 mod http;
 mod listen;
@@ -104,6 +105,7 @@ pub use delivery::{DeliveryConfig, NextHop};
 pub use dkim::{DKIM_ALGORITHMS, DkimConfig, DkimIdentity};
 pub use dns::DnsConfig;
 pub use egress::{EgressConfig, EgressPool, EgressSource, PoolMember};
+pub use events::{BacklogFull, EVENT_KINDS, EventsConfig, Webhook};
 pub use feedback::FeedbackConfig;
 pub use http::{AdminConfig, InjectConfig, MetricsConfig};
 pub use listen::Listen;
@@ -132,6 +134,7 @@ pub struct Config {
     pub meta: MetaConfig,
     pub priority: PriorityConfig,
     pub egress: EgressConfig,
+    pub events: EventsConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
     pub dkim: DkimConfig,
@@ -247,6 +250,7 @@ impl Config {
                 "meta" => cfg.meta.merge(t, &mut p),
                 "priority" => cfg.priority.merge(t, &mut p),
                 "egress" => cfg.egress.merge(t, &mut p),
+                "events" => cfg.events.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
                 "dkim" => cfg.dkim.merge(t, &mut p),
@@ -275,6 +279,7 @@ impl Config {
         self.meta.check(p);
         self.priority.check(p);
         self.egress.check(p);
+        self.events.check(p);
         self.dns.check(p);
         self.tls.check(p);
         self.dkim.check(p);

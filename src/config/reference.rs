@@ -103,6 +103,7 @@ pub fn reference_markdown() -> String {
         super::MetaConfig::reference(),
         super::PriorityConfig::reference(),
         super::EgressConfig::reference(),
+        super::EventsConfig::reference(),
         super::DnsConfig::reference(),
         super::TlsConfig::reference(),
         super::DkimConfig::reference(),

@@ -122,10 +122,12 @@ impl Door {
         }
     }
 
-    /// Whether a new message would be taken now (free space above the
-    /// reserve). The SMTP front end asks at MAIL, before the body comes.
+    /// Whether a new message would be taken now: free space above the
+    /// reserve, and the webhooks' backlog under `events.max_backlog` (with
+    /// `on_backlog_full = "defer"`). The SMTP front end asks at MAIL,
+    /// before the body comes.
     pub fn has_room(&self) -> bool {
-        self.spool.has_room()
+        self.spool.has_room() && !self.events.backlog_full()
     }
 
     /// The suppression that refuses mail from `sender` to `rcpt`, if any
@@ -168,7 +170,7 @@ impl Door {
             content_start,
             trusted,
         } = msg;
-        if !self.spool.has_room() {
+        if !self.has_room() {
             return Err(self.refused(id, Refusal::InsufficientStorage));
         }
         // Our own header fields: taken out of every message (they must

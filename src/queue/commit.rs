@@ -121,9 +121,18 @@ struct Frame {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket(u64);
 
+/// How far a shard's event outbox (`outbox`) is written and durable: a
+/// flush makes durable what was written when it began.
+#[derive(Debug, Default)]
+pub struct FlushMark {
+    pub written: std::cell::Cell<u64>,
+    pub durable: std::cell::Cell<u64>,
+}
+
 #[derive(Clone)]
 pub struct GroupCommit {
     db: sled::Db,
+    mark: Rc<FlushMark>,
     envelopes: sled::Tree,
     segments: Rc<Segments>,
     sync: SyncMode,
@@ -160,9 +169,11 @@ impl GroupCommit {
         envelopes: sled::Tree,
         segments: Rc<Segments>,
         sync: SyncMode,
+        mark: Rc<FlushMark>,
     ) -> GroupCommit {
         GroupCommit {
             db,
+            mark,
             envelopes,
             segments,
             sync,
@@ -426,8 +437,12 @@ impl GroupCommit {
     async fn flush_in_background(&self) {
         let doomed = self.segments.take_doomed();
         let covered = self.state.borrow().applied.clone();
+        let written = self.mark.written.get();
         let db = self.db.clone();
         let result = glommio::executor().spawn_blocking(move || db.flush()).await;
+        if result.is_ok() {
+            self.mark.durable.set(written);
+        }
         {
             let mut st = self.state.borrow_mut();
             st.flushing = false;

@@ -18,7 +18,10 @@
 //!                            the messages this shard sent on a capped
 //!                            path this hour and day: 4 x u64 big-endian),
 //!                            tree "quarantine_bodies" (id -> what was
-//!                            readable of the body)
+//!                            readable of the body),
+//!                            trees "events", "event_cursors",
+//!                            "events_failed" (the webhooks' outbox:
+//!                            [`outbox`])
 //!  shard-k/segments/   append-only segments of frames (record + body),
 //!                      unlinked or recycled when unreferenced; at most
 //!                      one spare (spare.tmp: zeros, recycled.tmp: a
@@ -42,6 +45,7 @@
 pub mod commit;
 pub mod envelope;
 pub mod id;
+pub mod outbox;
 pub mod segment;
 pub mod suppression;
 
@@ -98,6 +102,11 @@ pub enum SpoolError {
     NotFound { id: MessageId },
     #[error("spool: {reason}")]
     Durability { reason: String },
+    #[error("event store: {source}")]
+    Outbox {
+        #[source]
+        source: sled::Error,
+    },
 }
 
 /// A message on its way into the queue: what a receiver (SMTP, HTTP
@@ -172,6 +181,7 @@ pub struct Spool {
     path_counts: sled::Tree,
     segments: Rc<Segments>,
     commit: GroupCommit,
+    outbox: outbox::Outbox,
     ids: RefCell<IdGenerator>,
     space: FreeSpace,
 }
@@ -321,9 +331,23 @@ impl Spool {
         let path_counts = tree("path_counts")?;
         let segments =
             Rc::new(Segments::open(&path.join("segments"), opts.segment_bytes).map_err(io_err)?);
+        let mark = Rc::new(commit::FlushMark::default());
+        let commit = GroupCommit::new(
+            db.clone(),
+            envelopes.clone(),
+            segments.clone(),
+            opts.sync,
+            mark.clone(),
+        );
+        let outbox =
+            outbox::Outbox::open(&db, commit.clone(), mark).map_err(|source| SpoolError::Db {
+                path: db_path.clone(),
+                source,
+            })?;
         Ok(Spool {
             shard,
-            commit: GroupCommit::new(db, envelopes.clone(), segments.clone(), opts.sync),
+            commit,
+            outbox,
             path,
             envelopes,
             quarantine,
@@ -395,6 +419,11 @@ impl Spool {
 
     pub fn shard(&self) -> u16 {
         self.shard
+    }
+
+    /// The shard's stored events, for webhooks.
+    pub fn outbox(&self) -> &outbox::Outbox {
+        &self.outbox
     }
 
     /// A new id owned by this spool's shard (`MessageId::shard` names

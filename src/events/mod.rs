@@ -10,7 +10,15 @@
 //! Each shard opens its own append-mode handle; one event is one `write` of
 //! a whole line, which O_APPEND keeps intact across shards.
 //!
+//! With webhooks (`[events]`), each event a webhook wants also gets a
+//! unique `event_id` and goes into the shard's outbox in the spool
+//! (`queue::outbox`), before the caller changes the message's record;
+//! [`webhook`] sends it from there.
+//!
 //! Must not: decide anything; it only records.
+
+pub mod client;
+pub mod webhook;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -18,8 +26,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use std::rc::Rc;
+
+use crate::config::{BacklogFull, EventsConfig};
 use crate::dkim::DkimOutcome;
-use crate::queue::{Envelope, MessageId};
+use crate::queue::{Envelope, MessageId, Spool};
+use crate::shard::log_limit::LogLimit;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
@@ -42,6 +54,28 @@ pub enum EventKind {
     /// A recipient's mail failed after it was delivered to the next hop
     /// (a DSN came to a feedback address).
     AsyncBounce,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 8] = [
+        EventKind::Reception,
+        EventKind::Delivery,
+        EventKind::TransientFailure,
+        EventKind::Bounce,
+        EventKind::Expiration,
+        EventKind::Deletion,
+        EventKind::Complaint,
+        EventKind::AsyncBounce,
+    ];
+
+    /// Its place in [`EventKind::ALL`] and `config::EVENT_KINDS`.
+    pub fn index(self) -> u8 {
+        self as u8
+    }
+
+    pub fn name(self) -> &'static str {
+        crate::config::EVENT_KINDS[self as usize]
+    }
 }
 
 /// Time and id are kept raw and formatted only when the event is written:
@@ -105,6 +139,17 @@ enum Sink {
 
 pub struct EventLog {
     sink: Sink,
+    outbox: Option<Outbound>,
+}
+
+/// Where events for the webhooks go.
+struct Outbound {
+    spool: Rc<Spool>,
+    /// Bit `i`: some webhook wants events of kind `i`.
+    wanted: u16,
+    max_backlog: u64,
+    on_full: BacklogFull,
+    dropped: LogLimit,
 }
 
 impl EventLog {
@@ -115,17 +160,52 @@ impl EventLog {
             "stdout" => Sink::Stdout,
             path => Sink::File(OpenOptions::new().create(true).append(true).open(path)?),
         };
-        Ok(EventLog { sink })
+        Ok(EventLog { sink, outbox: None })
+    }
+
+    /// Also stores the events `cfg`'s webhooks want in `spool`'s outbox.
+    pub fn with_webhooks(mut self, cfg: &EventsConfig, spool: Rc<Spool>) -> EventLog {
+        let wanted = EventKind::ALL
+            .iter()
+            .filter(|k| cfg.webhook.iter().any(|w| w.wants(k.name())))
+            .fold(0u16, |bits, k| bits | 1 << k.index());
+        self.outbox = cfg.is_on().then(|| Outbound {
+            spool,
+            wanted,
+            max_backlog: cfg.max_backlog,
+            on_full: cfg.on_backlog_full,
+            dropped: LogLimit::new(std::time::Duration::from_secs(60)),
+        });
+        self
+    }
+
+    /// Whether reception must wait for the webhooks (`events.max_backlog`
+    /// reached with `on_backlog_full = "defer"`).
+    pub fn backlog_full(&self) -> bool {
+        self.outbox.as_ref().is_some_and(|o| {
+            o.on_full == BacklogFull::Defer && o.spool.outbox().backlog() >= o.max_backlog
+        })
     }
 
     pub fn write(&self, event: &Event) {
-        if matches!(self.sink, Sink::Off) {
+        let outbox = self
+            .outbox
+            .as_ref()
+            .filter(|o| o.wanted & (1 << event.event.index()) != 0);
+        if matches!(self.sink, Sink::Off) && outbox.is_none() {
             return;
         }
         let mut line = match serde_json::to_vec(event) {
             Ok(l) => l,
             Err(_) => return,
         };
+        if let Some(o) = outbox {
+            line = with_event_id(line);
+            o.store(event, &line);
+        }
+        if matches!(self.sink, Sink::Off) {
+            return;
+        }
         line.push(b'\n');
         let result = match &self.sink {
             Sink::Off => Ok(()),
@@ -145,6 +225,39 @@ impl EventLog {
             self.write(&event);
         }
     }
+}
+
+impl Outbound {
+    fn store(&self, event: &Event, json: &[u8]) {
+        let outbox = self.spool.outbox();
+        if self.on_full == BacklogFull::DropOldest && outbox.backlog() >= self.max_backlog {
+            let n = outbox.drop_oldest(outbox.backlog() + 1 - self.max_backlog);
+            ::metrics::counter!(crate::metrics::EVENTS_DROPPED).increment(n);
+            self.dropped.log(log::Level::Warn, || {
+                format!(
+                    "events: {n} oldest unsent event(s) dropped: events.max_backlog ({}) reached",
+                    self.max_backlog
+                )
+            });
+        }
+        let at_ms = event
+            .time
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        if let Err(e) = outbox.append(event.event.index(), at_ms, json) {
+            log::error!("events: {e}");
+        }
+    }
+}
+
+/// `{...}` as `{"event_id":"<32 hex digits>",...}`: a random id, the same
+/// in every repeat of the event to a webhook and in the delivery log.
+fn with_event_id(json: Vec<u8>) -> Vec<u8> {
+    let id: u128 = rand::random();
+    let mut out = Vec::with_capacity(json.len() + 48);
+    out.extend_from_slice(format!("{{\"event_id\":\"{id:032x}\",").as_bytes());
+    out.extend_from_slice(&json[1..]);
+    out
 }
 
 impl<'a> Event<'a> {
@@ -187,4 +300,29 @@ fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error
 
 fn hex_id<S: serde::Serializer>(id: &MessageId, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_their_config_names_agree() {
+        for (i, k) in EventKind::ALL.iter().enumerate() {
+            assert_eq!(k.index() as usize, i);
+            let json = serde_json::to_string(k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.name()));
+        }
+        assert_eq!(EventKind::ALL.len(), crate::config::EVENT_KINDS.len());
+    }
+
+    #[test]
+    fn an_event_id_leads_the_object() {
+        let json = with_event_id(br#"{"event":"Delivery"}"#.to_vec());
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["event"], "Delivery");
+        assert_eq!(v["event_id"].as_str().unwrap().len(), 32);
+        let other = with_event_id(br#"{"event":"Delivery"}"#.to_vec());
+        assert_ne!(json, other);
+    }
 }

@@ -1,0 +1,218 @@
+//! The event outbox: a shard's events stored in its spool until every
+//! webhook has had them.
+//!
+//! Owns: the sled trees `events` (sequence number, u64 big-endian ->
+//! [`StoredEvent`] bytes: kind, time, JSON), `event_cursors` (webhook name
+//! -> the last sequence number its receiver took) and `events_failed`
+//! (webhook name, NUL, sequence number -> the event, for batches a
+//! receiver refused for good).
+//!
+//! Durability: an event is inserted before the change of the message it
+//! tells of (the caller writes the event, then updates or removes the
+//! envelope), in the same sled database; sled recovers a prefix of its
+//! writes, so a change that survives a crash has its event with it.
+//! Events are handed to senders only once a flush has made them durable
+//! ([`Outbox::durable_through`], advanced by the group commit's flush):
+//! an event a receiver saw is never lost to a crash, and a sequence number
+//! is never reused for another event that a receiver could take for a
+//! repeat. A cursor is stored after the receiver's 2xx and flushed with
+//! the next flush, so a crash repeats at most the batches since then.
+//!
+//! Must not: format or interpret the JSON; know about HTTP.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use super::SpoolError;
+use super::commit::{FlushMark, GroupCommit};
+
+/// One stored event: its kind (an index into
+/// `config::EVENT_KINDS`), its time (Unix milliseconds) and its JSON.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub kind: u8,
+    pub at_ms: u64,
+    pub json: sled::IVec,
+}
+
+const HEAD: usize = 9;
+
+fn encode(kind: u8, at_ms: u64, json: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(HEAD + json.len());
+    v.push(kind);
+    v.extend_from_slice(&at_ms.to_be_bytes());
+    v.extend_from_slice(json);
+    v
+}
+
+fn decode(seq: u64, v: sled::IVec) -> Option<StoredEvent> {
+    if v.len() < HEAD {
+        return None;
+    }
+    let at_ms = u64::from_be_bytes(v[1..HEAD].try_into().ok()?);
+    Some(StoredEvent {
+        seq,
+        kind: v[0],
+        at_ms,
+        json: v.subslice(HEAD, v.len() - HEAD),
+    })
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+pub struct Outbox {
+    events: sled::Tree,
+    cursors: sled::Tree,
+    failed: sled::Tree,
+    commit: GroupCommit,
+    mark: Rc<FlushMark>,
+    /// The next sequence number to give.
+    next: Cell<u64>,
+    /// The lowest sequence number that may still be stored.
+    first: Cell<u64>,
+}
+
+impl Outbox {
+    pub(super) fn open(
+        db: &sled::Db,
+        commit: GroupCommit,
+        mark: Rc<FlushMark>,
+    ) -> sled::Result<Outbox> {
+        let events = db.open_tree("events")?;
+        let cursors = db.open_tree("event_cursors")?;
+        let failed = db.open_tree("events_failed")?;
+        let last_event = events.last()?.and_then(|(k, _)| seq_of(&k));
+        let first = events.first()?.and_then(|(k, _)| seq_of(&k));
+        // Every event was trimmed: the cursors still say how far numbers
+        // went, so none is given twice.
+        let last_cursor = cursors
+            .iter()
+            .values()
+            .filter_map(|v| v.ok().and_then(|v| seq_of(&v)))
+            .max();
+        let next = last_event.max(last_cursor).map_or(1, |s| s + 1);
+        // Everything stored at start-up was recovered from disk: durable.
+        mark.written.set(next - 1);
+        mark.durable.set(next - 1);
+        Ok(Outbox {
+            events,
+            cursors,
+            failed,
+            commit,
+            mark,
+            next: Cell::new(next),
+            first: Cell::new(first.unwrap_or(next)),
+        })
+    }
+
+    /// Stores an event; durable with the next flush (within
+    /// `commit::FLUSH_INTERVAL`).
+    pub fn append(&self, kind: u8, at_ms: u64, json: &[u8]) -> Result<u64, SpoolError> {
+        let seq = self.next.get();
+        self.events
+            .insert(seq.to_be_bytes(), encode(kind, at_ms, json))
+            .map_err(|source| SpoolError::Outbox { source })?;
+        self.next.set(seq + 1);
+        self.mark.written.set(seq);
+        self.commit.touched();
+        Ok(seq)
+    }
+
+    /// The highest sequence number a flush has made durable.
+    pub fn durable_through(&self) -> u64 {
+        self.mark.durable.get()
+    }
+
+    /// The last sequence number given.
+    pub fn written_through(&self) -> u64 {
+        self.next.get() - 1
+    }
+
+    /// Events stored and not yet trimmed.
+    pub fn backlog(&self) -> u64 {
+        self.next.get() - self.first.get()
+    }
+
+    /// Up to `max` durable events after `after`, oldest first.
+    pub fn read_after(&self, after: u64, max: usize) -> Vec<StoredEvent> {
+        let durable = self.durable_through();
+        if after >= durable {
+            return Vec::new();
+        }
+        let from = after.saturating_add(1).max(self.first.get());
+        self.events
+            .range(from.to_be_bytes()..=durable.to_be_bytes())
+            .take(max)
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, v)| decode(seq_of(&k)?, v))
+            .collect()
+    }
+
+    /// Where webhook `name` stands: the last sequence number it took.
+    /// A new webhook starts at the oldest event stored.
+    pub fn cursor(&self, name: &str) -> u64 {
+        self.cursors
+            .get(name.as_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| seq_of(&v))
+            .unwrap_or(0)
+            .max(self.first.get().saturating_sub(1))
+    }
+
+    /// Webhook `name` has taken everything through `seq`.
+    pub fn set_cursor(&self, name: &str, seq: u64) -> Result<(), SpoolError> {
+        self.cursors
+            .insert(name.as_bytes(), &seq.to_be_bytes())
+            .map_err(|source| SpoolError::Outbox { source })?;
+        self.commit.touched();
+        Ok(())
+    }
+
+    /// Removes the events through `seq` (every webhook has them).
+    pub fn trim_through(&self, seq: u64) {
+        let mut first = self.first.get();
+        while first <= seq && first < self.next.get() {
+            let _ = self.events.remove(first.to_be_bytes());
+            first += 1;
+        }
+        self.first.set(first);
+        self.commit.touched();
+    }
+
+    /// Drops the `n` oldest events (back-pressure by dropping); returns
+    /// how many were dropped.
+    pub fn drop_oldest(&self, n: u64) -> u64 {
+        let before = self.first.get();
+        let through = (before + n).min(self.next.get()).saturating_sub(1);
+        self.trim_through(through);
+        self.first.get() - before
+    }
+
+    /// Keeps events a receiver refused for good, for the operator.
+    pub fn keep_failed(&self, name: &str, events: &[StoredEvent]) {
+        for e in events {
+            let mut key = name.as_bytes().to_vec();
+            key.push(0);
+            key.extend_from_slice(&e.seq.to_be_bytes());
+            let _ = self.failed.insert(key, encode(e.kind, e.at_ms, &e.json));
+        }
+        self.commit.touched();
+    }
+
+    /// Every kept event: (webhook name, event).
+    pub fn failed(&self) -> Vec<(String, StoredEvent)> {
+        self.failed
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, v)| {
+                let nul = k.iter().position(|&b| b == 0)?;
+                let name = String::from_utf8(k[..nul].to_vec()).ok()?;
+                Some((name, decode(seq_of(&k[nul + 1..])?, v)?))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,352 @@
+//! Webhooks: every event reaches the application at least once, through a
+//! receiver that refuses connections, answers 500, times out, and a
+//! SIGKILL of ringpost; signatures checked by Python's `hmac`
+//! (tests/verifiers/webhook_receiver.py), batching, permanent refusals
+//! kept, back-pressure.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::sink::{Script, Sink};
+use common::{http, send_concurrently};
+use ringpost::config::Webhook;
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The Python receiver on `addr`, appending the events it takes to `out`.
+struct Receiver {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Receiver {
+    fn start(addr: SocketAddr, secret: &Path, out: &Path) -> Receiver {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/verifiers/webhook_receiver.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(addr.port().to_string())
+            .arg(secret)
+            .arg(out)
+            .spawn()
+            .expect("python3 runs the receiver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "the receiver did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Receiver { addr, child }
+    }
+
+    fn mode(&self, mode: &str) {
+        let (status, _) = http(
+            self.addr,
+            format!("GET /mode/{mode} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(status, 200);
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let (_, body) = http(
+            self.addr,
+            b"GET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The events the receiver took, in order.
+fn taken(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn webhook(url: String, secret: &Path) -> Webhook {
+    Webhook {
+        name: "app".into(),
+        url,
+        events: vec![],
+        batch_size: 100,
+        max_wait_ms: 200,
+        secret_file: secret.display().to_string(),
+        timeout_secs: 2,
+        retry_initial_ms: 100,
+        retry_max_secs: 1,
+        ca_file: String::new(),
+    }
+}
+
+fn secret_file(dir: &Path) -> PathBuf {
+    let path = dir.join("webhook.secret");
+    std::fs::write(&path, "a-shared-secret-of-some-length\n").unwrap();
+    path
+}
+
+fn config_file(dir: &Path, smtp: SocketAddr, sink: SocketAddr, hook: &Webhook) -> PathBuf {
+    let path = dir.join("ringpost.toml");
+    let text = format!(
+        "[server]\nshards = 2\nhostname = \"hooks.test\"\nshutdown_grace_secs = 2\n\
+         [spool]\ndir = \"{spool}\"\n[smtp]\nlisten = \"{smtp}\"\n\
+         [delivery]\nsmarthost = \"[127.0.0.1]:{port}\"\nlog = \"off\"\n\
+         [dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n\
+         [admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n\
+         [[events.webhook]]\nname = \"{name}\"\nurl = \"{url}\"\nbatch_size = {batch}\n\
+         max_wait_ms = {wait}\nsecret_file = \"{secret}\"\ntimeout_secs = {timeout}\n\
+         retry_initial_ms = {initial}\nretry_max_secs = {max}\n",
+        spool = dir.join("spool").display(),
+        port = sink.port(),
+        name = hook.name,
+        url = hook.url,
+        batch = hook.batch_size,
+        wait = hook.max_wait_ms,
+        secret = hook.secret_file,
+        timeout = hook.timeout_secs,
+        initial = hook.retry_initial_ms,
+        max = hook.retry_max_secs,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn recipient(i: usize) -> String {
+    format!("r{i}@dest.test")
+}
+
+/// 10,000 messages; the receiver is down (connections refused), then
+/// answers 500, then too slowly (timeouts), then takes batches; ringpost
+/// is SIGKILLed while they flow and started again. Every message's
+/// Reception and Delivery events reach the receiver at least once, every
+/// request's signature checks out in Python, and requests are far fewer
+/// than events.
+#[test]
+fn every_event_arrives_at_least_once_through_failures_and_a_kill() {
+    const N: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let (smtp, receiver_addr) = (free_addr(), free_addr());
+    let secret = secret_file(dir.path());
+    let out = dir.path().join("events.jsonl");
+    let hook = webhook(format!("http://{receiver_addr}/hook"), &secret);
+    let config = config_file(dir.path(), smtp, sink.addr, &hook);
+    let mut mta = common::spawn_binary(&config, smtp);
+
+    // The receiver is not there yet: every post is refused.
+    send_concurrently(smtp, N, 20, |i| {
+        (
+            format!("app{i}@sender.test"),
+            recipient(i),
+            format!("Subject: {i}\r\n\r\nmessage {i}\r\n"),
+        )
+    });
+    sink.wait_for(N, 120);
+    let receiver = Receiver::start(receiver_addr, &secret, &out);
+    receiver.mode("fail500");
+    std::thread::sleep(Duration::from_millis(1500));
+    receiver.mode("slow");
+    std::thread::sleep(Duration::from_millis(3000));
+    let failing = receiver.stats();
+    assert_eq!(failing["taken"], 0, "{failing}");
+    assert!(failing["requests"].as_u64().unwrap() >= 3, "{failing}");
+    receiver.mode("ok");
+    // Some batches are in; then the kill.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.stats()["events"].as_u64().unwrap() < 2_000 {
+        assert!(Instant::now() < deadline, "no events arrive");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    mta.kill().unwrap();
+    mta.wait().unwrap();
+    let at_kill = receiver.stats()["events"].as_u64().unwrap();
+    let mut mta = common::spawn_binary(&config, smtp);
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let delivered = loop {
+        let events = taken(&out);
+        let delivered: HashSet<String> = events
+            .iter()
+            .filter(|e| e["event"] == "Delivery")
+            .map(|e| e["recipient"].as_str().unwrap().to_string())
+            .collect();
+        if delivered.len() >= N {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} deliveries reported",
+            delivered.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let events = taken(&out);
+    assert!(events.len() >= delivered.len());
+    let mut kinds: HashMap<&str, HashSet<String>> = HashMap::new();
+    let mut ids = HashSet::new();
+    let mut repeats = 0;
+    for e in &events {
+        if !ids.insert(e["event_id"].as_str().unwrap().to_string()) {
+            repeats += 1;
+            continue;
+        }
+        kinds
+            .entry(e["event"].as_str().unwrap())
+            .or_default()
+            .insert(e["recipient"].as_str().unwrap().to_string());
+    }
+    let expected: HashSet<String> = (0..N).map(recipient).collect();
+    assert_eq!(kinds["Delivery"], expected, "a delivery was not reported");
+    assert_eq!(kinds["Reception"], expected, "a reception was not reported");
+    // Distinct event ids: one Delivery per delivery the sink saw (a kill
+    // may repeat a delivery, never lose one).
+    let stats = receiver.stats();
+    assert_eq!(stats["bad_signatures"], 0, "{stats}");
+    let requests = stats["requests"].as_u64().unwrap();
+    let posted = stats["events"].as_u64().unwrap();
+    assert!(
+        requests * 20 < posted,
+        "batching: {requests} requests for {posted} events"
+    );
+    eprintln!(
+        "{} events taken ({} distinct ids, {repeats} repeats; {at_kill} before the kill) in {requests} requests ({} taken); {} sink deliveries",
+        events.len(),
+        ids.len(),
+        stats["taken"],
+        sink.messages().len()
+    );
+    mta.kill().unwrap();
+    mta.wait().unwrap();
+}
+
+/// A receiver's 400 fails the batch for good: counted, kept in the spool,
+/// and the events after it still go.
+#[test]
+fn a_refused_batch_is_kept_and_sending_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let out = dir.path().join("events.jsonl");
+    let receiver = Receiver::start(free_addr(), &secret, &out);
+    receiver.mode("refuse400");
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let mut hook = webhook(format!("http://{}/hook", receiver.addr), &secret);
+    hook.events = vec!["Delivery".into()];
+    hook.batch_size = 10;
+    let mut ts = common::start_with(1, |c| {
+        c.delivery.smarthost = format!("[127.0.0.1]:{}", sink.addr.port());
+        c.events.webhook = vec![hook];
+    });
+    send_concurrently(ts.addr, 10, 1, |i| {
+        (
+            "a@sender.test".into(),
+            recipient(i),
+            "Subject: x\r\n\r\nx\r\n".into(),
+        )
+    });
+    sink.wait_for(10, 30);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ts
+        .metrics_text()
+        .contains("ringpost_webhook_events_total{webhook=\"app\",result=\"refused\"} 10")
+    {
+        assert!(Instant::now() < deadline, "{}", ts.metrics_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    receiver.mode("ok");
+    send_concurrently(ts.addr, 5, 1, |i| {
+        (
+            "a@sender.test".into(),
+            recipient(100 + i),
+            "Subject: x\r\n\r\nx\r\n".into(),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while taken(&out).len() < 5 {
+        assert!(Instant::now() < deadline, "later events do not arrive");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let later: HashSet<String> = taken(&out)
+        .iter()
+        .map(|e| {
+            assert_eq!(e["event"], "Delivery", "only the kinds asked for");
+            e["recipient"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(later, (100..105).map(recipient).collect());
+    let spool_dir = ts.spool_dir.clone();
+    ts.stop();
+    let spool = ringpost::queue::Spool::open(&spool_dir, 0, &Default::default()).unwrap();
+    let kept = spool.outbox().failed();
+    assert_eq!(kept.len(), 10, "the refused batch is kept");
+    assert!(kept.iter().all(|(name, _)| name == "app"));
+}
+
+/// With the receiver down and `max_backlog` reached, new mail is deferred
+/// (452 4.3.1) rather than events dropped; mail is taken again once the
+/// receiver catches up.
+#[test]
+fn a_full_backlog_defers_mail_until_the_receiver_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let out = dir.path().join("events.jsonl");
+    let receiver_addr = free_addr();
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let hook = webhook(format!("http://{receiver_addr}/hook"), &secret);
+    let ts = common::start_with(1, |c| {
+        c.delivery.smarthost = format!("[127.0.0.1]:{}", sink.addr.port());
+        c.events.webhook = vec![hook];
+        c.events.max_backlog = 30;
+    });
+    let mut client = common::Client::connect(ts.addr);
+    client.expect("EHLO app.test", 250);
+    let mut taken_msgs = 0;
+    let refusal = loop {
+        let r = client.cmd("MAIL FROM:<a@sender.test>");
+        if r.code != 250 {
+            break r;
+        }
+        client.expect(&format!("RCPT TO:<{}>", recipient(taken_msgs)), 250);
+        // The backlog may fill while a message is under way: then its
+        // DATA is answered 452 (it is not queued).
+        let r = client.data(b"Subject: x\r\n\r\nx\r\n");
+        if r.code != 250 {
+            break r;
+        }
+        taken_msgs += 1;
+        assert!(taken_msgs < 100, "never deferred");
+    };
+    assert_eq!(refusal.code, 452, "{}", refusal.text());
+    assert!(refusal.text().contains("4.3.1"), "{}", refusal.text());
+    // A Reception and a Delivery per message: about 15 messages.
+    assert!((10..=30).contains(&taken_msgs), "{taken_msgs}");
+    let _receiver = Receiver::start(receiver_addr, &secret, &out);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let _ = client.cmd("RSET");
+    loop {
+        let r = client.cmd("MAIL FROM:<a@sender.test>");
+        if r.code == 250 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still deferred: {}", r.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(taken(&out).len() >= 2 * taken_msgs);
+}
