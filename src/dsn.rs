@@ -1,11 +1,15 @@
-//! Delivery status notifications (RFC 3464): the bounce a sender gets when
-//! mail fails for good or expires.
+//! Delivery status notifications (RFC 3464): the notice a sender gets
+//! when mail fails for good or expires, is delayed, or (when asked for
+//! with the DSN extension, RFC 3461) was relayed to a next hop that
+//! cannot pass the request on.
 //!
-//! Owns: [`build`], a pure function from the failed message and the failed
-//! recipients to the DSN's bytes: a `multipart/report;
+//! Owns: [`build`], a pure function from the message and the recipients
+//! reported on to the DSN's bytes: a `multipart/report;
 //! report-type=delivery-status` with a human-readable part, the
-//! `message/delivery-status` part, and the original headers
-//! (`text/rfc822-headers`).
+//! `message/delivery-status` part (with the sender's `Original-Envelope-Id`
+//! and each recipient's `Original-Recipient` when given), and the original
+//! message: its headers (`text/rfc822-headers`), or the whole of it
+//! (`message/rfc822`) for a failure notice when the sender asked `RET=FULL`.
 //!
 //! The scheduler queues the result from the null sender `<>` to the original
 //! sender, through `queue::Spool::enqueue` like any other message, and never
@@ -15,16 +19,69 @@
 
 use std::fmt::Write as _;
 
+/// What a notice reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// Recipients failed for good (`expired`: their time in the queue ran
+    /// out).
+    Failure { expired: bool },
+    /// Recipients not delivered yet, still being tried.
+    Delay,
+    /// Recipients handed to a next hop that does not offer DSN (Action:
+    /// relayed).
+    Relayed,
+}
+
+impl NoticeKind {
+    fn action(self) -> &'static str {
+        match self {
+            NoticeKind::Failure { .. } => "failed",
+            NoticeKind::Delay => "delayed",
+            NoticeKind::Relayed => "relayed",
+        }
+    }
+
+    fn subject(self) -> &'static str {
+        match self {
+            NoticeKind::Failure { expired: false } => "Undelivered Mail Returned to Sender",
+            NoticeKind::Failure { expired: true } => {
+                "Undelivered Mail Returned to Sender (expired)"
+            }
+            NoticeKind::Delay => "Delayed Mail (still being retried)",
+            NoticeKind::Relayed => "Successful Mail Delivery Report (relayed)",
+        }
+    }
+
+    fn explanation(self) -> &'static str {
+        match self {
+            NoticeKind::Failure { .. } => {
+                "Your message could not be delivered to one or more recipients."
+            }
+            NoticeKind::Delay => {
+                "Your message has not been delivered to one or more recipients yet. \
+                 It is still being tried; you need not send it again."
+            }
+            NoticeKind::Relayed => {
+                "Your message was handed to the next mail server for one or more \
+                 recipients. That server does not return delivery notices, so this \
+                 may be the last you hear of it."
+            }
+        }
+    }
+}
+
 /// One recipient the DSN reports on.
 #[derive(Debug, Clone)]
 pub struct FailedRcpt<'a> {
     pub recipient: &'a str,
-    /// Enhanced status code, e.g. "5.1.1" or "4.4.7" (expired).
+    /// Enhanced status code, e.g. "5.1.1", "4.4.7" (expired), "2.0.0".
     pub status: &'a str,
     /// What the remote server (or ringpost) said.
     pub diagnostic: &'a str,
     /// The remote host that answered, if any.
     pub remote_mta: Option<&'a str>,
+    /// The sender's ORCPT (`type;address`), if given.
+    pub original_recipient: Option<&'a str>,
 }
 
 pub struct Notice<'a> {
@@ -33,7 +90,12 @@ pub struct Notice<'a> {
     pub original_sender: &'a str,
     /// Unix seconds when the original arrived.
     pub arrival: u64,
-    pub expired: bool,
+    pub kind: NoticeKind,
+    /// The sender's ENVID, if given.
+    pub envid: Option<&'a str>,
+    /// Return the whole message (`RET=FULL`, failure notices only), not
+    /// only its headers.
+    pub full: bool,
     pub failures: &'a [FailedRcpt<'a>],
 }
 
@@ -53,7 +115,7 @@ pub fn build(report: &Notice, original: &[u8]) -> Vec<u8> {
          To: <{to}>\r\n\
          Subject: {subject}\r\n\
          Date: {date}\r\n\
-         Message-ID: <{id}.dsn@{mta}>\r\n\
+         Message-ID: <{id}.{action}.dsn@{mta}>\r\n\
          Auto-Submitted: auto-replied\r\n\
          MIME-Version: 1.0\r\n\
          Content-Type: multipart/report; report-type=delivery-status;\r\n\
@@ -66,62 +128,84 @@ pub fn build(report: &Notice, original: &[u8]) -> Vec<u8> {
          \r\n",
         mta = report.reporting_mta,
         to = report.original_sender,
-        subject = if report.expired {
-            "Undelivered Mail Returned to Sender (expired)"
-        } else {
-            "Undelivered Mail Returned to Sender"
-        },
+        subject = report.kind.subject(),
         date = now.to_rfc2822(),
         id = report.original_id,
+        action = report.kind.action(),
     );
     let _ = write!(
         s,
-        "This is the mail system at host {}.\r\n\r\n\
-         Your message could not be delivered to one or more recipients.\r\n\r\n",
-        report.reporting_mta
+        "This is the mail system at host {}.\r\n\r\n{}\r\n\r\n",
+        report.reporting_mta,
+        report.kind.explanation()
     );
     for f in report.failures {
-        let _ = write!(s, "<{}>: {}\r\n", f.recipient, f.diagnostic);
+        let _ = write!(s, "<{}>: {}\r\n", f.recipient, one_line(f.diagnostic));
     }
     let _ = write!(
         s,
         "\r\n--{boundary}\r\n\
          Content-Type: message/delivery-status\r\n\
-         \r\n\
-         Reporting-MTA: dns; {mta}\r\n\
-         X-Ringpost-Queue-ID: {id}\r\n\
-         Arrival-Date: {arrival}\r\n",
-        mta = report.reporting_mta,
-        id = report.original_id,
-        arrival = date(report.arrival),
+         \r\n"
     );
-    for f in report.failures {
-        let _ = write!(
-            s,
-            "\r\nFinal-Recipient: rfc822; {rcpt}\r\n\
-             Action: failed\r\n\
-             Status: {status}\r\n",
-            rcpt = f.recipient,
-            status = f.status,
-        );
-        if let Some(remote) = f.remote_mta {
-            let _ = write!(s, "Remote-MTA: dns; {remote}\r\n");
-        }
-        let _ = write!(s, "Diagnostic-Code: smtp; {}\r\n", one_line(f.diagnostic));
-    }
+    write_status(&mut s, report, date(report.arrival));
+    let full = report.full && matches!(report.kind, NoticeKind::Failure { .. });
     let _ = write!(
         s,
         "\r\n--{boundary}\r\n\
-         Content-Type: text/rfc822-headers\r\n\
-         \r\n"
+         Content-Type: {}\r\n\
+         \r\n",
+        if full {
+            "message/rfc822"
+        } else {
+            "text/rfc822-headers"
+        }
     );
     let mut out = s.into_bytes();
-    out.extend_from_slice(headers_of(original));
+    out.extend_from_slice(if full { original } else { headers_of(original) });
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
+}
+
+/// The `message/delivery-status` fields (RFC 3464 2.2, 2.3): the
+/// per-message ones, then a block per recipient.
+fn write_status(s: &mut String, report: &Notice, arrival: String) {
+    if let Some(envid) = report.envid {
+        let _ = write!(s, "Original-Envelope-Id: {}\r\n", one_line(envid));
+    }
+    let _ = write!(
+        s,
+        "Reporting-MTA: dns; {mta}\r\n\
+         X-Ringpost-Queue-ID: {id}\r\n\
+         Arrival-Date: {arrival}\r\n",
+        mta = report.reporting_mta,
+        id = report.original_id,
+        arrival = arrival,
+    );
+    for f in report.failures {
+        s.push_str("\r\n");
+        if let Some(orcpt) = f.original_recipient {
+            let _ = write!(s, "Original-Recipient: {}\r\n", one_line(orcpt));
+        }
+        let _ = write!(
+            s,
+            "Final-Recipient: rfc822; {rcpt}\r\n\
+             Action: {action}\r\n\
+             Status: {status}\r\n",
+            rcpt = f.recipient,
+            action = report.kind.action(),
+            status = f.status,
+        );
+        if let Some(remote) = f.remote_mta {
+            let _ = write!(s, "Remote-MTA: dns; {remote}\r\n");
+        }
+        if !f.diagnostic.is_empty() {
+            let _ = write!(s, "Diagnostic-Code: smtp; {}\r\n", one_line(f.diagnostic));
+        }
+    }
 }
 
 /// The header section of a message (up to and including the last header
@@ -153,6 +237,7 @@ mod tests {
             status: "5.1.1",
             diagnostic: "550 5.1.1 no such user\r\nsecond line",
             remote_mta: Some("mx.dest.example"),
+            original_recipient: None,
         }];
         let dsn = build(
             &Notice {
@@ -160,7 +245,9 @@ mod tests {
                 original_id: "0123",
                 original_sender: "a@b.example",
                 arrival: 1_700_000_000,
-                expired: false,
+                kind: NoticeKind::Failure { expired: false },
+                envid: None,
+                full: false,
                 failures: &failures,
             },
             original,

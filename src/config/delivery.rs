@@ -62,6 +62,11 @@ section! {
         /// A message still failing temporarily after this many seconds
         /// expires: a DSN (status 4.4.7) goes to the sender.
         max_age_secs: u64 = 5 * 24 * 3600,
+        /// A delay notice (DSN, Action: delayed) goes to the sender of a
+        /// message whose recipients asked for one (`NOTIFY=DELAY`, SMTP or
+        /// injection) once it has waited this many seconds undelivered;
+        /// one per recipient. 0: none.
+        delay_notice_after_secs: u64 = 4 * 3600,
         /// Name sent in EHLO/HELO. Empty: `server.hostname`.
         helo_name: String = String::new(),
         /// Delivery log, one JSON object per line: `"stdout"`, `"off"`, or

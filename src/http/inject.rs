@@ -31,6 +31,7 @@ use std::pin::Pin;
 use crate::http::{Endpoint, Request, Response};
 use crate::inbound::{Door, Refusal as DoorRefusal};
 use crate::proto::command::{Mailbox, parse_mailbox};
+use crate::proto::dsn_params::{MAX_ENVID, Notify, Ret, parse_orcpt_text};
 use crate::proto::trace::{self, Trace};
 use crate::queue::{Envelope, MessageId, NewMessage};
 
@@ -82,12 +83,34 @@ struct InjectRequest {
     /// "high", "normal" or "bulk" (`[priority]`).
     #[serde(default)]
     priority: Option<String>,
+    /// DSN (RFC 3461): "FULL" or "HDRS", as SMTP's MAIL RET=.
+    #[serde(default)]
+    ret: Option<String>,
+    /// DSN: the application's id of the transaction, returned in notices
+    /// (printable ASCII, at most 100 characters).
+    #[serde(default)]
+    envid: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecipientField {
     email: String,
+    /// DSN: "NEVER", or some of "SUCCESS,FAILURE,DELAY", as RCPT NOTIFY=.
+    #[serde(default)]
+    notify: Option<String>,
+    /// DSN: the original recipient, "rfc822;address", as RCPT ORCPT=.
+    #[serde(default)]
+    orcpt: Option<String>,
+}
+
+/// The DSN request of a message (RFC 3461), from SMTP or injection.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DsnRequest {
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+    /// In the order of the queued recipients.
+    pub rcpts: Vec<(Option<Notify>, Option<String>)>,
 }
 
 /// A request that passed [`parse`].
@@ -105,6 +128,7 @@ pub struct Injection {
     pub pool: String,
     /// `priority`, if given.
     pub priority: Option<crate::config::Priority>,
+    pub dsn: DsnRequest,
 }
 
 impl Injection {
@@ -172,11 +196,30 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, Refusal> {
         ));
     }
     let (mut recipients, mut failed) = (Vec::new(), Vec::new());
+    let mut dsn = dsn_request(req.ret.as_deref(), req.envid.as_deref())?;
     for r in req.recipients {
-        match parse_mailbox(r.email.as_bytes()) {
-            Some(m) => recipients.push(m),
-            None => failed.push(r.email),
-        }
+        let Some(m) = parse_mailbox(r.email.as_bytes()) else {
+            failed.push(r.email);
+            continue;
+        };
+        let notify = match r.notify.as_deref() {
+            None => None,
+            Some(v) => Some(Notify::parse(v).ok_or_else(|| {
+                refuse(
+                    400,
+                    format!("notify {v:?}: NEVER, or some of SUCCESS,FAILURE,DELAY"),
+                )
+            })?),
+        };
+        let orcpt = match r.orcpt.as_deref() {
+            None => None,
+            Some(v) => Some(
+                parse_orcpt_text(v)
+                    .ok_or_else(|| refuse(400, format!("orcpt {v:?}: want rfc822;address")))?,
+            ),
+        };
+        recipients.push(m);
+        dsn.rcpts.push((notify, orcpt));
     }
     if recipients.is_empty() {
         return Err(refuse(400, "no recipient is an address"));
@@ -207,6 +250,27 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, Refusal> {
         meta,
         pool: req.pool,
         priority,
+        dsn,
+    })
+}
+
+/// The message-wide DSN fields, checked as SMTP checks RET= and ENVID=.
+fn dsn_request(ret: Option<&str>, envid: Option<&str>) -> Result<DsnRequest, Refusal> {
+    let ret = match ret {
+        None => None,
+        Some(v) => {
+            Some(Ret::parse(v).ok_or_else(|| refuse(400, format!("ret {v:?}: FULL or HDRS")))?)
+        }
+    };
+    if let Some(e) = envid
+        && (e.is_empty() || e.len() > MAX_ENVID || !e.bytes().all(|b| (b' '..=b'~').contains(&b)))
+    {
+        return Err(refuse(400, "envid: 1 to 100 printable ASCII characters"));
+    }
+    Ok(DsnRequest {
+        ret,
+        envid: envid.map(str::to_string),
+        rcpts: Vec::new(),
     })
 }
 
@@ -401,6 +465,12 @@ impl Injector {
         env.meta = injection.meta.clone();
         env.pool = injection.pool.clone();
         env.priority = injection.priority;
+        env.ret = injection.dsn.ret;
+        env.envid = injection.dsn.envid.clone();
+        for (r, (notify, orcpt)) in env.recipients.iter_mut().zip(&injection.dsn.rcpts) {
+            r.notify = *notify;
+            r.orcpt = orcpt.clone();
+        }
         env
     }
 }

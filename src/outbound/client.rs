@@ -35,6 +35,8 @@ pub struct Extensions {
     pub eight_bit_mime: bool,
     pub smtputf8: bool,
     pub starttls: bool,
+    /// DSN (RFC 3461): NOTIFY, ORCPT, RET and ENVID are passed on.
+    pub dsn: bool,
 }
 
 impl Extensions {
@@ -48,6 +50,7 @@ impl Extensions {
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "STARTTLS" => ext.starttls = true,
+                "DSN" => ext.dsn = true,
                 "SIZE" => ext.size = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
                 _ => {}
             }
@@ -67,6 +70,12 @@ pub struct Outgoing<'a> {
     pub size: u64,
     pub smtputf8: bool,
     pub eight_bit: bool,
+    /// DSN parameters for MAIL (` RET=... ENVID=...`, or empty), sent
+    /// when the server offers DSN.
+    pub mail_dsn: &'a str,
+    /// DSN parameters for each RCPT (` NOTIFY=... ORCPT=...`, or empty),
+    /// in the order of `recipients` (empty: none for any).
+    pub rcpt_dsn: &'a [String],
 }
 
 /// Why a connection could not be set up. A failed TLS handshake is told
@@ -441,10 +450,17 @@ impl Client {
         if msg.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
+        if self.ext.dsn {
+            mail.push_str(msg.mail_dsn);
+        }
         mail.push_str("\r\n");
         cmds.push(mail);
-        for r in msg.recipients {
-            cmds.push(format!("RCPT TO:<{r}>\r\n"));
+        for (i, r) in msg.recipients.iter().enumerate() {
+            let dsn = match self.ext.dsn {
+                true => msg.rcpt_dsn.get(i).map_or("", String::as_str),
+                false => "",
+            };
+            cmds.push(format!("RCPT TO:<{r}>{dsn}\r\n"));
         }
         cmds.push("DATA\r\n".to_string());
         cmds

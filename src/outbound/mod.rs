@@ -54,6 +54,9 @@ pub struct Attempt {
     pub site: Option<String>,
     /// TLS protocol and cipher of the connection used, if encrypted.
     pub tls: Option<String>,
+    /// The server that took the message offers DSN (RFC 3461): the
+    /// sender's NOTIFY went on with it, so no "relayed" notice is due.
+    pub next_hop_dsn: bool,
 }
 
 impl Attempt {
@@ -65,6 +68,7 @@ impl Attempt {
             source: None,
             site: None,
             tls: None,
+            next_hop_dsn: false,
         }
     }
 }
@@ -191,6 +195,7 @@ impl Delivery {
                 }
             }
             let tls = client.tls.clone();
+            let next_hop_dsn = client.ext.dsn;
             self.pool.put(
                 client,
                 path.site,
@@ -205,6 +210,7 @@ impl Delivery {
                 outcomes,
                 remote: Some(target.clone()),
                 tls,
+                next_hop_dsn,
                 source: source_name,
                 site: Some(path.site.to_string()),
             });

@@ -10,6 +10,7 @@
 //! CR, LF) are never accepted inside an address or a parameter, so nothing
 //! parsed here can carry a line break into a header or a log line.
 
+use super::dsn_params::{MAX_ENVID, Notify, Ret, xtext_decode};
 use super::reply::Rejection;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,7 @@ pub enum Command {
     },
     Rcpt {
         to: Mailbox,
+        params: RcptParams,
     },
     Data,
     Bdat {
@@ -83,6 +85,18 @@ pub struct MailParams {
     pub size: Option<u64>,
     pub body: BodyType,
     pub smtputf8: bool,
+    /// DSN (RFC 3461): how much of the message a failure notice returns.
+    pub ret: Option<Ret>,
+    /// DSN: the sender's id for the transaction (xtext-decoded).
+    pub envid: Option<String>,
+}
+
+/// RCPT parameters: the DSN extension's (RFC 3461).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RcptParams {
+    pub notify: Option<Notify>,
+    /// `type;address`, xtext-decoded.
+    pub orcpt: Option<String>,
 }
 
 /// Parses one command line. The line must not contain its CRLF.
@@ -182,19 +196,18 @@ fn parse_mail(rest: &[u8]) -> Result<Command, Rejection> {
 fn parse_rcpt(rest: &[u8]) -> Result<Command, Rejection> {
     let args = after_keyword(rest, b"TO:").ok_or(Rejection::Syntax("RCPT TO:<address>"))?;
     let (path, params) = split_path(args).ok_or(Rejection::BadRecipient)?;
-    if let Some(p) = words(params).next() {
-        return Err(Rejection::UnsupportedParameter(lossy_word(p)));
-    }
+    let params = parse_rcpt_params(params)?;
     if path.eq_ignore_ascii_case(b"postmaster") {
         return Ok(Command::Rcpt {
             to: Mailbox {
                 local: "postmaster".into(),
                 domain: String::new(),
             },
+            params,
         });
     }
     let to = parse_mailbox(path).ok_or(Rejection::BadRecipient)?;
-    Ok(Command::Rcpt { to })
+    Ok(Command::Rcpt { to, params })
 }
 
 fn parse_auth(rest: &[u8]) -> Result<Command, Rejection> {
@@ -387,14 +400,19 @@ fn valid_address_literal(lit: &str) -> bool {
     }
 }
 
+/// A parameter `KEY=value` (or a bare `KEY`): the key upper-cased, and
+/// the value.
+fn key_value(word: &[u8]) -> (Vec<u8>, Option<&[u8]>) {
+    match word.iter().position(|&b| b == b'=') {
+        Some(i) => (word[..i].to_ascii_uppercase(), Some(&word[i + 1..])),
+        None => (word.to_ascii_uppercase(), None),
+    }
+}
+
 fn parse_mail_params(params: &[u8]) -> Result<MailParams, Rejection> {
     let mut out = MailParams::default();
     for word in words(params) {
-        let (key, value) = match word.iter().position(|&b| b == b'=') {
-            Some(i) => (&word[..i], Some(&word[i + 1..])),
-            None => (word, None),
-        };
-        let key = key.to_ascii_uppercase();
+        let (key, value) = key_value(word);
         match (key.as_slice(), value) {
             (b"SIZE", Some(v)) => {
                 let n = std::str::from_utf8(v)
@@ -411,6 +429,35 @@ fn parse_mail_params(params: &[u8]) -> Result<MailParams, Rejection> {
                 out.body = BodyType::EightBitMime
             }
             (b"SMTPUTF8", None) => out.smtputf8 = true,
+            (b"RET", Some(v)) if out.ret.is_none() => {
+                let v = std::str::from_utf8(v).ok().and_then(Ret::parse);
+                out.ret = Some(v.ok_or(Rejection::Syntax("RET=FULL or RET=HDRS"))?);
+            }
+            (b"ENVID", Some(v)) if out.envid.is_none() => {
+                let v = xtext_decode(v).filter(|v| !v.is_empty() && v.len() <= MAX_ENVID);
+                out.envid = Some(v.ok_or(Rejection::Syntax("ENVID=<xtext, at most 100>"))?);
+            }
+            _ => return Err(Rejection::UnsupportedParameter(lossy_word(word))),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_rcpt_params(params: &[u8]) -> Result<RcptParams, Rejection> {
+    let mut out = RcptParams::default();
+    for word in words(params) {
+        let (key, value) = key_value(word);
+        match (key.as_slice(), value) {
+            (b"NOTIFY", Some(v)) if out.notify.is_none() => {
+                let v = std::str::from_utf8(v).ok().and_then(Notify::parse);
+                out.notify = Some(v.ok_or(Rejection::Syntax(
+                    "NOTIFY=NEVER or NOTIFY=SUCCESS,FAILURE,DELAY",
+                ))?);
+            }
+            (b"ORCPT", Some(v)) if out.orcpt.is_none() => {
+                let v = super::dsn_params::parse_orcpt(v);
+                out.orcpt = Some(v.ok_or(Rejection::Syntax("ORCPT=rfc822;<xtext address>"))?);
+            }
             _ => return Err(Rejection::UnsupportedParameter(lossy_word(word))),
         }
     }
@@ -516,20 +563,38 @@ mod tests {
         assert_eq!(
             parse(b"RCPT TO:<x@y.example>"),
             Ok(Command::Rcpt {
-                to: mb("x", "y.example")
+                to: mb("x", "y.example"),
+                params: RcptParams::default(),
             })
         );
         assert_eq!(
             parse(b"RCPT TO:<Postmaster>"),
             Ok(Command::Rcpt {
-                to: mb("postmaster", "")
+                to: mb("postmaster", ""),
+                params: RcptParams::default(),
             })
         );
+        let Ok(Command::Rcpt { params, .. }) =
+            parse(b"RCPT TO:<x@y.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;x+2By@y.example")
+        else {
+            panic!("DSN parameters");
+        };
+        assert_eq!(params.notify, Notify::parse("SUCCESS,DELAY"));
+        assert_eq!(params.orcpt.as_deref(), Some("rfc822;x+y@y.example"));
         assert!(matches!(
-            parse(b"RCPT TO:<x@y.example> NOTIFY=NEVER"),
+            parse(b"RCPT TO:<x@y.example> NOTIFY=NEVER,SUCCESS"),
+            Err(Rejection::Syntax(_))
+        ));
+        assert!(matches!(
+            parse(b"RCPT TO:<x@y.example> NOTIFY=NEVER NOTIFY=NEVER"),
             Err(Rejection::UnsupportedParameter(_))
         ));
-        let Ok(Command::Rcpt { to }) = parse("RCPT TO:<jörg@bücher.example>".as_bytes()) else {
+        assert!(matches!(
+            parse(b"RCPT TO:<x@y.example> FOO=BAR"),
+            Err(Rejection::UnsupportedParameter(_))
+        ));
+        let Ok(Command::Rcpt { to, .. }) = parse("RCPT TO:<jörg@bücher.example>".as_bytes())
+        else {
             panic!()
         };
         assert!(to.is_utf8());

@@ -14,6 +14,7 @@
 
 pub mod body;
 pub mod command;
+pub mod dsn_params;
 pub mod header;
 pub mod line;
 pub mod reply;

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::segment::BodyRef;
+use crate::proto::dsn_params::{Notify, Ret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,6 +27,16 @@ pub struct Recipient {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reply: Option<String>,
+    /// DSN (RFC 3461): the notices the sender asked for (None: the
+    /// default, a failure notice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<Notify>,
+    /// DSN: the original recipient, `type;address`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+    /// A delay notice was sent for it (at most one is).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_notified: bool,
 }
 
 impl Recipient {
@@ -35,6 +46,9 @@ impl Recipient {
             status: RecipientStatus::Pending,
             attempts: 0,
             last_reply: None,
+            notify: None,
+            orcpt: None,
+            delay_notified: false,
         }
     }
 }
@@ -84,6 +98,13 @@ pub struct Envelope {
     /// client's header, or its pool's. None: normal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<crate::config::Priority>,
+    /// DSN (RFC 3461): how much of the message a failure notice returns
+    /// (None: the headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<Ret>,
+    /// DSN: the sender's id of the transaction, returned in notices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
 }
 
 impl Envelope {
@@ -102,6 +123,8 @@ impl Envelope {
             meta: None,
             pool: String::new(),
             priority: None,
+            ret: None,
+            envid: None,
         }
     }
 

@@ -1,41 +1,62 @@
-//! Turning the recipients a round failed into a delivery status
-//! notification for the sender.
+//! Turning what happened to a message's recipients into delivery status
+//! notifications for the sender: failures (bounces), delays, and "relayed"
+//! notices, as the sender's DSN request (RFC 3461 NOTIFY) asks.
 //!
-//! Owns: [`notification`], a pure function from the failed message, its
-//! failures and its original bytes to the [`NewMessage`] that carries the
-//! DSN (`dsn::build` writes the report itself). The scheduler sends it to
-//! the reception door, which queues it like any other message.
+//! Owns: [`notification`], a pure function from the message, the
+//! recipients to report on and its original bytes to the [`NewMessage`]
+//! that carries the DSN (`dsn::build` writes the report itself), and
+//! [`dsn_parameters`], the DSN request as passed on to a next hop. The
+//! scheduler sends the notice to the reception door, which queues it like
+//! any other message.
 //!
-//! Must not: queue anything itself; never bounce a message from the null
-//! sender (no bounce of a bounce).
+//! Must not: queue anything itself; never notify of a message from the
+//! null sender (no bounce of a bounce).
 
 use super::state::Failure;
-use crate::dsn::{self, FailedRcpt, Notice};
-use crate::queue::{Envelope, MessageId, NewMessage};
+use crate::dsn::{self, FailedRcpt, Notice, NoticeKind};
+use crate::proto::dsn_params::{orcpt_param, xtext_encode};
+use crate::queue::{Envelope, MessageId, NewMessage, Recipient};
 
-/// The DSN for `failures` of message `id`, to be queued as `dsn_id`; None
-/// for a message from the null sender.
+/// Whether `r`'s sender asked for a notice of this kind: failures unless
+/// NOTIFY leaves them out; delays and successes only when asked for.
+pub fn wants(r: &Recipient, kind: NoticeKind) -> bool {
+    match (kind, r.notify) {
+        (NoticeKind::Failure { .. }, None) => true,
+        (NoticeKind::Failure { .. }, Some(n)) => n.failure(),
+        (NoticeKind::Delay, n) => n.is_some_and(|n| n.delay()),
+        (NoticeKind::Relayed, n) => n.is_some_and(|n| n.success()),
+    }
+}
+
+/// The DSN for `reports` of message `id` (those whose recipients asked for
+/// `kind`), to be queued as `dsn_id`; None for a message from the null
+/// sender or when no recipient asked.
 pub fn notification(
     reporting_mta: &str,
     id: MessageId,
     env: &Envelope,
-    failures: &[Failure],
-    expired: bool,
+    reports: &[Failure],
+    kind: NoticeKind,
     original: &[u8],
     dsn_id: MessageId,
 ) -> Option<NewMessage> {
     if env.sender.is_empty() {
         return None;
     }
-    let list: Vec<FailedRcpt> = failures
+    let list: Vec<FailedRcpt> = reports
         .iter()
+        .filter(|f| wants(&env.recipients[f.index], kind))
         .map(|f| FailedRcpt {
             recipient: &env.recipients[f.index].address,
             status: &f.status,
             diagnostic: &f.reply,
             remote_mta: f.remote.as_deref(),
+            original_recipient: env.recipients[f.index].orcpt.as_deref(),
         })
         .collect();
+    if list.is_empty() {
+        return None;
+    }
     let id_text = id.to_string();
     let body = dsn::build(
         &Notice {
@@ -43,7 +64,9 @@ pub fn notification(
             original_id: &id_text,
             original_sender: &env.sender,
             arrival: env.created,
-            expired,
+            kind,
+            envid: env.envid.as_deref(),
+            full: env.ret == Some(crate::proto::dsn_params::Ret::Full),
             failures: &list,
         },
         original,
@@ -58,6 +81,46 @@ pub fn notification(
         content_start: 0,
         trusted: false,
     })
+}
+
+/// The DSN request of `env` for a next hop that offers DSN: the MAIL
+/// parameters (` RET=... ENVID=...`) and each of `rcpts`' RCPT parameters
+/// (` NOTIFY=... ORCPT=...`); empty strings when the sender gave none
+/// (nothing is allocated per recipient then).
+pub fn dsn_parameters(env: &Envelope, rcpts: &[usize]) -> (String, Vec<String>) {
+    let mut mail = String::new();
+    if let Some(ret) = env.ret {
+        mail.push_str(" RET=");
+        mail.push_str(ret.as_text());
+    }
+    if let Some(envid) = &env.envid {
+        mail.push_str(" ENVID=");
+        mail.push_str(&xtext_encode(envid));
+    }
+    let asked = rcpts.iter().any(|&i| {
+        let r = &env.recipients[i];
+        r.notify.is_some() || r.orcpt.is_some()
+    });
+    if !asked {
+        return (mail, Vec::new());
+    }
+    let params = rcpts
+        .iter()
+        .map(|&i| {
+            let r = &env.recipients[i];
+            let mut p = String::new();
+            if let Some(n) = r.notify {
+                p.push_str(" NOTIFY=");
+                p.push_str(&n.as_text());
+            }
+            if let Some(o) = &r.orcpt {
+                p.push_str(" ORCPT=");
+                p.push_str(&orcpt_param(o));
+            }
+            p
+        })
+        .collect();
+    (mail, params)
 }
 
 #[cfg(test)]
@@ -77,7 +140,8 @@ mod tests {
             remote: Some("mx.b.example".into()),
         }];
         let original = b"Subject: hi\r\n\r\nbody\r\n";
-        let n = notification("mx.test", id, &env, &failures, false, original, dsn_id).unwrap();
+        let failure = NoticeKind::Failure { expired: false };
+        let n = notification("mx.test", id, &env, &failures, failure, original, dsn_id).unwrap();
         assert_eq!(n.id, dsn_id);
         assert_eq!(n.envelope.sender, "");
         assert_eq!(n.envelope.recipients[0].address, "alice@a.example");
@@ -89,6 +153,8 @@ mod tests {
         assert!(text.contains("Subject: hi"), "{text}");
 
         let bounce = Envelope::new(String::new(), vec!["x@y.example".into()], 7);
-        assert!(notification("mx.test", id, &bounce, &failures, false, original, dsn_id).is_none());
+        assert!(
+            notification("mx.test", id, &bounce, &failures, failure, original, dsn_id).is_none()
+        );
     }
 }

@@ -60,6 +60,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::dsn::NoticeKind;
 use crate::events::{Event, EventKind, EventLog};
 use crate::outbound::client::Outgoing;
 use crate::outbound::route::Router;
@@ -376,6 +377,7 @@ impl Scheduler {
             .iter()
             .map(|&i| env.recipients[i].address.clone())
             .collect();
+        let (mail_dsn, rcpt_dsn) = bounce::dsn_parameters(env, &job.rcpts);
         let started = Instant::now();
         let targets = self.router.targets_for(domain).await;
         ::metrics::histogram!(crate::metrics::DNS_LOOKUP_SECONDS)
@@ -429,6 +431,8 @@ impl Scheduler {
                 size: env.size(),
                 smtputf8: env.smtputf8,
                 eight_bit: env.eight_bit,
+                mail_dsn: &mail_dsn,
+                rcpt_dsn: &rcpt_dsn,
             };
             let way = crate::outbound::Path {
                 source: source.as_deref(),
@@ -752,7 +756,8 @@ impl Scheduler {
             (!failures.is_empty()).then(|| (e.env.clone(), failures))
         });
         if let Some((env, failures)) = taken {
-            self.notify_sender(id, &env, &failures, false).await;
+            let kind = NoticeKind::Failure { expired: false };
+            self.notify_sender(id, &env, &failures, kind).await;
         }
     }
 
@@ -764,7 +769,8 @@ impl Scheduler {
     /// After the last job of a round: bounce, remove, or defer.
     async fn finish(self: Rc<Self>, id: MessageId) {
         let now = self.clock.now();
-        let Some((mut env, mut failures)) = self.state.borrow_mut().begin_finish(id) else {
+        let Some((mut env, mut failures, relayed)) = self.state.borrow_mut().begin_finish(id)
+        else {
             return;
         };
         let end = retry::decide(&env, now, &self.retry);
@@ -772,8 +778,17 @@ impl Scheduler {
             self.expire(id, &mut env, &mut failures);
         }
         if !failures.is_empty() {
-            self.notify_sender(id, &env, &failures, end == RoundEnd::Expired)
+            let kind = NoticeKind::Failure {
+                expired: end == RoundEnd::Expired,
+            };
+            self.notify_sender(id, &env, &failures, kind).await;
+        }
+        if !relayed.is_empty() {
+            self.notify_sender(id, &env, &relayed, NoticeKind::Relayed)
                 .await;
+        }
+        if matches!(end, RoundEnd::Retry { .. }) {
+            self.notify_delay(id, &mut env, now).await;
         }
         let done = !matches!(end, RoundEnd::Retry { .. });
         let result = match end {
@@ -1032,23 +1047,65 @@ impl Scheduler {
         id: MessageId,
         env: &Envelope,
         failures: &[Failure],
-        expired: bool,
+        kind: NoticeKind,
     ) {
         if env.sender.is_empty() {
             log::info!("{id}: not bouncing a message from the null sender");
+            return;
+        }
+        if !failures
+            .iter()
+            .any(|f| bounce::wants(&env.recipients[f.index], kind))
+        {
             return;
         }
         let original = self.spool.read_body(id, env).await.unwrap_or_default();
         let dsn_id = self.spool.new_id();
         let reporting_mta = self.cfg.hostname();
         let notice =
-            bounce::notification(reporting_mta, id, env, failures, expired, &original, dsn_id);
+            bounce::notification(reporting_mta, id, env, failures, kind, &original, dsn_id);
         let sent = match (notice, &*self.notifications.borrow()) {
             (Some(n), Some(tx)) => tx.send(n).is_ok(),
             _ => false,
         };
         if !sent {
             log::error!("{id}: cannot queue a bounce: reception is closed");
+        }
+    }
+
+    /// A delay notice for the recipients of `env` still pending after
+    /// `delivery.delay_notice_after_secs` whose sender asked for one
+    /// (NOTIFY=DELAY), once each: they are marked in `env`, which the
+    /// caller stores.
+    async fn notify_delay(&self, id: MessageId, env: &mut Envelope, now: u64) {
+        let after = self.cfg.delivery.delay_notice_after_secs;
+        if after == 0 || now.saturating_sub(env.created) < after || env.sender.is_empty() {
+            return;
+        }
+        let mut delayed = Vec::new();
+        for (i, r) in env.recipients.iter_mut().enumerate() {
+            if r.status != RecipientStatus::Pending
+                || r.delay_notified
+                || !bounce::wants(r, NoticeKind::Delay)
+            {
+                continue;
+            }
+            r.delay_notified = true;
+            let reply = r.last_reply.clone().unwrap_or_default();
+            let status = match crate::classify::parse_reply(&reply).1 {
+                Some(s) => format!("4.{}.{}", s.subject, s.detail),
+                None => "4.0.0".to_string(),
+            };
+            delayed.push(Failure {
+                index: i,
+                status,
+                reply,
+                remote: None,
+            });
+        }
+        if !delayed.is_empty() {
+            self.notify_sender(id, env, &delayed, NoticeKind::Delay)
+                .await;
         }
     }
 

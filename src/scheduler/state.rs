@@ -60,6 +60,9 @@ pub struct Entry {
     pub jobs: usize,
     /// Recipients that failed for good in this round, for the DSN.
     pub failures: Vec<Failure>,
+    /// Recipients delivered in this round to a next hop without DSN whose
+    /// sender asked for NOTIFY=SUCCESS: a "relayed" notice is due.
+    pub relayed: Vec<Failure>,
     /// Jobs of this message with a delivery attempt under way (or its
     /// round being finished).
     pub in_flight: usize,
@@ -203,6 +206,7 @@ impl Entry {
             env,
             jobs: 0,
             failures: Vec::new(),
+            relayed: Vec::new(),
             in_flight: 0,
             deferred: false,
         }
@@ -511,7 +515,17 @@ impl State {
                 r.attempts += 1;
                 r.last_reply = Some(outcome.reply().to_string());
                 match outcome {
-                    DeliveryOutcome::Delivered { .. } => r.status = RecipientStatus::Delivered,
+                    DeliveryOutcome::Delivered { reply } => {
+                        r.status = RecipientStatus::Delivered;
+                        if !attempt.next_hop_dsn && r.notify.is_some_and(|n| n.success()) {
+                            entry.relayed.push(Failure {
+                                index: i,
+                                status: "2.0.0".into(),
+                                reply: reply.clone(),
+                                remote: remote.clone(),
+                            });
+                        }
+                    }
                     DeliveryOutcome::Temporary { .. } => {}
                     DeliveryOutcome::Permanent { reply, status } => {
                         bounced = true;
@@ -542,10 +556,17 @@ impl State {
 
     /// Finishing a round begins: a copy of the envelope and the round's
     /// failures, the message counted in flight until [`State::end_finish`].
-    pub fn begin_finish(&mut self, id: MessageId) -> Option<(Envelope, Vec<Failure>)> {
+    pub fn begin_finish(
+        &mut self,
+        id: MessageId,
+    ) -> Option<(Envelope, Vec<Failure>, Vec<Failure>)> {
         let entry = self.messages.get_mut(&id)?;
         entry.in_flight += 1;
-        Some((entry.env.clone(), std::mem::take(&mut entry.failures)))
+        Some((
+            entry.env.clone(),
+            std::mem::take(&mut entry.failures),
+            std::mem::take(&mut entry.relayed),
+        ))
     }
 
     /// Finishing a round ends: the message leaves (`done`) or waits in the
@@ -606,6 +627,7 @@ mod tests {
             tls: None,
             source: None,
             site: None,
+            next_hop_dsn: false,
         }
     }
 
@@ -669,7 +691,7 @@ mod tests {
         let r = st.record(id, &job.rcpts, &attempt(vec![perm]), |_, _, _| {});
         assert!(r.unwrap().round_done);
 
-        let (env, failures) = st.begin_finish(id).unwrap();
+        let (env, failures, _) = st.begin_finish(id).unwrap();
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].index, 2);
         assert_eq!(failures[0].remote.as_deref(), Some("mx.a.example"));

@@ -66,6 +66,9 @@ pub struct Script {
     /// Answer every transaction from this client address with
     /// `temp_reply` (a receiver throttling one sending IP).
     pub temp_fail_peer: Option<IpAddr>,
+    /// Offer DSN (RFC 3461). Without it, a MAIL or RCPT with a DSN
+    /// parameter is refused (555 5.5.4), as a server without DSN would.
+    pub dsn: bool,
 }
 
 impl Script {
@@ -97,6 +100,9 @@ pub struct Received {
     /// The (source, destination) of the PROXY v2 header the connection
     /// began with, when the sink expects one.
     pub proxy: Option<(SocketAddr, SocketAddr)>,
+    /// The MAIL and RCPT command lines as sent.
+    pub mail_cmd: String,
+    pub rcpt_cmds: Vec<String>,
 }
 
 #[derive(Default)]
@@ -236,6 +242,12 @@ fn session(
     }
     reply(&mut r, "220 sink.test ESMTP")?;
     let (mut from, mut rcpts) = (String::new(), Vec::new());
+    let (mut mail_cmd, mut rcpt_cmds) = (String::new(), Vec::new());
+    let dsn_param = |upper: &str| {
+        [" NOTIFY=", " ORCPT=", " RET=", " ENVID="]
+            .iter()
+            .any(|p| upper.contains(p))
+    };
     let mut tls = false;
     let mut line = String::new();
     loop {
@@ -262,7 +274,8 @@ fn session(
             reply(
                 &mut r,
                 &format!(
-                    "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{utf8}{starttls}250 SIZE 100000000"
+                    "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{utf8}{starttls}{dsn}250 SIZE 100000000",
+                    dsn = if sc.dsn { "250-DSN\r\n" } else { "" }
                 ),
             )?;
         } else if upper == "STARTTLS" && sc.tls.is_some() && !tls {
@@ -284,11 +297,19 @@ fn session(
             from.clear();
             rcpts.clear();
             reply(&mut r, "250 2.0.0 ok")?;
+        } else if (upper.starts_with("MAIL FROM:") || upper.starts_with("RCPT TO:"))
+            && !sc.dsn
+            && dsn_param(&upper)
+        {
+            reply(&mut r, "555 5.5.4 DSN parameters not supported")?;
         } else if upper.starts_with("MAIL FROM:") {
             from = between_brackets(&cmd);
+            mail_cmd = cmd.clone();
+            rcpt_cmds.clear();
             reply(&mut r, "250 2.1.0 ok")?;
         } else if upper.starts_with("RCPT TO:") {
             let rcpt = between_brackets(&cmd);
+            rcpt_cmds.push(cmd.clone());
             if sc.reject_rcpts.contains(&rcpt) {
                 reply(&mut r, "550 5.1.1 no such user")?;
             } else {
@@ -352,6 +373,8 @@ fn session(
                         helo: helo.clone(),
                         at: Instant::now(),
                         proxy,
+                        mail_cmd: mail_cmd.clone(),
+                        rcpt_cmds: rcpt_cmds.clone(),
                     });
                     reply(&mut r, "250 2.0.0 queued")?;
                     if sc.close_after_message {

@@ -183,6 +183,12 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &SmtpService) -> 
     envelope.smtputf8 = tx.smtputf8();
     envelope.eight_bit = tx.declared_8bit() || body.reader.has_8bit();
     envelope.client = body.client;
+    envelope.ret = tx.params.ret;
+    envelope.envid = tx.params.envid.clone();
+    for (r, p) in envelope.recipients.iter_mut().zip(&tx.rcpt_params) {
+        r.notify = p.notify;
+        r.orcpt = p.orcpt.clone();
+    }
     let id = body.id;
     let started = std::time::Instant::now();
     let msg = NewMessage {

@@ -14,7 +14,7 @@
 use std::net::IpAddr;
 
 use crate::config::{Config, SuppressionAction};
-use crate::proto::command::{BodyType, Command, MailParams, Mailbox};
+use crate::proto::command::{BodyType, Command, MailParams, Mailbox, RcptParams};
 use crate::proto::reply::{Rejection, Reply};
 
 /// What the connection must do next.
@@ -45,6 +45,8 @@ pub struct Transaction {
     pub from: Option<Mailbox>,
     pub params: MailParams,
     pub rcpts: Vec<Mailbox>,
+    /// Each recipient's DSN parameters, in the order of `rcpts`.
+    pub rcpt_params: Vec<RcptParams>,
     /// Recipients answered 250 but dropped: suppressed, with
     /// `suppression.action = "drop"`.
     pub dropped: usize,
@@ -144,7 +146,7 @@ impl<'a> Session<'a> {
             Command::Ehlo(name) => self.hello(name, true),
             Command::Helo(name) => self.hello(name, false),
             Command::Mail { from, params } => self.mail(from, params),
-            Command::Rcpt { to } => self.rcpt(to),
+            Command::Rcpt { to, params } => self.rcpt(to, params),
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
@@ -186,6 +188,7 @@ impl<'a> Session<'a> {
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
             "CHUNKING".into(),
+            "DSN".into(),
         ];
         if self.offers_starttls() {
             lines.push("STARTTLS".into());
@@ -248,16 +251,22 @@ impl<'a> Session<'a> {
             from,
             params,
             rcpts: Vec::new(),
+            rcpt_params: Vec::new(),
             dropped: 0,
             in_bdat: false,
         });
         Action::Reply(Reply::new(250, "2.1.0", "Ok"))
     }
 
-    fn rcpt(&mut self, mut to: Mailbox) -> Action {
+    fn rcpt(&mut self, mut to: Mailbox, params: RcptParams) -> Action {
         let Some(tx) = &self.tx else {
             return reject(Rejection::BadSequence("need MAIL command"));
         };
+        if !self.esmtp && params != RcptParams::default() {
+            return reject(Rejection::UnsupportedParameter(
+                "parameters need EHLO".into(),
+            ));
+        }
         if tx.rcpts.len() >= self.cfg.smtp.max_recipients {
             return reject(Rejection::TooManyRecipients);
         }
@@ -285,6 +294,7 @@ impl<'a> Session<'a> {
             }
         }
         tx.rcpts.push(to);
+        tx.rcpt_params.push(params);
         Action::Reply(Reply::new(250, "2.1.5", "Ok"))
     }
 
