@@ -12,6 +12,7 @@ pub mod admin_client;
 pub mod dkim;
 pub mod sink;
 pub mod suppression;
+pub mod webhook_sink;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -81,6 +82,18 @@ pub enum Command {
         /// Print nothing per message.
         #[arg(long)]
         quiet: bool,
+    },
+    /// A test HTTP server that takes webhook batches (`[[events.webhook]]`)
+    /// and counts them, checking signatures when given the secret: for
+    /// trying webhooks locally and for benchmarks.
+    WebhookSink {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:2680")]
+        listen: std::net::SocketAddr,
+        /// The webhook's secret file (first line): requests whose
+        /// X-Ringpost-Signature does not match get 401.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
     },
     /// Read a password from standard input and print its argon2id hash,
     /// for a line `name:hash` of the submission users file.
@@ -270,6 +283,24 @@ pub fn run(cli: Cli) -> Result<()> {
                 verbose: !quiet,
             };
             sink::run(listen, opts).with_context(|| format!("sink on {listen}"))
+        }
+        Command::WebhookSink {
+            listen,
+            secret_file,
+        } => {
+            let secret = match secret_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| path.display().to_string())?
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            webhook_sink::run(listen, secret).with_context(|| format!("webhook-sink on {listen}"))
         }
         Command::DumpMetrics => {
             for m in crate::metrics::ALL {

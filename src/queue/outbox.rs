@@ -175,12 +175,19 @@ impl Outbox {
     /// Removes the events through `seq` (every webhook has them).
     pub fn trim_through(&self, seq: u64) {
         let mut first = self.first.get();
+        if first > seq {
+            return;
+        }
+        let mut batch = sled::Batch::default();
         while first <= seq && first < self.next.get() {
-            let _ = self.events.remove(first.to_be_bytes());
+            batch.remove(&first.to_be_bytes());
             first += 1;
         }
-        self.first.set(first);
-        self.commit.touched();
+        // One batch: one pass through sled's log for the whole range.
+        if self.events.apply_batch(batch).is_ok() {
+            self.first.set(first);
+            self.commit.touched();
+        }
     }
 
     /// Drops the `n` oldest events (back-pressure by dropping); returns
