@@ -172,6 +172,20 @@ pub enum QueueCommand {
     /// Everything that happened to one message, in order (from the
     /// delivery log), and where it stands if still queued.
     Trace { id: String },
+    /// Drain the node to another MTA: new mail is refused from now on
+    /// (SMTP 421, injection 503), and every queued message, whatever its
+    /// domain or holds, is sent to HOST:PORT (`[ip]:port` or
+    /// `host:port`), each removed here only after the peer's 250. Waits,
+    /// with a progress bar, until the queue is empty (a message the peer
+    /// defers is retried as usual; a refused one bounces). Not stored: run
+    /// it again after a restart.
+    Drain {
+        #[arg(long)]
+        to: String,
+        /// Return at once instead of waiting for the queue to empty.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Retry deferred messages now (only those for DOMAIN, if given).
     Flush {
         #[arg(long)]
@@ -372,6 +386,40 @@ fn admin_client(args: AdminArgs) -> Result<admin_client::AdminClient> {
     Ok(admin_client::AdminClient { addr, token })
 }
 
+/// After `POST /queue/drain`: says so, then (with `wait`) shows the
+/// queue emptying until it is empty.
+fn drain_progress(
+    api: &admin_client::AdminClient,
+    to: &str,
+    answer: serde_json::Value,
+    wait: bool,
+) -> Result<()> {
+    let total = answer["queued"].as_u64().unwrap_or(0);
+    println!("draining to {to}: {total} messages queued; new mail is refused");
+    if !wait {
+        return Ok(());
+    }
+    // Drawn only on a terminal (indicatif hides it otherwise).
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} moved (eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let summary: crate::http::admin::Summary =
+            serde_json::from_value(api.call("GET", "/queue/summary")?)?;
+        let left = summary.messages as u64;
+        bar.set_length(total.max(left));
+        bar.set_position(total.saturating_sub(left));
+        if left == 0 {
+            bar.finish_and_clear();
+            println!("drained: the queue is empty");
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
     use crate::http::admin::{MessageDetail, Summary};
     use admin_client::encode;
@@ -396,6 +444,7 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
         QueueCommand::Show { id } => ("GET", format!("/queue/messages/{}", encode(id))),
         QueueCommand::Trace { id } => ("GET", format!("/queue/messages/{}/trace", encode(id))),
         QueueCommand::Flush { domain } => ("POST", format!("/queue/flush{}", domain_query(domain))),
+        QueueCommand::Drain { to, .. } => ("POST", format!("/queue/drain?to={}", encode(to))),
         QueueCommand::Suspend {
             domain,
             kind,
@@ -440,6 +489,7 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
             &serde_json::from_value::<crate::http::admin::Trace>(answer)?,
             now,
         ),
+        QueueCommand::Drain { to, no_wait } => return drain_progress(&api, &to, answer, !no_wait),
         QueueCommand::Flush { .. } => {
             let n = answer["flushed"].as_u64().unwrap_or(0) as usize;
             format!("{} flushed\n", admin_client::count(n, "deferred message"))

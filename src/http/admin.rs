@@ -14,6 +14,7 @@
 //! | `DELETE /queue/messages/ID`             | `{"deleted": ID}`              |
 //! | `POST /queue/messages/ID/bounce`        | `{"bounced": ID}`              |
 //! | `POST /queue/flush?domain=D`            | `{"flushed": N}`               |
+//! | `POST /queue/drain?to=HOST:PORT`        | `{"draining_to": T, "queued": N}`: new mail refused, everything queued sent to T (`Scheduler::hand_over`) |
 //! | `POST /queue/domains/D/suspend?for=SECS`| `{"domain": D, "suspended": true, "until": T}` |
 //! | `POST /queue/domains/D/resume`          | `{"domain": D, "suspended": false}` |
 //! | `POST /queue/{sites,sources,pools,paths}/N/suspend` and `.../resume` | the same for a site, an egress source or pool, or a path (`SOURCE\|SITE`) |
@@ -267,6 +268,25 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
         {
             hold(shards, req, kind, name, *action == "suspend").await
         }
+        ("POST", ["queue", "drain"]) => {
+            let to = req
+                .param("to")
+                .ok_or_else(|| ApiError::BadRequest("drain needs ?to=HOST:PORT".into()))?;
+            let hop = crate::config::NextHop::parse(to)
+                .map_err(|e| ApiError::BadRequest(format!("to={to}: {e}")))?;
+            let queued: usize = shards
+                .ask_all(move |s| {
+                    let hop = hop.clone();
+                    async move { s.hand_over(hop) }
+                })
+                .await?
+                .into_iter()
+                .sum();
+            Ok(Response::json(
+                200,
+                &json!({ "draining_to": to, "queued": queued }),
+            ))
+        }
         (_, ["queue", ..]) if known_path(req) => Err(ApiError::Method),
         _ => Err(ApiError::NotFound(format!(
             "no such path /{}",
@@ -279,7 +299,7 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
 fn known_path(req: &Request) -> bool {
     matches!(
         req.route().as_slice(),
-        ["queue", "summary" | "messages" | "flush"]
+        ["queue", "summary" | "messages" | "flush" | "drain"]
             | ["queue", "messages", _]
             | ["queue", "messages", _, "bounce" | "trace"]
             | [

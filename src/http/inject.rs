@@ -356,6 +356,12 @@ impl Refusal {
 impl Injector {
     /// Queues an admitted request's message.
     async fn inject(&self, req: Request) -> Result<Response, Refusal> {
+        if self.door.draining() {
+            return Err(refuse(
+                503,
+                "this node is being drained and takes no new mail: send to another",
+            ));
+        }
         let mut injection = parse(&req.body, ContentLimits::of(&self.cfg))?;
         if !injection.pool.is_empty() && !self.cfg.egress.has_pool(&injection.pool) {
             return Err(refuse(

@@ -130,6 +130,13 @@ impl Door {
         self.spool.has_room() && !self.events.backlog_full()
     }
 
+    /// Whether the node is being drained (`queue drain`): the front ends
+    /// take no new mail then; the door still queues the scheduler's own
+    /// notices, which leave with the rest.
+    pub fn draining(&self) -> bool {
+        self.scheduler.handing_over()
+    }
+
     /// The suppression that refuses mail from `sender` to `rcpt`, if any
     /// (counted by `listener`: "smtp", "http"). Every front end asks, for
     /// every recipient, before it takes the message.

@@ -21,6 +21,9 @@ pub struct Router {
     /// The port for MX deliveries (MX records carry none).
     remote_port: u16,
     dns: Resolver,
+    /// While the node is drained (`queue drain --to`): every domain goes
+    /// to this next hop.
+    handover: std::cell::RefCell<Option<NextHop>>,
 }
 
 impl Router {
@@ -40,12 +43,23 @@ impl Router {
                 .and_then(|s| NextHop::parse(s).ok()),
             remote_port: d.remote_port,
             dns,
+            handover: std::cell::RefCell::new(None),
         }
+    }
+
+    /// From now on, mail for every domain goes to `hop` (a drain).
+    pub fn hand_over_to(&self, hop: NextHop) {
+        *self.handover.borrow_mut() = Some(hop);
     }
 
     /// The hosts to try for mail to `domain` (lower-case), in order.
     pub async fn targets_for(&self, domain: &str) -> Result<Vec<Target>, DnsError> {
-        match self.routes.get(domain).or(self.smarthost.as_ref()) {
+        let handover = self.handover.borrow().clone();
+        match handover
+            .as_ref()
+            .or(self.routes.get(domain))
+            .or(self.smarthost.as_ref())
+        {
             Some(NextHop::Addr(addr)) => Ok(vec![Target {
                 host: addr.ip().to_string(),
                 addr: *addr,

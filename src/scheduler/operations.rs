@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::state::{Entry, Failure, Hold};
 use super::{Scheduler, queue_gauges};
+use crate::config::NextHop;
 use crate::events::{Event, EventKind};
 use crate::queue::{MessageId, RecipientStatus};
 
@@ -415,6 +416,37 @@ impl Scheduler {
             self.dispatch(id);
         }
         due.len()
+    }
+
+    /// Drains this shard to another MTA: reception stops taking new mail
+    /// (the front ends ask [`Scheduler::handing_over`]), every queued
+    /// message goes to `hop` now, whatever its domain, holds ignored, and
+    /// each is removed here only after the peer's 250, as any delivery.
+    /// Returns how many messages the shard holds. Not stored: after a
+    /// restart the node takes mail again until drained again.
+    pub fn hand_over(self: &Rc<Self>, hop: NextHop) -> usize {
+        log::warn!("draining: every queued message goes to {hop:?}; new mail is refused");
+        self.router.hand_over_to(hop);
+        let held = {
+            let mut st = self.state.borrow_mut();
+            st.handing_over = true;
+            st.take_held()
+        };
+        for id in held {
+            self.dispatch(id);
+        }
+        self.flush(None);
+        // Domains whose workers stopped at a hold start again.
+        let domains: Vec<String> = self.state.borrow().domains.keys().cloned().collect();
+        for d in domains {
+            self.kick(&d);
+        }
+        self.state.borrow().messages.len()
+    }
+
+    /// Whether the shard is being drained (and so takes no new mail).
+    pub fn handing_over(&self) -> bool {
+        self.state.borrow().handing_over
     }
 
     /// Removes a message from the queue without delivering or bouncing it.

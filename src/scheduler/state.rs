@@ -46,6 +46,9 @@ pub struct State {
     /// Suspensions by [`Hold::key`] (a domain's is its name), and when
     /// each ends by itself (Unix seconds), if it does.
     pub suspended: HashMap<String, Option<u64>>,
+    /// The node is being drained to another: holds are ignored (every
+    /// message leaves), the router sends everything to the peer.
+    pub handing_over: bool,
     /// Domains a `[backoff]` rule bounces, until when, and why.
     pub bouncing: HashMap<String, Bouncing>,
     /// The messages whose bodies are in each segment, for compaction.
@@ -354,7 +357,7 @@ impl State {
     /// Whether `domain` is suspended, itself or through its site (as far
     /// as its site is known).
     pub fn domain_held(&self, domain: &str) -> bool {
-        if self.suspended.is_empty() {
+        if self.suspended.is_empty() || self.handing_over {
             return false;
         }
         self.suspended.contains_key(domain)
@@ -367,7 +370,9 @@ impl State {
 
     /// Whether a suspension of `kind` `name` holds.
     pub fn is_held(&self, kind: Hold, name: &str) -> bool {
-        !self.suspended.is_empty() && self.suspended.contains_key(&kind.key(name))
+        !self.suspended.is_empty()
+            && !self.handing_over
+            && self.suspended.contains_key(&kind.key(name))
     }
 
     /// Deferred messages that wait only because of a hold (their last

@@ -105,6 +105,7 @@ impl Reserved {
 /// SO_REUSEPORT (which every shard's listener needs) would let us share a
 /// port with a stale instance without an error. Binding once without it
 /// finds that out. Port 0 is resolved here, so all shards share one port.
+/// The probe binds without listening.
 ///
 /// A predecessor killed a moment ago may still hold the address: the
 /// kernel tears a dead process's io_uring down in a worker after the
@@ -114,8 +115,24 @@ impl Reserved {
 pub fn probe_listen(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let deadline = std::time::Instant::now() + RELEASE_WAIT;
     loop {
-        match std::net::TcpListener::bind(addr) {
-            Ok(listener) => return listener.local_addr(),
+        // Bound, never listening: a client that connects while we look
+        // is refused, not accepted into a socket about to close (which
+        // would reset it).
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        // As std's bind: connections of a predecessor in TIME_WAIT do not
+        // hold the address.
+        socket.set_reuse_address(true)?;
+        match socket.bind(&addr.into()) {
+            Ok(()) => {
+                return socket
+                    .local_addr()?
+                    .as_socket()
+                    .ok_or_else(|| std::io::Error::other("not an IP socket"));
+            }
             Err(e)
                 if e.kind() == std::io::ErrorKind::AddrInUse
                     && std::time::Instant::now() < deadline =>

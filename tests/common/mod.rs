@@ -78,13 +78,17 @@ pub fn start_with_clock(
     }
 }
 
-/// Runs the built binary as `serve --config <config>` (RUST_LOG=warn) and
+/// Runs the built binary as `serve --config <config>` (RUST_LOG=warn, or
+/// `$RINGPOST_TEST_LOG` to see more of a failing test) and
 /// waits until it listens on `addr`.
 pub fn spawn_binary(config: &Path, addr: SocketAddr) -> std::process::Child {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringpost"))
         .args(["serve", "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("RINGPOST_TEST_LOG").unwrap_or("warn".into()),
+        )
         .spawn()
         .expect("spawn ringpost");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

@@ -247,14 +247,13 @@ async fn drive(
             LineEvent::Line { len, consumed, .. } => {
                 let parsed = command::parse(&conn.pending()[..len]);
                 conn.consume(consumed);
-                // A full spool says so at MAIL, before the body comes (RFC
-                // 5321 4.5.3.1.10 allows 452 there).
+                // A drained node or a full spool says so at MAIL.
                 let mail = matches!(parsed, Ok(command::Command::Mail { .. }));
-                if mail && session.tx.is_none() && !shard.door.has_room() {
-                    Action::Reply(Rejection::InsufficientStorage.reply())
-                } else {
-                    session.handle(parsed)
+                match mail && session.tx.is_none() {
+                    true => refused_at_mail(&shard.door),
+                    false => None,
                 }
+                .unwrap_or_else(|| session.handle(parsed))
             }
             LineEvent::TooLong { consumed } => {
                 conn.consume(consumed);
@@ -359,4 +358,14 @@ async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, shard: &SmtpServi
             Step::Disconnected
         }
     }
+}
+
+/// Why a new transaction is refused at MAIL, before the body comes: the
+/// node is drained to another (421: the client should go to another MX,
+/// RFC 5321 3.8), or the spool is full (452, RFC 5321 4.5.3.1.10).
+fn refused_at_mail(door: &crate::inbound::Door) -> Option<Action> {
+    if door.draining() {
+        return Some(Action::Close(Rejection::ShuttingDown.reply()));
+    }
+    (!door.has_room()).then(|| Action::Reply(Rejection::InsufficientStorage.reply()))
 }
