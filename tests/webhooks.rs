@@ -31,6 +31,11 @@ struct Receiver {
 
 impl Receiver {
     fn start(addr: SocketAddr, secret: &Path, out: &Path) -> Receiver {
+        Receiver::start_with(addr, secret, out, &[])
+    }
+
+    /// `tls`: the certificate and key files, for HTTPS.
+    fn start_with(addr: SocketAddr, secret: &Path, out: &Path, tls: &[&Path]) -> Receiver {
         let script =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/verifiers/webhook_receiver.py");
         let child = Command::new("python3")
@@ -38,6 +43,7 @@ impl Receiver {
             .arg(addr.port().to_string())
             .arg(secret)
             .arg(out)
+            .args(tls)
             .spawn()
             .expect("python3 runs the receiver");
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -349,4 +355,120 @@ fn a_full_backlog_defers_mail_until_the_receiver_catches_up() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(taken(&out).len() >= 2 * taken_msgs);
+}
+
+/// An https receiver whose certificate chains to `ca_file` gets the
+/// events, each with the application's `meta` (from a trusted client's
+/// X-Ringpost-Meta header); one whose certificate does not gets nothing.
+#[test]
+fn https_receivers_are_verified_and_events_carry_meta() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let ca = common::sink::TestCa::new();
+    let (cert, key) = ca.leaf_pem("localhost");
+    let (cert_file, key_file, ca_file) = (
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+        dir.path().join("ca.pem"),
+    );
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let out = dir.path().join("events.jsonl");
+    let receiver = Receiver::start_with(free_addr(), &secret, &out, &[&cert_file, &key_file]);
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let mut good = webhook(
+        format!("https://localhost:{}/hook", receiver.addr.port()),
+        &secret,
+    );
+    good.events = vec!["Delivery".into()];
+    good.ca_file = ca_file.display().to_string();
+    // The same receiver, but trusting only the Web PKI: refused.
+    let mut untrusted = good.clone();
+    untrusted.name = "untrusted".into();
+    untrusted.ca_file = String::new();
+    let ts = common::start_with(1, |c| {
+        c.delivery.smarthost = format!("[127.0.0.1]:{}", sink.addr.port());
+        c.events.webhook = vec![good, untrusted];
+    });
+    send_concurrently(ts.addr, 5, 1, |i| {
+        (
+            "a@sender.test".into(),
+            recipient(i),
+            format!("X-Ringpost-Meta: {{\"order\": {i}}}\r\nSubject: x\r\n\r\nx\r\n"),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while taken(&out).len() < 5 {
+        assert!(Instant::now() < deadline, "no events over https");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for e in taken(&out) {
+        let i: u64 = e["recipient"].as_str().unwrap()[1..]
+            .split('@')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(e["meta"]["order"], i, "{e}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(taken(&out).len(), 5, "the untrusted webhook sent nothing");
+    let metrics = ts.metrics_text();
+    assert!(
+        metrics
+            .contains("ringpost_webhook_requests_total{webhook=\"untrusted\",result=\"failed\"}"),
+        "{metrics}"
+    );
+}
+
+/// With `on_backlog_full = "drop_oldest"` and the receiver away, mail is
+/// still taken and the oldest events give way, counted.
+#[test]
+fn drop_oldest_keeps_taking_mail_and_counts_what_it_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let receiver_addr = free_addr();
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let hook = webhook(format!("http://{receiver_addr}/hook"), &secret);
+    let ts = common::start_with(1, |c| {
+        c.delivery.smarthost = format!("[127.0.0.1]:{}", sink.addr.port());
+        c.events.webhook = vec![hook];
+        c.events.max_backlog = 20;
+        c.events.on_backlog_full = ringpost::config::BacklogFull::DropOldest;
+    });
+    send_concurrently(ts.addr, 50, 2, |i| {
+        (
+            "a@sender.test".into(),
+            recipient(i),
+            "Subject: x\r\n\r\nx\r\n".into(),
+        )
+    });
+    sink.wait_for(50, 30);
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = ts.metrics_text();
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ringpost_events_dropped_total "))
+        .expect("dropped events are counted")
+        .trim()
+        .parse()
+        .unwrap();
+    // 100 events (a Reception and a Delivery per message), 20 kept.
+    assert_eq!(dropped, 80, "{metrics}");
+    let out = dir.path().join("events.jsonl");
+    let _receiver = Receiver::start(receiver_addr, &secret, &out);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while taken(&out).len() < 20 {
+        assert!(Instant::now() < deadline, "the kept events do not arrive");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let events = taken(&out);
+    assert_eq!(events.len(), 20, "the newest 20 are kept");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "Delivery" && e["recipient"] == recipient(49).as_str())
+    );
 }

@@ -481,6 +481,16 @@ impl TestCa {
         }
     }
 
+    /// A certificate for `name` this CA signed, and its key, as PEM.
+    pub fn leaf_pem(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A server config whose certificate for `name` this CA signed.
     pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
         let key = rcgen::KeyPair::generate().unwrap();

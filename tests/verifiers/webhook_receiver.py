@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """A webhook receiver for the tests, independent of ringpost's code.
 
-Usage: webhook_receiver.py PORT SECRET_FILE EVENTS_OUT
+Usage: webhook_receiver.py PORT SECRET_FILE EVENTS_OUT [CERT KEY]
+
+With CERT and KEY (PEM files) it serves HTTPS.
 
 POST /hook: checks X-Ringpost-Signature (sha256=HEX) with Python's hmac
 against the first line of SECRET_FILE, then answers as the current mode
@@ -15,6 +17,7 @@ GET /stats: {"requests", "bad_signatures", "events", "taken"} as JSON.
 import hashlib
 import hmac
 import json
+import ssl
 import sys
 import threading
 import time
@@ -78,4 +81,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+if len(sys.argv) > 5:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[4], sys.argv[5])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
