@@ -1,0 +1,134 @@
+//! Load for the HTTP injection API from Rust, so that the client is not
+//! the limit (benches/inject-load.py is, on 2 cores): `CONNECTIONS`
+//! threads each keep one HTTP/1.1 connection alive and post
+//! `MESSAGES / CONNECTIONS` messages of `SIZE` bytes on it, one after
+//! another, each answered before the next. Prints one JSON line: messages
+//! answered 200, seconds, messages per second, request latency p50/p99.
+//!
+//!     cargo bench --bench inject_load -- [ADDR] [CONNECTIONS] [MESSAGES] [SIZE]
+//!
+//! Defaults: 127.0.0.1:8025 (benches/relay-bench.toml's injection port),
+//! 20 connections, 10000 messages, 10240 bytes. Loopback addresses only.
+//! benches/inject-vs-smtp.sh runs it against SMTP at the same load.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T {
+    args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default)
+}
+
+/// One request: a JSON body whose content is `size` bytes of message.
+fn request(size: usize) -> Vec<u8> {
+    let mut content = String::from("Subject: bench\r\nFrom: s@example.test\r\n\r\n");
+    while content.len() + 78 <= size {
+        content.push_str(&"x".repeat(76));
+        content.push_str("\r\n");
+    }
+    let body = serde_json::to_vec(&serde_json::json!({
+        "envelope_sender": "s@example.test",
+        "recipients": [{"email": "r@example.test"}],
+        "content": content,
+    }))
+    .expect("json");
+    let mut req = format!(
+        "POST /api/inject/v1 HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req
+}
+
+/// Reads one answer; its status.
+fn answer(r: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
+    let mut status = 0;
+    let mut length = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(rest) = l.strip_prefix("HTTP/1.1 ") {
+            status = rest.get(..3).and_then(|s| s.parse().ok()).unwrap_or(0);
+        } else if let Some((name, value)) = l.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body)?;
+    Ok(status)
+}
+
+fn main() {
+    // cargo bench passes "--bench"; skip flags.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let addr: SocketAddr = arg(&args, 0, "127.0.0.1:8025".parse().unwrap());
+    assert!(addr.ip().is_loopback(), "loopback only");
+    let connections: usize = arg(&args, 1, 20);
+    let messages: usize = arg(&args, 2, 10_000);
+    let size: usize = arg(&args, 3, 10_240);
+    let req = std::sync::Arc::new(request(size));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..connections)
+        .map(|t| {
+            let req = req.clone();
+            let mine = messages / connections + usize::from(t < messages % connections);
+            std::thread::spawn(move || {
+                let stream = TcpStream::connect(addr).expect("connect");
+                stream.set_nodelay(true).expect("nodelay");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(60)))
+                    .expect("timeout");
+                let mut w = stream.try_clone().expect("clone");
+                let mut r = BufReader::new(stream);
+                let (mut ok, mut latencies) = (0usize, Vec::with_capacity(mine));
+                for _ in 0..mine {
+                    let t0 = Instant::now();
+                    w.write_all(&req).expect("write");
+                    if answer(&mut r).expect("answer") == 200 {
+                        ok += 1;
+                    }
+                    latencies.push(t0.elapsed());
+                }
+                (ok, latencies)
+            })
+        })
+        .collect();
+    let (mut ok, mut latencies) = (0, Vec::new());
+    for t in threads {
+        let (n, l) = t.join().expect("client thread");
+        ok += n;
+        latencies.extend(l);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1));
+        latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "connections": connections,
+            "messages": messages,
+            "size": size,
+            "ok": ok,
+            "secs": (secs * 1000.0).round() / 1000.0,
+            "msgs_per_s": (ok as f64 / secs * 10.0).round() / 10.0,
+            "p50_ms": (pct(0.50) * 100.0).round() / 100.0,
+            "p99_ms": (pct(0.99) * 100.0).round() / 100.0,
+        })
+    );
+}
