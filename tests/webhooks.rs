@@ -330,12 +330,9 @@ fn a_full_backlog_defers_mail_until_the_receiver_catches_up() {
             break r;
         }
         client.expect(&format!("RCPT TO:<{}>", recipient(taken_msgs)), 250);
-        // The backlog may fill while a message is under way: then its
-        // DATA is answered 452 (it is not queued).
-        let r = client.data(b"Subject: x\r\n\r\nx\r\n");
-        if r.code != 250 {
-            break r;
-        }
+        // A message under way when the backlog fills is still taken:
+        // only new transactions are deferred.
+        assert_eq!(client.data(b"Subject: x\r\n\r\nx\r\n").code, 250);
         taken_msgs += 1;
         assert!(taken_msgs < 100, "never deferred");
     };
@@ -345,7 +342,6 @@ fn a_full_backlog_defers_mail_until_the_receiver_catches_up() {
     assert!((10..=30).contains(&taken_msgs), "{taken_msgs}");
     let _receiver = Receiver::start(receiver_addr, &secret, &out);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let _ = client.cmd("RSET");
     loop {
         let r = client.cmd("MAIL FROM:<a@sender.test>");
         if r.code == 250 {

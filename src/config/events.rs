@@ -85,8 +85,9 @@ impl Webhook {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BacklogFull {
-    /// New mail is refused with a temporary error (SMTP `452 4.3.1`,
-    /// HTTP 503) until the webhooks catch up: nothing is lost.
+    /// New mail is refused with a temporary error (SMTP `452 4.3.1` at
+    /// MAIL, HTTP 507) until the webhooks catch up: nothing is lost. The
+    /// bounces and notices ringpost itself queues are still taken.
     Defer,
     /// The oldest events are dropped to make room, each counted in
     /// `ringpost_events_dropped_total` and logged (at most once a minute).

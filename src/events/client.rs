@@ -92,6 +92,22 @@ impl Poster {
         body: Bytes,
         headers: &[(&'static str, String)],
     ) -> Result<u16, PostError> {
+        let reused = self.conn.as_ref().is_some_and(|s| !s.is_closed());
+        let mut result = self.timed(body.clone(), headers).await;
+        if reused && matches!(result, Err(PostError::Http(_))) {
+            // The receiver closed the kept-alive connection as we used
+            // it (an idle timeout): once more on a new one. A repeat is
+            // harmless; events are sent at least once anyway.
+            result = self.timed(body, headers).await;
+        }
+        result
+    }
+
+    async fn timed(
+        &mut self,
+        body: Bytes,
+        headers: &[(&'static str, String)],
+    ) -> Result<u16, PostError> {
         let timeout = self.timeout;
         let result = futures_lite::future::or(self.exchange(body, headers), async {
             glommio::timer::sleep(timeout).await;

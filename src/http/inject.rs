@@ -362,6 +362,12 @@ impl Injector {
                 "this node is being drained and takes no new mail: send to another",
             ));
         }
+        if !self.door.has_room() {
+            return Err(refuse(
+                507,
+                "insufficient storage on the server: try again later",
+            ));
+        }
         let mut injection = parse(&req.body, ContentLimits::of(&self.cfg))?;
         if !injection.pool.is_empty() && !self.cfg.egress.has_pool(&injection.pool) {
             return Err(refuse(

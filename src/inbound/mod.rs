@@ -177,7 +177,10 @@ impl Door {
             content_start,
             trusted,
         } = msg;
-        if !self.has_room() {
+        // Only the disk's reserve here: the webhooks' backlog is the front
+        // ends' to check (at MAIL, before an injection), so that the
+        // scheduler's own notices are never refused for it.
+        if !self.spool.has_room() {
             return Err(self.refused(id, Refusal::InsufficientStorage));
         }
         // Our own header fields: taken out of every message (they must
