@@ -149,6 +149,8 @@ pub struct Server {
     pub shards: usize,
     /// Reloads the shaping rules (SIGHUP, `POST /config/reload`).
     reload: crate::scheduler::reload::Reload,
+    /// Reads the injection listener's certificate again (SIGHUP).
+    inject_cert: Option<Arc<crate::tls::CertReloader>>,
     reports: flume::Receiver<ShardReport>,
     stop: StopSender,
     handles: Option<PoolThreadHandles<()>>,
@@ -229,6 +231,7 @@ pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError>
         listeners: prepared.listeners,
         shards,
         reload,
+        inject_cert: prepared.files.inject_tls.as_ref().map(|(_, r)| r.clone()),
         reports,
         stop,
         handles: Some(handles),
@@ -289,6 +292,9 @@ pub struct Loaded {
     pub verified: Option<Arc<rustls::ClientConfig>>,
     pub admin_token: Option<String>,
     pub inject_token: Option<String>,
+    /// HTTPS on the injection listener, when `inject.cert_file` is set:
+    /// the config and the handle that reads the files again (SIGHUP).
+    pub inject_tls: Option<(Arc<rustls::ServerConfig>, Arc<crate::tls::CertReloader>)>,
     /// The DKIM signer, when `[dkim]` has identities.
     pub dkim: Option<Arc<crate::dkim::Signer>>,
     /// The bounce classifier: the operator's rules, then ringpost's.
@@ -311,11 +317,20 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
         verified: None,
         admin_token: None,
         inject_token: None,
+        inject_tls: None,
         dkim: None,
         classifier: Arc::new(crate::classify::Classifier::default_rules()),
         shaping: Arc::default(),
         webhooks: Vec::new(),
     };
+    if cfg.inject.tls() {
+        let (cert, key) = (&cfg.inject.cert_file, &cfg.inject.key_file);
+        match crate::tls::CertReloader::load(cert.as_ref(), key.as_ref()) {
+            Ok(loaded_tls) => loaded.inject_tls = Some(loaded_tls),
+            Err(e @ crate::tls::TlsError::Key { .. }) => p.at("inject.key_file", e.to_string()),
+            Err(e) => p.at("inject.cert_file", e.to_string()),
+        }
+    }
     match crate::events::webhook::Hook::load_all(&cfg.events) {
         Ok(hooks) => loaded.webhooks = hooks,
         Err(e) => p.at("events.webhook", e),
@@ -677,10 +692,16 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
             door: parts.door.clone(),
             token: p.files.inject_token.clone(),
         });
-        loops.push(glommio::spawn_local(crate::http::serve(
+        let tls = p
+            .files
+            .inject_tls
+            .as_ref()
+            .map(|(config, _)| futures_rustls::TlsAcceptor::from(config.clone()));
+        loops.push(glommio::spawn_local(crate::http::serve_maybe_tls(
             l,
             injector,
             crate::http::inject::listener_limits(&p.cfg, seat.index, p.shards),
+            tls,
             stop.clone(),
         )));
     }
@@ -816,6 +837,12 @@ impl Server {
     /// A handle that reloads the shaping rules from any thread (SIGHUP).
     pub fn reload_handle(&self) -> crate::scheduler::reload::Reload {
         self.reload.clone()
+    }
+
+    /// The handle that reads the injection listener's certificate and key
+    /// again (SIGHUP), when it speaks HTTPS.
+    pub fn certificate_handle(&self) -> Option<Arc<crate::tls::CertReloader>> {
+        self.inject_cert.clone()
     }
 
     /// A handle that starts a graceful shutdown from any thread (signals).

@@ -137,6 +137,91 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConf
     Ok(Arc::new(config))
 }
 
+/// A server certificate that can be read again while serving (SIGHUP):
+/// a rustls certificate resolver over the key in force, swapped whole
+/// when the files are read again and found good.
+#[derive(Debug)]
+pub struct CertReloader {
+    cert_file: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl CertReloader {
+    /// Reads the files; the config that serves them and the handle that
+    /// reloads them.
+    pub fn load(
+        cert_file: &Path,
+        key_file: &Path,
+    ) -> Result<(Arc<ServerConfig>, Arc<CertReloader>), TlsError> {
+        let key = certified_key(cert_file, key_file)?;
+        let reloader = Arc::new(CertReloader {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            current: std::sync::RwLock::new(key),
+        });
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(reloader.clone());
+        Ok((Arc::new(config), reloader))
+    }
+
+    /// Reads the files again; on any problem the certificate in force
+    /// stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let key = certified_key(&self.cert_file, &self.key_file)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+        Ok(())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertReloader {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn certified_key(
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| TlsError::Cert {
+            path: cert_file.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert_file.display().to_string(),
+            reason: "no certificate in the file".into(),
+        });
+    }
+    let key_err = |reason: String| TlsError::Key {
+        path: key_file.display().to_string(),
+        reason,
+    };
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| key_err(e.to_string()))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| key_err(e.to_string()))?;
+    let certified = rustls::sign::CertifiedKey::new(certs, signing);
+    certified
+        .keys_match()
+        .map_err(|e| key_err(format!("does not match the certificate: {e}")))?;
+    Ok(Arc::new(certified))
+}
+
 /// Outbound, opportunistic: any certificate is accepted, because on port 25
 /// the alternative to an unverified certificate is plaintext, not a refusal
 /// (RFC 7435). Signatures are still checked, so the handshake is real.

@@ -237,3 +237,98 @@ fn a_request_under_way_at_shutdown_is_answered_and_kept() {
         "{id} is queued"
     );
 }
+
+/// HTTPS on the injection listener (`inject.cert_file`, `key_file`):
+/// requests over TLS are answered, plain HTTP is not; SIGHUP reads the
+/// certificate again, so a client that trusts only the new CA gets in
+/// and one that trusts only the old one no longer does.
+#[test]
+fn injection_over_tls_with_a_certificate_reloaded_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_ca, new_ca) = (common::sink::TestCa::new(), common::sink::TestCa::new());
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let install = |ca: &common::sink::TestCa| {
+        let (cert, key) = ca.leaf_pem("localhost");
+        std::fs::write(&cert_file, cert).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+    };
+    install(&old_ca);
+    let port = |_| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (smtp, inject): (SocketAddr, SocketAddr) = (port(0), port(1));
+    let config = dir.path().join("ringpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nshards = 1\nhostname = \"tls.test\"\n[spool]\ndir = \"{}\"\n\
+             [smtp]\nlisten = \"{smtp}\"\n[delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n\
+             [dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"off\"\n\
+             [inject]\nlisten = \"{inject}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.path().join("spool").display(),
+            common::closed_port(),
+            cert_file.display(),
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let mut child = common::spawn_binary(&config, smtp);
+    let body = serde_json::to_vec(&message(&["a@dest.test"], "Subject: tls\r\n\r\nx\r\n")).unwrap();
+    let mut request = format!(
+        "POST /api/inject/v1 HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let over_tls = |ca: &common::sink::TestCa| -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn =
+            rustls::ClientConnection::new(common::rustls_client_trusting(&ca.pem), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, std::net::TcpStream::connect(inject)?);
+        tls.write_all(&request)?;
+        let mut answer = String::new();
+        tls.read_to_string(&mut answer)?;
+        Ok(answer)
+    };
+    let answer = over_tls(&old_ca).expect("HTTPS with the old CA");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(over_tls(&new_ca).is_err(), "the new CA is not trusted yet");
+    // Plain HTTP to the HTTPS port is not served.
+    let mut plain = std::net::TcpStream::connect(inject).unwrap();
+    plain
+        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    std::io::Write::write_all(&mut plain, &request).unwrap();
+    let mut text = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut text);
+    assert!(
+        !text.starts_with(b"HTTP/1.1 200"),
+        "plain HTTP was answered"
+    );
+
+    install(&new_ca);
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let answer = loop {
+        if let Ok(a) = over_tls(&new_ca) {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate is not served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(over_tls(&old_ca).is_err(), "the old certificate is gone");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

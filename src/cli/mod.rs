@@ -561,6 +561,7 @@ fn serve(config: Option<PathBuf>, shards: Option<usize>, smarthost: Option<Strin
     }
     let shutdown = server.shutdown_handle();
     let reload = server.reload_handle();
+    let certificate = server.certificate_handle();
     std::thread::Builder::new()
         .name("ringpost-signals".into())
         .spawn(move || {
@@ -568,6 +569,15 @@ fn serve(config: Option<PathBuf>, shards: Option<usize>, smarthost: Option<Strin
                 if sig == signal_hook::consts::SIGHUP {
                     // Logged (and counted) by the reload either way.
                     let _ = reload.run_blocking();
+                    match certificate.as_ref().map(|c| c.reload()) {
+                        Some(Ok(())) => log::info!("inject: certificate read again"),
+                        Some(Err(e)) => {
+                            log::error!(
+                                "inject: certificate not reloaded (the one in force stays): {e}"
+                            )
+                        }
+                        None => {}
+                    }
                     continue;
                 }
                 log::info!("signal {sig}: shutting down gracefully");

@@ -56,6 +56,12 @@ section! {
         /// connection); a body gets this long plus its length at 32 KiB/s.
         /// Slower clients are disconnected.
         head_timeout_secs: u64 = 10,
+        /// PEM certificate chain for HTTPS on the injection listener (with
+        /// `key_file`); read again on SIGHUP (a bad file keeps the one in
+        /// force). Empty: plain HTTP.
+        cert_file: String = String::new(),
+        /// PEM private key of `cert_file`.
+        key_file: String = String::new(),
     }
 }
 
@@ -75,7 +81,15 @@ impl AdminConfig {
 }
 
 impl InjectConfig {
+    /// Whether the injection listener speaks HTTPS.
+    pub fn tls(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
+
     pub fn check(&self, p: &mut Problems) {
+        if self.cert_file.is_empty() != self.key_file.is_empty() {
+            p.at("inject.cert_file", "cert_file and key_file go together");
+        }
         if self.max_connections == 0 {
             p.at("inject.max_connections", "must be at least 1");
         }

@@ -362,7 +362,7 @@ impl Injector {
                 "this node is being drained and takes no new mail: send to another",
             ));
         }
-        if !self.door.has_room() {
+        if self.door.events_backlog_full() {
             return Err(refuse(
                 507,
                 "insufficient storage on the server: try again later",

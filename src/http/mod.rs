@@ -51,6 +51,9 @@ use crate::shard::net::{Bound, Listener};
 use crate::shard::stop::StopSignal;
 use crate::shard::tasks::TaskSet;
 
+/// A connection, plain or TLS.
+type Stream = crate::tls::Stream<futures_rustls::server::TlsStream<TcpStream>>;
+
 pub mod admin;
 pub mod inject;
 pub mod metrics;
@@ -229,6 +232,8 @@ impl ListenerLimits {
 struct Site {
     endpoint: Rc<dyn Endpoint>,
     limits: ListenerLimits,
+    /// HTTPS: the handshake comes first, within the head's time.
+    tls: Option<futures_rustls::TlsAcceptor>,
     /// Rejected connections and timeouts, logged at most once per 10 s.
     rejections_logged: LogLimit,
     timeouts_logged: LogLimit,
@@ -242,11 +247,24 @@ pub async fn serve(
     limits: ListenerLimits,
     stop: StopSignal,
 ) {
+    serve_maybe_tls(listener, endpoint, limits, None, stop).await
+}
+
+/// [`serve`], over TLS when `tls` is given (the injection listener with
+/// `inject.cert_file`).
+pub async fn serve_maybe_tls(
+    listener: Bound,
+    endpoint: Rc<dyn Endpoint>,
+    limits: ListenerLimits,
+    tls: Option<futures_rustls::TlsAcceptor>,
+    stop: StopSignal,
+) {
     let tasks = TaskSet::default();
     let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip, None);
     let site = Rc::new(Site {
         endpoint,
         limits,
+        tls,
         rejections_logged: LogLimit::new(Duration::from_secs(10)),
         timeouts_logged: LogLimit::new(Duration::from_secs(10)),
     });
@@ -343,6 +361,25 @@ async fn turn_away(mut stream: TcpStream) {
 /// the client closes, a deadline passes, or the server stops.
 async fn connection(stream: TcpStream, peer: IpAddr, site: Rc<Site>, stop: StopSignal) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let stream = match &site.tls {
+        None => Stream::Plain(stream),
+        Some(acceptor) => {
+            let timeout = site.limits.head_timeout;
+            let handshake =
+                futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+                    glommio::timer::sleep(timeout).await;
+                    None
+                });
+            match handshake.await {
+                Some(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Some(Err(_)) => return,
+                None => {
+                    site.timed_out(peer, "tls");
+                    return;
+                }
+            }
+        }
+    };
     let phase = Rc::new(Cell::new(Phase::head()));
     let io = Io {
         stream,
@@ -524,7 +561,7 @@ impl Phase {
 /// deadline of the connection's [`Phase`] (hyper is given no timer of its
 /// own: its timer must be `Send`, glommio's are per thread).
 struct Io {
-    stream: TcpStream,
+    stream: Stream,
     phase: Rc<Cell<Phase>>,
     head_timeout: Duration,
     /// The timer armed for the current deadline.

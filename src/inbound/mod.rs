@@ -130,6 +130,13 @@ impl Door {
         self.spool.has_room() && !self.events.backlog_full()
     }
 
+    /// Whether the webhooks' backlog is full and new mail must wait
+    /// (`events.on_backlog_full = "defer"`); the spool's own room is
+    /// checked by [`Door::accept`].
+    pub fn events_backlog_full(&self) -> bool {
+        self.events.backlog_full()
+    }
+
     /// Whether the node is being drained (`queue drain`): the front ends
     /// take no new mail then; the door still queues the scheduler's own
     /// notices, which leave with the rest.
