@@ -1,9 +1,11 @@
 //! TLS configuration for both directions (rustls with the ring provider).
 //!
 //! Owns: the inbound [`server_config`] built from the configured certificate
-//! and key (STARTTLS is offered only when one is configured), and the
-//! outbound client configs: [`opportunistic_client`] (encrypt whatever the
-//! certificate: RFC 7435 opportunistic security, as MTAs do on port 25).
+//! and key (STARTTLS is offered only when one is configured), the
+//! injection listener's [`CertReloader`] (a certificate read again on
+//! SIGHUP), and the client configs: [`opportunistic_client`] (encrypt
+//! whatever the certificate: RFC 7435 opportunistic security, as MTAs do
+//! on port 25), [`verified_client`], and [`web_client`] for webhooks.
 //!
 //! Exactly one crypto provider (ring) is compiled in, and every config is
 //! built with it explicitly: with two providers, rustls's implicit default
@@ -114,18 +116,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The inbound config from PEM files: the certificate chain and its key.
 pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| TlsError::Cert {
-            path: cert_file.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Cert {
-            path: cert_file.display().to_string(),
-            reason: "no certificate in the file".into(),
-        });
-    }
+    let certs = read_chain(cert_file)?;
     let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError::Key {
         path: key_file.display().to_string(),
         reason: e.to_string(),
@@ -194,18 +185,7 @@ fn certified_key(
     cert_file: &Path,
     key_file: &Path,
 ) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|it| it.collect::<Result<_, _>>())
-        .map_err(|e| TlsError::Cert {
-            path: cert_file.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Cert {
-            path: cert_file.display().to_string(),
-            reason: "no certificate in the file".into(),
-        });
-    }
+    let certs = read_chain(cert_file)?;
     let key_err = |reason: String| TlsError::Key {
         path: key_file.display().to_string(),
         reason,
@@ -220,6 +200,21 @@ fn certified_key(
         .keys_match()
         .map_err(|e| key_err(format!("does not match the certificate: {e}")))?;
     Ok(Arc::new(certified))
+}
+
+/// A PEM certificate chain; refused when empty.
+fn read_chain(cert_file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let err = |reason: String| TlsError::Cert {
+        path: cert_file.display().to_string(),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| err(e.to_string()))?;
+    match certs.is_empty() {
+        true => Err(err("no certificate in the file".into())),
+        false => Ok(certs),
+    }
 }
 
 /// Outbound, opportunistic: any certificate is accepted, because on port 25

@@ -302,18 +302,7 @@ pub fn run(cli: Cli) -> Result<()> {
             listen,
             secret_file,
         } => {
-            let secret = match secret_file {
-                Some(path) => Some(
-                    std::fs::read_to_string(&path)
-                        .with_context(|| path.display().to_string())?
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_string(),
-                ),
-                None => None,
-            };
+            let secret = secret_file.as_deref().map(first_line).transpose()?;
             webhook_sink::run(listen, secret).with_context(|| format!("webhook-sink on {listen}"))
         }
         Command::DumpMetrics => {
@@ -371,19 +360,15 @@ fn admin_client(args: AdminArgs) -> Result<admin_client::AdminClient> {
     let token_file = args
         .token_file
         .or_else(|| (!cfg.admin.token_file.is_empty()).then(|| cfg.admin.token_file.into()));
-    let token = match token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(&f)
-                .with_context(|| format!("reading {}", f.display()))?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let token = token_file.as_deref().map(first_line).transpose()?;
     Ok(admin_client::AdminClient { addr, token })
+}
+
+/// The first line of a token or secret file, trimmed.
+fn first_line(path: &std::path::Path) -> Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.lines().next().unwrap_or("").trim().to_string())
 }
 
 /// After `POST /queue/drain`: says so, then (with `wait`) shows the

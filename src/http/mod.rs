@@ -4,7 +4,8 @@
 //! (Prometheus and health) and [`inject`] (messages as JSON).
 //!
 //! Owns: [`serve`] (a listener's accept loop on one shard, with its
-//! connection limits), the connection's deadlines ([`Io`]), turning a
+//! connection limits; [`serve_maybe_tls`] with a TLS handshake first,
+//! for HTTPS injection), the connection's deadlines ([`Io`]), turning a
 //! request into a [`Request`] for an [`Endpoint`] and its [`Response`]
 //! back. HTTP/1.1 itself (framing, chunked bodies, `Expect: 100-continue`,
 //! keep-alive) is hyper's: we chose it over our own `httparse` loop
