@@ -35,6 +35,9 @@
 //!   acts on them.
 //! - [`dkim`]: DKIM signing keys and the signer the door calls for every
 //!   message.
+//! - [`cluster`]: what a fleet of nodes shares through Redis (rates,
+//!   connection leases, suspensions, idempotency keys), with the 1/N
+//!   fallback when Redis is unreachable.
 //! - [`dns`]: MX, address and TXT lookups on a resolver thread.
 //! - [`tls`]: rustls configs for inbound STARTTLS and outbound encryption.
 //! - [`dsn`]: delivery status notifications (RFC 3464).
@@ -50,6 +53,7 @@
 
 pub mod classify;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dkim;
 pub mod dns;

@@ -59,6 +59,10 @@ metrics_table! {
     WEBHOOK_REQUESTS = "ringpost_webhook_requests_total", Counter, "Requests to a webhook, by webhook and result (taken: 2xx; refused: 4xx other than 408/429; failed: anything else, tried again after a back-off).";
     WEBHOOK_BACKLOG = "ringpost_webhook_backlog", Gauge, "Events stored and not yet taken by a webhook's receiver, by webhook.";
     EVENTS_DROPPED = "ringpost_events_dropped_total", Counter, "Unsent webhook events dropped because events.max_backlog was reached with on_backlog_full = \"drop_oldest\".";
+    CLUSTER_REDIS_UP = "ringpost_cluster_redis_up", Gauge, "1 while Redis answers and the limits are shared by the cluster; 0 while this node holds its 1/N share of each ([cluster], set only when cluster.redis is).";
+    CLUSTER_FALLBACKS = "ringpost_cluster_fallbacks_total", Counter, "Times Redis became unreachable and this node fell back to its 1/N share of each limit.";
+    CLUSTER_REQUESTS = "ringpost_cluster_requests_total", Counter, "Requests to Redis, by op (tokens, acquire, renew, release, holds, idempotency) and result (ok, error; down: not sent, Redis being unreachable).";
+    CLUSTER_LEASES = "ringpost_cluster_leases", Gauge, "Connection leases this node holds in Redis, by source and site.";
     SUPPRESSED_RECIPIENTS = "ringpost_suppressed_recipients_total", Counter, "Recipients refused (or dropped) at reception because they are on the suppression list, by listener (smtp, http).";
     SUPPRESSIONS_ADDED = "ringpost_suppressions_added_total", Counter, "Entries put on the suppression list, by source (bounce, admin, import).";
     FEEDBACK_REPORTS = "ringpost_feedback_reports_total", Counter, "Reports that came to a [feedback] address, by kind (arf, dsn, unknown) and result (read, or why not: not_a_message, not_a_report, no_report_part, no_recipient).";

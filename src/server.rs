@@ -75,6 +75,8 @@ pub enum StartError {
     Files(ConfigErrors),
     #[error("suppression list: {0}")]
     Suppressions(crate::queue::SpoolError),
+    #[error("cluster.redis: {0}")]
+    Cluster(crate::cluster::ClusterError),
 }
 
 /// Where each listener is, once bound (port 0 resolved); None when off.
@@ -128,6 +130,8 @@ struct Prepared {
     mesh: Mesh<Scheduler>,
     /// The node's suppression list, when `suppression.enabled`.
     suppressions: Option<Arc<SuppressionList>>,
+    /// Redis, when the limits are shared (`[cluster]`).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// One shard's own ends of the cross-shard channels.
@@ -267,8 +271,11 @@ fn prepare(
         )),
         false => None,
     };
+    let cluster =
+        crate::cluster::Cluster::start(&cfg.cluster, cfg.hostname()).map_err(StartError::Cluster)?;
     Ok(Prepared {
         suppressions,
+        cluster,
         outbound: OutboundSettings::new(&cfg, files.verified.clone()),
         cfg: Arc::new(cfg),
         shards,
@@ -534,6 +541,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         suppressions: p.suppressions.clone(),
         mesh: p.mesh.clone(),
         shaping: p.files.shaping.clone(),
+        cluster: p.cluster.clone(),
     });
     scheduler.start(recovered.messages);
     let door = Rc::new(Door::new(

@@ -81,6 +81,7 @@ macro_rules! section {
 
 mod backoff;
 mod bounce_classifier;
+mod cluster;
 mod delivery;
 mod dkim;
 mod dns;
@@ -101,6 +102,7 @@ mod tls;
 
 pub use backoff::{BackoffConfig, BackoffRule};
 pub use bounce_classifier::{BOUNCE_CATEGORIES, BounceClassifierConfig};
+pub use cluster::ClusterConfig;
 pub use delivery::{DeliveryConfig, NextHop};
 pub use dkim::{DKIM_ALGORITHMS, DkimConfig, DkimIdentity};
 pub use dns::DnsConfig;
@@ -135,6 +137,7 @@ pub struct Config {
     pub priority: PriorityConfig,
     pub egress: EgressConfig,
     pub events: EventsConfig,
+    pub cluster: ClusterConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
     pub dkim: DkimConfig,
@@ -251,6 +254,7 @@ impl Config {
                 "priority" => cfg.priority.merge(t, &mut p),
                 "egress" => cfg.egress.merge(t, &mut p),
                 "events" => cfg.events.merge(t, &mut p),
+                "cluster" => cfg.cluster.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
                 "dkim" => cfg.dkim.merge(t, &mut p),
@@ -280,6 +284,7 @@ impl Config {
         self.priority.check(p);
         self.egress.check(p);
         self.events.check(p);
+        self.cluster.check(p);
         self.dns.check(p);
         self.tls.check(p);
         self.dkim.check(p);

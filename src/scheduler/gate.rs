@@ -14,6 +14,14 @@
 //! [`Gates::leave`]; leaving hands the connection straight to the next
 //! waiter, so a waiter never misses its turn.
 //!
+//! Sharing ([`Sharing`]): alone, a shard holds its share of the node's
+//! limits. With `[cluster]`, while Redis answers, the path's connections
+//! are the leases this shard holds in Redis (`scheduler::shared` takes
+//! and gives them back, [`Gates::set_leased`]) and its starts are paced
+//! by tokens from Redis ([`Slot::Ask`], [`Gates::add_tokens`]); while
+//! Redis is unreachable, the shard's share of this node's `1/nodes` of
+//! each limit.
+//!
 //! Concurrency: per shard, on its executor; the scheduler keeps it in a
 //! `RefCell` and never holds the borrow across an await. A waiter is a
 //! one-shot channel: a worker cancelled while it waits (shutdown) drops
@@ -49,6 +57,13 @@ pub struct Gate {
     pub rule: Option<String>,
     /// This shard's connections.
     limit: usize,
+    /// Leases this shard holds on the path (shared limits).
+    leased: usize,
+    /// Message tokens taken from the shared rate and not yet used, and
+    /// until when they may be (tokens kept longer would let a shard burst
+    /// past its neighbours).
+    tokens: u32,
+    tokens_until: Option<Instant>,
     /// Time between two starts on this shard, if the rate is limited.
     pace: Option<Duration>,
     in_use: usize,
@@ -71,6 +86,40 @@ pub enum Admission {
     Wait(oneshot::Receiver<()>),
 }
 
+/// Whose limits the gates hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sharing {
+    /// This node alone: each shard its share of the node's limits.
+    #[default]
+    Alone,
+    /// Shared through Redis: connections as leased, starts by tokens.
+    Shared,
+    /// Redis unreachable: each shard its share of this node's 1/`nodes`.
+    Fallback { nodes: usize },
+}
+
+/// When a worker that has its connection may start its message.
+#[derive(Debug, PartialEq)]
+pub enum Slot {
+    /// After this wait, if any.
+    Go(Option<Duration>),
+    /// Ask Redis for tokens of this shared rate (messages a second) first.
+    Ask(f64),
+}
+
+/// Tokens from Redis are used within this or dropped.
+const TOKENS_KEEP: Duration = Duration::from_secs(1);
+
+/// A path's lease bookkeeping, for `scheduler::shared`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseView {
+    pub key: PathKey,
+    /// The fleet-wide connection limit.
+    pub limit: usize,
+    pub in_use: usize,
+    pub waiting: usize,
+}
+
 /// A gate nobody used for this long (and without a throttle) is dropped.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
@@ -84,6 +133,7 @@ pub struct Gates {
     counts: HashMap<PathKey, Counts>,
     shard: usize,
     shards: usize,
+    sharing: Sharing,
 }
 
 /// One capped path's messages on this shard in the current clock hour
@@ -116,6 +166,25 @@ fn cap_share(cap: u64, shard: usize, shards: usize) -> u64 {
 }
 
 impl Gate {
+    /// Takes `limits` (node-wide, or fleet-wide when shared) as this
+    /// shard's connections and pace under `sharing`.
+    fn fit(&mut self, limits: &Limits, sharing: Sharing, shard: usize, shards: usize) {
+        let (connections, rate) = match sharing {
+            Sharing::Alone | Sharing::Shared => {
+                (limits.max_connections, limits.max_messages_per_second)
+            }
+            Sharing::Fallback { nodes } => (
+                (limits.max_connections / nodes.max(1)).max(1),
+                limits.max_messages_per_second / nodes.max(1) as f64,
+            ),
+        };
+        self.limit = match sharing {
+            Sharing::Shared => self.leased,
+            _ => share(connections, shard, shards),
+        };
+        self.pace = (rate > 0.0).then(|| Duration::from_secs_f64(shards as f64 / rate));
+    }
+
     /// Connections this shard may use at `now`: its share, fewer while a
     /// throttle holds.
     fn capacity(&self, now: Instant) -> usize {
@@ -155,6 +224,71 @@ impl Gates {
             counts: HashMap::new(),
             shard,
             shards: shards.max(1),
+            sharing: Sharing::Alone,
+        }
+    }
+
+    pub fn sharing(&self) -> Sharing {
+        self.sharing
+    }
+
+    /// Redis became reachable or unreachable: every gate takes its limits
+    /// under `sharing` (tokens held are dropped; leases start from none).
+    pub fn set_sharing(&mut self, sharing: Sharing, now: Instant) {
+        if self.sharing == sharing {
+            return;
+        }
+        self.sharing = sharing;
+        let (shard, shards, weights) = (self.shard, self.shards, self.weights);
+        for gate in self.gates.values_mut() {
+            gate.leased = 0;
+            gate.tokens = 0;
+            if let Some(limits) = gate.limits.clone() {
+                gate.fit(&limits, sharing, shard, shards);
+            }
+            gate.wake(now, weights);
+        }
+    }
+
+    /// The shared paths' demand for leases: every gate configured.
+    pub fn lease_view(&self) -> Vec<LeaseView> {
+        self.gates
+            .iter()
+            .filter_map(|(key, g)| {
+                Some(LeaseView {
+                    key: key.clone(),
+                    limit: g.limits.as_ref()?.max_connections,
+                    in_use: g.in_use,
+                    waiting: g.waiters.len(),
+                })
+            })
+            .collect()
+    }
+
+    /// This shard may use `n` connections on `key` (the leases it holds,
+    /// less any it is giving back); more lets waiters in.
+    pub fn set_leased(&mut self, key: &PathKey, n: usize, now: Instant) {
+        let weights = self.weights;
+        let shared = self.sharing == Sharing::Shared;
+        if let Some(gate) = self.gates.get_mut(key) {
+            gate.leased = n;
+            if shared {
+                gate.limit = n;
+                gate.wake(now, weights);
+            }
+        }
+    }
+
+    /// Connections in use on `key`.
+    pub fn in_use_on(&self, key: &PathKey) -> usize {
+        self.gates.get(key).map_or(0, |g| g.in_use)
+    }
+
+    /// Tokens Redis granted for `key`.
+    pub fn add_tokens(&mut self, key: &PathKey, n: u32, now: Instant) {
+        if let Some(gate) = self.gates.get_mut(key) {
+            gate.tokens += n;
+            gate.tokens_until = Some(now + TOKENS_KEEP);
         }
     }
 
@@ -166,9 +300,7 @@ impl Gates {
         if gate.limits.as_ref() == Some(limits) && gate.rule.as_deref() == rule {
             return;
         }
-        gate.limit = share(limits.max_connections, shard, shards);
-        let rate = limits.max_messages_per_second;
-        gate.pace = (rate > 0.0).then(|| Duration::from_secs_f64(shards as f64 / rate));
+        gate.fit(limits, self.sharing, shard, shards);
         gate.limits = Some(limits.clone());
         gate.rule = rule.map(str::to_string);
         gate.wake(now, self.weights);
@@ -207,21 +339,43 @@ impl Gates {
     }
 
     /// Books the next start time on `key` and says how long to wait for
-    /// it: the configured pace, or slower while a throttle holds.
-    pub fn slot(&mut self, key: &PathKey, now: Instant) -> Option<Duration> {
-        let gate = self.gates.get_mut(key)?;
+    /// it: the configured pace, or slower while a throttle holds. Under
+    /// shared limits a start takes a token (none left: [`Slot::Ask`]),
+    /// and only a throttle paces.
+    pub fn slot(&mut self, key: &PathKey, now: Instant) -> Slot {
+        let shared = self.sharing == Sharing::Shared;
+        let Some(gate) = self.gates.get_mut(key) else {
+            return Slot::Go(None);
+        };
+        let rate = gate.limits.as_ref().map_or(0.0, |l| l.max_messages_per_second);
+        if shared && rate > 0.0 {
+            if gate.tokens_until.is_some_and(|t| t < now) {
+                gate.tokens = 0;
+            }
+            if gate.tokens == 0 {
+                return Slot::Ask(rate);
+            }
+            gate.tokens -= 1;
+        }
         gate.meter.tick(now);
         let throttled = gate.throttle.as_ref().and_then(|t| t.rate(now));
         let pace = match throttled {
             Some(rate) => {
                 let slow = Duration::from_secs_f64(1.0 / rate);
-                gate.pace.map_or(slow, |p| p.max(slow))
+                match gate.pace.filter(|_| !shared) {
+                    Some(p) => p.max(slow),
+                    None => slow,
+                }
             }
-            None => gate.pace?,
+            None if shared => return Slot::Go(None),
+            None => match gate.pace {
+                Some(p) => p,
+                None => return Slot::Go(None),
+            },
         };
         let start = gate.next_slot.map_or(now, |t| t.max(now));
         gate.next_slot = Some(start + pace);
-        Some(start - now).filter(|w| !w.is_zero())
+        Slot::Go(Some(start - now).filter(|w| !w.is_zero()))
     }
 
     /// A `[backoff]` throttle on `key`: the first cut from this shard's
@@ -406,9 +560,9 @@ mod tests {
         assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
         assert!(matches!(g.enter(&k, 1, t0), Admission::Wait(_)), "1 of 3");
         // 100/s over 2 shards: one start per 20 ms here.
-        assert_eq!(g.slot(&k, t0), None);
-        assert_eq!(g.slot(&k, t0), Some(Duration::from_millis(20)));
-        assert_eq!(g.slot(&k, t0), Some(Duration::from_millis(40)));
+        assert_eq!(g.slot(&k, t0), Slot::Go(None));
+        assert_eq!(g.slot(&k, t0), Slot::Go(Some(Duration::from_millis(20))));
+        assert_eq!(g.slot(&k, t0), Slot::Go(Some(Duration::from_millis(40))));
     }
 
     #[test]
@@ -430,8 +584,8 @@ mod tests {
             "held a second"
         );
         assert_eq!(g.throttled_rate(&k, t0), Some(20.0));
-        assert_eq!(g.slot(&k, t0), None);
-        assert_eq!(g.slot(&k, t0), Some(Duration::from_millis(50)));
+        assert_eq!(g.slot(&k, t0), Slot::Go(None));
+        assert_eq!(g.slot(&k, t0), Slot::Go(Some(Duration::from_millis(50))));
         for _ in 0..2 {
             assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
         }

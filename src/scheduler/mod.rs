@@ -50,6 +50,7 @@ pub mod operations;
 pub mod reload;
 pub mod retry;
 pub mod shaping;
+pub mod shared;
 pub mod state;
 mod tally;
 
@@ -101,6 +102,8 @@ pub struct Wiring {
     pub mesh: Mesh<Scheduler>,
     /// The shaping rules at start-up (`delivery.shaping_file`).
     pub shaping: Arc<shaping::Shaping>,
+    /// The limits shared with a fleet through Redis (`[cluster]`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub struct Scheduler {
@@ -127,6 +130,9 @@ pub struct Scheduler {
     base_limits: shaping::Limits,
     /// Connections and pacing per path (source, site).
     gates: RefCell<gate::Gates>,
+    /// With `[cluster]`: Redis, and the connection leases held there.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+    leases: RefCell<shared::SharedLeases>,
     state: RefCell<State>,
     tasks: TaskSet,
     /// Set on shutdown: workers take no new jobs.
@@ -153,6 +159,8 @@ impl Scheduler {
             shaping: RefCell::new(w.shaping),
             base_limits: shaping::Limits::of(d),
             gates: RefCell::new(gate::Gates::new(w.shard, w.shards, weights)),
+            cluster: w.cluster,
+            leases: RefCell::default(),
             retry: RetryPolicy::of(d),
             shard: w.shard,
             backoff: backoff::Rules::new(&w.cfg.backoff.rules),
@@ -209,6 +217,10 @@ impl Scheduler {
         }
         let me = self.clone();
         self.tasks.spawn(async move { me.run_timer().await });
+        if let Some(cluster) = self.cluster.clone() {
+            let me = self.clone();
+            self.tasks.spawn(async move { me.run_shared(cluster).await });
+        }
     }
 
     /// Shutdown: no new delivery attempts; attempts in flight (and the
@@ -665,11 +677,44 @@ impl Scheduler {
             path: path.clone(),
             labels,
         };
-        let wait = self.gates.borrow_mut().slot(path, Instant::now());
-        if let Some(wait) = wait {
-            glommio::timer::sleep(wait).await;
-        }
+        self.start_slot(path).await;
         lease
+    }
+
+    /// Waits for `path`'s next start: its pace, or under shared limits a
+    /// token from Redis (taken a few at a time). Redis not answering:
+    /// the shard falls back to its 1/N share at once (the keeper puts the
+    /// shared limits back when Redis answers).
+    async fn start_slot(&self, path: &gate::PathKey) {
+        loop {
+            let slot = self.gates.borrow_mut().slot(path, Instant::now());
+            let rate = match slot {
+                gate::Slot::Go(wait) => {
+                    if let Some(wait) = wait {
+                        glommio::timer::sleep(wait).await;
+                    }
+                    return;
+                }
+                gate::Slot::Ask(rate) => rate,
+            };
+            let Some(cluster) = &self.cluster else {
+                return;
+            };
+            let name = shared::path_name(path);
+            match cluster.take_tokens(&name, rate, cluster.batch_for(rate)).await {
+                Ok(t) if t.granted > 0 => {
+                    self.gates
+                        .borrow_mut()
+                        .add_tokens(path, t.granted, Instant::now());
+                }
+                Ok(t) => glommio::timer::sleep(t.wait.max(Duration::from_millis(1))).await,
+                Err(_) => {
+                    let nodes = cluster.nodes();
+                    let fallback = gate::Sharing::Fallback { nodes };
+                    self.gates.borrow_mut().set_sharing(fallback, Instant::now());
+                }
+            }
+        }
     }
 
     /// Applies one job's outcomes to the message; finishes it when its last

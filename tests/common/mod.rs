@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod redis_server;
 pub mod sink;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,0 +1,255 @@
+//! The thread that talks to Redis: one blocking connection, requests
+//! taken in order from the shards' channel.
+//!
+//! Owns: the connection and the up/down flag's transitions (logged once
+//! each, and `ringpost_cluster_redis_up`). A request whose asker stopped
+//! waiting is skipped. While Redis is down, requests fail at once and the
+//! thread tries to connect again every second (also when no request
+//! comes), so the limits become shared again soon after Redis is back.
+//!
+//! Must not: be called from a shard's executor other than through the
+//! channel (it blocks).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::{Connection, Script};
+
+use super::{Answer, ClusterError, Command, Job, scripts};
+
+const RETRY: Duration = Duration::from_secs(1);
+
+struct Link {
+    client: redis::Client,
+    conn: Option<Connection>,
+    up: Arc<AtomicBool>,
+    timeout: Duration,
+    nodes: usize,
+    next_try: Instant,
+    scripts: Scripts,
+}
+
+/// The scripts (sent by hash, loaded again when Redis lost them) and
+/// what they are run with.
+struct Scripts {
+    lease_ttl_ms: u64,
+    gcra: Script,
+    acquire: Script,
+    renew: Script,
+}
+
+pub(super) fn spawn(
+    client: redis::Client,
+    jobs: flume::Receiver<Job>,
+    up: Arc<AtomicBool>,
+    timeout: Duration,
+    lease_ttl: Duration,
+    nodes: usize,
+) {
+    let mut link = Link {
+        client,
+        conn: None,
+        up,
+        timeout,
+        nodes,
+        next_try: Instant::now(),
+        scripts: Scripts {
+            lease_ttl_ms: lease_ttl.as_millis() as u64,
+            gcra: Script::new(scripts::GCRA),
+            acquire: Script::new(scripts::ACQUIRE),
+            renew: Script::new(scripts::RENEW),
+        },
+    };
+    ::metrics::gauge!(crate::metrics::CLUSTER_REDIS_UP).set(0.0);
+    std::thread::Builder::new()
+        .name("ringpost-redis".into())
+        .spawn(move || {
+            link.connect();
+            loop {
+                match jobs.recv_timeout(RETRY) {
+                    Ok(job) => link.serve(job),
+                    Err(flume::RecvTimeoutError::Timeout) => link.check(),
+                    Err(flume::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        })
+        .expect("the Redis thread starts");
+}
+
+impl Link {
+    fn serve(&mut self, job: Job) {
+        if job.reply.is_canceled() {
+            return;
+        }
+        let op = op_name(&job.command);
+        if self.conn.is_none() && Instant::now() >= self.next_try {
+            self.connect();
+        }
+        let scripts = &self.scripts;
+        let result = match self.conn.as_mut().map(|c| run(c, &job.command, scripts)) {
+            Some(Ok(answer)) => Ok(answer),
+            Some(Err(e)) => Err(self.failed(e)),
+            None => Err(ClusterError::Down),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ClusterError::Down) => "down",
+            Err(_) => "error",
+        };
+        ::metrics::counter!(crate::metrics::CLUSTER_REQUESTS, "op" => op, "result" => outcome).increment(1);
+        let _ = job.reply.send(result);
+    }
+
+    /// While down: try again once a second. While up: a PING when idle,
+    /// so that a dead Redis is noticed without traffic.
+    fn check(&mut self) {
+        match self.conn.as_mut() {
+            None => {
+                if Instant::now() >= self.next_try {
+                    self.connect();
+                }
+            }
+            Some(conn) => {
+                if let Err(e) = redis::cmd("PING").query::<String>(conn) {
+                    self.failed(e);
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self) {
+        let attempt = self.client.get_connection_with_timeout(self.timeout).and_then(|conn| {
+            conn.set_read_timeout(Some(self.timeout))?;
+            conn.set_write_timeout(Some(self.timeout))?;
+            Ok(conn)
+        });
+        match attempt {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                if !self.up.swap(true, Ordering::Relaxed) {
+                    log::info!("Redis answers: the limits are shared by the cluster");
+                    ::metrics::gauge!(crate::metrics::CLUSTER_REDIS_UP).set(1.0);
+                }
+            }
+            Err(e) => {
+                self.failed(e);
+            }
+        }
+    }
+
+    /// A failed request or connection: down until the next try.
+    fn failed(&mut self, e: redis::RedisError) -> ClusterError {
+        self.conn = None;
+        self.next_try = Instant::now() + RETRY;
+        let first = self.up.swap(false, Ordering::Relaxed);
+        if first {
+            log::warn!(
+                "Redis is unreachable ({e}): each limit falls back to this node's 1/{} share until it answers",
+                self.nodes
+            );
+            ::metrics::gauge!(crate::metrics::CLUSTER_REDIS_UP).set(0.0);
+            ::metrics::counter!(crate::metrics::CLUSTER_FALLBACKS).increment(1);
+        }
+        ClusterError::Redis(e.to_string())
+    }
+}
+
+fn op_name(command: &Command) -> &'static str {
+    match command {
+        Command::Tokens { .. } => "tokens",
+        Command::Acquire { .. } => "acquire",
+        Command::Renew { .. } => "renew",
+        Command::Release { .. } => "release",
+        Command::SetHold { .. } | Command::Holds { .. } => "holds",
+        Command::Reserve { .. } | Command::Settle { .. } => "idempotency",
+    }
+}
+
+/// One request: its script or commands.
+fn run(
+    conn: &mut Connection,
+    command: &Command,
+    scripts: &Scripts,
+) -> redis::RedisResult<Answer> {
+    let lease_ttl_ms = scripts.lease_ttl_ms;
+    Ok(match command {
+        Command::Tokens {
+            key,
+            interval_us,
+            tolerance_us,
+            want,
+        } => {
+            let (granted, wait_us): (u32, i64) = scripts
+                .gcra
+                .key(key)
+                .arg(interval_us)
+                .arg(tolerance_us)
+                .arg(want)
+                .invoke(conn)?;
+            Answer::Tokens {
+                granted,
+                wait_us: wait_us.max(0) as u64,
+            }
+        }
+        Command::Acquire { key, limit, members } => {
+            let mut call = scripts.acquire.key(key);
+            call.arg(limit).arg(lease_ttl_ms);
+            for m in members {
+                call.arg(m);
+            }
+            Answer::Granted(call.invoke(conn)?)
+        }
+        Command::Renew { key, limit, members } => {
+            let mut call = scripts.renew.key(key);
+            call.arg(limit).arg(lease_ttl_ms);
+            for m in members {
+                call.arg(m);
+            }
+            Answer::Lost(call.invoke(conn)?)
+        }
+        Command::Release { key, members } => {
+            redis::cmd("ZREM").arg(key).arg(members).query::<()>(conn)?;
+            Answer::Done
+        }
+        Command::SetHold { key, field, until } => {
+            match until {
+                Some(until) => redis::cmd("HSET")
+                    .arg(key)
+                    .arg(field)
+                    .arg(until.unwrap_or(0))
+                    .query::<()>(conn)?,
+                None => redis::cmd("HDEL").arg(key).arg(field).query::<()>(conn)?,
+            }
+            Answer::Done
+        }
+        Command::Holds { key } => {
+            let all: Vec<(String, u64)> = redis::cmd("HGETALL").arg(key).query(conn)?;
+            Answer::Holds(
+                all.into_iter()
+                    .map(|(k, until)| (k, (until != 0).then_some(until)))
+                    .collect(),
+            )
+        }
+        Command::Reserve { key, mark, window_ms } => {
+            let made: Option<String> = redis::cmd("SET")
+                .arg(key)
+                .arg(mark)
+                .arg("NX")
+                .arg("PX")
+                .arg(window_ms)
+                .query(conn)?;
+            match made {
+                Some(_) => Answer::Existing(None),
+                None => Answer::Existing(Some(redis::cmd("GET").arg(key).query::<Option<String>>(conn)?.unwrap_or_default())),
+            }
+        }
+        Command::Settle { key, value, window_ms } => {
+            match value {
+                Some(v) => redis::cmd("SET").arg(key).arg(v).arg("PX").arg(window_ms).query::<()>(conn)?,
+                None => redis::cmd("DEL").arg(key).query::<()>(conn)?,
+            }
+            Answer::Done
+        }
+    })
+}

@@ -1,0 +1,299 @@
+//! What a fleet of nodes shares through Redis: per-path message rates
+//! (a GCRA throttle), connection leases, suspensions, and the keys of
+//! injection requests already answered (`Idempotency-Key`).
+//!
+//! Owns: [`Cluster`], the node's handle, cloned into every shard (it is
+//! `Send + Sync`): requests go over a channel to one thread that holds
+//! the Redis connection ([`link`]), so a shard's executor never blocks on
+//! the network; a shard waits at most `cluster.timeout_ms` for an answer.
+//! Whether Redis answers is one flag every shard reads
+//! ([`Cluster::is_up`]): while it is down, requests fail at once
+//! ([`ClusterError::Down`]) and callers hold their 1/N share of each
+//! limit (`cluster.nodes`); the thread tries again every second and
+//! raises the flag when Redis answers.
+//!
+//! May call: config, metrics. Must not: know about gates, messages or the
+//! scheduler (the scheduler's `shared` module maps its paths onto this).
+
+mod link;
+mod scripts;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+
+use crate::config::ClusterConfig;
+
+/// Why a request to Redis got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    #[error("Redis is unreachable")]
+    Down,
+    #[error("no answer from Redis within {0} ms")]
+    Timeout(u64),
+    #[error("Redis: {0}")]
+    Redis(String),
+}
+
+/// One request to the Redis thread.
+#[derive(Debug)]
+enum Command {
+    Tokens {
+        key: String,
+        interval_us: u64,
+        tolerance_us: u64,
+        want: u32,
+    },
+    Acquire {
+        key: String,
+        limit: usize,
+        members: Vec<String>,
+    },
+    Renew {
+        key: String,
+        limit: usize,
+        members: Vec<String>,
+    },
+    Release {
+        key: String,
+        members: Vec<String>,
+    },
+    SetHold {
+        key: String,
+        field: String,
+        until: Option<Option<u64>>,
+    },
+    Holds {
+        key: String,
+    },
+    Reserve {
+        key: String,
+        mark: String,
+        window_ms: u64,
+    },
+    Settle {
+        key: String,
+        value: Option<String>,
+        window_ms: u64,
+    },
+}
+
+/// Its answer.
+#[derive(Debug)]
+enum Answer {
+    Tokens { granted: u32, wait_us: u64 },
+    Granted(u32),
+    Lost(Vec<String>),
+    Done,
+    Holds(Vec<(String, Option<u64>)>),
+    /// A reservation: None when it was made, else what the key holds.
+    Existing(Option<String>),
+}
+
+struct Job {
+    command: Command,
+    reply: oneshot::Sender<Result<Answer, ClusterError>>,
+}
+
+/// Tokens from a shared rate: how many were granted, and when none were,
+/// how long until the next.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tokens {
+    pub granted: u32,
+    pub wait: Duration,
+}
+
+/// The node's handle on the shared state.
+pub struct Cluster {
+    jobs: flume::Sender<Job>,
+    up: Arc<AtomicBool>,
+    nodes: usize,
+    prefix: String,
+    node_id: String,
+    timeout: Duration,
+    lease_ttl: Duration,
+    batch_max: u32,
+    sync_interval: Duration,
+}
+
+impl Cluster {
+    /// Starts the Redis thread (which connects at once, then again each
+    /// second while Redis is unreachable). None when `cluster.redis` is
+    /// empty.
+    pub fn start(cfg: &ClusterConfig, hostname: &str) -> Result<Option<Arc<Cluster>>, ClusterError> {
+        if !cfg.is_on() {
+            return Ok(None);
+        }
+        let client =
+            redis::Client::open(cfg.redis.as_str()).map_err(|e| ClusterError::Redis(e.to_string()))?;
+        let (tx, rx) = flume::unbounded();
+        let up = Arc::new(AtomicBool::new(false));
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let lease_ttl = Duration::from_secs(cfg.lease_ttl_secs);
+        link::spawn(client, rx, up.clone(), timeout, lease_ttl, cfg.nodes);
+        let node_id = format!("{hostname}-{:08x}", rand::random::<u32>());
+        Ok(Some(Arc::new(Cluster {
+            jobs: tx,
+            up,
+            nodes: cfg.nodes,
+            prefix: cfg.key_prefix.clone(),
+            node_id,
+            timeout,
+            lease_ttl,
+            batch_max: cfg.token_batch_max,
+            sync_interval: Duration::from_millis(cfg.sync_interval_ms),
+        })))
+    }
+
+    /// Whether Redis answered last time: the limits are shared.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Nodes sharing the limits (`cluster.nodes`): each holds 1/N of a
+    /// limit while Redis is unreachable.
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// This process's name in Redis (leases carry it): the host name and
+    /// a random part, so a restarted node never takes a dead one's leases
+    /// for its own.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    pub fn sync_interval(&self) -> Duration {
+        self.sync_interval
+    }
+
+    /// Tokens a shard asks for at once for `rate` messages a second:
+    /// about 50 ms of it, at least one, at most `token_batch_max`.
+    pub fn batch_for(&self, rate: f64) -> u32 {
+        ((rate * 0.05).ceil() as u32).clamp(1, self.batch_max)
+    }
+
+    /// The Redis key of `what` for a path (`source|site`): the path in a
+    /// hash tag, so that a path's keys share a Redis Cluster slot.
+    fn path_key(&self, path: &str, what: &str) -> String {
+        let tag: String = path.chars().filter(|c| !matches!(c, '{' | '}')).collect();
+        format!("{}:{{{tag}}}:{what}", self.prefix)
+    }
+
+    async fn call(&self, command: Command) -> Result<Answer, ClusterError> {
+        if !self.is_up() {
+            return Err(ClusterError::Down);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { command, reply })
+            .map_err(|_| ClusterError::Down)?;
+        let timeout = self.timeout;
+        let late = async move {
+            glommio::timer::sleep(timeout).await;
+            Err(ClusterError::Timeout(timeout.as_millis() as u64))
+        };
+        let answered = async move { answer.await.unwrap_or(Err(ClusterError::Down)) };
+        futures_lite::future::or(answered, late).await
+    }
+
+    /// Takes up to `want` tokens from `path`'s shared rate of `rate`
+    /// messages a second (a burst of `want` allowed).
+    pub async fn take_tokens(&self, path: &str, rate: f64, want: u32) -> Result<Tokens, ClusterError> {
+        let interval_us = (1e6 / rate).max(1.0) as u64;
+        let command = Command::Tokens {
+            key: self.path_key(path, "rate"),
+            interval_us,
+            tolerance_us: interval_us * u64::from(want.saturating_sub(1)),
+            want,
+        };
+        match self.call(command).await? {
+            Answer::Tokens { granted, wait_us } => Ok(Tokens {
+                granted,
+                wait: Duration::from_micros(wait_us),
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks for the leases named `members` on `path`, of which at most
+    /// `limit` may be held fleet-wide: how many (the first ones) were
+    /// granted.
+    pub async fn acquire(&self, path: &str, limit: usize, members: Vec<String>) -> Result<u32, ClusterError> {
+        let key = self.path_key(path, "conns");
+        match self.call(Command::Acquire { key, limit, members }).await? {
+            Answer::Granted(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Renews leases: those that were lost (expired, and the limit taken
+    /// by others meanwhile).
+    pub async fn renew(&self, path: &str, limit: usize, members: Vec<String>) -> Result<Vec<String>, ClusterError> {
+        let key = self.path_key(path, "conns");
+        match self.call(Command::Renew { key, limit, members }).await? {
+            Answer::Lost(lost) => Ok(lost),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn release(&self, path: &str, members: Vec<String>) -> Result<(), ClusterError> {
+        let key = self.path_key(path, "conns");
+        self.call(Command::Release { key, members }).await.map(drop)
+    }
+
+    /// Publishes a hold (`kind:name`, as the spool keys it) until `until`
+    /// (unix seconds; None: until resumed), or ends it (`until` None).
+    pub async fn set_hold(&self, field: &str, until: Option<Option<u64>>) -> Result<(), ClusterError> {
+        let (key, field) = (self.holds_key(), field.to_string());
+        self.call(Command::SetHold { key, field, until }).await.map(drop)
+    }
+
+    /// Every hold published: (key, until).
+    pub async fn holds(&self) -> Result<Vec<(String, Option<u64>)>, ClusterError> {
+        match self.call(Command::Holds { key: self.holds_key() }).await? {
+            Answer::Holds(h) => Ok(h),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Claims an idempotency key for `window`, marking it with `mark`
+    /// while the request is under way: None when this claim made it,
+    /// else what the key already holds (another's mark, or the answer).
+    pub async fn reserve(&self, key: &str, mark: &str, window: Duration) -> Result<Option<String>, ClusterError> {
+        let command = Command::Reserve {
+            key: format!("{}:idem:{{{}}}", self.prefix, key.replace(['{', '}'], "")),
+            mark: mark.to_string(),
+            window_ms: window.as_millis() as u64,
+        };
+        match self.call(command).await? {
+            Answer::Existing(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stores the answer of a claimed key (or, None, frees the key: the
+    /// request queued nothing, so a retry may try again).
+    pub async fn settle(&self, key: &str, value: Option<String>, window: Duration) -> Result<(), ClusterError> {
+        let command = Command::Settle {
+            key: format!("{}:idem:{{{}}}", self.prefix, key.replace(['{', '}'], "")),
+            value,
+            window_ms: window.as_millis() as u64,
+        };
+        self.call(command).await.map(drop)
+    }
+
+    fn holds_key(&self) -> String {
+        format!("{}:holds", self.prefix)
+    }
+}
+
+fn unexpected(answer: Answer) -> ClusterError {
+    ClusterError::Redis(format!("unexpected answer {answer:?}"))
+}

@@ -1,0 +1,72 @@
+//! The Lua scripts run in Redis. Each touches exactly one key (its
+//! `KEYS[1]`, which carries a hash tag), reads Redis's own clock (`TIME`:
+//! the nodes' clocks may drift) and writes numbers with `%.0f` (Lua's
+//! `tostring` would write large ones in exponent form).
+
+/// GCRA: takes up to `ARGV[3]` tokens at once from a throttle whose
+/// emission interval is `ARGV[1]` µs and whose burst tolerance is `ARGV[2]`
+/// µs. `KEYS[1]` holds the theoretical arrival time (µs since the epoch).
+/// Returns `{granted, wait_us}`: when nothing was granted, how long until
+/// the next token.
+pub const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local room = math.floor((now + tolerance - tat) / interval) + 1
+local n = math.min(room, want)
+if n < 1 then
+  return {0, tat - tolerance - now}
+end
+tat = tat + n * interval
+local ttl_ms = math.floor((tat - now) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', string.format('%.0f', ttl_ms))
+return {n, 0}
+"#;
+
+/// Connection leases: `KEYS[1]` is a sorted set of lease names scored by
+/// their expiry (ms, Redis time). Drops the expired ones, then grants
+/// the leases named in `ARGV[3..]` while fewer than `ARGV[1]` are held,
+/// each for `ARGV[2]` ms. Returns how many of them (the first ones) were
+/// granted.
+pub const ACQUIRE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
+local granted = 0
+local expiry = string.format('%.0f', now + ttl)
+for i = 3, #ARGV do
+  if granted >= free then break end
+  redis.call('ZADD', KEYS[1], expiry, ARGV[i])
+  granted = granted + 1
+end
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return granted
+"#;
+
+/// Renews the leases named in `ARGV[3..]` for `ARGV[2]` ms. A lease that
+/// expired (or that Redis lost, restarting) is taken again if fewer
+/// than `ARGV[1]` are held; the names that could not be are returned.
+pub const RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+local expiry = string.format('%.0f', now + ttl)
+local lost = {}
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) or
+     redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], expiry, ARGV[i])
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return lost
+"#;

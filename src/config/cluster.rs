@@ -1,0 +1,78 @@
+//! `[cluster]`: the limits a fleet of nodes shares through Redis.
+
+use super::Problems;
+
+section! {
+    /// Several ringpost nodes (each with its own spool, behind one load
+    /// balancer) share their per-path limits through Redis, so that ten
+    /// nodes each allowed 20 connections to a site make 20, not 200: the
+    /// message rate of a path (`max_messages_per_second`, from
+    /// `[delivery]` or a shaping rule) is a GCRA throttle run in Redis
+    /// (timed by Redis's own clock), taken in small batches; its
+    /// connections (`max_connections`) are leases that expire unless
+    /// renewed, so a node that dies gives its connections back within
+    /// `lease_ttl_secs`; suspensions (`ringpost queue suspend`, the admin
+    /// API) hold on every node. When Redis cannot be reached, each node
+    /// falls back to its 1/`nodes` share of every limit (logged, and
+    /// `ringpost_cluster_redis_up` is 0) and returns to the shared limits
+    /// when Redis answers again; mail never waits for Redis. Redis 7 or
+    /// compatible; every script touches one key (with a hash tag), so
+    /// Redis Cluster works too.
+    ClusterConfig = "cluster" {
+        /// `redis://[user:password@]host[:port][/db]`. Empty: no sharing;
+        /// each node holds the limits by itself.
+        redis: String = String::new(),
+        /// Nodes that share the limits: when Redis is unreachable, each
+        /// takes `1/nodes` of every limit (at least one connection).
+        nodes: usize = 1,
+        /// Prefix of every Redis key ringpost writes (several fleets may
+        /// share one Redis under different prefixes).
+        key_prefix: String = "ringpost".to_string(),
+        /// How long a connection lease lives unless renewed (renewed every
+        /// third of it): how long a crashed node's connections still
+        /// count against the limit.
+        lease_ttl_secs: u64 = 10,
+        /// How long a shard waits for an answer from Redis, in
+        /// milliseconds, before it treats Redis as unreachable.
+        timeout_ms: u64 = 250,
+        /// Most message tokens a shard takes from Redis at once. A shard
+        /// asks for about 50 ms of the path's rate (at least one): fewer
+        /// round trips than one per message, and little burst.
+        token_batch_max: u32 = 16,
+        /// How often the shared suspensions are read, in milliseconds.
+        sync_interval_ms: u64 = 1000,
+    }
+}
+
+impl ClusterConfig {
+    pub fn check(&self, p: &mut Problems) {
+        if !self.redis.is_empty()
+            && !(self.redis.starts_with("redis://") || self.redis.starts_with("rediss://"))
+        {
+            p.at("cluster.redis", "must start with redis:// (or be empty)");
+        }
+        if self.nodes == 0 {
+            p.at("cluster.nodes", "must be at least 1");
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}']) {
+            p.at("cluster.key_prefix", "must be non-empty, without { or }");
+        }
+        if self.lease_ttl_secs == 0 {
+            p.at("cluster.lease_ttl_secs", "must be at least 1");
+        }
+        if self.timeout_ms == 0 {
+            p.at("cluster.timeout_ms", "must be at least 1");
+        }
+        if self.token_batch_max == 0 {
+            p.at("cluster.token_batch_max", "must be at least 1");
+        }
+        if self.sync_interval_ms == 0 {
+            p.at("cluster.sync_interval_ms", "must be at least 1");
+        }
+    }
+
+    /// Whether the limits are shared.
+    pub fn is_on(&self) -> bool {
+        !self.redis.is_empty()
+    }
+}

@@ -1,0 +1,212 @@
+//! This shard's side of the limits a fleet shares through Redis
+//! (`[cluster]`): the connection leases it holds, kept by one task.
+//!
+//! Owns: [`SharedLeases`], by path, and [`Scheduler::run_shared`], which
+//! every 100 ms (every 10 ms while a path waits for a lease) sets the
+//! gates' sharing from whether Redis answers, and for each path under
+//! shared limits renews the leases (every third of their TTL), takes
+//! more while workers wait (up to the fleet-wide limit), and gives back
+//! leases it no longer needs: a surplus unused for a second, and, so that
+//! a node holding leases cannot starve the others, the oldest lease once
+//! it is three TTLs old. A lease goes back only after the gate's capacity
+//! was lowered and the pool's idle connections beyond it closed: the
+//! receiver never sees more connections from the fleet than the limit
+//! (but for leases lost while Redis was unreachable, and a crashed node's
+//! until their TTL).
+//!
+//! Message rates need no task: a worker that finds no token at the gate
+//! asks Redis itself (`Scheduler::enter_path`).
+//!
+//! Must not: hold a `RefCell` borrow across an await.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Scheduler;
+use super::gate::{LeaseView, PathKey, Sharing};
+use crate::cluster::Cluster;
+use crate::outbound::client::Client;
+
+/// A surplus lease (more held than workers want) unused this long goes
+/// back.
+const SURPLUS_LINGER: Duration = Duration::from_secs(1);
+/// After giving a lease back, a path waits this long before taking one:
+/// other shards' askers get their turn.
+const COOLDOWN: Duration = Duration::from_millis(50);
+
+/// The leases this shard holds, by path.
+#[derive(Debug, Default)]
+pub struct SharedLeases {
+    held: HashMap<PathKey, Held>,
+    /// For unique lease names.
+    seq: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Held {
+    /// Lease names, oldest first, with when each was taken.
+    names: Vec<(String, Instant)>,
+    renewed: Option<Instant>,
+    surplus_since: Option<Instant>,
+    cooldown_until: Option<Instant>,
+}
+
+/// A path as Redis keys it: `source|site` (no source: empty).
+pub fn path_name(key: &PathKey) -> String {
+    format!("{}|{}", key.source.as_deref().unwrap_or(""), key.site)
+}
+
+fn lease_gauge(key: &PathKey, delta: f64) {
+    let source = key.source.clone().unwrap_or_default();
+    ::metrics::gauge!(crate::metrics::CLUSTER_LEASES, "source" => source, "site" => key.site.clone())
+        .increment(delta);
+}
+
+impl Scheduler {
+    /// The leases' keeper (runs while the shard does).
+    pub(super) async fn run_shared(self: Rc<Self>, cluster: Arc<Cluster>) {
+        let mut was = Sharing::Alone;
+        loop {
+            let now = Instant::now();
+            let sharing = match cluster.is_up() {
+                true => Sharing::Shared,
+                false => Sharing::Fallback {
+                    nodes: cluster.nodes(),
+                },
+            };
+            self.gates.borrow_mut().set_sharing(sharing, now);
+            if sharing != was {
+                // Idle connections opened under the other limits would
+                // count against the new ones without being seen.
+                let views = self.gates.borrow().lease_view();
+                for view in views {
+                    self.close_idle(&view.key, 0).await;
+                }
+                was = sharing;
+            }
+            let short = match sharing {
+                Sharing::Shared => self.keep_leases(&cluster, now).await,
+                _ => {
+                    self.forget_leases();
+                    false
+                }
+            };
+            let tick = if short { 10 } else { 100 };
+            glommio::timer::sleep(Duration::from_millis(tick)).await;
+        }
+    }
+
+    /// Redis is unreachable: the leases held will expire there.
+    fn forget_leases(&self) {
+        let mut leases = self.leases.borrow_mut();
+        for (key, held) in leases.held.drain() {
+            lease_gauge(&key, -(held.names.len() as f64));
+        }
+    }
+
+    /// One round over the paths; whether one still waits for a lease.
+    async fn keep_leases(&self, cluster: &Cluster, now: Instant) -> bool {
+        let views = self.gates.borrow().lease_view();
+        let gone: Vec<PathKey> = {
+            let leases = self.leases.borrow();
+            let known = |k: &PathKey| views.iter().any(|v| &v.key == k);
+            leases.held.keys().filter(|k| !known(k)).cloned().collect()
+        };
+        for key in gone {
+            let held = self.leases.borrow_mut().held.remove(&key).unwrap_or_default();
+            let names: Vec<String> = held.names.into_iter().map(|(n, _)| n).collect();
+            lease_gauge(&key, -(names.len() as f64));
+            self.close_idle(&key, 0).await;
+            let _ = cluster.release(&path_name(&key), names).await;
+        }
+        let mut short = false;
+        for view in views {
+            short |= self.keep_path(cluster, view, now).await;
+        }
+        short
+    }
+
+    /// Renews, gives back and takes `view`'s leases.
+    async fn keep_path(&self, cluster: &Cluster, view: LeaseView, now: Instant) -> bool {
+        let path = path_name(&view.key);
+        let ttl = cluster.lease_ttl();
+        let mut held = self.leases.borrow_mut().held.remove(&view.key).unwrap_or_default();
+        let before = held.names.len();
+        if !held.names.is_empty() && held.renewed.is_none_or(|t| now.duration_since(t) >= ttl / 3) {
+            let names = held.names.iter().map(|(n, _)| n.clone()).collect();
+            if let Ok(lost) = cluster.renew(&path, view.limit, names).await {
+                held.names.retain(|(n, _)| !lost.contains(n));
+            }
+            held.renewed = Some(now);
+        }
+        let demand = (view.in_use + view.waiting).min(view.limit);
+        let keep = self.leases_to_keep(&mut held, demand, view.limit, ttl, now);
+        // Give back what no connection uses, after closing idle ones.
+        let in_use = self.gates.borrow().in_use_on(&view.key);
+        let free = held.names.len().saturating_sub(keep.max(in_use));
+        if free > 0 {
+            let remaining = held.names.len() - free;
+            self.gates.borrow_mut().set_leased(&view.key, remaining, now);
+            self.close_idle(&view.key, remaining - in_use).await;
+            let names = held.names.drain(..free).map(|(n, _)| n).collect();
+            let _ = cluster.release(&path, names).await;
+            held.cooldown_until = Some(now + COOLDOWN);
+        }
+        self.gates.borrow_mut().set_leased(&view.key, keep.min(held.names.len()), now);
+        let have = held.names.len();
+        let short = demand > have;
+        let cooling = held.cooldown_until.is_some_and(|t| now < t);
+        if short && keep >= have && !cooling {
+            let names: Vec<String> = (have..demand).map(|_| self.lease_name(cluster)).collect();
+            if let Ok(granted) = cluster.acquire(&path, view.limit, names.clone()).await {
+                let at = Instant::now();
+                held.names.extend(names.into_iter().take(granted as usize).map(|n| (n, at)));
+                if have == 0 {
+                    held.renewed = Some(at);
+                }
+                self.gates.borrow_mut().set_leased(&view.key, held.names.len(), at);
+            }
+        }
+        lease_gauge(&view.key, held.names.len() as f64 - before as f64);
+        self.leases.borrow_mut().held.insert(view.key, held);
+        short
+    }
+
+    /// How many of `held`'s leases the path keeps: not over the limit
+    /// (lowered by a reload), not a surplus unused for a while, and one
+    /// fewer once the oldest is three TTLs old (it goes back when free,
+    /// and the path asks again after the others had their turn).
+    fn leases_to_keep(&self, held: &mut Held, demand: usize, limit: usize, ttl: Duration, now: Instant) -> usize {
+        let mut keep = held.names.len().min(limit);
+        if held.names.len() > demand {
+            let since = *held.surplus_since.get_or_insert(now);
+            if now.duration_since(since) >= SURPLUS_LINGER {
+                keep = keep.min(demand);
+            }
+        } else {
+            held.surplus_since = None;
+        }
+        let oldest = held.names.first().map(|(_, at)| *at);
+        if oldest.is_some_and(|at| now.duration_since(at) >= ttl * 3) {
+            keep = keep.min(held.names.len() - 1);
+        }
+        keep
+    }
+
+    fn lease_name(&self, cluster: &Cluster) -> String {
+        let mut leases = self.leases.borrow_mut();
+        leases.seq += 1;
+        format!("{}:{}:{}", cluster.node_id(), self.shard, leases.seq)
+    }
+
+    /// Closes `key`'s idle pooled connections beyond `keep`.
+    async fn close_idle(&self, key: &PathKey, keep: usize) {
+        let closing = self
+            .delivery
+            .pool
+            .trim(key.source.as_deref(), &key.site, keep);
+        futures::future::join_all(closing.into_iter().map(Client::quit)).await;
+    }
+}

@@ -1,0 +1,222 @@
+//! Nodes that share their limits through Redis (`[cluster]`): three
+//! ringpost processes with their own spools, a real `redis-server`, and
+//! one sink standing for a provider's MX. The fleet is held to 100
+//! messages a second and 5 connections however its mail is spread; a
+//! node SIGKILLed gives its leases back within their TTL; with Redis
+//! stopped each node keeps its 1/3 share and no client sees an error;
+//! with Redis back, the shared limits hold again.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::redis_server::RedisServer;
+use common::sink::{Script, Sink};
+use common::{send_concurrently, sink::Received};
+
+const RATE: f64 = 100.0;
+const CONNECTIONS: usize = 5;
+const TTL_SECS: u64 = 3;
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Node {
+    name: &'static str,
+    smtp: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(dir: &Path, name: &'static str, sink: SocketAddr, redis: &str) -> Node {
+        let smtp = free_addr();
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nshards = 2\nhostname = \"{name}.test\"\nshutdown_grace_secs = 2\n\
+                 [spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{smtp}\"\n\
+                 [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n\
+                 max_connections = {CONNECTIONS}\nmax_messages_per_second = {RATE}\n\
+                 [dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n\
+                 [admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n\
+                 [cluster]\nredis = \"{redis}\"\nnodes = 3\nlease_ttl_secs = {TTL_SECS}\n",
+                dir.join(format!("spool-{name}")).display(),
+                sink.port()
+            ),
+        )
+        .unwrap();
+        let child = Some(common::spawn_binary(&config, smtp));
+        Node {
+            name,
+            smtp,
+            child,
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Messages the sink took in `[from, to)`, in all and from `node`s.
+fn taken(messages: &[Received], from: Instant, to: Instant, nodes: &[&str]) -> usize {
+    messages
+        .iter()
+        .filter(|m| m.at >= from && m.at < to)
+        .filter(|m| nodes.iter().any(|n| m.helo == format!("{n}.test")))
+        .count()
+}
+
+/// The live leases in Redis (score: expiry in ms, Redis time) whose name
+/// starts with `prefix`.
+fn live_leases(redis: &RedisServer, prefix: &str) -> usize {
+    let Ok(mut c) = redis.connection() else {
+        return 0;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS").arg("ringpost:*:conns").query(&mut c).unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut c).unwrap();
+    let now_ms = secs * 1000 + micros / 1000;
+    keys.iter()
+        .map(|k| {
+            let live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(k)
+                .arg(now_ms)
+                .arg("+inf")
+                .query(&mut c)
+                .unwrap();
+            live.iter().filter(|m| m.starts_with(prefix)).count()
+        })
+        .sum()
+}
+
+fn load(node: &Node, n: usize) -> std::thread::JoinHandle<()> {
+    let (smtp, name) = (node.smtp, node.name);
+    std::thread::spawn(move || {
+        send_concurrently(smtp, n, 6, move |i| {
+            (
+                "app@sender.test".into(),
+                format!("r{i}@dest{}.test", i % 5),
+                format!("Subject: {name} {i}\r\n\r\nfrom {name}\r\n"),
+            )
+        })
+    })
+}
+
+fn rate(n: usize, window: Duration) -> f64 {
+    n as f64 / window.as_secs_f64()
+}
+
+#[test]
+fn three_nodes_share_a_rate_and_connections_through_redis_kills_and_outages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start();
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let mut a = Node::start(dir.path(), "node-a", sink.addr, &redis.url());
+    let b = Node::start(dir.path(), "node-b", sink.addr, &redis.url());
+    let c = Node::start(dir.path(), "node-c", sink.addr, &redis.url());
+    // More mail than the fleet may send in the test: the limit, not the
+    // queue, sets the pace.
+    let loaders: Vec<_> = [&a, &b, &c].iter().map(|n| load(n, 6000)).collect();
+    let sink_count = || sink.state.lock().unwrap().messages.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sink_count() < 100 {
+        assert!(Instant::now() < deadline, "nothing reaches the sink");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // 60 s of shared limits, node A SIGKILLed half way.
+    let w0 = Instant::now() + Duration::from_secs(2);
+    std::thread::sleep(Duration::from_secs(32));
+    let killed = Instant::now();
+    a.kill();
+    let mut gone_after = None;
+    while gone_after.is_none() {
+        if live_leases(&redis, "node-a.test-") == 0 {
+            gone_after = Some(killed.elapsed());
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(TTL_SECS * 3),
+            "node A's leases outlive their TTL"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone_after = gone_after.unwrap();
+    let w1 = w0 + Duration::from_secs(60);
+    std::thread::sleep(w1.saturating_duration_since(Instant::now()));
+    for l in loaders {
+        l.join().unwrap();
+    }
+    let messages = sink.messages();
+    let minute = taken(&messages, w0, w1, &["node-a", "node-b", "node-c"]);
+    let after_kill = killed + Duration::from_secs(TTL_SECS + 1);
+    let others = taken(&messages, after_kill, w1, &["node-b", "node-c"]);
+    let others_rate = rate(others, w1 - after_kill);
+    let per_node: Vec<usize> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|n| taken(&messages, w0, killed, &[n]))
+        .collect();
+    let max_open = sink.state.lock().unwrap().max_open.values().copied().max();
+    eprintln!(
+        "shared: {minute} messages in 60 s ({:.1}/s; before the kill by node {per_node:?}); \
+         node A's leases gone {gone_after:?} after its SIGKILL (TTL {TTL_SECS} s); \
+         B and C after it: {others_rate:.1}/s; most connections at once: {max_open:?}",
+        rate(minute, Duration::from_secs(60))
+    );
+    let shared = rate(minute, Duration::from_secs(60));
+    assert!((shared - RATE).abs() <= RATE * 0.05, "{shared:.1}/s over 60 s");
+    assert!(gone_after <= Duration::from_secs(TTL_SECS) + Duration::from_millis(500));
+    assert!((others_rate - RATE).abs() <= RATE * 0.05, "B and C: {others_rate:.1}/s");
+    assert!(max_open.unwrap() <= CONNECTIONS, "{max_open:?} connections at once");
+
+    // Redis stopped: B and C each keep their 1/3 share, and take mail.
+    redis.stop();
+    let down = Instant::now();
+    let during = [load(&b, 300), load(&c, 300)];
+    std::thread::sleep(Duration::from_secs(12));
+    for l in during {
+        l.join().expect("no client saw an error while Redis was down");
+    }
+    let (f0, f1) = (down + Duration::from_secs(2), down + Duration::from_secs(12));
+    redis.restart();
+    let back = Instant::now();
+    std::thread::sleep(Duration::from_secs(12));
+    let (s0, s1) = (back + Duration::from_secs(2), back + Duration::from_secs(12));
+    let messages = sink.messages();
+    let fallback = rate(taken(&messages, f0, f1, &["node-b", "node-c"]), f1 - f0);
+    let resumed = rate(taken(&messages, s0, s1, &["node-b", "node-c"]), s1 - s0);
+    let max_open = sink.state.lock().unwrap().max_open.values().copied().max();
+    eprintln!(
+        "Redis down: B and C {fallback:.1}/s (1/3 each: {:.1}/s); Redis back: {resumed:.1}/s; \
+         most connections at once: {max_open:?}",
+        RATE * 2.0 / 3.0
+    );
+    let per_second: Vec<(usize, usize)> = (0..24)
+        .map(|i| {
+            let t = down + Duration::from_secs(i);
+            let t1 = t + Duration::from_secs(1);
+            (taken(&messages, t, t1, &["node-b"]), taken(&messages, t, t1, &["node-c"]))
+        })
+        .collect();
+    eprintln!("per second from Redis's stop: {per_second:?}");
+    let expected = RATE * 2.0 / 3.0;
+    assert!((fallback - expected).abs() <= expected * 0.07, "fallback {fallback:.1}/s");
+    assert!((resumed - RATE).abs() <= RATE * 0.07, "resumed {resumed:.1}/s");
+    assert!(max_open.unwrap() <= CONNECTIONS, "{max_open:?} connections at once");
+    drop((b, c));
+}
