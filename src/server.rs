@@ -271,8 +271,8 @@ fn prepare(
         )),
         false => None,
     };
-    let cluster =
-        crate::cluster::Cluster::start(&cfg.cluster, cfg.hostname()).map_err(StartError::Cluster)?;
+    let cluster = crate::cluster::Cluster::start(&cfg.cluster, cfg.hostname())
+        .map_err(StartError::Cluster)?;
     Ok(Prepared {
         suppressions,
         cluster,

@@ -31,12 +31,13 @@ fn free_addr() -> SocketAddr {
 struct Node {
     name: &'static str,
     smtp: SocketAddr,
+    admin: SocketAddr,
     child: Option<Child>,
 }
 
 impl Node {
     fn start(dir: &Path, name: &'static str, sink: SocketAddr, redis: &str) -> Node {
-        let smtp = free_addr();
+        let (smtp, admin) = (free_addr(), free_addr());
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
             &config,
@@ -46,7 +47,7 @@ impl Node {
                  [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n\
                  max_connections = {CONNECTIONS}\nmax_messages_per_second = {RATE}\n\
                  [dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n\
-                 [admin]\nlisten = \"off\"\n[inject]\nlisten = \"off\"\n\
+                 [admin]\nlisten = \"{admin}\"\n[inject]\nlisten = \"off\"\n\
                  [cluster]\nredis = \"{redis}\"\nnodes = 3\nlease_ttl_secs = {TTL_SECS}\n",
                 dir.join(format!("spool-{name}")).display(),
                 sink.port()
@@ -57,8 +58,20 @@ impl Node {
         Node {
             name,
             smtp,
+            admin,
             child,
         }
+    }
+
+    fn admin_post(&self, path: &str) {
+        let (status, body) = common::http(
+            self.admin,
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(status, 200, "{body}");
     }
 
     fn kill(&mut self) {
@@ -90,7 +103,10 @@ fn live_leases(redis: &RedisServer, prefix: &str) -> usize {
     let Ok(mut c) = redis.connection() else {
         return 0;
     };
-    let keys: Vec<String> = redis::cmd("KEYS").arg("ringpost:*:conns").query(&mut c).unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ringpost:*:conns")
+        .query(&mut c)
+        .unwrap();
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut c).unwrap();
     let now_ms = secs * 1000 + micros / 1000;
     keys.iter()
@@ -179,10 +195,19 @@ fn three_nodes_share_a_rate_and_connections_through_redis_kills_and_outages() {
         rate(minute, Duration::from_secs(60))
     );
     let shared = rate(minute, Duration::from_secs(60));
-    assert!((shared - RATE).abs() <= RATE * 0.05, "{shared:.1}/s over 60 s");
+    assert!(
+        (shared - RATE).abs() <= RATE * 0.05,
+        "{shared:.1}/s over 60 s"
+    );
     assert!(gone_after <= Duration::from_secs(TTL_SECS) + Duration::from_millis(500));
-    assert!((others_rate - RATE).abs() <= RATE * 0.05, "B and C: {others_rate:.1}/s");
-    assert!(max_open.unwrap() <= CONNECTIONS, "{max_open:?} connections at once");
+    assert!(
+        (others_rate - RATE).abs() <= RATE * 0.05,
+        "B and C: {others_rate:.1}/s"
+    );
+    assert!(
+        max_open.unwrap() <= CONNECTIONS,
+        "{max_open:?} connections at once"
+    );
 
     // Redis stopped: B and C each keep their 1/3 share, and take mail.
     redis.stop();
@@ -190,13 +215,20 @@ fn three_nodes_share_a_rate_and_connections_through_redis_kills_and_outages() {
     let during = [load(&b, 300), load(&c, 300)];
     std::thread::sleep(Duration::from_secs(12));
     for l in during {
-        l.join().expect("no client saw an error while Redis was down");
+        l.join()
+            .expect("no client saw an error while Redis was down");
     }
-    let (f0, f1) = (down + Duration::from_secs(2), down + Duration::from_secs(12));
+    let (f0, f1) = (
+        down + Duration::from_secs(2),
+        down + Duration::from_secs(12),
+    );
     redis.restart();
     let back = Instant::now();
     std::thread::sleep(Duration::from_secs(12));
-    let (s0, s1) = (back + Duration::from_secs(2), back + Duration::from_secs(12));
+    let (s0, s1) = (
+        back + Duration::from_secs(2),
+        back + Duration::from_secs(12),
+    );
     let messages = sink.messages();
     let fallback = rate(taken(&messages, f0, f1, &["node-b", "node-c"]), f1 - f0);
     let resumed = rate(taken(&messages, s0, s1, &["node-b", "node-c"]), s1 - s0);
@@ -210,13 +242,75 @@ fn three_nodes_share_a_rate_and_connections_through_redis_kills_and_outages() {
         .map(|i| {
             let t = down + Duration::from_secs(i);
             let t1 = t + Duration::from_secs(1);
-            (taken(&messages, t, t1, &["node-b"]), taken(&messages, t, t1, &["node-c"]))
+            (
+                taken(&messages, t, t1, &["node-b"]),
+                taken(&messages, t, t1, &["node-c"]),
+            )
         })
         .collect();
     eprintln!("per second from Redis's stop: {per_second:?}");
     let expected = RATE * 2.0 / 3.0;
-    assert!((fallback - expected).abs() <= expected * 0.07, "fallback {fallback:.1}/s");
-    assert!((resumed - RATE).abs() <= RATE * 0.07, "resumed {resumed:.1}/s");
-    assert!(max_open.unwrap() <= CONNECTIONS, "{max_open:?} connections at once");
+    assert!(
+        (fallback - expected).abs() <= expected * 0.07,
+        "fallback {fallback:.1}/s"
+    );
+    assert!(
+        (resumed - RATE).abs() <= RATE * 0.07,
+        "resumed {resumed:.1}/s"
+    );
+    assert!(
+        max_open.unwrap() <= CONNECTIONS,
+        "{max_open:?} connections at once"
+    );
     drop((b, c));
+}
+
+#[test]
+fn a_suspension_on_one_node_holds_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let a = Node::start(dir.path(), "node-a", sink.addr, &redis.url());
+    let b = Node::start(dir.path(), "node-b", sink.addr, &redis.url());
+    a.admin_post("/queue/domains/held.test/suspend");
+    // Within the sync interval (1 s), node B holds it too.
+    std::thread::sleep(Duration::from_millis(1500));
+    send_concurrently(b.smtp, 10, 2, |i| {
+        let domain = if i % 2 == 0 { "held.test" } else { "free.test" };
+        (
+            "app@sender.test".into(),
+            format!("r{i}@{domain}"),
+            format!("Subject: {i}\r\n\r\nm{i}\r\n"),
+        )
+    });
+    sink.wait_for(5, 10);
+    std::thread::sleep(Duration::from_secs(2));
+    let held = |sink: &Sink| {
+        sink.messages()
+            .iter()
+            .filter(|m| m.rcpts.iter().any(|r| r.ends_with("@held.test")))
+            .count()
+    };
+    assert_eq!(sink.messages().len(), 5, "only free.test's mail went");
+    assert_eq!(held(&sink), 0);
+    // Resumed on node B: node A's suspension ends too, and the mail goes.
+    b.admin_post("/queue/domains/held.test/resume");
+    sink.wait_for(10, 10);
+    assert_eq!(held(&sink), 5);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut c = redis.connection().unwrap();
+    let published: Vec<String> = redis::cmd("HKEYS")
+        .arg("ringpost:holds")
+        .query(&mut c)
+        .unwrap();
+    assert!(published.is_empty(), "{published:?}");
+    // Node A took the resumption from the cluster: its mail goes too.
+    send_concurrently(a.smtp, 2, 1, |i| {
+        (
+            "app@sender.test".into(),
+            format!("a{i}@held.test"),
+            format!("Subject: a{i}\r\n\r\na{i}\r\n"),
+        )
+    });
+    sink.wait_for(12, 10);
 }

@@ -97,7 +97,8 @@ impl Link {
             Err(ClusterError::Down) => "down",
             Err(_) => "error",
         };
-        ::metrics::counter!(crate::metrics::CLUSTER_REQUESTS, "op" => op, "result" => outcome).increment(1);
+        ::metrics::counter!(crate::metrics::CLUSTER_REQUESTS, "op" => op, "result" => outcome)
+            .increment(1);
         let _ = job.reply.send(result);
     }
 
@@ -119,11 +120,14 @@ impl Link {
     }
 
     fn connect(&mut self) {
-        let attempt = self.client.get_connection_with_timeout(self.timeout).and_then(|conn| {
-            conn.set_read_timeout(Some(self.timeout))?;
-            conn.set_write_timeout(Some(self.timeout))?;
-            Ok(conn)
-        });
+        let attempt = self
+            .client
+            .get_connection_with_timeout(self.timeout)
+            .and_then(|conn| {
+                conn.set_read_timeout(Some(self.timeout))?;
+                conn.set_write_timeout(Some(self.timeout))?;
+                Ok(conn)
+            });
         match attempt {
             Ok(conn) => {
                 self.conn = Some(conn);
@@ -167,11 +171,7 @@ fn op_name(command: &Command) -> &'static str {
 }
 
 /// One request: its script or commands.
-fn run(
-    conn: &mut Connection,
-    command: &Command,
-    scripts: &Scripts,
-) -> redis::RedisResult<Answer> {
+fn run(conn: &mut Connection, command: &Command, scripts: &Scripts) -> redis::RedisResult<Answer> {
     let lease_ttl_ms = scripts.lease_ttl_ms;
     Ok(match command {
         Command::Tokens {
@@ -192,7 +192,11 @@ fn run(
                 wait_us: wait_us.max(0) as u64,
             }
         }
-        Command::Acquire { key, limit, members } => {
+        Command::Acquire {
+            key,
+            limit,
+            members,
+        } => {
             let mut call = scripts.acquire.key(key);
             call.arg(limit).arg(lease_ttl_ms);
             for m in members {
@@ -200,7 +204,11 @@ fn run(
             }
             Answer::Granted(call.invoke(conn)?)
         }
-        Command::Renew { key, limit, members } => {
+        Command::Renew {
+            key,
+            limit,
+            members,
+        } => {
             let mut call = scripts.renew.key(key);
             call.arg(limit).arg(lease_ttl_ms);
             for m in members {
@@ -231,7 +239,11 @@ fn run(
                     .collect(),
             )
         }
-        Command::Reserve { key, mark, window_ms } => {
+        Command::Reserve {
+            key,
+            mark,
+            window_ms,
+        } => {
             let made: Option<String> = redis::cmd("SET")
                 .arg(key)
                 .arg(mark)
@@ -241,12 +253,26 @@ fn run(
                 .query(conn)?;
             match made {
                 Some(_) => Answer::Existing(None),
-                None => Answer::Existing(Some(redis::cmd("GET").arg(key).query::<Option<String>>(conn)?.unwrap_or_default())),
+                None => Answer::Existing(Some(
+                    redis::cmd("GET")
+                        .arg(key)
+                        .query::<Option<String>>(conn)?
+                        .unwrap_or_default(),
+                )),
             }
         }
-        Command::Settle { key, value, window_ms } => {
+        Command::Settle {
+            key,
+            value,
+            window_ms,
+        } => {
             match value {
-                Some(v) => redis::cmd("SET").arg(key).arg(v).arg("PX").arg(window_ms).query::<()>(conn)?,
+                Some(v) => redis::cmd("SET")
+                    .arg(key)
+                    .arg(v)
+                    .arg("PX")
+                    .arg(window_ms)
+                    .query::<()>(conn)?,
                 None => redis::cmd("DEL").arg(key).query::<()>(conn)?,
             }
             Answer::Done

@@ -83,7 +83,10 @@ enum Command {
 /// Its answer.
 #[derive(Debug)]
 enum Answer {
-    Tokens { granted: u32, wait_us: u64 },
+    Tokens {
+        granted: u32,
+        wait_us: u64,
+    },
     Granted(u32),
     Lost(Vec<String>),
     Done,
@@ -122,12 +125,15 @@ impl Cluster {
     /// Starts the Redis thread (which connects at once, then again each
     /// second while Redis is unreachable). None when `cluster.redis` is
     /// empty.
-    pub fn start(cfg: &ClusterConfig, hostname: &str) -> Result<Option<Arc<Cluster>>, ClusterError> {
+    pub fn start(
+        cfg: &ClusterConfig,
+        hostname: &str,
+    ) -> Result<Option<Arc<Cluster>>, ClusterError> {
         if !cfg.is_on() {
             return Ok(None);
         }
-        let client =
-            redis::Client::open(cfg.redis.as_str()).map_err(|e| ClusterError::Redis(e.to_string()))?;
+        let client = redis::Client::open(cfg.redis.as_str())
+            .map_err(|e| ClusterError::Redis(e.to_string()))?;
         let (tx, rx) = flume::unbounded();
         let up = Arc::new(AtomicBool::new(false));
         let timeout = Duration::from_millis(cfg.timeout_ms);
@@ -205,7 +211,12 @@ impl Cluster {
 
     /// Takes up to `want` tokens from `path`'s shared rate of `rate`
     /// messages a second (a burst of `want` allowed).
-    pub async fn take_tokens(&self, path: &str, rate: f64, want: u32) -> Result<Tokens, ClusterError> {
+    pub async fn take_tokens(
+        &self,
+        path: &str,
+        rate: f64,
+        want: u32,
+    ) -> Result<Tokens, ClusterError> {
         let interval_us = (1e6 / rate).max(1.0) as u64;
         let command = Command::Tokens {
             key: self.path_key(path, "rate"),
@@ -225,9 +236,21 @@ impl Cluster {
     /// Asks for the leases named `members` on `path`, of which at most
     /// `limit` may be held fleet-wide: how many (the first ones) were
     /// granted.
-    pub async fn acquire(&self, path: &str, limit: usize, members: Vec<String>) -> Result<u32, ClusterError> {
+    pub async fn acquire(
+        &self,
+        path: &str,
+        limit: usize,
+        members: Vec<String>,
+    ) -> Result<u32, ClusterError> {
         let key = self.path_key(path, "conns");
-        match self.call(Command::Acquire { key, limit, members }).await? {
+        match self
+            .call(Command::Acquire {
+                key,
+                limit,
+                members,
+            })
+            .await?
+        {
             Answer::Granted(n) => Ok(n),
             other => Err(unexpected(other)),
         }
@@ -235,9 +258,21 @@ impl Cluster {
 
     /// Renews leases: those that were lost (expired, and the limit taken
     /// by others meanwhile).
-    pub async fn renew(&self, path: &str, limit: usize, members: Vec<String>) -> Result<Vec<String>, ClusterError> {
+    pub async fn renew(
+        &self,
+        path: &str,
+        limit: usize,
+        members: Vec<String>,
+    ) -> Result<Vec<String>, ClusterError> {
         let key = self.path_key(path, "conns");
-        match self.call(Command::Renew { key, limit, members }).await? {
+        match self
+            .call(Command::Renew {
+                key,
+                limit,
+                members,
+            })
+            .await?
+        {
             Answer::Lost(lost) => Ok(lost),
             other => Err(unexpected(other)),
         }
@@ -250,14 +285,25 @@ impl Cluster {
 
     /// Publishes a hold (`kind:name`, as the spool keys it) until `until`
     /// (unix seconds; None: until resumed), or ends it (`until` None).
-    pub async fn set_hold(&self, field: &str, until: Option<Option<u64>>) -> Result<(), ClusterError> {
+    pub async fn set_hold(
+        &self,
+        field: &str,
+        until: Option<Option<u64>>,
+    ) -> Result<(), ClusterError> {
         let (key, field) = (self.holds_key(), field.to_string());
-        self.call(Command::SetHold { key, field, until }).await.map(drop)
+        self.call(Command::SetHold { key, field, until })
+            .await
+            .map(drop)
     }
 
     /// Every hold published: (key, until).
     pub async fn holds(&self) -> Result<Vec<(String, Option<u64>)>, ClusterError> {
-        match self.call(Command::Holds { key: self.holds_key() }).await? {
+        match self
+            .call(Command::Holds {
+                key: self.holds_key(),
+            })
+            .await?
+        {
             Answer::Holds(h) => Ok(h),
             other => Err(unexpected(other)),
         }
@@ -266,7 +312,12 @@ impl Cluster {
     /// Claims an idempotency key for `window`, marking it with `mark`
     /// while the request is under way: None when this claim made it,
     /// else what the key already holds (another's mark, or the answer).
-    pub async fn reserve(&self, key: &str, mark: &str, window: Duration) -> Result<Option<String>, ClusterError> {
+    pub async fn reserve(
+        &self,
+        key: &str,
+        mark: &str,
+        window: Duration,
+    ) -> Result<Option<String>, ClusterError> {
         let command = Command::Reserve {
             key: format!("{}:idem:{{{}}}", self.prefix, key.replace(['{', '}'], "")),
             mark: mark.to_string(),
@@ -280,7 +331,12 @@ impl Cluster {
 
     /// Stores the answer of a claimed key (or, None, frees the key: the
     /// request queued nothing, so a retry may try again).
-    pub async fn settle(&self, key: &str, value: Option<String>, window: Duration) -> Result<(), ClusterError> {
+    pub async fn settle(
+        &self,
+        key: &str,
+        value: Option<String>,
+        window: Duration,
+    ) -> Result<(), ClusterError> {
         let command = Command::Settle {
             key: format!("{}:idem:{{{}}}", self.prefix, key.replace(['{', '}'], "")),
             value,

@@ -347,7 +347,10 @@ impl Gates {
         let Some(gate) = self.gates.get_mut(key) else {
             return Slot::Go(None);
         };
-        let rate = gate.limits.as_ref().map_or(0.0, |l| l.max_messages_per_second);
+        let rate = gate
+            .limits
+            .as_ref()
+            .map_or(0.0, |l| l.max_messages_per_second);
         if shared && rate > 0.0 {
             if gate.tokens_until.is_some_and(|t| t < now) {
                 gate.tokens = 0;

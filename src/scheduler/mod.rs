@@ -219,7 +219,8 @@ impl Scheduler {
         self.tasks.spawn(async move { me.run_timer().await });
         if let Some(cluster) = self.cluster.clone() {
             let me = self.clone();
-            self.tasks.spawn(async move { me.run_shared(cluster).await });
+            self.tasks
+                .spawn(async move { me.run_shared(cluster).await });
         }
     }
 
@@ -254,7 +255,8 @@ impl Scheduler {
         let key = kind.key(name);
         let until = secs.map(|s| self.clock.now().saturating_add(s));
         self.spool.set_suspension(&key, Some(until)).await?;
-        self.state.borrow_mut().suspended.insert(key, until);
+        self.state.borrow_mut().suspended.insert(key.clone(), until);
+        self.publish_hold(&key, Some(until)).await;
         Ok(until)
     }
 
@@ -263,6 +265,7 @@ impl Scheduler {
         let key = kind.key(name);
         self.spool.set_suspension(&key, None).await?;
         self.state.borrow_mut().suspended.remove(&key);
+        self.publish_hold(&key, None).await;
         self.released(&key);
         Ok(())
     }
@@ -300,6 +303,7 @@ impl Scheduler {
             if let Err(e) = self.spool.set_suspension(&key, None).await {
                 log::error!("ending the suspension of {key}: {e}");
             }
+            self.publish_hold(&key, None).await;
             self.released(&key);
         }
     }
@@ -701,7 +705,10 @@ impl Scheduler {
                 return;
             };
             let name = shared::path_name(path);
-            match cluster.take_tokens(&name, rate, cluster.batch_for(rate)).await {
+            match cluster
+                .take_tokens(&name, rate, cluster.batch_for(rate))
+                .await
+            {
                 Ok(t) if t.granted > 0 => {
                     self.gates
                         .borrow_mut()
@@ -711,7 +718,9 @@ impl Scheduler {
                 Err(_) => {
                     let nodes = cluster.nodes();
                     let fallback = gate::Sharing::Fallback { nodes };
-                    self.gates.borrow_mut().set_sharing(fallback, Instant::now());
+                    self.gates
+                        .borrow_mut()
+                        .set_sharing(fallback, Instant::now());
                 }
             }
         }

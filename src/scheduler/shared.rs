@@ -14,12 +14,19 @@
 //! (but for leases lost while Redis was unreachable, and a crashed node's
 //! until their TTL).
 //!
+//! Suspensions: shard 0 speaks for the node and publishes each
+//! suspension and resumption ([`Scheduler::publish_hold`]); every shard
+//! reads the published ones every `cluster.sync_interval_ms` and takes
+//! them as its own (stored in its spool, as an operator's would be),
+//! and ends those that were published and no longer are. A suspension
+//! made while Redis was unreachable stays this node's.
+//!
 //! Message rates need no task: a worker that finds no token at the gate
 //! asks Redis itself (`Scheduler::enter_path`).
 //!
 //! Must not: hold a `RefCell` borrow across an await.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,8 +75,16 @@ impl Scheduler {
     /// The leases' keeper (runs while the shard does).
     pub(super) async fn run_shared(self: Rc<Self>, cluster: Arc<Cluster>) {
         let mut was = Sharing::Alone;
+        let mut synced: Option<Instant> = None;
+        let mut seen = HashSet::new();
         loop {
             let now = Instant::now();
+            if cluster.is_up()
+                && synced.is_none_or(|t| now.duration_since(t) >= cluster.sync_interval())
+            {
+                synced = Some(now);
+                self.sync_holds(&cluster, &mut seen).await;
+            }
             let sharing = match cluster.is_up() {
                 true => Sharing::Shared,
                 false => Sharing::Fallback {
@@ -98,6 +113,61 @@ impl Scheduler {
         }
     }
 
+    /// Publishes a suspension (`until`: Some) or its end (None) to the
+    /// fleet; shard 0 speaks for the node.
+    pub(super) async fn publish_hold(&self, key: &str, until: Option<Option<u64>>) {
+        let Some(cluster) = self.cluster.as_ref().filter(|_| self.shard == 0) else {
+            return;
+        };
+        if let Err(e) = cluster.set_hold(key, until).await {
+            log::warn!("the suspension change of {key} holds on this node only: {e}");
+        }
+    }
+
+    /// Takes the suspensions published by the fleet; ends those that were
+    /// (`seen` last time) and no longer are.
+    async fn sync_holds(self: &Rc<Self>, cluster: &Cluster, seen: &mut HashSet<String>) {
+        let Ok(published) = cluster.holds().await else {
+            return;
+        };
+        let now = self.clock.now();
+        let published: HashMap<String, Option<u64>> = published
+            .into_iter()
+            .filter(|(_, until)| until.is_none_or(|u| u > now))
+            .collect();
+        for (key, until) in &published {
+            let local = self.state.borrow().suspended.get(key).copied();
+            if local == Some(*until) {
+                continue;
+            }
+            if let Err(e) = self.spool.set_suspension(key, Some(*until)).await {
+                log::error!("storing the cluster's suspension of {key}: {e}");
+                continue;
+            }
+            self.state
+                .borrow_mut()
+                .suspended
+                .insert(key.clone(), *until);
+            log::info!("shard {}: {key} suspended by the cluster", self.shard);
+        }
+        let ended: Vec<String> = seen
+            .iter()
+            .filter(|k| !published.contains_key(*k))
+            .filter(|k| self.state.borrow().suspended.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in ended {
+            if let Err(e) = self.spool.set_suspension(&key, None).await {
+                log::error!("storing the end of {key}'s suspension: {e}");
+                continue;
+            }
+            self.state.borrow_mut().suspended.remove(&key);
+            log::info!("shard {}: {key} resumed by the cluster", self.shard);
+            self.released(&key);
+        }
+        *seen = published.into_keys().collect();
+    }
+
     /// Redis is unreachable: the leases held will expire there.
     fn forget_leases(&self) {
         let mut leases = self.leases.borrow_mut();
@@ -115,7 +185,12 @@ impl Scheduler {
             leases.held.keys().filter(|k| !known(k)).cloned().collect()
         };
         for key in gone {
-            let held = self.leases.borrow_mut().held.remove(&key).unwrap_or_default();
+            let held = self
+                .leases
+                .borrow_mut()
+                .held
+                .remove(&key)
+                .unwrap_or_default();
             let names: Vec<String> = held.names.into_iter().map(|(n, _)| n).collect();
             lease_gauge(&key, -(names.len() as f64));
             self.close_idle(&key, 0).await;
@@ -132,9 +207,18 @@ impl Scheduler {
     async fn keep_path(&self, cluster: &Cluster, view: LeaseView, now: Instant) -> bool {
         let path = path_name(&view.key);
         let ttl = cluster.lease_ttl();
-        let mut held = self.leases.borrow_mut().held.remove(&view.key).unwrap_or_default();
+        let mut held = self
+            .leases
+            .borrow_mut()
+            .held
+            .remove(&view.key)
+            .unwrap_or_default();
         let before = held.names.len();
-        if !held.names.is_empty() && held.renewed.is_none_or(|t| now.duration_since(t) >= ttl / 3) {
+        if !held.names.is_empty()
+            && held
+                .renewed
+                .is_none_or(|t| now.duration_since(t) >= ttl / 3)
+        {
             let names = held.names.iter().map(|(n, _)| n.clone()).collect();
             if let Ok(lost) = cluster.renew(&path, view.limit, names).await {
                 held.names.retain(|(n, _)| !lost.contains(n));
@@ -148,13 +232,17 @@ impl Scheduler {
         let free = held.names.len().saturating_sub(keep.max(in_use));
         if free > 0 {
             let remaining = held.names.len() - free;
-            self.gates.borrow_mut().set_leased(&view.key, remaining, now);
+            self.gates
+                .borrow_mut()
+                .set_leased(&view.key, remaining, now);
             self.close_idle(&view.key, remaining - in_use).await;
             let names = held.names.drain(..free).map(|(n, _)| n).collect();
             let _ = cluster.release(&path, names).await;
             held.cooldown_until = Some(now + COOLDOWN);
         }
-        self.gates.borrow_mut().set_leased(&view.key, keep.min(held.names.len()), now);
+        self.gates
+            .borrow_mut()
+            .set_leased(&view.key, keep.min(held.names.len()), now);
         let have = held.names.len();
         let short = demand > have;
         let cooling = held.cooldown_until.is_some_and(|t| now < t);
@@ -162,11 +250,14 @@ impl Scheduler {
             let names: Vec<String> = (have..demand).map(|_| self.lease_name(cluster)).collect();
             if let Ok(granted) = cluster.acquire(&path, view.limit, names.clone()).await {
                 let at = Instant::now();
-                held.names.extend(names.into_iter().take(granted as usize).map(|n| (n, at)));
+                held.names
+                    .extend(names.into_iter().take(granted as usize).map(|n| (n, at)));
                 if have == 0 {
                     held.renewed = Some(at);
                 }
-                self.gates.borrow_mut().set_leased(&view.key, held.names.len(), at);
+                self.gates
+                    .borrow_mut()
+                    .set_leased(&view.key, held.names.len(), at);
             }
         }
         lease_gauge(&view.key, held.names.len() as f64 - before as f64);
@@ -178,7 +269,14 @@ impl Scheduler {
     /// (lowered by a reload), not a surplus unused for a while, and one
     /// fewer once the oldest is three TTLs old (it goes back when free,
     /// and the path asks again after the others had their turn).
-    fn leases_to_keep(&self, held: &mut Held, demand: usize, limit: usize, ttl: Duration, now: Instant) -> usize {
+    fn leases_to_keep(
+        &self,
+        held: &mut Held,
+        demand: usize,
+        limit: usize,
+        ttl: Duration,
+        now: Instant,
+    ) -> usize {
         let mut keep = held.names.len().min(limit);
         if held.names.len() > demand {
             let since = *held.surplus_since.get_or_insert(now);
