@@ -63,6 +63,7 @@ metrics_table! {
     CLUSTER_FALLBACKS = "ringpost_cluster_fallbacks_total", Counter, "Times Redis became unreachable and this node fell back to its 1/N share of each limit.";
     CLUSTER_REQUESTS = "ringpost_cluster_requests_total", Counter, "Requests to Redis, by op (tokens, acquire, renew, release, holds, idempotency) and result (ok, error; down: not sent, Redis being unreachable).";
     CLUSTER_LEASES = "ringpost_cluster_leases", Gauge, "Connection leases this node holds in Redis, by source and site.";
+    INJECT_REPLAYS = "ringpost_inject_idempotent_replays_total", Counter, "Injection requests answered with the stored answer of an earlier one with the same Idempotency-Key (nothing queued).";
     SUPPRESSED_RECIPIENTS = "ringpost_suppressed_recipients_total", Counter, "Recipients refused (or dropped) at reception because they are on the suppression list, by listener (smtp, http).";
     SUPPRESSIONS_ADDED = "ringpost_suppressions_added_total", Counter, "Entries put on the suppression list, by source (bounce, admin, import).";
     FEEDBACK_REPORTS = "ringpost_feedback_reports_total", Counter, "Reports that came to a [feedback] address, by kind (arf, dsn, unknown) and result (read, or why not: not_a_message, not_a_report, no_report_part, no_recipient).";

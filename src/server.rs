@@ -37,6 +37,7 @@ use crate::config::{Config, ConfigErrors, Listen, Problems};
 use crate::dns::{self, Resolver};
 use crate::events::EventLog;
 use crate::inbound::Door;
+use crate::inbound::idempotency::KeyIndex;
 use crate::inbound::smtp::{self, SmtpService, auth::Users};
 use crate::outbound::route::Router;
 use crate::outbound::{Delivery, OutboundSettings};
@@ -128,6 +129,8 @@ struct Prepared {
     /// Turns true once every shard serves (`/readyz`).
     ready: Arc<AtomicBool>,
     mesh: Mesh<Scheduler>,
+    /// Every shard's `Idempotency-Key` index.
+    keys: Mesh<KeyIndex>,
     /// The node's suppression list, when `suppression.enabled`.
     suppressions: Option<Arc<SuppressionList>>,
     /// Redis, when the limits are shared (`[cluster]`).
@@ -139,6 +142,8 @@ struct Seat {
     index: usize,
     stop: StopSignal,
     work: flume::Receiver<Work<Scheduler>>,
+    /// Requests about the `Idempotency-Key`s this shard owns.
+    key_work: flume::Receiver<Work<KeyIndex>>,
 }
 
 enum ShardReport {
@@ -191,17 +196,25 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
 pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError> {
     let shards = shard_count(&cfg);
     let (mesh, works) = mesh::mesh(shards);
+    let (keys, key_works) = mesh::mesh(shards);
     let reload = crate::scheduler::reload::Reload::new(&cfg.delivery.shaping_file, mesh.clone());
-    let prepared = Arc::new(prepare(cfg, shards, clock, mesh)?);
+    let prepared = Arc::new(prepare(cfg, shards, clock, mesh, keys)?);
     crate::metrics::install();
 
     let (report_tx, reports) = flume::unbounded();
     let (stop, signals) = stop::channel(shards);
     let seats: Vec<Option<Seat>> = signals
         .into_iter()
-        .zip(works)
+        .zip(works.into_iter().zip(key_works))
         .enumerate()
-        .map(|(index, (stop, work))| Some(Seat { index, stop, work }))
+        .map(|(index, (stop, (work, key_work)))| {
+            Some(Seat {
+                index,
+                stop,
+                work,
+                key_work,
+            })
+        })
         .collect();
     let seats = Arc::new(Mutex::new(seats));
     let next_index = Arc::new(AtomicUsize::new(0));
@@ -251,6 +264,7 @@ fn prepare(
     shards: usize,
     clock: Clock,
     mesh: Mesh<Scheduler>,
+    keys: Mesh<KeyIndex>,
 ) -> Result<Prepared, StartError> {
     let files = preflight(&cfg).map_err(|p| StartError::Files(ConfigErrors(p)))?;
     let listeners = Listeners::probe(&mut cfg)?;
@@ -286,6 +300,7 @@ fn prepare(
         files,
         ready: Arc::new(AtomicBool::new(false)),
         mesh,
+        keys,
     })
 }
 
@@ -694,11 +709,19 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
         parts.scheduler.clone(),
         stop.clone(),
     )));
+    loops.push(glommio::spawn_local(mesh::serve(
+        seat.key_work,
+        Rc::new(KeyIndex::new(parts.spool.clone())),
+        stop.clone(),
+    )));
     if let Some(l) = bound.inject {
         let injector = Rc::new(crate::http::inject::Injector {
             cfg: p.cfg.clone(),
             door: parts.door.clone(),
             token: p.files.inject_token.clone(),
+            keys: (p.cfg.inject.idempotency_window_secs > 0).then(|| p.keys.clone()),
+            cluster: p.cluster.clone(),
+            clock: p.clock.clone(),
         });
         let tls = p
             .files

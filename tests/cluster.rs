@@ -9,7 +9,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -313,4 +313,217 @@ fn a_suspension_on_one_node_holds_on_every_node() {
         )
     });
     sink.wait_for(12, 10);
+}
+
+/// A node with the injection API on, relaying to `sink`; `redis` empty:
+/// alone.
+fn inject_node(
+    dir: &Path,
+    name: &str,
+    sink: SocketAddr,
+    redis: &str,
+) -> (PathBuf, SocketAddr, Child) {
+    let (smtp, inject) = (free_addr(), free_addr());
+    let config = dir.join(format!("{name}.toml"));
+    let cluster = match redis {
+        "" => String::new(),
+        url => format!("[cluster]\nredis = \"{url}\"\nnodes = 2\n"),
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nshards = 2\nhostname = \"{name}.test\"\nshutdown_grace_secs = 2\n\
+             [spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{smtp}\"\n\
+             [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n\
+             [dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n\
+             [admin]\nlisten = \"off\"\n[inject]\nlisten = \"{inject}\"\n{cluster}",
+            dir.join(format!("spool-{name}")).display(),
+            sink.port()
+        ),
+    )
+    .unwrap();
+    let child = common::spawn_binary(&config, inject);
+    (config, inject, child)
+}
+
+fn inject_request(i: usize) -> Vec<u8> {
+    let body = format!(
+        "{{\"envelope_sender\": \"app@sender.test\", \"recipients\": [{{\"email\": \"r{i}@dest.test\"}}], \
+         \"content\": \"Subject: m{i}\\r\\n\\r\\nmessage m{i}\\r\\n\"}}"
+    );
+    format!(
+        "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Idempotency-Key: order-{i}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Sends the request and resets the connection (RST) before the answer,
+/// after `after`.
+fn send_and_reset(addr: SocketAddr, request: &[u8], after: Duration) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request).unwrap();
+    std::thread::sleep(after);
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+}
+
+/// Until the injection API answers: just after a SIGKILL the dead
+/// process's sockets may still take connections for a few ms.
+fn wait_for_http(addr: SocketAddr) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answered = std::net::TcpStream::connect(addr).and_then(|mut s| {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text.starts_with("HTTP/1.1 "))
+        });
+        if matches!(answered, Ok(true)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the injection API does not answer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The message id of a 200 answer.
+fn injected_id(addr: SocketAddr, request: &[u8]) -> String {
+    let (status, body) = common::http(addr, request);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(body.trim()).expect("a JSON answer");
+    v["id"].as_str().expect("an id").to_string()
+}
+
+/// Every sent request twice, the first cut off before its answer, over
+/// 8 client threads: the ids the second ones got.
+fn send_twice(
+    first: SocketAddr,
+    second: SocketAddr,
+    range: std::ops::Range<usize>,
+) -> Vec<(usize, String)> {
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let range = range.clone();
+            std::thread::spawn(move || {
+                range
+                    .filter(|i| i % 8 == t)
+                    .map(|i| {
+                        let request = inject_request(i);
+                        send_and_reset(first, &request, Duration::from_millis((i % 4) as u64));
+                        (i, injected_id(second, &request))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut ids: Vec<(usize, String)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// How many times each message `m0..mN` was queued (distinct queue ids
+/// in its `Received:`: a message delivered again after a SIGKILL keeps
+/// its id), once the sink has had `n` and a moment more for any extra.
+fn copies(sink: &Sink, n: usize) -> Vec<usize> {
+    sink.wait_for(n, 60);
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut ids = vec![std::collections::HashSet::new(); n];
+    for m in sink.messages() {
+        let text = String::from_utf8_lossy(&m.data);
+        let i: usize = text
+            .split("message m")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|t| t.parse().ok())
+            .expect("the message's mark");
+        let id = text
+            .split(" with HTTP id ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .expect("the queue id")
+            .to_string();
+        ids[i].insert(id);
+    }
+    ids.iter().map(|s| s.len()).collect()
+}
+
+#[test]
+fn an_idempotency_key_queues_once_across_resets_restarts_and_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    // One node: each request twice, the first reset before its answer.
+    let (config, addr, mut node) = inject_node(dir.path(), "solo", sink.addr, "");
+    let first = send_twice(addr, addr, 0..1000);
+    // Across a restart (SIGKILL): the same requests again get the same ids.
+    node.kill().unwrap();
+    node.wait().unwrap();
+    let mut node = common::spawn_binary(&config, addr);
+    wait_for_http(addr);
+    let again: Vec<(usize, String)> = (0..1000)
+        .step_by(7)
+        .map(|i| (i, injected_id(addr, &inject_request(i))))
+        .collect();
+    for (i, id) in &again {
+        assert_eq!(&first[*i].1, id, "request {i} after the restart");
+    }
+    // A different request under a used key is refused.
+    let mut other = inject_request(1);
+    let at = other.len() - 10;
+    other[at] = b'X';
+    let (status, _) = common::http(addr, &other);
+    assert_eq!(status, 422);
+    let counts = copies(&sink, 1000);
+    let extra: usize = counts.iter().map(|c| c.saturating_sub(1)).sum();
+    eprintln!(
+        "one node: 1,000 requests sent twice (first reset), {} more after a SIGKILL: {} messages, {extra} extra",
+        again.len(),
+        counts.iter().sum::<usize>()
+    );
+    assert!(
+        counts.iter().all(|&c| c == 1),
+        "{extra} messages queued twice"
+    );
+    node.kill().unwrap();
+    node.wait().unwrap();
+
+    // Two nodes with Redis: the first request to node A, its retry to node B.
+    let redis = RedisServer::start();
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let (_, a_addr, mut a) = inject_node(dir.path(), "node-a", sink.addr, &redis.url());
+    let (_, b_addr, mut b) = inject_node(dir.path(), "node-b", sink.addr, &redis.url());
+    std::thread::sleep(Duration::from_millis(500));
+    let ids = send_twice(a_addr, b_addr, 0..1000);
+    let from_a: Vec<(usize, String)> = (0..1000)
+        .step_by(7)
+        .map(|i| (i, injected_id(a_addr, &inject_request(i))))
+        .collect();
+    for (i, id) in &from_a {
+        assert_eq!(&ids[*i].1, id, "request {i} on the other node");
+    }
+    let counts = copies(&sink, 1000);
+    let extra: usize = counts.iter().map(|c| c.saturating_sub(1)).sum();
+    eprintln!(
+        "two nodes: 1,000 requests, first to A (reset), retry to B: {} messages, {extra} extra",
+        counts.iter().sum::<usize>()
+    );
+    assert!(
+        counts.iter().all(|&c| c == 1),
+        "{extra} messages queued twice"
+    );
+    for c in [&mut a, &mut b] {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
 }

@@ -62,6 +62,12 @@ section! {
         cert_file: String = String::new(),
         /// PEM private key of `cert_file`.
         key_file: String = String::new(),
+        /// How long the answer to a request with an `Idempotency-Key`
+        /// header is kept, in seconds: the same key again within it gets
+        /// the first answer (the same message id) and queues nothing;
+        /// across restarts, and across the nodes of a cluster when
+        /// `cluster.redis` is set. 0: the header is ignored.
+        idempotency_window_secs: u64 = 86_400,
     }
 }
 

@@ -28,12 +28,16 @@ use crate::config::Config;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::cluster::Cluster;
 use crate::http::{Endpoint, Request, Response};
+use crate::inbound::idempotency::{self, Begin, KeyIndex};
 use crate::inbound::{Door, Refusal as DoorRefusal};
 use crate::proto::command::{Mailbox, parse_mailbox};
 use crate::proto::dsn_params::{MAX_ENVID, Notify, Ret, parse_orcpt_text};
 use crate::proto::trace::{self, Trace};
 use crate::queue::{Envelope, MessageId, NewMessage};
+use crate::shard::clock::Clock;
+use crate::shard::mesh::Mesh;
 
 /// What a shard needs to take injections.
 pub struct Injector {
@@ -41,7 +45,16 @@ pub struct Injector {
     pub door: Rc<Door>,
     /// The bearer token that admits clients outside `smtp.relay_networks`.
     pub token: Option<String>,
+    /// Every shard's `Idempotency-Key` index (None: keys ignored,
+    /// `inject.idempotency_window_secs` = 0).
+    pub keys: Option<Mesh<KeyIndex>>,
+    /// With `[cluster]`: keys are claimed fleet-wide too.
+    pub cluster: Option<Arc<Cluster>>,
+    pub clock: Clock,
 }
+
+/// What a key holds in Redis while its first request is under way.
+const FLEET_MARK: &str = "pending";
 
 /// What shard `index`'s listener admits: its share of
 /// `inject.max_connections`, and request bodies up to a message at the size
@@ -340,11 +353,48 @@ impl Endpoint for Injector {
 
     fn answer(self: Rc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
         Box::pin(async move {
-            self.inject(req)
-                .await
-                .unwrap_or_else(Refusal::into_response)
+            let answer = match req.idempotency_key.clone() {
+                Some(key) if self.keys.is_some() => self.inject_once(key, req).await,
+                _ => self.inject(req).await,
+            };
+            answer.unwrap_or_else(Refusal::into_response)
         })
     }
+}
+
+/// A key's claim in the fleet.
+enum FleetClaim {
+    /// Not shared (no `[cluster]`, or Redis unreachable).
+    NotShared,
+    /// Claimed: this request goes on.
+    Ours,
+    /// Another node answered it.
+    Answered(String),
+}
+
+/// The stored first answer, as given then.
+fn replayed(answer: String) -> Response {
+    ::metrics::counter!(crate::metrics::INJECT_REPLAYS).increment(1);
+    Response {
+        status: 200,
+        content_type: "application/json",
+        body: answer.into_bytes(),
+    }
+}
+
+fn mismatch() -> Refusal {
+    refuse(422, "this Idempotency-Key was used for a different request")
+}
+
+fn busy() -> Refusal {
+    refuse(
+        409,
+        "a request with this Idempotency-Key is still under way: try again",
+    )
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Refusal {
@@ -354,6 +404,113 @@ impl Refusal {
 }
 
 impl Injector {
+    /// A request with an `Idempotency-Key`: queued at most once within the
+    /// window. The work runs on as its own task: a client that goes away
+    /// before the answer (the case the key is for) does not cut it short,
+    /// and its retry gets the answer.
+    async fn inject_once(self: Rc<Self>, key: String, req: Request) -> Result<Response, Refusal> {
+        if !idempotency::valid_key(&key) {
+            return Err(refuse(
+                400,
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            ));
+        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let me = self.clone();
+        glommio::spawn_local(async move {
+            let _ = tx.send(me.queue_once(key, req).await);
+        })
+        .detach();
+        rx.await
+            .unwrap_or_else(|_| Err(refuse(503, "the server is stopping: try again")))
+    }
+
+    async fn queue_once(&self, key: String, req: Request) -> Result<Response, Refusal> {
+        let keys = self.keys.as_ref().expect("only with the key index");
+        let digest = idempotency::digest_of(&req.body);
+        let owner = idempotency::owner_of(&key, keys.count());
+        let now = self.clock.now();
+        let stopping = |_| refuse(503, "the server is stopping: try again");
+        let begin = KeyIndex::begin_on(keys, &key, digest, now)
+            .await
+            .map_err(stopping)?;
+        match begin {
+            Begin::New => {}
+            Begin::Replay(answer) => return Ok(replayed(answer)),
+            Begin::Mismatch => return Err(mismatch()),
+            // (begin_on never answers Wait.)
+            Begin::Busy | Begin::Wait(_) => return Err(busy()),
+        }
+        let window = self.cfg.inject.idempotency_window_secs;
+        let fleet = self.claim_in_fleet(&key, digest, window).await;
+        let result = match &fleet {
+            Ok(FleetClaim::Answered(answer)) => Ok(replayed(answer.clone())),
+            Err(refusal) => Err(refusal.clone()),
+            Ok(FleetClaim::Ours | FleetClaim::NotShared) => self.inject(req).await,
+        };
+        let answer = match (&fleet, &result) {
+            (Ok(FleetClaim::Ours | FleetClaim::NotShared), Ok(r)) if r.status == 200 => {
+                Some(String::from_utf8_lossy(&r.body).into_owned())
+            }
+            _ => None,
+        };
+        let (k, a, expires) = (key.clone(), answer.clone(), now + window);
+        let stored = keys
+            .ask(owner, move |ix| async move {
+                ix.finish(&k, a, expires).await.map_err(|e| e.to_string())
+            })
+            .await;
+        if let Ok(Err(e)) = stored {
+            log::error!("storing the answer of Idempotency-Key {key:?}: {e}");
+        }
+        if let (Ok(FleetClaim::Ours), Some(cluster)) = (&fleet, &self.cluster) {
+            let value = answer.map(|a| format!("{}\n{a}", hex(&digest)));
+            let window = std::time::Duration::from_secs(window);
+            if let Err(e) = cluster.settle(&key, value, window).await {
+                log::warn!("Idempotency-Key {key:?} holds on this node only: {e}");
+            }
+        }
+        result
+    }
+
+    /// Claims `key` in Redis, when the fleet shares keys: the first
+    /// answer if another node gave it, or wait while its request is under
+    /// way. Redis unreachable: this node alone (logged).
+    async fn claim_in_fleet(
+        &self,
+        key: &str,
+        digest: [u8; 32],
+        window: u64,
+    ) -> Result<FleetClaim, Refusal> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(FleetClaim::NotShared);
+        };
+        let window = std::time::Duration::from_secs(window);
+        let started = std::time::Instant::now();
+        loop {
+            let held = match cluster.reserve(key, FLEET_MARK, window).await {
+                Ok(None) => return Ok(FleetClaim::Ours),
+                Ok(Some(held)) => held,
+                Err(e) => {
+                    log::debug!("Idempotency-Key {key:?} checked on this node only: {e}");
+                    return Ok(FleetClaim::NotShared);
+                }
+            };
+            if held == FLEET_MARK {
+                if started.elapsed() > idempotency::WAIT_FOR_FIRST {
+                    return Err(busy());
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            let (theirs, answer) = held.split_once('\n').unwrap_or(("", ""));
+            return match theirs == hex(&digest) {
+                true => Ok(FleetClaim::Answered(answer.to_string())),
+                false => Err(mismatch()),
+            };
+        }
+    }
+
     /// Queues an admitted request's message.
     async fn inject(&self, req: Request) -> Result<Response, Refusal> {
         if self.door.draining() {

@@ -83,6 +83,9 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     /// The `Authorization` header, if any.
     pub authorization: Option<String>,
+    /// The `Idempotency-Key` header, if any (as sent; the injection API
+    /// checks it).
+    pub idempotency_key: Option<String>,
     /// The client's address (None only in tests).
     pub peer: Option<IpAddr>,
     /// Empty while the endpoint decides on the head alone.
@@ -110,6 +113,7 @@ impl Request {
                 })
                 .collect(),
             authorization: None,
+            idempotency_key: None,
             peer: None,
             body: Vec::new(),
         }
@@ -123,6 +127,10 @@ impl Request {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        request.idempotency_key = head
+            .headers
+            .get("idempotency-key")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         request.peer = Some(peer);
         request
     }

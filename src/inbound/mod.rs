@@ -27,6 +27,7 @@
 //! Must not: speak a protocol (the front ends do) or deliver anything.
 
 pub mod feedback;
+pub mod idempotency;
 pub mod smtp;
 
 use std::rc::Rc;

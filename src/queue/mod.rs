@@ -179,6 +179,9 @@ pub struct Spool {
     quarantine_bodies: sled::Tree,
     suspensions: sled::Tree,
     path_counts: sled::Tree,
+    /// Injection requests answered, by `Idempotency-Key`: expiry (unix
+    /// seconds, 8 bytes), the request's SHA-256 (32), the answer.
+    idempotency: sled::Tree,
     segments: Rc<Segments>,
     commit: GroupCommit,
     outbox: outbox::Outbox,
@@ -329,6 +332,7 @@ impl Spool {
         let quarantine_bodies = tree("quarantine_bodies")?;
         let suspensions = tree("suspensions")?;
         let path_counts = tree("path_counts")?;
+        let idempotency = tree("idempotency")?;
         let segments =
             Rc::new(Segments::open(&path.join("segments"), opts.segment_bytes).map_err(io_err)?);
         let mark = Rc::new(commit::FlushMark::default());
@@ -354,6 +358,7 @@ impl Spool {
             quarantine_bodies,
             suspensions,
             path_counts,
+            idempotency,
             segments,
             ids: RefCell::new(IdGenerator::new(shard)),
             space: FreeSpace {
@@ -888,6 +893,58 @@ impl Spool {
             .map_err(|source| self.db_err(source))?;
         self.commit.touched();
         Ok(())
+    }
+
+    /// The answer stored for an injection's `Idempotency-Key`, if it has
+    /// not expired by `now` (unix seconds): (the request's SHA-256, the
+    /// answer).
+    pub fn idempotent_answer(&self, key: &str, now: u64) -> Option<([u8; 32], String)> {
+        let v = self.idempotency.get(key.as_bytes()).ok()??;
+        let expires = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+        let digest: [u8; 32] = v.get(8..40)?.try_into().ok()?;
+        let answer = String::from_utf8(v.get(40..)?.to_vec()).ok()?;
+        (expires > now).then_some((digest, answer))
+    }
+
+    /// Stores an injection's answer under its `Idempotency-Key` until
+    /// `expires`, durably: returns once sled is flushed.
+    pub async fn set_idempotent_answer(
+        &self,
+        key: &str,
+        expires: u64,
+        digest: [u8; 32],
+        answer: &str,
+    ) -> Result<(), SpoolError> {
+        let mut value = Vec::with_capacity(40 + answer.len());
+        value.extend_from_slice(&expires.to_be_bytes());
+        value.extend_from_slice(&digest);
+        value.extend_from_slice(answer.as_bytes());
+        self.idempotency
+            .insert(key.as_bytes(), value)
+            .map_err(|source| self.db_err(source))?;
+        self.make_durable().await
+    }
+
+    /// Forgets the answers that expired by `now`; how many.
+    pub fn sweep_idempotent_answers(&self, now: u64) -> usize {
+        let expired: Vec<sled::IVec> = self
+            .idempotency
+            .iter()
+            .flatten()
+            .filter(|(_, v)| {
+                v.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .is_none_or(|b| u64::from_be_bytes(b) <= now)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &expired {
+            let _ = self.idempotency.remove(k);
+        }
+        if !expired.is_empty() {
+            self.commit.touched();
+        }
+        expired.len()
     }
 
     /// Stores a suspension (`until`: when it ends by itself), or its end

@@ -1,0 +1,182 @@
+//! `Idempotency-Key` on the injection API: a request repeated with the
+//! same key (a client retrying after a timeout or a reset connection)
+//! gets the first answer, and nothing is queued twice.
+//!
+//! Owns: [`KeyIndex`], one per shard, for the keys it owns
+//! (`hash(key) % shards`, [`owner_of`]): every request with a key asks
+//! the owner over the key mesh, so two requests with the same key meet
+//! on one shard whichever shards took them. The owner keeps the requests
+//! under way in memory (a second one waits for the first's answer) and
+//! the answers in its spool's sled (`Spool::set_idempotent_answer`,
+//! durable before the client is answered), for `inject.idempotency_window_secs`.
+//! A request whose key is known with a different body is refused (422).
+//!
+//! Known gap: the answer is stored after the message is queued, in a
+//! second flush; a crash between the two (a few ms) forgets the key, and
+//! a retry then queues the message again (a duplicate, never a loss).
+//!
+//! Must not: hold a `RefCell` borrow across an await.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+
+use crate::queue::{Spool, SpoolError};
+use crate::shard::mesh::{Mesh, ShardGone};
+
+/// Expired answers are swept at most this often (on a request).
+const SWEEP_EVERY_SECS: u64 = 600;
+
+/// Longest a repeated request waits for the first one's answer.
+pub const WAIT_FOR_FIRST: Duration = Duration::from_secs(30);
+
+/// What the owner says to a request with a key.
+#[derive(Debug)]
+pub enum Begin {
+    /// The key is new: go on, then [`KeyIndex::finish`].
+    New,
+    /// Answered before: this is the answer.
+    Replay(String),
+    /// The key was used for a different request.
+    Mismatch,
+    /// The first request with the key is under way: its answer comes
+    /// here (None: it queued nothing; ask again). The asker waits on its
+    /// own shard: the owner serves one request at a time.
+    Wait(oneshot::Receiver<Option<String>>),
+    /// The first request with the key is still under way after
+    /// [`WAIT_FOR_FIRST`].
+    Busy,
+}
+
+/// The shard that owns `key`.
+pub fn owner_of(key: &str, shards: usize) -> usize {
+    let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+    let n = u64::from_be_bytes(digest.as_ref()[..8].try_into().expect("8 bytes"));
+    (n % shards.max(1) as u64) as usize
+}
+
+/// The SHA-256 of a request body: the same key must come with the same
+/// request.
+pub fn digest_of(body: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, body);
+    d.as_ref().try_into().expect("32 bytes")
+}
+
+/// Whether `key` may be used: 1 to 255 visible ASCII characters.
+pub fn valid_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+struct UnderWay {
+    digest: [u8; 32],
+    waiters: Vec<oneshot::Sender<Option<String>>>,
+}
+
+/// One shard's keys.
+pub struct KeyIndex {
+    spool: Rc<Spool>,
+    under_way: RefCell<HashMap<String, UnderWay>>,
+    swept: Cell<u64>,
+}
+
+impl KeyIndex {
+    pub fn new(spool: Rc<Spool>) -> KeyIndex {
+        KeyIndex {
+            spool,
+            under_way: RefCell::default(),
+            swept: Cell::new(0),
+        }
+    }
+
+    /// A request with `key` and body `digest` at `now` (unix seconds).
+    pub fn begin(&self, key: &str, digest: [u8; 32], now: u64) -> Begin {
+        if now.saturating_sub(self.swept.get()) >= SWEEP_EVERY_SECS {
+            self.swept.set(now);
+            self.sweep(now);
+        }
+        if let Some((stored, answer)) = self.spool.idempotent_answer(key, now) {
+            return match stored == digest {
+                true => Begin::Replay(answer),
+                false => Begin::Mismatch,
+            };
+        }
+        let mut under_way = self.under_way.borrow_mut();
+        match under_way.get_mut(key) {
+            None => {
+                let waiters = Vec::new();
+                under_way.insert(key.to_string(), UnderWay { digest, waiters });
+                Begin::New
+            }
+            Some(u) if u.digest != digest => Begin::Mismatch,
+            Some(u) => {
+                let (tx, rx) = oneshot::channel();
+                u.waiters.push(tx);
+                Begin::Wait(rx)
+            }
+        }
+    }
+
+    /// [`KeyIndex::begin`] from any shard, over the key mesh, waiting
+    /// (here) for a first request under way: never [`Begin::Wait`].
+    pub async fn begin_on(
+        keys: &Mesh<KeyIndex>,
+        key: &str,
+        digest: [u8; 32],
+        now: u64,
+    ) -> Result<Begin, ShardGone> {
+        let owner = owner_of(key, keys.count());
+        let started = std::time::Instant::now();
+        loop {
+            let k = key.to_string();
+            let first = match keys
+                .ask(owner, move |ix| async move { ix.begin(&k, digest, now) })
+                .await?
+            {
+                Begin::Wait(first) => first,
+                other => return Ok(other),
+            };
+            let left = WAIT_FOR_FIRST.saturating_sub(started.elapsed());
+            let late = async move {
+                glommio::timer::sleep(left).await;
+                None
+            };
+            match futures_lite::future::or(async { Some(first.await) }, late).await {
+                Some(Ok(Some(answer))) => return Ok(Begin::Replay(answer)),
+                // The first one queued nothing: ask again.
+                Some(_) => continue,
+                None => return Ok(Begin::Busy),
+            }
+        }
+    }
+
+    /// The request with `key` is done: its answer (stored until `expires`,
+    /// durably, before this returns), or None when it queued nothing (a
+    /// retry may then try again). Requests waiting for it get the same.
+    pub async fn finish(
+        &self,
+        key: &str,
+        answer: Option<String>,
+        expires: u64,
+    ) -> Result<(), SpoolError> {
+        let digest = self.under_way.borrow().get(key).map(|u| u.digest);
+        let stored = match (&answer, digest) {
+            (Some(a), Some(d)) => self.spool.set_idempotent_answer(key, expires, d, a).await,
+            _ => Ok(()),
+        };
+        let answer = answer.filter(|_| stored.is_ok());
+        if let Some(u) = self.under_way.borrow_mut().remove(key) {
+            for w in u.waiters {
+                let _ = w.send(answer.clone());
+            }
+        }
+        stored
+    }
+
+    /// Forgets answers past their window (the door's timer calls it).
+    pub fn sweep(&self, now: u64) -> usize {
+        self.spool.sweep_idempotent_answers(now)
+    }
+}
