@@ -653,6 +653,30 @@ impl Sockets {
     }
 }
 
+/// One loop per webhook (`[[events.webhook]]`) on this shard.
+fn spawn_webhooks(p: &Prepared, parts: &Parts, stop: &StopSignal) -> Vec<glommio::Task<()>> {
+    let mut loops = Vec::new();
+    if !p.files.webhooks.is_empty() {
+        let shard = Rc::new(crate::events::webhook::Shard {
+            spool: parts.spool.clone(),
+            names: p
+                .files
+                .webhooks
+                .iter()
+                .map(|h| h.cfg.name.clone())
+                .collect(),
+        });
+        for hook in &p.files.webhooks {
+            loops.push(glommio::spawn_local(crate::events::webhook::run(
+                hook.clone(),
+                shard.clone(),
+                stop.clone(),
+            )));
+        }
+    }
+    loops
+}
+
 /// Starts every loop of the shard, each a task of its own, never joined
 /// into one future: glommio 0.9 keeps a waker clone per poll of a pending
 /// accept (`Source::collect_rw`), so an idle listener polled whenever a
@@ -686,24 +710,7 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
     loops.push(glommio::spawn_local(async move {
         spool.run_flusher(flusher_stop).await
     }));
-    if !p.files.webhooks.is_empty() {
-        let shard = Rc::new(crate::events::webhook::Shard {
-            spool: parts.spool.clone(),
-            names: p
-                .files
-                .webhooks
-                .iter()
-                .map(|h| h.cfg.name.clone())
-                .collect(),
-        });
-        for hook in &p.files.webhooks {
-            loops.push(glommio::spawn_local(crate::events::webhook::run(
-                hook.clone(),
-                shard.clone(),
-                stop.clone(),
-            )));
-        }
-    }
+    loops.extend(spawn_webhooks(p, parts, stop));
     loops.push(glommio::spawn_local(mesh::serve(
         seat.work,
         parts.scheduler.clone(),

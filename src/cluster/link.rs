@@ -216,6 +216,13 @@ fn run(conn: &mut Connection, command: &Command, scripts: &Scripts) -> redis::Re
             }
             Answer::Lost(call.invoke(conn)?)
         }
+        _ => run_plain(conn, command)?,
+    })
+}
+
+/// The requests that are plain commands.
+fn run_plain(conn: &mut Connection, command: &Command) -> redis::RedisResult<Answer> {
+    Ok(match command {
         Command::Release { key, members } => {
             redis::cmd("ZREM").arg(key).arg(members).query::<()>(conn)?;
             Answer::Done
@@ -276,6 +283,10 @@ fn run(conn: &mut Connection, command: &Command, scripts: &Scripts) -> redis::Re
                 None => redis::cmd("DEL").arg(key).query::<()>(conn)?,
             }
             Answer::Done
+        }
+        Command::Tokens { .. } | Command::Acquire { .. } | Command::Renew { .. } => {
+            let kind = redis::ErrorKind::Client;
+            return Err((kind, "a script, not a plain command").into());
         }
     })
 }

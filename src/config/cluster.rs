@@ -46,10 +46,11 @@ section! {
 
 impl ClusterConfig {
     pub fn check(&self, p: &mut Problems) {
-        if !self.redis.is_empty()
-            && !(self.redis.starts_with("redis://") || self.redis.starts_with("rediss://"))
-        {
-            p.at("cluster.redis", "must start with redis:// (or be empty)");
+        if !self.redis.is_empty() && !self.redis.starts_with("redis://") {
+            p.at(
+                "cluster.redis",
+                "must start with redis:// (or be empty; TLS to Redis is not supported: keep it on a private network)",
+            );
         }
         if self.nodes == 0 {
             p.at("cluster.nodes", "must be at least 1");

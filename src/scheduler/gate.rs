@@ -648,6 +648,40 @@ mod tests {
     }
 
     #[test]
+    fn shared_limits_come_from_leases_and_tokens_and_fall_back_to_a_share() {
+        let t0 = Instant::now();
+        // Shard 1 of 2; 5 connections and 100/s fleet-wide.
+        let mut g = Gates::new(1, 2, [16, 4, 1]);
+        let k = key("mx.a");
+        g.set_sharing(Sharing::Shared, t0);
+        g.configure(&k, &limits(5, 100.0), None, t0);
+        // No lease yet: the worker waits; a lease lets it in.
+        let mut first = waits(g.enter(&k, 1, t0));
+        g.set_leased(&k, 1, t0);
+        assert_eq!(first.try_recv(), Ok(Some(())));
+        // No token: ask Redis; tokens granted are spent without pacing.
+        assert_eq!(g.slot(&k, t0), Slot::Ask(100.0));
+        g.add_tokens(&k, 2, t0);
+        assert_eq!(g.slot(&k, t0), Slot::Go(None));
+        assert_eq!(g.slot(&k, t0), Slot::Go(None));
+        assert_eq!(g.slot(&k, t0), Slot::Ask(100.0));
+        // Tokens not used within a second are dropped.
+        g.add_tokens(&k, 3, t0);
+        assert_eq!(g.slot(&k, t0 + Duration::from_secs(2)), Slot::Ask(100.0));
+        // Redis unreachable, 3 nodes: 5/3 = 1 connection for the node
+        // (never less than one a shard), 100/3 per second over 2 shards.
+        g.set_sharing(Sharing::Fallback { nodes: 3 }, t0);
+        assert_eq!(g.idle_room(&k, t0), 0, "1 in use of 1");
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(g.slot(&k, t1), Slot::Go(None));
+        assert_eq!(g.slot(&k, t1), Slot::Go(Some(Duration::from_millis(60))));
+        // Back to shared: capacity is the leases again (none yet).
+        g.set_sharing(Sharing::Shared, t1);
+        g.leave(&k, t1);
+        assert!(matches!(g.enter(&k, 1, t1), Admission::Wait(_)));
+    }
+
+    #[test]
     fn unused_gates_are_forgotten() {
         let t0 = Instant::now();
         let mut g = Gates::new(0, 1, [16, 4, 1]);
