@@ -198,8 +198,9 @@ pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError>
     let (mesh, works) = mesh::mesh(shards);
     let (keys, key_works) = mesh::mesh(shards);
     let reload = crate::scheduler::reload::Reload::new(&cfg.delivery.shaping_file, mesh.clone());
-    let prepared = Arc::new(prepare(cfg, shards, clock, mesh, keys)?);
+    // Before `prepare`: the Redis thread it starts sets its gauge at once.
     crate::metrics::install();
+    let prepared = Arc::new(prepare(cfg, shards, clock, mesh, keys)?);
 
     let (report_tx, reports) = flume::unbounded();
     let (stop, signals) = stop::channel(shards);

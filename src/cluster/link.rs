@@ -27,6 +27,9 @@ struct Link {
     timeout: Duration,
     nodes: usize,
     next_try: Instant,
+    /// Whether a failure was logged since Redis last answered (the
+    /// first one at start-up is, too).
+    failure_logged: bool,
     scripts: Scripts,
 }
 
@@ -54,6 +57,7 @@ pub(super) fn spawn(
         timeout,
         nodes,
         next_try: Instant::now(),
+        failure_logged: false,
         scripts: Scripts {
             lease_ttl_ms: lease_ttl.as_millis() as u64,
             gcra: Script::new(scripts::GCRA),
@@ -131,6 +135,7 @@ impl Link {
         match attempt {
             Ok(conn) => {
                 self.conn = Some(conn);
+                self.failure_logged = false;
                 if !self.up.swap(true, Ordering::Relaxed) {
                     log::info!("Redis answers: the limits are shared by the cluster");
                     ::metrics::gauge!(crate::metrics::CLUSTER_REDIS_UP).set(1.0);
@@ -146,8 +151,9 @@ impl Link {
     fn failed(&mut self, e: redis::RedisError) -> ClusterError {
         self.conn = None;
         self.next_try = Instant::now() + RETRY;
-        let first = self.up.swap(false, Ordering::Relaxed);
-        if first {
+        let was_up = self.up.swap(false, Ordering::Relaxed);
+        if was_up || !self.failure_logged {
+            self.failure_logged = true;
             log::warn!(
                 "Redis is unreachable ({e}): each limit falls back to this node's 1/{} share until it answers",
                 self.nodes
@@ -193,28 +199,35 @@ fn run(conn: &mut Connection, command: &Command, scripts: &Scripts) -> redis::Re
             }
         }
         Command::Acquire {
-            key,
+            keys,
             limit,
+            asker,
             members,
         } => {
-            let mut call = scripts.acquire.key(key);
-            call.arg(limit).arg(lease_ttl_ms);
+            let mut call = scripts.acquire.key(&keys[0]);
+            call.key(&keys[1]).arg(limit).arg(lease_ttl_ms).arg(asker);
             for m in members {
                 call.arg(m);
             }
             Answer::Granted(call.invoke(conn)?)
         }
         Command::Renew {
-            key,
+            keys,
             limit,
+            asker,
             members,
         } => {
-            let mut call = scripts.renew.key(key);
-            call.arg(limit).arg(lease_ttl_ms);
+            let mut call = scripts.renew.key(&keys[0]);
+            call.key(&keys[1]).arg(limit).arg(lease_ttl_ms).arg(asker);
             for m in members {
                 call.arg(m);
             }
-            Answer::Lost(call.invoke(conn)?)
+            let (fair, others_want, lost): (i64, i64, Vec<String>) = renewal(call.invoke(conn)?);
+            Answer::Renewed(super::Renewal {
+                lost,
+                fair: fair.max(1) as usize,
+                others_want: others_want != 0,
+            })
         }
         _ => run_plain(conn, command)?,
     })
@@ -289,4 +302,18 @@ fn run_plain(conn: &mut Connection, command: &Command) -> redis::RedisResult<Ans
             return Err((kind, "a script, not a plain command").into());
         }
     })
+}
+
+/// RENEW's answer: `{fair, others_want, lost...}`.
+fn renewal(all: Vec<redis::Value>) -> (i64, i64, Vec<String>) {
+    let num = |v: Option<&redis::Value>| match v {
+        Some(redis::Value::Int(n)) => *n,
+        _ => 0,
+    };
+    let lost = all
+        .iter()
+        .skip(2)
+        .filter_map(|v| redis::from_redis_value_ref::<String>(v).ok())
+        .collect();
+    (num(all.first()), num(all.get(1)), lost)
 }

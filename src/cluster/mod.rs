@@ -47,13 +47,15 @@ enum Command {
         want: u32,
     },
     Acquire {
-        key: String,
+        keys: [String; 2],
         limit: usize,
+        asker: String,
         members: Vec<String>,
     },
     Renew {
-        key: String,
+        keys: [String; 2],
         limit: usize,
+        asker: String,
         members: Vec<String>,
     },
     Release {
@@ -88,7 +90,7 @@ enum Answer {
         wait_us: u64,
     },
     Granted(u32),
-    Lost(Vec<String>),
+    Renewed(Renewal),
     Done,
     Holds(Vec<(String, Option<u64>)>),
     /// A reservation: None when it was made, else what the key holds.
@@ -106,6 +108,18 @@ struct Job {
 pub struct Tokens {
     pub granted: u32,
     pub wait: Duration,
+}
+
+/// What renewing a shard's leases on a path found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Renewal {
+    /// The leases that could not be renewed (expired, and taken).
+    pub lost: Vec<String>,
+    /// The shard's fair share: the limit over the shards holding or
+    /// wanting leases (at least 1).
+    pub fair: usize,
+    /// Another shard is left wanting.
+    pub others_want: bool,
 }
 
 /// The node's handle on the shared state.
@@ -233,20 +247,24 @@ impl Cluster {
         }
     }
 
-    /// Asks for the leases named `members` on `path`, of which at most
-    /// `limit` may be held fleet-wide: how many (the first ones) were
-    /// granted.
+    /// Asks, as `asker` (`node:shard`), for the leases named `members`
+    /// on `path`, of which at most `limit` may be held fleet-wide: how
+    /// many (the first ones) were granted. One left wanting is noted, for
+    /// the holders' fair shares.
     pub async fn acquire(
         &self,
         path: &str,
         limit: usize,
+        asker: &str,
         members: Vec<String>,
     ) -> Result<u32, ClusterError> {
-        let key = self.path_key(path, "conns");
+        let keys = [self.path_key(path, "conns"), self.path_key(path, "want")];
+        let asker = asker.to_string();
         match self
             .call(Command::Acquire {
-                key,
+                keys,
                 limit,
+                asker,
                 members,
             })
             .await?
@@ -256,24 +274,26 @@ impl Cluster {
         }
     }
 
-    /// Renews leases: those that were lost (expired, and the limit taken
-    /// by others meanwhile).
+    /// Renews `asker`'s leases on `path`.
     pub async fn renew(
         &self,
         path: &str,
         limit: usize,
+        asker: &str,
         members: Vec<String>,
-    ) -> Result<Vec<String>, ClusterError> {
-        let key = self.path_key(path, "conns");
+    ) -> Result<Renewal, ClusterError> {
+        let keys = [self.path_key(path, "conns"), self.path_key(path, "want")];
+        let asker = asker.to_string();
         match self
             .call(Command::Renew {
-                key,
+                keys,
                 limit,
+                asker,
                 members,
             })
             .await?
         {
-            Answer::Lost(lost) => Ok(lost),
+            Answer::Renewed(r) => Ok(r),
             other => Err(unexpected(other)),
         }
     }

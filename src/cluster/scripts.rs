@@ -27,10 +27,13 @@ redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', string.format('%.0f
 return {n, 0}
 "#;
 
-/// Connection leases: `KEYS[1]` is a sorted set of lease names scored by
-/// their expiry (ms, Redis time). Drops the expired ones, then grants
-/// the leases named in `ARGV[3..]` while fewer than `ARGV[1]` are held,
-/// each for `ARGV[2]` ms. Returns how many of them (the first ones) were
+/// Connection leases: `KEYS[1]` is a sorted set of lease names
+/// (`node:shard:n`) scored by their expiry (ms, Redis time); `KEYS[2]`
+/// the askers left wanting (`node:shard`, scored by expiry: they ask
+/// again within ms). Drops the expired ones, then grants the leases named
+/// in `ARGV[4..]` while fewer than `ARGV[1]` are held, each for `ARGV[2]`
+/// ms; an asker (`ARGV[3]`) granted fewer than it asked for is noted as
+/// wanting for two seconds. Returns how many (the first ones) were
 /// granted.
 pub const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
@@ -40,33 +43,58 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
 local free = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
 local granted = 0
 local expiry = string.format('%.0f', now + ttl)
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   if granted >= free then break end
   redis.call('ZADD', KEYS[1], expiry, ARGV[i])
   granted = granted + 1
 end
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
+if granted < #ARGV - 3 then
+  redis.call('ZADD', KEYS[2], string.format('%.0f', now + 2000), ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], 4000)
+else
+  redis.call('ZREM', KEYS[2], ARGV[3])
+end
 return granted
 "#;
 
-/// Renews the leases named in `ARGV[3..]` for `ARGV[2]` ms. A lease that
-/// expired (or that Redis lost, restarting) is taken again if fewer
-/// than `ARGV[1]` are held; the names that could not be are returned.
+/// Renews the leases named in `ARGV[4..]` (the asker `ARGV[3]`'s) for
+/// `ARGV[2]` ms. A lease that expired (or that Redis lost, restarting)
+/// is taken again if fewer than `ARGV[1]` are held. Returns `{fair,
+/// others_want, lost...}`: the asker's fair share (the limit over the
+/// askers holding or wanting leases, at least 1), whether another asker
+/// is left wanting, and the names that could not be renewed.
 pub const RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
+local limit = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now))
 local expiry = string.format('%.0f', now + ttl)
 local lost = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) or
-     redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+     redis.call('ZCARD', KEYS[1]) < limit then
     redis.call('ZADD', KEYS[1], expiry, ARGV[i])
   else
     lost[#lost + 1] = ARGV[i]
   end
 end
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
-return lost
+local askers = {}
+local count = 0
+for _, name in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local who = string.match(name, '^(.*):[^:]*$') or name
+  if not askers[who] then askers[who] = true; count = count + 1 end
+end
+local others_want = 0
+for _, who in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if who ~= ARGV[3] then others_want = 1 end
+  if not askers[who] then askers[who] = true; count = count + 1 end
+end
+local fair = math.max(1, math.floor(limit / math.max(count, 1)))
+local answer = {fair, others_want}
+for _, name in ipairs(lost) do answer[#answer + 1] = name end
+return answer
 "#;

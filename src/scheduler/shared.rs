@@ -6,9 +6,11 @@
 //! gates' sharing from whether Redis answers, and for each path under
 //! shared limits renews the leases (every third of their TTL), takes
 //! more while workers wait (up to the fleet-wide limit), and gives back
-//! leases it no longer needs: a surplus unused for a second, and, so that
-//! a node holding leases cannot starve the others, the oldest lease once
-//! it is three TTLs old. A lease goes back only after the gate's capacity
+//! leases it no longer needs: a surplus unused for a second, and, while
+//! another shard (of any node) is left wanting, those above its fair
+//! share (the limit over the shards holding or wanting leases, which
+//! Redis tells at each renewal), so that no node holding leases starves
+//! the others. A lease goes back only after the gate's capacity
 //! was lowered and the pool's idle connections beyond it closed: the
 //! receiver never sees more connections from the fleet than the limit
 //! (but for leases lost while Redis was unreachable, and a crashed node's
@@ -58,6 +60,8 @@ struct Held {
     renewed: Option<Instant>,
     surplus_since: Option<Instant>,
     cooldown_until: Option<Instant>,
+    /// While another shard is left wanting: this shard's fair share.
+    fair: Option<usize>,
 }
 
 /// A path as Redis keys it: `source|site` (no source: empty).
@@ -93,6 +97,7 @@ impl Scheduler {
             };
             self.gates.borrow_mut().set_sharing(sharing, now);
             if sharing != was {
+                log::info!("shard {}: limits now {sharing:?}", self.shard);
                 // Idle connections opened under the other limits would
                 // count against the new ones without being seen.
                 let views = self.gates.borrow().lease_view();
@@ -220,13 +225,15 @@ impl Scheduler {
                 .is_none_or(|t| now.duration_since(t) >= ttl / 3)
         {
             let names = held.names.iter().map(|(n, _)| n.clone()).collect();
-            if let Ok(lost) = cluster.renew(&path, view.limit, names).await {
-                held.names.retain(|(n, _)| !lost.contains(n));
+            let asker = self.asker(cluster);
+            if let Ok(r) = cluster.renew(&path, view.limit, &asker, names).await {
+                held.names.retain(|(n, _)| !r.lost.contains(n));
+                held.fair = r.others_want.then_some(r.fair);
             }
             held.renewed = Some(now);
         }
         let demand = (view.in_use + view.waiting).min(view.limit);
-        let keep = self.leases_to_keep(&mut held, demand, view.limit, ttl, now);
+        let keep = self.leases_to_keep(&mut held, demand, view.limit, now);
         // Give back what no connection uses, after closing idle ones.
         let in_use = self.gates.borrow().in_use_on(&view.key);
         let free = held.names.len().saturating_sub(keep.max(in_use));
@@ -246,9 +253,23 @@ impl Scheduler {
         let have = held.names.len();
         let short = demand > have;
         let cooling = held.cooldown_until.is_some_and(|t| now < t);
-        if short && keep >= have && !cooling {
-            let names: Vec<String> = (have..demand).map(|_| self.lease_name(cluster)).collect();
-            if let Ok(granted) = cluster.acquire(&path, view.limit, names.clone()).await {
+        // Up to the fair share while others want (asking beyond it
+        // would only be given back).
+        let want = held.fair.map_or(demand, |fair| demand.min(fair.max(have)));
+        if short && keep >= have && !cooling && want > have {
+            let names: Vec<String> = (have..want).map(|_| self.lease_name(cluster)).collect();
+            let asker = self.asker(cluster);
+            let granted = cluster
+                .acquire(&path, view.limit, &asker, names.clone())
+                .await;
+            log::debug!(
+                "shard {}: {path}: {} in use, {} waiting, {have} leases held: asked for {}: {granted:?}",
+                self.shard,
+                view.in_use,
+                view.waiting,
+                names.len()
+            );
+            if let Ok(granted) = granted {
                 let at = Instant::now();
                 held.names
                     .extend(names.into_iter().take(granted as usize).map(|n| (n, at)));
@@ -266,17 +287,10 @@ impl Scheduler {
     }
 
     /// How many of `held`'s leases the path keeps: not over the limit
-    /// (lowered by a reload), not a surplus unused for a while, and one
-    /// fewer once the oldest is three TTLs old (it goes back when free,
-    /// and the path asks again after the others had their turn).
-    fn leases_to_keep(
-        &self,
-        held: &mut Held,
-        demand: usize,
-        limit: usize,
-        ttl: Duration,
-        now: Instant,
-    ) -> usize {
+    /// (lowered by a reload), not a surplus unused for a while, not over
+    /// its fair share while another shard wants (those go back as their
+    /// connections come free, and the path waits its turn to ask again).
+    fn leases_to_keep(&self, held: &mut Held, demand: usize, limit: usize, now: Instant) -> usize {
         let mut keep = held.names.len().min(limit);
         if held.names.len() > demand {
             let since = *held.surplus_since.get_or_insert(now);
@@ -286,17 +300,22 @@ impl Scheduler {
         } else {
             held.surplus_since = None;
         }
-        let oldest = held.names.first().map(|(_, at)| *at);
-        if oldest.is_some_and(|at| now.duration_since(at) >= ttl * 3) {
-            keep = keep.min(held.names.len() - 1);
+        if let Some(fair) = held.fair {
+            keep = keep.min(fair);
         }
         keep
+    }
+
+    /// This shard's name in Redis (`node:shard`), before each lease's
+    /// number.
+    fn asker(&self, cluster: &Cluster) -> String {
+        format!("{}:{}", cluster.node_id(), self.shard)
     }
 
     fn lease_name(&self, cluster: &Cluster) -> String {
         let mut leases = self.leases.borrow_mut();
         leases.seq += 1;
-        format!("{}:{}:{}", cluster.node_id(), self.shard, leases.seq)
+        format!("{}:{}", self.asker(cluster), leases.seq)
     }
 
     /// Closes `key`'s idle pooled connections beyond `keep`.
