@@ -19,8 +19,9 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T {
     args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default)
 }
 
-/// One request: a JSON body whose content is `size` bytes of message.
-fn request(size: usize) -> Vec<u8> {
+/// One request: a JSON body whose content is `size` bytes of message;
+/// with `key`, an `Idempotency-Key` header of its own.
+fn request(size: usize, key: Option<&str>) -> Vec<u8> {
     let mut content = String::from("Subject: bench\r\nFrom: s@example.test\r\n\r\n");
     while content.len() + 78 <= size {
         content.push_str(&"x".repeat(76));
@@ -32,8 +33,9 @@ fn request(size: usize) -> Vec<u8> {
         "content": content,
     }))
     .expect("json");
+    let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
     let mut req = format!(
-        "POST /api/inject/v1 HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /api/inject/v1 HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{key}Content-Length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -79,12 +81,27 @@ fn main() {
     let connections: usize = arg(&args, 1, 20);
     let messages: usize = arg(&args, 2, 10_000);
     let size: usize = arg(&args, 3, 10_240);
-    let req = std::sync::Arc::new(request(size));
+    // INJECT_IDEMPOTENCY=1: every request with a key of its own (the
+    // cost of keys); the requests are built before the clock starts.
+    let keyed = std::env::var("INJECT_IDEMPOTENCY").is_ok_and(|v| v == "1");
+    let run = std::process::id();
+    let req = std::sync::Arc::new(request(size, None));
+    let share = |t: usize| messages / connections + usize::from(t < messages % connections);
+    let prebuilt: Vec<Vec<Vec<u8>>> = (0..connections)
+        .map(|t| match keyed {
+            true => (0..share(t))
+                .map(|i| request(size, Some(&format!("bench-{run}-{t}-{i}"))))
+                .collect(),
+            false => Vec::new(),
+        })
+        .collect();
     let started = Instant::now();
-    let threads: Vec<_> = (0..connections)
-        .map(|t| {
+    let threads: Vec<_> = prebuilt
+        .into_iter()
+        .enumerate()
+        .map(|(t, requests)| {
             let req = req.clone();
-            let mine = messages / connections + usize::from(t < messages % connections);
+            let mine = share(t);
             std::thread::spawn(move || {
                 let stream = TcpStream::connect(addr).expect("connect");
                 stream.set_nodelay(true).expect("nodelay");
@@ -94,9 +111,9 @@ fn main() {
                 let mut w = stream.try_clone().expect("clone");
                 let mut r = BufReader::new(stream);
                 let (mut ok, mut latencies) = (0usize, Vec::with_capacity(mine));
-                for _ in 0..mine {
+                for i in 0..mine {
                     let t0 = Instant::now();
-                    w.write_all(&req).expect("write");
+                    w.write_all(requests.get(i).unwrap_or(&req)).expect("write");
                     if answer(&mut r).expect("answer") == 200 {
                         ok += 1;
                     }

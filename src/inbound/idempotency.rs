@@ -8,12 +8,15 @@
 //! on one shard whichever shards took them. The owner keeps the requests
 //! under way in memory (a second one waits for the first's answer) and
 //! the answers in its spool's sled (`Spool::set_idempotent_answer`,
-//! durable before the client is answered), for `inject.idempotency_window_secs`.
+//! durable before the client is answered), for
+//! `inject.idempotency_window_secs`.
 //! A request whose key is known with a different body is refused (422).
 //!
 //! Known gap: the answer is stored after the message is queued, in a
-//! second flush; a crash between the two (a few ms) forgets the key, and
-//! a retry then queues the message again (a duplicate, never a loss).
+//! commit round of its own; a crash between the two (a few ms) forgets
+//! the key, and a retry then queues the message again (a duplicate, never
+//! a loss). The answer is never stored before its message is on disk: a
+//! replay never names a message that is not.
 //!
 //! Must not: hold a `RefCell` borrow across an await.
 
