@@ -21,7 +21,9 @@
 //! Concurrency: shards share nothing but what start-up prepared (read-only
 //! config, loaded files, the DNS resolver handle) and the metrics recorder.
 //! Cross-shard traffic (the admin API's, the schedulers' back-off
-//! notices) goes over the shard mesh.
+//! notices) goes over the shard mesh; injection's `Idempotency-Key`s over
+//! a second mesh to the shard that owns each key. With `[cluster]`, one
+//! Redis thread per node (`cluster::Cluster`) is shared by every shard.
 //!
 //! May call: every service. Must not: be imported by any of them.
 

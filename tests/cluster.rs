@@ -32,13 +32,12 @@ struct Node {
     name: &'static str,
     smtp: SocketAddr,
     admin: SocketAddr,
-    metrics: SocketAddr,
     child: Option<Child>,
 }
 
 impl Node {
     fn start(dir: &Path, name: &'static str, sink: SocketAddr, redis: &str) -> Node {
-        let (smtp, admin, metrics) = (free_addr(), free_addr(), free_addr());
+        let (smtp, admin) = (free_addr(), free_addr());
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
             &config,
@@ -47,7 +46,7 @@ impl Node {
                  [spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{smtp}\"\n\
                  [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\n\
                  max_connections = {CONNECTIONS}\nmax_messages_per_second = {RATE}\n\
-                 [dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"{metrics}\"\n\
+                 [dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n\
                  [admin]\nlisten = \"{admin}\"\n[inject]\nlisten = \"off\"\n\
                  [cluster]\nredis = \"{redis}\"\nnodes = 3\nlease_ttl_secs = {TTL_SECS}\n",
                 dir.join(format!("spool-{name}")).display(),
@@ -60,7 +59,6 @@ impl Node {
             name,
             smtp,
             admin,
-            metrics,
             child,
         }
     }
@@ -74,24 +72,6 @@ impl Node {
             .as_bytes(),
         );
         assert_eq!(status, 200, "{body}");
-    }
-
-    /// The lines of its metrics about paths and the cluster.
-    fn path_metrics(&self) -> String {
-        let out = std::process::Command::new("curl")
-            .arg("-s")
-            .arg(format!("http://{}/metrics", self.metrics))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .filter(|l| {
-                l.starts_with("ringpost_path_")
-                    || l.starts_with("ringpost_cluster_")
-                    || l.starts_with("ringpost_queue")
-            })
-            .map(|l| format!("{}: {l}\n", self.name))
-            .collect()
     }
 
     fn kill(&mut self) {
@@ -233,7 +213,6 @@ fn three_nodes_share_a_rate_and_connections_through_redis_kills_and_outages() {
         l.join()
             .expect("no client saw an error while Redis was down");
     }
-    eprint!("{}{}", b.path_metrics(), c.path_metrics());
     let (f0, f1) = (
         down + Duration::from_secs(2),
         down + Duration::from_secs(12),

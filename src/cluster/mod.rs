@@ -200,7 +200,8 @@ impl Cluster {
     }
 
     /// The Redis key of `what` for a path (`source|site`): the path in a
-    /// hash tag, so that a path's keys share a Redis Cluster slot.
+    /// hash tag, so that the keys one script touches (`conns` and `want`)
+    /// would share a Redis Cluster slot.
     fn path_key(&self, path: &str, what: &str) -> String {
         let tag: String = path.chars().filter(|c| !matches!(c, '{' | '}')).collect();
         format!("{}:{{{tag}}}:{what}", self.prefix)

@@ -1,5 +1,5 @@
-//! The Lua scripts run in Redis. Each touches exactly one key (its
-//! `KEYS[1]`, which carries a hash tag), reads Redis's own clock (`TIME`:
+//! The Lua scripts run in Redis. The keys each touches share one hash
+//! tag (the path's); each reads Redis's own clock (`TIME`:
 //! the nodes' clocks may drift) and writes numbers with `%.0f` (Lua's
 //! `tostring` would write large ones in exponent form).
 

@@ -16,8 +16,9 @@ section! {
     /// falls back to its 1/`nodes` share of every limit (logged, and
     /// `ringpost_cluster_redis_up` is 0) and returns to the shared limits
     /// when Redis answers again; mail never waits for Redis. Redis 7 or
-    /// compatible; every script touches one key (with a hash tag), so
-    /// Redis Cluster works too.
+    /// compatible, one server (or a primary): the keys a script touches
+    /// share a hash tag, but the client does not follow Redis Cluster's
+    /// redirections, so a Redis Cluster is not supported yet.
     ClusterConfig = "cluster" {
         /// `redis://[user:password@]host[:port][/db]`. Empty: no sharing;
         /// each node holds the limits by itself.

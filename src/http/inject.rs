@@ -10,10 +10,14 @@
 //!
 //! Concurrency: every shard listens on the injection port (SO_REUSEPORT,
 //! like SMTP). A request is queued in the spool of the shard that took it
-//! and handed to that shard's scheduler; nothing crosses shards.
+//! and handed to that shard's scheduler. Only a request with an
+//! `Idempotency-Key` crosses shards: its key is claimed at the shard that
+//! owns it (`inbound::idempotency`, over the key mesh) and, with
+//! `[cluster]`, in Redis; its work runs as a task of its own, so a client
+//! that goes away does not cut it short.
 //!
-//! May call: `inbound` (the reception door), `proto` (address syntax),
-//! `http` (the server). Must not: deliver anything itself, or
+//! May call: `inbound` (the reception door, the key index), `proto`
+//! (address syntax), `http` (the server), `cluster` (keys fleet-wide). Must not: deliver anything itself, or
 //! queue mail for a client that is neither in `smtp.relay_networks` nor
 //! holds the token: injected mail goes to any domain, so anything else
 //! would be an open relay.

@@ -21,6 +21,9 @@
 //! Concurrency: a door serves the sessions and requests of its own shard;
 //! the messages it accepts are minted for and stored in that shard's spool.
 //!
+//! Beside the door: [`idempotency`], the per-shard index of injection
+//! requests' `Idempotency-Key`s (the injection front end asks it).
+//!
 //! May call: `dkim` (sign), `feedback` (through [`feedback`]), `proto`
 //! (header fields), `queue` (enqueue, suppression), `scheduler` (submit),
 //! `events`, `metrics`.

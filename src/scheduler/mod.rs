@@ -35,10 +35,12 @@
 //! [`backoff`] (reply-driven rules and the AIMD throttle, pure),
 //! [`retry`] (pure retry decisions), [`bounce`] (the DSN for a round's
 //! failures), [`operations`] (the admin API's views and actions, run on
-//! this shard), [`tally`] (per-domain running totals).
+//! this shard), [`tally`] (per-domain running totals), [`shared`] (with
+//! `[cluster]`: the connection leases held in Redis, shared suspensions).
 //!
 //! May call: `queue` (update, remove, read), `outbound` (routing and one
-//! attempt), `events`, `metrics`, `shard::mesh` (back-off notices). Must
+//! attempt), `events`, `metrics`, `shard::mesh` (back-off notices),
+//! `cluster` (Redis: tokens, leases, suspensions). Must
 //! not: open sockets itself, or write sled other than through
 //! `queue::Spool`.
 
