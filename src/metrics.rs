@@ -61,8 +61,11 @@ metrics_table! {
     EVENTS_DROPPED = "ringpost_events_dropped_total", Counter, "Unsent webhook events dropped because events.max_backlog was reached with on_backlog_full = \"drop_oldest\".";
     CLUSTER_REDIS_UP = "ringpost_cluster_redis_up", Gauge, "1 while Redis answers and the limits are shared by the cluster; 0 while this node holds its 1/N share of each ([cluster], set only when cluster.redis is).";
     CLUSTER_FALLBACKS = "ringpost_cluster_fallbacks_total", Counter, "Times Redis became unreachable and this node fell back to its 1/N share of each limit.";
-    CLUSTER_REQUESTS = "ringpost_cluster_requests_total", Counter, "Requests to Redis, by op (tokens, acquire, renew, release, holds, idempotency) and result (ok, error; down: not sent, Redis being unreachable).";
+    CLUSTER_REQUESTS = "ringpost_cluster_requests_total", Counter, "Requests to Redis, by op (tokens, acquire, renew, release, holds, idempotency, lists) and result (ok, error; down: not sent, Redis being unreachable).";
     CLUSTER_LEASES = "ringpost_cluster_leases", Gauge, "Connection leases this node holds in Redis, by source and site.";
+    CLUSTER_SUPPRESSION_CHANGES = "ringpost_cluster_suppression_changes_total", Counter, "Suppression list changes (adds and removals) shared through Redis, by direction (published: made on this node and sent; applied: read from the fleet's log, this node's own included).";
+    CLUSTER_SUPPRESSION_UNPUBLISHED = "ringpost_cluster_suppression_changes_unpublished", Gauge, "Suppression list changes made on this node and not yet in Redis (they wait while Redis is unreachable).";
+    CLUSTER_SUPPRESSION_RESYNCS = "ringpost_cluster_suppression_resyncs_total", Counter, "Times this node read the fleet's whole suppression list, by merge (union: first sync, or Redis lost its data; this node's entries are published again; mirror: the log was trimmed past this node's place; entries the fleet no longer has are removed).";
     INJECT_REPLAYS = "ringpost_inject_idempotent_replays_total", Counter, "Injection requests answered with the stored answer of an earlier one with the same Idempotency-Key (nothing queued).";
     SUPPRESSED_RECIPIENTS = "ringpost_suppressed_recipients_total", Counter, "Recipients refused (or dropped) at reception because they are on the suppression list, by listener (smtp, http).";
     SUPPRESSIONS_ADDED = "ringpost_suppressions_added_total", Counter, "Entries put on the suppression list, by source (bounce, admin, import).";

@@ -23,7 +23,9 @@
 //! Cross-shard traffic (the admin API's, the schedulers' back-off
 //! notices) goes over the shard mesh; injection's `Idempotency-Key`s over
 //! a second mesh to the shard that owns each key. With `[cluster]`, one
-//! Redis thread per node (`cluster::Cluster`) is shared by every shard.
+//! Redis thread per node (`cluster::Cluster`) is shared by every shard,
+//! and shard 0 keeps the node's suppression list in step with the
+//! fleet's (`queue::suppression_share`).
 //!
 //! May call: every service. Must not: be imported by any of them.
 
@@ -284,6 +286,7 @@ fn prepare(
     let suppressions = match cfg.suppression.enabled {
         true => Some(Arc::new(
             SuppressionList::open(&cfg.suppression.dir(&cfg.spool.dir))
+                .and_then(|list| list.shared(cfg.cluster.is_on()))
                 .map_err(StartError::Suppressions)?,
         )),
         false => None,
@@ -743,6 +746,14 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
             injector,
             crate::http::inject::listener_limits(&p.cfg, seat.index, p.shards),
             tls,
+            stop.clone(),
+        )));
+    }
+    if let (0, Some(list), Some(cluster)) = (seat.index, &p.suppressions, &p.cluster) {
+        loops.push(glommio::spawn_local(crate::queue::suppression_share::run(
+            list.clone(),
+            cluster.clone(),
+            p.clock.clone(),
             stop.clone(),
         )));
     }

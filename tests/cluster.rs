@@ -74,6 +74,27 @@ impl Node {
         assert_eq!(status, 200, "{body}");
     }
 
+    /// A request to the admin API: (status, body).
+    fn admin(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        common::http(
+            self.admin,
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    }
+
+    /// The reply code to `RCPT TO:<rcpt>`.
+    fn rcpt(&self, rcpt: &str) -> u16 {
+        let mut c = common::Client::connect(self.smtp);
+        c.expect("EHLO client.test", 250);
+        c.expect("MAIL FROM:<app@sender.test>", 250);
+        c.cmd(&format!("RCPT TO:<{rcpt}>")).code
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
@@ -308,6 +329,135 @@ fn a_suspension_on_one_node_holds_on_every_node() {
         )
     });
     sink.wait_for(12, 10);
+}
+
+/// Whether `check` holds within `secs` (tried every 100 ms).
+fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The fields (`scope address`) of the suppression list's entries in
+/// Redis (not its tombstones, the removed ones).
+fn suppressions_in_redis(redis: &RedisServer) -> Vec<String> {
+    let mut c = redis.connection().unwrap();
+    let all: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg("ringpost:{suppressions}:entries")
+        .query(&mut c)
+        .unwrap();
+    let mut fields: Vec<String> = all
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(f, _)| f)
+        .collect();
+    fields.sort();
+    fields
+}
+
+#[test]
+fn the_suppression_list_is_shared_by_every_node_through_outages_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start();
+    let script = Script {
+        reject_rcpts: ["dead@dest.test".to_string()].into_iter().collect(),
+        ..Script::default()
+    };
+    let sink = Sink::start("127.0.0.1", 0, script);
+    let a = Node::start(dir.path(), "node-a", sink.addr, &redis.url());
+    let mut b = Node::start(dir.path(), "node-b", sink.addr, &redis.url());
+    wait_for_http(a.admin);
+    wait_for_http(b.admin);
+    assert_eq!(b.rcpt("gone@example.net"), 250);
+
+    // Added on node A by an operator: node B refuses the recipient too.
+    let add = |node: &Node, address: &str| {
+        let body = format!(r#"[{{"address": "{address}", "reason": "operator"}}]"#);
+        let (status, answer) = node.admin("POST", "/suppressions", &body);
+        assert_eq!(status, 200, "{answer}");
+    };
+    add(&a, "gone@example.net");
+    assert!(eventually(5, || b.rcpt("gone@example.net") == 550));
+    let (status, entry) = b.admin("GET", "/suppressions/gone@example.net", "");
+    assert_eq!(status, 200, "{entry}");
+    assert!(
+        entry.contains("operator") && entry.contains("admin"),
+        "{entry}"
+    );
+
+    // Removed on node B: node A takes mail for it again.
+    let (status, answer) = b.admin("DELETE", "/suppressions/gone@example.net", "");
+    assert_eq!((status, answer.contains("true")), (200, true), "{answer}");
+    assert!(eventually(5, || a.rcpt("gone@example.net") == 250));
+
+    // A hard bounce on node A suppresses the recipient on node B.
+    send_concurrently(a.smtp, 1, 1, |_| {
+        (
+            "app@sender.test".into(),
+            "dead@dest.test".into(),
+            "Subject: to the dead\r\n\r\nhello\r\n".into(),
+        )
+    });
+    assert!(eventually(10, || b.rcpt("dead@dest.test") == 550));
+
+    // Redis down: an add on node A is answered and holds there, not on
+    // node B.
+    redis.stop();
+    add(&a, "offline@example.net");
+    assert_eq!(a.rcpt("offline@example.net"), 550);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(b.rcpt("offline@example.net"), 250);
+
+    // Redis back, empty (it lost everything): node A publishes what
+    // waited, every node publishes its list again, node B takes the new
+    // entry, and Redis has the fleet's whole list.
+    redis.restart();
+    assert!(eventually(10, || b.rcpt("offline@example.net") == 550));
+    let want = ["* dead@dest.test", "* offline@example.net"];
+    assert!(
+        eventually(5, || suppressions_in_redis(&redis) == want),
+        "{:?}",
+        suppressions_in_redis(&redis)
+    );
+
+    // Node B SIGKILLed; changes made meanwhile reach it after its restart
+    // although the log was trimmed past its place, what it had stays, and
+    // what was removed while it was away does not come back (the
+    // removal's tombstone tells it).
+    // Its place in the log is on disk by now (sled's flush, 500 ms).
+    std::thread::sleep(Duration::from_secs(1));
+    b.kill();
+    add(&a, "later@example.net");
+    let (status, _) = a.admin("DELETE", "/suppressions/dead@dest.test", "");
+    assert_eq!(status, 200);
+    let want = ["* later@example.net", "* offline@example.net"];
+    assert!(eventually(5, || suppressions_in_redis(&redis) == want));
+    // And the log trimmed past node B's place: it reads the whole list.
+    let mut c = redis.connection().unwrap();
+    redis::cmd("XTRIM")
+        .arg("ringpost:{suppressions}:log")
+        .arg("MAXLEN")
+        .arg(0)
+        .query::<()>(&mut c)
+        .unwrap();
+    b = Node::start(dir.path(), "node-b", sink.addr, &redis.url());
+    wait_for_http(b.admin);
+    assert!(eventually(5, || b.rcpt("later@example.net") == 550
+        && b.rcpt("dead@dest.test") == 250));
+    assert_eq!(b.rcpt("offline@example.net"), 550);
+    let (status, list) = b.admin("GET", "/suppressions", "");
+    assert_eq!(status, 200);
+    assert!(!list.contains("gone@example.net"), "{list}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(a.rcpt("dead@dest.test"), 250);
+    assert_eq!(suppressions_in_redis(&redis), want);
 }
 
 /// A node with the injection API on, relaying to `sink`; `redis` empty:

@@ -40,6 +40,8 @@ struct Scripts {
     gcra: Script,
     acquire: Script,
     renew: Script,
+    list_publish: Script,
+    list_read: Script,
 }
 
 pub(super) fn spawn(
@@ -63,6 +65,8 @@ pub(super) fn spawn(
             gcra: Script::new(scripts::GCRA),
             acquire: Script::new(scripts::ACQUIRE),
             renew: Script::new(scripts::RENEW),
+            list_publish: Script::new(scripts::LIST_PUBLISH),
+            list_read: Script::new(scripts::LIST_READ),
         },
     };
     ::metrics::gauge!(crate::metrics::CLUSTER_REDIS_UP).set(0.0);
@@ -173,6 +177,9 @@ fn op_name(command: &Command) -> &'static str {
         Command::Release { .. } => "release",
         Command::SetHold { .. } | Command::Holds { .. } => "holds",
         Command::Reserve { .. } | Command::Settle { .. } => "idempotency",
+        Command::ListPublish { .. } | Command::ListRead { .. } | Command::ListScan { .. } => {
+            "lists"
+        }
     }
 }
 
@@ -229,7 +236,74 @@ fn run(conn: &mut Connection, command: &Command, scripts: &Scripts) -> redis::Re
                 others_want: others_want != 0,
             })
         }
+        Command::ListPublish {
+            keys,
+            node,
+            epoch,
+            changes,
+        } => {
+            let mut call = scripts.list_publish.key(&keys[0]);
+            call.key(&keys[1]).key(&keys[2]);
+            call.arg(node).arg(super::LIST_LOG_MAX).arg(epoch);
+            for c in changes {
+                call.arg(&c.field).arg(c.value.as_deref().unwrap_or(""));
+            }
+            let id: String = call.invoke(conn)?;
+            Answer::Logged(log_id(&id)?)
+        }
+        Command::ListRead {
+            keys,
+            after,
+            count,
+            epoch,
+        } => {
+            let mut call = scripts.list_read.key(&keys[0]);
+            call.key(&keys[1])
+                .arg(after.to_string())
+                .arg(count)
+                .arg(epoch);
+            Answer::Log(log_read(call.invoke(conn)?)?)
+        }
         _ => run_plain(conn, command)?,
+    })
+}
+
+/// A log id from Redis.
+fn log_id(text: &str) -> redis::RedisResult<super::LogId> {
+    super::LogId::parse(text).ok_or_else(|| {
+        let kind = redis::ErrorKind::UnexpectedReturnType;
+        (kind, "not a stream id").into()
+    })
+}
+
+/// LIST_READ's answer: `{epoch, last, first, length, added, {{id, {f,
+/// field, v, value, n, node}}...}}`.
+type RawLogRead = (String, String, String, u64, u64, Vec<(String, Vec<String>)>);
+
+fn log_read(
+    (epoch, last, first, length, added, raw): RawLogRead,
+) -> redis::RedisResult<super::LogRead> {
+    let mut entries = Vec::with_capacity(raw.len());
+    for (id, fields) in raw {
+        let pairs: std::collections::HashMap<&str, &str> = fields
+            .chunks_exact(2)
+            .map(|kv| (kv[0].as_str(), kv[1].as_str()))
+            .collect();
+        let field = pairs.get("f").copied().unwrap_or_default().to_string();
+        let value = pairs.get("v").copied().filter(|v| !v.is_empty());
+        let change = super::ListChange {
+            field,
+            value: value.map(str::to_string),
+        };
+        entries.push((log_id(&id)?, change));
+    }
+    Ok(super::LogRead {
+        epoch,
+        last: log_id(&last)?,
+        first: (!first.is_empty()).then(|| log_id(&first)).transpose()?,
+        length,
+        added,
+        entries,
     })
 }
 
@@ -297,7 +371,26 @@ fn run_plain(conn: &mut Connection, command: &Command) -> redis::RedisResult<Ans
             }
             Answer::Done
         }
-        Command::Tokens { .. } | Command::Acquire { .. } | Command::Renew { .. } => {
+        Command::ListScan { key, cursor, count } => {
+            let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(count)
+                .query(conn)?;
+            let mut page = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(field), Some(v)) = (it.next(), it.next()) {
+                let value = (!v.is_empty()).then_some(v);
+                page.push(super::ListChange { field, value });
+            }
+            Answer::Page(next, page)
+        }
+        Command::Tokens { .. }
+        | Command::Acquire { .. }
+        | Command::Renew { .. }
+        | Command::ListPublish { .. }
+        | Command::ListRead { .. } => {
             let kind = redis::ErrorKind::Client;
             return Err((kind, "a script, not a plain command").into());
         }

@@ -1,6 +1,11 @@
 //! What a fleet of nodes shares through Redis: per-path message rates
-//! (a GCRA throttle), connection leases, suspensions, and the keys of
-//! injection requests already answered (`Idempotency-Key`).
+//! (a GCRA throttle), connection leases, suspensions, the keys of
+//! injection requests already answered (`Idempotency-Key`), and lists
+//! whose entries every node keeps a copy of (the suppression list): a
+//! hash of the entries (removed ones kept as tombstones, an empty value)
+//! and a log of changes (a stream) that each node
+//! reads from where it left off ([`Cluster::publish_list`],
+//! [`Cluster::read_list_log`], [`Cluster::scan_list`]).
 //!
 //! Owns: [`Cluster`], the node's handle, cloned into every shard (it is
 //! `Send + Sync`): requests go over a channel to one thread that holds
@@ -80,6 +85,25 @@ enum Command {
         value: Option<String>,
         window_ms: u64,
     },
+    ListPublish {
+        /// Entries, log, epoch.
+        keys: [String; 3],
+        node: String,
+        epoch: String,
+        changes: Vec<ListChange>,
+    },
+    ListRead {
+        /// Log, epoch.
+        keys: [String; 2],
+        after: LogId,
+        count: usize,
+        epoch: String,
+    },
+    ListScan {
+        key: String,
+        cursor: u64,
+        count: usize,
+    },
 }
 
 /// Its answer.
@@ -95,6 +119,9 @@ enum Answer {
     Holds(Vec<(String, Option<u64>)>),
     /// A reservation: None when it was made, else what the key holds.
     Existing(Option<String>),
+    Logged(LogId),
+    Log(LogRead),
+    Page(u64, Vec<ListChange>),
 }
 
 struct Job {
@@ -120,6 +147,70 @@ pub struct Renewal {
     pub fair: usize,
     /// Another shard is left wanting.
     pub others_want: bool,
+}
+
+/// A shared list's log keeps about this many changes; a node whose
+/// place in it was trimmed away reads the whole list again.
+pub const LIST_LOG_MAX: usize = 100_000;
+
+/// One change to a shared list: `value` None removes `field` (Redis
+/// keeps an empty value for it, a tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListChange {
+    pub field: String,
+    pub value: Option<String>,
+}
+
+/// The id of an entry in a list's log (a Redis stream id: milliseconds
+/// and a sequence), in log order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct LogId(pub u64, pub u64);
+
+impl LogId {
+    pub fn parse(text: &str) -> Option<LogId> {
+        let (ms, seq) = text.split_once('-')?;
+        Some(LogId(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for LogId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+/// What reading a list's log found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogRead {
+    /// The log's epoch: another than last time means Redis lost the log
+    /// (and perhaps the entries) since.
+    pub epoch: String,
+    /// The newest entry's id (0-0: none ever).
+    pub last: LogId,
+    /// The oldest entry left by trimming, if any is left.
+    pub first: Option<LogId>,
+    /// Entries in the log now.
+    pub length: u64,
+    /// Entries ever added (so `added - length` were trimmed).
+    pub added: u64,
+    /// The entries after the id asked for, oldest first.
+    pub entries: Vec<(LogId, ListChange)>,
+}
+
+impl LogRead {
+    /// Whether a reader whose place is `after` (0-0: it applied nothing,
+    /// the log had no entry then) missed entries that trimming took:
+    /// trimming takes the oldest first, so the entries after a place
+    /// are all there as long as the oldest left is not after it. (When
+    /// it is, the entry at the place itself may have been the last one
+    /// taken: then nothing was missed, but the reader cannot tell.)
+    pub fn missed(&self, after: LogId) -> bool {
+        match self.first {
+            None => self.last > after,
+            Some(_) if after == LogId::default() => self.added > self.length,
+            Some(first) => first > after,
+        }
+    }
 }
 
 /// The node's handle on the shared state.
@@ -369,8 +460,119 @@ impl Cluster {
     fn holds_key(&self) -> String {
         format!("{}:holds", self.prefix)
     }
+
+    /// Applies `changes` to the shared list `list` (its entries and its
+    /// log, at once): the id of the last change logged.
+    pub async fn publish_list(
+        &self,
+        list: &str,
+        changes: Vec<ListChange>,
+    ) -> Result<LogId, ClusterError> {
+        let command = Command::ListPublish {
+            keys: [
+                self.path_key(list, "entries"),
+                self.path_key(list, "log"),
+                self.path_key(list, "epoch"),
+            ],
+            node: self.node_id.clone(),
+            epoch: new_epoch(),
+            changes,
+        };
+        match self.call(command).await? {
+            Answer::Logged(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Up to `count` changes of `list` logged after `after`, with where
+    /// the log stands.
+    pub async fn read_list_log(
+        &self,
+        list: &str,
+        after: LogId,
+        count: usize,
+    ) -> Result<LogRead, ClusterError> {
+        let command = Command::ListRead {
+            keys: [self.path_key(list, "log"), self.path_key(list, "epoch")],
+            after,
+            count,
+            epoch: new_epoch(),
+        };
+        match self.call(command).await? {
+            Answer::Log(read) => Ok(read),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of `list`'s entries (an `HSCAN` from `cursor`): the next
+    /// cursor (0 at the end) and the entries, removed ones (tombstones)
+    /// with no value.
+    pub async fn scan_list(
+        &self,
+        list: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(u64, Vec<ListChange>), ClusterError> {
+        let command = Command::ListScan {
+            key: self.path_key(list, "entries"),
+            cursor,
+            count,
+        };
+        match self.call(command).await? {
+            Answer::Page(next, page) => Ok((next, page)),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// A fresh epoch for a list's log, used only if it has none.
+fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 fn unexpected(answer: Answer) -> ClusterError {
     ClusterError::Redis(format!("unexpected answer {answer:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LogId, LogRead};
+
+    #[test]
+    fn log_ids_parse_print_and_order_as_redis_does() {
+        let id = LogId::parse("1733070000123-7").unwrap();
+        assert_eq!(id, LogId(1733070000123, 7));
+        assert_eq!(id.to_string(), "1733070000123-7");
+        assert!(LogId(5, 10) < LogId(6, 0));
+        assert!(LogId(5, 2) < LogId(5, 10), "numbers, not text");
+        assert_eq!(LogId::parse("0-0"), Some(LogId::default()));
+        for bad in ["", "12", "a-1", "1-", "-1", "1-2-3"] {
+            assert_eq!(LogId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_reader_knows_when_trimming_took_entries_it_had_not_read() {
+        let read = |last, first: Option<u64>, length, added| LogRead {
+            last: LogId(last, 0),
+            first: first.map(|f| LogId(f, 0)),
+            length,
+            added,
+            ..LogRead::default()
+        };
+        let place = LogId(20, 0);
+        // 10..=30, nothing trimmed; or trimmed up to the place.
+        assert!(!read(30, Some(10), 21, 21).missed(place));
+        assert!(!read(30, Some(20), 11, 21).missed(place));
+        // Trimmed past the place.
+        assert!(read(30, Some(25), 6, 21).missed(place));
+        // Trimmed to nothing: missed only if something came after.
+        assert!(read(30, None, 0, 21).missed(place));
+        assert!(!read(20, None, 0, 11).missed(place));
+        // A reader that applied nothing (the log had no entry): it
+        // missed entries only if any were trimmed.
+        assert!(!read(30, Some(10), 21, 21).missed(LogId::default()));
+        assert!(read(30, Some(12), 19, 21).missed(LogId::default()));
+        assert!(!read(0, None, 0, 0).missed(LogId::default()));
+    }
 }

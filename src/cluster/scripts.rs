@@ -98,3 +98,51 @@ local answer = {fair, others_want}
 for _, name in ipairs(lost) do answer[#answer + 1] = name end
 return answer
 "#;
+
+/// A shared list's changes: `KEYS[1]` the hash of its entries (field ->
+/// value), `KEYS[2]` the log of changes (a stream, trimmed to about
+/// `ARGV[2]` entries), `KEYS[3]` the log's epoch (made here if missing:
+/// a Redis that lost its data gets a new one, so that readers know their
+/// place in the log means nothing). `ARGV[1]` names the node, `ARGV[3]`
+/// is the epoch to make, then field/value pairs follow (an empty value
+/// is a removal: it stays in the hash as a tombstone, so that a node
+/// that missed it does not bring the entry back). Returns the last log
+/// id written.
+pub const LIST_PUBLISH: &str = r#"
+redis.call('SET', KEYS[3], ARGV[3], 'NX')
+local id = ''
+for i = 4, #ARGV, 2 do
+  local field, value = ARGV[i], ARGV[i + 1]
+  redis.call('HSET', KEYS[1], field, value)
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'f', field, 'v', value, 'n', ARGV[1])
+end
+return id
+"#;
+
+/// Reads a shared list's log: `KEYS[1]` the log, `KEYS[2]` its epoch
+/// (made if missing, `ARGV[3]`); up to `ARGV[2]` entries after the id
+/// `ARGV[1]` (none when 0). Returns `{epoch, last id generated, first
+/// id or '', length, entries ever added, entries}`, each entry `{id,
+/// {field, value, ...}}` (`entries-added` is Redis 7's; trimming does not
+/// move `max-deleted-entry-id`, so the reader works out what trimming
+/// took from these).
+pub const LIST_READ: &str = r#"
+redis.call('SET', KEYS[2], ARGV[3], 'NX')
+local epoch = redis.call('GET', KEYS[2])
+local last, first, length, added = '0-0', '', 0, 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    local k, v = info[i], info[i + 1]
+    if k == 'last-generated-id' then last = v end
+    if k == 'first-entry' and v then first = v[1] end
+    if k == 'length' then length = v end
+    if k == 'entries-added' then added = v end
+  end
+end
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+end
+return {epoch, last, first, length, added, entries}
+"#;

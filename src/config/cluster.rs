@@ -12,7 +12,9 @@ section! {
     /// connections (`max_connections`) are leases that expire unless
     /// renewed, so a node that dies gives its connections back within
     /// `lease_ttl_secs`; suspensions (`ringpost queue suspend`, the admin
-    /// API) hold on every node. When Redis cannot be reached, each node
+    /// API) hold on every node, and the suppression list is the fleet's
+    /// (each node applies the others' changes; reception reads its own
+    /// copy). When Redis cannot be reached, each node
     /// falls back to its 1/`nodes` share of every limit (logged, and
     /// `ringpost_cluster_redis_up` is 0) and returns to the shared limits
     /// when Redis answers again; mail never waits for Redis. Redis 7 or
@@ -40,7 +42,9 @@ section! {
         /// asks for about 50 ms of the path's rate (at least one): fewer
         /// round trips than one per message, and little burst.
         token_batch_max: u32 = 16,
-        /// How often the shared suspensions are read, in milliseconds.
+        /// How often the shared suspensions and suppression list changes
+        /// are read (and this node's suppression changes sent), in
+        /// milliseconds.
         sync_interval_ms: u64 = 1000,
     }
 }

@@ -48,6 +48,7 @@ pub mod id;
 pub mod outbox;
 pub mod segment;
 pub mod suppression;
+pub mod suppression_share;
 
 use std::cell::RefCell;
 use std::fs;

@@ -18,8 +18,18 @@
 //! sled's own timer (within 500 ms); one lost to a crash comes back with
 //! the next bounce.
 //!
+//! Sharing (with `[cluster]`, [`SuppressionList::shared`]): each change
+//! made here (an add or a removal, whoever made it) is also put in an
+//! outbox (tree `outbox`, in the same database, so it is as durable as
+//! the change) until `suppression_share` has published it to Redis;
+//! changes other nodes published are applied with
+//! [`SuppressionList::apply_shared`], which puts nothing in the outbox.
+//! An entry is named in the fleet by its *field*, `scope SP address`
+//! (a scope never holds a space). Tree `sync` keeps where this node is
+//! in the fleet's log.
+//!
 //! Must not: decide when to suppress (the scheduler and the admin API do)
-//! or how to answer (the reception door does).
+//! or how to answer (the reception door does); talk to Redis.
 
 use std::path::Path;
 
@@ -58,6 +68,24 @@ pub struct SuppressionList {
     path: std::path::PathBuf,
     db: sled::Db,
     tree: sled::Tree,
+    /// Changes not yet published to the fleet (sequence -> JSON
+    /// `[field, value or null]`); None when the list is not shared.
+    outbox: Option<sled::Tree>,
+    sync: sled::Tree,
+}
+
+/// A change made on this node and not yet published to the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpublished {
+    pub seq: u64,
+    pub field: String,
+    /// The entry's JSON; None: removed.
+    pub value: Option<String>,
+}
+
+/// An entry's name in the fleet: `scope SP address`, lower case.
+pub fn field_of(scope: &str, address: &str) -> String {
+    format!("{} {}", scope.to_ascii_lowercase(), address.to_lowercase())
 }
 
 fn key(scope: &str, address: &str) -> Vec<u8> {
@@ -115,11 +143,23 @@ impl SuppressionList {
             .open()
             .map_err(err)?;
         let tree = db.open_tree("suppressions").map_err(err)?;
+        let sync = db.open_tree("sync").map_err(err)?;
         Ok(SuppressionList {
             path: path.to_path_buf(),
             db,
             tree,
+            outbox: None,
+            sync,
         })
+    }
+
+    /// Shares the list with the fleet when `on`: from now on each change
+    /// also goes to the outbox.
+    pub fn shared(mut self, on: bool) -> Result<SuppressionList, SpoolError> {
+        if on {
+            self.outbox = Some(self.db.open_tree("outbox").map_err(|e| self.db_err(e))?);
+        }
+        Ok(self)
     }
 
     /// The live entry that refuses mail from `sender` to `rcpt`, if any:
@@ -140,6 +180,10 @@ impl SuppressionList {
     /// Adds (or replaces) entries; sled writes them out within its flush
     /// interval.
     pub fn add(&self, entries: &[Suppression]) -> Result<(), SpoolError> {
+        self.to_outbox(entries.iter().map(|s| {
+            let value = serde_json::to_string(s).expect("serializable");
+            (field_of(&s.scope, &s.address), Some(value))
+        }))?;
         let mut batch = sled::Batch::default();
         for s in entries {
             let value = serde_json::to_vec(s).expect("serializable");
@@ -156,6 +200,7 @@ impl SuppressionList {
 
     /// Removes an entry (durably); whether there was one.
     pub fn remove(&self, scope: &str, address: &str) -> Result<bool, SpoolError> {
+        self.to_outbox([(field_of(scope, address), None)].into_iter())?;
         let removed = self
             .tree
             .remove(key(scope, address))
@@ -180,6 +225,119 @@ impl SuppressionList {
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
             .take(limit)
             .collect()
+    }
+
+    /// Every entry, with its field, in key order (expired ones too).
+    pub fn entries(&self) -> impl Iterator<Item = (String, Suppression)> + '_ {
+        self.tree
+            .iter()
+            .values()
+            .filter_map(Result::ok)
+            .filter_map(|v| serde_json::from_slice::<Suppression>(&v).ok())
+            .map(|s| (field_of(&s.scope, &s.address), s))
+    }
+
+    /// Applies changes the fleet published (the value: the entry's JSON,
+    /// None: removed), without putting them in the outbox: how many were
+    /// understood. sled writes them out within its flush interval; one
+    /// lost to a crash is read again (the place in the log is written
+    /// after them).
+    pub fn apply_shared(&self, changes: &[(String, Option<String>)]) -> Result<usize, SpoolError> {
+        let mut batch = sled::Batch::default();
+        let mut applied = 0;
+        for (field, value) in changes {
+            let Some((scope, address)) = field.split_once(' ') else {
+                continue;
+            };
+            match value {
+                None => batch.remove(key(scope, address)),
+                Some(json) => {
+                    let Ok(s) = serde_json::from_str::<Suppression>(json) else {
+                        continue;
+                    };
+                    if field_of(&s.scope, &s.address) != *field {
+                        continue;
+                    }
+                    batch.insert(key(scope, address), json.as_bytes());
+                }
+            }
+            applied += 1;
+        }
+        self.tree.apply_batch(batch).map_err(|e| self.db_err(e))?;
+        Ok(applied)
+    }
+
+    /// Puts entries in the outbox again (they are to be published), as
+    /// they stand.
+    pub fn republish(&self, entries: &[Suppression]) -> Result<(), SpoolError> {
+        self.to_outbox(entries.iter().map(|s| {
+            let value = serde_json::to_string(s).expect("serializable");
+            (field_of(&s.scope, &s.address), Some(value))
+        }))
+    }
+
+    /// Up to `limit` changes not yet published, oldest first.
+    pub fn unpublished(&self, limit: usize) -> Vec<Unpublished> {
+        let Some(outbox) = &self.outbox else {
+            return Vec::new();
+        };
+        outbox
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let seq = u64::from_be_bytes(k.as_ref().try_into().ok()?);
+                let (field, value) = serde_json::from_slice(&v).ok()?;
+                Some(Unpublished { seq, field, value })
+            })
+            .take(limit)
+            .collect()
+    }
+
+    /// How many changes wait to be published.
+    pub fn unpublished_len(&self) -> usize {
+        self.outbox.as_ref().map_or(0, sled::Tree::len)
+    }
+
+    /// Forgets changes once published.
+    pub fn mark_published(&self, seqs: &[u64]) -> Result<(), SpoolError> {
+        let Some(outbox) = &self.outbox else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        for seq in seqs {
+            batch.remove(&seq.to_be_bytes());
+        }
+        outbox.apply_batch(batch).map_err(|e| self.db_err(e))
+    }
+
+    /// Where this node is in the fleet's log: (epoch, last id applied).
+    pub fn sync_place(&self) -> Option<(String, String)> {
+        let v = self.sync.get("place").ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    pub fn set_sync_place(&self, epoch: &str, id: &str) -> Result<(), SpoolError> {
+        let v = serde_json::to_vec(&(epoch, id)).expect("serializable");
+        self.sync
+            .insert("place", v)
+            .map(drop)
+            .map_err(|e| self.db_err(e))
+    }
+
+    fn to_outbox(
+        &self,
+        changes: impl Iterator<Item = (String, Option<String>)>,
+    ) -> Result<(), SpoolError> {
+        let Some(outbox) = &self.outbox else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        for change in changes {
+            let seq = self.db.generate_id().map_err(|e| self.db_err(e))?;
+            let value = serde_json::to_vec(&change).expect("serializable");
+            batch.insert(&seq.to_be_bytes(), value);
+        }
+        outbox.apply_batch(batch).map_err(|e| self.db_err(e))
     }
 
     fn db_err(&self, source: sled::Error) -> SpoolError {
@@ -242,5 +400,66 @@ mod tests {
         assert_eq!(all.len(), 2);
         let next = list.list(Some((&all[0].scope, &all[0].address)), 10);
         assert_eq!(next, all[1..]);
+    }
+
+    #[test]
+    fn a_shared_list_keeps_its_own_changes_until_published_and_applies_the_fleets() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = SuppressionList::open(dir.path())
+            .unwrap()
+            .shared(true)
+            .unwrap();
+        list.add(&[entry("Gone@Example.net", GLOBAL, 0)]).unwrap();
+        list.remove("brand.example", "optout@example.net").unwrap();
+        let out = list.unpublished(10);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].field, "* gone@example.net");
+        let published: Suppression = serde_json::from_str(out[0].value.as_ref().unwrap()).unwrap();
+        assert_eq!(published.address, "Gone@Example.net");
+        assert_eq!(
+            (out[1].field.as_str(), out[1].value.as_ref()),
+            ("brand.example optout@example.net", None)
+        );
+        assert!(out[0].seq < out[1].seq);
+        list.mark_published(&[out[0].seq]).unwrap();
+        assert_eq!(list.unpublished(10), out[1..]);
+
+        // The fleet's changes: applied, not sent back; a value that does
+        // not match its field, or a field without a scope, is ignored.
+        let other = serde_json::to_string(&entry("new@example.net", "brand.example", 0)).unwrap();
+        let applied = list
+            .apply_shared(&[
+                ("brand.example new@example.net".into(), Some(other.clone())),
+                ("* gone@example.net".into(), None),
+                ("* wrong@example.net".into(), Some(other)),
+                ("noscope".into(), None),
+            ])
+            .unwrap();
+        assert_eq!(applied, 2);
+        assert!(
+            list.check("a@brand.example", "new@example.net", 150)
+                .is_some()
+        );
+        assert!(list.check("a@x.example", "gone@example.net", 150).is_none());
+        assert!(
+            list.check("a@x.example", "wrong@example.net", 150)
+                .is_none()
+        );
+        assert_eq!(list.unpublished_len(), 1);
+        let fields: Vec<String> = list.entries().map(|(f, _)| f).collect();
+        assert_eq!(fields, ["brand.example new@example.net"]);
+
+        assert_eq!(list.sync_place(), None);
+        list.set_sync_place("e1", "17-3").unwrap();
+        assert_eq!(list.sync_place(), Some(("e1".into(), "17-3".into())));
+    }
+
+    #[test]
+    fn a_list_not_shared_keeps_no_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = SuppressionList::open(dir.path()).unwrap();
+        list.add(&[entry("gone@example.net", GLOBAL, 0)]).unwrap();
+        assert!(list.unpublished(10).is_empty());
+        assert_eq!(list.unpublished_len(), 0);
     }
 }
