@@ -331,6 +331,42 @@ fn a_suspension_on_one_node_holds_on_every_node() {
     sink.wait_for(12, 10);
 }
 
+#[test]
+fn a_node_stopped_gracefully_gives_its_leases_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    // A slow receiver: every connection is busy for a while.
+    let script = Script {
+        delay: Duration::from_millis(200),
+        ..Script::default()
+    };
+    let sink = Sink::start("127.0.0.1", 0, script);
+    let mut a = Node::start(dir.path(), "node-a", sink.addr, &redis.url());
+    send_concurrently(a.smtp, 60, 6, |i| {
+        (
+            "app@sender.test".into(),
+            format!("r{i}@dest.test"),
+            format!("Subject: {i}\r\n\r\nslow\r\n"),
+        )
+    });
+    assert!(eventually(10, || live_leases(&redis, "node-a.test") == CONNECTIONS));
+    let term = Instant::now();
+    let child = a.child.as_mut().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    let stopped_in = term.elapsed();
+    assert!(status.success(), "{status:?}");
+    // Given back, not left to expire (their TTL is 3 s).
+    assert_eq!(live_leases(&redis, "node-a.test"), 0);
+    // Within the grace period (2 s), the keeper's last round (at most
+    // 1 s) and the release.
+    assert!(stopped_in < Duration::from_millis(4500), "{stopped_in:?}");
+}
+
 /// Whether `check` holds within `secs` (tried every 100 ms).
 fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);

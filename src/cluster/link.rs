@@ -97,6 +97,10 @@ impl Link {
         let scripts = &self.scripts;
         let result = match self.conn.as_mut().map(|c| run(c, &job.command, scripts)) {
             Some(Ok(answer)) => Ok(answer),
+            Some(Err(e)) if refused_only(&e) => {
+                log::debug!("Redis refused a {op} request: {e}");
+                Err(ClusterError::Redis(e.to_string()))
+            }
             Some(Err(e)) => Err(self.failed(e)),
             None => Err(ClusterError::Down),
         };
@@ -167,6 +171,18 @@ impl Link {
         }
         ClusterError::Redis(e.to_string())
     }
+}
+
+/// Whether Redis answered, refusing this one request (an error of the
+/// command or script): the connection stays and the limits stay shared.
+/// Anything else (I/O, a timeout, a Redis loading or read-only) counts
+/// as Redis unreachable.
+fn refused_only(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as K};
+    matches!(
+        e.kind(),
+        ErrorKind::Server(K::ResponseError | K::ExecAbort | K::NoScript | K::NoPerm | K::CrossSlot)
+    )
 }
 
 fn op_name(command: &Command) -> &'static str {

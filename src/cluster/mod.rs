@@ -391,6 +391,9 @@ impl Cluster {
     }
 
     pub async fn release(&self, path: &str, members: Vec<String>) -> Result<(), ClusterError> {
+        if members.is_empty() {
+            return Ok(());
+        }
         let key = self.path_key(path, "conns");
         self.call(Command::Release { key, members }).await.map(drop)
     }

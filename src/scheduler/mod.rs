@@ -231,9 +231,13 @@ impl Scheduler {
     /// stops and the DSN stream closes. Messages not finished stay queued.
     pub async fn drain(&self, deadline: Instant) {
         self.draining.set(true);
-        // The timer task never ends by itself: wait for everything else.
-        self.tasks.wait_until_at_most(1, deadline).await;
+        // The timer task (and, with `[cluster]`, the leases' keeper)
+        // never ends by itself: wait for everything else.
+        let endless = 1 + usize::from(self.cluster.is_some());
+        self.tasks.wait_until_at_most(endless, deadline).await;
+        self.stop_keeper().await;
         self.tasks.cancel_all();
+        self.release_leases().await;
         self.notifications.borrow_mut().take();
     }
 

@@ -23,6 +23,10 @@
 //! and ends those that were published and no longer are. A suspension
 //! made while Redis was unreachable stays this node's.
 //!
+//! At stop ([`Scheduler::drain`]), once the delivery attempts are done,
+//! the keeper ends its round and the leases go back at once
+//! (`release_leases`); a node that dies leaves them to expire.
+//!
 //! Message rates need no task: a worker that finds no token at the gate
 //! asks Redis itself (`Scheduler::enter_path`).
 //!
@@ -45,12 +49,19 @@ const SURPLUS_LINGER: Duration = Duration::from_secs(1);
 /// other shards' askers get their turn.
 const COOLDOWN: Duration = Duration::from_millis(50);
 
+/// How long a stopping shard waits for the keeper's round to end.
+const KEEPER_STOP: Duration = Duration::from_secs(1);
+
 /// The leases this shard holds, by path.
 #[derive(Debug, Default)]
 pub struct SharedLeases {
     held: HashMap<PathKey, Held>,
     /// For unique lease names.
     seq: u64,
+    /// The shard stops: the keeper ends after its round.
+    stopping: bool,
+    /// It did.
+    keeper_done: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -81,7 +92,7 @@ impl Scheduler {
         let mut was = Sharing::Alone;
         let mut synced: Option<Instant> = None;
         let mut seen = HashSet::new();
-        loop {
+        while !self.leases.borrow().stopping {
             let now = Instant::now();
             if cluster.is_up()
                 && synced.is_none_or(|t| now.duration_since(t) >= cluster.sync_interval())
@@ -116,6 +127,7 @@ impl Scheduler {
             let tick = if short { 10 } else { 100 };
             glommio::timer::sleep(Duration::from_millis(tick)).await;
         }
+        self.leases.borrow_mut().keeper_done = true;
     }
 
     /// Publishes a suspension (`until`: Some) or its end (None) to the
@@ -178,6 +190,49 @@ impl Scheduler {
         let mut leases = self.leases.borrow_mut();
         for (key, held) in leases.held.drain() {
             lease_gauge(&key, -(held.names.len() as f64));
+        }
+    }
+
+    /// At stop, once the delivery attempts are done: asks the keeper to
+    /// end after its round (a round cut short by cancelling would drop
+    /// the leases it holds in hand) and waits for it, at most
+    /// `KEEPER_STOP`.
+    pub(super) async fn stop_keeper(&self) {
+        if self.cluster.is_some() {
+            self.leases.borrow_mut().stopping = true;
+            let start = Instant::now();
+            while !self.leases.borrow().keeper_done && start.elapsed() < KEEPER_STOP {
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            log::debug!(
+                "shard {}: the leases' keeper stopped in {:?}",
+                self.shard,
+                start.elapsed()
+            );
+        }
+    }
+
+    /// At stop, once the keeper ended: closes the pooled
+    /// connections and gives every lease back, so that the other nodes
+    /// need not wait for their TTL (each path's request is bounded by
+    /// `cluster.timeout_ms`; a lease not given back expires).
+    pub(super) async fn release_leases(&self) {
+        let Some(cluster) = self.cluster.as_ref().filter(|c| c.is_up()) else {
+            self.forget_leases();
+            return;
+        };
+        let held: Vec<(PathKey, Held)> = self.leases.borrow_mut().held.drain().collect();
+        for (key, held) in held {
+            let names: Vec<String> = held.names.into_iter().map(|(n, _)| n).collect();
+            lease_gauge(&key, -(names.len() as f64));
+            self.close_idle(&key, 0).await;
+            if let Err(e) = cluster.release(&path_name(&key), names).await {
+                log::debug!(
+                    "shard {}: leases on {} left to expire: {e}",
+                    self.shard,
+                    path_name(&key)
+                );
+            }
         }
     }
 
