@@ -128,6 +128,7 @@ fn suppressed_recipients_are_refused_at_rcpt_and_left_out_of_injections() {
         r#"{"address": "x"}"#,
         r#"[{"address": "no-at-sign"}]"#,
         r#"[{"address": "a@b.c", "scope": "@"}]"#,
+        r#"[{"address": "a@b.c", "scope": "brand example.net"}]"#,
         "[{]",
     ] {
         assert_eq!(admin(&ts, "POST", "/suppressions", bad).0, 400, "{bad}");

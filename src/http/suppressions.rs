@@ -125,7 +125,10 @@ fn add(list: &SuppressionList, clock: &Clock, body: &[u8]) -> Result<Response, R
         }
         let scope = match e.scope.as_deref() {
             None | Some("*") | Some("") => GLOBAL.to_string(),
-            Some(s) if s.contains('.') && !s.contains(|c: char| c.is_control() || c == '@') => {
+            Some(s)
+                if s.contains('.')
+                    && !s.contains(|c: char| c.is_control() || c.is_whitespace() || c == '@') =>
+            {
                 s.to_ascii_lowercase()
             }
             Some(s) => {

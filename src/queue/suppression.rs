@@ -32,6 +32,7 @@
 //! or how to answer (the reception door does); talk to Redis.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,6 +72,8 @@ pub struct SuppressionList {
     /// Changes not yet published to the fleet (sequence -> JSON
     /// `[field, value or null]`); None when the list is not shared.
     outbox: Option<sled::Tree>,
+    /// How many changes the outbox holds (sled counts by iterating).
+    outbox_len: std::sync::atomic::AtomicUsize,
     sync: sled::Tree,
 }
 
@@ -149,6 +152,7 @@ impl SuppressionList {
             db,
             tree,
             outbox: None,
+            outbox_len: Default::default(),
             sync,
         })
     }
@@ -157,7 +161,9 @@ impl SuppressionList {
     /// also goes to the outbox.
     pub fn shared(mut self, on: bool) -> Result<SuppressionList, SpoolError> {
         if on {
-            self.outbox = Some(self.db.open_tree("outbox").map_err(|e| self.db_err(e))?);
+            let outbox = self.db.open_tree("outbox").map_err(|e| self.db_err(e))?;
+            self.outbox_len = outbox.len().into();
+            self.outbox = Some(outbox);
         }
         Ok(self)
     }
@@ -180,10 +186,7 @@ impl SuppressionList {
     /// Adds (or replaces) entries; sled writes them out within its flush
     /// interval.
     pub fn add(&self, entries: &[Suppression]) -> Result<(), SpoolError> {
-        self.to_outbox(entries.iter().map(|s| {
-            let value = serde_json::to_string(s).expect("serializable");
-            (field_of(&s.scope, &s.address), Some(value))
-        }))?;
+        self.republish(entries)?;
         let mut batch = sled::Batch::default();
         for s in entries {
             let value = serde_json::to_vec(s).expect("serializable");
@@ -258,7 +261,7 @@ impl SuppressionList {
                     if field_of(&s.scope, &s.address) != *field {
                         continue;
                     }
-                    batch.insert(key(scope, address), json.as_bytes());
+                    batch.insert(key(&s.scope, &s.address), json.as_bytes());
                 }
             }
             applied += 1;
@@ -267,8 +270,8 @@ impl SuppressionList {
         Ok(applied)
     }
 
-    /// Puts entries in the outbox again (they are to be published), as
-    /// they stand.
+    /// Puts entries in the outbox (they are to be published) as they
+    /// stand; [`SuppressionList::add`] does too.
     pub fn republish(&self, entries: &[Suppression]) -> Result<(), SpoolError> {
         self.to_outbox(entries.iter().map(|s| {
             let value = serde_json::to_string(s).expect("serializable");
@@ -295,7 +298,7 @@ impl SuppressionList {
 
     /// How many changes wait to be published.
     pub fn unpublished_len(&self) -> usize {
-        self.outbox.as_ref().map_or(0, sled::Tree::len)
+        self.outbox_len.load(Ordering::Relaxed)
     }
 
     /// Forgets changes once published.
@@ -307,7 +310,13 @@ impl SuppressionList {
         for seq in seqs {
             batch.remove(&seq.to_be_bytes());
         }
-        outbox.apply_batch(batch).map_err(|e| self.db_err(e))
+        outbox.apply_batch(batch).map_err(|e| self.db_err(e))?;
+        let _ = self
+            .outbox_len
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(n.saturating_sub(seqs.len()))
+            });
+        Ok(())
     }
 
     /// Where this node is in the fleet's log: (epoch, last id applied).
@@ -332,12 +341,16 @@ impl SuppressionList {
             return Ok(());
         };
         let mut batch = sled::Batch::default();
+        let mut n = 0;
         for change in changes {
             let seq = self.db.generate_id().map_err(|e| self.db_err(e))?;
             let value = serde_json::to_vec(&change).expect("serializable");
             batch.insert(&seq.to_be_bytes(), value);
+            n += 1;
         }
-        outbox.apply_batch(batch).map_err(|e| self.db_err(e))
+        outbox.apply_batch(batch).map_err(|e| self.db_err(e))?;
+        self.outbox_len.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 
     fn db_err(&self, source: sled::Error) -> SpoolError {
@@ -451,6 +464,16 @@ mod tests {
 
         assert_eq!(list.sync_place(), None);
         list.set_sync_place("e1", "17-3").unwrap();
+        assert_eq!(list.sync_place(), Some(("e1".into(), "17-3".into())));
+
+        // Opened again: the outbox and the place are still there.
+        drop(list);
+        let list = SuppressionList::open(dir.path())
+            .unwrap()
+            .shared(true)
+            .unwrap();
+        assert_eq!(list.unpublished_len(), 1);
+        assert_eq!(list.unpublished(10), out[1..]);
         assert_eq!(list.sync_place(), Some(("e1".into(), "17-3".into())));
     }
 
