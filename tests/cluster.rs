@@ -4,7 +4,9 @@
 //! messages a second and 5 connections however its mail is spread; a
 //! node SIGKILLed gives its leases back within their TTL; with Redis
 //! stopped each node keeps its 1/3 share and no client sees an error;
-//! with Redis back, the shared limits hold again.
+//! with Redis back, the shared limits hold again. The suppression list
+//! is the fleet's; a graceful stop gives its leases back at once; and
+//! the same works on a three-node Redis Cluster.
 
 mod common;
 
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::redis_server::RedisServer;
+use common::redis_server::{RedisCluster, RedisServer};
 use common::sink::{Script, Sink};
 use common::{send_concurrently, sink::Received};
 
@@ -37,6 +39,11 @@ struct Node {
 
 impl Node {
     fn start(dir: &Path, name: &'static str, sink: SocketAddr, redis: &str) -> Node {
+        Node::start_with(dir, name, sink, &format!("redis = \"{redis}\"\n"))
+    }
+
+    /// With `cluster` (lines of `[cluster]` naming Redis).
+    fn start_with(dir: &Path, name: &'static str, sink: SocketAddr, cluster: &str) -> Node {
         let (smtp, admin) = (free_addr(), free_addr());
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
@@ -48,7 +55,7 @@ impl Node {
                  max_connections = {CONNECTIONS}\nmax_messages_per_second = {RATE}\n\
                  [dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n\
                  [admin]\nlisten = \"{admin}\"\n[inject]\nlisten = \"off\"\n\
-                 [cluster]\nredis = \"{redis}\"\nnodes = 3\nlease_ttl_secs = {TTL_SECS}\n",
+                 [cluster]\n{cluster}nodes = 3\nlease_ttl_secs = {TTL_SECS}\n",
                 dir.join(format!("spool-{name}")).display(),
                 sink.port()
             ),
@@ -365,6 +372,61 @@ fn a_node_stopped_gracefully_gives_its_leases_back_at_once() {
     // Within the grace period (2 s), the keeper's last round (at most
     // 1 s) and the release.
     assert!(stopped_in < Duration::from_millis(4500), "{stopped_in:?}");
+}
+
+#[test]
+fn the_shared_limits_and_lists_work_on_a_redis_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisCluster::start(3);
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let cluster = format!("redis = \"{}\"\nredis_cluster = true\n", redis.urls());
+    let a = Node::start_with(dir.path(), "node-a", sink.addr, &cluster);
+    let b = Node::start_with(dir.path(), "node-b", sink.addr, &cluster);
+    wait_for_http(a.admin);
+    wait_for_http(b.admin);
+
+    // The shared rate and connections: 1,000 messages, half from each
+    // node, to one site.
+    let start = Instant::now();
+    let loads = [load(&a, 500), load(&b, 500)];
+    for l in loads {
+        l.join().unwrap();
+    }
+    let got = sink.wait_for(1000, 60);
+    let (first, last) = (got[0].at, got[got.len() - 1].at);
+    let measured = rate(got.len() - 1, last - first);
+    println!(
+        "Redis Cluster: 1,000 messages in {:.1} s, {measured:.1}/s; most connections at once: {:?}",
+        (last - start).as_secs_f64(),
+        sink.state.lock().unwrap().max_open.values().max()
+    );
+    assert!((95.0..=105.0).contains(&measured), "{measured:.1}/s");
+    let max_open = sink.state.lock().unwrap().max_open.values().max().copied();
+    assert!(max_open.unwrap() <= CONNECTIONS, "{max_open:?}");
+    assert!(taken(&got, first, last + Duration::from_millis(1), &["node-a"]) > 0);
+
+    // A suppression and a suspension made on one node hold on the other.
+    let body = r#"[{"address": "gone@example.net"}]"#;
+    assert_eq!(a.admin("POST", "/suppressions", body).0, 200);
+    assert!(eventually(5, || b.rcpt("gone@example.net") == 550));
+    b.admin_post("/queue/domains/held.test/suspend");
+    let mut c = redis.connection().unwrap();
+    assert!(eventually(5, || {
+        redis::cmd("HEXISTS")
+            .arg("ringpost:holds")
+            .arg("held.test")
+            .query::<bool>(&mut c)
+            .unwrap_or(false)
+    }));
+
+    // The keys are spread over the cluster's nodes, so commands went
+    // to more than one of them.
+    let per_node = redis.keys_per_node();
+    println!("keys per Redis node: {per_node:?}");
+    assert!(
+        per_node.iter().filter(|&&n| n > 0).count() >= 2,
+        "{per_node:?}"
+    );
 }
 
 /// Whether `check` holds within `secs` (tried every 100 ms).

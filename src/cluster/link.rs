@@ -1,5 +1,7 @@
-//! The thread that talks to Redis: one blocking connection, requests
-//! taken in order from the shards' channel.
+//! The thread that talks to Redis: one blocking connection (to one
+//! server, or to a Redis Cluster: the client routes each request by its
+//! keys' slot and follows redirections), requests taken in order from
+//! the shards' channel.
 //!
 //! Owns: the connection and the up/down flag's transitions (logged once
 //! each, and `ringpost_cluster_redis_up`). A request whose asker stopped
@@ -14,15 +16,75 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::{Connection, Script};
+use redis::cluster::{ClusterClient, ClusterConnection};
+use redis::{Connection, ConnectionLike, Script};
 
 use super::{Answer, ClusterError, Command, Job, scripts};
 
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Where Redis is: one server, or the seed nodes of a Redis Cluster.
+pub(super) enum Target {
+    Server(redis::Client),
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    pub(super) fn new(urls: &[&str], cluster: bool) -> redis::RedisResult<Target> {
+        match (cluster, urls) {
+            (false, [url]) => Ok(Target::Server(redis::Client::open(*url)?)),
+            (true, _) => {
+                // Checks the URLs now; connects later.
+                ClusterClient::new(urls.to_vec())?;
+                Ok(Target::Cluster(
+                    urls.iter().map(|u| u.to_string()).collect(),
+                ))
+            }
+            _ => Err((redis::ErrorKind::Client, "one Redis URL, unless a cluster").into()),
+        }
+    }
+
+    /// Connects, with `timeout` for connecting and for each answer.
+    fn connect(&self, timeout: Duration) -> redis::RedisResult<Conn> {
+        match self {
+            Target::Server(client) => {
+                let conn = client.get_connection_with_timeout(timeout)?;
+                conn.set_read_timeout(Some(timeout))?;
+                conn.set_write_timeout(Some(timeout))?;
+                Ok(Conn::Server(conn))
+            }
+            Target::Cluster(seeds) => {
+                let conn = ClusterClient::builder(seeds.clone())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .build()?
+                    .get_connection()?;
+                Ok(Conn::Cluster(Box::new(conn)))
+            }
+        }
+    }
+}
+
+/// A connection to one server, or to a cluster (which routes each
+/// command by its keys' slot and follows redirections).
+enum Conn {
+    Server(Connection),
+    Cluster(Box<ClusterConnection>),
+}
+
+impl Conn {
+    fn like(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::Server(c) => c,
+            Conn::Cluster(c) => c.as_mut(),
+        }
+    }
+}
+
 struct Link {
-    client: redis::Client,
-    conn: Option<Connection>,
+    client: Target,
+    conn: Option<Conn>,
     up: Arc<AtomicBool>,
     timeout: Duration,
     nodes: usize,
@@ -45,7 +107,7 @@ struct Scripts {
 }
 
 pub(super) fn spawn(
-    client: redis::Client,
+    client: Target,
     jobs: flume::Receiver<Job>,
     up: Arc<AtomicBool>,
     timeout: Duration,
@@ -95,7 +157,11 @@ impl Link {
             self.connect();
         }
         let scripts = &self.scripts;
-        let result = match self.conn.as_mut().map(|c| run(c, &job.command, scripts)) {
+        let result = match self
+            .conn
+            .as_mut()
+            .map(|c| run(c.like(), &job.command, scripts))
+        {
             Some(Ok(answer)) => Ok(answer),
             Some(Err(e)) if refused_only(&e) => {
                 log::debug!("Redis refused a {op} request: {e}");
@@ -124,7 +190,7 @@ impl Link {
                 }
             }
             Some(conn) => {
-                if let Err(e) = redis::cmd("PING").query::<String>(conn) {
+                if let Err(e) = redis::cmd("PING").query::<String>(conn.like()) {
                     self.failed(e);
                 }
             }
@@ -132,15 +198,7 @@ impl Link {
     }
 
     fn connect(&mut self) {
-        let attempt = self
-            .client
-            .get_connection_with_timeout(self.timeout)
-            .and_then(|conn| {
-                conn.set_read_timeout(Some(self.timeout))?;
-                conn.set_write_timeout(Some(self.timeout))?;
-                Ok(conn)
-            });
-        match attempt {
+        match self.client.connect(self.timeout) {
             Ok(conn) => {
                 self.conn = Some(conn);
                 self.failure_logged = false;
@@ -200,7 +258,11 @@ fn op_name(command: &Command) -> &'static str {
 }
 
 /// One request: its script or commands.
-fn run(conn: &mut Connection, command: &Command, scripts: &Scripts) -> redis::RedisResult<Answer> {
+fn run(
+    conn: &mut dyn ConnectionLike,
+    command: &Command,
+    scripts: &Scripts,
+) -> redis::RedisResult<Answer> {
     let lease_ttl_ms = scripts.lease_ttl_ms;
     Ok(match command {
         Command::Tokens {
@@ -324,7 +386,7 @@ fn log_read(
 }
 
 /// The requests that are plain commands.
-fn run_plain(conn: &mut Connection, command: &Command) -> redis::RedisResult<Answer> {
+fn run_plain(conn: &mut dyn ConnectionLike, command: &Command) -> redis::RedisResult<Answer> {
     Ok(match command {
         Command::Release { key, members } => {
             redis::cmd("ZREM").arg(key).arg(members).query::<()>(conn)?;

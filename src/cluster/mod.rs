@@ -237,7 +237,7 @@ impl Cluster {
         if !cfg.is_on() {
             return Ok(None);
         }
-        let client = redis::Client::open(cfg.redis.as_str())
+        let client = link::Target::new(&cfg.redis_urls(), cfg.redis_cluster)
             .map_err(|e| ClusterError::Redis(e.to_string()))?;
         let (tx, rx) = flume::unbounded();
         let up = Arc::new(AtomicBool::new(false));
@@ -292,7 +292,7 @@ impl Cluster {
 
     /// The Redis key of `what` for a path (`source|site`): the path in a
     /// hash tag, so that the keys one script touches (`conns` and `want`)
-    /// would share a Redis Cluster slot.
+    /// share a Redis Cluster slot.
     fn path_key(&self, path: &str, what: &str) -> String {
         let tag: String = path.chars().filter(|c| !matches!(c, '{' | '}')).collect();
         format!("{}:{{{tag}}}:{what}", self.prefix)

@@ -18,13 +18,19 @@ section! {
     /// falls back to its 1/`nodes` share of every limit (logged, and
     /// `ringpost_cluster_redis_up` is 0) and returns to the shared limits
     /// when Redis answers again; mail never waits for Redis. Redis 7 or
-    /// compatible, one server (or a primary): the keys a script touches
-    /// share a hash tag, but the client does not follow Redis Cluster's
-    /// redirections, so a Redis Cluster is not supported yet.
+    /// compatible: one server (or a primary), or a Redis Cluster
+    /// (`redis_cluster`).
     ClusterConfig = "cluster" {
         /// `redis://[user:password@]host[:port][/db]`. Empty: no sharing;
-        /// each node holds the limits by itself.
+        /// each node holds the limits by itself. With `redis_cluster`:
+        /// one or more nodes of the Redis Cluster, separated by commas
+        /// (the others are learnt from them).
         redis: String = String::new(),
+        /// Whether `redis` names nodes of a Redis Cluster: the client
+        /// learns which node holds which slot and follows the cluster's
+        /// redirections (the keys each script touches share a hash tag,
+        /// so each runs on one node).
+        redis_cluster: bool = false,
         /// Nodes that share the limits: when Redis is unreachable, each
         /// takes `1/nodes` of every limit (at least one connection).
         nodes: usize = 1,
@@ -51,10 +57,17 @@ section! {
 
 impl ClusterConfig {
     pub fn check(&self, p: &mut Problems) {
-        if !self.redis.is_empty() && !self.redis.starts_with("redis://") {
+        let urls = self.redis_urls();
+        if urls.iter().any(|u| !u.starts_with("redis://")) {
             p.at(
                 "cluster.redis",
                 "must start with redis:// (or be empty; TLS to Redis is not supported: keep it on a private network)",
+            );
+        }
+        if urls.len() > 1 && !self.redis_cluster {
+            p.at(
+                "cluster.redis",
+                "names several servers: set redis_cluster = true for a Redis Cluster",
             );
         }
         if self.nodes == 0 {
@@ -80,5 +93,44 @@ impl ClusterConfig {
     /// Whether the limits are shared.
     pub fn is_on(&self) -> bool {
         !self.redis.is_empty()
+    }
+
+    /// The URLs in `redis`.
+    pub fn redis_urls(&self) -> Vec<&str> {
+        self.redis
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(redis: &str, redis_cluster: bool) -> usize {
+        let cfg = ClusterConfig {
+            redis: redis.into(),
+            redis_cluster,
+            ..ClusterConfig::default()
+        };
+        let mut p = Problems::default();
+        cfg.check(&mut p);
+        p.0.len()
+    }
+
+    #[test]
+    fn one_server_or_the_seeds_of_a_cluster() {
+        assert_eq!(problems("", false), 0);
+        assert_eq!(problems("redis://10.0.0.5:6379", false), 0);
+        assert_eq!(problems("redis://a:7000,redis://b:7000", true), 0);
+        assert_eq!(problems("redis://a:7000, redis://b:7000", false), 1);
+        assert_eq!(problems("rediss://a:7000", false), 1);
+        let cfg = ClusterConfig {
+            redis: " redis://a:1 ,redis://b:2,".into(),
+            ..ClusterConfig::default()
+        };
+        assert_eq!(cfg.redis_urls(), ["redis://a:1", "redis://b:2"]);
     }
 }

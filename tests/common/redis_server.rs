@@ -67,3 +67,122 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A real Redis Cluster of `n` primaries (no replicas) on loopback ports,
+/// each with its cluster bus at port + 10000, made with
+/// `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<SocketAddr>,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start(n: usize) -> RedisCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        let mut children = Vec::new();
+        while nodes.len() < n {
+            let port = super::closed_port();
+            let bus_free =
+                std::net::TcpListener::bind(("127.0.0.1", port.wrapping_add(10000))).is_ok();
+            if port > 55000 || !bus_free {
+                continue;
+            }
+            let child = Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--port", &port.to_string(), "--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server runs (apt-get install redis-server)");
+            children.push(child);
+            nodes.push(SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        let mut cluster = RedisCluster {
+            nodes,
+            children,
+            _dir: dir,
+        };
+        for node in &cluster.nodes {
+            wait_for_ping(&format!("redis://{node}"));
+        }
+        let made = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(cluster.nodes.iter().map(|a| a.to_string()))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(made.success(), "redis-cli --cluster create failed");
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// `redis://` URLs of every node, comma-separated (for `cluster.redis`).
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(|a| format!("redis://{a}")).collect();
+        urls.join(",")
+    }
+
+    /// A connection that follows the cluster's slots.
+    pub fn connection(&self) -> redis::RedisResult<redis::cluster::ClusterConnection> {
+        let urls: Vec<String> = self.nodes.iter().map(|a| format!("redis://{a}")).collect();
+        redis::cluster::ClusterClient::new(urls)?.get_connection()
+    }
+
+    /// Keys held by each node.
+    pub fn keys_per_node(&self) -> Vec<usize> {
+        self.nodes
+            .iter()
+            .map(|a| {
+                let mut c = redis::Client::open(format!("redis://{a}"))
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                redis::cmd("DBSIZE").query(&mut c).unwrap()
+            })
+            .collect()
+    }
+
+    fn wait_until_ok(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &self.nodes {
+            loop {
+                let info = redis::Client::open(format!("redis://{node}"))
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c));
+                if info.is_ok_and(|i| i.contains("cluster_state:ok")) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the Redis Cluster is not ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn wait_for_ping(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pong = redis::Client::open(url)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+        if pong.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "redis-server does not answer");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
