@@ -481,8 +481,13 @@ fn the_suppression_list_is_shared_by_every_node_through_outages_and_restarts() {
         let (status, answer) = node.admin("POST", "/suppressions", &body);
         assert_eq!(status, 200, "{answer}");
     };
+    let added = Instant::now();
     add(&a, "gone@example.net");
     assert!(eventually(5, || b.rcpt("gone@example.net") == 550));
+    println!(
+        "an add on node A refused at node B after {:?}",
+        added.elapsed()
+    );
     let (status, entry) = b.admin("GET", "/suppressions/gone@example.net", "");
     assert_eq!(status, 200, "{entry}");
     assert!(
@@ -493,7 +498,12 @@ fn the_suppression_list_is_shared_by_every_node_through_outages_and_restarts() {
     // Removed on node B: node A takes mail for it again.
     let (status, answer) = b.admin("DELETE", "/suppressions/gone@example.net", "");
     assert_eq!((status, answer.contains("true")), (200, true), "{answer}");
+    let removed = Instant::now();
     assert!(eventually(5, || a.rcpt("gone@example.net") == 250));
+    println!(
+        "a removal on node B taken at node A after {:?}",
+        removed.elapsed()
+    );
 
     // A hard bounce on node A suppresses the recipient on node B.
     send_concurrently(a.smtp, 1, 1, |_| {

@@ -1,7 +1,7 @@
 //! The thread that talks to Redis: one blocking connection (to one
-//! server, or to a Redis Cluster: the client routes each request by its
-//! keys' slot and follows redirections), requests taken in order from
-//! the shards' channel.
+//! server, or to a Redis Cluster: the redis crate's cluster client sends
+//! each request to the node of its keys' slot), requests taken in order
+//! from the shards' channel.
 //!
 //! Owns: the connection and the up/down flag's transitions (logged once
 //! each, and `ringpost_cluster_redis_up`). A request whose asker stopped
@@ -23,23 +23,29 @@ use super::{Answer, ClusterError, Command, Job, scripts};
 
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Where Redis is: one server, or the seed nodes of a Redis Cluster.
+/// Where Redis is: one server, or (the seed nodes of) a Redis Cluster.
 pub(super) enum Target {
     Server(redis::Client),
-    Cluster(Vec<String>),
+    Cluster(ClusterClient),
 }
 
 impl Target {
-    pub(super) fn new(urls: &[&str], cluster: bool) -> redis::RedisResult<Target> {
+    /// Checks the URLs; connects later. `timeout` bounds a cluster
+    /// client's connections and answers (a server's: [`Target::connect`]).
+    pub(super) fn new(
+        urls: &[&str],
+        cluster: bool,
+        timeout: Duration,
+    ) -> redis::RedisResult<Target> {
         match (cluster, urls) {
             (false, [url]) => Ok(Target::Server(redis::Client::open(*url)?)),
-            (true, _) => {
-                // Checks the URLs now; connects later.
-                ClusterClient::new(urls.to_vec())?;
-                Ok(Target::Cluster(
-                    urls.iter().map(|u| u.to_string()).collect(),
-                ))
-            }
+            (true, _) => Ok(Target::Cluster(
+                ClusterClient::builder(urls.to_vec())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .build()?,
+            )),
             _ => Err((redis::ErrorKind::Client, "one Redis URL, unless a cluster").into()),
         }
     }
@@ -53,21 +59,13 @@ impl Target {
                 conn.set_write_timeout(Some(timeout))?;
                 Ok(Conn::Server(conn))
             }
-            Target::Cluster(seeds) => {
-                let conn = ClusterClient::builder(seeds.clone())
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .retries(1)
-                    .build()?
-                    .get_connection()?;
-                Ok(Conn::Cluster(Box::new(conn)))
-            }
+            Target::Cluster(client) => Ok(Conn::Cluster(Box::new(client.get_connection()?))),
         }
     }
 }
 
-/// A connection to one server, or to a cluster (which routes each
-/// command by its keys' slot and follows redirections).
+/// A connection to one server, or to a cluster (which sends each
+/// command to the node of its keys' slot).
 enum Conn {
     Server(Connection),
     Cluster(Box<ClusterConnection>),
@@ -317,12 +315,10 @@ fn run(
         Command::ListPublish {
             keys,
             node,
-            epoch,
             changes,
         } => {
             let mut call = scripts.list_publish.key(&keys[0]);
-            call.key(&keys[1]).key(&keys[2]);
-            call.arg(node).arg(super::LIST_LOG_MAX).arg(epoch);
+            call.key(&keys[1]).arg(node).arg(super::LIST_LOG_MAX);
             for c in changes {
                 call.arg(&c.field).arg(c.value.as_deref().unwrap_or(""));
             }

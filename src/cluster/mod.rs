@@ -86,10 +86,9 @@ enum Command {
         window_ms: u64,
     },
     ListPublish {
-        /// Entries, log, epoch.
-        keys: [String; 3],
+        /// Entries, log.
+        keys: [String; 2],
         node: String,
-        epoch: String,
         changes: Vec<ListChange>,
     },
     ListRead {
@@ -237,11 +236,11 @@ impl Cluster {
         if !cfg.is_on() {
             return Ok(None);
         }
-        let client = link::Target::new(&cfg.redis_urls(), cfg.redis_cluster)
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let client = link::Target::new(&cfg.redis_urls(), cfg.redis_cluster, timeout)
             .map_err(|e| ClusterError::Redis(e.to_string()))?;
         let (tx, rx) = flume::unbounded();
         let up = Arc::new(AtomicBool::new(false));
-        let timeout = Duration::from_millis(cfg.timeout_ms);
         let lease_ttl = Duration::from_secs(cfg.lease_ttl_secs);
         link::spawn(client, rx, up.clone(), timeout, lease_ttl, cfg.nodes);
         let node_id = format!("{hostname}-{:08x}", rand::random::<u32>());
@@ -472,13 +471,8 @@ impl Cluster {
         changes: Vec<ListChange>,
     ) -> Result<LogId, ClusterError> {
         let command = Command::ListPublish {
-            keys: [
-                self.path_key(list, "entries"),
-                self.path_key(list, "log"),
-                self.path_key(list, "epoch"),
-            ],
+            keys: [self.path_key(list, "entries"), self.path_key(list, "log")],
             node: self.node_id.clone(),
-            epoch: new_epoch(),
             changes,
         };
         match self.call(command).await? {
@@ -528,7 +522,8 @@ impl Cluster {
     }
 }
 
-/// A fresh epoch for a list's log, used only if it has none.
+/// A fresh epoch for a list's log, used only if it has none (the read
+/// makes it).
 fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
 }

@@ -1,7 +1,8 @@
 //! The Lua scripts run in Redis. The keys each touches share one hash
-//! tag (the path's); each reads Redis's own clock (`TIME`:
-//! the nodes' clocks may drift) and writes numbers with `%.0f` (Lua's
-//! `tostring` would write large ones in exponent form).
+//! tag (the path's, or the list's), so each runs on one Redis Cluster
+//! node. The limits' scripts read Redis's own clock (`TIME`: the nodes'
+//! clocks may drift) and write numbers with `%.0f` (Lua's `tostring`
+//! would write large ones in exponent form).
 
 /// GCRA: takes up to `ARGV[3]` tokens at once from a throttle whose
 /// emission interval is `ARGV[1]` µs and whose burst tolerance is `ARGV[2]`
@@ -101,17 +102,14 @@ return answer
 
 /// A shared list's changes: `KEYS[1]` the hash of its entries (field ->
 /// value), `KEYS[2]` the log of changes (a stream, trimmed to about
-/// `ARGV[2]` entries), `KEYS[3]` the log's epoch (made here if missing:
-/// a Redis that lost its data gets a new one, so that readers know their
-/// place in the log means nothing). `ARGV[1]` names the node, `ARGV[3]`
-/// is the epoch to make, then field/value pairs follow (an empty value
-/// is a removal: it stays in the hash as a tombstone, so that a node
-/// that missed it does not bring the entry back). Returns the last log
-/// id written.
+/// `ARGV[2]` entries). `ARGV[1]` names the node (kept in each log entry
+/// for an operator reading it), then field/value pairs follow (an empty
+/// value is a removal: it stays in the hash as a tombstone, so that a
+/// node that missed it does not bring the entry back). Returns the last
+/// log id written.
 pub const LIST_PUBLISH: &str = r#"
-redis.call('SET', KEYS[3], ARGV[3], 'NX')
 local id = ''
-for i = 4, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local field, value = ARGV[i], ARGV[i + 1]
   redis.call('HSET', KEYS[1], field, value)
   id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'f', field, 'v', value, 'n', ARGV[1])
@@ -120,7 +118,9 @@ return id
 "#;
 
 /// Reads a shared list's log: `KEYS[1]` the log, `KEYS[2]` its epoch
-/// (made if missing, `ARGV[3]`); up to `ARGV[2]` entries after the id
+/// (made here if missing, `ARGV[3]`: a Redis that lost its data gets a
+/// new one, so that readers know their place in the log means nothing);
+/// up to `ARGV[2]` entries after the id
 /// `ARGV[1]` (none when 0). Returns `{epoch, last id generated, first
 /// id or '', length, entries ever added, entries}`, each entry `{id,
 /// {field, value, ...}}` (`entries-added` is Redis 7's; trimming does not

@@ -27,9 +27,9 @@ section! {
         /// (the others are learnt from them).
         redis: String = String::new(),
         /// Whether `redis` names nodes of a Redis Cluster: the client
-        /// learns which node holds which slot and follows the cluster's
-        /// redirections (the keys each script touches share a hash tag,
-        /// so each runs on one node).
+        /// learns which node holds which slot and sends each request
+        /// there (the keys each script touches share a hash tag, so each
+        /// runs on one node).
         redis_cluster: bool = false,
         /// Nodes that share the limits: when Redis is unreachable, each
         /// takes `1/nodes` of every limit (at least one connection).

@@ -17,10 +17,10 @@
 //! that goes away does not cut it short.
 //!
 //! May call: `inbound` (the reception door, the key index), `proto`
-//! (address syntax), `http` (the server), `cluster` (keys fleet-wide). Must not: deliver anything itself, or
-//! queue mail for a client that is neither in `smtp.relay_networks` nor
-//! holds the token: injected mail goes to any domain, so anything else
-//! would be an open relay.
+//! (address syntax), `http` (the server), `cluster` (keys fleet-wide).
+//! Must not: deliver anything itself, or queue mail for a client that is
+//! neither in `smtp.relay_networks` nor holds the token: injected mail
+//! goes to any domain, so anything else would be an open relay.
 
 use std::net::IpAddr;
 use std::rc::Rc;

@@ -910,8 +910,8 @@ impl Spool {
     /// Stores an injection's answer under its `Idempotency-Key` until
     /// `expires`, durably: returns once sled is flushed (a client that got
     /// the answer and retries after a crash gets it again). This second
-    /// commit round is what keys cost (injection with a key on every
-    /// request at about 0.3 of its unkeyed rate); storing the key in the
+    /// durable write is most of what a key costs
+    /// (`benches/inject-idempotency-ab.sh`); storing the key in the
     /// message's own commit would remove it.
     pub async fn set_idempotent_answer(
         &self,

@@ -36,6 +36,7 @@
 //! May call: cluster (the Redis kit), the suppression list. Must not:
 //! block the shard (each Redis call is bounded by `cluster.timeout_ms`).
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -71,6 +72,8 @@ struct Share {
     list: Arc<SuppressionList>,
     cluster: Arc<Cluster>,
     clock: Clock,
+    /// A round failed since the last that did (logged once).
+    failing: Cell<bool>,
 }
 
 /// Shares `list` until `stop`.
@@ -84,14 +87,14 @@ pub async fn run(
         list,
         cluster,
         clock,
+        failing: Cell::new(false),
     };
-    let failing = std::cell::Cell::new(false);
     loop {
         // A round stops where it is when the node stops: each step it
         // made is stored, and the next start goes on from there.
         let go_on = futures_lite::future::or(
             async {
-                share.tick(&failing).await;
+                share.tick().await;
                 glommio::timer::sleep(share.cluster.sync_interval()).await;
                 true
             },
@@ -110,11 +113,11 @@ pub async fn run(
 impl Share {
     /// One round if Redis answers; a failure logged once until a round
     /// succeeds.
-    async fn tick(&self, failing: &std::cell::Cell<bool>) {
+    async fn tick(&self) {
         if self.cluster.is_up() {
             match self.round().await {
-                Ok(()) => failing.set(false),
-                Err(e) if !failing.replace(true) => {
+                Ok(()) => self.failing.set(false),
+                Err(e) if !self.failing.replace(true) => {
                     log::warn!("suppression list: not in step with the fleet yet: {e}");
                 }
                 Err(_) => {}

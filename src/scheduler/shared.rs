@@ -221,18 +221,30 @@ impl Scheduler {
             self.forget_leases();
             return;
         };
-        let held: Vec<(PathKey, Held)> = self.leases.borrow_mut().held.drain().collect();
-        for (key, held) in held {
-            let names: Vec<String> = held.names.into_iter().map(|(n, _)| n).collect();
-            lease_gauge(&key, -(names.len() as f64));
-            self.close_idle(&key, 0).await;
-            if let Err(e) = cluster.release(&path_name(&key), names).await {
-                log::debug!(
-                    "shard {}: leases on {} left to expire: {e}",
-                    self.shard,
-                    path_name(&key)
-                );
-            }
+        let keys: Vec<PathKey> = self.leases.borrow().held.keys().cloned().collect();
+        for key in keys {
+            self.give_back_all(cluster, &key).await;
+        }
+    }
+
+    /// Gives back every lease held on `key`, after closing its pooled
+    /// connections: the path is gone (a reload) or the shard stops.
+    async fn give_back_all(&self, cluster: &Cluster, key: &PathKey) {
+        let held = self
+            .leases
+            .borrow_mut()
+            .held
+            .remove(key)
+            .unwrap_or_default();
+        let names: Vec<String> = held.names.into_iter().map(|(n, _)| n).collect();
+        lease_gauge(key, -(names.len() as f64));
+        self.close_idle(key, 0).await;
+        if let Err(e) = cluster.release(&path_name(key), names).await {
+            log::debug!(
+                "shard {}: leases on {} left to expire: {e}",
+                self.shard,
+                path_name(key)
+            );
         }
     }
 
@@ -245,16 +257,7 @@ impl Scheduler {
             leases.held.keys().filter(|k| !known(k)).cloned().collect()
         };
         for key in gone {
-            let held = self
-                .leases
-                .borrow_mut()
-                .held
-                .remove(&key)
-                .unwrap_or_default();
-            let names: Vec<String> = held.names.into_iter().map(|(n, _)| n).collect();
-            lease_gauge(&key, -(names.len() as f64));
-            self.close_idle(&key, 0).await;
-            let _ = cluster.release(&path_name(&key), names).await;
+            self.give_back_all(cluster, &key).await;
         }
         let mut short = false;
         for view in views {
