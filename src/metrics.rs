@@ -55,8 +55,8 @@ metrics_table! {
     RECIPIENTS_DEFERRED = "ringpost_recipients_deferred_total", Counter, "Delivery attempts per recipient that failed temporarily.";
     RECIPIENTS_BOUNCED = "ringpost_recipients_bounced_total", Counter, "Recipients that failed permanently (a DSN was sent unless the sender was <>).";
     DELIVERY_FAILURES = "ringpost_delivery_failures_total", Counter, "Failed delivery attempts per recipient, by bounce category (see [bounce_classifier]) and result (deferred: to be retried; bounced: failed for good, including expiry).";
-    WEBHOOK_EVENTS = "ringpost_webhook_events_total", Counter, "Events posted to a webhook, by webhook and result (sent: the receiver answered 2xx; refused: a 4xx other than 408/429, kept in the spool for the operator).";
-    WEBHOOK_REQUESTS = "ringpost_webhook_requests_total", Counter, "Requests to a webhook, by webhook and result (taken: 2xx; refused: 4xx other than 408/429; failed: anything else, tried again after a back-off).";
+    WEBHOOK_EVENTS = "ringpost_webhook_events_total", Counter, "Events posted to a webhook, by webhook and result (sent: the receiver answered 2xx; refused: refused alone by a receiver that took the events after it, kept in the spool for the operator: ringpost events-failed).";
+    WEBHOOK_REQUESTS = "ringpost_webhook_requests_total", Counter, "Requests to a webhook, by webhook and result (taken: 2xx; refused: 4xx other than 408/429, the batch halved or the receiver taken as down; failed: anything else, tried again after a back-off).";
     WEBHOOK_BACKLOG = "ringpost_webhook_backlog", Gauge, "Events stored and not yet taken by a webhook's receiver, by webhook.";
     EVENTS_DROPPED = "ringpost_events_dropped_total", Counter, "Unsent webhook events dropped because events.max_backlog was reached with on_backlog_full = \"drop_oldest\".";
     CLUSTER_REDIS_UP = "ringpost_cluster_redis_up", Gauge, "1 while Redis answers and the limits are shared by the cluster; 0 while this node holds its 1/N share of each ([cluster], set only when cluster.redis is).";

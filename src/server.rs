@@ -586,6 +586,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
             meta: cfg.meta.clone(),
             egress: cfg.egress.clone(),
             priority_header: cfg.priority.header.clone(),
+            max_received_headers: cfg.smtp.max_received_headers,
         },
     ));
     let notifications = glommio::spawn_local(door.clone().take_notifications(dsns));

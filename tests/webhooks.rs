@@ -1,8 +1,9 @@
 //! Webhooks: every event reaches the application at least once, through a
 //! receiver that refuses connections, answers 500, times out, and a
 //! SIGKILL of ringpost; signatures checked by Python's `hmac`
-//! (tests/verifiers/webhook_receiver.py), batching, permanent refusals
-//! kept, back-pressure.
+//! (tests/verifiers/webhook_receiver.py), batching, an event refused
+//! alone kept and replayed, a receiver answering 404 for a while taken as
+//! down, back-pressure.
 
 mod common;
 
@@ -243,23 +244,29 @@ fn every_event_arrives_at_least_once_through_failures_and_a_kill() {
     mta.wait().unwrap();
 }
 
-/// A receiver's 400 fails the batch for good: counted, kept in the spool,
-/// and the events after it still go.
+/// One event the receiver refuses whenever it is in a batch (a 400),
+/// while it takes the others: the batch is halved down to that event,
+/// which is refused alone while the events after it are taken, so it
+/// alone is kept (counted; listed by the admin API while the server
+/// runs), and every other event arrives. Replayed once the receiver takes
+/// it, it arrives too, and nothing is left kept.
 #[test]
-fn a_refused_batch_is_kept_and_sending_goes_on() {
+fn an_event_refused_alone_is_kept_and_replayed_while_the_rest_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let secret = secret_file(dir.path());
     let out = dir.path().join("events.jsonl");
     let receiver = Receiver::start(free_addr(), &secret, &out);
-    receiver.mode("refuse400");
+    receiver.mode("poison:r3@dest.test");
     let sink = Sink::start("127.0.0.1", 0, Script::default());
     let mut hook = webhook(format!("http://{}/hook", receiver.addr), &secret);
     hook.events = vec!["Delivery".into()];
     hook.batch_size = 10;
-    let mut ts = common::start_with(1, |c| {
+    hook.max_wait_ms = 2000;
+    let ts = common::start_with(1, |c| {
         c.delivery.smarthost = format!("[127.0.0.1]:{}", sink.addr.port());
         c.events.webhook = vec![hook];
     });
+    let admin = ts.admin_addr.unwrap();
     send_concurrently(ts.addr, 10, 1, |i| {
         (
             "a@sender.test".into(),
@@ -268,41 +275,149 @@ fn a_refused_batch_is_kept_and_sending_goes_on() {
         )
     });
     sink.wait_for(10, 30);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut kept = serde_json::Value::Null;
+    while taken(&out).len() < 9 || kept.as_array().is_none_or(|k| k.is_empty()) {
+        assert!(
+            Instant::now() < deadline,
+            "taken {:?}, kept {kept}",
+            taken(&out).len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        kept = serde_json::from_str(
+            &http(
+                admin,
+                b"GET /events/failed?webhook=app HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .1,
+        )
+        .unwrap();
+    }
+    let got: HashSet<String> = taken(&out)
+        .iter()
+        .map(|e| e["recipient"].as_str().unwrap().to_string())
+        .collect();
+    let others: HashSet<String> = (0..10).filter(|&i| i != 3).map(recipient).collect();
+    assert_eq!(got, others, "every event but the refused one arrives");
+    let kept = kept.as_array().unwrap();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["webhook"], "app");
+    assert_eq!(kept[0]["event"]["recipient"], recipient(3));
+    assert!(
+        ts.metrics_text()
+            .contains("ringpost_webhook_events_total{webhook=\"app\",result=\"refused\"} 1"),
+        "{}",
+        ts.metrics_text()
+    );
+
+    // The receiver is fixed: the operator replays, with the CLI.
+    receiver.mode("ok");
+    let replay = Command::new(env!("CARGO_BIN_EXE_ringpost"))
+        .args(["events-failed", "replay", "--webhook", "app", "--admin"])
+        .arg(admin.to_string())
+        .output()
+        .unwrap();
+    assert!(replay.status.success(), "{replay:?}");
+    assert!(
+        String::from_utf8_lossy(&replay.stdout).contains("1 events sent again"),
+        "{replay:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !ts
-        .metrics_text()
-        .contains("ringpost_webhook_events_total{webhook=\"app\",result=\"refused\"} 10")
+    while !taken(&out)
+        .iter()
+        .any(|e| e["recipient"] == recipient(3).as_str())
     {
-        assert!(Instant::now() < deadline, "{}", ts.metrics_text());
+        assert!(
+            Instant::now() < deadline,
+            "the replayed event does not arrive"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    receiver.mode("ok");
-    send_concurrently(ts.addr, 5, 1, |i| {
+    let ls = Command::new(env!("CARGO_BIN_EXE_ringpost"))
+        .args(["events-failed", "ls", "--admin"])
+        .arg(admin.to_string())
+        .output()
+        .unwrap();
+    assert!(ls.status.success(), "{ls:?}");
+    assert_eq!(String::from_utf8_lossy(&ls.stdout), "", "nothing is kept");
+    assert_eq!(receiver.stats()["bad_signatures"], 0);
+}
+
+/// A receiver that answers 404 to everything for a while (a deploy, a
+/// path briefly wrong) is down, not refusing: every event arrives once it
+/// answers 200 again, and none is kept as failed. The window is
+/// `RINGPOST_WEBHOOK_404_SECS` (default 5; the minute: 60).
+#[test]
+fn a_receiver_answering_404_for_a_while_loses_no_event() {
+    let window: u64 = std::env::var("RINGPOST_WEBHOOK_404_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    const N: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path());
+    let out = dir.path().join("events.jsonl");
+    let receiver = Receiver::start(free_addr(), &secret, &out);
+    receiver.mode("refuse404");
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let hook = webhook(format!("http://{}/hook", receiver.addr), &secret);
+    let ts = common::start_with(2, |c| {
+        c.delivery.smarthost = format!("[127.0.0.1]:{}", sink.addr.port());
+        c.events.webhook = vec![hook];
+    });
+    let started = Instant::now();
+    send_concurrently(ts.addr, N, 4, |i| {
         (
             "a@sender.test".into(),
-            recipient(100 + i),
+            recipient(i),
             "Subject: x\r\n\r\nx\r\n".into(),
         )
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while taken(&out).len() < 5 {
-        assert!(Instant::now() < deadline, "later events do not arrive");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let later: HashSet<String> = taken(&out)
-        .iter()
-        .map(|e| {
-            assert_eq!(e["event"], "Delivery", "only the kinds asked for");
-            e["recipient"].as_str().unwrap().to_string()
-        })
+    sink.wait_for(N, 30);
+    std::thread::sleep(Duration::from_secs(window).saturating_sub(started.elapsed()));
+    let refused_requests = receiver.stats()["requests"].as_u64().unwrap();
+    assert_eq!(
+        taken(&out).len(),
+        0,
+        "nothing is taken while it answers 404"
+    );
+    receiver.mode("ok");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let want: HashSet<(String, String)> = (0..N)
+        .flat_map(|i| [("Reception", i), ("Delivery", i)])
+        .map(|(kind, i)| (kind.to_string(), recipient(i)))
         .collect();
-    assert_eq!(later, (100..105).map(recipient).collect());
-    let spool_dir = ts.spool_dir.clone();
-    ts.stop();
-    let spool = ringpost::queue::Spool::open(&spool_dir, 0, &Default::default()).unwrap();
-    let kept = spool.outbox().failed();
-    assert_eq!(kept.len(), 10, "the refused batch is kept");
-    assert!(kept.iter().all(|(name, _)| name == "app"));
+    loop {
+        let got: HashSet<(String, String)> = taken(&out)
+            .iter()
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap().to_string(),
+                    e["recipient"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        if got.is_superset(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events arrived",
+            got.intersection(&want).count(),
+            want.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, kept) = http(
+        ts.admin_addr.unwrap(),
+        b"GET /events/failed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(kept.trim(), "[]", "nothing kept as failed");
+    eprintln!(
+        "404 for {:?}: {refused_requests} requests refused, then {} events expected, every one received",
+        started.elapsed(),
+        want.len()
+    );
 }
 
 /// With the receiver down and `max_backlog` reached, new mail is deferred

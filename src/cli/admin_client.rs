@@ -169,6 +169,12 @@ pub fn render_summary(s: &Summary) -> String {
         s.deferred,
         count(s.recipients, "recipient")
     );
+    if let Some(to) = &s.draining_to {
+        out += &format!("-- draining to {to}: new mail is refused\n");
+        for (reason, n) in deferred_reasons(s) {
+            out += &format!("   {} deferred: {reason}\n", count(n, "message"));
+        }
+    }
     for h in &s.holds {
         out += &format!(
             "-- {} {} suspended{}\n",
@@ -193,6 +199,19 @@ pub fn render_summary(s: &Summary) -> String {
         out += "   * N/s: a [backoff] throttle holds the rate to N messages a second, recovering\n";
     }
     out
+}
+
+/// The deferred messages by the last failure of their domains, most
+/// first (while draining, every domain's last failure is the peer's).
+pub fn deferred_reasons(s: &Summary) -> Vec<(String, usize)> {
+    let mut by: std::collections::BTreeMap<&str, usize> = Default::default();
+    for d in s.domains.iter().filter(|d| d.deferred > 0) {
+        *by.entry(d.last_error.as_deref().unwrap_or("not tried yet"))
+            .or_default() += d.deferred;
+    }
+    let mut list: Vec<(String, usize)> = by.into_iter().map(|(r, n)| (r.to_string(), n)).collect();
+    list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    list
 }
 
 /// `queue summary --by`: one line per site, source or pool.

@@ -110,14 +110,14 @@ pub enum Command {
         #[command(subcommand)]
         command: suppression::SuppressionCommand,
     },
-    /// Webhook events a receiver refused for good (a 4xx other than 408
-    /// or 429), kept in the spool: printed as JSON lines, each with the
-    /// webhook's name. Reads the spool directly: the server must be
-    /// stopped.
+    /// Webhook events a receiver refused for good (refused alone while
+    /// it took the events after them), kept in the spool: list them, or
+    /// send them again (admin API, the server running).
     EventsFailed {
-        /// Config file to take [spool] dir from.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[command(subcommand)]
+        command: EventsFailedCommand,
     },
     /// Inspect and act on the queue of the running server (admin API).
     Queue {
@@ -143,6 +143,33 @@ pub struct AdminArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EventsFailedCommand {
+    /// List them as JSON lines (webhook, shard, seq, time, the event).
+    Ls {
+        /// Only this webhook's.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Only events of the last 90s, 30m, 2h, 1d...
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<u64>,
+        /// Read this spool directory directly instead (server stopped).
+        #[arg(long)]
+        spool: Option<PathBuf>,
+    },
+    /// Send them again to their webhook, in order, at least once: each
+    /// shard's sender posts them before anything new; one refused again
+    /// is kept as failed again.
+    Replay {
+        /// Only this webhook's.
+        #[arg(long)]
+        webhook: Option<String>,
+        /// Only events of the last 90s, 30m, 2h, 1d...
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,11 +201,13 @@ pub enum QueueCommand {
     Trace { id: String },
     /// Drain the node to another MTA: new mail is refused from now on
     /// (SMTP 421, injection 503), and every queued message, whatever its
-    /// domain or holds, is sent to HOST:PORT (`[ip]:port` or
-    /// `host:port`), each removed here only after the peer's 250. Waits,
-    /// with a progress bar, until the queue is empty (a message the peer
-    /// defers is retried as usual; a refused one bounces). Not stored: run
-    /// it again after a restart.
+    /// domain or holds, is sent to HOST:PORT (`ip:port`, `[ip]:port` or
+    /// `host:port`), each removed here only after the peer's 250. The
+    /// drain starts only once the peer has answered EHLO. Waits, with a
+    /// progress bar, until the queue is empty; a message the peer defers
+    /// or refuses, or that cannot reach it, stays queued and is retried
+    /// (never bounced), and when only such messages are left the command
+    /// says why and fails. Not stored: run it again after a restart.
     Drain {
         #[arg(long)]
         to: String,
@@ -337,7 +366,7 @@ pub fn run(cli: Cli) -> Result<()> {
             admin,
         } => queue_ls(&dir, &load(admin.config.as_ref())?),
         Command::Queue { admin, command } => queue(admin, command),
-        Command::EventsFailed { config } => events_failed(&load(config.as_ref())?),
+        Command::EventsFailed { admin, command } => events_failed(admin, command),
         Command::Suppression { admin, command } => {
             let json = admin.json;
             let api = admin_client(admin)?;
@@ -372,7 +401,10 @@ fn first_line(path: &std::path::Path) -> Result<String> {
 }
 
 /// After `POST /queue/drain`: says so, then (with `wait`) shows the
-/// queue emptying until it is empty.
+/// queue emptying until it is empty, or until every message left is
+/// waiting for a retry after the peer failed it (then it says why, per
+/// reason, and fails: the drain goes on in the server, but cannot finish
+/// by itself now).
 fn drain_progress(
     api: &admin_client::AdminClient,
     to: &str,
@@ -380,16 +412,19 @@ fn drain_progress(
     wait: bool,
 ) -> Result<()> {
     let total = answer["queued"].as_u64().unwrap_or(0);
-    println!("draining to {to}: {total} messages queued; new mail is refused");
+    let peer = answer["peer"].as_str().unwrap_or(to);
+    println!("draining to {to} ({peer} answered): {total} messages queued; new mail is refused");
     if !wait {
         return Ok(());
     }
     // Drawn only on a terminal (indicatif hides it otherwise).
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} moved (eta {eta})")
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} moved (eta {eta}) {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    // Polls in a row with every message left deferred.
+    let mut stuck = 0;
     loop {
         let summary: crate::http::admin::Summary =
             serde_json::from_value(api.call("GET", "/queue/summary")?)?;
@@ -400,6 +435,26 @@ fn drain_progress(
             bar.finish_and_clear();
             println!("drained: the queue is empty");
             return Ok(());
+        }
+        let reasons = admin_client::deferred_reasons(&summary);
+        if let Some((reason, n)) = reasons.first() {
+            bar.set_message(format!("{n} deferred: {reason}"));
+        }
+        stuck = if summary.deferred == summary.messages {
+            stuck + 1
+        } else {
+            0
+        };
+        if stuck >= 6 {
+            bar.finish_and_clear();
+            let mut why = format!(
+                "the drain to {to} cannot finish now: all {left} messages left are deferred (the peer failed them; they stay queued and are retried to it):\n"
+            );
+            for (reason, n) in reasons {
+                why += &format!("  {n}: {reason}\n");
+            }
+            why += "`ringpost queue flush` retries them now; `ringpost queue summary` shows where they stand";
+            anyhow::bail!(why);
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
@@ -503,6 +558,11 @@ fn check_config(file: &std::path::Path) -> Result<()> {
         crate::config::locate(&text, &mut files);
         problems.extend(files);
     }
+    if problems.is_empty() {
+        let mut names = next_hops_resolve(&cfg);
+        crate::config::locate(&text, &mut names);
+        problems.extend(names);
+    }
     if !problems.is_empty() {
         anyhow::bail!(
             "{}:\n{}",
@@ -512,6 +572,47 @@ fn check_config(file: &std::path::Path) -> Result<()> {
     }
     println!("{}: ok", file.display());
     Ok(())
+}
+
+/// `check-config`: every next hop named by host name (smarthost, routes)
+/// resolves, through the resolver `serve` would use. At start-up a name
+/// that does not resolve only defers mail (4.4.3), so this is where an
+/// operator hears of a typo before the mail waits.
+fn next_hops_resolve(cfg: &Config) -> crate::config::Problems {
+    let mut problems = crate::config::Problems::default();
+    let hops = std::iter::once(("delivery.smarthost".to_string(), &cfg.delivery.smarthost))
+        .filter(|(_, h)| !h.is_empty())
+        .chain(
+            cfg.delivery
+                .routes
+                .iter()
+                .map(|(domain, hop)| (format!("delivery.routes.{domain}"), hop)),
+        );
+    let named: Vec<(String, String)> = hops
+        .filter_map(|(key, hop)| {
+            let hop = crate::config::NextHop::parse(hop).ok()?;
+            Some((key, hop.host_name()?.to_string()))
+        })
+        .collect();
+    if named.is_empty() {
+        return problems;
+    }
+    let resolver = match crate::dns::start(
+        &cfg.dns.nameservers,
+        std::time::Duration::from_secs(cfg.dns.timeout_secs),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            problems.at("dns", format!("cannot start the resolver: {e}"));
+            return problems;
+        }
+    };
+    for (key, host) in named {
+        if let Err(e) = futures::executor::block_on(resolver.host(&host)) {
+            problems.at(key, format!("`{host}` does not resolve: {e}"));
+        }
+    }
+    problems
 }
 
 fn serve(config: Option<PathBuf>, shards: Option<usize>, smarthost: Option<String>) -> Result<()> {
@@ -629,13 +730,62 @@ impl StartupSummary {
     }
 }
 
-fn events_failed(cfg: &Config) -> Result<()> {
-    let dir = &cfg.spool.dir;
-    for shard in existing_shards(dir) {
-        let spool = Spool::open(dir, shard, &SpoolOptions::from(&cfg.spool))?;
-        for (webhook, event) in spool.outbox().failed() {
-            let json: serde_json::Value = serde_json::from_slice(&event.json)?;
-            println!("{}", serde_json::json!({"webhook": webhook, "event": json}));
+fn events_failed(args: AdminArgs, command: EventsFailedCommand) -> Result<()> {
+    use admin_client::encode;
+    let query = |webhook: &Option<String>, since: Option<u64>| {
+        let mut q = Vec::new();
+        if let Some(w) = webhook {
+            q.push(format!("webhook={}", encode(w)));
+        }
+        if let Some(ago) = since {
+            q.push(format!(
+                "since={}",
+                crate::shard::clock::unix_now().saturating_sub(ago)
+            ));
+        }
+        match q.is_empty() {
+            true => String::new(),
+            false => format!("?{}", q.join("&")),
+        }
+    };
+    match command {
+        EventsFailedCommand::Ls {
+            webhook,
+            since,
+            spool: Some(dir),
+        } => {
+            let cfg = load(args.config.as_ref())?;
+            let since_ms = since.map_or(0, |ago| {
+                crate::shard::clock::unix_now().saturating_sub(ago) * 1000
+            });
+            for shard in existing_shards(&dir) {
+                let spool = Spool::open(&dir, shard, &SpoolOptions::from(&cfg.spool))?;
+                for (name, e) in spool.outbox().failed_matching(webhook.as_deref(), since_ms) {
+                    let event: serde_json::Value = serde_json::from_slice(&e.json)?;
+                    println!(
+                        "{}",
+                        serde_json::json!({"webhook": name, "shard": shard, "seq": e.seq, "at_ms": e.at_ms, "event": event})
+                    );
+                }
+            }
+        }
+        EventsFailedCommand::Ls { webhook, since, .. } => {
+            let api = admin_client(args)?;
+            let list = api.call("GET", &format!("/events/failed{}", query(&webhook, since)))?;
+            for e in list.as_array().into_iter().flatten() {
+                println!("{e}");
+            }
+        }
+        EventsFailedCommand::Replay { webhook, since } => {
+            let api = admin_client(args)?;
+            let answer = api.call(
+                "POST",
+                &format!("/events/failed/replay{}", query(&webhook, since)),
+            )?;
+            println!(
+                "{} events sent again to their webhooks",
+                answer["replayed"].as_u64().unwrap_or(0)
+            );
         }
     }
     Ok(())

@@ -18,11 +18,17 @@ section! {
     DeliveryConfig = "delivery" {
         /// Port for MX deliveries (MX records carry no port).
         remote_port: u16 = 25,
-        /// Send all mail to this next hop instead of the MX: `"host:port"`
-        /// (A/AAAA lookup, no MX) or `"[ip]:port"`. Empty: use MX records.
+        /// Send all mail to this next hop instead of the MX: an IP address
+        /// (`"192.0.2.1:2525"`, `"[192.0.2.1]:2525"`, `"[2001:db8::1]:25"`)
+        /// or a host name (`"relay.example:2525"`, looked up as A/AAAA, no
+        /// MX); the port defaults to 25. A next hop that cannot be looked
+        /// up or reached defers mail (4.4.x), never bounces it. Empty: use
+        /// MX records.
         smarthost: String = String::new(),
-        /// Per-domain next hops that override MX and the smarthost, e.g.
-        /// `routes = { "example.com" = "[10.0.0.5]:2525" }`.
+        /// Per-domain next hops that override MX and the smarthost, in the
+        /// smarthost's forms, e.g. `routes = { "example.com" =
+        /// "[10.0.0.5]:2525" }`. Like the smarthost, a route that cannot
+        /// be looked up or reached defers mail, never bounces it.
         routes: BTreeMap<String, String> = BTreeMap::new(),
         /// Traffic shaping rules (TOML), read before the ones ringpost
         /// ships: per *site* (the set of MX hosts a domain's mail goes to,
@@ -124,8 +130,11 @@ impl DeliveryConfig {
     }
 }
 
-/// A static next hop: `host:port` (looked up as A/AAAA, no MX) or
-/// `[ip]:port`.
+/// A static next hop the operator names (smarthost, route, drain peer):
+/// an IP address, bare or in brackets, or a host name looked up as A/AAAA
+/// (never MX), each with an optional port (default 25). Accepted forms:
+/// `[192.0.2.1]:2525`, `192.0.2.1:2525`, `192.0.2.1`, `[2001:db8::1]:25`,
+/// `2001:db8::1`, `relay.example:2525`, `relay.example`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NextHop {
     Addr(SocketAddr),
@@ -134,21 +143,133 @@ pub enum NextHop {
 
 impl NextHop {
     pub fn parse(s: &str) -> Result<NextHop, String> {
+        let s = s.trim();
+        // `ip:port`, `[ipv6]:port`, then a bare `ip`.
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(NextHop::Addr(addr));
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(NextHop::Addr(SocketAddr::new(ip, 25)));
+        }
         if let Some(rest) = s.strip_prefix('[') {
-            let (ip, port) = rest
-                .split_once("]:")
-                .ok_or_else(|| format!("`{s}`: expected [ip]:port"))?;
-            let ip: IpAddr = ip.parse().map_err(|_| format!("`{s}`: bad IP address"))?;
-            let port: u16 = port.parse().map_err(|_| format!("`{s}`: bad port"))?;
+            let (inside, port) = match rest.split_once(']') {
+                Some((inside, "")) => (inside, 25),
+                Some((inside, tail)) => {
+                    let port = tail
+                        .strip_prefix(':')
+                        .and_then(|p| p.parse::<u16>().ok())
+                        .ok_or_else(|| format!("`{s}`: bad port"))?;
+                    (inside, port)
+                }
+                None => return Err(format!("`{s}`: expected [ip]:port")),
+            };
+            let ip: IpAddr = inside
+                .parse()
+                .map_err(|_| format!("`{s}`: bad IP address in brackets"))?;
             return Ok(NextHop::Addr(SocketAddr::new(ip, port)));
         }
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| format!("`{s}`: expected host:port"))?;
-        let port: u16 = port.parse().map_err(|_| format!("`{s}`: bad port"))?;
-        if host.is_empty() || host.contains(['[', ']', ' ']) {
-            return Err(format!("`{s}`: bad host name"));
+        let (host, port) = match s.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("`{s}`: bad port"))?,
+            ),
+            None => (s, 25),
+        };
+        if !is_host_name(host) {
+            return Err(format!(
+                "`{s}`: not an IP address nor a host name (letters, digits, '-' and '.')"
+            ));
         }
-        Ok(NextHop::Host(host.to_string(), port))
+        if port == 0 {
+            return Err(format!("`{s}`: bad port"));
+        }
+        Ok(NextHop::Host(host.trim_end_matches('.').to_string(), port))
+    }
+
+    /// The host name to look up, if it is not an address.
+    pub fn host_name(&self) -> Option<&str> {
+        match self {
+            NextHop::Addr(_) => None,
+            NextHop::Host(host, _) => Some(host),
+        }
+    }
+}
+
+impl std::fmt::Display for NextHop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NextHop::Addr(a) => write!(f, "[{}]:{}", a.ip(), a.port()),
+            NextHop::Host(h, p) => write!(f, "{h}:{p}"),
+        }
+    }
+}
+
+/// A DNS name as a next hop may be: labels of letters, digits and '-',
+/// not all digits (that would be a mistyped address).
+fn is_host_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_hops_in_every_form_an_operator_types() {
+        let addr = |s: &str| NextHop::Addr(s.parse().unwrap());
+        for (text, want) in [
+            ("[127.0.0.1]:2603", addr("127.0.0.1:2603")),
+            ("127.0.0.1:2603", addr("127.0.0.1:2603")),
+            ("127.0.0.1", addr("127.0.0.1:25")),
+            ("[127.0.0.1]", addr("127.0.0.1:25")),
+            ("[::1]:2525", addr("[::1]:2525")),
+            ("::1", addr("[::1]:25")),
+            (" 10.0.0.5:587 ", addr("10.0.0.5:587")),
+            (
+                "relay.example:2525",
+                NextHop::Host("relay.example".into(), 2525),
+            ),
+            ("relay.example", NextHop::Host("relay.example".into(), 25)),
+            (
+                "Relay.Example.:25",
+                NextHop::Host("Relay.Example".into(), 25),
+            ),
+        ] {
+            assert_eq!(NextHop::parse(text), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "127.0.0.1:99999",
+            "127.0.0.1:",
+            "[127.0.0.1",
+            "[relay.example]:25",
+            "300.1.2.3:25",
+            "relay example:25",
+            "relay.example:0",
+            "-relay.example",
+            "relay.example:port",
+        ] {
+            assert!(NextHop::parse(bad).is_err(), "{bad:?} must not parse");
+        }
+    }
+
+    #[test]
+    fn a_next_hop_prints_as_it_parses() {
+        for text in ["[127.0.0.1]:2603", "[::1]:25", "relay.example:2525"] {
+            let hop = NextHop::parse(text).unwrap();
+            assert_eq!(hop.to_string(), text);
+            assert_eq!(NextHop::parse(&hop.to_string()), Ok(hop));
+        }
     }
 }

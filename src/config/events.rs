@@ -102,10 +102,15 @@ section! {
     /// are sent, and a webhook's place advances only on its receiver's
     /// 2xx: a crash or a receiver that is down for hours loses nothing,
     /// and a receiver drops repeats by `event_id`. A 4xx other than 408
-    /// or 429 fails the batch for good: it is kept in the spool (`ringpost
-    /// events-failed` lists it), counted and logged, and sending goes on. Other
-    /// failures (5xx, 408, 429, timeouts, refused connections) are tried
-    /// again after `retry_initial_ms`, doubling up to `retry_max_secs`.
+    /// or 429 is narrowed down by halving the batch: an event is refused
+    /// for good only when the receiver refuses it alone and takes the
+    /// events after it; then it is kept in the spool (`ringpost
+    /// events-failed ls` lists it, `replay` sends it again), counted and
+    /// logged, and sending goes on. A receiver that refuses everything (a
+    /// deploy, a wrong path for a while) is down, not refusing: its events
+    /// wait and are tried again like any failure. Other failures (5xx,
+    /// 408, 429, timeouts, refused connections) are tried again after
+    /// `retry_initial_ms`, doubling up to `retry_max_secs`.
     ///
     /// Example: `[[events.webhook]] name = "app" url =
     /// "https://app.example/hooks/mail" events = ["Delivery", "Bounce",

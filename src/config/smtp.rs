@@ -70,6 +70,12 @@ section! {
         /// Longest session however active; then `421 4.4.2`. With
         /// `idle_timeout_secs` this bounds what a slow client can hold.
         max_session_secs: u64 = 3600,
+        /// A message with more `Received:` header fields than this (ours
+        /// included) is in a mail loop (RFC 5321 6.3): refused with `554
+        /// 5.4.6 Too many hops` (HTTP injection: 400), counted in
+        /// `ringpost_reception_refused_total{reason="hops"}`. Postfix's
+        /// `hopcount_limit`.
+        max_received_headers: usize = 50,
     }
 }
 

@@ -5,12 +5,15 @@
 //! loaded at start-up) and [`run`], one task per webhook per shard that
 //! reads the shard's outbox (`queue::outbox`) from the webhook's cursor,
 //! posts a batch as a JSON array, and moves the cursor past it only on a
-//! 2xx. A 4xx other than 408 and 429 fails the batch for good: it is kept
-//! in the outbox's failed tree for the operator and the cursor moves on.
-//! Anything else (5xx, 408, 429, a timeout, a refused connection) is tried
-//! again, the same batch, after a back-off that doubles up to the
-//! webhook's maximum. Events every webhook of the shard has taken are
-//! trimmed from the outbox.
+//! 2xx. A 4xx other than 408 and 429 is bisected ([`AfterRefusal`]): an
+//! event is refused for good (kept in the outbox's failed tree for the
+//! operator, the cursor moving past it) only when it is refused alone and
+//! the receiver takes the events after it; a receiver that refuses
+//! everything is down, and is retried like one. Anything else (5xx, 408,
+//! 429, a timeout, a refused connection) is tried again, the same batch,
+//! after a back-off that doubles up to the webhook's maximum. Events the
+//! operator replays (`POST /events/failed/replay`) go first. Events every
+//! webhook of the shard has taken are trimmed from the outbox.
 //!
 //! Each request carries `X-Ringpost-Signature: sha256=HEX` (HMAC-SHA256
 //! of the body under the webhook's secret, when it has one) and
@@ -108,7 +111,7 @@ impl Shard {
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Taken,
-    /// Refused for good (4xx other than 408, 429).
+    /// A 4xx other than 408, 429: this batch, or the receiver for now.
     Refused(u16),
     /// To be tried again.
     Again(String),
@@ -123,11 +126,36 @@ fn verdict(result: Result<u16, PostError>) -> Verdict {
     }
 }
 
-/// Posts `hook`'s events from `shard`'s outbox until `stop`.
+/// What the sender does after a refusal. A 4xx may mean the batch is bad
+/// or that the receiver is away (a deploy, a path briefly wrong), so a
+/// refused batch is halved until one event is refused alone; then the
+/// events after it are posted: if the receiver takes them, it is up and
+/// that one event is refused for good (kept for the operator); if it
+/// refuses them too, the receiver is down and the same events are tried
+/// again after a back-off. No event is given up on while the receiver
+/// refuses everything.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterRefusal {
+    /// Try the first `n` events of the batch.
+    Halve(usize),
+    /// Post the events after the lone refused one, to see whether the
+    /// receiver is up.
+    Probe,
+}
+
+fn after_refusal(batch_len: usize) -> AfterRefusal {
+    match batch_len {
+        0 | 1 => AfterRefusal::Probe,
+        n => AfterRefusal::Halve(n / 2),
+    }
+}
+
+/// Posts `hook`'s events from `shard`'s outbox until `stop`: replays the
+/// operator asked for first, then the events after the webhook's cursor.
 pub async fn run(hook: Arc<Hook>, shard: Rc<Shard>, stop: StopSignal) {
     let cfg = &hook.cfg;
     let name = cfg.name.as_str();
-    let mut poster = match Poster::new(
+    let poster = match Poster::new(
         &cfg.url,
         hook.tls.clone(),
         Duration::from_secs(cfg.timeout_secs),
@@ -138,15 +166,33 @@ pub async fn run(hook: Arc<Hook>, shard: Rc<Shard>, stop: StopSignal) {
             return;
         }
     };
-    let failures = LogLimit::new(Duration::from_secs(60));
+    let mut sender = Sender {
+        hook: &hook,
+        poster,
+        stop: &stop,
+        failures: LogLimit::new(Duration::from_secs(60)),
+        backoff: Duration::from_millis(cfg.retry_initial_ms),
+    };
     let outbox = shard.spool.outbox();
-    let initial = Duration::from_millis(cfg.retry_initial_ms);
-    let mut backoff = initial;
     let mut lag = Lag::new(name);
     let mut cursor = outbox.cursor(name);
+    // Events per post: the batch size, less while a refusal is bisected.
+    let mut limit = cfg.batch_size;
     while !stop.is_stopped() {
         lag.set(outbox.written_through().saturating_sub(cursor));
-        let (batch, through) = gather(&shard, cfg, cursor);
+        let replay = outbox.replay_batch(name, cfg.batch_size);
+        if !replay.is_empty() {
+            let Some(v) = sender.post(&replay).await else {
+                break;
+            };
+            match v {
+                Verdict::Taken => outbox.replayed(name, &replay, false),
+                Verdict::Refused(_) => outbox.replayed(name, &replay, true),
+                Verdict::Again(_) => sender.back_off().await,
+            }
+            continue;
+        }
+        let (batch, through) = gather(&shard, cfg, cursor, limit);
         if batch.is_empty() {
             if through > cursor {
                 cursor = through;
@@ -157,7 +203,7 @@ pub async fn run(hook: Arc<Hook>, shard: Rc<Shard>, stop: StopSignal) {
             continue;
         }
         let age = now_ms().saturating_sub(batch[0].at_ms);
-        if batch.len() < cfg.batch_size && age < cfg.max_wait_ms {
+        if batch.len() < limit && age < cfg.max_wait_ms {
             pause(
                 IDLE_TICK.min(Duration::from_millis(cfg.max_wait_ms - age)),
                 &stop,
@@ -165,74 +211,151 @@ pub async fn run(hook: Arc<Hook>, shard: Rc<Shard>, stop: StopSignal) {
             .await;
             continue;
         }
-        let body = json_array(&batch);
-        let mut headers = vec![("x-ringpost-batch", batch.len().to_string())];
-        if let Some(sig) = hook.signature(&body) {
-            headers.push(("x-ringpost-signature", sig));
-        }
-        // A stop does not wait for the receiver: the batch is sent again
-        // after the restart.
-        let posted =
-            futures_lite::future::or(async { Some(poster.post(body, &headers).await) }, async {
-                stop.wait().await;
-                None
-            })
-            .await;
-        let Some(result) = posted else { break };
-        let outcome = verdict(result);
-        let n = batch.len() as u64;
-        match &outcome {
-            Verdict::Taken => {
-                backoff = initial;
-                ::metrics::counter!(crate::metrics::WEBHOOK_EVENTS, "webhook" => name.to_string(), "result" => "sent").increment(n);
-            }
-            Verdict::Refused(status) => {
-                outbox.keep_failed(name, &batch);
-                ::metrics::counter!(crate::metrics::WEBHOOK_EVENTS, "webhook" => name.to_string(), "result" => "refused").increment(n);
-                failures.log(log::Level::Error, || {
-                    format!(
-                        "webhook {name:?}: the receiver refused a batch of {n} events ({status}); kept for the operator (ringpost events-failed)"
-                    )
-                });
-            }
-            Verdict::Again(why) => {
-                failures.log(log::Level::Warn, || {
-                    format!("webhook {name:?}: {why}; trying again in {backoff:?}")
-                });
-            }
-        }
-        ::metrics::counter!(crate::metrics::WEBHOOK_REQUESTS, "webhook" => name.to_string(), "result" => match &outcome {
-            Verdict::Taken => "taken",
-            Verdict::Refused(_) => "refused",
-            Verdict::Again(_) => "failed",
-        })
-        .increment(1);
-        match outcome {
+        let Some(v) = sender.post(&batch).await else {
+            break;
+        };
+        let taken_through = match v {
+            Verdict::Taken => Some(through),
             Verdict::Again(_) => {
-                pause(backoff, &stop).await;
-                backoff = (backoff * 2).min(Duration::from_secs(cfg.retry_max_secs));
+                sender.back_off().await;
+                None
             }
-            _ => {
-                cursor = through;
-                if let Err(e) = outbox.set_cursor(name, cursor) {
-                    log::error!("webhook {name:?}: {e}");
+            Verdict::Refused(status) => match after_refusal(batch.len()) {
+                AfterRefusal::Halve(n) => {
+                    limit = n;
+                    None
                 }
-                shard.trim();
+                AfterRefusal::Probe => {
+                    limit = cfg.batch_size;
+                    sender.probe_past(&shard, &batch[0], through, status).await
+                }
+            },
+        };
+        if let Some(through) = taken_through {
+            limit = cfg.batch_size;
+            cursor = through;
+            if let Err(e) = outbox.set_cursor(name, cursor) {
+                log::error!("webhook {name:?}: {e}");
             }
+            shard.trim();
         }
     }
     lag.set(0);
 }
 
-/// Up to a batch of the events `cfg` wants after `cursor`, and the
-/// sequence number the cursor may move to once they are sent (past the
-/// events it does not want, too).
-fn gather(shard: &Shard, cfg: &Webhook, cursor: u64) -> (Vec<StoredEvent>, u64) {
+/// One webhook's poster on one shard, with its back-off.
+struct Sender<'a> {
+    hook: &'a Hook,
+    poster: Poster,
+    stop: &'a StopSignal,
+    failures: LogLimit,
+    backoff: Duration,
+}
+
+impl Sender<'_> {
+    fn name(&self) -> &str {
+        &self.hook.cfg.name
+    }
+
+    /// Posts `batch`, counts and logs the verdict; None when stopped (a
+    /// stop does not wait for the receiver: the batch is sent again after
+    /// the restart).
+    async fn post(&mut self, batch: &[StoredEvent]) -> Option<Verdict> {
+        let body = json_array(batch);
+        let mut headers = vec![("x-ringpost-batch", batch.len().to_string())];
+        if let Some(sig) = self.hook.signature(&body) {
+            headers.push(("x-ringpost-signature", sig));
+        }
+        let (poster, stop) = (&mut self.poster, self.stop);
+        let posted =
+            futures_lite::future::or(async { Some(poster.post(body, &headers).await) }, async {
+                stop.wait().await;
+                None
+            })
+            .await?;
+        let v = verdict(posted);
+        let name = self.hook.cfg.name.clone();
+        let result = match &v {
+            Verdict::Taken => {
+                self.backoff = Duration::from_millis(self.hook.cfg.retry_initial_ms);
+                ::metrics::counter!(crate::metrics::WEBHOOK_EVENTS, "webhook" => name.clone(), "result" => "sent")
+                    .increment(batch.len() as u64);
+                "taken"
+            }
+            Verdict::Refused(_) => "refused",
+            Verdict::Again(why) => {
+                let (name, backoff) = (self.name().to_string(), self.backoff);
+                self.failures.log(log::Level::Warn, || {
+                    format!("webhook {name:?}: {why}; trying again in {backoff:?}")
+                });
+                "failed"
+            }
+        };
+        ::metrics::counter!(crate::metrics::WEBHOOK_REQUESTS, "webhook" => name, "result" => result)
+            .increment(1);
+        Some(v)
+    }
+
+    /// Waits out the back-off, then doubles it (up to the maximum).
+    async fn back_off(&mut self) {
+        pause(self.backoff, self.stop).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(self.hook.cfg.retry_max_secs));
+    }
+
+    /// `lone` was refused by itself: posts the events after it. Taken:
+    /// the receiver is up, so `lone` is refused for good (kept for the
+    /// operator) and the cursor may move past both (returned). Otherwise
+    /// the receiver is down: back off, and nothing moves.
+    async fn probe_past(
+        &mut self,
+        shard: &Shard,
+        lone: &StoredEvent,
+        lone_through: u64,
+        status: u16,
+    ) -> Option<u64> {
+        let cfg = &self.hook.cfg;
+        let (rest, through) = gather(shard, cfg, lone_through, cfg.batch_size);
+        let up = match rest.is_empty() {
+            // Nothing after it yet: wait for more before deciding.
+            true => false,
+            false => self.post(&rest).await? == Verdict::Taken,
+        };
+        let name = self.name().to_string();
+        if !up {
+            let backoff = self.backoff;
+            self.failures.log(log::Level::Warn, || {
+                format!(
+                    "webhook {name:?}: the receiver refuses every batch ({status}); taken as down, trying again in {backoff:?}"
+                )
+            });
+            self.back_off().await;
+            return None;
+        }
+        shard
+            .spool
+            .outbox()
+            .keep_failed(&name, std::slice::from_ref(lone));
+        ::metrics::counter!(crate::metrics::WEBHOOK_EVENTS, "webhook" => name.clone(), "result" => "refused")
+            .increment(1);
+        self.failures.log(log::Level::Error, || {
+            format!(
+                "webhook {name:?}: the receiver refused event {} ({status}) and took the ones after it; kept for the operator (ringpost events-failed ls|replay)",
+                lone.seq
+            )
+        });
+        Some(through.max(lone_through))
+    }
+}
+
+/// Up to `max` of the events `cfg` wants after `cursor`, and the sequence
+/// number the cursor may move to once they are sent (past the events it
+/// does not want, too).
+fn gather(shard: &Shard, cfg: &Webhook, cursor: u64, max: usize) -> (Vec<StoredEvent>, u64) {
     let outbox = shard.spool.outbox();
     let mut batch = Vec::new();
     let mut through = cursor;
     loop {
-        let chunk = outbox.read_after(through, cfg.batch_size);
+        let chunk = outbox.read_after(through, max.max(1));
         if chunk.is_empty() {
             return (batch, through);
         }
@@ -243,7 +366,7 @@ fn gather(shard: &Shard, cfg: &Webhook, cursor: u64) -> (Vec<StoredEvent>, u64) 
             through = e.seq;
             if wanted {
                 batch.push(e);
-                if batch.len() == cfg.batch_size {
+                if batch.len() == max {
                     return (batch, through);
                 }
             }
@@ -311,7 +434,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_4xx_but_408_and_429_refuse_for_good() {
+    fn a_refused_batch_is_halved_down_to_one_event_then_probed_past() {
+        assert_eq!(after_refusal(100), AfterRefusal::Halve(50));
+        assert_eq!(after_refusal(3), AfterRefusal::Halve(1));
+        assert_eq!(after_refusal(2), AfterRefusal::Halve(1));
+        assert_eq!(after_refusal(1), AfterRefusal::Probe);
+        // From a batch of 100: 6 halvings, then the probe.
+        let (mut n, mut steps) = (100, 0);
+        while let AfterRefusal::Halve(half) = after_refusal(n) {
+            n = half;
+            steps += 1;
+        }
+        assert_eq!((n, steps), (1, 6));
+    }
+
+    #[test]
+    fn only_4xx_but_408_and_429_are_refusals() {
         assert_eq!(verdict(Ok(200)), Verdict::Taken);
         assert_eq!(verdict(Ok(204)), Verdict::Taken);
         assert_eq!(verdict(Ok(400)), Verdict::Refused(400));

@@ -14,17 +14,19 @@
 //! | `DELETE /queue/messages/ID`             | `{"deleted": ID}`              |
 //! | `POST /queue/messages/ID/bounce`        | `{"bounced": ID}`              |
 //! | `POST /queue/flush?domain=D`            | `{"flushed": N}`               |
-//! | `POST /queue/drain?to=HOST:PORT`        | `{"draining_to": T, "queued": N}`: new mail refused, everything queued sent to T (`Scheduler::hand_over`) |
+//! | `POST /queue/drain?to=HOST:PORT`        | `{"draining_to": T, "peer": P, "queued": N}`: once the peer answered EHLO (else 502, nothing changed), new mail refused, everything queued sent to T (`Scheduler::hand_over`) |
 //! | `POST /queue/domains/D/suspend?for=SECS`| `{"domain": D, "suspended": true, "until": T}` |
 //! | `POST /queue/domains/D/resume`          | `{"domain": D, "suspended": false}` |
 //! | `POST /queue/{sites,sources,pools,paths}/N/suspend` and `.../resume` | the same for a site, an egress source or pool, or a path (`SOURCE\|SITE`) |
 //! | `... /suppressions...`                  | the suppression list: `http::suppressions` |
+//! | `... /events/failed...`                 | webhook events refused for good, listed and replayed: `http::events_failed` |
 //! | `POST /config/reload`                   | `{"shaping_file": F, "rules": N}`: the shaping rules read again (`scheduler::reload`) |
 //!
 //! Errors are `{"error": "..."}` with 400 (bad request), 401 (token),
 //! 404 (no such message or path), 405, 409 (delivery under way), 422 (a
 //! reload found the shaping file invalid; the rules in force stay), 500
-//! (the spool could not store the change) or 503 (shutting down). This is the
+//! (the spool could not store the change), 502 (a drain's peer did not
+//! answer as an SMTP server other than this one) or 503 (shutting down). This is the
 //! one place that maps them. Suspensions are stored in every shard's spool
 //! before the answer: they survive a restart.
 //!
@@ -68,6 +70,9 @@ pub struct Summary {
     /// on the domain).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holds: Vec<HoldSummary>,
+    /// The peer the node is drained to (`queue drain`), if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_to: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +117,9 @@ enum ApiError {
     Read(String),
     #[error(transparent)]
     Reload(crate::scheduler::reload::ReloadError),
+    /// A peer the request names (a drain's) did not answer as it must.
+    #[error("{0}")]
+    BadGateway(String),
 }
 
 impl ApiError {
@@ -121,6 +129,7 @@ impl ApiError {
             ApiError::Unauthorized => 401,
             ApiError::NotFound(_) | ApiError::Queue(OperationError::NotFound(_)) => 404,
             ApiError::Method => 405,
+            ApiError::BadGateway(_) => 502,
             ApiError::Queue(OperationError::Busy(_)) => 409,
             ApiError::Queue(OperationError::Storage(..)) => 500,
             ApiError::Shard(_) => 503,
@@ -182,6 +191,9 @@ impl Endpoint for AdminApi {
                     &self.clock,
                     &req,
                 );
+            }
+            if req.segments.first().is_some_and(|s| s == "events") {
+                return crate::http::events_failed::answer(&self.shards, &req).await;
             }
             if req.route().as_slice() == ["config", "reload"] {
                 if req.method != "POST" {
@@ -274,6 +286,14 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
                 .ok_or_else(|| ApiError::BadRequest("drain needs ?to=HOST:PORT".into()))?;
             let hop = crate::config::NextHop::parse(to)
                 .map_err(|e| ApiError::BadRequest(format!("to={to}: {e}")))?;
+            // Nothing changes unless the peer answers as an SMTP server
+            // that is not this node.
+            let probe = hop.clone();
+            let peer = shards
+                .ask(0, move |s| async move { s.probe_peer(&probe).await })
+                .await?
+                .map_err(|why| ApiError::BadGateway(format!("not draining to {hop}: {why}")))?;
+            let draining_to = hop.to_string();
             let queued: usize = shards
                 .ask_all(move |s| {
                     let hop = hop.clone();
@@ -284,7 +304,7 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
                 .sum();
             Ok(Response::json(
                 200,
-                &json!({ "draining_to": to, "queued": queued }),
+                &json!({ "draining_to": draining_to, "peer": peer, "queued": queued }),
             ))
         }
         (_, ["queue", ..]) if known_path(req) => Err(ApiError::Method),
@@ -381,12 +401,16 @@ fn hold_name(kind: Hold, name: &str) -> Result<String, ApiError> {
 
 async fn summary(shards: &Shards) -> Result<Summary, ApiError> {
     let answers = shards
-        .ask_all(|s| async move { (s.message_count(), s.summary(), s.holds()) })
+        .ask_all(|s| async move {
+            let draining = s.handed_over_to().map(|hop| hop.to_string());
+            (s.message_count(), s.summary(), s.holds(), draining)
+        })
         .await?;
+    let draining_to = answers.iter().find_map(|a| a.3.clone());
     // Every shard holds the same suspensions (each is set on all).
     let mut holds: Vec<HoldSummary> = Vec::new();
     let mut parts = Vec::with_capacity(answers.len());
-    for (counts, domains, shard_holds) in answers {
+    for (counts, domains, shard_holds, _) in answers {
         for h in shard_holds {
             if !holds.iter().any(|k| k.kind == h.kind && k.name == h.name) {
                 holds.push(h);
@@ -397,6 +421,7 @@ async fn summary(shards: &Shards) -> Result<Summary, ApiError> {
     holds.sort_by(|a, b| (a.kind.as_str(), &a.name).cmp(&(b.kind.as_str(), &b.name)));
     Ok(Summary {
         holds,
+        draining_to,
         ..merge_summaries(parts)
     })
 }
@@ -455,6 +480,7 @@ fn merge_summaries(answers: Vec<((usize, usize), Vec<DomainSummary>)>) -> Summar
         recipients: domains.iter().map(|d| d.recipients).sum(),
         domains,
         holds: Vec::new(),
+        draining_to: None,
     }
 }
 

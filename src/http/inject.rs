@@ -571,6 +571,10 @@ impl Injector {
             DoorRefusal::BadMeta(why) => refuse(400, why),
             DoorRefusal::UnknownPool(name) => refuse(400, format!("no egress pool named {name:?}")),
             DoorRefusal::BadPriority(why) => refuse(400, why),
+            DoorRefusal::TooManyHops(n) => refuse(
+                400,
+                format!("too many Received: header fields ({n}): a mail loop?"),
+            ),
         })?;
         Ok(Response::json(
             200,

@@ -56,6 +56,7 @@ use crate::shard::tasks::TaskSet;
 type Stream = crate::tls::Stream<futures_rustls::server::TlsStream<TcpStream>>;
 
 pub mod admin;
+pub mod events_failed;
 pub mod inject;
 pub mod metrics;
 pub mod suppressions;

@@ -7,7 +7,8 @@
 //! mints an id, builds a [`NewMessage`] (envelope, our trace header and
 //! the content) and calls [`Door::accept`]. The door takes our own header
 //! fields out of the content (`meta.header`, `egress.pool_header`: set in
-//! the envelope when the client is trusted, never delivered), reads the
+//! the envelope when the client is trusted, never delivered), refuses a
+//! message that has been through too many hops (a loop), reads the
 //! reports that come to feedback addresses instead of queueing them
 //! ([`feedback::Intake`]), adds the tracking header, signs the message
 //! (DKIM, when configured: the spooled bytes are the signed bytes, so
@@ -66,6 +67,9 @@ pub enum Refusal {
     /// A trusted client's priority is not high, normal or bulk.
     #[error("{0}")]
     BadPriority(String),
+    /// More `Received:` fields than `smtp.max_received_headers`: a loop.
+    #[error("too many hops: {0} Received: header fields")]
+    TooManyHops(usize),
 }
 
 /// What the door took.
@@ -106,6 +110,8 @@ pub struct Steps {
     pub egress: crate::config::EgressConfig,
     /// `priority.header`: where trusted clients name a message's priority.
     pub priority_header: String,
+    /// `smtp.max_received_headers`: more is a mail loop.
+    pub max_received_headers: usize,
 }
 
 impl Door {
@@ -211,6 +217,11 @@ impl Door {
         };
         if let Err(why) = self.set_own_fields(&mut envelope, fields) {
             return Err(self.refused(id, why));
+        }
+        // A loop (RFC 5321 6.3): the header section only, ours included.
+        let hops = crate::proto::header::count_fields(&body, "Received");
+        if hops > self.steps.max_received_headers {
+            return Err(self.refused(id, Refusal::TooManyHops(hops)));
         }
         // Reports to feedback addresses are read here, not queued; their
         // effects are stored before the answer, like a queued message.
@@ -320,6 +331,8 @@ impl Door {
             Refusal::BadMeta(_) => ("meta", false),
             Refusal::UnknownPool(_) => ("pool", false),
             Refusal::BadPriority(_) => ("priority", false),
+            // A client's, but a loop is the operator's to hear of.
+            Refusal::TooManyHops(_) => ("hops", true),
         };
         ::metrics::counter!(crate::metrics::RECEPTION_REFUSED, "reason" => reason).increment(1);
         if ours {

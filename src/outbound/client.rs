@@ -133,6 +133,9 @@ pub struct Dial<'a> {
     pub host: &'a str,
     /// The EHLO name.
     pub helo: &'a str,
+    /// This node: a server that greets with one of its names is this
+    /// node again, and is not sent to.
+    pub myself: &'a super::Myself,
 }
 
 impl Client {
@@ -152,6 +155,7 @@ impl Client {
             source,
             host,
             helo,
+            myself,
         } = dial;
         let require_tls = policy == OutboundTls::Require;
         let connected = match source {
@@ -195,7 +199,26 @@ impl Client {
             }
             .into());
         }
-        c.hello(helo).await?;
+        let looped = |reply: &crate::proto::server_reply::ServerReply, what: &str| {
+            reply
+                .host_name()
+                .filter(|name| myself.is_named(name))
+                .map(|name| {
+                    ConnectError::from(super::Myself::loop_outcome(&format!(
+                        "{host}[{}] {what} as {name}",
+                        peer.ip()
+                    )))
+                })
+        };
+        if let Some(e) = looped(&greeting, "greets") {
+            c.quit().await;
+            return Err(e);
+        }
+        let ehlo = c.hello(helo).await?;
+        if let Some(e) = ehlo.as_ref().and_then(|r| looped(r, "answers EHLO")) {
+            c.quit().await;
+            return Err(e);
+        }
         if let Some(config) = tls.filter(|_| c.ext.starttls) {
             let reply = c.command("STARTTLS\r\n").await?;
             if reply.code == 220 {
@@ -231,11 +254,12 @@ impl Client {
         }
     }
 
-    async fn hello(&mut self, helo: &str) -> Result<(), DeliveryOutcome> {
+    /// EHLO, or HELO if EHLO is refused. The EHLO reply, if it was taken.
+    async fn hello(&mut self, helo: &str) -> Result<Option<ServerReply>, DeliveryOutcome> {
         let ehlo = self.command(&format!("EHLO {helo}\r\n")).await?;
         if ehlo.code == 250 {
             self.ext = Extensions::from_ehlo(&ehlo);
-            return Ok(());
+            return Ok(Some(ehlo));
         }
         self.ext = Extensions::default();
         let reply = self.command(&format!("HELO {helo}\r\n")).await?;
@@ -244,7 +268,7 @@ impl Client {
                 reply: format!("HELO: {}", reply.one_line()),
             });
         }
-        Ok(())
+        Ok(Some(reply))
     }
 
     /// The client side of STARTTLS. Whatever the server sent after its 220

@@ -71,6 +71,68 @@ impl Attempt {
             next_hop_dsn: false,
         }
     }
+
+    /// The attempt as a drain sees it: the peer is a hop the operator
+    /// chose, so its refusal (or a loop) is a problem of the hop, not of
+    /// the recipient. Permanent outcomes become temporary: the message
+    /// stays queued, never bounces.
+    pub fn kept_for_drain(mut self) -> Attempt {
+        for o in &mut self.outcomes {
+            if let DeliveryOutcome::Permanent { reply, .. } = o {
+                *o = DeliveryOutcome::Temporary {
+                    reply: format!("drain peer refused it: {reply}"),
+                };
+            }
+        }
+        self
+    }
+}
+
+/// What this node is, to recognise a next hop that is this node again (a
+/// mail loop, RFC 5321 6.3): its host names and its SMTP listening
+/// addresses.
+#[derive(Clone, Debug, Default)]
+pub struct Myself {
+    /// `server.hostname` and the EHLO names, lower-case.
+    names: Vec<String>,
+    listening: Vec<SocketAddr>,
+}
+
+impl Myself {
+    pub fn new(names: &[&str], listening: &[SocketAddr]) -> Myself {
+        let mut names: Vec<String> = names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        names.sort();
+        names.dedup();
+        Myself {
+            names,
+            listening: listening.to_vec(),
+        }
+    }
+
+    /// A server that greets or answers EHLO with this name is this node.
+    pub fn is_named(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.');
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// One of our own listeners: the address itself, or a loopback
+    /// address on the port of a listener bound to every address.
+    pub fn listens_on(&self, addr: SocketAddr) -> bool {
+        self.listening.iter().any(|l| {
+            *l == addr
+                || (l.ip().is_unspecified() && l.port() == addr.port() && addr.ip().is_loopback())
+        })
+    }
+
+    /// The outcome for a next hop that is ourselves: bounced once, with
+    /// this reason, never retried in a circle.
+    pub fn loop_outcome(what: &str) -> DeliveryOutcome {
+        DeliveryOutcome::permanent("5.4.6", &format!("mail loops back to myself ({what})"))
+    }
 }
 
 /// How outbound connections are made: read from the config and the CA
@@ -86,6 +148,8 @@ pub struct OutboundSettings {
     pub verified: Option<Arc<rustls::ClientConfig>>,
     /// `[egress]`: the sources and pools.
     pub egress: crate::config::EgressConfig,
+    /// This node, to stop mail loops.
+    pub myself: Arc<Myself>,
 }
 
 impl OutboundSettings {
@@ -98,6 +162,16 @@ impl OutboundSettings {
             opportunistic: crate::tls::opportunistic_client(),
             verified,
             egress: cfg.egress.clone(),
+            myself: Arc::new(Myself::new(
+                &std::iter::once(cfg.hostname())
+                    .chain(std::iter::once(cfg.helo_name()))
+                    .chain(cfg.egress.source.iter().map(|s| s.ehlo.as_str()))
+                    .collect::<Vec<_>>(),
+                &[cfg.smtp.listen.addr(), cfg.submission.listen.addr()]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>(),
+            )),
         }
     }
 }
@@ -128,6 +202,7 @@ pub struct Delivery {
     pub verified: Option<Arc<rustls::ClientConfig>>,
     /// This shard's sources and pool rotations.
     pub egress: egress::Egress,
+    pub myself: Arc<Myself>,
 }
 
 impl Delivery {
@@ -139,6 +214,7 @@ impl Delivery {
             opportunistic: s.opportunistic.clone(),
             verified: s.verified.clone(),
             egress: egress::Egress::new(&s.egress, &s.helo),
+            myself: s.myself.clone(),
         }
     }
 
@@ -156,6 +232,17 @@ impl Delivery {
             reply: "no host to deliver to".into(),
         };
         for target in targets {
+            if self.myself.listens_on(target.addr) {
+                return Ok(Attempt {
+                    source: source_name,
+                    site: Some(path.site.to_string()),
+                    remote: Some(target.clone()),
+                    ..Attempt::all(
+                        Myself::loop_outcome(&format!("{} is our own listener", target.addr)),
+                        msg.recipients.len(),
+                    )
+                });
+            }
             // Only a connection opened for this host under this policy (or
             // a stricter one) serves it: see `pool`.
             let pooled = self.pool.take(
@@ -170,6 +257,15 @@ impl Delivery {
                 None => match self.connect(target, path).await {
                     Ok(c) => c,
                     Err(e) if e.source_down => return Err(e.outcome),
+                    // A loop: the one permanent failure of a connection.
+                    Err(e) if matches!(e.outcome, DeliveryOutcome::Permanent { .. }) => {
+                        return Ok(Attempt {
+                            source: source_name,
+                            site: Some(path.site.to_string()),
+                            remote: Some(target.clone()),
+                            ..Attempt::all(e.outcome, msg.recipients.len())
+                        });
+                    }
                     Err(e) => {
                         log::debug!("{}: {}", target.host, e.outcome.reply());
                         last = e.outcome;
@@ -222,6 +318,46 @@ impl Delivery {
         })
     }
 
+    /// Connects to the first of `targets` that answers, reads its
+    /// greeting and says EHLO (no TLS), then QUIT: the peer exists, speaks
+    /// SMTP and is not this node. Ok: "host[ip]"; Err: the last failure.
+    pub async fn probe(
+        &self,
+        targets: &[Target],
+        connect_timeout: Duration,
+    ) -> Result<String, DeliveryOutcome> {
+        let mut last = DeliveryOutcome::Temporary {
+            reply: "no address to connect to".into(),
+        };
+        for t in targets {
+            if self.myself.listens_on(t.addr) {
+                return Err(Myself::loop_outcome(&format!(
+                    "{} is our own listener",
+                    t.addr
+                )));
+            }
+            let dial = client::Dial {
+                peer: t.addr,
+                source: None,
+                host: &t.host,
+                helo: &self.helo,
+                myself: &self.myself,
+            };
+            let timeout = self.timeout.min(Duration::from_secs(30));
+            match Client::connect(dial, connect_timeout, timeout, None, OutboundTls::None).await {
+                Ok(c) => {
+                    c.quit().await;
+                    return Ok(format!("{}[{}]", t.host, t.addr.ip()));
+                }
+                Err(e) if matches!(e.outcome, DeliveryOutcome::Permanent { .. }) => {
+                    return Err(e.outcome);
+                }
+                Err(e) => last = e.outcome,
+            }
+        }
+        Err(last)
+    }
+
     /// A new connection under `policy`. Opportunistic: if the TLS handshake
     /// fails, the same host again in plaintext (rustls has no CBC or RSA key
     /// exchange, so some old servers cannot talk to it). Require: verified
@@ -246,6 +382,7 @@ impl Delivery {
                     source,
                     host: &target.host,
                     helo,
+                    myself: &self.myself,
                 },
                 path.connect_timeout,
                 self.timeout,

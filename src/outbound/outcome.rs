@@ -1,7 +1,8 @@
 //! Delivery outcomes are values: the one place where a server reply or an
 //! I/O failure becomes "delivered", "try again later" or "give up".
 //!
-//! Owns: [`DeliveryOutcome`], [`from_reply`], [`from_io`], [`from_dns`].
+//! Owns: [`DeliveryOutcome`], [`from_reply`], [`from_io`], [`from_dns`],
+//! [`from_route`].
 //!
 //! Must not: decide when to retry or bounce (the scheduler does).
 
@@ -59,6 +60,19 @@ pub fn from_dns(e: &crate::dns::DnsError) -> DeliveryOutcome {
         DeliveryOutcome::Temporary {
             reply: e.to_string(),
         }
+    }
+}
+
+/// No targets: the recipient domain's DNS decides as [`from_dns`]; a
+/// configured next hop that does not resolve is always temporary (4.4.3,
+/// directory server failure), and its text does not blame the recipient's
+/// domain (the bounce classifier reads it).
+pub fn from_route(e: &super::route::RouteError) -> DeliveryOutcome {
+    match e {
+        super::route::RouteError::Domain(dns) => from_dns(dns),
+        hop @ super::route::RouteError::NextHop { .. } => DeliveryOutcome::Temporary {
+            reply: format!("451 4.4.3 {hop}"),
+        },
     }
 }
 

@@ -5,6 +5,12 @@
 //! the smarthost parsed once), and [`targets`], the pure expansion of hosts
 //! with their addresses into targets on a port.
 //!
+//! A next hop the operator configured (route, smarthost, drain peer) that
+//! cannot be looked up is the operator's or the network's problem, never
+//! the recipient's: it comes back as [`RouteError::NextHop`], a temporary
+//! failure, while the recipient domain's own DNS answers
+//! ([`RouteError::Domain`]) may be permanent (NXDOMAIN, null MX).
+//!
 //! May call: `dns` (MX, A/AAAA). Must not: connect to anything.
 
 use std::collections::HashMap;
@@ -13,6 +19,17 @@ use std::net::{IpAddr, SocketAddr};
 use super::Target;
 use crate::config::{DeliveryConfig, NextHop};
 use crate::dns::{DnsError, Resolver};
+
+/// Why no targets could be found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// The recipient domain's MX or addresses.
+    #[error(transparent)]
+    Domain(#[from] DnsError),
+    /// A configured next hop's name did not resolve: always temporary.
+    #[error("configured next hop {host} cannot be looked up: {why}")]
+    NextHop { host: String, why: String },
+}
 
 pub struct Router {
     /// Per-domain routes, keys lower-case.
@@ -52,26 +69,45 @@ impl Router {
         *self.handover.borrow_mut() = Some(hop);
     }
 
+    /// The peer of a drain, if the node is drained.
+    pub fn handed_over_to(&self) -> Option<NextHop> {
+        self.handover.borrow().clone()
+    }
+
     /// The hosts to try for mail to `domain` (lower-case), in order.
-    pub async fn targets_for(&self, domain: &str) -> Result<Vec<Target>, DnsError> {
+    pub async fn targets_for(&self, domain: &str) -> Result<Vec<Target>, RouteError> {
         let handover = self.handover.borrow().clone();
         match handover
             .as_ref()
             .or(self.routes.get(domain))
             .or(self.smarthost.as_ref())
         {
-            Some(NextHop::Addr(addr)) => Ok(vec![Target {
-                host: addr.ip().to_string(),
-                addr: *addr,
-            }]),
-            Some(NextHop::Host(host, port)) => {
-                let addrs = self.dns.host(host).await?;
-                Ok(targets(&[(host.clone(), addrs)], *port))
-            }
+            Some(hop) => self.targets_of(hop).await,
             None => {
                 let hosts = self.dns.mx(domain).await?;
                 let list: Vec<_> = hosts.into_iter().map(|h| (h.name, h.addrs)).collect();
                 Ok(targets(&list, self.remote_port))
+            }
+        }
+    }
+
+    /// The hosts of a configured next hop (looked up as A/AAAA if named).
+    pub async fn targets_of(&self, hop: &NextHop) -> Result<Vec<Target>, RouteError> {
+        match hop {
+            NextHop::Addr(addr) => Ok(vec![Target {
+                host: addr.ip().to_string(),
+                addr: *addr,
+            }]),
+            NextHop::Host(host, port) => {
+                let addrs = self.dns.host(host).await.map_err(|e| RouteError::NextHop {
+                    host: host.clone(),
+                    why: match e {
+                        DnsError::NoSuchDomain => "no such name (NXDOMAIN)".into(),
+                        DnsError::NoAddress | DnsError::NullMx => "no A or AAAA records".into(),
+                        DnsError::Temporary(why) => why,
+                    },
+                })?;
+                Ok(targets(&[(host.clone(), addrs)], *port))
             }
         }
     }

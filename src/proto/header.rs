@@ -1,6 +1,7 @@
 //! Taking header fields out of a message's header section.
 //!
-//! Owns: [`take_fields`] (and [`take_field`] for one name), pure functions
+//! Owns: [`take_fields`] (and [`take_field`] for one name), and
+//! [`count_fields`] (the hop count of a loop check), pure functions
 //! over the message bytes: they remove every occurrence of the named
 //! fields (with their folded lines) from the header section, in one pass,
 //! and return each name's first value, unfolded. Used by the reception
@@ -59,6 +60,28 @@ pub fn take_fields<const N: usize>(
     }
 }
 
+/// How many `name:` fields (case-insensitive) the header section of
+/// `message` holds (continuation lines are not fields).
+pub fn count_fields(message: &[u8], name: &str) -> usize {
+    let mut n = 0;
+    let mut at = 0;
+    while at < message.len() {
+        let line_end = line_end_of(message, at);
+        let line = &message[at..line_end];
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if line.len() > name.len()
+            && line[name.len()] == b':'
+            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+        {
+            n += 1;
+        }
+        at = line_end;
+    }
+    n
+}
+
 /// The index just past the LF ending the line at `at` (or the end).
 fn line_end_of(message: &[u8], at: usize) -> usize {
     message[at..]
@@ -89,6 +112,14 @@ mod tests {
         assert_eq!(m, b"X-Ringpost-Metadata: 1\r\n\r\nbody");
         let mut empty = Vec::new();
         assert_eq!(take_field(&mut empty, 5, "X"), None);
+    }
+
+    #[test]
+    fn fields_are_counted_in_the_header_section_only() {
+        let m = b"Received: a\r\n  folded\r\nreceived: b\r\nReceived-SPF: c\r\nX: Received: d\r\n\r\nReceived: body\r\n";
+        assert_eq!(count_fields(m, "Received"), 2);
+        assert_eq!(count_fields(b"", "Received"), 0);
+        assert_eq!(count_fields(b"Received: only", "Received"), 1);
     }
 
     #[test]

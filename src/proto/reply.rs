@@ -144,6 +144,9 @@ pub enum Rejection {
     /// A trusted client's priority header is not high, normal or bulk.
     #[error("bad priority: {0}")]
     BadPriority(String),
+    /// A mail loop: more `Received:` fields than allowed.
+    #[error("too many hops")]
+    TooManyHops,
 }
 
 impl Rejection {
@@ -211,6 +214,7 @@ impl Rejection {
             BadMeta(why) => Reply::new(550, "5.6.0", why),
             UnknownPool(name) => Reply::new(550, "5.7.0", format!("no egress pool named {name:?}")),
             BadPriority(why) => Reply::new(550, "5.6.0", why),
+            TooManyHops => Reply::new(554, "5.4.6", "Too many hops: mail loop?"),
         }
     }
 

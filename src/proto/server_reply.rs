@@ -29,6 +29,12 @@ impl ServerReply {
         (200..400).contains(&self.code)
     }
 
+    /// The name a greeting (220) or an EHLO reply (250) starts with: the
+    /// server's own idea of its host name (RFC 5321 4.2, 4.1.1.1).
+    pub fn host_name(&self) -> Option<&str> {
+        self.lines.first()?.split_ascii_whitespace().next()
+    }
+
     /// The enhanced status code at the start of the text, if any.
     pub fn enhanced(&self) -> Option<&str> {
         let first = self.lines.first()?.split(' ').next()?;

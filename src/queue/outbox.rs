@@ -3,9 +3,11 @@
 //!
 //! Owns: the sled trees `events` (sequence number, u64 big-endian ->
 //! [`StoredEvent`] bytes: kind, time, JSON), `event_cursors` (webhook name
-//! -> the last sequence number its receiver took) and `events_failed`
-//! (webhook name, NUL, sequence number -> the event, for batches a
-//! receiver refused for good).
+//! -> the last sequence number its receiver took), `events_failed`
+//! (webhook name, NUL, sequence number -> the event, for events a
+//! receiver refused for good) and `events_replay` (the same keys: failed
+//! events the operator asked to send again, which that webhook's sender
+//! posts before anything new and removes once taken).
 //!
 //! Durability: an event is inserted before the change of the message it
 //! tells of (the caller writes the event, then updates or removes the
@@ -67,6 +69,7 @@ pub struct Outbox {
     events: sled::Tree,
     cursors: sled::Tree,
     failed: sled::Tree,
+    replay: sled::Tree,
     commit: GroupCommit,
     mark: Rc<FlushMark>,
     /// The next sequence number to give.
@@ -84,6 +87,7 @@ impl Outbox {
         let events = db.open_tree("events")?;
         let cursors = db.open_tree("event_cursors")?;
         let failed = db.open_tree("events_failed")?;
+        let replay = db.open_tree("events_replay")?;
         let last_event = events.last()?.and_then(|(k, _)| seq_of(&k));
         let first = events.first()?.and_then(|(k, _)| seq_of(&k));
         // Every event was trimmed: the cursors still say how far numbers
@@ -101,6 +105,7 @@ impl Outbox {
             events,
             cursors,
             failed,
+            replay,
             commit,
             mark,
             next: Cell::new(next),
@@ -202,24 +207,87 @@ impl Outbox {
     /// Keeps events a receiver refused for good, for the operator.
     pub fn keep_failed(&self, name: &str, events: &[StoredEvent]) {
         for e in events {
-            let mut key = name.as_bytes().to_vec();
-            key.push(0);
-            key.extend_from_slice(&e.seq.to_be_bytes());
-            let _ = self.failed.insert(key, encode(e.kind, e.at_ms, &e.json));
+            let _ = self
+                .failed
+                .insert(named_key(name, e.seq), encode(e.kind, e.at_ms, &e.json));
         }
         self.commit.touched();
     }
 
     /// Every kept event: (webhook name, event).
     pub fn failed(&self) -> Vec<(String, StoredEvent)> {
+        self.failed_matching(None, 0)
+    }
+
+    /// The kept events of webhook `name` (every webhook's if None) from
+    /// `since_ms` (Unix milliseconds, the event's time) on, in order.
+    pub fn failed_matching(&self, name: Option<&str>, since_ms: u64) -> Vec<(String, StoredEvent)> {
+        let prefix = name.map(|n| named_key(n, 0)[..n.len() + 1].to_vec());
         self.failed
-            .iter()
+            .scan_prefix(prefix.unwrap_or_default())
             .filter_map(|r| r.ok())
-            .filter_map(|(k, v)| {
-                let nul = k.iter().position(|&b| b == 0)?;
-                let name = String::from_utf8(k[..nul].to_vec()).ok()?;
-                Some((name, decode(seq_of(&k[nul + 1..])?, v)?))
-            })
+            .filter_map(|(k, v)| named_event(&k, v))
+            .filter(|(_, e)| e.at_ms >= since_ms)
             .collect()
     }
+
+    /// Moves the kept events [`Outbox::failed_matching`] selects to the
+    /// replay tree, where their webhook's sender takes them before
+    /// anything new. Returns how many. Durable with the next flush; a
+    /// crash between the two trees' writes leaves an event in both (sent
+    /// again, and still listed): never in neither.
+    pub fn replay_failed(&self, name: Option<&str>, since_ms: u64) -> Result<usize, SpoolError> {
+        let chosen = self.failed_matching(name, since_ms);
+        for (webhook, e) in &chosen {
+            let key = named_key(webhook, e.seq);
+            self.replay
+                .insert(&key, encode(e.kind, e.at_ms, &e.json))
+                .map_err(|source| SpoolError::Outbox { source })?;
+            self.failed
+                .remove(&key)
+                .map_err(|source| SpoolError::Outbox { source })?;
+        }
+        self.commit.touched();
+        Ok(chosen.len())
+    }
+
+    /// Up to `max` events waiting to be replayed to webhook `name`, oldest
+    /// first.
+    pub fn replay_batch(&self, name: &str, max: usize) -> Vec<StoredEvent> {
+        let prefix = &named_key(name, 0)[..name.len() + 1];
+        self.replay
+            .scan_prefix(prefix)
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, v)| named_event(&k, v))
+            .map(|(_, e)| e)
+            .take(max)
+            .collect()
+    }
+
+    /// The receiver took these replayed events (`back_to_failed`: it
+    /// refused them again, and they are kept as failed once more).
+    pub fn replayed(&self, name: &str, events: &[StoredEvent], back_to_failed: bool) {
+        if back_to_failed {
+            self.keep_failed(name, events);
+        }
+        for e in events {
+            let _ = self.replay.remove(named_key(name, e.seq));
+        }
+        self.commit.touched();
+    }
+}
+
+/// A failed or replayed event's key: webhook name, NUL, sequence number.
+fn named_key(name: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 9);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn named_event(key: &[u8], v: sled::IVec) -> Option<(String, StoredEvent)> {
+    let nul = key.iter().position(|&b| b == 0)?;
+    let name = String::from_utf8(key[..nul].to_vec()).ok()?;
+    Some((name, decode(seq_of(&key[nul + 1..])?, v)?))
 }

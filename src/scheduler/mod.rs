@@ -381,10 +381,17 @@ impl Scheduler {
         let Some(env) = self.state.borrow_mut().start_job(&job) else {
             return;
         };
+        // A drain sends everything to the peer: no `[backoff]` bounce,
+        // and the peer's refusals keep the message queued.
+        let handing_over = self.handing_over();
         let bouncing = self.state.borrow().bouncing.get(domain).cloned();
-        let attempt = match bouncing.filter(|b| b.until > Instant::now()) {
+        let attempt = match bouncing.filter(|b| b.until > Instant::now() && !handing_over) {
             Some(b) => bounced_by_rule(domain, &b.reply, job.rcpts.len()),
             None => self.attempt(domain, &job, &env).await,
+        };
+        let attempt = match handing_over {
+            true => attempt.kept_for_drain(),
+            false => attempt,
         };
         self.record(job.id, &job.rcpts, &attempt);
     }
@@ -406,7 +413,7 @@ impl Scheduler {
             .record(started.elapsed().as_secs_f64());
         let targets = match targets {
             Ok(targets) => targets,
-            Err(e) => return Attempt::all(outcome::from_dns(&e), rcpts.len()),
+            Err(e) => return Attempt::all(outcome::from_route(&e), rcpts.len()),
         };
         let hosts: Vec<&str> = targets.iter().map(|t| t.host.as_str()).collect();
         let site = shaping::site_name(hosts.iter().copied());
@@ -790,7 +797,7 @@ impl Scheduler {
             st.domains.entry(domain).or_default().last_error = Some((now, reply));
         }
         drop(st);
-        if let Some((domain, action, category, reply)) = back_off {
+        if let Some((domain, action, category, reply)) = back_off.filter(|_| !self.handing_over()) {
             let path = attempt.site.as_ref().map(|site| gate::PathKey {
                 source: attempt.source.clone(),
                 site: site.clone(),

@@ -418,6 +418,22 @@ impl Scheduler {
         due.len()
     }
 
+    /// Before a drain: looks `hop` up, connects, reads its greeting and
+    /// says EHLO as a delivery would, then QUIT. Ok: the host that
+    /// answered; Err: why the drain must not start (unknown name, no
+    /// answer, not SMTP, or this node itself).
+    pub async fn probe_peer(&self, hop: &NextHop) -> Result<String, String> {
+        let targets = self
+            .router
+            .targets_of(hop)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.delivery
+            .probe(&targets, self.base_limits.connect_timeout)
+            .await
+            .map_err(|o| o.reply().to_string())
+    }
+
     /// Drains this shard to another MTA: reception stops taking new mail
     /// (the front ends ask [`Scheduler::handing_over`]), every queued
     /// message goes to `hop` now, whatever its domain, holds ignored, and
@@ -442,6 +458,38 @@ impl Scheduler {
             self.kick(&d);
         }
         self.state.borrow().messages.len()
+    }
+
+    /// This shard's index.
+    pub fn shard_index(&self) -> usize {
+        self.shard
+    }
+
+    /// The webhook events this shard's receivers refused for good (see
+    /// `queue::outbox`), of `webhook` (all if None), from `since_ms` on.
+    pub fn failed_events(
+        &self,
+        webhook: Option<&str>,
+        since_ms: u64,
+    ) -> Vec<(String, crate::queue::outbox::StoredEvent)> {
+        self.spool.outbox().failed_matching(webhook, since_ms)
+    }
+
+    /// Sends those events again (the webhook's sender takes them first);
+    /// Ok once the request is on disk: how many.
+    pub async fn replay_failed_events(
+        &self,
+        webhook: Option<&str>,
+        since_ms: u64,
+    ) -> Result<usize, crate::queue::SpoolError> {
+        let n = self.spool.outbox().replay_failed(webhook, since_ms)?;
+        self.spool.make_durable().await?;
+        Ok(n)
+    }
+
+    /// The peer the shard is drained to, if it is.
+    pub fn handed_over_to(&self) -> Option<NextHop> {
+        self.router.handed_over_to()
     }
 
     /// Whether the shard is being drained (and so takes no new mail).

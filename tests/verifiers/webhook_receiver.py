@@ -10,8 +10,11 @@ against the first line of SECRET_FILE, then answers as the current mode
 says. Only when it answers 2xx are the batch's events appended to
 EVENTS_OUT, one JSON object per line.
 
-GET /mode/ok|fail500|slow|refuse400: sets the mode (slow: sleeps 30 s
-before a 200, longer than the sender's timeout; refuse400: a 400).
+GET /mode/ok|fail500|slow|refuse400|refuse404|poison:TEXT: sets the mode
+(slow: sleeps 30 s before a 200, longer than the sender's timeout;
+refuse400, refuse404: that status to every batch, as a receiver that is
+being deployed; poison:TEXT: a 400 to every batch with an event whose
+JSON contains TEXT, the rest taken).
 GET /stats: {"requests", "bad_signatures", "events", "taken"} as JSON.
 """
 import hashlib
@@ -68,6 +71,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(500)
         if mode == "refuse400":
             return self.answer(400)
+        if mode == "refuse404":
+            return self.answer(404)
+        if mode.startswith("poison:"):
+            text = mode[len("poison:"):]
+            if any(text in json.dumps(e) for e in json.loads(body)):
+                return self.answer(400)
         if mode == "slow":
             time.sleep(30)
         events = json.loads(body)

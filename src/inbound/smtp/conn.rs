@@ -40,7 +40,16 @@ pub struct Conn {
     out: Vec<u8>,
     /// The session ends at this time however active it is.
     deadline: Instant,
+    /// The server ends the session with a reply (421, 554, ...): see
+    /// [`Conn::close`].
+    linger: bool,
 }
+
+/// How long a connection the server closes keeps reading (and discarding)
+/// what the client still sends, at most.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much it reads so, at most.
+const LINGER_BYTES: usize = 64 * 1024;
 
 impl Conn {
     /// `cap` bounds the bytes held unconsumed; it must exceed the longest
@@ -62,6 +71,7 @@ impl Conn {
             cap: cap.max(READ_CHUNK),
             out: Vec::with_capacity(512),
             deadline: Instant::now() + lifetime,
+            linger: false,
         })
     }
 
@@ -93,6 +103,12 @@ impl Conn {
         reply.write_to(&mut self.out);
     }
 
+    /// Queues the reply the server ends the session with.
+    pub fn queue_last(&mut self, reply: &Reply) {
+        self.queue(reply);
+        self.linger = true;
+    }
+
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await?;
@@ -105,10 +121,36 @@ impl Conn {
     /// Flushes and closes; under TLS this sends close_notify, so the client
     /// can tell a clean end from a truncation. A plain connection needs no
     /// shutdown call (a syscall per session): dropping it closes it.
+    ///
+    /// When the server ends the session with a reply ([`Conn::queue_last`])
+    /// a pipelining client may still be sending: closing a socket with
+    /// unread input makes the kernel send a reset, which can destroy the
+    /// reply before the client reads it. So the write side is shut down
+    /// (the client sees the reply, then the end) and input is read and
+    /// dropped until the client closes, for at most [`LINGER`] and
+    /// [`LINGER_BYTES`].
     pub async fn close(&mut self) {
         let _ = self.flush().await;
-        if let Stream::Tls(_) = self.stream {
-            let _ = self.stream.close().await;
+        match &self.stream {
+            Stream::Tls(_) => {
+                let _ = self.stream.close().await;
+            }
+            Stream::Plain(tcp) if self.linger => {
+                if tcp.shutdown(std::net::Shutdown::Write).await.is_err() {
+                    return;
+                }
+                let _ = tcp.set_read_timeout(Some(LINGER));
+                let until = Instant::now() + LINGER;
+                let mut read = 0;
+                let mut chunk = [0u8; 4096];
+                while read < LINGER_BYTES && Instant::now() < until {
+                    match self.stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                }
+            }
+            _ => {}
         }
     }
 

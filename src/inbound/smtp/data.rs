@@ -217,6 +217,7 @@ fn refusal_reply(refusal: &Refusal) -> Reply {
         Refusal::BadMeta(why) => Rejection::BadMeta(why.clone()).reply(),
         Refusal::UnknownPool(name) => Rejection::UnknownPool(name.clone()).reply(),
         Refusal::BadPriority(why) => Rejection::BadPriority(why.clone()).reply(),
+        Refusal::TooManyHops(_) => Rejection::TooManyHops.reply(),
     }
 }
 

@@ -308,7 +308,7 @@ async fn drive(
         let reply: Reply = match outcome {
             Step::Reply(r) => r,
             Step::Close(r) => {
-                conn.queue(&r);
+                conn.queue_last(&r);
                 return;
             }
             Step::Disconnected => return,
@@ -318,7 +318,7 @@ async fn drive(
         if reply.is_error() {
             errors += 1;
             if errors >= cfg.max_errors {
-                conn.queue(&Rejection::TooManyErrors.reply());
+                conn.queue_last(&Rejection::TooManyErrors.reply());
                 return;
             }
         }
