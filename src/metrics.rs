@@ -60,9 +60,9 @@ metrics_table! {
     WEBHOOK_BACKLOG = "ringpost_webhook_backlog", Gauge, "Events stored and not yet taken by a webhook's receiver, by webhook.";
     EVENTS_DROPPED = "ringpost_events_dropped_total", Counter, "Unsent webhook events dropped because events.max_backlog was reached with on_backlog_full = \"drop_oldest\".";
     CLUSTER_REDIS_UP = "ringpost_cluster_redis_up", Gauge, "1 while Redis answers and the limits are shared by the cluster; 0 while this node holds its 1/N share of each ([cluster], set only when cluster.redis is).";
-    CLUSTER_FALLBACKS = "ringpost_cluster_fallbacks_total", Counter, "Times Redis became unreachable and this node fell back to its 1/N share of each limit.";
+    CLUSTER_FALLBACKS = "ringpost_cluster_fallbacks_total", Counter, "Times Redis became unreachable and this node fell back to its 1/nodes share of each limit (kept by its own shards).";
     CLUSTER_REQUESTS = "ringpost_cluster_requests_total", Counter, "Requests to Redis, by op (tokens, acquire, renew, release, holds, idempotency, lists) and result (ok, error; down: not sent, Redis being unreachable).";
-    CLUSTER_LEASES = "ringpost_cluster_leases", Gauge, "Connection leases this node holds in Redis, by source and site.";
+    CLUSTER_LEASES = "ringpost_cluster_leases", Gauge, "Connection leases this node's shards hold, by source and site: from Redis with [cluster], else from the node's own book of path limits.";
     CLUSTER_SUPPRESSION_CHANGES = "ringpost_cluster_suppression_changes_total", Counter, "Suppression list changes (adds and removals) shared through Redis, by direction (published: made on this node and sent; applied: read from the fleet's log, this node's own included).";
     CLUSTER_SUPPRESSION_UNPUBLISHED = "ringpost_cluster_suppression_changes_unpublished", Gauge, "Suppression list changes made on this node and not yet in Redis (they wait while Redis is unreachable).";
     CLUSTER_SUPPRESSION_RESYNCS = "ringpost_cluster_suppression_resyncs_total", Counter, "Times this node read the fleet's whole suppression list, by merge (union: first sync, or Redis lost its data; this node's entries are published again; mirror: the log was trimmed past this node's place; entries the fleet no longer has are removed).";

@@ -47,6 +47,7 @@ use crate::outbound::route::Router;
 use crate::outbound::{Delivery, OutboundSettings};
 use crate::queue::suppression::SuppressionList;
 use crate::queue::{Spool, SpoolOptions, existing_shards};
+use crate::scheduler::book::LimitBook;
 use crate::scheduler::{Scheduler, Wiring};
 use crate::shard::clock::Clock;
 use crate::shard::mesh::{self, Mesh, Work};
@@ -135,6 +136,8 @@ struct Prepared {
     mesh: Mesh<Scheduler>,
     /// Every shard's `Idempotency-Key` index.
     keys: Mesh<KeyIndex>,
+    /// Every shard's book of the node's path limits.
+    books: Mesh<LimitBook>,
     /// The node's suppression list, when `suppression.enabled`.
     suppressions: Option<Arc<SuppressionList>>,
     /// Redis, when the limits are shared (`[cluster]`).
@@ -148,6 +151,8 @@ struct Seat {
     work: flume::Receiver<Work<Scheduler>>,
     /// Requests about the `Idempotency-Key`s this shard owns.
     key_work: flume::Receiver<Work<KeyIndex>>,
+    /// Requests about the path limits this shard keeps.
+    book_work: flume::Receiver<Work<LimitBook>>,
 }
 
 enum ShardReport {
@@ -201,23 +206,25 @@ pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError>
     let shards = shard_count(&cfg);
     let (mesh, works) = mesh::mesh(shards);
     let (keys, key_works) = mesh::mesh(shards);
+    let (books, book_works) = mesh::mesh(shards);
     let reload = crate::scheduler::reload::Reload::new(&cfg.delivery.shaping_file, mesh.clone());
     // Before `prepare`: the Redis thread it starts sets its gauge at once.
     crate::metrics::install();
-    let prepared = Arc::new(prepare(cfg, shards, clock, mesh, keys)?);
+    let prepared = Arc::new(prepare(cfg, shards, clock, mesh, keys, books)?);
 
     let (report_tx, reports) = flume::unbounded();
     let (stop, signals) = stop::channel(shards);
     let seats: Vec<Option<Seat>> = signals
         .into_iter()
-        .zip(works.into_iter().zip(key_works))
+        .zip(works.into_iter().zip(key_works).zip(book_works))
         .enumerate()
-        .map(|(index, (stop, (work, key_work)))| {
+        .map(|(index, (stop, ((work, key_work), book_work)))| {
             Some(Seat {
                 index,
                 stop,
                 work,
                 key_work,
+                book_work,
             })
         })
         .collect();
@@ -270,6 +277,7 @@ fn prepare(
     clock: Clock,
     mesh: Mesh<Scheduler>,
     keys: Mesh<KeyIndex>,
+    books: Mesh<LimitBook>,
 ) -> Result<Prepared, StartError> {
     let files = preflight(&cfg).map_err(|p| StartError::Files(ConfigErrors(p)))?;
     let listeners = Listeners::probe(&mut cfg)?;
@@ -307,6 +315,7 @@ fn prepare(
         ready: Arc::new(AtomicBool::new(false)),
         mesh,
         keys,
+        books,
     })
 }
 
@@ -563,6 +572,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         mesh: p.mesh.clone(),
         shaping: p.files.shaping.clone(),
         cluster: p.cluster.clone(),
+        book: p.books.clone(),
     });
     scheduler.start(recovered.messages);
     let door = Rc::new(Door::new(
@@ -803,6 +813,14 @@ async fn run_shard(
         .ok_or("the shard's sockets were taken already")?
         .adopt();
     let stop = seat.stop.clone();
+    // The book serves the path limits of every shard's attempts, which go
+    // on past the stop (the grace period): it stops after this shard's.
+    let (book_stop, mut book_signal) = crate::shard::stop::channel(1);
+    let book = glommio::spawn_local(mesh::serve(
+        seat.book_work.clone(),
+        Rc::new(LimitBook::default()),
+        book_signal.pop().expect("one signal"),
+    ));
     let loops = spawn_loops(&p, seat, &parts, bound);
     let _ = reports.send(ShardReport::Ready);
     for task in loops {
@@ -814,6 +832,8 @@ async fn run_shard(
     parts.scheduler.drain(deadline).await;
     // The scheduler closed its DSN stream: the door queues what is left.
     parts.notifications.await;
+    book_stop.request();
+    book.await;
     let Parts {
         spool, door, smtp, ..
     } = parts;

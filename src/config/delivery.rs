@@ -41,13 +41,14 @@ section! {
         shaping_file: String = String::new(),
         /// Concurrent connections per path, across all shards: from one
         /// egress source (or the default address) to one site, for sites
-        /// no shaping rule sets it for. Each shard gets an equal share
-        /// (remainder to the first shards), and at least one, so with more
-        /// shards than connections the total is the number of shards.
-        /// Idle pooled connections count.
+        /// no shaping rule sets it for. The shards with mail for the path
+        /// lease them from the path's owner shard: one shard with all the
+        /// mail may use them all, several share them. Idle pooled
+        /// connections count.
         max_connections: usize = 20,
         /// Messages per second per path (source, site), across all shards
-        /// (each shard paces its share). `0`: no limit.
+        /// (each start takes a token from the path's owner shard, wherever
+        /// the mail is). `0`: no limit.
         max_messages_per_second: f64 = 0.0,
         /// Transactions on one connection before it is closed.
         max_messages_per_connection: u32 = 1000,

@@ -3,24 +3,25 @@
 //! waits for a connection.
 //!
 //! Owns: [`Gates`], one per shard, a [`Gate`] per [`PathKey`] (source,
-//! site): this shard's share of the path's limits (`shaping::Limits`),
-//! the connections in use, the workers waiting for one (first come, first
-//! served within a priority lane, the lanes taking turns: `lanes`), the
-//! next free start time (pacing), the measured rate, and a `[backoff]`
-//! throttle when a receiver asked to slow down; and, apart from the gates
-//! (which are forgotten when idle), the [`Counts`] of capped paths against
-//! their hourly and daily caps. A worker holds a connection from
-//! [`Gates::enter`] (at once, or when one is handed over) to
-//! [`Gates::leave`]; leaving hands the connection straight to the next
-//! waiter, so a waiter never misses its turn.
+//! site): the path's limits (`shaping::Limits`, node- or fleet-wide), the
+//! connection leases this shard holds on it, the connections in use, the
+//! workers waiting for one (first come, first served within a priority
+//! lane, the lanes taking turns: `lanes`), the rate tokens it holds, the
+//! measured rate, and a `[backoff]` throttle when a receiver asked to slow
+//! down; and, apart from the gates (which are forgotten when idle), the
+//! [`Counts`] of capped paths against their hourly and daily caps. A
+//! worker holds a connection from [`Gates::enter`] (at once, or when one
+//! is handed over) to [`Gates::leave`]; leaving hands the connection
+//! straight to the next waiter, so a waiter never misses its turn.
 //!
-//! Sharing ([`Sharing`]): alone, a shard holds its share of the node's
-//! limits. With `[cluster]`, while Redis answers, the path's connections
-//! are the leases this shard holds in Redis (`scheduler::shared` takes
-//! and gives them back, [`Gates::set_leased`]) and its starts are paced
-//! by tokens from Redis ([`Slot::Ask`], [`Gates::add_tokens`]); while
-//! Redis is unreachable, the shard's share of this node's `1/nodes` of
-//! each limit.
+//! Limits are held, not divided: a shard's connections on a path are the
+//! leases it holds (`scheduler::shared` takes and gives them back,
+//! [`Gates::set_leased`]), and each start takes a rate token ([`Slot::Ask`],
+//! [`Gates::add_tokens`]), both from the path's authority ([`Sharing`]):
+//! the node's book (`scheduler::book`, the path's owner shard), or Redis
+//! for a fleet (`[cluster]`). So a shard with all of a path's mail gets
+//! all of its limits, and shards with mail share them. The hourly and
+//! daily caps are still divided: each shard counts its share.
 //!
 //! Concurrency: per shard, on its executor; the scheduler keeps it in a
 //! `RefCell` and never holds the borrow across an await. A waiter is a
@@ -38,7 +39,6 @@ use futures::channel::oneshot;
 use super::backoff::{RateMeter, Throttle};
 use super::lanes::{LANES, Lanes};
 use super::shaping::Limits;
-use crate::shard::share;
 
 /// One path: mail from `source` (None: the kernel's choice of address)
 /// to `site`.
@@ -51,21 +51,17 @@ pub struct PathKey {
 /// One path's admission on this shard.
 #[derive(Debug, Default)]
 pub struct Gate {
-    /// The node-wide limits last configured.
+    /// The node-wide (or fleet-wide) limits last configured.
     limits: Option<Limits>,
     /// The shaping rule that gave them, for metrics and the summary.
     pub rule: Option<String>,
-    /// This shard's connections.
+    /// This shard's connections: the leases it holds on the path.
     limit: usize,
-    /// Leases this shard holds on the path (shared limits).
-    leased: usize,
-    /// Message tokens taken from the shared rate and not yet used, and
+    /// Message tokens taken from the path's rate and not yet used, and
     /// until when they may be (tokens kept longer would let a shard burst
     /// past its neighbours).
     tokens: u32,
     tokens_until: Option<Instant>,
-    /// Time between two starts on this shard, if the rate is limited.
-    pace: Option<Duration>,
     in_use: usize,
     /// Workers waiting for a connection, by their message's priority.
     waiters: Lanes<oneshot::Sender<()>>,
@@ -86,16 +82,17 @@ pub enum Admission {
     Wait(oneshot::Receiver<()>),
 }
 
-/// Whose limits the gates hold.
+/// Who keeps the limits the gates' leases and tokens come from. A change
+/// drops every lease and token held (they were the other's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Sharing {
-    /// This node alone: each shard its share of the node's limits.
+    /// The node's book (`scheduler::book`): the node alone, or a fleet's
+    /// node while Redis is unreachable (then with each limit over the
+    /// nodes).
     #[default]
-    Alone,
-    /// Shared through Redis: connections as leased, starts by tokens.
-    Shared,
-    /// Redis unreachable: each shard its share of this node's 1/`nodes`.
-    Fallback { nodes: usize },
+    Node,
+    /// Redis, for the fleet (`[cluster]`).
+    Redis,
 }
 
 /// When a worker that has its connection may start its message.
@@ -103,11 +100,12 @@ pub enum Sharing {
 pub enum Slot {
     /// After this wait, if any.
     Go(Option<Duration>),
-    /// Ask Redis for tokens of this shared rate (messages a second) first.
+    /// Ask the path's authority for tokens of its rate (messages a
+    /// second) first.
     Ask(f64),
 }
 
-/// Tokens from Redis are used within this or dropped.
+/// Tokens are used within this or dropped.
 const TOKENS_KEEP: Duration = Duration::from_secs(1);
 
 /// A path's lease bookkeeping, for `scheduler::shared`.
@@ -166,26 +164,7 @@ fn cap_share(cap: u64, shard: usize, shards: usize) -> u64 {
 }
 
 impl Gate {
-    /// Takes `limits` (node-wide, or fleet-wide when shared) as this
-    /// shard's connections and pace under `sharing`.
-    fn fit(&mut self, limits: &Limits, sharing: Sharing, shard: usize, shards: usize) {
-        let (connections, rate) = match sharing {
-            Sharing::Alone | Sharing::Shared => {
-                (limits.max_connections, limits.max_messages_per_second)
-            }
-            Sharing::Fallback { nodes } => (
-                (limits.max_connections / nodes.max(1)).max(1),
-                limits.max_messages_per_second / nodes.max(1) as f64,
-            ),
-        };
-        self.limit = match sharing {
-            Sharing::Shared => self.leased,
-            _ => share(connections, shard, shards),
-        };
-        self.pace = (rate > 0.0).then(|| Duration::from_secs_f64(shards as f64 / rate));
-    }
-
-    /// Connections this shard may use at `now`: its share, fewer while a
+    /// Connections this shard may use at `now`: its leases, fewer while a
     /// throttle holds.
     fn capacity(&self, now: Instant) -> usize {
         match &self.throttle {
@@ -224,7 +203,7 @@ impl Gates {
             counts: HashMap::new(),
             shard,
             shards: shards.max(1),
-            sharing: Sharing::Alone,
+            sharing: Sharing::Node,
         }
     }
 
@@ -232,25 +211,21 @@ impl Gates {
         self.sharing
     }
 
-    /// Redis became reachable or unreachable: every gate takes its limits
-    /// under `sharing` (tokens held are dropped; leases start from none).
-    pub fn set_sharing(&mut self, sharing: Sharing, now: Instant) {
+    /// Redis became reachable or unreachable: the leases and tokens
+    /// held were the other authority's, and go (the keeper takes new
+    /// ones).
+    pub fn set_sharing(&mut self, sharing: Sharing) {
         if self.sharing == sharing {
             return;
         }
         self.sharing = sharing;
-        let (shard, shards, weights) = (self.shard, self.shards, self.weights);
         for gate in self.gates.values_mut() {
-            gate.leased = 0;
+            gate.limit = 0;
             gate.tokens = 0;
-            if let Some(limits) = gate.limits.clone() {
-                gate.fit(&limits, sharing, shard, shards);
-            }
-            gate.wake(now, weights);
         }
     }
 
-    /// The shared paths' demand for leases: every gate configured.
+    /// The paths' demand for leases: every gate configured.
     pub fn lease_view(&self) -> Vec<LeaseView> {
         self.gates
             .iter()
@@ -269,14 +244,18 @@ impl Gates {
     /// less any it is giving back); more lets waiters in.
     pub fn set_leased(&mut self, key: &PathKey, n: usize, now: Instant) {
         let weights = self.weights;
-        let shared = self.sharing == Sharing::Shared;
         if let Some(gate) = self.gates.get_mut(key) {
-            gate.leased = n;
-            if shared {
-                gate.limit = n;
-                gate.wake(now, weights);
-            }
+            gate.limit = n;
+            gate.wake(now, weights);
         }
+    }
+
+    /// Whether a worker waits on `key` while this shard holds no lease
+    /// there (the keeper should take one now, not at its next round).
+    pub fn wants_first_lease(&self, key: &PathKey) -> bool {
+        self.gates
+            .get(key)
+            .is_some_and(|g| g.limit == 0 && !g.waiters.is_empty())
     }
 
     /// Connections in use on `key`.
@@ -284,7 +263,7 @@ impl Gates {
         self.gates.get(key).map_or(0, |g| g.in_use)
     }
 
-    /// Tokens Redis granted for `key`.
+    /// Tokens the path's authority granted for `key`.
     pub fn add_tokens(&mut self, key: &PathKey, n: u32, now: Instant) {
         if let Some(gate) = self.gates.get_mut(key) {
             gate.tokens += n;
@@ -292,18 +271,15 @@ impl Gates {
         }
     }
 
-    /// Sets `key`'s limits (node-wide; this shard takes its share) and
-    /// the rule they came from; a raised limit lets waiters in.
-    pub fn configure(&mut self, key: &PathKey, limits: &Limits, rule: Option<&str>, now: Instant) {
-        let (shard, shards) = (self.shard, self.shards);
+    /// Sets `key`'s limits (node- or fleet-wide: the keeper leases
+    /// connections within them) and the rule they came from.
+    pub fn configure(&mut self, key: &PathKey, limits: &Limits, rule: Option<&str>) {
         let gate = self.gates.entry(key.clone()).or_default();
         if gate.limits.as_ref() == Some(limits) && gate.rule.as_deref() == rule {
             return;
         }
-        gate.fit(limits, self.sharing, shard, shards);
         gate.limits = Some(limits.clone());
         gate.rule = rule.map(str::to_string);
-        gate.wake(now, self.weights);
     }
 
     /// A worker asks for a connection on `key` (configured first) for a
@@ -339,11 +315,9 @@ impl Gates {
     }
 
     /// Books the next start time on `key` and says how long to wait for
-    /// it: the configured pace, or slower while a throttle holds. Under
-    /// shared limits a start takes a token (none left: [`Slot::Ask`]),
-    /// and only a throttle paces.
+    /// it. A limited rate takes a token per start (none left:
+    /// [`Slot::Ask`]); a throttle paces this shard besides.
     pub fn slot(&mut self, key: &PathKey, now: Instant) -> Slot {
-        let shared = self.sharing == Sharing::Shared;
         let Some(gate) = self.gates.get_mut(key) else {
             return Slot::Go(None);
         };
@@ -351,7 +325,7 @@ impl Gates {
             .limits
             .as_ref()
             .map_or(0.0, |l| l.max_messages_per_second);
-        if shared && rate > 0.0 {
+        if rate > 0.0 {
             if gate.tokens_until.is_some_and(|t| t < now) {
                 gate.tokens = 0;
             }
@@ -361,29 +335,19 @@ impl Gates {
             gate.tokens -= 1;
         }
         gate.meter.tick(now);
-        let throttled = gate.throttle.as_ref().and_then(|t| t.rate(now));
-        let pace = match throttled {
-            Some(rate) => {
-                let slow = Duration::from_secs_f64(1.0 / rate);
-                match gate.pace.filter(|_| !shared) {
-                    Some(p) => p.max(slow),
-                    None => slow,
-                }
-            }
-            None if shared => return Slot::Go(None),
-            None => match gate.pace {
-                Some(p) => p,
-                None => return Slot::Go(None),
-            },
+        let Some(throttled) = gate.throttle.as_ref().and_then(|t| t.rate(now)) else {
+            return Slot::Go(None);
         };
+        let pace = Duration::from_secs_f64(1.0 / throttled);
         let start = gate.next_slot.map_or(now, |t| t.max(now));
         gate.next_slot = Some(start + pace);
         Slot::Go(Some(start - now).filter(|w| !w.is_zero()))
     }
 
-    /// A `[backoff]` throttle on `key`: the first cut from this shard's
-    /// configured rate (or what it measured, if lower), later cuts from
-    /// where recovery has got to. None if nothing changed (a cut within
+    /// A `[backoff]` throttle on `key`: the first cut from what this
+    /// shard measured (never above the path's rate), later cuts from where
+    /// recovery has got to. Every shard takes the same cut, so the path's
+    /// rate is cut by `factor` wherever its mail is. None if nothing changed (a cut within
     /// `backoff::CUT_HOLD` of the last); else whether this cut began the
     /// throttle.
     pub fn throttle(
@@ -398,7 +362,11 @@ impl Gates {
             return t.cut(factor, recover, now).then_some(false);
         }
         let measured = gate.meter.rate(now);
-        let configured = gate.pace.map(|p| 1.0 / p.as_secs_f64());
+        let configured = gate
+            .limits
+            .as_ref()
+            .map(|l| l.max_messages_per_second)
+            .filter(|r| *r > 0.0);
         let base = configured.map_or(measured, |c| c.min(measured));
         gate.throttle = Some(Throttle::new(base, factor, recover, now));
         gate.throttled_under = gate.rule.clone();
@@ -520,52 +488,43 @@ mod tests {
     }
 
     #[test]
-    fn connections_are_handed_over_in_order_within_the_limit() {
+    fn connections_are_handed_over_in_order_within_the_leases() {
         let t0 = Instant::now();
         let mut g = Gates::new(0, 1, [16, 4, 1]);
         let k = key("mx.a");
-        g.configure(&k, &limits(2, 0.0), Some("a"), t0);
-        assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
-        assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
+        g.configure(&k, &limits(5, 0.0), Some("a"));
+        // No lease yet: the worker waits, and the keeper is asked for one.
         let mut first = waits(g.enter(&k, 1, t0));
+        assert!(g.wants_first_lease(&k));
+        g.set_leased(&k, 2, t0);
+        assert_eq!(first.try_recv(), Ok(Some(())));
+        assert!(!g.wants_first_lease(&k));
+        assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
         let mut second = waits(g.enter(&k, 1, t0));
+        let mut third = waits(g.enter(&k, 1, t0));
         assert_eq!(g.idle_room(&k, t0), 0);
         g.leave(&k, t0);
-        assert_eq!(first.try_recv(), Ok(Some(())));
-        assert_eq!(second.try_recv(), Ok(None));
+        assert_eq!(second.try_recv(), Ok(Some(())));
+        assert_eq!(third.try_recv(), Ok(None));
         // A waiter that gave up is skipped.
-        drop(second);
-        let mut third = waits(g.enter(&k, 1, t0));
-        g.leave(&k, t0);
-        assert_eq!(third.try_recv(), Ok(Some(())));
-        assert_eq!(g.gates[&k].in_use(), 2);
-        // A raised limit lets the next waiter in at once.
+        drop(third);
         let mut fourth = waits(g.enter(&k, 1, t0));
-        g.configure(&k, &limits(3, 0.0), Some("a"), t0);
+        g.leave(&k, t0);
         assert_eq!(fourth.try_recv(), Ok(Some(())));
-        // A lowered one: leaving workers are not replaced until under it.
+        assert_eq!(g.gates[&k].in_use(), 2);
+        // One more lease lets the next waiter in at once.
         let mut fifth = waits(g.enter(&k, 1, t0));
-        g.configure(&k, &limits(1, 0.0), Some("a"), t0);
-        g.leave(&k, t0);
-        g.leave(&k, t0);
-        assert_eq!(fifth.try_recv(), Ok(None));
-        g.leave(&k, t0);
+        g.set_leased(&k, 3, t0);
         assert_eq!(fifth.try_recv(), Ok(Some(())));
+        // Fewer: leaving workers are not replaced until under it.
+        let mut sixth = waits(g.enter(&k, 1, t0));
+        g.set_leased(&k, 1, t0);
+        g.leave(&k, t0);
+        g.leave(&k, t0);
+        assert_eq!(sixth.try_recv(), Ok(None));
+        g.leave(&k, t0);
+        assert_eq!(sixth.try_recv(), Ok(Some(())));
         assert_eq!(g.gates[&k].in_use(), 1);
-    }
-
-    #[test]
-    fn a_shard_takes_its_share_and_paces_its_share_of_the_rate() {
-        let t0 = Instant::now();
-        let mut g = Gates::new(1, 2, [16, 4, 1]);
-        let k = key("mx.a");
-        g.configure(&k, &limits(3, 100.0), None, t0);
-        assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
-        assert!(matches!(g.enter(&k, 1, t0), Admission::Wait(_)), "1 of 3");
-        // 100/s over 2 shards: one start per 20 ms here.
-        assert_eq!(g.slot(&k, t0), Slot::Go(None));
-        assert_eq!(g.slot(&k, t0), Slot::Go(Some(Duration::from_millis(20))));
-        assert_eq!(g.slot(&k, t0), Slot::Go(Some(Duration::from_millis(40))));
     }
 
     #[test]
@@ -573,9 +532,11 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Gates::new(0, 1, [16, 4, 1]);
         let k = key("mx.a");
-        g.configure(&k, &limits(4, 40.0), None, t0);
+        g.configure(&k, &limits(4, 40.0), None);
+        g.set_leased(&k, 4, t0);
         // Sending at the configured 40/s for half a second...
         for _ in 0..20 {
+            g.add_tokens(&k, 1, t0);
             g.slot(&k, t0);
         }
         // ...then "slow down": half of that.
@@ -587,6 +548,9 @@ mod tests {
             "held a second"
         );
         assert_eq!(g.throttled_rate(&k, t0), Some(20.0));
+        // Tokens still needed; the throttle paces besides.
+        assert_eq!(g.slot(&k, t0), Slot::Ask(40.0));
+        g.add_tokens(&k, 2, t0);
         assert_eq!(g.slot(&k, t0), Slot::Go(None));
         assert_eq!(g.slot(&k, t0), Slot::Go(Some(Duration::from_millis(50))));
         for _ in 0..2 {
@@ -640,26 +604,34 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Gates::new(0, 1, [16, 4, 1]);
         let k = key("mx.a");
-        g.configure(&k, &limits(2, 10.0), Some("old"), t0);
+        g.configure(&k, &limits(2, 10.0), Some("old"));
         assert_eq!(g.throttle(&k, 0.5, Duration::from_secs(1), t0), Some(true));
-        g.configure(&k, &limits(2, 20.0), Some("new"), t0);
+        g.configure(&k, &limits(2, 20.0), Some("new"));
         let ended = g.tick(t0 + Duration::from_secs(1));
         assert_eq!(ended, [(k.clone(), Some("old".to_string()))]);
     }
 
     #[test]
-    fn shared_limits_come_from_leases_and_tokens_and_fall_back_to_a_share() {
+    fn starts_take_tokens_and_a_change_of_authority_drops_what_was_held() {
         let t0 = Instant::now();
-        // Shard 1 of 2; 5 connections and 100/s fleet-wide.
+        // Shard 1 of 2; 5 connections and 100/s for the whole node.
         let mut g = Gates::new(1, 2, [16, 4, 1]);
         let k = key("mx.a");
-        g.set_sharing(Sharing::Shared, t0);
-        g.configure(&k, &limits(5, 100.0), None, t0);
-        // No lease yet: the worker waits; a lease lets it in.
+        g.configure(&k, &limits(5, 100.0), None);
+        assert_eq!(
+            g.lease_view(),
+            [LeaseView {
+                key: k.clone(),
+                limit: 5,
+                in_use: 0,
+                waiting: 0
+            }],
+            "the whole limit is asked for, not a share"
+        );
         let mut first = waits(g.enter(&k, 1, t0));
-        g.set_leased(&k, 1, t0);
+        g.set_leased(&k, 5, t0);
         assert_eq!(first.try_recv(), Ok(Some(())));
-        // No token: ask Redis; tokens granted are spent without pacing.
+        // No token: ask; tokens granted are spent without pacing.
         assert_eq!(g.slot(&k, t0), Slot::Ask(100.0));
         g.add_tokens(&k, 2, t0);
         assert_eq!(g.slot(&k, t0), Slot::Go(None));
@@ -668,17 +640,12 @@ mod tests {
         // Tokens not used within a second are dropped.
         g.add_tokens(&k, 3, t0);
         assert_eq!(g.slot(&k, t0 + Duration::from_secs(2)), Slot::Ask(100.0));
-        // Redis unreachable, 3 nodes: 5/3 = 1 connection for the node
-        // (never less than one a shard), 100/3 per second over 2 shards.
-        g.set_sharing(Sharing::Fallback { nodes: 3 }, t0);
-        assert_eq!(g.idle_room(&k, t0), 0, "1 in use of 1");
-        let t1 = t0 + Duration::from_secs(10);
-        assert_eq!(g.slot(&k, t1), Slot::Go(None));
-        assert_eq!(g.slot(&k, t1), Slot::Go(Some(Duration::from_millis(60))));
-        // Back to shared: capacity is the leases again (none yet).
-        g.set_sharing(Sharing::Shared, t1);
-        g.leave(&k, t1);
-        assert!(matches!(g.enter(&k, 1, t1), Admission::Wait(_)));
+        // Redis takes over: the node's leases and tokens are gone.
+        g.add_tokens(&k, 3, t0);
+        g.set_sharing(Sharing::Redis);
+        assert_eq!(g.slot(&k, t0), Slot::Ask(100.0));
+        g.leave(&k, t0);
+        assert!(matches!(g.enter(&k, 1, t0), Admission::Wait(_)));
     }
 
     #[test]
@@ -686,7 +653,8 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Gates::new(0, 1, [16, 4, 1]);
         let k = key("mx.a");
-        g.configure(&k, &limits(1, 0.0), None, t0);
+        g.configure(&k, &limits(1, 0.0), None);
+        g.set_leased(&k, 1, t0);
         assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
         g.tick(t0 + FORGET_AFTER * 2);
         assert_eq!(g.iter().count(), 1, "in use");

@@ -35,16 +35,18 @@
 //! [`backoff`] (reply-driven rules and the AIMD throttle, pure),
 //! [`retry`] (pure retry decisions), [`bounce`] (the DSN for a round's
 //! failures), [`operations`] (the admin API's views and actions, run on
-//! this shard), [`tally`] (per-domain running totals), [`shared`] (with
-//! `[cluster]`: the connection leases held in Redis, shared suspensions).
+//! this shard), [`tally`] (per-domain running totals), [`shared`] (the
+//! connection leases and rate tokens each path's authority gives: the
+//! node's [`book`], or Redis with `[cluster]`; shared suspensions).
 //!
 //! May call: `queue` (update, remove, read), `outbound` (routing and one
-//! attempt), `events`, `metrics`, `shard::mesh` (back-off notices),
-//! `cluster` (Redis: tokens, leases, suspensions). Must
+//! attempt), `events`, `metrics`, `shard::mesh` (back-off notices, the
+//! node's book), `cluster` (Redis: tokens, leases, suspensions). Must
 //! not: open sockets itself, or write sled other than through
 //! `queue::Spool`.
 
 pub mod backoff;
+pub mod book;
 pub mod bounce;
 pub mod gate;
 pub mod lanes;
@@ -72,7 +74,6 @@ use crate::queue::{Envelope, MessageId, NewMessage, RecipientStatus, Spool, Spoo
 use crate::shard::clock::Clock;
 use crate::shard::log_limit::LogLimit;
 use crate::shard::mesh::Mesh;
-use crate::shard::share;
 use crate::shard::tasks::TaskSet;
 use retry::{RetryPolicy, RoundEnd};
 use state::{Failure, Hold, Job, State};
@@ -106,6 +107,8 @@ pub struct Wiring {
     pub shaping: Arc<shaping::Shaping>,
     /// The limits shared with a fleet through Redis (`[cluster]`).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Every shard's book of the node's path limits (`book`).
+    pub book: Mesh<book::LimitBook>,
 }
 
 pub struct Scheduler {
@@ -121,8 +124,8 @@ pub struct Scheduler {
     backoff: backoff::Rules,
     mesh: Mesh<Scheduler>,
     retry: RetryPolicy,
-    /// Workers per domain before its site is known: this shard's share of
-    /// `delivery.max_connections`.
+    /// Workers per domain before its site is known:
+    /// `delivery.max_connections` (the gates hold them to the leases).
     default_capacity: usize,
     /// This shard's index (a label of per-shard metrics).
     shard: usize,
@@ -132,9 +135,16 @@ pub struct Scheduler {
     base_limits: shaping::Limits,
     /// Connections and pacing per path (source, site).
     gates: RefCell<gate::Gates>,
-    /// With `[cluster]`: Redis, and the connection leases held there.
+    /// With `[cluster]`: Redis.
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The node's books of path limits, by owner shard.
+    book: Mesh<book::LimitBook>,
+    /// The leases held, from whichever authority.
     leases: RefCell<shared::SharedLeases>,
+    /// Wakes the leases' keeper (a worker waits where no lease is held),
+    /// and the keeper's end of it, until it starts.
+    poke: flume::Sender<()>,
+    poked: RefCell<Option<flume::Receiver<()>>>,
     state: RefCell<State>,
     tasks: TaskSet,
     /// Set on shutdown: workers take no new jobs.
@@ -156,13 +166,17 @@ impl Scheduler {
         let d = &w.cfg.delivery;
         let weights = w.cfg.priority.weights();
         let (tx, rx) = flume::unbounded();
+        let (poke, poked) = flume::bounded(1);
         let scheduler = Scheduler {
-            default_capacity: share(d.max_connections, w.shard, w.shards),
+            default_capacity: d.max_connections,
             shaping: RefCell::new(w.shaping),
             base_limits: shaping::Limits::of(d),
             gates: RefCell::new(gate::Gates::new(w.shard, w.shards, weights)),
             cluster: w.cluster,
+            book: w.book,
             leases: RefCell::default(),
+            poke,
+            poked: RefCell::new(Some(poked)),
             retry: RetryPolicy::of(d),
             shard: w.shard,
             backoff: backoff::Rules::new(&w.cfg.backoff.rules),
@@ -219,10 +233,9 @@ impl Scheduler {
         }
         let me = self.clone();
         self.tasks.spawn(async move { me.run_timer().await });
-        if let Some(cluster) = self.cluster.clone() {
+        if let Some(poked) = self.poked.borrow_mut().take() {
             let me = self.clone();
-            self.tasks
-                .spawn(async move { me.run_shared(cluster).await });
+            self.tasks.spawn(async move { me.run_shared(poked).await });
         }
     }
 
@@ -231,9 +244,9 @@ impl Scheduler {
     /// stops and the DSN stream closes. Messages not finished stay queued.
     pub async fn drain(&self, deadline: Instant) {
         self.draining.set(true);
-        // The timer task (and, with `[cluster]`, the leases' keeper)
-        // never ends by itself: wait for everything else.
-        let endless = 1 + usize::from(self.cluster.is_some());
+        // The timer task and the leases' keeper never end by themselves:
+        // wait for everything else.
+        let endless = 2;
         self.tasks.wait_until_at_most(endless, deadline).await;
         self.stop_keeper().await;
         self.tasks.cancel_all();
@@ -646,12 +659,13 @@ impl Scheduler {
     }
 
     /// Remembers `domain`'s site, and sizes its workers to the site's
-    /// connections over every source (the paths' gates hold each to its
-    /// own limit; workers beyond a path's limit wait at its gate).
+    /// connections over every source, all of them: this shard may hold
+    /// every lease (the paths' gates hold each to the leases it has;
+    /// workers beyond wait at its gate).
     fn note_site(&self, domain: &str, site: &str, rule: Option<&shaping::Rule>) {
         let sources = self.delivery.egress.source_count().max(1);
         let per_source = shaping::Shaping::limits(rule, None, &self.base_limits).max_connections;
-        let capacity = share(per_source * sources, self.shard, self.mesh.count());
+        let capacity = per_source * sources;
         let mut st = self.state.borrow_mut();
         // The domain's queue exists (its job came from it): no new key.
         let Some(q) = st.domains.get_mut(domain) else {
@@ -676,8 +690,12 @@ impl Scheduler {
         let admission = {
             let mut gates = self.gates.borrow_mut();
             let now = Instant::now();
-            gates.configure(path, limits, rule, now);
-            gates.enter(path, lane, now)
+            gates.configure(path, limits, rule);
+            let admission = gates.enter(path, lane, now);
+            if gates.wants_first_lease(path) {
+                let _ = self.poke.try_send(());
+            }
+            admission
         };
         let labels = path_labels(path, rule);
         if let gate::Admission::Wait(rx) = admission {
@@ -698,10 +716,10 @@ impl Scheduler {
         lease
     }
 
-    /// Waits for `path`'s next start: its pace, or under shared limits a
-    /// token from Redis (taken a few at a time). Redis not answering:
-    /// the shard falls back to its 1/N share at once (the keeper puts the
-    /// shared limits back when Redis answers).
+    /// Waits for `path`'s next start: a token of its rate from its
+    /// authority (taken a few at a time), and a throttle's pace. The
+    /// authority not answering (Redis down, a shard stopping): asked
+    /// again, of the node's book once Redis is known to be down.
     async fn start_slot(&self, path: &gate::PathKey) {
         loop {
             let slot = self.gates.borrow_mut().slot(path, Instant::now());
@@ -714,26 +732,17 @@ impl Scheduler {
                 }
                 gate::Slot::Ask(rate) => rate,
             };
-            let Some(cluster) = &self.cluster else {
-                return;
-            };
             let name = shared::path_name(path);
-            match cluster
-                .take_tokens(&name, rate, cluster.batch_for(rate))
-                .await
-            {
+            match self.authority().take_tokens(&name, rate).await {
                 Ok(t) if t.granted > 0 => {
                     self.gates
                         .borrow_mut()
                         .add_tokens(path, t.granted, Instant::now());
                 }
                 Ok(t) => glommio::timer::sleep(t.wait.max(Duration::from_millis(1))).await,
-                Err(_) => {
-                    let nodes = cluster.nodes();
-                    let fallback = gate::Sharing::Fallback { nodes };
-                    self.gates
-                        .borrow_mut()
-                        .set_sharing(fallback, Instant::now());
+                Err(e) => {
+                    log::debug!("shard {}: tokens for {name}: {e}", self.shard);
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
                 }
             }
         }
