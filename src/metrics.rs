@@ -89,7 +89,9 @@ metrics_table! {
     QUEUE_DOMAIN_RECIPIENTS = "ringpost_queue_domain_recipients", Gauge, "Pending recipients per destination domain and shard: each shard's top 10 domains, the rest as domain=\"other\".";
     SPOOL_COMPACTED_BYTES = "ringpost_spool_compacted_bytes_total", Counter, "Bytes of queued message bodies moved out of sparse segments by compaction.";
     SPOOL_FREE_BYTES = "ringpost_spool_free_bytes", Gauge, "Free bytes on the spool's file system, as last looked at; below spool.min_free_bytes reception stops.";
-    RECEPTION_REFUSED = "ringpost_reception_refused_total", Counter, "Messages refused at reception, by reason (storage: the spool could not store it; space: free space under the reserve; meta, pool: a trusted client's X-Ringpost-Meta or X-Ringpost-Pool field was bad).";
+    RECEPTION_REFUSED = "ringpost_reception_refused_total", Counter, "Messages refused at reception, by reason (storage: the spool could not store it; space: free space under the reserve; meta, pool, priority: a trusted client's X-Ringpost-Meta, pool or priority field was bad; hops: more Received: fields than smtp.max_received_headers, a mail loop).";
+    HEADER_FIELDS_ADDED = "ringpost_header_fields_added_total", Counter, "Date: and Message-ID: fields added to trusted clients' messages that had none (RFC 6409 8), by field.";
+    HEADER_FIELDS_FLAWED = "ringpost_header_fields_flawed_total", Counter, "Messages taken with a Date: or Message-ID: field left as it was, by field and flaw (missing: an untrusted client's message, or adding is off; malformed; several).";
     SPOOL_COMMIT_SECONDS = "ringpost_spool_commit_seconds", Histogram, "Duration of one group-commit round (segment fdatasync, then the records into sled).";
     SMTP_ACCEPT_SECONDS = "ringpost_smtp_accept_seconds", Histogram, "Time from the end of a message's data to its 250: the queue write and the wait for a group commit.";
     SPOOL_COMMIT_BATCH = "ringpost_spool_commit_batch_messages", Histogram, "Queue records made durable by one group-commit round.";

@@ -597,6 +597,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
             egress: cfg.egress.clone(),
             priority_header: cfg.priority.header.clone(),
             max_received_headers: cfg.smtp.max_received_headers,
+            hostname: cfg.hostname().to_string(),
         },
     ));
     let notifications = glommio::spawn_local(door.clone().take_notifications(dsns));

@@ -655,3 +655,143 @@ fn check_config_names_a_missing_key_file_and_refuses_a_512_bit_key() {
     assert!(!status.success());
     assert!(stderr.contains("RSA key of 512 bits"), "{stderr}");
 }
+
+/// A submission server's duties (RFC 6409 8): messages from trusted
+/// clients without `Date:` and `Message-ID:` (SMTP DATA, BDAT, HTTP
+/// injection) arrive with both, the Message-ID naming the queue id, both
+/// signed (in `h=`) and verified by the independent verifiers. A message
+/// that has them keeps its own; one from an untrusted client (inbound to a
+/// local domain) arrives as it was sent, and is counted.
+#[test]
+fn date_and_message_id_are_added_for_trusted_clients_and_signed() {
+    use std::io::{BufRead, BufReader, Write};
+    let keys = keys();
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let server = start_with(1, |c| {
+        c.delivery.smarthost = format!("[127.0.0.1]:{}", sink.addr.port());
+        c.dkim.identity = keys.identities.clone();
+        c.smtp.relay_networks = vec!["127.0.0.1/32".parse().unwrap()];
+        c.smtp.local_domains = vec!["inbound.test".into()];
+    });
+    let bare = |tag: &str| {
+        format!(
+            "From: App <app@example.com>\r\nTo: <r@example.net>\r\nSubject: {tag}\r\n\r\nbody of {tag}\r\n"
+        )
+    };
+    let mut c = Client::connect(server.addr);
+    c.begin("bounces@example.com", &["r1@example.net"]);
+    let data = c.data(bare("data").as_bytes()).queued_id();
+    c.expect("MAIL FROM:<bounces@example.com>", 250);
+    c.expect("RCPT TO:<r2@example.net>", 250);
+    let m = bare("bdat");
+    c.send(format!("BDAT {} LAST\r\n", m.len()).as_bytes());
+    c.send(m.as_bytes());
+    let bdat = c.reply().queued_id();
+    c.expect("MAIL FROM:<bounces@example.com>", 250);
+    c.expect("RCPT TO:<r3@example.net>", 250);
+    let own = "Date: Sun, 6 Dec 2026 10:00:00 +0100\r\nMessage-ID: <own.1@app.example.com>\r\n";
+    let kept = c
+        .data(format!("{own}{}", bare("own")).as_bytes())
+        .queued_id();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "envelope_sender": "bounces@example.com",
+        "recipients": [{"email": "r4@example.net"}],
+        "content": bare("http"),
+    }))
+    .unwrap();
+    let mut req = format!(
+        "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let (status, text) = http(server.inject_addr.unwrap(), &req);
+    assert_eq!(status, 200, "{text}");
+    let injected: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let injected = injected["id"].as_str().unwrap().to_string();
+    // An untrusted client (127.0.0.3 is outside relay_networks) sending
+    // to a local domain: its message is left as it is.
+    let mut s = common::connect_from("127.0.0.3", server.addr);
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut said = String::new();
+    for line in [
+        "EHLO outside.test\r\n",
+        "MAIL FROM:<someone@outside.test>\r\n",
+        "RCPT TO:<user@inbound.test>\r\n",
+        "DATA\r\n",
+    ] {
+        s.write_all(line.as_bytes()).unwrap();
+        loop {
+            said.clear();
+            r.read_line(&mut said).unwrap();
+            if said.as_bytes().get(3) != Some(&b'-') && !said.starts_with("220") {
+                break;
+            }
+        }
+    }
+    assert!(said.starts_with("354"), "{said}");
+    s.write_all(format!("{}.\r\n", bare("untrusted")).as_bytes())
+        .unwrap();
+    said.clear();
+    r.read_line(&mut said).unwrap();
+    assert!(said.starts_with("250"), "{said}");
+
+    let received = sink.wait_for(5, 30);
+    let dir = keys.dir.path().join("completed");
+    std::fs::create_dir_all(&dir).unwrap();
+    let find = |subject: &str| {
+        received
+            .iter()
+            .find(|m| String::from_utf8_lossy(&m.data).contains(&format!("Subject: {subject}\r\n")))
+            .unwrap_or_else(|| panic!("{subject} not received"))
+    };
+    for (subject, id) in [("data", &data), ("bdat", &bdat), ("http", &injected)] {
+        let m = find(subject);
+        let text = String::from_utf8_lossy(&m.data);
+        let date = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Date: "))
+            .unwrap_or_else(|| panic!("{subject}: no Date:\n{text}"));
+        assert!(
+            chrono::DateTime::parse_from_rfc2822(date).is_ok(),
+            "{subject}: {date}"
+        );
+        assert!(
+            text.contains(&format!("\r\nMessage-ID: <{id}@mx.test.example>\r\n")),
+            "{subject}:\n{text}"
+        );
+        for h in signed_fields(&m.data) {
+            assert!(h.contains(&"date".to_string()), "{subject}: {h:?}");
+            assert!(h.contains(&"message-id".to_string()), "{subject}: {h:?}");
+        }
+        std::fs::write(dir.join(format!("{subject}.eml")), &m.data).unwrap();
+    }
+    let own_msg = String::from_utf8_lossy(&find("own").data).to_string();
+    assert_eq!(own_msg.matches("\r\nDate: ").count(), 1, "{own_msg}");
+    assert!(own_msg.contains("Message-ID: <own.1@app.example.com>"));
+    assert_eq!(
+        own_msg.matches("Message-ID: ").count(),
+        1,
+        "its own Message-ID only (queued as {kept}): {own_msg}"
+    );
+    let untrusted = String::from_utf8_lossy(&find("untrusted").data).to_string();
+    assert!(!untrusted.contains("\r\nDate: "), "{untrusted}");
+    assert!(!untrusted.contains("Message-ID:"), "{untrusted}");
+    assert!(
+        metric(
+            &server,
+            "ringpost_header_fields_flawed_total{field=\"Date\",flaw=\"missing\"}"
+        ) >= 1
+    );
+
+    let results = verify(&keys, &dir);
+    for ((verifier, algo), (checked, passed)) in &results {
+        assert_eq!(checked, passed, "{verifier} {algo}: {results:?}");
+    }
+    let dkimpy_checked: u64 = results
+        .iter()
+        .filter(|((v, _), _)| v == "dkimpy")
+        .map(|(_, (c, _))| *c)
+        .sum();
+    assert_eq!(dkimpy_checked, 6, "3 messages x 2 signatures: {results:?}");
+}

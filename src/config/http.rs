@@ -68,6 +68,12 @@ section! {
         /// across restarts, and across the nodes of a cluster when
         /// `cluster.redis` is set. 0: the header is ignored.
         idempotency_window_secs: u64 = 86_400,
+        /// Add `Date:` (the time of reception) to injected messages whose
+        /// header has none, before DKIM signing (RFC 5322 requires it).
+        add_date: bool = true,
+        /// Add `Message-ID: <queue id@server.hostname>` to injected
+        /// messages whose header has none, before DKIM signing.
+        add_message_id: bool = true,
     }
 }
 

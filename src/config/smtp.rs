@@ -76,6 +76,16 @@ section! {
         /// `ringpost_reception_refused_total{reason="hops"}`. Postfix's
         /// `hopcount_limit`.
         max_received_headers: usize = 50,
+        /// Add `Date:` (the time of reception) to mail from trusted clients
+        /// (`relay_networks`, authenticated) whose header has none, as a
+        /// submission server does (RFC 6409 8.2; RFC 5322 requires it).
+        /// Before DKIM signing, so it is signed. Never added to mail from
+        /// others (counted in `ringpost_header_fields_flawed_total`).
+        add_date: bool = true,
+        /// Add `Message-ID: <queue id@server.hostname>` to mail from
+        /// trusted clients whose header has none (RFC 6409 8.3; Gmail
+        /// refuses mail without one). Before DKIM signing.
+        add_message_id: bool = true,
     }
 }
 

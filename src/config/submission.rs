@@ -23,6 +23,12 @@ section! {
         max_auth_failures: u32 = 5,
         /// The window for `max_auth_failures`, in seconds.
         auth_failure_window_secs: u64 = 300,
+        /// Add `Date:` to submitted mail whose header has none (RFC 6409
+        /// 8.2), before DKIM signing.
+        add_date: bool = true,
+        /// Add `Message-ID: <queue id@server.hostname>` to submitted mail
+        /// whose header has none (RFC 6409 8.3), before DKIM signing.
+        add_message_id: bool = true,
     }
 }
 

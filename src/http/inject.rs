@@ -562,6 +562,10 @@ impl Injector {
             content_start,
             // Only relay networks or the bearer token get this far.
             trusted: true,
+            complete: crate::queue::Completion {
+                date: self.cfg.inject.add_date,
+                message_id: self.cfg.inject.add_message_id,
+            },
         };
         let accepted = self.door.accept(msg).await.map_err(|e| match e {
             DoorRefusal::Storage(_) => refuse(503, "queue file write error: try again"),

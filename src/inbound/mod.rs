@@ -8,7 +8,10 @@
 //! the content) and calls [`Door::accept`]. The door takes our own header
 //! fields out of the content (`meta.header`, `egress.pool_header`: set in
 //! the envelope when the client is trusted, never delivered), refuses a
-//! message that has been through too many hops (a loop), reads the
+//! message that has been through too many hops (a loop), adds `Date:` and
+//! `Message-ID:` to a trusted client's message that lacks them (a
+//! submission server's duty, RFC 6409 8; counted, never added, for
+//! others), reads the
 //! reports that come to feedback addresses instead of queueing them
 //! ([`feedback::Intake`]), adds the tracking header, signs the message
 //! (DKIM, when configured: the spooled bytes are the signed bytes, so
@@ -112,6 +115,15 @@ pub struct Steps {
     pub priority_header: String,
     /// `smtp.max_received_headers`: more is a mail loop.
     pub max_received_headers: usize,
+    /// `server.hostname`: the right side of the Message-IDs the door adds.
+    pub hostname: String,
+}
+
+/// `secs` (Unix time) as an RFC 5322 date-time in UTC.
+fn rfc5322_date(secs: u64) -> String {
+    chrono::DateTime::from_timestamp(secs as i64, 0)
+        .unwrap_or_default()
+        .to_rfc2822()
 }
 
 impl Door {
@@ -193,6 +205,7 @@ impl Door {
             mut body,
             content_start,
             trusted,
+            complete,
         } = msg;
         // Only the disk's reserve here: the webhooks' backlog is the front
         // ends' to check (at MAIL, before an injection), so that the
@@ -218,11 +231,12 @@ impl Door {
         if let Err(why) = self.set_own_fields(&mut envelope, fields) {
             return Err(self.refused(id, why));
         }
+        let survey = crate::proto::header::survey(&body);
         // A loop (RFC 5321 6.3): the header section only, ours included.
-        let hops = crate::proto::header::count_fields(&body, "Received");
-        if hops > self.steps.max_received_headers {
-            return Err(self.refused(id, Refusal::TooManyHops(hops)));
+        if survey.received > self.steps.max_received_headers {
+            return Err(self.refused(id, Refusal::TooManyHops(survey.received)));
         }
+        self.complete(id, &mut body, content_start, &survey, complete);
         // Reports to feedback addresses are read here, not queued; their
         // effects are stored before the answer, like a queued message.
         if let Some(intake) = &self.steps.feedback
@@ -278,6 +292,49 @@ impl Door {
         };
         self.scheduler.submit(id, stored);
         Ok(accepted)
+    }
+
+    /// A submission server's duties (RFC 6409 8): `Date:` and
+    /// `Message-ID:` added at the top of the client's header when missing
+    /// and `complete` asks (a trusted client's listener); left alone, and
+    /// counted, when there are several or a broken one, or when the client
+    /// is not trusted.
+    fn complete(
+        &self,
+        id: MessageId,
+        body: &mut Vec<u8>,
+        content_start: usize,
+        survey: &crate::proto::header::Survey,
+        complete: crate::queue::Completion,
+    ) {
+        use crate::proto::header::FieldState;
+        let mut added = String::new();
+        for (field, state, wanted) in [
+            ("Date", survey.date, complete.date),
+            ("Message-ID", survey.message_id, complete.message_id),
+        ] {
+            let flaw = match state {
+                FieldState::Valid => continue,
+                FieldState::Missing if wanted => {
+                    ::metrics::counter!(crate::metrics::HEADER_FIELDS_ADDED, "field" => field)
+                        .increment(1);
+                    added += &match field {
+                        "Date" => format!("Date: {}\r\n", rfc5322_date(self.clock.now())),
+                        _ => format!("Message-ID: <{id}@{}>\r\n", self.steps.hostname),
+                    };
+                    continue;
+                }
+                FieldState::Missing => "missing",
+                FieldState::Malformed => "malformed",
+                FieldState::Several => "several",
+            };
+            ::metrics::counter!(crate::metrics::HEADER_FIELDS_FLAWED, "field" => field, "flaw" => flaw)
+                .increment(1);
+        }
+        if !added.is_empty() {
+            let at = content_start.min(body.len());
+            body.splice(at..at, added.into_bytes());
+        }
     }
 
     /// The application's data, the egress pool and the priority from a

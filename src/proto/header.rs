@@ -1,7 +1,8 @@
 //! Taking header fields out of a message's header section.
 //!
 //! Owns: [`take_fields`] (and [`take_field`] for one name), and
-//! [`count_fields`] (the hop count of a loop check), pure functions
+//! [`survey`] (the hop count of a loop check, and whether `Date:` and
+//! `Message-ID:` are there, once and well formed), pure functions
 //! over the message bytes: they remove every occurrence of the named
 //! fields (with their folded lines) from the header section, in one pass,
 //! and return each name's first value, unfolded. Used by the reception
@@ -60,10 +61,49 @@ pub fn take_fields<const N: usize>(
     }
 }
 
-/// How many `name:` fields (case-insensitive) the header section of
-/// `message` holds (continuation lines are not fields).
-pub fn count_fields(message: &[u8], name: &str) -> usize {
-    let mut n = 0;
+/// What the reception door needs to know of a header section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Survey {
+    /// `Received:` fields: the hops the message has made.
+    pub received: usize,
+    pub date: FieldState,
+    pub message_id: FieldState,
+}
+
+/// One header field that a message should have exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldState {
+    Missing,
+    Valid,
+    /// Once, but its value does not parse (RFC 5322 3.3 date-time, 3.6.4
+    /// msg-id).
+    Malformed,
+    Several,
+}
+
+impl FieldState {
+    fn seen(self, valid: bool) -> FieldState {
+        match (self, valid) {
+            (FieldState::Missing, true) => FieldState::Valid,
+            (FieldState::Missing, false) => FieldState::Malformed,
+            _ => FieldState::Several,
+        }
+    }
+}
+
+/// One pass over the header section of `message`: the `Received:` count
+/// and the state of `Date:` and `Message-ID:`.
+pub fn survey(message: &[u8]) -> Survey {
+    let mut s = Survey {
+        received: 0,
+        date: FieldState::Missing,
+        message_id: FieldState::Missing,
+    };
+    let named = |line: &[u8], name: &str| {
+        line.len() > name.len()
+            && line[name.len()] == b':'
+            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+    };
     let mut at = 0;
     while at < message.len() {
         let line_end = line_end_of(message, at);
@@ -71,15 +111,49 @@ pub fn count_fields(message: &[u8], name: &str) -> usize {
         if line == b"\r\n" || line == b"\n" {
             break;
         }
-        if line.len() > name.len()
-            && line[name.len()] == b':'
-            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-        {
-            n += 1;
+        if named(line, "Received") {
+            s.received += 1;
+        } else if named(line, "Date") {
+            let v = unfolded(message, at + 5);
+            s.date = s
+                .date
+                .seen(chrono::DateTime::parse_from_rfc2822(v.trim()).is_ok());
+        } else if named(line, "Message-ID") {
+            let v = unfolded(message, at + 11);
+            s.message_id = s.message_id.seen(is_msg_id(v.trim()));
         }
         at = line_end;
     }
-    n
+    s
+}
+
+/// The value of the field whose value starts at `from`, continuation
+/// lines joined.
+fn unfolded(message: &[u8], from: usize) -> String {
+    let mut end = line_end_of(message, from);
+    while matches!(message.get(end), Some(b' ' | b'\t')) {
+        end = line_end_of(message, end);
+    }
+    String::from_utf8_lossy(&message[from.min(end)..end])
+        .split(['\r', '\n'])
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// `<left@right>` (RFC 5322 3.6.4, without comments or white space).
+fn is_msg_id(v: &str) -> bool {
+    let Some(inner) = v.strip_prefix('<').and_then(|v| v.strip_suffix('>')) else {
+        return false;
+    };
+    let Some((left, right)) = inner.split_once('@') else {
+        return false;
+    };
+    !left.is_empty()
+        && !right.is_empty()
+        && !right.contains('@')
+        && inner
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>'))
 }
 
 /// The index just past the LF ending the line at `at` (or the end).
@@ -115,11 +189,44 @@ mod tests {
     }
 
     #[test]
-    fn fields_are_counted_in_the_header_section_only() {
-        let m = b"Received: a\r\n  folded\r\nreceived: b\r\nReceived-SPF: c\r\nX: Received: d\r\n\r\nReceived: body\r\n";
-        assert_eq!(count_fields(m, "Received"), 2);
-        assert_eq!(count_fields(b"", "Received"), 0);
-        assert_eq!(count_fields(b"Received: only", "Received"), 1);
+    fn a_survey_counts_hops_and_checks_date_and_message_id_in_the_header_only() {
+        let m = b"Received: a\r\n  folded\r\nreceived: b\r\nReceived-SPF: c\r\nX: Received: d\r\n\r\nReceived: body\r\nDate: x\r\n";
+        let s = survey(m);
+        assert_eq!(s.received, 2);
+        assert_eq!(
+            (s.date, s.message_id),
+            (FieldState::Missing, FieldState::Missing)
+        );
+        assert_eq!(survey(b"").received, 0);
+        assert_eq!(survey(b"Received: only").received, 1);
+        let good =
+            b"Date: Sun, 6 Dec 2026 12:00:00 +0000\r\nMessage-ID: <a.1@host.example>\r\n\r\n";
+        let s = survey(good);
+        assert_eq!(
+            (s.date, s.message_id),
+            (FieldState::Valid, FieldState::Valid)
+        );
+        let folded = b"date: Sun, 6 Dec 2026\r\n 12:00:00 +0000\r\nmessage-id:\r\n <a@b>\r\n\r\n";
+        let s = survey(folded);
+        assert_eq!(
+            (s.date, s.message_id),
+            (FieldState::Valid, FieldState::Valid)
+        );
+        let bad = b"Date: yesterday\r\nMessage-ID: no-brackets@host\r\n\r\n";
+        let s = survey(bad);
+        assert_eq!(
+            (s.date, s.message_id),
+            (FieldState::Malformed, FieldState::Malformed)
+        );
+        let twice = b"Date: Sun, 6 Dec 2026 12:00:00 +0000\r\nDate: Sun, 6 Dec 2026 12:00:00 +0000\r\nMessage-ID: <a@b>\r\nMessage-ID: <c@d>\r\n\r\n";
+        let s = survey(twice);
+        assert_eq!(
+            (s.date, s.message_id),
+            (FieldState::Several, FieldState::Several)
+        );
+        for bad_id in ["<@b>", "<a@>", "<a b@c>", "<a@b@c>", "a@b", "<ab>"] {
+            assert!(!is_msg_id(bad_id), "{bad_id}");
+        }
     }
 
     #[test]

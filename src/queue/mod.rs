@@ -128,6 +128,16 @@ pub struct NewMessage {
     /// Whether the client may set `meta.header` (a relay-network or
     /// authenticated SMTP client, an authorized injector).
     pub trusted: bool,
+    /// The header fields the door adds when the message has none (a
+    /// trusted client's listener's `add_date`, `add_message_id`).
+    pub complete: Completion,
+}
+
+/// Header fields a submission server adds when missing (RFC 6409 8).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Completion {
+    pub date: bool,
+    pub message_id: bool,
 }
 
 /// Tunables of one shard's spool.

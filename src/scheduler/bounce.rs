@@ -80,6 +80,8 @@ pub fn notification(
         body,
         content_start: 0,
         trusted: false,
+        // The notice has both already (`dsn::build`).
+        complete: Default::default(),
     })
 }
 

@@ -21,7 +21,7 @@ use crate::inbound::Refusal;
 use crate::proto::body::{BareEndings, BodyFault, BodyReader, Framing};
 use crate::proto::reply::{Rejection, Reply};
 use crate::proto::trace::{self, Trace};
-use crate::queue::{Envelope, MessageId, NewMessage};
+use crate::queue::{Completion, Envelope, MessageId, NewMessage};
 
 /// How a step of the session ended for the connection.
 pub enum Step {
@@ -42,6 +42,8 @@ pub struct BodyInProgress {
     client: String,
     /// A relay-network or authenticated client: may set `meta.header`.
     trusted: bool,
+    /// What the door adds when missing (trusted clients only).
+    complete: Completion,
 }
 
 impl BodyInProgress {
@@ -70,6 +72,7 @@ impl BodyInProgress {
                 session.client_ip()
             ),
             trusted: session.is_trusted(),
+            complete: session.completion(),
         }
     }
 
@@ -197,6 +200,7 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &SmtpService) -> 
         body: body.body,
         content_start: body.content_start,
         trusted: body.trusted,
+        complete: body.complete,
     };
     match shard.door.accept(msg).await {
         Ok(_) => {

@@ -308,6 +308,23 @@ impl<'a> Session<'a> {
         self.relay_client || self.authenticated.is_some()
     }
 
+    /// The header fields the door adds when missing: a trusted client's,
+    /// as its listener's config says; nothing for anyone else's mail.
+    pub fn completion(&self) -> crate::queue::Completion {
+        let (date, message_id) = match self.submission {
+            true => (
+                self.cfg.submission.add_date,
+                self.cfg.submission.add_message_id,
+            ),
+            false => (self.cfg.smtp.add_date, self.cfg.smtp.add_message_id),
+        };
+        let trusted = self.is_trusted();
+        crate::queue::Completion {
+            date: trusted && date,
+            message_id: trusted && message_id,
+        }
+    }
+
     pub fn may_relay_to(&self, to: &Mailbox) -> bool {
         if self.relay_client || self.authenticated.is_some() {
             return true;
