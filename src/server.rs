@@ -344,7 +344,9 @@ pub struct Loaded {
 
 /// Every check `serve` makes before it binds anything, on the files the
 /// config names: certificates and keys, the CA bundle, the users file,
-/// tokens, DKIM keys, the delivery log's directory. Every problem is reported, each
+/// tokens, DKIM keys, the delivery log's directory, and the directories
+/// serve writes (spool, suppression list, kept malformed reports), each
+/// writable (or creatable) by the user that runs it. Every problem is reported, each
 /// with the key that names the file. `check-config` runs it too.
 pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
     let mut p = Problems::default();
@@ -437,6 +439,7 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
     if let Some(problem) = log_target_problem(&cfg.delivery.log) {
         p.at("delivery.log", problem);
     }
+    check_written_dirs(cfg, &mut p);
     match p.is_empty() {
         true => Ok(loaded),
         false => Err(p),
@@ -461,6 +464,60 @@ fn load_classifier(
     crate::classify::Classifier::new(&files).map_err(|e| e.to_string())
 }
 
+/// The directories serve writes, each writable (or creatable) by the user
+/// that runs this.
+fn check_written_dirs(cfg: &Config, p: &mut Problems) {
+    let spool = &cfg.spool.dir;
+    let mut dirs = vec![("spool.dir", spool.clone())];
+    if cfg.suppression.enabled {
+        dirs.push(("suppression.dir", cfg.suppression.dir(spool)));
+    }
+    if cfg.feedback.is_on() {
+        dirs.push(("feedback.malformed_dir", cfg.feedback.malformed_dir(spool)));
+    }
+    for (key, dir) in dirs {
+        if let Some(problem) = unwritable_dir(&dir) {
+            p.at(key, problem);
+        }
+    }
+}
+
+/// Why this process could not write in `dir`, or create it (the nearest
+/// directory that exists must then be writable): checked with the
+/// process's own user and groups (access(2)).
+fn unwritable_dir(dir: &std::path::Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let can = |p: &std::path::Path| {
+        let Ok(c) = std::ffi::CString::new(p.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: a NUL-terminated path, read by the kernel only.
+        unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    };
+    if dir.exists() {
+        return match (dir.is_dir(), can(dir)) {
+            (false, _) => Some(format!("{} is not a directory", dir.display())),
+            (true, false) => Some(format!(
+                "{}: not writable by this user (uid {})",
+                dir.display(),
+                // SAFETY: getuid cannot fail.
+                unsafe { libc::getuid() }
+            )),
+            (true, true) => None,
+        };
+    }
+    let parent = dir.ancestors().skip(1).find(|a| a.is_dir())?;
+    (!can(parent)).then(|| {
+        format!(
+            "{} does not exist and {} is not writable by this user (uid {}) to make it",
+            dir.display(),
+            parent.display(),
+            // SAFETY: getuid cannot fail.
+            unsafe { libc::getuid() }
+        )
+    })
+}
+
 /// Whether the delivery log can be appended to, without creating it.
 fn log_target_problem(target: &str) -> Option<String> {
     if matches!(target, "stdout" | "off") {
@@ -479,7 +536,7 @@ fn log_target_problem(target: &str) -> Option<String> {
         _ => std::path::Path::new("."),
     };
     match dir.is_dir() {
-        true => None,
+        true => unwritable_dir(dir).map(|why| format!("{target}: {why}")),
         false => Some(format!(
             "{target}: the directory {} does not exist",
             dir.display()

@@ -115,10 +115,13 @@ fn check_config_checks_the_files_a_config_names() {
 
 #[test]
 fn a_failing_shard_stops_the_process_with_an_error() {
-    // The spool path is a file, so every shard fails to open its spool.
+    // Shard 0's spool directory is a file, so that shard fails to open
+    // its spool (the spool directory itself is fine: check-config's
+    // checks pass).
     let tmp = tempfile::tempdir().unwrap();
-    let not_a_dir = tmp.path().join("file");
-    std::fs::write(&not_a_dir, b"").unwrap();
+    let not_a_dir = tmp.path().join("spool");
+    std::fs::create_dir(&not_a_dir).unwrap();
+    std::fs::write(not_a_dir.join("shard-0"), b"").unwrap();
     let cfg = tmp.path().join("c.toml");
     std::fs::write(
         &cfg,
@@ -185,5 +188,59 @@ fn help_documents_every_command() {
     assert!(
         text.contains("--config") && text.contains("--shards"),
         "{text}"
+    );
+}
+
+/// check-config checks what serve needs as the user that runs it: run as
+/// `nobody` (setpriv, util-linux), it names a spool, a suppression list
+/// and a log directory that user cannot write, and a key it cannot read,
+/// each by its key; run as their owner, the same file passes.
+#[test]
+fn check_config_checks_permissions_as_the_user_that_runs_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for d in ["spool", "log"] {
+        std::fs::create_dir(root.join(d)).unwrap();
+        std::fs::set_permissions(root.join(d), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let token = root.join("admin.token");
+    std::fs::write(&token, "a-long-enough-token-for-tests\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = root.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[spool]\ndir = \"{spool}\"\n[delivery]\nlog = \"{log}\"\n[admin]\ntoken_file = \"{token}\"\n",
+            spool = root.join("spool").display(),
+            log = root.join("log/delivery.log").display(),
+            token = token.display(),
+        ),
+    )
+    .unwrap();
+    let as_nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_ringpost"))
+        .arg("check-config")
+        .arg(&cfg)
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!as_nobody.status.success());
+    let err = String::from_utf8_lossy(&as_nobody.stderr);
+    for expected in [
+        "line 2: spool.dir: ",
+        "not writable by this user (uid 65534)",
+        "suppression.dir: ",
+        "line 4: delivery.log: ",
+        "line 6: admin.token_file: ",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    let as_owner = ringpost().arg("check-config").arg(&cfg).output().unwrap();
+    assert!(
+        as_owner.status.success(),
+        "{}",
+        String::from_utf8_lossy(&as_owner.stderr)
     );
 }
