@@ -153,6 +153,41 @@ struct Seat {
     key_work: flume::Receiver<Work<KeyIndex>>,
     /// Requests about the path limits this shard keeps.
     book_work: flume::Receiver<Work<LimitBook>>,
+    /// Fires once every shard's scheduler has drained.
+    book_stop: StopSignal,
+    /// Told when this shard's scheduler has drained.
+    books: Arc<Books>,
+}
+
+/// The books of path limits serve every shard's delivery attempts, which
+/// go on past the stop (the grace period): each shard's book stops only
+/// once the schedulers of all shards have drained, the last to drain
+/// firing the signal.
+struct Books {
+    stop: stop::StopSender,
+    drained: AtomicUsize,
+    shards: usize,
+}
+
+/// One shard's part in [`Books`]: counted once, when its scheduler has
+/// drained, or when the shard ends any other way (a failed start), so
+/// that the other shards' books never wait for it.
+struct Drained(Option<Arc<Books>>);
+
+impl Drained {
+    fn now(&mut self) {
+        if let Some(books) = self.0.take()
+            && books.drained.fetch_add(1, Ordering::SeqCst) + 1 >= books.shards
+        {
+            books.stop.request();
+        }
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        self.now();
+    }
 }
 
 enum ShardReport {
@@ -214,19 +249,30 @@ pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError>
 
     let (report_tx, reports) = flume::unbounded();
     let (stop, signals) = stop::channel(shards);
+    let (books_stop, book_signals) = stop::channel(shards);
+    let books = Arc::new(Books {
+        stop: books_stop,
+        drained: AtomicUsize::new(0),
+        shards,
+    });
     let seats: Vec<Option<Seat>> = signals
         .into_iter()
         .zip(works.into_iter().zip(key_works).zip(book_works))
+        .zip(book_signals)
         .enumerate()
-        .map(|(index, (stop, ((work, key_work), book_work)))| {
-            Some(Seat {
-                index,
-                stop,
-                work,
-                key_work,
-                book_work,
-            })
-        })
+        .map(
+            |(index, ((stop, ((work, key_work), book_work)), book_stop))| {
+                Some(Seat {
+                    index,
+                    stop,
+                    work,
+                    key_work,
+                    book_work,
+                    book_stop,
+                    books: books.clone(),
+                })
+            },
+        )
         .collect();
     let seats = Arc::new(Mutex::new(seats));
     let next_index = Arc::new(AtomicUsize::new(0));
@@ -863,6 +909,7 @@ async fn run_shard(
     seat: Seat,
     reports: &flume::Sender<ShardReport>,
 ) -> Result<(), String> {
+    let mut drained = Drained(Some(seat.books.clone()));
     let parts = assemble(&p, seat.index).await?;
     let bound = p.sockets[seat.index]
         .lock()
@@ -871,13 +918,11 @@ async fn run_shard(
         .ok_or("the shard's sockets were taken already")?
         .adopt();
     let stop = seat.stop.clone();
-    // The book serves the path limits of every shard's attempts, which go
-    // on past the stop (the grace period): it stops after this shard's.
-    let (book_stop, mut book_signal) = crate::shard::stop::channel(1);
+    // The book serves every shard's attempts until all have drained.
     let book = glommio::spawn_local(mesh::serve(
         seat.book_work.clone(),
         Rc::new(LimitBook::default()),
-        book_signal.pop().expect("one signal"),
+        seat.book_stop.clone(),
     ));
     let loops = spawn_loops(&p, seat, &parts, bound);
     let _ = reports.send(ShardReport::Ready);
@@ -890,7 +935,7 @@ async fn run_shard(
     parts.scheduler.drain(deadline).await;
     // The scheduler closed its DSN stream: the door queues what is left.
     parts.notifications.await;
-    book_stop.request();
+    drained.now();
     book.await;
     let Parts {
         spool, door, smtp, ..

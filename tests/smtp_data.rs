@@ -4,9 +4,19 @@
 
 mod common;
 
-use common::start;
+use common::TestServer;
 use lettre::message::header::ContentType;
 use lettre::{Message, SmtpTransport, Transport};
+
+/// A server that stores what the client sent byte for byte after its
+/// `Received:` (the `Date:` and `Message-ID:` a submission server adds to
+/// mail that lacks them are tested in tests/dkim.rs).
+fn start() -> TestServer {
+    common::start_with(1, |c| {
+        c.smtp.add_date = false;
+        c.smtp.add_message_id = false;
+    })
+}
 
 /// Splits a stored body into its Received: header (first one, folded) and the rest.
 fn split_received(stored: &[u8]) -> (String, &[u8]) {

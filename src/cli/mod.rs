@@ -82,6 +82,10 @@ pub enum Command {
         /// Print nothing per message.
         #[arg(long)]
         quiet: bool,
+        /// Also print each message's header section (`headers`) or all of
+        /// it (`message`): what ringpost added, as a receiver sees it.
+        #[arg(long, value_enum, default_value = "envelope")]
+        print: sink::Print,
     },
     /// A test HTTP server that takes webhook batches (`[[events.webhook]]`)
     /// and counts them, checking signatures when given the secret: for
@@ -317,8 +321,10 @@ pub fn run(cli: Cli) -> Result<()> {
             reject_every,
             defer_domain,
             quiet,
+            print,
         } => {
             let opts = sink::SinkOptions {
+                print,
                 defer_every,
                 reject_every,
                 // Lives as long as the process.

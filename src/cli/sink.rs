@@ -31,7 +31,24 @@ pub struct SinkOptions {
     pub defer_domain: Option<&'static str>,
     /// Print one line per message.
     pub verbose: bool,
+    /// Print each message's header section, or all of it, after its line.
+    pub print: Print,
 }
+
+/// What of each message the sink prints (`--print`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Print {
+    /// Only the envelope line.
+    #[default]
+    Envelope,
+    /// The envelope line, then the header section.
+    Headers,
+    /// The envelope line, then the whole message (its first MiB).
+    Message,
+}
+
+/// Most of a message kept for printing.
+const MAX_PRINT: usize = 1 << 20;
 
 struct Counters {
     messages: AtomicU64,
@@ -128,12 +145,21 @@ fn session(stream: TcpStream, opts: SinkOptions, counters: &Counters) -> std::io
         } else if upper == "DATA" {
             out.write_all(b"354 go ahead\r\n")?;
             let (mut size, mut line_start) = (0u64, true);
+            let mut kept = Vec::new();
             loop {
                 if !read_line(&mut r, &mut line)? {
                     return Ok(());
                 }
                 if line_start && (line == b".\r\n" || line == b".\n") {
                     break;
+                }
+                if opts.print != Print::Envelope && kept.len() < MAX_PRINT {
+                    // Dot-unstuffed, as the message is.
+                    let unstuffed = match line_start && line.starts_with(b"..") {
+                        true => &line[1..],
+                        false => &line[..],
+                    };
+                    kept.extend_from_slice(unstuffed);
                 }
                 // A line longer than MAX_LINE comes in pieces.
                 line_start = line.ends_with(b"\n");
@@ -151,6 +177,17 @@ fn session(stream: TcpStream, opts: SinkOptions, counters: &Counters) -> std::io
             if opts.verbose {
                 let code = String::from_utf8_lossy(&answer[..3]);
                 println!("{n}: {from} -> {} ({size} bytes): {code}", rcpts.join(", "));
+            }
+            if opts.print != Print::Envelope {
+                let text = String::from_utf8_lossy(&kept);
+                let shown = match opts.print {
+                    Print::Headers => text.split("\r\n\r\n").next().unwrap_or(&text),
+                    _ => &text,
+                };
+                for l in shown.lines() {
+                    println!("  {l}");
+                }
+                println!();
             }
             from.clear();
             rcpts.clear();

@@ -10,14 +10,16 @@
 //! event's time (default: all). Each shard keeps its own events (in its
 //! spool's outbox), so the request travels to every shard over the mesh.
 //!
-//! May call: `queue::outbox` through each shard's scheduler. Must not:
-//! post anything itself (the webhook senders do).
+//! May call: each shard's scheduler over the mesh (its outbox's failed
+//! and replay trees). Must not: post anything itself (the webhook senders
+//! do).
 
 use serde::Serialize;
 use serde_json::json;
 
-use super::admin::Shards;
 use crate::http::{Request, Response};
+use crate::scheduler::Scheduler;
+use crate::shard::mesh::Mesh;
 
 /// One kept event.
 #[derive(Debug, Serialize)]
@@ -30,7 +32,7 @@ pub struct FailedEvent {
 }
 
 /// Answers a request under `/events`.
-pub async fn answer(shards: &Shards, req: &Request) -> Response {
+pub async fn answer(shards: &Mesh<Scheduler>, req: &Request) -> Response {
     let webhook = req.param("webhook").map(str::to_string);
     let since_ms = match req.param("since").map(str::parse::<u64>) {
         None => 0,

@@ -116,6 +116,8 @@ pub struct LeaseView {
     pub limit: usize,
     pub in_use: usize,
     pub waiting: usize,
+    /// How long an unused pooled connection of the path is kept.
+    pub idle_timeout: Duration,
 }
 
 /// A gate nobody used for this long (and without a throttle) is dropped.
@@ -230,11 +232,13 @@ impl Gates {
         self.gates
             .iter()
             .filter_map(|(key, g)| {
+                let limits = g.limits.as_ref()?;
                 Some(LeaseView {
                     key: key.clone(),
-                    limit: g.limits.as_ref()?.max_connections,
+                    limit: limits.max_connections,
                     in_use: g.in_use,
                     waiting: g.waiters.len(),
+                    idle_timeout: limits.idle_timeout,
                 })
             })
             .collect()
@@ -624,7 +628,8 @@ mod tests {
                 key: k.clone(),
                 limit: 5,
                 in_use: 0,
-                waiting: 0
+                waiting: 0,
+                idle_timeout: limits(5, 100.0).idle_timeout,
             }],
             "the whole limit is asked for, not a share"
         );

@@ -28,20 +28,12 @@ use crate::config::{DeliveryConfig, OutboundTls};
 /// each with where its numbers came from.
 pub const DEFAULT_SHAPING: &str = include_str!("default-shaping.toml");
 
+/// Every problem of the shaping files, one line each: the file, the
+/// line of the offending `[[site]]` table, the rule's name and what is
+/// wrong, as `check-config` reports the main config's.
 #[derive(Debug, thiserror::Error)]
-pub enum ShapingError {
-    #[error("{file}: {source}")]
-    Parse {
-        file: String,
-        source: Box<toml::de::Error>,
-    },
-    #[error("{file}: site \"{site}\": {problem}")]
-    Invalid {
-        file: String,
-        site: String,
-        problem: String,
-    },
-}
+#[error("{}", .0.join("\n"))]
+pub struct ShapingError(pub Vec<String>);
 
 /// Values a rule (or a source within it) may set; unset ones come from
 /// the level above.
@@ -78,13 +70,6 @@ pub struct Rule {
     /// Per egress source overrides, by source name.
     #[serde(default)]
     pub source: BTreeMap<String, Overrides>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    #[serde(default)]
-    site: Vec<Rule>,
 }
 
 /// What one path (source, site) may do, node-wide.
@@ -170,25 +155,17 @@ impl Shaping {
     /// error messages. Every rule is checked.
     pub fn parse(files: &[(&str, &str)]) -> Result<Shaping, ShapingError> {
         let mut rules = Vec::new();
+        let mut problems = Vec::new();
         for (file, text) in files {
-            let parsed: File = toml::from_str(text).map_err(|e| ShapingError::Parse {
-                file: file.to_string(),
-                source: Box::new(e),
-            })?;
-            for mut rule in parsed.site {
-                let invalid = |problem: String| ShapingError::Invalid {
-                    file: file.to_string(),
-                    site: rule.name.clone(),
-                    problem,
-                };
-                if let Some(problem) = check(&rule) {
-                    return Err(invalid(problem));
-                }
-                normalise(&mut rule);
-                rules.push(rule);
+            match parse_file(text) {
+                Ok(parsed) => rules.extend(parsed),
+                Err(found) => problems.extend(found.into_iter().map(|p| format!("{file}: {p}"))),
             }
         }
-        Ok(Shaping { rules })
+        match problems.is_empty() {
+            true => Ok(Shaping { rules }),
+            false => Err(ShapingError(problems)),
+        }
     }
 
     /// The operator's file (if `path` is not empty), then ringpost's
@@ -248,6 +225,69 @@ impl Shaping {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+}
+
+/// One file's rules, or every problem in it: a syntax error (with its
+/// line), else each `[[site]]` table that does not make a valid rule, by
+/// the line of its header and its name. Each table is read on its own (a
+/// rule's limits are flattened into it, which loses the positions of
+/// serde's errors), so one bad rule does not hide the next.
+fn parse_file(text: &str) -> Result<Vec<Rule>, Vec<String>> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+    let doc = toml_edit::ImDocument::parse(text).ok();
+    let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+    let mut problems = Vec::new();
+    for key in table.keys().filter(|k| *k != "site") {
+        let at = doc
+            .as_ref()
+            .and_then(|d| d.as_table().key(key)?.span())
+            .map_or(String::new(), |s| format!("line {}: ", line_of(s.start)));
+        problems.push(format!(
+            "{at}unknown key `{key}` (rules are [[site]] tables)"
+        ));
+    }
+    let sites = match table.get("site") {
+        None => Vec::new(),
+        Some(toml::Value::Array(sites)) => sites.clone(),
+        Some(_) => return Err(vec!["`site` must be [[site]] tables".into()]),
+    };
+    let headers: Vec<Option<usize>> = doc
+        .as_ref()
+        .and_then(|d| d.get("site")?.as_array_of_tables())
+        .map(|a| {
+            a.iter()
+                .map(|t| t.span().map(|s| line_of(s.start)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut rules = Vec::new();
+    for (i, value) in sites.into_iter().enumerate() {
+        let name = value
+            .get("name")
+            .and_then(|n| n.as_str())
+            .map_or(format!("site #{}", i + 1), |n| format!("site \"{n}\""));
+        let at = headers
+            .get(i)
+            .copied()
+            .flatten()
+            .map_or(String::new(), |l| format!("line {l}: "));
+        let problem = match Rule::deserialize(value) {
+            Ok(mut rule) => match check(&rule) {
+                Some(problem) => problem,
+                None => {
+                    normalise(&mut rule);
+                    rules.push(rule);
+                    continue;
+                }
+            },
+            Err(e) => e.to_string().trim().to_string(),
+        };
+        problems.push(format!("{at}{name}: {problem}"));
+    }
+    match problems.is_empty() {
+        true => Ok(rules),
+        false => Err(problems),
     }
 }
 
@@ -390,6 +430,32 @@ mod tests {
             assert!(e.contains(want), "{text}: {e}");
             assert!(e.starts_with("f.toml"), "{e}");
         }
+    }
+
+    #[test]
+    fn every_bad_rule_is_reported_with_its_line_and_name() {
+        let text = "# limits\n\n[[site]]\nname = \"ok\"\ndomains = [\"x\"]\n\n\
+                    [[site]]\nname = \"gmail\"\nmx_suffix = [\".google.com\"]\nmax_conections = 3\n\n\
+                    [[site]]\nname = \"yahoo\"\ndomains = [\"yahoo.com\"]\nmax_connections = 0\n\n\
+                    [[site]]\ndomains = [\"y\"]\n";
+        let e = Shaping::parse(&[("f.toml", text)]).unwrap_err().to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 3, "{e}");
+        assert!(
+            lines[0].starts_with("f.toml: line 7: site \"gmail\": ")
+                && lines[0].contains("max_conections"),
+            "{e}"
+        );
+        assert!(
+            lines[1].starts_with("f.toml: line 12: site \"yahoo\": max_connections"),
+            "{e}"
+        );
+        assert!(lines[2].starts_with("f.toml: line 17: site #4: "), "{e}");
+        // A syntax error: toml's message, with its line.
+        let e = Shaping::parse(&[("f.toml", "[[site]]\nname = \n")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.toml: ") && e.contains("line 2"), "{e}");
     }
 
     #[test]

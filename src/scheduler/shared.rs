@@ -9,7 +9,9 @@
 //! holds none) sets the gates' authority (Redis while it answers, else the
 //! node's book), and for each path renews the leases (every third of their
 //! TTL), takes more while workers wait (up to the path's limit), and gives
-//! back leases it no longer needs: a surplus unused for a second, and,
+//! back leases it no longer needs: a surplus unused for a second while
+//! another shard wants (else for the path's idle timeout, so that
+//! trickling mail keeps its pooled connections), and,
 //! while another shard (of this node or any other) is left wanting, those
 //! above its fair share (the limit over the shards holding or wanting
 //! leases, which the authority tells at each renewal), so that no shard
@@ -50,7 +52,8 @@ use crate::outbound::client::Client;
 use crate::shard::mesh::Mesh;
 
 /// A surplus lease (more held than workers want) unused this long goes
-/// back.
+/// back while another shard wants one (else after the path's idle
+/// timeout).
 const SURPLUS_LINGER: Duration = Duration::from_secs(1);
 /// After giving a lease back, a path waits this long before taking one:
 /// other shards' askers get their turn.
@@ -460,7 +463,7 @@ impl Scheduler {
             held.renewed = Some(now);
         }
         let demand = (view.in_use + view.waiting).min(limit);
-        let keep = self.leases_to_keep(&mut held, demand, limit, now);
+        let keep = self.leases_to_keep(&mut held, demand, limit, view.idle_timeout, now);
         // Give back what no connection uses, after closing idle ones.
         let in_use = self.gates.borrow().in_use_on(&view.key);
         let free = held.names.len().saturating_sub(keep.max(in_use));
@@ -517,11 +520,26 @@ impl Scheduler {
     /// (lowered by a reload), not a surplus unused for a while, not over
     /// its fair share while another shard wants (those go back as their
     /// connections come free, and the path waits its turn to ask again).
-    fn leases_to_keep(&self, held: &mut Held, demand: usize, limit: usize, now: Instant) -> usize {
+    /// A surplus unused for `SURPLUS_LINGER` goes back while another shard
+    /// wants; while none does, only once its connections would be closed
+    /// as idle anyway (`idle`): trickling mail keeps its pooled
+    /// connections, as it would without shared limits.
+    fn leases_to_keep(
+        &self,
+        held: &mut Held,
+        demand: usize,
+        limit: usize,
+        idle: Duration,
+        now: Instant,
+    ) -> usize {
         let mut keep = held.names.len().min(limit);
         if held.names.len() > demand {
             let since = *held.surplus_since.get_or_insert(now);
-            if now.duration_since(since) >= SURPLUS_LINGER {
+            let linger = match held.fair {
+                Some(_) => SURPLUS_LINGER,
+                None => idle.max(SURPLUS_LINGER),
+            };
+            if now.duration_since(since) >= linger {
                 keep = keep.min(demand);
             }
         } else {
