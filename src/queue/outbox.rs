@@ -214,11 +214,6 @@ impl Outbox {
         self.commit.touched();
     }
 
-    /// Every kept event: (webhook name, event).
-    pub fn failed(&self) -> Vec<(String, StoredEvent)> {
-        self.failed_matching(None, 0)
-    }
-
     /// The kept events of webhook `name` (every webhook's if None) from
     /// `since_ms` (Unix milliseconds, the event's time) on, in order.
     pub fn failed_matching(&self, name: Option<&str>, since_ms: u64) -> Vec<(String, StoredEvent)> {

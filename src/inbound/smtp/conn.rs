@@ -40,8 +40,8 @@ pub struct Conn {
     out: Vec<u8>,
     /// The session ends at this time however active it is.
     deadline: Instant,
-    /// The server ends the session with a reply (421, 554, ...): see
-    /// [`Conn::close`].
+    /// The server ends the session with an error reply (421, 554, ...):
+    /// see [`Conn::close`].
     linger: bool,
 }
 
@@ -103,10 +103,12 @@ impl Conn {
         reply.write_to(&mut self.out);
     }
 
-    /// Queues the reply the server ends the session with.
+    /// Queues the reply the session ends with. After an error reply
+    /// (421, 554, ...) the client may still be sending: see
+    /// [`Conn::close`]. After `221` to QUIT it has nothing more to say.
     pub fn queue_last(&mut self, reply: &Reply) {
         self.queue(reply);
-        self.linger = true;
+        self.linger = reply.is_error();
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {
@@ -122,8 +124,8 @@ impl Conn {
     /// can tell a clean end from a truncation. A plain connection needs no
     /// shutdown call (a syscall per session): dropping it closes it.
     ///
-    /// When the server ends the session with a reply ([`Conn::queue_last`])
-    /// a pipelining client may still be sending: closing a socket with
+    /// When the server ends the session with an error reply
+    /// ([`Conn::queue_last`]) a pipelining client may still be sending: closing a socket with
     /// unread input makes the kernel send a reset, which can destroy the
     /// reply before the client reads it. So the write side is shut down
     /// (the client sees the reply, then the end) and input is read and
