@@ -334,3 +334,51 @@ fn sigkill_loses_no_suppression_the_api_reported_added() {
     }
     println!("{total_acked} acknowledged suppressions over 3 SIGKILLs, none lost");
 }
+
+/// A recipient whose domain did not resolve once (NXDOMAIN from a real
+/// DNS server: a BadDomain bounce) is suppressed for
+/// `suppression.passing_expiry_secs` (3 days) only, not for good: refused
+/// until then, taken after, on a driven clock; `suppression ls` shows the
+/// reason, the source and the expiry. An InvalidRecipient bounce stays.
+#[test]
+fn a_single_nxdomain_suppresses_for_three_days_not_for_good() {
+    let dns = common::dns::serve("dead.test", vec![]);
+    let clock = Clock::manual(1_800_000_000);
+    let ts = start_with_clock(1, clock.clone(), |c| {
+        c.delivery.smarthost.clear();
+        c.dns.nameservers = vec![dns];
+    });
+    let mut c = Client::connect(ts.addr);
+    c.begin("", &["someone@gone.dead.test"]);
+    assert_eq!(c.data(b"Subject: x\r\n\r\nx\r\n").code, 250);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin(&ts, "GET", "/suppressions/someone@gone.dead.test", "").0 != 200 {
+        assert!(Instant::now() < deadline, "the bounce was not suppressed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, entry) = admin(&ts, "GET", "/suppressions/someone@gone.dead.test", "");
+    assert_eq!(
+        (entry["reason"].as_str(), entry["source"].as_str()),
+        (Some("BadDomain"), Some("bounce"))
+    );
+    assert_eq!(entry["expires"], 1_800_000_000u64 + 3 * 86_400, "{entry}");
+    let ls = std::process::Command::new(env!("CARGO_BIN_EXE_ringpost"))
+        .args(["suppression", "ls", "--admin"])
+        .arg(ts.admin_addr.unwrap().to_string())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&ls.stdout);
+    eprintln!("{listed}");
+    assert!(
+        listed.contains("someone@gone.dead.test")
+            && listed.contains("BadDomain")
+            && listed.contains("bounce")
+            && listed.contains("2027-01-18 08:00"),
+        "{listed}"
+    );
+    assert_eq!(rcpt(&ts, "a@shop.example", "someone@gone.dead.test"), 550);
+    clock.advance(3 * 86_400 - 1);
+    assert_eq!(rcpt(&ts, "a@shop.example", "someone@gone.dead.test"), 550);
+    clock.advance(1);
+    assert_eq!(rcpt(&ts, "a@shop.example", "someone@gone.dead.test"), 250);
+}

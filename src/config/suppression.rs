@@ -51,6 +51,17 @@ section! {
         /// Lifetime of a suppression made after a bounce, in seconds; 0:
         /// until removed.
         expiry_secs: u64 = 0,
+        /// Bounce categories whose cause may pass: a domain that did not
+        /// resolve once (a DNS outage of minutes) must not blacklist its
+        /// recipients for good. Suppressions made after a bounce in one of
+        /// these expire after `passing_expiry_secs` (or `expiry_secs`, if
+        /// shorter); the others as `expiry_secs` says.
+        passing_categories: Vec<String> = vec!["BadDomain".to_string()],
+        /// Lifetime of a suppression in a `passing_categories` category,
+        /// in seconds (3 days: mail to the domain is refused meanwhile,
+        /// then tried again; a domain still dead bounces and is suppressed
+        /// again). 0: as `expiry_secs`.
+        passing_expiry_secs: u64 = 3 * 86_400,
         /// Directory of the list's database. Empty: `suppressions` under
         /// `spool.dir`.
         path: String = String::new(),
@@ -59,10 +70,19 @@ section! {
 
 impl SuppressionConfig {
     pub fn check(&self, p: &mut Problems) {
-        for c in &self.categories {
+        for (key, c) in self
+            .categories
+            .iter()
+            .map(|c| ("suppression.categories", c))
+            .chain(
+                self.passing_categories
+                    .iter()
+                    .map(|c| ("suppression.passing_categories", c)),
+            )
+        {
             if !crate::config::BOUNCE_CATEGORIES.contains(&c.as_str()) {
                 p.at(
-                    "suppression.categories",
+                    key,
                     format!(
                         "unknown category {c:?}: use some of {:?}",
                         crate::config::BOUNCE_CATEGORIES
@@ -72,11 +92,45 @@ impl SuppressionConfig {
         }
     }
 
+    /// How long an automatic suppression for `reason` (a bounce
+    /// category) lives, in seconds; 0: until removed.
+    pub fn lifetime(&self, reason: &str) -> u64 {
+        let passing = self.passing_categories.iter().any(|c| c == reason);
+        match (passing, self.passing_expiry_secs, self.expiry_secs) {
+            (false, _, all) | (true, 0, all) => all,
+            (true, passing, 0) => passing,
+            (true, passing, all) => passing.min(all),
+        }
+    }
+
     /// Where the list's database lives.
     pub fn dir(&self, spool_dir: &std::path::Path) -> std::path::PathBuf {
         match self.path.as_str() {
             "" => spool_dir.join("suppressions"),
             p => p.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passing_category_expires_and_the_others_as_configured() {
+        let mut c = SuppressionConfig::default();
+        assert_eq!(c.lifetime("BadDomain"), 3 * 86_400);
+        assert_eq!(c.lifetime("InvalidRecipient"), 0, "until removed");
+        c.expiry_secs = 3600;
+        assert_eq!(c.lifetime("BadDomain"), 3600, "the shorter");
+        assert_eq!(c.lifetime("InvalidRecipient"), 3600);
+        c.passing_expiry_secs = 0;
+        assert_eq!(c.lifetime("BadDomain"), 3600);
+        c.expiry_secs = 0;
+        assert_eq!(c.lifetime("BadDomain"), 0);
+        let mut p = Problems::default();
+        c.passing_categories = vec!["Nonsense".into()];
+        c.check(&mut p);
+        assert!(!p.is_empty());
     }
 }

@@ -124,10 +124,9 @@ pub fn entry_for(
         reason: reason.into(),
         source: source.into(),
         added: now,
-        expires: if cfg.expiry_secs == 0 {
-            0
-        } else {
-            now + cfg.expiry_secs
+        expires: match cfg.lifetime(reason) {
+            0 => 0,
+            secs => now + secs,
         },
     }
 }
