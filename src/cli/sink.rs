@@ -5,7 +5,8 @@
 //!
 //! Owns: [`run`]. One thread per connection (it is a test tool, not part
 //! of the MTA), bounded: at most 256 connections, lines of 4 KiB, a minute
-//! of silence, and data is counted, not kept.
+//! of silence, and data is counted, not kept (with `--print`, the first
+//! MiB of each message is kept until it is printed: [`Print`]).
 //!
 //! Must not: be used as a real MX: it accepts anything and keeps nothing.
 
