@@ -252,24 +252,30 @@ fn send_smtp(server: &TestServer, indexes: impl Iterator<Item = usize>) {
     c.expect("QUIT", 221);
 }
 
+/// Injects `content` from bounces@example.com to `rcpt`: the answer's
+/// JSON, once 200.
+fn inject(server: &TestServer, rcpt: &str, content: &str) -> serde_json::Value {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "envelope_sender": "bounces@example.com",
+        "recipients": [{"email": rcpt}],
+        "content": content,
+    }))
+    .unwrap();
+    let mut req = format!(
+        "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    let (status, text) = http(server.inject_addr.unwrap(), &req);
+    assert_eq!(status, 200, "{rcpt}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
 fn send_http(server: &TestServer, indexes: impl Iterator<Item = usize>) {
-    let addr = server.inject_addr.unwrap();
     for i in indexes {
         let content = String::from_utf8(corpus_message(i, false)).unwrap();
-        let body = serde_json::to_vec(&serde_json::json!({
-            "envelope_sender": "bounces@example.com",
-            "recipients": [{"email": format!("rcpt{i}@example.net")}],
-            "content": content,
-        }))
-        .unwrap();
-        let mut req = format!(
-            "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        req.extend_from_slice(&body);
-        let (status, text) = http(addr, &req);
-        assert_eq!(status, 200, "message {i}: {text}");
+        inject(server, &format!("rcpt{i}@example.net"), &content);
     }
 }
 
@@ -693,22 +699,10 @@ fn date_and_message_id_are_added_for_trusted_clients_and_signed() {
     let kept = c
         .data(format!("{own}{}", bare("own")).as_bytes())
         .queued_id();
-    let body = serde_json::to_vec(&serde_json::json!({
-        "envelope_sender": "bounces@example.com",
-        "recipients": [{"email": "r4@example.net"}],
-        "content": bare("http"),
-    }))
-    .unwrap();
-    let mut req = format!(
-        "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(&body);
-    let (status, text) = http(server.inject_addr.unwrap(), &req);
-    assert_eq!(status, 200, "{text}");
-    let injected: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let injected = injected["id"].as_str().unwrap().to_string();
+    let injected = inject(&server, "r4@example.net", &bare("http"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // An untrusted client (127.0.0.3 is outside relay_networks) sending
     // to a local domain: its message is left as it is.
     let mut s = common::connect_from("127.0.0.3", server.addr);

@@ -157,6 +157,8 @@ impl Authority {
         }
     }
 
+    /// Leases of `path` up to `limit`, this node's share
+    /// ([`Authority::connections`]).
     async fn acquire(
         &self,
         path: &str,
@@ -164,7 +166,6 @@ impl Authority {
         asker: &str,
         names: Vec<String>,
     ) -> Result<u32, AuthorityError> {
-        let limit = self.connections(limit);
         match self {
             Authority::Redis(c) => Ok(c.acquire(path, limit, asker, names).await?),
             Authority::Node { book, .. } => {
@@ -184,7 +185,6 @@ impl Authority {
         asker: &str,
         names: Vec<String>,
     ) -> Result<Renewal, AuthorityError> {
-        let limit = self.connections(limit);
         match self {
             Authority::Redis(c) => Ok(c.renew(path, limit, asker, names).await?),
             Authority::Node { book, .. } => {
@@ -456,7 +456,7 @@ impl Scheduler {
         {
             let names = held.names.iter().map(|(n, _)| n.clone()).collect();
             let asker = self.asker();
-            if let Ok(r) = authority.renew(&path, view.limit, &asker, names).await {
+            if let Ok(r) = authority.renew(&path, limit, &asker, names).await {
                 held.names.retain(|(n, _)| !r.lost.contains(n));
                 held.fair = r.others_want.then_some(r.fair);
             }
@@ -489,9 +489,7 @@ impl Scheduler {
         if short && keep >= have && !cooling && want > have {
             let names: Vec<String> = (have..want).map(|_| self.lease_name()).collect();
             let asker = self.asker();
-            let granted = authority
-                .acquire(&path, view.limit, &asker, names.clone())
-                .await;
+            let granted = authority.acquire(&path, limit, &asker, names.clone()).await;
             log::debug!(
                 "shard {}: {path}: {} in use, {} waiting, {have} leases held: asked for {}: {granted:?}",
                 self.shard,
