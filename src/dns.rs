@@ -1,5 +1,6 @@
 //! DNS for delivery: MX, then A/AAAA, on one resolver thread shared by all
-//! shards; and TXT, for `ringpost dkim check`.
+//! shards; and TXT and PTR, for `ringpost dkim check` and `ringpost dns
+//! check`.
 //!
 //! Owns: the resolver thread ([`start`]), the [`Resolver`] handle shards use,
 //! and the rules that turn DNS answers into an ordered list of hosts
@@ -63,6 +64,7 @@ enum Request {
     Mx(String, oneshot::Sender<Result<Vec<MxHost>, DnsError>>),
     Host(String, oneshot::Sender<Result<Vec<IpAddr>, DnsError>>),
     Txt(String, oneshot::Sender<Result<Vec<Vec<u8>>, DnsError>>),
+    Ptr(IpAddr, oneshot::Sender<Result<Vec<String>, DnsError>>),
 }
 
 /// A handle to the resolver thread. Cheap to clone, `Send`.
@@ -106,6 +108,9 @@ pub fn start(
                             }
                             Request::Txt(name, reply) => {
                                 let _ = reply.send(lookup_txt(&r, &name).await);
+                            }
+                            Request::Ptr(ip, reply) => {
+                                let _ = reply.send(lookup_ptr(&r, ip).await);
                             }
                         }
                     });
@@ -167,6 +172,15 @@ impl Resolver {
     pub async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsError> {
         let (tx, rx) = oneshot::channel();
         self.send(Request::Txt(name.to_string(), tx))?;
+        rx.await
+            .unwrap_or_else(|_| Err(DnsError::Temporary("resolver thread gone".into())))
+    }
+
+    /// The names an address's PTR records give (reverse DNS), without
+    /// the trailing dot; empty when it has none.
+    pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Ptr(ip, tx))?;
         rx.await
             .unwrap_or_else(|_| Err(DnsError::Temporary("resolver thread gone".into())))
     }
@@ -261,6 +275,30 @@ async fn lookup_txt(r: &TokioResolver, name: &str) -> Result<Vec<Vec<u8>>, DnsEr
         Err(e) if e.is_no_records_found() => Ok(Vec::new()),
         Err(e) => Err(DnsError::Temporary(e.to_string())),
     }
+}
+
+async fn lookup_ptr(r: &TokioResolver, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+    match r.reverse_lookup(ip).await {
+        Ok(lookup) => Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|rec| match &rec.data {
+                RData::PTR(name) => Some(name.to_ascii().trim_end_matches('.').to_string()),
+                _ => None,
+            })
+            .collect()),
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+        Err(e) => Err(DnsError::Temporary(e.to_string())),
+    }
+}
+
+/// mail-auth's DNS front (for SPF's `check_host`) over a resolver built
+/// as [`start`] builds its own: the same name servers and timeout.
+pub fn authenticator(
+    nameservers: &[SocketAddr],
+    timeout: std::time::Duration,
+) -> Result<mail_auth::MessageAuthenticator, String> {
+    build(nameservers, timeout).map(mail_auth::MessageAuthenticator)
 }
 
 /// Orders MX records: by preference, equal preferences in random order (RFC

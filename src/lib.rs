@@ -40,6 +40,7 @@
 //!   fallback when Redis is unreachable.
 //! - [`dns`]: MX, address and TXT lookups on a resolver thread.
 //! - [`tls`]: rustls configs for inbound STARTTLS and outbound encryption.
+//! - [`mta_sts`]: MTA-STS policy files (RFC 8461): parsed and fetched.
 //! - [`dsn`]: delivery status notifications (RFC 3464).
 //! - [`events`]: the JSON delivery log.
 //! - [`metrics`]: every Prometheus metric, declared once.
@@ -63,6 +64,7 @@ pub mod feedback;
 pub mod http;
 pub mod inbound;
 pub mod metrics;
+pub mod mta_sts;
 pub mod outbound;
 pub mod proto;
 pub mod queue;

@@ -138,8 +138,8 @@ fn zone_strings(text: &str) -> String {
     }
 }
 
-/// One identity's verdict.
-fn check_one(
+/// One identity's verdict (also `dns check`'s).
+pub(super) fn check_one(
     resolver: &crate::dns::Resolver,
     domain: &str,
     selector: &str,

@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check-config`, `dump-metrics`,
-//! `hash-password`, `dkim keygen|check`, `suppression ...` and `queue ...` (through the admin API of the running
+//! `hash-password`, `dkim keygen|check`, `dns check`, `suppression ...` and `queue ...` (through the admin API of the running
 //! server; `queue ls --spool` reads a stopped server's spool).
 //!
 //! Owns: argument parsing (clap), loading the config, and printing. Errors
@@ -10,6 +10,7 @@
 
 pub mod admin_client;
 pub mod dkim;
+pub mod dns_check;
 pub mod sink;
 pub mod suppression;
 pub mod webhook_sink;
@@ -106,6 +107,12 @@ pub enum Command {
     Dkim {
         #[command(subcommand)]
         command: dkim::DkimCommand,
+    },
+    /// A sending domain's DNS, checked against the config (SPF, DKIM,
+    /// DMARC, reverse DNS, MTA-STS, TLS-RPT).
+    Dns {
+        #[command(subcommand)]
+        command: dns_check::DnsCommand,
     },
     /// The suppression list of the running server (admin API).
     Suppression {
@@ -360,6 +367,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Dkim { command } => match dkim::run(command)? {
             true => Ok(()),
             false => anyhow::bail!("DNS does not publish every key checked"),
+        },
+        Command::Dns { command } => match dns_check::run(command)? {
+            true => Ok(()),
+            false => anyhow::bail!("the domain's DNS fails a check (see FAIL above)"),
         },
         Command::ConfigReference => {
             print!("{}", crate::config::reference_markdown());

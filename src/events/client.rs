@@ -10,19 +10,16 @@
 //! the shard's (hyper's connection task is a glommio task).
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use rustls::pki_types::ServerName;
 
-use crate::tls::Stream;
+use crate::tls::{HyperIo, Stream};
 
 /// Longest answer body read (and dropped).
 pub const MAX_ANSWER: usize = 64 << 10;
@@ -192,51 +189,11 @@ impl Poster {
                 Stream::Tls(Box::new(tls))
             }
         };
-        let (sender, connection) = hyper::client::conn::http1::handshake(Hyper(io)).await?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(HyperIo(io)).await?;
         glommio::spawn_local(async move {
             let _ = connection.await;
         })
         .detach();
         Ok(sender)
-    }
-}
-
-/// A futures-io stream as hyper's IO.
-struct Hyper<T>(T);
-
-impl<T: AsyncRead + Unpin> hyper::rt::Read for Hyper<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: hyper::rt::ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
-        let mut scratch = [0u8; 16 * 1024];
-        let want = buf.remaining().min(scratch.len());
-        match Pin::new(&mut self.get_mut().0).poll_read(cx, &mut scratch[..want]) {
-            Poll::Ready(Ok(n)) => {
-                buf.put_slice(&scratch[..n]);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<T: AsyncWrite + Unpin> hyper::rt::Write for Hyper<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_close(cx)
     }
 }
