@@ -29,8 +29,8 @@ use crate::config::{DeliveryConfig, OutboundTls};
 pub const DEFAULT_SHAPING: &str = include_str!("default-shaping.toml");
 
 /// Every problem of the shaping files, one line each: the file, the
-/// line of the offending `[[site]]` table, the rule's name and what is
-/// wrong, as `check-config` reports the main config's.
+/// line of the offending key (or of its `[[site]]` table when the problem
+/// names no key), the rule's name and what is wrong, as `check-config` reports the main config's.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.join("\n"))]
 pub struct ShapingError(pub Vec<String>);
@@ -230,7 +230,8 @@ impl Shaping {
 
 /// One file's rules, or every problem in it: a syntax error (with its
 /// line), else each `[[site]]` table that does not make a valid rule, by
-/// the line of its header and its name. Each table is read on its own (a
+/// the line of the key the problem names (else of the table's header) and
+/// the rule's name. Each table is read on its own (a
 /// rule's limits are flattened into it, which loses the positions of
 /// serde's errors), so one bad rule does not hide the next.
 fn parse_file(text: &str) -> Result<Vec<Rule>, Vec<String>> {
@@ -252,14 +253,10 @@ fn parse_file(text: &str) -> Result<Vec<Rule>, Vec<String>> {
         Some(toml::Value::Array(sites)) => sites.clone(),
         Some(_) => return Err(vec!["`site` must be [[site]] tables".into()]),
     };
-    let headers: Vec<Option<usize>> = doc
+    let tables: Vec<&toml_edit::Table> = doc
         .as_ref()
         .and_then(|d| d.get("site")?.as_array_of_tables())
-        .map(|a| {
-            a.iter()
-                .map(|t| t.span().map(|s| line_of(s.start)))
-                .collect()
-        })
+        .map(|a| a.iter().collect())
         .unwrap_or_default();
     let mut rules = Vec::new();
     for (i, value) in sites.into_iter().enumerate() {
@@ -267,11 +264,6 @@ fn parse_file(text: &str) -> Result<Vec<Rule>, Vec<String>> {
             .get("name")
             .and_then(|n| n.as_str())
             .map_or(format!("site #{}", i + 1), |n| format!("site \"{n}\""));
-        let at = headers
-            .get(i)
-            .copied()
-            .flatten()
-            .map_or(String::new(), |l| format!("line {l}: "));
         let problem = match Rule::deserialize(value) {
             Ok(mut rule) => match check(&rule) {
                 Some(problem) => problem,
@@ -283,12 +275,49 @@ fn parse_file(text: &str) -> Result<Vec<Rule>, Vec<String>> {
             },
             Err(e) => e.to_string().trim().to_string(),
         };
+        let at = tables
+            .get(i)
+            .and_then(|t| key_offset(t, &problem).or(t.span().map(|s| s.start)))
+            .map_or(String::new(), |o| format!("line {}: ", line_of(o)));
         problems.push(format!("{at}{name}: {problem}"));
     }
     match problems.is_empty() {
         true => Ok(rules),
         false => Err(problems),
     }
+}
+
+/// Where in the file the key a problem names is (`unknown field
+/// \`max_conections\``, `max_connections must be ...`, `source "s":
+/// ...` for a key of that source's table): the longest key of the
+/// `[[site]]` table, or of the source's, named as a whole word.
+fn key_offset(site: &toml_edit::Table, problem: &str) -> Option<usize> {
+    let (table, problem) = match problem
+        .strip_prefix("source \"")
+        .and_then(|p| p.split_once("\": "))
+    {
+        Some((source, rest)) => (
+            site.get("source")?
+                .as_table_like()?
+                .get(source)?
+                .as_table_like()?,
+            rest,
+        ),
+        None => (site as &dyn toml_edit::TableLike, problem),
+    };
+    let named = |key: &str| {
+        problem.match_indices(key).any(|(at, _)| {
+            let word = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
+            !word(at.checked_sub(1).and_then(|i| problem.as_bytes().get(i)))
+                && !word(problem.as_bytes().get(at + key.len()))
+        })
+    };
+    table
+        .iter()
+        .filter(|(key, _)| named(key))
+        .max_by_key(|(key, _)| key.len())
+        .and_then(|(key, _)| table.key(key)?.span())
+        .map(|s| s.start)
 }
 
 fn check(rule: &Rule) -> Option<String> {
@@ -322,11 +351,17 @@ fn check(rule: &Rule) -> Option<String> {
                 "max_messages_per_second must be 0 (no limit) or positive",
             ));
         }
-        if o.max_messages_per_connection == Some(0)
-            || o.connect_timeout_secs == Some(0)
-            || o.idle_timeout_secs == Some(0)
-        {
-            return Some(at("counts and timeouts must be at least 1"));
+        for (key, value) in [
+            (
+                "max_messages_per_connection",
+                o.max_messages_per_connection.map(u64::from),
+            ),
+            ("connect_timeout_secs", o.connect_timeout_secs),
+            ("idle_timeout_secs", o.idle_timeout_secs),
+        ] {
+            if value == Some(0) {
+                return Some(at(&format!("{key} must be at least 1")));
+            }
         }
         if o.tls == Some(OutboundTls::None) {
             return Some(at(
@@ -442,15 +477,26 @@ mod tests {
         let lines: Vec<&str> = e.lines().collect();
         assert_eq!(lines.len(), 3, "{e}");
         assert!(
-            lines[0].starts_with("f.toml: line 7: site \"gmail\": ")
+            lines[0].starts_with("f.toml: line 10: site \"gmail\": ")
                 && lines[0].contains("max_conections"),
             "{e}"
         );
         assert!(
-            lines[1].starts_with("f.toml: line 12: site \"yahoo\": max_connections"),
+            lines[1].starts_with("f.toml: line 15: site \"yahoo\": max_connections"),
             "{e}"
         );
         assert!(lines[2].starts_with("f.toml: line 17: site #4: "), "{e}");
+        // A key of a source's table: its own line.
+        let e = Shaping::parse(&[(
+            "f.toml",
+            "[[site]]\nname = \"a\"\ndomains = [\"x\"]\nidle_timeout_secs = 5\n[site.source.s]\nidle_timeout_secs = 0\n",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("f.toml: line 6: site \"a\": source \"s\": idle_timeout_secs"),
+            "{e}"
+        );
         // A syntax error: toml's message, with its line.
         let e = Shaping::parse(&[("f.toml", "[[site]]\nname = \n")])
             .unwrap_err()
