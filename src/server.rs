@@ -803,7 +803,7 @@ fn spawn_webhooks(p: &Prepared, parts: &Parts, stop: &StopSignal) -> Vec<glommio
 /// accept (`Source::collect_rw`), so an idle listener polled whenever a
 /// busy sibling woke the shared task gained one clone per SMTP connection,
 /// and after 32,767 the task's i16 refcount overflowed and the shard
-/// panicked ("Waker invariant broken"; README, Known problems). Each loop
+/// panicked ("Waker invariant broken"; benches/results/README.md). Each loop
 /// ends once `stop` fires.
 fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glommio::Task<()>> {
     let stop = &seat.stop;

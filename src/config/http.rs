@@ -16,7 +16,7 @@ section! {
 
 section! {
     /// The admin API (JSON over HTTP), served by shard 0, behind `ringpost
-    /// queue ...`; see the README for its routes.
+    /// queue ...`; its routes: docs/admin-api.md.
     AdminConfig = "admin" {
         /// Address of the admin API, or `"off"`. An address other than
         /// loopback is refused unless `token_file` is set.
@@ -30,7 +30,7 @@ section! {
 }
 
 section! {
-    /// The HTTP injection API (`POST /api/inject/v1`, see the README), on
+    /// The HTTP injection API (`POST /api/inject/v1`, docs/injection.md), on
     /// every shard. The message itself obeys `smtp.max_message_size`,
     /// `max_line_length` and `max_recipients` as SMTP mail does.
     InjectConfig = "inject" {
