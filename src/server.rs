@@ -778,7 +778,7 @@ impl Sockets {
 fn spawn_webhooks(p: &Prepared, parts: &Parts, stop: &StopSignal) -> Vec<glommio::Task<()>> {
     let mut loops = Vec::new();
     if !p.files.webhooks.is_empty() {
-        let shard = Rc::new(crate::events::webhook::Shard {
+        let shard = Rc::new(crate::events::webhook::WebhookShard {
             spool: parts.spool.clone(),
             names: p
                 .files

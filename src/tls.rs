@@ -43,6 +43,9 @@ pub enum Stream<T> {
     Upgrading,
 }
 
+/// A connection a listener accepted (SMTP, HTTP), plain or TLS.
+pub type ServerStream = Stream<futures_rustls::server::TlsStream<TcpStream>>;
+
 impl<T> Stream<T> {
     /// Takes the plain TCP stream out for a handshake.
     pub fn take_plain(&mut self) -> io::Result<TcpStream> {

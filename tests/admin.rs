@@ -171,7 +171,7 @@ fn flush_retries_a_deferred_message_at_once() {
         "451 4.3.0 first try fails"
     );
     assert!(
-        m["next_attempt"].as_u64().unwrap() > ringpost::events::unix_now() + 3000,
+        m["next_attempt"].as_u64().unwrap() > ringpost::shard::clock::unix_now() + 3000,
         "the next retry is an hour away: {m}"
     );
     let summary = queue(&ts, &["summary"]).stdout;

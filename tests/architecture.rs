@@ -1,6 +1,6 @@
 //! The crate's shape, checked: which top-level module imports which, with
-//! no import cycle between them, and no function that has grown past what a
-//! reader can hold in their head.
+//! no import cycle between them nor between the files of one folder, and
+//! no function that has grown past what a reader can hold in their head.
 //!
 //! `cargo test --release --test architecture -- --nocapture` prints the
 //! module list with line counts, the import graph and the longest
@@ -153,6 +153,11 @@ fn modules_form_no_import_cycle_and_functions_stay_short() {
         cycles.is_empty(),
         "import cycles between modules: {cycles:?}"
     );
+    let in_folders = folder_cycles(&files);
+    assert!(
+        in_folders.is_empty(),
+        "import cycles between the files of a folder: {in_folders:?}"
+    );
     let too_long: Vec<_> = all_functions
         .iter()
         .filter(|f| f.3 > MAX_FUNCTION_LINES)
@@ -192,4 +197,76 @@ fn find_cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
         walk(node, graph, &mut Vec::new(), &mut done, &mut cycles);
     }
     cycles
+}
+
+/// The sibling files (not `mod.rs`) of one folder a file imports: by
+/// `super::name`, `use super::{name, ...}` or `crate::folder::name`.
+fn sibling_imports(text: &str, folder: &str, siblings: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut add = |tail: &str| {
+        let name: String = tail
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if siblings.contains(&name) {
+            found.insert(name);
+        }
+    };
+    let own = format!("crate::{folder}::");
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        for prefix in ["super::", own.as_str()] {
+            let mut rest = code;
+            while let Some(i) = rest.find(prefix) {
+                rest = &rest[i + prefix.len()..];
+                match rest.strip_prefix('{') {
+                    Some(group) => {
+                        for part in group.split(['}', ','].as_ref()) {
+                            add(part.trim());
+                        }
+                    }
+                    None => add(rest),
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Cycles between the files of each folder of `src/` (a file and its
+/// folder's `mod.rs` aside: children use their parent's types), as
+/// `folder: [a, b]`.
+fn folder_cycles(files: &[PathBuf]) -> Vec<String> {
+    let mut folders: BTreeMap<PathBuf, Vec<&PathBuf>> = BTreeMap::new();
+    for f in files {
+        if f.file_name().is_some_and(|n| n != "mod.rs") {
+            folders
+                .entry(f.parent().unwrap().to_path_buf())
+                .or_default()
+                .push(f);
+        }
+    }
+    let mut found = Vec::new();
+    for (dir, members) in folders {
+        let folder = dir.file_name().unwrap().to_string_lossy().to_string();
+        if folder == "src" || !dir.join("mod.rs").exists() {
+            continue;
+        }
+        let name = |f: &PathBuf| f.file_stem().unwrap().to_string_lossy().to_string();
+        let siblings: BTreeSet<String> = members.iter().map(|f| name(f)).collect();
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for f in &members {
+            let text = std::fs::read_to_string(f).unwrap();
+            // A file's own unit tests (`mod tests { use super::*; }`) are
+            // not imports of a sibling.
+            let code = text.split("#[cfg(test)]").next().unwrap_or("");
+            let mut deps = sibling_imports(code, &folder, &siblings);
+            deps.remove(&name(f));
+            graph.insert(name(f), deps);
+        }
+        for cycle in find_cycles(&graph) {
+            found.push(format!("{folder}: {cycle:?}"));
+        }
+    }
+    found
 }

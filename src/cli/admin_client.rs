@@ -255,7 +255,7 @@ pub fn render_groups(s: &crate::http::admin::GroupedSummary) -> String {
 }
 
 /// `queue trace`: one line per event, then where the message stands.
-pub fn render_trace(t: &crate::http::admin::Trace, now: u64) -> String {
+pub fn render_trace(t: &crate::http::admin::MessageTrace, now: u64) -> String {
     let text = |e: &serde_json::Value, k: &str| e[k].as_str().unwrap_or("").to_string();
     let mut out = format!("{}\n", t.id);
     for e in &t.events {

@@ -543,7 +543,7 @@ fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
             admin_client::render_show(&serde_json::from_value::<MessageDetail>(answer)?, now)
         }
         QueueCommand::Trace { .. } => admin_client::render_trace(
-            &serde_json::from_value::<crate::http::admin::Trace>(answer)?,
+            &serde_json::from_value::<crate::http::admin::MessageTrace>(answer)?,
             now,
         ),
         QueueCommand::Drain { to, no_wait } => return drain_progress(&api, &to, answer, !no_wait),

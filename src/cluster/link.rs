@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use redis::cluster::{ClusterClient, ClusterConnection};
 use redis::{Connection, ConnectionLike, Script};
 
-use super::{Answer, ClusterError, Command, Job, scripts};
+use super::{Answer, ClusterError, Job, RedisOp, scripts};
 
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -241,15 +241,15 @@ fn refused_only(e: &redis::RedisError) -> bool {
     )
 }
 
-fn op_name(command: &Command) -> &'static str {
+fn op_name(command: &RedisOp) -> &'static str {
     match command {
-        Command::Tokens { .. } => "tokens",
-        Command::Acquire { .. } => "acquire",
-        Command::Renew { .. } => "renew",
-        Command::Release { .. } => "release",
-        Command::SetHold { .. } | Command::Holds { .. } => "holds",
-        Command::Reserve { .. } | Command::Settle { .. } => "idempotency",
-        Command::ListPublish { .. } | Command::ListRead { .. } | Command::ListScan { .. } => {
+        RedisOp::Tokens { .. } => "tokens",
+        RedisOp::Acquire { .. } => "acquire",
+        RedisOp::Renew { .. } => "renew",
+        RedisOp::Release { .. } => "release",
+        RedisOp::SetHold { .. } | RedisOp::Holds { .. } => "holds",
+        RedisOp::Reserve { .. } | RedisOp::Settle { .. } => "idempotency",
+        RedisOp::ListPublish { .. } | RedisOp::ListRead { .. } | RedisOp::ListScan { .. } => {
             "lists"
         }
     }
@@ -258,12 +258,12 @@ fn op_name(command: &Command) -> &'static str {
 /// One request: its script or commands.
 fn run(
     conn: &mut dyn ConnectionLike,
-    command: &Command,
+    command: &RedisOp,
     scripts: &Scripts,
 ) -> redis::RedisResult<Answer> {
     let lease_ttl_ms = scripts.lease_ttl_ms;
     Ok(match command {
-        Command::Tokens {
+        RedisOp::Tokens {
             key,
             interval_us,
             tolerance_us,
@@ -281,7 +281,7 @@ fn run(
                 wait_us: wait_us.max(0) as u64,
             }
         }
-        Command::Acquire {
+        RedisOp::Acquire {
             keys,
             limit,
             asker,
@@ -294,7 +294,7 @@ fn run(
             }
             Answer::Granted(call.invoke(conn)?)
         }
-        Command::Renew {
+        RedisOp::Renew {
             keys,
             limit,
             asker,
@@ -312,7 +312,7 @@ fn run(
                 others_want: others_want != 0,
             })
         }
-        Command::ListPublish {
+        RedisOp::ListPublish {
             keys,
             node,
             changes,
@@ -325,7 +325,7 @@ fn run(
             let id: String = call.invoke(conn)?;
             Answer::Logged(log_id(&id)?)
         }
-        Command::ListRead {
+        RedisOp::ListRead {
             keys,
             after,
             count,
@@ -382,13 +382,13 @@ fn log_read(
 }
 
 /// The requests that are plain commands.
-fn run_plain(conn: &mut dyn ConnectionLike, command: &Command) -> redis::RedisResult<Answer> {
+fn run_plain(conn: &mut dyn ConnectionLike, command: &RedisOp) -> redis::RedisResult<Answer> {
     Ok(match command {
-        Command::Release { key, members } => {
+        RedisOp::Release { key, members } => {
             redis::cmd("ZREM").arg(key).arg(members).query::<()>(conn)?;
             Answer::Done
         }
-        Command::SetHold { key, field, until } => {
+        RedisOp::SetHold { key, field, until } => {
             match until {
                 Some(until) => redis::cmd("HSET")
                     .arg(key)
@@ -399,7 +399,7 @@ fn run_plain(conn: &mut dyn ConnectionLike, command: &Command) -> redis::RedisRe
             }
             Answer::Done
         }
-        Command::Holds { key } => {
+        RedisOp::Holds { key } => {
             let all: Vec<(String, u64)> = redis::cmd("HGETALL").arg(key).query(conn)?;
             Answer::Holds(
                 all.into_iter()
@@ -407,7 +407,7 @@ fn run_plain(conn: &mut dyn ConnectionLike, command: &Command) -> redis::RedisRe
                     .collect(),
             )
         }
-        Command::Reserve {
+        RedisOp::Reserve {
             key,
             mark,
             window_ms,
@@ -429,7 +429,7 @@ fn run_plain(conn: &mut dyn ConnectionLike, command: &Command) -> redis::RedisRe
                 )),
             }
         }
-        Command::Settle {
+        RedisOp::Settle {
             key,
             value,
             window_ms,
@@ -445,7 +445,7 @@ fn run_plain(conn: &mut dyn ConnectionLike, command: &Command) -> redis::RedisRe
             }
             Answer::Done
         }
-        Command::ListScan { key, cursor, count } => {
+        RedisOp::ListScan { key, cursor, count } => {
             let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
                 .arg(key)
                 .arg(cursor)
@@ -460,11 +460,11 @@ fn run_plain(conn: &mut dyn ConnectionLike, command: &Command) -> redis::RedisRe
             }
             Answer::Page(next, page)
         }
-        Command::Tokens { .. }
-        | Command::Acquire { .. }
-        | Command::Renew { .. }
-        | Command::ListPublish { .. }
-        | Command::ListRead { .. } => {
+        RedisOp::Tokens { .. }
+        | RedisOp::Acquire { .. }
+        | RedisOp::Renew { .. }
+        | RedisOp::ListPublish { .. }
+        | RedisOp::ListRead { .. } => {
             let kind = redis::ErrorKind::Client;
             return Err((kind, "a script, not a plain command").into());
         }

@@ -44,7 +44,7 @@ pub enum ClusterError {
 
 /// One request to the Redis thread.
 #[derive(Debug)]
-enum Command {
+enum RedisOp {
     Tokens {
         key: String,
         interval_us: u64,
@@ -124,7 +124,7 @@ enum Answer {
 }
 
 struct Job {
-    command: Command,
+    command: RedisOp,
     reply: oneshot::Sender<Result<Answer, ClusterError>>,
 }
 
@@ -297,7 +297,7 @@ impl Cluster {
         format!("{}:{{{tag}}}:{what}", self.prefix)
     }
 
-    async fn call(&self, command: Command) -> Result<Answer, ClusterError> {
+    async fn call(&self, command: RedisOp) -> Result<Answer, ClusterError> {
         if !self.is_up() {
             return Err(ClusterError::Down);
         }
@@ -323,7 +323,7 @@ impl Cluster {
         want: u32,
     ) -> Result<Tokens, ClusterError> {
         let interval_us = (1e6 / rate).max(1.0) as u64;
-        let command = Command::Tokens {
+        let command = RedisOp::Tokens {
             key: self.path_key(path, "rate"),
             interval_us,
             tolerance_us: interval_us * u64::from(want.saturating_sub(1)),
@@ -352,7 +352,7 @@ impl Cluster {
         let keys = [self.path_key(path, "conns"), self.path_key(path, "want")];
         let asker = asker.to_string();
         match self
-            .call(Command::Acquire {
+            .call(RedisOp::Acquire {
                 keys,
                 limit,
                 asker,
@@ -376,7 +376,7 @@ impl Cluster {
         let keys = [self.path_key(path, "conns"), self.path_key(path, "want")];
         let asker = asker.to_string();
         match self
-            .call(Command::Renew {
+            .call(RedisOp::Renew {
                 keys,
                 limit,
                 asker,
@@ -394,7 +394,7 @@ impl Cluster {
             return Ok(());
         }
         let key = self.path_key(path, "conns");
-        self.call(Command::Release { key, members }).await.map(drop)
+        self.call(RedisOp::Release { key, members }).await.map(drop)
     }
 
     /// Publishes a hold (`kind:name`, as the spool keys it) until `until`
@@ -405,7 +405,7 @@ impl Cluster {
         until: Option<Option<u64>>,
     ) -> Result<(), ClusterError> {
         let (key, field) = (self.holds_key(), field.to_string());
-        self.call(Command::SetHold { key, field, until })
+        self.call(RedisOp::SetHold { key, field, until })
             .await
             .map(drop)
     }
@@ -413,7 +413,7 @@ impl Cluster {
     /// Every hold published: (key, until).
     pub async fn holds(&self) -> Result<Vec<(String, Option<u64>)>, ClusterError> {
         match self
-            .call(Command::Holds {
+            .call(RedisOp::Holds {
                 key: self.holds_key(),
             })
             .await?
@@ -432,7 +432,7 @@ impl Cluster {
         mark: &str,
         window: Duration,
     ) -> Result<Option<String>, ClusterError> {
-        let command = Command::Reserve {
+        let command = RedisOp::Reserve {
             key: format!("{}:idem:{{{}}}", self.prefix, key.replace(['{', '}'], "")),
             mark: mark.to_string(),
             window_ms: window.as_millis() as u64,
@@ -451,7 +451,7 @@ impl Cluster {
         value: Option<String>,
         window: Duration,
     ) -> Result<(), ClusterError> {
-        let command = Command::Settle {
+        let command = RedisOp::Settle {
             key: format!("{}:idem:{{{}}}", self.prefix, key.replace(['{', '}'], "")),
             value,
             window_ms: window.as_millis() as u64,
@@ -470,7 +470,7 @@ impl Cluster {
         list: &str,
         changes: Vec<ListChange>,
     ) -> Result<LogId, ClusterError> {
-        let command = Command::ListPublish {
+        let command = RedisOp::ListPublish {
             keys: [self.path_key(list, "entries"), self.path_key(list, "log")],
             node: self.node_id.clone(),
             changes,
@@ -489,7 +489,7 @@ impl Cluster {
         after: LogId,
         count: usize,
     ) -> Result<LogRead, ClusterError> {
-        let command = Command::ListRead {
+        let command = RedisOp::ListRead {
             keys: [self.path_key(list, "log"), self.path_key(list, "epoch")],
             after,
             count,
@@ -510,7 +510,7 @@ impl Cluster {
         cursor: u64,
         count: usize,
     ) -> Result<(u64, Vec<ListChange>), ClusterError> {
-        let command = Command::ListScan {
+        let command = RedisOp::ListScan {
             key: self.path_key(list, "entries"),
             cursor,
             count,

@@ -33,13 +33,6 @@ use crate::dkim::DkimOutcome;
 use crate::queue::{Envelope, MessageId, Spool};
 use crate::shard::log_limit::LogLimit;
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub enum EventKind {
     Reception,

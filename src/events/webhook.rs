@@ -93,12 +93,12 @@ impl Hook {
 }
 
 /// The webhooks running on one shard: each trims only what all have.
-pub struct Shard {
+pub struct WebhookShard {
     pub spool: Rc<Spool>,
     pub names: Vec<String>,
 }
 
-impl Shard {
+impl WebhookShard {
     fn trim(&self) {
         let outbox = self.spool.outbox();
         if let Some(min) = self.names.iter().map(|n| outbox.cursor(n)).min() {
@@ -152,7 +152,7 @@ fn after_refusal(batch_len: usize) -> AfterRefusal {
 
 /// Posts `hook`'s events from `shard`'s outbox until `stop`: replays the
 /// operator asked for first, then the events after the webhook's cursor.
-pub async fn run(hook: Arc<Hook>, shard: Rc<Shard>, stop: StopSignal) {
+pub async fn run(hook: Arc<Hook>, shard: Rc<WebhookShard>, stop: StopSignal) {
     let cfg = &hook.cfg;
     let name = cfg.name.as_str();
     let poster = match Poster::new(
@@ -308,7 +308,7 @@ impl Sender<'_> {
     /// the receiver is down: back off, and nothing moves.
     async fn probe_past(
         &mut self,
-        shard: &Shard,
+        shard: &WebhookShard,
         lone: &StoredEvent,
         lone_through: u64,
         status: u16,
@@ -350,7 +350,7 @@ impl Sender<'_> {
 /// Up to `max` of the events `cfg` wants after `cursor`, and the sequence
 /// number the cursor may move to once they are sent (past the events it
 /// does not want, too).
-fn gather(shard: &Shard, cfg: &Webhook, cursor: u64, max: usize) -> (Vec<StoredEvent>, u64) {
+fn gather(shard: &WebhookShard, cfg: &Webhook, cursor: u64, max: usize) -> (Vec<StoredEvent>, u64) {
     let outbox = shard.spool.outbox();
     let mut batch = Vec::new();
     let mut through = cursor;

@@ -10,7 +10,7 @@
 //! | `GET /queue/summary?by=site\|source\|pool` | [`GroupedSummary`]          |
 //! | `GET /queue/messages?domain=D&limit=N`  | `[MessageInfo]`, oldest first  |
 //! | `GET /queue/messages/ID`                | [`MessageDetail`]              |
-//! | `GET /queue/messages/ID/trace`          | [`Trace`]: its events, in order (`http::trace`) |
+//! | `GET /queue/messages/ID/trace`          | [`MessageTrace`]: its events, in order (`http::trace`) |
 //! | `DELETE /queue/messages/ID`             | `{"deleted": ID}`              |
 //! | `POST /queue/messages/ID/bounce`        | `{"bounced": ID}`              |
 //! | `POST /queue/flush?domain=D`            | `{"flushed": N}`               |
@@ -87,7 +87,7 @@ const MAX_HEADERS: usize = 64 * 1024;
 
 /// What happened to one message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trace {
+pub struct MessageTrace {
     pub id: String,
     /// Its events in the delivery log, oldest first.
     pub events: Vec<serde_json::Value>,
@@ -522,7 +522,7 @@ async fn trace(shards: &Shards, log: &str, id: &str) -> Result<Response, ApiErro
             "no event of {id} in the delivery log, and it is not queued"
         )));
     }
-    Ok(Response::json(200, &Trace { id, events, queued }))
+    Ok(Response::json(200, &MessageTrace { id, events, queued }))
 }
 
 async fn show(shards: &Shards, id: &str) -> Result<MessageDetail, ApiError> {

@@ -35,7 +35,7 @@ use std::pin::Pin;
 use crate::cluster::Cluster;
 use crate::http::{Endpoint, Request, Response};
 use crate::inbound::idempotency::{self, Begin, KeyIndex};
-use crate::inbound::{Door, Refusal as DoorRefusal};
+use crate::inbound::{Door, Refusal};
 use crate::proto::command::{Mailbox, parse_mailbox};
 use crate::proto::dsn_params::{MAX_ENVID, Notify, Ret, parse_orcpt_text};
 use crate::proto::trace::{self, Trace};
@@ -160,13 +160,13 @@ impl Injection {
 /// Why a request is refused: the HTTP status and a message for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct Refusal {
+pub struct InjectError {
     pub status: u16,
     pub message: String,
 }
 
-fn refuse(status: u16, message: impl Into<String>) -> Refusal {
-    Refusal {
+fn refuse(status: u16, message: impl Into<String>) -> InjectError {
+    InjectError {
         status,
         message: message.into(),
     }
@@ -193,7 +193,7 @@ impl ContentLimits {
 }
 
 /// Pure: checks a request body and builds the message to queue.
-pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, Refusal> {
+pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, InjectError> {
     let req: InjectRequest =
         serde_json::from_slice(body).map_err(|e| refuse(400, format!("bad request: {e}")))?;
     let sender =
@@ -272,7 +272,7 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, Refusal> {
 }
 
 /// The message-wide DSN fields, checked as SMTP checks RET= and ENVID=.
-fn dsn_request(ret: Option<&str>, envid: Option<&str>) -> Result<DsnRequest, Refusal> {
+fn dsn_request(ret: Option<&str>, envid: Option<&str>) -> Result<DsnRequest, InjectError> {
     let ret = match ret {
         None => None,
         Some(v) => {
@@ -294,7 +294,7 @@ fn dsn_request(ret: Option<&str>, envid: Option<&str>) -> Result<DsnRequest, Ref
 /// Pure: `content` with every line ending (CRLF, LF or a lone CR) made
 /// CRLF and a final CRLF added if missing; refused when empty, over the
 /// size limit or with a line over the line limit (RFC 5321 4.5.3.1.6).
-fn crlf_content(content: &[u8], limits: ContentLimits) -> Result<Vec<u8>, Refusal> {
+fn crlf_content(content: &[u8], limits: ContentLimits) -> Result<Vec<u8>, InjectError> {
     if content.is_empty() {
         return Err(refuse(400, "content is empty"));
     }
@@ -352,7 +352,7 @@ impl Endpoint for Injector {
             (_, ["api", "inject", "v1"]) => Err(refuse(405, "use POST")),
             _ => Err(refuse(404, "no such path (POST /api/inject/v1)")),
         };
-        admitted.map_err(Refusal::into_response)
+        admitted.map_err(InjectError::into_response)
     }
 
     fn answer(self: Rc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
@@ -361,7 +361,7 @@ impl Endpoint for Injector {
                 Some(key) if self.keys.is_some() => self.inject_once(key, req).await,
                 _ => self.inject(req).await,
             };
-            answer.unwrap_or_else(Refusal::into_response)
+            answer.unwrap_or_else(InjectError::into_response)
         })
     }
 }
@@ -386,11 +386,11 @@ fn replayed(answer: String) -> Response {
     }
 }
 
-fn mismatch() -> Refusal {
+fn mismatch() -> InjectError {
     refuse(422, "this Idempotency-Key was used for a different request")
 }
 
-fn busy() -> Refusal {
+fn busy() -> InjectError {
     refuse(
         409,
         "a request with this Idempotency-Key is still under way: try again",
@@ -401,7 +401,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-impl Refusal {
+impl InjectError {
     fn into_response(self) -> Response {
         Response::json(self.status, &serde_json::json!({ "error": self.message }))
     }
@@ -412,7 +412,11 @@ impl Injector {
     /// window. The work runs on as its own task: a client that goes away
     /// before the answer (the case the key is for) does not cut it short,
     /// and its retry gets the answer.
-    async fn inject_once(self: Rc<Self>, key: String, req: Request) -> Result<Response, Refusal> {
+    async fn inject_once(
+        self: Rc<Self>,
+        key: String,
+        req: Request,
+    ) -> Result<Response, InjectError> {
         if !idempotency::valid_key(&key) {
             return Err(refuse(
                 400,
@@ -429,7 +433,7 @@ impl Injector {
             .unwrap_or_else(|_| Err(refuse(503, "the server is stopping: try again")))
     }
 
-    async fn queue_once(&self, key: String, req: Request) -> Result<Response, Refusal> {
+    async fn queue_once(&self, key: String, req: Request) -> Result<Response, InjectError> {
         let keys = self.keys.as_ref().expect("only with the key index");
         let digest = idempotency::digest_of(&req.body);
         let owner = idempotency::owner_of(&key, keys.count());
@@ -485,7 +489,7 @@ impl Injector {
         key: &str,
         digest: [u8; 32],
         window: u64,
-    ) -> Result<FleetClaim, Refusal> {
+    ) -> Result<FleetClaim, InjectError> {
         let Some(cluster) = &self.cluster else {
             return Ok(FleetClaim::NotShared);
         };
@@ -516,7 +520,7 @@ impl Injector {
     }
 
     /// Queues an admitted request's message.
-    async fn inject(&self, req: Request) -> Result<Response, Refusal> {
+    async fn inject(&self, req: Request) -> Result<Response, InjectError> {
         if self.door.draining() {
             return Err(refuse(
                 503,
@@ -568,14 +572,14 @@ impl Injector {
             },
         };
         let accepted = self.door.accept(msg).await.map_err(|e| match e {
-            DoorRefusal::Storage(_) => refuse(503, "queue file write error: try again"),
-            DoorRefusal::InsufficientStorage => {
+            Refusal::Storage(_) => refuse(503, "queue file write error: try again"),
+            Refusal::InsufficientStorage => {
                 refuse(507, "insufficient storage on the server: try again later")
             }
-            DoorRefusal::BadMeta(why) => refuse(400, why),
-            DoorRefusal::UnknownPool(name) => refuse(400, format!("no egress pool named {name:?}")),
-            DoorRefusal::BadPriority(why) => refuse(400, why),
-            DoorRefusal::TooManyHops(n) => refuse(
+            Refusal::BadMeta(why) => refuse(400, why),
+            Refusal::UnknownPool(name) => refuse(400, format!("no egress pool named {name:?}")),
+            Refusal::BadPriority(why) => refuse(400, why),
+            Refusal::TooManyHops(n) => refuse(
                 400,
                 format!("too many Received: header fields ({n}): a mail loop?"),
             ),
@@ -617,7 +621,7 @@ impl Injector {
 
     /// A client in `smtp.relay_networks` may inject; anyone else needs the
     /// token (when one is configured).
-    fn authorize(&self, req: &Request) -> Result<(), Refusal> {
+    fn authorize(&self, req: &Request) -> Result<(), InjectError> {
         if req.peer.is_some_and(|ip| self.cfg.is_relay_client(ip)) {
             return Ok(());
         }

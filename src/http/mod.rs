@@ -51,9 +51,7 @@ use crate::shard::log_limit::LogLimit;
 use crate::shard::net::{Bound, Listener};
 use crate::shard::stop::StopSignal;
 use crate::shard::tasks::TaskSet;
-
-/// A connection, plain or TLS.
-type Stream = crate::tls::Stream<futures_rustls::server::TlsStream<TcpStream>>;
+use crate::tls::ServerStream;
 
 pub mod admin;
 pub mod events_failed;
@@ -239,7 +237,7 @@ impl ListenerLimits {
 }
 
 /// What every connection of one listener on one shard shares.
-struct Site {
+struct ListenerSite {
     endpoint: Rc<dyn Endpoint>,
     limits: ListenerLimits,
     /// HTTPS: the handshake comes first, within the head's time.
@@ -271,7 +269,7 @@ pub async fn serve_maybe_tls(
 ) {
     let tasks = TaskSet::default();
     let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip, None);
-    let site = Rc::new(Site {
+    let site = Rc::new(ListenerSite {
         endpoint,
         limits,
         tls,
@@ -318,7 +316,7 @@ pub async fn serve_maybe_tls(
     tasks.cancel_all();
 }
 
-impl Site {
+impl ListenerSite {
     fn rejected(&self, ip: IpAddr, full: AdmissionFull) {
         ::metrics::counter!(
             crate::metrics::HTTP_CONNECTIONS_REJECTED,
@@ -369,10 +367,10 @@ async fn turn_away(mut stream: TcpStream) {
 
 /// Serves one connection: requests one after another (keep-alive) until
 /// the client closes, a deadline passes, or the server stops.
-async fn connection(stream: TcpStream, peer: IpAddr, site: Rc<Site>, stop: StopSignal) {
+async fn connection(stream: TcpStream, peer: IpAddr, site: Rc<ListenerSite>, stop: StopSignal) {
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let stream = match &site.tls {
-        None => Stream::Plain(stream),
+        None => ServerStream::Plain(stream),
         Some(acceptor) => {
             let timeout = site.limits.head_timeout;
             let handshake =
@@ -381,7 +379,7 @@ async fn connection(stream: TcpStream, peer: IpAddr, site: Rc<Site>, stop: StopS
                     None
                 });
             match handshake.await {
-                Some(Ok(tls)) => Stream::Tls(Box::new(tls)),
+                Some(Ok(tls)) => ServerStream::Tls(Box::new(tls)),
                 Some(Err(_)) => return,
                 None => {
                     site.timed_out(peer, "tls");
@@ -429,7 +427,7 @@ async fn connection(stream: TcpStream, peer: IpAddr, site: Rc<Site>, stop: StopS
 async fn exchange(
     request: hyper::Request<Incoming>,
     peer: IpAddr,
-    site: &Site,
+    site: &ListenerSite,
     phase: &Cell<Phase>,
 ) -> hyper::Response<Full<Bytes>> {
     let (head, body) = request.into_parts();
@@ -455,7 +453,7 @@ async fn exchange(
 async fn read_body(
     request: &mut Request,
     body: Incoming,
-    site: &Site,
+    site: &ListenerSite,
     phase: &Cell<Phase>,
 ) -> Result<(), Response> {
     site.endpoint.admit(request)?;
@@ -571,7 +569,7 @@ impl Phase {
 /// deadline of the connection's [`Phase`] (hyper is given no timer of its
 /// own: its timer must be `Send`, glommio's are per thread).
 struct Io {
-    stream: Stream,
+    stream: ServerStream,
     phase: Rc<Cell<Phase>>,
     head_timeout: Duration,
     /// The timer armed for the current deadline.

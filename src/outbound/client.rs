@@ -23,7 +23,6 @@ use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
 use super::outcome::{DeliveryOutcome, from_io, from_reply};
-use super::pool::PoolKey;
 use crate::config::OutboundTls;
 use crate::proto::server_reply::{ServerReply, parse_reply};
 
@@ -241,17 +240,6 @@ impl Client {
             .into());
         }
         Ok(c)
-    }
-
-    /// Its key in the pool, as a connection of `site`.
-    pub fn pool_key(&self, site: &str) -> PoolKey {
-        PoolKey {
-            host: self.host.clone(),
-            addr: self.peer,
-            policy: self.policy,
-            source: self.source.clone(),
-            site: site.to_string(),
-        }
     }
 
     /// EHLO, or HELO if EHLO is refused. The EHLO reply, if it was taken.

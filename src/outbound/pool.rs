@@ -47,6 +47,17 @@ pub struct PoolKey {
 }
 
 impl PoolKey {
+    /// The key of `client`, as a connection of `site`.
+    pub fn of(client: &Client, site: &str) -> PoolKey {
+        PoolKey {
+            host: client.host.clone(),
+            addr: client.peer,
+            policy: client.policy,
+            source: client.source.clone(),
+            site: site.to_string(),
+        }
+    }
+
     /// The policies whose connections may carry mail under `policy`, the
     /// preferred first.
     fn serves(policy: OutboundTls) -> &'static [OutboundTls] {
@@ -116,7 +127,7 @@ impl Pool {
         let now = Instant::now();
         self.idle
             .borrow_mut()
-            .entry(client.pool_key(site))
+            .entry(PoolKey::of(&client, site))
             .or_default()
             .push(Idle {
                 client,

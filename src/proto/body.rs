@@ -48,7 +48,7 @@ pub enum BodyFault {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum BodyState {
     /// At the start of a line that followed a CRLF (may begin end-of-data).
     LineStart,
     /// At the start of a line that followed a bare LF (may not).
@@ -69,7 +69,7 @@ pub struct BodyReader {
     bare: BareEndings,
     max_size: usize,
     max_line: usize,
-    state: State,
+    state: BodyState,
     line_len: usize,
     /// Bytes of body seen, including those not stored after a fault.
     size: u64,
@@ -93,7 +93,7 @@ impl BodyReader {
             bare,
             max_size,
             max_line,
-            state: State::LineStart,
+            state: BodyState::LineStart,
             line_len: 0,
             size: 0,
             fault: None,
@@ -114,7 +114,7 @@ impl BodyReader {
                 i += lines;
                 continue;
             }
-            if self.state == State::Mid {
+            if self.state == BodyState::Mid {
                 // Fast path: inside a line, everything up to the next CR or
                 // LF is plain content and is copied in one piece.
                 let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
@@ -141,8 +141,8 @@ impl BodyReader {
     /// one piece. 0 if the state machine must look at the next byte.
     fn plain_lines(&self, input: &[u8]) -> usize {
         let mut line_len = match self.state {
-            State::Mid => self.line_len,
-            State::LineStart if input.first() != Some(&b'.') => 0,
+            BodyState::Mid => self.line_len,
+            BodyState::LineStart if input.first() != Some(&b'.') => 0,
             _ => return 0,
         };
         if self.fault.is_some() {
@@ -178,20 +178,20 @@ impl BodyReader {
         }
         self.emit(lines, out);
         self.line_len = 0;
-        self.state = State::LineStart;
+        self.state = BodyState::LineStart;
     }
 
     /// Ends a BDAT body: a CR left pending at the very end is a bare CR.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         match self.state {
-            State::Cr => self.bare_cr(out),
-            State::DotCr => {
+            BodyState::Cr => self.bare_cr(out),
+            BodyState::DotCr => {
                 self.emit_char(b'.', out);
                 self.bare_cr(out);
             }
             _ => {}
         }
-        self.state = State::LineStart;
+        self.state = BodyState::LineStart;
     }
 
     /// The first limit the body broke, if any.
@@ -213,7 +213,7 @@ impl BodyReader {
         if b >= 0x80 {
             self.has_8bit = true;
         }
-        use State::*;
+        use BodyState::*;
         match (self.state, b) {
             (LineStart | LineStartAfterLf, b'.') if self.framing == Framing::Data => {
                 self.dot_may_end = self.state == LineStart;
@@ -262,7 +262,7 @@ impl BodyReader {
         if self.bare.reject_lf {
             self.set_fault(BodyFault::BareLf);
         }
-        self.end_line(out, State::LineStartAfterLf);
+        self.end_line(out, BodyState::LineStartAfterLf);
     }
 
     /// A CR not followed by LF ends the line as a bare LF does: stored as
@@ -271,10 +271,10 @@ impl BodyReader {
         if self.bare.reject_cr {
             self.set_fault(BodyFault::BareCr);
         }
-        self.end_line(out, State::LineStartAfterLf);
+        self.end_line(out, BodyState::LineStartAfterLf);
     }
 
-    fn end_line(&mut self, out: &mut Vec<u8>, next: State) {
+    fn end_line(&mut self, out: &mut Vec<u8>, next: BodyState) {
         self.emit(b"\r\n", out);
         self.line_len = 0;
         self.state = next;

@@ -119,7 +119,7 @@ struct Frame {
 
 /// A frame's place in the queue, from [`GroupCommit::register`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticket(u64);
+pub struct CommitTicket(u64);
 
 /// How far a shard's event outbox (`outbox`) is written and durable: a
 /// flush makes durable what was written when it began.
@@ -136,11 +136,11 @@ pub struct GroupCommit {
     envelopes: sled::Tree,
     segments: Rc<Segments>,
     sync: SyncMode,
-    state: Rc<RefCell<State>>,
+    state: Rc<RefCell<CommitQueue>>,
 }
 
 #[derive(Default)]
-struct State {
+struct CommitQueue {
     /// Frames in reservation order; `first` is the ticket of the front one.
     frames: VecDeque<Frame>,
     first: u64,
@@ -183,9 +183,9 @@ impl GroupCommit {
 
     /// Registers a frame just reserved at the end of `segment` (call it
     /// right after the reservation, with no await in between).
-    pub fn register(&self, segment: u32, end: u64) -> Ticket {
+    pub fn register(&self, segment: u32, end: u64) -> CommitTicket {
         let mut st = self.state.borrow_mut();
-        let ticket = Ticket(st.first + st.frames.len() as u64);
+        let ticket = CommitTicket(st.first + st.frames.len() as u64);
         st.frames.push_back(Frame {
             segment,
             end,
@@ -198,7 +198,7 @@ impl GroupCommit {
     /// and applied `record` under `key` to sled.
     pub async fn written(
         &self,
-        ticket: Ticket,
+        ticket: CommitTicket,
         key: [u8; 16],
         record: Vec<u8>,
     ) -> Result<(), String> {
@@ -218,7 +218,7 @@ impl GroupCommit {
 
     /// The frame's write failed: it and every later frame of its segment
     /// fail (replay could not get past the hole).
-    pub fn failed(&self, ticket: Ticket) {
+    pub fn failed(&self, ticket: CommitTicket) {
         let segment = self.state.borrow_mut().frame(ticket).map(|f| f.segment);
         if let Some(segment) = segment {
             self.fail_segment_from(ticket.0, segment);
@@ -532,8 +532,8 @@ type Ready = (
     oneshot::Sender<Result<(), String>>,
 );
 
-impl State {
-    fn frame(&mut self, t: Ticket) -> Option<&mut Frame> {
+impl CommitQueue {
+    fn frame(&mut self, t: CommitTicket) -> Option<&mut Frame> {
         let i = t.0.checked_sub(self.first)?;
         self.frames.get_mut(i as usize)
     }

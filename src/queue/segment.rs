@@ -221,7 +221,7 @@ impl SegmentFile {
     }
 }
 
-struct State {
+struct SegmentTable {
     files: BTreeMap<u32, SegmentFile>,
     /// The segment appends go to, with its capacity and next free offset.
     active: Option<(u32, u64, u64)>,
@@ -267,7 +267,7 @@ const RECYCLED_NAME: &str = "recycled.tmp";
 pub struct Segments {
     dir: PathBuf,
     segment_bytes: u64,
-    state: RefCell<State>,
+    state: RefCell<SegmentTable>,
 }
 
 fn segment_path(dir: &Path, seq: u32) -> PathBuf {
@@ -323,7 +323,7 @@ impl Segments {
         Ok(Segments {
             dir: dir.to_path_buf(),
             segment_bytes,
-            state: RefCell::new(State {
+            state: RefCell::new(SegmentTable {
                 files,
                 active: None,
                 doomed: Vec::new(),
@@ -429,7 +429,7 @@ impl Segments {
     /// Seals the active segment and starts the next one: the spare if one
     /// is ready, else a preallocated file (rare: once per `segment_bytes`
     /// of mail, so done inline).
-    fn rotate(&self, st: &mut State, len: u64) -> io::Result<()> {
+    fn rotate(&self, st: &mut SegmentTable, len: u64) -> io::Result<()> {
         let old = st.active.take().map(|(seq, _, _)| seq);
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -577,7 +577,7 @@ impl Segments {
 
     /// A sealed segment nobody refers to is closed and doomed: unlinked by
     /// [`Segments::unlink_doomed`] after the next sled flush.
-    fn unlink_if_unused(&self, st: &mut State, seq: u32) {
+    fn unlink_if_unused(&self, st: &mut SegmentTable, seq: u32) {
         let active = st.active.map(|(s, _, _)| s);
         let unused = st.files.get(&seq).is_some_and(|f| f.refs == 0);
         if unused && active != Some(seq) {

@@ -25,7 +25,7 @@ pub const CUT_HOLD: Duration = Duration::from_secs(1);
 
 /// What a rule asks for.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Action {
+pub enum BackoffAction {
     /// Hold every delivery to the domain for `secs`.
     Suspend { secs: u64 },
     /// Multiply the domain's rate and connections by `factor`; recover
@@ -36,12 +36,12 @@ pub enum Action {
     Bounce { secs: u64 },
 }
 
-impl Action {
+impl BackoffAction {
     pub fn name(&self) -> &'static str {
         match self {
-            Action::Suspend { .. } => "suspend",
-            Action::Throttle { .. } => "throttle",
-            Action::Bounce { .. } => "bounce",
+            BackoffAction::Suspend { .. } => "suspend",
+            BackoffAction::Throttle { .. } => "throttle",
+            BackoffAction::Bounce { .. } => "bounce",
         }
     }
 }
@@ -72,7 +72,7 @@ impl Rules {
     }
 
     /// The action of the first rule this failure fits, if any.
-    pub fn action_for(&self, reply: &str, category: BounceCategory) -> Option<Action> {
+    pub fn action_for(&self, reply: &str, category: BounceCategory) -> Option<BackoffAction> {
         let (rule, _) = self.rules.iter().find(|(rule, re)| {
             rule.category
                 .as_deref()
@@ -80,12 +80,12 @@ impl Rules {
                 && re.as_ref().is_none_or(|re| re.is_match(reply))
         })?;
         Some(match rule.action.as_str() {
-            "throttle" => Action::Throttle {
+            "throttle" => BackoffAction::Throttle {
                 factor: rule.factor,
                 secs: rule.secs,
             },
-            "bounce" => Action::Bounce { secs: rule.secs },
-            _ => Action::Suspend { secs: rule.secs },
+            "bounce" => BackoffAction::Bounce { secs: rule.secs },
+            _ => BackoffAction::Suspend { secs: rule.secs },
         })
     }
 }
@@ -220,18 +220,18 @@ mod tests {
         let tss = "421 4.7.0 [TSS04] Messages from 1.2.3.4 temporarily deferred";
         assert_eq!(
             rules.action_for(tss, BounceCategory::RateLimited),
-            Some(Action::Suspend { secs: 60 })
+            Some(BackoffAction::Suspend { secs: 60 })
         );
         assert_eq!(
             rules.action_for("421 4.7.28 rate limited", BounceCategory::RateLimited),
-            Some(Action::Throttle {
+            Some(BackoffAction::Throttle {
                 factor: 0.5,
                 secs: 60
             })
         );
         assert_eq!(
             rules.action_for("554 BLOCKED USING zen", BounceCategory::SpamBlock),
-            Some(Action::Bounce { secs: 60 }),
+            Some(BackoffAction::Bounce { secs: 60 }),
             "expressions ignore case"
         );
         assert_eq!(

@@ -1,4 +1,4 @@
-//! Admission per path: how many connections one shard has open from one
+//! PathTurn per path: how many connections one shard has open from one
 //! egress source to one site, how fast it starts messages there, and who
 //! waits for a connection.
 //!
@@ -76,7 +76,7 @@ pub struct Gate {
 }
 
 /// How a worker gets its connection.
-pub enum Admission {
+pub enum PathTurn {
     Now,
     /// Wait for a leaving worker (or a raised limit) to hand one over.
     Wait(oneshot::Receiver<()>),
@@ -288,16 +288,16 @@ impl Gates {
 
     /// A worker asks for a connection on `key` (configured first) for a
     /// message in priority lane `lane`.
-    pub fn enter(&mut self, key: &PathKey, lane: usize, now: Instant) -> Admission {
+    pub fn enter(&mut self, key: &PathKey, lane: usize, now: Instant) -> PathTurn {
         let gate = self.gates.entry(key.clone()).or_default();
         gate.last_used = Some(now);
         if gate.waiters.is_empty() && gate.in_use < gate.capacity(now) {
             gate.in_use += 1;
-            return Admission::Now;
+            return PathTurn::Now;
         }
         let (tx, rx) = oneshot::channel();
         gate.waiters.push(lane, tx);
-        Admission::Wait(rx)
+        PathTurn::Wait(rx)
     }
 
     /// A worker is done with its connection on `key`: it goes to the
@@ -484,10 +484,10 @@ mod tests {
         l
     }
 
-    fn waits(a: Admission) -> oneshot::Receiver<()> {
+    fn waits(a: PathTurn) -> oneshot::Receiver<()> {
         match a {
-            Admission::Wait(rx) => rx,
-            Admission::Now => panic!("admitted at once"),
+            PathTurn::Wait(rx) => rx,
+            PathTurn::Now => panic!("admitted at once"),
         }
     }
 
@@ -503,7 +503,7 @@ mod tests {
         g.set_leased(&k, 2, t0);
         assert_eq!(first.try_recv(), Ok(Some(())));
         assert!(!g.wants_first_lease(&k));
-        assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
+        assert!(matches!(g.enter(&k, 1, t0), PathTurn::Now));
         let mut second = waits(g.enter(&k, 1, t0));
         let mut third = waits(g.enter(&k, 1, t0));
         assert_eq!(g.idle_room(&k, t0), 0);
@@ -558,7 +558,7 @@ mod tests {
         assert_eq!(g.slot(&k, t0), Slot::Go(None));
         assert_eq!(g.slot(&k, t0), Slot::Go(Some(Duration::from_millis(50))));
         for _ in 0..2 {
-            assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
+            assert!(matches!(g.enter(&k, 1, t0), PathTurn::Now));
         }
         let mut third = waits(g.enter(&k, 1, t0));
         let t1 = t0 + Duration::from_secs(2);
@@ -650,7 +650,7 @@ mod tests {
         g.set_sharing(Sharing::Redis);
         assert_eq!(g.slot(&k, t0), Slot::Ask(100.0));
         g.leave(&k, t0);
-        assert!(matches!(g.enter(&k, 1, t0), Admission::Wait(_)));
+        assert!(matches!(g.enter(&k, 1, t0), PathTurn::Wait(_)));
     }
 
     #[test]
@@ -660,7 +660,7 @@ mod tests {
         let k = key("mx.a");
         g.configure(&k, &limits(1, 0.0), None);
         g.set_leased(&k, 1, t0);
-        assert!(matches!(g.enter(&k, 1, t0), Admission::Now));
+        assert!(matches!(g.enter(&k, 1, t0), PathTurn::Now));
         g.tick(t0 + FORGET_AFTER * 2);
         assert_eq!(g.iter().count(), 1, "in use");
         g.leave(&k, t0);

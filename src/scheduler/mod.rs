@@ -698,7 +698,7 @@ impl Scheduler {
             admission
         };
         let labels = path_labels(path, rule);
-        if let gate::Admission::Wait(rx) = admission {
+        if let gate::PathTurn::Wait(rx) = admission {
             let waiting = ::metrics::gauge!(crate::metrics::PATH_WAITING, &labels);
             waiting.increment(1.0);
             // The sender is dropped only with the gate, which is kept while
@@ -752,7 +752,11 @@ impl Scheduler {
     /// job is done.
     fn record(self: &Rc<Self>, id: MessageId, rcpts: &[usize], attempt: &Attempt) {
         let now = self.clock.now();
-        let mut backoff: Option<(backoff::Action, crate::classify::BounceCategory, String)> = None;
+        let mut backoff: Option<(
+            backoff::BackoffAction,
+            crate::classify::BounceCategory,
+            String,
+        )> = None;
         let mut st = self.state.borrow_mut();
         let recorded = st.record(id, rcpts, attempt, |env, i, outcome| {
             let r = &env.recipients[i];
@@ -947,7 +951,7 @@ impl Scheduler {
         self: &Rc<Self>,
         domain: &str,
         path: Option<gate::PathKey>,
-        action: backoff::Action,
+        action: backoff::BackoffAction,
         category: crate::classify::BounceCategory,
         reply: String,
     ) {
@@ -986,13 +990,13 @@ impl Scheduler {
         self: &Rc<Self>,
         domain: &str,
         path: Option<&gate::PathKey>,
-        action: backoff::Action,
+        action: backoff::BackoffAction,
         reply: String,
     ) -> Option<String> {
         let now = Instant::now();
         let mut st = self.state.borrow_mut();
         let acted = match action {
-            backoff::Action::Suspend { secs } => {
+            backoff::BackoffAction::Suspend { secs } => {
                 // With egress sources, the path the reply came over: the
                 // pool's other sources keep sending to the site.
                 let key = match path {
@@ -1018,7 +1022,7 @@ impl Scheduler {
                 });
                 format!("{key} suspended for {secs} s")
             }
-            backoff::Action::Throttle { factor, secs } => {
+            backoff::BackoffAction::Throttle { factor, secs } => {
                 // No path: the attempt never reached the site (DNS).
                 let path = path?;
                 let mut gates = self.gates.borrow_mut();
@@ -1034,7 +1038,7 @@ impl Scheduler {
                     "throttled to {rate:.1} msg/s from {from} on this shard, recovering over {secs} s"
                 )
             }
-            backoff::Action::Bounce { secs } => {
+            backoff::BackoffAction::Bounce { secs } => {
                 if st.bouncing.contains_key(domain) {
                     return None;
                 }

@@ -2,7 +2,7 @@
 //! and per client address, so that one client cannot take every place.
 //!
 //! Owns: [`Admission`] (the counts of one listener on one shard) and
-//! [`Ticket`] (a connection's place, given back when it is dropped, also
+//! [`ConnSlot`] (a connection's place, given back when it is dropped, also
 //! when its task is cancelled). Lives on one shard (`Rc`, `RefCell`): the
 //! limits it enforces are the shard's share of the global ones
 //! (`shard::share`), so shards never talk about them.
@@ -49,7 +49,7 @@ impl Full {
 }
 
 /// A connection's place; dropping it gives the place back.
-pub struct Ticket {
+pub struct ConnSlot {
     admission: Rc<Admission>,
     ip: IpAddr,
 }
@@ -65,7 +65,7 @@ impl Admission {
     }
 
     /// A place for a connection from `ip`, if the limits leave one.
-    pub fn admit(self: &Rc<Self>, ip: IpAddr) -> Result<Ticket, Full> {
+    pub fn admit(self: &Rc<Self>, ip: IpAddr) -> Result<ConnSlot, Full> {
         let mut open = self.open.borrow_mut();
         if open.total >= self.max_total {
             return Err(Full::Total);
@@ -79,7 +79,7 @@ impl Admission {
         if let Some(gauge) = self.gauge {
             ::metrics::gauge!(gauge).increment(1.0);
         }
-        Ok(Ticket {
+        Ok(ConnSlot {
             admission: self.clone(),
             ip,
         })
@@ -91,7 +91,7 @@ impl Admission {
     }
 }
 
-impl Drop for Ticket {
+impl Drop for ConnSlot {
     fn drop(&mut self) {
         if let Some(gauge) = self.admission.gauge {
             ::metrics::gauge!(gauge).decrement(1.0);

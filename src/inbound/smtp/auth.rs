@@ -120,20 +120,20 @@ impl FailureLimiter {
 pub async fn authenticate(
     conn: &mut Conn,
     session: &mut Session<'_>,
-    shard: &SmtpService,
+    service: &SmtpService,
     mechanism: &str,
     initial: Option<String>,
 ) -> Step {
     let ip = session.client_ip();
-    let (Some(users), limiter) = (&shard.users, &shard.auth_failures) else {
+    let (Some(users), limiter) = (&service.users, &service.auth_failures) else {
         return Step::Reply(Rejection::NotImplemented.reply());
     };
     if limiter.blocked(ip) {
         return Step::Close(Rejection::TooManyAuthFailures.reply());
     }
     let credentials = match mechanism {
-        "PLAIN" => plain(conn, shard, initial).await,
-        _ => login(conn, shard, initial).await,
+        "PLAIN" => plain(conn, service, initial).await,
+        _ => login(conn, service, initial).await,
     };
     let (user, password) = match credentials {
         Ok(c) => c,
@@ -160,10 +160,10 @@ pub async fn authenticate(
 type Credentials = Result<(String, Vec<u8>), Step>;
 
 /// PLAIN (RFC 4616): authzid NUL authcid NUL password, base64.
-async fn plain(conn: &mut Conn, shard: &SmtpService, initial: Option<String>) -> Credentials {
+async fn plain(conn: &mut Conn, service: &SmtpService, initial: Option<String>) -> Credentials {
     let response = match initial {
         Some(i) => i.into_bytes(),
-        None => challenge(conn, shard, "").await?,
+        None => challenge(conn, service, "").await?,
     };
     let raw = decode(&response)?;
     let mut parts = raw.split(|&b| b == 0);
@@ -183,12 +183,12 @@ async fn plain(conn: &mut Conn, shard: &SmtpService, initial: Option<String>) ->
 }
 
 /// LOGIN (draft-murchison-sasl-login): username, then password, base64.
-async fn login(conn: &mut Conn, shard: &SmtpService, initial: Option<String>) -> Credentials {
+async fn login(conn: &mut Conn, service: &SmtpService, initial: Option<String>) -> Credentials {
     let user = match initial {
         Some(i) => decode(i.as_bytes())?,
-        None => decode(&challenge(conn, shard, "VXNlcm5hbWU6").await?)?,
+        None => decode(&challenge(conn, service, "VXNlcm5hbWU6").await?)?,
     };
-    let password = decode(&challenge(conn, shard, "UGFzc3dvcmQ6").await?)?;
+    let password = decode(&challenge(conn, service, "UGFzc3dvcmQ6").await?)?;
     Ok((String::from_utf8_lossy(&user).into_owned(), password))
 }
 
@@ -201,9 +201,9 @@ fn decode(b64: &[u8]) -> Result<Vec<u8>, Step> {
 }
 
 /// Sends a 334 challenge and reads the client's one-line response.
-async fn challenge(conn: &mut Conn, shard: &SmtpService, text: &str) -> Result<Vec<u8>, Step> {
+async fn challenge(conn: &mut Conn, service: &SmtpService, text: &str) -> Result<Vec<u8>, Step> {
     conn.queue(&Reply::plain(334, vec![text.to_string()]));
-    let mut splitter = LineSplitter::new(shard.cfg.smtp.max_command_line);
+    let mut splitter = LineSplitter::new(service.cfg.smtp.max_command_line);
     loop {
         match splitter.next(conn.pending()) {
             LineEvent::Line { len, consumed, .. } => {

@@ -18,19 +18,16 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use futures_rustls::TlsAcceptor;
-use futures_rustls::server::TlsStream;
 use glommio::net::TcpStream;
 
 use crate::proto::reply::Reply;
-
-/// The client connection, plain or after STARTTLS.
-pub type Stream = crate::tls::Stream<TlsStream<TcpStream>>;
+use crate::tls::ServerStream;
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
 
 pub struct Conn {
-    stream: Stream,
+    stream: ServerStream,
     /// Input is `buf[start..end]`. The vector only grows (zero-filled once),
     /// so a read does not clear memory it is about to overwrite.
     buf: Vec<u8>,
@@ -64,7 +61,7 @@ impl Conn {
         stream.set_write_timeout(Some(idle))?;
         stream.set_nodelay(true)?;
         Ok(Conn {
-            stream: Stream::Plain(stream),
+            stream: ServerStream::Plain(stream),
             buf: Vec::new(),
             start: 0,
             end: 0,
@@ -134,10 +131,10 @@ impl Conn {
     pub async fn close(&mut self) {
         let _ = self.flush().await;
         match &self.stream {
-            Stream::Tls(_) => {
+            ServerStream::Tls(_) => {
                 let _ = self.stream.close().await;
             }
-            Stream::Plain(tcp) if self.linger => {
+            ServerStream::Plain(tcp) if self.linger => {
                 if tcp.shutdown(std::net::Shutdown::Write).await.is_err() {
                     return;
                 }
@@ -162,7 +159,7 @@ impl Conn {
         let tcp = self.stream.take_plain()?;
         debug_assert!(self.pending().is_empty() && self.out.is_empty());
         let tls = acceptor.accept(tcp).await?;
-        self.stream = Stream::Tls(Box::new(tls));
+        self.stream = ServerStream::Tls(Box::new(tls));
         Ok(())
     }
 

@@ -47,11 +47,11 @@ pub struct BodyInProgress {
 }
 
 impl BodyInProgress {
-    pub fn start(session: &Session, shard: &SmtpService, framing: Framing) -> BodyInProgress {
-        let cfg = &shard.cfg.smtp;
-        let id = shard.door.new_id();
+    pub fn start(session: &Session, service: &SmtpService, framing: Framing) -> BodyInProgress {
+        let cfg = &service.cfg.smtp;
+        let id = service.door.new_id();
         let mut body = Vec::with_capacity(4096);
-        received_header(&mut body, session, shard.cfg.hostname(), id);
+        received_header(&mut body, session, service.cfg.hostname(), id);
         let content_start = body.len();
         BodyInProgress {
             id,
@@ -82,12 +82,16 @@ impl BodyInProgress {
 }
 
 /// Sends 354, reads the body up to CRLF.CRLF and queues it.
-pub async fn receive_data(conn: &mut Conn, session: &mut Session<'_>, shard: &SmtpService) -> Step {
+pub async fn receive_data(
+    conn: &mut Conn,
+    session: &mut Session<'_>,
+    service: &SmtpService,
+) -> Step {
     conn.queue(&Reply::plain(
         354,
         vec!["End data with <CR><LF>.<CR><LF>".into()],
     ));
-    let mut body = BodyInProgress::start(session, shard, Framing::Data);
+    let mut body = BodyInProgress::start(session, service, Framing::Data);
     loop {
         let (n, done) = body.feed(conn.pending());
         conn.consume(n);
@@ -101,7 +105,7 @@ pub async fn receive_data(conn: &mut Conn, session: &mut Session<'_>, shard: &Sm
     let tx = session
         .end_transaction()
         .expect("DATA is only read in a transaction");
-    finish(body, &tx, shard).await
+    finish(body, &tx, service).await
 }
 
 /// Reads one BDAT chunk of `size` bytes into `pending` (started on the
@@ -109,14 +113,14 @@ pub async fn receive_data(conn: &mut Conn, session: &mut Session<'_>, shard: &Sm
 pub async fn receive_bdat(
     conn: &mut Conn,
     session: &mut Session<'_>,
-    shard: &SmtpService,
+    service: &SmtpService,
     pending: &mut Option<BodyInProgress>,
     size: u64,
     last: bool,
 ) -> Step {
     let ready = session.bdat_ready();
     if ready && pending.is_none() {
-        *pending = Some(BodyInProgress::start(session, shard, Framing::Bdat));
+        *pending = Some(BodyInProgress::start(session, service, Framing::Bdat));
     }
     let mut remaining = size;
     while remaining > 0 {
@@ -151,7 +155,7 @@ pub async fn receive_bdat(
     let tx = session
         .end_transaction()
         .expect("bdat_ready implies a transaction");
-    finish(body, &tx, shard).await
+    finish(body, &tx, service).await
 }
 
 async fn read_more(conn: &mut Conn) -> Result<(), Step> {
@@ -164,7 +168,7 @@ async fn read_more(conn: &mut Conn) -> Result<(), Step> {
 }
 
 /// Refuses a faulty body, or queues it and answers 250 once it is durable.
-async fn finish(body: BodyInProgress, tx: &Transaction, shard: &SmtpService) -> Step {
+async fn finish(body: BodyInProgress, tx: &Transaction, service: &SmtpService) -> Step {
     match body.reader.fault() {
         Some(BodyFault::TooBig) => return Step::Reply(Rejection::MessageTooBig.reply()),
         Some(BodyFault::LineTooLong) => return Step::Reply(Rejection::TextLineTooLong.reply()),
@@ -202,7 +206,7 @@ async fn finish(body: BodyInProgress, tx: &Transaction, shard: &SmtpService) -> 
         trusted: body.trusted,
         complete: body.complete,
     };
-    match shard.door.accept(msg).await {
+    match service.door.accept(msg).await {
         Ok(_) => {
             ::metrics::histogram!(crate::metrics::SMTP_ACCEPT_SECONDS)
                 .record(started.elapsed().as_secs_f64());

@@ -52,7 +52,7 @@ use crate::inbound::Door;
 use crate::proto::command;
 use crate::proto::line::{LineEvent, LineSplitter};
 use crate::proto::reply::{Rejection, Reply};
-use crate::shard::admission::{Admission, Ticket};
+use crate::shard::admission::{Admission, ConnSlot};
 use crate::shard::net::{Bound, Listener};
 use crate::shard::share;
 use crate::shard::stop::StopSignal;
@@ -135,11 +135,11 @@ impl Drop for SessionMark {
 /// Accepts connections until `stop` is disconnected, one task per session.
 /// On stop, the sessions still open are cancelled (see `shard::tasks`).
 /// `submission` marks the submission listener (AUTH required to send).
-pub async fn serve(listener: Bound, shard: Rc<SmtpService>, submission: bool, stop: StopSignal) {
+pub async fn serve(listener: Bound, service: Rc<SmtpService>, submission: bool, stop: StopSignal) {
     let sessions = TaskSet::default();
     let open = Rc::new(Sessions::default());
-    let cfg = &shard.cfg.smtp;
-    let (index, shards) = (shard.index as usize, shard.shards);
+    let cfg = &service.cfg.smtp;
+    let (index, shards) = (service.index as usize, service.shards);
     let admission = Admission::new(
         share(cfg.max_connections, index, shards),
         share(cfg.max_connections_per_ip, index, shards),
@@ -157,7 +157,7 @@ pub async fn serve(listener: Bound, shard: Rc<SmtpService>, submission: bool, st
                     Ok(ticket) => sessions.spawn(handle_connection(
                         stream,
                         peer,
-                        shard.clone(),
+                        service.clone(),
                         submission,
                         open.clone(),
                         ticket,
@@ -167,7 +167,7 @@ pub async fn serve(listener: Bound, shard: Rc<SmtpService>, submission: bool, st
             }
             Some(Err(e)) => {
                 // EMFILE and friends: back off instead of spinning.
-                log::warn!("shard {}: accept: {e}", shard.index);
+                log::warn!("shard {}: accept: {e}", service.index);
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -177,9 +177,9 @@ pub async fn serve(listener: Bound, shard: Rc<SmtpService>, submission: bool, st
     // is not waiting sees `draining` before it waits again); sessions in a
     // transaction get the grace period; the rest are shut down.
     drop(listener);
-    shard.draining.set(true);
+    service.draining.set(true);
     open.shut_down(true, libc::SHUT_RD);
-    let grace = Duration::from_secs(shard.cfg.server.shutdown_grace_secs);
+    let grace = Duration::from_secs(service.cfg.server.shutdown_grace_secs);
     let deadline = stop.deadline(grace);
     while !open.is_empty() && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -206,23 +206,23 @@ async fn turn_away(stream: TcpStream) {
 async fn handle_connection(
     stream: TcpStream,
     peer: SocketAddr,
-    shard: Rc<SmtpService>,
+    service: Rc<SmtpService>,
     submission: bool,
     open: Rc<Sessions>,
-    _ticket: Ticket,
+    _ticket: ConnSlot,
 ) {
     let listener = if submission { "submission" } else { "smtp" };
     ::metrics::counter!(crate::metrics::SMTP_CONNECTIONS_TOTAL, "listener" => listener)
         .increment(1);
-    let cfg = shard.cfg.clone();
+    let cfg = service.cfg.clone();
     let idle = Duration::from_secs(cfg.smtp.idle_timeout_secs);
     let lifetime = Duration::from_secs(cfg.smtp.max_session_secs);
     let mark = SessionMark::new(&open, stream.as_raw_fd());
     let Ok(mut conn) = Conn::new(stream, cfg.smtp.max_command_line + 2, idle, lifetime) else {
         return;
     };
-    let mut session = Session::new(&cfg, peer.ip(), submission).with_door(&shard.door);
-    drive(&mut conn, &mut session, &shard, &mark).await;
+    let mut session = Session::new(&cfg, peer.ip(), submission).with_door(&service.door);
+    drive(&mut conn, &mut session, &service, &mark).await;
     conn.close().await;
 }
 
@@ -231,10 +231,10 @@ async fn handle_connection(
 async fn drive(
     conn: &mut Conn,
     session: &mut Session<'_>,
-    shard: &SmtpService,
+    service: &SmtpService,
     mark: &SessionMark,
 ) {
-    let cfg = &shard.cfg.smtp;
+    let cfg = &service.cfg.smtp;
     let mut splitter = LineSplitter::new(cfg.max_command_line);
     let mut bdat: Option<BodyInProgress> = None;
     let mut errors = 0u32;
@@ -250,7 +250,7 @@ async fn drive(
                 // A drained node or a full spool says so at MAIL.
                 let mail = matches!(parsed, Ok(command::Command::Mail { .. }));
                 match mail && session.tx.is_none() {
-                    true => refused_at_mail(&shard.door),
+                    true => refused_at_mail(&service.door),
                     false => None,
                 }
                 .unwrap_or_else(|| session.handle(parsed))
@@ -265,7 +265,7 @@ async fn drive(
             }
             LineEvent::Incomplete => {
                 let idle = session.tx.is_none() && bdat.is_none();
-                if idle && shard.draining.get() {
+                if idle && service.draining.get() {
                     Action::Close(Rejection::ShuttingDown.reply())
                 } else {
                     mark.set_idle(idle);
@@ -274,7 +274,7 @@ async fn drive(
                     match read {
                         // End of input at shutdown: the read side was shut
                         // down here (see `serve`), the client still reads.
-                        Ok(0) if idle && shard.draining.get() => {
+                        Ok(0) if idle && service.draining.get() => {
                             Action::Close(Rejection::ShuttingDown.reply())
                         }
                         Ok(0) => return,
@@ -293,13 +293,13 @@ async fn drive(
             Action::ReadData if !session.esmtp && !conn.pending().is_empty() => {
                 Step::Close(Rejection::Unsynchronized.reply())
             }
-            Action::ReadData => data::receive_data(conn, session, shard).await,
+            Action::ReadData => data::receive_data(conn, session, service).await,
             Action::ReadBdat { size, last } => {
-                data::receive_bdat(conn, session, shard, &mut bdat, size, last).await
+                data::receive_bdat(conn, session, service, &mut bdat, size, last).await
             }
-            Action::StartTls => start_tls(conn, session, shard).await,
+            Action::StartTls => start_tls(conn, session, service).await,
             Action::Auth { mechanism, initial } => {
-                auth::authenticate(conn, session, shard, &mechanism, initial).await
+                auth::authenticate(conn, session, service, &mechanism, initial).await
             }
         };
         if session.tx.is_none() {
@@ -329,8 +329,8 @@ async fn drive(
 /// the handshake, arrived in plaintext and could have been injected by a
 /// man in the middle (CVE-2011-0411): it is discarded, never executed, and
 /// the connection is closed.
-async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, shard: &SmtpService) -> Step {
-    let Some(acceptor) = &shard.tls else {
+async fn start_tls(conn: &mut Conn, session: &mut Session<'_>, service: &SmtpService) -> Step {
+    let Some(acceptor) = &service.tls else {
         return Step::Reply(Rejection::NotImplemented.reply());
     };
     let injected = conn.discard_pending();
