@@ -57,6 +57,10 @@ pub struct Attempt {
     /// The server that took the message offers DSN (RFC 3461): the
     /// sender's NOTIFY went on with it, so no "relayed" notice is due.
     pub next_hop_dsn: bool,
+    /// Not attempted: a hold of the scheduler (a suspension of the site,
+    /// pool, source or path, or a cap) kept it. Its recipients go as soon
+    /// as the hold ends (`scheduler::state::State::take_held`).
+    pub held: bool,
 }
 
 impl Attempt {
@@ -69,6 +73,7 @@ impl Attempt {
             site: None,
             tls: None,
             next_hop_dsn: false,
+            held: false,
         }
     }
 
@@ -307,6 +312,7 @@ impl Delivery {
                 remote: Some(target.clone()),
                 tls,
                 next_hop_dsn,
+                held: false,
                 source: source_name,
                 site: Some(path.site.to_string()),
             });

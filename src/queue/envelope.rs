@@ -37,6 +37,10 @@ pub struct Recipient {
     /// A delay notice was sent for it (at most one is).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_notified: bool,
+    /// Its last attempt was not made: a hold (a suspension or a cap) kept
+    /// it, so it goes as soon as a hold ends rather than at its retry time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 impl Recipient {
@@ -49,6 +53,7 @@ impl Recipient {
             notify: None,
             orcpt: None,
             delay_notified: false,
+            held: false,
         }
     }
 }

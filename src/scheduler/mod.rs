@@ -291,7 +291,7 @@ impl Scheduler {
 
     /// A suspension (by its key) ended: a domain's workers start again;
     /// for a site, every domain of it; and messages that waited for any
-    /// hold ([`state::HELD_REPLY`]) are tried now.
+    /// hold ([`state::Held`]) are tried now.
     fn released(self: &Rc<Self>, key: &str) {
         let domains: Vec<String> = match Hold::of_key(key) {
             (Hold::Domain, domain) => vec![domain.to_string()],
@@ -436,21 +436,25 @@ impl Scheduler {
         if let Some(why) = self.held(env, &site) {
             return Attempt {
                 site: Some(site),
-                ..Attempt::all(why, rcpts.len())
+                held: true,
+                ..Attempt::all(why.outcome(), rcpts.len())
             };
         }
         let mut body = None;
         let mut last = DeliveryOutcome::Temporary {
             reply: "no egress source of the pool could be used".into(),
         };
+        // Whether `last` is a hold's (every source held or capped).
+        let mut last_held = false;
         let tries = self.delivery.egress.source_count().max(1);
         for t in 0..tries {
             let (source, limits, path) = match self.choose_path(env, &site, rule, t + 1 == tries) {
                 Ok(chosen) => chosen,
-                Err(why) => {
-                    last = why.unwrap_or(last);
+                Err(Some(held)) => {
+                    (last, last_held) = (held.outcome(), true);
                     continue;
                 }
+                Err(None) => continue,
             };
             let lease = self
                 .enter_path(
@@ -501,12 +505,13 @@ impl Scheduler {
                     if let Some(s) = &source {
                         self.source_down(s, &why);
                     }
-                    last = why;
+                    (last, last_held) = (why, false);
                 }
             }
         }
         Attempt {
             site: Some(site),
+            held: last_held,
             ..Attempt::all(last, rcpts.len())
         }
     }
@@ -522,7 +527,7 @@ impl Scheduler {
         site: &str,
         rule: Option<&shaping::Rule>,
         last: bool,
-    ) -> Result<ChosenPath, Option<DeliveryOutcome>> {
+    ) -> Result<ChosenPath, Option<state::Held>> {
         let source = self.delivery.egress.pick(&env.pool, Instant::now());
         let name = source.as_ref().map(|s| s.name.as_str());
         let limits = shaping::Shaping::limits(rule, name, &self.base_limits);
@@ -545,7 +550,7 @@ impl Scheduler {
     /// Why `env` may not go to `site` now, if a suspension of the site
     /// or of the message's pool holds it (the message then waits until the
     /// hold ends).
-    fn held(&self, env: &Envelope, site: &str) -> Option<DeliveryOutcome> {
+    fn held(&self, env: &Envelope, site: &str) -> Option<state::Held> {
         let st = self.state.borrow();
         let what = if st.is_held(Hold::Site, site) {
             format!("site {site} is suspended")
@@ -554,14 +559,12 @@ impl Scheduler {
             st.is_held(Hold::Pool, pool)
                 .then(|| format!("pool {pool} is suspended"))?
         };
-        Some(DeliveryOutcome::Temporary {
-            reply: format!("{} {what}", state::HELD_REPLY),
-        })
+        Some(state::Held(what))
     }
 
     /// Why `source` may not send to `site` now, if it or its path is
     /// suspended.
-    fn source_held(&self, source: &str, site: &str) -> Option<DeliveryOutcome> {
+    fn source_held(&self, source: &str, site: &str) -> Option<state::Held> {
         let st = self.state.borrow();
         if st.suspended.is_empty() {
             return None;
@@ -573,9 +576,7 @@ impl Scheduler {
         } else {
             return None;
         };
-        Some(DeliveryOutcome::Temporary {
-            reply: format!("{} {what}", state::HELD_REPLY),
-        })
+        Some(state::Held(what))
     }
 
     /// The queued message's body, dot-stuffed for DATA; a read error is a
@@ -615,7 +616,7 @@ impl Scheduler {
         path: &gate::PathKey,
         limits: &shaping::Limits,
         rule: Option<&shaping::Rule>,
-    ) -> Result<(), DeliveryOutcome> {
+    ) -> Result<(), state::Held> {
         let unix = self.clock.now();
         let warmup = source.and_then(|s| s.warmup_cap((unix / 86_400) as i64));
         let per_day = match (limits.max_messages_per_day, warmup) {
@@ -639,13 +640,10 @@ impl Scheduler {
                 (Some(h), None) => format!("{h} an hour"),
                 (None, d) => format!("{} a day", d.unwrap_or(0)),
             };
-            return Err(DeliveryOutcome::Temporary {
-                reply: format!(
-                    "{} {from} has reached its cap to this site ({caps}{}); waiting",
-                    state::HELD_REPLY,
-                    if warmup.is_some() { ", warming up" } else { "" }
-                ),
-            });
+            return Err(state::Held(format!(
+                "{from} has reached its cap to this site ({caps}{}); waiting",
+                if warmup.is_some() { ", warming up" } else { "" }
+            )));
         };
         let source = path.source.as_deref().unwrap_or("");
         if let Err(e) = self

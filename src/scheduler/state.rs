@@ -172,10 +172,20 @@ impl Hold {
     }
 }
 
-/// The start of the reply of a job that was not attempted because its
-/// pool, source or path is held (suspended, or at a cap): such messages
-/// are retried at once when a hold ends.
-pub const HELD_REPLY: &str = "451 4.4.5 not attempted:";
+/// Why a job was not attempted: its site, pool, source or path is held
+/// (suspended, or at a cap). Its recipients are marked held
+/// (`Recipient::held`) and retried at once when a hold ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held(pub String);
+
+impl Held {
+    /// The deferral its recipients get, as the delivery log shows it.
+    pub fn outcome(&self) -> DeliveryOutcome {
+        DeliveryOutcome::Temporary {
+            reply: format!("451 4.4.5 not attempted: {}", self.0),
+        }
+    }
+}
 
 /// Pure: a message's pending recipients (indices) grouped by destination
 /// domain: one job each.
@@ -375,9 +385,9 @@ impl State {
             && self.suspended.contains_key(&kind.key(name))
     }
 
-    /// Deferred messages that wait only because of a hold (their last
-    /// reply is [`HELD_REPLY`]): taken out of the due-time index, to be
-    /// tried now that a hold ended.
+    /// Deferred messages that wait only because of a hold (a recipient
+    /// marked [`Held`]): taken out of the due-time index, to be tried now
+    /// that a hold ended.
     pub fn take_held(&mut self) -> Vec<MessageId> {
         let held: Vec<MessageId> = self
             .deferred
@@ -385,12 +395,10 @@ impl State {
             .map(|&(_, id)| id)
             .filter(|id| {
                 self.messages.get(id).is_some_and(|e| {
-                    e.env.recipients.iter().any(|r| {
-                        r.status == RecipientStatus::Pending
-                            && r.last_reply
-                                .as_deref()
-                                .is_some_and(|t| t.starts_with(HELD_REPLY))
-                    })
+                    e.env
+                        .recipients
+                        .iter()
+                        .any(|r| r.status == RecipientStatus::Pending && r.held)
                 })
             })
             .collect();
@@ -519,6 +527,7 @@ impl State {
                 let r = &mut entry.env.recipients[i];
                 r.attempts += 1;
                 r.last_reply = Some(outcome.reply().to_string());
+                r.held = attempt.held && matches!(outcome, DeliveryOutcome::Temporary { .. });
                 match outcome {
                     DeliveryOutcome::Delivered { reply } => {
                         r.status = RecipientStatus::Delivered;
@@ -633,6 +642,7 @@ mod tests {
             source: None,
             site: None,
             next_hop_dsn: false,
+            held: false,
         }
     }
 
@@ -717,6 +727,42 @@ mod tests {
         assert!(st.take_due(499).is_empty());
         assert_eq!(st.take_due(500), [id]);
         assert!(!st.messages[&id].deferred);
+    }
+
+    /// A held job is known by the attempt's `held`, not by its reply's
+    /// words: a deferral that says "not attempted" for another reason is
+    /// not taken when a hold ends, and the mark is in the envelope (it
+    /// survives a restart).
+    #[test]
+    fn held_recipients_are_marked_by_type_and_taken_when_a_hold_ends() {
+        let mut st = State::default();
+        let mut ids = IdGenerator::new(0);
+        let (held_id, other_id) = (ids.next_id(), ids.next_id());
+        let mut wait = |id, held: bool| {
+            st.admit(id, env(&["a@a.example"]));
+            st.dispatch(id).unwrap();
+            st.add_worker("a.example", 5);
+            let job = st.next_job("a.example", true, false).unwrap();
+            st.start_job(&job).unwrap();
+            let deferral = Held("site x is suspended".into()).outcome();
+            let tried = Attempt {
+                held,
+                ..attempt(vec![deferral])
+            };
+            st.record(id, &job.rcpts, &tried, |_, _, _| {});
+            let (mut env, _, _) = st.begin_finish(id).unwrap();
+            env.next_due = 1_000;
+            st.end_finish(id, env, false);
+        };
+        wait(held_id, true);
+        wait(other_id, false);
+        assert!(st.messages[&held_id].env.recipients[0].held);
+        assert!(!st.messages[&other_id].env.recipients[0].held);
+        let encoded = st.messages[&held_id].env.encode();
+        assert!(Envelope::decode(&encoded).unwrap().recipients[0].held);
+        assert_eq!(st.take_held(), [held_id]);
+        assert!(!st.messages[&held_id].deferred);
+        assert!(st.messages[&other_id].deferred);
     }
 
     #[test]
