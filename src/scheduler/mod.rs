@@ -748,16 +748,22 @@ impl Scheduler {
 
     /// Applies one job's outcomes to the message; finishes it when its last
     /// job is done.
-    fn record(self: &Rc<Self>, id: MessageId, rcpts: &[usize], attempt: &Attempt) {
-        let now = self.clock.now();
-        let mut backoff: Option<(
-            backoff::BackoffAction,
-            crate::classify::BounceCategory,
-            String,
-        )> = None;
-        let mut st = self.state.borrow_mut();
-        let recorded = st.record(id, rcpts, attempt, |env, i, outcome| {
-            let r = &env.recipients[i];
+    /// What follows from each recipient's outcome: metrics, the failure's
+    /// category, the suppression of a hard bounce, the delivery log; and
+    /// the `[backoff]` rule the first failure fits, if any.
+    fn tell(
+        &self,
+        id: MessageId,
+        attempt: &Attempt,
+        (sender, meta): &(String, Option<serde_json::Value>),
+        told: &[(String, u32, &DeliveryOutcome)],
+    ) -> Option<(
+        backoff::BackoffAction,
+        crate::classify::BounceCategory,
+        String,
+    )> {
+        let mut backoff = None;
+        for (address, attempts, outcome) in told {
             let (kind, category) = match outcome {
                 DeliveryOutcome::Delivered { .. } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_DELIVERED).increment(1);
@@ -773,7 +779,7 @@ impl Scheduler {
                 DeliveryOutcome::Permanent { reply, .. } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_BOUNCED).increment(1);
                     let category = self.failed(reply, false, true);
-                    self.suppress(&env.sender, &r.address, category);
+                    self.suppress(sender, address, category);
                     (EventKind::Bounce, Some(category))
                 }
             };
@@ -786,28 +792,54 @@ impl Scheduler {
                     .map(|a| (a, category, reply.to_string()));
             }
             let remote = attempt.remote.as_ref();
-            let mut ev = Event::of(kind, id, env, &r.address);
+            let mut ev = Event::new(kind, id, sender, address);
+            ev.meta = meta.as_ref();
             ev.remote_host = remote.map(|t| t.host.as_str());
             ev.remote_ip = remote.map(|t| t.addr.ip().to_string());
             ev.reply = Some(outcome.reply());
-            ev.attempt = Some(r.attempts);
+            ev.attempt = Some(*attempts);
             ev.tls = attempt.tls.as_deref();
             ev.source = attempt.source.as_deref();
             ev.site = attempt.site.as_deref();
             ev.category = category.map(crate::classify::BounceCategory::as_str);
             self.events.write(&ev);
-        });
+        }
+        backoff
+    }
+
+    fn record(self: &Rc<Self>, id: MessageId, rcpts: &[usize], attempt: &Attempt) {
+        let now = self.clock.now();
+        // The state's borrow covers only the change to the state; what
+        // follows from it (classifying, suppressing, the delivery log) is
+        // done after, on owned copies, so none of it can ever reach the
+        // state while it is borrowed.
+        let mut told: Vec<(String, u32, &DeliveryOutcome)> = Vec::with_capacity(rcpts.len());
+        let mut sender = None;
+        let recorded = self
+            .state
+            .borrow_mut()
+            .record(id, rcpts, attempt, |env, i, outcome| {
+                let r = &env.recipients[i];
+                told.push((r.address.clone(), r.attempts, outcome));
+                sender.get_or_insert_with(|| (env.sender.clone(), env.meta.clone()));
+            });
         let Some(recorded) = recorded else {
             return;
         };
+        let sender = sender.unwrap_or_default();
+        let backoff = self.tell(id, attempt, &sender, &told);
         let mut back_off = None;
         if let Some((domain, reply)) = recorded.failed {
             if let Some((action, category, rule_reply)) = backoff {
                 back_off = Some((domain.clone(), action, category, rule_reply));
             }
-            st.domains.entry(domain).or_default().last_error = Some((now, reply));
+            self.state
+                .borrow_mut()
+                .domains
+                .entry(domain)
+                .or_default()
+                .last_error = Some((now, reply));
         }
-        drop(st);
         if let Some((domain, action, category, reply)) = back_off.filter(|_| !self.handing_over()) {
             let path = attempt.site.as_ref().map(|site| gate::PathKey {
                 source: attempt.source.clone(),

@@ -511,12 +511,12 @@ impl State {
     /// attempts, last replies; permanent failures are kept for the DSN.
     /// `each` sees every recipient's index and outcome after the change (to
     /// log and count it). None if the message is gone.
-    pub fn record(
+    pub fn record<'o>(
         &mut self,
         id: MessageId,
         rcpts: &[usize],
-        attempt: &Attempt,
-        mut each: impl FnMut(&Envelope, usize, &DeliveryOutcome),
+        attempt: &'o Attempt,
+        mut each: impl FnMut(&Envelope, usize, &'o DeliveryOutcome),
     ) -> Option<Recorded> {
         let recorded = self.change(id, |entry| {
             entry.in_flight = entry.in_flight.saturating_sub(1);
