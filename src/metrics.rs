@@ -96,6 +96,8 @@ metrics_table! {
     SMTP_ACCEPT_SECONDS = "ringpost_smtp_accept_seconds", Histogram, "Time from the end of a message's data to its 250: the queue write and the wait for a group commit.";
     SPOOL_COMMIT_BATCH = "ringpost_spool_commit_batch_messages", Histogram, "Queue records made durable by one group-commit round.";
     DELIVERY_ATTEMPT_SECONDS = "ringpost_delivery_attempt_seconds", Histogram, "Duration of one delivery attempt to one destination domain.";
+    MTA_STS_LOOKUPS = "ringpost_mta_sts_lookups_total", Counter, "Receivers' MTA-STS records looked at again (at most every 5 minutes per domain and shard), by result: none (no policy), fetched (a new policy), cached (the record's id unchanged, or gone while a policy is cached), fetch_failed and dns_failed (a cached policy, if any, stays in force).";
+    MTA_STS_APPLIED = "ringpost_mta_sts_applied_total", Counter, "Delivery attempts under a receiver's MTA-STS policy, by mode (enforce, testing) and result (ok: some MX host is in the policy; mx_mismatch: none is; in enforce mode the mail waits, never goes elsewhere).";
     DNS_LOOKUP_SECONDS = "ringpost_dns_lookup_seconds", Histogram, "Duration of MX or address resolution for one destination.";
     HTTP_REQUESTS = "ringpost_http_requests_total", Counter, "HTTP requests answered, by listener (inject, admin, metrics) and status class (2xx, 4xx, 5xx).";
     HTTP_CONNECTIONS_REJECTED = "ringpost_http_connections_rejected_total", Counter, "HTTP connections refused with 503 before any request was read, by listener and reason (limit, per_address_limit).";

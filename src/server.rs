@@ -442,14 +442,15 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
             Ok(v) => loaded.verified = Some(v),
             Err(e) => p.at("tls.ca_file", e.to_string()),
         }
-    } else if loaded.shaping.requires_tls() {
+    } else if loaded.shaping.requires_tls() || cfg.tls.mta_sts {
         // Only some sites' rules ask for it (and a reload may add more):
         // without the bundle their mail waits with a clear reason
         // ("TLS is required but no CA file is loaded"), the rest flows.
         match crate::tls::verified_client(cfg.tls.ca_file.as_ref()) {
             Ok(v) => loaded.verified = Some(v),
             Err(e) => log::warn!(
-                "tls.ca_file: {e}; mail to sites whose shaping rule requires TLS will wait"
+                "tls.ca_file: {e}; mail to sites whose shaping rule requires TLS will wait, \
+                 and receivers' MTA-STS policies cannot be fetched"
             ),
         }
     }
@@ -627,6 +628,18 @@ struct Parts {
     notifications: glommio::Task<()>,
 }
 
+/// A shard's cache of receivers' MTA-STS policies, when `tls.mta_sts` is
+/// on and the CA bundle that verifies policy hosts loaded.
+fn mta_sts_policies(p: &Prepared, cfg: &Config) -> Option<crate::outbound::sts::Policies> {
+    let tls = p.files.verified.clone().filter(|_| cfg.tls.mta_sts)?;
+    Some(crate::outbound::sts::Policies::new(
+        p.resolver.clone(),
+        tls,
+        &cfg.tls.mta_sts_ignore,
+        p.clock.clone(),
+    ))
+}
+
 /// Opens the spool, builds the scheduler and the door in front of it, and
 /// the SMTP front end. Blocking work (recovery) happens here, before the
 /// shard serves.
@@ -676,6 +689,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         shaping: p.files.shaping.clone(),
         cluster: p.cluster.clone(),
         book: p.books.clone(),
+        sts: mta_sts_policies(p, cfg),
     });
     scheduler.start(recovered.messages);
     let door = Rc::new(Door::new(

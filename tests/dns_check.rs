@@ -9,11 +9,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
 use common::dns::{self, Rr};
 
@@ -34,48 +32,6 @@ fn keygen(dir: &Path, domain: &str, selector: &str, file: &str) -> String {
     let line = text.lines().find(|l| l.contains(" IN TXT ")).unwrap();
     let quoted = &line[line.find('"').unwrap()..];
     quoted.split('"').skip(1).step_by(2).collect::<String>()
-}
-
-/// An HTTPS server on `ip`:443 answering every request with `body` as
-/// text/plain (a policy host).
-fn policy_server(ip: Ipv4Addr, tls: Arc<rustls::ServerConfig>, body: &'static str) {
-    let listener = TcpListener::bind((ip, 443)).expect("binding port 443 (tests run as root)");
-    std::thread::spawn(move || {
-        for tcp in listener.incoming().flatten() {
-            let tls = tls.clone();
-            std::thread::spawn(move || {
-                let conn = rustls::ServerConnection::new(tls).unwrap();
-                let mut stream = rustls::StreamOwned::new(conn, tcp);
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&request);
-                let ok = head.starts_with("GET /.well-known/mta-sts.txt ")
-                    && head
-                        .to_ascii_lowercase()
-                        .contains("host: mta-sts.example.com");
-                let answer = match ok {
-                    true => format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    ),
-                    false => {
-                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                            .into()
-                    }
-                };
-                let _ = stream.write_all(answer.as_bytes());
-                let _ = stream.flush();
-                stream.conn.send_close_notify();
-                let _ = stream.flush();
-            });
-        }
-    });
 }
 
 fn ptr(last: u8, target: &'static str) -> Rr {
@@ -141,10 +97,15 @@ fn a_good_zone_passes_and_a_broken_one_names_each_fault_with_the_record_to_publi
     // A loopback address of its own for the policy host's port 443.
     let policy_ip = Ipv4Addr::new(127, 0, 44, 3);
     let ca = common::sink::TestCa::new();
-    policy_server(
+    common::https::policy_host(
         policy_ip,
         ca.server_config("mta-sts.example.com"),
-        "version: STSv1\r\nmode: enforce\r\nmx: mx.example.com\r\nmax_age: 86400\r\n",
+        [(
+            "mta-sts.example.com".to_string(),
+            "version: STSv1\r\nmode: enforce\r\nmx: mx.example.com\r\nmax_age: 86400\r\n"
+                .to_string(),
+        )]
+        .into(),
     );
     std::fs::write(dir.path().join("ca.pem"), &ca.pem).unwrap();
 

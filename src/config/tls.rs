@@ -48,6 +48,20 @@ section! {
         /// some destination requires TLS; a bundle that does not load stops
         /// the start).
         ca_file: String = "/etc/ssl/certs/ca-certificates.crt".into(),
+        /// Apply receivers' MTA-STS policies (RFC 8461) to mail delivered
+        /// to their MX hosts: a domain that publishes `_mta-sts` and a
+        /// policy in `enforce` mode gets its mail only at the MX hosts the
+        /// policy names, over TLS whose certificate verifies against
+        /// `ca_file` for the MX host name, else the mail waits (a
+        /// temporary failure that says why), never plaintext or another
+        /// host; `testing` mode changes nothing. Policies are fetched over
+        /// TLS verified against `ca_file`, kept for their `max_age`, and
+        /// their record looked at again every 5 minutes. Not for routes or
+        /// the smarthost.
+        mta_sts: bool = true,
+        /// Domains whose MTA-STS policy is not applied (a receiver whose
+        /// policy is known to be broken), e.g. `["broken.example"]`.
+        mta_sts_ignore: Vec<String> = Vec::new(),
     }
 }
 

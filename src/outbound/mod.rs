@@ -23,6 +23,7 @@ pub mod outcome;
 pub mod pool;
 pub mod proxy;
 pub mod route;
+pub mod sts;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -91,6 +91,14 @@ impl Router {
         }
     }
 
+    /// Whether mail for `domain` goes to its MX hosts (no route, smarthost
+    /// or drain applies): the case MTA-STS (`sts`) is for.
+    pub fn is_mx(&self, domain: &str) -> bool {
+        self.handover.borrow().is_none()
+            && !self.routes.contains_key(domain)
+            && self.smarthost.is_none()
+    }
+
     /// The hosts of a configured next hop (looked up as A/AAAA if named).
     pub async fn targets_of(&self, hop: &NextHop) -> Result<Vec<Target>, RouteError> {
         match hop {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::state::{self, Hold, Job};
 use super::{Scheduler, bounce, gate, shaping, shared};
+use crate::config::OutboundTls;
 use crate::outbound::client::Outgoing;
 use crate::outbound::{Attempt, DeliveryOutcome, Target, outcome};
 use crate::queue::{Envelope, MessageId};
@@ -52,6 +53,15 @@ impl Scheduler {
                 ..Attempt::all(why.outcome(), rcpts.len())
             };
         }
+        let (targets, tls) = match self.under_sts(domain, targets).await {
+            Ok(kept) => kept,
+            Err(why) => {
+                return Attempt {
+                    site: Some(site),
+                    ..Attempt::all(why, rcpts.len())
+                };
+            }
+        };
         let mut body = None;
         let mut last = DeliveryOutcome::Temporary {
             reply: "no egress source of the pool could be used".into(),
@@ -92,10 +102,7 @@ impl Scheduler {
                 mail_dsn: &mail_dsn,
                 rcpt_dsn: &rcpt_dsn,
             };
-            match self
-                .deliver_on(domain, &targets, &msg, &chosen, lease)
-                .await
-            {
+            match self.deliver_on(tls, &targets, &msg, &chosen, lease).await {
                 Ok(attempt) => return attempt,
                 Err(why) => {
                     if let Some(s) = &chosen.0 {
@@ -112,11 +119,58 @@ impl Scheduler {
         }
     }
 
-    /// Delivers `msg` over the path `lease` was taken on, under the path's
-    /// limits; the path's attempt counted by how it ended.
-    async fn deliver_on(
+    /// The targets mail for `domain` may go to and the TLS it needs
+    /// there (before a shaping rule raises it): `[tls]`'s policy, unless
+    /// the domain's MTA-STS policy (`outbound::sts`) is enforced: then
+    /// only the MX hosts it names, over verified TLS, and none at all (a
+    /// deferral that says why) when it names none of them.
+    async fn under_sts(
         &self,
         domain: &str,
+        targets: Vec<Target>,
+    ) -> Result<(Vec<Target>, OutboundTls), DeliveryOutcome> {
+        let tls = self.cfg.tls.policy_for(domain);
+        let Some(sts) = self.sts.as_ref().filter(|_| self.router.is_mx(domain)) else {
+            return Ok((targets, tls));
+        };
+        let Some(policy) = sts.policy_for(domain).await else {
+            return Ok((targets, tls));
+        };
+        let mode = policy.mode.as_str();
+        let applied = |result: &'static str| {
+            ::metrics::counter!(crate::metrics::MTA_STS_APPLIED, "mode" => mode, "result" => result)
+                .increment(1);
+        };
+        if policy.mode != crate::mta_sts::Mode::Enforce {
+            applied(match targets.iter().any(|t| policy.allows(&t.host)) {
+                true => "ok",
+                false => "mx_mismatch",
+            });
+            return Ok((targets, tls));
+        }
+        let (kept, outside): (Vec<Target>, Vec<Target>) =
+            targets.into_iter().partition(|t| policy.allows(&t.host));
+        if kept.is_empty() {
+            applied("mx_mismatch");
+            let hosts: Vec<&str> = outside.iter().map(|t| t.host.as_str()).collect();
+            return Err(DeliveryOutcome::Temporary {
+                reply: format!(
+                    "451 4.7.5 MTA-STS: no MX host of {domain} ({}) is in its enforced policy (mx: {}); waiting",
+                    hosts.join(", "),
+                    policy.mx.join(" ")
+                ),
+            });
+        }
+        applied("ok");
+        Ok((kept, OutboundTls::Require))
+    }
+
+    /// Delivers `msg` over the path `lease` was taken on, under the path's
+    /// limits and at least `tls`; the path's attempt counted by how it
+    /// ended.
+    async fn deliver_on(
+        &self,
+        tls: OutboundTls,
         targets: &[Target],
         msg: &Outgoing<'_>,
         (source, limits, path): &ChosenPath,
@@ -125,7 +179,7 @@ impl Scheduler {
         let way = crate::outbound::Path {
             source: source.as_deref(),
             site: &path.site,
-            policy: limits.tls_policy(self.cfg.tls.policy_for(domain)),
+            policy: limits.tls_policy(tls),
             connect_timeout: limits.connect_timeout,
             max_messages_per_connection: limits.max_messages_per_connection,
             idle_timeout: limits.idle_timeout,

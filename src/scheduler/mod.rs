@@ -121,6 +121,8 @@ pub struct Wiring {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Every shard's book of the node's path limits (`book`).
     pub book: Mesh<book::LimitBook>,
+    /// Receivers' MTA-STS policies (`tls.mta_sts`), if applied.
+    pub sts: Option<crate::outbound::sts::Policies>,
 }
 
 pub struct Scheduler {
@@ -128,6 +130,8 @@ pub struct Scheduler {
     spool: Rc<Spool>,
     router: Router,
     delivery: Delivery,
+    /// Receivers' MTA-STS policies (`tls.mta_sts`), if applied.
+    sts: Option<crate::outbound::sts::Policies>,
     events: Rc<EventLog>,
     clock: Clock,
     classifier: Arc<crate::classify::Classifier>,
@@ -197,6 +201,7 @@ impl Scheduler {
             spool: w.spool,
             router: w.router,
             delivery: w.delivery,
+            sts: w.sts,
             events: w.events,
             clock: w.clock,
             classifier: w.classifier,

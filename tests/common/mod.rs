@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod https;
 pub mod redis_server;
 pub mod sink;
 

@@ -493,8 +493,14 @@ impl TestCa {
 
     /// A server config whose certificate for `name` this CA signed.
     pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
+        self.server_config_for(&[name])
+    }
+
+    /// A server config whose certificate for all of `names` this CA signed.
+    pub fn server_config_for(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
             .unwrap()
             .signed_by(&key, &self.issuer)
             .unwrap();

@@ -1,0 +1,202 @@
+//! Receivers' MTA-STS policies (RFC 8461), as delivery applies them: which
+//! policy holds for a domain now, from a cache per shard.
+//!
+//! Owns: [`Policies`], one per shard. For a domain it looks up the
+//! `_mta-sts` TXT record (at most every [`RECHECK_SECS`] per domain),
+//! fetches the policy when the record's `id` is new (`mta_sts::fetch`,
+//! over TLS verified against `tls.ca_file`), and keeps it until its
+//! `max_age` runs out. As RFC 8461 §5.1 says: a record that disappears,
+//! or a fetch that fails, leaves a cached policy in force until it
+//! expires; a domain with no policy known is delivered to as before.
+//! What a policy does to an attempt (only matching MX hosts, verified
+//! TLS) is the scheduler's (`scheduler::attempt`).
+//!
+//! May call: `dns` (the TXT record), `mta_sts` (the policy file), the
+//! shard's clock. Must not: block a domain's mail on another's fetch: a
+//! fetch runs in the attempt of the domain that needs it, bounded by the
+//! fetch timeout.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_auth::common::parse::TxtRecordParser;
+use mail_auth::mta_sts::MtaSts;
+
+use crate::dns::{DnsError, Resolver};
+use crate::mta_sts::{Mode, Policy};
+use crate::shard::clock::Clock;
+
+/// How often a domain's `_mta-sts` record is looked at again while its
+/// policy is cached (a changed `id` means a new policy to fetch).
+pub const RECHECK_SECS: u64 = 300;
+
+/// Longest a policy fetch may take (connect to the end of the file).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A policy fetched, under the TXT record `id` it was published with.
+#[derive(Clone)]
+struct Fetched {
+    id: String,
+    policy: Policy,
+    /// Unix seconds: the policy's `max_age` from its fetch.
+    expires: u64,
+}
+
+/// What a shard knows of a domain: when its record was last looked at,
+/// and its policy, if one was fetched and has not expired.
+struct Known {
+    checked: u64,
+    fetched: Option<Fetched>,
+}
+
+/// The policies of the domains a shard delivers to.
+pub struct Policies {
+    resolver: Resolver,
+    /// Verifies the policy hosts' certificates.
+    tls: Arc<rustls::ClientConfig>,
+    /// Domains whose policy is not applied (`tls.mta_sts_ignore`).
+    ignore: HashSet<String>,
+    clock: Clock,
+    known: RefCell<HashMap<String, Known>>,
+    /// Domains whose record is being looked at, and the attempts waiting
+    /// for the answer.
+    waiting: RefCell<HashMap<String, Vec<Waiter>>>,
+}
+
+type Waiter = futures::channel::oneshot::Sender<Option<Fetched>>;
+
+impl Policies {
+    pub fn new(
+        resolver: Resolver,
+        tls: Arc<rustls::ClientConfig>,
+        ignore: &[String],
+        clock: Clock,
+    ) -> Policies {
+        Policies {
+            resolver,
+            tls,
+            ignore: ignore.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            clock,
+            known: RefCell::new(HashMap::new()),
+            waiting: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The policy in force for `domain` (lower case), if any (`mode:
+    /// none` counts as none). Most calls answer from what the shard knows;
+    /// every [`RECHECK_SECS`] the record is looked at again, by one
+    /// attempt while the domain's others wait for its answer (no mail
+    /// goes out under less than a policy being fetched).
+    pub async fn policy_for(&self, domain: &str) -> Option<Policy> {
+        if self.ignore.contains(domain) {
+            return None;
+        }
+        let now = self.clock.now();
+        let known = self.known.borrow().get(domain).map(|k| {
+            let valid = k.fetched.as_ref().filter(|f| now < f.expires).cloned();
+            (now < k.checked + RECHECK_SECS, valid)
+        });
+        let (recent, kept) = known.unwrap_or((false, None));
+        if recent {
+            return kept.map(|f| f.policy).filter(|p| p.mode != Mode::None);
+        }
+        // One attempt looks; the others wait for its answer (no borrow is
+        // held across an await).
+        let waiter = {
+            let mut waiting = self.waiting.borrow_mut();
+            match waiting.get_mut(domain) {
+                Some(list) => {
+                    let (tx, rx) = futures::channel::oneshot::channel();
+                    list.push(tx);
+                    Some(rx)
+                }
+                None => {
+                    waiting.insert(domain.to_string(), Vec::new());
+                    None
+                }
+            }
+        };
+        let fetched = match waiter {
+            Some(rx) => rx.await.unwrap_or(kept),
+            None => {
+                let fetched = self.refresh(domain, kept).await;
+                self.known.borrow_mut().insert(
+                    domain.to_string(),
+                    Known {
+                        checked: now,
+                        fetched: fetched.clone(),
+                    },
+                );
+                let waiters = self.waiting.borrow_mut().remove(domain);
+                for tx in waiters.unwrap_or_default() {
+                    let _ = tx.send(fetched.clone());
+                }
+                fetched
+            }
+        };
+        fetched.map(|f| f.policy).filter(|p| p.mode != Mode::None)
+    }
+
+    /// Looks at the TXT record again and fetches the policy when its id
+    /// is new. `kept` (the unexpired policy known) stays in force through
+    /// a missing record or a failed lookup or fetch (RFC 8461 §5.1).
+    async fn refresh(&self, domain: &str, kept: Option<Fetched>) -> Option<Fetched> {
+        let id = match self.record_id(domain).await {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                counted(if kept.is_some() { "cached" } else { "none" });
+                return kept;
+            }
+            Err(e) => {
+                counted("dns_failed");
+                log::debug!("MTA-STS record of {domain}: {e}");
+                return kept;
+            }
+        };
+        if kept.as_ref().is_some_and(|k| k.id == id) {
+            counted("cached");
+            return kept;
+        }
+        let fetched =
+            crate::mta_sts::fetch(&self.resolver, domain, self.tls.clone(), FETCH_TIMEOUT).await;
+        match fetched {
+            Ok(policy) => {
+                counted("fetched");
+                Some(Fetched {
+                    id,
+                    expires: self.clock.now().saturating_add(policy.max_age),
+                    policy,
+                })
+            }
+            Err(e) => {
+                counted("fetch_failed");
+                log::debug!("MTA-STS policy of {domain}: {e}");
+                kept
+            }
+        }
+    }
+
+    /// The `id` of `_mta-sts.DOMAIN`'s one valid record; None when there
+    /// is none (or several: RFC 8461 §3.1, as none).
+    async fn record_id(&self, domain: &str) -> Result<Option<String>, DnsError> {
+        let records = match self.resolver.txt(&format!("_mta-sts.{domain}")).await {
+            Ok(r) => r,
+            Err(DnsError::NoSuchDomain | DnsError::NoAddress) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut valid = records
+            .iter()
+            .filter(|r| r.len() >= 7 && r[..7].eq_ignore_ascii_case(b"v=STSv1"))
+            .filter_map(|r| MtaSts::parse(r).ok());
+        match (valid.next(), valid.next()) {
+            (Some(one), None) => Ok(Some(one.id.clone())),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn counted(result: &'static str) {
+    ::metrics::counter!(crate::metrics::MTA_STS_LOOKUPS, "result" => result).increment(1);
+}

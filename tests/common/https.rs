@@ -1,0 +1,63 @@
+//! A real HTTPS server (rustls) for MTA-STS policy hosts: it listens on
+//! `ip`:443 (the port RFC 8461 fixes; tests run as root, each on a
+//! loopback address of its own) and answers `GET
+//! /.well-known/mta-sts.txt` with the policy of the host the request
+//! names, 404 for any other.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::Arc;
+
+/// Serves `policies` (policy host name -> file) until the process ends.
+pub fn policy_host(
+    ip: Ipv4Addr,
+    tls: Arc<rustls::ServerConfig>,
+    policies: HashMap<String, String>,
+) {
+    let listener = TcpListener::bind((ip, 443)).expect("binding port 443 (tests run as root)");
+    let policies = Arc::new(policies);
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let (tls, policies) = (tls.clone(), policies.clone());
+            std::thread::spawn(move || answer(tcp, tls, &policies));
+        }
+    });
+}
+
+fn answer(
+    tcp: std::net::TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    policies: &HashMap<String, String>,
+) {
+    let conn = rustls::ServerConnection::new(tls).unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    let mut request = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&request).to_ascii_lowercase();
+    let host = head
+        .lines()
+        .find_map(|l| l.strip_prefix("host:"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let body = policies
+        .get(&host)
+        .filter(|_| head.starts_with("get /.well-known/mta-sts.txt "));
+    let answer = match body {
+        Some(body) => format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+    };
+    let _ = stream.write_all(answer.as_bytes());
+    let _ = stream.flush();
+    stream.conn.send_close_notify();
+    let _ = stream.flush();
+}

@@ -1,0 +1,191 @@
+//! Receivers' MTA-STS policies (RFC 8461) applied to delivery, with real
+//! parts: an authoritative DNS server on loopback (hickory-server) with
+//! the `_mta-sts` records, an HTTPS policy host (rustls, a test CA) on
+//! 127.0.45.1:443, and SMTP sinks with STARTTLS certificates that match
+//! their MX name or not, each on a loopback address of its own.
+//!
+//! | domain | policy | its MX host offers | expected |
+//! |---|---|---|---|
+//! | good.test | enforce, mx in policy | a certificate for its name | delivered over TLS |
+//! | mismatch.test | enforce | a certificate for another name | waits (TLS verification), nothing sent |
+//! | outside.test | enforce, mx not in policy | anything | never connected to, waits (4.7.5, MTA-STS) |
+//! | testing.test | testing | a certificate for another name | delivered (opportunistic) |
+//! | ignored.test | enforce, in tls.mta_sts_ignore | a certificate for another name | delivered (opportunistic) |
+//! | none.test | no record | no STARTTLS | delivered in plaintext |
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::dns::{self, Rr};
+use common::sink::{Script, Sink};
+
+const DOMAINS: [&str; 6] = [
+    "good.test",
+    "mismatch.test",
+    "outside.test",
+    "testing.test",
+    "ignored.test",
+    "none.test",
+];
+
+/// The loopback address of `domain`'s MX host (one sink each).
+fn mx_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 45, 10 + i as u8)
+}
+
+fn policy(mode: &str, mx: &str) -> String {
+    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
+}
+
+/// The delivery log's events for `rcpt`.
+fn events(log: &Path, rcpt: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["recipient"] == rcpt)
+        .collect()
+}
+
+fn wait_for_event(log: &Path, rcpt: &str, kind: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(e) = events(log, rcpt).into_iter().find(|e| e["event"] == kind) {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} for {rcpt}: {:?}",
+            events(log, rcpt)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn policies_are_enforced_tested_or_ignored_as_receivers_publish_them() {
+    let ca = common::sink::TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let policy_ip = Ipv4Addr::new(127, 0, 45, 1);
+    let hosts: Vec<String> = DOMAINS.iter().map(|d| format!("mta-sts.{d}")).collect();
+    common::https::policy_host(
+        policy_ip,
+        ca.server_config_for(&hosts.iter().map(String::as_str).collect::<Vec<_>>()),
+        [
+            ("good.test", policy("enforce", "mx.good.test")),
+            ("mismatch.test", policy("enforce", "*.mismatch.test")),
+            ("outside.test", policy("enforce", "mx.elsewhere.test")),
+            ("testing.test", policy("testing", "mx.testing.test")),
+            ("ignored.test", policy("enforce", "mx.ignored.test")),
+        ]
+        .into_iter()
+        .map(|(d, p)| (format!("mta-sts.{d}"), p))
+        .collect(),
+    );
+    let mut records = Vec::new();
+    for (i, domain) in DOMAINS.iter().enumerate() {
+        let mx: &'static str = Box::leak(format!("mx.{domain}").into_boxed_str());
+        records.push(Rr::Mx(domain, 10, mx));
+        records.push(Rr::A(mx, IpAddr::V4(mx_ip(i))));
+        if *domain != "none.test" {
+            let host: &'static str = Box::leak(format!("mta-sts.{domain}").into_boxed_str());
+            records.push(Rr::Txt(
+                format!("_mta-sts.{domain}"),
+                "v=STSv1; id=1".into(),
+            ));
+            records.push(Rr::A(host, IpAddr::V4(policy_ip)));
+        }
+    }
+    let nameserver = dns::serve("test", records);
+
+    // One port on every sink's address (MX delivery has one port).
+    let (port, sinks) = (0..50)
+        .find_map(|_| {
+            let port = common::sink_port();
+            let sinks: Option<Vec<Sink>> = DOMAINS
+                .iter()
+                .enumerate()
+                .map(|(i, domain)| {
+                    std::net::TcpListener::bind((mx_ip(i), port)).ok()?;
+                    let tls = match *domain {
+                        "good.test" => Some(ca.server_config(&format!("mx.{domain}"))),
+                        "none.test" => None,
+                        _ => Some(ca.server_config("someone.else.test")),
+                    };
+                    Some(Sink::start(
+                        &mx_ip(i).to_string(),
+                        port,
+                        Script {
+                            tls,
+                            ..Script::default()
+                        },
+                    ))
+                })
+                .collect();
+            Some((port, sinks?))
+        })
+        .expect("a port free on every sink address");
+
+    let log = dir.path().join("delivery.log");
+    let log_path = log.display().to_string();
+    let ts = common::start_with(2, |c| {
+        c.delivery.smarthost.clear();
+        c.delivery.remote_port = port;
+        c.delivery.retry_initial_secs = 3600;
+        c.delivery.retry_max_secs = 3600;
+        c.delivery.connect_timeout_secs = 2;
+        c.delivery.log = log_path;
+        c.dns.nameservers = vec![nameserver];
+        c.dns.timeout_secs = 2;
+        c.tls.ca_file = ca_file.display().to_string();
+        c.tls.mta_sts_ignore = vec!["ignored.test".into()];
+    });
+    for domain in DOMAINS {
+        let mut client = ts.client();
+        client.begin("app@sender.test", &[&format!("x@{domain}")]);
+        let r = client.data(format!("Subject: to {domain}\r\n\r\nx\r\n").as_bytes());
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+
+    let delivered = |i: usize| sinks[i].wait_for(1, 30)[0].tls;
+    assert!(delivered(0), "good.test: delivered over verified TLS");
+    assert!(delivered(3), "testing.test: delivered, TLS opportunistic");
+    assert!(delivered(4), "ignored.test: delivered, its policy ignored");
+    assert!(!delivered(5), "none.test: no policy, plaintext as before");
+
+    let mismatch = wait_for_event(&log, "x@mismatch.test", "TransientFailure");
+    let mismatch = mismatch["reply"].as_str().unwrap().to_string();
+    assert!(mismatch.contains("TLS handshake"), "{mismatch}");
+    let outside = wait_for_event(&log, "x@outside.test", "TransientFailure");
+    let reply = outside["reply"].as_str().unwrap();
+    assert!(
+        reply.starts_with("451 4.7.5 MTA-STS: no MX host of outside.test (mx.outside.test)")
+            && reply.contains("mx: mx.elsewhere.test"),
+        "{reply}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        sinks[1].messages().is_empty(),
+        "mismatch.test: nothing sent"
+    );
+    assert_eq!(sinks[2].accepts(), 0, "outside.test: never connected to");
+    println!(
+        "good.test: delivered, tls {}\nmismatch.test: {mismatch}\noutside.test: {reply}",
+        wait_for_event(&log, "x@good.test", "Delivery")["tls"],
+    );
+    let metrics = ts.metrics_text();
+    for line in [
+        "ringpost_mta_sts_applied_total{mode=\"enforce\",result=\"ok\"}",
+        "ringpost_mta_sts_applied_total{mode=\"enforce\",result=\"mx_mismatch\"}",
+        "ringpost_mta_sts_applied_total{mode=\"testing\",result=\"ok\"}",
+        "ringpost_mta_sts_lookups_total{result=\"fetched\"}",
+        "ringpost_mta_sts_lookups_total{result=\"none\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+}
