@@ -34,7 +34,8 @@ pub const POLICY_PATH: &str = "/.well-known/mta-sts.txt";
 /// The longest `max_age` a policy may ask (RFC 8461 §3.2: a year).
 pub const MAX_AGE_LIMIT: u64 = 31_557_600;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Deliver only to matching MX hosts over verified TLS.
     Enforce,
@@ -54,7 +55,7 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     pub mode: Mode,
     /// The `mx` patterns, lower case, without a trailing dot: a name, or

@@ -630,13 +630,18 @@ struct Parts {
 
 /// A shard's cache of receivers' MTA-STS policies, when `tls.mta_sts` is
 /// on and the CA bundle that verifies policy hosts loaded.
-fn mta_sts_policies(p: &Prepared, cfg: &Config) -> Option<crate::outbound::sts::Policies> {
+fn mta_sts_policies(
+    p: &Prepared,
+    cfg: &Config,
+    spool: &Spool,
+) -> Option<crate::outbound::sts::Policies> {
     let tls = p.files.verified.clone().filter(|_| cfg.tls.mta_sts)?;
     Some(crate::outbound::sts::Policies::new(
         p.resolver.clone(),
         tls,
         &cfg.tls.mta_sts_ignore,
         p.clock.clone(),
+        spool.mta_sts_policies(),
     ))
 }
 
@@ -689,7 +694,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         shaping: p.files.shaping.clone(),
         cluster: p.cluster.clone(),
         book: p.books.clone(),
-        sts: mta_sts_policies(p, cfg),
+        sts: mta_sts_policies(p, cfg, &spool),
     });
     scheduler.start(recovered.messages);
     let door = Rc::new(Door::new(

@@ -97,7 +97,7 @@ fn a_good_zone_passes_and_a_broken_one_names_each_fault_with_the_record_to_publi
     // A loopback address of its own for the policy host's port 443.
     let policy_ip = Ipv4Addr::new(127, 0, 44, 3);
     let ca = common::sink::TestCa::new();
-    common::https::policy_host(
+    let _served = common::https::policy_host(
         policy_ip,
         ca.server_config("mta-sts.example.com"),
         [(

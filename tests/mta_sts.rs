@@ -73,7 +73,7 @@ fn policies_are_enforced_tested_or_ignored_as_receivers_publish_them() {
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let policy_ip = Ipv4Addr::new(127, 0, 45, 1);
     let hosts: Vec<String> = DOMAINS.iter().map(|d| format!("mta-sts.{d}")).collect();
-    common::https::policy_host(
+    let _served = common::https::policy_host(
         policy_ip,
         ca.server_config_for(&hosts.iter().map(String::as_str).collect::<Vec<_>>()),
         [
@@ -188,4 +188,82 @@ fn policies_are_enforced_tested_or_ignored_as_receivers_publish_them() {
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
+}
+
+/// A policy fetched once is kept in the spool: after a restart, with its
+/// policy host down (404) and the MX host now showing a certificate for
+/// another name, the mail waits instead of going out opportunistically.
+#[test]
+fn a_fetched_policy_stays_in_force_across_a_restart_while_its_host_is_down() {
+    let ca = common::sink::TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let (policy_ip, mx) = (Ipv4Addr::new(127, 0, 45, 2), Ipv4Addr::new(127, 0, 45, 30));
+    let served = common::https::policy_host(
+        policy_ip,
+        ca.server_config("mta-sts.kept.test"),
+        [(
+            "mta-sts.kept.test".to_string(),
+            policy("enforce", "mx.kept.test"),
+        )]
+        .into(),
+    );
+    let nameserver = dns::serve(
+        "kept.test",
+        vec![
+            Rr::Mx("kept.test", 10, "mx.kept.test"),
+            Rr::A("mx.kept.test", IpAddr::V4(mx)),
+            Rr::Txt("_mta-sts.kept.test".into(), "v=STSv1; id=7".into()),
+            Rr::A("mta-sts.kept.test", IpAddr::V4(policy_ip)),
+        ],
+    );
+    let port = common::sink_port();
+    let sink = Sink::start(
+        &mx.to_string(),
+        port,
+        Script {
+            tls: Some(ca.server_config("mx.kept.test")),
+            ..Script::default()
+        },
+    );
+    let log = dir.path().join("delivery.log");
+    let log_path = log.display().to_string();
+    // One shard: the policy is kept by the shard that fetched it.
+    let mut ts = common::start_with(1, |c| {
+        c.delivery.smarthost.clear();
+        c.delivery.remote_port = port;
+        c.delivery.retry_initial_secs = 3600;
+        c.delivery.retry_max_secs = 3600;
+        c.delivery.log = log_path;
+        c.dns.nameservers = vec![nameserver];
+        c.dns.timeout_secs = 2;
+        c.tls.ca_file = ca_file.display().to_string();
+    });
+    let send = |ts: &common::TestServer, rcpt: &str| {
+        let mut client = ts.client();
+        client.begin("app@sender.test", &[rcpt]);
+        assert_eq!(client.data(b"Subject: kept\r\n\r\nx\r\n").code, 250);
+    };
+    send(&ts, "x@kept.test");
+    assert!(sink.wait_for(1, 30)[0].tls, "delivered under the policy");
+
+    served.lock().unwrap().clear();
+    sink.script.lock().unwrap().tls = Some(ca.server_config("someone.else.test"));
+    ts.restart();
+    send(&ts, "y@kept.test");
+    let failure = wait_for_event(&log, "y@kept.test", "TransientFailure");
+    let reply = failure["reply"].as_str().unwrap();
+    assert!(reply.contains("certificate not valid for name"), "{reply}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        sink.messages().len(),
+        1,
+        "nothing went out under less than the policy"
+    );
+    assert!(
+        ts.metrics_text()
+            .contains("ringpost_mta_sts_lookups_total{result=\"cached\"}"),
+        "the record was looked at again and the kept policy used"
+    );
 }

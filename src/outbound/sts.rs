@@ -8,6 +8,8 @@
 //! `max_age` runs out. As RFC 8461 §5.1 says: a record that disappears,
 //! or a fetch that fails, leaves a cached policy in force until it
 //! expires; a domain with no policy known is delivered to as before.
+//! Fetched policies are kept in the shard's spool (`queue::kept`) and
+//! read back at start-up, so a restart does not forget them.
 //! What a policy does to an attempt (only matching MX hosts, verified
 //! TLS) is the scheduler's (`scheduler::attempt`).
 //!
@@ -26,6 +28,7 @@ use mail_auth::mta_sts::MtaSts;
 
 use crate::dns::{DnsError, Resolver};
 use crate::mta_sts::{Mode, Policy};
+use crate::queue::kept::Kept;
 use crate::shard::clock::Clock;
 
 /// How often a domain's `_mta-sts` record is looked at again while its
@@ -35,8 +38,10 @@ pub const RECHECK_SECS: u64 = 300;
 /// Longest a policy fetch may take (connect to the end of the file).
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A policy fetched, under the TXT record `id` it was published with.
-#[derive(Clone)]
+/// A policy fetched, under the TXT record `id` it was published with;
+/// kept in the shard's spool (`queue::kept`) as JSON, so that a restart
+/// keeps it in force while its policy host is down.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Fetched {
     id: String,
     policy: Policy,
@@ -59,6 +64,8 @@ pub struct Policies {
     /// Domains whose policy is not applied (`tls.mta_sts_ignore`).
     ignore: HashSet<String>,
     clock: Clock,
+    /// Where fetched policies are kept across restarts.
+    kept: Kept,
     known: RefCell<HashMap<String, Known>>,
     /// Domains whose record is being looked at, and the attempts waiting
     /// for the answer.
@@ -73,13 +80,30 @@ impl Policies {
         tls: Arc<rustls::ClientConfig>,
         ignore: &[String],
         clock: Clock,
+        kept: Kept,
     ) -> Policies {
+        // What earlier runs fetched, its record to be looked at again.
+        let known = kept
+            .entries()
+            .into_iter()
+            .filter_map(|(domain, json)| {
+                let fetched = serde_json::from_slice::<Fetched>(&json).ok()?;
+                Some((
+                    domain,
+                    Known {
+                        checked: 0,
+                        fetched: Some(fetched),
+                    },
+                ))
+            })
+            .collect();
         Policies {
             resolver,
             tls,
             ignore: ignore.iter().map(|d| d.to_ascii_lowercase()).collect(),
             clock,
-            known: RefCell::new(HashMap::new()),
+            kept,
+            known: RefCell::new(known),
             waiting: RefCell::new(HashMap::new()),
         }
     }
@@ -164,11 +188,18 @@ impl Policies {
         match fetched {
             Ok(policy) => {
                 counted("fetched");
-                Some(Fetched {
+                let fetched = Fetched {
                     id,
                     expires: self.clock.now().saturating_add(policy.max_age),
                     policy,
-                })
+                };
+                let stored = serde_json::to_vec(&fetched)
+                    .map_err(|e| e.to_string())
+                    .and_then(|json| self.kept.put(domain, &json).map_err(|e| e.to_string()));
+                if let Err(e) = stored {
+                    log::warn!("keeping the MTA-STS policy of {domain}: {e}");
+                }
+                Some(fetched)
             }
             Err(e) => {
                 counted("fetch_failed");

@@ -21,7 +21,12 @@
 //!                            readable of the body),
 //!                            trees "events", "event_cursors",
 //!                            "events_failed" (the webhooks' outbox:
-//!                            [`outbox`])
+//!                            [`outbox`]),
+//!                            tree "idempotency" (key -> expiry, request
+//!                            hash, answer),
+//!                            tree "mta_sts" (domain -> a receiver's
+//!                            MTA-STS policy: [`kept`], the format
+//!                            `outbound::sts`'s)
 //!  shard-k/segments/   append-only segments of frames (record + body),
 //!                      unlinked or recycled when unreferenced; at most
 //!                      one spare (spare.tmp: zeros, recycled.tmp: a
@@ -45,6 +50,7 @@
 pub mod commit;
 pub mod envelope;
 pub mod id;
+pub mod kept;
 pub mod outbox;
 pub mod segment;
 pub mod suppression;
@@ -193,6 +199,9 @@ pub struct Spool {
     /// Injection requests answered, by `Idempotency-Key`: expiry (unix
     /// seconds, 8 bytes), the request's SHA-256 (32), the answer.
     idempotency: sled::Tree,
+    /// Receivers' MTA-STS policies (`kept::Kept`; the format is
+    /// `outbound::sts`'s).
+    mta_sts: sled::Tree,
     segments: Rc<Segments>,
     commit: GroupCommit,
     outbox: outbox::Outbox,
@@ -344,6 +353,7 @@ impl Spool {
         let suspensions = tree("suspensions")?;
         let path_counts = tree("path_counts")?;
         let idempotency = tree("idempotency")?;
+        let mta_sts = tree("mta_sts")?;
         let segments =
             Rc::new(Segments::open(&path.join("segments"), opts.segment_bytes).map_err(io_err)?);
         let mark = Rc::new(commit::FlushMark::default());
@@ -370,6 +380,7 @@ impl Spool {
             suspensions,
             path_counts,
             idempotency,
+            mta_sts,
             segments,
             ids: RefCell::new(IdGenerator::new(shard)),
             space: FreeSpace {
@@ -853,6 +864,11 @@ impl Spool {
             .flush_durably()
             .await
             .map_err(|reason| SpoolError::Durability { reason })
+    }
+
+    /// The tree where receivers' MTA-STS policies are kept.
+    pub fn mta_sts_policies(&self) -> kept::Kept {
+        kept::Kept::new(self.mta_sts.clone())
     }
 
     /// Every suspension stored: (domain, until in Unix seconds if it

@@ -7,29 +7,31 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-/// Serves `policies` (policy host name -> file) until the process ends.
+/// The policies a host serves (policy host name -> file); a test may
+/// take one away (the host then answers 404 for it, as if down).
+pub type Served = Arc<Mutex<HashMap<String, String>>>;
+
+/// Serves `policies` until the process ends.
 pub fn policy_host(
     ip: Ipv4Addr,
     tls: Arc<rustls::ServerConfig>,
     policies: HashMap<String, String>,
-) {
+) -> Served {
     let listener = TcpListener::bind((ip, 443)).expect("binding port 443 (tests run as root)");
-    let policies = Arc::new(policies);
+    let policies: Served = Arc::new(Mutex::new(policies));
+    let served = policies.clone();
     std::thread::spawn(move || {
         for tcp in listener.incoming().flatten() {
             let (tls, policies) = (tls.clone(), policies.clone());
             std::thread::spawn(move || answer(tcp, tls, &policies));
         }
     });
+    served
 }
 
-fn answer(
-    tcp: std::net::TcpStream,
-    tls: Arc<rustls::ServerConfig>,
-    policies: &HashMap<String, String>,
-) {
+fn answer(tcp: std::net::TcpStream, tls: Arc<rustls::ServerConfig>, policies: &Served) {
     let conn = rustls::ServerConnection::new(tls).unwrap();
     let mut stream = rustls::StreamOwned::new(conn, tcp);
     let mut request = Vec::new();
@@ -47,7 +49,10 @@ fn answer(
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
     let body = policies
+        .lock()
+        .unwrap()
         .get(&host)
+        .cloned()
         .filter(|_| head.starts_with("get /.well-known/mta-sts.txt "));
     let answer = match body {
         Some(body) => format!(
