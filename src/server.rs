@@ -57,7 +57,7 @@ use crate::shard::stop::{self, StopSender, StopSignal};
 /// glommio's registered io_memory is used only by `DmaFile`, which ringpost
 /// does not use. The minimum keeps three rings per executor well within the
 /// 8 MiB RLIMIT_MEMLOCK of an unprivileged user.
-const IO_MEMORY: usize = 512 << 10;
+pub const IO_MEMORY: usize = 512 << 10;
 
 // No `spin_before_park`: it bought ~25% for one session at a time, but
 // burns CPU that smtp clients and sinks on the same cores need. Measure

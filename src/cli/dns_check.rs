@@ -710,6 +710,7 @@ fn policy(
     let (resolver, domain) = (resolver.clone(), domain.to_string());
     glommio::LocalExecutorBuilder::default()
         .name("ringpost-dns-check")
+        .io_memory(crate::server::IO_MEMORY)
         .spawn(move || async move {
             crate::mta_sts::fetch(&resolver, &domain, tls, timeout)
                 .await

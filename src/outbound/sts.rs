@@ -74,6 +74,20 @@ pub struct Policies {
 
 type Waiter = futures::channel::oneshot::Sender<Option<Fetched>>;
 
+/// The attempt that looks at a domain's record: however it ends (done,
+/// or dropped mid-way), the domain is no longer being looked at, and
+/// waiters left unanswered see their sender dropped.
+struct Looking<'a> {
+    waiting: &'a RefCell<HashMap<String, Vec<Waiter>>>,
+    domain: &'a str,
+}
+
+impl Drop for Looking<'_> {
+    fn drop(&mut self) {
+        self.waiting.borrow_mut().remove(self.domain);
+    }
+}
+
 impl Policies {
     pub fn new(
         resolver: Resolver,
@@ -143,8 +157,13 @@ impl Policies {
             }
         };
         let fetched = match waiter {
+            // The looker was dropped (its attempt cancelled): what is kept.
             Some(rx) => rx.await.unwrap_or(kept),
             None => {
+                let _looking = Looking {
+                    waiting: &self.waiting,
+                    domain,
+                };
                 let fetched = self.refresh(domain, kept).await;
                 self.known.borrow_mut().insert(
                     domain.to_string(),
