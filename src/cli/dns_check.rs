@@ -11,7 +11,8 @@
 //!
 //! May call: `dns` (the config's resolver; mail-auth's SPF evaluation over
 //! the same name servers), `dkim` (the identities that would sign),
-//! `mta_sts` (the policy file), `tls`, `config`. Must not: touch a running
+//! `mta_sts` (the policy file, on an executor sized like the server's:
+//! `server::IO_MEMORY`), `tls`, `config`. Must not: touch a running
 //! server or its spool.
 
 use std::net::IpAddr;
@@ -131,8 +132,11 @@ pub fn check(cfg: &Config, domain: &str) -> Result<Vec<Finding>> {
     let mut report = Report::default();
     let sources = sources(cfg, &resolver, &mut report);
     spf(cfg, &resolver, domain, &sources, &mut report)?;
-    dkim(cfg, &resolver, domain, &mut report);
-    dmarc(cfg, &resolver, domain, &mut report);
+    // The keys are read once, for the DKIM check and DMARC's alignment.
+    let signer = crate::dkim::Signer::load(&cfg.dkim);
+    dkim(&signer, &resolver, domain, &mut report);
+    let signing = signer.as_ref().ok().and_then(Option::as_ref);
+    dmarc(signing, &resolver, domain, &mut report);
     for source in &sources {
         reverse_dns(&resolver, source, &mut report);
     }
@@ -405,8 +409,10 @@ fn lookups(resolver: &Resolver, spf: &Spf, depth: u32) -> u32 {
     count
 }
 
-fn dkim(cfg: &Config, resolver: &Resolver, domain: &str, report: &mut Report) {
-    let signer = match crate::dkim::Signer::load(&cfg.dkim) {
+type Loaded = Result<Option<crate::dkim::Signer>, crate::dkim::LoadProblems>;
+
+fn dkim(signer: &Loaded, resolver: &Resolver, domain: &str, report: &mut Report) {
+    let signer = match signer {
         Ok(Some(signer)) => signer,
         Ok(None) => {
             report.add(
@@ -420,7 +426,7 @@ fn dkim(cfg: &Config, resolver: &Resolver, domain: &str, report: &mut Report) {
             return;
         }
         Err(e) => {
-            for (key, problem) in e.0 {
+            for (key, problem) in &e.0 {
                 report.add("dkim", Verdict::Fail, format!("{key}: {problem}"));
             }
             return;
@@ -466,7 +472,12 @@ fn dkim(cfg: &Config, resolver: &Resolver, domain: &str, report: &mut Report) {
     }
 }
 
-fn dmarc(cfg: &Config, resolver: &Resolver, domain: &str, report: &mut Report) {
+fn dmarc(
+    signer: Option<&crate::dkim::Signer>,
+    resolver: &Resolver,
+    domain: &str,
+    report: &mut Report,
+) {
     use mail_auth::dmarc::{Alignment, Dmarc, Policy};
     let name = format!("_dmarc.{domain}");
     let Some(records) = tagged(resolver, &name, "v=dmarc1", "dmarc", report) else {
@@ -515,7 +526,7 @@ fn dmarc(cfg: &Config, resolver: &Resolver, domain: &str, report: &mut Report) {
     // Alignment: the envelope sender's domain is `domain` (SPF aligned);
     // DKIM's d= is the identity's domain.
     let strict = parsed.adkim == Alignment::Strict;
-    if let Ok(Some(signer)) = crate::dkim::Signer::load(&cfg.dkim)
+    if let Some(signer) = signer
         && let Ok(ids) = signer.identities_for(domain)
     {
         for id in ids.iter().filter(|id| id.domain != domain && strict) {

@@ -12,7 +12,9 @@
 //! recipients. Files:
 //! `client` (the SMTP client), `outcome` (the one reply/error → outcome
 //! mapping), `pool` (idle connections), `route` (static routes, smarthost
-//! or MX → the targets to try).
+//! or MX → the targets to try), `egress` (sources and pools), `proxy`
+//! (PROXY v2 headers), `sts` (receivers' MTA-STS policies, which the
+//! scheduler applies before an attempt).
 //!
 //! Must not: write the queue, retry or bounce; it returns values and the
 //! scheduler decides.
