@@ -3,7 +3,10 @@
 //! with the DSN extension, RFC 3461) was relayed to a next hop that
 //! cannot pass the request on.
 //!
-//! Owns: [`build`], a pure function from the message and the recipients
+//! Owns: what a sender asks for with the DSN extension, kept in the
+//! queue record ([`Notify`] per recipient, [`Ret`] per message; their
+//! SMTP text is `proto::dsn_params`'s to parse from the wire), and
+//! [`build`], a pure function from the message and the recipients
 //! reported on to the DSN's bytes: a `multipart/report;
 //! report-type=delivery-status` with a human-readable part, the
 //! `message/delivery-status` part (with the sender's `Original-Envelope-Id`
@@ -18,6 +21,109 @@
 //! Must not: do I/O.
 
 use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// What a sender asked to be told of about one recipient: `NEVER`, or
+/// any of `SUCCESS`, `FAILURE`, `DELAY`. Stored as its SMTP text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Notify(u8);
+
+impl Notify {
+    const SUCCESS: u8 = 1;
+    const FAILURE: u8 = 2;
+    const DELAY: u8 = 4;
+
+    pub const NEVER: Notify = Notify(0);
+
+    pub fn success(self) -> bool {
+        self.0 & Self::SUCCESS != 0
+    }
+    pub fn failure(self) -> bool {
+        self.0 & Self::FAILURE != 0
+    }
+    pub fn delay(self) -> bool {
+        self.0 & Self::DELAY != 0
+    }
+
+    /// A NOTIFY value: `NEVER`, or a comma-separated list of `SUCCESS`,
+    /// `FAILURE`, `DELAY` (any case, each at most once).
+    pub fn parse(v: &str) -> Option<Notify> {
+        if v.eq_ignore_ascii_case("NEVER") {
+            return Some(Notify::NEVER);
+        }
+        let mut bits = 0u8;
+        for word in v.split(',') {
+            let bit = match word.to_ascii_uppercase().as_str() {
+                "SUCCESS" => Self::SUCCESS,
+                "FAILURE" => Self::FAILURE,
+                "DELAY" => Self::DELAY,
+                _ => return None,
+            };
+            if bits & bit != 0 {
+                return None;
+            }
+            bits |= bit;
+        }
+        Some(Notify(bits))
+    }
+
+    /// The SMTP text: `NEVER` or e.g. `SUCCESS,FAILURE`.
+    pub fn as_text(self) -> String {
+        if self.0 == 0 {
+            return "NEVER".into();
+        }
+        let words = [
+            (Self::SUCCESS, "SUCCESS"),
+            (Self::FAILURE, "FAILURE"),
+            (Self::DELAY, "DELAY"),
+        ];
+        words
+            .iter()
+            .filter(|(b, _)| self.0 & b != 0)
+            .map(|(_, w)| *w)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Serialize for Notify {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.as_text())
+    }
+}
+
+impl<'de> Deserialize<'de> for Notify {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Notify, D::Error> {
+        let text = String::deserialize(d)?;
+        Notify::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("NOTIFY {text:?}")))
+    }
+}
+
+/// How much of the message a failure notice returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Ret {
+    Full,
+    Hdrs,
+}
+
+impl Ret {
+    pub fn parse(v: &str) -> Option<Ret> {
+        match v.to_ascii_uppercase().as_str() {
+            "FULL" => Some(Ret::Full),
+            "HDRS" => Some(Ret::Hdrs),
+            _ => None,
+        }
+    }
+
+    pub fn as_text(self) -> &'static str {
+        match self {
+            Ret::Full => "FULL",
+            Ret::Hdrs => "HDRS",
+        }
+    }
+}
 
 /// What a notice reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +333,27 @@ fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notify_values() {
+        assert_eq!(Notify::parse("NEVER"), Some(Notify::NEVER));
+        let n = Notify::parse("success,Delay").unwrap();
+        assert!(n.success() && n.delay() && !n.failure());
+        assert_eq!(n.as_text(), "SUCCESS,DELAY");
+        assert_eq!(Notify::parse("NEVER,SUCCESS"), None);
+        assert_eq!(Notify::parse("SUCCESS,SUCCESS"), None);
+        assert_eq!(Notify::parse(""), None);
+        assert_eq!(Notify::parse("SOMETIMES"), None);
+        let json = serde_json::to_string(&n).unwrap();
+        assert_eq!(serde_json::from_str::<Notify>(&json).unwrap(), n);
+    }
+
+    #[test]
+    fn ret_values() {
+        assert_eq!(Ret::parse("hdrs"), Some(Ret::Hdrs));
+        assert_eq!(Ret::parse("FULL"), Some(Ret::Full));
+        assert_eq!(Ret::parse("SOME"), None);
+    }
 
     #[test]
     fn dsn_parses_as_multipart_report() {

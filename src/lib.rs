@@ -71,4 +71,5 @@ pub mod queue;
 pub mod scheduler;
 pub mod server;
 pub mod shard;
+pub mod suppression;
 pub mod tls;

@@ -25,7 +25,7 @@
 //! a second mesh to the shard that owns each key. With `[cluster]`, one
 //! Redis thread per node (`cluster::Cluster`) is shared by every shard,
 //! and shard 0 keeps the node's suppression list in step with the
-//! fleet's (`queue::suppression_share`).
+//! fleet's (`suppression::share`).
 //!
 //! May call: every service. Must not: be imported by any of them.
 
@@ -40,12 +40,12 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles
 use crate::config::{Config, ConfigErrors, Listen, Problems};
 use crate::dns::{self, Resolver};
 use crate::events::EventLog;
+use crate::events::outbox::Outbox;
 use crate::inbound::Door;
 use crate::inbound::idempotency::KeyIndex;
 use crate::inbound::smtp::{self, SmtpService, auth::Users};
 use crate::outbound::route::Router;
 use crate::outbound::{Delivery, OutboundSettings};
-use crate::queue::suppression::SuppressionList;
 use crate::queue::{Spool, SpoolOptions, existing_shards};
 use crate::scheduler::book::LimitBook;
 use crate::scheduler::{Scheduler, Wiring};
@@ -53,6 +53,7 @@ use crate::shard::clock::Clock;
 use crate::shard::mesh::{self, Mesh, Work};
 use crate::shard::net::{Reserved, probe_listen, reserve_shared};
 use crate::shard::stop::{self, StopSender, StopSignal};
+use crate::suppression::SuppressionList;
 
 /// glommio's registered io_memory is used only by `DmaFile`, which ringpost
 /// does not use. The minimum keeps three rings per executor well within the
@@ -80,7 +81,7 @@ pub enum StartError {
     #[error("{0}")]
     Files(ConfigErrors),
     #[error("suppression list: {0}")]
-    Suppressions(crate::queue::SpoolError),
+    Suppressions(crate::suppression::SuppressionError),
     #[error("cluster.redis: {0}")]
     Cluster(crate::cluster::ClusterError),
 }
@@ -621,6 +622,8 @@ fn read_token(path: &str) -> Result<Option<String>, String> {
 /// One shard's parts, as assembled at its start.
 struct Parts {
     spool: Rc<Spool>,
+    /// The shard's webhook events (one per spool: it numbers them).
+    outbox: Rc<Outbox>,
     scheduler: Rc<Scheduler>,
     door: Rc<Door>,
     smtp: Rc<SmtpService>,
@@ -641,7 +644,7 @@ fn mta_sts_policies(
         tls,
         &cfg.tls.mta_sts_ignore,
         p.clock.clone(),
-        spool.mta_sts_policies(),
+        spool.kept(crate::queue::KeptTree::MtaSts),
     ))
 }
 
@@ -674,10 +677,11 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         r.segments_removed
     );
     let spool = Rc::new(spool);
+    let outbox = Rc::new(Outbox::open(&spool));
     let events = Rc::new(
         EventLog::open(&cfg.delivery.log)
             .map_err(|e| format!("delivery log {}: {e}", cfg.delivery.log))?
-            .with_webhooks(&cfg.events, spool.clone()),
+            .with_webhooks(&cfg.events, outbox.clone()),
     );
     let (scheduler, dsns) = Scheduler::new(Wiring {
         cfg: cfg.clone(),
@@ -687,6 +691,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         router: Router::new(&cfg.delivery, p.resolver.clone()),
         delivery: Delivery::new(&p.outbound),
         events: events.clone(),
+        outbox: outbox.clone(),
         clock: p.clock.clone(),
         classifier: p.files.classifier.clone(),
         suppressions: p.suppressions.clone(),
@@ -742,6 +747,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
     });
     Ok(Parts {
         spool,
+        outbox,
         scheduler,
         door,
         smtp,
@@ -798,7 +804,7 @@ fn spawn_webhooks(p: &Prepared, parts: &Parts, stop: &StopSignal) -> Vec<glommio
     let mut loops = Vec::new();
     if !p.files.webhooks.is_empty() {
         let shard = Rc::new(crate::events::webhook::WebhookShard {
-            spool: parts.spool.clone(),
+            outbox: parts.outbox.clone(),
             names: p
                 .files
                 .webhooks
@@ -858,7 +864,7 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
     )));
     loops.push(glommio::spawn_local(mesh::serve(
         seat.key_work,
-        Rc::new(KeyIndex::new(parts.spool.clone())),
+        Rc::new(KeyIndex::new(&parts.spool)),
         stop.clone(),
     )));
     if let Some(l) = bound.inject {
@@ -884,7 +890,7 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
         )));
     }
     if let (0, Some(list), Some(cluster)) = (seat.index, &p.suppressions, &p.cluster) {
-        loops.push(glommio::spawn_local(crate::queue::suppression_share::run(
+        loops.push(glommio::spawn_local(crate::suppression::share::run(
             list.clone(),
             cluster.clone(),
             p.clock.clone(),

@@ -777,7 +777,8 @@ fn events_failed(args: AdminArgs, command: EventsFailedCommand) -> Result<()> {
             });
             for shard in existing_shards(&dir) {
                 let spool = Spool::open(&dir, shard, &SpoolOptions::from(&cfg.spool))?;
-                for (name, e) in spool.outbox().failed_matching(webhook.as_deref(), since_ms) {
+                let outbox = crate::events::outbox::Outbox::open(&spool);
+                for (name, e) in outbox.failed_matching(webhook.as_deref(), since_ms) {
                     let event: serde_json::Value = serde_json::from_slice(&e.json)?;
                     println!(
                         "{}",

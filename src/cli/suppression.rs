@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use super::admin_client::{AdminClient, encode};
-use crate::queue::suppression::Suppression;
+use crate::suppression::Suppression;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SuppressionCommand {

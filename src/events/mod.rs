@@ -12,12 +12,13 @@
 //!
 //! With webhooks (`[events]`), each event a webhook wants also gets a
 //! unique `event_id` and goes into the shard's outbox in the spool
-//! (`queue::outbox`), before the caller changes the message's record;
+//! ([`outbox`]), before the caller changes the message's record;
 //! [`webhook`] sends it from there.
 //!
 //! Must not: decide anything; it only records.
 
 pub mod client;
+pub mod outbox;
 pub mod webhook;
 
 use std::fs::{File, OpenOptions};
@@ -30,7 +31,7 @@ use std::rc::Rc;
 
 use crate::config::{BacklogFull, EventsConfig};
 use crate::dkim::DkimOutcome;
-use crate::queue::{Envelope, MessageId, Spool};
+use crate::queue::{Envelope, MessageId};
 use crate::shard::log_limit::LogLimit;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -137,7 +138,7 @@ pub struct EventLog {
 
 /// Where events for the webhooks go.
 struct Outbound {
-    spool: Rc<Spool>,
+    outbox: Rc<outbox::Outbox>,
     /// Bit `i`: some webhook wants events of kind `i`.
     wanted: u16,
     max_backlog: u64,
@@ -156,14 +157,15 @@ impl EventLog {
         Ok(EventLog { sink, outbox: None })
     }
 
-    /// Also stores the events `cfg`'s webhooks want in `spool`'s outbox.
-    pub fn with_webhooks(mut self, cfg: &EventsConfig, spool: Rc<Spool>) -> EventLog {
+    /// Also stores the events `cfg`'s webhooks want in the shard's
+    /// `outbox`.
+    pub fn with_webhooks(mut self, cfg: &EventsConfig, outbox: Rc<outbox::Outbox>) -> EventLog {
         let wanted = EventKind::ALL
             .iter()
             .filter(|k| cfg.webhook.iter().any(|w| w.wants(k.name())))
             .fold(0u16, |bits, k| bits | 1 << k.index());
         self.outbox = cfg.is_on().then(|| Outbound {
-            spool,
+            outbox,
             wanted,
             max_backlog: cfg.max_backlog,
             on_full: cfg.on_backlog_full,
@@ -175,9 +177,9 @@ impl EventLog {
     /// Whether reception must wait for the webhooks (`events.max_backlog`
     /// reached with `on_backlog_full = "defer"`).
     pub fn backlog_full(&self) -> bool {
-        self.outbox.as_ref().is_some_and(|o| {
-            o.on_full == BacklogFull::Defer && o.spool.outbox().backlog() >= o.max_backlog
-        })
+        self.outbox
+            .as_ref()
+            .is_some_and(|o| o.on_full == BacklogFull::Defer && o.outbox.backlog() >= o.max_backlog)
     }
 
     pub fn write(&self, event: &Event) {
@@ -222,7 +224,7 @@ impl EventLog {
 
 impl Outbound {
     fn store(&self, event: &Event, json: &[u8]) {
-        let outbox = self.spool.outbox();
+        let outbox = &self.outbox;
         if self.on_full == BacklogFull::DropOldest && outbox.backlog() >= self.max_backlog {
             let n = outbox.drop_oldest(outbox.backlog() + 1 - self.max_backlog);
             ::metrics::counter!(crate::metrics::EVENTS_DROPPED).increment(n);

@@ -3,7 +3,7 @@
 //!
 //! Owns: [`Hook`] (a webhook's settings with its secret and TLS config,
 //! loaded at start-up) and [`run`], one task per webhook per shard that
-//! reads the shard's outbox (`queue::outbox`) from the webhook's cursor,
+//! reads the shard's outbox ([`super::outbox`]) from the webhook's cursor,
 //! posts a batch as a JSON array, and moves the cursor past it only on a
 //! 2xx. A 4xx other than 408 and 429 is bisected ([`AfterRefusal`]): an
 //! event is refused for good (kept in the outbox's failed tree for the
@@ -19,7 +19,7 @@
 //! of the body under the webhook's secret, when it has one) and
 //! `X-Ringpost-Batch: N`.
 //!
-//! May call: `queue::outbox`, [`super::client`]. Must not: change messages,
+//! May call: [`super::outbox`], [`super::client`]. Must not: change messages,
 //! or block the shard (sled reads here are in-memory page reads).
 
 use std::rc::Rc;
@@ -29,9 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 
 use super::client::{PostError, Poster};
+use super::outbox::{Outbox, StoredEvent};
 use crate::config::{EventsConfig, Webhook};
-use crate::queue::Spool;
-use crate::queue::outbox::StoredEvent;
 use crate::shard::log_limit::LogLimit;
 use crate::shard::stop::StopSignal;
 
@@ -94,13 +93,13 @@ impl Hook {
 
 /// The webhooks running on one shard: each trims only what all have.
 pub struct WebhookShard {
-    pub spool: Rc<Spool>,
+    pub outbox: Rc<Outbox>,
     pub names: Vec<String>,
 }
 
 impl WebhookShard {
     fn trim(&self) {
-        let outbox = self.spool.outbox();
+        let outbox = &self.outbox;
         if let Some(min) = self.names.iter().map(|n| outbox.cursor(n)).min() {
             outbox.trim_through(min);
         }
@@ -173,7 +172,7 @@ pub async fn run(hook: Arc<Hook>, shard: Rc<WebhookShard>, stop: StopSignal) {
         failures: LogLimit::new(Duration::from_secs(60)),
         backoff: Duration::from_millis(cfg.retry_initial_ms),
     };
-    let outbox = shard.spool.outbox();
+    let outbox = &shard.outbox;
     let mut lag = Lag::new(name);
     let mut cursor = outbox.cursor(name);
     // Events per post: the batch size, less while a refusal is bisected.
@@ -331,10 +330,7 @@ impl Sender<'_> {
             self.back_off().await;
             return None;
         }
-        shard
-            .spool
-            .outbox()
-            .keep_failed(&name, std::slice::from_ref(lone));
+        shard.outbox.keep_failed(&name, std::slice::from_ref(lone));
         ::metrics::counter!(crate::metrics::WEBHOOK_EVENTS, "webhook" => name.clone(), "result" => "refused")
             .increment(1);
         self.failures.log(log::Level::Error, || {
@@ -351,7 +347,7 @@ impl Sender<'_> {
 /// number the cursor may move to once they are sent (past the events it
 /// does not want, too).
 fn gather(shard: &WebhookShard, cfg: &Webhook, cursor: u64, max: usize) -> (Vec<StoredEvent>, u64) {
-    let outbox = shard.spool.outbox();
+    let outbox = &shard.outbox;
     let mut batch = Vec::new();
     let mut through = cursor;
     loop {

@@ -44,7 +44,6 @@ use std::pin::Pin;
 
 use crate::http::{Endpoint, Request, Response};
 use crate::queue::MessageId;
-use crate::queue::suppression::SuppressionList;
 use crate::scheduler::Scheduler;
 use crate::scheduler::operations::{
     DomainSummary, GroupBy, GroupSummary, HoldSummary, MessageInfo, OperationError,
@@ -52,6 +51,7 @@ use crate::scheduler::operations::{
 use crate::scheduler::state::Hold;
 use crate::shard::clock::Clock;
 use crate::shard::mesh::{Mesh, ShardGone};
+use crate::suppression::SuppressionList;
 
 /// Every shard's scheduler, reached through the mesh.
 pub type Shards = Mesh<Scheduler>;

@@ -572,7 +572,9 @@ impl Injector {
             },
         };
         let accepted = self.door.accept(msg).await.map_err(|e| match e {
-            Refusal::Storage(_) => refuse(503, "queue file write error: try again"),
+            Refusal::Storage(_) | Refusal::Report(_) => {
+                refuse(503, "queue file write error: try again")
+            }
             Refusal::InsufficientStorage => {
                 refuse(507, "insufficient storage on the server: try again later")
             }

@@ -12,7 +12,7 @@
 //! answer of `added` means the entries are on disk (sled flushed). Errors
 //! are `{"error": "..."}` with 400, 404, 405, 500 or 503 (the list is off).
 //!
-//! May call: `queue::suppression`. Must not: touch the spool.
+//! May call: `suppression`. Must not: touch the spool.
 
 use std::sync::Arc;
 
@@ -20,8 +20,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::http::{Request, Response};
-use crate::queue::suppression::{GLOBAL, Suppression, SuppressionList};
 use crate::shard::clock::Clock;
+use crate::suppression::{GLOBAL, Suppression, SuppressionList};
 
 /// Entries one POST may carry.
 pub const MAX_BATCH: usize = 10_000;

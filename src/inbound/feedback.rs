@@ -10,7 +10,7 @@
 //! `feedback.malformed_dir` (up to `feedback.malformed_keep`), written and
 //! synced before the door answers: the 250 means it is on disk.
 //!
-//! May call: `feedback` (parse), `classify`, `queue::suppression`,
+//! May call: `feedback` (parse), `classify`, `suppression`,
 //! `events`, `metrics`. Must not: queue or deliver anything.
 
 use std::path::PathBuf;
@@ -22,10 +22,24 @@ use crate::classify::Classifier;
 use crate::config::Config;
 use crate::events::{Event, EventKind, EventLog};
 use crate::feedback::{Malformed, Report, ReportKind};
-use crate::queue::suppression::{self, SuppressionList};
-use crate::queue::{MessageId, SpoolError};
+use crate::queue::MessageId;
 use crate::shard::clock::Clock;
 use crate::shard::log_limit::LogLimit;
+use crate::suppression::{self, SuppressionList};
+
+/// What must be stored of a report could not be: the reporter should try
+/// again.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    #[error(transparent)]
+    Suppressions(#[from] crate::suppression::SuppressionError),
+    #[error("keeping a malformed report in {path}: {source}")]
+    Keep {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// What became of one report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +88,7 @@ impl Intake {
     /// Takes the report `content` (the message as the reporter sent it),
     /// which arrived as message `report_id`. Err only when what must be
     /// stored could not be: the reporter should try again.
-    pub fn take(&self, report_id: MessageId, content: &[u8]) -> Result<Taken, SpoolError> {
+    pub fn take(&self, report_id: MessageId, content: &[u8]) -> Result<Taken, FeedbackError> {
         match crate::feedback::parse(content, &self.cfg.feedback.tracking_header) {
             Ok(report) => {
                 self.act(report_id, &report)?;
@@ -100,7 +114,7 @@ impl Intake {
     }
 
     /// Events and suppressions for a report that was read.
-    fn act(&self, report_id: MessageId, report: &Report) -> Result<(), SpoolError> {
+    fn act(&self, report_id: MessageId, report: &Report) -> Result<(), FeedbackError> {
         let original = report.original_id.as_deref().and_then(MessageId::parse);
         let sender = report
             .original_mail_from
@@ -181,7 +195,7 @@ impl Intake {
         report_id: MessageId,
         content: &[u8],
         why: Malformed,
-    ) -> Result<(), SpoolError> {
+    ) -> Result<(), FeedbackError> {
         self.malformed_logged.log(log::Level::Warn, || {
             format!(
                 "feedback report {report_id}: {why}; kept in {}",
@@ -199,7 +213,7 @@ impl Intake {
             std::io::Write::write_all(&mut f, content)?;
             f.sync_data()
         };
-        write().map_err(|source| SpoolError::Open {
+        write().map_err(|source| FeedbackError::Keep {
             path: path.clone(),
             source,
         })

@@ -7,9 +7,10 @@
 //! the owner over the key mesh, so two requests with the same key meet
 //! on one shard whichever shards took them. The owner keeps the requests
 //! under way in memory (a second one waits for the first's answer) and
-//! the answers in its spool's sled (`Spool::set_idempotent_answer`,
-//! durable before the client is answered), for
-//! `inject.idempotency_window_secs`.
+//! the answers in its spool's kept tree `idempotency` (key -> expiry,
+//! Unix seconds as u64 big-endian; the request's SHA-256, 32 bytes; the
+//! answer: a format this module owns), durable before the client is
+//! answered, for `inject.idempotency_window_secs`.
 //! A request whose key is known with a different body is refused (422).
 //!
 //! Known gap: the answer is stored after the message is queued, in a
@@ -22,12 +23,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::time::Duration;
 
 use futures::channel::oneshot;
 
-use crate::queue::{Spool, SpoolError};
+use crate::queue::{Kept, KeptTree, Spool, SpoolError};
 use crate::shard::mesh::{Mesh, ShardGone};
 
 /// Expired answers are swept at most this often (on a request).
@@ -78,17 +78,37 @@ struct UnderWay {
     waiters: Vec<oneshot::Sender<Option<String>>>,
 }
 
+/// An answer as stored: expiry, the request's digest, the answer.
+fn encode_answer(expires: u64, digest: [u8; 32], answer: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(40 + answer.len());
+    value.extend_from_slice(&expires.to_be_bytes());
+    value.extend_from_slice(&digest);
+    value.extend_from_slice(answer.as_bytes());
+    value
+}
+
+fn expiry_of(stored: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(stored.get(..8)?.try_into().ok()?))
+}
+
+/// A stored answer's digest and answer, if it has not expired by `now`.
+fn decode_answer(stored: &[u8], now: u64) -> Option<([u8; 32], String)> {
+    let digest: [u8; 32] = stored.get(8..40)?.try_into().ok()?;
+    let answer = String::from_utf8(stored.get(40..)?.to_vec()).ok()?;
+    (expiry_of(stored)? > now).then_some((digest, answer))
+}
+
 /// One shard's keys.
 pub struct KeyIndex {
-    spool: Rc<Spool>,
+    answers: Kept,
     under_way: RefCell<HashMap<String, UnderWay>>,
     swept: Cell<u64>,
 }
 
 impl KeyIndex {
-    pub fn new(spool: Rc<Spool>) -> KeyIndex {
+    pub fn new(spool: &Spool) -> KeyIndex {
         KeyIndex {
-            spool,
+            answers: spool.kept(KeptTree::Idempotency),
             under_way: RefCell::default(),
             swept: Cell::new(0),
         }
@@ -100,7 +120,8 @@ impl KeyIndex {
             self.swept.set(now);
             self.sweep(now);
         }
-        if let Some((stored, answer)) = self.spool.idempotent_answer(key, now) {
+        let known = self.answers.get(key).and_then(|v| decode_answer(&v, now));
+        if let Some((stored, answer)) = known {
             return match stored == digest {
                 true => Begin::Replay(answer),
                 false => Begin::Mismatch,
@@ -166,7 +187,13 @@ impl KeyIndex {
     ) -> Result<(), SpoolError> {
         let digest = self.under_way.borrow().get(key).map(|u| u.digest);
         let stored = match (&answer, digest) {
-            (Some(a), Some(d)) => self.spool.set_idempotent_answer(key, expires, d, a).await,
+            // A second durable write: most of what a key costs
+            // (`benches/inject-idempotency-ab.sh`); storing the key in
+            // the message's own commit would remove it.
+            (Some(a), Some(d)) => {
+                let value = encode_answer(expires, d, a);
+                self.answers.put_durably(key, Some(&value)).await
+            }
             _ => Ok(()),
         };
         let answer = answer.filter(|_| stored.is_ok());
@@ -180,6 +207,16 @@ impl KeyIndex {
 
     /// Forgets answers past their window (the door's timer calls it).
     pub fn sweep(&self, now: u64) -> usize {
-        self.spool.sweep_idempotent_answers(now)
+        let expired: Vec<String> = self
+            .answers
+            .entries()
+            .into_iter()
+            .filter(|(_, v)| expiry_of(v).is_none_or(|e| e <= now))
+            .map(|(k, _)| k)
+            .collect();
+        match self.answers.remove_all(&expired) {
+            Ok(()) => expired.len(),
+            Err(_) => 0,
+        }
     }
 }

@@ -43,11 +43,11 @@ use std::time::Duration;
 
 use crate::dkim::Signer;
 use crate::events::EventLog;
-use crate::queue::suppression::{Suppression, SuppressionList};
 use crate::queue::{MessageId, NewMessage, Spool, SpoolError};
 use crate::scheduler::Scheduler;
 use crate::shard::clock::Clock;
 use crate::shard::log_limit::LogLimit;
+use crate::suppression::{Suppression, SuppressionList};
 
 /// Why the door did not take a message. Each front end maps it to its own
 /// answer (SMTP: one reply code in `proto::reply`; HTTP: a status).
@@ -56,6 +56,10 @@ pub enum Refusal {
     /// The spool could not store it: the client should try again.
     #[error(transparent)]
     Storage(#[from] SpoolError),
+    /// A feedback report's suppressions or copy could not be stored: the
+    /// reporter should try again.
+    #[error(transparent)]
+    Report(#[from] feedback::FeedbackError),
     /// The spool's file system is under its free-space reserve
     /// (`spool.min_free_bytes`): the client should try again later.
     #[error("the spool's free space is under its reserve")]
@@ -247,7 +251,7 @@ impl Door {
         {
             let content = body.get(content_start..).unwrap_or(&body);
             if let Err(e) = intake.take(id, content) {
-                return Err(self.refused(id, Refusal::Storage(e)));
+                return Err(self.refused(id, Refusal::Report(e)));
             }
             let all = envelope.recipients.len();
             envelope
@@ -383,7 +387,7 @@ impl Door {
     /// server's trouble; a client's bad header field is its own.
     fn refused(&self, id: MessageId, why: Refusal) -> Refusal {
         let (reason, ours) = match why {
-            Refusal::Storage(_) => ("storage", true),
+            Refusal::Storage(_) | Refusal::Report(_) => ("storage", true),
             Refusal::InsufficientStorage => ("space", true),
             Refusal::BadMeta(_) => ("meta", false),
             Refusal::UnknownPool(_) => ("pool", false),

@@ -1,118 +1,18 @@
 //! The SMTP DSN extension's parameters (RFC 3461): `RET` and `ENVID` on
 //! MAIL, `NOTIFY` and `ORCPT` on RCPT, and the xtext encoding they use.
 //!
-//! Owns: [`Notify`], [`Ret`], [`xtext_decode`] and [`xtext_encode`], and the
-//! parsers of each parameter's value. Pure functions over bytes.
+//! Owns: [`xtext_decode`] and [`xtext_encode`], and the parsers of each
+//! parameter's value (NOTIFY's and RET's values are `dsn`'s [`Notify`]
+//! and [`Ret`], which the queue stores). Pure functions over bytes.
 //!
 //! Must not: decide which notices to send (the scheduler does).
 
-use serde::{Deserialize, Serialize};
+pub use crate::dsn::{Notify, Ret};
 
 /// Longest ENVID (RFC 3461 4.4: 100 characters) and ORCPT address (RFC
 /// 3461 4.2: 500 characters) accepted, after xtext decoding.
 pub const MAX_ENVID: usize = 100;
 pub const MAX_ORCPT: usize = 500;
-
-/// What a sender asked to be told of about one recipient: `NEVER`, or
-/// any of `SUCCESS`, `FAILURE`, `DELAY`. Stored as its SMTP text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Notify(u8);
-
-impl Notify {
-    const SUCCESS: u8 = 1;
-    const FAILURE: u8 = 2;
-    const DELAY: u8 = 4;
-
-    pub const NEVER: Notify = Notify(0);
-
-    pub fn success(self) -> bool {
-        self.0 & Self::SUCCESS != 0
-    }
-    pub fn failure(self) -> bool {
-        self.0 & Self::FAILURE != 0
-    }
-    pub fn delay(self) -> bool {
-        self.0 & Self::DELAY != 0
-    }
-
-    /// A NOTIFY value: `NEVER`, or a comma-separated list of `SUCCESS`,
-    /// `FAILURE`, `DELAY` (any case, each at most once).
-    pub fn parse(v: &str) -> Option<Notify> {
-        if v.eq_ignore_ascii_case("NEVER") {
-            return Some(Notify::NEVER);
-        }
-        let mut bits = 0u8;
-        for word in v.split(',') {
-            let bit = match word.to_ascii_uppercase().as_str() {
-                "SUCCESS" => Self::SUCCESS,
-                "FAILURE" => Self::FAILURE,
-                "DELAY" => Self::DELAY,
-                _ => return None,
-            };
-            if bits & bit != 0 {
-                return None;
-            }
-            bits |= bit;
-        }
-        Some(Notify(bits))
-    }
-
-    /// The SMTP text: `NEVER` or e.g. `SUCCESS,FAILURE`.
-    pub fn as_text(self) -> String {
-        if self.0 == 0 {
-            return "NEVER".into();
-        }
-        let words = [
-            (Self::SUCCESS, "SUCCESS"),
-            (Self::FAILURE, "FAILURE"),
-            (Self::DELAY, "DELAY"),
-        ];
-        words
-            .iter()
-            .filter(|(b, _)| self.0 & b != 0)
-            .map(|(_, w)| *w)
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-impl Serialize for Notify {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.as_text())
-    }
-}
-
-impl<'de> Deserialize<'de> for Notify {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Notify, D::Error> {
-        let text = String::deserialize(d)?;
-        Notify::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("NOTIFY {text:?}")))
-    }
-}
-
-/// How much of the message a failure notice returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Ret {
-    Full,
-    Hdrs,
-}
-
-impl Ret {
-    pub fn parse(v: &str) -> Option<Ret> {
-        match v.to_ascii_uppercase().as_str() {
-            "FULL" => Some(Ret::Full),
-            "HDRS" => Some(Ret::Hdrs),
-            _ => None,
-        }
-    }
-
-    pub fn as_text(self) -> &'static str {
-        match self {
-            Ret::Full => "FULL",
-            Ret::Hdrs => "HDRS",
-        }
-    }
-}
 
 /// Decodes xtext (RFC 3461 4): printable ASCII but `+` and `=`, with
 /// `+XX` (upper-case hex) for any other byte. None if malformed or if it
@@ -195,20 +95,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn notify_values() {
-        assert_eq!(Notify::parse("NEVER"), Some(Notify::NEVER));
-        let n = Notify::parse("success,Delay").unwrap();
-        assert!(n.success() && n.delay() && !n.failure());
-        assert_eq!(n.as_text(), "SUCCESS,DELAY");
-        assert_eq!(Notify::parse("NEVER,SUCCESS"), None);
-        assert_eq!(Notify::parse("SUCCESS,SUCCESS"), None);
-        assert_eq!(Notify::parse(""), None);
-        assert_eq!(Notify::parse("SOMETIMES"), None);
-        let json = serde_json::to_string(&n).unwrap();
-        assert_eq!(serde_json::from_str::<Notify>(&json).unwrap(), n);
-    }
-
-    #[test]
     fn xtext_round_trips_and_refuses_what_is_malformed() {
         assert_eq!(xtext_decode(b"a+2Bb+3Dc").as_deref(), Some("a+b=c"));
         assert_eq!(xtext_encode("a+b=c d"), "a+2Bb+3Dc+20d");
@@ -239,12 +125,5 @@ mod tests {
             orcpt_param("rfc822;bob+x@b.example"),
             "rfc822;bob+2Bx@b.example"
         );
-    }
-
-    #[test]
-    fn ret_values() {
-        assert_eq!(Ret::parse("hdrs"), Some(Ret::Hdrs));
-        assert_eq!(Ret::parse("FULL"), Some(Ret::Full));
-        assert_eq!(Ret::parse("SOME"), None);
     }
 }

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::segment::BodyRef;
-use crate::proto::dsn_params::{Notify, Ret};
+use crate::dsn::{Notify, Ret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,50 +1,160 @@
-//! A named tree of a shard's spool for a user that owns its records'
-//! format: what the shard wants to keep across a restart that is not
-//! mail (receivers' MTA-STS policies). Bytes in, bytes out, by key.
+//! Named trees of a shard's spool for users that own their records'
+//! format: what the shard keeps across a restart beside the mail itself
+//! (holds, capped paths' counts, injection answers, receivers' MTA-STS
+//! policies, the webhooks' event outbox). Bytes in, bytes out, by key
+//! (keys sort as bytes): the spool stores them and makes them durable;
+//! what the bytes mean is the user's.
 //!
-//! Owns: [`Kept`]. Writes go to sled without waiting for a flush: they
-//! become durable with the spool's next flush (within its flush interval),
-//! so a crash may lose the last ones; a user keeps here only what it can
-//! fetch again.
+//! Owns: [`KeptTree`] (which trees there are, so the spool's layout is
+//! listed in one place) and [`Kept`], the handle on one. A write is
+//! durable with the spool's next flush (within its flush interval:
+//! [`Kept::put`] tells the group commit there is something to flush), or
+//! at once with [`Kept::put_durably`]. [`FlushMark`] lets a user that
+//! numbers its records (the event outbox) learn how far a flush has made
+//! them durable.
 //!
-//! Must not: hold mail, or anything whose loss would lose mail.
+//! Must not: hold mail, or interpret a record.
+
+use super::SpoolError;
+pub use super::commit::FlushMark;
+use super::commit::GroupCommit;
+
+/// A record or key as stored (cheap to clone and slice).
+pub type Bytes = sled::IVec;
+
+/// The trees the spool keeps for others, each with its sled name and the
+/// module that owns its format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptTree {
+    /// Domain, site, source or pool holds (`scheduler::kept`).
+    Suspensions,
+    /// Capped paths' hourly and daily counts (`scheduler::kept`).
+    PathCounts,
+    /// Injection answers by `Idempotency-Key` (`inbound::idempotency`).
+    Idempotency,
+    /// Receivers' MTA-STS policies (`outbound::sts`).
+    MtaSts,
+    /// Webhook events by sequence number (`events::outbox`), and each
+    /// webhook's cursor, the events refused for good, those to replay.
+    Events,
+    EventCursors,
+    EventsFailed,
+    EventsReplay,
+}
+
+impl KeptTree {
+    pub const ALL: [KeptTree; 8] = [
+        KeptTree::Suspensions,
+        KeptTree::PathCounts,
+        KeptTree::Idempotency,
+        KeptTree::MtaSts,
+        KeptTree::Events,
+        KeptTree::EventCursors,
+        KeptTree::EventsFailed,
+        KeptTree::EventsReplay,
+    ];
+
+    /// The sled tree's name (on disk: keep stable).
+    pub fn name(self) -> &'static str {
+        match self {
+            KeptTree::Suspensions => "suspensions",
+            KeptTree::PathCounts => "path_counts",
+            KeptTree::Idempotency => "idempotency",
+            KeptTree::MtaSts => "mta_sts",
+            KeptTree::Events => "events",
+            KeptTree::EventCursors => "event_cursors",
+            KeptTree::EventsFailed => "events_failed",
+            KeptTree::EventsReplay => "events_replay",
+        }
+    }
+}
 
 /// One tree of the spool (see the module header).
 #[derive(Clone)]
 pub struct Kept {
     tree: sled::Tree,
+    commit: GroupCommit,
 }
 
 impl Kept {
-    pub(super) fn new(tree: sled::Tree) -> Kept {
-        Kept { tree }
+    pub(super) fn new(tree: sled::Tree, commit: GroupCommit) -> Kept {
+        Kept { tree, commit }
     }
 
     /// The record stored under `key`, if any (and readable).
-    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<Bytes> {
+        self.tree.get(key).ok().flatten()
+    }
+
+    /// Stores `value` under `key`; durable with the spool's next flush.
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), SpoolError> {
         self.tree
-            .get(key.as_bytes())
-            .ok()
-            .flatten()
-            .map(|v| v.to_vec())
+            .insert(key.as_ref(), value.as_ref())
+            .map_err(|source| SpoolError::Kept { source })?;
+        self.commit.touched();
+        Ok(())
     }
 
-    /// Stores `value` under `key`.
-    pub fn put(&self, key: &str, value: &[u8]) -> Result<(), sled::Error> {
-        self.tree.insert(key.as_bytes(), value).map(|_| ())
+    /// Removes the record under `key`; durable with the next flush.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), SpoolError> {
+        self.tree
+            .remove(key)
+            .map_err(|source| SpoolError::Kept { source })?;
+        self.commit.touched();
+        Ok(())
     }
 
-    /// Removes the record under `key`.
-    pub fn remove(&self, key: &str) -> Result<(), sled::Error> {
-        self.tree.remove(key.as_bytes()).map(|_| ())
+    /// Removes the records under `keys` in one write.
+    pub fn remove_all<K: AsRef<[u8]>>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<(), SpoolError> {
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k.as_ref());
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|source| SpoolError::Kept { source })?;
+        self.commit.touched();
+        Ok(())
     }
 
-    /// Every record, in key order.
-    pub fn entries(&self) -> Vec<(String, Vec<u8>)> {
+    /// Stores `value` under `key` (or removes the record, for `None`) and
+    /// returns once a flush has made it durable.
+    pub async fn put_durably(&self, key: &str, value: Option<&[u8]>) -> Result<(), SpoolError> {
+        match value {
+            Some(v) => self.put(key, v)?,
+            None => self.remove(key)?,
+        }
+        self.commit
+            .flush_durably()
+            .await
+            .map_err(|reason| SpoolError::Durability { reason })
+    }
+
+    /// The records with keys from `from` through `to`, in key order.
+    pub fn range(&self, from: &[u8], to: &[u8]) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
+        self.tree.range(from..=to).filter_map(Result::ok)
+    }
+
+    /// The records whose keys begin with `prefix`, in key order.
+    pub fn with_prefix(&self, prefix: &[u8]) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
+        self.tree.scan_prefix(prefix).filter_map(Result::ok)
+    }
+
+    /// The lowest and the highest key stored.
+    pub fn first_and_last_keys(&self) -> (Option<Bytes>, Option<Bytes>) {
+        let key = |r: sled::Result<Option<(Bytes, Bytes)>>| r.ok().flatten().map(|(k, _)| k);
+        (key(self.tree.first()), key(self.tree.last()))
+    }
+
+    /// Every record, in key order (keys that are not UTF-8 are skipped).
+    pub fn entries(&self) -> Vec<(String, Bytes)> {
         self.tree
             .iter()
             .flatten()
-            .filter_map(|(k, v)| Some((String::from_utf8(k.to_vec()).ok()?, v.to_vec())))
+            .filter_map(|(k, v)| Some((String::from_utf8(k.to_vec()).ok()?, v)))
             .collect()
     }
 }

@@ -1,9 +1,10 @@
-//! The durable queue: one spool per shard, and the only user of sled.
+//! The durable queue: one spool per shard.
 //!
 //! Owns: message ids ([`id`]), envelopes ([`envelope`]), body segments
 //! ([`segment`]), group commit ([`commit`]), the per-shard [`Spool`] that
-//! ties them together, and recovery at start-up with quarantine of damaged
-//! records.
+//! ties them together, recovery at start-up with quarantine of damaged
+//! records, and the trees it keeps for other users ([`kept`]: bytes by
+//! key, each tree's format its user's).
 //!
 //! Layout on disk, per shard `k` under the spool directory:
 //!
@@ -12,21 +13,14 @@
 //!                            the body's segment, offset, length and CRC;
 //!                            and "wm"+segment -> the segment's watermark),
 //!                            tree "quarantine" (id -> {reason, record}),
-//!                            tree "suspensions" (domain -> until, Unix
-//!                            seconds big-endian, 0 for none),
-//!                            tree "path_counts" (source "\n" site ->
-//!                            the messages this shard sent on a capped
-//!                            path this hour and day: 4 x u64 big-endian),
 //!                            tree "quarantine_bodies" (id -> what was
 //!                            readable of the body),
-//!                            trees "events", "event_cursors",
-//!                            "events_failed" (the webhooks' outbox:
-//!                            [`outbox`]),
-//!                            tree "idempotency" (key -> expiry, request
-//!                            hash, answer),
-//!                            tree "mta_sts" (domain -> a receiver's
-//!                            MTA-STS policy: [`kept`], the format
-//!                            `outbound::sts`'s)
+//!                            and the trees kept for others, each in the
+//!                            format of the module that owns it
+//!                            ([`kept::KeptTree`]): "suspensions",
+//!                            "path_counts", "idempotency", "mta_sts",
+//!                            "events", "event_cursors", "events_failed",
+//!                            "events_replay"
 //!  shard-k/segments/   append-only segments of frames (record + body),
 //!                      unlinked or recycled when unreferenced; at most
 //!                      one spare (spare.tmp: zeros, recycled.tmp: a
@@ -51,10 +45,7 @@ pub mod commit;
 pub mod envelope;
 pub mod id;
 pub mod kept;
-pub mod outbox;
 pub mod segment;
-pub mod suppression;
-pub mod suppression_share;
 
 use std::cell::RefCell;
 use std::fs;
@@ -63,6 +54,7 @@ use std::rc::Rc;
 
 pub use envelope::{Envelope, Recipient, RecipientStatus, domain_of};
 pub use id::{IdGenerator, MessageId};
+pub use kept::{Bytes, FlushMark, Kept, KeptTree};
 pub use segment::BodyRef;
 
 pub use commit::SyncMode;
@@ -109,8 +101,8 @@ pub enum SpoolError {
     NotFound { id: MessageId },
     #[error("spool: {reason}")]
     Durability { reason: String },
-    #[error("event store: {source}")]
-    Outbox {
+    #[error("spool tree: {source}")]
+    Kept {
         #[source]
         source: sled::Error,
     },
@@ -194,17 +186,12 @@ pub struct Spool {
     envelopes: sled::Tree,
     quarantine: sled::Tree,
     quarantine_bodies: sled::Tree,
-    suspensions: sled::Tree,
-    path_counts: sled::Tree,
-    /// Injection requests answered, by `Idempotency-Key`: expiry (unix
-    /// seconds, 8 bytes), the request's SHA-256 (32), the answer.
-    idempotency: sled::Tree,
-    /// Receivers' MTA-STS policies (`kept::Kept`; the format is
-    /// `outbound::sts`'s).
-    mta_sts: sled::Tree,
+    /// The trees kept for others, in [`KeptTree::ALL`]'s order.
+    kept: Vec<sled::Tree>,
     segments: Rc<Segments>,
     commit: GroupCommit,
-    outbox: outbox::Outbox,
+    /// How far the event outbox's numbered records are durable.
+    mark: Rc<commit::FlushMark>,
     ids: RefCell<IdGenerator>,
     space: FreeSpace,
 }
@@ -350,10 +337,10 @@ impl Spool {
         let envelopes = tree("envelopes")?;
         let quarantine = tree("quarantine")?;
         let quarantine_bodies = tree("quarantine_bodies")?;
-        let suspensions = tree("suspensions")?;
-        let path_counts = tree("path_counts")?;
-        let idempotency = tree("idempotency")?;
-        let mta_sts = tree("mta_sts")?;
+        let kept = KeptTree::ALL
+            .iter()
+            .map(|t| tree(t.name()))
+            .collect::<Result<Vec<_>, _>>()?;
         let segments =
             Rc::new(Segments::open(&path.join("segments"), opts.segment_bytes).map_err(io_err)?);
         let mark = Rc::new(commit::FlushMark::default());
@@ -364,23 +351,15 @@ impl Spool {
             opts.sync,
             mark.clone(),
         );
-        let outbox =
-            outbox::Outbox::open(&db, commit.clone(), mark).map_err(|source| SpoolError::Db {
-                path: db_path.clone(),
-                source,
-            })?;
         Ok(Spool {
             shard,
             commit,
-            outbox,
+            mark,
             path,
             envelopes,
             quarantine,
             quarantine_bodies,
-            suspensions,
-            path_counts,
-            idempotency,
-            mta_sts,
+            kept,
             segments,
             ids: RefCell::new(IdGenerator::new(shard)),
             space: FreeSpace {
@@ -448,9 +427,10 @@ impl Spool {
         self.shard
     }
 
-    /// The shard's stored events, for webhooks.
-    pub fn outbox(&self) -> &outbox::Outbox {
-        &self.outbox
+    /// How far a flush has made the records of a numbering user durable
+    /// (the event outbox: `events::outbox`). One user per spool.
+    pub fn flush_mark(&self) -> Rc<commit::FlushMark> {
+        self.mark.clone()
     }
 
     /// A new id owned by this spool's shard (`MessageId::shard` names
@@ -772,13 +752,11 @@ impl Spool {
                 );
             }
         }
-        for (domain, until) in old.suspensions() {
-            self.suspensions
-                .insert(domain.as_bytes(), &until.unwrap_or(0).to_be_bytes())
-                .map_err(|source| self.db_err(source))?;
-        }
-        for (source, site, counts) in old.path_counts() {
-            self.set_path_counts(&source, &site, counts)?;
+        for tree in KeptTree::ALL {
+            let (from, to) = (old.kept(tree), self.kept(tree));
+            for (key, value) in from.entries() {
+                to.put(&key, &value)?;
+            }
         }
         self.make_durable().await?;
         let dir = old.path.clone();
@@ -866,134 +844,10 @@ impl Spool {
             .map_err(|reason| SpoolError::Durability { reason })
     }
 
-    /// The tree where receivers' MTA-STS policies are kept.
-    pub fn mta_sts_policies(&self) -> kept::Kept {
-        kept::Kept::new(self.mta_sts.clone())
-    }
-
-    /// Every suspension stored: (domain, until in Unix seconds if it
-    /// expires).
-    pub fn suspensions(&self) -> Vec<(String, Option<u64>)> {
-        self.suspensions
-            .iter()
-            .flatten()
-            .filter_map(|(k, v)| {
-                let domain = String::from_utf8(k.to_vec()).ok()?;
-                let until = u64::from_be_bytes(v.as_ref().try_into().ok()?);
-                Some((domain, (until > 0).then_some(until)))
-            })
-            .collect()
-    }
-
-    /// Every capped path's counts stored: (source, site, counts); the
-    /// source is empty for the default address.
-    pub fn path_counts(&self) -> Vec<(String, String, [u64; 4])> {
-        self.path_counts
-            .iter()
-            .flatten()
-            .filter_map(|(k, v)| {
-                let key = std::str::from_utf8(&k).ok()?;
-                let (source, site) = key.split_once('\n')?;
-                let mut counts = [0u64; 4];
-                for (i, c) in v.chunks_exact(8).enumerate().take(4) {
-                    counts[i] = u64::from_be_bytes(c.try_into().ok()?);
-                }
-                Some((source.to_string(), site.to_string(), counts))
-            })
-            .collect()
-    }
-
-    /// Stores a capped path's counts. Not waited for: sled writes them
-    /// out within its flush interval, so a crash forgets at most the
-    /// messages of that interval (which may then go over the cap by as
-    /// many).
-    pub fn set_path_counts(
-        &self,
-        source: &str,
-        site: &str,
-        counts: [u64; 4],
-    ) -> Result<(), SpoolError> {
-        let key = format!("{source}\n{site}");
-        let value: Vec<u8> = counts.iter().flat_map(|c| c.to_be_bytes()).collect();
-        self.path_counts
-            .insert(key.as_bytes(), value)
-            .map_err(|source| self.db_err(source))?;
-        self.commit.touched();
-        Ok(())
-    }
-
-    /// The answer stored for an injection's `Idempotency-Key`, if it has
-    /// not expired by `now` (unix seconds): (the request's SHA-256, the
-    /// answer).
-    pub fn idempotent_answer(&self, key: &str, now: u64) -> Option<([u8; 32], String)> {
-        let v = self.idempotency.get(key.as_bytes()).ok()??;
-        let expires = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
-        let digest: [u8; 32] = v.get(8..40)?.try_into().ok()?;
-        let answer = String::from_utf8(v.get(40..)?.to_vec()).ok()?;
-        (expires > now).then_some((digest, answer))
-    }
-
-    /// Stores an injection's answer under its `Idempotency-Key` until
-    /// `expires`, durably: returns once sled is flushed (a client that got
-    /// the answer and retries after a crash gets it again). This second
-    /// durable write is most of what a key costs
-    /// (`benches/inject-idempotency-ab.sh`); storing the key in the
-    /// message's own commit would remove it.
-    pub async fn set_idempotent_answer(
-        &self,
-        key: &str,
-        expires: u64,
-        digest: [u8; 32],
-        answer: &str,
-    ) -> Result<(), SpoolError> {
-        let mut value = Vec::with_capacity(40 + answer.len());
-        value.extend_from_slice(&expires.to_be_bytes());
-        value.extend_from_slice(&digest);
-        value.extend_from_slice(answer.as_bytes());
-        self.idempotency
-            .insert(key.as_bytes(), value)
-            .map_err(|source| self.db_err(source))?;
-        self.make_durable().await
-    }
-
-    /// Forgets the answers that expired by `now`; how many.
-    pub fn sweep_idempotent_answers(&self, now: u64) -> usize {
-        let expired: Vec<sled::IVec> = self
-            .idempotency
-            .iter()
-            .flatten()
-            .filter(|(_, v)| {
-                v.get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .is_none_or(|b| u64::from_be_bytes(b) <= now)
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for k in &expired {
-            let _ = self.idempotency.remove(k);
-        }
-        if !expired.is_empty() {
-            self.commit.touched();
-        }
-        expired.len()
-    }
-
-    /// Stores a suspension (`until`: when it ends by itself), or its end
-    /// (`None` for `suspended`), durably: returns once sled is flushed.
-    pub async fn set_suspension(
-        &self,
-        domain: &str,
-        suspended: Option<Option<u64>>,
-    ) -> Result<(), SpoolError> {
-        let result = match suspended {
-            Some(until) => self
-                .suspensions
-                .insert(domain.as_bytes(), &until.unwrap_or(0).to_be_bytes())
-                .map(|_| ()),
-            None => self.suspensions.remove(domain.as_bytes()).map(|_| ()),
-        };
-        result.map_err(|source| self.db_err(source))?;
-        self.make_durable().await
+    /// The handle on one of the trees the spool keeps for others.
+    pub fn kept(&self, tree: KeptTree) -> Kept {
+        let i = KeptTree::ALL.iter().position(|t| *t == tree).unwrap_or(0);
+        Kept::new(self.kept[i].clone(), self.commit.clone())
     }
 
     /// A message's body, read through io_uring and checked against its CRC.

@@ -328,10 +328,7 @@ impl Scheduler {
             )));
         };
         let source = path.source.as_deref().unwrap_or("");
-        if let Err(e) = self
-            .spool
-            .set_path_counts(source, &path.site, counts.to_array())
-        {
+        if let Err(e) = self.path_counts.set(source, &path.site, counts.to_array()) {
             self.spool_errors_logged
                 .log(log::Level::Error, || format!("storing path counts: {e}"));
         }

@@ -66,7 +66,7 @@ pub fn notification(
             arrival: env.created,
             kind,
             envid: env.envid.as_deref(),
-            full: env.ret == Some(crate::proto::dsn_params::Ret::Full),
+            full: env.ret == Some(crate::dsn::Ret::Full),
             failures: &list,
         },
         original,

@@ -69,6 +69,7 @@ pub mod retry;
 pub mod shaping;
 pub mod shared;
 pub mod state;
+pub mod stored;
 mod tally;
 
 use std::cell::{Cell, RefCell};
@@ -108,11 +109,14 @@ pub struct Wiring {
     pub router: Router,
     pub delivery: Delivery,
     pub events: Rc<EventLog>,
+    /// The shard's webhook events (the admin API lists and replays the
+    /// refused ones).
+    pub outbox: Rc<crate::events::outbox::Outbox>,
     pub clock: Clock,
     /// Gives every failure its category (shared by every shard).
     pub classifier: Arc<crate::classify::Classifier>,
     /// Where recipients that bounced for good are suppressed.
-    pub suppressions: Option<Arc<crate::queue::suppression::SuppressionList>>,
+    pub suppressions: Option<Arc<crate::suppression::SuppressionList>>,
     /// Every shard's scheduler: a back-off one shard takes, all take.
     pub mesh: Mesh<Scheduler>,
     /// The shaping rules at start-up (`delivery.shaping_file`).
@@ -133,9 +137,13 @@ pub struct Scheduler {
     /// Receivers' MTA-STS policies (`tls.mta_sts`), if applied.
     sts: Option<crate::outbound::sts::Policies>,
     events: Rc<EventLog>,
+    outbox: Rc<crate::events::outbox::Outbox>,
+    /// Holds and capped paths' counts kept in the spool.
+    holds: stored::StoredHolds,
+    path_counts: stored::StoredPathCounts,
     clock: Clock,
     classifier: Arc<crate::classify::Classifier>,
-    suppressions: Option<Arc<crate::queue::suppression::SuppressionList>>,
+    suppressions: Option<Arc<crate::suppression::SuppressionList>>,
     /// `[backoff]` rules, their expressions compiled.
     backoff: backoff::Rules,
     mesh: Mesh<Scheduler>,
@@ -198,7 +206,10 @@ impl Scheduler {
             backoff: backoff::Rules::new(&w.cfg.backoff.rules),
             mesh: w.mesh,
             cfg: w.cfg,
+            holds: stored::StoredHolds::of(&w.spool),
+            path_counts: stored::StoredPathCounts::of(&w.spool),
             spool: w.spool,
+            outbox: w.outbox,
             router: w.router,
             delivery: w.delivery,
             sts: w.sts,
@@ -223,11 +234,8 @@ impl Scheduler {
     /// and starts the timer. Due messages are dispatched at once.
     pub fn start(self: &Rc<Self>, recovered: Vec<(MessageId, Envelope)>) {
         let now = self.clock.now();
-        self.state
-            .borrow_mut()
-            .suspended
-            .extend(self.spool.suspensions());
-        for (source, site, counts) in self.spool.path_counts() {
+        self.state.borrow_mut().suspended.extend(self.holds.all());
+        for (source, site, counts) in self.path_counts.all() {
             let path = gate::PathKey {
                 source: Some(source).filter(|s| !s.is_empty()),
                 site,
@@ -290,7 +298,7 @@ impl Scheduler {
     ) -> Result<Option<u64>, SpoolError> {
         let key = kind.key(name);
         let until = secs.map(|s| self.clock.now().saturating_add(s));
-        self.spool.set_suspension(&key, Some(until)).await?;
+        self.holds.set(&key, Some(until)).await?;
         self.state.borrow_mut().suspended.insert(key.clone(), until);
         self.publish_hold(&key, Some(until)).await;
         Ok(until)
@@ -299,7 +307,7 @@ impl Scheduler {
     /// Ends a suspension, durably, and delivers what it held.
     pub async fn resume(self: &Rc<Self>, kind: Hold, name: &str) -> Result<(), SpoolError> {
         let key = kind.key(name);
-        self.spool.set_suspension(&key, None).await?;
+        self.holds.set(&key, None).await?;
         self.state.borrow_mut().suspended.remove(&key);
         self.publish_hold(&key, None).await;
         self.released(&key);
@@ -336,7 +344,7 @@ impl Scheduler {
         let ended = self.state.borrow_mut().take_expired_suspensions(now);
         for key in ended {
             log::info!("suspension of {key} ended");
-            if let Err(e) = self.spool.set_suspension(&key, None).await {
+            if let Err(e) = self.holds.set(&key, None).await {
                 log::error!("ending the suspension of {key}: {e}");
             }
             self.publish_hold(&key, None).await;

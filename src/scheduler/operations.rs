@@ -466,13 +466,13 @@ impl Scheduler {
     }
 
     /// The webhook events this shard's receivers refused for good (see
-    /// `queue::outbox`), of `webhook` (all if None), from `since_ms` on.
+    /// `events::outbox`), of `webhook` (all if None), from `since_ms` on.
     pub fn failed_events(
         &self,
         webhook: Option<&str>,
         since_ms: u64,
-    ) -> Vec<(String, crate::queue::outbox::StoredEvent)> {
-        self.spool.outbox().failed_matching(webhook, since_ms)
+    ) -> Vec<(String, crate::events::outbox::StoredEvent)> {
+        self.outbox.failed_matching(webhook, since_ms)
     }
 
     /// Sends those events again (the webhook's sender takes them first);
@@ -482,7 +482,7 @@ impl Scheduler {
         webhook: Option<&str>,
         since_ms: u64,
     ) -> Result<usize, crate::queue::SpoolError> {
-        let n = self.spool.outbox().replay_failed(webhook, since_ms)?;
+        let n = self.outbox.replay_failed(webhook, since_ms)?;
         self.spool.make_durable().await?;
         Ok(n)
     }

@@ -4,7 +4,7 @@
 //! and the `[backoff]` rules a receiver's reply triggers (suspend,
 //! throttle, bounce), told to the other shards over the mesh.
 //!
-//! May call: `classify`, `events`, `queue::suppression`, `backoff`,
+//! May call: `classify`, `events`, `suppression`, `backoff`,
 //! `gate`. Must not: hold the state's borrow across any of those calls
 //! (the borrow covers only `State::record`).
 
@@ -225,7 +225,7 @@ impl Scheduler {
                 let me = self.clone();
                 let stored = key.clone();
                 self.tasks.spawn(async move {
-                    if let Err(e) = me.spool.set_suspension(&stored, Some(Some(until))).await {
+                    if let Err(e) = me.holds.set(&stored, Some(Some(until))).await {
                         log::error!("storing the back-off of {stored}: {e}");
                     }
                 });
@@ -300,7 +300,7 @@ impl Scheduler {
         if !cfg.categories.iter().any(|c| c == category.as_str()) {
             return;
         }
-        let entry = crate::queue::suppression::entry_for(
+        let entry = crate::suppression::entry_for(
             cfg,
             sender,
             rcpt,

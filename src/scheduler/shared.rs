@@ -327,7 +327,7 @@ impl Scheduler {
             if local == Some(*until) {
                 continue;
             }
-            if let Err(e) = self.spool.set_suspension(key, Some(*until)).await {
+            if let Err(e) = self.holds.set(key, Some(*until)).await {
                 log::error!("storing the cluster's suspension of {key}: {e}");
                 continue;
             }
@@ -344,7 +344,7 @@ impl Scheduler {
             .cloned()
             .collect();
         for key in ended {
-            if let Err(e) = self.spool.set_suspension(&key, None).await {
+            if let Err(e) = self.holds.set(&key, None).await {
                 log::error!("storing the end of {key}'s suspension: {e}");
                 continue;
             }

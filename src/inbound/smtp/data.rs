@@ -220,7 +220,7 @@ async fn finish(body: BodyInProgress, tx: &Transaction, service: &SmtpService) -
 /// logged them).
 fn refusal_reply(refusal: &Refusal) -> Reply {
     match refusal {
-        Refusal::Storage(_) => Rejection::StorageFailure.reply(),
+        Refusal::Storage(_) | Refusal::Report(_) => Rejection::StorageFailure.reply(),
         Refusal::InsufficientStorage => Rejection::InsufficientStorage.reply(),
         Refusal::BadMeta(why) => Rejection::BadMeta(why.clone()).reply(),
         Refusal::UnknownPool(name) => Rejection::UnknownPool(name.clone()).reply(),

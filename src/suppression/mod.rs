@@ -21,13 +21,15 @@
 //! Sharing (with `[cluster]`, [`SuppressionList::shared`]): each change
 //! made here (an add or a removal, whoever made it) is also put in an
 //! outbox (tree `outbox`, in the same database, so it is as durable as
-//! the change) until `suppression_share` has published it to Redis;
+//! the change) until [`share`] has published it to Redis;
 //! changes other nodes published are applied with
 //! [`SuppressionList::apply_shared`], which puts nothing in the outbox.
 //! An entry is named in the fleet by its *field*, `scope SP address`
 //! (a scope never holds a space). Tree `sync` keeps where this node is
 //! in the fleet's log.
 //!
+//! May call: `queue::domain_of`, `config` (its section), `cluster` (in
+//! [`share`]), `metrics`.
 //! Must not: decide when to suppress (the scheduler and the admin API do)
 //! or how to answer (the reception door does); talk to Redis.
 
@@ -36,7 +38,18 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::{SpoolError, domain_of};
+use crate::queue::domain_of;
+
+pub mod share;
+
+/// A failure of the list's own database.
+#[derive(Debug, thiserror::Error)]
+#[error("suppression list {path}: {source}")]
+pub struct SuppressionError {
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: sled::Error,
+}
 
 /// The scope that applies to every sender.
 pub const GLOBAL: &str = "*";
@@ -133,8 +146,8 @@ pub fn entry_for(
 
 impl SuppressionList {
     /// Opens (or creates) the list at `path`.
-    pub fn open(path: &Path) -> Result<SuppressionList, SpoolError> {
-        let err = |source| SpoolError::Db {
+    pub fn open(path: &Path) -> Result<SuppressionList, SuppressionError> {
+        let err = |source| SuppressionError {
             path: path.to_path_buf(),
             source,
         };
@@ -158,7 +171,7 @@ impl SuppressionList {
 
     /// Shares the list with the fleet when `on`: from now on each change
     /// also goes to the outbox.
-    pub fn shared(mut self, on: bool) -> Result<SuppressionList, SpoolError> {
+    pub fn shared(mut self, on: bool) -> Result<SuppressionList, SuppressionError> {
         if on {
             let outbox = self.db.open_tree("outbox").map_err(|e| self.db_err(e))?;
             self.outbox_len = outbox.len().into();
@@ -184,7 +197,7 @@ impl SuppressionList {
 
     /// Adds (or replaces) entries; sled writes them out within its flush
     /// interval.
-    pub fn add(&self, entries: &[Suppression]) -> Result<(), SpoolError> {
+    pub fn add(&self, entries: &[Suppression]) -> Result<(), SuppressionError> {
         self.republish(entries)?;
         let mut batch = sled::Batch::default();
         for s in entries {
@@ -195,13 +208,13 @@ impl SuppressionList {
     }
 
     /// Adds entries and returns once they are on disk.
-    pub fn add_durably(&self, entries: &[Suppression]) -> Result<(), SpoolError> {
+    pub fn add_durably(&self, entries: &[Suppression]) -> Result<(), SuppressionError> {
         self.add(entries)?;
         self.db.flush().map(|_| ()).map_err(|e| self.db_err(e))
     }
 
     /// Removes an entry (durably); whether there was one.
-    pub fn remove(&self, scope: &str, address: &str) -> Result<bool, SpoolError> {
+    pub fn remove(&self, scope: &str, address: &str) -> Result<bool, SuppressionError> {
         self.to_outbox([(field_of(scope, address), None)].into_iter())?;
         let removed = self
             .tree
@@ -244,7 +257,10 @@ impl SuppressionList {
     /// understood. sled writes them out within its flush interval; one
     /// lost to a crash is read again (the place in the log is written
     /// after them).
-    pub fn apply_shared(&self, changes: &[(String, Option<String>)]) -> Result<usize, SpoolError> {
+    pub fn apply_shared(
+        &self,
+        changes: &[(String, Option<String>)],
+    ) -> Result<usize, SuppressionError> {
         let mut batch = sled::Batch::default();
         let mut applied = 0;
         for (field, value) in changes {
@@ -271,7 +287,7 @@ impl SuppressionList {
 
     /// Puts entries in the outbox (they are to be published) as they
     /// stand; [`SuppressionList::add`] does too.
-    pub fn republish(&self, entries: &[Suppression]) -> Result<(), SpoolError> {
+    pub fn republish(&self, entries: &[Suppression]) -> Result<(), SuppressionError> {
         self.to_outbox(entries.iter().map(|s| {
             let value = serde_json::to_string(s).expect("serializable");
             (field_of(&s.scope, &s.address), Some(value))
@@ -301,7 +317,7 @@ impl SuppressionList {
     }
 
     /// Forgets changes once published.
-    pub fn mark_published(&self, seqs: &[u64]) -> Result<(), SpoolError> {
+    pub fn mark_published(&self, seqs: &[u64]) -> Result<(), SuppressionError> {
         let Some(outbox) = &self.outbox else {
             return Ok(());
         };
@@ -324,7 +340,7 @@ impl SuppressionList {
         serde_json::from_slice(&v).ok()
     }
 
-    pub fn set_sync_place(&self, epoch: &str, id: &str) -> Result<(), SpoolError> {
+    pub fn set_sync_place(&self, epoch: &str, id: &str) -> Result<(), SuppressionError> {
         let v = serde_json::to_vec(&(epoch, id)).expect("serializable");
         self.sync
             .insert("place", v)
@@ -335,7 +351,7 @@ impl SuppressionList {
     fn to_outbox(
         &self,
         changes: impl Iterator<Item = (String, Option<String>)>,
-    ) -> Result<(), SpoolError> {
+    ) -> Result<(), SuppressionError> {
         let Some(outbox) = &self.outbox else {
             return Ok(());
         };
@@ -352,8 +368,8 @@ impl SuppressionList {
         Ok(())
     }
 
-    fn db_err(&self, source: sled::Error) -> SpoolError {
-        SpoolError::Db {
+    fn db_err(&self, source: sled::Error) -> SuppressionError {
+        SuppressionError {
             path: self.path.clone(),
             source,
         }

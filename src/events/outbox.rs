@@ -1,7 +1,8 @@
 //! The event outbox: a shard's events stored in its spool until every
 //! webhook has had them.
 //!
-//! Owns: the sled trees `events` (sequence number, u64 big-endian ->
+//! Owns: the format of the spool's kept trees (`queue::KeptTree`)
+//! `events` (sequence number, u64 big-endian ->
 //! [`StoredEvent`] bytes: kind, time, JSON), `event_cursors` (webhook name
 //! -> the last sequence number its receiver took), `events_failed`
 //! (webhook name, NUL, sequence number -> the event, for events a
@@ -20,13 +21,17 @@
 //! repeat. A cursor is stored after the receiver's 2xx and flushed with
 //! the next flush, so a crash repeats at most the batches since then.
 //!
-//! Must not: format or interpret the JSON; know about HTTP.
+//! There is one outbox per spool (it numbers the events): the shard's
+//! composition opens it once and shares it (`Rc`); the CLI opens it only
+//! on a stopped spool.
+//!
+//! May call: `queue` (its kept trees and flush mark). Must not: format or
+//! interpret the JSON; know about HTTP.
 
 use std::cell::Cell;
 use std::rc::Rc;
 
-use super::SpoolError;
-use super::commit::{FlushMark, GroupCommit};
+use crate::queue::{Bytes, FlushMark, Kept, KeptTree, Spool, SpoolError};
 
 /// One stored event: its kind (an index into
 /// `config::EVENT_KINDS`), its time (Unix milliseconds) and its JSON.
@@ -35,7 +40,7 @@ pub struct StoredEvent {
     pub seq: u64,
     pub kind: u8,
     pub at_ms: u64,
-    pub json: sled::IVec,
+    pub json: Bytes,
 }
 
 const HEAD: usize = 9;
@@ -48,7 +53,7 @@ fn encode(kind: u8, at_ms: u64, json: &[u8]) -> Vec<u8> {
     v
 }
 
-fn decode(seq: u64, v: sled::IVec) -> Option<StoredEvent> {
+fn decode(seq: u64, v: Bytes) -> Option<StoredEvent> {
     if v.len() < HEAD {
         return None;
     }
@@ -66,11 +71,10 @@ fn seq_of(key: &[u8]) -> Option<u64> {
 }
 
 pub struct Outbox {
-    events: sled::Tree,
-    cursors: sled::Tree,
-    failed: sled::Tree,
-    replay: sled::Tree,
-    commit: GroupCommit,
+    events: Kept,
+    cursors: Kept,
+    failed: Kept,
+    replay: Kept,
     mark: Rc<FlushMark>,
     /// The next sequence number to give.
     next: Cell<u64>,
@@ -79,38 +83,35 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub(super) fn open(
-        db: &sled::Db,
-        commit: GroupCommit,
-        mark: Rc<FlushMark>,
-    ) -> sled::Result<Outbox> {
-        let events = db.open_tree("events")?;
-        let cursors = db.open_tree("event_cursors")?;
-        let failed = db.open_tree("events_failed")?;
-        let replay = db.open_tree("events_replay")?;
-        let last_event = events.last()?.and_then(|(k, _)| seq_of(&k));
-        let first = events.first()?.and_then(|(k, _)| seq_of(&k));
+    /// The outbox of `spool` (once per spool: see the module header).
+    pub fn open(spool: &Spool) -> Outbox {
+        let events = spool.kept(KeptTree::Events);
+        let cursors = spool.kept(KeptTree::EventCursors);
+        let (first, last_event) = events.first_and_last_keys();
         // Every event was trimmed: the cursors still say how far numbers
         // went, so none is given twice.
         let last_cursor = cursors
+            .entries()
             .iter()
-            .values()
-            .filter_map(|v| v.ok().and_then(|v| seq_of(&v)))
+            .filter_map(|(_, v)| seq_of(v))
             .max();
-        let next = last_event.max(last_cursor).map_or(1, |s| s + 1);
+        let next = last_event
+            .and_then(|k| seq_of(&k))
+            .max(last_cursor)
+            .map_or(1, |s| s + 1);
         // Everything stored at start-up was recovered from disk: durable.
+        let mark = spool.flush_mark();
         mark.written.set(next - 1);
         mark.durable.set(next - 1);
-        Ok(Outbox {
+        Outbox {
             events,
             cursors,
-            failed,
-            replay,
-            commit,
+            failed: spool.kept(KeptTree::EventsFailed),
+            replay: spool.kept(KeptTree::EventsReplay),
             mark,
             next: Cell::new(next),
-            first: Cell::new(first.unwrap_or(next)),
-        })
+            first: Cell::new(first.and_then(|k| seq_of(&k)).unwrap_or(next)),
+        }
     }
 
     /// Stores an event; durable with the next flush (within
@@ -118,11 +119,9 @@ impl Outbox {
     pub fn append(&self, kind: u8, at_ms: u64, json: &[u8]) -> Result<u64, SpoolError> {
         let seq = self.next.get();
         self.events
-            .insert(seq.to_be_bytes(), encode(kind, at_ms, json))
-            .map_err(|source| SpoolError::Outbox { source })?;
+            .put(seq.to_be_bytes(), encode(kind, at_ms, json))?;
         self.next.set(seq + 1);
         self.mark.written.set(seq);
-        self.commit.touched();
         Ok(seq)
     }
 
@@ -149,9 +148,8 @@ impl Outbox {
         }
         let from = after.saturating_add(1).max(self.first.get());
         self.events
-            .range(from.to_be_bytes()..=durable.to_be_bytes())
+            .range(&from.to_be_bytes(), &durable.to_be_bytes())
             .take(max)
-            .filter_map(|r| r.ok())
             .filter_map(|(k, v)| decode(seq_of(&k)?, v))
             .collect()
     }
@@ -160,9 +158,7 @@ impl Outbox {
     /// A new webhook starts at the oldest event stored.
     pub fn cursor(&self, name: &str) -> u64 {
         self.cursors
-            .get(name.as_bytes())
-            .ok()
-            .flatten()
+            .get(name)
             .and_then(|v| seq_of(&v))
             .unwrap_or(0)
             .max(self.first.get().saturating_sub(1))
@@ -170,11 +166,7 @@ impl Outbox {
 
     /// Webhook `name` has taken everything through `seq`.
     pub fn set_cursor(&self, name: &str, seq: u64) -> Result<(), SpoolError> {
-        self.cursors
-            .insert(name.as_bytes(), &seq.to_be_bytes())
-            .map_err(|source| SpoolError::Outbox { source })?;
-        self.commit.touched();
-        Ok(())
+        self.cursors.put(name, seq.to_be_bytes())
     }
 
     /// Removes the events through `seq` (every webhook has them).
@@ -183,15 +175,14 @@ impl Outbox {
         if first > seq {
             return;
         }
-        let mut batch = sled::Batch::default();
+        let mut keys = Vec::new();
         while first <= seq && first < self.next.get() {
-            batch.remove(&first.to_be_bytes());
+            keys.push(first.to_be_bytes());
             first += 1;
         }
         // One batch: one pass through sled's log for the whole range.
-        if self.events.apply_batch(batch).is_ok() {
+        if self.events.remove_all(keys).is_ok() {
             self.first.set(first);
-            self.commit.touched();
         }
     }
 
@@ -209,9 +200,8 @@ impl Outbox {
         for e in events {
             let _ = self
                 .failed
-                .insert(named_key(name, e.seq), encode(e.kind, e.at_ms, &e.json));
+                .put(named_key(name, e.seq), encode(e.kind, e.at_ms, &e.json));
         }
-        self.commit.touched();
     }
 
     /// The kept events of webhook `name` (every webhook's if None) from
@@ -219,8 +209,7 @@ impl Outbox {
     pub fn failed_matching(&self, name: Option<&str>, since_ms: u64) -> Vec<(String, StoredEvent)> {
         let prefix = name.map(|n| named_key(n, 0)[..n.len() + 1].to_vec());
         self.failed
-            .scan_prefix(prefix.unwrap_or_default())
-            .filter_map(|r| r.ok())
+            .with_prefix(&prefix.unwrap_or_default())
             .filter_map(|(k, v)| named_event(&k, v))
             .filter(|(_, e)| e.at_ms >= since_ms)
             .collect()
@@ -235,14 +224,9 @@ impl Outbox {
         let chosen = self.failed_matching(name, since_ms);
         for (webhook, e) in &chosen {
             let key = named_key(webhook, e.seq);
-            self.replay
-                .insert(&key, encode(e.kind, e.at_ms, &e.json))
-                .map_err(|source| SpoolError::Outbox { source })?;
-            self.failed
-                .remove(&key)
-                .map_err(|source| SpoolError::Outbox { source })?;
+            self.replay.put(&key, encode(e.kind, e.at_ms, &e.json))?;
+            self.failed.remove(&key)?;
         }
-        self.commit.touched();
         Ok(chosen.len())
     }
 
@@ -251,8 +235,7 @@ impl Outbox {
     pub fn replay_batch(&self, name: &str, max: usize) -> Vec<StoredEvent> {
         let prefix = &named_key(name, 0)[..name.len() + 1];
         self.replay
-            .scan_prefix(prefix)
-            .filter_map(|r| r.ok())
+            .with_prefix(prefix)
             .filter_map(|(k, v)| named_event(&k, v))
             .map(|(_, e)| e)
             .take(max)
@@ -265,10 +248,9 @@ impl Outbox {
         if back_to_failed {
             self.keep_failed(name, events);
         }
-        for e in events {
-            let _ = self.replay.remove(named_key(name, e.seq));
-        }
-        self.commit.touched();
+        let _ = self
+            .replay
+            .remove_all(events.iter().map(|e| named_key(name, e.seq)));
     }
 }
 
@@ -281,7 +263,7 @@ fn named_key(name: &str, seq: u64) -> Vec<u8> {
     key
 }
 
-fn named_event(key: &[u8], v: sled::IVec) -> Option<(String, StoredEvent)> {
+fn named_event(key: &[u8], v: Bytes) -> Option<(String, StoredEvent)> {
     let nul = key.iter().position(|&b| b == 0)?;
     let name = String::from_utf8(key[..nul].to_vec()).ok()?;
     Some((name, decode(seq_of(&key[nul + 1..])?, v)?))

@@ -40,8 +40,7 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::SpoolError;
-use super::suppression::{SuppressionList, Unpublished};
+use super::{SuppressionError, SuppressionList, Unpublished};
 use crate::cluster::{Cluster, ClusterError, ListChange, LogId};
 use crate::shard::clock::Clock;
 use crate::shard::stop::StopSignal;
@@ -56,7 +55,7 @@ enum ShareError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
-    List(#[from] SpoolError),
+    List(#[from] SuppressionError),
 }
 
 /// How a whole read of the fleet's list meets this node's.
