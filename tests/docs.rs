@@ -1,7 +1,8 @@
 //! The documentation kept in step with the code. docs/configuration.md is
 //! the reference the config sections generate (`ringpost
 //! config-reference`), so a key added to the code without its doc, or a
-//! default changed, fails here until the file is made again. And the
+//! default changed, fails here until the file is made again; likewise the
+//! shaping rules' key table in docs/shaping.md. And the
 //! README and every page of docs/ are read as a user would follow them:
 //! every `ringpost ...` command line names real commands and options
 //! (checked against the CLI's own clap definition), every config key
@@ -33,6 +34,18 @@ fn docs_configuration_md_is_the_generated_reference() {
         first + 1,
         file.lines().nth(first),
         code.lines().nth(first),
+    );
+}
+
+#[test]
+fn docs_shaping_md_holds_the_generated_key_table() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/shaping.md");
+    let file = std::fs::read_to_string(&path).unwrap_or_default();
+    let table = ringpost::scheduler::shaping::key_table();
+    assert!(
+        file.contains(&table),
+        "docs/shaping.md does not hold the shaping keys' table as the code defines it:\n{table}\n\
+         Replace the table with: cargo run --release -- config-reference --shaping"
     );
 }
 

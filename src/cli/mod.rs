@@ -61,7 +61,12 @@ pub enum Command {
     },
     /// Print the configuration reference (every key, its default and its
     /// meaning) as Markdown: docs/configuration.md is this output.
-    ConfigReference,
+    ConfigReference {
+        /// Print the shaping rules' keys instead: the table in
+        /// docs/shaping.md.
+        #[arg(long)]
+        shaping: bool,
+    },
     /// Print every metric ringpost exports: name, type and help text.
     DumpMetrics,
     /// A test SMTP server that takes mail and discards it: for trying
@@ -372,8 +377,11 @@ pub fn run(cli: Cli) -> Result<()> {
             true => Ok(()),
             false => anyhow::bail!("the domain's DNS fails a check (see FAIL above)"),
         },
-        Command::ConfigReference => {
-            print!("{}", crate::config::reference_markdown());
+        Command::ConfigReference { shaping } => {
+            match shaping {
+                true => print!("{}", crate::scheduler::shaping::key_table()),
+                false => print!("{}", crate::config::reference_markdown()),
+            }
             Ok(())
         }
         Command::Queue {

@@ -180,9 +180,9 @@ impl Scheduler {
             source: source.as_deref(),
             site: &path.site,
             policy: limits.tls_policy(tls),
-            connect_timeout: limits.connect_timeout,
+            connect_timeout: limits.connect_timeout(),
             max_messages_per_connection: limits.max_messages_per_connection,
-            idle_timeout: limits.idle_timeout,
+            idle_timeout: limits.idle_timeout(),
             idle_room: self.gates.borrow().idle_room(path, Instant::now()),
         };
         let started = Instant::now();

@@ -238,7 +238,7 @@ impl Gates {
                     limit: limits.max_connections,
                     in_use: g.in_use,
                     waiting: g.waiters.len(),
-                    idle_timeout: limits.idle_timeout,
+                    idle_timeout: limits.idle_timeout(),
                 })
             })
             .collect()
@@ -629,7 +629,7 @@ mod tests {
                 limit: 5,
                 in_use: 0,
                 waiting: 0,
-                idle_timeout: limits(5, 100.0).idle_timeout,
+                idle_timeout: limits(5, 100.0).idle_timeout(),
             }],
             "the whole limit is asked for, not a share"
         );

@@ -429,7 +429,7 @@ impl Scheduler {
             .await
             .map_err(|e| e.to_string())?;
         self.delivery
-            .probe(&targets, self.base_limits.connect_timeout)
+            .probe(&targets, self.base_limits.connect_timeout())
             .await
             .map_err(|o| o.reply().to_string())
     }

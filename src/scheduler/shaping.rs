@@ -35,21 +35,122 @@ pub const DEFAULT_SHAPING: &str = include_str!("default-shaping.toml");
 #[error("{}", .0.join("\n"))]
 pub struct ShapingError(pub Vec<String>);
 
-/// Values a rule (or a source within it) may set; unset ones come from
-/// the level above.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Overrides {
-    pub max_connections: Option<usize>,
-    pub max_messages_per_second: Option<f64>,
-    pub max_messages_per_connection: Option<u32>,
-    pub connect_timeout_secs: Option<u64>,
-    pub idle_timeout_secs: Option<u64>,
-    pub tls: Option<OutboundTls>,
-    /// Messages per clock hour (UTC) on the path; 0: none at all.
-    pub max_messages_per_hour: Option<u64>,
-    /// Messages per day (UTC) on the path; 0: none at all.
-    pub max_messages_per_day: Option<u64>,
+/// The keys a rule (or a source within it) may set, each defined once:
+/// its doc, its type, what a path has when no rule sets it, and its
+/// check. From this list come [`Overrides`] (what a rule sets), [`Limits`]
+/// (what a path may do), [`Limits::of`] (`[delivery]`'s values),
+/// [`Limits::apply`], [`check_overrides`] and [`key_table`]
+/// (docs/shaping.md's table, kept the same by a test).
+///
+/// A key is `base` (every path has a value: `[delivery]`'s key of the
+/// same name when no rule sets it) or `optional` (no value unless a rule
+/// sets one).
+macro_rules! path_keys {
+    (
+        $(
+            $(#[doc = $doc:literal])*
+            $key:ident : $kind:ident $ty:ty, unset = $unset:literal, check = $check:expr;
+        )*
+    ) => {
+        /// Values a rule (or a source within it) may set; unset ones come
+        /// from the level above.
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Overrides {
+            $( $(#[doc = $doc])* pub $key: Option<$ty>, )*
+        }
+
+        /// What one path (source, site) may do, node-wide.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Limits {
+            $( $(#[doc = $doc])* pub $key: path_keys!(@limit $kind $ty), )*
+        }
+
+        impl Limits {
+            /// `[delivery]`'s values: the limits of a site no rule fits.
+            pub fn of(d: &DeliveryConfig) -> Limits {
+                Limits { $( $key: path_keys!(@base $kind d.$key), )* }
+            }
+
+            /// A rule's (or source's) values over these.
+            fn apply(&mut self, o: &Overrides) {
+                $( if let Some(v) = o.$key { self.$key = path_keys!(@set $kind v); } )*
+            }
+        }
+
+        /// The first problem of a rule's (or source's) values, as
+        /// "`key` what is wrong".
+        fn check_overrides(o: &Overrides) -> Option<String> {
+            $(
+                if let Some(v) = &o.$key {
+                    let check: fn(&$ty) -> Result<(), &'static str> = $check;
+                    if let Err(why) = check(v) {
+                        return Some(format!("{} {why}", stringify!($key)));
+                    }
+                }
+            )*
+            None
+        }
+
+        /// docs/shaping.md's table of the keys (Markdown).
+        pub fn key_table() -> String {
+            let mut out = String::from("| key | meaning | when no rule sets it |\n|---|---|---|\n");
+            $(
+                let doc: &str = concat!($($doc, " "),*);
+                let doc = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+                out.push_str(&format!("| `{}` | {} | {} |\n", stringify!($key), doc, $unset));
+            )*
+            out
+        }
+    };
+    (@limit base $ty:ty) => { $ty };
+    (@limit optional $ty:ty) => { Option<$ty> };
+    (@base base $e:expr) => { $e };
+    (@base optional $e:expr) => { None };
+    (@set base $v:expr) => { $v };
+    (@set optional $v:expr) => { Some($v) };
+}
+
+fn at_least_one<T: Into<u64> + Copy>(v: &T) -> Result<(), &'static str> {
+    match (*v).into() {
+        0 => Err("must be at least 1"),
+        _ => Ok(()),
+    }
+}
+
+path_keys! {
+    /// Connections open at once on the path, node-wide; idle pooled ones
+    /// count.
+    max_connections: base usize, unset = "`delivery.max_connections`",
+        check = |v| at_least_one(&(*v as u64));
+    /// Messages started per second on the path, node-wide; `0`: no limit.
+    max_messages_per_second: base f64, unset = "`delivery.max_messages_per_second`",
+        check = |v| match *v >= 0.0 && v.is_finite() {
+            true => Ok(()),
+            false => Err("must be 0 (no limit) or positive"),
+        };
+    /// Transactions on one connection before it is closed.
+    max_messages_per_connection: base u32, unset = "`delivery.max_messages_per_connection`",
+        check = at_least_one;
+    /// TCP connect timeout, in seconds.
+    connect_timeout_secs: base u64, unset = "`delivery.connect_timeout_secs`",
+        check = at_least_one;
+    /// An idle pooled connection is closed after this many seconds.
+    idle_timeout_secs: base u64, unset = "`delivery.idle_timeout_secs`",
+        check = at_least_one;
+    /// `"opportunistic"` or `"require"`: at least this much TLS (the
+    /// destination's `[tls]` policy may ask more; `require` needs the CA
+    /// bundle, `tls.ca_file`).
+    tls: optional OutboundTls, unset = "`[tls]` only",
+        check = |v| match v {
+            OutboundTls::None => Err("may be \"opportunistic\" or \"require\": a shaping rule never weakens TLS"),
+            _ => Ok(()),
+        };
+    /// Messages per clock hour (UTC) on the path; `0`: none.
+    max_messages_per_hour: optional u64, unset = "no cap", check = |_| Ok(());
+    /// Messages per day (UTC) on the path; `0`: none (a source kept off a
+    /// site; a warm-up lowers it further).
+    max_messages_per_day: optional u64, unset = "no cap", check = |_| Ok(());
 }
 
 /// One `[[site]]` of a shaping file.
@@ -72,63 +173,13 @@ pub struct Rule {
     pub source: BTreeMap<String, Overrides>,
 }
 
-/// What one path (source, site) may do, node-wide.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
-    pub max_connections: usize,
-    /// Messages per second; 0: no limit.
-    pub max_messages_per_second: f64,
-    pub max_messages_per_connection: u32,
-    pub connect_timeout: Duration,
-    pub idle_timeout: Duration,
-    /// At least this TLS (the destination's `[tls]` policy may ask more).
-    pub tls: Option<OutboundTls>,
-    /// Messages per clock hour (UTC), if capped.
-    pub max_messages_per_hour: Option<u64>,
-    /// Messages per day (UTC), if capped (a warm-up lowers it further).
-    pub max_messages_per_day: Option<u64>,
-}
-
 impl Limits {
-    /// `[delivery]`'s values: the limits of a site no rule fits.
-    pub fn of(d: &DeliveryConfig) -> Limits {
-        Limits {
-            max_connections: d.max_connections,
-            max_messages_per_second: d.max_messages_per_second,
-            max_messages_per_connection: d.max_messages_per_connection,
-            connect_timeout: Duration::from_secs(d.connect_timeout_secs),
-            idle_timeout: Duration::from_secs(d.idle_timeout_secs),
-            tls: None,
-            max_messages_per_hour: None,
-            max_messages_per_day: None,
-        }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
     }
 
-    fn apply(&mut self, o: &Overrides) {
-        if let Some(v) = o.max_connections {
-            self.max_connections = v;
-        }
-        if let Some(v) = o.max_messages_per_second {
-            self.max_messages_per_second = v;
-        }
-        if let Some(v) = o.max_messages_per_connection {
-            self.max_messages_per_connection = v;
-        }
-        if let Some(v) = o.connect_timeout_secs {
-            self.connect_timeout = Duration::from_secs(v);
-        }
-        if let Some(v) = o.idle_timeout_secs {
-            self.idle_timeout = Duration::from_secs(v);
-        }
-        if o.tls.is_some() {
-            self.tls = o.tls;
-        }
-        if o.max_messages_per_hour.is_some() {
-            self.max_messages_per_hour = o.max_messages_per_hour;
-        }
-        if o.max_messages_per_day.is_some() {
-            self.max_messages_per_day = o.max_messages_per_day;
-        }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
     }
 
     /// The TLS policy for a destination whose `[tls]` policy is
@@ -341,32 +392,8 @@ fn check(rule: &Rule) -> Option<String> {
             "" => what.to_string(),
             s => format!("source \"{s}\": {what}"),
         };
-        if o.max_connections == Some(0) {
-            return Some(at("max_connections must be at least 1"));
-        }
-        if o.max_messages_per_second
-            .is_some_and(|r| !(r >= 0.0 && r.is_finite()))
-        {
-            return Some(at(
-                "max_messages_per_second must be 0 (no limit) or positive",
-            ));
-        }
-        for (key, value) in [
-            (
-                "max_messages_per_connection",
-                o.max_messages_per_connection.map(u64::from),
-            ),
-            ("connect_timeout_secs", o.connect_timeout_secs),
-            ("idle_timeout_secs", o.idle_timeout_secs),
-        ] {
-            if value == Some(0) {
-                return Some(at(&format!("{key} must be at least 1")));
-            }
-        }
-        if o.tls == Some(OutboundTls::None) {
-            return Some(at(
-                "tls may be \"opportunistic\" or \"require\": a shaping rule never weakens TLS",
-            ));
+        if let Some(problem) = check_overrides(o) {
+            return Some(at(&problem));
         }
     }
     None
