@@ -13,6 +13,7 @@
 //! the hickory `Resolver`; shards send requests over a flume channel and get
 //! answers on a oneshot. hickory caches answers per their TTL.
 //!
+//! May call: nothing else in the crate; hickory.
 //! Must not: open SMTP connections or decide retries.
 
 use std::net::{IpAddr, SocketAddr};

@@ -18,6 +18,7 @@
 //! sender, through `queue::Spool::enqueue` like any other message, and never
 //! bounces a message whose sender is `<>` (no bounce of a bounce).
 //!
+//! May call: nothing else in the crate.
 //! Must not: do I/O.
 
 use std::fmt::Write as _;

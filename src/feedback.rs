@@ -11,8 +11,9 @@
 //! (`feedback.tracking_header`), else in the `Received:` header ringpost
 //! wrote (`by HOST (ringpost) with ESMTP id ID`).
 //!
-//! May call: `mail-parser`. Must not: do anything with what it read (the
-//! reception door acts on it: `inbound::feedback`).
+//! May call: nothing else in the crate; mail-parser.
+//! Must not: do anything with what it read (the reception door acts on it:
+//! `inbound::feedback`).
 
 use mail_parser::{Message, MessageParser, MimeHeaders, PartType};
 

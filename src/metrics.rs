@@ -10,6 +10,7 @@
 //! lock-free; shards record from their own threads and one scrape sees the
 //! sum. Gauges are adjusted up and down by each shard, so they add up too.
 //!
+//! May call: `shard`.
 //! Must not: decide anything from a metric's value.
 
 use std::sync::OnceLock;

@@ -9,8 +9,9 @@
 //! mail-auth's to parse (`mail_auth::mta_sts::MtaSts`).
 //!
 //! May call: `dns` (the policy host's addresses), `tls` (the stream and
-//! hyper's IO over it). Must not: decide what a policy does to a
-//! delivery, or cache (its callers do).
+//! hyper's IO over it).
+//! Must not: decide what a policy does to a delivery, or cache (its callers
+//! do).
 
 use std::io;
 use std::net::SocketAddr;

@@ -27,7 +27,8 @@
 //! and shard 0 keeps the node's suppression list in step with the
 //! fleet's (`suppression::share`).
 //!
-//! May call: every service. Must not: be imported by any of them.
+//! May call: every module (it is the composition root).
+//! Must not: be imported by any of them.
 
 use std::net::SocketAddr;
 use std::rc::Rc;

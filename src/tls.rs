@@ -14,6 +14,7 @@
 //! Also owns [`Stream`], a connection that is plain or TLS, shared by the
 //! inbound and outbound sides.
 //!
+//! May call: nothing else in the crate; rustls.
 //! Must not: decide when to start TLS; sessions call the acceptor/connector.
 //!
 //! Security: the key file is read once at start-up.

@@ -1,16 +1,97 @@
-//! The crate's shape, checked: which top-level module imports which, with
-//! no import cycle between them nor between the files of one folder, and
-//! no function that has grown past what a reader can hold in their head.
+//! The crate's shape, checked: which top-level module imports which, each
+//! only what its `//!` header allows (its `May call:` paragraph names the
+//! modules in backticks, or says "nothing else in the crate" or "every
+//! module"), with no import cycle between them nor between the files of
+//! one folder, and no file or function grown past what a reader can hold
+//! in their head.
 //!
 //! `cargo test --release --test architecture -- --nocapture` prints the
-//! module list with line counts, the import graph and the longest
-//! functions.
+//! module list with line counts, the import graph, the largest files and
+//! the longest functions.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Longest function body allowed in `src/`, in lines.
-const MAX_FUNCTION_LINES: usize = 100;
+const MAX_FUNCTION_LINES: usize = 80;
+
+/// Longest source file allowed in `src/`, in lines, its unit tests (from
+/// `#[cfg(test)]` on) aside.
+const MAX_FILE_LINES: usize = 800;
+
+/// The lines of a file that are not its unit tests.
+fn code_lines(text: &str) -> usize {
+    text.split("\n#[cfg(test)]")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .count()
+}
+
+/// What a module's header allows it to import: the module names in
+/// backticks in its `May call:` paragraph (`queue` or `queue::Spool`
+/// both name `queue`); None when it says "every module"; Err when the
+/// header has no `May call:`.
+fn allowed_imports(text: &str, modules: &BTreeSet<String>) -> Result<Option<BTreeSet<String>>, ()> {
+    let header: Vec<&str> = text
+        .lines()
+        .take_while(|l| l.starts_with("//!"))
+        .map(|l| l.trim_start_matches("//!").trim())
+        .collect();
+    let joined = header.join("\n");
+    let start = joined.find("May call:").ok_or(())?;
+    let rest = &joined[start + "May call:".len()..];
+    let end = [rest.find("Must not:"), rest.find("\n\n")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(rest.len());
+    let paragraph = &rest[..end];
+    if paragraph.contains("every module") {
+        return Ok(None);
+    }
+    let named = paragraph
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter_map(|quoted| quoted.split("::").next())
+        .filter(|name| modules.contains(*name))
+        .map(str::to_string)
+        .collect();
+    Ok(Some(named))
+}
+
+/// Every difference between what each module imports and what its header
+/// allows: a forbidden import, an allowance it does not use, or a header
+/// without `May call:`.
+fn header_drift(src: &Path, graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let modules: BTreeSet<String> = graph.keys().cloned().collect();
+    let mut found = Vec::new();
+    for (module, deps) in graph {
+        let file = match src.join(module).is_dir() {
+            true => src.join(module).join("mod.rs"),
+            false => src.join(format!("{module}.rs")),
+        };
+        let text = std::fs::read_to_string(&file).unwrap();
+        match allowed_imports(&text, &modules) {
+            Err(()) => found.push(format!("{module}: its header has no `May call:`")),
+            Ok(None) => {}
+            Ok(Some(allowed)) => {
+                for d in deps.difference(&allowed) {
+                    found.push(format!(
+                        "{module} imports `{d}`, which its header does not allow"
+                    ));
+                }
+                for a in allowed.difference(deps) {
+                    found.push(format!(
+                        "{module}'s header allows `{a}`, which it does not import"
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -103,7 +184,7 @@ fn functions(file: &Path, text: &str) -> Vec<(String, String, usize, usize)> {
 }
 
 #[test]
-fn modules_form_no_import_cycle_and_functions_stay_short() {
+fn modules_import_what_their_headers_allow_without_cycles_and_stay_short() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let src = root.join("src");
     let mut files = Vec::new();
@@ -113,9 +194,12 @@ fn modules_form_no_import_cycle_and_functions_stay_short() {
     let mut lines_per_module: BTreeMap<String, usize> = BTreeMap::new();
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut all_functions = Vec::new();
+    let mut file_sizes = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
-        all_functions.extend(functions(file.strip_prefix(root).unwrap(), &text));
+        let rel = file.strip_prefix(root).unwrap();
+        all_functions.extend(functions(rel, &text));
+        file_sizes.push((code_lines(&text), rel.display().to_string()));
         let Some(module) = module_of(&src, file) else {
             continue;
         };
@@ -141,7 +225,11 @@ fn modules_form_no_import_cycle_and_functions_stay_short() {
             deps.join(", ")
         );
     }
-
+    file_sizes.sort_by_key(|f| std::cmp::Reverse(f.0));
+    println!("largest files (lines, unit tests aside):");
+    for (lines, file) in file_sizes.iter().take(8) {
+        println!("  {lines:>5}  {file}");
+    }
     all_functions.sort_by_key(|f| std::cmp::Reverse(f.3));
     println!("longest functions:");
     for (name, file, line, len) in all_functions.iter().take(8) {
@@ -157,6 +245,17 @@ fn modules_form_no_import_cycle_and_functions_stay_short() {
     assert!(
         in_folders.is_empty(),
         "import cycles between the files of a folder: {in_folders:?}"
+    );
+    let drift = header_drift(&src, &graph);
+    assert!(
+        drift.is_empty(),
+        "imports and `//!` headers disagree:\n  {}",
+        drift.join("\n  ")
+    );
+    let too_big: Vec<_> = file_sizes.iter().filter(|f| f.0 > MAX_FILE_LINES).collect();
+    assert!(
+        too_big.is_empty(),
+        "files over {MAX_FILE_LINES} lines (unit tests aside): {too_big:?}"
     );
     let too_long: Vec<_> = all_functions
         .iter()

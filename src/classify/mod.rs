@@ -11,6 +11,7 @@
 //! Used by the scheduler for every failed or deferred delivery (the
 //! category goes in the delivery log and `ringpost_delivery_failures_total`).
 //!
+//! May call: `config` (its section).
 //! Must not: do I/O (the caller reads the operator's file), or decide what
 //! to do about a category.
 

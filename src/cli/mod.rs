@@ -5,6 +5,11 @@
 //! Owns: argument parsing (clap), loading the config, and printing. Errors
 //! become `anyhow` here, at the binary's edge, and an exit status.
 //!
+//! May call: `server` (to run one), `config`, `queue`, `events`,
+//! `suppression` (the stopped spool's and list's tools), `http` and
+//! `inbound` (the admin API's shapes, injection), `scheduler` (summaries),
+//! `dkim`, `dns`, `mta_sts`, `tls` (keygen and the DNS and DKIM checks),
+//! `metrics`, `shard`.
 //! Must not: open the spool while a server runs on it (sled's lock refuses;
 //! the error says so).
 

@@ -17,8 +17,9 @@
 //! limit (`cluster.nodes`); the thread tries again every second and
 //! raises the flag when Redis answers.
 //!
-//! May call: config, metrics. Must not: know about gates, messages or the
-//! scheduler (the scheduler's `shared` module maps its paths onto this).
+//! May call: `config`, `metrics`.
+//! Must not: know about gates, messages or the scheduler (the scheduler's
+//! `shared` module maps its paths onto this).
 
 mod link;
 mod scripts;

@@ -8,6 +8,7 @@
 //! and line), and the reference in docs/configuration.md
 //! ([`reference_markdown`], which a test holds the file to).
 //!
+//! May call: nothing else in the crate.
 //! Must not: depend on anything else in the crate; do I/O beyond reading
 //! the file it is given; bind ports or open the spool (`check-config`
 //! relies on that). Checks that need the files a config names (keys,

@@ -13,7 +13,7 @@
 //! the signed bytes. Canonicalization, hashing and the signature itself
 //! are mail-auth's; `From:` is read with mail-parser.
 //!
-//! May call: `config` (its section), `metrics`, mail-auth, mail-parser.
+//! May call: `config` (its section), `metrics`; mail-auth, mail-parser.
 //! Must not: refuse a message (a message that cannot be signed is queued
 //! unsigned, with the reason), do I/O, or block on anything but the CPU.
 

@@ -15,6 +15,9 @@
 //! ([`outbox`]), before the caller changes the message's record;
 //! [`webhook`] sends it from there.
 //!
+//! May call: `queue` (ids, envelopes, the kept trees of the outbox), `dkim`
+//! (the signing outcome a Reception carries), `tls` (the webhooks' HTTPS),
+//! `config`, `metrics`, `shard`.
 //! Must not: decide anything; it only records.
 
 pub mod client;

@@ -22,6 +22,10 @@
 //! never gets one), then the body up to the listener's limit at no less
 //! than [`MIN_BODY_RATE`] after that timeout, then the answer.
 //!
+//! May call: `inbound` (the door, for injection), `scheduler` (the admin
+//! API's operations), `queue`, `suppression`, `cluster` (the fleet's state),
+//! `proto` (addresses and DSN parameters in requests), `tls`, `config`,
+//! `metrics`, `shard`.
 //! Must not: know what any path means (the endpoints do).
 //!
 //! Security: each listener admits a number of connections per shard and

@@ -28,9 +28,10 @@
 //! Beside the door: [`idempotency`], the per-shard index of injection
 //! requests' `Idempotency-Key`s (the injection front end asks it).
 //!
-//! May call: `dkim` (sign), `feedback` (through [`feedback`]), `proto`
-//! (header fields), `queue` (enqueue, suppression), `scheduler` (submit),
-//! `events`, `metrics`.
+//! May call: `queue` (enqueue), `scheduler` (submit), `dkim` (sign),
+//! `feedback` (reports), `classify` (their categories), `suppression`,
+//! `proto` (header fields, the SMTP codecs), `events`, `tls`, `config`,
+//! `metrics`, `shard`.
 //! Must not: speak a protocol (the front ends do) or deliver anything.
 
 pub mod feedback;

@@ -2,8 +2,9 @@
 //! transactions with per-recipient results, pipelined when the server
 //! offers PIPELINING.
 //!
-//! Owns: [`Client`] and [`Outgoing`]. What leaves is what was accepted: the
-//! stored body (canonical CRLF) dot-stuffed by `proto::body::dot_stuff`.
+//! Owns: [`Client`], [`Outgoing`] and [`dsn_parameters`] (a message's DSN
+//! request as passed on to a next hop that offers DSN). What leaves is what was accepted: the
+//! stored body (canonical CRLF) dot-stuffed into a [`Wire`] (`proto::body::dot_stuff`).
 //!
 //! Must not: retry, pick hosts or touch the queue.
 //!
@@ -24,7 +25,9 @@ use rustls::pki_types::ServerName;
 
 use super::outcome::{DeliveryOutcome, from_io, from_reply};
 use crate::config::OutboundTls;
+use crate::proto::dsn_params::{orcpt_param, xtext_encode};
 use crate::proto::server_reply::{ServerReply, parse_reply};
+use crate::queue::Envelope;
 
 /// What the server said it supports in its EHLO reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,13 +61,68 @@ impl Extensions {
     }
 }
 
+/// A stored body as it goes after DATA: dot-stuffed and terminated
+/// (`proto::body::dot_stuff`). Made once per attempt, for every try.
+#[derive(Debug, Default)]
+pub struct Wire(Vec<u8>);
+
+impl Wire {
+    /// The wire form of a stored body (canonical CRLF).
+    pub fn of(body: Vec<u8>) -> Wire {
+        Wire(crate::proto::body::dot_stuff(body))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// The DSN request of `env` for a next hop that offers DSN: the MAIL
+/// parameters (` RET=... ENVID=...`) and each of `rcpts`' RCPT parameters
+/// (` NOTIFY=... ORCPT=...`); empty strings when the sender gave none
+/// (nothing is allocated per recipient then).
+pub fn dsn_parameters(env: &Envelope, rcpts: &[usize]) -> (String, Vec<String>) {
+    let mut mail = String::new();
+    if let Some(ret) = env.ret {
+        mail.push_str(" RET=");
+        mail.push_str(ret.as_text());
+    }
+    if let Some(envid) = &env.envid {
+        mail.push_str(" ENVID=");
+        mail.push_str(&xtext_encode(envid));
+    }
+    let asked = rcpts.iter().any(|&i| {
+        let r = &env.recipients[i];
+        r.notify.is_some() || r.orcpt.is_some()
+    });
+    if !asked {
+        return (mail, Vec::new());
+    }
+    let params = rcpts
+        .iter()
+        .map(|&i| {
+            let r = &env.recipients[i];
+            let mut p = String::new();
+            if let Some(n) = r.notify {
+                p.push_str(" NOTIFY=");
+                p.push_str(&n.as_text());
+            }
+            if let Some(o) = &r.orcpt {
+                p.push_str(" ORCPT=");
+                p.push_str(&orcpt_param(o));
+            }
+            p
+        })
+        .collect();
+    (mail, params)
+}
+
 /// One message to send on a connection.
 pub struct Outgoing<'a> {
     pub sender: &'a str,
     pub recipients: &'a [String],
-    /// The body as sent after DATA: dot-stuffed and terminated
-    /// (`proto::body::dot_stuff`), made once for every try.
-    pub wire: &'a [u8],
+    /// The body as sent after DATA.
+    pub wire: &'a Wire,
     /// The body's size as stored, for SIZE.
     pub size: u64,
     pub smtputf8: bool,
@@ -388,7 +446,7 @@ impl Client {
         let accepted = outcomes.iter().any(Option::is_none);
         let final_outcome = match data {
             Some(d) if d.code == 354 && accepted => {
-                self.write(msg.wire).await?;
+                self.write(msg.wire.as_bytes()).await?;
                 let reply = self.read_reply().await?;
                 self.ended_cleanly = true;
                 from_reply(&reply)

@@ -16,6 +16,9 @@
 //! (PROXY v2 headers), `sts` (receivers' MTA-STS policies, which the
 //! scheduler applies before an attempt).
 //!
+//! May call: `dns` (MX and addresses), `tls`, `mta_sts` (receivers'
+//! policies), `proto` (replies, dot-stuffing, DSN parameters), `queue` (the
+//! envelope's DSN request), `config`, `metrics`, `shard`.
 //! Must not: write the queue, retry or bounce; it returns values and the
 //! scheduler decides.
 

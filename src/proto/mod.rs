@@ -7,6 +7,7 @@
 //! the `Received:` header every receiver writes ([`trace`]), and taking a
 //! header field out of a message ([`header`]).
 //!
+//! May call: `dsn` (the NOTIFY and RET values it parses).
 //! Must not: do I/O, allocate without bound, or panic on any input. Every
 //! function here is unit-tested in-module and fuzzed from `fuzz/`.
 //!

@@ -37,6 +37,8 @@
 //! to, reclaimed with the segment, or a frame that recovery replays (a
 //! message whose client saw no 250: a possible duplicate, never a loss).
 //!
+//! May call: `config` (its section), `dsn` (a recipient's DSN request in the
+//! record), `metrics`, `shard`.
 //! Must not: know about SMTP; be touched from any thread but its shard's
 //! (the CLI opens a spool only while the server is stopped: sled's file lock
 //! enforces it).

@@ -15,9 +15,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use super::state::{self, Hold, Job};
-use super::{Scheduler, bounce, gate, shaping, shared};
+use super::{Scheduler, gate, shaping, shared};
 use crate::config::OutboundTls;
-use crate::outbound::client::Outgoing;
+use crate::outbound::client::{Outgoing, Wire};
 use crate::outbound::{Attempt, DeliveryOutcome, Target, outcome};
 use crate::queue::{Envelope, MessageId};
 
@@ -32,7 +32,7 @@ impl Scheduler {
             .iter()
             .map(|&i| env.recipients[i].address.clone())
             .collect();
-        let (mail_dsn, rcpt_dsn) = bounce::dsn_parameters(env, &job.rcpts);
+        let (mail_dsn, rcpt_dsn) = crate::outbound::client::dsn_parameters(env, &job.rcpts);
         let started = Instant::now();
         let targets = self.router.targets_for(domain).await;
         ::metrics::histogram!(crate::metrics::DNS_LOOKUP_SECONDS)
@@ -92,10 +92,12 @@ impl Scheduler {
                     Err(why) => return Attempt::all(why, rcpts.len()),
                 }
             }
+            // Read above: the default is never used.
+            let wire: &Wire = body.get_or_insert_with(Wire::default);
             let msg = Outgoing {
                 sender: &env.sender,
                 recipients: &rcpts,
-                wire: body.as_deref().unwrap_or_default(),
+                wire,
                 size: env.size(),
                 smtputf8: env.smtputf8,
                 eight_bit: env.eight_bit,
@@ -263,9 +265,9 @@ impl Scheduler {
 
     /// The queued message's body, dot-stuffed for DATA; a read error is a
     /// deferral (retried like any; expiry bounds it).
-    async fn read_wire(&self, id: MessageId, env: &Envelope) -> Result<Vec<u8>, DeliveryOutcome> {
+    async fn read_wire(&self, id: MessageId, env: &Envelope) -> Result<Wire, DeliveryOutcome> {
         match self.spool.read_body(id, env).await {
-            Ok(body) => Ok(crate::proto::body::dot_stuff(body)),
+            Ok(body) => Ok(Wire::of(body)),
             Err(e) => {
                 self.spool_errors_logged
                     .log(log::Level::Error, || e.to_string());

@@ -4,8 +4,7 @@
 //!
 //! Owns: [`notification`], a pure function from the message, the
 //! recipients to report on and its original bytes to the [`NewMessage`]
-//! that carries the DSN (`dsn::build` writes the report itself), and
-//! [`dsn_parameters`], the DSN request as passed on to a next hop. The
+//! that carries the DSN (`dsn::build` writes the report itself). The
 //! scheduler sends the notice to the reception door, which queues it like
 //! any other message.
 //!
@@ -14,7 +13,6 @@
 
 use super::state::Failure;
 use crate::dsn::{self, FailedRcpt, Notice, NoticeKind};
-use crate::proto::dsn_params::{orcpt_param, xtext_encode};
 use crate::queue::{Envelope, MessageId, NewMessage, Recipient};
 
 /// Whether `r`'s sender asked for a notice of this kind: failures unless
@@ -83,46 +81,6 @@ pub fn notification(
         // The notice has both already (`dsn::build`).
         complete: Default::default(),
     })
-}
-
-/// The DSN request of `env` for a next hop that offers DSN: the MAIL
-/// parameters (` RET=... ENVID=...`) and each of `rcpts`' RCPT parameters
-/// (` NOTIFY=... ORCPT=...`); empty strings when the sender gave none
-/// (nothing is allocated per recipient then).
-pub fn dsn_parameters(env: &Envelope, rcpts: &[usize]) -> (String, Vec<String>) {
-    let mut mail = String::new();
-    if let Some(ret) = env.ret {
-        mail.push_str(" RET=");
-        mail.push_str(ret.as_text());
-    }
-    if let Some(envid) = &env.envid {
-        mail.push_str(" ENVID=");
-        mail.push_str(&xtext_encode(envid));
-    }
-    let asked = rcpts.iter().any(|&i| {
-        let r = &env.recipients[i];
-        r.notify.is_some() || r.orcpt.is_some()
-    });
-    if !asked {
-        return (mail, Vec::new());
-    }
-    let params = rcpts
-        .iter()
-        .map(|&i| {
-            let r = &env.recipients[i];
-            let mut p = String::new();
-            if let Some(n) = r.notify {
-                p.push_str(" NOTIFY=");
-                p.push_str(&n.as_text());
-            }
-            if let Some(o) = &r.orcpt {
-                p.push_str(" ORCPT=");
-                p.push_str(&orcpt_param(o));
-            }
-            p
-        })
-        .collect();
-    (mail, params)
 }
 
 #[cfg(test)]

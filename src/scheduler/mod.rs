@@ -46,12 +46,12 @@
 //! connection leases and rate tokens each path's authority gives: the
 //! node's [`book`], or Redis with `[cluster]`; shared suspensions).
 //!
-//! May call: `queue` (update, remove, read, the suppression list),
-//! `outbound` (routing and one attempt), `proto::body` (dot-stuffing the
-//! wire), `classify` (failure categories), `dsn` (notices), `events`,
-//! `metrics`, `shard::mesh` (back-off notices, the node's book), `cluster`
-//! (Redis: tokens, leases, suspensions). Must
-//! not: open sockets itself, or write sled other than through
+//! May call: `queue` (update, remove, read, the kept trees), `outbound`
+//! (routing and one attempt), `classify` (failure categories), `dsn`
+//! (notices), `suppression`, `events`, `mta_sts` (policies), `cluster`
+//! (Redis: tokens, leases, suspensions), `config`, `metrics`, `shard` (the
+//! mesh: back-off notices, the node's book).
+//! Must not: open sockets itself, or write sled other than through
 //! `queue::Spool`.
 
 mod attempt;

@@ -9,10 +9,10 @@
 //! [`clock`] (the wall clock, which tests can drive) and [`log_limit`]
 //! (log lines that could repeat, rate-limited).
 //!
-//! May call: nothing else in the crate. Must not: import any service
-//! (queue, scheduler, inbound, http, server): they all stand on this, and
-//! an arrow back would make a cycle. (Which shard owns a message is the
-//! queue's to say: `MessageId::shard`.)
+//! May call: nothing else in the crate.
+//! Must not: import any service (queue, scheduler, inbound, http, server):
+//! they all stand on this, and an arrow back would make a cycle. (Which
+//! shard owns a message is the queue's to say: `MessageId::shard`.)
 
 pub mod admission;
 pub mod clock;

@@ -28,10 +28,10 @@
 //! (a scope never holds a space). Tree `sync` keeps where this node is
 //! in the fleet's log.
 //!
-//! May call: `queue::domain_of`, `config` (its section), `cluster` (in
-//! [`share`]), `metrics`.
-//! Must not: decide when to suppress (the scheduler and the admin API do)
-//! or how to answer (the reception door does); talk to Redis.
+//! May call: `queue` (`domain_of`), `cluster` (in [`share`]), `config` (its
+//! section), `metrics`, `shard`.
+//! Must not: decide when to suppress (the scheduler and the admin API do) or
+//! how to answer (the reception door does); talk to Redis.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
