@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::segment::BodyRef;
+use super::frame::BodyRef;
 use crate::dsn::{Notify, Ret};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

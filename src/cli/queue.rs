@@ -1,0 +1,286 @@
+//! `ringpost queue ...`: the queue commands, through the admin API (or,
+//! for `ls --spool`, straight from a stopped spool), rendered for a
+//! terminal or as JSON; `drain` with its progress bar.
+//!
+//! Must not: open a spool a server runs on (sled's lock refuses).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use super::admin_client::encode;
+use super::{AdminArgs, admin_client, parse_duration};
+use crate::config::Config;
+use crate::http::admin::{MessageDetail, Summary};
+use crate::queue::{Spool, SpoolOptions, existing_shards};
+
+#[derive(Subcommand, Debug)]
+pub enum QueueCommand {
+    /// Per destination domain: messages, recipients, oldest age, last
+    /// error; or grouped by site, egress source or pool (`--by`).
+    Summary {
+        /// Group by `site` (the set of MX hosts), `source` or `pool`.
+        #[arg(long, value_parser = ["site", "source", "pool"])]
+        by: Option<String>,
+    },
+    /// List queued messages, oldest first.
+    Ls {
+        /// Only messages with a pending recipient at this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Read this spool directory directly instead (server stopped;
+        /// runs the same recovery as a start).
+        #[arg(long)]
+        spool: Option<PathBuf>,
+    },
+    /// One message: envelope, recipients' state, headers.
+    Show { id: String },
+    /// Everything that happened to one message, in order (from the
+    /// delivery log), and where it stands if still queued.
+    Trace { id: String },
+    /// Drain the node to another MTA: new mail is refused from now on
+    /// (SMTP 421, injection 503), and every queued message, whatever its
+    /// domain or holds, is sent to HOST:PORT (`ip:port`, `[ip]:port` or
+    /// `host:port`), each removed here only after the peer's 250. The
+    /// drain starts only once the peer has answered EHLO. Waits, with a
+    /// progress bar, until the queue is empty; a message the peer defers
+    /// or refuses, or that cannot reach it, stays queued and is retried
+    /// (never bounced), and when only such messages are left the command
+    /// says why and fails. Not stored: run it again after a restart.
+    Drain {
+        #[arg(long)]
+        to: String,
+        /// Return at once instead of waiting for the queue to empty.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Retry deferred messages now (only those for DOMAIN, if given).
+    Flush {
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Hold deliveries to DOMAIN until resumed (or for a while: --for 2h).
+    /// Suspensions survive a restart.
+    Suspend {
+        /// A destination domain, or with `--kind` a site (its MX host
+        /// names, as `queue summary --by site` shows them), an egress
+        /// source or pool, or a path (`SOURCE|SITE`).
+        domain: String,
+        /// What NAME is.
+        #[arg(long, default_value = "domain", value_parser = ["domain", "site", "source", "pool", "path"])]
+        kind: String,
+        /// How long: seconds, or with a unit (30m, 2h, 1d).
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<u64>,
+    },
+    /// Release deliveries to DOMAIN (or the site, source, pool or path
+    /// `--kind` says).
+    Resume {
+        domain: String,
+        #[arg(long, default_value = "domain", value_parser = ["domain", "site", "source", "pool", "path"])]
+        kind: String,
+    },
+    /// Remove a message without delivering or bouncing it.
+    Delete { id: String },
+    /// Return a message to its sender now (a DSN), and remove it.
+    Bounce { id: String },
+}
+
+/// After `POST /queue/drain`: says so, then (with `wait`) shows the
+/// queue emptying until it is empty, or until every message left is
+/// waiting for a retry after the peer failed it (then it says why, per
+/// reason, and fails: the drain goes on in the server, but cannot finish
+/// by itself now).
+fn drain_progress(
+    api: &admin_client::AdminClient,
+    to: &str,
+    answer: serde_json::Value,
+    wait: bool,
+) -> Result<()> {
+    let total = answer["queued"].as_u64().unwrap_or(0);
+    let peer = answer["peer"].as_str().unwrap_or(to);
+    println!("draining to {to} ({peer} answered): {total} messages queued; new mail is refused");
+    if !wait {
+        return Ok(());
+    }
+    // Drawn only on a terminal (indicatif hides it otherwise).
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} moved (eta {eta}) {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // Polls in a row with every message left deferred.
+    let mut stuck = 0;
+    loop {
+        let summary: crate::http::admin::Summary =
+            serde_json::from_value(api.call("GET", "/queue/summary")?)?;
+        let left = summary.messages as u64;
+        bar.set_length(total.max(left));
+        bar.set_position(total.saturating_sub(left));
+        if left == 0 {
+            bar.finish_and_clear();
+            println!("drained: the queue is empty");
+            return Ok(());
+        }
+        let reasons = admin_client::deferred_reasons(&summary);
+        if let Some((reason, n)) = reasons.first() {
+            bar.set_message(format!("{n} deferred: {reason}"));
+        }
+        stuck = if summary.deferred == summary.messages {
+            stuck + 1
+        } else {
+            0
+        };
+        if stuck >= 6 {
+            bar.finish_and_clear();
+            let mut why = format!(
+                "the drain to {to} cannot finish now: all {left} messages left are deferred (the peer failed them; they stay queued and are retried to it):\n"
+            );
+            for (reason, n) in reasons {
+                why += &format!("  {n}: {reason}\n");
+            }
+            why += "`ringpost queue flush` retries them now; `ringpost queue summary` shows where they stand";
+            anyhow::bail!(why);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+pub(super) fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
+    let json = args.json;
+    let api = admin_client(args)?;
+    let (method, target) = request_of(&command);
+    let answer = api.call(method, &target)?;
+    if json {
+        println!("{answer}");
+        return Ok(());
+    }
+    if let QueueCommand::Drain { to, no_wait } = &command {
+        return drain_progress(&api, to, answer, !no_wait);
+    }
+    print!("{}", render(command, answer)?);
+    Ok(())
+}
+
+/// The admin API request a queue command makes.
+fn request_of(command: &QueueCommand) -> (&'static str, String) {
+    let domain_query = |d: &Option<String>| match d {
+        Some(d) => format!("?domain={}", encode(d)),
+        None => String::new(),
+    };
+    match command {
+        QueueCommand::Summary { by } => match by {
+            None => ("GET", "/queue/summary".to_string()),
+            Some(by) => ("GET", format!("/queue/summary?by={by}")),
+        },
+        QueueCommand::Ls { domain, limit, .. } => {
+            let mut q = domain_query(domain);
+            if let Some(n) = limit {
+                q += &format!("{}limit={n}", if q.is_empty() { '?' } else { '&' });
+            }
+            ("GET", format!("/queue/messages{q}"))
+        }
+        QueueCommand::Show { id } => ("GET", format!("/queue/messages/{}", encode(id))),
+        QueueCommand::Trace { id } => ("GET", format!("/queue/messages/{}/trace", encode(id))),
+        QueueCommand::Flush { domain } => ("POST", format!("/queue/flush{}", domain_query(domain))),
+        QueueCommand::Drain { to, .. } => ("POST", format!("/queue/drain?to={}", encode(to))),
+        QueueCommand::Suspend {
+            domain,
+            kind,
+            duration,
+        } => {
+            let query = duration.map_or(String::new(), |d| format!("?for={d}"));
+            (
+                "POST",
+                format!("/queue/{kind}s/{}/suspend{query}", encode(domain)),
+            )
+        }
+        QueueCommand::Resume { domain, kind } => {
+            ("POST", format!("/queue/{kind}s/{}/resume", encode(domain)))
+        }
+        QueueCommand::Delete { id } => ("DELETE", format!("/queue/messages/{}", encode(id))),
+        QueueCommand::Bounce { id } => ("POST", format!("/queue/messages/{}/bounce", encode(id))),
+    }
+}
+
+/// A queue command's answer as text for a terminal.
+fn render(command: QueueCommand, answer: serde_json::Value) -> Result<String> {
+    let now = crate::shard::clock::unix_now();
+    Ok(match command {
+        QueueCommand::Summary { by: None } => {
+            admin_client::render_summary(&serde_json::from_value::<Summary>(answer)?)
+        }
+        QueueCommand::Summary { by: Some(_) } => {
+            admin_client::render_groups(&serde_json::from_value::<
+                crate::http::admin::GroupedSummary,
+            >(answer)?)
+        }
+        QueueCommand::Ls { .. } => {
+            let list: Vec<crate::scheduler::operations::MessageInfo> =
+                serde_json::from_value(answer)?;
+            admin_client::render_list(&list, now)
+        }
+        QueueCommand::Show { .. } => {
+            admin_client::render_show(&serde_json::from_value::<MessageDetail>(answer)?, now)
+        }
+        QueueCommand::Trace { .. } => admin_client::render_trace(
+            &serde_json::from_value::<crate::http::admin::MessageTrace>(answer)?,
+            now,
+        ),
+        QueueCommand::Drain { to, .. } => format!("drain to {to} requested\n"),
+        QueueCommand::Flush { .. } => {
+            let n = answer["flushed"].as_u64().unwrap_or(0) as usize;
+            format!("{} flushed\n", admin_client::count(n, "deferred message"))
+        }
+        QueueCommand::Suspend {
+            domain, duration, ..
+        } => match duration {
+            Some(secs) => format!("{domain}: suspended for {}\n", admin_client::age(secs)),
+            None => format!("{domain}: suspended until resumed\n"),
+        },
+        QueueCommand::Resume { domain, .. } => format!("{domain}: resumed\n"),
+        QueueCommand::Delete { id } => format!("{id}: deleted\n"),
+        QueueCommand::Bounce { id } => format!("{id}: returned to sender\n"),
+    })
+}
+
+pub(super) fn queue_ls(dir: &std::path::Path, cfg: &Config) -> Result<()> {
+    let now = crate::shard::clock::unix_now();
+    let shards = existing_shards(dir);
+    anyhow::ensure!(
+        !shards.is_empty(),
+        "there is no spool at {} (no shard-N directories)",
+        dir.display()
+    );
+    println!(
+        "{:<32}  {:>9}  {:>8}  {:<30}  RECIPIENTS",
+        "ID", "SIZE", "AGE", "SENDER"
+    );
+    for shard in shards {
+        let spool = Spool::open(dir, shard, &SpoolOptions::from(&cfg.spool))?;
+        // As the server would at start: after a crash some messages may be
+        // only in the segments' journal.
+        spool.recover()?;
+        for (id, env) in spool.list() {
+            let rcpts: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+            let sender = if env.sender.is_empty() {
+                "<>"
+            } else {
+                &env.sender
+            };
+            println!(
+                "{:<32}  {:>9}  {:>7}s  {:<30}  {}",
+                id.to_string(),
+                env.size(),
+                now.saturating_sub(env.created),
+                sender,
+                rcpts.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
