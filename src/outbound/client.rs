@@ -195,6 +195,38 @@ pub struct Dial<'a> {
     pub myself: &'a super::Myself,
 }
 
+/// The TCP connection to `peer` (from `source`'s address or through its
+/// proxy), with its timeouts set.
+async fn open_stream(
+    peer: SocketAddr,
+    source: Option<&super::egress::Source>,
+    host: &str,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    let connected = match source {
+        None => TcpStream::connect_timeout(peer, connect_timeout)
+            .await
+            .map_err(std::io::Error::from),
+        Some(s) => match s.proxy {
+            Some(proxy) => connect_via(proxy, s.address, peer, connect_timeout).await,
+            None => connect_from(s.address, peer, connect_timeout).await,
+        },
+    };
+    let stream = connected.map_err(|e| ConnectError {
+        outcome: from_io(&format!("connect to {host}[{}]", peer.ip()), &e),
+        tls_handshake: false,
+        source_down: source.is_some_and(|s| s.proxy.is_none())
+            && e.kind() == io::ErrorKind::AddrNotAvailable,
+    })?;
+    let _ = stream.set_nodelay(true);
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|_| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| from_io("socket", &e.into()))?;
+    Ok(stream)
+}
+
 impl Client {
     /// Connects, reads the greeting and says EHLO (HELO if EHLO is refused);
     /// with `tls`, upgrades with STARTTLS when the server offers it and says
@@ -215,26 +247,7 @@ impl Client {
             myself,
         } = dial;
         let require_tls = policy == OutboundTls::Require;
-        let connected = match source {
-            None => TcpStream::connect_timeout(peer, connect_timeout)
-                .await
-                .map_err(std::io::Error::from),
-            Some(s) => match s.proxy {
-                Some(proxy) => connect_via(proxy, s.address, peer, connect_timeout).await,
-                None => connect_from(s.address, peer, connect_timeout).await,
-            },
-        };
-        let stream = connected.map_err(|e| ConnectError {
-            outcome: from_io(&format!("connect to {host}[{}]", peer.ip()), &e),
-            tls_handshake: false,
-            source_down: source.is_some_and(|s| s.proxy.is_none())
-                && e.kind() == io::ErrorKind::AddrNotAvailable,
-        })?;
-        let _ = stream.set_nodelay(true);
-        stream
-            .set_read_timeout(Some(timeout))
-            .and_then(|_| stream.set_write_timeout(Some(timeout)))
-            .map_err(|e| from_io("socket", &e.into()))?;
+        let stream = open_stream(peer, source, host, connect_timeout, timeout).await?;
         let mut c = Client {
             stream: crate::tls::Stream::Plain(stream),
             tls: None,
@@ -249,30 +262,7 @@ impl Client {
             usable: true,
             mail_reply: None,
         };
-        let greeting = c.read_reply().await?;
-        if greeting.code != 220 {
-            return Err(DeliveryOutcome::Temporary {
-                reply: format!("greeting: {}", greeting.one_line()),
-            }
-            .into());
-        }
-        let looped = |reply: &crate::proto::server_reply::ServerReply, what: &str| {
-            reply
-                .host_name()
-                .filter(|name| myself.is_named(name))
-                .map(|name| {
-                    ConnectError::from(super::Myself::loop_outcome(&format!(
-                        "{host}[{}] {what} as {name}",
-                        peer.ip()
-                    )))
-                })
-        };
-        if let Some(e) = looped(&greeting, "greets") {
-            c.quit().await;
-            return Err(e);
-        }
-        let ehlo = c.hello(helo).await?;
-        if let Some(e) = ehlo.as_ref().and_then(|r| looped(r, "answers EHLO")) {
+        if let Some(e) = c.greet(helo, myself).await? {
             c.quit().await;
             return Err(e);
         }
@@ -298,6 +288,38 @@ impl Client {
             .into());
         }
         Ok(c)
+    }
+
+    /// The greeting, then EHLO (HELO if refused). Ok(Some(loop)) when the
+    /// server names itself as this MTA in either: the caller says QUIT.
+    async fn greet(
+        &mut self,
+        helo: &str,
+        myself: &super::Myself,
+    ) -> Result<Option<ConnectError>, ConnectError> {
+        let greeting = self.read_reply().await?;
+        if greeting.code != 220 {
+            return Err(DeliveryOutcome::Temporary {
+                reply: format!("greeting: {}", greeting.one_line()),
+            }
+            .into());
+        }
+        let (host, ip) = (self.host.clone(), self.peer.ip());
+        let looped = |reply: &ServerReply, what: &str| {
+            reply
+                .host_name()
+                .filter(|name| myself.is_named(name))
+                .map(|name| {
+                    ConnectError::from(super::Myself::loop_outcome(&format!(
+                        "{host}[{ip}] {what} as {name}"
+                    )))
+                })
+        };
+        if let Some(e) = looped(&greeting, "greets") {
+            return Ok(Some(e));
+        }
+        let ehlo = self.hello(helo).await?;
+        Ok(ehlo.as_ref().and_then(|r| looped(r, "answers EHLO")))
     }
 
     /// EHLO, or HELO if EHLO is refused. The EHLO reply, if it was taken.

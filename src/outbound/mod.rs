@@ -216,6 +216,16 @@ pub struct Delivery {
     pub myself: Arc<Myself>,
 }
 
+/// Why a target was not sent to, and what the attempt does next.
+enum Instead {
+    /// The egress source cannot be used: the attempt fails as a whole.
+    Fail(DeliveryOutcome),
+    /// The outcome of every recipient (a mail loop).
+    Done(DeliveryOutcome),
+    /// Try the next target.
+    Next(DeliveryOutcome),
+}
+
 impl Delivery {
     pub fn new(s: &OutboundSettings) -> Delivery {
         Delivery {
@@ -243,46 +253,21 @@ impl Delivery {
             reply: "no host to deliver to".into(),
         };
         for target in targets {
-            if self.myself.listens_on(target.addr) {
-                return Ok(Attempt {
-                    source: source_name,
-                    site: Some(path.site.to_string()),
-                    remote: Some(target.clone()),
-                    ..Attempt::all(
-                        Myself::loop_outcome(&format!("{} is our own listener", target.addr)),
-                        msg.recipients.len(),
-                    )
-                });
-            }
-            // Only a connection opened for this host under this policy (or
-            // a stricter one) serves it: see `pool`.
-            let pooled = self.pool.take(
-                (&target.host, target.addr),
-                path.policy,
-                path.source.map(|s| s.name.as_str()),
-                path.site,
-            );
-            let reused = pooled.is_some();
-            let mut client = match pooled {
-                Some(c) => c,
-                None => match self.connect(target, path).await {
-                    Ok(c) => c,
-                    Err(e) if e.source_down => return Err(e.outcome),
-                    // A loop: the one permanent failure of a connection.
-                    Err(e) if matches!(e.outcome, DeliveryOutcome::Permanent { .. }) => {
-                        return Ok(Attempt {
-                            source: source_name,
-                            site: Some(path.site.to_string()),
-                            remote: Some(target.clone()),
-                            ..Attempt::all(e.outcome, msg.recipients.len())
-                        });
-                    }
-                    Err(e) => {
-                        log::debug!("{}: {}", target.host, e.outcome.reply());
-                        last = e.outcome;
-                        continue;
-                    }
-                },
+            let (mut client, reused) = match self.client_for(target, path).await {
+                Ok(c) => c,
+                Err(Instead::Fail(outcome)) => return Err(outcome),
+                Err(Instead::Done(outcome)) => {
+                    return Ok(Attempt {
+                        source: source_name,
+                        site: Some(path.site.to_string()),
+                        remote: Some(target.clone()),
+                        ..Attempt::all(outcome, msg.recipients.len())
+                    });
+                }
+                Err(Instead::Next(outcome)) => {
+                    last = outcome;
+                    continue;
+                }
             };
             let mut result = client.send(msg).await;
             if reused && client.failed_before_mail() {
@@ -328,6 +313,42 @@ impl Delivery {
             site: Some(path.site.to_string()),
             ..Attempt::all(last, msg.recipients.len())
         })
+    }
+
+    /// A connection to `target` for `path`: a pooled one (true) or a new
+    /// one, or what to do instead.
+    async fn client_for(
+        &self,
+        target: &Target,
+        path: &Path<'_>,
+    ) -> Result<(Client, bool), Instead> {
+        if self.myself.listens_on(target.addr) {
+            let why = format!("{} is our own listener", target.addr);
+            return Err(Instead::Done(Myself::loop_outcome(&why)));
+        }
+        // Only a connection opened for this host under this policy (or a
+        // stricter one) serves it: see `pool`.
+        let pooled = self.pool.take(
+            (&target.host, target.addr),
+            path.policy,
+            path.source.map(|s| s.name.as_str()),
+            path.site,
+        );
+        if let Some(c) = pooled {
+            return Ok((c, true));
+        }
+        match self.connect(target, path).await {
+            Ok(c) => Ok((c, false)),
+            Err(e) if e.source_down => Err(Instead::Fail(e.outcome)),
+            // A loop: the one permanent failure of a connection.
+            Err(e) if matches!(e.outcome, DeliveryOutcome::Permanent { .. }) => {
+                Err(Instead::Done(e.outcome))
+            }
+            Err(e) => {
+                log::debug!("{}: {}", target.host, e.outcome.reply());
+                Err(Instead::Next(e.outcome))
+            }
+        }
     }
 
     /// Connects to the first of `targets` that answers, reads its

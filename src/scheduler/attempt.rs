@@ -21,6 +21,15 @@ use crate::outbound::client::{Outgoing, Wire};
 use crate::outbound::{Attempt, DeliveryOutcome, Target, outcome};
 use crate::queue::{Envelope, MessageId};
 
+/// Where an attempt's mail goes: the site, its shaping rule, the targets
+/// MTA-STS left, and the TLS they need.
+struct Way<'a> {
+    site: &'a str,
+    rule: Option<&'a shaping::Rule>,
+    targets: &'a [Target],
+    tls: OutboundTls,
+}
+
 impl Scheduler {
     /// One delivery attempt of `job`: find the targets and so the site,
     /// pick a source of the message's pool, wait for a connection and a
@@ -32,7 +41,6 @@ impl Scheduler {
             .iter()
             .map(|&i| env.recipients[i].address.clone())
             .collect();
-        let (mail_dsn, rcpt_dsn) = crate::outbound::client::dsn_parameters(env, &job.rcpts);
         let started = Instant::now();
         let targets = self.router.targets_for(domain).await;
         ::metrics::histogram!(crate::metrics::DNS_LOOKUP_SECONDS)
@@ -62,6 +70,25 @@ impl Scheduler {
                 };
             }
         };
+        let way = Way {
+            site: &site,
+            rule,
+            targets: &targets,
+            tls,
+        };
+        self.deliver_from_pool(job, env, &rcpts, &way).await
+    }
+
+    /// The attempt over the sources of the message's pool: the first
+    /// source that is not held, capped or down delivers.
+    async fn deliver_from_pool(
+        &self,
+        job: &Job,
+        env: &Envelope,
+        rcpts: &[String],
+        way: &Way<'_>,
+    ) -> Attempt {
+        let (mail_dsn, rcpt_dsn) = crate::outbound::client::dsn_parameters(env, &job.rcpts);
         let mut body = None;
         let mut last = DeliveryOutcome::Temporary {
             reply: "no egress source of the pool could be used".into(),
@@ -70,7 +97,7 @@ impl Scheduler {
         let mut last_held = false;
         let tries = self.delivery.egress.source_count().max(1);
         for t in 0..tries {
-            let chosen = match self.choose_path(env, &site, rule, t + 1 == tries) {
+            let chosen = match self.choose_path(env, way.site, way.rule, t + 1 == tries) {
                 Ok(chosen) => chosen,
                 Err(Some(held)) => {
                     (last, last_held) = (held.outcome(), true);
@@ -78,14 +105,9 @@ impl Scheduler {
                 }
                 Err(None) => continue,
             };
-            let lease = self
-                .enter_path(
-                    &chosen.2,
-                    &chosen.1,
-                    rule.map(|r| r.name.as_str()),
-                    env.priority.unwrap_or_default().lane(),
-                )
-                .await;
+            let lane = env.priority.unwrap_or_default().lane();
+            let rule = way.rule.map(|r| r.name.as_str());
+            let lease = self.enter_path(&chosen.2, &chosen.1, rule, lane).await;
             if body.is_none() {
                 match self.read_wire(job.id, env).await {
                     Ok(wire) => body = Some(wire),
@@ -96,7 +118,7 @@ impl Scheduler {
             let wire: &Wire = body.get_or_insert_with(Wire::default);
             let msg = Outgoing {
                 sender: &env.sender,
-                recipients: &rcpts,
+                recipients: rcpts,
                 wire,
                 size: env.size(),
                 smtputf8: env.smtputf8,
@@ -104,7 +126,10 @@ impl Scheduler {
                 mail_dsn: &mail_dsn,
                 rcpt_dsn: &rcpt_dsn,
             };
-            match self.deliver_on(tls, &targets, &msg, &chosen, lease).await {
+            match self
+                .deliver_on(way.tls, way.targets, &msg, &chosen, lease)
+                .await
+            {
                 Ok(attempt) => return attempt,
                 Err(why) => {
                     if let Some(s) = &chosen.0 {
@@ -115,7 +140,7 @@ impl Scheduler {
             }
         }
         Attempt {
-            site: Some(site),
+            site: Some(way.site.to_string()),
             held: last_held,
             ..Attempt::all(last, rcpts.len())
         }
