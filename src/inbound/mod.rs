@@ -201,6 +201,56 @@ impl Door {
         self.clock.now()
     }
 
+    /// Reads the reports to feedback addresses (not queued; their effects
+    /// are stored before the answer, like a queued message) and takes
+    /// those addresses off the envelope: Some(answer) when no recipient is
+    /// left to queue for.
+    fn take_reports(
+        &self,
+        id: MessageId,
+        envelope: &mut crate::queue::Envelope,
+        body: &[u8],
+        content_start: usize,
+    ) -> Result<Option<Accepted>, Refusal> {
+        let Some(intake) = &self.steps.feedback else {
+            return Ok(None);
+        };
+        if !envelope
+            .recipients
+            .iter()
+            .any(|r| intake.is_report_address(&r.address))
+        {
+            return Ok(None);
+        }
+        let content = body.get(content_start..).unwrap_or(body);
+        if let Err(e) = intake.take(id, content) {
+            return Err(self.refused(id, Refusal::Report(e)));
+        }
+        let all = envelope.recipients.len();
+        envelope
+            .recipients
+            .retain(|r| !intake.is_report_address(&r.address));
+        Ok(envelope
+            .recipients
+            .is_empty()
+            .then_some(Accepted { recipients: all }))
+    }
+
+    /// Signs the message as stored (our Received: is not among the signed
+    /// fields, so where it sits does not matter to a verifier); the
+    /// signature goes on top (see `dkim::Signer::sign`).
+    fn sign(&self, body: &mut Vec<u8>) -> Option<crate::dkim::DkimOutcome> {
+        let signer = self.steps.dkim.as_ref()?;
+        let signed = signer.sign(body);
+        if !signed.header.is_empty() {
+            let mut with = Vec::with_capacity(signed.header.len() + body.len());
+            with.extend_from_slice(&signed.header);
+            with.extend_from_slice(body);
+            *body = with;
+        }
+        Some(signed.outcome)
+    }
+
     /// Makes `msg` durable and scheduled. Only once this returned Ok may
     /// the client be told the message is accepted.
     pub async fn accept(&self, msg: NewMessage) -> Result<Accepted, Refusal> {
@@ -242,44 +292,15 @@ impl Door {
             return Err(self.refused(id, Refusal::TooManyHops(survey.received)));
         }
         self.complete(id, &mut body, content_start, &survey, complete);
-        // Reports to feedback addresses are read here, not queued; their
-        // effects are stored before the answer, like a queued message.
-        if let Some(intake) = &self.steps.feedback
-            && envelope
-                .recipients
-                .iter()
-                .any(|r| intake.is_report_address(&r.address))
-        {
-            let content = body.get(content_start..).unwrap_or(&body);
-            if let Err(e) = intake.take(id, content) {
-                return Err(self.refused(id, Refusal::Report(e)));
-            }
-            let all = envelope.recipients.len();
-            envelope
-                .recipients
-                .retain(|r| !intake.is_report_address(&r.address));
-            if envelope.recipients.is_empty() {
-                return Ok(Accepted { recipients: all });
-            }
+        if let Some(done) = self.take_reports(id, &mut envelope, &body, content_start)? {
+            return Ok(done);
         }
         if let Some(h) = &self.steps.tracking_header {
             let line = format!("{h}: {id}\r\n");
             let at = content_start.min(body.len());
             body.splice(at..at, line.into_bytes());
         }
-        // Signed over the whole message as stored; our Received: is not
-        // among the signed fields, so where it sits does not matter to a
-        // verifier. The signature goes on top (see `dkim::Signer::sign`).
-        let dkim = self.steps.dkim.as_ref().map(|signer| {
-            let signed = signer.sign(&body);
-            if !signed.header.is_empty() {
-                let mut with = Vec::with_capacity(signed.header.len() + body.len());
-                with.extend_from_slice(&signed.header);
-                with.extend_from_slice(&body);
-                body = with;
-            }
-            signed.outcome
-        });
+        let dkim = self.sign(&mut body);
         let now = self.clock.now();
         envelope.created = now;
         envelope.next_due = now;

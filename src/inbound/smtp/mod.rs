@@ -265,43 +265,14 @@ async fn drive(
             }
             LineEvent::Incomplete => {
                 let idle = session.tx.is_none() && bdat.is_none();
-                if idle && service.draining.get() {
-                    Action::Close(Rejection::ShuttingDown.reply())
-                } else {
-                    mark.set_idle(idle);
-                    let read = conn.fill().await;
-                    mark.set_idle(false);
-                    match read {
-                        // End of input at shutdown: the read side was shut
-                        // down here (see `serve`), the client still reads.
-                        Ok(0) if idle && service.draining.get() => {
-                            Action::Close(Rejection::ShuttingDown.reply())
-                        }
-                        Ok(0) => return,
-                        Ok(_) => continue,
-                        Err(e) if is_timeout(&e) => Action::Close(Rejection::Timeout.reply()),
-                        Err(_) => return,
-                    }
+                match read_more(conn, service, mark, idle).await {
+                    Input::More => continue,
+                    Input::End => return,
+                    Input::Act(action) => action,
                 }
             }
         };
-        let outcome = match action {
-            Action::Reply(r) => Step::Reply(r),
-            Action::Close(r) => Step::Close(r),
-            // Only a client that said EHLO was told it may pipeline: anything
-            // else sent before the 354 is out of step (RFC 2920 3.1).
-            Action::ReadData if !session.esmtp && !conn.pending().is_empty() => {
-                Step::Close(Rejection::Unsynchronized.reply())
-            }
-            Action::ReadData => data::receive_data(conn, session, service).await,
-            Action::ReadBdat { size, last } => {
-                data::receive_bdat(conn, session, service, &mut bdat, size, last).await
-            }
-            Action::StartTls => start_tls(conn, session, service).await,
-            Action::Auth { mechanism, initial } => {
-                auth::authenticate(conn, session, service, &mechanism, initial).await
-            }
-        };
+        let outcome = perform(action, conn, session, service, &mut bdat).await;
         if session.tx.is_none() {
             bdat = None;
         }
@@ -321,6 +292,71 @@ async fn drive(
                 conn.queue_last(&Rejection::TooManyErrors.reply());
                 return;
             }
+        }
+    }
+}
+
+/// What waiting for more input from the client came to.
+enum Input {
+    /// Bytes arrived: parse on.
+    More,
+    /// The client went away.
+    End,
+    /// The session ends with this.
+    Act(Action),
+}
+
+/// Waits for more bytes from the client (`idle`: between transactions,
+/// where a shutdown may end the session).
+async fn read_more(
+    conn: &mut Conn,
+    service: &SmtpService,
+    mark: &SessionMark,
+    idle: bool,
+) -> Input {
+    if idle && service.draining.get() {
+        return Input::Act(Action::Close(Rejection::ShuttingDown.reply()));
+    }
+    mark.set_idle(idle);
+    let read = conn.fill().await;
+    mark.set_idle(false);
+    match read {
+        // End of input at shutdown: the read side was shut down here (see
+        // `serve`), the client still reads.
+        Ok(0) if idle && service.draining.get() => {
+            Input::Act(Action::Close(Rejection::ShuttingDown.reply()))
+        }
+        Ok(0) => Input::End,
+        Ok(_) => Input::More,
+        Err(e) if is_timeout(&e) => Input::Act(Action::Close(Rejection::Timeout.reply())),
+        Err(_) => Input::End,
+    }
+}
+
+/// Carries out what the session decided: a reply, or reading a body,
+/// STARTTLS or AUTH.
+async fn perform(
+    action: Action,
+    conn: &mut Conn,
+    session: &mut Session<'_>,
+    service: &SmtpService,
+    bdat: &mut Option<BodyInProgress>,
+) -> Step {
+    match action {
+        Action::Reply(r) => Step::Reply(r),
+        Action::Close(r) => Step::Close(r),
+        // Only a client that said EHLO was told it may pipeline: anything
+        // else sent before the 354 is out of step (RFC 2920 3.1).
+        Action::ReadData if !session.esmtp && !conn.pending().is_empty() => {
+            Step::Close(Rejection::Unsynchronized.reply())
+        }
+        Action::ReadData => data::receive_data(conn, session, service).await,
+        Action::ReadBdat { size, last } => {
+            data::receive_bdat(conn, session, service, bdat, size, last).await
+        }
+        Action::StartTls => start_tls(conn, session, service).await,
+        Action::Auth { mechanism, initial } => {
+            auth::authenticate(conn, session, service, &mechanism, initial).await
         }
     }
 }
