@@ -633,14 +633,6 @@ fn mta_sts(cfg: &Config, resolver: &Resolver, domain: &str, report: &mut Report)
     let Some(records) = tagged(resolver, &name, "v=stsv1", "mta-sts", report) else {
         return;
     };
-    let mx: Vec<String> = block_on(resolver.mx(domain))
-        .map(|hosts| {
-            hosts
-                .into_iter()
-                .map(|h| h.name.trim_end_matches('.').to_string())
-                .collect()
-        })
-        .unwrap_or_default();
     let record =
         match records.as_slice() {
             [one] => one,
@@ -675,6 +667,33 @@ fn mta_sts(cfg: &Config, resolver: &Resolver, domain: &str, report: &mut Report)
         );
         return;
     }
+    policy_covers_mx(
+        cfg,
+        resolver,
+        domain,
+        &format!("{name}: \"{record}\""),
+        report,
+    );
+}
+
+/// The policy fetched over verified TLS, and every MX host of `domain`
+/// in it (`published`: the record, for the report's line).
+fn policy_covers_mx(
+    cfg: &Config,
+    resolver: &Resolver,
+    domain: &str,
+    published: &str,
+    report: &mut Report,
+) {
+    let name = format!("_mta-sts.{domain}");
+    let mx: Vec<String> = block_on(resolver.mx(domain))
+        .map(|hosts| {
+            hosts
+                .into_iter()
+                .map(|h| h.name.trim_end_matches('.').to_string())
+                .collect()
+        })
+        .unwrap_or_default();
     let fetched = policy(cfg, resolver, domain);
     match fetched {
         Err(e) => report.add(
@@ -688,7 +707,7 @@ fn mta_sts(cfg: &Config, resolver: &Resolver, domain: &str, report: &mut Report)
         Ok(p) => {
             let outside: Vec<&String> = mx.iter().filter(|h| !p.allows(h)).collect();
             let detail = format!(
-                "{name}: \"{record}\"; policy mode {}, mx {}, max_age {}",
+                "{published}; policy mode {}, mx {}, max_age {}",
                 p.mode.as_str(),
                 p.mx.join(" "),
                 p.max_age

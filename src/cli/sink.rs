@@ -109,6 +109,65 @@ fn read_line(r: &mut BufReader<TcpStream>, line: &mut Vec<u8>) -> std::io::Resul
     Ok(n > 0)
 }
 
+/// Reads a message after DATA up to its final dot, and answers it as the
+/// options say (`--reject-every`, `--defer-every`), printing what was
+/// asked for. None when the client went away mid-message.
+fn take_data(
+    r: &mut BufReader<TcpStream>,
+    line: &mut Vec<u8>,
+    opts: &SinkOptions,
+    counters: &Counters,
+    from: &str,
+    rcpts: &[String],
+) -> std::io::Result<Option<&'static [u8]>> {
+    let (mut size, mut line_start) = (0u64, true);
+    let mut kept = Vec::new();
+    loop {
+        if !read_line(r, line)? {
+            return Ok(None);
+        }
+        if line_start && (line[..] == b".\r\n"[..] || line[..] == b".\n"[..]) {
+            break;
+        }
+        if opts.print != Print::Envelope && kept.len() < MAX_PRINT {
+            // Dot-unstuffed, as the message is.
+            let unstuffed = match line_start && line.starts_with(b"..") {
+                true => &line[1..],
+                false => &line[..],
+            };
+            kept.extend_from_slice(unstuffed);
+        }
+        // A line longer than MAX_LINE comes in pieces.
+        line_start = line.ends_with(b"\n");
+        size += line.len() as u64;
+    }
+    let n = counters.messages.fetch_add(1, Ordering::Relaxed) + 1;
+    let every = |k: u64| k > 0 && n.is_multiple_of(k);
+    let answer: &'static [u8] = if every(opts.reject_every) {
+        b"550 5.1.1 refused by the sink\r\n"
+    } else if every(opts.defer_every) {
+        b"451 4.3.0 deferred by the sink\r\n"
+    } else {
+        b"250 2.0.0 taken by the sink\r\n"
+    };
+    if opts.verbose {
+        let code = String::from_utf8_lossy(&answer[..3]);
+        println!("{n}: {from} -> {} ({size} bytes): {code}", rcpts.join(", "));
+    }
+    if opts.print != Print::Envelope {
+        let text = String::from_utf8_lossy(&kept);
+        let shown = match opts.print {
+            Print::Headers => text.split("\r\n\r\n").next().unwrap_or(&text),
+            _ => &text,
+        };
+        for l in shown.lines() {
+            println!("  {l}");
+        }
+        println!();
+    }
+    Ok(Some(answer))
+}
+
 fn session(stream: TcpStream, opts: SinkOptions, counters: &Counters) -> std::io::Result<()> {
     stream.set_read_timeout(Some(IDLE))?;
     stream.set_write_timeout(Some(IDLE))?;
@@ -145,51 +204,9 @@ fn session(stream: TcpStream, opts: SinkOptions, counters: &Counters) -> std::io
             }
         } else if upper == "DATA" {
             out.write_all(b"354 go ahead\r\n")?;
-            let (mut size, mut line_start) = (0u64, true);
-            let mut kept = Vec::new();
-            loop {
-                if !read_line(&mut r, &mut line)? {
-                    return Ok(());
-                }
-                if line_start && (line == b".\r\n" || line == b".\n") {
-                    break;
-                }
-                if opts.print != Print::Envelope && kept.len() < MAX_PRINT {
-                    // Dot-unstuffed, as the message is.
-                    let unstuffed = match line_start && line.starts_with(b"..") {
-                        true => &line[1..],
-                        false => &line[..],
-                    };
-                    kept.extend_from_slice(unstuffed);
-                }
-                // A line longer than MAX_LINE comes in pieces.
-                line_start = line.ends_with(b"\n");
-                size += line.len() as u64;
-            }
-            let n = counters.messages.fetch_add(1, Ordering::Relaxed) + 1;
-            let every = |k: u64| k > 0 && n.is_multiple_of(k);
-            let answer: &[u8] = if every(opts.reject_every) {
-                b"550 5.1.1 refused by the sink\r\n"
-            } else if every(opts.defer_every) {
-                b"451 4.3.0 deferred by the sink\r\n"
-            } else {
-                b"250 2.0.0 taken by the sink\r\n"
+            let Some(answer) = take_data(&mut r, &mut line, &opts, counters, &from, &rcpts)? else {
+                return Ok(());
             };
-            if opts.verbose {
-                let code = String::from_utf8_lossy(&answer[..3]);
-                println!("{n}: {from} -> {} ({size} bytes): {code}", rcpts.join(", "));
-            }
-            if opts.print != Print::Envelope {
-                let text = String::from_utf8_lossy(&kept);
-                let shown = match opts.print {
-                    Print::Headers => text.split("\r\n\r\n").next().unwrap_or(&text),
-                    _ => &text,
-                };
-                for l in shown.lines() {
-                    println!("  {l}");
-                }
-                println!();
-            }
             from.clear();
             rcpts.clear();
             answer

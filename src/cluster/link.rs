@@ -312,32 +312,7 @@ fn run(
                 others_want: others_want != 0,
             })
         }
-        RedisOp::ListPublish {
-            keys,
-            node,
-            changes,
-        } => {
-            let mut call = scripts.list_publish.key(&keys[0]);
-            call.key(&keys[1]).arg(node).arg(super::LIST_LOG_MAX);
-            for c in changes {
-                call.arg(&c.field).arg(c.value.as_deref().unwrap_or(""));
-            }
-            let id: String = call.invoke(conn)?;
-            Answer::Logged(log_id(&id)?)
-        }
-        RedisOp::ListRead {
-            keys,
-            after,
-            count,
-            epoch,
-        } => {
-            let mut call = scripts.list_read.key(&keys[0]);
-            call.key(&keys[1])
-                .arg(after.to_string())
-                .arg(count)
-                .arg(epoch);
-            Answer::Log(log_read(call.invoke(conn)?)?)
-        }
+        RedisOp::ListPublish { .. } | RedisOp::ListRead { .. } => run_list(conn, command, scripts)?,
         _ => run_plain(conn, command)?,
     })
 }
@@ -407,6 +382,76 @@ fn run_plain(conn: &mut dyn ConnectionLike, command: &RedisOp) -> redis::RedisRe
                     .collect(),
             )
         }
+        RedisOp::Reserve { .. } | RedisOp::Settle { .. } => run_reservation(conn, command)?,
+        RedisOp::ListScan { key, cursor, count } => {
+            let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
+                .arg(key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(count)
+                .query(conn)?;
+            let mut page = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(field), Some(v)) = (it.next(), it.next()) {
+                let value = (!v.is_empty()).then_some(v);
+                page.push(super::ListChange { field, value });
+            }
+            Answer::Page(next, page)
+        }
+        RedisOp::Tokens { .. }
+        | RedisOp::Acquire { .. }
+        | RedisOp::Renew { .. }
+        | RedisOp::ListPublish { .. }
+        | RedisOp::ListRead { .. } => {
+            let kind = redis::ErrorKind::Client;
+            return Err((kind, "a script, not a plain command").into());
+        }
+    })
+}
+
+/// The shared list's scripts: publishing changes, reading the log.
+fn run_list(
+    conn: &mut dyn ConnectionLike,
+    command: &RedisOp,
+    scripts: &Scripts,
+) -> redis::RedisResult<Answer> {
+    Ok(match command {
+        RedisOp::ListPublish {
+            keys,
+            node,
+            changes,
+        } => {
+            let mut call = scripts.list_publish.key(&keys[0]);
+            call.key(&keys[1]).arg(node).arg(super::LIST_LOG_MAX);
+            for c in changes {
+                call.arg(&c.field).arg(c.value.as_deref().unwrap_or(""));
+            }
+            let id: String = call.invoke(conn)?;
+            Answer::Logged(log_id(&id)?)
+        }
+        RedisOp::ListRead {
+            keys,
+            after,
+            count,
+            epoch,
+        } => {
+            let mut call = scripts.list_read.key(&keys[0]);
+            call.key(&keys[1])
+                .arg(after.to_string())
+                .arg(count)
+                .arg(epoch);
+            Answer::Log(log_read(call.invoke(conn)?)?)
+        }
+        _ => {
+            let kind = redis::ErrorKind::Client;
+            return Err((kind, "not a list script").into());
+        }
+    })
+}
+
+/// Injection's idempotency reservations: reserve a key, settle it.
+fn run_reservation(conn: &mut dyn ConnectionLike, command: &RedisOp) -> redis::RedisResult<Answer> {
+    Ok(match command {
         RedisOp::Reserve {
             key,
             mark,
@@ -445,28 +490,9 @@ fn run_plain(conn: &mut dyn ConnectionLike, command: &RedisOp) -> redis::RedisRe
             }
             Answer::Done
         }
-        RedisOp::ListScan { key, cursor, count } => {
-            let (next, flat): (u64, Vec<String>) = redis::cmd("HSCAN")
-                .arg(key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(count)
-                .query(conn)?;
-            let mut page = Vec::with_capacity(flat.len() / 2);
-            let mut it = flat.into_iter();
-            while let (Some(field), Some(v)) = (it.next(), it.next()) {
-                let value = (!v.is_empty()).then_some(v);
-                page.push(super::ListChange { field, value });
-            }
-            Answer::Page(next, page)
-        }
-        RedisOp::Tokens { .. }
-        | RedisOp::Acquire { .. }
-        | RedisOp::Renew { .. }
-        | RedisOp::ListPublish { .. }
-        | RedisOp::ListRead { .. } => {
+        _ => {
             let kind = redis::ErrorKind::Client;
-            return Err((kind, "a script, not a plain command").into());
+            return Err((kind, "not a reservation").into());
         }
     })
 }

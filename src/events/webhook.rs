@@ -179,17 +179,10 @@ pub async fn run(hook: Arc<Hook>, shard: Rc<WebhookShard>, stop: StopSignal) {
     let mut limit = cfg.batch_size;
     while !stop.is_stopped() {
         lag.set(outbox.written_through().saturating_sub(cursor));
-        let replay = outbox.replay_batch(name, cfg.batch_size);
-        if !replay.is_empty() {
-            let Some(v) = sender.post(&replay).await else {
-                break;
-            };
-            match v {
-                Verdict::Taken => outbox.replayed(name, &replay, false),
-                Verdict::Refused(_) => outbox.replayed(name, &replay, true),
-                Verdict::Again(_) => sender.back_off().await,
-            }
-            continue;
+        match sender.replay(outbox).await {
+            Replay::Stopped => break,
+            Replay::Sent => continue,
+            Replay::Nothing => {}
         }
         let (batch, through) = gather(&shard, cfg, cursor, limit);
         if batch.is_empty() {
@@ -213,23 +206,7 @@ pub async fn run(hook: Arc<Hook>, shard: Rc<WebhookShard>, stop: StopSignal) {
         let Some(v) = sender.post(&batch).await else {
             break;
         };
-        let taken_through = match v {
-            Verdict::Taken => Some(through),
-            Verdict::Again(_) => {
-                sender.back_off().await;
-                None
-            }
-            Verdict::Refused(status) => match after_refusal(batch.len()) {
-                AfterRefusal::Halve(n) => {
-                    limit = n;
-                    None
-                }
-                AfterRefusal::Probe => {
-                    limit = cfg.batch_size;
-                    sender.probe_past(&shard, &batch[0], through, status).await
-                }
-            },
-        };
+        let taken_through = sender.after(v, &shard, &batch, through, &mut limit).await;
         if let Some(through) = taken_through {
             limit = cfg.batch_size;
             cursor = through;
@@ -240,6 +217,66 @@ pub async fn run(hook: Arc<Hook>, shard: Rc<WebhookShard>, stop: StopSignal) {
         }
     }
     lag.set(0);
+}
+
+/// What a look at the replay tree came to.
+enum Replay {
+    /// The webhook is stopping.
+    Stopped,
+    /// A batch of replayed events was posted (taken, refused or to retry).
+    Sent,
+    /// No event waits to be replayed.
+    Nothing,
+}
+
+impl Sender<'_> {
+    /// Posts the events the operator asked to replay, first.
+    async fn replay(&mut self, outbox: &Outbox) -> Replay {
+        let name = self.hook.cfg.name.as_str();
+        let replay = outbox.replay_batch(name, self.hook.cfg.batch_size);
+        if replay.is_empty() {
+            return Replay::Nothing;
+        }
+        let Some(v) = self.post(&replay).await else {
+            return Replay::Stopped;
+        };
+        match v {
+            Verdict::Taken => outbox.replayed(name, &replay, false),
+            Verdict::Refused(_) => outbox.replayed(name, &replay, true),
+            Verdict::Again(_) => self.back_off().await,
+        }
+        Replay::Sent
+    }
+
+    /// After a batch's post: how far the cursor may move, if at all, and
+    /// the next batch's size (`limit`: smaller while a refusal is
+    /// bisected).
+    async fn after(
+        &mut self,
+        verdict: Verdict,
+        shard: &WebhookShard,
+        batch: &[StoredEvent],
+        through: u64,
+        limit: &mut usize,
+    ) -> Option<u64> {
+        match verdict {
+            Verdict::Taken => Some(through),
+            Verdict::Again(_) => {
+                self.back_off().await;
+                None
+            }
+            Verdict::Refused(status) => match after_refusal(batch.len()) {
+                AfterRefusal::Halve(n) => {
+                    *limit = n;
+                    None
+                }
+                AfterRefusal::Probe => {
+                    *limit = self.hook.cfg.batch_size;
+                    self.probe_past(shard, &batch[0], through, status).await
+                }
+            },
+        }
+    }
 }
 
 /// One webhook's poster on one shard, with its back-off.

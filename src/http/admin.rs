@@ -238,18 +238,7 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
                 Ok(Response::json(200, &grouped(shards, by).await?))
             }
         },
-        ("GET", ["queue", "messages"]) => {
-            let limit = match req.param("limit") {
-                None => usize::MAX,
-                Some(n) => n
-                    .parse()
-                    .map_err(|_| ApiError::BadRequest(format!("limit `{n}` is not a number")))?,
-            };
-            Ok(Response::json(
-                200,
-                &list(shards, req.param("domain"), limit).await?,
-            ))
-        }
+        ("GET", ["queue", "messages"]) => messages(shards, req).await,
         ("GET", ["queue", "messages", id]) => Ok(Response::json(200, &show(shards, id).await?)),
         ("DELETE", ["queue", "messages", id]) => {
             let id = message_id(id)?;
@@ -280,39 +269,57 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
         {
             hold(shards, req, kind, name, *action == "suspend").await
         }
-        ("POST", ["queue", "drain"]) => {
-            let to = req
-                .param("to")
-                .ok_or_else(|| ApiError::BadRequest("drain needs ?to=HOST:PORT".into()))?;
-            let hop = crate::config::NextHop::parse(to)
-                .map_err(|e| ApiError::BadRequest(format!("to={to}: {e}")))?;
-            // Nothing changes unless the peer answers as an SMTP server
-            // that is not this node.
-            let probe = hop.clone();
-            let peer = shards
-                .ask(0, move |s| async move { s.probe_peer(&probe).await })
-                .await?
-                .map_err(|why| ApiError::BadGateway(format!("not draining to {hop}: {why}")))?;
-            let draining_to = hop.to_string();
-            let queued: usize = shards
-                .ask_all(move |s| {
-                    let hop = hop.clone();
-                    async move { s.hand_over(hop) }
-                })
-                .await?
-                .into_iter()
-                .sum();
-            Ok(Response::json(
-                200,
-                &json!({ "draining_to": draining_to, "peer": peer, "queued": queued }),
-            ))
-        }
+        ("POST", ["queue", "drain"]) => drain(shards, req).await,
         (_, ["queue", ..]) if known_path(req) => Err(ApiError::Method),
         _ => Err(ApiError::NotFound(format!(
             "no such path /{}",
             req.segments.join("/")
         ))),
     }
+}
+
+/// `POST /queue/drain?to=HOST:PORT`: every shard hands its queue over to
+/// the peer, once the peer answers as an SMTP server that is not this node.
+async fn drain(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
+    let to = req
+        .param("to")
+        .ok_or_else(|| ApiError::BadRequest("drain needs ?to=HOST:PORT".into()))?;
+    let hop = crate::config::NextHop::parse(to)
+        .map_err(|e| ApiError::BadRequest(format!("to={to}: {e}")))?;
+    // Nothing changes unless the peer answers as an SMTP server
+    // that is not this node.
+    let probe = hop.clone();
+    let peer = shards
+        .ask(0, move |s| async move { s.probe_peer(&probe).await })
+        .await?
+        .map_err(|why| ApiError::BadGateway(format!("not draining to {hop}: {why}")))?;
+    let draining_to = hop.to_string();
+    let queued: usize = shards
+        .ask_all(move |s| {
+            let hop = hop.clone();
+            async move { s.hand_over(hop) }
+        })
+        .await?
+        .into_iter()
+        .sum();
+    Ok(Response::json(
+        200,
+        &json!({ "draining_to": draining_to, "peer": peer, "queued": queued }),
+    ))
+}
+
+/// `GET /queue/messages[?domain=D][&limit=N]`.
+async fn messages(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
+    let limit = match req.param("limit") {
+        None => usize::MAX,
+        Some(n) => n
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("limit `{n}` is not a number")))?,
+    };
+    Ok(Response::json(
+        200,
+        &list(shards, req.param("domain"), limit).await?,
+    ))
 }
 
 /// Paths that exist with some method, for 405 rather than 404.
