@@ -186,6 +186,23 @@ fn flush_retries_a_deferred_message_at_once() {
     // Another domain's flush leaves it alone.
     let other = queue_json(&ts, &["flush", "--domain", "b.test"]);
     assert_eq!(other["flushed"], 0);
+    // A suspended domain's message stays, and the flush says so and why.
+    assert!(queue(&ts, &["suspend", "hold.test"]).ok);
+    let run = queue(&ts, &["flush", "--domain", "hold.test"]);
+    assert!(run.ok, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        format!(
+            "0 deferred messages flushed\n1 message held, not flushed:\n  {id}: domain hold.test is suspended\n"
+        )
+    );
+    let held = queue_json(&ts, &["flush"]);
+    assert_eq!(
+        (&held["flushed"], &held["held"]),
+        (&0.into(), &1.into()),
+        "{held}"
+    );
+    assert!(queue(&ts, &["resume", "hold.test"]).ok);
     let run = queue(&ts, &["flush", "--domain", "hold.test"]);
     assert!(run.ok, "{}", run.stderr);
     assert_eq!(run.stdout, "1 deferred message flushed\n");

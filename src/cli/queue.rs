@@ -234,7 +234,22 @@ fn render(command: QueueCommand, answer: serde_json::Value) -> Result<String> {
         QueueCommand::Drain { to, .. } => format!("drain to {to} requested\n"),
         QueueCommand::Flush { .. } => {
             let n = answer["flushed"].as_u64().unwrap_or(0) as usize;
-            format!("{} flushed\n", admin_client::count(n, "deferred message"))
+            let mut text = format!("{} flushed\n", admin_client::count(n, "deferred message"));
+            let held = answer["held"].as_u64().unwrap_or(0) as usize;
+            if held > 0 {
+                text += &format!(
+                    "{} held, not flushed:\n",
+                    admin_client::count(held, "message")
+                );
+                for m in answer["held_messages"].as_array().into_iter().flatten() {
+                    let (id, why) = (
+                        m["id"].as_str().unwrap_or("?"),
+                        m["reason"].as_str().unwrap_or("?"),
+                    );
+                    text += &format!("  {id}: {why}\n");
+                }
+            }
+            text
         }
         QueueCommand::Suspend {
             domain, duration, ..

@@ -13,7 +13,7 @@
 //! | `GET /queue/messages/ID/trace`          | [`MessageTrace`]: its events, in order (`http::trace`) |
 //! | `DELETE /queue/messages/ID`             | `{"deleted": ID}`              |
 //! | `POST /queue/messages/ID/bounce`        | `{"bounced": ID}`              |
-//! | `POST /queue/flush?domain=D`            | `{"flushed": N}`               |
+//! | `POST /queue/flush?domain=D`            | `{"flushed": N, "held": M, "held_messages": [{id, reason}]}` |
 //! | `POST /queue/drain?to=HOST:PORT`        | `{"draining_to": T, "peer": P, "queued": N}`: once the peer answered EHLO (else 502, nothing changed), new mail refused, everything queued sent to T (`Scheduler::hand_over`) |
 //! | `POST /queue/domains/D/suspend?for=SECS`| `{"domain": D, "suspended": true, "until": T}` |
 //! | `POST /queue/domains/D/resume`          | `{"domain": D, "suspended": false}` |
@@ -228,6 +228,9 @@ fn authorized(req: &Request, token: Option<&str>) -> bool {
     token.is_none_or(|t| crate::http::bearer_matches(req, t))
 }
 
+/// How many of the messages a flush left held are named in its answer.
+const FLUSH_HELD_SHOWN: usize = 100;
+
 async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
     let method = req.method.as_str();
     match (method, req.route().as_slice()) {
@@ -257,12 +260,16 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
         }
         ("POST", ["queue", "flush"]) => {
             let domain = req.param("domain").map(str::to_string);
-            let flushed: usize = shards
+            let reports = shards
                 .ask_all(move |s| async move { s.flush(domain.as_deref()) })
-                .await?
-                .into_iter()
-                .sum();
-            Ok(Response::json(200, &json!({ "flushed": flushed })))
+                .await?;
+            let flushed: usize = reports.iter().map(|r| r.flushed).sum();
+            let held: Vec<_> = reports.into_iter().flat_map(|r| r.held).collect();
+            let shown = &held[..held.len().min(FLUSH_HELD_SHOWN)];
+            Ok(Response::json(
+                200,
+                &json!({ "flushed": flushed, "held": held.len(), "held_messages": shown }),
+            ))
         }
         ("POST", ["queue", kind, name, action @ ("suspend" | "resume")])
             if hold_kind(kind).is_some() =>

@@ -259,7 +259,7 @@ impl Scheduler {
     /// Why `env` may not go to `site` now, if a suspension of the site
     /// or of the message's pool holds it (the message then waits until the
     /// hold ends).
-    fn held(&self, env: &Envelope, site: &str) -> Option<state::Held> {
+    pub(super) fn held(&self, env: &Envelope, site: &str) -> Option<state::Held> {
         let st = self.state.borrow();
         let what = if st.is_held(Hold::Site, site) {
             format!("site {site} is suspended")

@@ -200,6 +200,22 @@ pub enum OperationError {
     Storage(MessageId, String),
 }
 
+/// What `queue flush` did on one shard.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FlushReport {
+    /// Messages released to be tried now.
+    pub flushed: usize,
+    /// Deferred messages left waiting, each with its hold.
+    pub held: Vec<HeldMessage>,
+}
+
+/// A message a flush left waiting, and why.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HeldMessage {
+    pub id: String,
+    pub reason: String,
+}
+
 impl Scheduler {
     /// Messages this shard holds, and how many of them are deferred.
     pub fn message_count(&self) -> (usize, usize) {
@@ -391,14 +407,14 @@ impl Scheduler {
         Some(String::from_utf8_lossy(&body[..end.min(max)]).into_owned())
     }
 
-    /// Makes deferred messages due now (only those with a pending recipient
-    /// at `domain`, if given) and dispatches them. Returns how many.
-    pub fn flush(self: &Rc<Self>, domain: Option<&str>) -> usize {
+    /// Deferred mail (all, or for one domain) is tried now, except the
+    /// messages whose every pending domain is still held (a domain, site
+    /// or pool suspension): those stay, and the report says why.
+    pub fn flush(self: &Rc<Self>, domain: Option<&str>) -> FlushReport {
         let domain = domain.map(str::to_ascii_lowercase);
-        let due: Vec<MessageId> = {
-            let mut st = self.state.borrow_mut();
-            let picked: Vec<MessageId> = st
-                .deferred
+        let picked: Vec<MessageId> = {
+            let st = self.state.borrow();
+            st.deferred
                 .iter()
                 .map(|&(_, id)| id)
                 .filter(|id| {
@@ -406,16 +422,59 @@ impl Scheduler {
                         .as_deref()
                         .is_none_or(|d| st.messages.get(id).is_some_and(|e| e.has_pending_at(d)))
                 })
-                .collect();
-            for &id in &picked {
+                .collect()
+        };
+        let mut report = FlushReport::default();
+        let mut due = Vec::new();
+        for id in picked {
+            match self.still_held(id) {
+                Some(why) => report.held.push(HeldMessage {
+                    id: id.to_string(),
+                    reason: why,
+                }),
+                None => due.push(id),
+            }
+        }
+        {
+            let mut st = self.state.borrow_mut();
+            for &id in &due {
                 st.undefer(id);
             }
-            picked
-        };
+        }
         for &id in &due {
             self.dispatch(id);
         }
-        due.len()
+        report.flushed = due.len();
+        report
+    }
+
+    /// Why message `id` would not be tried now, if every domain it has
+    /// pending recipients for is held: its domain suspended, or the site
+    /// its last attempt found, or its pool.
+    fn still_held(&self, id: MessageId) -> Option<String> {
+        let (env, places) = {
+            let st = self.state.borrow();
+            let env = st.messages.get(&id)?.env.clone();
+            let places: Vec<(String, bool, Option<String>)> = super::state::jobs_by_domain(&env)
+                .into_keys()
+                .map(|d| {
+                    let held = st.is_held(Hold::Domain, &d);
+                    let site = st.domains.get(&d).and_then(|q| q.site.clone());
+                    (d, held, site)
+                })
+                .collect();
+            (env, places)
+        };
+        let mut reasons = Vec::new();
+        for (domain, domain_held, site) in places {
+            let why = match (domain_held, site) {
+                (true, _) => format!("domain {domain} is suspended"),
+                (false, Some(site)) => self.held(&env, &site)?.0,
+                (false, None) => return None,
+            };
+            reasons.push(why);
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// Before a drain: looks `hop` up, connects, reads its greeting and
