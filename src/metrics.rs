@@ -51,6 +51,7 @@ macro_rules! metrics_table {
 metrics_table! {
     MESSAGES_RECEIVED = "ringpost_messages_received_total", Counter, "Messages accepted (250 after DATA/BDAT) and queued.";
     RECIPIENTS_RECEIVED = "ringpost_recipients_received_total", Counter, "Recipients of accepted messages.";
+    RECIPIENTS_MERGED = "ringpost_recipients_merged_total", Counter, "Recipients listed again in one message (SMTP transaction or injection; the domain compared without case) and merged into their first occurrence: the message goes to each once.";
     BYTES_RECEIVED = "ringpost_received_bytes_total", Counter, "Bytes of accepted messages, as stored.";
     RECIPIENTS_DELIVERED = "ringpost_recipients_delivered_total", Counter, "Recipients a remote server accepted.";
     RECIPIENTS_DEFERRED = "ringpost_recipients_deferred_total", Counter, "Delivery attempts per recipient that failed temporarily.";

@@ -103,6 +103,39 @@ fn an_injected_message_is_delivered_with_crlf_line_endings() {
 }
 
 #[test]
+fn a_recipient_listed_twice_gets_the_message_once_over_injection_and_smtp() {
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let ts = server(port, |_| {});
+    let twice = ["b@dest.test", "b@dest.test", "b@Dest.TEST", "c@dest.test"];
+    let (status, answer) = post(
+        ts.inject_addr.unwrap(),
+        None,
+        &message(&twice, "Subject: once\n\nhello\n"),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (&answer["success_count"], &answer["merged_count"]),
+        (&2.into(), &2.into()),
+        "{answer}"
+    );
+    let mut c = ts.client();
+    c.begin("s@sender.test", &twice);
+    let reply = c.data(b"Subject: once by smtp\r\n\r\nhello\r\n");
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let msgs = sink.wait_for(2, 20);
+    assert_eq!(msgs.len(), 2);
+    for m in &msgs {
+        assert_eq!(m.rcpts, ["b@dest.test", "c@dest.test"], "each once");
+    }
+    let metrics = ts.metrics_text();
+    assert!(
+        metrics.contains("ringpost_recipients_merged_total 4"),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn the_200_comes_after_the_message_is_in_the_spool() {
     // The next hop is a closed port: the message stays queued.
     let mut ts = start_with(2, |_| {});

@@ -338,6 +338,8 @@ struct Accepted {
     id: String,
     success_count: usize,
     fail_count: usize,
+    /// Recipients listed more than once, merged into one.
+    merged_count: usize,
     failed_recipients: Vec<String>,
     errors: Vec<String>,
 }
@@ -548,6 +550,7 @@ impl Injector {
                     id: String::new(),
                     success_count: 0,
                     fail_count: injection.failed.len(),
+                    merged_count: 0,
                     failed_recipients: injection.failed,
                     errors,
                 },
@@ -592,6 +595,7 @@ impl Injector {
                 id: id.to_string(),
                 success_count: accepted.recipients,
                 fail_count: injection.failed.len(),
+                merged_count: accepted.merged,
                 failed_recipients: injection.failed,
                 errors,
             },

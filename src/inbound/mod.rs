@@ -85,6 +85,9 @@ pub enum Refusal {
 pub struct Accepted {
     /// Recipients queued.
     pub recipients: usize,
+    /// Recipients listed again in the same message, merged into their
+    /// first occurrence (`queue::merge_duplicate_recipients`).
+    pub merged: usize,
 }
 
 pub struct Door {
@@ -230,10 +233,10 @@ impl Door {
         envelope
             .recipients
             .retain(|r| !intake.is_report_address(&r.address));
-        Ok(envelope
-            .recipients
-            .is_empty()
-            .then_some(Accepted { recipients: all }))
+        Ok(envelope.recipients.is_empty().then_some(Accepted {
+            recipients: all,
+            merged: 0,
+        }))
     }
 
     /// Signs the message as stored (our Received: is not among the signed
@@ -286,6 +289,12 @@ impl Door {
         if let Err(why) = self.set_own_fields(&mut envelope, fields) {
             return Err(self.refused(id, why));
         }
+        // A recipient listed twice gets the message once, as Postfix's
+        // cleanup does.
+        let merged = crate::queue::envelope::merge_duplicate_recipients(&mut envelope.recipients);
+        if merged > 0 {
+            ::metrics::counter!(crate::metrics::RECIPIENTS_MERGED).increment(merged as u64);
+        }
         let survey = crate::proto::header::survey(&body);
         // A loop (RFC 5321 6.3): the header section only, ours included.
         if survey.received > self.steps.max_received_headers {
@@ -293,7 +302,7 @@ impl Door {
         }
         self.complete(id, &mut body, content_start, &survey, complete);
         if let Some(done) = self.take_reports(id, &mut envelope, &body, content_start)? {
-            return Ok(done);
+            return Ok(Accepted { merged, ..done });
         }
         if let Some(h) = &self.steps.tracking_header {
             let line = format!("{h}: {id}\r\n");
@@ -315,6 +324,7 @@ impl Door {
         self.events.reception(id, &stored, dkim.as_ref());
         let accepted = Accepted {
             recipients: stored.recipients.len(),
+            merged,
         };
         self.scheduler.submit(id, stored);
         Ok(accepted)

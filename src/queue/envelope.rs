@@ -67,6 +67,23 @@ pub fn domain_of(address: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Pure: removes the recipients listed again (the domain part compared
+/// without regard to case, the local part as given: RFC 5321 2.4), keeping
+/// each first occurrence with its DSN request. How many were removed.
+pub fn merge_duplicate_recipients(recipients: &mut Vec<Recipient>) -> usize {
+    if recipients.len() < 2 {
+        return 0;
+    }
+    let key = |r: &Recipient| match r.address.rsplit_once('@') {
+        Some((local, domain)) => (local.to_string(), domain.to_ascii_lowercase()),
+        None => (r.address.clone(), String::new()),
+    };
+    let before = recipients.len();
+    let mut seen = std::collections::HashSet::with_capacity(before);
+    recipients.retain(|r| seen.insert(key(r)));
+    before - recipients.len()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Reverse-path; empty for the null sender `<>`.
@@ -150,6 +167,26 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duplicate_recipients_merge_by_local_part_and_domain_in_any_case() {
+        let r = |a: &str, notify: Option<&str>| Recipient {
+            notify: notify.and_then(crate::dsn::Notify::parse),
+            ..Recipient::pending(a.to_string())
+        };
+        let mut list = vec![
+            r("b@example.com", Some("SUCCESS")),
+            r("b@example.com", None),
+            r("b@Example.COM", Some("NEVER")),
+            r("B@example.com", None),
+            r("c@example.com", None),
+        ];
+        assert_eq!(merge_duplicate_recipients(&mut list), 2);
+        let left: Vec<&str> = list.iter().map(|r| r.address.as_str()).collect();
+        assert_eq!(left, ["b@example.com", "B@example.com", "c@example.com"]);
+        assert_eq!(list[0].notify, crate::dsn::Notify::parse("SUCCESS"));
+        assert_eq!(merge_duplicate_recipients(&mut list), 0);
+    }
 
     #[test]
     fn round_trip() {
