@@ -159,10 +159,7 @@ pub(super) fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
         println!("{answer}");
         return Ok(());
     }
-    if let QueueCommand::Drain { to, no_wait } = &command {
-        return drain_progress(&api, to, answer, !no_wait);
-    }
-    print!("{}", render(command, answer)?);
+    print!("{}", render(&api, command, answer)?);
     Ok(())
 }
 
@@ -207,8 +204,13 @@ fn request_of(command: &QueueCommand) -> (&'static str, String) {
     }
 }
 
-/// A queue command's answer as text for a terminal.
-fn render(command: QueueCommand, answer: serde_json::Value) -> Result<String> {
+/// A queue command's answer as text for a terminal (`drain` follows the
+/// drain with its progress bar, then has nothing more to say).
+fn render(
+    api: &admin_client::AdminClient,
+    command: QueueCommand,
+    answer: serde_json::Value,
+) -> Result<String> {
     let now = crate::shard::clock::unix_now();
     Ok(match command {
         QueueCommand::Summary { by: None } => {
@@ -231,7 +233,10 @@ fn render(command: QueueCommand, answer: serde_json::Value) -> Result<String> {
             &serde_json::from_value::<crate::http::admin::MessageTrace>(answer)?,
             now,
         ),
-        QueueCommand::Drain { to, .. } => format!("drain to {to} requested\n"),
+        QueueCommand::Drain { to, no_wait } => {
+            drain_progress(api, &to, answer, !no_wait)?;
+            String::new()
+        }
         QueueCommand::Flush { .. } => {
             let n = answer["flushed"].as_u64().unwrap_or(0) as usize;
             let mut text = format!("{} flushed\n", admin_client::count(n, "deferred message"));

@@ -7,8 +7,9 @@
 //! mints an id, builds a [`NewMessage`] (envelope, our trace header and
 //! the content) and calls [`Door::accept`]. The door takes our own header
 //! fields out of the content (`meta.header`, `egress.pool_header`: set in
-//! the envelope when the client is trusted, never delivered), refuses a
-//! message that has been through too many hops (a loop), adds `Date:` and
+//! the envelope when the client is trusted, never delivered), merges
+//! recipients listed twice (`queue::envelope::merge_duplicate_recipients`),
+//! refuses a message that has been through too many hops (a loop), adds `Date:` and
 //! `Message-ID:` to a trusted client's message that lacks them (a
 //! submission server's duty, RFC 6409 8; counted, never added, for
 //! others), reads the

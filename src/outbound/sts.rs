@@ -13,8 +13,8 @@
 //! What a policy does to an attempt (only matching MX hosts, verified
 //! TLS) is the scheduler's (`scheduler::attempt`).
 //!
-//! May call: `dns` (the TXT record), `mta_sts` (the policy file), the
-//! shard's clock. Must not: block a domain's mail on another's fetch: a
+//! May call: `dns` (the TXT record), `mta_sts` (the policy file),
+//! `queue` (its kept tree `mta_sts`), the shard's clock. Must not: block a domain's mail on another's fetch: a
 //! fetch runs in the attempt of the domain that needs it, bounded by the
 //! fetch timeout.
 

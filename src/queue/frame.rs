@@ -13,11 +13,10 @@
 //! (little-endian; the CRC covers everything but itself; the record is the
 //! envelope as first queued, without its body reference). `segment` is the
 //! number of the segment the frame was written to: segment files are
-//! recycled (below), so past the last frame of its current life a file
+//! recycled (see `segment`), so past the last frame of its current life a file
 //! still holds intact frames of an earlier one, and replay stops at the
 //! first frame that names another segment. (Frames written before this
 //! field existed have 0 there and a CRC without it; they are still read.)
-//!
 //!
 //! Must not: do I/O (`segment` writes and reads frames).
 

@@ -26,9 +26,9 @@ pub type Bytes = sled::IVec;
 /// module that owns its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeptTree {
-    /// Domain, site, source or pool holds (`scheduler::kept`).
+    /// Domain, site, source or pool holds (`scheduler::stored`).
     Suspensions,
-    /// Capped paths' hourly and daily counts (`scheduler::kept`).
+    /// Capped paths' hourly and daily counts (`scheduler::stored`).
     PathCounts,
     /// Injection answers by `Idempotency-Key` (`inbound::idempotency`).
     Idempotency,
@@ -110,8 +110,13 @@ impl Kept {
         keys: impl IntoIterator<Item = K>,
     ) -> Result<(), SpoolError> {
         let mut batch = sled::Batch::default();
+        let mut any = false;
         for k in keys {
             batch.remove(k.as_ref());
+            any = true;
+        }
+        if !any {
+            return Ok(());
         }
         self.tree
             .apply_batch(batch)

@@ -602,8 +602,8 @@ impl Spool {
 
     /// The handle on one of the trees the spool keeps for others.
     pub fn kept(&self, tree: KeptTree) -> Kept {
-        let i = KeptTree::ALL.iter().position(|t| *t == tree).unwrap_or(0);
-        Kept::new(self.kept[i].clone(), self.commit.clone())
+        // `kept` is opened in `KeptTree::ALL`'s order, the variants' own.
+        Kept::new(self.kept[tree as usize].clone(), self.commit.clone())
     }
 
     /// A message's body, read through io_uring and checked against its CRC.

@@ -454,6 +454,9 @@ impl Scheduler {
     fn still_held(&self, id: MessageId) -> Option<String> {
         let (env, places) = {
             let st = self.state.borrow();
+            if st.suspended.is_empty() {
+                return None;
+            }
             let env = st.messages.get(&id)?.env.clone();
             let places: Vec<(String, bool, Option<String>)> = super::state::jobs_by_domain(&env)
                 .into_keys()
