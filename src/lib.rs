@@ -61,6 +61,7 @@ pub mod dns;
 pub mod dsn;
 pub mod events;
 pub mod feedback;
+pub mod history;
 pub mod http;
 pub mod inbound;
 pub mod metrics;

@@ -256,6 +256,7 @@ pub fn render_groups(s: &crate::http::admin::GroupedSummary) -> String {
 
 /// `queue trace`: one line per event, then where the message stands.
 pub fn render_trace(t: &crate::http::admin::MessageTrace, now: u64) -> String {
+    let now = if t.now > 0 { t.now } else { now };
     let text = |e: &serde_json::Value, k: &str| e[k].as_str().unwrap_or("").to_string();
     let mut out = format!("{}\n", t.id);
     for e in &t.events {
@@ -277,8 +278,8 @@ pub fn render_trace(t: &crate::http::admin::MessageTrace, now: u64) -> String {
             detail.trim()
         );
     }
-    match &t.queued {
-        Some(m) => {
+    match (&t.queued, &t.finished) {
+        (Some(m), _) => {
             out += &format!(
                 "  now: {}, {} attempt(s){}\n",
                 m.state,
@@ -288,7 +289,87 @@ pub fn render_trace(t: &crate::http::admin::MessageTrace, now: u64) -> String {
                     .unwrap_or_default()
             )
         }
-        None => out += "  now: not queued (done, or removed)\n",
+        (None, Some(f)) => out += &render_finished(f, now),
+        (None, None) => out += "  now: not queued (done, or removed)\n",
+    }
+    out
+}
+
+/// What became of a message that left the queue: one line per recipient.
+fn render_finished(f: &crate::history::Finished, now: u64) -> String {
+    let mut out = format!(
+        "  left the queue {} ago, {} after it was accepted, from <{}>{}\n",
+        age(now.saturating_sub(f.finished)),
+        age(f.finished.saturating_sub(f.created)),
+        f.sender,
+        f.message_id
+            .as_ref()
+            .map(|m| format!(", Message-ID <{m}>"))
+            .unwrap_or_default()
+    );
+    for r in &f.recipients {
+        let outcome = serde_json::to_value(r.outcome).unwrap_or_default();
+        let category = r
+            .category
+            .as_ref()
+            .map(|c| format!("[{c}] "))
+            .unwrap_or_default();
+        out += &format!(
+            "    {:<32} {:<10} {} attempt(s)  {category}{}\n",
+            r.address,
+            outcome.as_str().unwrap_or("?"),
+            r.attempts,
+            r.reply.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// `queue find`'s answer: each message, where it stands or what became of
+/// it.
+pub fn render_find(answer: &serde_json::Value, now: u64) -> String {
+    // Ages from the server's clock.
+    let now = answer["now"].as_u64().unwrap_or(now);
+    let found: Vec<crate::scheduler::find::FoundMessage> =
+        serde_json::from_value(answer["messages"].clone()).unwrap_or_default();
+    let mut out = format!(
+        "{}: {}\n",
+        answer["key"].as_str().unwrap_or("?"),
+        count(found.len(), "message")
+    );
+    if let Some(s) = answer["suppressed"].as_object() {
+        let text = |k: &str| s.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+        out += &format!(
+            "  suppressed: {} (by {}), new mail to it is refused\n",
+            text("reason"),
+            text("source")
+        );
+    }
+    for m in &found {
+        match (&m.queued, &m.finished) {
+            (Some(q), _) => {
+                out += &format!(
+                    "{}  queued {} ago, {}\n",
+                    m.id,
+                    age(now.saturating_sub(q.created)),
+                    m.state
+                );
+                for r in &q.recipients {
+                    out += &format!(
+                        "    {:<32} {:<10} {} attempt(s)  {}\n",
+                        r.address,
+                        serde_json::to_value(r.status)
+                            .unwrap_or_default()
+                            .as_str()
+                            .unwrap_or("?"),
+                        r.attempts,
+                        r.last_reply.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            (None, Some(f)) => out += &format!("{}\n{}", m.id, render_finished(f, now)),
+            (None, None) => out += &format!("{}  {}\n", m.id, m.state),
+        }
     }
     out
 }

@@ -8,6 +8,7 @@
 //! May call: `server` (to run one), `config`, `queue`, `events`,
 //! `suppression` (the stopped spool's and list's tools), `http` and
 //! `inbound` (the admin API's shapes, injection), `scheduler` (summaries),
+//! `history` (what `queue find` and `trace` show of a finished message),
 //! `dkim`, `dns`, `mta_sts`, `tls` (keygen and the DNS and DKIM checks),
 //! `metrics`, `shard`.
 //! Must not: open the spool while a server runs on it (sled's lock refuses;

@@ -37,10 +37,38 @@ pub enum QueueCommand {
         #[arg(long)]
         spool: Option<PathBuf>,
     },
+    /// Find messages by what you know of them: still queued (where each
+    /// stands) or already gone (each recipient's outcome and the remote
+    /// reply, from the history: `[history]`). Exactly one key.
+    #[command(group(clap::ArgGroup::new("key").required(true).args(["rcpt", "sender", "message_id", "idempotency_key", "meta"])))]
+    Find {
+        /// A recipient's address (the domain part in any case).
+        #[arg(long)]
+        rcpt: Option<String>,
+        /// The envelope sender's address.
+        #[arg(long)]
+        sender: Option<String>,
+        /// The `Message-ID:` header field (with or without <>).
+        #[arg(long)]
+        message_id: Option<String>,
+        /// The injection's `Idempotency-Key`.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// One entry of the application's meta: NAME=VALUE.
+        #[arg(long)]
+        meta: Option<String>,
+        /// Only messages from this recent: seconds, or 30m, 24h, 7d.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<u64>,
+        /// At most this many (default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// One message: envelope, recipients' state, headers.
     Show { id: String },
-    /// Everything that happened to one message, in order (from the
-    /// delivery log), and where it stands if still queued.
+    /// Everything that happened to one message: its events in the
+    /// delivery log (when that is a file), where it stands if still
+    /// queued, or each recipient's outcome from the history if it left.
     Trace { id: String },
     /// Drain the node to another MTA: new mail is refused from now on
     /// (SMTP 421, injection 503), and every queued message, whatever its
@@ -181,6 +209,30 @@ fn request_of(command: &QueueCommand) -> (&'static str, String) {
             }
             ("GET", format!("/queue/messages{q}"))
         }
+        QueueCommand::Find {
+            rcpt,
+            sender,
+            message_id,
+            idempotency_key,
+            meta,
+            since,
+            limit,
+        } => {
+            let keys = [
+                ("rcpt", rcpt),
+                ("sender", sender),
+                ("message_id", message_id),
+                ("idempotency_key", idempotency_key),
+                ("meta", meta),
+            ];
+            let mut q: Vec<String> = keys
+                .iter()
+                .filter_map(|(k, v)| Some(format!("{k}={}", encode(v.as_deref()?))))
+                .collect();
+            q.extend(since.map(|s| format!("since_secs={s}")));
+            q.extend(limit.map(|n| format!("limit={n}")));
+            ("GET", format!("/queue/find?{}", q.join("&")))
+        }
         QueueCommand::Show { id } => ("GET", format!("/queue/messages/{}", encode(id))),
         QueueCommand::Trace { id } => ("GET", format!("/queue/messages/{}/trace", encode(id))),
         QueueCommand::Flush { domain } => ("POST", format!("/queue/flush{}", domain_query(domain))),
@@ -226,6 +278,7 @@ fn render(
                 serde_json::from_value(answer)?;
             admin_client::render_list(&list, now)
         }
+        QueueCommand::Find { .. } => admin_client::render_find(&answer, now),
         QueueCommand::Show { .. } => {
             admin_client::render_show(&serde_json::from_value::<MessageDetail>(answer)?, now)
         }

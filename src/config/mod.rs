@@ -89,6 +89,7 @@ mod dns;
 mod egress;
 mod events;
 mod feedback;
+mod history;
 mod http;
 mod listen;
 mod meta;
@@ -110,6 +111,7 @@ pub use dns::DnsConfig;
 pub use egress::{EgressConfig, EgressPool, EgressSource, PoolMember};
 pub use events::{BacklogFull, EVENT_KINDS, EventsConfig, Webhook};
 pub use feedback::FeedbackConfig;
+pub use history::HistoryConfig;
 pub use http::{AdminConfig, InjectConfig, MetricsConfig};
 pub use listen::Listen;
 pub use meta::MetaConfig;
@@ -138,6 +140,7 @@ pub struct Config {
     pub priority: PriorityConfig,
     pub egress: EgressConfig,
     pub events: EventsConfig,
+    pub history: HistoryConfig,
     pub cluster: ClusterConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
@@ -255,6 +258,7 @@ impl Config {
                 "priority" => cfg.priority.merge(t, &mut p),
                 "egress" => cfg.egress.merge(t, &mut p),
                 "events" => cfg.events.merge(t, &mut p),
+                "history" => cfg.history.merge(t, &mut p),
                 "cluster" => cfg.cluster.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
@@ -285,6 +289,7 @@ impl Config {
         self.priority.check(p);
         self.egress.check(p);
         self.events.check(p);
+        self.history.check(p);
         self.cluster.check(p);
         self.dns.check(p);
         self.tls.check(p);

@@ -104,6 +104,7 @@ pub fn reference_markdown() -> String {
         super::PriorityConfig::reference(),
         super::EgressConfig::reference(),
         super::EventsConfig::reference(),
+        super::HistoryConfig::reference(),
         super::ClusterConfig::reference(),
         super::DnsConfig::reference(),
         super::TlsConfig::reference(),

@@ -10,7 +10,8 @@
 //! | `GET /queue/summary?by=site\|source\|pool` | [`GroupedSummary`]          |
 //! | `GET /queue/messages?domain=D&limit=N`  | `[MessageInfo]`, oldest first  |
 //! | `GET /queue/messages/ID`                | [`MessageDetail`]              |
-//! | `GET /queue/messages/ID/trace`          | [`MessageTrace`]: its events, in order (`http::trace`) |
+//! | `GET /queue/find?rcpt=A\|sender=A\|message_id=M\|idempotency_key=K\|meta=N=V` | the messages the key finds, queued or finished (`http::find`) |
+//! | `GET /queue/messages/ID/trace`          | [`MessageTrace`]: its events in the delivery log, in order (`http::trace`), where it stands if queued, what became of it if it left (`history`) |
 //! | `DELETE /queue/messages/ID`             | `{"deleted": ID}`              |
 //! | `POST /queue/messages/ID/bounce`        | `{"bounced": ID}`              |
 //! | `POST /queue/flush?domain=D`            | `{"flushed": N, "held": M, "held_messages": [{id, reason}]}` |
@@ -89,10 +90,17 @@ const MAX_HEADERS: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageTrace {
     pub id: String,
-    /// Its events in the delivery log, oldest first.
+    /// Its events in the delivery log, oldest first (none when the log is
+    /// not a file).
     pub events: Vec<serde_json::Value>,
     /// Where it stands, if it is still queued.
     pub queued: Option<MessageInfo>,
+    /// What became of it, if it left the queue and the history keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<crate::history::Finished>,
+    /// The server's clock (Unix seconds), for ages.
+    #[serde(default)]
+    pub now: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -204,10 +212,14 @@ impl Endpoint for AdminApi {
                     Err(e) => ApiError::Reload(e).into_response(),
                 };
             }
+            if req.route().as_slice() == ["queue", "find"] && req.method == "GET" {
+                let list = self.suppressions.as_ref();
+                return crate::http::find::answer(&self.shards, list, &self.clock, &req).await;
+            }
             if let ("GET", ["queue", "messages", id, "trace"]) =
                 (req.method.as_str(), req.route().as_slice())
             {
-                return trace(&self.shards, &self.delivery_log, id)
+                return trace(&self.shards, &self.delivery_log, id, self.clock.now())
                     .await
                     .unwrap_or_else(ApiError::into_response);
             }
@@ -333,7 +345,7 @@ async fn messages(shards: &Shards, req: &Request) -> Result<Response, ApiError> 
 fn known_path(req: &Request) -> bool {
     matches!(
         req.route().as_slice(),
-        ["queue", "summary" | "messages" | "flush" | "drain"]
+        ["queue", "summary" | "messages" | "flush" | "drain" | "find"]
             | ["queue", "messages", _]
             | ["queue", "messages", _, "bounce" | "trace"]
             | [
@@ -518,25 +530,44 @@ async fn list(
     Ok(all)
 }
 
-async fn trace(shards: &Shards, log: &str, id: &str) -> Result<Response, ApiError> {
-    let id = message_id(id)?.to_string();
-    let events = crate::http::trace::events(log, &id)
-        .await
-        .map_err(|e| match e {
-            crate::http::trace::TraceError::NoFile(_) => ApiError::NotFound(e.to_string()),
-            crate::http::trace::TraceError::Read(..) => ApiError::Read(e.to_string()),
-        })?;
+/// The events of the delivery log when it is a file; with the log on
+/// stdout or off, the queue and the history answer alone.
+async fn trace(shards: &Shards, log: &str, id: &str, now: u64) -> Result<Response, ApiError> {
+    let parsed = message_id(id)?;
+    let id = parsed.to_string();
+    let events = match crate::http::trace::events(log, &id).await {
+        Ok(events) => events,
+        Err(crate::http::trace::TraceError::NoFile(_)) => Vec::new(),
+        Err(e @ crate::http::trace::TraceError::Read(..)) => {
+            return Err(ApiError::Read(e.to_string()));
+        }
+    };
     let queued = match show(shards, &id).await {
         Ok(detail) => Some(detail.message),
         Err(ApiError::Queue(OperationError::NotFound(_))) => None,
         Err(e) => return Err(e),
     };
-    if events.is_empty() && queued.is_none() {
+    let finished = match queued {
+        Some(_) => None,
+        None => on_holder(shards, parsed, move |s| async move {
+            s.finished(parsed).ok_or(OperationError::NotFound(parsed))
+        })
+        .await
+        .ok(),
+    };
+    if events.is_empty() && queued.is_none() && finished.is_none() {
         return Err(ApiError::NotFound(format!(
-            "no event of {id} in the delivery log, and it is not queued"
+            "{id} is not queued, the history does not have it, and the delivery log ({log}) has no event of it"
         )));
     }
-    Ok(Response::json(200, &MessageTrace { id, events, queued }))
+    let trace = MessageTrace {
+        id,
+        events,
+        queued,
+        finished,
+        now,
+    };
+    Ok(Response::json(200, &trace))
 }
 
 async fn show(shards: &Shards, id: &str) -> Result<MessageDetail, ApiError> {

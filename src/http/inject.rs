@@ -558,7 +558,8 @@ impl Injector {
         }
         let peer = req.peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let id = self.door.new_id();
-        let envelope = self.envelope(&injection, peer);
+        let mut envelope = self.envelope(&injection, peer);
+        envelope.idempotency_key = req.idempotency_key.clone().filter(|_| self.keys.is_some());
         let mut body = received_header(self.cfg.hostname(), peer, id, &injection);
         let content_start = body.len();
         body.extend_from_slice(&injection.content);

@@ -23,7 +23,7 @@
 //! than [`MIN_BODY_RATE`] after that timeout, then the answer.
 //!
 //! May call: `inbound` (the door, for injection), `scheduler` (the admin
-//! API's operations), `queue`, `suppression`, `cluster` (the fleet's state),
+//! API's operations), `queue`, `history` (lookups), `suppression`, `cluster` (the fleet's state),
 //! `proto` (addresses and DSN parameters in requests), `tls`, `config`,
 //! `metrics`, `shard`.
 //! Must not: know what any path means (the endpoints do).
@@ -59,6 +59,7 @@ use crate::tls::ServerStream;
 
 pub mod admin;
 pub mod events_failed;
+pub mod find;
 pub mod inject;
 pub mod metrics;
 pub mod suppressions;

@@ -301,7 +301,8 @@ impl Door {
         if survey.received > self.steps.max_received_headers {
             return Err(self.refused(id, Refusal::TooManyHops(survey.received)));
         }
-        self.complete(id, &mut body, content_start, &survey, complete);
+        let added_id = self.complete(id, &mut body, content_start, &survey, complete);
+        envelope.message_id = survey.message_id_value.or(added_id);
         if let Some(done) = self.take_reports(id, &mut envelope, &body, content_start)? {
             return Ok(Accepted { merged, ..done });
         }
@@ -335,7 +336,8 @@ impl Door {
     /// `Message-ID:` added at the top of the client's header when missing
     /// and `complete` asks (a trusted client's listener); left alone, and
     /// counted, when there are several or a broken one, or when the client
-    /// is not trusted.
+    /// is not trusted. The Message-ID added, if one was (without its
+    /// angle brackets).
     fn complete(
         &self,
         id: MessageId,
@@ -343,9 +345,10 @@ impl Door {
         content_start: usize,
         survey: &crate::proto::header::Survey,
         complete: crate::queue::Completion,
-    ) {
+    ) -> Option<String> {
         use crate::proto::header::FieldState;
         let mut added = String::new();
+        let mut added_id = None;
         for (field, state, wanted) in [
             ("Date", survey.date, complete.date),
             ("Message-ID", survey.message_id, complete.message_id),
@@ -357,7 +360,12 @@ impl Door {
                         .increment(1);
                     added += &match field {
                         "Date" => format!("Date: {}\r\n", rfc5322_date(self.clock.now())),
-                        _ => format!("Message-ID: <{id}@{}>\r\n", self.steps.hostname),
+                        _ => {
+                            let value = format!("{id}@{}", self.steps.hostname);
+                            let line = format!("Message-ID: <{value}>\r\n");
+                            added_id = Some(value);
+                            line
+                        }
                     };
                     continue;
                 }
@@ -372,6 +380,7 @@ impl Door {
             let at = content_start.min(body.len());
             body.splice(at..at, added.into_bytes());
         }
+        added_id
     }
 
     /// The application's data, the egress pool and the priority from a

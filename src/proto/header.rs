@@ -62,12 +62,15 @@ pub fn take_fields<const N: usize>(
 }
 
 /// What the reception door needs to know of a header section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Survey {
     /// `Received:` fields: the hops the message has made.
     pub received: usize,
     pub date: FieldState,
     pub message_id: FieldState,
+    /// The `Message-ID:` without its angle brackets, when there is
+    /// exactly one and it is valid.
+    pub message_id_value: Option<String>,
 }
 
 /// One header field that a message should have exactly once.
@@ -98,6 +101,7 @@ pub fn survey(message: &[u8]) -> Survey {
         received: 0,
         date: FieldState::Missing,
         message_id: FieldState::Missing,
+        message_id_value: None,
     };
     let named = |line: &[u8], name: &str| {
         line.len() > name.len()
@@ -120,7 +124,12 @@ pub fn survey(message: &[u8]) -> Survey {
                 .seen(chrono::DateTime::parse_from_rfc2822(v.trim()).is_ok());
         } else if named(line, "Message-ID") {
             let v = unfolded(message, at + 11);
-            s.message_id = s.message_id.seen(is_msg_id(v.trim()));
+            let valid = is_msg_id(v.trim());
+            s.message_id = s.message_id.seen(valid);
+            s.message_id_value = match s.message_id {
+                FieldState::Valid => Some(v.trim()[1..v.trim().len() - 1].to_string()),
+                _ => None,
+            };
         }
         at = line_end;
     }

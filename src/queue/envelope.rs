@@ -127,6 +127,13 @@ pub struct Envelope {
     /// DSN: the sender's id of the transaction, returned in notices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envid: Option<String>,
+    /// The message's `Message-ID:` (without its angle brackets), when it
+    /// has exactly one, valid: a key `queue find` looks messages up by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// The injection request's `Idempotency-Key`, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl Envelope {
@@ -147,6 +154,8 @@ impl Envelope {
             priority: None,
             ret: None,
             envid: None,
+            message_id: None,
+            idempotency_key: None,
         }
     }
 

@@ -40,10 +40,13 @@ pub enum KeptTree {
     EventCursors,
     EventsFailed,
     EventsReplay,
+    /// Messages that left the queue, and their lookup index
+    /// (`history`).
+    History,
 }
 
 impl KeptTree {
-    pub const ALL: [KeptTree; 8] = [
+    pub const ALL: [KeptTree; 9] = [
         KeptTree::Suspensions,
         KeptTree::PathCounts,
         KeptTree::Idempotency,
@@ -52,6 +55,7 @@ impl KeptTree {
         KeptTree::EventCursors,
         KeptTree::EventsFailed,
         KeptTree::EventsReplay,
+        KeptTree::History,
     ];
 
     /// The sled tree's name (on disk: keep stable).
@@ -65,6 +69,7 @@ impl KeptTree {
             KeptTree::EventCursors => "event_cursors",
             KeptTree::EventsFailed => "events_failed",
             KeptTree::EventsReplay => "events_replay",
+            KeptTree::History => "history",
         }
     }
 }
@@ -125,6 +130,26 @@ impl Kept {
         Ok(())
     }
 
+    /// Stores each `(key, Some(value))` and removes each `(key, None)`,
+    /// all in one write; durable with the next flush.
+    pub fn write_all<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        writes: impl IntoIterator<Item = (K, Option<V>)>,
+    ) -> Result<(), SpoolError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in writes {
+            match v {
+                Some(v) => batch.insert(k.as_ref(), v.as_ref()),
+                None => batch.remove(k.as_ref()),
+            }
+        }
+        self.tree
+            .apply_batch(batch)
+            .map_err(|source| SpoolError::Kept { source })?;
+        self.commit.touched();
+        Ok(())
+    }
+
     /// Stores `value` under `key` (or removes the record, for `None`) and
     /// returns once a flush has made it durable.
     pub async fn put_durably(&self, key: &str, value: Option<&[u8]>) -> Result<(), SpoolError> {
@@ -146,6 +171,14 @@ impl Kept {
     /// The records whose keys begin with `prefix`, in key order.
     pub fn with_prefix(&self, prefix: &[u8]) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
         self.tree.scan_prefix(prefix).filter_map(Result::ok)
+    }
+
+    /// The records whose keys begin with `prefix`, highest key first.
+    pub fn with_prefix_descending(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
+        self.tree.scan_prefix(prefix).rev().filter_map(Result::ok)
     }
 
     /// The lowest and the highest key stored.

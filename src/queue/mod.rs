@@ -20,7 +20,7 @@
 //!                            ([`kept::KeptTree`]): "suspensions",
 //!                            "path_counts", "idempotency", "mta_sts",
 //!                            "events", "event_cursors", "events_failed",
-//!                            "events_replay"
+//!                            "events_replay", "history"
 //!  shard-k/segments/   append-only segments of frames (record + body),
 //!                      unlinked or recycled when unreferenced; at most
 //!                      one spare (spare.tmp: zeros, recycled.tmp: a

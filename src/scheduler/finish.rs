@@ -2,11 +2,13 @@
 //! applied and stored, expiry, the DSNs due (failed, delayed, relayed) and
 //! the message's removal once nothing is pending.
 //!
-//! May call: `queue` (update, remove), `dsn`, `bounce`, `events`. Must
+//! May call: `queue` (update, remove), `dsn`, `bounce`, `events`, `remember`
+//! (the history record of a message that leaves). Must
 //! not: start attempts (the workers do).
 
 use std::rc::Rc;
 
+use super::remember::Leaving;
 use super::retry::RoundEnd;
 use super::state::Failure;
 use super::{Scheduler, bounce, queue_gauges, retry};
@@ -72,10 +74,14 @@ impl Scheduler {
                 other => other,
             },
         };
-        if let Err(e) = result {
+        match result {
+            Ok(()) if done => self.remember(id, &env, Leaving::Finished(&failures)),
+            Ok(()) => {}
             // The old record stays; the message is retried from it.
-            self.spool_errors_logged
-                .log(log::Level::Error, || e.to_string());
+            Err(e) => {
+                self.spool_errors_logged
+                    .log(log::Level::Error, || e.to_string());
+            }
         }
         if done {
             queue_gauges(&env, -1.0);

@@ -48,7 +48,8 @@
 //!
 //! May call: `queue` (update, remove, read, the kept trees), `outbound`
 //! (routing and one attempt), `classify` (failure categories), `dsn`
-//! (notices), `suppression`, `events`, `mta_sts` (policies), `cluster`
+//! (notices), `suppression`, `events`, `history` (what became of the
+//! messages that left: [`find`], with the queue's own [`index`]), `mta_sts` (policies), `cluster`
 //! (Redis: tokens, leases, suspensions), `config`, `metrics`, `shard` (the
 //! mesh: back-off notices, the node's book).
 //! Must not: open sockets itself, or write sled other than through
@@ -59,12 +60,15 @@ pub mod backoff;
 pub mod book;
 pub mod bounce;
 mod compact;
+pub mod find;
 mod finish;
 pub mod gate;
+pub mod index;
 pub mod lanes;
 pub mod operations;
 mod record;
 pub mod reload;
+mod remember;
 pub mod retry;
 pub mod shaping;
 pub mod shared;
@@ -181,6 +185,8 @@ pub struct Scheduler {
     spool_errors_logged: LogLimit,
     /// A compaction pass is under way.
     compacting: Cell<bool>,
+    /// What became of the messages that left the queue (`[history]`).
+    history: crate::history::History,
 }
 
 impl Scheduler {
@@ -205,6 +211,7 @@ impl Scheduler {
             shard: w.shard,
             backoff: backoff::Rules::new(&w.cfg.backoff.rules),
             mesh: w.mesh,
+            history: crate::history::History::open(&w.spool, &w.cfg.history, w.shards),
             cfg: w.cfg,
             holds: stored::StoredHolds::of(&w.spool),
             path_counts: stored::StoredPathCounts::of(&w.spool),
@@ -442,6 +449,7 @@ impl Scheduler {
             let now = self.clock.now();
             self.end_expired_suspensions(now).await;
             self.end_expired_backoffs();
+            self.trim_history();
             let due = self.state.borrow_mut().take_due(now);
             for id in due {
                 self.dispatch(id);

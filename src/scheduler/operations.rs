@@ -576,6 +576,7 @@ impl Scheduler {
         }
         queue_gauges(&env, -1.0);
         self.state.borrow_mut().remove(id);
+        self.remember(id, &env, super::remember::Leaving::Deleted);
         for r in env
             .recipients
             .iter()
@@ -626,7 +627,7 @@ impl Scheduler {
 }
 
 impl Entry {
-    fn info(&self, id: MessageId, st: &super::state::State) -> MessageInfo {
+    pub(super) fn info(&self, id: MessageId, st: &super::state::State) -> MessageInfo {
         let env = &self.env;
         let deferred = self.deferred;
         let all_suspended = env

@@ -55,6 +55,8 @@ pub struct State {
     pub by_segment: HashMap<u32, HashSet<MessageId>>,
     /// The priority lanes' weights (`[priority]`).
     pub lane_weights: [u32; super::lanes::LANES],
+    /// The messages by recipient, sender, Message-ID, key and meta.
+    pub index: super::index::QueueIndex,
 }
 
 pub struct Entry {
@@ -243,6 +245,7 @@ impl State {
             .entry(env.body.segment)
             .or_default()
             .insert(id);
+        self.index.add(id, &env);
         if let Some(old) = self.messages.insert(id, Entry::new(env)) {
             self.tallies.count(&old.env, old.deferred, false);
             self.unindex_body(id, old.env.body.segment);
@@ -257,6 +260,7 @@ impl State {
             self.deferred.remove(&(entry.env.next_due, id));
         }
         self.unindex_body(id, entry.env.body.segment);
+        self.index.remove(id, &entry.env);
         Some(entry)
     }
 

@@ -1,0 +1,282 @@
+//! What a message can be looked up by, as values: [`Lookup`] (a kind and
+//! a normalized value), parsed from what an operator types, and the keys
+//! of a message ([`keys_of`]). Pure functions over strings: the queue's
+//! in-memory index (`scheduler::index`) and the history's on-disk index
+//! ([`super::History`]) use the same keys, so a lookup means the same in
+//! both.
+//!
+//! Normalization: addresses compare with the domain part in lower case
+//! and the local part as given (RFC 5321 2.4); a Message-ID without its
+//! angle brackets; meta by a top-level key and its scalar value
+//! (`campaign=spring`; numbers and booleans as JSON writes them).
+
+use serde::{Deserialize, Serialize};
+
+/// What a message is looked up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupKind {
+    /// A recipient's address.
+    Rcpt,
+    /// The envelope sender's address.
+    Sender,
+    /// The `Message-ID:` header field.
+    MessageId,
+    /// The injection's `Idempotency-Key`.
+    IdempotencyKey,
+    /// One `KEY=VALUE` of the application's meta.
+    Meta,
+}
+
+impl LookupKind {
+    pub const ALL: [LookupKind; 5] = [
+        LookupKind::Rcpt,
+        LookupKind::Sender,
+        LookupKind::MessageId,
+        LookupKind::IdempotencyKey,
+        LookupKind::Meta,
+    ];
+
+    /// The name in the API's query and the CLI's flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            LookupKind::Rcpt => "rcpt",
+            LookupKind::Sender => "sender",
+            LookupKind::MessageId => "message_id",
+            LookupKind::IdempotencyKey => "idempotency_key",
+            LookupKind::Meta => "meta",
+        }
+    }
+
+    /// Its byte in the history's index keys (on disk: keep stable).
+    fn tag(self) -> u8 {
+        match self {
+            LookupKind::Rcpt => b'r',
+            LookupKind::Sender => b's',
+            LookupKind::MessageId => b'm',
+            LookupKind::IdempotencyKey => b'k',
+            LookupKind::Meta => b'x',
+        }
+    }
+}
+
+/// Longest value looked up or indexed, in bytes (an address is at most
+/// 320, a Message-ID rarely over 200).
+pub const MAX_VALUE: usize = 512;
+
+/// Meta entries of one message indexed at most (the first ones, in the
+/// object's order).
+const MAX_META_KEYS: usize = 16;
+
+/// One key: a kind and its normalized value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lookup {
+    pub kind: LookupKind,
+    pub value: String,
+}
+
+/// Why a lookup cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    #[error("unknown key `{0}`: rcpt, sender, message_id, idempotency_key or meta")]
+    UnknownKind(String),
+    #[error("`{0}` is empty, longer than 512 bytes, or has control characters")]
+    BadValue(String),
+    #[error("meta lookups are KEY=VALUE, not `{0}`")]
+    BadMeta(String),
+}
+
+impl Lookup {
+    /// A lookup from the API's or the CLI's `kind` and `value`.
+    pub fn parse(kind: &str, value: &str) -> Result<Lookup, LookupError> {
+        let kind = LookupKind::ALL
+            .into_iter()
+            .find(|k| k.name() == kind || k.name().replace('_', "-") == kind)
+            .ok_or_else(|| LookupError::UnknownKind(kind.to_string()))?;
+        let bad = || LookupError::BadValue(value.to_string());
+        if kind == LookupKind::Meta && !value.contains('=') {
+            return Err(LookupError::BadMeta(value.to_string()));
+        }
+        Lookup::of(kind, value).ok_or_else(bad)
+    }
+
+    /// `value` normalized as a `kind` key; None when it cannot be one
+    /// (empty, too long, a control character).
+    pub fn of(kind: LookupKind, value: &str) -> Option<Lookup> {
+        let value = value.trim();
+        let value = match kind {
+            LookupKind::Rcpt | LookupKind::Sender => {
+                let bare = value.strip_prefix('<').unwrap_or(value);
+                normalize_address(bare.strip_suffix('>').unwrap_or(bare))
+            }
+            LookupKind::MessageId => {
+                let bare = value.strip_prefix('<').unwrap_or(value);
+                bare.strip_suffix('>').unwrap_or(bare).to_string()
+            }
+            LookupKind::IdempotencyKey | LookupKind::Meta => value.to_string(),
+        };
+        let fits = !value.is_empty() && value.len() <= MAX_VALUE;
+        (fits && !value.chars().any(char::is_control)).then_some(Lookup { kind, value })
+    }
+
+    /// The prefix of this key's entries in the history's index: its tag,
+    /// the value, a NUL (values never hold one).
+    pub fn index_prefix(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.value.len() + 3);
+        k.push(b'x');
+        k.push(self.kind.tag());
+        k.extend_from_slice(self.value.as_bytes());
+        k.push(0);
+        k
+    }
+}
+
+impl std::fmt::Display for Lookup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.kind.name(), self.value)
+    }
+}
+
+/// `local@Domain` as `local@domain`.
+fn normalize_address(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => address.to_string(),
+    }
+}
+
+/// What of a message its keys are made from (besides its recipients).
+pub struct Keyed<'a> {
+    pub sender: &'a str,
+    pub message_id: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+    pub meta: Option<&'a serde_json::Value>,
+}
+
+/// Every key a message can be found by: each recipient, the sender (not
+/// the null sender), its Message-ID, its Idempotency-Key, and its meta's
+/// top-level scalar entries. A value that cannot be a key is left out.
+pub fn keys_of<'r>(m: Keyed<'_>, recipients: impl Iterator<Item = &'r str>) -> Vec<Lookup> {
+    let mut keys = Vec::new();
+    keys.extend(recipients.filter_map(|r| Lookup::of(LookupKind::Rcpt, r)));
+    keys.extend(Lookup::of(LookupKind::Sender, m.sender));
+    keys.extend(
+        m.message_id
+            .and_then(|v| Lookup::of(LookupKind::MessageId, v)),
+    );
+    keys.extend(
+        m.idempotency_key
+            .and_then(|v| Lookup::of(LookupKind::IdempotencyKey, v)),
+    );
+    if let Some(serde_json::Value::Object(map)) = m.meta {
+        for (k, v) in map.iter().take(MAX_META_KEYS) {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => continue,
+            };
+            keys.extend(Lookup::of(LookupKind::Meta, &format!("{k}={v}")));
+        }
+    }
+    // A recipient listed in two cases is one key.
+    keys.sort_by(|a, b| (a.kind.tag(), &a.value).cmp(&(b.kind.tag(), &b.value)));
+    keys.dedup();
+    keys
+}
+
+/// The keys of a queued message.
+pub fn keys_of_envelope(env: &crate::queue::Envelope) -> Vec<Lookup> {
+    let keyed = Keyed {
+        sender: &env.sender,
+        message_id: env.message_id.as_deref(),
+        idempotency_key: env.idempotency_key.as_deref(),
+        meta: env.meta.as_ref(),
+    };
+    keys_of(keyed, env.recipients.iter().map(|r| r.address.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_compare_with_the_domain_in_lower_case_only() {
+        let a = Lookup::parse("rcpt", "<Bob@Example.COM>").unwrap();
+        assert_eq!(a.value, "Bob@example.com");
+        assert_ne!(a, Lookup::parse("rcpt", "bob@example.com").unwrap());
+        assert_eq!(a, Lookup::of(LookupKind::Rcpt, "Bob@example.com").unwrap());
+    }
+
+    #[test]
+    fn bad_lookups_are_refused_with_the_reason() {
+        assert!(matches!(
+            Lookup::parse("subject", "x"),
+            Err(LookupError::UnknownKind(_))
+        ));
+        assert!(matches!(
+            Lookup::parse("rcpt", ""),
+            Err(LookupError::BadValue(_))
+        ));
+        assert!(matches!(
+            Lookup::parse("rcpt", &"a".repeat(600)),
+            Err(LookupError::BadValue(_))
+        ));
+        assert!(matches!(
+            Lookup::parse("meta", "campaign"),
+            Err(LookupError::BadMeta(_))
+        ));
+        assert!(matches!(
+            Lookup::parse("sender", "a\u{0}b@c"),
+            Err(LookupError::BadValue(_))
+        ));
+        assert_eq!(
+            Lookup::parse("message-id", "<x@y>").unwrap().kind,
+            LookupKind::MessageId
+        );
+    }
+
+    #[test]
+    fn a_message_is_keyed_by_everything_it_can_be_found_by() {
+        let meta =
+            serde_json::json!({"campaign": "spring", "n": 7, "vip": true, "nested": {"a": 1}});
+        let keyed = Keyed {
+            sender: "news@Shop.example",
+            message_id: Some("m1@shop.example"),
+            idempotency_key: Some("order-42"),
+            meta: Some(&meta),
+        };
+        let keys = keys_of(keyed, ["a@x.org", "a@X.ORG", "b@y.org"].into_iter());
+        let shown: Vec<String> = keys.iter().map(Lookup::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "idempotency_key=order-42",
+                "message_id=m1@shop.example",
+                "rcpt=a@x.org",
+                "rcpt=b@y.org",
+                "sender=news@shop.example",
+                "meta=campaign=spring",
+                "meta=n=7",
+                "meta=vip=true",
+            ]
+        );
+        let nothing = Keyed {
+            sender: "",
+            message_id: None,
+            idempotency_key: None,
+            meta: None,
+        };
+        let null_sender = keys_of(nothing, std::iter::empty());
+        assert!(null_sender.is_empty());
+    }
+
+    #[test]
+    fn index_prefixes_of_different_kinds_never_meet() {
+        let r = Lookup::parse("rcpt", "a@b").unwrap().index_prefix();
+        let s = Lookup::parse("sender", "a@b").unwrap().index_prefix();
+        let longer = Lookup::parse("rcpt", "a@bc").unwrap().index_prefix();
+        assert_ne!(r, s);
+        assert!(!longer.starts_with(&r));
+    }
+}

@@ -1,0 +1,130 @@
+//! The queued messages by what an operator knows of them: the in-memory
+//! index behind `queue find` for mail still in the queue.
+//!
+//! Owns: [`QueueIndex`], kept by the shard's [`State`](super::state::State)
+//! as messages are admitted and removed (at reception, at recovery, when
+//! they leave), so that a lookup costs one hash probe however long the
+//! queue. The keys are `history::lookup`'s, the same the history's index
+//! uses. Each key is kept as a 64-bit hash of itself: a probe yields
+//! candidates, which the caller checks against the message's own keys
+//! (a collision costs a check, never a wrong answer).
+//!
+//! Must not: do I/O; it is rebuilt from the queue at every start.
+
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+
+use crate::history::lookup::{Lookup, keys_of_envelope};
+use crate::queue::{Envelope, MessageId};
+
+/// The ids under one key: most keys (a recipient, a Message-ID) name one
+/// message; a sender or a campaign may name a million.
+enum Ids {
+    One(MessageId),
+    Many(HashSet<MessageId>),
+}
+
+#[derive(Default)]
+pub struct QueueIndex {
+    hasher: RandomState,
+    keys: HashMap<u64, Ids>,
+}
+
+impl QueueIndex {
+    fn hash(&self, key: &Lookup) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Indexes a message that enters the queue.
+    pub fn add(&mut self, id: MessageId, env: &Envelope) {
+        for key in keys_of_envelope(env) {
+            let h = self.hash(&key);
+            match self.keys.entry(h) {
+                Entry::Vacant(v) => {
+                    v.insert(Ids::One(id));
+                }
+                Entry::Occupied(mut o) => match o.get_mut() {
+                    Ids::One(other) if *other == id => {}
+                    Ids::One(other) => {
+                        let set = HashSet::from([*other, id]);
+                        o.insert(Ids::Many(set));
+                    }
+                    Ids::Many(set) => {
+                        set.insert(id);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Forgets a message that leaves the queue (`env`: its envelope, whose
+    /// keys never change while it is queued).
+    pub fn remove(&mut self, id: MessageId, env: &Envelope) {
+        for key in keys_of_envelope(env) {
+            let h = self.hash(&key);
+            let Entry::Occupied(mut o) = self.keys.entry(h) else {
+                continue;
+            };
+            let empty = match o.get_mut() {
+                Ids::One(other) => *other == id,
+                Ids::Many(set) => {
+                    set.remove(&id);
+                    set.is_empty()
+                }
+            };
+            if empty {
+                o.remove();
+            }
+        }
+    }
+
+    /// The messages that may have `key` (check each against its keys).
+    pub fn candidates(&self, key: &Lookup) -> Vec<MessageId> {
+        match self.keys.get(&self.hash(key)) {
+            None => Vec::new(),
+            Some(Ids::One(id)) => vec![*id],
+            Some(Ids::Many(set)) => set.iter().copied().collect(),
+        }
+    }
+
+    /// Keys indexed (distinct hashes).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::IdGenerator;
+
+    #[test]
+    fn messages_are_found_while_queued_and_forgotten_when_they_leave() {
+        let mut ids = IdGenerator::new(0);
+        let mut ix = QueueIndex::default();
+        let (a, b) = (ids.next_id(), ids.next_id());
+        let mut ea = Envelope::new("app@s.example".into(), vec!["x@Y.org".into()], 1);
+        ea.meta = Some(serde_json::json!({"campaign": "c1"}));
+        let eb = Envelope::new("app@s.example".into(), vec!["z@y.org".into()], 1);
+        ix.add(a, &ea);
+        ix.add(b, &eb);
+        let sender = Lookup::parse("sender", "app@S.EXAMPLE").unwrap();
+        let mut both = ix.candidates(&sender);
+        both.sort();
+        assert_eq!(both, [a, b]);
+        let x = Lookup::parse("rcpt", "x@y.org").unwrap();
+        assert_eq!(ix.candidates(&x), [a]);
+        let campaign = Lookup::parse("meta", "campaign=c1").unwrap();
+        assert_eq!(ix.candidates(&campaign), [a]);
+        ix.remove(a, &ea);
+        assert!(ix.candidates(&x).is_empty());
+        assert_eq!(ix.candidates(&sender), [b]);
+        ix.remove(b, &eb);
+        assert!(ix.is_empty());
+    }
+}

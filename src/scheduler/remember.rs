@@ -1,0 +1,82 @@
+//! The history record of a message as it leaves the queue (delivered,
+//! bounced, expired or deleted), and the trimming of old records: what
+//! `find` answers from once the message is gone.
+//!
+//! May call: `history` (the store), `classify` (the category of a
+//! bounce's reply). Must not: fail the message's removal: a record that
+//! cannot be written is logged, and the message still leaves.
+
+use super::Scheduler;
+use super::state::Failure;
+use crate::history::{Finished, FinishedRecipient, Outcome};
+use crate::queue::{Envelope, MessageId, RecipientStatus};
+
+/// How a message leaves the queue, for its history record.
+pub(super) enum Leaving<'a> {
+    /// Its last round is over: every recipient delivered or failed for
+    /// good (`failures`: those of the last round, with ringpost's own
+    /// reason for an expiry or the administrator's bounce).
+    Finished(&'a [Failure]),
+    /// The administrator deleted it: its pending recipients were not
+    /// delivered.
+    Deleted,
+}
+
+/// The reply a deleted recipient's record carries.
+const DELETED: &str = "deleted by the queue administrator";
+
+impl Scheduler {
+    /// Drops history records past `[history]`'s age or count (a bounded
+    /// number per call: the timer calls it every tick).
+    pub(super) fn trim_history(&self) {
+        if let Err(e) = self.history.trim(self.clock.now(), HISTORY_TRIM_BUDGET) {
+            self.spool_errors_logged
+                .log(log::Level::Error, || format!("history: {e}"));
+        }
+    }
+
+    /// Writes the history record of message `id`, which leaves the queue.
+    pub(super) fn remember(&self, id: MessageId, env: &Envelope, leaving: Leaving<'_>) {
+        if !self.history.is_on() {
+            return;
+        }
+        let failures: &[Failure] = match leaving {
+            Leaving::Finished(f) => f,
+            Leaving::Deleted => &[],
+        };
+        let rec = Finished::of(id, env, self.clock.now(), |i, r| {
+            let failure = failures.iter().find(|f| f.index == i);
+            let (outcome, reply) = match (r.status, failure) {
+                (RecipientStatus::Delivered, _) => (Outcome::Delivered, r.last_reply.clone()),
+                (RecipientStatus::Pending, _) => (Outcome::Deleted, Some(DELETED.to_string())),
+                (RecipientStatus::Failed, Some(f)) if f.status == "4.4.7" => {
+                    (Outcome::Expired, Some(f.reply.clone()))
+                }
+                (RecipientStatus::Failed, Some(f)) => (Outcome::Bounced, Some(f.reply.clone())),
+                (RecipientStatus::Failed, None) => (Outcome::Bounced, r.last_reply.clone()),
+            };
+            // An expiry's category is its last remote reply's.
+            let category = match outcome {
+                Outcome::Expired => r.last_reply.as_deref().map(|l| (l, true)),
+                Outcome::Bounced => reply.as_deref().map(|l| (l, false)),
+                _ => None,
+            }
+            .map(|(line, temporary)| self.classifier.classify(line, temporary).as_str().into());
+            FinishedRecipient {
+                address: r.address.clone(),
+                outcome,
+                attempts: r.attempts,
+                reply,
+                category,
+            }
+        });
+        if let Err(e) = self.history.record(id, &rec) {
+            self.spool_errors_logged
+                .log(log::Level::Error, || format!("history: {e}"));
+        }
+    }
+}
+
+/// History records dropped at most per timer tick (five ticks a second:
+/// 10,000 a second per shard, ahead of any delivery rate).
+const HISTORY_TRIM_BUDGET: usize = 2_000;
