@@ -482,12 +482,18 @@ fn trace_shows_every_event_of_a_message_in_order() {
     loop {
         let run = queue(&ts, &["trace", &id]);
         assert!(run.ok, "{}", run.stderr);
-        if run.stdout.contains("not queued") {
+        if run.stdout.contains("left the queue") {
             let lines: Vec<&str> = run.stdout.lines().collect();
             assert_eq!(lines[0], id);
+            // The event lines (a time first), then what became of it.
+            let is_event = |l: &&&str| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|t| t.ends_with('Z'))
+            };
             let order: Vec<&str> = lines[1..]
                 .iter()
-                .filter(|l| !l.trim_start().starts_with("now:"))
+                .filter(is_event)
                 .filter_map(|l| l.split_whitespace().nth(1))
                 .collect();
             // The two domains' first attempts run side by side, so the
@@ -501,7 +507,7 @@ fn trace_shows_every_event_of_a_message_in_order() {
             assert_eq!(order[4], "Delivery", "{}", run.stdout);
             let times: Vec<&str> = lines[1..]
                 .iter()
-                .filter(|l| !l.trim_start().starts_with("now:"))
+                .filter(is_event)
                 .filter_map(|l| l.split_whitespace().next())
                 .collect();
             assert!(times.windows(2).all(|w| w[0] <= w[1]), "{}", run.stdout);
@@ -510,6 +516,14 @@ fn trace_shows_every_event_of_a_message_in_order() {
                 "{}",
                 run.stdout
             );
+            // The history's record: both delivered, x@hold.test at the
+            // second attempt.
+            let x = lines
+                .iter()
+                .rev()
+                .find(|l| l.contains("x@hold.test"))
+                .unwrap();
+            assert!(x.contains("delivered  2 attempt(s)"), "{}", run.stdout);
             break;
         }
         assert!(Instant::now() < deadline, "{}", run.stdout);

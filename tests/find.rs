@@ -153,6 +153,21 @@ fn a_message_is_found_by_every_key_queued_and_after_it_left_with_the_remote_repl
         "{hit}"
     );
     assert!(hit["queued"]["next_attempt"].as_u64().unwrap() > START + 3600);
+    // Every attribute of it is shown: its lane, the site and source of
+    // its last attempt, its Message-ID (added: the client is trusted).
+    let shown: serde_json::Value =
+        serde_json::from_str(&queue(&ts, &["show", &deferred, "--json"])).unwrap();
+    assert_eq!(shown["priority"], "normal", "{shown}");
+    assert!(shown["recipients"][0]["site"].is_string(), "{shown}");
+    assert!(
+        shown["message_id"].as_str().unwrap().starts_with(&deferred),
+        "{shown}"
+    );
+    let text = queue(&ts, &["show", &deferred]);
+    assert!(
+        text.contains("priority:  normal") && text.contains("pool:      (default)"),
+        "{text}"
+    );
 
     // Bounced: the remote's reply and its category.
     let bounced = send(&ts, &["nobody@gone.test"], "");

@@ -376,8 +376,8 @@ pub fn render_find(answer: &serde_json::Value, now: u64) -> String {
 
 pub fn render_list(list: &[MessageInfo], now: u64) -> String {
     let mut out = format!(
-        "{:<32} {:>9} {:>8} {:>8}  {:<16} {:<30}  RECIPIENTS\n",
-        "ID", "SIZE", "AGE", "ATTEMPTS", "WAITING FOR", "SENDER"
+        "{:<32} {:>9} {:>8} {:>8}  {:<16} {:<8} {:<12} {:<30}  RECIPIENTS\n",
+        "ID", "SIZE", "AGE", "ATTEMPTS", "WAITING FOR", "PRIORITY", "POOL", "SENDER"
     );
     for m in list {
         let pending: Vec<&str> = m
@@ -390,13 +390,16 @@ pub fn render_list(list: &[MessageInfo], now: u64) -> String {
             ("deferred", Some(t)) => format!("retry in {}", age(t.saturating_sub(now))),
             (state, _) => state.to_string(),
         };
+        let pool = if m.pool.is_empty() { "-" } else { &m.pool };
         out += &format!(
-            "{:<32} {:>9} {:>8} {:>8}  {:<16} {:<30}  {}\n",
+            "{:<32} {:>9} {:>8} {:>8}  {:<16} {:<8} {:<12} {:<30}  {}\n",
             m.id,
             m.size,
             age(now.saturating_sub(m.created)),
             m.attempts,
             waiting,
+            m.priority,
+            pool,
             sender(&m.sender),
             pending.join(", ")
         );
@@ -419,6 +422,29 @@ pub fn render_show(d: &MessageDetail, now: u64) -> String {
     if let Some(next) = m.next_attempt {
         out += &format!("next try:  in {}\n", age(next.saturating_sub(now)));
     }
+    out += &format!("priority:  {}\n", m.priority);
+    let pool = if m.pool.is_empty() {
+        "(default)"
+    } else {
+        &m.pool
+    };
+    out += &format!("pool:      {pool}\n");
+    let dkim = m.dkim.as_deref().unwrap_or("(signing not configured)");
+    out += &format!("dkim:      {dkim}\n");
+    for (name, value) in [
+        (
+            "message-id",
+            m.message_id.as_ref().map(|v| format!("<{v}>")),
+        ),
+        ("key", m.idempotency_key.clone()),
+        ("meta", m.meta.as_ref().map(|v| v.to_string())),
+        ("dsn ret", m.ret.map(|r| r.as_text().to_string())),
+        ("dsn envid", m.envid.clone()),
+    ] {
+        if let Some(v) = value {
+            out += &format!("{:<10} {v}\n", format!("{name}:"));
+        }
+    }
     out += "recipients:\n";
     for r in &m.recipients {
         out += &format!(
@@ -428,6 +454,22 @@ pub fn render_show(d: &MessageDetail, now: u64) -> String {
             r.attempts,
             r.last_reply.as_deref().unwrap_or("")
         );
+        let mut more = Vec::new();
+        if let Some(site) = &r.site {
+            more.push(format!("site {site}"));
+        }
+        if let Some(source) = &r.source {
+            more.push(format!("source {source}"));
+        }
+        if let Some(n) = r.notify {
+            more.push(format!("NOTIFY={}", n.as_text()));
+        }
+        if let Some(o) = &r.orcpt {
+            more.push(format!("ORCPT={o}"));
+        }
+        if !more.is_empty() {
+            out += &format!("  {:<40} {}\n", "", more.join(", "));
+        }
     }
     if let Some(h) = &d.headers {
         out += "headers:\n";

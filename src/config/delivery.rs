@@ -79,9 +79,15 @@ section! {
         /// Delivery log, one JSON object per line: `"stdout"`, `"off"`, or
         /// a file path (appended). Events: Reception, Delivery,
         /// TransientFailure, Bounce, Expiration, Deletion (by `queue
-        /// delete`), with `time`, `id`, `sender`, `recipient`, and where
-        /// known `remote_host`, `remote_ip`, `reply`, `attempt`, `tls`. Logs
-        /// (start-up, errors) go to stderr, so the two never mix.
+        /// delete`), Complaint, AsyncBounce, with `time`, `id`, `sender`,
+        /// `recipient`, `meta`, and where known `remote_host`, `remote_ip`,
+        /// `reply`, `attempt`, `tls`, `category`, `source` and `site` (the
+        /// egress source and the site of an attempt); Reception adds
+        /// `priority`, `pool`, `dkim` (signed, or why not) and the DSN
+        /// request (`notify`, `orcpt`, `ret`, `envid`). What became of a
+        /// message is also kept in the spool (`[history]`) for `queue find`
+        /// and `queue trace`. Logs (start-up, errors) go to stderr, so the
+        /// two never mix.
         log: String = "stdout".into(),
     }
 }

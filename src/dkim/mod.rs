@@ -97,6 +97,17 @@ pub enum DkimOutcome {
     Unsigned(Unsigned),
 }
 
+impl DkimOutcome {
+    /// One line for the queue's record and `queue show`: `signed d=...
+    /// s=... a=...` (each signature, `; ` between), or `unsigned: why`.
+    pub fn summary(&self) -> String {
+        match self {
+            DkimOutcome::Signed(sigs) => format!("signed {}", sigs.join("; ")),
+            DkimOutcome::Unsigned(why) => format!("unsigned: {}", why.as_str()),
+        }
+    }
+}
+
 /// The result of [`Signer::sign`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed {

@@ -4,8 +4,10 @@
 //! (Reception, Delivery, TransientFailure, Bounce, Expiration, Deletion), `id`,
 //! `sender`, `recipient`, and where they apply `remote_host`, `remote_ip`,
 //! `reply`, `attempt`, `tls`, `category` (TransientFailure, Bounce: the
-//! bounce category), and on Reception `dkim` (`{"signed": ["d=...
-//! s=... a=..."]}` or `{"unsigned": "no_from"}`).
+//! bounce category), `source` and `site` (delivery attempts), and on
+//! Reception `dkim` (`{"signed": ["d=... s=... a=..."]}` or
+//! `{"unsigned": "no_from"}`), `priority`, `pool` (when not the default)
+//! and the DSN request (`notify`, `orcpt`, `ret`, `envid`).
 //!
 //! Each shard opens its own append-mode handle; one event is one `write` of
 //! a whole line, which O_APPEND keeps intact across shards.
@@ -126,6 +128,21 @@ pub struct Event<'a> {
     /// `scheduler::shaping`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub site: Option<&'a str>,
+    /// Reception: the message's egress pool (when not the default),
+    /// priority lane, and the DSN request (the recipient's NOTIFY and
+    /// ORCPT, the message's RET and ENVID), where given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envid: Option<&'a str>,
 }
 
 enum Sink {
@@ -215,13 +232,28 @@ impl EventLog {
         }
     }
 
-    /// One Reception event per recipient of a newly queued message.
+    /// One Reception event per recipient of a newly queued message, with
+    /// what was decided for it at reception.
     pub fn reception(&self, id: MessageId, env: &Envelope, dkim: Option<&DkimOutcome>) {
+        if !self.is_on() {
+            return;
+        }
         for r in &env.recipients {
             let mut event = Event::of(EventKind::Reception, id, env, &r.address);
             event.dkim = dkim;
+            event.pool = Some(env.pool.as_str()).filter(|p| !p.is_empty());
+            event.priority = Some(env.priority.unwrap_or_default().as_str());
+            event.notify = r.notify.map(|n| n.as_text());
+            event.orcpt = r.orcpt.as_deref();
+            event.ret = env.ret.map(|r| r.as_text());
+            event.envid = env.envid.as_deref();
             self.write(&event);
         }
+    }
+
+    /// Whether any event is written anywhere (the log, or a webhook).
+    fn is_on(&self) -> bool {
+        !matches!(self.sink, Sink::Off) || self.outbox.as_ref().is_some_and(|o| o.wanted != 0)
     }
 }
 
@@ -287,6 +319,12 @@ impl<'a> Event<'a> {
             source: None,
             site: None,
             dkim: None,
+            pool: None,
+            priority: None,
+            notify: None,
+            orcpt: None,
+            ret: None,
+            envid: None,
         }
     }
 }

@@ -312,6 +312,7 @@ impl Door {
             body.splice(at..at, line.into_bytes());
         }
         let dkim = self.sign(&mut body);
+        envelope.dkim = dkim.as_ref().map(crate::dkim::DkimOutcome::summary);
         let now = self.clock.now();
         envelope.created = now;
         envelope.next_due = now;

@@ -41,6 +41,12 @@ pub struct Recipient {
     /// it, so it goes as soon as a hold ends rather than at its retry time.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
+    /// The egress source its last attempt went from (`[egress]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The site its last attempt went to (its domain's MX hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 impl Recipient {
@@ -54,6 +60,8 @@ impl Recipient {
             orcpt: None,
             delay_notified: false,
             held: false,
+            source: None,
+            site: None,
         }
     }
 }
@@ -134,6 +142,10 @@ pub struct Envelope {
     /// The injection request's `Idempotency-Key`, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// What DKIM signing did (`dkim::DkimOutcome::summary`); None when
+    /// signing is not configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<String>,
 }
 
 impl Envelope {
@@ -156,6 +168,7 @@ impl Envelope {
             envid: None,
             message_id: None,
             idempotency_key: None,
+            dkim: None,
         }
     }
 

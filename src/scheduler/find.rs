@@ -37,11 +37,14 @@ impl Scheduler {
     pub fn find(&self, key: &Lookup, since: u64, limit: usize) -> Vec<FoundMessage> {
         let mut found: Vec<FoundMessage> = {
             let st = self.state.borrow();
+            // Newest first: ids are minted in time order, so the first one
+            // minted before `since` ends the walk.
             st.index
                 .candidates(key)
-                .into_iter()
+                .take_while(|id| id.unix_ms() / 1000 >= since)
                 .filter_map(|id| Some((id, st.messages.get(&id)?)))
                 .filter(|(_, e)| e.env.created >= since && keys_of_envelope(&e.env).contains(key))
+                .take(limit)
                 .map(|(id, e)| {
                     let info = e.info(id, &st);
                     FoundMessage {

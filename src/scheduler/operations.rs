@@ -170,6 +170,18 @@ pub struct RecipientInfo {
     pub status: RecipientStatus,
     pub attempts: u32,
     pub last_reply: Option<String>,
+    /// DSN: the notices asked for (None: a failure notice) and the
+    /// original recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<crate::dsn::Notify>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+    /// The egress source and the site of its last attempt, once one was
+    /// made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +200,28 @@ pub struct MessageInfo {
     /// attempt is under way) or "queued" (for a connection).
     pub state: String,
     pub recipients: Vec<RecipientInfo>,
+    /// Its priority lane: "high", "normal" or "bulk".
+    #[serde(default)]
+    pub priority: String,
+    /// Its egress pool (empty: the default pool).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pool: String,
+    /// The application's data for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// What DKIM signing did: "signed d=... s=... a=..." or "unsigned:
+    /// why"; None when signing is not configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<String>,
+    /// DSN: what a failure notice returns, and the sender's envelope id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<crate::dsn::Ret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -657,8 +691,20 @@ impl Entry {
                     status: r.status,
                     attempts: r.attempts,
                     last_reply: r.last_reply.clone(),
+                    notify: r.notify,
+                    orcpt: r.orcpt.clone(),
+                    source: r.source.clone(),
+                    site: r.site.clone(),
                 })
                 .collect(),
+            priority: env.priority.unwrap_or_default().as_str().into(),
+            pool: env.pool.clone(),
+            meta: env.meta.clone(),
+            message_id: env.message_id.clone(),
+            idempotency_key: env.idempotency_key.clone(),
+            dkim: env.dkim.clone(),
+            ret: env.ret,
+            envid: env.envid.clone(),
         }
     }
 }

@@ -531,6 +531,10 @@ impl State {
                 let r = &mut entry.env.recipients[i];
                 r.attempts += 1;
                 r.last_reply = Some(outcome.reply().to_string());
+                if attempt.site.is_some() {
+                    r.source.clone_from(&attempt.source);
+                    r.site.clone_from(&attempt.site);
+                }
                 r.held = attempt.held && matches!(outcome, DeliveryOutcome::Temporary { .. });
                 match outcome {
                     DeliveryOutcome::Delivered { reply } => {
