@@ -1,7 +1,7 @@
 //! What a message can be looked up by, as values: [`Lookup`] (a kind and
 //! a normalized value), parsed from what an operator types, and the keys
 //! of a message ([`keys_of`]). Pure functions over strings: the queue's
-//! in-memory index (`scheduler::index`) and the history's on-disk index
+//! in-memory index (`scheduler::index`) and the history's key tables
 //! ([`super::History`]) use the same keys, so a lookup means the same in
 //! both.
 //!
@@ -48,8 +48,8 @@ impl LookupKind {
         }
     }
 
-    /// Its byte in the history's index keys (on disk: keep stable).
-    fn tag(self) -> u8 {
+    /// Its byte in the history's key hashes (on disk: keep stable).
+    pub(super) fn tag(self) -> u8 {
         match self {
             LookupKind::Rcpt => b'r',
             LookupKind::Sender => b's',
@@ -117,17 +117,6 @@ impl Lookup {
         };
         let fits = !value.is_empty() && value.len() <= MAX_VALUE;
         (fits && !value.chars().any(char::is_control)).then_some(Lookup { kind, value })
-    }
-
-    /// The prefix of this key's entries in the history's index: its tag,
-    /// the value, a NUL (values never hold one).
-    pub fn index_prefix(&self) -> Vec<u8> {
-        let mut k = Vec::with_capacity(self.value.len() + 3);
-        k.push(b'x');
-        k.push(self.kind.tag());
-        k.extend_from_slice(self.value.as_bytes());
-        k.push(0);
-        k
     }
 }
 
@@ -269,14 +258,5 @@ mod tests {
         };
         let null_sender = keys_of(nothing, std::iter::empty());
         assert!(null_sender.is_empty());
-    }
-
-    #[test]
-    fn index_prefixes_of_different_kinds_never_meet() {
-        let r = Lookup::parse("rcpt", "a@b").unwrap().index_prefix();
-        let s = Lookup::parse("sender", "a@b").unwrap().index_prefix();
-        let longer = Lookup::parse("rcpt", "a@bc").unwrap().index_prefix();
-        assert_ne!(r, s);
-        assert!(!longer.starts_with(&r));
     }
 }

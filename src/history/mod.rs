@@ -1,27 +1,35 @@
 //! What happened to messages that left the queue: one record per message
 //! (its envelope, meta, and each recipient's outcome with the reply that
-//! decided it), indexed by what an operator knows of it ([`lookup`]), kept
+//! decided it), found by what an operator knows of it ([`lookup`]), kept
 //! for `[history]`'s age and count, the oldest dropped first.
 //!
 //! Owns: [`History`] (one per shard, in a tree of its spool: written by
 //! the shard's scheduler when a message leaves, read by `queue find` and
 //! `queue trace` through the admin API) and the record, [`Finished`].
 //!
-//! Layout of the tree (keys sort as bytes; times are Unix seconds, big
-//! endian, so keys sort by time):
+//! Records are kept in *chunks* of up to [`CHUNK_RECORDS`], in the order
+//! they finish. A chunk is two values of the tree, written once, when it
+//! is sealed (full, or a second old: [`History::tick`]), in one batch:
 //!
 //! ```text
-//!  "r" finished id                  -> the record (JSON)
-//!  "i" id                           -> finished (where the record is)
-//!  "x" tag value NUL finished id    -> ()  (one per key of the record)
+//!  "c" seq   -> the records: (u32 length, JSON) each, in order
+//!  "k" seq   -> first and last finish time (u64 each), the record count
+//!               (u32), then each key of each record: its 64-bit xxh3
+//!               hash and the record's slot, sorted by hash
 //! ```
 //!
-//! A record and its index entries are one sled batch: a lookup never
-//! finds half a record. Durable with the spool's next flush (a crash may
-//! forget the last half second of history, never a message). Trimming
-//! ([`History::trim`]) walks the records oldest first and removes each
-//! with its entries, a bounded number per call, so it never stalls the
-//! shard.
+//! So a finished message costs the shard a JSON encoding and a few hashes,
+//! and sled one write per chunk, in sequence: no index entry per key, no
+//! random write into a large tree (which cost the first version half the
+//! relay's throughput). The key tables stay in memory (10 bytes per key:
+//! about 60 MB for a million messages), read at start-up; a lookup
+//! binary-searches each chunk's table, newest first, and reads only the
+//! chunks that hold a candidate, whose record is then checked against the
+//! lookup (a hash collision costs a check, never a wrong answer). The
+//! chunk being filled is searched in memory. A crash forgets the chunk
+//! being filled and what the last flush did not cover (a second or two of
+//! history), never a message; a clean stop seals it ([`History::seal`]).
+//! Trimming drops whole chunks, oldest first.
 //!
 //! May call: `queue` (the kept tree, ids and envelopes), `config`
 //! (`[history]`).
@@ -30,7 +38,8 @@
 
 pub mod lookup;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -132,55 +141,144 @@ impl Finished {
     }
 }
 
+/// Records per chunk at most.
+pub const CHUNK_RECORDS: usize = 512;
+
+/// How long a chunk is filled before it is sealed (seconds).
+const SEAL_AFTER_SECS: u64 = 1;
+
+/// A sealed chunk's key table, in memory.
+struct Chunk {
+    seq: u64,
+    /// The latest finish time of its records (the first is on disk too).
+    last: u64,
+    records: u32,
+    /// Each key's hash, sorted, and beside it the record's slot.
+    hashes: Box<[u64]>,
+    slots: Box<[u16]>,
+}
+
+/// The chunk being filled.
+#[derive(Default)]
+struct Open {
+    /// The records' JSON, in order.
+    records: Vec<Vec<u8>>,
+    /// (hash, slot) of each key of each record.
+    keys: Vec<(u64, u16)>,
+    first: u64,
+    last: u64,
+    /// When its first record came (clock seconds).
+    opened: u64,
+}
+
 /// One shard's history (see the module header).
 pub struct History {
     tree: Kept,
     max_age_secs: u64,
     /// This shard's share of `history.max_messages`.
     max_records: u64,
+    /// Sealed chunks, oldest first.
+    chunks: RefCell<VecDeque<Chunk>>,
+    open: RefCell<Open>,
+    next_seq: Cell<u64>,
     records: Cell<u64>,
 }
 
-fn record_key(finished: u64, id: &[u8; 16]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(25);
-    k.push(b'r');
-    k.extend_from_slice(&finished.to_be_bytes());
-    k.extend_from_slice(id);
+/// The hash a key is kept under: xxh3 (a stable function: the tables on
+/// disk outlive the process) of its tag and value.
+fn key_hash(tag: u8, value: &str) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(&[tag]);
+    h.update(value.as_bytes());
+    h.digest()
+}
+
+/// A record's own id as a key (for `get`).
+const ID_TAG: u8 = b'#';
+
+fn lookup_hash(l: &Lookup) -> u64 {
+    key_hash(l.kind.tag(), &l.value)
+}
+
+fn chunk_key(prefix: u8, seq: u64) -> [u8; 9] {
+    let mut k = [prefix; 9];
+    k[1..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
-fn id_key(id: &[u8; 16]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(17);
-    k.push(b'i');
-    k.extend_from_slice(id);
-    k
+impl Chunk {
+    /// Reads a key table as stored (None: damaged, skipped).
+    fn decode(seq: u64, table: &[u8]) -> Option<Chunk> {
+        let last = u64::from_be_bytes(table.get(8..16)?.try_into().ok()?);
+        let records = u32::from_be_bytes(table.get(16..20)?.try_into().ok()?);
+        let body = table.get(20..)?;
+        if body.len() % 10 != 0 {
+            return None;
+        }
+        let (hashes, slots) = body
+            .chunks_exact(10)
+            .map(|e| {
+                let hash = u64::from_be_bytes(e[..8].try_into().expect("8 bytes"));
+                (hash, u16::from_be_bytes([e[8], e[9]]))
+            })
+            .unzip::<_, _, Vec<u64>, Vec<u16>>();
+        Some(Chunk {
+            seq,
+            last,
+            records,
+            hashes: hashes.into(),
+            slots: slots.into(),
+        })
+    }
+
+    /// The slots whose keys hash to `hash`, the newest first.
+    fn slots_of(&self, hash: u64) -> Vec<u16> {
+        let from = self.hashes.partition_point(|&h| h < hash);
+        let to = self.hashes.partition_point(|&h| h <= hash);
+        let mut slots = self.slots[from..to].to_vec();
+        slots.sort_unstable_by(|a, b| b.cmp(a));
+        slots.dedup();
+        slots
+    }
 }
 
-fn index_key(lookup: &Lookup, finished: u64, id: &[u8; 16]) -> Vec<u8> {
-    let mut k = lookup.index_prefix();
-    k.extend_from_slice(&finished.to_be_bytes());
-    k.extend_from_slice(id);
-    k
-}
-
-/// (finished, id) from the last 24 bytes of a record or index key.
-fn time_and_id(key: &[u8]) -> Option<(u64, [u8; 16])> {
-    let tail = key.len().checked_sub(24).map(|at| &key[at..])?;
-    let finished = u64::from_be_bytes(tail[..8].try_into().ok()?);
-    Some((finished, tail[8..].try_into().ok()?))
+/// The records of a chunk's blob, in order.
+fn records_of(blob: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(len) = blob.get(at..at + 4) {
+        let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+        let Some(json) = blob.get(at + 4..at + 4 + len) else {
+            break;
+        };
+        out.push(json);
+        at += 4 + len;
+    }
+    out
 }
 
 impl History {
     /// The history in `spool` (`shards`: how many share
-    /// `history.max_messages`). Counts the records kept: blocking,
+    /// `history.max_messages`). Reads every chunk's key table: blocking,
     /// start-up only.
     pub fn open(spool: &Spool, cfg: &crate::config::HistoryConfig, shards: usize) -> History {
         let tree = spool.kept(KeptTree::History);
-        let records = tree.with_prefix(b"r").count() as u64;
+        let chunks: VecDeque<Chunk> = tree
+            .with_prefix(b"k")
+            .filter_map(|(k, v)| {
+                let seq = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+                Chunk::decode(seq, &v)
+            })
+            .collect();
+        let records = chunks.iter().map(|c| c.records as u64).sum();
+        let next_seq = chunks.back().map_or(0, |c| c.seq + 1);
         History {
             tree,
             max_age_secs: cfg.max_age_secs,
             max_records: cfg.max_messages.div_ceil(shards.max(1) as u64).max(1),
+            chunks: RefCell::new(chunks),
+            open: RefCell::default(),
+            next_seq: Cell::new(next_seq),
             records: Cell::new(records),
         }
     }
@@ -190,7 +288,7 @@ impl History {
         self.max_age_secs > 0
     }
 
-    /// Records kept.
+    /// Records kept (the chunk being filled included).
     pub fn len(&self) -> u64 {
         self.records.get()
     }
@@ -199,95 +297,183 @@ impl History {
         self.len() == 0
     }
 
-    /// Keeps `rec` (a no-op when the history is off). `id` is the
-    /// record's own.
+    /// Keeps `rec`, message `id`'s record (a no-op when the history is
+    /// off): in memory at once, on disk when its chunk is sealed.
     pub fn record(&self, id: MessageId, rec: &Finished) -> Result<(), SpoolError> {
         if !self.is_on() {
             return Ok(());
         }
-        let id = id.as_bytes();
-        let json = serde_json::to_vec(rec).expect("a record always serializes");
-        let at = rec.finished.to_be_bytes();
-        let mut writes: Vec<(Vec<u8>, Option<&[u8]>)> = vec![
-            (record_key(rec.finished, id), Some(&json)),
-            (id_key(id), Some(&at)),
-        ];
-        writes.extend(
-            rec.keys()
-                .iter()
-                .map(|k| (index_key(k, rec.finished, id), Some(&[][..]))),
-        );
-        self.tree.write_all(writes)?;
+        let full = {
+            let mut open = self.open.borrow_mut();
+            let slot = open.records.len() as u16;
+            if open.records.is_empty() {
+                open.first = rec.finished;
+                open.opened = rec.finished;
+            }
+            open.last = open.last.max(rec.finished);
+            open.records
+                .push(serde_json::to_vec(rec).expect("a record always serializes"));
+            let id_hash = key_hash(ID_TAG, &id.to_string());
+            open.keys.push((id_hash, slot));
+            for key in rec.keys() {
+                open.keys.push((lookup_hash(&key), slot));
+            }
+            open.records.len() >= CHUNK_RECORDS
+        };
         self.records.set(self.records.get() + 1);
+        if full {
+            self.seal()?;
+        }
         Ok(())
+    }
+
+    /// Writes the chunk being filled (if any) as a sealed chunk. The
+    /// scheduler calls it when the chunk is full, a second old, or the
+    /// shard stops.
+    pub fn seal(&self) -> Result<(), SpoolError> {
+        let open = std::mem::take(&mut *self.open.borrow_mut());
+        if open.records.is_empty() {
+            return Ok(());
+        }
+        let seq = self.next_seq.get();
+        let mut blob = Vec::with_capacity(open.records.iter().map(|r| r.len() + 4).sum());
+        for r in &open.records {
+            blob.extend_from_slice(&(r.len() as u32).to_be_bytes());
+            blob.extend_from_slice(r);
+        }
+        let mut keys = open.keys;
+        keys.sort_unstable();
+        let mut table = Vec::with_capacity(20 + keys.len() * 10);
+        table.extend_from_slice(&open.first.to_be_bytes());
+        table.extend_from_slice(&open.last.to_be_bytes());
+        table.extend_from_slice(&(open.records.len() as u32).to_be_bytes());
+        for (hash, slot) in &keys {
+            table.extend_from_slice(&hash.to_be_bytes());
+            table.extend_from_slice(&slot.to_be_bytes());
+        }
+        let writes = [
+            (chunk_key(b'c', seq), Some(&blob[..])),
+            (chunk_key(b'k', seq), Some(&table[..])),
+        ];
+        if let Err(e) = self.tree.write_all(writes) {
+            // Not kept: these records are forgotten, not retried.
+            self.records
+                .set(self.records.get().saturating_sub(open.records.len() as u64));
+            return Err(e);
+        }
+        self.next_seq.set(seq + 1);
+        let chunk = Chunk::decode(seq, &table).expect("a table just encoded");
+        self.chunks.borrow_mut().push_back(chunk);
+        Ok(())
+    }
+
+    /// Every tick of the scheduler's timer: seals a chunk that has been
+    /// filled for a second, and drops what is past `[history]`'s age or
+    /// count.
+    pub fn tick(&self, now: u64) -> Result<(), SpoolError> {
+        let stale = {
+            let open = self.open.borrow();
+            !open.records.is_empty() && now.saturating_sub(open.opened) >= SEAL_AFTER_SECS
+        };
+        if stale {
+            self.seal()?;
+        }
+        self.trim(now)
     }
 
     /// The records that `lookup` finds, finished at or after `since`,
     /// newest first, at most `limit`.
     pub fn find(&self, lookup: &Lookup, since: u64, limit: usize) -> Vec<Finished> {
+        let hash = lookup_hash(lookup);
+        let fits = |rec: &Finished| rec.finished >= since && rec.keys().contains(lookup);
         let mut found = Vec::new();
-        for (key, _) in self.tree.with_prefix_descending(&lookup.index_prefix()) {
-            if found.len() >= limit {
+        {
+            let open = self.open.borrow();
+            let mut slots: Vec<u16> = open
+                .keys
+                .iter()
+                .filter(|(h, _)| *h == hash)
+                .map(|(_, s)| *s)
+                .collect();
+            slots.sort_unstable_by(|a, b| b.cmp(a));
+            slots.dedup();
+            for slot in slots {
+                let rec = serde_json::from_slice(&open.records[slot as usize]).ok();
+                found.extend(rec.filter(fits));
+            }
+        }
+        for chunk in self.chunks.borrow().iter().rev() {
+            if found.len() >= limit || chunk.last < since {
                 break;
             }
-            let Some((finished, id)) = time_and_id(&key) else {
+            let slots = chunk.slots_of(hash);
+            if slots.is_empty() {
+                continue;
+            }
+            let Some(blob) = self.tree.get(chunk_key(b'c', chunk.seq)) else {
                 continue;
             };
-            if finished < since {
-                break;
+            let records = records_of(&blob);
+            for slot in slots {
+                let rec = records
+                    .get(slot as usize)
+                    .and_then(|json| serde_json::from_slice::<Finished>(json).ok());
+                found.extend(rec.filter(fits));
             }
-            // An entry whose record was trimmed by an older build's keys
-            // is skipped.
-            found.extend(self.read(finished, &id));
         }
+        found.truncate(limit);
         found
     }
 
     /// The record of message `id`, if it is kept.
     pub fn get(&self, id: MessageId) -> Option<Finished> {
-        let id = id.as_bytes();
-        let at = self.tree.get(id_key(id))?;
-        let finished = u64::from_be_bytes(at.as_ref().try_into().ok()?);
-        self.read(finished, id)
-    }
-
-    fn read(&self, finished: u64, id: &[u8; 16]) -> Option<Finished> {
-        let json = self.tree.get(record_key(finished, id))?;
-        serde_json::from_slice(&json).ok()
-    }
-
-    /// Drops the records older than `history.max_age_secs` and those over
-    /// this shard's share of `history.max_messages`, oldest first, at most
-    /// `budget` of them. How many were dropped.
-    pub fn trim(&self, now: u64, budget: usize) -> Result<usize, SpoolError> {
-        let cutoff = now.saturating_sub(self.max_age_secs);
-        let mut dropped = 0;
-        let mut writes: Vec<(Vec<u8>, Option<&[u8]>)> = Vec::new();
-        for (key, json) in self.tree.with_prefix(b"r") {
-            if dropped >= budget {
-                break;
+        let text = id.to_string();
+        let hash = key_hash(ID_TAG, &text);
+        let mine = |rec: &Finished| rec.id == text;
+        {
+            let open = self.open.borrow();
+            for (_, slot) in open.keys.iter().filter(|(h, _)| *h == hash) {
+                let rec = serde_json::from_slice(&open.records[*slot as usize]).ok();
+                if let Some(rec) = rec.filter(mine) {
+                    return Some(rec);
+                }
             }
-            let Some((finished, id)) = time_and_id(&key) else {
-                continue;
-            };
-            let over = self.records.get().saturating_sub(dropped as u64) > self.max_records;
-            if finished >= cutoff && !over {
-                break;
-            }
-            if let Ok(rec) = serde_json::from_slice::<Finished>(&json) {
-                let keys = rec.keys();
-                writes.extend(keys.iter().map(|k| (index_key(k, finished, &id), None)));
-            }
-            writes.push((id_key(&id), None));
-            writes.push((key.to_vec(), None));
-            dropped += 1;
         }
-        if dropped > 0 {
+        for chunk in self.chunks.borrow().iter().rev() {
+            for slot in chunk.slots_of(hash) {
+                let blob = self.tree.get(chunk_key(b'c', chunk.seq))?;
+                let rec = records_of(&blob)
+                    .get(slot as usize)
+                    .and_then(|json| serde_json::from_slice::<Finished>(json).ok());
+                if let Some(rec) = rec.filter(mine) {
+                    return Some(rec);
+                }
+            }
+        }
+        None
+    }
+
+    /// Drops the oldest chunks while they are past `history.max_age_secs`
+    /// or the records are over this shard's share of
+    /// `history.max_messages` (a whole chunk at a time).
+    fn trim(&self, now: u64) -> Result<(), SpoolError> {
+        let cutoff = now.saturating_sub(self.max_age_secs);
+        let mut chunks = self.chunks.borrow_mut();
+        while let Some(oldest) = chunks.front() {
+            let over = self.records.get() > self.max_records;
+            if oldest.last >= cutoff && !over {
+                break;
+            }
+            let writes = [
+                (chunk_key(b'c', oldest.seq), None::<&[u8]>),
+                (chunk_key(b'k', oldest.seq), None),
+            ];
             self.tree.write_all(writes)?;
             self.records
-                .set(self.records.get().saturating_sub(dropped as u64));
+                .set(self.records.get().saturating_sub(oldest.records as u64));
+            chunks.pop_front();
         }
-        Ok(dropped)
+        Ok(())
     }
 }
 
@@ -319,30 +505,66 @@ mod tests {
     }
 
     #[test]
-    fn finds_by_every_key_newest_first_within_the_window() {
+    fn finds_by_every_key_newest_first_within_the_window_before_and_after_sealing() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, h) = history(dir.path(), &HistoryConfig::default());
         let (a, ra) = record(&spool, "Bob@Example.com", 1_000);
         let (b, rb) = record(&spool, "bob@example.com", 2_000);
         let (c, rc) = record(&spool, "Bob@example.COM", 3_000);
-        for (id, r) in [(a, &ra), (b, &rb), (c, &rc)] {
+        h.record(a, &ra).unwrap();
+        h.seal().unwrap();
+        for (id, r) in [(b, &rb), (c, &rc)] {
             h.record(id, r).unwrap();
         }
         let bob = Lookup::parse("rcpt", "Bob@EXAMPLE.com").unwrap();
         let ids = |v: Vec<Finished>| v.into_iter().map(|f| f.id).collect::<Vec<_>>();
-        assert_eq!(ids(h.find(&bob, 0, 10)), [c.to_string(), a.to_string()]);
-        assert_eq!(ids(h.find(&bob, 2_000, 10)), [c.to_string()]);
-        assert_eq!(ids(h.find(&bob, 0, 1)), [c.to_string()]);
         let campaign = Lookup::parse("meta", "campaign=spring").unwrap();
-        assert_eq!(h.find(&campaign, 0, 10).len(), 3);
         let mid = Lookup::parse("message_id", &format!("<{b}@shop.example>")).unwrap();
-        assert_eq!(ids(h.find(&mid, 0, 10)), [b.to_string()]);
-        assert_eq!(h.get(b), Some(rb));
+        // Two in the chunk being filled, one sealed; then all sealed.
+        for round in 0..2 {
+            assert_eq!(
+                ids(h.find(&bob, 0, 10)),
+                [c.to_string(), a.to_string()],
+                "{round}"
+            );
+            assert_eq!(ids(h.find(&bob, 2_000, 10)), [c.to_string()]);
+            assert_eq!(ids(h.find(&bob, 0, 1)), [c.to_string()]);
+            assert_eq!(h.find(&campaign, 0, 10).len(), 3);
+            assert_eq!(ids(h.find(&mid, 0, 10)), [b.to_string()]);
+            assert_eq!(h.get(b).as_ref(), Some(&rb));
+            assert_eq!(h.get(a).as_ref(), Some(&ra));
+            assert_eq!(h.len(), 3);
+            h.seal().unwrap();
+        }
+        // A restart reads the sealed chunks' tables.
+        drop(h);
+        let h = History::open(&spool, &HistoryConfig::default(), 1);
         assert_eq!(h.len(), 3);
+        assert_eq!(ids(h.find(&bob, 0, 10)), [c.to_string(), a.to_string()]);
+        assert_eq!(h.get(c), Some(rc));
     }
 
     #[test]
-    fn trimming_drops_the_old_and_the_excess_with_their_index_entries() {
+    fn a_chunk_is_sealed_when_full_or_a_second_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, h) = history(dir.path(), &HistoryConfig::default());
+        for i in 0..CHUNK_RECORDS + 1 {
+            let (id, r) = record(&spool, &format!("u{i}@b.example"), 100);
+            h.record(id, &r).unwrap();
+        }
+        assert_eq!(h.chunks.borrow().len(), 1);
+        assert_eq!(h.open.borrow().records.len(), 1);
+        h.tick(100).unwrap();
+        assert_eq!(h.chunks.borrow().len(), 1);
+        h.tick(101).unwrap();
+        assert_eq!(h.chunks.borrow().len(), 2);
+        assert!(h.open.borrow().records.is_empty());
+        let last = Lookup::parse("rcpt", &format!("u{CHUNK_RECORDS}@b.example")).unwrap();
+        assert_eq!(h.find(&last, 0, 10).len(), 1);
+    }
+
+    #[test]
+    fn trimming_drops_the_old_and_the_excess_a_chunk_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = HistoryConfig {
             max_age_secs: 1_000,
@@ -353,20 +575,19 @@ mod tests {
         for t in [100, 5_000, 5_100, 5_200] {
             let (id, r) = record(&spool, "a@b.example", t);
             h.record(id, &r).unwrap();
+            h.seal().unwrap();
             ids.push(id);
         }
         // 100 is too old; of the three left, one is over the count.
-        assert_eq!(h.trim(5_300, 1).unwrap(), 1);
-        assert_eq!(h.trim(5_300, 100).unwrap(), 1);
-        assert_eq!(h.trim(5_300, 100).unwrap(), 0);
+        h.tick(5_300).unwrap();
+        assert_eq!(h.len(), 2);
         assert_eq!(h.get(ids[0]), None);
         assert_eq!(h.get(ids[1]), None);
         let a = Lookup::parse("rcpt", "a@b.example").unwrap();
         assert_eq!(h.find(&a, 0, 10).len(), 2);
-        // Nothing of the dropped records is left behind.
-        let left = h.tree.with_prefix(b"x").count();
-        assert_eq!(left, 2 * h.find(&a, 0, 10)[0].keys().len());
-        // A restart counts what is kept.
+        // Nothing of the dropped chunks is left on disk.
+        assert_eq!(h.tree.with_prefix(b"c").count(), 2);
+        assert_eq!(h.tree.with_prefix(b"k").count(), 2);
         drop(h);
         let h = History::open(&spool, &cfg, 1);
         assert_eq!(h.len(), 2);

@@ -173,14 +173,6 @@ impl Kept {
         self.tree.scan_prefix(prefix).filter_map(Result::ok)
     }
 
-    /// The records whose keys begin with `prefix`, highest key first.
-    pub fn with_prefix_descending(
-        &self,
-        prefix: &[u8],
-    ) -> impl Iterator<Item = (Bytes, Bytes)> + '_ {
-        self.tree.scan_prefix(prefix).rev().filter_map(Result::ok)
-    }
-
     /// The lowest and the highest key stored.
     pub fn first_and_last_keys(&self) -> (Option<Bytes>, Option<Bytes>) {
         let key = |r: sled::Result<Option<(Bytes, Bytes)>>| r.ok().flatten().map(|(k, _)| k);

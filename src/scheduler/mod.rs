@@ -284,6 +284,7 @@ impl Scheduler {
         self.tasks.cancel_all();
         self.release_leases().await;
         self.notifications.borrow_mut().take();
+        self.seal_history();
     }
 
     /// A message the reception door just made durable: schedule it now.
@@ -449,7 +450,7 @@ impl Scheduler {
             let now = self.clock.now();
             self.end_expired_suspensions(now).await;
             self.end_expired_backoffs();
-            self.trim_history();
+            self.tick_history();
             let due = self.state.borrow_mut().take_due(now);
             for id in due {
                 self.dispatch(id);

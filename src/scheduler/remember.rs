@@ -1,6 +1,7 @@
 //! The history record of a message as it leaves the queue (delivered,
-//! bounced, expired or deleted), and the trimming of old records: what
-//! `find` answers from once the message is gone.
+//! bounced, expired or deleted), its chunk sealed within a second and at
+//! stop, and old records dropped: what `find` answers from once the
+//! message is gone.
 //!
 //! May call: `history` (the store), `classify` (the category of a
 //! bounce's reply). Must not: fail the message's removal: a record that
@@ -26,12 +27,19 @@ pub(super) enum Leaving<'a> {
 const DELETED: &str = "deleted by the queue administrator";
 
 impl Scheduler {
-    /// Drops history records past `[history]`'s age or count (a bounded
-    /// number per call: the timer calls it every tick).
-    pub(super) fn trim_history(&self) {
-        if let Err(e) = self.history.trim(self.clock.now(), HISTORY_TRIM_BUDGET) {
+    /// Seals the history's chunk a second old and drops records past
+    /// `[history]`'s age or count: the timer calls it every tick.
+    pub(super) fn tick_history(&self) {
+        if let Err(e) = self.history.tick(self.clock.now()) {
             self.spool_errors_logged
                 .log(log::Level::Error, || format!("history: {e}"));
+        }
+    }
+
+    /// Writes the history's chunk being filled, when the shard stops.
+    pub(super) fn seal_history(&self) {
+        if let Err(e) = self.history.seal() {
+            log::error!("history: the last records were not kept: {e}");
         }
     }
 
@@ -76,7 +84,3 @@ impl Scheduler {
         }
     }
 }
-
-/// History records dropped at most per timer tick (five ticks a second:
-/// 10,000 a second per shard, ahead of any delivery rate).
-const HISTORY_TRIM_BUDGET: usize = 2_000;
