@@ -13,6 +13,10 @@
 #   - rss_mib: ringpost's resident memory with the queue full;
 #   - spool_mib: the spool's size on disk (du);
 #   - summary_ms: `ringpost queue summary` wall time (median of 5);
+#   - find_rcpt_of_all_ms, find_rcpt_of_none_ms: `ringpost queue find
+#     --rcpt` wall time (median of 5) for the recipient of every message
+#     (the newest 100 answered) and for one no message has;
+#   - status_page_ms: `GET /status` wall time with curl (median of 5);
 #   - restart_s: SIGTERM, start again, until `queue summary` answers with
 #     every message (recovery + scheduler load + listener up).
 #
@@ -89,6 +93,25 @@ for _ in 1 2 3 4 5; do
   times+=("$(python3 -c "print(round(($b-$a)*1000, 1))")")
 done
 summary_ms=$(printf '%s\n' "${times[@]}" | sort -n | sed -n 3p)
+# `queue find` (CLI start, admin API, every shard): the recipient every
+# message has (the newest 100 of them), and one no message has.
+median_ms() {
+  local t=()
+  for _ in 1 2 3 4 5; do
+    a=$(now); "$BIN" queue find "$@" --admin $ADMIN >/dev/null; b=$(now)
+    t+=("$(python3 -c "print(round(($b-$a)*1000, 1))")")
+  done
+  printf '%s\n' "${t[@]}" | sort -n | sed -n 3p
+}
+find_all_ms=$(median_ms --rcpt rcpt@example.test --limit 100)
+find_none_ms=$(median_ms --rcpt nobody@example.test)
+# The status page (every shard's overview, the age table walks the queue).
+st=()
+for _ in 1 2 3 4 5; do
+  a=$(now); curl -s -o /dev/null "http://$ADMIN/status"; b=$(now)
+  st+=("$(python3 -c "print(round(($b-$a)*1000, 1))")")
+done
+status_page_ms=$(printf '%s\n' "${st[@]}" | sort -n | sed -n 3p)
 "$BIN" queue summary --admin $ADMIN | tail -3
 
 kill -TERM $RP; wait $RP || true
@@ -104,7 +127,9 @@ print(json.dumps({'date': '$(date -u +%FT%TZ)', 'messages': $MESSAGES, 'size': $
   'inject_msgs_per_s': round($MESSAGES / ($t1 - $t0), 1),
   'rss_mib': round($rss_kib / 1024, 1), 'rss_after_restart_mib': round($rss_after_kib / 1024, 1),
   'spool_mib': round($spool_kib / 1024, 1), 'summary_ms': $summary_ms,
-  'summary_runs_ms': [$(IFS=,; echo "${times[*]}")], 'restart_s': round($r1 - $r0, 2)}))")
+  'summary_runs_ms': [$(IFS=,; echo "${times[*]}")], 'restart_s': round($r1 - $r0, 2),
+  'find_rcpt_of_all_ms': $find_all_ms, 'find_rcpt_of_none_ms': $find_none_ms,
+  'status_page_ms': $status_page_ms}))")
 echo "$line"
 mkdir -p "$ROOT/benches/results"
 echo "$line" >> "$ROOT/benches/results/queue-at-scale.jsonl"

@@ -32,6 +32,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::queue::{Spool, SpoolOptions, existing_shards};
 use crate::server;
+use crate::shard::clock::parse_duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -222,28 +223,6 @@ fn error_chain(e: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out
-}
-
-/// "90", "90s", "30m", "2h", "1d": seconds.
-fn parse_duration(text: &str) -> Result<u64, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}`: expected a number of seconds, or 30m, 2h, 1d"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("`{text}`: the unit is s, m, h or d")),
-    };
-    match n.checked_mul(scale) {
-        Some(secs) if secs > 0 => Ok(secs),
-        _ => Err(format!("`{text}`: must be at least one second")),
-    }
 }
 
 fn load(config: Option<&PathBuf>) -> Result<Config> {

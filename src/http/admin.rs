@@ -14,6 +14,8 @@
 //! | `GET /queue/messages/ID/trace`          | [`MessageTrace`]: its events in the delivery log, in order (`http::trace`), where it stands if queued, what became of it if it left (`history`) |
 //! | `DELETE /queue/messages/ID`             | `{"deleted": ID}`              |
 //! | `POST /queue/messages/ID/bounce`        | `{"bounced": ID}`              |
+//! | `POST /queue/messages/ID/flush`         | `{"id": ID, "flushed": bool}`: a deferred message tried now |
+//! | `GET /status`, `/status/find`, `/status/messages/ID` | the status pages (HTML: `http::status`) |
 //! | `POST /queue/flush?domain=D`            | `{"flushed": N, "held": M, "held_messages": [{id, reason}]}` |
 //! | `POST /queue/drain?to=HOST:PORT`        | `{"draining_to": T, "peer": P, "queued": N}`: once the peer answered EHLO (else 502, nothing changed), new mail refused, everything queued sent to T (`Scheduler::hand_over`) |
 //! | `POST /queue/domains/D/suspend?for=SECS`| `{"domain": D, "suspended": true, "until": T}` |
@@ -23,7 +25,13 @@
 //! | `... /events/failed...`                 | webhook events refused for good, listed and replayed: `http::events_failed` |
 //! | `POST /config/reload`                   | `{"shaping_file": F, "rules": N}`: the shaping rules read again (`scheduler::reload`) |
 //!
-//! Errors are `{"error": "..."}` with 400 (bad request), 401 (token),
+//! The token goes as a bearer token, or (browsers, on the status pages) as
+//! the password of HTTP Basic authentication. A change (any method but
+//! GET) that a browser sends from a page of another origin is refused
+//! (403): a page elsewhere cannot use the operator's browser against this
+//! listener.
+//!
+//! Errors are `{"error": "..."}` with 400 (bad request), 401 (token), 403,
 //! 404 (no such message or path), 405, 409 (delivery under way), 422 (a
 //! reload found the shaping file invalid; the rules in force stay), 500
 //! (the spool could not store the change), 502 (a drain's peer did not
@@ -109,6 +117,9 @@ enum ApiError {
     BadRequest(String),
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// A browser page of another site asked for a change.
+    #[error("a change asked by a page of another origin is refused")]
+    CrossOrigin,
     #[error("{0}")]
     NotFound(String),
     #[error("method not allowed here")]
@@ -135,6 +146,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => 400,
             ApiError::Unauthorized => 401,
+            ApiError::CrossOrigin => 403,
             ApiError::NotFound(_) | ApiError::Queue(OperationError::NotFound(_)) => 404,
             ApiError::Method => 405,
             ApiError::BadGateway(_) => 502,
@@ -185,10 +197,17 @@ impl AdminApi {
 
 impl Endpoint for AdminApi {
     fn admit(&self, head: &Request) -> Result<(), Response> {
-        match authorized(head, self.token.as_deref()) {
-            true => Ok(()),
-            false => Err(ApiError::Unauthorized.into_response()),
+        if !authorized(head, self.token.as_deref()) {
+            // The status pages ask a browser for the token (Basic).
+            return Err(match head.segments.first().is_some_and(|s| s == "status") {
+                true => crate::http::status::unauthorized(),
+                false => ApiError::Unauthorized.into_response(),
+            });
         }
+        if head.method != "GET" && head.is_cross_origin() {
+            return Err(ApiError::CrossOrigin.into_response());
+        }
+        Ok(())
     }
 
     fn answer(self: Rc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
@@ -211,6 +230,15 @@ impl Endpoint for AdminApi {
                     Ok(done) => Response::json(200, &done),
                     Err(e) => ApiError::Reload(e).into_response(),
                 };
+            }
+            if req.segments.first().is_some_and(|s| s == "status") {
+                return crate::http::status::answer(
+                    &self.shards,
+                    &self.clock,
+                    &self.delivery_log,
+                    &req,
+                )
+                .await;
             }
             if req.route().as_slice() == ["queue", "find"] && req.method == "GET" {
                 let list = self.suppressions.as_ref();
@@ -236,8 +264,10 @@ impl ApiError {
     }
 }
 
+/// The token as a bearer token (the CLI, scripts) or as the password of
+/// HTTP Basic authentication (a browser on the status pages).
 fn authorized(req: &Request, token: Option<&str>) -> bool {
-    token.is_none_or(|t| crate::http::bearer_matches(req, t))
+    token.is_none_or(|t| crate::http::bearer_matches(req, t) || crate::http::basic_matches(req, t))
 }
 
 /// How many of the messages a flush left held are named in its answer.
@@ -259,6 +289,15 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
             let id = message_id(id)?;
             on_holder(shards, id, move |s| async move { s.delete(id).await }).await?;
             Ok(Response::json(200, &json!({ "deleted": id.to_string() })))
+        }
+        ("POST", ["queue", "messages", id, "flush"]) => {
+            let id = message_id(id)?;
+            let released =
+                on_holder(shards, id, move |s| async move { s.flush_message(id) }).await?;
+            Ok(Response::json(
+                200,
+                &json!({ "id": id.to_string(), "flushed": released }),
+            ))
         }
         ("POST", ["queue", "messages", id, "bounce"]) => {
             let id = message_id(id)?;
@@ -347,7 +386,7 @@ fn known_path(req: &Request) -> bool {
         req.route().as_slice(),
         ["queue", "summary" | "messages" | "flush" | "drain" | "find"]
             | ["queue", "messages", _]
-            | ["queue", "messages", _, "bounce" | "trace"]
+            | ["queue", "messages", _, "bounce" | "trace" | "flush"]
             | [
                 "queue",
                 "domains" | "sites" | "sources" | "pools" | "paths",
@@ -425,7 +464,7 @@ fn hold_name(kind: Hold, name: &str) -> Result<String, ApiError> {
     }
 }
 
-async fn summary(shards: &Shards) -> Result<Summary, ApiError> {
+pub(crate) async fn summary(shards: &Shards) -> Result<Summary, ShardGone> {
     let answers = shards
         .ask_all(|s| async move {
             let draining = s.handed_over_to().map(|hop| hop.to_string());
@@ -460,7 +499,7 @@ pub struct GroupedSummary {
     pub groups: Vec<GroupSummary>,
 }
 
-async fn grouped(shards: &Shards, by: GroupBy) -> Result<GroupedSummary, ApiError> {
+pub(crate) async fn grouped(shards: &Shards, by: GroupBy) -> Result<GroupedSummary, ShardGone> {
     let answers = shards.ask_all(move |s| async move { s.groups(by) }).await?;
     let mut by_name: std::collections::HashMap<String, GroupSummary> = Default::default();
     for g in answers.into_iter().flatten() {
@@ -534,40 +573,75 @@ async fn list(
 /// stdout or off, the queue and the history answer alone.
 async fn trace(shards: &Shards, log: &str, id: &str, now: u64) -> Result<Response, ApiError> {
     let parsed = message_id(id)?;
-    let id = parsed.to_string();
-    let events = match crate::http::trace::events(log, &id).await {
+    match trace_of(shards, log, parsed, now).await? {
+        Some(trace) => Ok(Response::json(200, &trace)),
+        None => Err(ApiError::NotFound(format!(
+            "{parsed} is not queued, the history does not have it, and the delivery log ({log}) has no event of it"
+        ))),
+    }
+}
+
+/// Everything known of message `id` (the status page's message page uses
+/// it too); None when nothing is.
+pub(crate) async fn trace_of(
+    shards: &Shards,
+    log: &str,
+    id: MessageId,
+    now: u64,
+) -> Result<Option<MessageTrace>, TraceFailed> {
+    let text = id.to_string();
+    let events = match crate::http::trace::events(log, &text).await {
         Ok(events) => events,
         Err(crate::http::trace::TraceError::NoFile(_)) => Vec::new(),
         Err(e @ crate::http::trace::TraceError::Read(..)) => {
-            return Err(ApiError::Read(e.to_string()));
+            return Err(TraceFailed(e.to_string()));
         }
     };
-    let queued = match show(shards, &id).await {
-        Ok(detail) => Some(detail.message),
-        Err(ApiError::Queue(OperationError::NotFound(_))) => None,
-        Err(e) => return Err(e),
-    };
+    let queued = found(show(shards, &text).await)?.map(|d| d.message);
     let finished = match queued {
         Some(_) => None,
-        None => on_holder(shards, parsed, move |s| async move {
-            s.finished(parsed).ok_or(OperationError::NotFound(parsed))
-        })
-        .await
-        .ok(),
+        None => found(
+            on_holder(shards, id, move |s| async move {
+                s.finished(id).ok_or(OperationError::NotFound(id))
+            })
+            .await,
+        )?,
     };
     if events.is_empty() && queued.is_none() && finished.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "{id} is not queued, the history does not have it, and the delivery log ({log}) has no event of it"
-        )));
+        return Ok(None);
     }
-    let trace = MessageTrace {
-        id,
+    Ok(Some(MessageTrace {
+        id: text,
         events,
         queued,
         finished,
         now,
-    };
-    Ok(Response::json(200, &trace))
+    }))
+}
+
+/// A lookup's answer, None when the message is not there.
+fn found<T>(r: Result<T, ApiError>) -> Result<Option<T>, TraceFailed> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(ApiError::Queue(OperationError::NotFound(_))) => Ok(None),
+        Err(e) => Err(TraceFailed(e.to_string())),
+    }
+}
+
+/// Why a trace could not be made (a log unreadable, a shard gone).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct TraceFailed(String);
+
+impl From<TraceFailed> for ApiError {
+    fn from(e: TraceFailed) -> ApiError {
+        ApiError::Read(e.0)
+    }
+}
+
+/// One queued message with its headers (the status page's message page).
+pub(crate) async fn detail(shards: &Shards, id: MessageId) -> Option<MessageDetail> {
+    show(shards, &id.to_string()).await.ok()
 }
 
 async fn show(shards: &Shards, id: &str) -> Result<MessageDetail, ApiError> {

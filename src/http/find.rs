@@ -54,23 +54,10 @@ pub async fn answer(
         Ok(q) => q,
         Err(why) => return Response::json(400, &json!({ "error": why })),
     };
-    let asked = key.clone();
-    let answers = shards
-        .ask_all(move |s| {
-            let key = asked.clone();
-            async move { s.find(&key, since, limit) }
-        })
-        .await;
-    let mut messages: Vec<FoundMessage> = match answers {
-        Ok(a) => a.into_iter().flatten().collect(),
+    let messages = match find(shards, &key, since, limit).await {
+        Ok(m) => m,
         Err(e) => return Response::json(503, &json!({ "error": e.to_string() })),
     };
-    // Queued first, then the newest.
-    messages.sort_by(|a, b| {
-        let finished = |m: &FoundMessage| m.finished.is_some();
-        (finished(a), b.created, &b.id).cmp(&(finished(b), a.created, &a.id))
-    });
-    messages.truncate(limit);
     let suppressed = match (key.kind, suppressions) {
         (LookupKind::Rcpt, Some(list)) => list
             .get(GLOBAL, &key.value)
@@ -86,6 +73,30 @@ pub async fn answer(
             "suppressed": suppressed,
         }),
     )
+}
+
+/// The messages `key` finds on every shard, queued ones first, then the
+/// newest; at most `limit` (the status page's find box asks this too).
+pub async fn find(
+    shards: &Mesh<Scheduler>,
+    key: &Lookup,
+    since: u64,
+    limit: usize,
+) -> Result<Vec<FoundMessage>, crate::shard::mesh::ShardGone> {
+    let asked = key.clone();
+    let answers = shards
+        .ask_all(move |s| {
+            let key = asked.clone();
+            async move { s.find(&key, since, limit) }
+        })
+        .await?;
+    let mut messages: Vec<FoundMessage> = answers.into_iter().flatten().collect();
+    messages.sort_by(|a, b| {
+        let finished = |m: &FoundMessage| m.finished.is_some();
+        (finished(a), b.created, &b.id).cmp(&(finished(b), a.created, &a.id))
+    });
+    messages.truncate(limit);
+    Ok(messages)
 }
 
 /// The key, the earliest time (Unix seconds) and the limit a request asks

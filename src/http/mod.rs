@@ -62,6 +62,7 @@ pub mod events_failed;
 pub mod find;
 pub mod inject;
 pub mod metrics;
+pub mod status;
 pub mod suppressions;
 pub mod trace;
 
@@ -92,6 +93,11 @@ pub struct Request {
     pub idempotency_key: Option<String>,
     /// The client's address (None only in tests).
     pub peer: Option<IpAddr>,
+    /// The `Origin` and `Host` headers, if any: a browser names the page
+    /// a request comes from (the admin listener refuses changes a page of
+    /// another origin asks for).
+    pub origin: Option<String>,
+    pub host: Option<String>,
     /// Empty while the endpoint decides on the head alone.
     pub body: Vec<u8>,
 }
@@ -119,6 +125,8 @@ impl Request {
             authorization: None,
             idempotency_key: None,
             peer: None,
+            origin: None,
+            host: None,
             body: Vec::new(),
         }
     }
@@ -136,7 +144,26 @@ impl Request {
             .get("idempotency-key")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         request.peer = Some(peer);
+        let header = |name: http::header::HeaderName| {
+            head.headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        request.origin = header(http::header::ORIGIN);
+        request.host = header(http::header::HOST);
         request
+    }
+
+    /// Whether a browser sent it from a page of another origin than this
+    /// listener (its `Origin` is not `http://` + its `Host`): a change
+    /// such a page asks for is cross-site request forgery. Clients that
+    /// are not browsers send no `Origin`.
+    pub fn is_cross_origin(&self) -> bool {
+        match (&self.origin, &self.host) {
+            (None, _) => false,
+            (Some(origin), Some(host)) => origin != &format!("http://{host}"),
+            (Some(_), None) => true,
+        }
     }
 
     pub fn param(&self, name: &str) -> Option<&str> {
@@ -165,6 +192,15 @@ impl Response {
             status,
             content_type: "text/plain; charset=utf-8",
             body: body.into().into_bytes(),
+        }
+    }
+
+    /// A page (the admin listener's status pages).
+    pub fn html(status: u16, body: String) -> Response {
+        Response {
+            status,
+            content_type: "text/html; charset=utf-8",
+            body: body.into_bytes(),
         }
     }
 
@@ -202,7 +238,30 @@ pub trait Endpoint {
 pub fn bearer_matches(req: &Request, token: &str) -> bool {
     let given = req.authorization.as_deref().unwrap_or("");
     let given = given.strip_prefix("Bearer ").unwrap_or("").as_bytes();
-    let want = token.as_bytes();
+    same_bytes(given, token.as_bytes())
+}
+
+/// Whether the request carries `token` as the password of HTTP Basic
+/// authentication (any user name): how a browser sends it to the status
+/// pages, after asking its user once.
+pub fn basic_matches(req: &Request, token: &str) -> bool {
+    use base64::Engine;
+    let given = req.authorization.as_deref().unwrap_or("");
+    let Some(encoded) = given.strip_prefix("Basic ") else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let password = decoded
+        .iter()
+        .position(|&b| b == b':')
+        .map_or(&[][..], |at| &decoded[at + 1..]);
+    same_bytes(password, token.as_bytes())
+}
+
+/// Compares in time that does not depend on where they differ.
+fn same_bytes(given: &[u8], want: &[u8]) -> bool {
     given.len() == want.len() && given.iter().zip(want).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
@@ -497,6 +556,33 @@ fn encode(response: Response) -> hyper::Response<Full<Bytes>> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static(response.content_type),
     );
+    if response.content_type.starts_with("text/html") {
+        // A page loads nothing from elsewhere and runs only its own
+        // script; no other site may frame it.
+        let headers = out.headers_mut();
+        headers.insert(
+            http::header::CONTENT_SECURITY_POLICY,
+            http::HeaderValue::from_static(
+                "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
+            ),
+        );
+        headers.insert(
+            http::header::X_FRAME_OPTIONS,
+            http::HeaderValue::from_static("DENY"),
+        );
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        if response.status == 401 {
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(
+                    "Basic realm=\"ringpost admin: any user, the admin token as password\", charset=\"UTF-8\"",
+                ),
+            );
+        }
+    }
     out
 }
 

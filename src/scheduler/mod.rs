@@ -66,6 +66,7 @@ pub mod gate;
 pub mod index;
 pub mod lanes;
 pub mod operations;
+pub mod overview;
 mod record;
 pub mod reload;
 mod remember;
@@ -187,6 +188,8 @@ pub struct Scheduler {
     compacting: Cell<bool>,
     /// What became of the messages that left the queue (`[history]`).
     history: crate::history::History,
+    /// Messages in and recipients out, per minute (the status page).
+    traffic: overview::Traffic,
 }
 
 impl Scheduler {
@@ -212,6 +215,7 @@ impl Scheduler {
             backoff: backoff::Rules::new(&w.cfg.backoff.rules),
             mesh: w.mesh,
             history: crate::history::History::open(&w.spool, &w.cfg.history, w.shards),
+            traffic: overview::Traffic::default(),
             cfg: w.cfg,
             holds: stored::StoredHolds::of(&w.spool),
             path_counts: stored::StoredPathCounts::of(&w.spool),
@@ -290,6 +294,7 @@ impl Scheduler {
     /// A message the reception door just made durable: schedule it now.
     pub fn submit(self: &Rc<Self>, id: MessageId, env: Envelope) {
         queue_gauges(&env, 1.0);
+        self.traffic.count(self.clock.now(), overview::Flow::In, 1);
         self.state.borrow_mut().admit(id, env);
         self.dispatch(id);
     }

@@ -482,6 +482,24 @@ impl Scheduler {
         report
     }
 
+    /// One deferred message is tried now (the status page's "retry now");
+    /// a message that is not deferred is left as it is. Whether it was
+    /// released.
+    pub fn flush_message(self: &Rc<Self>, id: MessageId) -> Result<bool, OperationError> {
+        let deferred = {
+            let st = self.state.borrow();
+            st.messages
+                .get(&id)
+                .ok_or(OperationError::NotFound(id))?
+                .deferred
+        };
+        if deferred {
+            self.state.borrow_mut().undefer(id);
+            self.dispatch(id);
+        }
+        Ok(deferred)
+    }
+
     /// Why message `id` would not be tried now, if every domain it has
     /// pending recipients for is held: its domain suspended, or the site
     /// its last attempt found, or its pool.

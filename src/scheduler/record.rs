@@ -36,7 +36,14 @@ impl Scheduler {
         String,
     )> {
         let mut backoff = None;
+        let now = self.clock.now();
         for (address, attempts, outcome) in told {
+            let flow = match outcome {
+                DeliveryOutcome::Delivered { .. } => super::overview::Flow::Delivered,
+                DeliveryOutcome::Temporary { .. } => super::overview::Flow::Deferred,
+                DeliveryOutcome::Permanent { .. } => super::overview::Flow::Bounced,
+            };
+            self.traffic.count(now, flow, 1);
             let (kind, category) = match outcome {
                 DeliveryOutcome::Delivered { .. } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_DELIVERED).increment(1);

@@ -3,7 +3,8 @@
 //! Owns: [`Clock`]: the system clock in production, a clock a test sets
 //! and moves by hand (retry times, expiry, anything dated), and
 //! [`unix_now`] for code that only ever wants the real time (log lines,
-//! trace headers).
+//! trace headers); [`parse_duration`], a span of seconds as an operator
+//! types it (the CLI's `--for`, `--since`; the status page's find box).
 //!
 //! Concurrency: a manual clock is shared by every shard of a test server
 //! (an atomic), so moving it moves all of them.
@@ -56,6 +57,28 @@ impl Clock {
         if let Clock::Manual(t) = self {
             t.store(secs, Ordering::SeqCst);
         }
+    }
+}
+
+/// "90", "90s", "30m", "2h", "1d": seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number of seconds, or 30m, 2h, 1d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: the unit is s, m, h or d")),
+    };
+    match n.checked_mul(scale) {
+        Some(secs) if secs > 0 => Ok(secs),
+        _ => Err(format!("`{text}`: must be at least one second")),
     }
 }
 
