@@ -2,7 +2,8 @@
 //! chromium and chromium-driver) driven over WebDriver by Python selenium
 //! (`tests/browser/status_page.py`), against a server (two shards, an
 //! admin token) after a known load: mail delivered, mail deferred by a
-//! sink that answers 451, mail held by a suspension. The script says what
+//! sink that answers 451 (whose path a `[backoff]` rule throttles), mail
+//! held by a suspension. The script says what
 //! it clicked and read; screenshots go to `$RINGPOST_SCREENSHOTS` (the
 //! ones in docs/images were made that way), else to a temporary directory.
 //! Also, without the browser: the pages' answers to bad requests.
@@ -32,6 +33,14 @@ fn server(port: u16, token_file: &str) -> TestServer {
         c.delivery.retry_max_secs = 3600;
         c.delivery.connect_timeout_secs = 2;
         c.admin.token_file = token_file.to_string();
+        // The greylisting receiver's replies throttle its path.
+        c.backoff.rules = vec![ringpost::config::BackoffRule {
+            category: None,
+            text: Some("greylisted".into()),
+            action: "throttle".into(),
+            secs: 600,
+            factor: 0.5,
+        }];
     })
 }
 

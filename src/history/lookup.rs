@@ -120,6 +120,102 @@ impl Lookup {
     }
 }
 
+/// The 64-bit hash of a key made of `parts` (its normalized value, in
+/// pieces) under `tag`: xxh3 over the tag and the bytes, so pieces hash as
+/// their concatenation. `seed` 0 is the history's (its tables are on disk:
+/// the function must not change); the queue's in-memory index picks a
+/// random one.
+pub fn hash_parts(seed: u64, tag: u8, parts: &[&[u8]]) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(seed);
+    h.update(&[tag]);
+    for p in parts {
+        h.update(p);
+    }
+    h.digest()
+}
+
+impl Lookup {
+    /// This key's hash (see [`hash_parts`]).
+    pub fn hash(&self, seed: u64) -> u64 {
+        hash_parts(seed, self.kind.tag(), &[self.value.as_bytes()])
+    }
+}
+
+/// Whether `len` bytes of `text` can be a key's value (as [`Lookup::of`]
+/// decides).
+fn fits(len: usize, pieces: &[&str]) -> bool {
+    len > 0 && len <= MAX_VALUE && !pieces.iter().any(|p| p.chars().any(char::is_control))
+}
+
+/// The hashes of every key of a queued message, as [`keys_of_envelope`]
+/// would make them but without building them: what the queue's index
+/// keeps for each of a million messages, with no allocation per key.
+pub fn key_hashes(seed: u64, env: &crate::queue::Envelope) -> Vec<u64> {
+    let mut out = Vec::with_capacity(env.recipients.len() + 4);
+    let mut domain_buf = [0u8; MAX_VALUE];
+    let mut address = |kind: LookupKind, a: &str, out: &mut Vec<u64>| {
+        let a = a.trim();
+        let a = a.strip_prefix('<').unwrap_or(a);
+        let a = a.strip_suffix('>').unwrap_or(a);
+        if !fits(a.len(), &[a]) {
+            return;
+        }
+        match a.rsplit_once('@') {
+            Some((local, domain)) => {
+                let d = &mut domain_buf[..domain.len()];
+                d.copy_from_slice(domain.as_bytes());
+                d.make_ascii_lowercase();
+                out.push(hash_parts(seed, kind.tag(), &[local.as_bytes(), b"@", d]));
+            }
+            None => out.push(hash_parts(seed, kind.tag(), &[a.as_bytes()])),
+        }
+    };
+    for r in &env.recipients {
+        address(LookupKind::Rcpt, &r.address, &mut out);
+    }
+    address(LookupKind::Sender, &env.sender, &mut out);
+    let mut plain = |kind: LookupKind, v: &str| {
+        let v = v.trim();
+        let v = match kind {
+            LookupKind::MessageId => {
+                let v = v.strip_prefix('<').unwrap_or(v);
+                v.strip_suffix('>').unwrap_or(v)
+            }
+            _ => v,
+        };
+        if fits(v.len(), &[v]) {
+            out.push(hash_parts(seed, kind.tag(), &[v.as_bytes()]));
+        }
+    };
+    if let Some(m) = &env.message_id {
+        plain(LookupKind::MessageId, m);
+    }
+    if let Some(k) = &env.idempotency_key {
+        plain(LookupKind::IdempotencyKey, k);
+    }
+    if let Some(serde_json::Value::Object(map)) = &env.meta {
+        for (k, v) in map.iter().take(MAX_META_KEYS) {
+            let number;
+            let v = match v {
+                serde_json::Value::String(s) => s.as_str(),
+                serde_json::Value::Number(n) => {
+                    number = n.to_string();
+                    number.as_str()
+                }
+                serde_json::Value::Bool(true) => "true",
+                serde_json::Value::Bool(false) => "false",
+                _ => continue,
+            };
+            // As `Lookup::of` trims `k=v` as a whole.
+            let text = format!("{k}={v}");
+            plain(LookupKind::Meta, &text);
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 impl std::fmt::Display for Lookup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}={}", self.kind.name(), self.value)
@@ -195,6 +291,22 @@ mod tests {
         assert_eq!(a.value, "Bob@example.com");
         assert_ne!(a, Lookup::parse("rcpt", "bob@example.com").unwrap());
         assert_eq!(a, Lookup::of(LookupKind::Rcpt, "Bob@example.com").unwrap());
+    }
+
+    #[test]
+    fn the_hashes_without_the_keys_are_the_keys_hashes() {
+        let mut env = crate::queue::Envelope::new(
+            "News@Shop.EXAMPLE".into(),
+            vec!["a@X.org".into(), "a@x.ORG".into(), "b".into(), "".into()],
+            0,
+        );
+        env.message_id = Some("m1@shop.example".into());
+        env.idempotency_key = Some("order 42".into());
+        env.meta =
+            Some(serde_json::json!({"c": "spring", "n": 7.5, "t": true, "o": {}, "s": " x "}));
+        let mut want: Vec<u64> = keys_of_envelope(&env).iter().map(|k| k.hash(9)).collect();
+        want.sort_unstable();
+        assert_eq!(key_hashes(9, &env), want);
     }
 
     #[test]

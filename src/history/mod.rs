@@ -184,20 +184,17 @@ pub struct History {
     records: Cell<u64>,
 }
 
-/// The hash a key is kept under: xxh3 (a stable function: the tables on
-/// disk outlive the process) of its tag and value.
+/// The hash a key is kept under (`lookup::hash_parts` with seed 0: the
+/// tables on disk outlive the process).
 fn key_hash(tag: u8, value: &str) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(&[tag]);
-    h.update(value.as_bytes());
-    h.digest()
+    lookup::hash_parts(0, tag, &[value.as_bytes()])
 }
 
 /// A record's own id as a key (for `get`).
 const ID_TAG: u8 = b'#';
 
 fn lookup_hash(l: &Lookup) -> u64 {
-    key_hash(l.kind.tag(), &l.value)
+    l.hash(0)
 }
 
 fn chunk_key(prefix: u8, seq: u64) -> [u8; 9] {

@@ -188,6 +188,11 @@ impl Gate {
         }
     }
 
+    /// The node-wide (or fleet-wide) limits last configured, if any.
+    pub fn limits(&self) -> Option<&Limits> {
+        self.limits.as_ref()
+    }
+
     pub fn in_use(&self) -> usize {
         self.in_use
     }

@@ -5,7 +5,8 @@
 //! as messages are admitted and removed (at reception, at recovery, when
 //! they leave), so that a lookup costs one hash probe however long the
 //! queue. The keys are `history::lookup`'s, the same the history's index
-//! uses. Each key is kept as a 64-bit hash of itself: a probe yields
+//! uses. Each key is kept as a 64-bit hash of itself (made without
+//! building the key: `lookup::key_hashes`): a probe yields
 //! candidates, which the caller checks against the message's own keys
 //! (a collision costs a check, never a wrong answer). Candidates come
 //! newest first (ids are time-ordered), so a key that names a million
@@ -13,11 +14,10 @@
 //!
 //! Must not: do I/O; it is rebuilt from the queue at every start.
 
-use std::collections::hash_map::{Entry, RandomState};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
-use std::hash::BuildHasher;
 
-use crate::history::lookup::{Lookup, keys_of_envelope};
+use crate::history::lookup::{Lookup, key_hashes};
 use crate::queue::{Envelope, MessageId};
 
 /// The ids under one key: most keys (a recipient, a Message-ID) name one
@@ -28,21 +28,29 @@ enum Ids {
     Many(BTreeSet<MessageId>),
 }
 
-#[derive(Default)]
 pub struct QueueIndex {
-    hasher: RandomState,
+    /// Random per process: a sender cannot pick addresses that collide.
+    seed: u64,
     keys: HashMap<u64, Ids>,
+}
+
+impl Default for QueueIndex {
+    fn default() -> QueueIndex {
+        QueueIndex {
+            seed: rand::random(),
+            keys: HashMap::new(),
+        }
+    }
 }
 
 impl QueueIndex {
     fn hash(&self, key: &Lookup) -> u64 {
-        self.hasher.hash_one(key)
+        key.hash(self.seed)
     }
 
     /// Indexes a message that enters the queue.
     pub fn add(&mut self, id: MessageId, env: &Envelope) {
-        for key in keys_of_envelope(env) {
-            let h = self.hash(&key);
+        for h in key_hashes(self.seed, env) {
             match self.keys.entry(h) {
                 Entry::Vacant(v) => {
                     v.insert(Ids::One(id));
@@ -64,8 +72,7 @@ impl QueueIndex {
     /// Forgets a message that leaves the queue (`env`: its envelope, whose
     /// keys never change while it is queued).
     pub fn remove(&mut self, id: MessageId, env: &Envelope) {
-        for key in keys_of_envelope(env) {
-            let h = self.hash(&key);
+        for h in key_hashes(self.seed, env) {
             let Entry::Occupied(mut o) = self.keys.entry(h) else {
                 continue;
             };

@@ -190,6 +190,8 @@ pub struct Scheduler {
     history: crate::history::History,
     /// Messages in and recipients out, per minute (the status page).
     traffic: overview::Traffic,
+    /// Per path: its recent attempts and last failure (the status page).
+    path_stats: RefCell<std::collections::HashMap<gate::PathKey, overview::PathStats>>,
 }
 
 impl Scheduler {
@@ -216,6 +218,7 @@ impl Scheduler {
             mesh: w.mesh,
             history: crate::history::History::open(&w.spool, &w.cfg.history, w.shards),
             traffic: overview::Traffic::default(),
+            path_stats: RefCell::default(),
             cfg: w.cfg,
             holds: stored::StoredHolds::of(&w.spool),
             path_counts: stored::StoredPathCounts::of(&w.spool),

@@ -4,7 +4,8 @@
 //! webhooks' state.
 //!
 //! Owns: [`Traffic`] (a ring of per-minute counts, bumped as messages
-//! arrive and recipients' attempts end) and the views [`Overview`] and
+//! arrive and recipients' attempts end; one for the shard and one per
+//! path, [`PathStats`]) and the views [`Overview`], [`PathRow`] and
 //! [`DomainAges`].
 //!
 //! Must not: block the shard for long: the age table walks the queue's
@@ -70,6 +71,21 @@ impl Traffic {
         slot.1[flow as usize] += n;
     }
 
+    /// Delivered, deferred and bounced over the last `minutes` minutes
+    /// (the current one included).
+    pub fn recent(&self, now: u64, minutes: u64) -> [u64; 3] {
+        let minute = now / 60;
+        let mut out = [0; 3];
+        for (m, counts) in self.minutes.borrow().iter() {
+            if *m + minutes > minute && *m <= minute {
+                for (o, n) in out.iter_mut().zip(&counts[1..]) {
+                    *o += n;
+                }
+            }
+        }
+        out
+    }
+
     /// The counts of the last 60 seconds' minute (the current one) and of
     /// the last 60 minutes.
     pub fn sums(&self, now: u64) -> TrafficSums {
@@ -88,6 +104,43 @@ impl Traffic {
         }
         sums
     }
+}
+
+/// What one path (an egress source to a site) did lately.
+#[derive(Default)]
+pub struct PathStats {
+    pub traffic: Traffic,
+    /// The last reply that was not a delivery, and when (Unix seconds).
+    pub last_failure: Option<(u64, String)>,
+}
+
+/// Minutes of a path's recent traffic on the status page.
+pub const RECENT_MINUTES: u64 = 10;
+
+/// One path on the status page.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PathRow {
+    /// The egress source ("default": the kernel's choice of address).
+    pub source: String,
+    pub site: String,
+    pub rule: Option<String>,
+    pub connections: usize,
+    /// The path's connection limit, node-wide.
+    pub max_connections: Option<usize>,
+    pub waiting: usize,
+    pub throttled_per_second: Option<f64>,
+    /// Messages counted today, and the daily cap (a warm-up's) if any.
+    pub sent_today: u64,
+    pub max_per_day: Option<u64>,
+    /// Delivered, deferred and bounced over the last [`RECENT_MINUTES`].
+    pub recent: [u64; 3],
+    pub last_failure: Option<String>,
+    pub last_failure_at: u64,
+    /// Its site, source or the path itself suspended: which.
+    pub held: Option<String>,
+    /// The earliest retry due for mail waiting for its site (Unix
+    /// seconds).
+    pub next_retry: Option<u64>,
 }
 
 /// Ages of the buckets of the age table, in minutes (qshape's).
@@ -110,6 +163,8 @@ pub struct Overview {
     /// The top domains by pending recipients (at most `top` of this
     /// shard's).
     pub ages: Vec<DomainAges>,
+    /// Every path with a gate or recent traffic.
+    pub paths: Vec<PathRow>,
     /// Webhook events waiting to be sent.
     pub webhook_backlog: u64,
     /// The spool's file system: free bytes and the reserve.
@@ -122,6 +177,7 @@ impl Scheduler {
     pub fn overview(&self, top: usize) -> Overview {
         let now = self.clock.now();
         let mut by_domain: HashMap<String, DomainAges> = HashMap::new();
+        let mut next_retry: HashMap<String, u64> = HashMap::new();
         {
             let st = self.state.borrow();
             for entry in st.messages.values() {
@@ -134,6 +190,10 @@ impl Scheduler {
                     let d = by_domain.entry(domain_of(&r.address)).or_default();
                     d.total += 1;
                     d.buckets[bucket] += 1;
+                    if let (true, Some(site)) = (entry.deferred, &r.site) {
+                        let due = next_retry.entry(site.clone()).or_insert(u64::MAX);
+                        *due = (*due).min(entry.env.next_due);
+                    }
                 }
             }
         }
@@ -145,11 +205,74 @@ impl Scheduler {
         ages.truncate(top);
         Overview {
             traffic: self.traffic.sums(now),
+            paths: self.path_rows(now, &next_retry),
             ages,
             webhook_backlog: self.outbox.backlog(),
             spool_free_bytes: self.spool.free_bytes().unwrap_or(0),
             spool_reserve_bytes: self.cfg.spool.min_free_bytes,
         }
+    }
+}
+
+impl Scheduler {
+    /// Counts a recipient's attempt on its path (the status page's rows).
+    pub(super) fn count_on_path(&self, path: super::gate::PathKey, flow: Flow, reply: &str) {
+        let now = self.clock.now();
+        let mut paths = self.path_stats.borrow_mut();
+        let stats = paths.entry(path).or_default();
+        stats.traffic.count(now, flow, 1);
+        if !matches!(flow, Flow::Delivered) {
+            stats.last_failure = Some((now, reply.to_string()));
+        }
+    }
+
+    fn path_rows(&self, now: u64, next_retry: &HashMap<String, u64>) -> Vec<PathRow> {
+        use super::state::Hold;
+        let st = self.state.borrow();
+        let gates = self.gates.borrow();
+        let stats = self.path_stats.borrow();
+        let instant = std::time::Instant::now();
+        let mut keys: Vec<&super::gate::PathKey> = gates.iter().map(|(k, _)| k).collect();
+        keys.extend(stats.keys().filter(|k| !gates.iter().any(|(g, _)| g == *k)));
+        keys.into_iter()
+            .map(|key| {
+                let source = key.source.clone().unwrap_or_else(|| "default".into());
+                let gate = gates.iter().find(|(k, _)| *k == key).map(|(_, g)| g);
+                let stat = stats.get(key);
+                let held = [
+                    (Hold::Site, key.site.clone(), "site suspended"),
+                    (Hold::Source, source.clone(), "source suspended"),
+                    (
+                        Hold::Path,
+                        format!("{source}|{}", key.site),
+                        "path suspended",
+                    ),
+                ]
+                .into_iter()
+                .find(|(kind, name, _)| st.is_held(*kind, name))
+                .map(|(_, _, why)| why.to_string());
+                PathRow {
+                    source,
+                    site: key.site.clone(),
+                    rule: gate.and_then(|g| g.rule.clone()),
+                    connections: gate.map_or(0, |g| g.in_use()),
+                    max_connections: gate.and_then(|g| g.limits()).map(|l| l.max_connections),
+                    waiting: gate.map_or(0, |g| g.waiting()),
+                    throttled_per_second: gates.throttled_rate(key, instant),
+                    sent_today: gates.sent_today(key, now),
+                    max_per_day: gate
+                        .and_then(|g| g.limits())
+                        .and_then(|l| l.max_messages_per_day),
+                    recent: stat.map_or([0; 3], |s| s.traffic.recent(now, RECENT_MINUTES)),
+                    last_failure: stat.and_then(|s| s.last_failure.as_ref().map(|f| f.1.clone())),
+                    last_failure_at: stat
+                        .and_then(|s| s.last_failure.as_ref())
+                        .map_or(0, |f| f.0),
+                    held,
+                    next_retry: next_retry.get(&key.site).copied(),
+                }
+            })
+            .collect()
     }
 }
 

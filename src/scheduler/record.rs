@@ -44,6 +44,13 @@ impl Scheduler {
                 DeliveryOutcome::Permanent { .. } => super::overview::Flow::Bounced,
             };
             self.traffic.count(now, flow, 1);
+            if let Some(site) = &attempt.site {
+                let path = gate::PathKey {
+                    source: attempt.source.clone(),
+                    site: site.clone(),
+                };
+                self.count_on_path(path, flow, outcome.reply());
+            }
             let (kind, category) = match outcome {
                 DeliveryOutcome::Delivered { .. } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_DELIVERED).increment(1);

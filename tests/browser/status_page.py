@@ -9,7 +9,8 @@ Checks, printing each step (what it clicked, what it read):
   1. without the token, /status answers 401 with no numbers;
   2. the overview loads with no console error, and its numbers are the
      admin API's (queued, deferred, pending recipients);
-  3. the suspension of HELD_DOMAIN is listed under Holds;
+  3. the throttled path shows its throttle and last failure; the
+     suspension of HELD_DOMAIN is listed under Holds;
   4. the find box finds the message to RCPT; its link opens its page;
   5. the Delete button asks for confirmation (dismissed: nothing happens;
      accepted: deleted), and the API no longer has the message.
@@ -94,6 +95,14 @@ def main():
         check(delivered > 0, "the traffic table counts deliveries")
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         check(not errors, f"no console error on the overview {errors}")
+
+        # The paths: the greylisting site's throttle and failures, the
+        # other's deliveries.
+        paths = driver.find_element(By.ID, "paths").text
+        print(f"read  paths: {paths!r}", flush=True)
+        slow = next((l for l in paths.splitlines() if "127.0.0.3" in l), "")
+        check("/s" in slow, "the greylisting site's path shows its throttle")
+        check("greylisted" in slow, "and its last failure")
 
         # 3. The suspension.
         holds = driver.find_element(By.ID, "holds").text

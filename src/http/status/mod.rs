@@ -28,7 +28,7 @@ use crate::http::{Request, Response};
 use crate::queue::MessageId;
 use crate::scheduler::Scheduler;
 use crate::scheduler::operations::GroupBy;
-use crate::scheduler::overview::{DomainAges, Overview};
+use crate::scheduler::overview::{DomainAges, Overview, PathRow};
 use crate::shard::clock::Clock;
 use crate::shard::mesh::Mesh;
 
@@ -84,7 +84,16 @@ async fn overviews(shards: &Mesh<Scheduler>) -> Result<Overview, (u16, String)> 
         .map_err(unavailable)?;
     let mut merged = Overview::default();
     let mut ages: std::collections::HashMap<String, DomainAges> = Default::default();
+    let mut paths: std::collections::HashMap<(String, String), PathRow> = Default::default();
     for (i, part) in parts.into_iter().enumerate() {
+        for p in part.paths {
+            match paths.get_mut(&(p.source.clone(), p.site.clone())) {
+                Some(into) => merge_path(into, p),
+                None => {
+                    paths.insert((p.source.clone(), p.site.clone()), p);
+                }
+            }
+        }
         merged.traffic.add(part.traffic);
         merged.webhook_backlog += part.webhook_backlog;
         if i == 0 {
@@ -108,7 +117,38 @@ async fn overviews(shards: &Mesh<Scheduler>) -> Result<Overview, (u16, String)> 
         .ages
         .sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.domain.cmp(&b.domain)));
     merged.ages.truncate(TOP_DOMAINS);
+    merged.paths = paths.into_values().collect();
+    merged
+        .paths
+        .sort_by(|a, b| (&a.site, &a.source).cmp(&(&b.site, &b.source)));
     Ok(merged)
+}
+
+/// Folds another shard's view of the same path into `into`: counts add,
+/// limits are the node's, the newest failure wins.
+fn merge_path(into: &mut PathRow, p: PathRow) {
+    into.connections += p.connections;
+    into.waiting += p.waiting;
+    into.sent_today += p.sent_today;
+    for (a, b) in into.recent.iter_mut().zip(p.recent) {
+        *a += b;
+    }
+    into.throttled_per_second = match (into.throttled_per_second, p.throttled_per_second) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    };
+    into.rule = into.rule.take().or(p.rule);
+    into.max_connections = into.max_connections.or(p.max_connections);
+    into.max_per_day = into.max_per_day.or(p.max_per_day);
+    into.held = into.held.take().or(p.held);
+    into.next_retry = match (into.next_retry, p.next_retry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if p.last_failure_at > into.last_failure_at {
+        into.last_failure = p.last_failure;
+        into.last_failure_at = p.last_failure_at;
+    }
 }
 
 async fn overview(shards: &Mesh<Scheduler>, now: u64) -> PageResult {

@@ -143,6 +143,7 @@ pub fn overview(summary: &Summary, sites: &[GroupSummary], o: &Overview, now: u6
         );
     }
     b += &holds(summary, now);
+    b += &paths_table(o, now);
     b += &sites_table(sites);
     b += &ages_table(o);
     b += &domains_table(summary, now);
@@ -177,6 +178,51 @@ fn holds(summary: &Summary, now: u64) -> String {
     }
     format!(
         "<h2>Holds</h2><table id=\"holds\"><tr><th>kind</th><th>name</th><th>ends</th></tr>{rows}</table>"
+    )
+}
+
+fn paths_table(o: &Overview, now: u64) -> String {
+    let mut rows = String::new();
+    for p in &o.paths {
+        let limit = p
+            .max_connections
+            .map_or(String::new(), |m| format!(" / {m}"));
+        let cap = p.max_per_day.map_or(String::new(), |m| format!(" / {m}"));
+        let throttle = p.throttled_per_second.map_or(String::new(), |r| {
+            format!("<span class=\"held\">{r:.1}/s</span>")
+        });
+        let held = p.held.as_deref().map_or(String::new(), |h| {
+            format!("<span class=\"held\">{}</span>", escape(h))
+        });
+        let next = p.next_retry.map_or(String::new(), |t| {
+            format!("in {}", age(t.saturating_sub(now)))
+        });
+        let failure = match (&p.last_failure, p.last_failure_at) {
+            (Some(f), at) => format!("{} ({} ago)", escape(f), age(now.saturating_sub(at))),
+            (None, _) => String::new(),
+        };
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}{limit}</td><td class=\"n\">{}</td>\
+<td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{throttle}</td><td>{held}</td>\
+<td class=\"n\">{}{cap}</td><td>{next}</td><td>{failure}</td></tr>",
+            escape(&p.source),
+            escape(&p.site),
+            escape(p.rule.as_deref().unwrap_or("")),
+            p.connections,
+            p.waiting,
+            p.recent[0],
+            p.recent[1],
+            p.recent[2],
+            p.sent_today,
+        );
+    }
+    format!(
+        "<h2>Paths (egress source to site)</h2><table id=\"paths\"><tr><th>source</th><th>site</th><th>rule</th>\
+<th>connections</th><th>waiting</th><th>delivered</th><th>deferred</th><th>bounced</th><th>throttle</th><th>hold</th>\
+<th>sent today / cap</th><th>next retry</th><th>last failure</th></tr>{rows}</table>\
+<p class=\"muted\">Delivered, deferred and bounced: recipients over the last {} minutes.</p>",
+        crate::scheduler::overview::RECENT_MINUTES
     )
 }
 
