@@ -8,8 +8,9 @@
 //! path, [`PathStats`]) and the views [`Overview`], [`PathRow`] and
 //! [`DomainAges`].
 //!
-//! Must not: block the shard for long: the age table walks the queue's
-//! messages once, in memory; everything else is O(1).
+//! Must not: block the shard for long: the age table comes from the
+//! running per-domain totals (`tally`), the next retries from the start
+//! of the due-time index; nothing walks every queued message.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -17,7 +18,6 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::Scheduler;
-use super::state::domain_of;
 use crate::queue::RecipientStatus;
 
 /// What [`Traffic`] counts.
@@ -146,13 +146,14 @@ pub struct PathRow {
 /// Ages of the buckets of the age table, in minutes (qshape's).
 pub const AGE_BUCKETS: [u64; 9] = [0, 5, 10, 20, 40, 80, 160, 320, 640];
 
-/// One destination domain's pending recipients by age of their message.
+/// One destination domain's queued messages (with pending recipients
+/// there) by age, as qshape counts them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainAges {
     pub domain: String,
     pub total: usize,
-    /// Recipients whose message is at least `AGE_BUCKETS[i]` minutes old
-    /// (and younger than the next bucket).
+    /// Messages at least `AGE_BUCKETS[i]` minutes old (and younger than
+    /// the next bucket).
     pub buckets: [usize; 9],
 }
 
@@ -176,31 +177,20 @@ impl Scheduler {
     /// This shard's overview (`top`: domains in the age table).
     pub fn overview(&self, top: usize) -> Overview {
         let now = self.clock.now();
-        let mut by_domain: HashMap<String, DomainAges> = HashMap::new();
-        let mut next_retry: HashMap<String, u64> = HashMap::new();
-        {
-            let st = self.state.borrow();
-            for entry in st.messages.values() {
-                let age_min = now.saturating_sub(entry.env.created) / 60;
-                let bucket = AGE_BUCKETS.iter().rposition(|&b| age_min >= b).unwrap_or(0);
-                for r in &entry.env.recipients {
-                    if r.status != RecipientStatus::Pending {
-                        continue;
-                    }
-                    let d = by_domain.entry(domain_of(&r.address)).or_default();
-                    d.total += 1;
-                    d.buckets[bucket] += 1;
-                    if let (true, Some(site)) = (entry.deferred, &r.site) {
-                        let due = next_retry.entry(site.clone()).or_insert(u64::MAX);
-                        *due = (*due).min(entry.env.next_due);
-                    }
-                }
-            }
-        }
-        let mut ages: Vec<DomainAges> = by_domain
-            .into_iter()
-            .map(|(domain, a)| DomainAges { domain, ..a })
+        let st = self.state.borrow();
+        // From the running totals: O(domains x distinct acceptance
+        // times), never a walk over a million messages.
+        let mut ages: Vec<DomainAges> = st
+            .tallies
+            .iter()
+            .map(|(domain, t)| DomainAges {
+                domain: domain.clone(),
+                total: t.messages,
+                buckets: t.by_age(now, &AGE_BUCKETS),
+            })
             .collect();
+        let next_retry = next_retry_by_site(&st);
+        drop(st);
         ages.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.domain.cmp(&b.domain)));
         ages.truncate(top);
         Overview {
@@ -214,12 +204,39 @@ impl Scheduler {
     }
 }
 
+/// Deferred messages looked at, at most, for the next retry of each
+/// site: the due-time index is walked from the earliest, so the first
+/// ones found are the answers.
+const NEXT_RETRY_SCAN: usize = 10_000;
+
+/// The earliest retry due per site (by the site of each recipient's last
+/// attempt), from the start of the due-time index.
+fn next_retry_by_site(st: &super::state::State) -> HashMap<String, u64> {
+    let mut found: HashMap<String, u64> = HashMap::new();
+    for (due, id) in st.deferred.iter().take(NEXT_RETRY_SCAN) {
+        let Some(entry) = st.messages.get(id) else {
+            continue;
+        };
+        for r in &entry.env.recipients {
+            if let (RecipientStatus::Pending, Some(site)) = (r.status, &r.site)
+                && !found.contains_key(site)
+            {
+                found.insert(site.clone(), *due);
+            }
+        }
+    }
+    found
+}
+
 impl Scheduler {
     /// Counts a recipient's attempt on its path (the status page's rows).
-    pub(super) fn count_on_path(&self, path: super::gate::PathKey, flow: Flow, reply: &str) {
+    pub(super) fn count_on_path(&self, path: &super::gate::PathKey, flow: Flow, reply: &str) {
         let now = self.clock.now();
         let mut paths = self.path_stats.borrow_mut();
-        let stats = paths.entry(path).or_default();
+        if !paths.contains_key(path) {
+            paths.insert(path.clone(), PathStats::default());
+        }
+        let stats = paths.get_mut(path).expect("just made sure");
         stats.traffic.count(now, flow, 1);
         if !matches!(flow, Flow::Delivered) {
             stats.last_failure = Some((now, reply.to_string()));

@@ -37,6 +37,12 @@ impl Scheduler {
     )> {
         let mut backoff = None;
         let now = self.clock.now();
+        // The path the attempt went over (once per attempt, not per
+        // recipient), for its row on the status page.
+        let path = attempt.site.as_ref().map(|site| gate::PathKey {
+            source: attempt.source.clone(),
+            site: site.clone(),
+        });
         for (address, attempts, outcome) in told {
             let flow = match outcome {
                 DeliveryOutcome::Delivered { .. } => super::overview::Flow::Delivered,
@@ -44,11 +50,7 @@ impl Scheduler {
                 DeliveryOutcome::Permanent { .. } => super::overview::Flow::Bounced,
             };
             self.traffic.count(now, flow, 1);
-            if let Some(site) = &attempt.site {
-                let path = gate::PathKey {
-                    source: attempt.source.clone(),
-                    site: site.clone(),
-                };
+            if let Some(path) = &path {
                 self.count_on_path(path, flow, outcome.reply());
             }
             let (kind, category) = match outcome {

@@ -37,6 +37,19 @@ impl Tally {
     fn is_empty(&self) -> bool {
         self.messages == 0 && self.recipients == 0
     }
+
+    /// Its messages by age at `now` in the buckets that begin at
+    /// `bounds` (minutes, ascending): one pass over the distinct
+    /// acceptance times, not over the messages.
+    pub fn by_age<const N: usize>(&self, now: u64, bounds: &[u64; N]) -> [usize; N] {
+        let mut out = [0; N];
+        for (&created, &n) in &self.created {
+            let age_min = now.saturating_sub(created) / 60;
+            let bucket = bounds.iter().rposition(|&b| age_min >= b).unwrap_or(0);
+            out[bucket] += n;
+        }
+        out
+    }
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +143,17 @@ mod tests {
             rcpts.iter().map(|r| r.to_string()).collect(),
             created,
         )
+    }
+
+    #[test]
+    fn ages_come_from_the_acceptance_times() {
+        let mut t = Tallies::default();
+        for created in [0, 0, 500, 3_000] {
+            t.count(&env(&["a@a.example"], created), false, true);
+        }
+        let (_, a) = t.iter().next().unwrap();
+        // At 3,600 s: ages 60, 60, 51 and 10 minutes.
+        assert_eq!(a.by_age(3_600, &[0, 5, 10, 20, 40, 80]), [0, 0, 1, 0, 3, 0]);
     }
 
     #[test]

@@ -275,7 +275,7 @@ fn ages_table(o: &Overview) -> String {
         rows += "</tr>";
     }
     format!(
-        "<h2>Pending recipients by domain and age (qshape)</h2><table id=\"ages\">{head}{rows}</table>"
+        "<h2>Queued messages by domain and age (qshape)</h2><table id=\"ages\">{head}{rows}</table>"
     )
 }
 
