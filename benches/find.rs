@@ -136,9 +136,54 @@ fn finished(c: &mut Criterion) {
     g.finish();
 }
 
+/// What every message pays for being findable, on the relay's path: its
+/// keys into the queue's index at reception and out at removal, and its
+/// history record when it leaves (1 and 10 recipients).
+fn per_message(c: &mut Criterion) {
+    let dir = tempfile::tempdir_in("/var/tmp").expect("a directory under /var/tmp");
+    let opts = SpoolOptions {
+        min_free_bytes: 0,
+        ..SpoolOptions::default()
+    };
+    let spool = Spool::open(dir.path(), 0, &opts).expect("spool");
+    let history = History::open(&spool, &HistoryConfig::default(), 1);
+    let mut g = c.benchmark_group("find_cost_per_message");
+    for rcpts in [1usize, 10] {
+        let mut env = envelope(7);
+        env.recipients = (0..rcpts)
+            .map(|i| ringpost::queue::Recipient::pending(format!("user{i}@dest.example")))
+            .collect();
+        let mut index = QueueIndex::default();
+        let mut ids = IdGenerator::new(0);
+        g.bench_function(format!("index_add_and_remove_{rcpts}_rcpt"), |b| {
+            b.iter(|| {
+                let id = ids.next_id();
+                index.add(id, black_box(&env));
+                index.remove(id, black_box(&env));
+            })
+        });
+        g.bench_function(format!("history_record_{rcpts}_rcpt"), |b| {
+            b.iter(|| {
+                let id = spool.new_id();
+                let rec = Finished::of(id, black_box(&env), 1_800_000_000, |_, r| {
+                    FinishedRecipient {
+                        address: r.address.clone(),
+                        outcome: Outcome::Delivered,
+                        attempts: 1,
+                        reply: Some("250 2.0.0 Ok: queued as 4Fz1xQ2b".into()),
+                        category: None,
+                    }
+                });
+                history.record(id, &rec).expect("record");
+            })
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = queued, finished
+    targets = per_message, queued, finished
 }
 criterion_main!(benches);

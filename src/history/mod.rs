@@ -129,6 +129,18 @@ impl Finished {
         }
     }
 
+    /// The hashes of the keys it is found by (the history's seed), made
+    /// without building the keys.
+    fn key_hashes(&self) -> Vec<u64> {
+        let keyed = lookup::Keyed {
+            sender: &self.sender,
+            message_id: self.message_id.as_deref(),
+            idempotency_key: self.idempotency_key.as_deref(),
+            meta: self.meta.as_ref(),
+        };
+        lookup::hashes_of(0, keyed, self.recipients.iter().map(|r| r.address.as_str()))
+    }
+
     /// The keys it is found by.
     pub fn keys(&self) -> Vec<Lookup> {
         let keyed = lookup::Keyed {
@@ -184,15 +196,16 @@ pub struct History {
     records: Cell<u64>,
 }
 
-/// The hash a key is kept under (`lookup::hash_parts` with seed 0: the
-/// tables on disk outlive the process).
-fn key_hash(tag: u8, value: &str) -> u64 {
-    lookup::hash_parts(0, tag, &[value.as_bytes()])
-}
-
 /// A record's own id as a key (for `get`).
 const ID_TAG: u8 = b'#';
 
+/// The hash of a record's own id (its 16 bytes).
+fn id_hash(id: MessageId) -> u64 {
+    lookup::hash_parts(0, ID_TAG, &[id.as_bytes()])
+}
+
+/// The hash a key is kept under (`lookup::hash_parts` with seed 0: the
+/// tables on disk outlive the process).
 fn lookup_hash(l: &Lookup) -> u64 {
     l.hash(0)
 }
@@ -310,10 +323,9 @@ impl History {
             open.last = open.last.max(rec.finished);
             open.records
                 .push(serde_json::to_vec(rec).expect("a record always serializes"));
-            let id_hash = key_hash(ID_TAG, &id.to_string());
-            open.keys.push((id_hash, slot));
-            for key in rec.keys() {
-                open.keys.push((lookup_hash(&key), slot));
+            open.keys.push((id_hash(id), slot));
+            for hash in rec.key_hashes() {
+                open.keys.push((hash, slot));
             }
             open.records.len() >= CHUNK_RECORDS
         };
@@ -425,7 +437,7 @@ impl History {
     /// The record of message `id`, if it is kept.
     pub fn get(&self, id: MessageId) -> Option<Finished> {
         let text = id.to_string();
-        let hash = key_hash(ID_TAG, &text);
+        let hash = id_hash(id);
         let mine = |rec: &Finished| rec.id == text;
         {
             let open = self.open.borrow();

@@ -71,6 +71,16 @@ impl Traffic {
         slot.1[flow as usize] += n;
     }
 
+    /// Counts each of [`Flow`]'s `counts` (indexed by flow) at `now`.
+    pub fn count_all(&self, now: u64, counts: [u64; 4]) {
+        for (i, n) in counts.into_iter().enumerate() {
+            if n > 0 {
+                let flow = [Flow::In, Flow::Delivered, Flow::Deferred, Flow::Bounced][i];
+                self.count(now, flow, n);
+            }
+        }
+    }
+
     /// Delivered, deferred and bounced over the last `minutes` minutes
     /// (the current one included).
     pub fn recent(&self, now: u64, minutes: u64) -> [u64; 3] {
@@ -230,15 +240,22 @@ fn next_retry_by_site(st: &super::state::State) -> HashMap<String, u64> {
 
 impl Scheduler {
     /// Counts a recipient's attempt on its path (the status page's rows).
-    pub(super) fn count_on_path(&self, path: &super::gate::PathKey, flow: Flow, reply: &str) {
+    /// Counts one attempt's recipients (`counts`, indexed by [`Flow`]) on
+    /// its path, with the attempt's last failure reply, if any.
+    pub(super) fn count_on_path(
+        &self,
+        path: &super::gate::PathKey,
+        counts: [u64; 4],
+        failure: Option<&str>,
+    ) {
         let now = self.clock.now();
         let mut paths = self.path_stats.borrow_mut();
         if !paths.contains_key(path) {
             paths.insert(path.clone(), PathStats::default());
         }
         let stats = paths.get_mut(path).expect("just made sure");
-        stats.traffic.count(now, flow, 1);
-        if !matches!(flow, Flow::Delivered) {
+        stats.traffic.count_all(now, counts);
+        if let Some(reply) = failure {
             stats.last_failure = Some((now, reply.to_string()));
         }
     }

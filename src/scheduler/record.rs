@@ -43,15 +43,17 @@ impl Scheduler {
             source: attempt.source.clone(),
             site: site.clone(),
         });
+        let mut flows = [0u64; 4];
+        let mut last_failure = None;
         for (address, attempts, outcome) in told {
             let flow = match outcome {
                 DeliveryOutcome::Delivered { .. } => super::overview::Flow::Delivered,
                 DeliveryOutcome::Temporary { .. } => super::overview::Flow::Deferred,
                 DeliveryOutcome::Permanent { .. } => super::overview::Flow::Bounced,
             };
-            self.traffic.count(now, flow, 1);
-            if let Some(path) = &path {
-                self.count_on_path(path, flow, outcome.reply());
+            flows[flow as usize] += 1;
+            if !matches!(outcome, DeliveryOutcome::Delivered { .. }) {
+                last_failure = Some(outcome.reply());
             }
             let (kind, category) = match outcome {
                 DeliveryOutcome::Delivered { .. } => {
@@ -92,6 +94,10 @@ impl Scheduler {
             ev.site = attempt.site.as_deref();
             ev.category = category.map(crate::classify::BounceCategory::as_str);
             self.events.write(&ev);
+        }
+        self.traffic.count_all(now, flows);
+        if let Some(path) = &path {
+            self.count_on_path(path, flows, last_failure);
         }
         backoff
     }

@@ -531,7 +531,10 @@ impl State {
                 let r = &mut entry.env.recipients[i];
                 r.attempts += 1;
                 r.last_reply = Some(outcome.reply().to_string());
-                if attempt.site.is_some() {
+                // Where a recipient still waiting went last (a delivered
+                // one leaves with its message: nothing shows it).
+                let delivered = matches!(outcome, DeliveryOutcome::Delivered { .. });
+                if attempt.site.is_some() && !delivered {
                     r.source.clone_from(&attempt.source);
                     r.site.clone_from(&attempt.site);
                 }
