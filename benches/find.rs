@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use ringpost::config::HistoryConfig;
 use ringpost::history::lookup::keys_of_envelope;
-use ringpost::history::{Finished, FinishedRecipient, History, Lookup, Outcome};
+use ringpost::history::{History, Lookup, Outcome, RecipientRecord, Record};
 use ringpost::queue::{Envelope, IdGenerator, MessageId, Spool, SpoolOptions};
 use ringpost::scheduler::index::QueueIndex;
 
@@ -102,12 +102,12 @@ fn finished(c: &mut Criterion) {
     for i in 0..MESSAGES {
         let id = spool.new_id();
         let env = envelope(i);
-        let rec = Finished::of(id, &env, 1_800_000_000 + i as u64 / 100, |_, r| {
-            FinishedRecipient {
-                address: r.address.clone(),
+        let rec = Record::of(id, &env, 1_800_000_000 + i as u64 / 100, |_, r| {
+            RecipientRecord {
+                address: &r.address,
                 outcome: Outcome::Delivered,
                 attempts: 1,
-                reply: Some("250 2.0.0 Ok: queued as 4Fz1xQ2b".into()),
+                reply: Some("250 2.0.0 Ok: queued as 4Fz1xQ2b"),
                 category: None,
             }
         });
@@ -165,14 +165,12 @@ fn per_message(c: &mut Criterion) {
         g.bench_function(format!("history_record_{rcpts}_rcpt"), |b| {
             b.iter(|| {
                 let id = spool.new_id();
-                let rec = Finished::of(id, black_box(&env), 1_800_000_000, |_, r| {
-                    FinishedRecipient {
-                        address: r.address.clone(),
-                        outcome: Outcome::Delivered,
-                        attempts: 1,
-                        reply: Some("250 2.0.0 Ok: queued as 4Fz1xQ2b".into()),
-                        category: None,
-                    }
+                let rec = Record::of(id, black_box(&env), 1_800_000_000, |_, r| RecipientRecord {
+                    address: &r.address,
+                    outcome: Outcome::Delivered,
+                    attempts: 1,
+                    reply: Some("250 2.0.0 Ok: queued as 4Fz1xQ2b"),
+                    category: None,
                 });
                 history.record(id, &rec).expect("record");
             })

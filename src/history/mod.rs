@@ -7,8 +7,8 @@
 //! the shard's scheduler when a message leaves, read by `queue find` and
 //! `queue trace` through the admin API) and the record, [`Finished`].
 //!
-//! Records are kept in *chunks* of up to [`CHUNK_RECORDS`], in the order
-//! they finish. A chunk is two values of the tree, written once, when it
+//! Records are kept in *chunks* of up to [`CHUNK_RECORDS`] and
+//! [`CHUNK_BYTES`], in the order they finish. A chunk is two values of the tree, written once, when it
 //! is sealed (full, or a second old: [`History::tick`]), in one batch:
 //!
 //! ```text
@@ -98,23 +98,58 @@ pub struct Finished {
     pub recipients: Vec<FinishedRecipient>,
 }
 
-impl Finished {
+/// A message's record as it is written: borrowed from its envelope (no
+/// address or reply copied), encoded as [`Finished`] reads it back.
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    pub id: String,
+    pub sender: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta: Option<&'a serde_json::Value>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub pool: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::config::Priority>,
+    pub size: u64,
+    pub created: u64,
+    pub finished: u64,
+    pub attempts: u32,
+    pub recipients: Vec<RecipientRecord<'a>>,
+}
+
+/// One recipient of a [`Record`] (as [`FinishedRecipient`] reads it).
+#[derive(Debug, Serialize)]
+pub struct RecipientRecord<'a> {
+    pub address: &'a str,
+    pub outcome: Outcome,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<&'a str>,
+}
+
+impl<'a> Record<'a> {
     /// The record of queued message `id` as it leaves at `finished`; each
     /// recipient's outcome, reply and category from `outcome_of` (the
     /// scheduler knows how it ended).
     pub fn of(
         id: MessageId,
-        env: &crate::queue::Envelope,
+        env: &'a crate::queue::Envelope,
         finished: u64,
-        outcome_of: impl Fn(usize, &crate::queue::Recipient) -> FinishedRecipient,
-    ) -> Finished {
-        Finished {
+        outcome_of: impl Fn(usize, &'a crate::queue::Recipient) -> RecipientRecord<'a>,
+    ) -> Record<'a> {
+        Record {
             id: id.to_string(),
-            sender: env.sender.clone(),
-            message_id: env.message_id.clone(),
-            idempotency_key: env.idempotency_key.clone(),
-            meta: env.meta.clone(),
-            pool: env.pool.clone(),
+            sender: &env.sender,
+            message_id: env.message_id.as_deref(),
+            idempotency_key: env.idempotency_key.as_deref(),
+            meta: env.meta.as_ref(),
+            pool: &env.pool,
             priority: env.priority,
             size: env.size(),
             created: env.created,
@@ -133,14 +168,16 @@ impl Finished {
     /// without building the keys.
     fn key_hashes(&self) -> Vec<u64> {
         let keyed = lookup::Keyed {
-            sender: &self.sender,
-            message_id: self.message_id.as_deref(),
-            idempotency_key: self.idempotency_key.as_deref(),
-            meta: self.meta.as_ref(),
+            sender: self.sender,
+            message_id: self.message_id,
+            idempotency_key: self.idempotency_key,
+            meta: self.meta,
         };
-        lookup::hashes_of(0, keyed, self.recipients.iter().map(|r| r.address.as_str()))
+        lookup::hashes_of(0, keyed, self.recipients.iter().map(|r| r.address))
     }
+}
 
+impl Finished {
     /// The keys it is found by.
     pub fn keys(&self) -> Vec<Lookup> {
         let keyed = lookup::Keyed {
@@ -155,6 +192,12 @@ impl Finished {
 
 /// Records per chunk at most.
 pub const CHUNK_RECORDS: usize = 512;
+
+/// Bytes of records per chunk at most: under sled's limit for a value
+/// kept in its log (a quarter of its 512 KiB segment), above which a value
+/// gets a file of its own, created on every seal and deleted by trimming
+/// (that cost a 10-recipient message more than its record's encoding).
+pub const CHUNK_BYTES: usize = 96 * 1024;
 
 /// How long a chunk is filled before it is sealed (seconds).
 const SEAL_AFTER_SECS: u64 = 1;
@@ -173,8 +216,9 @@ struct Chunk {
 /// The chunk being filled.
 #[derive(Default)]
 struct Open {
-    /// The records' JSON, in order.
+    /// The records' JSON, in order, and their bytes.
     records: Vec<Vec<u8>>,
+    bytes: usize,
     /// (hash, slot) of each key of each record.
     keys: Vec<(u64, u16)>,
     first: u64,
@@ -309,7 +353,7 @@ impl History {
 
     /// Keeps `rec`, message `id`'s record (a no-op when the history is
     /// off): in memory at once, on disk when its chunk is sealed.
-    pub fn record(&self, id: MessageId, rec: &Finished) -> Result<(), SpoolError> {
+    pub fn record(&self, id: MessageId, rec: &Record<'_>) -> Result<(), SpoolError> {
         if !self.is_on() {
             return Ok(());
         }
@@ -321,13 +365,14 @@ impl History {
                 open.opened = rec.finished;
             }
             open.last = open.last.max(rec.finished);
-            open.records
-                .push(serde_json::to_vec(rec).expect("a record always serializes"));
+            let json = serde_json::to_vec(rec).expect("a record always serializes");
+            open.bytes += json.len() + 4;
+            open.records.push(json);
             open.keys.push((id_hash(id), slot));
             for hash in rec.key_hashes() {
                 open.keys.push((hash, slot));
             }
-            open.records.len() >= CHUNK_RECORDS
+            open.records.len() >= CHUNK_RECORDS || open.bytes >= CHUNK_BYTES
         };
         self.records.set(self.records.get() + 1);
         if full {
@@ -492,19 +537,23 @@ mod tests {
     use crate::config::HistoryConfig;
     use crate::queue::{Envelope, SpoolOptions};
 
-    fn record(spool: &Spool, rcpt: &str, finished: u64) -> (MessageId, Finished) {
+    /// A delivered message to `rcpt`, finished at `finished`, recorded in
+    /// `h`; what the history should give back for it.
+    fn record(h: &History, spool: &Spool, rcpt: &str, finished: u64) -> (MessageId, Finished) {
         let id = spool.new_id();
         let mut env = Envelope::new("app@shop.example".into(), vec![rcpt.into()], finished - 5);
         env.message_id = Some(format!("{id}@shop.example"));
         env.meta = Some(serde_json::json!({"campaign": "spring"}));
-        let rec = Finished::of(id, &env, finished, |_, r| FinishedRecipient {
-            address: r.address.clone(),
+        let rec = Record::of(id, &env, finished, |_, r| RecipientRecord {
+            address: &r.address,
             outcome: Outcome::Delivered,
             attempts: 1,
-            reply: Some("250 2.0.0 ok".into()),
+            reply: Some("250 2.0.0 ok"),
             category: None,
         });
-        (id, rec)
+        h.record(id, &rec).unwrap();
+        let expected = serde_json::from_value(serde_json::to_value(&rec).unwrap()).unwrap();
+        (id, expected)
     }
 
     fn history(dir: &std::path::Path, cfg: &HistoryConfig) -> (Spool, History) {
@@ -517,14 +566,10 @@ mod tests {
     fn finds_by_every_key_newest_first_within_the_window_before_and_after_sealing() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, h) = history(dir.path(), &HistoryConfig::default());
-        let (a, ra) = record(&spool, "Bob@Example.com", 1_000);
-        let (b, rb) = record(&spool, "bob@example.com", 2_000);
-        let (c, rc) = record(&spool, "Bob@example.COM", 3_000);
-        h.record(a, &ra).unwrap();
+        let (a, ra) = record(&h, &spool, "Bob@Example.com", 1_000);
         h.seal().unwrap();
-        for (id, r) in [(b, &rb), (c, &rc)] {
-            h.record(id, r).unwrap();
-        }
+        let (b, rb) = record(&h, &spool, "bob@example.com", 2_000);
+        let (c, rc) = record(&h, &spool, "Bob@example.COM", 3_000);
         let bob = Lookup::parse("rcpt", "Bob@EXAMPLE.com").unwrap();
         let ids = |v: Vec<Finished>| v.into_iter().map(|f| f.id).collect::<Vec<_>>();
         let campaign = Lookup::parse("meta", "campaign=spring").unwrap();
@@ -557,18 +602,29 @@ mod tests {
     fn a_chunk_is_sealed_when_full_or_a_second_old() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, h) = history(dir.path(), &HistoryConfig::default());
-        for i in 0..CHUNK_RECORDS + 1 {
-            let (id, r) = record(&spool, &format!("u{i}@b.example"), 100);
-            h.record(id, &r).unwrap();
+        // Full: by count or by bytes, whichever comes first.
+        let mut n = 0;
+        while h.chunks.borrow().is_empty() {
+            record(&h, &spool, &format!("u{n}@b.example"), 100);
+            n += 1;
         }
-        assert_eq!(h.chunks.borrow().len(), 1);
-        assert_eq!(h.open.borrow().records.len(), 1);
+        assert!(n <= CHUNK_RECORDS);
+        assert!(h.open.borrow().records.is_empty());
+        let blob = h.tree.get(chunk_key(b'c', 0)).unwrap();
+        assert!(
+            n == CHUNK_RECORDS || blob.len() >= CHUNK_BYTES,
+            "{n} {}",
+            blob.len()
+        );
+        assert!(blob.len() < CHUNK_BYTES + 4096);
+        // A second old.
+        record(&h, &spool, "last@b.example", 100);
         h.tick(100).unwrap();
         assert_eq!(h.chunks.borrow().len(), 1);
         h.tick(101).unwrap();
         assert_eq!(h.chunks.borrow().len(), 2);
         assert!(h.open.borrow().records.is_empty());
-        let last = Lookup::parse("rcpt", &format!("u{CHUNK_RECORDS}@b.example")).unwrap();
+        let last = Lookup::parse("rcpt", "last@b.example").unwrap();
         assert_eq!(h.find(&last, 0, 10).len(), 1);
     }
 
@@ -582,8 +638,7 @@ mod tests {
         let (spool, h) = history(dir.path(), &cfg);
         let mut ids = Vec::new();
         for t in [100, 5_000, 5_100, 5_200] {
-            let (id, r) = record(&spool, "a@b.example", t);
-            h.record(id, &r).unwrap();
+            let (id, _) = record(&h, &spool, "a@b.example", t);
             h.seal().unwrap();
             ids.push(id);
         }
@@ -610,8 +665,7 @@ mod tests {
             ..HistoryConfig::default()
         };
         let (spool, h) = history(dir.path(), &cfg);
-        let (id, r) = record(&spool, "a@b.example", 100);
-        h.record(id, &r).unwrap();
+        let (id, _) = record(&h, &spool, "a@b.example", 100);
         assert!(h.is_empty());
         assert_eq!(h.get(id), None);
     }

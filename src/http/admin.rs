@@ -1,5 +1,7 @@
 //! The admin API: a JSON interface to the queue of a running server, for
-//! `ringpost queue ...` and for scripts. Served by shard 0; every shard
+//! `ringpost queue ...` and for scripts (the listener's endpoint,
+//! `http::admin_listener`, gives it every path no other endpoint takes;
+//! the status pages use its views). Served by shard 0; every shard
 //! owns its own messages and scheduler state (share-nothing), so a request
 //! travels to the shard that owns what it asks about through the shard
 //! mesh (`shard::mesh`), and queue-wide answers are merged here.
@@ -43,24 +45,18 @@
 //! mesh, to the shard that owns it.
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use std::future::Future;
-use std::pin::Pin;
-
-use crate::http::{Endpoint, Request, Response};
+use crate::http::{Request, Response};
 use crate::queue::MessageId;
 use crate::scheduler::Scheduler;
 use crate::scheduler::operations::{
     DomainSummary, GroupBy, GroupSummary, HoldSummary, MessageInfo, OperationError,
 };
 use crate::scheduler::state::Hold;
-use crate::shard::clock::Clock;
 use crate::shard::mesh::{Mesh, ShardGone};
-use crate::suppression::SuppressionList;
 
 /// Every shard's scheduler, reached through the mesh.
 pub type Shards = Mesh<Scheduler>;
@@ -161,113 +157,51 @@ impl ApiError {
     }
 }
 
-/// The admin listener's endpoint.
-pub struct AdminApi {
-    shards: Shards,
-    /// The bearer token every request must carry, if configured.
-    token: Option<String>,
-    /// The node's suppression list (shared), when on.
-    suppressions: Option<Arc<SuppressionList>>,
-    clock: Clock,
-    /// `delivery.log`, read by `/queue/messages/ID/trace`.
-    delivery_log: String,
-    /// `POST /config/reload`.
-    reload: crate::scheduler::reload::Reload,
+/// The queue API's answer to `req` (any path the listener did not give
+/// to another endpoint): `trace` reads `delivery_log`.
+pub(crate) async fn answer(
+    shards: &Shards,
+    delivery_log: &str,
+    now: u64,
+    req: &Request,
+) -> Response {
+    if let ("GET", ["queue", "messages", id, "trace"]) =
+        (req.method.as_str(), req.route().as_slice())
+    {
+        return trace(shards, delivery_log, id, now)
+            .await
+            .unwrap_or_else(ApiError::into_response);
+    }
+    route(shards, req)
+        .await
+        .unwrap_or_else(ApiError::into_response)
 }
 
-impl AdminApi {
-    pub fn new(
-        shards: Shards,
-        token: Option<String>,
-        suppressions: Option<Arc<SuppressionList>>,
-        clock: Clock,
-        delivery_log: String,
-        reload: crate::scheduler::reload::Reload,
-    ) -> Rc<AdminApi> {
-        Rc::new(AdminApi {
-            shards,
-            token,
-            suppressions,
-            clock,
-            delivery_log,
-            reload,
-        })
+/// `POST /config/reload`.
+pub(crate) async fn reload(reload: &crate::scheduler::reload::Reload, req: &Request) -> Response {
+    if req.method != "POST" {
+        return ApiError::Method.into_response();
+    }
+    match reload.run().await {
+        Ok(done) => Response::json(200, &done),
+        Err(e) => ApiError::Reload(e).into_response(),
     }
 }
 
-impl Endpoint for AdminApi {
-    fn admit(&self, head: &Request) -> Result<(), Response> {
-        if !authorized(head, self.token.as_deref()) {
-            // The status pages ask a browser for the token (Basic).
-            return Err(match head.segments.first().is_some_and(|s| s == "status") {
-                true => crate::http::status::unauthorized(),
-                false => ApiError::Unauthorized.into_response(),
-            });
-        }
-        if head.method != "GET" && head.is_cross_origin() {
-            return Err(ApiError::CrossOrigin.into_response());
-        }
-        Ok(())
-    }
+/// The answer to a request without the token.
+pub(crate) fn unauthorized() -> Response {
+    ApiError::Unauthorized.into_response()
+}
 
-    fn answer(self: Rc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
-        Box::pin(async move {
-            if req.segments.first().is_some_and(|s| s == "suppressions") {
-                return crate::http::suppressions::answer(
-                    self.suppressions.as_ref(),
-                    &self.clock,
-                    &req,
-                );
-            }
-            if req.segments.first().is_some_and(|s| s == "events") {
-                return crate::http::events_failed::answer(&self.shards, &req).await;
-            }
-            if req.route().as_slice() == ["config", "reload"] {
-                if req.method != "POST" {
-                    return ApiError::Method.into_response();
-                }
-                return match self.reload.run().await {
-                    Ok(done) => Response::json(200, &done),
-                    Err(e) => ApiError::Reload(e).into_response(),
-                };
-            }
-            if req.segments.first().is_some_and(|s| s == "status") {
-                return crate::http::status::answer(
-                    &self.shards,
-                    &self.clock,
-                    &self.delivery_log,
-                    &req,
-                )
-                .await;
-            }
-            if req.route().as_slice() == ["queue", "find"] && req.method == "GET" {
-                let list = self.suppressions.as_ref();
-                return crate::http::find::answer(&self.shards, list, &self.clock, &req).await;
-            }
-            if let ("GET", ["queue", "messages", id, "trace"]) =
-                (req.method.as_str(), req.route().as_slice())
-            {
-                return trace(&self.shards, &self.delivery_log, id, self.clock.now())
-                    .await
-                    .unwrap_or_else(ApiError::into_response);
-            }
-            route(&self.shards, &req)
-                .await
-                .unwrap_or_else(ApiError::into_response)
-        })
-    }
+/// The answer to a change asked from a page of another origin.
+pub(crate) fn cross_origin() -> Response {
+    ApiError::CrossOrigin.into_response()
 }
 
 impl ApiError {
     fn into_response(self) -> Response {
         Response::json(self.status(), &json!({ "error": self.to_string() }))
     }
-}
-
-/// The token as a bearer token (the CLI, scripts) or as the password of
-/// HTTP Basic authentication (a browser on the status pages).
-fn authorized(req: &Request, token: Option<&str>) -> bool {
-    token.is_none_or(|t| crate::http::bearer_matches(req, t) || crate::http::basic_matches(req, t))
 }
 
 /// How many of the messages a flush left held are named in its answer.
@@ -701,29 +635,6 @@ mod tests {
 
     fn request(method: &str, target: &str) -> Request {
         Request::new(method, target)
-    }
-
-    #[test]
-    fn bearer_token_must_match_exactly() {
-        let with = |h: &str| Request {
-            authorization: h.strip_prefix("Authorization: ").map(str::to_string),
-            ..request("GET", "/queue/summary")
-        };
-        assert!(authorized(&with("X: y"), None));
-        assert!(authorized(
-            &with("Authorization: Bearer s3cret"),
-            Some("s3cret")
-        ));
-        assert!(!authorized(
-            &with("Authorization: Bearer s3cre"),
-            Some("s3cret")
-        ));
-        assert!(!authorized(
-            &with("Authorization: Bearer s3cretx"),
-            Some("s3cret")
-        ));
-        assert!(!authorized(&with("Authorization: s3cret"), Some("s3cret")));
-        assert!(!authorized(&with("X: y"), Some("s3cret")));
     }
 
     #[test]

@@ -58,6 +58,7 @@ use crate::shard::tasks::TaskSet;
 use crate::tls::ServerStream;
 
 pub mod admin;
+pub mod admin_listener;
 pub mod events_failed;
 pub mod find;
 pub mod inject;

@@ -9,7 +9,7 @@
 
 use super::Scheduler;
 use super::state::Failure;
-use crate::history::{Finished, FinishedRecipient, Outcome};
+use crate::history::{Outcome, RecipientRecord, Record};
 use crate::queue::{Envelope, MessageId, RecipientStatus};
 
 /// How a message leaves the queue, for its history record.
@@ -52,26 +52,27 @@ impl Scheduler {
             Leaving::Finished(f) => f,
             Leaving::Deleted => &[],
         };
-        let rec = Finished::of(id, env, self.clock.now(), |i, r| {
+        let rec = Record::of(id, env, self.clock.now(), |i, r| {
             let failure = failures.iter().find(|f| f.index == i);
+            let last = r.last_reply.as_deref();
             let (outcome, reply) = match (r.status, failure) {
-                (RecipientStatus::Delivered, _) => (Outcome::Delivered, r.last_reply.clone()),
-                (RecipientStatus::Pending, _) => (Outcome::Deleted, Some(DELETED.to_string())),
+                (RecipientStatus::Delivered, _) => (Outcome::Delivered, last),
+                (RecipientStatus::Pending, _) => (Outcome::Deleted, Some(DELETED)),
                 (RecipientStatus::Failed, Some(f)) if f.status == "4.4.7" => {
-                    (Outcome::Expired, Some(f.reply.clone()))
+                    (Outcome::Expired, Some(f.reply.as_str()))
                 }
-                (RecipientStatus::Failed, Some(f)) => (Outcome::Bounced, Some(f.reply.clone())),
-                (RecipientStatus::Failed, None) => (Outcome::Bounced, r.last_reply.clone()),
+                (RecipientStatus::Failed, Some(f)) => (Outcome::Bounced, Some(f.reply.as_str())),
+                (RecipientStatus::Failed, None) => (Outcome::Bounced, last),
             };
             // An expiry's category is its last remote reply's.
             let category = match outcome {
-                Outcome::Expired => r.last_reply.as_deref().map(|l| (l, true)),
-                Outcome::Bounced => reply.as_deref().map(|l| (l, false)),
+                Outcome::Expired => last.map(|l| (l, true)),
+                Outcome::Bounced => reply.map(|l| (l, false)),
                 _ => None,
             }
-            .map(|(line, temporary)| self.classifier.classify(line, temporary).as_str().into());
-            FinishedRecipient {
-                address: r.address.clone(),
+            .map(|(line, temporary)| self.classifier.classify(line, temporary).as_str());
+            RecipientRecord {
+                address: &r.address,
                 outcome,
                 attempts: r.attempts,
                 reply,

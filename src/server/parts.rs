@@ -362,7 +362,7 @@ fn spawn_injection(
 fn spawn_admin(p: &Prepared, l: crate::shard::net::Bound, stop: &StopSignal) -> glommio::Task<()> {
     glommio::spawn_local(crate::http::serve(
         l,
-        crate::http::admin::AdminApi::new(
+        crate::http::admin_listener::AdminApi::new(
             p.mesh.clone(),
             p.files.admin_token.clone(),
             p.suppressions.clone(),
