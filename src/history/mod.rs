@@ -20,9 +20,10 @@
 //!
 //! So a finished message costs the shard a JSON encoding and a few hashes,
 //! and sled one write per chunk, in sequence: no index entry per key, no
-//! random write into a large tree (which cost the first version half the
-//! relay's throughput). The key tables stay in memory (10 bytes per key:
-//! about 60 MB for a million messages), read at start-up; a lookup
+//! random write into a large tree (what the first version did, and what
+//! it cost: benches/results/README.md). The key tables stay in memory (10 bytes per key:
+//! about 60 MB for a million one-recipient messages by count, not
+//! measured), read at start-up; a lookup
 //! binary-searches each chunk's table, newest first, and reads only the
 //! chunks that hold a candidate, whose record is then checked against the
 //! lookup (a hash collision costs a check, never a wrong answer). The
