@@ -119,7 +119,7 @@ impl Egress {
     /// The source the next message of `pool` goes from (the default pool
     /// for an empty or unknown name), leaving out sources that are down
     /// unless all of the pool's are; None when no sources are configured.
-    pub fn pick(&self, pool: &str, now: Instant) -> Option<Rc<Source>> {
+    fn pick(&self, pool: &str, now: Instant) -> Option<Rc<Source>> {
         let mut pools = self.pools.borrow_mut();
         let name = if pools.contains_key(pool) {
             pool
@@ -141,6 +141,34 @@ impl Egress {
             .reduce(|a, b| if b.2 > a.2 { b } else { a })?;
         best.2 -= total;
         Some(self.sources[best.0].clone())
+    }
+
+    /// The sources to try for the next message of `pool`, in order: the
+    /// one it goes from ([`Egress::pick`]), then the pool's other sources
+    /// (leaving out those that are down, unless all are), for when that
+    /// one is held or capped; empty when no sources are configured. Each
+    /// at most once, however other messages pick meanwhile.
+    pub fn order(&self, pool: &str, now: Instant) -> Vec<Rc<Source>> {
+        let Some(first) = self.pick(pool, now) else {
+            return Vec::new();
+        };
+        let pools = self.pools.borrow();
+        let members = pools
+            .get(pool)
+            .or_else(|| pools.get(&self.default_pool))
+            .map_or(&[][..], Vec::as_slice);
+        let down = self.down.borrow();
+        let all_down = members.iter().all(|m| down.contains_key(&m.0));
+        let mut order = vec![first];
+        for m in members {
+            let source = &self.sources[m.0];
+            if (all_down || !down.contains_key(&m.0))
+                && !order.iter().any(|s| Rc::ptr_eq(s, source))
+            {
+                order.push(source.clone());
+            }
+        }
+        order
     }
 
     /// Leaves source `name` out for [`DOWN_FOR`]; whether it was up.
@@ -199,6 +227,25 @@ mod tests {
         assert_eq!(picks, ["a", "a", "b", "a", "a", "a", "b", "a"]);
         assert_eq!(e.pick("vip", now).unwrap().name, "b");
         assert_eq!(e.pick("vip", now).unwrap().ehlo, "mx.example");
+    }
+
+    #[test]
+    fn an_order_starts_with_the_pick_and_names_each_source_once() {
+        let e = Egress::new(&cfg(), "mx.example");
+        let now = Instant::now();
+        let names =
+            |pool| -> Vec<String> { e.order(pool, now).iter().map(|s| s.name.clone()).collect() };
+        assert_eq!(names("bulk"), ["a", "b"]);
+        assert_eq!(names("bulk"), ["a", "b"]);
+        assert_eq!(names("bulk"), ["b", "a"], "the weighted pick first");
+        assert_eq!(names("vip"), ["b"]);
+        e.mark_down("a", now);
+        assert_eq!(names("bulk"), ["b"], "a source that is down: left out");
+        assert!(
+            Egress::new(&EgressConfig::default(), "x")
+                .order("", now)
+                .is_empty()
+        );
     }
 
     #[test]

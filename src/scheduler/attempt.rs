@@ -18,6 +18,7 @@ use super::state::{self, Hold, Job};
 use super::{Scheduler, gate, shaping, shared};
 use crate::config::OutboundTls;
 use crate::outbound::client::{Outgoing, Wire};
+use crate::outbound::egress::Source;
 use crate::outbound::{Attempt, DeliveryOutcome, Target, outcome};
 use crate::queue::{Envelope, MessageId};
 
@@ -95,9 +96,20 @@ impl Scheduler {
         };
         // Whether `last` is a hold's (every source held or capped).
         let mut last_held = false;
-        let tries = self.delivery.egress.source_count().max(1);
-        for t in 0..tries {
-            let chosen = match self.choose_path(env, way.site, way.rule, t + 1 == tries) {
+        // Each source of the pool once, the weighted pick first (None: no
+        // egress sources, the default address).
+        let order = self.delivery.egress.order(&env.pool, Instant::now());
+        let sources: Vec<Option<Rc<Source>>> = if order.is_empty() {
+            vec![None]
+        } else {
+            order.into_iter().map(Some).collect()
+        };
+        let tries = sources.len();
+        for (t, source) in sources.into_iter().enumerate() {
+            let chosen = match self
+                .choose_path(source, way.site, way.rule, t + 1 == tries)
+                .await
+            {
                 Ok(chosen) => chosen,
                 Err(Some(held)) => {
                     (last, last_held) = (held.outcome(), true);
@@ -225,19 +237,18 @@ impl Scheduler {
         result
     }
 
-    /// The next source of `env`'s pool to try for `site` (by the pool's
-    /// turns), with its path and limits; Err when it may not be used now:
+    /// `source` (of the message's pool; None: the default address) for
+    /// `site`, with its path and limits; Err when it may not be used now:
     /// held or at a cap (with the deferral, for when no source is left),
     /// or throttled (None: its turn goes to the next source, unless this
     /// is the `last` try).
-    fn choose_path(
+    async fn choose_path(
         &self,
-        env: &Envelope,
+        source: Option<Rc<Source>>,
         site: &str,
         rule: Option<&shaping::Rule>,
         last: bool,
     ) -> Result<ChosenPath, Option<state::Held>> {
-        let source = self.delivery.egress.pick(&env.pool, Instant::now());
         let name = source.as_ref().map(|s| s.name.as_str());
         let limits = shaping::Shaping::limits(rule, name, &self.base_limits);
         let path = gate::PathKey {
@@ -252,6 +263,7 @@ impl Scheduler {
             return Err(None);
         }
         self.within_caps(source.as_deref(), &path, &limits, rule)
+            .await
             .map_err(Some)?;
         Ok((source, limits, path))
     }
@@ -304,7 +316,7 @@ impl Scheduler {
 
     /// A source whose address could not be bound is left out for a while
     /// (logged once per time it goes down).
-    fn source_down(&self, source: &crate::outbound::egress::Source, why: &DeliveryOutcome) {
+    fn source_down(&self, source: &Source, why: &DeliveryOutcome) {
         if self.delivery.egress.mark_down(&source.name, Instant::now()) {
             log::warn!(
                 "egress source {} is down for {} s: {}",
@@ -313,53 +325,6 @@ impl Scheduler {
                 why.reply()
             );
         }
-    }
-
-    /// Counts one message against the hourly and daily caps of `path`
-    /// (the shaping rule's, and its source's warm-up for today), if it
-    /// has any; Err (a deferral, for when no source of the pool is left)
-    /// when a cap is reached.
-    fn within_caps(
-        &self,
-        source: Option<&crate::outbound::egress::Source>,
-        path: &gate::PathKey,
-        limits: &shaping::Limits,
-        rule: Option<&shaping::Rule>,
-    ) -> Result<(), state::Held> {
-        let unix = self.clock.now();
-        let warmup = source.and_then(|s| s.warmup_cap((unix / 86_400) as i64));
-        let per_day = match (limits.max_messages_per_day, warmup) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let per_hour = limits.max_messages_per_hour;
-        if per_day.is_none() && per_hour.is_none() {
-            return Ok(());
-        }
-        let taken = self
-            .gates
-            .borrow_mut()
-            .take_quota(path, per_hour, per_day, unix);
-        let Some(counts) = taken else {
-            let labels = path_labels(path, rule.map(|r| r.name.as_str()));
-            ::metrics::counter!(crate::metrics::PATH_CAPPED, &labels).increment(1);
-            let from = path.source.as_deref().unwrap_or("the default address");
-            let caps = match (per_hour, per_day) {
-                (Some(h), Some(d)) => format!("{h} an hour, {d} a day"),
-                (Some(h), None) => format!("{h} an hour"),
-                (None, d) => format!("{} a day", d.unwrap_or(0)),
-            };
-            return Err(state::Held(format!(
-                "{from} has reached its cap to this site ({caps}{}); waiting",
-                if warmup.is_some() { ", warming up" } else { "" }
-            )));
-        };
-        let source = path.source.as_deref().unwrap_or("");
-        if let Err(e) = self.path_counts.set(source, &path.site, counts.to_array()) {
-            self.spool_errors_logged
-                .log(log::Level::Error, || format!("storing path counts: {e}"));
-        }
-        Ok(())
     }
 
     /// Remembers `domain`'s site, and sizes its workers to the site's
@@ -455,11 +420,7 @@ impl Scheduler {
 
 /// A source chosen for an attempt (None without `[egress]`), the limits
 /// of its path to the site, and the path.
-type ChosenPath = (
-    Option<Rc<crate::outbound::egress::Source>>,
-    shaping::Limits,
-    gate::PathKey,
-);
+type ChosenPath = (Option<Rc<Source>>, shaping::Limits, gate::PathKey);
 
 /// A connection on one path, held from `Scheduler::enter_path` until
 /// dropped: whatever way the attempt ends, the gate gets it back.

@@ -12,8 +12,13 @@
 //! Owns: [`LimitBook`], one per shard, served over its own mesh
 //! (`shard::mesh`, one request at a time, none awaiting); the paths it
 //! owns ([`owner_of`]) each with their leases (name -> expiry, names
-//! `asker:n`), the askers left wanting (for fair shares), and the rate's
-//! theoretical arrival time (GCRA). The answers are the same as Redis's
+//! `asker:n`), the askers left wanting (for fair shares), the rate's
+//! theoretical arrival time (GCRA), and the node's [`Counts`] against a
+//! capped path's hourly and daily caps. Those caps are the node's, not
+//! the fleet's, so the book keeps them with or without Redis. The counts
+//! it keeps start from what every shard stored before a restart: until
+//! each shard has told its own ([`LimitBook::seed_counts`]), a cap is
+//! not answered ([`CapTurn::Unseeded`]). The answers are the same as Redis's
 //! ([`crate::cluster::Tokens`], [`crate::cluster::Renewal`]), so the lease
 //! keeper (`scheduler::shared`) speaks to either the same way.
 //!
@@ -23,7 +28,7 @@
 //!
 //! Must not: know about gates, connections or messages; call anything.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -48,6 +53,79 @@ pub fn owner_of(path: &str, shards: usize) -> usize {
 #[derive(Debug, Default)]
 pub struct LimitBook {
     paths: RefCell<HashMap<String, PathBook>>,
+    /// Capped paths' counts, node-wide (kept apart from `paths`, which
+    /// forgets a path when idle).
+    caps: RefCell<HashMap<String, Counts>>,
+    /// Shards that have told their stored counts.
+    seeded: Cell<usize>,
+}
+
+/// One capped path's messages in the current clock hour and day (UTC):
+/// (window number since the epoch, messages).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub hour: (u64, u64),
+    pub day: (u64, u64),
+}
+
+impl Counts {
+    /// As four numbers, for the spool.
+    pub fn to_array(self) -> [u64; 4] {
+        [self.hour.0, self.hour.1, self.day.0, self.day.1]
+    }
+
+    pub fn from_array(a: [u64; 4]) -> Counts {
+        Counts {
+            hour: (a[0], a[1]),
+            day: (a[2], a[3]),
+        }
+    }
+
+    /// The counts at `unix` (seconds): a window that has passed starts
+    /// again from 0.
+    pub fn roll(&mut self, unix: u64) {
+        let (hour, day) = (unix / 3600, unix / 86_400);
+        if self.hour.0 != hour {
+            self.hour = (hour, 0);
+        }
+        if self.day.0 != day {
+            self.day = (day, 0);
+        }
+    }
+
+    /// Whether one more message stays within `per_hour` and `per_day`.
+    pub fn has_room(&self, per_hour: Option<u64>, per_day: Option<u64>) -> bool {
+        per_hour.is_none_or(|cap| self.hour.1 < cap) && per_day.is_none_or(|cap| self.day.1 < cap)
+    }
+
+    pub fn add_one(&mut self) {
+        self.hour.1 += 1;
+        self.day.1 += 1;
+    }
+
+    /// Adds another shard's counts: of the same window they add up; of a
+    /// later one they replace these.
+    pub fn merge(&mut self, other: Counts) {
+        for (mine, theirs) in [(&mut self.hour, other.hour), (&mut self.day, other.day)] {
+            if mine.0 == theirs.0 {
+                mine.1 += theirs.1;
+            } else if theirs.0 > mine.0 {
+                *mine = theirs;
+            }
+        }
+    }
+}
+
+/// The book's answer to one message on a capped path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapTurn {
+    /// Counted: it may go.
+    Taken,
+    /// The path is at its cap for this hour or day.
+    Capped,
+    /// Not every shard has told its stored counts yet (start-up): ask
+    /// again in a moment.
+    Unseeded,
 }
 
 #[derive(Debug, Default)]
@@ -187,6 +265,41 @@ impl LimitBook {
         paths.retain(|_, b| !b.idle(now));
     }
 
+    /// Adds one shard's stored counts (its own messages on the capped
+    /// paths this book keeps, possibly none); called once by every shard
+    /// at start.
+    pub fn seed_counts(&self, counts: Vec<(String, Counts)>) {
+        let mut caps = self.caps.borrow_mut();
+        for (path, c) in counts {
+            caps.entry(path).or_default().merge(c);
+        }
+        self.seeded.set(self.seeded.get() + 1);
+    }
+
+    /// Counts one message on `path` at `unix` (seconds) if the node's
+    /// counts of its hour and day are under `per_hour` and `per_day`,
+    /// once all `shards` have told theirs.
+    pub fn take_count(
+        &self,
+        path: &str,
+        per_hour: Option<u64>,
+        per_day: Option<u64>,
+        unix: u64,
+        shards: usize,
+    ) -> CapTurn {
+        if self.seeded.get() < shards {
+            return CapTurn::Unseeded;
+        }
+        let mut caps = self.caps.borrow_mut();
+        let c = caps.entry(path.to_string()).or_default();
+        c.roll(unix);
+        if !c.has_room(per_hour, per_day) {
+            return CapTurn::Capped;
+        }
+        c.add_one();
+        CapTurn::Taken
+    }
+
     /// Paths the book holds anything for (tests, diagnostics).
     pub fn len(&self) -> usize {
         self.paths.borrow().len()
@@ -289,5 +402,54 @@ mod tests {
         let t3 = t2 + Duration::from_secs(3);
         book.release("p", &[], t3);
         assert!(book.is_empty());
+    }
+
+    #[test]
+    fn a_cap_holds_for_the_node_from_the_counts_every_shard_stored() {
+        let book = LimitBook::default();
+        let day = 20_000 * 86_400 + 8 * 3600;
+        let take = |unix| book.take_count("ip|mx.a", Some(4), Some(6), unix, 2);
+        // Day 20,000, 08:00: shard 0 stored 2 this hour, shard 1 stored 1
+        // this hour and 3 earlier today; shard 1 also stored yesterday's.
+        let c = |h, d| Counts {
+            hour: (day / 3600, h),
+            day: (day / 86_400, d),
+        };
+        book.seed_counts(vec![("ip|mx.a".into(), c(2, 2))]);
+        assert_eq!(take(day), CapTurn::Unseeded, "shard 1 has not told");
+        let yesterday = Counts::from_array([day / 3600 - 24, 9, day / 86_400 - 1, 9]);
+        book.seed_counts(vec![
+            ("ip|mx.a".into(), yesterday),
+            ("ip|mx.a".into(), c(1, 4)),
+        ]);
+        // 3 this hour of 4, 6 today of 6: the day's cap holds.
+        assert_eq!(take(day), CapTurn::Capped);
+        // The next day: the hour's cap of 4, however the shards ask.
+        let next = day + 86_400;
+        let taken = (0..10).filter(|_| take(next) == CapTurn::Taken).count();
+        assert_eq!(taken, 4);
+        assert_eq!(take(next + 3600), CapTurn::Taken, "a new hour");
+        // Another path is counted apart; no cap, no count needed.
+        assert_eq!(
+            book.take_count("|mx.b", None, Some(0), next, 2),
+            CapTurn::Capped
+        );
+        assert_eq!(
+            book.take_count("|mx.b", Some(1), None, next, 2),
+            CapTurn::Taken
+        );
+    }
+
+    #[test]
+    fn counts_of_a_later_window_replace_older_ones() {
+        let mut a = Counts::from_array([10, 3, 1, 5]);
+        a.merge(Counts::from_array([10, 2, 1, 4]));
+        assert_eq!(a, Counts::from_array([10, 5, 1, 9]));
+        a.merge(Counts::from_array([11, 1, 1, 1]));
+        assert_eq!(a, Counts::from_array([11, 1, 1, 10]));
+        a.merge(Counts::from_array([9, 7, 0, 7]));
+        assert_eq!(a, Counts::from_array([11, 1, 1, 10]), "older: ignored");
+        a.roll(12 * 3600);
+        assert_eq!(a, Counts::from_array([12, 0, 0, 0]));
     }
 }

@@ -21,7 +21,10 @@
 //! the node's book (`scheduler::book`, the path's owner shard), or Redis
 //! for a fleet (`[cluster]`). So a shard with all of a path's mail gets
 //! all of its limits, and shards with mail share them. The hourly and
-//! daily caps are still divided: each shard counts its share.
+//! daily caps are the node's too: the book counts them (the scheduler
+//! asks it), and each shard keeps its own counts here to store and show
+//! ([`Gates::count_one`]); only while the book does not answer does a
+//! shard hold to its share ([`Gates::take_share`]).
 //!
 //! Concurrency: per shard, on its executor; the scheduler keeps it in a
 //! `RefCell` and never holds the borrow across an await. A waiter is a
@@ -37,6 +40,7 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 
 use super::backoff::{RateMeter, Throttle};
+pub use super::book::Counts;
 use super::lanes::{LANES, Lanes};
 use super::shaping::Limits;
 
@@ -136,30 +140,9 @@ pub struct Gates {
     sharing: Sharing,
 }
 
-/// One capped path's messages on this shard in the current clock hour
-/// and day (UTC): (window number since the epoch, messages).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub hour: (u64, u64),
-    pub day: (u64, u64),
-}
-
-impl Counts {
-    /// As four numbers, for the spool.
-    pub fn to_array(self) -> [u64; 4] {
-        [self.hour.0, self.hour.1, self.day.0, self.day.1]
-    }
-
-    pub fn from_array(a: [u64; 4]) -> Counts {
-        Counts {
-            hour: (a[0], a[1]),
-            day: (a[2], a[3]),
-        }
-    }
-}
-
-/// This shard's part of a node-wide cap: the shares of all shards add up
-/// to the cap exactly (some may be 0).
+/// This shard's part of a node-wide cap when the path's book does not
+/// answer (`Gates::take_share`): the shares of all shards add up to the
+/// cap exactly (some may be 0).
 fn cap_share(cap: u64, shard: usize, shards: usize) -> u64 {
     let (shard, shards) = (shard as u64, shards as u64);
     cap / shards + u64::from(shard < cap % shards)
@@ -387,11 +370,20 @@ impl Gates {
         self.gates.get(key)?.throttle.as_ref()?.rate(now)
     }
 
-    /// Counts one message on `key` at `unix` (seconds) if this shard's
-    /// shares of the node-wide caps (`per_hour`, `per_day`) allow it:
-    /// the new counts (for the caller to store), or None when a cap is
-    /// reached.
-    pub fn take_quota(
+    /// Counts one message on `key` at `unix` (seconds), which the node's
+    /// book let go: this shard's counts (for the caller to store, and for
+    /// `sent_today`).
+    pub fn count_one(&mut self, key: &PathKey, unix: u64) -> Counts {
+        let c = self.counts.entry(key.clone()).or_default();
+        c.roll(unix);
+        c.add_one();
+        *c
+    }
+
+    /// As [`Gates::count_one`], but only if this shard's share of the
+    /// node-wide caps (`per_hour`, `per_day`) allows it: for when the
+    /// path's book does not answer. None when the share is used.
+    pub fn take_share(
         &mut self,
         key: &PathKey,
         per_hour: Option<u64>,
@@ -400,21 +392,12 @@ impl Gates {
     ) -> Option<Counts> {
         let (shard, shards) = (self.shard, self.shards);
         let c = self.counts.entry(key.clone()).or_default();
-        let (hour, day) = (unix / 3600, unix / 86_400);
-        if c.hour.0 != hour {
-            c.hour = (hour, 0);
-        }
-        if c.day.0 != day {
-            c.day = (day, 0);
-        }
-        let room = |cap: Option<u64>, used: u64| {
-            cap.is_none_or(|cap| used < cap_share(cap, shard, shards))
-        };
-        if !room(per_hour, c.hour.1) || !room(per_day, c.day.1) {
+        c.roll(unix);
+        let share = |cap: Option<u64>| cap.map(|cap| cap_share(cap, shard, shards));
+        if !c.has_room(share(per_hour), share(per_day)) {
             return None;
         }
-        c.hour.1 += 1;
-        c.day.1 += 1;
+        c.add_one();
         Some(*c)
     }
 
@@ -575,7 +558,7 @@ mod tests {
     }
 
     #[test]
-    fn caps_hold_to_the_message_per_hour_and_day_over_the_shards() {
+    fn without_the_book_a_shard_holds_to_its_share_of_a_cap() {
         let k = key("mx.a");
         // A day cap of 5 over 2 shards: 3 here (shard 0), 2 there.
         let mut shard0 = Gates::new(0, 2, [16, 4, 1]);
@@ -583,7 +566,7 @@ mod tests {
         let day = 20_000 * 86_400;
         let taken = |g: &mut Gates, unix| {
             (0..10)
-                .filter(|_| g.take_quota(&k, None, Some(5), unix).is_some())
+                .filter(|_| g.take_share(&k, None, Some(5), unix).is_some())
                 .count()
         };
         assert_eq!(taken(&mut shard0, day) + taken(&mut shard1, day), 5);
@@ -592,18 +575,18 @@ mod tests {
         // An hourly cap within the day's.
         let mut g = Gates::new(0, 1, [16, 4, 1]);
         let n = (0..10)
-            .filter(|_| g.take_quota(&k, Some(2), Some(3), day).is_some())
+            .filter(|_| g.take_share(&k, Some(2), Some(3), day).is_some())
             .count();
         assert_eq!(n, 2);
-        let c = g.take_quota(&k, Some(2), Some(3), day + 3600).unwrap();
+        let c = g.take_share(&k, Some(2), Some(3), day + 3600).unwrap();
         assert_eq!(c.day, (20_000, 3));
-        assert!(g.take_quota(&k, Some(2), Some(3), day + 7200).is_none());
+        assert!(g.take_share(&k, Some(2), Some(3), day + 7200).is_none());
         // Counts survive as stored.
         let mut fresh = Gates::new(0, 1, [16, 4, 1]);
         fresh.seed(k.clone(), Counts::from_array(c.to_array()));
-        assert!(fresh.take_quota(&k, None, Some(3), day + 7200).is_none());
+        assert!(fresh.take_share(&k, None, Some(3), day + 7200).is_none());
         // A cap of 0: never.
-        assert!(g.take_quota(&key("b"), None, Some(0), day).is_none());
+        assert!(g.take_share(&key("b"), None, Some(0), day).is_none());
     }
 
     #[test]

@@ -40,6 +40,7 @@
 //! [`gate`] (admission per path), [`shaping`] (sites and the shaping
 //! rules, pure), [`reload`] (new shaping rules for every shard),
 //! [`backoff`] (reply-driven rules and the AIMD throttle, pure),
+//! [`caps`] (hourly and daily caps, counted by the node's [`book`]),
 //! [`retry`] (pure retry decisions), [`bounce`] (the DSN for a round's
 //! failures), [`operations`] (the admin API's views and actions, run on
 //! this shard), [`tally`] (per-domain running totals), [`shared`] (the
@@ -59,6 +60,7 @@ mod attempt;
 pub mod backoff;
 pub mod book;
 pub mod bounce;
+mod caps;
 mod compact;
 pub mod find;
 mod finish;
@@ -249,14 +251,12 @@ impl Scheduler {
     pub fn start(self: &Rc<Self>, recovered: Vec<(MessageId, Envelope)>) {
         let now = self.clock.now();
         self.state.borrow_mut().suspended.extend(self.holds.all());
-        for (source, site, counts) in self.path_counts.all() {
-            let path = gate::PathKey {
-                source: Some(source).filter(|s| !s.is_empty()),
-                site,
-            };
-            let counts = gate::Counts::from_array(counts);
-            self.gates.borrow_mut().seed(path, counts);
+        let stored = caps::stored_paths(self.path_counts.all());
+        for (path, counts) in &stored {
+            self.gates.borrow_mut().seed(path.clone(), *counts);
         }
+        let me = self.clone();
+        self.tasks.spawn(async move { me.seed_caps(stored).await });
         for (id, env) in recovered {
             let due = env.next_due;
             queue_gauges(&env, 1.0);

@@ -119,7 +119,7 @@ impl Authority {
     }
 
     /// Runs `work` on `path`'s owner shard, within `NODE_TIMEOUT`.
-    async fn at_owner<T, F>(
+    pub(super) async fn at_owner<T, F>(
         book: &Mesh<LimitBook>,
         path: &str,
         work: F,
