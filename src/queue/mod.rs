@@ -20,11 +20,14 @@
 //!                            ([`kept::KeptTree`]): "suspensions",
 //!                            "path_counts", "idempotency", "mta_sts",
 //!                            "events", "event_cursors", "events_failed",
-//!                            "events_replay", "history"
+//!                            "events_replay" (and "history", emptied: an earlier
+//!                            version's)
 //!  shard-k/segments/   append-only segments of frames (record + body),
 //!                      unlinked or recycled when unreferenced; at most
 //!                      one spare (spare.tmp: zeros, recycled.tmp: a
 //!                      finished segment) waiting to be the next one
+//!  shard-k/history/    what became of the messages that left (the
+//!                      `history` module's files, not the spool's)
 //! ```
 //!
 //! Durability (the 250 rule): [`Spool::enqueue`] appends the message as one
