@@ -10,6 +10,7 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use super::admin_client::encode;
+use super::bulk::{ConfirmArgs, SelectArgs};
 use super::{AdminArgs, admin_client, parse_duration};
 use crate::config::Config;
 use crate::http::admin::{MessageDetail, Summary};
@@ -24,11 +25,11 @@ pub enum QueueCommand {
         #[arg(long, value_parser = ["site", "source", "pool"])]
         by: Option<String>,
     },
-    /// List queued messages, oldest first.
+    /// List queued messages, oldest first (those a selector matches, if
+    /// given).
     Ls {
-        /// Only messages with a pending recipient at this domain.
-        #[arg(long)]
-        domain: Option<String>,
+        #[command(flatten)]
+        select: SelectArgs,
         /// At most this many.
         #[arg(long)]
         limit: Option<usize>,
@@ -86,10 +87,13 @@ pub enum QueueCommand {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Retry deferred messages now (only those for DOMAIN, if given).
+    /// Retry deferred messages now (only those a selector matches, if
+    /// given: `--domain example.com`, `--meta campaign=spring`, ...).
     Flush {
-        #[arg(long)]
-        domain: Option<String>,
+        #[command(flatten)]
+        select: SelectArgs,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
     },
     /// Hold deliveries to DOMAIN until resumed (or for a while: --for 2h).
     /// Suspensions survive a restart.
@@ -112,10 +116,28 @@ pub enum QueueCommand {
         #[arg(long, default_value = "domain", value_parser = ["domain", "site", "source", "pool", "path"])]
         kind: String,
     },
-    /// Remove a message without delivering or bouncing it.
-    Delete { id: String },
-    /// Return a message to its sender now (a DSN), and remove it.
-    Bounce { id: String },
+    /// Remove a message (ID), or every message a selector matches,
+    /// without delivering or bouncing it: `queue delete --meta
+    /// campaign=spring` (shows the count and asks first; `--dry-run`).
+    Delete {
+        id: Option<String>,
+        #[command(flatten)]
+        select: SelectArgs,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
+    },
+    /// Return a message (ID), or every message a selector matches, to its
+    /// sender now (a DSN), and remove it.
+    Bounce {
+        id: Option<String>,
+        #[command(flatten)]
+        select: SelectArgs,
+        #[command(flatten)]
+        confirm: ConfirmArgs,
+        /// Why (in the DSN and the Bounce events).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 /// After `POST /queue/drain`: says so, then (with `wait`) shows the
@@ -181,6 +203,9 @@ fn drain_progress(
 pub(super) fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
     let json = args.json;
     let api = admin_client(args)?;
+    if let Some(done) = by_selector(&api, &command, json) {
+        return done;
+    }
     let (method, target) = request_of(&command);
     let answer = api.call(method, &target)?;
     if json {
@@ -189,6 +214,58 @@ pub(super) fn queue(args: AdminArgs, command: QueueCommand) -> Result<()> {
     }
     print!("{}", render(&api, command, answer)?);
     Ok(())
+}
+
+/// A command given a selector (or a flush beyond `--domain`): run
+/// through `POST /queue/actions`. None for the commands' other forms.
+fn by_selector(
+    api: &admin_client::AdminClient,
+    command: &QueueCommand,
+    json: bool,
+) -> Option<Result<()>> {
+    let (action, id, select, confirm, reason) = match command {
+        QueueCommand::Ls { select, limit, .. } if select.beyond_domain() => {
+            let limit = limit.unwrap_or(super::bulk::LIST_LIMIT);
+            return Some(super::bulk::list(api, select, limit).and_then(|list| {
+                match json {
+                    true => println!("{}", serde_json::to_value(&list)?),
+                    false => print!(
+                        "{}",
+                        admin_client::render_list(&list, crate::shard::clock::unix_now())
+                    ),
+                }
+                Ok(())
+            }));
+        }
+        QueueCommand::Flush { select, confirm } => {
+            if !select.beyond_domain() && !confirm.dry_run {
+                return None;
+            }
+            ("flush", &None, select, confirm, None)
+        }
+        QueueCommand::Delete {
+            id,
+            select,
+            confirm,
+        } => ("delete", id, select, confirm, None),
+        QueueCommand::Bounce {
+            id,
+            select,
+            confirm,
+            reason,
+        } => ("bounce", id, select, confirm, reason.as_deref()),
+        _ => return None,
+    };
+    match (id, select.is_empty()) {
+        (Some(_), true) if !confirm.dry_run => None,
+        (Some(_), _) => Some(Err(anyhow::anyhow!(
+            "give a message ID or a selector, not both (--dry-run takes a selector)"
+        ))),
+        (None, true) => Some(Err(anyhow::anyhow!(
+            "give a message ID, or a selector (--meta NAME=VALUE, --domain, --sender, ...; --all for every message)"
+        ))),
+        (None, false) => Some(super::bulk::run(api, action, select, confirm, reason, json)),
+    }
 }
 
 /// The admin API request a queue command makes.
@@ -202,8 +279,8 @@ fn request_of(command: &QueueCommand) -> (&'static str, String) {
             None => ("GET", "/queue/summary".to_string()),
             Some(by) => ("GET", format!("/queue/summary?by={by}")),
         },
-        QueueCommand::Ls { domain, limit, .. } => {
-            let mut q = domain_query(domain);
+        QueueCommand::Ls { select, limit, .. } => {
+            let mut q = domain_query(&select.domain);
             if let Some(n) = limit {
                 q += &format!("{}limit={n}", if q.is_empty() { '?' } else { '&' });
             }
@@ -235,7 +312,10 @@ fn request_of(command: &QueueCommand) -> (&'static str, String) {
         }
         QueueCommand::Show { id } => ("GET", format!("/queue/messages/{}", encode(id))),
         QueueCommand::Trace { id } => ("GET", format!("/queue/messages/{}/trace", encode(id))),
-        QueueCommand::Flush { domain } => ("POST", format!("/queue/flush{}", domain_query(domain))),
+        QueueCommand::Flush { select, .. } => (
+            "POST",
+            format!("/queue/flush{}", domain_query(&select.domain)),
+        ),
         QueueCommand::Drain { to, .. } => ("POST", format!("/queue/drain?to={}", encode(to))),
         QueueCommand::Suspend {
             domain,
@@ -251,8 +331,17 @@ fn request_of(command: &QueueCommand) -> (&'static str, String) {
         QueueCommand::Resume { domain, kind } => {
             ("POST", format!("/queue/{kind}s/{}/resume", encode(domain)))
         }
-        QueueCommand::Delete { id } => ("DELETE", format!("/queue/messages/{}", encode(id))),
-        QueueCommand::Bounce { id } => ("POST", format!("/queue/messages/{}/bounce", encode(id))),
+        QueueCommand::Delete { id, .. } => (
+            "DELETE",
+            format!("/queue/messages/{}", encode(id.as_deref().unwrap_or(""))),
+        ),
+        QueueCommand::Bounce { id, .. } => (
+            "POST",
+            format!(
+                "/queue/messages/{}/bounce",
+                encode(id.as_deref().unwrap_or(""))
+            ),
+        ),
     }
 }
 
@@ -316,8 +405,10 @@ fn render(
             None => format!("{domain}: suspended until resumed\n"),
         },
         QueueCommand::Resume { domain, .. } => format!("{domain}: resumed\n"),
-        QueueCommand::Delete { id } => format!("{id}: deleted\n"),
-        QueueCommand::Bounce { id } => format!("{id}: returned to sender\n"),
+        QueueCommand::Delete { id, .. } => format!("{}: deleted\n", id.unwrap_or_default()),
+        QueueCommand::Bounce { id, .. } => {
+            format!("{}: returned to sender\n", id.unwrap_or_default())
+        }
     })
 }
 

@@ -235,11 +235,9 @@ async fn route(shards: &Shards, req: &Request) -> Result<Response, ApiError> {
         }
         ("POST", ["queue", "messages", id, "bounce"]) => {
             let id = message_id(id)?;
-            on_holder(
-                shards,
-                id,
-                move |s| async move { s.bounce_message(id).await },
-            )
+            on_holder(shards, id, move |s| async move {
+                s.bounce_message(id, None).await
+            })
             .await?;
             Ok(Response::json(200, &json!({ "bounced": id.to_string() })))
         }
@@ -318,8 +316,10 @@ async fn messages(shards: &Shards, req: &Request) -> Result<Response, ApiError> 
 fn known_path(req: &Request) -> bool {
     matches!(
         req.route().as_slice(),
-        ["queue", "summary" | "messages" | "flush" | "drain" | "find"]
-            | ["queue", "messages", _]
+        [
+            "queue",
+            "summary" | "messages" | "flush" | "drain" | "find" | "actions"
+        ] | ["queue", "messages", _]
             | ["queue", "messages", _, "bounce" | "trace" | "flush"]
             | [
                 "queue",

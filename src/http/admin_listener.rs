@@ -82,6 +82,9 @@ impl Endpoint for AdminApi {
                 ("events", _) => crate::http::events_failed::answer(shards, &req).await,
                 (_, ["config", "reload"]) => crate::http::admin::reload(&self.reload, &req).await,
                 ("status", _) => crate::http::status::answer(shards, clock, log, &req).await,
+                (_, ["queue", "actions"]) if req.method == "POST" => {
+                    crate::http::actions::answer(shards, &req).await
+                }
                 (_, ["queue", "find"]) if req.method == "GET" => {
                     let list = self.suppressions.as_ref();
                     crate::http::find::answer(shards, list, clock, &req).await

@@ -57,6 +57,7 @@ use crate::shard::stop::StopSignal;
 use crate::shard::tasks::TaskSet;
 use crate::tls::ServerStream;
 
+pub mod actions;
 pub mod admin;
 pub mod admin_listener;
 pub mod events_failed;

@@ -41,6 +41,8 @@
 //! rules, pure), [`reload`] (new shaping rules for every shard),
 //! [`backoff`] (reply-driven rules and the AIMD throttle, pure),
 //! [`caps`] (hourly and daily caps, counted by the node's [`book`]),
+//! [`select`] and [`bulk`] (the messages a selector matches, and what
+//! the admin's bulk actions do to them),
 //! [`retry`] (pure retry decisions), [`bounce`] (the DSN for a round's
 //! failures), [`operations`] (the admin API's views and actions, run on
 //! this shard), [`tally`] (per-domain running totals), [`shared`] (the
@@ -60,6 +62,7 @@ mod attempt;
 pub mod backoff;
 pub mod book;
 pub mod bounce;
+pub mod bulk;
 mod caps;
 mod compact;
 pub mod find;
@@ -73,6 +76,7 @@ mod record;
 pub mod reload;
 mod remember;
 pub mod retry;
+pub mod select;
 pub mod shaping;
 pub mod shared;
 pub mod state;

@@ -234,6 +234,12 @@ pub enum OperationError {
     Storage(MessageId, String),
 }
 
+/// The reply of a recipient deleted by the administrator, in its event.
+pub const DELETED_REPLY: &str = "deleted by the queue administrator";
+/// The reply of a recipient bounced by the administrator (the operator's
+/// reason follows, if given).
+pub const BOUNCED_REPLY: &str = "returned to sender by the queue administrator";
+
 /// What `queue flush` did on one shard.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FlushReport {
@@ -503,7 +509,7 @@ impl Scheduler {
     /// Why message `id` would not be tried now, if every domain it has
     /// pending recipients for is held: its domain suspended, or the site
     /// its last attempt found, or its pool.
-    fn still_held(&self, id: MessageId) -> Option<String> {
+    pub(super) fn still_held(&self, id: MessageId) -> Option<String> {
         let (env, places) = {
             let st = self.state.borrow();
             if st.suspended.is_empty() {
@@ -635,16 +641,25 @@ impl Scheduler {
             .filter(|r| r.status == RecipientStatus::Pending)
         {
             let mut ev = Event::of(EventKind::Deletion, id, &env, &r.address);
-            ev.reply = Some("deleted by the queue administrator");
+            ev.reply = Some(DELETED_REPLY);
             self.events.write(&ev);
         }
         Ok(())
     }
 
-    /// Fails every pending recipient now: a DSN goes to the sender (none
-    /// for the null sender) and the message leaves the queue.
-    pub async fn bounce_message(self: &Rc<Self>, id: MessageId) -> Result<(), OperationError> {
+    /// Fails every pending recipient now (`reason`: the operator's, added
+    /// to the reply): a DSN goes to the sender (none for the null sender)
+    /// and the message leaves the queue.
+    pub async fn bounce_message(
+        self: &Rc<Self>,
+        id: MessageId,
+        reason: Option<&str>,
+    ) -> Result<(), OperationError> {
         self.take_out(id)?;
+        let reply = match reason {
+            Some(why) => format!("{BOUNCED_REPLY}: {why}"),
+            None => BOUNCED_REPLY.to_string(),
+        };
         let failed = self.state.borrow_mut().change(id, |entry| {
             let (sender, meta) = (entry.env.sender.clone(), entry.env.meta.clone());
             for (i, r) in entry.env.recipients.iter_mut().enumerate() {
@@ -653,7 +668,7 @@ impl Scheduler {
                     let failure = Failure {
                         index: i,
                         status: "5.0.0".into(),
-                        reply: "returned to sender by the queue administrator".into(),
+                        reply: reply.clone(),
                         remote: None,
                     };
                     self.log_bounce(id, (&sender, meta.as_ref()), r, &failure);
@@ -669,7 +684,7 @@ impl Scheduler {
     /// Takes a message out of the ready queues and the due index, so that
     /// no new attempt starts; refused while an attempt is under way.
     /// Returns its envelope; the entry stays until the caller is done.
-    fn take_out(&self, id: MessageId) -> Result<crate::queue::Envelope, OperationError> {
+    pub(super) fn take_out(&self, id: MessageId) -> Result<crate::queue::Envelope, OperationError> {
         match self.state.borrow_mut().take_out(id) {
             None => Err(OperationError::NotFound(id)),
             Some(Err(())) => Err(OperationError::Busy(id)),
@@ -679,20 +694,28 @@ impl Scheduler {
 }
 
 impl Entry {
+    /// Where it stands: "deferred" (waiting for a retry), "suspended"
+    /// (every pending domain held), "delivering" or "queued".
+    pub(super) fn state_name(&self, st: &super::state::State) -> &'static str {
+        let all_suspended = || {
+            self.env
+                .recipients
+                .iter()
+                .filter(|r| r.status == RecipientStatus::Pending)
+                .all(|r| st.domain_held(&super::state::domain_of(&r.address)))
+        };
+        match (self.deferred, self.in_flight > 0) {
+            (true, _) => "deferred",
+            (false, false) if all_suspended() => "suspended",
+            (false, true) => "delivering",
+            (false, false) => "queued",
+        }
+    }
+
     pub(super) fn info(&self, id: MessageId, st: &super::state::State) -> MessageInfo {
         let env = &self.env;
         let deferred = self.deferred;
-        let all_suspended = env
-            .recipients
-            .iter()
-            .filter(|r| r.status == RecipientStatus::Pending)
-            .all(|r| st.domain_held(&super::state::domain_of(&r.address)));
-        let state = match (deferred, all_suspended, self.in_flight > 0) {
-            (true, _, _) => "deferred",
-            (false, true, false) => "suspended",
-            (false, _, true) => "delivering",
-            (false, false, false) => "queued",
-        };
+        let state = self.state_name(st);
         MessageInfo {
             id: id.to_string(),
             sender: env.sender.clone(),

@@ -24,7 +24,7 @@ pub(super) enum Leaving<'a> {
 }
 
 /// The reply a deleted recipient's record carries.
-const DELETED: &str = "deleted by the queue administrator";
+const DELETED: &str = super::operations::DELETED_REPLY;
 
 impl Scheduler {
     /// Seals the history's chunk a second old and drops records past

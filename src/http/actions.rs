@@ -1,0 +1,174 @@
+//! `POST /queue/actions` on the admin listener: delete, bounce or flush
+//! every queued message a selector matches, on every shard, or say what
+//! it would do (`ringpost queue delete|bounce|flush|ls` with selector
+//! flags use it).
+//!
+//! The request, JSON:
+//!
+//! ```json
+//! {"action": "delete",                 // "bounce", "flush", or "preview"
+//!  "selector": {"meta": "campaign=spring", "domain": "example.com"},
+//!  "dry_run": false,                   // true: count and show, change nothing
+//!  "expect": 50000,                    // the count the caller saw (see below)
+//!  "force": false,
+//!  "limit": 1000,                      // messages per call at most
+//!  "reason": "sent by mistake",        // bounce: added to the DSN's reply
+//!  "examples": 5}                      // dry run: the oldest N shown
+//! ```
+//!
+//! The selector is `scheduler::select::Selector` (every criterion must
+//! hold; `{"all": true}` for everything). A change needs `expect`, the
+//! number of messages the caller expects to match (a dry run tells it):
+//! if the selector matches another number now, nothing is done and the
+//! answer is 409 with the count; or `force: true`. A dry run answers
+//! `{messages, recipients, examples}` (the oldest, as `queue show` has
+//! them); a change answers the merged `scheduler::bulk::BulkReport`:
+//! `{matched, done, busy, held, not_deferred, failed, failures, left}`
+//! (`left`: matched beyond `limit`, for the next call). Errors are
+//! `{"error": "..."}` with 400 (a bad body or selector), 409, or 503.
+//!
+//! May call: each shard's scheduler over the mesh (`select`, `bulk`).
+//! Must not: act without `expect` or `force`, or read message bodies.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::http::{Request, Response};
+use crate::scheduler::Scheduler;
+use crate::scheduler::bulk::{BulkAction, BulkReport, Preview};
+use crate::scheduler::select::Selector;
+use crate::shard::mesh::Mesh;
+
+/// Messages acted on per call when the request does not say.
+pub const DEFAULT_LIMIT: usize = 1_000;
+/// Messages acted on per call at most.
+pub const MAX_LIMIT: usize = 100_000;
+/// Examples a dry run shows when the request does not say, and at most.
+const EXAMPLES: usize = 5;
+const MAX_EXAMPLES: usize = 10_000;
+
+/// What `POST /queue/actions` asks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    pub action: String,
+    #[serde(default)]
+    pub selector: Selector,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub expect: Option<usize>,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// A dry run's examples: how many (default 5, at most 10,000).
+    #[serde(default)]
+    pub examples: Option<usize>,
+}
+
+/// Answers `POST /queue/actions`.
+pub async fn answer(shards: &Mesh<Scheduler>, req: &Request) -> Response {
+    let bad = |why: String| Response::json(400, &json!({ "error": why }));
+    let ask: ActionRequest = match serde_json::from_slice(&req.body) {
+        Ok(a) => a,
+        Err(e) => return bad(format!("the request body: {e}")),
+    };
+    let action = match ask.action.as_str() {
+        "delete" => Some(BulkAction::Delete),
+        "bounce" => Some(BulkAction::Bounce),
+        "flush" => Some(BulkAction::Flush),
+        "preview" => None,
+        other => {
+            return bad(format!(
+                "action `{other}`: one of delete, bounce, flush, preview"
+            ));
+        }
+    };
+    let sel = match ask.selector.compile() {
+        Ok(s) => s,
+        Err(why) => return bad(format!("selector: {why}")),
+    };
+    let limit = ask.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return bad(format!("limit: from 1 to {MAX_LIMIT}"));
+    }
+    if ask.reason.is_some() && action != Some(BulkAction::Bounce) {
+        return bad("reason: only for a bounce".into());
+    }
+    if ask
+        .reason
+        .as_deref()
+        .is_some_and(|r| r.len() > 200 || r.contains(['\r', '\n']))
+    {
+        return bad("reason: one line of at most 200 bytes".into());
+    }
+    let examples = ask.examples.unwrap_or(EXAMPLES);
+    if examples > MAX_EXAMPLES {
+        return bad(format!("examples: at most {MAX_EXAMPLES}"));
+    }
+    let unavailable =
+        |e: crate::shard::mesh::ShardGone| Response::json(503, &json!({ "error": e.to_string() }));
+    let preview = {
+        let sel = sel.clone();
+        shards
+            .ask_all(move |s| {
+                let sel = sel.clone();
+                async move { s.preview(&sel, examples) }
+            })
+            .await
+    };
+    let preview = match preview {
+        Ok(parts) => parts.into_iter().fold(Preview::default(), |mut all, p| {
+            all.merge(p, examples);
+            all
+        }),
+        Err(e) => return unavailable(e),
+    };
+    let Some(action) = action.filter(|_| !ask.dry_run) else {
+        return Response::json(200, &preview);
+    };
+    match (ask.expect, ask.force) {
+        (Some(n), false) if n != preview.messages => {
+            return Response::json(
+                409,
+                &json!({
+                    "error": format!(
+                        "the selector matches {} messages, not {n}: nothing was done",
+                        preview.messages
+                    ),
+                    "matched": preview.messages,
+                }),
+            );
+        }
+        (None, false) => {
+            return bad(format!(
+                "say how many messages you expect ({} match now) with expect, or force",
+                preview.messages
+            ));
+        }
+        _ => {}
+    }
+    // Each shard acts on at most its share of the limit, its oldest
+    // first; the rest is `left`, for the next call.
+    let share = limit.div_ceil(shards.count().max(1));
+    let reason = ask.reason.clone();
+    let reports = shards
+        .ask_all(move |s| {
+            let (sel, reason) = (sel.clone(), reason.clone());
+            async move { s.bulk(action, &sel, share, reason.as_deref()).await }
+        })
+        .await;
+    match reports {
+        Ok(parts) => {
+            let mut all = BulkReport::default();
+            for p in parts {
+                all.merge(p);
+            }
+            Response::json(200, &all)
+        }
+        Err(e) => unavailable(e),
+    }
+}
