@@ -14,44 +14,69 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::sink::{Script, Sink};
-use common::{TestServer, http, sink_port, start_with};
+use common::{TestServer, sink_port, start_with};
 
-/// A server whose mail goes to a sink that answers 451; retries wait an
-/// hour; the delivery log is `log`.
-fn server(port: u16, log: &Path) -> TestServer {
+/// A server whose mail goes to a sink that answers 451 (returned with
+/// it); retries wait an hour; the delivery log is `log`.
+fn server(log: &Path) -> (Sink, TestServer) {
+    let port = sink_port();
+    let sink = Sink::start(
+        "127.0.0.2",
+        port,
+        Script::temp_failing(usize::MAX, "451 4.3.0 later"),
+    );
     let log = log.display().to_string();
-    start_with(2, move |c| {
+    let ts = start_with(2, move |c| {
         c.delivery.smarthost = format!("[127.0.0.2]:{port}");
         c.delivery.retry_initial_secs = 3600;
         c.delivery.retry_max_secs = 3600;
         c.delivery.log = log;
-    })
+    });
+    (sink, ts)
 }
 
-/// Injects one message to `rcpt` with `meta` (a JSON object).
-fn inject(ts: &TestServer, rcpt: &str, meta: &str) -> String {
-    let body = format!(
-        r#"{{"envelope_sender": "app@shop.test", "recipients": [{{"email": "{rcpt}"}}], "content": "Subject: sale\r\n\r\nbuy\r\n", "meta": {meta}}}"#
-    );
+/// `POST path` with a JSON `body` to `addr`: status and answer; None if
+/// the server is gone (killed).
+fn post_json(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &serde_json::Value,
+) -> Option<(u16, serde_json::Value)> {
+    use std::io::Write;
+    let body = body.to_string();
     let req = format!(
-        "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    let (status, text) = http(ts.inject_addr.unwrap(), req.as_bytes());
-    assert_eq!(status, 200, "{text}");
-    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(req.as_bytes()).ok()?;
+    let text = common::read_http_answer(&mut s);
+    let status = text.get(9..12)?.parse().ok()?;
+    let answer = serde_json::from_str(text.split_once("\r\n\r\n")?.1).unwrap_or_default();
+    Some((status, answer))
+}
+
+/// Injects one message to `rcpt` with `meta` (a JSON object) at `addr`:
+/// its queue id.
+fn inject_at(addr: std::net::SocketAddr, rcpt: &str, meta: serde_json::Value) -> String {
+    let body = serde_json::json!({
+        "envelope_sender": "app@shop.test",
+        "recipients": [{"email": rcpt}],
+        "content": "Subject: sale\r\n\r\nbuy\r\n",
+        "meta": meta,
+    });
+    let (status, answer) = post_json(addr, "/api/inject/v1", &body).expect("injection answers");
+    assert_eq!(status, 200, "{answer}");
     answer["id"].as_str().unwrap().to_string()
+}
+
+fn inject(ts: &TestServer, rcpt: &str, meta: serde_json::Value) -> String {
+    inject_at(ts.inject_addr.unwrap(), rcpt, meta)
 }
 
 /// `POST /queue/actions` with `body`: status and answer.
 fn actions(ts: &TestServer, body: &serde_json::Value) -> (u16, serde_json::Value) {
-    let body = body.to_string();
-    let req = format!(
-        "POST /queue/actions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    let (status, text) = http(ts.admin_addr.unwrap(), req.as_bytes());
-    (status, serde_json::from_str(&text).unwrap_or_default())
+    post_json(ts.admin_addr.unwrap(), "/queue/actions", body).expect("the admin API answers")
 }
 
 /// `ringpost queue <args> --admin ...`: (success, stdout, stderr).
@@ -99,14 +124,8 @@ fn wait_deferred(ts: &TestServer, n: usize) {
 
 #[test]
 fn a_campaign_is_counted_then_deleted_in_steps_and_stays_deleted() {
-    let port = sink_port();
-    let _sink = Sink::start(
-        "127.0.0.2",
-        port,
-        Script::temp_failing(usize::MAX, "451 4.3.0 later"),
-    );
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut ts = server(port, log.path());
+    let (_sink, mut ts) = server(log.path());
     let mut spring = Vec::new();
     for i in 0..30 {
         let (domain, campaign) = if i % 3 == 0 {
@@ -117,7 +136,7 @@ fn a_campaign_is_counted_then_deleted_in_steps_and_stays_deleted() {
         let id = inject(
             &ts,
             &format!("u{i}@{domain}"),
-            &format!(r#"{{"campaign": "{campaign}"}}"#),
+            serde_json::json!({"campaign": campaign}),
         );
         if campaign == "spring" {
             spring.push(id);
@@ -219,17 +238,15 @@ fn a_campaign_is_counted_then_deleted_in_steps_and_stays_deleted() {
 
 #[test]
 fn the_cli_previews_asks_bounces_with_a_reason_and_flushes() {
-    let port = sink_port();
-    let _sink = Sink::start(
-        "127.0.0.2",
-        port,
-        Script::temp_failing(usize::MAX, "451 4.3.0 later"),
-    );
     let log = tempfile::NamedTempFile::new().unwrap();
-    let ts = server(port, log.path());
+    let (_sink, ts) = server(log.path());
     for i in 0..12 {
         let domain = if i < 4 { "a.test" } else { "b.test" };
-        inject(&ts, &format!("u{i}@{domain}"), r#"{"tenant": "acme"}"#);
+        inject(
+            &ts,
+            &format!("u{i}@{domain}"),
+            serde_json::json!({"tenant": "acme"}),
+        );
     }
     wait_deferred(&ts, 12);
 
@@ -331,32 +348,32 @@ fn free_addr() -> std::net::SocketAddr {
 fn a_bulk_delete_killed_in_the_middle_is_finished_by_running_it_again() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
-    let (smtp, inject_at, admin) = (free_addr(), free_addr(), free_addr());
+    let (smtp, inject_at_addr, admin) = (free_addr(), free_addr(), free_addr());
     let config = dir.path().join("ringpost.toml");
     std::fs::write(
         &config,
         format!(
             "[server]\nshards = 2\nhostname = \"bulk.test\"\n[spool]\ndir = \"{}\"\n[smtp]\nlisten = \"{smtp}\"\n\
              [delivery]\nsmarthost = \"[127.0.0.1]:{}\"\nlog = \"off\"\nretry_initial_secs = 3600\nretry_max_secs = 3600\n\
-             [dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"{admin}\"\n[inject]\nlisten = \"{inject_at}\"\n",
+             [dns]\nnameservers = [\"127.0.0.1:9\"]\n[metrics]\nlisten = \"off\"\n[admin]\nlisten = \"{admin}\"\n[inject]\nlisten = \"{inject_at_addr}\"\n",
             spool.display(),
             common::closed_port()
         ),
     )
     .unwrap();
-    let mut child = common::spawn_binary(&config, inject_at);
+    let mut child = common::spawn_binary(&config, inject_at_addr);
     // 1,600 messages, every other one of the campaign, from 4 clients.
     let inject_one = move |i: usize| {
-        let campaign = if i % 2 == 0 { "spring" } else { "fall" };
-        let body = format!(
-            r#"{{"envelope_sender": "app@shop.test", "recipients": [{{"email": "u{i}@b.test"}}], "content": "Subject: sale\r\n\r\nbuy\r\n", "meta": {{"campaign": "{campaign}"}}}}"#
+        let campaign = if i.is_multiple_of(2) {
+            "spring"
+        } else {
+            "fall"
+        };
+        inject_at(
+            inject_at_addr,
+            &format!("u{i}@b.test"),
+            serde_json::json!({"campaign": campaign}),
         );
-        let req = format!(
-            "POST /api/inject/v1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let (status, text) = http(inject_at, req.as_bytes());
-        assert_eq!(status, 200, "{text}");
     };
     let clients: Vec<_> = (0..4)
         .map(|t| std::thread::spawn(move || (t..1600).step_by(4).for_each(inject_one)))
@@ -365,16 +382,7 @@ fn a_bulk_delete_killed_in_the_middle_is_finished_by_running_it_again() {
         c.join().unwrap();
     }
     let call = move |body: serde_json::Value| -> Option<serde_json::Value> {
-        let body = body.to_string();
-        let req = format!(
-            "POST /queue/actions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let mut s = std::net::TcpStream::connect(admin).ok()?;
-        use std::io::Write;
-        s.write_all(req.as_bytes()).ok()?;
-        let text = common::read_http_answer(&mut s);
-        serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
+        post_json(admin, "/queue/actions", &body).map(|(_, answer)| answer)
     };
     let sel = serde_json::json!({"meta": "campaign=spring"});
     let count = |sel: &serde_json::Value| {
@@ -422,14 +430,14 @@ fn a_bulk_delete_killed_in_the_middle_is_finished_by_running_it_again() {
     assert!(spring < 800, "the kill came after some deletes");
     // Run again after the restart: the rest goes.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpListener::bind(inject_at).is_err() {
+    while std::net::TcpListener::bind(inject_at_addr).is_err() {
         assert!(
             Instant::now() < deadline,
-            "{inject_at} still taken after the kill"
+            "{inject_at_addr} still taken after the kill"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut child = common::spawn_binary(&config, inject_at);
+    let mut child = common::spawn_binary(&config, inject_at_addr);
     let out = Command::new(env!("CARGO_BIN_EXE_ringpost"))
         .args([
             "queue",

@@ -27,10 +27,9 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
+use super::Scheduler;
 use super::operations::{MessageInfo, OperationError};
 use super::select::Compiled;
-use super::{Scheduler, queue_gauges};
-use crate::events::{Event, EventKind};
 use crate::queue::{MessageId, RecipientStatus};
 
 /// Deletes that share one flush to disk.
@@ -222,8 +221,7 @@ impl Scheduler {
             match self.spool.remove(id, &env.body).await {
                 Ok(()) => removed.push((id, env)),
                 Err(e) => {
-                    let _ = self.spool.update(id, &env).await;
-                    self.dispatch(id);
+                    self.put_back(id, &env).await;
                     report.fail(id, e);
                 }
             }
@@ -234,25 +232,13 @@ impl Scheduler {
         }
         if let Err(e) = self.spool.make_durable().await {
             for (id, env) in removed {
-                let _ = self.spool.update(id, &env).await;
-                self.dispatch(id);
+                self.put_back(id, &env).await;
                 report.fail(id, &e);
             }
             return;
         }
         for (id, env) in removed {
-            queue_gauges(&env, -1.0);
-            self.state.borrow_mut().remove(id);
-            self.remember(id, &env, super::remember::Leaving::Deleted);
-            for r in env
-                .recipients
-                .iter()
-                .filter(|r| r.status == RecipientStatus::Pending)
-            {
-                let mut ev = Event::of(EventKind::Deletion, id, &env, &r.address);
-                ev.reply = Some(super::operations::DELETED_REPLY);
-                self.events.write(&ev);
-            }
+            self.forget_deleted(id, &env);
             report.done += 1;
         }
     }

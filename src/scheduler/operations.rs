@@ -18,6 +18,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
+use super::remember::{BOUNCED_REPLY, DELETED_REPLY};
 use super::state::{Entry, Failure, Hold};
 use super::{Scheduler, queue_gauges};
 use crate::config::NextHop;
@@ -233,12 +234,6 @@ pub enum OperationError {
     #[error("message {0}: the change could not be stored ({1}); it is still queued")]
     Storage(MessageId, String),
 }
-
-/// The reply of a recipient deleted by the administrator, in its event.
-pub const DELETED_REPLY: &str = "deleted by the queue administrator";
-/// The reply of a recipient bounced by the administrator (the operator's
-/// reason follows, if given).
-pub const BOUNCED_REPLY: &str = "returned to sender by the queue administrator";
 
 /// What `queue flush` did on one shard.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
@@ -627,24 +622,36 @@ impl Scheduler {
             Err(e) => Err(e),
         };
         if let Err(e) = removed {
-            // Put back: the message stays queued and is retried.
-            let _ = self.spool.update(id, &env).await;
-            self.dispatch(id);
+            self.put_back(id, &env).await;
             return Err(OperationError::Storage(id, e.to_string()));
         }
-        queue_gauges(&env, -1.0);
+        self.forget_deleted(id, &env);
+        Ok(())
+    }
+
+    /// A message whose removal could not be stored stays queued and is
+    /// retried.
+    pub(super) async fn put_back(self: &Rc<Self>, id: MessageId, env: &crate::queue::Envelope) {
+        let _ = self.spool.update(id, env).await;
+        self.dispatch(id);
+    }
+
+    /// Once a delete is on disk: the message leaves the schedule, its
+    /// history record is written and each pending recipient gets its
+    /// Deletion event.
+    pub(super) fn forget_deleted(&self, id: MessageId, env: &crate::queue::Envelope) {
+        queue_gauges(env, -1.0);
         self.state.borrow_mut().remove(id);
-        self.remember(id, &env, super::remember::Leaving::Deleted);
+        self.remember(id, env, super::remember::Leaving::Deleted);
         for r in env
             .recipients
             .iter()
             .filter(|r| r.status == RecipientStatus::Pending)
         {
-            let mut ev = Event::of(EventKind::Deletion, id, &env, &r.address);
+            let mut ev = Event::of(EventKind::Deletion, id, env, &r.address);
             ev.reply = Some(DELETED_REPLY);
             self.events.write(&ev);
         }
-        Ok(())
     }
 
     /// Fails every pending recipient now (`reason`: the operator's, added

@@ -23,8 +23,12 @@ pub(super) enum Leaving<'a> {
     Deleted,
 }
 
-/// The reply a deleted recipient's record carries.
-const DELETED: &str = super::operations::DELETED_REPLY;
+/// The reply of a recipient deleted by the administrator, in its event
+/// and its record.
+pub(super) const DELETED_REPLY: &str = "deleted by the queue administrator";
+/// The reply of a recipient bounced by the administrator (the operator's
+/// reason follows, if given).
+pub(super) const BOUNCED_REPLY: &str = "returned to sender by the queue administrator";
 
 impl Scheduler {
     /// Seals the history's chunk a second old and drops records past
@@ -57,7 +61,7 @@ impl Scheduler {
             let last = r.last_reply.as_deref();
             let (outcome, reply) = match (r.status, failure) {
                 (RecipientStatus::Delivered, _) => (Outcome::Delivered, last),
-                (RecipientStatus::Pending, _) => (Outcome::Deleted, Some(DELETED)),
+                (RecipientStatus::Pending, _) => (Outcome::Deleted, Some(DELETED_REPLY)),
                 (RecipientStatus::Failed, Some(f)) if f.status == "4.4.7" => {
                     (Outcome::Expired, Some(f.reply.as_str()))
                 }
