@@ -152,17 +152,45 @@ pub fn run(
         print!("{}", render_preview(action, &preview));
     }
     if !confirm.yes {
-        use std::io::IsTerminal;
-        if !std::io::stdin().is_terminal() {
-            bail!("not on a terminal: add --yes to {action} these messages without being asked");
-        }
-        eprint!("{action} {} messages? [y/N] ", preview.messages);
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line)?;
-        if !matches!(line.trim(), "y" | "Y" | "yes") {
-            bail!("nothing done");
-        }
+        ask_first(action, preview.messages)?;
     }
+    let all = in_steps(&ask, action, &selector, &preview, reason)?;
+    match json {
+        true => println!("{}", serde_json::to_value(&all)?),
+        false => print!("{}", render_report(action, &all)),
+    }
+    if all.failed > 0 {
+        bail!("{} failed", admin_client::count(all.failed, "message"));
+    }
+    Ok(())
+}
+
+/// Asks on a terminal whether to go ahead; Err when not on one, or the
+/// answer is not yes.
+fn ask_first(action: &str, messages: usize) -> Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        bail!("not on a terminal: add --yes to {action} these messages without being asked");
+    }
+    eprint!("{action} {messages} messages? [y/N] ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if !matches!(line.trim(), "y" | "Y" | "yes") {
+        bail!("nothing done");
+    }
+    Ok(())
+}
+
+/// Runs the action in steps (the first with the count the preview saw),
+/// with a progress bar, until nothing matching is left or a step changes
+/// nothing; the steps' reports added up.
+fn in_steps(
+    ask: &dyn Fn(serde_json::Value) -> Result<serde_json::Value>,
+    action: &str,
+    selector: &Selector,
+    preview: &Preview,
+    reason: Option<&str>,
+) -> Result<BulkReport> {
     let total = preview.messages as u64;
     // Drawn only on a terminal (indicatif hides it otherwise).
     let bar = indicatif::ProgressBar::new(total);
@@ -201,14 +229,7 @@ pub fn run(
     }
     all.matched = preview.messages;
     bar.finish_and_clear();
-    match json {
-        true => println!("{}", serde_json::to_value(&all)?),
-        false => print!("{}", render_report(action, &all)),
-    }
-    if all.failed > 0 {
-        bail!("{} failed", admin_client::count(all.failed, "message"));
-    }
-    Ok(())
+    Ok(all)
 }
 
 fn render_preview(action: &str, p: &Preview) -> String {

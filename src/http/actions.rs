@@ -36,7 +36,7 @@ use serde_json::json;
 use crate::http::{Request, Response};
 use crate::scheduler::Scheduler;
 use crate::scheduler::bulk::{BulkAction, BulkReport, Preview};
-use crate::scheduler::select::Selector;
+use crate::scheduler::select::{Compiled, Selector};
 use crate::shard::mesh::Mesh;
 
 /// Messages acted on per call when the request does not say.
@@ -69,57 +69,99 @@ pub struct ActionRequest {
     pub examples: Option<usize>,
 }
 
-/// Answers `POST /queue/actions`.
-pub async fn answer(shards: &Mesh<Scheduler>, req: &Request) -> Response {
-    let bad = |why: String| Response::json(400, &json!({ "error": why }));
-    let ask: ActionRequest = match serde_json::from_slice(&req.body) {
-        Ok(a) => a,
-        Err(e) => return bad(format!("the request body: {e}")),
-    };
+/// A request checked: the action (None: a preview), the selector, the
+/// messages per call, the examples a preview shows.
+struct Checked {
+    action: Option<BulkAction>,
+    sel: Compiled,
+    limit: usize,
+    examples: usize,
+    ask: ActionRequest,
+}
+
+/// Reads and checks the request; Err: why not (a 400).
+fn check(req: &Request) -> Result<Checked, String> {
+    let ask: ActionRequest =
+        serde_json::from_slice(&req.body).map_err(|e| format!("the request body: {e}"))?;
     let action = match ask.action.as_str() {
         "delete" => Some(BulkAction::Delete),
         "bounce" => Some(BulkAction::Bounce),
         "flush" => Some(BulkAction::Flush),
         "preview" => None,
         other => {
-            return bad(format!(
+            return Err(format!(
                 "action `{other}`: one of delete, bounce, flush, preview"
             ));
         }
     };
-    let sel = match ask.selector.compile() {
-        Ok(s) => s,
-        Err(why) => return bad(format!("selector: {why}")),
-    };
+    let sel = ask
+        .selector
+        .compile()
+        .map_err(|why| format!("selector: {why}"))?;
     let limit = ask.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
-        return bad(format!("limit: from 1 to {MAX_LIMIT}"));
+        return Err(format!("limit: from 1 to {MAX_LIMIT}"));
     }
     if ask.reason.is_some() && action != Some(BulkAction::Bounce) {
-        return bad("reason: only for a bounce".into());
+        return Err("reason: only for a bounce".into());
     }
     if ask
         .reason
         .as_deref()
         .is_some_and(|r| r.len() > 200 || r.contains(['\r', '\n']))
     {
-        return bad("reason: one line of at most 200 bytes".into());
+        return Err("reason: one line of at most 200 bytes".into());
     }
     let examples = ask.examples.unwrap_or(EXAMPLES);
     if examples > MAX_EXAMPLES {
-        return bad(format!("examples: at most {MAX_EXAMPLES}"));
+        return Err(format!("examples: at most {MAX_EXAMPLES}"));
     }
+    Ok(Checked {
+        action,
+        sel,
+        limit,
+        examples,
+        ask,
+    })
+}
+
+/// Why a change may not go ahead with `preview`'s count, if it may not:
+/// the status and answer.
+fn refused(ask: &ActionRequest, preview: &Preview) -> Option<(u16, serde_json::Value)> {
+    let matched = preview.messages;
+    match (ask.expect, ask.force) {
+        (Some(n), false) if n != matched => Some((
+            409,
+            json!({
+                "error": format!("the selector matches {matched} messages, not {n}: nothing was done"),
+                "matched": matched,
+            }),
+        )),
+        (None, false) => Some((
+            400,
+            json!({ "error": format!(
+                "say how many messages you expect ({matched} match now) with expect, or force"
+            ) }),
+        )),
+        _ => None,
+    }
+}
+
+/// Answers `POST /queue/actions`.
+pub async fn answer(shards: &Mesh<Scheduler>, req: &Request) -> Response {
+    let c = match check(req) {
+        Ok(c) => c,
+        Err(why) => return Response::json(400, &json!({ "error": why })),
+    };
     let unavailable =
         |e: crate::shard::mesh::ShardGone| Response::json(503, &json!({ "error": e.to_string() }));
-    let preview = {
-        let sel = sel.clone();
-        shards
-            .ask_all(move |s| {
-                let sel = sel.clone();
-                async move { s.preview(&sel, examples) }
-            })
-            .await
-    };
+    let (sel, examples) = (c.sel.clone(), c.examples);
+    let preview = shards
+        .ask_all(move |s| {
+            let sel = sel.clone();
+            async move { s.preview(&sel, examples) }
+        })
+        .await;
     let preview = match preview {
         Ok(parts) => parts.into_iter().fold(Preview::default(), |mut all, p| {
             all.merge(p, examples);
@@ -127,34 +169,16 @@ pub async fn answer(shards: &Mesh<Scheduler>, req: &Request) -> Response {
         }),
         Err(e) => return unavailable(e),
     };
-    let Some(action) = action.filter(|_| !ask.dry_run) else {
+    let Some(action) = c.action.filter(|_| !c.ask.dry_run) else {
         return Response::json(200, &preview);
     };
-    match (ask.expect, ask.force) {
-        (Some(n), false) if n != preview.messages => {
-            return Response::json(
-                409,
-                &json!({
-                    "error": format!(
-                        "the selector matches {} messages, not {n}: nothing was done",
-                        preview.messages
-                    ),
-                    "matched": preview.messages,
-                }),
-            );
-        }
-        (None, false) => {
-            return bad(format!(
-                "say how many messages you expect ({} match now) with expect, or force",
-                preview.messages
-            ));
-        }
-        _ => {}
+    if let Some((status, why)) = refused(&c.ask, &preview) {
+        return Response::json(status, &why);
     }
     // Each shard acts on at most its share of the limit, its oldest
     // first; the rest is `left`, for the next call.
-    let share = limit.div_ceil(shards.count().max(1));
-    let reason = ask.reason.clone();
+    let share = c.limit.div_ceil(shards.count().max(1));
+    let (sel, reason) = (c.sel, c.ask.reason);
     let reports = shards
         .ask_all(move |s| {
             let (sel, reason) = (sel.clone(), reason.clone());
