@@ -336,6 +336,36 @@ fn a_suspension_on_one_node_holds_on_every_node() {
         )
     });
     sink.wait_for(12, 10);
+
+    // A bounce rule made on node A refuses on node B within the sync
+    // interval, and bounces what node B had queued (held by a
+    // suspension here); lifted on node B, node A takes the mail again.
+    b.admin_post("/queue/domains/bounced.test/suspend");
+    send_concurrently(b.smtp, 1, 1, |_| {
+        (
+            "app@sender.test".into(),
+            "queued@bounced.test".into(),
+            "Subject: q\r\n\r\nq\r\n".into(),
+        )
+    });
+    let rule =
+        r#"{"selector": {"domain": "bounced.test"}, "reason": "wrong list", "for_secs": 3600}"#;
+    let (status, made) = a.admin("POST", "/queue/bounce-rules", rule);
+    assert_eq!(status, 200, "{made}");
+    let made: serde_json::Value = serde_json::from_str(&made).unwrap();
+    let id = made["rule"]["id"].as_str().unwrap().to_string();
+    assert_eq!(a.rcpt("u@bounced.test"), 550);
+    assert!(eventually(5, || b.rcpt("u@bounced.test") == 550));
+    // Its DSN comes to the sender, through the sink, with the reason.
+    assert!(eventually(10, || sink.messages().iter().any(|m| {
+        m.from.is_empty()
+            && m.rcpts == ["app@sender.test"]
+            && String::from_utf8_lossy(&m.data).contains("wrong list")
+    })));
+    b.admin_post("/queue/domains/bounced.test/resume");
+    let (status, lifted) = b.admin("DELETE", &format!("/queue/bounce-rules/{id}"), "");
+    assert_eq!(status, 200, "{lifted}");
+    assert!(eventually(5, || a.rcpt("u@bounced.test") == 250));
 }
 
 #[test]

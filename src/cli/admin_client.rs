@@ -189,6 +189,22 @@ pub fn render_summary(s: &Summary) -> String {
             }
         );
     }
+    for r in &s.bounce_rules {
+        out += &format!(
+            "-- bounce rule {}: mail matching {} refused and bounced{} (\"{}\"; lift: queue resume --rule {})\n",
+            r.id,
+            serde_json::to_string(&r.selector).unwrap_or_default(),
+            match r.until {
+                Some(t) => format!(
+                    " for another {}",
+                    age(t.saturating_sub(crate::shard::clock::unix_now()))
+                ),
+                None => String::new(),
+            },
+            r.reason,
+            r.id
+        );
+    }
     if s.domains.iter().any(|d| d.suspended_until.is_some()) {
         out += "   * suspended for a while: the suspension ends by itself\n";
     }

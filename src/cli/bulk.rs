@@ -120,15 +120,19 @@ pub fn list(
     Ok(preview.examples)
 }
 
-/// Runs `action` (delete, bounce or flush) on what `select` matches.
-pub fn run(
-    api: &AdminClient,
-    action: &str,
-    select: &SelectArgs,
-    confirm: &ConfirmArgs,
-    reason: Option<&str>,
-    json: bool,
-) -> Result<()> {
+/// How a bulk command runs: its confirmation flags, a bounce's reason,
+/// a bounce rule's duration (`--for`), JSON output.
+pub struct How<'a> {
+    pub confirm: &'a ConfirmArgs,
+    pub reason: Option<&'a str>,
+    pub rule_for: Option<u64>,
+    pub json: bool,
+}
+
+/// Runs `action` (delete, bounce or flush) on what `select` matches; a
+/// bounce with `rule_for` puts its bounce rule in force first, so that
+/// nothing new slips in while the queued ones are bounced.
+pub fn run(api: &AdminClient, action: &str, select: &SelectArgs, how: &How) -> Result<()> {
     let selector = select.selector();
     let ask = |body: serde_json::Value| -> Result<serde_json::Value> {
         Ok(api.call_with_body("POST", "/queue/actions", body.to_string().as_bytes())?)
@@ -137,25 +141,51 @@ pub fn run(
         "action": action, "selector": selector, "dry_run": true,
     }))?;
     let preview: Preview = serde_json::from_value(answer.clone())?;
-    if confirm.dry_run {
-        match json {
+    let rule_note = how.rule_for.map(|secs| {
+        format!(
+            "and new mail it matches refused for {}\n",
+            admin_client::age(secs)
+        )
+    });
+    if how.confirm.dry_run {
+        match how.json {
             true => println!("{answer}"),
-            false => print!("{}", render_preview(action, &preview)),
+            false => print!(
+                "{}{}",
+                render_preview(action, &preview),
+                rule_note.unwrap_or_default()
+            ),
         }
         return Ok(());
     }
-    if preview.messages == 0 {
+    if preview.messages == 0 && how.rule_for.is_none() {
         println!("no queued message matches: nothing to {action}");
         return Ok(());
     }
-    if !json {
-        print!("{}", render_preview(action, &preview));
+    if !how.json {
+        print!(
+            "{}{}",
+            render_preview(action, &preview),
+            rule_note.unwrap_or_default()
+        );
     }
-    if !confirm.yes {
+    if !how.confirm.yes {
         ask_first(action, preview.messages)?;
     }
-    let all = in_steps(&ask, action, &selector, &preview, reason)?;
-    match json {
+    if let Some(secs) = how.rule_for {
+        let rule = make_rule(api, &selector, how.reason.unwrap_or_default(), secs)?;
+        if !how.json {
+            println!("bounce rule {rule} in force (lift it: ringpost queue resume --rule {rule})");
+        }
+    }
+    if preview.messages == 0 {
+        return Ok(());
+    }
+    // A rule just made bounces what it catches by itself, so the count
+    // seen may already be smaller: the operator has confirmed it.
+    let expect = how.rule_for.is_none().then_some(preview.messages);
+    let all = in_steps(&ask, action, &selector, &preview, expect, how.reason)?;
+    match how.json {
         true => println!("{}", serde_json::to_value(&all)?),
         false => print!("{}", render_report(action, &all)),
     }
@@ -163,6 +193,16 @@ pub fn run(
         bail!("{} failed", admin_client::count(all.failed, "message"));
     }
     Ok(())
+}
+
+/// Puts a bounce rule in force; its id.
+fn make_rule(api: &AdminClient, selector: &Selector, reason: &str, secs: u64) -> Result<String> {
+    let body = serde_json::json!({ "selector": selector, "reason": reason, "for_secs": secs });
+    let answer = api.call_with_body("POST", "/queue/bounce-rules", body.to_string().as_bytes())?;
+    Ok(answer["rule"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// Asks on a terminal whether to go ahead; Err when not on one, or the
@@ -181,7 +221,8 @@ fn ask_first(action: &str, messages: usize) -> Result<()> {
     Ok(())
 }
 
-/// Runs the action in steps (the first with the count the preview saw),
+/// Runs the action in steps (the first with the count the preview saw,
+/// `expect`, unless it is None),
 /// with a progress bar, until nothing matching is left or a step changes
 /// nothing; the steps' reports added up.
 fn in_steps(
@@ -189,6 +230,7 @@ fn in_steps(
     action: &str,
     selector: &Selector,
     preview: &Preview,
+    expect: Option<usize>,
     reason: Option<&str>,
 ) -> Result<BulkReport> {
     let total = preview.messages as u64;
@@ -211,9 +253,9 @@ fn in_steps(
         let mut body = serde_json::json!({
             "action": action, "selector": selector, "limit": limit,
         });
-        match first {
-            true => body["expect"] = preview.messages.into(),
-            false => body["force"] = true.into(),
+        match (first, expect) {
+            (true, Some(n)) => body["expect"] = n.into(),
+            _ => body["force"] = true.into(),
         }
         if let Some(r) = reason {
             body["reason"] = r.into();

@@ -112,9 +112,14 @@ pub enum QueueCommand {
     /// Release deliveries to DOMAIN (or the site, source, pool or path
     /// `--kind` says).
     Resume {
-        domain: String,
+        #[arg(required_unless_present = "rule")]
+        domain: Option<String>,
         #[arg(long, default_value = "domain", value_parser = ["domain", "site", "source", "pool", "path"])]
         kind: String,
+        /// Lift the bounce rule with this id instead (`queue bounce
+        /// --for`; `queue summary` lists them).
+        #[arg(long, conflicts_with = "domain")]
+        rule: Option<String>,
     },
     /// Remove a message (ID), or every message a selector matches,
     /// without delivering or bouncing it: `queue delete --meta
@@ -137,6 +142,13 @@ pub enum QueueCommand {
         /// Why (in the DSN and the Bounce events).
         #[arg(long)]
         reason: Option<String>,
+        /// With a selector: also refuse new mail it matches (SMTP 550
+        /// 5.7.1 with the reason, injection 403) and bounce what it
+        /// catches queued, for this long: 30m, 2h, 1d (a bounce rule,
+        /// stored and shared with the fleet; `queue resume --rule ID`
+        /// lifts it). Needs --reason.
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<u64>,
     },
 }
 
@@ -223,6 +235,7 @@ fn by_selector(
     command: &QueueCommand,
     json: bool,
 ) -> Option<Result<()>> {
+    let mut rule_for = None;
     let (action, id, select, confirm, reason) = match command {
         QueueCommand::Ls { select, limit, .. } if select.beyond_domain() => {
             let limit = limit.unwrap_or(super::bulk::LIST_LIMIT);
@@ -253,7 +266,16 @@ fn by_selector(
             select,
             confirm,
             reason,
-        } => ("bounce", id, select, confirm, reason.as_deref()),
+            duration,
+        } => {
+            rule_for = *duration;
+            if rule_for.is_some() && (id.is_some() || reason.is_none()) {
+                return Some(Err(anyhow::anyhow!(
+                    "--for makes a bounce rule: it takes a selector and --reason, not a message ID"
+                )));
+            }
+            ("bounce", id, select, confirm, reason.as_deref())
+        }
         _ => return None,
     };
     match (id, select.is_empty()) {
@@ -264,7 +286,30 @@ fn by_selector(
         (None, true) => Some(Err(anyhow::anyhow!(
             "give a message ID, or a selector (--meta NAME=VALUE, --domain, --sender, ...; --all for every message)"
         ))),
-        (None, false) => Some(super::bulk::run(api, action, select, confirm, reason, json)),
+        (None, false) => {
+            let how = super::bulk::How {
+                confirm,
+                reason,
+                rule_for,
+                json,
+            };
+            Some(super::bulk::run(api, action, select, &how))
+        }
+    }
+}
+
+/// `queue resume`'s request: a suspension's end, or a bounce rule's.
+fn resume_request(
+    domain: &Option<String>,
+    kind: &str,
+    rule: &Option<String>,
+) -> (&'static str, String) {
+    match rule {
+        Some(id) => ("DELETE", format!("/queue/bounce-rules/{}", encode(id))),
+        None => {
+            let name = encode(domain.as_deref().unwrap_or(""));
+            ("POST", format!("/queue/{kind}s/{name}/resume"))
+        }
     }
 }
 
@@ -328,9 +373,7 @@ fn request_of(command: &QueueCommand) -> (&'static str, String) {
                 format!("/queue/{kind}s/{}/suspend{query}", encode(domain)),
             )
         }
-        QueueCommand::Resume { domain, kind } => {
-            ("POST", format!("/queue/{kind}s/{}/resume", encode(domain)))
-        }
+        QueueCommand::Resume { domain, kind, rule } => resume_request(domain, kind, rule),
         QueueCommand::Delete { id, .. } => (
             "DELETE",
             format!("/queue/messages/{}", encode(id.as_deref().unwrap_or(""))),
@@ -404,7 +447,10 @@ fn render(
             Some(secs) => format!("{domain}: suspended for {}\n", admin_client::age(secs)),
             None => format!("{domain}: suspended until resumed\n"),
         },
-        QueueCommand::Resume { domain, .. } => format!("{domain}: resumed\n"),
+        QueueCommand::Resume { rule: Some(id), .. } => format!("bounce rule {id} lifted\n"),
+        QueueCommand::Resume { domain, .. } => {
+            format!("{}: resumed\n", domain.unwrap_or_default())
+        }
         QueueCommand::Delete { id, .. } => format!("{}: deleted\n", id.unwrap_or_default()),
         QueueCommand::Bounce { id, .. } => {
             format!("{}: returned to sender\n", id.unwrap_or_default())

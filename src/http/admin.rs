@@ -23,6 +23,7 @@
 //! | `POST /queue/domains/D/suspend?for=SECS`| `{"domain": D, "suspended": true, "until": T}` |
 //! | `POST /queue/domains/D/resume`          | `{"domain": D, "suspended": false}` |
 //! | `POST /queue/{sites,sources,pools,paths}/N/suspend` and `.../resume` | the same for a site, an egress source or pool, or a path (`SOURCE\|SITE`) |
+//! | `... /bounce-rules...`                  | the administrator's bounce rules: `http::bounce_rules` |
 //! | `... /suppressions...`                  | the suppression list: `http::suppressions` |
 //! | `... /events/failed...`                 | webhook events refused for good, listed and replayed: `http::events_failed` |
 //! | `POST /config/reload`                   | `{"shaping_file": F, "rules": N}`: the shaping rules read again (`scheduler::reload`) |
@@ -75,6 +76,9 @@ pub struct Summary {
     /// on the domain).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub holds: Vec<HoldSummary>,
+    /// The administrator's bounce rules in force (`scheduler::rules`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bounce_rules: Vec<crate::scheduler::rules::RuleSummary>,
     /// The peer the node is drained to (`queue drain`), if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining_to: Option<String>,
@@ -405,6 +409,8 @@ pub(crate) async fn summary(shards: &Shards) -> Result<Summary, ShardGone> {
             (s.message_count(), s.summary(), s.holds(), draining)
         })
         .await?;
+    // Every shard holds the same rules (each is set on all).
+    let bounce_rules = shards.ask(0, |s| async move { s.bounce_rules() }).await?;
     let draining_to = answers.iter().find_map(|a| a.3.clone());
     // Every shard holds the same suspensions (each is set on all).
     let mut holds: Vec<HoldSummary> = Vec::new();
@@ -420,6 +426,7 @@ pub(crate) async fn summary(shards: &Shards) -> Result<Summary, ShardGone> {
     holds.sort_by(|a, b| (a.kind.as_str(), &a.name).cmp(&(b.kind.as_str(), &b.name)));
     Ok(Summary {
         holds,
+        bounce_rules,
         draining_to,
         ..merge_summaries(parts)
     })
@@ -479,6 +486,7 @@ fn merge_summaries(answers: Vec<((usize, usize), Vec<DomainSummary>)>) -> Summar
         recipients: domains.iter().map(|d| d.recipients).sum(),
         domains,
         holds: Vec::new(),
+        bounce_rules: Vec::new(),
         draining_to: None,
     }
 }

@@ -85,6 +85,9 @@ impl Endpoint for AdminApi {
                 (_, ["queue", "actions"]) if req.method == "POST" => {
                     crate::http::actions::answer(shards, &req).await
                 }
+                (_, ["queue", "bounce-rules", ..]) => {
+                    crate::http::bounce_rules::answer(shards, &req).await
+                }
                 (_, ["queue", "find"]) if req.method == "GET" => {
                     let list = self.suppressions.as_ref();
                     crate::http::find::answer(shards, list, clock, &req).await

@@ -575,21 +575,7 @@ impl Injector {
                 message_id: self.cfg.inject.add_message_id,
             },
         };
-        let accepted = self.door.accept(msg).await.map_err(|e| match e {
-            Refusal::Storage(_) | Refusal::Report(_) => {
-                refuse(503, "queue file write error: try again")
-            }
-            Refusal::InsufficientStorage => {
-                refuse(507, "insufficient storage on the server: try again later")
-            }
-            Refusal::BadMeta(why) => refuse(400, why),
-            Refusal::UnknownPool(name) => refuse(400, format!("no egress pool named {name:?}")),
-            Refusal::BadPriority(why) => refuse(400, why),
-            Refusal::TooManyHops(n) => refuse(
-                400,
-                format!("too many Received: header fields ({n}): a mail loop?"),
-            ),
-        })?;
+        let accepted = self.door.accept(msg).await.map_err(refused)?;
         Ok(Response::json(
             200,
             &Accepted {
@@ -688,6 +674,26 @@ fn received_header(hostname: &str, peer: IpAddr, id: MessageId, inj: &Injection)
         },
     );
     out
+}
+
+/// The answer to a message the door refused.
+fn refused(e: Refusal) -> InjectError {
+    match e {
+        Refusal::Storage(_) | Refusal::Report(_) => {
+            refuse(503, "queue file write error: try again")
+        }
+        Refusal::InsufficientStorage => {
+            refuse(507, "insufficient storage on the server: try again later")
+        }
+        Refusal::BadMeta(why) => refuse(400, why),
+        Refusal::UnknownPool(name) => refuse(400, format!("no egress pool named {name:?}")),
+        Refusal::BadPriority(why) => refuse(400, why),
+        Refusal::TooManyHops(n) => refuse(
+            400,
+            format!("too many Received: header fields ({n}): a mail loop?"),
+        ),
+        Refusal::BounceRule(why) => refuse(403, format!("refused by the administrator: {why}")),
+    }
 }
 
 #[cfg(test)]

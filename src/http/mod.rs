@@ -60,6 +60,7 @@ use crate::tls::ServerStream;
 pub mod actions;
 pub mod admin;
 pub mod admin_listener;
+pub mod bounce_rules;
 pub mod events_failed;
 pub mod find;
 pub mod inject;

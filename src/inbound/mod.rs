@@ -9,7 +9,9 @@
 //! fields out of the content (`meta.header`, `egress.pool_header`: set in
 //! the envelope when the client is trusted, never delivered), merges
 //! recipients listed twice (`queue::envelope::merge_duplicate_recipients`),
-//! refuses a message that has been through too many hops (a loop), adds `Date:` and
+//! refuses a message an administrator's bounce rule matches
+//! (`scheduler::rules`) and one that has been through too many hops (a
+//! loop), adds `Date:` and
 //! `Message-ID:` to a trusted client's message that lacks them (a
 //! submission server's duty, RFC 6409 8; counted, never added, for
 //! others), reads the
@@ -79,6 +81,10 @@ pub enum Refusal {
     /// More `Received:` fields than `smtp.max_received_headers`: a loop.
     #[error("too many hops: {0} Received: header fields")]
     TooManyHops(usize),
+    /// An administrator's bounce rule (`scheduler::rules`) matches it:
+    /// the rule's reason.
+    #[error("refused by a bounce rule: {0}")]
+    BounceRule(String),
 }
 
 /// What the door took.
@@ -194,6 +200,16 @@ impl Door {
         Some(found)
     }
 
+    /// The reason of an administrator's bounce rule that refuses mail
+    /// from `sender` to `rcpt` (a rule naming only the envelope): the
+    /// SMTP front end asks at RCPT.
+    pub fn refused_by_rule(&self, sender: &str, rcpt: &str) -> Option<String> {
+        let why = self.scheduler.rule_refusing_rcpt(sender, rcpt)?;
+        ::metrics::counter!(crate::metrics::RECEPTION_REFUSED, "reason" => "bounce_rule")
+            .increment(1);
+        Some(why)
+    }
+
     /// A new id owned by this shard, for the message about to be received
     /// (the trace header names it before the body is complete).
     pub fn new_id(&self) -> MessageId {
@@ -295,6 +311,9 @@ impl Door {
         let merged = crate::queue::envelope::merge_duplicate_recipients(&mut envelope.recipients);
         if merged > 0 {
             ::metrics::counter!(crate::metrics::RECIPIENTS_MERGED).increment(merged as u64);
+        }
+        if let Some(reason) = self.scheduler.rule_refusing(&envelope) {
+            return Err(self.refused(id, Refusal::BounceRule(reason)));
         }
         let survey = crate::proto::header::survey(&body);
         // A loop (RFC 5321 6.3): the header section only, ours included.
@@ -437,6 +456,7 @@ impl Door {
             Refusal::BadPriority(_) => ("priority", false),
             // A client's, but a loop is the operator's to hear of.
             Refusal::TooManyHops(_) => ("hops", true),
+            Refusal::BounceRule(_) => ("bounce_rule", false),
         };
         ::metrics::counter!(crate::metrics::RECEPTION_REFUSED, "reason" => reason).increment(1);
         if ours {

@@ -147,6 +147,10 @@ pub enum Rejection {
     /// A mail loop: more `Received:` fields than allowed.
     #[error("too many hops")]
     TooManyHops,
+    /// An administrator's bounce rule (`queue bounce --for`) matches:
+    /// its reason.
+    #[error("refused by a bounce rule: {0}")]
+    BounceRule(String),
 }
 
 impl Rejection {
@@ -215,6 +219,9 @@ impl Rejection {
             UnknownPool(name) => Reply::new(550, "5.7.0", format!("no egress pool named {name:?}")),
             BadPriority(why) => Reply::new(550, "5.6.0", why),
             TooManyHops => Reply::new(554, "5.4.6", "Too many hops: mail loop?"),
+            BounceRule(why) => {
+                Reply::new(550, "5.7.1", format!("Refused by the administrator: {why}"))
+            }
         }
     }
 

@@ -149,6 +149,16 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// Whether a recipient at `domain` (any case) is still pending.
+    pub fn has_pending_at(&self, domain: &str) -> bool {
+        self.recipients.iter().any(|r| {
+            r.status == RecipientStatus::Pending
+                && r.address
+                    .rsplit_once('@')
+                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
+        })
+    }
+
     /// A new message's envelope: every recipient pending, due now.
     pub fn new(sender: String, recipients: Vec<String>, now: u64) -> Envelope {
         Envelope {

@@ -87,6 +87,10 @@ impl Scheduler {
             queue_gauges(&env, -1.0);
         }
         self.state.borrow_mut().end_finish(id, env, done);
+        // A bounce rule that came while the round was under way.
+        if !done {
+            self.caught_by_rule(id);
+        }
     }
 
     /// Fails every pending recipient of an expired message (4.4.7).

@@ -42,7 +42,8 @@
 //! [`backoff`] (reply-driven rules and the AIMD throttle, pure),
 //! [`caps`] (hourly and daily caps, counted by the node's [`book`]),
 //! [`select`] and [`bulk`] (the messages a selector matches, and what
-//! the admin's bulk actions do to them),
+//! the admin's bulk actions do to them), [`rules`] (the admin's bounce
+//! rules, which catch new and queued mail for a while),
 //! [`retry`] (pure retry decisions), [`bounce`] (the DSN for a round's
 //! failures), [`operations`] (the admin API's views and actions, run on
 //! this shard), [`tally`] (per-domain running totals), [`shared`] (the
@@ -76,6 +77,7 @@ mod record;
 pub mod reload;
 mod remember;
 pub mod retry;
+pub mod rules;
 pub mod select;
 pub mod shaping;
 pub mod shared;
@@ -151,6 +153,8 @@ pub struct Scheduler {
     outbox: Rc<crate::events::outbox::Outbox>,
     /// Holds and capped paths' counts kept in the spool.
     holds: stored::StoredHolds,
+    /// The administrator's bounce rules in force (stored with the holds).
+    bounce_rules: RefCell<Vec<rules::BounceRule>>,
     path_counts: stored::StoredPathCounts,
     clock: Clock,
     classifier: Arc<crate::classify::Classifier>,
@@ -246,6 +250,7 @@ impl Scheduler {
             notifications: RefCell::new(Some(tx)),
             spool_errors_logged: LogLimit::new(Duration::from_secs(10)),
             compacting: Cell::new(false),
+            bounce_rules: RefCell::new(Vec::new()),
         };
         (Rc::new(scheduler), rx)
     }
@@ -254,7 +259,18 @@ impl Scheduler {
     /// and starts the timer. Due messages are dispatched at once.
     pub fn start(self: &Rc<Self>, recovered: Vec<(MessageId, Envelope)>) {
         let now = self.clock.now();
-        self.state.borrow_mut().suspended.extend(self.holds.all());
+        for (key, until) in self.holds.all() {
+            match rules::is_rule_key(&key) {
+                true => {
+                    if let Some(rule) = rules::BounceRule::of_key(&key, until) {
+                        self.put_rule(rule);
+                    }
+                }
+                false => {
+                    self.state.borrow_mut().suspended.insert(key, until);
+                }
+            }
+        }
         let stored = caps::stored_paths(self.path_counts.all());
         for (path, counts) in &stored {
             self.gates.borrow_mut().seed(path.clone(), *counts);
@@ -374,6 +390,9 @@ impl Scheduler {
 
     /// Turns a message's pending recipients into one job per domain.
     fn dispatch(self: &Rc<Self>, id: MessageId) {
+        if self.caught_by_rule(id) {
+            return;
+        }
         let Some(domains) = self.state.borrow_mut().dispatch(id) else {
             return;
         };
@@ -461,6 +480,7 @@ impl Scheduler {
             glommio::timer::sleep(TICK).await;
             let now = self.clock.now();
             self.end_expired_suspensions(now).await;
+            self.end_expired_rules(now).await;
             self.end_expired_backoffs();
             self.tick_history();
             let due = self.state.borrow_mut().take_due(now);

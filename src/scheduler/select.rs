@@ -152,34 +152,43 @@ impl Compiled {
     pub fn matches(&self, e: &Entry, st: &State, now: u64) -> bool {
         let s = &self.sel;
         let env = &e.env;
-        if !self.keys.is_empty() {
-            let have = keys_of_envelope(env);
-            if !self.keys.iter().all(|k| have.contains(k)) {
-                return false;
-            }
-        }
         let pending = || {
             env.recipients
                 .iter()
                 .filter(|r| r.status == RecipientStatus::Pending)
         };
-        s.domain.as_deref().is_none_or(|d| e.has_pending_at(d))
-            && s.pool.as_deref().is_none_or(|p| env.pool == p)
+        self.matches_envelope(env)
             && s.source
                 .as_deref()
                 .is_none_or(|x| pending().any(|r| r.source.as_deref() == Some(x)))
             && s.site
                 .as_deref()
                 .is_none_or(|x| pending().any(|r| r.site.as_deref() == Some(x)))
-            && s.priority
-                .as_deref()
-                .is_none_or(|p| env.priority.unwrap_or_default().as_str() == p)
             && s.older_than_secs
                 .is_none_or(|age| now.saturating_sub(env.created) >= age)
             && s.state.as_deref().is_none_or(|want| {
                 let is = e.state_name(st);
                 want == is || (want == "held" && is == "suspended")
             })
+    }
+
+    /// Whether `env` matches what a message has from its arrival on:
+    /// recipient, sender and meta keys, a pending recipient at the
+    /// domain, the pool, the priority (the other criteria are not looked
+    /// at: a bounce rule has none of them).
+    pub fn matches_envelope(&self, env: &crate::queue::Envelope) -> bool {
+        let s = &self.sel;
+        if !self.keys.is_empty() {
+            let have = keys_of_envelope(env);
+            if !self.keys.iter().all(|k| have.contains(k)) {
+                return false;
+            }
+        }
+        s.domain.as_deref().is_none_or(|d| env.has_pending_at(d))
+            && s.pool.as_deref().is_none_or(|p| env.pool == p)
+            && s.priority
+                .as_deref()
+                .is_none_or(|p| env.priority.unwrap_or_default().as_str() == p)
     }
 
     /// The index key to start from, if a criterion is one.

@@ -318,10 +318,12 @@ impl Scheduler {
             return;
         };
         let now = self.clock.now();
-        let published: HashMap<String, Option<u64>> = published
-            .into_iter()
-            .filter(|(_, until)| until.is_none_or(|u| u > now))
-            .collect();
+        let (rules, published): (HashMap<String, Option<u64>>, HashMap<String, Option<u64>>) =
+            published
+                .into_iter()
+                .filter(|(_, until)| until.is_none_or(|u| u > now))
+                .partition(|(key, _)| super::rules::is_rule_key(key));
+        self.sync_rules(&rules, seen).await;
         for (key, until) in &published {
             let local = self.state.borrow().suspended.get(key).copied();
             if local == Some(*until) {
@@ -352,7 +354,7 @@ impl Scheduler {
             log::info!("shard {}: {key} resumed by the cluster", self.shard);
             self.released(&key);
         }
-        *seen = published.into_keys().collect();
+        *seen = published.into_keys().chain(rules.into_keys()).collect();
     }
 
     /// The authority changed: the leases held will expire there.

@@ -228,12 +228,7 @@ impl Entry {
     }
 
     pub fn has_pending_at(&self, domain: &str) -> bool {
-        self.env.recipients.iter().any(|r| {
-            r.status == RecipientStatus::Pending
-                && r.address
-                    .rsplit_once('@')
-                    .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain))
-        })
+        self.env.has_pending_at(domain)
     }
 }
 

@@ -226,6 +226,7 @@ fn refusal_reply(refusal: &Refusal) -> Reply {
         Refusal::UnknownPool(name) => Rejection::UnknownPool(name.clone()).reply(),
         Refusal::BadPriority(why) => Rejection::BadPriority(why.clone()).reply(),
         Refusal::TooManyHops(_) => Rejection::TooManyHops.reply(),
+        Refusal::BounceRule(why) => Rejection::BounceRule(why.clone()).reply(),
     }
 }
 

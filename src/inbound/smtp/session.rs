@@ -293,6 +293,12 @@ impl<'a> Session<'a> {
                 }
             }
         }
+        if let Some(why) = self
+            .door
+            .and_then(|door| door.refused_by_rule(&tx.sender(), &to.to_string()))
+        {
+            return reject(Rejection::BounceRule(why));
+        }
         tx.rcpts.push(to);
         tx.rcpt_params.push(params);
         Action::Reply(Reply::new(250, "2.1.5", "Ok"))
