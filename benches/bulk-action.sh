@@ -14,10 +14,19 @@
 #   - dry_run_ms: `queue delete --sender ... --dry-run` wall time;
 #   - delete_s, delete_msgs_per_s: `queue delete --sender ... --yes`;
 #   - reception_alone_msgs_per_s, reception_during_msgs_per_s: smtp-source
-#     (20 sessions, 20000 messages of 2 KiB) into the same server, alone
-#     and while the delete runs (the delete starts with it);
+#     (20 sessions, messages of 2 KiB, in steps of 2000) into the same
+#     server, alone for ALONE_SECS (20) and for as long as the delete runs
+#     (each once every queued message has had its first attempt);
+#   - probe_alone_ms, probe_during_ms: one more client beside that load,
+#     sending one message at a time over one session (Python smtplib):
+#     p50 and p99 of a transaction's time (MAIL to the 250 after DATA);
+#   - webhook_deletion_events: the Deletion events a webhook receiver
+#     (`ringpost webhook-sink`, events = ["Deletion"]) took (must be
+#     CAMPAIGN);
+#   - bulk_cap: admin.bulk_messages_per_second (BULK_CAP, default 5000;
+#     0: no cap).
 #   - left_campaign, left_others: what the queue holds after (must be 0
-#     and QUEUED - CAMPAIGN + 2 x 20000).
+#     and QUEUED - CAMPAIGN + what the loads and probes sent).
 #
 # Needs smtp-source and smtp-sink (Debian package postfix) and a release
 # build. Loopback only.
@@ -29,7 +38,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/target/release/ringpost
 WORK=${WORK:-/var/tmp/ringpost-bulk}
 ADMIN=127.0.0.1:9467
-LOAD=20000
+ALONE_SECS=${ALONE_SECS:-20}
+BULK_CAP=${BULK_CAP:-5000}
 
 export PATH=$PATH:/usr/sbin
 for tool in smtp-source smtp-sink; do
@@ -54,12 +64,36 @@ retry_max_secs = 3600
 listen = "off"
 [admin]
 listen = "$ADMIN"
+bulk_messages_per_second = $BULK_CAP
+[[events.webhook]]
+name = "app"
+url = "http://127.0.0.1:2729/hooks"
+events = ["Deletion"]
 CONF
+
+# One client, one message at a time, until $WORK/stop exists: p50, p99 (ms).
+cat > "$WORK/probe.py" <<'PY'
+import os, smtplib, sys, time
+stop, lat = sys.argv[1], []
+s = smtplib.SMTP("127.0.0.1", 2529)
+s.ehlo("probe.test")
+msg = "Subject: probe\r\n\r\n" + "x" * 2000 + "\r\n"
+while not os.path.exists(stop):
+    t = time.perf_counter()
+    s.sendmail("probe@shop.test", ["rcpt@probe.test"], msg)
+    lat.append((time.perf_counter() - t) * 1000)
+s.quit()
+lat.sort()
+q = lambda p: round(lat[min(len(lat) - 1, int(p * len(lat)))], 2)
+print(f'{{"n": {len(lat)}, "p50": {q(0.5)}, "p99": {q(0.99)}}}')
+PY
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 smtp-sink -u nobody -r rcpt 127.0.0.1:2728 1024 >"$WORK/sink.log" 2>&1 &
+PIDS+=($!)
+"$BIN" webhook-sink --listen 127.0.0.1:2729 2>"$WORK/webhooks.log" &
 PIDS+=($!)
 RUST_LOG=warn "$BIN" serve --config "$WORK/ringpost.toml" 2>>"$WORK/ringpost.log" &
 PIDS+=($!)
@@ -77,22 +111,46 @@ a=$(now)
 b=$(now)
 dry_run_ms=$(python3 -c "print(round(($b-$a)*1000, 1))")
 
+# Reception (20 sessions, steps of 2000 messages of 2 KiB) and the probe
+# until $WORK/stop exists: the rate; the probe's p50/p99 go to $WORK/$2.
+# Each starts once every message has had its first attempt, so that no
+# earlier wave of attempts is measured with it.
+settled() { until [ "$(field deferred)" -ge "$(field messages)" ]; do sleep 0.5; done; }
 reception() {
-  local a b
+  local a b n=0
+  rm -f "$WORK/stop"
+  python3 "$WORK/probe.py" "$WORK/stop" > "$WORK/$2" &
+  local probe=$!
   a=$(now)
-  smtp-source -s 20 -m $LOAD -l 2048 -f "$1" -t rcpt@load.test 127.0.0.1:2529
+  while [ ! -e "$WORK/stop" ]; do
+    smtp-source -s 20 -m 2000 -l 2048 -f "$1" -t rcpt@load.test 127.0.0.1:2529
+    n=$((n + 2000))
+  done
   b=$(now)
-  python3 -c "print(round($LOAD / ($b - $a), 1))"
+  wait $probe
+  python3 -c "print(round($n / ($b - $a), 1))"
 }
-alone=$(reception load1@shop.test)
+settled
+reception load1@shop.test probe_alone > "$WORK/alone" &
+LOADER=$!
+sleep "$ALONE_SECS"; touch "$WORK/stop"; wait $LOADER
+alone=$(cat "$WORK/alone")
 
-reception load2@shop.test > "$WORK/during" &
+settled
+reception load2@shop.test probe_during > "$WORK/during" &
 LOADER=$!
 d0=$(now)
 "$BIN" queue delete --sender camp@shop.test --yes --admin $ADMIN | tail -2
 d1=$(now)
+touch "$WORK/stop"
 wait $LOADER
 during=$(cat "$WORK/during")
+# Every deleted message's Deletion event at the webhook receiver.
+for _ in $(seq 120); do
+  events=$(grep -o '^webhook-sink: [0-9]*' "$WORK/webhooks.log" | tail -1 | cut -d' ' -f2)
+  [ "${events:-0}" -ge "$CAMPAIGN" ] && break
+  sleep 0.5
+done
 
 left_campaign=$("$BIN" queue delete --sender camp@shop.test --dry-run --json --admin $ADMIN | python3 -c "import json,sys; print(json.load(sys.stdin)['messages'])")
 left_all=$(field messages)
@@ -103,6 +161,7 @@ d = $d1 - $d0
 print(json.dumps({'date': '$(date -u +%FT%TZ)', 'queued': $QUEUED, 'campaign': $CAMPAIGN,
   'dry_run_ms': $dry_run_ms, 'delete_s': round(d, 2), 'delete_msgs_per_s': round($CAMPAIGN / d, 1),
   'reception_alone_msgs_per_s': $alone, 'reception_during_msgs_per_s': $during,
+  'bulk_cap': $BULK_CAP, 'webhook_deletion_events': ${events:-0}, 'probe_alone_ms': $(cat "$WORK/probe_alone"), 'probe_during_ms': $(cat "$WORK/probe_during"),
   'left_campaign': $left_campaign, 'left_others': $left_all - $left_campaign}))")
 echo "$line"
 mkdir -p "$ROOT/benches/results"

@@ -255,6 +255,53 @@ impl std::fmt::Display for Lookup {
     }
 }
 
+impl Lookup {
+    /// Whether queued message `env` has this key: what
+    /// `keys_of_envelope(env).contains(self)` says, without building
+    /// every key (a bulk action checks tens of thousands of candidates).
+    pub fn found_in(&self, env: &crate::queue::Envelope) -> bool {
+        let is = |kind, value: &str| Lookup::of(kind, value).is_some_and(|k| k == *self);
+        match self.kind {
+            LookupKind::Rcpt => env
+                .recipients
+                .iter()
+                .any(|r| same_address(&r.address, &self.value) && is(self.kind, &r.address)),
+            LookupKind::Sender => {
+                same_address(&env.sender, &self.value) && is(self.kind, &env.sender)
+            }
+            LookupKind::MessageId => env.message_id.as_deref().is_some_and(|v| is(self.kind, v)),
+            LookupKind::IdempotencyKey => env
+                .idempotency_key
+                .as_deref()
+                .is_some_and(|v| is(self.kind, v)),
+            LookupKind::Meta => {
+                let Some(serde_json::Value::Object(map)) = &env.meta else {
+                    return false;
+                };
+                map.iter().take(MAX_META_KEYS).any(|(k, v)| {
+                    let v = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Number(n) => n.to_string(),
+                        serde_json::Value::Bool(b) => b.to_string(),
+                        _ => return false,
+                    };
+                    self.value.contains(k.trim()) && is(self.kind, &format!("{k}={v}"))
+                })
+            }
+        }
+    }
+}
+
+/// A cheap first test of whether `address` may normalize to `key`: the
+/// same length once trimmed of space and `<>` (normalizing changes only
+/// the domain's case).
+fn same_address(address: &str, key: &str) -> bool {
+    let a = address.trim();
+    let a = a.strip_prefix('<').unwrap_or(a);
+    let a = a.strip_suffix('>').unwrap_or(a);
+    a.len() == key.len()
+}
+
 /// `local@Domain` as `local@domain`.
 fn normalize_address(address: &str) -> String {
     match address.rsplit_once('@') {
@@ -317,6 +364,40 @@ pub fn keys_of_envelope(env: &crate::queue::Envelope) -> Vec<Lookup> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_found_in_a_message_exactly_when_it_is_among_its_keys() {
+        let mut env = crate::queue::Envelope::new(
+            "News@Shop.EXAMPLE".into(),
+            vec!["a@X.org".into(), "<b@y.org>".into(), "".into()],
+            0,
+        );
+        env.message_id = Some("<m1@shop.example>".into());
+        env.idempotency_key = Some("order 42".into());
+        env.meta =
+            Some(serde_json::json!({"c": "spring", "n": 7.5, "t": true, "o": {}, "k=x": "y"}));
+        let keys = keys_of_envelope(&env);
+        for k in &keys {
+            assert!(k.found_in(&env), "{k:?}");
+        }
+        for (kind, v) in [
+            ("rcpt", "A@x.org"),
+            ("rcpt", "a@x.orgg"),
+            ("sender", "news@shop.example"),
+            ("message_id", "m2@shop.example"),
+            ("idempotency_key", "order 43"),
+            ("meta", "c=fall"),
+            ("meta", "n=7"),
+            ("meta", "o={}"),
+        ] {
+            let k = Lookup::parse(kind, v).unwrap();
+            assert!(!keys.contains(&k) && !k.found_in(&env), "{k:?}");
+        }
+        for (kind, v) in [("rcpt", "a@x.ORG"), ("meta", "k=x=y"), ("meta", "t=true")] {
+            let k = Lookup::parse(kind, v).unwrap();
+            assert!(keys.contains(&k) && k.found_in(&env), "{k:?}");
+        }
+    }
 
     #[test]
     fn addresses_compare_with_the_domain_in_lower_case_only() {

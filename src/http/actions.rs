@@ -155,6 +155,10 @@ pub async fn answer(shards: &Mesh<Scheduler>, req: &Request) -> Response {
     };
     let unavailable =
         |e: crate::shard::mesh::ShardGone| Response::json(503, &json!({ "error": e.to_string() }));
+    // A forced change needs no count first (the CLI's later steps).
+    if let Some(action) = c.action.filter(|_| c.ask.force && !c.ask.dry_run) {
+        return act(shards, &c, action).await;
+    }
     let (sel, examples) = (c.sel.clone(), c.examples);
     let preview = shards
         .ask_all(move |s| {
@@ -175,10 +179,16 @@ pub async fn answer(shards: &Mesh<Scheduler>, req: &Request) -> Response {
     if let Some((status, why)) = refused(&c.ask, &preview) {
         return Response::json(status, &why);
     }
+    act(shards, &c, action).await
+}
+
+/// Applies `action` on every shard, each to at most its share of the
+/// limit.
+async fn act(shards: &Mesh<Scheduler>, c: &Checked, action: BulkAction) -> Response {
     // Each shard acts on at most its share of the limit, its oldest
     // first; the rest is `left`, for the next call.
     let share = c.limit.div_ceil(shards.count().max(1));
-    let (sel, reason) = (c.sel, c.ask.reason);
+    let (sel, reason) = (c.sel.clone(), c.ask.reason.clone());
     let reports = shards
         .ask_all(move |s| {
             let (sel, reason) = (sel.clone(), reason.clone());
@@ -193,6 +203,6 @@ pub async fn answer(shards: &Mesh<Scheduler>, req: &Request) -> Response {
             }
             Response::json(200, &all)
         }
-        Err(e) => unavailable(e),
+        Err(e) => Response::json(503, &json!({ "error": e.to_string() })),
     }
 }

@@ -14,7 +14,9 @@
 //!
 //! Pacing: the action yields to the shard's other tasks between messages
 //! once its time slice is used (`glommio::yield_if_needed`), so SMTP
-//! sessions and deliveries on the shard keep their turns.
+//! sessions and deliveries on the shard keep their turns, and deletes and
+//! bounces keep to the shard's share of `admin.bulk_messages_per_second`
+//! ([`Pace`]): unpaced, a delete took most of the CPU for its duration.
 //!
 //! A message with a delivery attempt under way is skipped and counted
 //! (`busy`): the attempt may already have handed it over; a re-run takes
@@ -24,6 +26,7 @@
 //! spool). Must not: hold a `RefCell` borrow across an await.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +37,34 @@ use crate::queue::{MessageId, RecipientStatus};
 
 /// Deletes that share one flush to disk.
 pub const DELETE_BATCH: usize = 256;
+/// A bulk action's pace on one shard: its share of the node's messages
+/// per second (None: no cap).
+struct Pace {
+    start: Instant,
+    per_second: Option<f64>,
+}
+
+impl Pace {
+    fn new(node_per_second: u64, shards: usize) -> Pace {
+        Pace {
+            start: Instant::now(),
+            per_second: (node_per_second > 0)
+                .then(|| node_per_second as f64 / shards.max(1) as f64),
+        }
+    }
+
+    /// Waits until `done` messages are within the pace.
+    async fn keep(&self, done: usize) {
+        let Some(rate) = self.per_second else {
+            return;
+        };
+        let due = Duration::from_secs_f64(done as f64 / rate);
+        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            glommio::timer::sleep(wait).await;
+        }
+    }
+}
+
 /// Failures named in a report at most (the rest are counted).
 const FAILURES_SHOWN: usize = 20;
 
@@ -167,14 +198,17 @@ impl Scheduler {
             ..BulkReport::default()
         };
         ids.truncate(limit);
+        let pace = Pace::new(self.cfg.admin.bulk_messages_per_second, self.shards);
         match action {
             BulkAction::Delete => {
                 for batch in ids.chunks(DELETE_BATCH) {
                     self.delete_batch(batch, &mut report).await;
+                    pace.keep(report.done).await;
                 }
             }
             BulkAction::Bounce => {
                 for &id in &ids {
+                    pace.keep(report.done).await;
                     match self.bounce_message(id, reason).await {
                         Ok(()) => report.done += 1,
                         Err(OperationError::Busy(_)) => report.busy += 1,

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use super::Scheduler;
 use super::operations::MessageInfo;
-use crate::history::lookup::keys_of_envelope;
 use crate::history::{Finished, Lookup};
 use crate::queue::MessageId;
 
@@ -43,7 +42,7 @@ impl Scheduler {
                 .candidates(key)
                 .take_while(|id| id.unix_ms() / 1000 >= since)
                 .filter_map(|id| Some((id, st.messages.get(&id)?)))
-                .filter(|(_, e)| e.env.created >= since && keys_of_envelope(&e.env).contains(key))
+                .filter(|(_, e)| e.env.created >= since && key.found_in(&e.env))
                 .take(limit)
                 .map(|(id, e)| {
                     let info = e.info(id, &st);

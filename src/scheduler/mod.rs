@@ -168,6 +168,8 @@ pub struct Scheduler {
     default_capacity: usize,
     /// This shard's index (a label of per-shard metrics).
     shard: usize,
+    /// How many shards the node runs.
+    shards: usize,
     /// The shaping rules; a reload replaces them ([`Scheduler::set_shaping`]).
     shaping: RefCell<Arc<shaping::Shaping>>,
     /// `[delivery]`'s limits: a site no rule fits gets these.
@@ -251,6 +253,7 @@ impl Scheduler {
             spool_errors_logged: LogLimit::new(Duration::from_secs(10)),
             compacting: Cell::new(false),
             bounce_rules: RefCell::new(Vec::new()),
+            shards: w.shards,
         };
         (Rc::new(scheduler), rx)
     }

@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use super::Scheduler;
 use super::state::{Entry, State};
 use crate::history::Lookup;
-use crate::history::lookup::keys_of_envelope;
 use crate::queue::{MessageId, RecipientStatus};
 
 /// What a bulk action applies to (see the module header). An empty
@@ -178,11 +177,8 @@ impl Compiled {
     /// at: a bounce rule has none of them).
     pub fn matches_envelope(&self, env: &crate::queue::Envelope) -> bool {
         let s = &self.sel;
-        if !self.keys.is_empty() {
-            let have = keys_of_envelope(env);
-            if !self.keys.iter().all(|k| have.contains(k)) {
-                return false;
-            }
+        if !self.keys.iter().all(|k| k.found_in(env)) {
+            return false;
         }
         s.domain.as_deref().is_none_or(|d| env.has_pending_at(d))
             && s.pool.as_deref().is_none_or(|p| env.pool == p)
