@@ -26,7 +26,11 @@
 #   - bulk_cap: admin.bulk_messages_per_second (BULK_CAP, default 5000;
 #     0: no cap).
 #   - left_campaign, left_others: what the queue holds after (must be 0
-#     and QUEUED - CAMPAIGN + what the loads and probes sent).
+#     and QUEUED - CAMPAIGN + what the loads and probes sent);
+#   - kill: a second campaign of CAMPAIGN messages deleted with the server
+#     killed (SIGKILL) KILL_AFTER (10) seconds in, restarted, and the same
+#     command run again: deleted_before_kill + left_at_restart must be
+#     CAMPAIGN, left_after_rerun 0, others_after = others_before.
 #
 # Needs smtp-source and smtp-sink (Debian package postfix) and a release
 # build. Loopback only.
@@ -39,6 +43,7 @@ BIN=$ROOT/target/release/ringpost
 WORK=${WORK:-/var/tmp/ringpost-bulk}
 ADMIN=127.0.0.1:9467
 ALONE_SECS=${ALONE_SECS:-20}
+KILL_AFTER=${KILL_AFTER:-10}
 BULK_CAP=${BULK_CAP:-5000}
 
 export PATH=$PATH:/usr/sbin
@@ -95,8 +100,12 @@ smtp-sink -u nobody -r rcpt 127.0.0.1:2728 1024 >"$WORK/sink.log" 2>&1 &
 PIDS+=($!)
 "$BIN" webhook-sink --listen 127.0.0.1:2729 2>"$WORK/webhooks.log" &
 PIDS+=($!)
-RUST_LOG=warn "$BIN" serve --config "$WORK/ringpost.toml" 2>>"$WORK/ringpost.log" &
-PIDS+=($!)
+serve() {
+  RUST_LOG=warn "$BIN" serve --config "$WORK/ringpost.toml" 2>>"$WORK/ringpost.log" &
+  SERVER=$!
+  PIDS+=($SERVER)
+}
+serve
 
 now() { date +%s.%N; }
 field() { "$BIN" queue summary --json --admin $ADMIN 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])" 2>/dev/null || echo -1; }
@@ -152,8 +161,27 @@ for _ in $(seq 120); do
   sleep 0.5
 done
 
-left_campaign=$("$BIN" queue delete --sender camp@shop.test --dry-run --json --admin $ADMIN | python3 -c "import json,sys; print(json.load(sys.stdin)['messages'])")
+count() { "$BIN" queue delete --sender "$1" --dry-run --json --admin $ADMIN | python3 -c "import json,sys; print(json.load(sys.stdin)['messages'])"; }
+left_campaign=$(count camp@shop.test)
 left_all=$(field messages)
+
+# A second campaign of the same size, deleted with the server killed
+# (SIGKILL) KILL_AFTER seconds in; after the restart the same command is
+# run again: exactly the campaign must be gone, nothing else.
+smtp-source -s 20 -m "$CAMPAIGN" -l 2048 -f camp2@shop.test -t rcpt@fall.test 127.0.0.1:2529
+settled
+before_kill=$(field messages)
+"$BIN" queue delete --sender camp2@shop.test --yes --admin $ADMIN > "$WORK/killed-run" 2>&1 &
+sleep "$KILL_AFTER"
+kill -9 "$SERVER"
+wait "$SERVER" 2>/dev/null || true
+serve
+until [ "$(field messages)" -ge 0 ]; do sleep 0.2; done
+after_restart=$(field messages)
+left_at_restart=$(count camp2@shop.test)
+"$BIN" queue delete --sender camp2@shop.test --yes --admin $ADMIN | tail -1
+after_rerun=$(field messages)
+left_after_rerun=$(count camp2@shop.test)
 
 line=$(python3 -c "
 import json
@@ -162,7 +190,10 @@ print(json.dumps({'date': '$(date -u +%FT%TZ)', 'queued': $QUEUED, 'campaign': $
   'dry_run_ms': $dry_run_ms, 'delete_s': round(d, 2), 'delete_msgs_per_s': round($CAMPAIGN / d, 1),
   'reception_alone_msgs_per_s': $alone, 'reception_during_msgs_per_s': $during,
   'bulk_cap': $BULK_CAP, 'webhook_deletion_events': ${events:-0}, 'probe_alone_ms': $(cat "$WORK/probe_alone"), 'probe_during_ms': $(cat "$WORK/probe_during"),
-  'left_campaign': $left_campaign, 'left_others': $left_all - $left_campaign}))")
+  'left_campaign': $left_campaign, 'left_others': $left_all - $left_campaign,
+  'kill': {'after_s': $KILL_AFTER, 'campaign': $CAMPAIGN, 'deleted_before_kill': $before_kill - $after_restart,
+    'left_at_restart': $left_at_restart, 'left_after_rerun': $left_after_rerun,
+    'others_before': $before_kill - $CAMPAIGN, 'others_after': $after_rerun - $left_after_rerun}}))")
 echo "$line"
 mkdir -p "$ROOT/benches/results"
 echo "$line" >> "$ROOT/benches/results/bulk-action.jsonl"

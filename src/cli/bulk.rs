@@ -263,8 +263,11 @@ fn in_steps(
         let step: BulkReport = serde_json::from_value(ask(body)?)?;
         first = false;
         bar.inc(step.done as u64);
-        let (done, left) = (step.done, step.left);
+        let (done, left, busy) = (step.done, step.left, step.busy);
         all.merge(step);
+        // A message skipped as busy in one step is taken by a later one
+        // (it is still the oldest match): only the last step's are left.
+        all.busy = busy;
         if action == "flush" || left == 0 || done == 0 {
             break;
         }

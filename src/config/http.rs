@@ -26,10 +26,11 @@ section! {
         /// `ringpost queue` reads the same file. Empty: no token (loopback
         /// only).
         token_file: String = String::new(),
-        /// Messages a bulk action (`queue delete|bounce SELECTOR`, `POST
-        /// /queue/actions`) deletes or bounces per second at most, the
-        /// node's shards together, so that reception and delivery keep
-        /// their pace while a campaign is removed. 0: no cap.
+        /// Messages a bulk action (`queue delete` or `queue bounce` with a
+        /// selector, `POST /queue/actions`) deletes or bounces per second
+        /// at most, the node's shards together, so that reception and
+        /// delivery keep their pace while a campaign is removed. 0: no
+        /// cap.
         bulk_messages_per_second: u64 = 1_000,
     }
 }
