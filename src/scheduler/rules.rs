@@ -254,9 +254,9 @@ impl Scheduler {
         }
     }
 
-    /// The reason of a rule refusing mail from `sender` to `rcpt` (rules
-    /// naming only the envelope): the SMTP front end asks at RCPT.
-    pub fn rule_refusing_rcpt(&self, sender: &str, rcpt: &str) -> Option<String> {
+    /// The reason of the first rule in force that `matches`, if any (no
+    /// clock read when there is no rule: the common case).
+    fn reason_of_rule(&self, matches: impl Fn(&BounceRule) -> bool) -> Option<String> {
         let rules = self.bounce_rules.borrow();
         if rules.is_empty() {
             return None;
@@ -264,42 +264,35 @@ impl Scheduler {
         let now = self.clock.now();
         rules
             .iter()
-            .find(|r| r.in_force(now) && r.envelope_only() && r.matches_rcpt(sender, rcpt))
+            .find(|r| r.in_force(now) && matches(r))
             .map(|r| r.spec.reason.clone())
+    }
+
+    /// The reason of a rule refusing mail from `sender` to `rcpt` (rules
+    /// naming only the envelope): the SMTP front end asks at RCPT.
+    pub fn rule_refusing_rcpt(&self, sender: &str, rcpt: &str) -> Option<String> {
+        self.reason_of_rule(|r| r.envelope_only() && r.matches_rcpt(sender, rcpt))
     }
 
     /// The reason of a rule refusing a new message, if one matches it
     /// (the door asks before storing it).
     pub fn rule_refusing(&self, env: &Envelope) -> Option<String> {
-        let rules = self.bounce_rules.borrow();
-        if rules.is_empty() {
-            return None;
-        }
-        let now = self.clock.now();
-        rules
-            .iter()
-            .find(|r| r.in_force(now) && r.sel.matches_envelope(env))
-            .map(|r| r.spec.reason.clone())
+        self.reason_of_rule(|r| r.sel.matches_envelope(env))
     }
 
     /// If a rule matches queued message `id`, bounces it (in a task of
     /// its own) and says so: the message is then not to be attempted.
     pub(super) fn caught_by_rule(self: &Rc<Self>, id: MessageId) -> bool {
+        if self.bounce_rules.borrow().is_empty() {
+            return false;
+        }
         let reason = {
-            let rules = self.bounce_rules.borrow();
-            if rules.is_empty() {
-                return false;
-            }
             let st = self.state.borrow();
             let Some(entry) = st.messages.get(&id) else {
                 return false;
             };
-            let now = self.clock.now();
-            let found = rules
-                .iter()
-                .find(|r| r.in_force(now) && r.sel.matches_envelope(&entry.env));
-            match found {
-                Some(r) => r.spec.reason.clone(),
+            match self.reason_of_rule(|r| r.sel.matches_envelope(&entry.env)) {
+                Some(reason) => reason,
                 None => return false,
             }
         };
