@@ -234,7 +234,8 @@ impl Scheduler {
         rules.push(rule);
     }
 
-    /// Rules that ended by `now`: forgotten here and in the spool.
+    /// Rules that ended by `now`: forgotten here, in the spool and (shard
+    /// 0) in the fleet's list.
     pub(super) async fn end_expired_rules(&self, now: u64) {
         let ended: Vec<String> = {
             let mut rules = self.bounce_rules.borrow_mut();
@@ -251,6 +252,7 @@ impl Scheduler {
             if let Err(e) = self.holds.set(&key, None).await {
                 log::error!("ending bounce rule {}: {e}", rule_id(&key));
             }
+            self.publish_hold(&key, None).await;
         }
     }
 
