@@ -105,12 +105,8 @@ fn check(req: &Request) -> Result<Checked, String> {
     if ask.reason.is_some() && action != Some(BulkAction::Bounce) {
         return Err("reason: only for a bounce".into());
     }
-    if ask
-        .reason
-        .as_deref()
-        .is_some_and(|r| r.len() > 200 || r.contains(['\r', '\n']))
-    {
-        return Err("reason: one line of at most 200 bytes".into());
+    if let Some(r) = ask.reason.as_deref() {
+        crate::scheduler::rules::check_reason(r)?;
     }
     let examples = ask.examples.unwrap_or(EXAMPLES);
     if examples > MAX_EXAMPLES {

@@ -575,7 +575,7 @@ impl Injector {
                 message_id: self.cfg.inject.add_message_id,
             },
         };
-        let accepted = self.door.accept(msg).await.map_err(refused)?;
+        let accepted = self.door.accept(msg).await.map_err(refusal_answer)?;
         Ok(Response::json(
             200,
             &Accepted {
@@ -677,7 +677,7 @@ fn received_header(hostname: &str, peer: IpAddr, id: MessageId, inj: &Injection)
 }
 
 /// The answer to a message the door refused.
-fn refused(e: Refusal) -> InjectError {
+fn refusal_answer(e: Refusal) -> InjectError {
     match e {
         Refusal::Storage(_) | Refusal::Report(_) => {
             refuse(503, "queue file write error: try again")
