@@ -1,6 +1,6 @@
 //! DNS for delivery: MX, then A/AAAA, on one resolver thread shared by all
-//! shards; and TXT and PTR, for `ringpost dkim check` and `ringpost dns
-//! check`.
+//! shards; TLSA for DANE; and TXT and PTR, for `ringpost dkim check` and
+//! `ringpost dns check`.
 //!
 //! Owns: the resolver thread ([`start`]), the [`Resolver`] handle shards use,
 //! and the rules that turn DNS answers into an ordered list of hosts
@@ -13,6 +13,14 @@
 //! the hickory `Resolver`; shards send requests over a flume channel and get
 //! answers on a oneshot. hickory caches answers per their TTL.
 //!
+//! DNSSEC: with `dns.dnssec`, hickory validates every answer from the
+//! trust anchors (the root's, or `dns.trust_anchor_file`). Each MX host
+//! then says whether its MX and address answers were both secure
+//! ([`MxHost::secure`]), which is when DANE applies (RFC 7672 §2.2), and
+//! [`Resolver::tlsa`] gives the TLSA records of a secure answer. An answer
+//! that fails validation (bogus) is a temporary failure, never a fallback
+//! to an unauthenticated one.
+//!
 //! May call: nothing else in the crate; hickory.
 //! Must not: open SMTP connections or decide retries.
 
@@ -21,6 +29,7 @@ use std::net::{IpAddr, SocketAddr};
 use futures::channel::oneshot;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver as HickoryResolver, TokioResolver};
 use rand::seq::SliceRandom;
@@ -31,6 +40,19 @@ pub struct MxHost {
     pub name: String,
     pub preference: u16,
     pub addrs: Vec<IpAddr>,
+    /// The MX answer (or, for an implicit MX, the domain's own) and the
+    /// host's address answer were both DNSSEC-secure.
+    pub secure: bool,
+}
+
+/// A TLSA record (RFC 6698 §2.1): certificate usage, selector, matching
+/// type, and the certificate association data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tlsa {
+    pub usage: u8,
+    pub selector: u8,
+    pub matching: u8,
+    pub data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +88,7 @@ enum Request {
     Host(String, oneshot::Sender<Result<Vec<IpAddr>, DnsError>>),
     Txt(String, oneshot::Sender<Result<Vec<Vec<u8>>, DnsError>>),
     Ptr(IpAddr, oneshot::Sender<Result<Vec<String>, DnsError>>),
+    Tlsa(String, oneshot::Sender<Result<Option<Vec<Tlsa>>, DnsError>>),
 }
 
 /// A handle to the resolver thread. Cheap to clone, `Send`.
@@ -74,12 +97,22 @@ pub struct Resolver {
     tx: flume::Sender<Request>,
 }
 
+/// DNSSEC validation for the delivery resolver: on, with these trust
+/// anchors (None: the root's).
+#[derive(Debug, Clone, Default)]
+pub struct Dnssec {
+    pub validate: bool,
+    /// A file of DNSKEY records in zone-file syntax.
+    pub trust_anchor_file: Option<std::path::PathBuf>,
+}
+
 /// Starts the resolver thread. `nameservers` empty = /etc/resolv.conf.
 pub fn start(
     nameservers: &[SocketAddr],
     timeout: std::time::Duration,
+    dnssec: &Dnssec,
 ) -> std::io::Result<Resolver> {
-    let resolver = build(nameservers, timeout).map_err(std::io::Error::other)?;
+    let resolver = build(nameservers, timeout, Some(dnssec)).map_err(std::io::Error::other)?;
     let (tx, rx) = flume::unbounded::<Request>();
     std::thread::Builder::new()
         .name("ringpost-dns".into())
@@ -113,6 +146,9 @@ pub fn start(
                             Request::Ptr(ip, reply) => {
                                 let _ = reply.send(lookup_ptr(&r, ip).await);
                             }
+                            Request::Tlsa(name, reply) => {
+                                let _ = reply.send(lookup_tlsa(&r, &name).await);
+                            }
                         }
                     });
                 }
@@ -124,6 +160,7 @@ pub fn start(
 fn build(
     nameservers: &[SocketAddr],
     timeout: std::time::Duration,
+    dnssec: Option<&Dnssec>,
 ) -> Result<TokioResolver, String> {
     let mut builder = if nameservers.is_empty() {
         HickoryResolver::builder_tokio().map_err(|e| format!("reading /etc/resolv.conf: {e}"))?
@@ -148,6 +185,14 @@ fn build(
     opts.attempts = 2;
     // Names in MX records are absolute; never append a search domain.
     opts.ndots = 0;
+    if let Some(d) = dnssec.filter(|d| d.validate) {
+        let anchors = match &d.trust_anchor_file {
+            Some(path) => TrustAnchors::from_file(path)
+                .map_err(|e| format!("reading trust anchors {}: {e}", path.display()))?,
+            None => TrustAnchors::default(),
+        };
+        builder = builder.with_trust_anchor(std::sync::Arc::new(anchors));
+    }
     builder.build().map_err(|e| e.to_string())
 }
 
@@ -177,6 +222,18 @@ impl Resolver {
             .unwrap_or_else(|_| Err(DnsError::Temporary("resolver thread gone".into())))
     }
 
+    /// The TLSA records at `name` (`_PORT._tcp.HOST`) when the answer is
+    /// DNSSEC-secure; None when there are none or the answer is not
+    /// secure (an unsigned zone); Err when it failed validation (bogus)
+    /// or could not be had (SERVFAIL, timeout): DANE then cannot be
+    /// ruled out, and the host must not be used (RFC 7672 §2.2).
+    pub async fn tlsa(&self, name: &str) -> Result<Option<Vec<Tlsa>>, DnsError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Request::Tlsa(name.to_string(), tx))?;
+        rx.await
+            .unwrap_or_else(|_| Err(DnsError::Temporary("resolver thread gone".into())))
+    }
+
     /// The names an address's PTR records give (reverse DNS), without
     /// the trailing dot; empty when it has none.
     pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
@@ -202,17 +259,22 @@ fn fqdn(name: &str) -> String {
 }
 
 async fn lookup_mx(r: &TokioResolver, domain: &str) -> Result<Vec<MxHost>, DnsError> {
-    let records: Vec<(u16, String)> = match r.mx_lookup(fqdn(domain)).await {
-        Ok(lookup) => lookup
-            .answers()
-            .iter()
-            .filter_map(|rec| match &rec.data {
-                RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
-                _ => None,
-            })
-            .collect(),
+    let (records, mx_secure): (Vec<(u16, String)>, bool) = match r.mx_lookup(fqdn(domain)).await {
+        Ok(lookup) => {
+            let secure = proven(lookup.answers(), domain, "MX")?;
+            let records = lookup
+                .answers()
+                .iter()
+                .filter_map(|rec| match &rec.data {
+                    RData::MX(mx) => Some((mx.preference, mx.exchange.to_ascii())),
+                    _ => None,
+                })
+                .collect();
+            (records, secure)
+        }
         Err(e) if e.is_nx_domain() => return Err(DnsError::NoSuchDomain),
-        Err(e) if e.is_no_records_found() => Vec::new(),
+        // The implicit MX: the domain's own address answer decides.
+        Err(e) if e.is_no_records_found() => (Vec::new(), true),
         Err(e) => return Err(DnsError::Temporary(e.to_string())),
     };
     let implicit = records.is_empty();
@@ -220,11 +282,12 @@ async fn lookup_mx(r: &TokioResolver, domain: &str) -> Result<Vec<MxHost>, DnsEr
     let mut hosts = Vec::with_capacity(ordered.len());
     let mut last_err = None;
     for (preference, name) in ordered {
-        match lookup_host(r, &name).await {
-            Ok(addrs) => hosts.push(MxHost {
+        match lookup_addresses(r, &name).await {
+            Ok((addrs, secure)) => hosts.push(MxHost {
                 name,
                 preference,
                 addrs,
+                secure: mx_secure && secure,
             }),
             Err(e) => last_err = Some(e),
         }
@@ -242,13 +305,19 @@ async fn lookup_mx(r: &TokioResolver, domain: &str) -> Result<Vec<MxHost>, DnsEr
 }
 
 async fn lookup_host(r: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+    lookup_addresses(r, host).await.map(|(addrs, _)| addrs)
+}
+
+/// A host's addresses, and whether their answer was DNSSEC-secure.
+async fn lookup_addresses(r: &TokioResolver, host: &str) -> Result<(Vec<IpAddr>, bool), DnsError> {
     match r.lookup_ip(fqdn(host)).await {
         Ok(ips) => {
+            let secure = proven(ips.as_lookup().answers(), host, "address")?;
             let v: Vec<IpAddr> = ips.iter().collect();
             if v.is_empty() {
                 Err(DnsError::NoAddress)
             } else {
-                Ok(v)
+                Ok((v, secure))
             }
         }
         Err(e) if e.is_nx_domain() => Err(DnsError::NoSuchDomain),
@@ -278,6 +347,48 @@ async fn lookup_txt(r: &TokioResolver, name: &str) -> Result<Vec<Vec<u8>>, DnsEr
     }
 }
 
+/// Whether an answer's records are all DNSSEC-secure; Err when any failed
+/// validation (bogus): such an answer is not used at all.
+fn proven(
+    records: &[hickory_resolver::proto::rr::Record],
+    name: &str,
+    what: &str,
+) -> Result<bool, DnsError> {
+    if records.iter().any(|r| r.proof == Proof::Bogus) {
+        return Err(DnsError::Temporary(format!(
+            "DNSSEC validation failed for the {what} answer of {name} (bogus)"
+        )));
+    }
+    Ok(!records.is_empty() && records.iter().all(|r| r.proof == Proof::Secure))
+}
+
+async fn lookup_tlsa(r: &TokioResolver, name: &str) -> Result<Option<Vec<Tlsa>>, DnsError> {
+    match r.tlsa_lookup(fqdn(name)).await {
+        Ok(lookup) => {
+            if !proven(lookup.answers(), name, "TLSA")? {
+                return Ok(None);
+            }
+            Ok(Some(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|rec| match &rec.data {
+                        RData::TLSA(t) => Some(Tlsa {
+                            usage: t.cert_usage.into(),
+                            selector: t.selector.into(),
+                            matching: t.matching.into(),
+                            data: t.cert_data.clone(),
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+            ))
+        }
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(None),
+        Err(e) => Err(DnsError::Temporary(format!("TLSA lookup of {name}: {e}"))),
+    }
+}
+
 async fn lookup_ptr(r: &TokioResolver, ip: IpAddr) -> Result<Vec<String>, DnsError> {
     match r.reverse_lookup(ip).await {
         Ok(lookup) => Ok(lookup
@@ -299,7 +410,7 @@ pub fn authenticator(
     nameservers: &[SocketAddr],
     timeout: std::time::Duration,
 ) -> Result<mail_auth::MessageAuthenticator, String> {
-    build(nameservers, timeout).map(mail_auth::MessageAuthenticator)
+    build(nameservers, timeout, None).map(mail_auth::MessageAuthenticator)
 }
 
 /// Orders MX records: by preference, equal preferences in random order (RFC

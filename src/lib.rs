@@ -38,9 +38,12 @@
 //! - [`cluster`]: what a fleet of nodes shares through Redis (rates,
 //!   connection leases, suspensions, idempotency keys), with the 1/N
 //!   fallback when Redis is unreachable.
-//! - [`dns`]: MX, address and TXT lookups on a resolver thread.
+//! - [`dns`]: MX, address, TLSA and TXT lookups on a resolver thread,
+//!   DNSSEC-validated with `dns.dnssec`.
 //! - [`tls`]: rustls configs for inbound STARTTLS and outbound encryption.
 //! - [`mta_sts`]: MTA-STS policy files (RFC 8461): parsed and fetched.
+//! - [`dane`]: DANE (RFC 7672): a receiver's TLSA records as the check of
+//!   its MX host's certificate.
 //! - [`dsn`]: delivery status notifications (RFC 3464).
 //! - [`events`]: the JSON delivery log.
 //! - [`metrics`]: every Prometheus metric, declared once.
@@ -56,6 +59,7 @@ pub mod classify;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod dane;
 pub mod dkim;
 pub mod dns;
 pub mod dsn;

@@ -114,7 +114,8 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The one crypto provider (ring) every config here is built with.
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }
 
@@ -272,6 +273,12 @@ pub fn web_client(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError>
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Accepts any certificate, verifying only the handshake signatures:
+/// opportunistic TLS's verifier, and the handshake half of others (DANE's).
+pub fn any_certificate() -> Arc<dyn ServerCertVerifier> {
+    Arc::new(AnyCertificate(provider()))
 }
 
 /// Accepts any certificate, verifying only the handshake signatures.

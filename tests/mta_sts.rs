@@ -16,8 +16,7 @@
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::dns::{self, Rr};
 use common::sink::{Script, Sink};
@@ -38,31 +37,6 @@ fn mx_ip(i: usize) -> Ipv4Addr {
 
 fn policy(mode: &str, mx: &str) -> String {
     format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
-}
-
-/// The delivery log's events for `rcpt`.
-fn events(log: &Path, rcpt: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["recipient"] == rcpt)
-        .collect()
-}
-
-fn wait_for_event(log: &Path, rcpt: &str, kind: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(e) = events(log, rcpt).into_iter().find(|e| e["event"] == kind) {
-            return e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {kind} for {rcpt}: {:?}",
-            events(log, rcpt)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -158,10 +132,10 @@ fn policies_are_enforced_tested_or_ignored_as_receivers_publish_them() {
     assert!(delivered(4), "ignored.test: delivered, its policy ignored");
     assert!(!delivered(5), "none.test: no policy, plaintext as before");
 
-    let mismatch = wait_for_event(&log, "x@mismatch.test", "TransientFailure");
+    let mismatch = common::wait_for_log_event(&log, "x@mismatch.test", "TransientFailure");
     let mismatch = mismatch["reply"].as_str().unwrap().to_string();
     assert!(mismatch.contains("TLS handshake"), "{mismatch}");
-    let outside = wait_for_event(&log, "x@outside.test", "TransientFailure");
+    let outside = common::wait_for_log_event(&log, "x@outside.test", "TransientFailure");
     let reply = outside["reply"].as_str().unwrap();
     assert!(
         reply.starts_with("451 4.7.5 MTA-STS: no MX host of outside.test (mx.outside.test)")
@@ -176,7 +150,7 @@ fn policies_are_enforced_tested_or_ignored_as_receivers_publish_them() {
     assert_eq!(sinks[2].accepts(), 0, "outside.test: never connected to");
     println!(
         "good.test: delivered, tls {}\nmismatch.test: {mismatch}\noutside.test: {reply}",
-        wait_for_event(&log, "x@good.test", "Delivery")["tls"],
+        common::wait_for_log_event(&log, "x@good.test", "Delivery")["tls"],
     );
     let metrics = ts.metrics_text();
     for line in [
@@ -252,7 +226,7 @@ fn a_fetched_policy_stays_in_force_across_a_restart_while_its_host_is_down() {
     sink.script.lock().unwrap().tls = Some(ca.server_config("someone.else.test"));
     ts.restart();
     send(&ts, "y@kept.test");
-    let failure = wait_for_event(&log, "y@kept.test", "TransientFailure");
+    let failure = common::wait_for_log_event(&log, "y@kept.test", "TransientFailure");
     let reply = failure["reply"].as_str().unwrap();
     assert!(reply.contains("certificate not valid for name"), "{reply}");
     std::thread::sleep(Duration::from_millis(300));

@@ -204,6 +204,7 @@ fn check(cfg: &Config, domain: &str, selector: Option<&str>) -> Result<bool> {
     let resolver = crate::dns::start(
         &cfg.dns.nameservers,
         std::time::Duration::from_secs(cfg.dns.timeout_secs),
+        &crate::dns::Dnssec::default(),
     )
     .context("starting the resolver")?;
     let mut all_ok = true;

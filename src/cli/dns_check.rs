@@ -127,8 +127,12 @@ pub fn run(command: DnsCommand) -> Result<bool> {
 /// Every check for `domain`, in the order they are printed.
 pub fn check(cfg: &Config, domain: &str) -> Result<Vec<Finding>> {
     let timeout = Duration::from_secs(cfg.dns.timeout_secs);
-    let resolver =
-        crate::dns::start(&cfg.dns.nameservers, timeout).context("starting the resolver")?;
+    let resolver = crate::dns::start(
+        &cfg.dns.nameservers,
+        timeout,
+        &crate::dns::Dnssec::default(),
+    )
+    .context("starting the resolver")?;
     let mut report = Report::default();
     let sources = sources(cfg, &resolver, &mut report);
     spf(cfg, &resolver, domain, &sources, &mut report)?;

@@ -393,6 +393,7 @@ fn next_hops_resolve(cfg: &Config) -> crate::config::Problems {
     let resolver = match crate::dns::start(
         &cfg.dns.nameservers,
         std::time::Duration::from_secs(cfg.dns.timeout_secs),
+        &crate::dns::Dnssec::default(),
     ) {
         Ok(r) => r,
         Err(e) => {

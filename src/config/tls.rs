@@ -62,6 +62,20 @@ section! {
         /// Domains whose MTA-STS policy is not applied (a receiver whose
         /// policy is known to be broken), e.g. `["broken.example"]`.
         mta_sts_ignore: Vec<String> = Vec::new(),
+        /// Apply receivers' DANE TLSA records (RFC 7672) to mail delivered
+        /// to their MX hosts, when `dns.dnssec` is on: for an MX host whose
+        /// MX and address answers are DNSSEC-secure, the TLSA records at
+        /// `_PORT._tcp.HOST` make TLS mandatory and the certificate must
+        /// match one (DANE-EE: the key or certificate itself; DANE-TA: a
+        /// certificate of the chain, with the MX host name checked), else
+        /// the host is not used and the mail waits, never plaintext. A TLSA
+        /// answer that fails validation or cannot be had also keeps the
+        /// host out. DANE wins over MTA-STS for the hosts it covers. Not
+        /// for routes or the smarthost.
+        dane: bool = true,
+        /// Domains whose DANE records are not applied (a receiver whose
+        /// records are known to be broken), e.g. `["broken.example"]`.
+        dane_ignore: Vec<String> = Vec::new(),
     }
 }
 

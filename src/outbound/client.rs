@@ -165,6 +165,9 @@ pub struct Client {
     pub host: String,
     /// The TLS policy it was opened under (see `outbound::pool`).
     pub policy: OutboundTls,
+    /// The TLSA set (`dane::TlsaSet::digest`) its certificate was checked
+    /// against, if DANE applied.
+    pub dane: Option<u64>,
     pub ext: Extensions,
     /// Transactions attempted on this connection.
     pub transactions: u32,
@@ -193,6 +196,9 @@ pub struct Dial<'a> {
     /// This node: a server that greets with one of its names is this
     /// node again, and is not sent to.
     pub myself: &'a super::Myself,
+    /// The TLSA set the certificate is checked against, if DANE applies
+    /// (the TLS config passed to `connect` is then that set's).
+    pub dane: Option<u64>,
 }
 
 /// The TCP connection to `peer` (from `source`'s address or through its
@@ -245,8 +251,9 @@ impl Client {
             host,
             helo,
             myself,
+            dane,
         } = dial;
-        let require_tls = policy == OutboundTls::Require;
+        let require_tls = policy == OutboundTls::Require || dane.is_some();
         let stream = open_stream(peer, source, host, connect_timeout, timeout).await?;
         let mut c = Client {
             stream: crate::tls::Stream::Plain(stream),
@@ -255,6 +262,7 @@ impl Client {
             peer,
             host: host.to_string(),
             policy,
+            dane,
             ext: Extensions::default(),
             transactions: 0,
             source: source.map(|s| s.name.clone()),

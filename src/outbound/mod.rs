@@ -17,7 +17,7 @@
 //! scheduler applies before an attempt).
 //!
 //! May call: `dns` (MX and addresses), `tls`, `mta_sts` (receivers'
-//! policies), `proto` (replies, dot-stuffing, DSN parameters), `queue` (the
+//! policies), `dane` (TLSA records as a certificate check), `proto` (replies, dot-stuffing, DSN parameters), `queue` (the
 //! envelope's DSN request), `config`, `metrics`, `shard`.
 //! Must not: write the queue, retry or bounce; it returns values and the
 //! scheduler decides.
@@ -38,6 +38,7 @@ use client::{Client, Outgoing};
 pub use outcome::DeliveryOutcome;
 
 use crate::config::{Config, OutboundTls};
+use crate::dane::TlsaSet;
 use pool::Pool;
 
 /// One host to try: its name (for logs and TLS) and address.
@@ -45,6 +46,25 @@ use pool::Pool;
 pub struct Target {
     pub host: String,
     pub addr: SocketAddr,
+    /// The host's MX and address answers were DNSSEC-secure: DANE may
+    /// apply (`dns.dnssec`).
+    pub secure: bool,
+    /// The host's TLSA records, when DANE applies: TLS is then mandatory
+    /// and the certificate checked against them (`crate::dane`), whatever
+    /// the destination's other policy.
+    pub dane: Option<Arc<TlsaSet>>,
+}
+
+impl Target {
+    /// A host with no DNSSEC standing.
+    pub fn new(host: String, addr: SocketAddr) -> Target {
+        Target {
+            host,
+            addr,
+            secure: false,
+            dane: None,
+        }
+    }
 }
 
 /// The result of one attempt.
@@ -328,9 +348,14 @@ impl Delivery {
         }
         // Only a connection opened for this host under this policy (or a
         // stricter one) serves it: see `pool`.
+        let dane = target.dane.as_ref().map(|set| set.digest);
+        let policy = match dane {
+            Some(_) => OutboundTls::Require,
+            None => path.policy,
+        };
         let pooled = self.pool.take(
             (&target.host, target.addr),
-            path.policy,
+            (policy, dane),
             path.source.map(|s| s.name.as_str()),
             path.site,
         );
@@ -375,6 +400,7 @@ impl Delivery {
                 host: &t.host,
                 helo: &self.helo,
                 myself: &self.myself,
+                dane: None,
             };
             let timeout = self.timeout.min(Duration::from_secs(30));
             match Client::connect(dial, connect_timeout, timeout, None, OutboundTls::None).await {
@@ -394,13 +420,19 @@ impl Delivery {
     /// A new connection under `policy`. Opportunistic: if the TLS handshake
     /// fails, the same host again in plaintext (rustls has no CBC or RSA key
     /// exchange, so some old servers cannot talk to it). Require: verified
-    /// TLS or a temporary failure, never plaintext.
+    /// TLS or a temporary failure, never plaintext. A target with TLSA
+    /// records (DANE) is required TLS checked against them, whatever the
+    /// path's policy.
     async fn connect(
         &self,
         target: &Target,
         path: &Path<'_>,
     ) -> Result<Client, client::ConnectError> {
-        let (policy, source) = (path.policy, path.source);
+        let source = path.source;
+        let policy = match target.dane {
+            Some(_) => OutboundTls::Require,
+            None => path.policy,
+        };
         let closing = self
             .pool
             .trim(source.map(|s| s.name.as_str()), path.site, path.idle_room);
@@ -416,6 +448,7 @@ impl Delivery {
                     host: &target.host,
                     helo,
                     myself: &self.myself,
+                    dane: target.dane.as_ref().map(|set| set.digest),
                 },
                 path.connect_timeout,
                 self.timeout,
@@ -424,7 +457,12 @@ impl Delivery {
             )
         };
         let require = policy == OutboundTls::Require;
+        let dane_config = target
+            .dane
+            .as_ref()
+            .map(|set| crate::dane::client_config(TlsaSet::clone(set)));
         let config = match policy {
+            _ if dane_config.is_some() => dane_config.as_ref(),
             OutboundTls::None => None,
             OutboundTls::Opportunistic => Some(&self.opportunistic),
             OutboundTls::Require => match &self.verified {

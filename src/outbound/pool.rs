@@ -9,7 +9,8 @@
 //! before a new connection would take it over its connection limit.
 //!
 //! The key is [`PoolKey`]: the MX host name, its address, the TLS policy
-//! the connection was opened under, its egress source and its site. A connection opened under
+//! the connection was opened under, the DANE TLSA set its certificate was
+//! checked against (if any), its egress source and its site. A connection opened under
 //! `require` was verified for that host name, so it also serves an
 //! opportunistic destination at the same host; nothing else crosses:
 //! an opportunistic connection (any certificate, or plaintext after a
@@ -44,6 +45,10 @@ pub struct PoolKey {
     pub source: Option<String>,
     /// The site (`scheduler::shaping`) it counts against.
     pub site: String,
+    /// The TLSA set its certificate was checked against (DANE): such a
+    /// connection carries mail only for that same set, and a destination
+    /// with TLSA records takes no other connection.
+    pub dane: Option<u64>,
 }
 
 impl PoolKey {
@@ -55,6 +60,7 @@ impl PoolKey {
             policy: client.policy,
             source: client.source.clone(),
             site: site.to_string(),
+            dane: client.dane,
         }
     }
 
@@ -83,11 +89,12 @@ pub struct Pool {
 
 impl Pool {
     /// The most recently used fresh idle connection to `host` at `addr`
-    /// from `source` for `site` that may carry mail under `policy`.
+    /// from `source` for `site` that may carry mail under `policy` (and,
+    /// with DANE, was checked against the TLSA set `dane`).
     pub fn take(
         &self,
         (host, addr): (&str, SocketAddr),
-        policy: OutboundTls,
+        (policy, dane): (OutboundTls, Option<u64>),
         source: Option<&str>,
         site: &str,
     ) -> Option<Client> {
@@ -100,6 +107,7 @@ impl Pool {
                 policy: opened_under,
                 source: source.map(str::to_string),
                 site: site.to_string(),
+                dane,
             };
             let Some(list) = idle.get_mut(&key) else {
                 continue;

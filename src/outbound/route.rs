@@ -85,10 +85,19 @@ impl Router {
             Some(hop) => self.targets_of(hop).await,
             None => {
                 let hosts = self.dns.mx(domain).await?;
-                let list: Vec<_> = hosts.into_iter().map(|h| (h.name, h.addrs)).collect();
+                let list: Vec<_> = hosts
+                    .into_iter()
+                    .map(|h| (h.name, h.addrs, h.secure))
+                    .collect();
                 Ok(targets(&list, self.remote_port))
             }
         }
+    }
+
+    /// The resolver, for what a destination publishes beside its MX
+    /// hosts (DANE's TLSA records).
+    pub fn resolver(&self) -> &Resolver {
+        &self.dns
     }
 
     /// Whether mail for `domain` goes to its MX hosts (no route, smarthost
@@ -102,10 +111,7 @@ impl Router {
     /// The hosts of a configured next hop (looked up as A/AAAA if named).
     pub async fn targets_of(&self, hop: &NextHop) -> Result<Vec<Target>, RouteError> {
         match hop {
-            NextHop::Addr(addr) => Ok(vec![Target {
-                host: addr.ip().to_string(),
-                addr: *addr,
-            }]),
+            NextHop::Addr(addr) => Ok(vec![Target::new(addr.ip().to_string(), *addr)]),
             NextHop::Host(host, port) => {
                 let addrs = self.dns.host(host).await.map_err(|e| RouteError::NextHop {
                     host: host.clone(),
@@ -115,20 +121,21 @@ impl Router {
                         DnsError::Temporary(why) => why,
                     },
                 })?;
-                Ok(targets(&[(host.clone(), addrs)], *port))
+                Ok(targets(&[(host.clone(), addrs, false)], *port))
             }
         }
     }
 }
 
-/// Pure: hosts with their addresses → ordered targets on `port`.
-pub fn targets(hosts: &[(String, Vec<IpAddr>)], port: u16) -> Vec<Target> {
+/// Pure: hosts with their addresses (and whether their DNS answers were
+/// DNSSEC-secure) → ordered targets on `port`.
+pub fn targets(hosts: &[(String, Vec<IpAddr>, bool)], port: u16) -> Vec<Target> {
     hosts
         .iter()
-        .flat_map(|(host, addrs)| {
+        .flat_map(|(host, addrs, secure)| {
             addrs.iter().map(move |ip| Target {
-                host: host.clone(),
-                addr: SocketAddr::new(*ip, port),
+                secure: *secure,
+                ..Target::new(host.clone(), SocketAddr::new(*ip, port))
             })
         })
         .collect()
@@ -142,24 +149,29 @@ mod tests {
     fn hosts_expand_in_order() {
         let t = targets(
             &[
-                ("mx1.example".into(), vec!["192.0.2.1".parse().unwrap()]),
+                (
+                    "mx1.example".into(),
+                    vec!["192.0.2.1".parse().unwrap()],
+                    true,
+                ),
                 (
                     "mx2.example".into(),
                     vec!["192.0.2.2".parse().unwrap(), "2001:db8::2".parse().unwrap()],
+                    false,
                 ),
             ],
             2525,
         );
         let got: Vec<_> = t
             .iter()
-            .map(|t| (t.host.as_str(), t.addr.to_string()))
+            .map(|t| (t.host.as_str(), t.addr.to_string(), t.secure))
             .collect();
         assert_eq!(
             got,
             [
-                ("mx1.example", "192.0.2.1:2525".to_string()),
-                ("mx2.example", "192.0.2.2:2525".to_string()),
-                ("mx2.example", "[2001:db8::2]:2525".to_string())
+                ("mx1.example", "192.0.2.1:2525".to_string(), true),
+                ("mx2.example", "192.0.2.2:2525".to_string(), false),
+                ("mx2.example", "[2001:db8::2]:2525".to_string(), false)
             ]
         );
     }

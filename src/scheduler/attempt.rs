@@ -62,7 +62,7 @@ impl Scheduler {
                 ..Attempt::all(why.outcome(), rcpts.len())
             };
         }
-        let (targets, tls) = match self.under_sts(domain, targets).await {
+        let (targets, tls) = match self.tls_policy(domain, targets).await {
             Ok(kept) => kept,
             Err(why) => {
                 return Attempt {
@@ -156,52 +156,6 @@ impl Scheduler {
             held: last_held,
             ..Attempt::all(last, rcpts.len())
         }
-    }
-
-    /// The targets mail for `domain` may go to and the TLS it needs
-    /// there (before a shaping rule raises it): `[tls]`'s policy, unless
-    /// the domain's MTA-STS policy (`outbound::sts`) is enforced: then
-    /// only the MX hosts it names, over verified TLS, and none at all (a
-    /// deferral that says why) when it names none of them.
-    async fn under_sts(
-        &self,
-        domain: &str,
-        targets: Vec<Target>,
-    ) -> Result<(Vec<Target>, OutboundTls), DeliveryOutcome> {
-        let tls = self.cfg.tls.policy_for(domain);
-        let Some(sts) = self.sts.as_ref().filter(|_| self.router.is_mx(domain)) else {
-            return Ok((targets, tls));
-        };
-        let Some(policy) = sts.policy_for(domain).await else {
-            return Ok((targets, tls));
-        };
-        let mode = policy.mode.as_str();
-        let applied = |result: &'static str| {
-            ::metrics::counter!(crate::metrics::MTA_STS_APPLIED, "mode" => mode, "result" => result)
-                .increment(1);
-        };
-        if policy.mode != crate::mta_sts::Mode::Enforce {
-            applied(match targets.iter().any(|t| policy.allows(&t.host)) {
-                true => "ok",
-                false => "mx_mismatch",
-            });
-            return Ok((targets, tls));
-        }
-        let (kept, outside): (Vec<Target>, Vec<Target>) =
-            targets.into_iter().partition(|t| policy.allows(&t.host));
-        if kept.is_empty() {
-            applied("mx_mismatch");
-            let hosts: Vec<&str> = outside.iter().map(|t| t.host.as_str()).collect();
-            return Err(DeliveryOutcome::Temporary {
-                reply: format!(
-                    "451 4.7.5 MTA-STS: no MX host of {domain} ({}) is in its enforced policy (mx: {}); waiting",
-                    hosts.join(", "),
-                    policy.mx.join(" ")
-                ),
-            });
-        }
-        applied("ok");
-        Ok((kept, OutboundTls::Require))
     }
 
     /// Delivers `msg` over the path `lease` was taken on, under the path's

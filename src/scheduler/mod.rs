@@ -32,7 +32,9 @@
 //! Files, by step: this one keeps the shard's [`Scheduler`], its loop
 //! (timer, workers, dispatch) and the holds; `attempt` makes one delivery
 //! attempt (site, holds, source, the path's gate, the body read and made
-//! the DATA wire once for every try, delivery); `record` applies its
+//! the DATA wire once for every try, delivery), with `tls_policy` (the
+//! receivers' DANE records and MTA-STS policy applied to its targets);
+//! `record` applies its
 //! outcomes (state, categories, suppression, the delivery log, `[backoff]`
 //! rules); `finish` ends a round (retry or expiry, DSNs, removal);
 //! `compact` moves bodies out of sparse segments. Beside them:
@@ -53,7 +55,8 @@
 //! May call: `queue` (update, remove, read, the kept trees), `outbound`
 //! (routing and one attempt), `classify` (failure categories), `dsn`
 //! (notices), `suppression`, `events`, `history` (what became of the
-//! messages that left: [`find`], with the queue's own [`index`]), `mta_sts` (policies), `cluster`
+//! messages that left: [`find`], with the queue's own [`index`]), `mta_sts` (policies),
+//! `dane` (receivers' TLSA records), `cluster`
 //! (Redis: tokens, leases, suspensions), `config`, `metrics`, `shard` (the
 //! mesh: back-off notices, the node's book).
 //! Must not: open sockets itself, or write sled other than through
@@ -84,6 +87,7 @@ pub mod shared;
 pub mod state;
 pub mod stored;
 mod tally;
+mod tls_policy;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;

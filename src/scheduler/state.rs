@@ -640,10 +640,10 @@ mod tests {
     fn attempt(outcomes: Vec<DeliveryOutcome>) -> Attempt {
         Attempt {
             outcomes,
-            remote: Some(Target {
-                host: "mx.a.example".into(),
-                addr: "127.0.0.1:25".parse().unwrap(),
-            }),
+            remote: Some(Target::new(
+                "mx.a.example".into(),
+                "127.0.0.1:25".parse().unwrap(),
+            )),
             tls: None,
             source: None,
             site: None,

@@ -336,6 +336,10 @@ fn prepare(
     let resolver = dns::start(
         &cfg.dns.nameservers,
         Duration::from_secs(cfg.dns.timeout_secs),
+        &dns::Dnssec {
+            validate: cfg.dns.dnssec,
+            trust_anchor_file: cfg.dns.trust_anchors(),
+        },
     )
     .map_err(StartError::Dns)?;
     let suppressions = match cfg.suppression.enabled {

@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod https;
+pub mod knot;
 pub mod redis_server;
 pub mod sink;
 
@@ -430,4 +431,34 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap()
+}
+
+/// The delivery log's (`delivery.log`, JSON lines) events for `rcpt`.
+pub fn log_events(log: &Path, rcpt: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["recipient"] == rcpt)
+        .collect()
+}
+
+/// The first `kind` event (Delivery, TransientFailure, ...) for `rcpt`
+/// in the delivery log, waiting up to 30 s for it.
+pub fn wait_for_log_event(log: &Path, rcpt: &str, kind: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(e) = log_events(log, rcpt)
+            .into_iter()
+            .find(|e| e["event"] == kind)
+        {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {kind} for {rcpt}: {:?}",
+            log_events(log, rcpt)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

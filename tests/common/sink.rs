@@ -439,10 +439,13 @@ pub fn self_signed_tls(name: &str) -> Arc<rustls::ServerConfig> {
     server_config(&ck.cert.pem(), &ck.signing_key.serialize_pem())
 }
 
-/// A rustls server config (ring provider) from PEM certificate and key.
-fn server_config(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
+/// A rustls server config (ring provider) from a PEM certificate chain
+/// (the server's first) and key.
+pub fn server_config(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
     use rustls::pki_types::pem::PemObject;
-    let cert = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap();
+    let chain: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .map(Result::unwrap)
+        .collect();
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -450,7 +453,7 @@ fn server_config(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_no_client_auth()
-    .with_single_cert(vec![cert], key)
+    .with_single_cert(chain, key)
     .unwrap();
     Arc::new(config)
 }

@@ -1,0 +1,183 @@
+//! The TLS a destination's receivers ask for, applied to an attempt's
+//! targets before it connects: DANE (RFC 7672) per MX host, then the
+//! domain's MTA-STS policy (RFC 8461).
+//!
+//! DANE: with `dns.dnssec` and `tls.dane`, each MX host whose MX and
+//! address answers were DNSSEC-secure has its TLSA records looked up at
+//! `_PORT._tcp.HOST` (hickory caches them per their TTL). Secure records
+//! go with the target (`Target::dane`): outbound then requires TLS
+//! checked against them. A TLSA answer that fails validation or cannot
+//! be had takes the host out of this attempt; with no host left the mail
+//! waits (`451 4.7.5`), never going out with less.
+//!
+//! May call: `outbound` (targets, the router's resolver), `dane` (the
+//! TLSA set), `mta_sts` (the policy's mode) through `outbound::sts`.
+//! Must not: connect, or change the schedule's state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Scheduler;
+use crate::config::OutboundTls;
+use crate::dane::TlsaSet;
+use crate::outbound::{DeliveryOutcome, Target};
+
+impl Scheduler {
+    /// The targets mail for `domain` may go to now, with the TLS each
+    /// needs: DANE's TLSA records per host, then MTA-STS for the rest.
+    pub(super) async fn tls_policy(
+        &self,
+        domain: &str,
+        targets: Vec<Target>,
+    ) -> Result<(Vec<Target>, OutboundTls), DeliveryOutcome> {
+        let targets = self.under_dane(domain, targets).await?;
+        self.under_sts(domain, targets).await
+    }
+
+    /// Whether DANE is looked for in mail to `domain`.
+    fn dane_applies(&self, domain: &str) -> bool {
+        let tls = &self.cfg.tls;
+        if !(self.cfg.dns.dnssec && tls.dane && self.router.is_mx(domain)) {
+            return false;
+        }
+        if tls
+            .dane_ignore
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+        {
+            looked_up("ignored");
+            return false;
+        }
+        true
+    }
+
+    /// The TLSA records of `host` for delivery on `port`.
+    async fn tlsa_of(&self, host: &str, port: u16) -> TlsaLookup {
+        let name = format!("_{port}._tcp.{host}");
+        match self.router.resolver().tlsa(&name).await {
+            Ok(Some(records)) if !records.is_empty() => {
+                let set = TlsaSet::new(&name, &records);
+                looked_up(match set.usable.is_empty() {
+                    true => "unusable",
+                    false => "records",
+                });
+                Ok(Some(Arc::new(set)))
+            }
+            Ok(_) => {
+                looked_up("none");
+                Ok(None)
+            }
+            Err(e) => {
+                looked_up("failed");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// `targets` with their TLSA records (DANE) where DNSSEC-secure ones
+    /// exist; hosts whose TLSA answer failed are left out.
+    async fn under_dane(
+        &self,
+        domain: &str,
+        targets: Vec<Target>,
+    ) -> Result<Vec<Target>, DeliveryOutcome> {
+        if !targets.iter().any(|t| t.secure) || !self.dane_applies(domain) {
+            return Ok(targets);
+        }
+        let mut found: HashMap<(String, u16), TlsaLookup> = HashMap::new();
+        for t in targets.iter().filter(|t| t.secure) {
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                found.entry((t.host.clone(), t.addr.port()))
+            {
+                slot.insert(self.tlsa_of(&t.host, t.addr.port()).await);
+            }
+        }
+        let mut failed = Vec::new();
+        let kept: Vec<Target> = targets
+            .into_iter()
+            .filter_map(|mut t| {
+                if !t.secure {
+                    return Some(t);
+                }
+                match &found[&(t.host.clone(), t.addr.port())] {
+                    Ok(set) => {
+                        t.dane = set.clone();
+                        Some(t)
+                    }
+                    Err(why) => {
+                        failed.push(format!("{}: {why}", t.host));
+                        None
+                    }
+                }
+            })
+            .collect();
+        if kept.is_empty() {
+            failed.dedup();
+            return Err(DeliveryOutcome::Temporary {
+                reply: format!(
+                    "451 4.7.5 DANE: no MX host of {domain} can be checked: {}",
+                    failed.join("; ")
+                ),
+            });
+        }
+        Ok(kept)
+    }
+
+    /// The targets mail for `domain` may go to and the TLS it needs
+    /// there (before a shaping rule raises it): `[tls]`'s policy, unless
+    /// the domain's MTA-STS policy (`outbound::sts`) is enforced: then
+    /// only the MX hosts it names, over verified TLS, and none at all (a
+    /// deferral that says why) when it names none of them.
+    pub(super) async fn under_sts(
+        &self,
+        domain: &str,
+        targets: Vec<Target>,
+    ) -> Result<(Vec<Target>, OutboundTls), DeliveryOutcome> {
+        let tls = self.cfg.tls.policy_for(domain);
+        let Some(sts) = self.sts.as_ref().filter(|_| self.router.is_mx(domain)) else {
+            return Ok((targets, tls));
+        };
+        let Some(policy) = sts.policy_for(domain).await else {
+            return Ok((targets, tls));
+        };
+        let mode = policy.mode.as_str();
+        let applied = |result: &'static str| {
+            ::metrics::counter!(crate::metrics::MTA_STS_APPLIED, "mode" => mode, "result" => result)
+                .increment(1);
+        };
+        if policy.mode != crate::mta_sts::Mode::Enforce {
+            applied(match targets.iter().any(|t| policy.allows(&t.host)) {
+                true => "ok",
+                false => "mx_mismatch",
+            });
+            return Ok((targets, tls));
+        }
+        // A host DANE covers is checked by its TLSA records instead
+        // (RFC 8461 §2: DANE wins where both apply).
+        let (kept, outside): (Vec<Target>, Vec<Target>) = targets
+            .into_iter()
+            .partition(|t| t.dane.is_some() || policy.allows(&t.host));
+        if kept.is_empty() {
+            applied("mx_mismatch");
+            let hosts: Vec<&str> = outside.iter().map(|t| t.host.as_str()).collect();
+            return Err(DeliveryOutcome::Temporary {
+                reply: format!(
+                    "451 4.7.5 MTA-STS: no MX host of {domain} ({}) is in its enforced policy (mx: {}); waiting",
+                    hosts.join(", "),
+                    policy.mx.join(" ")
+                ),
+            });
+        }
+        applied("ok");
+        Ok((kept, OutboundTls::Require))
+    }
+}
+
+/// A host's TLSA records (DANE) if it has secure ones; Err: why they
+/// could not be had.
+type TlsaLookup = Result<Option<Arc<TlsaSet>>, String>;
+
+/// Counts a TLSA lookup by its result.
+fn looked_up(result: &'static str) {
+    ::metrics::counter!(crate::metrics::DANE_LOOKUPS, "result" => result).increment(1);
+}
