@@ -21,7 +21,8 @@
 //! A set is compared whole ([`TlsaSet::digest`]): a pooled connection
 //! verified against one set never carries mail for another.
 //!
-//! May call: `dns` (the TLSA record type), `tls` (the crypto provider).
+//! May call: `dns` (the TLSA record type), `tls` (the crypto provider),
+//! `tlsrpt` (a failure's result type for TLS reports).
 //! Must not: look anything up, or decide what a failed check does to a
 //! delivery (the scheduler and outbound do).
 
@@ -35,6 +36,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use crate::dns::Tlsa;
+use mail_auth::report::tlsrpt::ResultType;
 
 /// Certificate usages (RFC 6698 §2.1.1, RFC 7218 names).
 pub const DANE_TA: u8 = 2;
@@ -74,6 +76,20 @@ impl TlsaSet {
     }
 }
 
+impl TlsaSet {
+    /// The usable records in presentation form (`3 1 1 <hex>`), as a TLS
+    /// report names the policy.
+    pub fn presentation(&self) -> Vec<String> {
+        self.usable
+            .iter()
+            .map(|r| {
+                let hex: String = r.data.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{} {} {} {hex}", r.usage, r.selector, r.matching)
+            })
+            .collect()
+    }
+}
+
 /// A record SMTP can use (RFC 7672 §3.1): DANE-TA or DANE-EE, full
 /// certificate or public key, exact or SHA-256/512.
 pub fn usable(r: &Tlsa) -> bool {
@@ -81,14 +97,24 @@ pub fn usable(r: &Tlsa) -> bool {
 }
 
 /// Why a certificate chain matched no record.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DaneError {
     #[error("the certificate matches none of the TLSA records at {0}")]
     NoMatch(String),
     #[error("the certificate chains to a DANE-TA anchor of {name} but does not verify: {why}")]
-    TaChain { name: String, why: String },
+    TaChain { name: String, why: rustls::Error },
     #[error("the certificate could not be read: {0}")]
     BadCertificate(String),
+}
+
+impl DaneError {
+    /// The failure as a TLS report names it (RFC 8460 §4.3).
+    pub fn result_type(&self) -> ResultType {
+        match self {
+            DaneError::TaChain { why, .. } => crate::tlsrpt::result_of_tls_error(why),
+            DaneError::NoMatch(_) | DaneError::BadCertificate(_) => ResultType::ValidationFailure,
+        }
+    }
 }
 
 /// The data `selector` picks from a certificate: the whole DER (0) or its
@@ -164,18 +190,15 @@ fn chain_to(
     host: &ServerName<'_>,
     now: UnixTime,
     provider: &Arc<CryptoProvider>,
-) -> Result<(), String> {
+) -> Result<(), rustls::Error> {
     let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(anchor.clone().into_owned())
-        .map_err(|e| e.to_string())?;
+    roots.add(anchor.clone().into_owned())?;
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
     verifier
         .verify_server_cert(end_entity, intermediates, host, &[], now)
         .map(|_| ())
-        .map_err(|e| e.to_string())
 }
 
 /// A client config that accepts a server only as [`check`] says.
@@ -222,7 +245,11 @@ impl ServerCertVerifier for DaneVerifier {
             &self.provider,
         )
         .map(|()| ServerCertVerified::assertion())
-        .map_err(|e| rustls::Error::General(format!("DANE: {e}")))
+        .map_err(|e| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })
     }
 
     fn verify_tls12_signature(

@@ -44,6 +44,8 @@
 //! - [`mta_sts`]: MTA-STS policy files (RFC 8461): parsed and fetched.
 //! - [`dane`]: DANE (RFC 7672): a receiver's TLSA records as the check of
 //!   its MX host's certificate.
+//! - [`tlsrpt`]: TLS reporting (RFC 8460): outbound TLS sessions counted
+//!   per day and policy, and the daily report made of them.
 //! - [`dsn`]: delivery status notifications (RFC 3464).
 //! - [`events`]: the JSON delivery log.
 //! - [`metrics`]: every Prometheus metric, declared once.
@@ -78,3 +80,4 @@ pub mod server;
 pub mod shard;
 pub mod suppression;
 pub mod tls;
+pub mod tlsrpt;

@@ -66,6 +66,20 @@ pub struct Policy {
     pub max_age: u64,
 }
 
+impl Policy {
+    /// The policy as lines of its file (`version: STSv1`, `mode`, each
+    /// `mx`, `max_age`), as a TLS report's `policy-string` gives it.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            "version: STSv1".to_string(),
+            format!("mode: {}", self.mode.as_str()),
+        ];
+        lines.extend(self.mx.iter().map(|m| format!("mx: {m}")));
+        lines.push(format!("max_age: {}", self.max_age));
+        lines
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     #[error("the policy is not UTF-8 text")]

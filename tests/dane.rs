@@ -118,6 +118,9 @@ fn zones(certs: &Certs, port: u16) -> Vec<Zone<'static>> {
         };
         if let Some(t) = tlsa {
             signed.push_str(&format!("_{port}._tcp.mx.{label} TLSA {t}\n"));
+            signed.push_str(&format!(
+                "_smtp._tls.{label} TXT \"v=TLSRPTv1; rua=mailto:{REPORTS_TO}\"\n"
+            ));
         }
     }
     signed.push_str("unsigned NS ns.test.\nbogus NS ns.test.\n");
@@ -148,8 +151,19 @@ fn zones(certs: &Certs, port: u16) -> Vec<Zone<'static>> {
     ]
 }
 
-#[test]
-fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
+/// Where the zones' `_smtp._tls` records ask for TLS reports (routed to
+/// a sink of its own).
+const REPORTS_TO: &str = "tlsrpt@reports.test";
+
+/// The parts of a run: the MX sinks (in `CASES` order), Knot, and the
+/// sinks' port.
+struct World {
+    sinks: Vec<Sink>,
+    knot: Knot,
+    port: u16,
+}
+
+fn world() -> World {
     let certs = Certs::new();
     // One port on every sink's address (MX delivery has one port).
     let (port, sinks) = (0..50)
@@ -171,30 +185,42 @@ fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
         })
         .expect("a port free on every sink address");
     let knot = Knot::serve(&zones(&certs, port));
+    World { sinks, knot, port }
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("delivery.log");
-    let log_path = log.display().to_string();
-    let anchor = knot.anchor.display().to_string();
-    let ts = common::start_with(2, |c| {
-        c.delivery.smarthost.clear();
-        c.delivery.remote_port = port;
-        c.delivery.retry_initial_secs = 3600;
-        c.delivery.retry_max_secs = 3600;
-        c.delivery.connect_timeout_secs = 2;
-        c.delivery.log = log_path;
-        c.dns.nameservers = vec![knot.addr];
-        c.dns.timeout_secs = 2;
-        c.dns.dnssec = true;
-        c.dns.trust_anchor_file = anchor;
-        c.tls.dane_ignore = vec!["ignored.test".into()];
-    });
+/// Points a server's delivery at the world: MX lookups at Knot with
+/// DNSSEC, retries an hour away, the delivery log at `log`.
+fn configure(c: &mut ringpost::config::Config, w: &World, log: &std::path::Path) {
+    c.delivery.smarthost.clear();
+    c.delivery.remote_port = w.port;
+    c.delivery.retry_initial_secs = 3600;
+    c.delivery.retry_max_secs = 3600;
+    c.delivery.connect_timeout_secs = 2;
+    c.delivery.log = log.display().to_string();
+    c.dns.nameservers = vec![w.knot.addr];
+    c.dns.timeout_secs = 2;
+    c.dns.dnssec = true;
+    c.dns.trust_anchor_file = w.knot.anchor.display().to_string();
+    c.tls.dane_ignore = vec!["ignored.test".into()];
+}
+
+fn send_one_to_each(ts: &common::TestServer) {
     for (domain, _, _) in CASES {
         let mut client = ts.client();
         client.begin("app@sender.test", &[&format!("x@{domain}")]);
         let r = client.data(format!("Subject: to {domain}\r\n\r\nx\r\n").as_bytes());
         assert_eq!(r.code, 250, "{r:?}");
     }
+}
+
+#[test]
+fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
+    let w = world();
+    let sinks = &w.sinks;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("delivery.log");
+    let ts = common::start_with(2, |c| configure(c, &w, &log));
+    send_one_to_each(&ts);
 
     let mut table = Vec::new();
     for (i, (domain, offered, delivered)) in CASES.iter().enumerate() {
@@ -252,4 +278,119 @@ fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
         let line = format!("ringpost_dane_tlsa_lookups_total{{result=\"{result}\"}}");
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
     }
+}
+
+/// What an independent reader (parsedmarc, from PyPI) makes of a TLS
+/// report message: its `smtp_tls` report as JSON.
+fn parsed_by_parsedmarc(message: &[u8]) -> serde_json::Value {
+    use std::io::Write;
+    let script = "import sys, json, parsedmarc\n\
+                  r = parsedmarc.parse_report_email(sys.stdin.buffer.read(), offline=True)\n\
+                  print(json.dumps(r, default=str))\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "parsedmarc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A day of TLS sessions to receivers with DANE records is reported once
+/// the day has ended (RFC 8460), one report per domain, to the address
+/// the domain's `_smtp._tls` record names; an independent reader
+/// (parsedmarc) finds in each the sessions the sinks saw, by result.
+#[test]
+fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
+    let w = world();
+    let (reports, reports_port) = (0..50)
+        .find_map(|_| {
+            let port = common::sink_port();
+            std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+            Some((Sink::start("127.0.0.1", port, Script::default()), port))
+        })
+        .expect("a free port for the reports' sink");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("delivery.log");
+    let noon = 1_800_000_000 - 1_800_000_000 % 86_400 + 12 * 3600;
+    let clock = ringpost::shard::clock::Clock::manual(noon);
+    let ts = common::start_with_clock(2, clock.clone(), |c| {
+        configure(c, &w, &log);
+        c.delivery
+            .routes
+            .insert("reports.test".into(), format!("[127.0.0.1]:{reports_port}"));
+        c.tls_reporting.from = "tls-reports@sender.test".into();
+        c.tls_reporting.organization = "Sender Test".into();
+    });
+    send_one_to_each(&ts);
+    for (i, (domain, _, delivered)) in CASES.iter().enumerate() {
+        let kind = match delivered {
+            true => "Delivery",
+            false => "TransientFailure",
+        };
+        common::wait_for_log_event(&log, &format!("x@{domain}"), kind);
+        if *delivered {
+            w.sinks[i].wait_for(1, 30);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    assert_eq!(reports.accepts(), 0, "no report while the day is under way");
+
+    clock.advance(86_400);
+    // (result, sessions) per domain that asks for reports.
+    let expected: [(&str, u64, Option<&str>); 5] = [
+        ("ee.test", 1, None),
+        ("ta.test", 1, None),
+        ("eebad.test", 0, Some("validation-failure")),
+        ("taname.test", 0, Some("certificate-host-mismatch")),
+        ("notls.test", 0, Some("starttls-not-supported")),
+    ];
+    let got = reports.wait_for(expected.len(), 30);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        reports.messages().len(),
+        expected.len(),
+        "one report per domain"
+    );
+    for (domain, successes, failure) in expected {
+        let msg = got
+            .iter()
+            .find(|m| {
+                String::from_utf8_lossy(&m.data).contains(&format!("TLS-Report-Domain: {domain}"))
+            })
+            .unwrap_or_else(|| panic!("no report for {domain}"));
+        assert_eq!(msg.rcpts, [REPORTS_TO]);
+        assert_eq!(msg.from, "tls-reports@sender.test");
+        let parsed = parsed_by_parsedmarc(&msg.data);
+        assert_eq!(parsed["report_type"], "smtp_tls", "{parsed}");
+        let report = &parsed["report"];
+        assert_eq!(report["organization_name"], "Sender Test", "{report}");
+        let policies = report["policies"].as_array().unwrap();
+        assert_eq!(policies.len(), 1, "{report}");
+        let p = &policies[0];
+        assert_eq!(p["policy_domain"], domain, "{p}");
+        assert_eq!(p["policy_type"], "tlsa", "{p}");
+        assert_eq!(p["successful_session_count"], successes, "{p}");
+        match failure {
+            None => assert_eq!(p["failed_session_count"], 0, "{p}"),
+            Some(result) => {
+                assert_eq!(p["failed_session_count"], 1, "{p}");
+                assert_eq!(p["failure_details"][0]["result_type"], result, "{p}");
+            }
+        }
+        println!("{domain}: {p}");
+    }
+    assert!(
+        ts.metrics_text()
+            .contains("ringpost_tls_reports_sent_total 5"),
+        "five reports counted"
+    );
 }

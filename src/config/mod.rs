@@ -101,6 +101,7 @@ mod spool;
 mod submission;
 mod suppression;
 mod tls;
+mod tls_reporting;
 
 pub use backoff::{BackoffConfig, BackoffRule};
 pub use bounce_classifier::{BOUNCE_CATEGORIES, BounceClassifierConfig};
@@ -123,6 +124,7 @@ pub use spool::{SpoolConfig, SyncMode};
 pub use submission::SubmissionConfig;
 pub use suppression::{SuppressionAction, SuppressionConfig, SuppressionScope};
 pub use tls::{OutboundTls, TlsConfig};
+pub use tls_reporting::TlsReportingConfig;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
@@ -144,6 +146,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub dns: DnsConfig,
     pub tls: TlsConfig,
+    pub tls_reporting: TlsReportingConfig,
     pub dkim: DkimConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
@@ -262,6 +265,7 @@ impl Config {
                 "cluster" => cfg.cluster.merge(t, &mut p),
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
+                "tls_reporting" => cfg.tls_reporting.merge(t, &mut p),
                 "dkim" => cfg.dkim.merge(t, &mut p),
                 "metrics" => cfg.metrics.merge(t, &mut p),
                 "admin" => cfg.admin.merge(t, &mut p),
@@ -293,6 +297,7 @@ impl Config {
         self.cluster.check(p);
         self.dns.check(p);
         self.tls.check(p);
+        self.tls_reporting.check(p);
         self.dkim.check(p);
         self.admin.check(p);
         if self.submission.listen.is_on() && !self.tls.inbound() {

@@ -108,6 +108,7 @@ pub fn reference_markdown() -> String {
         super::ClusterConfig::reference(),
         super::DnsConfig::reference(),
         super::TlsConfig::reference(),
+        super::TlsReportingConfig::reference(),
         super::DkimConfig::reference(),
         super::MetricsConfig::reference(),
         super::AdminConfig::reference(),

@@ -28,6 +28,9 @@ use crate::config::OutboundTls;
 use crate::proto::dsn_params::{orcpt_param, xtext_encode};
 use crate::proto::server_reply::{ServerReply, parse_reply};
 use crate::queue::Envelope;
+use crate::tlsrpt::result_of_tls_error;
+use mail_auth::report::tlsrpt::ResultType;
+use rustls::CertificateError;
 
 /// What the server said it supports in its EHLO reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -144,6 +147,9 @@ pub struct ConnectError {
     /// The egress source's address could not be bound (not configured on
     /// this machine): the source is down, not the destination.
     pub source_down: bool,
+    /// TLS could not be had as asked (a failed handshake or check, or no
+    /// STARTTLS where TLS is required), as TLS reporting names it.
+    pub tls_failure: Option<ResultType>,
 }
 
 impl From<DeliveryOutcome> for ConnectError {
@@ -152,6 +158,7 @@ impl From<DeliveryOutcome> for ConnectError {
             outcome,
             tls_handshake: false,
             source_down: false,
+            tls_failure: None,
         }
     }
 }
@@ -224,6 +231,7 @@ async fn open_stream(
         tls_handshake: false,
         source_down: source.is_some_and(|s| s.proxy.is_none())
             && e.kind() == io::ErrorKind::AddrNotAvailable,
+        tls_failure: None,
     })?;
     let _ = stream.set_nodelay(true);
     stream
@@ -277,23 +285,29 @@ impl Client {
         if let Some(config) = tls.filter(|_| c.ext.starttls) {
             let reply = c.command("STARTTLS\r\n").await?;
             if reply.code == 220 {
-                c.start_tls(config).await.map_err(|outcome| ConnectError {
-                    outcome,
-                    tls_handshake: true,
-                    source_down: false,
-                })?;
+                c.start_tls(config)
+                    .await
+                    .map_err(|(outcome, result)| ConnectError {
+                        outcome,
+                        tls_handshake: true,
+                        source_down: false,
+                        tls_failure: Some(result),
+                    })?;
                 c.hello(helo).await?;
             }
         }
         if require_tls && c.tls.is_none() {
             c.usable = false;
-            return Err(DeliveryOutcome::Temporary {
-                reply: format!(
-                    "TLS is required for {} and it did not offer STARTTLS",
-                    c.host
-                ),
-            }
-            .into());
+            return Err(ConnectError {
+                tls_failure: Some(ResultType::StartTlsNotSupported),
+                ..DeliveryOutcome::Temporary {
+                    reply: format!(
+                        "TLS is required for {} and it did not offer STARTTLS",
+                        c.host
+                    ),
+                }
+                .into()
+            });
         }
         Ok(c)
     }
@@ -350,18 +364,35 @@ impl Client {
     /// The client side of STARTTLS. Whatever the server sent after its 220
     /// arrived before encryption and is thrown away unread (it could be
     /// injected by a man in the middle).
-    async fn start_tls(&mut self, config: &Arc<ClientConfig>) -> Result<(), DeliveryOutcome> {
+    /// Err: why, and the failure as TLS reporting names it.
+    async fn start_tls(
+        &mut self,
+        config: &Arc<ClientConfig>,
+    ) -> Result<(), (DeliveryOutcome, ResultType)> {
         self.buf.clear();
         let name = ServerName::try_from(self.host.clone())
             .unwrap_or_else(|_| ServerName::IpAddress(self.peer.ip().into()));
-        let tcp = self
-            .stream
-            .take_plain()
-            .map_err(|e| self.io_failure("STARTTLS", e))?;
+        let tcp = self.stream.take_plain().map_err(|e| {
+            (
+                self.io_failure("STARTTLS", e),
+                ResultType::ValidationFailure,
+            )
+        })?;
         let handshake = TlsConnector::from(config.clone()).connect(name, tcp).await;
         let label = if handshake.is_ok() { "ok" } else { "failed" };
         ::metrics::counter!(crate::metrics::TLS_HANDSHAKES, "direction" => "outbound", "result" => label).increment(1);
-        let tls = handshake.map_err(|e| self.io_failure("TLS handshake with", e))?;
+        let tls = handshake.map_err(|e| {
+            let rustls_error = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            let result = rustls_error.map_or(ResultType::ValidationFailure, tls_result);
+            // DANE's own words, not rustls's debug form of a custom error.
+            let e = match rustls_error.and_then(dane_error) {
+                Some(d) => io::Error::new(io::ErrorKind::InvalidData, format!("DANE: {d}")),
+                None => e,
+            };
+            (self.io_failure("TLS handshake with", e), result)
+        })?;
         let (_, conn) = tls.get_ref();
         self.tls = Some(format!(
             "{:?} {:?}",
@@ -659,4 +690,24 @@ async fn connect_from(
     // SAFETY: `fd` is a connected TCP socket that nothing else owns; the
     // stream takes it over.
     Ok(unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) })
+}
+
+/// A failed handshake's error as a TLS report names it: DANE's own (a
+/// record that does not match, a DANE-TA chain that does not verify), or
+/// rustls's.
+fn tls_result(e: &rustls::Error) -> ResultType {
+    match dane_error(e) {
+        Some(dane) => dane.result_type(),
+        None => result_of_tls_error(e),
+    }
+}
+
+/// DANE's error, when the certificate check that failed was DANE's.
+fn dane_error(e: &rustls::Error) -> Option<&crate::dane::DaneError> {
+    match e {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            other.0.downcast_ref::<crate::dane::DaneError>()
+        }
+        _ => None,
+    }
 }

@@ -17,7 +17,8 @@
 //! scheduler applies before an attempt).
 //!
 //! May call: `dns` (MX and addresses), `tls`, `mta_sts` (receivers'
-//! policies), `dane` (TLSA records as a certificate check), `proto` (replies, dot-stuffing, DSN parameters), `queue` (the
+//! policies), `dane` (TLSA records as a certificate check), `tlsrpt`
+//! (TLS sessions counted for reports), `proto` (replies, dot-stuffing, DSN parameters), `queue` (the
 //! envelope's DSN request), `config`, `metrics`, `shard`.
 //! Must not: write the queue, retry or bounce; it returns values and the
 //! scheduler decides.
@@ -39,6 +40,8 @@ pub use outcome::DeliveryOutcome;
 
 use crate::config::{Config, OutboundTls};
 use crate::dane::TlsaSet;
+use crate::tlsrpt::{PolicyKey, Session, Tally};
+use mail_auth::report::tlsrpt::ResultType;
 use pool::Pool;
 
 /// One host to try: its name (for logs and TLS) and address.
@@ -207,6 +210,48 @@ impl OutboundSettings {
     }
 }
 
+impl Delivery {
+    /// Counts a new connection's TLS for TLS reporting, when its
+    /// destination has a policy: DANE's for a target with TLSA records,
+    /// else the domain's MTA-STS policy. A connection that failed before
+    /// TLS was in question (refused, no greeting) is no session.
+    fn count_session(
+        &self,
+        target: &Target,
+        path: &Path<'_>,
+        result: &Result<Client, client::ConnectError>,
+    ) {
+        let Some(r) = &path.reporting else {
+            return;
+        };
+        let policy = match (&target.dane, r.sts) {
+            (Some(set), _) => PolicyKey::tlsa(r.domain, set.presentation()),
+            (None, Some(sts)) => sts.clone(),
+            (None, None) => return,
+        };
+        let failure = match result {
+            Ok(c) if c.tls.is_some() => None,
+            Ok(c) => Some((
+                ResultType::StartTlsNotSupported,
+                format!("{} did not offer STARTTLS", c.host),
+            )),
+            Err(e) => match e.tls_failure {
+                Some(kind) => Some((kind, e.outcome.reply().to_string())),
+                None => return,
+            },
+        };
+        let session = Session {
+            mx_host: target.host.clone(),
+            receiving_ip: target.addr.ip(),
+            sending_ip: path.source.map(|s| s.address),
+            failure,
+        };
+        self.tls_sessions
+            .borrow_mut()
+            .record(r.now, &policy, &session);
+    }
+}
+
 /// One path of an attempt: where from, to which site, under which limits.
 pub struct Path<'a> {
     pub source: Option<&'a egress::Source>,
@@ -220,6 +265,19 @@ pub struct Path<'a> {
     /// opens a new one (its limit, less those in use): the oldest others
     /// are closed first.
     pub idle_room: usize,
+    /// Where the attempt's TLS sessions are counted for TLS reporting
+    /// (RFC 8460), when the destination has a policy.
+    pub reporting: Option<Reporting<'a>>,
+}
+
+/// What TLS reporting needs to know of an attempt's destination.
+pub struct Reporting<'a> {
+    /// The recipient domain.
+    pub domain: &'a str,
+    /// Its MTA-STS policy, as the report names it, if it has one.
+    pub sts: Option<&'a PolicyKey>,
+    /// Unix seconds now (the shard's clock): the report's day.
+    pub now: u64,
 }
 
 /// One shard's outbound side: its connection pool and the settings.
@@ -234,6 +292,9 @@ pub struct Delivery {
     /// This shard's sources and pool rotations.
     pub egress: egress::Egress,
     pub myself: Arc<Myself>,
+    /// This shard's TLS sessions to destinations with a policy, for TLS
+    /// reporting (taken by the scheduler to keep and report).
+    pub tls_sessions: std::cell::RefCell<Tally>,
 }
 
 /// Why a target was not sent to, and what the attempt does next.
@@ -256,6 +317,7 @@ impl Delivery {
             verified: s.verified.clone(),
             egress: egress::Egress::new(&s.egress, &s.helo),
             myself: s.myself.clone(),
+            tls_sessions: std::cell::RefCell::new(Tally::default()),
         }
     }
 
@@ -479,6 +541,7 @@ impl Delivery {
         let label = if result.is_ok() { "ok" } else { "failed" };
         ::metrics::counter!(crate::metrics::OUTBOUND_CONNECTIONS_TOTAL, "result" => label)
             .increment(1);
+        self.count_session(target, path, &result);
         match result {
             Ok(c) => Ok(c),
             Err(e) if e.tls_handshake && !require => {

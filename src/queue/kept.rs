@@ -43,10 +43,13 @@ pub enum KeptTree {
     /// Messages that left the queue, and their lookup index
     /// (`history`).
     History,
+    /// The shard's counts of outbound TLS sessions for TLS reports
+    /// (`scheduler::tls_reports`).
+    TlsReports,
 }
 
 impl KeptTree {
-    pub const ALL: [KeptTree; 9] = [
+    pub const ALL: [KeptTree; 10] = [
         KeptTree::Suspensions,
         KeptTree::PathCounts,
         KeptTree::Idempotency,
@@ -56,6 +59,7 @@ impl KeptTree {
         KeptTree::EventsFailed,
         KeptTree::EventsReplay,
         KeptTree::History,
+        KeptTree::TlsReports,
     ];
 
     /// The sled tree's name (on disk: keep stable).
@@ -70,6 +74,7 @@ impl KeptTree {
             KeptTree::EventsFailed => "events_failed",
             KeptTree::EventsReplay => "events_replay",
             KeptTree::History => "history",
+            KeptTree::TlsReports => "tls_reports",
         }
     }
 }

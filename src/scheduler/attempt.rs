@@ -25,10 +25,13 @@ use crate::queue::{Envelope, MessageId};
 /// Where an attempt's mail goes: the site, its shaping rule, the targets
 /// MTA-STS left, and the TLS they need.
 struct Way<'a> {
+    domain: &'a str,
     site: &'a str,
     rule: Option<&'a shaping::Rule>,
     targets: &'a [Target],
     tls: OutboundTls,
+    /// The domain's MTA-STS policy as TLS reports name it.
+    sts: Option<&'a crate::tlsrpt::PolicyKey>,
 }
 
 impl Scheduler {
@@ -62,7 +65,7 @@ impl Scheduler {
                 ..Attempt::all(why.outcome(), rcpts.len())
             };
         }
-        let (targets, tls) = match self.tls_policy(domain, targets).await {
+        let dest = match self.tls_policy(domain, targets).await {
             Ok(kept) => kept,
             Err(why) => {
                 return Attempt {
@@ -72,10 +75,12 @@ impl Scheduler {
             }
         };
         let way = Way {
+            domain,
             site: &site,
             rule,
-            targets: &targets,
-            tls,
+            targets: &dest.targets,
+            tls: dest.tls,
+            sts: dest.sts.as_ref(),
         };
         self.deliver_from_pool(job, env, &rcpts, &way).await
     }
@@ -138,10 +143,7 @@ impl Scheduler {
                 mail_dsn: &mail_dsn,
                 rcpt_dsn: &rcpt_dsn,
             };
-            match self
-                .deliver_on(way.tls, way.targets, &msg, &chosen, lease)
-                .await
-            {
+            match self.deliver_on(way, &msg, &chosen, lease).await {
                 Ok(attempt) => return attempt,
                 Err(why) => {
                     if let Some(s) = &chosen.0 {
@@ -163,8 +165,7 @@ impl Scheduler {
     /// ended.
     async fn deliver_on(
         &self,
-        tls: OutboundTls,
-        targets: &[Target],
+        to: &Way<'_>,
         msg: &Outgoing<'_>,
         (source, limits, path): &ChosenPath,
         lease: Lease<'_>,
@@ -172,14 +173,23 @@ impl Scheduler {
         let way = crate::outbound::Path {
             source: source.as_deref(),
             site: &path.site,
-            policy: limits.tls_policy(tls),
+            policy: limits.tls_policy(to.tls),
             connect_timeout: limits.connect_timeout(),
             max_messages_per_connection: limits.max_messages_per_connection,
             idle_timeout: limits.idle_timeout(),
             idle_room: self.gates.borrow().idle_room(path, Instant::now()),
+            reporting: self
+                .cfg
+                .tls_reporting
+                .is_on()
+                .then(|| crate::outbound::Reporting {
+                    domain: to.domain,
+                    sts: to.sts,
+                    now: self.clock.now(),
+                }),
         };
         let started = Instant::now();
-        let result = self.delivery.attempt(targets, msg, &way).await;
+        let result = self.delivery.attempt(to.targets, msg, &way).await;
         ::metrics::histogram!(crate::metrics::DELIVERY_ATTEMPT_SECONDS)
             .record(started.elapsed().as_secs_f64());
         if let Ok(attempt) = &result {

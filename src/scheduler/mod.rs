@@ -33,7 +33,8 @@
 //! (timer, workers, dispatch) and the holds; `attempt` makes one delivery
 //! attempt (site, holds, source, the path's gate, the body read and made
 //! the DATA wire once for every try, delivery), with `tls_policy` (the
-//! receivers' DANE records and MTA-STS policy applied to its targets);
+//! receivers' DANE records and MTA-STS policy applied to its targets,
+//! and `tls_reports`, the daily TLS reports of what came of them);
 //! `record` applies its
 //! outcomes (state, categories, suppression, the delivery log, `[backoff]`
 //! rules); `finish` ends a round (retry or expiry, DSNs, removal);
@@ -56,7 +57,7 @@
 //! (routing and one attempt), `classify` (failure categories), `dsn`
 //! (notices), `suppression`, `events`, `history` (what became of the
 //! messages that left: [`find`], with the queue's own [`index`]), `mta_sts` (policies),
-//! `dane` (receivers' TLSA records), `cluster`
+//! `dane` (receivers' TLSA records), `tlsrpt` (TLS reports), `cluster`
 //! (Redis: tokens, leases, suspensions), `config`, `metrics`, `shard` (the
 //! mesh: back-off notices, the node's book).
 //! Must not: open sockets itself, or write sled other than through
@@ -88,6 +89,7 @@ pub mod state;
 pub mod stored;
 mod tally;
 mod tls_policy;
+mod tls_reports;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -194,6 +196,13 @@ pub struct Scheduler {
     tasks: TaskSet,
     /// Set on shutdown: workers take no new jobs.
     draining: Cell<bool>,
+    /// Where this shard keeps its TLS report counts (`tls_reports`), and
+    /// what it last wrote there.
+    tls_kept: crate::queue::kept::Kept,
+    tls_saved: RefCell<Vec<u8>>,
+    /// Shard 0: the UTC day whose start was last looked at for reports
+    /// of the days before it.
+    tls_report_day: Cell<u64>,
     /// Delivery status notifications on their way to the reception door;
     /// closed at the end of the drain.
     notifications: RefCell<Option<flume::Sender<NewMessage>>>,
@@ -218,6 +227,7 @@ impl Scheduler {
         let weights = w.cfg.priority.weights();
         let (tx, rx) = flume::unbounded();
         let (poke, poked) = flume::bounded(1);
+        let tls_kept = w.spool.kept(crate::queue::KeptTree::TlsReports);
         let scheduler = Scheduler {
             default_capacity: d.max_connections,
             shaping: RefCell::new(w.shaping),
@@ -254,6 +264,9 @@ impl Scheduler {
             tasks: TaskSet::default(),
             draining: Cell::new(false),
             notifications: RefCell::new(Some(tx)),
+            tls_kept,
+            tls_saved: RefCell::new(Vec::new()),
+            tls_report_day: Cell::new(0),
             spool_errors_logged: LogLimit::new(Duration::from_secs(10)),
             compacting: Cell::new(false),
             bounce_rules: RefCell::new(Vec::new()),
@@ -297,6 +310,9 @@ impl Scheduler {
                 st.defer(id);
             }
         }
+        self.load_tls_sessions();
+        let today = now - now % crate::tlsrpt::DAY;
+        self.tls_report_day.set(today);
         let me = self.clone();
         self.tasks.spawn(async move { me.run_timer().await });
         if let Some(poked) = self.poked.borrow_mut().take() {
@@ -318,6 +334,7 @@ impl Scheduler {
         self.tasks.cancel_all();
         self.release_leases().await;
         self.notifications.borrow_mut().take();
+        self.save_tls_sessions();
         self.seal_history();
     }
 
@@ -498,6 +515,10 @@ impl Scheduler {
             if ticks % 25 == 1 {
                 self.delivery.pool.reap();
                 self.publish_domain_depths(&mut published);
+                self.report_ended_days().await;
+            }
+            if ticks.is_multiple_of(tls_reports::SAVE_EVERY_TICKS) {
+                self.save_tls_sessions();
             }
             if ticks.is_multiple_of(5) && !self.compacting.get() && !self.draining.get() {
                 let me = self.clone();

@@ -11,7 +11,8 @@
 //! waits (`451 4.7.5`), never going out with less.
 //!
 //! May call: `outbound` (targets, the router's resolver), `dane` (the
-//! TLSA set), `mta_sts` (the policy's mode) through `outbound::sts`.
+//! TLSA set), `mta_sts` (the policy's mode) through `outbound::sts`,
+//! `tlsrpt` (the policy as a TLS report names it).
 //! Must not: connect, or change the schedule's state.
 
 use std::collections::HashMap;
@@ -21,6 +22,28 @@ use super::Scheduler;
 use crate::config::OutboundTls;
 use crate::dane::TlsaSet;
 use crate::outbound::{DeliveryOutcome, Target};
+use crate::tlsrpt::PolicyKey;
+
+/// The targets an attempt may use, and the TLS they need.
+pub(super) struct Destination {
+    pub targets: Vec<Target>,
+    /// At least this, before a shaping rule raises it; a target with TLSA
+    /// records needs TLS checked against them whatever this says.
+    pub tls: OutboundTls,
+    /// The domain's MTA-STS policy (enforce or testing), as a TLS report
+    /// names it.
+    pub sts: Option<PolicyKey>,
+}
+
+impl Destination {
+    fn plain(targets: Vec<Target>, tls: OutboundTls) -> Destination {
+        Destination {
+            targets,
+            tls,
+            sts: None,
+        }
+    }
+}
 
 impl Scheduler {
     /// The targets mail for `domain` may go to now, with the TLS each
@@ -29,7 +52,7 @@ impl Scheduler {
         &self,
         domain: &str,
         targets: Vec<Target>,
-    ) -> Result<(Vec<Target>, OutboundTls), DeliveryOutcome> {
+    ) -> Result<Destination, DeliveryOutcome> {
         let targets = self.under_dane(domain, targets).await?;
         self.under_sts(domain, targets).await
     }
@@ -132,14 +155,15 @@ impl Scheduler {
         &self,
         domain: &str,
         targets: Vec<Target>,
-    ) -> Result<(Vec<Target>, OutboundTls), DeliveryOutcome> {
+    ) -> Result<Destination, DeliveryOutcome> {
         let tls = self.cfg.tls.policy_for(domain);
         let Some(sts) = self.sts.as_ref().filter(|_| self.router.is_mx(domain)) else {
-            return Ok((targets, tls));
+            return Ok(Destination::plain(targets, tls));
         };
         let Some(policy) = sts.policy_for(domain).await else {
-            return Ok((targets, tls));
+            return Ok(Destination::plain(targets, tls));
         };
+        let key = Some(PolicyKey::sts(domain, policy.lines()));
         let mode = policy.mode.as_str();
         let applied = |result: &'static str| {
             ::metrics::counter!(crate::metrics::MTA_STS_APPLIED, "mode" => mode, "result" => result)
@@ -150,7 +174,10 @@ impl Scheduler {
                 true => "ok",
                 false => "mx_mismatch",
             });
-            return Ok((targets, tls));
+            return Ok(Destination {
+                sts: key.filter(|_| policy.mode == crate::mta_sts::Mode::Testing),
+                ..Destination::plain(targets, tls)
+            });
         }
         // A host DANE covers is checked by its TLSA records instead
         // (RFC 8461 §2: DANE wins where both apply).
@@ -169,7 +196,11 @@ impl Scheduler {
             });
         }
         applied("ok");
-        Ok((kept, OutboundTls::Require))
+        Ok(Destination {
+            targets: kept,
+            tls: OutboundTls::Require,
+            sts: key,
+        })
     }
 }
 
