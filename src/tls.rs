@@ -239,6 +239,13 @@ pub fn opportunistic_client() -> Arc<ClientConfig> {
 /// Outbound, verified: the server's certificate must chain to a CA in
 /// `ca_file` and name the MX host (RFC 6125 matching, by webpki).
 pub fn verified_client(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
+    verified_pair(ca_file).map(|(client, _)| client)
+}
+
+/// [`verified_client`], and the verifier it uses (for [`observing_client`]).
+pub fn verified_pair(
+    ca_file: &Path,
+) -> Result<(Arc<ClientConfig>, Arc<dyn ServerCertVerifier>), TlsError> {
     let err = |reason: String| TlsError::Cert {
         path: ca_file.display().to_string(),
         reason,
@@ -252,11 +259,91 @@ pub fn verified_client(ca_file: &Path) -> Result<Arc<ClientConfig>, TlsError> {
     if roots.is_empty() {
         return Err(err("no CA certificate in the file".into()));
     }
+    let verifier: Arc<dyn ServerCertVerifier> =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| err(e.to_string()))?;
     let config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), verifier))
+}
+
+/// Checks a server's certificate as `inner` does (the CA bundle, the host
+/// name) but accepts it either way, keeping what it found: TLS as
+/// opportunistic delivery has it, with the verdict a policy in testing
+/// mode reports (MTA-STS, RFC 8461 §5; TLS-RPT). One per connection.
+#[derive(Debug)]
+pub struct Observing {
+    inner: Arc<dyn ServerCertVerifier>,
+    found: std::sync::Mutex<Option<rustls::Error>>,
+}
+
+impl Observing {
+    /// Why the certificate would not verify, if it would not.
+    pub fn found(&self) -> Option<rustls::Error> {
+        self.found.lock().ok()?.clone()
+    }
+}
+
+/// A client config for one connection, and its [`Observing`] verifier.
+pub fn observing_client(
+    inner: &Arc<dyn ServerCertVerifier>,
+) -> (Arc<ClientConfig>, Arc<Observing>) {
+    let observing = Arc::new(Observing {
+        inner: inner.clone(),
+        found: std::sync::Mutex::new(None),
+    });
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(observing.clone())
+        .with_no_client_auth();
+    (Arc::new(config), observing)
+}
+
+impl ServerCertVerifier for Observing {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verdict =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        if let (Err(e), Ok(mut found)) = (verdict, self.found.lock()) {
+            *found = Some(e);
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// For HTTPS clients (webhooks): the Web PKI's roots (webpki-roots), or

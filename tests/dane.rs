@@ -15,6 +15,8 @@
 //! | unsigned.test | a wrong TLSA, in an unsigned zone | a self-signed certificate | delivered (opportunistic TLS) |
 //! | bogus.test | its zone's DS matches no key | anything | waits (DNSSEC bogus), never connected to |
 //! | ignored.test | DANE-EE of another key, in tls.dane_ignore | a self-signed certificate | delivered (opportunistic) |
+//! | sts.test | no TLSA; an MTA-STS policy in enforce mode | a chain for its name | delivered (the TLS report test serves the policy; elsewhere its host is down: opportunistic) |
+//! | ststest.test | no TLSA; an MTA-STS policy in testing mode | a chain for another name | delivered (opportunistic); reported as certificate-host-mismatch |
 
 mod common;
 
@@ -25,7 +27,7 @@ use common::knot::{Knot, Zone};
 use common::sink::{Script, Sink};
 
 /// Each domain, the TLS its sink offers, whether it must be delivered.
-const CASES: [(&str, &str, bool); 9] = [
+const CASES: [(&str, &str, bool); 11] = [
     ("ee.test", "self-signed", true),
     ("eebad.test", "self-signed", false),
     ("ta.test", "ca-chain", true),
@@ -35,6 +37,8 @@ const CASES: [(&str, &str, bool); 9] = [
     ("unsigned.test", "self-signed", true),
     ("bogus.test", "self-signed", false),
     ("ignored.test", "self-signed", true),
+    ("sts.test", "ca-chain", true),
+    ("ststest.test", "ca-chain-other-name", true),
 ];
 
 fn mx_ip(i: usize) -> Ipv4Addr {
@@ -116,10 +120,21 @@ fn zones(certs: &Certs, port: u16) -> Vec<Zone<'static>> {
             "ta" | "taname" => Some(&ta),
             _ => None,
         };
+        if matches!(label, "sts" | "ststest") {
+            signed.push_str(&format!(
+                "_mta-sts.{label} TXT \"v=STSv1; id=1\"\nmta-sts.{label} A {STS_POLICY_HOST}\n\
+                 _smtp._tls.{label} TXT \"v=TLSRPTv1; rua=mailto:{REPORTS_TO}\"\n"
+            ));
+        }
         if let Some(t) = tlsa {
             signed.push_str(&format!("_{port}._tcp.mx.{label} TLSA {t}\n"));
+            // ta.test also wants its reports posted.
+            let https = match label {
+                "ta" => format!(",https://{REPORTS_HTTPS}/v1/tlsrpt"),
+                _ => String::new(),
+            };
             signed.push_str(&format!(
-                "_smtp._tls.{label} TXT \"v=TLSRPTv1; rua=mailto:{REPORTS_TO}\"\n"
+                "_smtp._tls.{label} TXT \"v=TLSRPTv1; rua=mailto:{REPORTS_TO}{https}\"\n"
             ));
         }
     }
@@ -155,12 +170,20 @@ fn zones(certs: &Certs, port: u16) -> Vec<Zone<'static>> {
 /// a sink of its own).
 const REPORTS_TO: &str = "tlsrpt@reports.test";
 
+/// Where ta.test's reports are also posted (a receiver on port 443).
+const REPORTS_HTTPS: &str = "127.0.47.40";
+
+/// sts.test's MTA-STS policy host (served on port 443 by the TLS report
+/// test only).
+const STS_POLICY_HOST: &str = "127.0.47.41";
+
 /// The parts of a run: the MX sinks (in `CASES` order), Knot, and the
 /// sinks' port.
 struct World {
     sinks: Vec<Sink>,
     knot: Knot,
     port: u16,
+    certs: Certs,
 }
 
 fn world() -> World {
@@ -185,7 +208,12 @@ fn world() -> World {
         })
         .expect("a port free on every sink address");
     let knot = Knot::serve(&zones(&certs, port));
-    World { sinks, knot, port }
+    World {
+        sinks,
+        knot,
+        port,
+        certs,
+    }
 }
 
 /// Points a server's delivery at the world: MX lookups at Knot with
@@ -227,6 +255,11 @@ fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
         let rcpt = format!("x@{domain}");
         if *delivered {
             let e = common::wait_for_log_event(&log, &rcpt, "Delivery");
+            let policy = match *domain {
+                "ee.test" | "ta.test" => "dane",
+                _ => "opportunistic",
+            };
+            assert_eq!(e["tls_policy"], policy, "{domain}: {e}");
             let got = sinks[i].wait_for(1, 30);
             assert_eq!(got[0].tls, *offered != "none", "{domain}");
             table.push(format!("{domain}: delivered, tls {}", e["tls"]));
@@ -319,6 +352,28 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
         })
         .expect("a free port for the reports' sink");
     let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &w.certs.ca.pem).unwrap();
+    let posted = common::https::post_receiver(
+        REPORTS_HTTPS.parse().unwrap(),
+        w.certs.ca.server_config(REPORTS_HTTPS),
+    );
+    let _policy = common::https::policy_host(
+        STS_POLICY_HOST.parse().unwrap(),
+        w.certs
+            .ca
+            .server_config_for(&["mta-sts.sts.test", "mta-sts.ststest.test"]),
+        [("sts", "enforce"), ("ststest", "testing")]
+            .map(|(label, mode)| {
+                (
+                    format!("mta-sts.{label}.test"),
+                    format!(
+                        "version: STSv1\r\nmode: {mode}\r\nmx: mx.{label}.test\r\nmax_age: 86400\r\n"
+                    ),
+                )
+            })
+            .into(),
+    );
     let log = dir.path().join("delivery.log");
     let noon = 1_800_000_000 - 1_800_000_000 % 86_400 + 12 * 3600;
     let clock = ringpost::shard::clock::Clock::manual(noon);
@@ -329,6 +384,7 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
             .insert("reports.test".into(), format!("[127.0.0.1]:{reports_port}"));
         c.tls_reporting.from = "tls-reports@sender.test".into();
         c.tls_reporting.organization = "Sender Test".into();
+        c.tls.ca_file = ca_file.display().to_string();
     });
     send_one_to_each(&ts);
     for (i, (domain, _, delivered)) in CASES.iter().enumerate() {
@@ -336,9 +392,12 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
             true => "Delivery",
             false => "TransientFailure",
         };
-        common::wait_for_log_event(&log, &format!("x@{domain}"), kind);
+        let e = common::wait_for_log_event(&log, &format!("x@{domain}"), kind);
         if *delivered {
             w.sinks[i].wait_for(1, 30);
+        }
+        if domain.starts_with("sts") {
+            assert_eq!(e["tls_policy"], "mta-sts", "{domain}: {e}");
         }
     }
     std::thread::sleep(std::time::Duration::from_secs(6));
@@ -346,7 +405,9 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
 
     clock.advance(86_400);
     // (result, sessions) per domain that asks for reports.
-    let expected: [(&str, u64, Option<&str>); 5] = [
+    let expected: [(&str, u64, Option<&str>); 7] = [
+        ("sts.test", 1, None),
+        ("ststest.test", 0, Some("certificate-host-mismatch")),
         ("ee.test", 1, None),
         ("ta.test", 1, None),
         ("eebad.test", 0, Some("validation-failure")),
@@ -377,7 +438,11 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
         assert_eq!(policies.len(), 1, "{report}");
         let p = &policies[0];
         assert_eq!(p["policy_domain"], domain, "{p}");
-        assert_eq!(p["policy_type"], "tlsa", "{p}");
+        let kind = match domain {
+            "sts.test" | "ststest.test" => "sts",
+            _ => "tlsa",
+        };
+        assert_eq!(p["policy_type"], kind, "{p}");
         assert_eq!(p["successful_session_count"], successes, "{p}");
         match failure {
             None => assert_eq!(p["failed_session_count"], 0, "{p}"),
@@ -388,9 +453,79 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
         }
         println!("{domain}: {p}");
     }
+    // ta.test's report was posted too, the same report gzipped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while posted.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no report posted");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (head, body) = posted.lock().unwrap()[0].clone();
+    assert!(head.starts_with("post /v1/tlsrpt "), "{head}");
+    assert!(
+        head.contains("content-type: application/tlsrpt+gzip"),
+        "{head}"
+    );
+    let mut json = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut json).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["policies"][0]["policy"]["policy-domain"], "ta.test");
+    assert_eq!(
+        report["policies"][0]["summary"]["total-successful-session-count"],
+        1
+    );
     assert!(
         ts.metrics_text()
-            .contains("ringpost_tls_reports_sent_total 5"),
-        "five reports counted"
+            .contains("ringpost_tls_reports_sent_total 8"),
+        "seven reports queued, one posted"
     );
+}
+
+/// `ringpost tls check DOMAIN` says what delivery would do, from the same
+/// DNS: DANE records per secure MX host, an unsigned zone as such, a
+/// bogus one refused, and where TLS reports go.
+#[test]
+fn tls_check_tells_what_a_destination_publishes_and_what_applies() {
+    let w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ringpost.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[delivery]\nremote_port = {}\n[dns]\nnameservers = [\"{}\"]\ndnssec = true\n\
+             trust_anchor_file = \"{}\"\ntimeout_secs = 2\n",
+            w.port,
+            w.knot.addr,
+            w.knot.anchor.display()
+        ),
+    )
+    .unwrap();
+    let check = |domain: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringpost"))
+            .args(["tls", "check", domain, "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let ee = check("ee.test");
+    for line in [
+        "DANE: on",
+        "mx.ee.test [127.0.47.10]: DNSSEC-secure",
+        &format!("_{}._tcp.mx.ee.test TLSA 3 1 1 ", w.port),
+        "(usable)",
+        "mx.ee.test: dane: TLS required, the certificate must match a TLSA record",
+        "TLS-RPT: reports to tlsrpt@reports.test",
+    ] {
+        assert!(ee.contains(line), "{line:?} not in:\n{ee}");
+    }
+    let unsigned = check("unsigned.test");
+    assert!(
+        unsigned.contains("mx.unsigned.test [127.0.47.16]: not DNSSEC-secure")
+            && unsigned.contains("mx.unsigned.test: opportunistic"),
+        "{unsigned}"
+    );
+    let bogus = check("bogus.test");
+    assert!(bogus.contains("DNSSEC validation failed"), "{bogus}");
+    println!("{ee}{unsigned}{bogus}");
 }

@@ -131,6 +131,15 @@ fn policies_are_enforced_tested_or_ignored_as_receivers_publish_them() {
     assert!(delivered(3), "testing.test: delivered, TLS opportunistic");
     assert!(delivered(4), "ignored.test: delivered, its policy ignored");
     assert!(!delivered(5), "none.test: no policy, plaintext as before");
+    for (domain, policy) in [
+        ("good.test", "mta-sts"),
+        ("testing.test", "mta-sts"),
+        ("ignored.test", "opportunistic"),
+        ("none.test", "opportunistic"),
+    ] {
+        let e = common::wait_for_log_event(&log, &format!("x@{domain}"), "Delivery");
+        assert_eq!(e["tls_policy"], policy, "{domain}: {e}");
+    }
 
     let mismatch = common::wait_for_log_event(&log, "x@mismatch.test", "TransientFailure");
     let mismatch = mismatch["reply"].as_str().unwrap().to_string();

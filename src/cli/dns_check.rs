@@ -733,7 +733,7 @@ fn policy_covers_mx(
 }
 
 /// The policy file, fetched on an executor of its own.
-fn policy(
+pub(super) fn policy(
     cfg: &Config,
     resolver: &Resolver,
     domain: &str,

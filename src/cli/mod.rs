@@ -1,5 +1,5 @@
 //! The command line: `serve`, `check-config`, `dump-metrics`,
-//! `hash-password`, `dkim keygen|check`, `dns check`, `suppression ...` and `queue ...` (through the admin API of the running
+//! `hash-password`, `dkim keygen|check`, `dns check`, `tls check`, `suppression ...` and `queue ...` (through the admin API of the running
 //! server; `queue ls --spool` reads a stopped server's spool).
 //!
 //! Owns: argument parsing (clap), loading the config, and printing. Errors
@@ -9,7 +9,8 @@
 //! `suppression` (the stopped spool's and list's tools), `http` and
 //! `inbound` (the admin API's shapes, injection), `scheduler` (summaries),
 //! `history` (what `queue find` and `trace` show of a finished message),
-//! `dkim`, `dns`, `mta_sts`, `tls` (keygen and the DNS and DKIM checks),
+//! `dkim`, `dns`, `mta_sts`, `dane`, `tls` (keygen and the DNS, DKIM and
+//! TLS checks),
 //! `metrics`, `shard`.
 //! Must not: open the spool while a server runs on it (sled's lock refuses;
 //! the error says so).
@@ -21,6 +22,7 @@ pub mod dns_check;
 pub mod queue;
 pub mod sink;
 pub mod suppression;
+pub mod tls_check;
 pub mod webhook_sink;
 
 use queue::QueueCommand;
@@ -131,6 +133,12 @@ pub enum Command {
     Dns {
         #[command(subcommand)]
         command: dns_check::DnsCommand,
+    },
+    /// A destination's TLS: what mail to it would be held to (DANE,
+    /// MTA-STS, `[tls]`) and why.
+    Tls {
+        #[command(subcommand)]
+        command: tls_check::TlsCommand,
     },
     /// The suppression list of the running server (admin API).
     Suppression {
@@ -289,6 +297,7 @@ pub fn run(cli: Cli) -> Result<()> {
             true => Ok(()),
             false => anyhow::bail!("DNS does not publish every key checked"),
         },
+        Command::Tls { command } => tls_check::run(command),
         Command::Dns { command } => match dns_check::run(command)? {
             true => Ok(()),
             false => anyhow::bail!("the domain's DNS fails a check (see FAIL above)"),

@@ -81,8 +81,9 @@ section! {
         /// TransientFailure, Bounce, Expiration, Deletion (by `queue
         /// delete`), Complaint, AsyncBounce, with `time`, `id`, `sender`,
         /// `recipient`, `meta`, and where known `remote_host`, `remote_ip`,
-        /// `reply`, `attempt`, `tls`, `category`, `source` and `site` (the
-        /// egress source and the site of an attempt); Reception adds
+        /// `reply`, `attempt`, `tls`, `tls_policy` (dane, mta-sts,
+        /// require, opportunistic or none), `category`, `source` and `site`
+        /// (the egress source and the site of an attempt); Reception adds
         /// `priority`, `pool`, `dkim` (signed, or why not) and the DSN
         /// request (`notify`, `orcpt`, `ret`, `envid`). What became of a
         /// message is also kept in the spool (`[history]`) for `queue find`

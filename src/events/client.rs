@@ -83,7 +83,8 @@ impl Poster {
         })
     }
 
-    /// Posts `body` with `headers`; the answer's status code.
+    /// Posts `body` with `headers` (`Content-Type: application/json`
+    /// unless they name another); the answer's status code.
     pub async fn post(
         &mut self,
         body: Bytes,
@@ -131,8 +132,14 @@ impl Poster {
         let target = self.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut request = http::Request::post(target)
             .header(http::header::HOST, self.authority())
-            .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::USER_AGENT, "ringpost");
+        // JSON unless the caller says otherwise.
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header(http::header::CONTENT_TYPE, "application/json");
+        }
         for (name, value) in headers {
             request = request.header(*name, value);
         }

@@ -3,7 +3,7 @@
 //! Owns: [`EventLog`] and the event schema: `time` (RFC 3339, UTC), `event`
 //! (Reception, Delivery, TransientFailure, Bounce, Expiration, Deletion), `id`,
 //! `sender`, `recipient`, and where they apply `remote_host`, `remote_ip`,
-//! `reply`, `attempt`, `tls`, `category` (TransientFailure, Bounce: the
+//! `reply`, `attempt`, `tls`, `tls_policy`, `category` (TransientFailure, Bounce: the
 //! bounce category), `source` and `site` (delivery attempts), and on
 //! Reception `dkim` (`{"signed": ["d=... s=... a=..."]}` or
 //! `{"unsigned": "no_from"}`), `priority`, `pool` (when not the default)
@@ -99,6 +99,12 @@ pub struct Event<'a> {
     /// TLS protocol and cipher of the delivery connection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<&'a str>,
+    /// Delivery attempts: the TLS policy the connection was held to:
+    /// `dane` (the MX host's TLSA records), `mta-sts` (the domain's
+    /// policy, enforce or testing), `require`, `opportunistic` or `none`
+    /// (`[tls]` and shaping rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_policy: Option<&'static str>,
     /// TransientFailure and Bounce: what the failure means
     /// (`classify::BounceCategory`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -311,6 +317,7 @@ impl<'a> Event<'a> {
             reply: None,
             attempt: None,
             tls: None,
+            tls_policy: None,
             category: None,
             report_id: None,
             feedback_type: None,

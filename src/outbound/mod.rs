@@ -43,6 +43,7 @@ use crate::dane::TlsaSet;
 use crate::tlsrpt::{PolicyKey, Session, Tally};
 use mail_auth::report::tlsrpt::ResultType;
 use pool::Pool;
+use rustls::client::danger::ServerCertVerifier;
 
 /// One host to try: its name (for logs and TLS) and address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +91,10 @@ pub struct Attempt {
     /// pool, source or path, or a cap) kept it. Its recipients go as soon
     /// as the hold ends (`scheduler::state::State::take_held`).
     pub held: bool,
+    /// The TLS policy the attempt was held to (the delivery log's
+    /// `tls_policy`): `dane`, `mta-sts`, `require`, `opportunistic` or
+    /// `none`; set by the scheduler, which knows the destination's.
+    pub tls_policy: Option<&'static str>,
 }
 
 impl Attempt {
@@ -103,6 +108,7 @@ impl Attempt {
             tls: None,
             next_hop_dsn: false,
             held: false,
+            tls_policy: None,
         }
     }
 
@@ -180,6 +186,8 @@ pub struct OutboundSettings {
     pub opportunistic: Arc<rustls::ClientConfig>,
     /// For destinations that require a verified certificate, if any do.
     pub verified: Option<Arc<rustls::ClientConfig>>,
+    /// Its verifier, for the TLS reports of MTA-STS testing mode.
+    pub webpki: Option<Arc<dyn ServerCertVerifier>>,
     /// `[egress]`: the sources and pools.
     pub egress: crate::config::EgressConfig,
     /// This node, to stop mail loops.
@@ -189,12 +197,17 @@ pub struct OutboundSettings {
 impl OutboundSettings {
     /// From the config and the verified-TLS client config (loaded from
     /// `tls.ca_file` by the caller when some destination requires it).
-    pub fn new(cfg: &Config, verified: Option<Arc<rustls::ClientConfig>>) -> OutboundSettings {
+    pub fn new(
+        cfg: &Config,
+        verified: Option<Arc<rustls::ClientConfig>>,
+        webpki: Option<Arc<dyn ServerCertVerifier>>,
+    ) -> OutboundSettings {
         OutboundSettings {
             helo: cfg.helo_name().to_string(),
             timeout: Duration::from_secs(cfg.delivery.reply_timeout_secs),
             opportunistic: crate::tls::opportunistic_client(),
             verified,
+            webpki,
             egress: cfg.egress.clone(),
             myself: Arc::new(Myself::new(
                 &std::iter::once(cfg.hostname())
@@ -220,6 +233,7 @@ impl Delivery {
         target: &Target,
         path: &Path<'_>,
         result: &Result<Client, client::ConnectError>,
+        observation: Option<rustls::Error>,
     ) {
         let Some(r) = &path.reporting else {
             return;
@@ -230,7 +244,13 @@ impl Delivery {
             (None, None) => return,
         };
         let failure = match result {
-            Ok(c) if c.tls.is_some() => None,
+            Ok(c) if c.tls.is_some() => observation.map(|e| {
+                let kind = crate::tlsrpt::result_of_tls_error(&e);
+                (
+                    kind,
+                    format!("{}: the certificate would not verify: {e}", c.host),
+                )
+            }),
             Ok(c) => Some((
                 ResultType::StartTlsNotSupported,
                 format!("{} did not offer STARTTLS", c.host),
@@ -249,6 +269,24 @@ impl Delivery {
         self.tls_sessions
             .borrow_mut()
             .record(r.now, &policy, &session);
+    }
+}
+
+impl Delivery {
+    /// For a new opportunistic connection under an MTA-STS policy in
+    /// testing mode, with reports on: a config that checks the
+    /// certificate as `enforce` would, only to report it.
+    fn observer(
+        &self,
+        target: &Target,
+        path: &Path<'_>,
+        policy: OutboundTls,
+    ) -> Option<(Arc<rustls::ClientConfig>, Arc<crate::tls::Observing>)> {
+        let testing = path.reporting.as_ref().is_some_and(|r| r.testing);
+        if !testing || target.dane.is_some() || policy != OutboundTls::Opportunistic {
+            return None;
+        }
+        self.webpki.as_ref().map(crate::tls::observing_client)
     }
 }
 
@@ -276,6 +314,9 @@ pub struct Reporting<'a> {
     pub domain: &'a str,
     /// Its MTA-STS policy, as the report names it, if it has one.
     pub sts: Option<&'a PolicyKey>,
+    /// That policy is in testing mode: delivery is opportunistic, and
+    /// the certificate is checked only to be reported.
+    pub testing: bool,
     /// Unix seconds now (the shard's clock): the report's day.
     pub now: u64,
 }
@@ -289,6 +330,8 @@ pub struct Delivery {
     pub opportunistic: Arc<rustls::ClientConfig>,
     /// For destinations that require a verified certificate, if any do.
     pub verified: Option<Arc<rustls::ClientConfig>>,
+    /// Its verifier, for the TLS reports of MTA-STS testing mode.
+    pub webpki: Option<Arc<dyn ServerCertVerifier>>,
     /// This shard's sources and pool rotations.
     pub egress: egress::Egress,
     pub myself: Arc<Myself>,
@@ -315,6 +358,7 @@ impl Delivery {
             pool: Pool::default(),
             opportunistic: s.opportunistic.clone(),
             verified: s.verified.clone(),
+            webpki: s.webpki.clone(),
             egress: egress::Egress::new(&s.egress, &s.helo),
             myself: s.myself.clone(),
             tls_sessions: std::cell::RefCell::new(Tally::default()),
@@ -386,6 +430,7 @@ impl Delivery {
                 tls,
                 next_hop_dsn,
                 held: false,
+                tls_policy: None,
                 source: source_name,
                 site: Some(path.site.to_string()),
             });
@@ -523,8 +568,10 @@ impl Delivery {
             .dane
             .as_ref()
             .map(|set| crate::dane::client_config(TlsaSet::clone(set)));
+        let observed = self.observer(target, path, policy);
         let config = match policy {
             _ if dane_config.is_some() => dane_config.as_ref(),
+            _ if observed.is_some() => observed.as_ref().map(|(config, _)| config),
             OutboundTls::None => None,
             OutboundTls::Opportunistic => Some(&self.opportunistic),
             OutboundTls::Require => match &self.verified {
@@ -541,7 +588,8 @@ impl Delivery {
         let label = if result.is_ok() { "ok" } else { "failed" };
         ::metrics::counter!(crate::metrics::OUTBOUND_CONNECTIONS_TOTAL, "result" => label)
             .increment(1);
-        self.count_session(target, path, &result);
+        let observation = observed.as_ref().and_then(|(_, o)| o.found());
+        self.count_session(target, path, &result, observation);
         match result {
             Ok(c) => Ok(c),
             Err(e) if e.tls_handshake && !require => {

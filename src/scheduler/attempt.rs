@@ -32,6 +32,7 @@ struct Way<'a> {
     tls: OutboundTls,
     /// The domain's MTA-STS policy as TLS reports name it.
     sts: Option<&'a crate::tlsrpt::PolicyKey>,
+    sts_testing: bool,
 }
 
 impl Scheduler {
@@ -81,6 +82,7 @@ impl Scheduler {
             targets: &dest.targets,
             tls: dest.tls,
             sts: dest.sts.as_ref(),
+            sts_testing: dest.sts_testing,
         };
         self.deliver_from_pool(job, env, &rcpts, &way).await
     }
@@ -185,11 +187,15 @@ impl Scheduler {
                 .then(|| crate::outbound::Reporting {
                     domain: to.domain,
                     sts: to.sts,
+                    testing: to.sts_testing,
                     now: self.clock.now(),
                 }),
         };
         let started = Instant::now();
-        let result = self.delivery.attempt(to.targets, msg, &way).await;
+        let mut result = self.delivery.attempt(to.targets, msg, &way).await;
+        if let Ok(attempt) = &mut result {
+            attempt.tls_policy = Some(tls_policy_label(attempt, to.sts.is_some(), way.policy));
+        }
         ::metrics::histogram!(crate::metrics::DELIVERY_ATTEMPT_SECONDS)
             .record(started.elapsed().as_secs_f64());
         if let Ok(attempt) = &result {
@@ -431,5 +437,18 @@ fn attempt_result(attempt: &Attempt) -> &'static str {
             "bounced"
         }
         false => "deferred",
+    }
+}
+
+/// The delivery log's name for the TLS policy an attempt was held to.
+fn tls_policy_label(attempt: &Attempt, sts: bool, policy: OutboundTls) -> &'static str {
+    if attempt.remote.as_ref().is_some_and(|t| t.dane.is_some()) {
+        return "dane";
+    }
+    match (sts, policy) {
+        (true, _) => "mta-sts",
+        (false, OutboundTls::Require) => "require",
+        (false, OutboundTls::Opportunistic) => "opportunistic",
+        (false, OutboundTls::None) => "none",
     }
 }

@@ -90,6 +90,7 @@ impl Scheduler {
             ev.reply = Some(outcome.reply());
             ev.attempt = Some(*attempts);
             ev.tls = attempt.tls.as_deref();
+            ev.tls_policy = attempt.tls_policy;
             ev.source = attempt.source.as_deref();
             ev.site = attempt.site.as_deref();
             ev.category = category.map(crate::classify::BounceCategory::as_str);

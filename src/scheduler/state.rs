@@ -649,6 +649,7 @@ mod tests {
             site: None,
             next_hop_dsn: false,
             held: false,
+            tls_policy: None,
         }
     }
 

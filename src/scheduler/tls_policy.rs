@@ -31,8 +31,9 @@ pub(super) struct Destination {
     /// records needs TLS checked against them whatever this says.
     pub tls: OutboundTls,
     /// The domain's MTA-STS policy (enforce or testing), as a TLS report
-    /// names it.
+    /// names it, and whether it is in testing mode.
     pub sts: Option<PolicyKey>,
+    pub sts_testing: bool,
 }
 
 impl Destination {
@@ -41,6 +42,7 @@ impl Destination {
             targets,
             tls,
             sts: None,
+            sts_testing: false,
         }
     }
 }
@@ -174,8 +176,10 @@ impl Scheduler {
                 true => "ok",
                 false => "mx_mismatch",
             });
+            let testing = policy.mode == crate::mta_sts::Mode::Testing;
             return Ok(Destination {
-                sts: key.filter(|_| policy.mode == crate::mta_sts::Mode::Testing),
+                sts: key.filter(|_| testing),
+                sts_testing: testing,
                 ..Destination::plain(targets, tls)
             });
         }
@@ -200,6 +204,7 @@ impl Scheduler {
             targets: kept,
             tls: OutboundTls::Require,
             sts: key,
+            sts_testing: false,
         })
     }
 }

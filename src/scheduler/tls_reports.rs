@@ -8,25 +8,41 @@
 //! shard's counts of ended days over the shard mesh, merges them, looks
 //! up each domain's `_smtp._tls` record and queues one report message to
 //! its `mailto:` addresses through the reception door, as DSNs go (signed
-//! like any mail). `https:` addresses are not posted to yet (logged).
+//! like any mail), and POSTs it (gzipped JSON, `application/tlsrpt+gzip`)
+//! to its `https:` addresses, over TLS verified against `tls.ca_file`,
+//! once (a failed POST is logged; the mail copies are retried).
 //! A report queued is durable; the shards' stored counts lose the day
 //! with their next write, so a crash in between repeats a report rather
 //! than losing it.
 //!
 //! May call: `tlsrpt` (the counts, the report), `dns` (the record),
-//! `queue` (the kept tree, the new message). Must not: send mail itself.
+//! `queue` (the kept tree, the new message), `events` (the HTTP client).
+//! Must not: send mail itself.
 
 use std::rc::Rc;
 
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::mta_sts::{ReportUri, TlsRpt};
+use mail_auth::report::tlsrpt::TlsReport;
 
 use super::Scheduler;
+use crate::events::client::Poster;
 use crate::queue::{Envelope, NewMessage};
 use crate::tlsrpt::{DAY, Reporter, Tally};
 
 /// The one key of a shard's counts in its kept tree.
 const KEY: &[u8] = b"tally";
+
+/// Longest a report's POST may take.
+const POST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `data` gzipped.
+fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data)?;
+    e.finish()
+}
 
 /// How often (timer ticks of 200 ms) a shard writes its counts when they
 /// changed: about once a minute.
@@ -94,6 +110,40 @@ impl Scheduler {
         }
     }
 
+    /// POSTs `report` to an `https:` address (RFC 8460 §3: gzipped JSON,
+    /// `application/tlsrpt+gzip`).
+    async fn post_report(&self, report: &TlsReport, domain: &str, url: &str) {
+        let Some(tls) = self.delivery.verified.clone() else {
+            log::warn!("TLS report for {domain} not posted to {url}: no CA bundle (tls.ca_file)");
+            return;
+        };
+        let body = match gzip(report.to_json().as_bytes()) {
+            Ok(body) => body,
+            Err(e) => {
+                log::error!("TLS report for {domain}: {e}");
+                return;
+            }
+        };
+        let posted = match Poster::new(url, Some(tls), POST_TIMEOUT) {
+            Ok(mut poster) => {
+                let headers = [("content-type", "application/tlsrpt+gzip".to_string())];
+                poster
+                    .post(body.into(), &headers)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        match posted {
+            Ok(status) if (200..300).contains(&status) => {
+                ::metrics::counter!(crate::metrics::TLS_REPORTS_SENT).increment(1);
+                log::info!("TLS report for {domain} posted to {url}");
+            }
+            Ok(status) => log::warn!("TLS report for {domain}: {url} answered {status}"),
+            Err(e) => log::warn!("TLS report for {domain} not posted to {url}: {e}"),
+        }
+    }
+
     fn reporter(&self) -> Option<Reporter> {
         let r = &self.cfg.tls_reporting;
         r.is_on().then(|| Reporter {
@@ -118,19 +168,17 @@ impl Scheduler {
         let Some(rpt) = records.iter().find_map(|r| TlsRpt::parse(r).ok()) else {
             return;
         };
+        let report = all.report(day, domain, reporter);
         let mut mail = Vec::new();
         for uri in &rpt.rua {
             match uri {
                 ReportUri::Mail(to) => mail.push(to.as_str()),
-                ReportUri::Http(url) => {
-                    log::info!("TLS report for {domain} not posted to {url}: https is not sent yet")
-                }
+                ReportUri::Http(url) => self.post_report(&report, domain, url).await,
             }
         }
         if mail.is_empty() {
             return;
         }
-        let report = all.report(day, domain, reporter);
         let from = self.cfg.tls_reporting.from.as_str();
         let mut body = Vec::new();
         let written = report.write_rfc5322(

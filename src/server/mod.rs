@@ -355,7 +355,7 @@ fn prepare(
     Ok(Prepared {
         suppressions,
         cluster,
-        outbound: OutboundSettings::new(&cfg, files.verified.clone()),
+        outbound: OutboundSettings::new(&cfg, files.verified.clone(), files.webpki.clone()),
         cfg: Arc::new(cfg),
         shards,
         listeners,

@@ -15,8 +15,10 @@ pub struct Loaded {
     pub users: Option<Arc<Users>>,
     /// Inbound STARTTLS, when a certificate is configured.
     pub inbound_tls: Option<Arc<rustls::ServerConfig>>,
-    /// The verified-TLS client, when some destination requires it.
+    /// The verified-TLS client, when some destination requires it, and
+    /// its verifier (MTA-STS testing mode's TLS reports check with it).
     pub verified: Option<Arc<rustls::ClientConfig>>,
+    pub webpki: Option<Arc<dyn rustls::client::danger::ServerCertVerifier>>,
     pub admin_token: Option<String>,
     pub inject_token: Option<String>,
     /// HTTPS on the injection listener, when `inject.cert_file` is set:
@@ -44,6 +46,7 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
         users: None,
         inbound_tls: None,
         verified: None,
+        webpki: None,
         admin_token: None,
         inject_token: None,
         inject_tls: None,
@@ -130,19 +133,19 @@ fn load_tls(cfg: &Config, loaded: &mut Loaded, p: &mut Problems) {
 /// (after the shaping rules are read).
 fn load_verified(cfg: &Config, loaded: &mut Loaded, p: &mut Problems) {
     if cfg.tls.requires_verification() {
-        match crate::tls::verified_client(cfg.tls.ca_file.as_ref()) {
-            Ok(v) => loaded.verified = Some(v),
+        match crate::tls::verified_pair(cfg.tls.ca_file.as_ref()) {
+            Ok((v, w)) => (loaded.verified, loaded.webpki) = (Some(v), Some(w)),
             Err(e) => p.at("tls.ca_file", e.to_string()),
         }
-    } else if loaded.shaping.requires_tls() || cfg.tls.mta_sts {
+    } else if loaded.shaping.requires_tls() || cfg.tls.mta_sts || cfg.tls_reporting.is_on() {
         // Only some sites' rules ask for it (and a reload may add more):
         // without the bundle their mail waits with a clear reason
         // ("TLS is required but no CA file is loaded"), the rest flows.
-        match crate::tls::verified_client(cfg.tls.ca_file.as_ref()) {
-            Ok(v) => loaded.verified = Some(v),
+        match crate::tls::verified_pair(cfg.tls.ca_file.as_ref()) {
+            Ok((v, w)) => (loaded.verified, loaded.webpki) = (Some(v), Some(w)),
             Err(e) => log::warn!(
                 "tls.ca_file: {e}; mail to sites whose shaping rule requires TLS will wait, \
-                 and receivers' MTA-STS policies cannot be fetched"
+                 receivers' MTA-STS policies cannot be fetched nor TLS reports posted"
             ),
         }
     }
