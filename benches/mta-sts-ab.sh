@@ -88,9 +88,11 @@ zone:
   - domain: example.test
     file: example.test.zone
 EOF
-knotd -c "$W/knot/knot.conf" >/dev/null 2>&1 &
+knotd -c "$W/knot/knot.conf" > "$W/knot/log" 2>&1 &
 PIDS+=($!)
 sleep 1
+grep -q "\[example.test.\] loaded" "$W/knot/log" ||
+    { echo "knotd did not serve example.test (127.0.0.1:5399 taken?):" >&2; cat "$W/knot/log" >&2; exit 1; }
 
 # A and B: MX delivery through Knot; only tls.mta_sts differs.
 for side in a b; do

@@ -29,11 +29,13 @@
 use std::sync::Arc;
 
 use ring::digest;
+use rustls::ClientConfig;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+
+use crate::tls::{CertCheck, CheckedBy};
 
 use crate::dns::Tlsa;
 use mail_auth::report::tlsrpt::ResultType;
@@ -203,39 +205,32 @@ fn chain_to(
 
 /// A client config that accepts a server only as [`check`] says.
 pub fn client_config(set: TlsaSet) -> Arc<ClientConfig> {
-    let provider = crate::tls::provider();
-    let verifier = Arc::new(DaneVerifier {
-        set,
-        provider: provider.clone(),
+    crate::tls::client_with(Arc::new(CheckedBy {
+        check: DaneCheck {
+            set,
+            provider: crate::tls::provider(),
+        },
         signatures: crate::tls::any_certificate(),
-    });
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    Arc::new(config)
+    }))
 }
 
-/// [`check`] for the certificate; the handshake's signatures as any
-/// verifier checks them.
+/// [`check`] as a verifier's certificate check: a failure is rustls's
+/// `InvalidCertificate(Other)` carrying the [`DaneError`], which the
+/// client reads back (its words, its TLS report result type).
 #[derive(Debug)]
-struct DaneVerifier {
+struct DaneCheck {
     set: TlsaSet,
     provider: Arc<CryptoProvider>,
-    signatures: Arc<dyn ServerCertVerifier>,
 }
 
-impl ServerCertVerifier for DaneVerifier {
-    fn verify_server_cert(
+impl CertCheck for DaneCheck {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        _ocsp: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+    ) -> Result<(), rustls::Error> {
         check(
             &self.set,
             end_entity,
@@ -244,34 +239,11 @@ impl ServerCertVerifier for DaneVerifier {
             now,
             &self.provider,
         )
-        .map(|()| ServerCertVerified::assertion())
         .map_err(|e| {
             rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
                 Arc::new(e),
             )))
         })
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.signatures.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.signatures.supported_verify_schemes()
     }
 }
 

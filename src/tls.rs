@@ -271,56 +271,38 @@ pub fn verified_pair(
     Ok((Arc::new(config), verifier))
 }
 
-/// Checks a server's certificate as `inner` does (the CA bundle, the host
-/// name) but accepts it either way, keeping what it found: TLS as
-/// opportunistic delivery has it, with the verdict a policy in testing
-/// mode reports (MTA-STS, RFC 8461 §5; TLS-RPT). One per connection.
+/// A certificate check of a verifier's own; the handshake's signatures
+/// are checked as another verifier checks them ([`CheckedBy`]). DANE's
+/// verifier and [`Observe`] are such checks.
+pub trait CertCheck: std::fmt::Debug + Send + Sync {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error>;
+}
+
+/// A verifier: `check` for the certificate, `signatures` for the rest.
 #[derive(Debug)]
-pub struct Observing {
-    inner: Arc<dyn ServerCertVerifier>,
-    found: std::sync::Mutex<Option<rustls::Error>>,
+pub struct CheckedBy<C> {
+    pub check: C,
+    pub signatures: Arc<dyn ServerCertVerifier>,
 }
 
-impl Observing {
-    /// Why the certificate would not verify, if it would not.
-    pub fn found(&self) -> Option<rustls::Error> {
-        self.found.lock().ok()?.clone()
-    }
-}
-
-/// A client config for one connection, and its [`Observing`] verifier.
-pub fn observing_client(
-    inner: &Arc<dyn ServerCertVerifier>,
-) -> (Arc<ClientConfig>, Arc<Observing>) {
-    let observing = Arc::new(Observing {
-        inner: inner.clone(),
-        found: std::sync::Mutex::new(None),
-    });
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(observing.clone())
-        .with_no_client_auth();
-    (Arc::new(config), observing)
-}
-
-impl ServerCertVerifier for Observing {
+impl<C: CertCheck> ServerCertVerifier for CheckedBy<C> {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
-        ocsp: &[u8],
+        _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verdict =
-            self.inner
-                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
-        if let (Err(e), Ok(mut found)) = (verdict, self.found.lock()) {
-            *found = Some(e);
-        }
-        Ok(ServerCertVerified::assertion())
+        self.check
+            .check(end_entity, intermediates, server_name, now)
+            .map(|()| ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -329,7 +311,7 @@ impl ServerCertVerifier for Observing {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -338,12 +320,72 @@ impl ServerCertVerifier for Observing {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.signatures.supported_verify_schemes()
     }
+}
+
+/// A client config whose server certificates `verifier` checks.
+pub fn client_with(verifier: Arc<dyn ServerCertVerifier>) -> Arc<ClientConfig> {
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Checks a server's certificate as `inner` does (the CA bundle, the host
+/// name) but accepts it either way, keeping what it found: TLS as
+/// opportunistic delivery has it, with the verdict a policy in testing
+/// mode reports (MTA-STS, RFC 8461 §5; TLS-RPT). One per connection.
+#[derive(Debug)]
+pub struct Observe {
+    inner: Arc<dyn ServerCertVerifier>,
+    found: std::sync::Mutex<Option<rustls::Error>>,
+}
+
+impl Observe {
+    /// Why the certificate would not verify, if it would not.
+    pub fn found(&self) -> Option<rustls::Error> {
+        self.found.lock().ok()?.clone()
+    }
+}
+
+impl CertCheck for Observe {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let verdict =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, &[], now);
+        if let (Err(e), Ok(mut found)) = (verdict, self.found.lock()) {
+            *found = Some(e);
+        }
+        Ok(())
+    }
+}
+
+/// A client config for one connection, and its observing verifier.
+pub fn observing_client(
+    inner: &Arc<dyn ServerCertVerifier>,
+) -> (Arc<ClientConfig>, Arc<CheckedBy<Observe>>) {
+    let observing = Arc::new(CheckedBy {
+        check: Observe {
+            inner: inner.clone(),
+            found: std::sync::Mutex::new(None),
+        },
+        signatures: inner.clone(),
+    });
+    (client_with(observing.clone()), observing)
 }
 
 /// For HTTPS clients (webhooks): the Web PKI's roots (webpki-roots), or

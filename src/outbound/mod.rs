@@ -281,7 +281,10 @@ impl Delivery {
         target: &Target,
         path: &Path<'_>,
         policy: OutboundTls,
-    ) -> Option<(Arc<rustls::ClientConfig>, Arc<crate::tls::Observing>)> {
+    ) -> Option<(
+        Arc<rustls::ClientConfig>,
+        Arc<crate::tls::CheckedBy<crate::tls::Observe>>,
+    )> {
         let testing = path.reporting.as_ref().is_some_and(|r| r.testing);
         if !testing || target.dane.is_some() || policy != OutboundTls::Opportunistic {
             return None;
@@ -588,7 +591,7 @@ impl Delivery {
         let label = if result.is_ok() { "ok" } else { "failed" };
         ::metrics::counter!(crate::metrics::OUTBOUND_CONNECTIONS_TOTAL, "result" => label)
             .increment(1);
-        let observation = observed.as_ref().and_then(|(_, o)| o.found());
+        let observation = observed.as_ref().and_then(|(_, o)| o.check.found());
         self.count_session(target, path, &result, observation);
         match result {
             Ok(c) => Ok(c),

@@ -132,14 +132,21 @@ impl Policies {
             return None;
         }
         let now = self.clock.now();
-        let known = self.known.borrow().get(domain).map(|k| {
-            let valid = k.fetched.as_ref().filter(|f| now < f.expires).cloned();
-            (now < k.checked + RECHECK_SECS, valid)
-        });
-        let (recent, kept) = known.unwrap_or((false, None));
-        if recent {
-            return kept.map(|f| f.policy).filter(|p| p.mode != Mode::None);
+        // The common case: looked at lately; only the policy is copied.
+        if let Some(k) = self.known.borrow().get(domain)
+            && now < k.checked + RECHECK_SECS
+        {
+            return k
+                .fetched
+                .as_ref()
+                .filter(|f| now < f.expires && f.policy.mode != Mode::None)
+                .map(|f| f.policy.clone());
         }
+        let kept = self
+            .known
+            .borrow()
+            .get(domain)
+            .and_then(|k| k.fetched.as_ref().filter(|f| now < f.expires).cloned());
         // One attempt looks; the others wait for its answer (no borrow is
         // held across an await).
         let waiter = {

@@ -33,6 +33,7 @@ struct Way<'a> {
     /// The domain's MTA-STS policy as TLS reports name it.
     sts: Option<&'a crate::tlsrpt::PolicyKey>,
     sts_testing: bool,
+    mta_sts: bool,
 }
 
 impl Scheduler {
@@ -83,6 +84,7 @@ impl Scheduler {
             tls: dest.tls,
             sts: dest.sts.as_ref(),
             sts_testing: dest.sts_testing,
+            mta_sts: dest.mta_sts,
         };
         self.deliver_from_pool(job, env, &rcpts, &way).await
     }
@@ -194,7 +196,7 @@ impl Scheduler {
         let started = Instant::now();
         let mut result = self.delivery.attempt(to.targets, msg, &way).await;
         if let Ok(attempt) = &mut result {
-            attempt.tls_policy = Some(tls_policy_label(attempt, to.sts.is_some(), way.policy));
+            attempt.tls_policy = Some(tls_policy_label(attempt, to.mta_sts, way.policy));
         }
         ::metrics::histogram!(crate::metrics::DELIVERY_ATTEMPT_SECONDS)
             .record(started.elapsed().as_secs_f64());

@@ -34,6 +34,9 @@ pub(super) struct Destination {
     /// names it, and whether it is in testing mode.
     pub sts: Option<PolicyKey>,
     pub sts_testing: bool,
+    /// An MTA-STS policy (enforce or testing) holds (the delivery log's
+    /// `tls_policy`).
+    pub mta_sts: bool,
 }
 
 impl Destination {
@@ -43,6 +46,7 @@ impl Destination {
             tls,
             sts: None,
             sts_testing: false,
+            mta_sts: false,
         }
     }
 }
@@ -165,7 +169,12 @@ impl Scheduler {
         let Some(policy) = sts.policy_for(domain).await else {
             return Ok(Destination::plain(targets, tls));
         };
-        let key = Some(PolicyKey::sts(domain, policy.lines()));
+        // Named for TLS reports only when they are made.
+        let key = self
+            .cfg
+            .tls_reporting
+            .is_on()
+            .then(|| PolicyKey::sts(domain, policy.lines()));
         let mode = policy.mode.as_str();
         let applied = |result: &'static str| {
             ::metrics::counter!(crate::metrics::MTA_STS_APPLIED, "mode" => mode, "result" => result)
@@ -180,6 +189,7 @@ impl Scheduler {
             return Ok(Destination {
                 sts: key.filter(|_| testing),
                 sts_testing: testing,
+                mta_sts: testing,
                 ..Destination::plain(targets, tls)
             });
         }
@@ -205,6 +215,7 @@ impl Scheduler {
             tls: OutboundTls::Require,
             sts: key,
             sts_testing: false,
+            mta_sts: true,
         })
     }
 }

@@ -82,7 +82,7 @@ impl Knot {
         let conf = dir.path().join("knot.conf");
         std::fs::write(&conf, config(dir.path(), port, zones)).unwrap();
         let log = dir.path().join("knotd.log");
-        let child = Command::new("knotd")
+        let mut child = Command::new("knotd")
             .arg("-c")
             .arg(&conf)
             .stdout(std::fs::File::create(&log).unwrap())
@@ -98,7 +98,11 @@ impl Knot {
             if loaded {
                 break;
             }
-            assert!(Instant::now() < deadline, "knotd did not load:\n{text}");
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("knotd did not load:\n{text}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         let first = zones.iter().find(|z| z.signed).expect("a signed zone");
