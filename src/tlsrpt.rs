@@ -93,12 +93,27 @@ pub struct Tally {
     days: BTreeMap<u64, Vec<(PolicyKey, Counts)>>,
 }
 
-/// A failure's result type as a string key (mail-auth's serde name).
+/// A result type's name (RFC 8460 §4.3, as mail-auth writes it).
+pub fn result_str(r: ResultType) -> &'static str {
+    match r {
+        ResultType::StartTlsNotSupported => "starttls-not-supported",
+        ResultType::CertificateHostMismatch => "certificate-host-mismatch",
+        ResultType::CertificateExpired => "certificate-expired",
+        ResultType::CertificateNotTrusted => "certificate-not-trusted",
+        ResultType::ValidationFailure => "validation-failure",
+        ResultType::TlsaInvalid => "tlsa-invalid",
+        ResultType::DnssecInvalid => "dnssec-invalid",
+        ResultType::DaneRequired => "dane-required",
+        ResultType::StsPolicyFetchError => "sts-policy-fetch-error",
+        ResultType::StsPolicyInvalid => "sts-policy-invalid",
+        ResultType::StsWebpkiInvalid => "sts-webpki-invalid",
+        ResultType::Other => "other",
+    }
+}
+
+/// A failure's result type as a string key.
 fn result_name(r: ResultType) -> String {
-    serde_json::to_value(r)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "other".into())
+    result_str(r).to_string()
 }
 
 fn result_type(name: &str) -> ResultType {
@@ -369,6 +384,11 @@ mod tests {
         assert_eq!(
             p.failure_details[0].result_type,
             ResultType::CertificateExpired
+        );
+        assert_eq!(
+            result_type(result_str(ResultType::StartTlsNotSupported)),
+            ResultType::StartTlsNotSupported,
+            "the names are mail-auth's"
         );
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["date-range"]["start-datetime"], "1970-01-21T00:00:00Z");

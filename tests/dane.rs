@@ -295,6 +295,15 @@ fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
         "{}",
         reply("notls.test")
     );
+    for (domain, failure) in [
+        ("eebad.test", "validation-failure"),
+        ("taname.test", "certificate-host-mismatch"),
+        ("notls.test", "starttls-not-supported"),
+    ] {
+        let e = common::wait_for_log_event(&log, &format!("x@{domain}"), "TransientFailure");
+        assert_eq!(e["tls_failure"], failure, "{domain}: {e}");
+        assert_eq!(e["tls_policy"], "dane", "{domain}: {e}");
+    }
     let bogus = reply("bogus.test");
     assert!(
         bogus.contains("DNSSEC") || bogus.contains("bogus"),
@@ -309,6 +318,11 @@ fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
     let metrics = ts.metrics_text();
     for result in ["records", "none", "ignored"] {
         let line = format!("ringpost_dane_tlsa_lookups_total{{result=\"{result}\"}}");
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+    for result in ["success", "validation-failure", "starttls-not-supported"] {
+        let line =
+            format!("ringpost_outbound_tls_sessions_total{{policy=\"dane\",result=\"{result}\"}}");
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
     }
 }

@@ -82,7 +82,8 @@ section! {
         /// delete`), Complaint, AsyncBounce, with `time`, `id`, `sender`,
         /// `recipient`, `meta`, and where known `remote_host`, `remote_ip`,
         /// `reply`, `attempt`, `tls`, `tls_policy` (dane, mta-sts,
-        /// require, opportunistic or none), `category`, `source` and `site`
+        /// require, opportunistic or none), `tls_failure` (as TLS reports
+        /// name it, when TLS was why), `category`, `source` and `site`
         /// (the egress source and the site of an attempt); Reception adds
         /// `priority`, `pool`, `dkim` (signed, or why not) and the DSN
         /// request (`notify`, `orcpt`, `ret`, `envid`). What became of a

@@ -105,6 +105,11 @@ pub struct Event<'a> {
     /// (`[tls]` and shaping rules).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_policy: Option<&'static str>,
+    /// TransientFailure: when TLS was why no host took the message, the
+    /// failure as TLS reports name it (`certificate-host-mismatch`,
+    /// `starttls-not-supported`, `validation-failure`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_failure: Option<&'static str>,
     /// TransientFailure and Bounce: what the failure means
     /// (`classify::BounceCategory`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,6 +323,7 @@ impl<'a> Event<'a> {
             attempt: None,
             tls: None,
             tls_policy: None,
+            tls_failure: None,
             category: None,
             report_id: None,
             feedback_type: None,

@@ -95,6 +95,10 @@ pub struct Attempt {
     /// `tls_policy`): `dane`, `mta-sts`, `require`, `opportunistic` or
     /// `none`; set by the scheduler, which knows the destination's.
     pub tls_policy: Option<&'static str>,
+    /// When no host took the message and TLS was why at the last one:
+    /// the failure as TLS reports name it (`certificate-host-mismatch`,
+    /// `starttls-not-supported`, ...).
+    pub tls_failure: Option<&'static str>,
 }
 
 impl Attempt {
@@ -109,6 +113,7 @@ impl Attempt {
             next_hop_dsn: false,
             held: false,
             tls_policy: None,
+            tls_failure: None,
         }
     }
 
@@ -260,6 +265,15 @@ impl Delivery {
                 None => return,
             },
         };
+        let kind = match target.dane {
+            Some(_) => "dane",
+            None => "mta-sts",
+        };
+        let result = failure
+            .as_ref()
+            .map_or("success", |(r, _)| crate::tlsrpt::result_str(*r));
+        ::metrics::counter!(crate::metrics::OUTBOUND_TLS_SESSIONS, "policy" => kind, "result" => result)
+            .increment(1);
         let session = Session {
             mx_host: target.host.clone(),
             receiving_ip: target.addr.ip(),
@@ -349,8 +363,8 @@ enum Instead {
     Fail(DeliveryOutcome),
     /// The outcome of every recipient (a mail loop).
     Done(DeliveryOutcome),
-    /// Try the next target.
-    Next(DeliveryOutcome),
+    /// Try the next target (and what TLS failed, if that was why).
+    Next(DeliveryOutcome, Option<ResultType>),
 }
 
 impl Delivery {
@@ -381,6 +395,8 @@ impl Delivery {
         let mut last = DeliveryOutcome::Temporary {
             reply: "no host to deliver to".into(),
         };
+        // The last failure's TLS result type, if TLS was what failed.
+        let mut last_tls = None;
         for target in targets {
             let (mut client, reused) = match self.client_for(target, path).await {
                 Ok(c) => c,
@@ -393,8 +409,8 @@ impl Delivery {
                         ..Attempt::all(outcome, msg.recipients.len())
                     });
                 }
-                Err(Instead::Next(outcome)) => {
-                    last = outcome;
+                Err(Instead::Next(outcome, tls)) => {
+                    (last, last_tls) = (outcome, tls);
                     continue;
                 }
             };
@@ -410,7 +426,7 @@ impl Delivery {
                         result = client.send(msg).await;
                     }
                     Err(e) => {
-                        last = e.outcome;
+                        (last, last_tls) = (e.outcome, e.tls_failure);
                         continue;
                     }
                 }
@@ -434,6 +450,7 @@ impl Delivery {
                 next_hop_dsn,
                 held: false,
                 tls_policy: None,
+                tls_failure: None,
                 source: source_name,
                 site: Some(path.site.to_string()),
             });
@@ -441,6 +458,7 @@ impl Delivery {
         Ok(Attempt {
             source: source_name,
             site: Some(path.site.to_string()),
+            tls_failure: last_tls.map(crate::tlsrpt::result_str),
             ..Attempt::all(last, msg.recipients.len())
         })
     }
@@ -481,7 +499,7 @@ impl Delivery {
             }
             Err(e) => {
                 log::debug!("{}: {}", target.host, e.outcome.reply());
-                Err(Instead::Next(e.outcome))
+                Err(Instead::Next(e.outcome, e.tls_failure))
             }
         }
     }

@@ -196,7 +196,7 @@ impl Scheduler {
         let started = Instant::now();
         let mut result = self.delivery.attempt(to.targets, msg, &way).await;
         if let Ok(attempt) = &mut result {
-            attempt.tls_policy = Some(tls_policy_label(attempt, to.mta_sts, way.policy));
+            attempt.tls_policy = Some(tls_policy_label(attempt, to, way.policy));
         }
         ::metrics::histogram!(crate::metrics::DELIVERY_ATTEMPT_SECONDS)
             .record(started.elapsed().as_secs_f64());
@@ -442,12 +442,17 @@ fn attempt_result(attempt: &Attempt) -> &'static str {
     }
 }
 
-/// The delivery log's name for the TLS policy an attempt was held to.
-fn tls_policy_label(attempt: &Attempt, sts: bool, policy: OutboundTls) -> &'static str {
-    if attempt.remote.as_ref().is_some_and(|t| t.dane.is_some()) {
+/// The delivery log's name for the TLS policy an attempt was held to:
+/// the host that answered's, or (none did) the destination's.
+fn tls_policy_label(attempt: &Attempt, to: &Way<'_>, policy: OutboundTls) -> &'static str {
+    let dane = match &attempt.remote {
+        Some(t) => t.dane.is_some(),
+        None => to.targets.iter().any(|t| t.dane.is_some()),
+    };
+    if dane {
         return "dane";
     }
-    match (sts, policy) {
+    match (to.mta_sts, policy) {
         (true, _) => "mta-sts",
         (false, OutboundTls::Require) => "require",
         (false, OutboundTls::Opportunistic) => "opportunistic",

@@ -91,6 +91,7 @@ impl Scheduler {
             ev.attempt = Some(*attempts);
             ev.tls = attempt.tls.as_deref();
             ev.tls_policy = attempt.tls_policy;
+            ev.tls_failure = attempt.tls_failure;
             ev.source = attempt.source.as_deref();
             ev.site = attempt.site.as_deref();
             ev.category = category.map(crate::classify::BounceCategory::as_str);

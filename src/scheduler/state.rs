@@ -650,6 +650,7 @@ mod tests {
             next_hop_dsn: false,
             held: false,
             tls_policy: None,
+            tls_failure: None,
         }
     }
 
