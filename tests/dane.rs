@@ -16,6 +16,7 @@
 //! | bogus.test | its zone's DS matches no key | anything | waits (DNSSEC bogus), never connected to |
 //! | ignored.test | DANE-EE of another key, in tls.dane_ignore | a self-signed certificate | delivered (opportunistic) |
 //! | sts.test | no TLSA; an MTA-STS policy in enforce mode | a chain for its name | delivered (the TLS report test serves the policy; elsewhere its host is down: opportunistic) |
+//! | taexpired.test | DANE-TA 2 0 1 of the CA | a chain to that CA for the MX name, expired | waits, nothing sent |
 //! | ststest.test | no TLSA; an MTA-STS policy in testing mode | a chain for another name | delivered (opportunistic); reported as certificate-host-mismatch |
 
 mod common;
@@ -27,7 +28,7 @@ use common::knot::{Knot, Zone};
 use common::sink::{Script, Sink};
 
 /// Each domain, the TLS its sink offers, whether it must be delivered.
-const CASES: [(&str, &str, bool); 11] = [
+const CASES: [(&str, &str, bool); 12] = [
     ("ee.test", "self-signed", true),
     ("eebad.test", "self-signed", false),
     ("ta.test", "ca-chain", true),
@@ -39,6 +40,7 @@ const CASES: [(&str, &str, bool); 11] = [
     ("ignored.test", "self-signed", true),
     ("sts.test", "ca-chain", true),
     ("ststest.test", "ca-chain-other-name", true),
+    ("taexpired.test", "ca-chain-expired", false),
 ];
 
 fn mx_ip(i: usize) -> Ipv4Addr {
@@ -93,6 +95,13 @@ impl Certs {
             "self-signed" => Some(self.self_signed.clone()),
             "ca-chain" => Some(chain(mx)),
             "ca-chain-other-name" => Some(chain("someone.else.test")),
+            "ca-chain-expired" => {
+                let (leaf, key) = self.ca.expired_leaf_pem(mx);
+                Some(common::sink::server_config(
+                    &format!("{leaf}{}", self.ca.pem),
+                    &key,
+                ))
+            }
             _ => None,
         }
     }
@@ -117,7 +126,7 @@ fn zones(certs: &Certs, port: u16) -> Vec<Zone<'static>> {
         let tlsa = match label {
             "ee" | "notls" => Some(&ee),
             "eebad" | "ignored" => Some(&wrong),
-            "ta" | "taname" => Some(&ta),
+            "ta" | "taname" | "taexpired" => Some(&ta),
             _ => None,
         };
         if matches!(label, "sts" | "ststest") {
@@ -299,6 +308,7 @@ fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
         ("eebad.test", "validation-failure"),
         ("taname.test", "certificate-host-mismatch"),
         ("notls.test", "starttls-not-supported"),
+        ("taexpired.test", "certificate-expired"),
     ] {
         let e = common::wait_for_log_event(&log, &format!("x@{domain}"), "TransientFailure");
         assert_eq!(e["tls_failure"], failure, "{domain}: {e}");
@@ -419,13 +429,14 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
 
     clock.advance(86_400);
     // (result, sessions) per domain that asks for reports.
-    let expected: [(&str, u64, Option<&str>); 7] = [
+    let expected: [(&str, u64, Option<&str>); 8] = [
         ("sts.test", 1, None),
         ("ststest.test", 0, Some("certificate-host-mismatch")),
         ("ee.test", 1, None),
         ("ta.test", 1, None),
         ("eebad.test", 0, Some("validation-failure")),
         ("taname.test", 0, Some("certificate-host-mismatch")),
+        ("taexpired.test", 0, Some("certificate-expired")),
         ("notls.test", 0, Some("starttls-not-supported")),
     ];
     let got = reports.wait_for(expected.len(), 30);
@@ -489,8 +500,8 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
     );
     assert!(
         ts.metrics_text()
-            .contains("ringpost_tls_reports_sent_total 8"),
-        "seven reports queued, one posted"
+            .contains("ringpost_tls_reports_sent_total 9"),
+        "eight reports queued, one posted"
     );
 }
 

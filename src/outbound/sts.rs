@@ -129,6 +129,7 @@ impl Policies {
     /// goes out under less than a policy being fetched).
     pub async fn policy_for(&self, domain: &str) -> Option<Policy> {
         if self.ignore.contains(domain) {
+            counted("ignored");
             return None;
         }
         let now = self.clock.now();

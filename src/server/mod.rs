@@ -342,6 +342,17 @@ fn prepare(
         },
     )
     .map_err(StartError::Dns)?;
+    for (ignored, what) in [
+        (
+            &cfg.tls.mta_sts_ignore,
+            "MTA-STS policies (tls.mta_sts_ignore)",
+        ),
+        (&cfg.tls.dane_ignore, "DANE records (tls.dane_ignore)"),
+    ] {
+        if !ignored.is_empty() {
+            log::info!("not applying the {what} of {}", ignored.join(", "));
+        }
+    }
     let suppressions = match cfg.suppression.enabled {
         true => Some(Arc::new(
             SuppressionList::open(&cfg.suppression.dir(&cfg.spool.dir))

@@ -494,6 +494,17 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A certificate for `name` this CA signed that expired in 2021, and
+    /// its key, as PEM.
+    pub fn expired_leaf_pem(&self, name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A server config whose certificate for `name` this CA signed.
     pub fn server_config(&self, name: &str) -> Arc<rustls::ServerConfig> {
         self.server_config_for(&[name])
