@@ -240,13 +240,10 @@ impl Delivery {
         result: &Result<Client, client::ConnectError>,
         observation: Option<rustls::Error>,
     ) {
-        let Some(r) = &path.reporting else {
-            return;
-        };
-        let policy = match (&target.dane, r.sts) {
-            (Some(set), _) => PolicyKey::tlsa(r.domain, set.presentation()),
-            (None, Some(sts)) => sts.clone(),
-            (None, None) => return,
+        let kind = match (&target.dane, path.mta_sts) {
+            (Some(_), _) => "dane",
+            (None, true) => "mta-sts",
+            (None, false) => return,
         };
         let failure = match result {
             Ok(c) if c.tls.is_some() => observation.map(|e| {
@@ -265,15 +262,19 @@ impl Delivery {
                 None => return,
             },
         };
-        let kind = match target.dane {
-            Some(_) => "dane",
-            None => "mta-sts",
-        };
         let result = failure
             .as_ref()
             .map_or("success", |(r, _)| crate::tlsrpt::result_str(*r));
         ::metrics::counter!(crate::metrics::OUTBOUND_TLS_SESSIONS, "policy" => kind, "result" => result)
             .increment(1);
+        let Some(r) = &path.reporting else {
+            return;
+        };
+        let policy = match (&target.dane, r.sts) {
+            (Some(set), _) => PolicyKey::tlsa(r.domain, set.presentation()),
+            (None, Some(sts)) => sts.clone(),
+            (None, None) => return,
+        };
         let session = Session {
             mx_host: target.host.clone(),
             receiving_ip: target.addr.ip(),
@@ -320,8 +321,11 @@ pub struct Path<'a> {
     /// opens a new one (its limit, less those in use): the oldest others
     /// are closed first.
     pub idle_room: usize,
+    /// An MTA-STS policy (enforce or testing) holds for the destination
+    /// (its TLS sessions are counted in the metrics).
+    pub mta_sts: bool,
     /// Where the attempt's TLS sessions are counted for TLS reporting
-    /// (RFC 8460), when the destination has a policy.
+    /// (RFC 8460), when reports are on and the destination has a policy.
     pub reporting: Option<Reporting<'a>>,
 }
 

@@ -182,6 +182,7 @@ impl Scheduler {
             max_messages_per_connection: limits.max_messages_per_connection,
             idle_timeout: limits.idle_timeout(),
             idle_room: self.gates.borrow().idle_room(path, Instant::now()),
+            mta_sts: to.mta_sts,
             reporting: self
                 .cfg
                 .tls_reporting

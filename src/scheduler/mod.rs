@@ -310,9 +310,10 @@ impl Scheduler {
                 st.defer(id);
             }
         }
+        // Counts kept from before a restart; days among them that ended
+        // while the node was down are reported at the first look (the
+        // report day starts at 0).
         self.load_tls_sessions();
-        let today = now - now % crate::tlsrpt::DAY;
-        self.tls_report_day.set(today);
         let me = self.clone();
         self.tasks.spawn(async move { me.run_timer().await });
         if let Some(poked) = self.poked.borrow_mut().take() {
