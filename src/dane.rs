@@ -82,13 +82,7 @@ impl TlsaSet {
     /// The usable records in presentation form (`3 1 1 <hex>`), as a TLS
     /// report names the policy.
     pub fn presentation(&self) -> Vec<String> {
-        self.usable
-            .iter()
-            .map(|r| {
-                let hex: String = r.data.iter().map(|b| format!("{b:02x}")).collect();
-                format!("{} {} {} {hex}", r.usage, r.selector, r.matching)
-            })
-            .collect()
+        self.usable.iter().map(Tlsa::presentation).collect()
     }
 }
 

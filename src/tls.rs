@@ -226,14 +226,7 @@ fn read_chain(cert_file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError
 /// the alternative to an unverified certificate is plaintext, not a refusal
 /// (RFC 7435). Signatures are still checked, so the handshake is real.
 pub fn opportunistic_client() -> Arc<ClientConfig> {
-    let provider = provider();
-    let config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    Arc::new(config)
+    client_with(any_certificate())
 }
 
 /// Outbound, verified: the server's certificate must chain to a CA in

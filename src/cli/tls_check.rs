@@ -138,17 +138,7 @@ fn dane_section(
                         true => "usable",
                         false => "not usable for SMTP",
                     };
-                    let _ = writeln!(
-                        out,
-                        "      {name} TLSA {} {} {} {} ({usable})",
-                        r.usage,
-                        r.selector,
-                        r.matching,
-                        r.data
-                            .iter()
-                            .map(|b| format!("{b:02x}"))
-                            .collect::<String>()
-                    );
+                    let _ = writeln!(out, "      {name} TLSA {} ({usable})", r.presentation());
                 }
                 let verdict = match set.usable.is_empty() {
                     true => "dane: TLS required, any certificate (no usable TLSA record)",
