@@ -3,7 +3,7 @@
 //!
 //! Each shard keeps its counts in its spool (kept tree `tls_reports`,
 //! written from the timer about once a minute when they changed) and
-//! reads them back at start, so a restart loses at most a minute of them.
+//! reads them back at start: a crash loses what came after the last write.
 //! Shard 0, once a UTC day has ended (by the shard's clock), takes every
 //! shard's counts of ended days over the shard mesh, merges them, looks
 //! up each domain's `_smtp._tls` record and queues one report message to
