@@ -52,6 +52,9 @@ pub struct TlsaSet {
     /// The usable records (DANE-TA, DANE-EE with known selector and
     /// matching type); empty when every published record is unusable.
     pub usable: Vec<Tlsa>,
+    /// Every record published, usable or not (the TLS report names the
+    /// policy by them).
+    pub published: Vec<Tlsa>,
     /// Identifies the set (xxh3 of its records, as published).
     pub digest: u64,
 }
@@ -73,23 +76,31 @@ impl TlsaSet {
         TlsaSet {
             name: name.to_string(),
             usable: records.iter().filter(|r| usable(r)).cloned().collect(),
+            published: records.to_vec(),
             digest: hasher.digest(),
         }
     }
 }
 
 impl TlsaSet {
-    /// The usable records in presentation form (`3 1 1 <hex>`), as a TLS
-    /// report names the policy.
+    /// The records published in presentation form (`3 1 1 <hex>`), as a
+    /// TLS report names the policy.
     pub fn presentation(&self) -> Vec<String> {
-        self.usable.iter().map(Tlsa::presentation).collect()
+        self.published.iter().map(Tlsa::presentation).collect()
     }
 }
 
 /// A record SMTP can use (RFC 7672 §3.1): DANE-TA or DANE-EE, full
-/// certificate or public key, exact or SHA-256/512.
+/// certificate or public key, exact or SHA-256/512 with a digest of that
+/// digest's length (RFC 7671 §5.1: a malformed record is unusable).
 pub fn usable(r: &Tlsa) -> bool {
-    matches!(r.usage, DANE_TA | DANE_EE) && r.selector <= 1 && r.matching <= 2
+    let data_fits = match r.matching {
+        0 => !r.data.is_empty(),
+        1 => r.data.len() == 32,
+        2 => r.data.len() == 64,
+        _ => false,
+    };
+    matches!(r.usage, DANE_TA | DANE_EE) && r.selector <= 1 && data_fits
 }
 
 /// Why a certificate chain matched no record.
@@ -340,9 +351,15 @@ mod tests {
     #[test]
     fn unusable_records_leave_tls_mandatory_but_unauthenticated() {
         let c = chain("mx.example");
-        let records = [tlsa(1, 1, 1, &[0; 32]), tlsa(3, 7, 1, &[0; 32])];
+        // PKIX-EE, an unknown selector, a SHA-256 digest cut short.
+        let records = [
+            tlsa(1, 1, 1, &[0; 32]),
+            tlsa(3, 7, 1, &[0; 32]),
+            tlsa(3, 1, 1, &[0; 31]),
+        ];
         let set = TlsaSet::new("_25._tcp.mx.example", &records);
         assert!(set.usable.is_empty());
+        assert_eq!(set.presentation().len(), 3, "the report names them all");
         assert_eq!(run(&set, &c, "mx.example"), Ok(()));
     }
 

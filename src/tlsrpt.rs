@@ -62,8 +62,10 @@ impl PolicyKey {
 /// One session's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
-    pub mx_host: String,
-    pub receiving_ip: IpAddr,
+    /// None when the policy failed before a host was in question (an
+    /// MTA-STS policy that could not be fetched).
+    pub mx_host: Option<String>,
+    pub receiving_ip: Option<IpAddr>,
     pub sending_ip: Option<IpAddr>,
     /// None: success.
     pub failure: Option<(ResultType, String)>,
@@ -73,8 +75,8 @@ pub struct Session {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 struct FailureKey {
     result: String,
-    mx_host: String,
-    receiving_ip: IpAddr,
+    mx_host: Option<String>,
+    receiving_ip: Option<IpAddr>,
     sending_ip: Option<IpAddr>,
     /// What went wrong, in words (the first seen for the group).
     info: String,
@@ -133,7 +135,9 @@ impl Tally {
             }
         };
         let counts = &mut list[i].1;
-        counts.mx_hosts.insert(session.mx_host.clone());
+        if let Some(mx) = &session.mx_host {
+            counts.mx_hosts.insert(mx.clone());
+        }
         let Some((result, info)) = &session.failure else {
             counts.success += 1;
             return;
@@ -284,8 +288,8 @@ fn policy_of(k: &PolicyKey, c: &Counts) -> Policy {
             .map(|(f, n)| FailureDetails {
                 result_type: result_type(&f.result),
                 sending_mta_ip: f.sending_ip,
-                receiving_mx_hostname: Some(f.mx_host.clone()),
-                receiving_ip: Some(f.receiving_ip),
+                receiving_mx_hostname: f.mx_host.clone(),
+                receiving_ip: f.receiving_ip,
                 failed_session_count: (*n).min(u32::MAX as u64) as u32,
                 // RFC 8460 §4.4: the error message goes here;
                 // `additional-information` is for a URI.
@@ -326,8 +330,8 @@ mod tests {
 
     fn session(mx: &str, failure: Option<ResultType>) -> Session {
         Session {
-            mx_host: mx.into(),
-            receiving_ip: "192.0.2.1".parse().unwrap(),
+            mx_host: Some(mx.into()),
+            receiving_ip: Some("192.0.2.1".parse().unwrap()),
             sending_ip: None,
             failure: failure.map(|r| (r, "why".to_string())),
         }
@@ -405,6 +409,40 @@ mod tests {
         t.record(5, &k, &session("mx", Some(ResultType::ValidationFailure)));
         let back: Tally = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn a_policy_that_could_not_be_had_is_reported_without_a_host() {
+        let mut t = Tally::default();
+        let k = PolicyKey::sts("c.example", Vec::new());
+        let failed = Session {
+            mx_host: None,
+            receiving_ip: None,
+            sending_ip: None,
+            failure: Some((ResultType::StsPolicyFetchError, "refused".into())),
+        };
+        t.record(5, &k, &failed);
+        t.record(6, &k, &failed);
+        let report = t.report(0, "c.example", &reporter());
+        let p = &report.policies[0];
+        assert!(p.policy.mx_host.is_empty(), "{p:?}");
+        assert_eq!(p.summary.total_failure, 2);
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        let detail = &json["policies"][0]["failure-details"][0];
+        assert_eq!(detail["result-type"], "sts-policy-fetch-error", "{json}");
+        assert!(detail["receiving-mx-hostname"].is_null(), "{json}");
+    }
+
+    #[test]
+    fn counts_kept_before_hosts_became_optional_read_back() {
+        let old = r#"{"days":{"0":[[{"domain":"b.example","kind":"tlsa","strings":[]},
+            {"mx_hosts":["mx"],"success":1,"failures":[[{"result":"validation-failure",
+            "mx_host":"mx","receiving_ip":"192.0.2.1","sending_ip":null,"info":"why"},2]]}]]}}"#;
+        let t: Tally = serde_json::from_str(old).unwrap();
+        let report = t.report(0, "b.example", &reporter());
+        let detail = &report.policies[0].failure_details[0];
+        assert_eq!(detail.receiving_mx_hostname.as_deref(), Some("mx"));
+        assert_eq!(detail.failed_session_count, 2);
     }
 
     #[test]

@@ -18,6 +18,10 @@
 //! | sts.test | no TLSA; an MTA-STS policy in enforce mode | a chain for its name | delivered (the TLS report test serves the policy; elsewhere its host is down: opportunistic) |
 //! | taexpired.test | DANE-TA 2 0 1 of the CA | a chain to that CA for the MX name, expired | waits, nothing sent |
 //! | ststest.test | no TLSA; an MTA-STS policy in testing mode | a chain for another name | delivered (opportunistic); reported as certificate-host-mismatch |
+//! | tlsabogus.test | its MX host's TLSA records in a zone whose DS matches no key | anything | waits (the host cannot be checked), never connected to; reported as dnssec-invalid |
+//! | tlsaunusable.test | only PKIX-EE (`1 1 1`), unusable for SMTP | a self-signed certificate | delivered over TLS (mandatory, unauthenticated); reported as tlsa-invalid |
+//! | stsfetch.test | an MTA-STS record whose policy host refuses connections | a self-signed certificate | delivered (opportunistic); reported as sts-policy-fetch-error |
+//! | ruleoff.test | DANE-EE of another key; a shaping rule says `dane = false` | a self-signed certificate | delivered (opportunistic) |
 
 mod common;
 
@@ -28,7 +32,7 @@ use common::knot::{Knot, Zone};
 use common::sink::{Script, Sink};
 
 /// Each domain, the TLS its sink offers, whether it must be delivered.
-const CASES: [(&str, &str, bool); 12] = [
+const CASES: [(&str, &str, bool); 16] = [
     ("ee.test", "self-signed", true),
     ("eebad.test", "self-signed", false),
     ("ta.test", "ca-chain", true),
@@ -41,6 +45,10 @@ const CASES: [(&str, &str, bool); 12] = [
     ("sts.test", "ca-chain", true),
     ("ststest.test", "ca-chain-other-name", true),
     ("taexpired.test", "ca-chain-expired", false),
+    ("tlsabogus.test", "self-signed", false),
+    ("tlsaunusable.test", "self-signed", true),
+    ("stsfetch.test", "self-signed", true),
+    ("ruleoff.test", "self-signed", true),
 ];
 
 fn mx_ip(i: usize) -> Ipv4Addr {
@@ -113,6 +121,7 @@ fn zones(certs: &Certs, port: u16) -> Vec<Zone<'static>> {
     let ee = format!("3 1 1 {}", certs.self_signed_spki);
     let wrong = format!("3 1 1 {}", "00".repeat(32));
     let ta = format!("2 0 1 {}", sha256(&der_of(&certs.ca.pem)));
+    let pkix_ee = format!("1 1 1 {}", certs.self_signed_spki);
     let mut signed = String::from("@ NS ns.test.\nns A 127.0.0.1\n");
     for (i, (domain, _, _)) in CASES.iter().enumerate() {
         let label = domain.trim_end_matches(".test");
@@ -125,14 +134,29 @@ fn zones(certs: &Certs, port: u16) -> Vec<Zone<'static>> {
         ));
         let tlsa = match label {
             "ee" | "notls" => Some(&ee),
-            "eebad" | "ignored" => Some(&wrong),
+            "eebad" | "ignored" | "ruleoff" => Some(&wrong),
             "ta" | "taname" | "taexpired" => Some(&ta),
+            "tlsaunusable" => Some(&pkix_ee),
             _ => None,
         };
-        if matches!(label, "sts" | "ststest") {
+        if matches!(label, "sts" | "ststest" | "stsfetch") {
+            let host = match label {
+                "stsfetch" => STS_HOST_DOWN,
+                _ => STS_POLICY_HOST,
+            };
             signed.push_str(&format!(
-                "_mta-sts.{label} TXT \"v=STSv1; id=1\"\nmta-sts.{label} A {STS_POLICY_HOST}\n\
+                "_mta-sts.{label} TXT \"v=STSv1; id=1\"\nmta-sts.{label} A {host}\n\
                  _smtp._tls.{label} TXT \"v=TLSRPTv1; rua=mailto:{REPORTS_TO}\"\n"
+            ));
+        }
+        if label == "tlsabogus" {
+            // The TLSA records live in a zone of their own, whose DS
+            // matches no key: the MX and address answers are secure, the
+            // TLSA answer is bogus.
+            signed.push_str(&format!(
+                "_tcp.mx.tlsabogus NS ns.test.\n_tcp.mx.tlsabogus DS 4711 13 2 {}\n\
+                 _smtp._tls.tlsabogus TXT \"v=TLSRPTv1; rua=mailto:{REPORTS_TO}\"\n",
+                "cd".repeat(32)
             ));
         }
         if let Some(t) = tlsa {
@@ -172,6 +196,11 @@ fn zones(certs: &Certs, port: u16) -> Vec<Zone<'static>> {
             records: child("bogus", at("bogus.test")),
             signed: true,
         },
+        Zone {
+            name: "_tcp.mx.tlsabogus.test",
+            records: format!("@ NS ns.test.\n_{port} TLSA {ee}\n"),
+            signed: true,
+        },
     ]
 }
 
@@ -185,6 +214,9 @@ const REPORTS_HTTPS: &str = "127.0.47.40";
 /// sts.test's MTA-STS policy host (served on port 443 by the TLS report
 /// test only).
 const STS_POLICY_HOST: &str = "127.0.47.41";
+
+/// stsfetch.test's MTA-STS policy host: nothing listens there.
+const STS_HOST_DOWN: &str = "127.0.47.42";
 
 /// The parts of a run: the MX sinks (in `CASES` order), Knot, and the
 /// sinks' port.
@@ -239,6 +271,13 @@ fn configure(c: &mut ringpost::config::Config, w: &World, log: &std::path::Path)
     c.dns.dnssec = true;
     c.dns.trust_anchor_file = w.knot.anchor.display().to_string();
     c.tls.dane_ignore = vec!["ignored.test".into()];
+    let shaping = log.with_file_name("shaping.toml");
+    std::fs::write(
+        &shaping,
+        "[[site]]\nname = \"broken-dane\"\ndomains = [\"ruleoff.test\"]\ndane = false\n",
+    )
+    .unwrap();
+    c.delivery.shaping_file = shaping.display().to_string();
 }
 
 fn send_one_to_each(ts: &common::TestServer) {
@@ -265,7 +304,7 @@ fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
         if *delivered {
             let e = common::wait_for_log_event(&log, &rcpt, "Delivery");
             let policy = match *domain {
-                "ee.test" | "ta.test" => "dane",
+                "ee.test" | "ta.test" | "tlsaunusable.test" => "dane",
                 _ => "opportunistic",
             };
             assert_eq!(e["tls_policy"], policy, "{domain}: {e}");
@@ -319,20 +358,36 @@ fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
         bogus.contains("DNSSEC") || bogus.contains("bogus"),
         "{bogus}"
     );
-    assert_eq!(
-        sinks[CASES.iter().position(|c| c.0 == "bogus.test").unwrap()].accepts(),
-        0,
-        "bogus.test: never connected to"
+    let tlsa_bogus = reply("tlsabogus.test");
+    assert!(
+        tlsa_bogus.starts_with("451 4.7.5 DANE: no MX host of tlsabogus.test can be checked")
+            && tlsa_bogus.contains("DNSSEC"),
+        "{tlsa_bogus}"
     );
+    for domain in ["bogus.test", "tlsabogus.test"] {
+        assert_eq!(
+            sinks[CASES.iter().position(|c| c.0 == domain).unwrap()].accepts(),
+            0,
+            "{domain}: never connected to"
+        );
+    }
     println!("{}", table.join("\n"));
     let metrics = ts.metrics_text();
     for result in ["records", "none", "ignored"] {
         let line = format!("ringpost_dane_tlsa_lookups_total{{result=\"{result}\"}}");
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
     }
-    for result in ["success", "validation-failure", "starttls-not-supported"] {
-        let line =
-            format!("ringpost_outbound_tls_sessions_total{{policy=\"dane\",result=\"{result}\"}}");
+    for (policy, result) in [
+        ("dane", "success"),
+        ("dane", "validation-failure"),
+        ("dane", "starttls-not-supported"),
+        ("dane", "dnssec-invalid"),
+        ("dane", "tlsa-invalid"),
+        ("mta-sts", "sts-policy-fetch-error"),
+    ] {
+        let line = format!(
+            "ringpost_outbound_tls_sessions_total{{policy=\"{policy}\",result=\"{result}\"}}"
+        );
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
     }
 }
@@ -420,7 +475,7 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
         if *delivered {
             w.sinks[i].wait_for(1, 30);
         }
-        if domain.starts_with("sts") {
+        if matches!(*domain, "sts.test" | "ststest.test") {
             assert_eq!(e["tls_policy"], "mta-sts", "{domain}: {e}");
         }
     }
@@ -429,7 +484,7 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
 
     clock.advance(86_400);
     // (result, sessions) per domain that asks for reports.
-    let expected: [(&str, u64, Option<&str>); 8] = [
+    let expected: [(&str, u64, Option<&str>); 11] = [
         ("sts.test", 1, None),
         ("ststest.test", 0, Some("certificate-host-mismatch")),
         ("ee.test", 1, None),
@@ -438,6 +493,9 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
         ("taname.test", 0, Some("certificate-host-mismatch")),
         ("taexpired.test", 0, Some("certificate-expired")),
         ("notls.test", 0, Some("starttls-not-supported")),
+        ("tlsabogus.test", 0, Some("dnssec-invalid")),
+        ("tlsaunusable.test", 0, Some("tlsa-invalid")),
+        ("stsfetch.test", 0, Some("sts-policy-fetch-error")),
     ];
     let got = reports.wait_for(expected.len(), 30);
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -464,7 +522,7 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
         let p = &policies[0];
         assert_eq!(p["policy_domain"], domain, "{p}");
         let kind = match domain {
-            "sts.test" | "ststest.test" => "sts",
+            "sts.test" | "ststest.test" | "stsfetch.test" => "sts",
             _ => "tlsa",
         };
         assert_eq!(p["policy_type"], kind, "{p}");
@@ -500,8 +558,8 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
     );
     assert!(
         ts.metrics_text()
-            .contains("ringpost_tls_reports_sent_total 9"),
-        "eight reports queued, one posted"
+            .contains("ringpost_tls_reports_sent_total 12"),
+        "eleven reports queued, one posted"
     );
 }
 

@@ -12,6 +12,7 @@
 //! | testing.test | testing | a certificate for another name | delivered (opportunistic) |
 //! | ignored.test | enforce, in tls.mta_sts_ignore | a certificate for another name | delivered (opportunistic) |
 //! | none.test | no record | no STARTTLS | delivered in plaintext |
+//! | ruleoff.test | enforce; a shaping rule says `mta_sts = false` | a certificate for another name | delivered (opportunistic) |
 
 mod common;
 
@@ -21,13 +22,14 @@ use std::time::Duration;
 use common::dns::{self, Rr};
 use common::sink::{Script, Sink};
 
-const DOMAINS: [&str; 6] = [
+const DOMAINS: [&str; 7] = [
     "good.test",
     "mismatch.test",
     "outside.test",
     "testing.test",
     "ignored.test",
     "none.test",
+    "ruleoff.test",
 ];
 
 /// The loopback address of `domain`'s MX host (one sink each).
@@ -56,6 +58,7 @@ fn policies_are_enforced_tested_or_ignored_as_receivers_publish_them() {
             ("outside.test", policy("enforce", "mx.elsewhere.test")),
             ("testing.test", policy("testing", "mx.testing.test")),
             ("ignored.test", policy("enforce", "mx.ignored.test")),
+            ("ruleoff.test", policy("enforce", "mx.ruleoff.test")),
         ]
         .into_iter()
         .map(|(d, p)| (format!("mta-sts.{d}"), p))
@@ -107,7 +110,14 @@ fn policies_are_enforced_tested_or_ignored_as_receivers_publish_them() {
 
     let log = dir.path().join("delivery.log");
     let log_path = log.display().to_string();
+    let shaping = dir.path().join("shaping.toml");
+    std::fs::write(
+        &shaping,
+        "[[site]]\nname = \"broken-sts\"\ndomains = [\"ruleoff.test\"]\nmta_sts = false\n",
+    )
+    .unwrap();
     let ts = common::start_with(2, |c| {
+        c.delivery.shaping_file = shaping.display().to_string();
         c.delivery.smarthost.clear();
         c.delivery.remote_port = port;
         c.delivery.retry_initial_secs = 3600;
@@ -131,11 +141,16 @@ fn policies_are_enforced_tested_or_ignored_as_receivers_publish_them() {
     assert!(delivered(3), "testing.test: delivered, TLS opportunistic");
     assert!(delivered(4), "ignored.test: delivered, its policy ignored");
     assert!(!delivered(5), "none.test: no policy, plaintext as before");
+    assert!(
+        delivered(6),
+        "ruleoff.test: delivered, its rule turns MTA-STS off"
+    );
     for (domain, policy) in [
         ("good.test", "mta-sts"),
         ("testing.test", "mta-sts"),
         ("ignored.test", "opportunistic"),
         ("none.test", "opportunistic"),
+        ("ruleoff.test", "opportunistic"),
     ] {
         let e = common::wait_for_log_event(&log, &format!("x@{domain}"), "Delivery");
         assert_eq!(e["tls_policy"], policy, "{domain}: {e}");
@@ -168,6 +183,7 @@ fn policies_are_enforced_tested_or_ignored_as_receivers_publish_them() {
         "ringpost_mta_sts_applied_total{mode=\"testing\",result=\"ok\"}",
         "ringpost_mta_sts_lookups_total{result=\"fetched\"}",
         "ringpost_mta_sts_lookups_total{result=\"none\"}",
+        "ringpost_mta_sts_lookups_total{result=\"ignored\"}",
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }

@@ -231,8 +231,9 @@ impl OutboundSettings {
 impl Delivery {
     /// Counts a new connection's TLS for TLS reporting, when its
     /// destination has a policy: DANE's for a target with TLSA records,
-    /// else the domain's MTA-STS policy. A connection that failed before
-    /// TLS was in question (refused, no greeting) is no session.
+    /// else the domain's MTA-STS policy, or the one it publishes but that
+    /// could not be had. A connection that failed before TLS was in
+    /// question (refused, no greeting) is no session.
     fn count_session(
         &self,
         target: &Target,
@@ -240,27 +241,13 @@ impl Delivery {
         result: &Result<Client, client::ConnectError>,
         observation: Option<rustls::Error>,
     ) {
-        let kind = match (&target.dane, path.mta_sts) {
-            (Some(_), _) => "dane",
-            (None, true) => "mta-sts",
-            (None, false) => return,
+        let kind = match (&target.dane, path.mta_sts, path.sts_failure) {
+            (Some(_), _, _) => "dane",
+            (None, true, _) | (None, false, Some(_)) => "mta-sts",
+            (None, false, None) => return,
         };
-        let failure = match result {
-            Ok(c) if c.tls.is_some() => observation.map(|e| {
-                let kind = crate::tlsrpt::result_of_tls_error(&e);
-                (
-                    kind,
-                    format!("{}: the certificate would not verify: {e}", c.host),
-                )
-            }),
-            Ok(c) => Some((
-                ResultType::StartTlsNotSupported,
-                format!("{} did not offer STARTTLS", c.host),
-            )),
-            Err(e) => match e.tls_failure {
-                Some(kind) => Some((kind, e.outcome.reply().to_string())),
-                None => return,
-            },
+        let Some(failure) = session_failure(target, path, result, observation) else {
+            return;
         };
         let result = failure
             .as_ref()
@@ -273,11 +260,11 @@ impl Delivery {
         let policy = match (&target.dane, r.sts) {
             (Some(set), _) => PolicyKey::tlsa(r.domain, set.presentation()),
             (None, Some(sts)) => sts.clone(),
-            (None, None) => return,
+            (None, None) => PolicyKey::sts(r.domain, Vec::new()),
         };
         let session = Session {
-            mx_host: target.host.clone(),
-            receiving_ip: target.addr.ip(),
+            mx_host: Some(target.host.clone()),
+            receiving_ip: Some(target.addr.ip()),
             sending_ip: path.source.map(|s| s.address),
             failure,
         };
@@ -285,6 +272,45 @@ impl Delivery {
             .borrow_mut()
             .record(r.now, &policy, &session);
     }
+}
+
+/// How a new connection's session went under its destination's policy:
+/// None: no session (it failed before TLS was in question); Some(None):
+/// success; else the failure. The policy's own failures come first: an
+/// MTA-STS policy that could not be had, TLSA records none of which is
+/// usable (RFC 8460 §4.3.2).
+fn session_failure(
+    target: &Target,
+    path: &Path<'_>,
+    result: &Result<Client, client::ConnectError>,
+    observation: Option<rustls::Error>,
+) -> Option<Option<(ResultType, String)>> {
+    let failure = match result {
+        Ok(c) if c.tls.is_some() => observation.map(|e| {
+            let kind = crate::tlsrpt::result_of_tls_error(&e);
+            (
+                kind,
+                format!("{}: the certificate would not verify: {e}", c.host),
+            )
+        }),
+        Ok(c) => Some((
+            ResultType::StartTlsNotSupported,
+            format!("{} did not offer STARTTLS", c.host),
+        )),
+        Err(e) => Some((e.tls_failure?, e.outcome.reply().to_string())),
+    };
+    let policy_failure = match &target.dane {
+        Some(set) if set.usable.is_empty() => Some((
+            ResultType::TlsaInvalid,
+            format!(
+                "none of the TLSA records at {} is usable for SMTP (DANE-TA or DANE-EE)",
+                set.name
+            ),
+        )),
+        Some(_) => None,
+        None => path.sts_failure.cloned(),
+    };
+    Some(policy_failure.or(failure))
 }
 
 impl Delivery {
@@ -324,6 +350,9 @@ pub struct Path<'a> {
     /// An MTA-STS policy (enforce or testing) holds for the destination
     /// (its TLS sessions are counted in the metrics).
     pub mta_sts: bool,
+    /// The domain publishes an MTA-STS policy that could not be had (its
+    /// sessions are counted as that failure).
+    pub sts_failure: Option<&'a sts::PolicyFailure>,
     /// Where the attempt's TLS sessions are counted for TLS reporting
     /// (RFC 8460), when reports are on and the destination has a policy.
     pub reporting: Option<Reporting<'a>>,

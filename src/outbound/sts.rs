@@ -27,9 +27,10 @@ use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::mta_sts::MtaSts;
 
 use crate::dns::{DnsError, Resolver};
-use crate::mta_sts::{Mode, Policy};
+use crate::mta_sts::{FetchError, Mode, Policy};
 use crate::queue::kept::Kept;
 use crate::shard::clock::Clock;
+use mail_auth::report::tlsrpt::ResultType;
 
 /// How often a domain's `_mta-sts` record is looked at again while its
 /// policy is cached (a changed `id` means a new policy to fetch).
@@ -54,6 +55,23 @@ struct Fetched {
 struct Known {
     checked: u64,
     fetched: Option<Fetched>,
+    /// The domain publishes a policy that could not be had (and none is
+    /// cached): why, as a TLS report names it (RFC 8460 §4.3.2.2).
+    failed: Option<PolicyFailure>,
+}
+
+/// A policy that could not be had: the result type and what went wrong.
+pub type PolicyFailure = (ResultType, String);
+
+/// The RFC 8460 result type of a policy fetch that failed with `e`.
+pub fn result_of_fetch_error(e: &FetchError) -> ResultType {
+    match e {
+        FetchError::Tls(..) => ResultType::StsWebpkiInvalid,
+        FetchError::Policy(_) | FetchError::ContentType(_) | FetchError::TooLarge => {
+            ResultType::StsPolicyInvalid
+        }
+        _ => ResultType::StsPolicyFetchError,
+    }
 }
 
 /// The policies of the domains a shard delivers to.
@@ -107,6 +125,7 @@ impl Policies {
                     Known {
                         checked: 0,
                         fetched: Some(fetched),
+                        failed: None,
                     },
                 ))
             })
@@ -172,12 +191,13 @@ impl Policies {
                     waiting: &self.waiting,
                     domain,
                 };
-                let fetched = self.refresh(domain, kept).await;
+                let (fetched, failed) = self.refresh(domain, kept).await;
                 self.known.borrow_mut().insert(
                     domain.to_string(),
                     Known {
                         checked: now,
                         fetched: fetched.clone(),
+                        failed,
                     },
                 );
                 let waiters = self.waiting.borrow_mut().remove(domain);
@@ -190,25 +210,37 @@ impl Policies {
         fetched.map(|f| f.policy).filter(|p| p.mode != Mode::None)
     }
 
+    /// Why `domain`'s published policy could not be had when its record
+    /// was last looked at, if it could not and none is cached (for TLS
+    /// reports).
+    pub fn failure_of(&self, domain: &str) -> Option<PolicyFailure> {
+        self.known.borrow().get(domain)?.failed.clone()
+    }
+
     /// Looks at the TXT record again and fetches the policy when its id
     /// is new. `kept` (the unexpired policy known) stays in force through
-    /// a missing record or a failed lookup or fetch (RFC 8461 §5.1).
-    async fn refresh(&self, domain: &str, kept: Option<Fetched>) -> Option<Fetched> {
+    /// a missing record or a failed lookup or fetch (RFC 8461 §5.1). With
+    /// no policy: why the one published could not be had, if one is.
+    async fn refresh(
+        &self,
+        domain: &str,
+        kept: Option<Fetched>,
+    ) -> (Option<Fetched>, Option<PolicyFailure>) {
         let id = match self.record_id(domain).await {
             Ok(Some(id)) => id,
             Ok(None) => {
                 counted(if kept.is_some() { "cached" } else { "none" });
-                return kept;
+                return (kept, None);
             }
             Err(e) => {
                 counted("dns_failed");
                 log::debug!("MTA-STS record of {domain}: {e}");
-                return kept;
+                return (kept, None);
             }
         };
         if kept.as_ref().is_some_and(|k| k.id == id) {
             counted("cached");
-            return kept;
+            return (kept, None);
         }
         let fetched =
             crate::mta_sts::fetch(&self.resolver, domain, self.tls.clone(), FETCH_TIMEOUT).await;
@@ -226,12 +258,18 @@ impl Policies {
                 if let Err(e) = stored {
                     log::warn!("keeping the MTA-STS policy of {domain}: {e}");
                 }
-                Some(fetched)
+                (Some(fetched), None)
             }
             Err(e) => {
                 counted("fetch_failed");
                 log::debug!("MTA-STS policy of {domain}: {e}");
-                kept
+                let failed = kept.is_none().then(|| {
+                    (
+                        result_of_fetch_error(&e),
+                        format!("the MTA-STS policy of {domain} could not be fetched: {e}"),
+                    )
+                });
+                (kept, failed)
             }
         }
     }
@@ -257,4 +295,30 @@ impl Policies {
 
 fn counted(result: &'static str) {
     ::metrics::counter!(crate::metrics::MTA_STS_LOOKUPS, "result" => result).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_fetch_is_named_as_tls_reports_name_it() {
+        let io = || std::io::Error::other("x");
+        assert_eq!(
+            result_of_fetch_error(&FetchError::Connect("h".into(), io())),
+            ResultType::StsPolicyFetchError
+        );
+        assert_eq!(
+            result_of_fetch_error(&FetchError::Status(404)),
+            ResultType::StsPolicyFetchError
+        );
+        assert_eq!(
+            result_of_fetch_error(&FetchError::Tls("h".into(), io())),
+            ResultType::StsWebpkiInvalid
+        );
+        assert_eq!(
+            result_of_fetch_error(&FetchError::Policy(crate::mta_sts::PolicyError::Mode)),
+            ResultType::StsPolicyInvalid
+        );
+    }
 }

@@ -34,6 +34,7 @@ struct Way<'a> {
     sts: Option<&'a crate::tlsrpt::PolicyKey>,
     sts_testing: bool,
     mta_sts: bool,
+    sts_failure: Option<&'a crate::outbound::sts::PolicyFailure>,
 }
 
 impl Scheduler {
@@ -67,7 +68,7 @@ impl Scheduler {
                 ..Attempt::all(why.outcome(), rcpts.len())
             };
         }
-        let dest = match self.tls_policy(domain, targets).await {
+        let dest = match self.tls_policy(domain, targets, rule).await {
             Ok(kept) => kept,
             Err(why) => {
                 return Attempt {
@@ -85,6 +86,7 @@ impl Scheduler {
             sts: dest.sts.as_ref(),
             sts_testing: dest.sts_testing,
             mta_sts: dest.mta_sts,
+            sts_failure: dest.sts_failure.as_ref(),
         };
         self.deliver_from_pool(job, env, &rcpts, &way).await
     }
@@ -183,6 +185,7 @@ impl Scheduler {
             idle_timeout: limits.idle_timeout(),
             idle_room: self.gates.borrow().idle_room(path, Instant::now()),
             mta_sts: to.mta_sts,
+            sts_failure: to.sts_failure,
             reporting: self
                 .cfg
                 .tls_reporting

@@ -54,6 +54,9 @@ impl Reload {
             Ok(s) => {
                 let s = Arc::new(s);
                 let rules = s.rules().len();
+                if let Some(line) = s.tls_exemptions() {
+                    log::info!("{line}");
+                }
                 self.mesh
                     .ask_all(move |sched: std::rc::Rc<Scheduler>| async move {
                         sched.set_shaping(s);

@@ -166,11 +166,25 @@ pub struct Rule {
     /// the same).
     #[serde(default)]
     pub mx_suffix: Vec<String>,
+    /// `false`: the receivers' MTA-STS policy is not applied to mail this
+    /// rule fits (a receiver whose policy is known to be broken; counted
+    /// as `ringpost_mta_sts_lookups_total{result="ignored"}`).
+    #[serde(default = "yes")]
+    pub mta_sts: bool,
+    /// `false`: the receivers' DANE TLSA records are not looked up for mail
+    /// this rule fits (counted as
+    /// `ringpost_dane_tlsa_lookups_total{result="ignored"}`).
+    #[serde(default = "yes")]
+    pub dane: bool,
     #[serde(flatten)]
     pub limits: Overrides,
     /// Per egress source overrides, by source name.
     #[serde(default)]
     pub source: BTreeMap<String, Overrides>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Limits {
@@ -232,6 +246,29 @@ impl Shaping {
         }
         files.push(("ringpost's default shaping rules", DEFAULT_SHAPING));
         Shaping::parse(&files).map_err(|e| e.to_string())
+    }
+
+    /// The rules that turn off a receiver's MTA-STS policy or DANE
+    /// records, as a line for the log (None: no rule does).
+    pub fn tls_exemptions(&self) -> Option<String> {
+        let named: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| !(r.mta_sts && r.dane))
+            .map(|r| {
+                let off: Vec<&str> = [(r.mta_sts, "mta_sts"), (r.dane, "dane")]
+                    .into_iter()
+                    .filter_map(|(on, name)| (!on).then_some(name))
+                    .collect();
+                format!("{} ({} = false)", r.name, off.join(", "))
+            })
+            .collect();
+        (!named.is_empty()).then(|| {
+            format!(
+                "receivers' TLS policies not applied by shaping rules: {}",
+                named.join("; ")
+            )
+        })
     }
 
     /// The first rule that fits mail to `domain` (lower-case) through the
@@ -430,6 +467,29 @@ mod tests {
 
     fn base() -> Limits {
         Limits::of(&DeliveryConfig::default())
+    }
+
+    #[test]
+    fn a_rule_may_turn_off_a_receivers_tls_policy() {
+        let s = Shaping::parse(&[(
+            "f",
+            "[[site]]\nname = \"broken\"\ndomains = [\"broken.example\"]\nmta_sts = false\n\
+             [[site]]\nname = \"nodane\"\ndomains = [\"b.example\"]\ndane = false\n\
+             [[site]]\nname = \"plain\"\ndomains = [\"c.example\"]\n",
+        )])
+        .unwrap();
+        let broken = s.rule_for("broken.example", &[]).unwrap();
+        assert!(!broken.mta_sts && broken.dane);
+        let plain = s.rule_for("c.example", &[]).unwrap();
+        assert!(
+            plain.mta_sts && plain.dane,
+            "on unless a rule says otherwise"
+        );
+        assert_eq!(
+            s.tls_exemptions().unwrap(),
+            "receivers' TLS policies not applied by shaping rules: broken (mta_sts = false); nodane (dane = false)"
+        );
+        assert_eq!(Shaping::load("").unwrap().tls_exemptions(), None);
     }
 
     #[test]

@@ -8,21 +8,27 @@
 //! go with the target (`Target::dane`): outbound then requires TLS
 //! checked against them. A TLSA answer that fails validation or cannot
 //! be had takes the host out of this attempt; with no host left the mail
-//! waits (`451 4.7.5`), never going out with less.
+//! waits (`451 4.7.5`), never going out with less, and is counted as
+//! `dnssec-invalid` for TLS reports. A shaping rule with `dane = false`
+//! or `mta_sts = false` leaves that policy out for the mail it fits.
 //!
 //! May call: `outbound` (targets, the router's resolver), `dane` (the
 //! TLSA set), `mta_sts` (the policy's mode) through `outbound::sts`,
-//! `tlsrpt` (the policy as a TLS report names it).
+//! `tlsrpt` (the policy as a TLS report names it, and the shard's tally of
+//! sessions, `outbound::Delivery::tls_sessions`, for failed TLSA lookups).
 //! Must not: connect, or change the schedule's state.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Scheduler;
+use super::shaping::Rule;
 use crate::config::OutboundTls;
 use crate::dane::TlsaSet;
+use crate::outbound::sts::PolicyFailure;
 use crate::outbound::{DeliveryOutcome, Target};
-use crate::tlsrpt::PolicyKey;
+use crate::tlsrpt::{PolicyKey, Session};
+use mail_auth::report::tlsrpt::ResultType;
 
 /// The targets an attempt may use, and the TLS they need.
 pub(super) struct Destination {
@@ -37,6 +43,9 @@ pub(super) struct Destination {
     /// An MTA-STS policy (enforce or testing) holds (the delivery log's
     /// `tls_policy`).
     pub mta_sts: bool,
+    /// The domain publishes an MTA-STS policy that could not be had:
+    /// delivered to as before, the sessions reported as this failure.
+    pub sts_failure: Option<PolicyFailure>,
 }
 
 impl Destination {
@@ -47,32 +56,44 @@ impl Destination {
             sts: None,
             sts_testing: false,
             mta_sts: false,
+            sts_failure: None,
         }
     }
 }
 
 impl Scheduler {
     /// The targets mail for `domain` may go to now, with the TLS each
-    /// needs: DANE's TLSA records per host, then MTA-STS for the rest.
+    /// needs: DANE's TLSA records per host, then MTA-STS for the rest;
+    /// either left out where the shaping rule that fits says so.
     pub(super) async fn tls_policy(
         &self,
         domain: &str,
         targets: Vec<Target>,
+        rule: Option<&Rule>,
     ) -> Result<Destination, DeliveryOutcome> {
-        let targets = self.under_dane(domain, targets).await?;
+        let targets = match self.dane_applies(domain, rule) {
+            true => self.under_dane(domain, targets).await?,
+            false => targets,
+        };
+        if rule.is_some_and(|r| !r.mta_sts) && self.sts.is_some() && self.router.is_mx(domain) {
+            ::metrics::counter!(crate::metrics::MTA_STS_LOOKUPS, "result" => "ignored")
+                .increment(1);
+            return Ok(Destination::plain(targets, self.cfg.tls.policy_for(domain)));
+        }
         self.under_sts(domain, targets).await
     }
 
-    /// Whether DANE is looked for in mail to `domain`.
-    fn dane_applies(&self, domain: &str) -> bool {
+    /// Whether DANE is looked for in mail to `domain` (that `rule` fits).
+    fn dane_applies(&self, domain: &str, rule: Option<&Rule>) -> bool {
         let tls = &self.cfg.tls;
         if !(self.cfg.dns.dnssec && tls.dane && self.router.is_mx(domain)) {
             return false;
         }
-        if tls
-            .dane_ignore
-            .iter()
-            .any(|d| d.eq_ignore_ascii_case(domain))
+        if rule.is_some_and(|r| !r.dane)
+            || tls
+                .dane_ignore
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain))
         {
             looked_up("ignored");
             return false;
@@ -110,7 +131,7 @@ impl Scheduler {
         domain: &str,
         targets: Vec<Target>,
     ) -> Result<Vec<Target>, DeliveryOutcome> {
-        if !targets.iter().any(|t| t.secure) || !self.dane_applies(domain) {
+        if !targets.iter().any(|t| t.secure) {
             return Ok(targets);
         }
         let mut found: HashMap<(String, u16), TlsaLookup> = HashMap::new();
@@ -134,14 +155,18 @@ impl Scheduler {
                         Some(t)
                     }
                     Err(why) => {
-                        failed.push(format!("{}: {why}", t.host));
+                        failed.push((t.host.clone(), format!("{}: {why}", t.host)));
                         None
                     }
                 }
             })
             .collect();
+        failed.dedup();
+        for (host, why) in &failed {
+            self.tlsa_failed(domain, host, why);
+        }
         if kept.is_empty() {
-            failed.dedup();
+            let failed: Vec<String> = failed.into_iter().map(|(_, why)| why).collect();
             return Err(DeliveryOutcome::Temporary {
                 reply: format!(
                     "451 4.7.5 DANE: no MX host of {domain} can be checked: {}",
@@ -150,6 +175,30 @@ impl Scheduler {
             });
         }
         Ok(kept)
+    }
+
+    /// Counts an MX host left out because its TLSA records could not be
+    /// had (bogus, SERVFAIL, no answer): RFC 8460's `dnssec-invalid`, in
+    /// the metric and, with reports on, as a failed session of the
+    /// domain's DANE policy (one per attempt it kept from the host).
+    fn tlsa_failed(&self, domain: &str, host: &str, why: &str) {
+        let result = ResultType::DnssecInvalid;
+        ::metrics::counter!(crate::metrics::OUTBOUND_TLS_SESSIONS, "policy" => "dane", "result" => crate::tlsrpt::result_str(result))
+            .increment(1);
+        if !self.cfg.tls_reporting.is_on() {
+            return;
+        }
+        let session = Session {
+            mx_host: Some(host.to_string()),
+            receiving_ip: None,
+            sending_ip: None,
+            failure: Some((result, why.to_string())),
+        };
+        self.delivery.tls_sessions.borrow_mut().record(
+            self.clock.now(),
+            &PolicyKey::tlsa(domain, Vec::new()),
+            &session,
+        );
     }
 
     /// The targets mail for `domain` may go to and the TLS it needs
@@ -167,7 +216,10 @@ impl Scheduler {
             return Ok(Destination::plain(targets, tls));
         };
         let Some(policy) = sts.policy_for(domain).await else {
-            return Ok(Destination::plain(targets, tls));
+            return Ok(Destination {
+                sts_failure: sts.failure_of(domain),
+                ..Destination::plain(targets, tls)
+            });
         };
         // Named for TLS reports only when they are made.
         let key = self
@@ -216,6 +268,7 @@ impl Scheduler {
             sts: key,
             sts_testing: false,
             mta_sts: true,
+            sts_failure: None,
         })
     }
 }

@@ -353,6 +353,9 @@ fn prepare(
             log::info!("not applying the {what} of {}", ignored.join(", "));
         }
     }
+    if let Some(line) = files.shaping.tls_exemptions() {
+        log::info!("{line}");
+    }
     let suppressions = match cfg.suppression.enabled {
         true => Some(Arc::new(
             SuppressionList::open(&cfg.suppression.dir(&cfg.spool.dir))
