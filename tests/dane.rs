@@ -372,6 +372,7 @@ fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
         );
     }
     println!("{}", table.join("\n"));
+    queue_summary_shows_the_tls_of_each_destination(&ts);
     let metrics = ts.metrics_text();
     for result in ["records", "none", "ignored"] {
         let line = format!("ringpost_dane_tlsa_lookups_total{{result=\"{result}\"}}");
@@ -390,6 +391,64 @@ fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
         );
         assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
     }
+}
+
+/// `ringpost queue summary` (and its JSON) has a line per destination a
+/// TLS policy held or TLS failed: the policy, attempts, failures and the
+/// last failure as TLS reports name it.
+fn queue_summary_shows_the_tls_of_each_destination(ts: &common::TestServer) {
+    let run = |json: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringpost"));
+        cmd.args(["queue", "summary", "--admin"])
+            .arg(ts.admin_addr.unwrap().to_string());
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let summary: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    let line = |domain: &str| {
+        summary["tls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["domain"] == domain)
+            .unwrap_or_else(|| panic!("no TLS line for {domain}: {summary}"))
+            .clone()
+    };
+    for (domain, policy, failure) in [
+        ("ee.test", "dane", None),
+        ("ta.test", "dane", None),
+        ("eebad.test", "dane", Some("validation-failure")),
+        ("notls.test", "dane", Some("starttls-not-supported")),
+        ("taexpired.test", "dane", Some("certificate-expired")),
+        ("tlsabogus.test", "dane", Some("dnssec-invalid")),
+    ] {
+        let l = line(domain);
+        assert_eq!(l["policy"], policy, "{l}");
+        assert_eq!(l["attempts"], 1, "{l}");
+        match failure {
+            None => assert_eq!(l["failures"], 0, "{l}"),
+            Some(kind) => {
+                assert_eq!(l["failures"], 1, "{l}");
+                assert_eq!(l["last_failure"], kind, "{l}");
+                assert!(l["last_failure_reply"].as_str().unwrap().len() > 10, "{l}");
+            }
+        }
+    }
+    let text = run(false);
+    let row = text
+        .lines()
+        .skip_while(|l| !l.starts_with("TLS: DESTINATION"))
+        .find(|l| l.starts_with("tlsabogus.test "))
+        .unwrap_or_else(|| panic!("no TLS row for tlsabogus.test:\n{text}"));
+    assert!(
+        row.contains("dane") && row.contains("dnssec-invalid"),
+        "{text}"
+    );
+    println!("{text}");
 }
 
 /// What an independent reader (parsedmarc, from PyPI) makes of a TLS

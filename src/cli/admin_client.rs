@@ -205,6 +205,7 @@ pub fn render_summary(s: &Summary) -> String {
             r.id
         );
     }
+    out += &render_tls(&s.tls);
     if s.domains.iter().any(|d| d.suspended_until.is_some()) {
         out += "   * suspended for a while: the suspension ends by itself\n";
     }
@@ -213,6 +214,34 @@ pub fn render_summary(s: &Summary) -> String {
     }
     if s.domains.iter().any(|d| d.throttled_per_second.is_some()) {
         out += "   * N/s: a [backoff] throttle holds the rate to N messages a second, recovering\n";
+    }
+    out
+}
+
+/// `queue summary`'s TLS section: receivers' TLS per destination, as
+/// delivery met it since start (nothing when no attempt was held to a
+/// TLS policy or failed for TLS).
+fn render_tls(lines: &[crate::scheduler::tls_status::TlsDestination]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n{:<32} {:<8} {:>9} {:>7}  LAST TLS FAILURE\n",
+        "TLS: DESTINATION", "POLICY", "ATTEMPTS", "FAILED"
+    );
+    for l in lines {
+        let last = match (&l.last_failure, l.last_failure_at) {
+            (Some(kind), at) => format!(
+                "{kind}, {} ago: {}",
+                age(crate::shard::clock::unix_now().saturating_sub(at)),
+                l.last_failure_reply.as_deref().unwrap_or("")
+            ),
+            (None, _) => "-".to_string(),
+        };
+        out += &format!(
+            "{:<32} {:<8} {:>9} {:>7}  {last}\n",
+            l.domain, l.policy, l.attempts, l.failures
+        );
     }
     out
 }

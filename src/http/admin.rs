@@ -57,6 +57,7 @@ use crate::scheduler::operations::{
     DomainSummary, GroupBy, GroupSummary, HoldSummary, MessageInfo, OperationError,
 };
 use crate::scheduler::state::Hold;
+use crate::scheduler::tls_status::TlsDestination;
 use crate::shard::mesh::{Mesh, ShardGone};
 
 /// Every shard's scheduler, reached through the mesh.
@@ -82,7 +83,16 @@ pub struct Summary {
     /// The peer the node is drained to (`queue drain`), if it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining_to: Option<String>,
+    /// Receivers' TLS per destination domain, as delivery met it since
+    /// start (`scheduler::tls_status`): those a failure was last seen at
+    /// first, most recent first; then the most tried; at most
+    /// [`TLS_SHOWN`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<TlsDestination>,
 }
+
+/// Destinations `queue summary` names in its TLS section.
+pub const TLS_SHOWN: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageDetail {
@@ -406,7 +416,8 @@ pub(crate) async fn summary(shards: &Shards) -> Result<Summary, ShardGone> {
     let answers = shards
         .ask_all(|s| async move {
             let draining = s.handed_over_to().map(|hop| hop.to_string());
-            (s.message_count(), s.summary(), s.holds(), draining)
+            let tls = s.tls_destinations();
+            (s.message_count(), s.summary(), s.holds(), draining, tls)
         })
         .await?;
     // Every shard holds the same rules (each is set on all).
@@ -415,7 +426,9 @@ pub(crate) async fn summary(shards: &Shards) -> Result<Summary, ShardGone> {
     // Every shard holds the same suspensions (each is set on all).
     let mut holds: Vec<HoldSummary> = Vec::new();
     let mut parts = Vec::with_capacity(answers.len());
-    for (counts, domains, shard_holds, _) in answers {
+    let mut tls: Vec<Vec<TlsDestination>> = Vec::with_capacity(answers.len());
+    for (counts, domains, shard_holds, _, shard_tls) in answers {
+        tls.push(shard_tls);
         for h in shard_holds {
             if !holds.iter().any(|k| k.kind == h.kind && k.name == h.name) {
                 holds.push(h);
@@ -428,8 +441,23 @@ pub(crate) async fn summary(shards: &Shards) -> Result<Summary, ShardGone> {
         holds,
         bounce_rules,
         draining_to,
+        tls: merge_tls(tls),
         ..merge_summaries(parts)
     })
+}
+
+/// The shards' TLS lines merged by domain, in the summary's order.
+fn merge_tls(shards: Vec<Vec<TlsDestination>>) -> Vec<TlsDestination> {
+    let mut lines = merged_by_name(
+        shards.into_iter().flatten(),
+        |l| &l.domain,
+        TlsDestination::merge,
+    );
+    lines.sort_by(|a, b| {
+        (b.last_failure_at, b.attempts, &a.domain).cmp(&(a.last_failure_at, a.attempts, &b.domain))
+    });
+    lines.truncate(TLS_SHOWN);
+    lines
 }
 
 /// The queue grouped by site, source or pool (`?by=`).
@@ -442,39 +470,46 @@ pub struct GroupedSummary {
 
 pub(crate) async fn grouped(shards: &Shards, by: GroupBy) -> Result<GroupedSummary, ShardGone> {
     let answers = shards.ask_all(move |s| async move { s.groups(by) }).await?;
-    let mut by_name: std::collections::HashMap<String, GroupSummary> = Default::default();
-    for g in answers.into_iter().flatten() {
-        match by_name.get_mut(&g.name) {
-            Some(known) => known.merge(g),
-            None => {
-                by_name.insert(g.name.clone(), g);
-            }
-        }
-    }
-    let mut groups: Vec<GroupSummary> = by_name.into_values().collect();
+    let mut groups = merged_by_name(
+        answers.into_iter().flatten(),
+        |g| &g.name,
+        GroupSummary::merge,
+    );
     groups.sort_unstable_by(|a, b| {
         (b.recipients, b.connections, &a.name).cmp(&(a.recipients, a.connections, &b.name))
     });
     Ok(GroupedSummary { by, groups })
 }
 
-/// Pure: the shards' summaries as one, most pending recipients first.
-fn merge_summaries(answers: Vec<((usize, usize), Vec<DomainSummary>)>) -> Summary {
-    let (mut messages, mut deferred) = (0, 0);
-    let mut by_domain: std::collections::HashMap<String, DomainSummary> = Default::default();
-    for ((count, waiting), domains) in answers {
-        messages += count;
-        deferred += waiting;
-        for d in domains {
-            match by_domain.get_mut(&d.domain) {
-                Some(known) => known.merge(d),
-                None => {
-                    by_domain.insert(d.domain.clone(), d);
-                }
+/// The shards' lines as one per name (`merge` folds a second line of a
+/// name into the first), in no order.
+fn merged_by_name<T>(
+    lines: impl IntoIterator<Item = T>,
+    name: impl Fn(&T) -> &String,
+    merge: impl Fn(&mut T, T),
+) -> Vec<T> {
+    let mut by_name: std::collections::HashMap<String, T> = Default::default();
+    for line in lines {
+        match by_name.get_mut(name(&line)) {
+            Some(known) => merge(known, line),
+            None => {
+                by_name.insert(name(&line).clone(), line);
             }
         }
     }
-    let mut domains: Vec<DomainSummary> = by_domain.into_values().collect();
+    by_name.into_values().collect()
+}
+
+/// Pure: the shards' summaries as one, most pending recipients first.
+fn merge_summaries(answers: Vec<((usize, usize), Vec<DomainSummary>)>) -> Summary {
+    let (mut messages, mut deferred) = (0, 0);
+    let mut all = Vec::new();
+    for ((count, waiting), domains) in answers {
+        messages += count;
+        deferred += waiting;
+        all.extend(domains);
+    }
+    let mut domains = merged_by_name(all, |d| &d.domain, DomainSummary::merge);
     domains.sort_unstable_by(|a, b| {
         b.recipients
             .cmp(&a.recipients)
@@ -488,6 +523,7 @@ fn merge_summaries(answers: Vec<((usize, usize), Vec<DomainSummary>)>) -> Summar
         holds: Vec::new(),
         bounce_rules: Vec::new(),
         draining_to: None,
+        tls: Vec::new(),
     }
 }
 

@@ -70,10 +70,12 @@ impl Scheduler {
         }
         let dest = match self.tls_policy(domain, targets, rule).await {
             Ok(kept) => kept,
-            Err(why) => {
+            Err(refused) => {
                 return Attempt {
                     site: Some(site),
-                    ..Attempt::all(why, rcpts.len())
+                    tls_policy: Some(refused.policy),
+                    tls_failure: Some(refused.failure),
+                    ..Attempt::all(refused.outcome, rcpts.len())
                 };
             }
         };

@@ -90,6 +90,7 @@ pub mod stored;
 mod tally;
 mod tls_policy;
 mod tls_reports;
+pub mod tls_status;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -217,6 +218,9 @@ pub struct Scheduler {
     traffic: overview::Traffic,
     /// Per path: its recent attempts and last failure (the status page).
     path_stats: RefCell<std::collections::HashMap<gate::PathKey, overview::PathStats>>,
+    /// Per destination domain: its receivers' TLS as met (`queue summary`,
+    /// the status page).
+    tls_book: RefCell<tls_status::TlsBook>,
 }
 
 impl Scheduler {
@@ -245,6 +249,7 @@ impl Scheduler {
             history: crate::history::History::open(&w.spool, &w.cfg.history, w.shards),
             traffic: overview::Traffic::default(),
             path_stats: RefCell::default(),
+            tls_book: RefCell::default(),
             cfg: w.cfg,
             holds: stored::StoredHolds::of(&w.spool),
             path_counts: stored::StoredPathCounts::of(&w.spool),
@@ -491,6 +496,9 @@ impl Scheduler {
             Some(b) => bounced_by_rule(domain, &b.reply, job.rcpts.len()),
             None => self.attempt(domain, &job, &env).await,
         };
+        self.tls_book
+            .borrow_mut()
+            .note(domain, &attempt, self.clock.now());
         let attempt = match handing_over {
             true => attempt.kept_for_drain(),
             false => attempt,

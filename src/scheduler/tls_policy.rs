@@ -48,6 +48,15 @@ pub(super) struct Destination {
     pub sts_failure: Option<PolicyFailure>,
 }
 
+/// An attempt the destination's TLS policy stops before it connects: the
+/// outcome, the policy (as the delivery log's `tls_policy` names it) and
+/// the failure (as TLS reports name it).
+pub(super) struct Refused {
+    pub outcome: DeliveryOutcome,
+    pub policy: &'static str,
+    pub failure: &'static str,
+}
+
 impl Destination {
     fn plain(targets: Vec<Target>, tls: OutboundTls) -> Destination {
         Destination {
@@ -70,7 +79,7 @@ impl Scheduler {
         domain: &str,
         targets: Vec<Target>,
         rule: Option<&Rule>,
-    ) -> Result<Destination, DeliveryOutcome> {
+    ) -> Result<Destination, Refused> {
         let targets = match self.dane_applies(domain, rule) {
             true => self.under_dane(domain, targets).await?,
             false => targets,
@@ -126,11 +135,7 @@ impl Scheduler {
 
     /// `targets` with their TLSA records (DANE) where DNSSEC-secure ones
     /// exist; hosts whose TLSA answer failed are left out.
-    async fn under_dane(
-        &self,
-        domain: &str,
-        targets: Vec<Target>,
-    ) -> Result<Vec<Target>, DeliveryOutcome> {
+    async fn under_dane(&self, domain: &str, targets: Vec<Target>) -> Result<Vec<Target>, Refused> {
         if !targets.iter().any(|t| t.secure) {
             return Ok(targets);
         }
@@ -167,11 +172,15 @@ impl Scheduler {
         }
         if kept.is_empty() {
             let failed: Vec<String> = failed.into_iter().map(|(_, why)| why).collect();
-            return Err(DeliveryOutcome::Temporary {
-                reply: format!(
-                    "451 4.7.5 DANE: no MX host of {domain} can be checked: {}",
-                    failed.join("; ")
-                ),
+            return Err(Refused {
+                outcome: DeliveryOutcome::Temporary {
+                    reply: format!(
+                        "451 4.7.5 DANE: no MX host of {domain} can be checked: {}",
+                        failed.join("; ")
+                    ),
+                },
+                policy: "dane",
+                failure: crate::tlsrpt::result_str(ResultType::DnssecInvalid),
             });
         }
         Ok(kept)
@@ -210,7 +219,7 @@ impl Scheduler {
         &self,
         domain: &str,
         targets: Vec<Target>,
-    ) -> Result<Destination, DeliveryOutcome> {
+    ) -> Result<Destination, Refused> {
         let tls = self.cfg.tls.policy_for(domain);
         let Some(sts) = self.sts.as_ref().filter(|_| self.router.is_mx(domain)) else {
             return Ok(Destination::plain(targets, tls));
@@ -253,12 +262,18 @@ impl Scheduler {
         if kept.is_empty() {
             applied("mx_mismatch");
             let hosts: Vec<&str> = outside.iter().map(|t| t.host.as_str()).collect();
-            return Err(DeliveryOutcome::Temporary {
-                reply: format!(
-                    "451 4.7.5 MTA-STS: no MX host of {domain} ({}) is in its enforced policy (mx: {}); waiting",
-                    hosts.join(", "),
-                    policy.mx.join(" ")
-                ),
+            return Err(Refused {
+                outcome: DeliveryOutcome::Temporary {
+                    reply: format!(
+                        "451 4.7.5 MTA-STS: no MX host of {domain} ({}) is in its enforced policy (mx: {}); waiting",
+                        hosts.join(", "),
+                        policy.mx.join(" ")
+                    ),
+                },
+                policy: "mta-sts",
+                // RFC 8460 §4.3.1: no category above fits an MX host
+                // outside the policy.
+                failure: crate::tlsrpt::result_str(ResultType::ValidationFailure),
             });
         }
         applied("ok");

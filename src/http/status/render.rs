@@ -147,7 +147,36 @@ pub fn overview(summary: &Summary, sites: &[GroupSummary], o: &Overview, now: u6
     b += &sites_table(sites);
     b += &ages_table(o);
     b += &domains_table(summary, now);
+    b += &tls_table(summary, now);
     b
+}
+
+/// Receivers' TLS per destination: the policy, attempts and failures
+/// since start, the last failure.
+fn tls_table(summary: &Summary, now: u64) -> String {
+    let mut rows = String::new();
+    for l in summary.tls.iter().take(50) {
+        let last = match &l.last_failure {
+            Some(kind) => format!(
+                "<span class=\"error\">{}</span> {} ago: {}",
+                escape(kind),
+                age(now.saturating_sub(l.last_failure_at)),
+                escape(l.last_failure_reply.as_deref().unwrap_or(""))
+            ),
+            None => String::new(),
+        };
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{last}</td></tr>",
+            escape(&l.domain),
+            escape(&l.policy),
+            l.attempts,
+            l.failures,
+        );
+    }
+    format!(
+        "<h2>Receivers' TLS</h2><table id=\"tls\"><tr><th>domain</th><th>policy</th><th>attempts</th><th>failed</th><th>last failure</th></tr>{rows}</table>"
+    )
 }
 
 fn holds(summary: &Summary, now: u64) -> String {
@@ -547,6 +576,20 @@ mod tests {
         let key = Lookup::parse("rcpt", "<a@b.example>").unwrap();
         let page = found(&key, &[], 0);
         assert!(!page.contains("<a@b"), "{page}");
+        let summary: Summary = serde_json::from_value(serde_json::json!({
+            "messages": 0, "recipients": 0, "domains": [],
+            "tls": [{"domain": "<b>.example", "policy": "dane", "attempts": 3, "failures": 1,
+                     "last_failure": "dnssec-invalid", "last_failure_reply": "451 <i>",
+                     "last_failure_at": 90, "last_at": 95}]
+        }))
+        .unwrap();
+        let table = tls_table(&summary, 100);
+        assert!(
+            table.contains(
+                "&lt;b&gt;.example</td><td>dane</td><td class=\"n\">3</td><td class=\"n\">1</td>"
+            ) && table.contains("dnssec-invalid</span> 10s ago: 451 &lt;i&gt;"),
+            "{table}"
+        );
     }
 
     #[test]
