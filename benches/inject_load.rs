@@ -10,6 +10,11 @@
 //! Defaults: 127.0.0.1:8025 (benches/relay-bench.toml's injection port),
 //! 20 connections, 10000 messages, 10240 bytes. Loopback addresses only.
 //! benches/inject-vs-smtp.sh runs it against SMTP at the same load.
+//!
+//! INJECT_TEMPLATE_RCPTS=R (R > 1): every request is a template for R
+//! recipients, each with values of its own, so it makes R messages;
+//! MESSAGES counts messages (MESSAGES / R requests). benches/inject-
+//! template-ab.sh compares it with single-recipient requests.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,19 +25,37 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> T {
 }
 
 /// One request: a JSON body whose content is `size` bytes of message;
-/// with `key`, an `Idempotency-Key` header of its own.
-fn request(size: usize, key: Option<&str>) -> Vec<u8> {
-    let mut content = String::from("Subject: bench\r\nFrom: s@example.test\r\n\r\n");
+/// with `key`, an `Idempotency-Key` header of its own; with `rcpts` > 1, a
+/// template with values for each of that many recipients.
+fn request(size: usize, key: Option<&str>, rcpts: usize) -> Vec<u8> {
+    let subject = match rcpts {
+        1 => "Subject: bench\r\n",
+        _ => "Subject: bench for {{ name }}\r\n",
+    };
+    let mut content = format!("{subject}From: s@example.test\r\n\r\n");
+    if rcpts > 1 {
+        content.push_str("Hello {{ name }}, your code is {{ code }}.\r\n");
+    }
     while content.len() + 78 <= size {
         content.push_str(&"x".repeat(76));
         content.push_str("\r\n");
     }
-    let body = serde_json::to_vec(&serde_json::json!({
-        "envelope_sender": "s@example.test",
-        "recipients": [{"email": "r@example.test"}],
-        "content": content,
-    }))
-    .expect("json");
+    let body = match rcpts {
+        1 => serde_json::json!({
+            "envelope_sender": "s@example.test",
+            "recipients": [{"email": "r@example.test"}],
+            "content": content,
+        }),
+        _ => serde_json::json!({
+            "envelope_sender": "s@example.test",
+            "recipients": (0..rcpts).map(|i| serde_json::json!({
+                "email": format!("r{i}@example.test"),
+                "substitutions": {"name": format!("Reader {i}"), "code": i},
+            })).collect::<Vec<_>>(),
+            "content": content,
+        }),
+    };
+    let body = serde_json::to_vec(&body).expect("json");
     let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
     let mut req = format!(
         "POST /api/inject/v1 HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{key}Content-Length: {}\r\n\r\n",
@@ -84,13 +107,19 @@ fn main() {
     // INJECT_IDEMPOTENCY=1: every request with a key of its own (the
     // cost of keys); the requests are built before the clock starts.
     let keyed = std::env::var("INJECT_IDEMPOTENCY").is_ok_and(|v| v == "1");
+    let rcpts: usize = std::env::var("INJECT_TEMPLATE_RCPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let requests = messages / rcpts;
     let run = std::process::id();
-    let req = std::sync::Arc::new(request(size, None));
-    let share = |t: usize| messages / connections + usize::from(t < messages % connections);
+    let req = std::sync::Arc::new(request(size, None, rcpts));
+    let share = |t: usize| requests / connections + usize::from(t < requests % connections);
     let prebuilt: Vec<Vec<Vec<u8>>> = (0..connections)
         .map(|t| match keyed {
             true => (0..share(t))
-                .map(|i| request(size, Some(&format!("bench-{run}-{t}-{i}"))))
+                .map(|i| request(size, Some(&format!("bench-{run}-{t}-{i}")), rcpts))
                 .collect(),
             false => Vec::new(),
         })
@@ -115,7 +144,7 @@ fn main() {
                     let t0 = Instant::now();
                     w.write_all(requests.get(i).unwrap_or(&req)).expect("write");
                     if answer(&mut r).expect("answer") == 200 {
-                        ok += 1;
+                        ok += rcpts;
                     }
                     latencies.push(t0.elapsed());
                 }
@@ -140,6 +169,7 @@ fn main() {
         serde_json::json!({
             "connections": connections,
             "messages": messages,
+            "recipients_per_request": rcpts,
             "size": size,
             "ok": ok,
             "secs": (secs * 1000.0).round() / 1000.0,

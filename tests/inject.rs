@@ -135,6 +135,53 @@ fn a_recipient_listed_twice_gets_the_message_once_over_injection_and_smtp() {
     );
 }
 
+/// A template with values for all recipients only makes one message for
+/// all; values of a recipient's own make one message each, a recipient
+/// listed twice merged (the first kept).
+#[test]
+fn a_template_makes_one_message_for_all_or_one_per_recipient() {
+    let port = sink_port();
+    let sink = Sink::start("127.0.0.2", port, Script::default());
+    let ts = server(port, |_| {});
+    let mut shared = message(
+        &["a@dest.test", "b@dest.test"],
+        "Subject: {{ what }}\n\nfor all\n",
+    );
+    shared["substitutions"] = serde_json::json!({"what": "news"});
+    let (status, answer) = post(ts.inject_addr.unwrap(), None, &shared);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["ids"].as_array().unwrap().len(), 1, "{answer}");
+    let mut own = message(
+        &["c@dest.test", "d@dest.test", "c@DEST.test"],
+        "Subject: for {{ name }}\n\nhi {{ name }}\n",
+    );
+    for (i, name) in ["C", "D", "C again"].iter().enumerate() {
+        own["recipients"][i]["substitutions"] = serde_json::json!({ "name": name });
+    }
+    let (status, answer) = post(ts.inject_addr.unwrap(), None, &own);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (&answer["success_count"], &answer["merged_count"]),
+        (&2.into(), &1.into()),
+        "{answer}"
+    );
+    let msgs = sink.wait_for(3, 20);
+    let body_of = |rcpt: &str| {
+        let m = msgs
+            .iter()
+            .find(|m| m.rcpts.contains(&rcpt.to_string()))
+            .unwrap();
+        let text = String::from_utf8_lossy(&m.data).into_owned();
+        (
+            m.rcpts.len(),
+            text.split_once("\r\n\r\n").unwrap().1.to_string(),
+        )
+    };
+    assert_eq!(body_of("a@dest.test"), (2, "for all\r\n".to_string()));
+    assert_eq!(body_of("c@dest.test"), (1, "hi C\r\n".to_string()));
+    assert_eq!(body_of("d@dest.test"), (1, "hi D\r\n".to_string()));
+}
+
 #[test]
 fn the_200_comes_after_the_message_is_in_the_spool() {
     // The next hop is a closed port: the message stays queued.
@@ -208,6 +255,35 @@ fn bad_requests_get_a_clear_status_and_queue_nothing() {
     );
     let big = "0123456789abcdef\r\n".repeat(5000);
     assert_eq!(post(addr, None, &message(&["a@b.test"], &big)).0, 413);
+    // Templates: a value that would start a header line of its own, a
+    // value no one gave, a syntax error: 400 with where, nothing queued.
+    let templated = |content: &str, subs: serde_json::Value| {
+        let mut m = message(&["a@b.test", "c@b.test"], content);
+        m["recipients"][0]["substitutions"] = subs;
+        post(addr, None, &m)
+    };
+    for (content, subs, says) in [
+        (
+            "Subject: {{ s }}\n\nx\n",
+            serde_json::json!({"s": "hi\r\nBcc: all@victims.test"}),
+            "a@b.test: template content header, line 1: invalid operation: a value with a line break in a header field",
+        ),
+        (
+            "Subject: x\n\n{{ missing }}\n",
+            serde_json::json!({}),
+            "a@b.test: template content body, line 1: undefined value",
+        ),
+        (
+            "Subject: x\n\n{% if %}\n",
+            serde_json::json!({}),
+            "template content body, line 1: syntax error",
+        ),
+    ] {
+        let (status, answer) = templated(content, subs);
+        assert_eq!(status, 400, "{answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.starts_with(says), "{error}");
+    }
     let huge = b"POST /api/inject/v1 HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n";
     assert_eq!(http(addr, huge).0, 413);
     assert_eq!(http(addr, b"GET /api/inject/v1 HTTP/1.1\r\n\r\n").0, 405);

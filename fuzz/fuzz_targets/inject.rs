@@ -1,7 +1,8 @@
 //! The HTTP injection request parser: never panics; what it accepts has at
 //! least one recipient, no more than the limit, addresses without CR, LF
 //! or NUL (they go into the Received: header), and content within the size
-//! limit made only of CRLF-terminated lines within the line limit.
+//! limit made only of CRLF-terminated lines within the line limit (or a
+//! template, which renders or says why).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use ringpost::http::inject::{ContentLimits, parse};
@@ -10,6 +11,7 @@ const LIMITS: ContentLimits = ContentLimits {
     max_message_size: 4096,
     max_line_length: 1000,
     max_recipients: 100,
+    max_meta_bytes: 4096,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -21,6 +23,11 @@ fuzz_target!(|data: &[u8]| {
     for m in inj.sender.iter().chain(&inj.recipients) {
         let text = m.to_string();
         assert!(!text.contains(['\r', '\n', '\0']), "{text:?}");
+    }
+    if let Some(plan) = &inj.template {
+        // A template renders or says why; it never panics.
+        let _ = plan.render(inj.recipients.first().map(|r| r.to_string()).as_deref(), "f@z");
+        return;
     }
     assert!(inj.content.len() <= LIMITS.max_message_size);
     let mut lines: Vec<&[u8]> = inj.content.split(|&b| b == b'\n').collect();

@@ -67,6 +67,7 @@ pub mod inject;
 pub mod metrics;
 pub mod status;
 pub mod suppressions;
+pub mod template;
 pub mod trace;
 
 /// The largest request head (request line and header fields).

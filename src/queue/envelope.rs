@@ -82,14 +82,19 @@ pub fn merge_duplicate_recipients(recipients: &mut Vec<Recipient>) -> usize {
     if recipients.len() < 2 {
         return 0;
     }
-    let key = |r: &Recipient| match r.address.rsplit_once('@') {
-        Some((local, domain)) => (local.to_string(), domain.to_ascii_lowercase()),
-        None => (r.address.clone(), String::new()),
-    };
     let before = recipients.len();
     let mut seen = std::collections::HashSet::with_capacity(before);
-    recipients.retain(|r| seen.insert(key(r)));
+    recipients.retain(|r| seen.insert(recipient_key(&r.address)));
     before - recipients.len()
+}
+
+/// Pure: what makes two recipient addresses the same mailbox: the local
+/// part as given, the domain part without regard to case (RFC 5321 2.4).
+pub fn recipient_key(address: &str) -> (String, String) {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => (local.to_string(), domain.to_ascii_lowercase()),
+        None => (address.to_string(), String::new()),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
