@@ -433,6 +433,7 @@ pub fn render_list(list: &[MessageInfo], now: u64) -> String {
             .collect();
         let waiting = match (m.state.as_str(), m.next_attempt) {
             ("deferred", Some(t)) => format!("retry in {}", age(t.saturating_sub(now))),
+            ("scheduled", Some(t)) => format!("release in {}", age(t.saturating_sub(now))),
             (state, _) => state.to_string(),
         };
         let pool = if m.pool.is_empty() { "-" } else { &m.pool };

@@ -67,8 +67,14 @@ section! {
         /// Longest retry delay, in seconds.
         retry_max_secs: u64 = 3600,
         /// A message still failing temporarily after this many seconds
-        /// expires: a DSN (status 4.4.7) goes to the sender.
+        /// expires: a DSN (status 4.4.7) goes to the sender. Scheduled
+        /// mail's age counts from its release.
         max_age_secs: u64 = 5 * 24 * 3600,
+        /// Scheduled delivery: the furthest ahead a message may be held
+        /// for its first attempt (the injection's `deliver_after`, SMTP
+        /// `HOLDFOR=`/`HOLDUNTIL=` from trusted clients, RFC 4865, whose
+        /// `FUTURERELEASE` advertises it). `0`: scheduling refused.
+        max_hold_secs: u64 = 30 * 24 * 3600,
         /// A delay notice (DSN, Action: delayed) goes to the sender of a
         /// message whose recipients asked for one (`NOTIFY=DELAY`, SMTP or
         /// injection) once it has waited this many seconds undelivered;

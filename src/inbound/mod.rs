@@ -334,7 +334,8 @@ impl Door {
         envelope.dkim = dkim.as_ref().map(crate::dkim::DkimOutcome::summary);
         let now = self.clock.now();
         envelope.created = now;
-        envelope.next_due = now;
+        // Scheduled mail (`release_at`) waits for its time like a retry.
+        envelope.next_due = envelope.release_at.map_or(now, |at| at.max(now));
         let stored = match self.spool.enqueue(id, envelope, body).await {
             Ok(stored) => stored,
             Err(e) => return Err(self.refused(id, Refusal::Storage(e))),

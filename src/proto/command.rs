@@ -89,6 +89,34 @@ pub struct MailParams {
     pub ret: Option<Ret>,
     /// DSN: the sender's id for the transaction (xtext-decoded).
     pub envid: Option<String>,
+    /// Future release (RFC 4865): `HOLDFOR=` or `HOLDUNTIL=`.
+    pub hold: Option<HoldRequest>,
+    /// Message transfer priority (RFC 6710): `MT-PRIORITY=` -9 to 9.
+    pub mt_priority: Option<i8>,
+}
+
+/// A future release request (RFC 4865).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldRequest {
+    /// `HOLDFOR=`: this many seconds from now.
+    For(u64),
+    /// `HOLDUNTIL=`: until this Unix second (an RFC 3339 time).
+    Until(i64),
+}
+
+impl HoldRequest {
+    /// The Unix second of release, given `now`; Err: how far ahead it is,
+    /// when that is beyond `max_secs`.
+    pub fn release_at(self, now: u64, max_secs: u64) -> Result<u64, u64> {
+        let at = match self {
+            HoldRequest::For(secs) => now.saturating_add(secs),
+            HoldRequest::Until(t) => (t.max(0) as u64).max(now),
+        };
+        match at - now > max_secs {
+            true => Err(at - now),
+            false => Ok(at),
+        }
+    }
 }
 
 /// RCPT parameters: the DSN extension's (RFC 3461).
@@ -437,6 +465,31 @@ fn parse_mail_params(params: &[u8]) -> Result<MailParams, Rejection> {
                 let v = xtext_decode(v).filter(|v| !v.is_empty() && v.len() <= MAX_ENVID);
                 out.envid = Some(v.ok_or(Rejection::Syntax("ENVID=<xtext, at most 100>"))?);
             }
+            (b"MT-PRIORITY", Some(v)) if out.mt_priority.is_none() => {
+                let n = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<i8>().ok())
+                    .filter(|n| (-9..=9).contains(n))
+                    .ok_or(Rejection::Syntax("MT-PRIORITY=<-9 to 9>"))?;
+                out.mt_priority = Some(n);
+            }
+            (b"HOLDFOR", Some(v)) if out.hold.is_none() => {
+                let secs = std::str::from_utf8(v)
+                    .ok()
+                    .filter(|s| {
+                        !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(Rejection::Syntax("HOLDFOR=<seconds>"))?;
+                out.hold = Some(HoldRequest::For(secs));
+            }
+            (b"HOLDUNTIL", Some(v)) if out.hold.is_none() => {
+                let t = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .ok_or(Rejection::Syntax("HOLDUNTIL=<RFC 3339 date-time>"))?;
+                out.hold = Some(HoldRequest::Until(t.timestamp()));
+            }
             _ => return Err(Rejection::UnsupportedParameter(lossy_word(word))),
         }
     }
@@ -529,6 +582,38 @@ mod tests {
         assert_eq!(
             parse(b"MAIL FROM:<a@b.example> SIZE=x"),
             Err(Rejection::Syntax("SIZE=<number>"))
+        );
+    }
+
+    #[test]
+    fn future_release_and_priority_params() {
+        let params = |line: &[u8]| match parse(line) {
+            Ok(Command::Mail { params, .. }) => Ok(params),
+            Ok(_) => panic!("not MAIL"),
+            Err(e) => Err(e),
+        };
+        let p = params(b"MAIL FROM:<a@b.example> HOLDFOR=600 MT-PRIORITY=-3").unwrap();
+        assert_eq!(p.hold, Some(HoldRequest::For(600)));
+        assert_eq!(p.mt_priority, Some(-3));
+        let p = params(b"MAIL FROM:<a@b.example> HOLDUNTIL=2027-01-01T09:00:00+01:00").unwrap();
+        assert_eq!(p.hold, Some(HoldRequest::Until(1_798_761_600 + 8 * 3600)));
+        assert_eq!(HoldRequest::For(600).release_at(1_000, 3_600), Ok(1_600));
+        assert_eq!(HoldRequest::For(7_200).release_at(1_000, 3_600), Err(7_200));
+        assert_eq!(
+            HoldRequest::Until(10).release_at(1_000, 3_600),
+            Ok(1_000),
+            "a time past: now"
+        );
+        for bad in [
+            &b"MAIL FROM:<a@b.example> HOLDFOR=-1"[..],
+            b"MAIL FROM:<a@b.example> HOLDUNTIL=tomorrow",
+            b"MAIL FROM:<a@b.example> MT-PRIORITY=10",
+        ] {
+            assert!(matches!(params(bad), Err(Rejection::Syntax(_))), "{bad:?}");
+        }
+        assert!(
+            params(b"MAIL FROM:<a@b.example> HOLDFOR=1 HOLDUNTIL=2027-01-01T00:00:00Z").is_err(),
+            "one hold at most"
         );
     }
 

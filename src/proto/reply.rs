@@ -75,6 +75,10 @@ impl Reply {
 pub enum Rejection {
     #[error("command unrecognized")]
     UnknownCommand,
+    /// A future release (RFC 4865) further ahead than the server holds
+    /// mail (seconds asked, the limit).
+    #[error("future release too far ahead")]
+    HoldTooLong(u64, u64),
     #[error("command line too long")]
     LineTooLong,
     #[error("syntax error: {0}")]
@@ -219,6 +223,11 @@ impl Rejection {
             UnknownPool(name) => Reply::new(550, "5.7.0", format!("no egress pool named {name:?}")),
             BadPriority(why) => Reply::new(550, "5.6.0", why),
             TooManyHops => Reply::new(554, "5.4.6", "Too many hops: mail loop?"),
+            HoldTooLong(asked, max) => Reply::new(
+                501,
+                "5.5.4",
+                format!("Future release in {asked} seconds is beyond the limit of {max}"),
+            ),
             BounceRule(why) => {
                 Reply::new(550, "5.7.1", format!("Refused by the administrator: {why}"))
             }

@@ -151,6 +151,11 @@ pub struct Envelope {
     /// signing is not configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dkim: Option<String>,
+    /// Scheduled delivery: no attempt before this Unix second (the
+    /// injection's `deliver_after`, SMTP's `HOLDFOR=`/`HOLDUNTIL=`, RFC
+    /// 4865). The first `next_due` is set from it at reception.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_at: Option<u64>,
 }
 
 impl Envelope {
@@ -184,6 +189,7 @@ impl Envelope {
             message_id: None,
             idempotency_key: None,
             dkim: None,
+            release_at: None,
         }
     }
 

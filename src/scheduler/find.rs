@@ -19,7 +19,7 @@ pub struct FoundMessage {
     pub id: String,
     /// Unix seconds of acceptance.
     pub created: u64,
-    /// Queued: why it waits ("deferred", "suspended", "delivering",
+    /// Queued: why it waits ("scheduled", "deferred", "suspended", "delivering",
     /// "queued"); "finished" once it left the queue.
     pub state: String,
     /// While it is queued: its envelope and recipients' states.

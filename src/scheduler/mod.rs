@@ -347,8 +347,18 @@ impl Scheduler {
     /// A message the reception door just made durable: schedule it now.
     pub fn submit(self: &Rc<Self>, id: MessageId, env: Envelope) {
         queue_gauges(&env, 1.0);
-        self.traffic.count(self.clock.now(), overview::Flow::In, 1);
-        self.state.borrow_mut().admit(id, env);
+        let now = self.clock.now();
+        self.traffic.count(now, overview::Flow::In, 1);
+        let scheduled = env.next_due > now;
+        let mut st = self.state.borrow_mut();
+        st.admit(id, env);
+        // Scheduled delivery: in the due-time index until its time, like
+        // a message waiting for a retry.
+        if scheduled {
+            st.defer(id);
+            return;
+        }
+        drop(st);
         self.dispatch(id);
     }
 

@@ -196,7 +196,9 @@ pub struct MessageInfo {
     pub attempts: u32,
     /// Unix seconds of the next attempt, when deferred.
     pub next_attempt: Option<u64>,
-    /// Why it waits: "deferred" (for a retry at `next_attempt`),
+    /// Why it waits: "scheduled" (for its first attempt at
+    /// `next_attempt`, the time its sender chose), "deferred" (for a retry
+    /// at `next_attempt`),
     /// "suspended" (every pending recipient's domain is), "delivering" (an
     /// attempt is under way) or "queued" (for a connection).
     pub state: String,
@@ -701,8 +703,9 @@ impl Scheduler {
 }
 
 impl Entry {
-    /// Where it stands: "deferred" (waiting for a retry), "suspended"
-    /// (every pending domain held), "delivering" or "queued".
+    /// Where it stands: "scheduled" (waiting for its first attempt at a
+    /// time the sender chose), "deferred" (waiting for a retry),
+    /// "suspended" (every pending domain held), "delivering" or "queued".
     pub(super) fn state_name(&self, st: &super::state::State) -> &'static str {
         let all_suspended = || {
             self.env
@@ -711,7 +714,9 @@ impl Entry {
                 .filter(|r| r.status == RecipientStatus::Pending)
                 .all(|r| st.domain_held(&super::state::domain_of(&r.address)))
         };
+        let scheduled = self.env.attempts == 0 && self.env.release_at.is_some();
         match (self.deferred, self.in_flight > 0) {
+            (true, _) if scheduled => "scheduled",
             (true, _) => "deferred",
             (false, false) if all_suspended() => "suspended",
             (false, true) => "delivering",

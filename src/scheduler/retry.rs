@@ -58,7 +58,9 @@ pub fn decide(env: &Envelope, now: u64, policy: &RetryPolicy) -> RoundEnd {
     if !pending {
         return RoundEnd::Done;
     }
-    if now >= env.created.saturating_add(policy.max_age_secs) {
+    // Scheduled mail's age counts from its release, not its reception.
+    let since = env.release_at.map_or(env.created, |at| at.max(env.created));
+    if now >= since.saturating_add(policy.max_age_secs) {
         return RoundEnd::Expired;
     }
     let attempts = env.attempts + 1;
@@ -71,6 +73,21 @@ pub fn decide(env: &Envelope, now: u64, policy: &RetryPolicy) -> RoundEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheduled_mail_ages_from_its_release() {
+        let mut env = Envelope::new("s@x".into(), vec!["r@y".into()], 1_000);
+        env.release_at = Some(1_000 + 10 * 86_400);
+        let later = 1_000 + 10 * 86_400 + 60;
+        assert!(matches!(
+            decide(&env, later, &POLICY),
+            RoundEnd::Retry { .. }
+        ));
+        assert_eq!(
+            decide(&env, 1_000 + 11 * 86_400, &POLICY),
+            RoundEnd::Expired
+        );
+    }
 
     const POLICY: RetryPolicy = RetryPolicy {
         initial_secs: 60,

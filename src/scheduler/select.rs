@@ -50,7 +50,8 @@ pub struct Selector {
     /// Accepted at least this many seconds ago.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub older_than_secs: Option<u64>,
-    /// Where it stands: `deferred` (waiting for a retry), `held` (every
+    /// Where it stands: `scheduled` (waiting for the first attempt at the
+    /// time its sender chose), `deferred` (waiting for a retry), `held` (every
     /// pending domain suspended), `queued` (waiting for a worker) or
     /// `delivering`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,7 +63,7 @@ pub struct Selector {
 
 /// The states a selector may name (as `queue ls` shows them; `held` is
 /// shown as `suspended`).
-const STATES: [&str; 4] = ["deferred", "held", "queued", "delivering"];
+const STATES: [&str; 5] = ["scheduled", "deferred", "held", "queued", "delivering"];
 
 /// A selector checked and ready to match (see [`Selector::compile`]).
 #[derive(Debug, Clone)]

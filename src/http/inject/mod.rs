@@ -302,6 +302,21 @@ impl Injector {
                 format!("no egress pool named {:?}", injection.pool),
             ));
         }
+        if let Some(at) = injection.release_at {
+            let furthest = self
+                .clock
+                .now()
+                .saturating_add(self.cfg.delivery.max_hold_secs);
+            if at > furthest {
+                return Err(refuse(
+                    400,
+                    format!(
+                        "deliver_after is further ahead than delivery.max_hold_secs ({} s)",
+                        self.cfg.delivery.max_hold_secs
+                    ),
+                ));
+            }
+        }
         let errors = self.drop_suppressed(&mut injection);
         if injection.recipients.is_empty() {
             return Ok(Response::json(
@@ -511,6 +526,7 @@ impl Injector {
         env.meta = injection.meta.clone();
         env.pool = injection.pool.clone();
         env.priority = injection.priority;
+        env.release_at = injection.release_at;
         env.ret = injection.dsn.ret;
         env.envid = injection.dsn.envid.clone();
         for (r, &i) in env.recipients.iter_mut().zip(rcpts) {

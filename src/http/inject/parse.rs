@@ -34,6 +34,9 @@ struct InjectRequest {
     /// Values for the template, for every recipient.
     #[serde(default)]
     substitutions: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Scheduled delivery: no attempt before this time (RFC 3339).
+    #[serde(default)]
+    deliver_after: Option<String>,
     /// The application's own data, copied into every event (`[meta]`).
     #[serde(default)]
     meta: Option<serde_json::Map<String, serde_json::Value>>,
@@ -96,6 +99,9 @@ pub struct Injection {
     pub pool: String,
     /// `priority`, if given.
     pub priority: Option<crate::config::Priority>,
+    /// `deliver_after` as Unix seconds, if given (the endpoint checks it
+    /// against `delivery.max_hold_secs`).
+    pub release_at: Option<u64>,
     pub dsn: DsnRequest,
 }
 
@@ -188,12 +194,27 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, InjectErro
         None => None,
         Some(text) => Some(crate::config::Priority::parse(text).map_err(|e| refuse(400, e))?),
     };
+    let release_at = match req.deliver_after.as_deref() {
+        None => None,
+        Some(text) => Some(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|e| {
+                    refuse(
+                        400,
+                        format!("deliver_after {text:?}: not an RFC 3339 time: {e}"),
+                    )
+                })?
+                .timestamp()
+                .max(0) as u64,
+        ),
+    };
     Ok(Injection {
         sender,
         recipients,
         failed,
         content,
         template,
+        release_at,
         meta,
         pool: req.pool,
         priority,

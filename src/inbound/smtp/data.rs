@@ -192,6 +192,13 @@ async fn finish(body: BodyInProgress, tx: &Transaction, service: &SmtpService) -
     envelope.client = body.client;
     envelope.ret = tx.params.ret;
     envelope.envid = tx.params.envid.clone();
+    envelope.release_at = tx.release_at;
+    // RFC 6710's -9..9 onto the lanes: above 0 high, below 0 bulk.
+    envelope.priority = tx.params.mt_priority.map(|n| match n.signum() {
+        1 => crate::config::Priority::High,
+        -1 => crate::config::Priority::Bulk,
+        _ => crate::config::Priority::Normal,
+    });
     for (r, p) in envelope.recipients.iter_mut().zip(&tx.rcpt_params) {
         r.notify = p.notify;
         r.orcpt = p.orcpt.clone();

@@ -52,6 +52,8 @@ pub struct Transaction {
     pub dropped: usize,
     /// Set once a BDAT chunk was taken; DATA is then out of sequence.
     pub in_bdat: bool,
+    /// Future release (RFC 4865): no attempt before this Unix second.
+    pub release_at: Option<u64>,
 }
 
 impl Transaction {
@@ -193,6 +195,22 @@ impl<'a> Session<'a> {
         if self.offers_starttls() {
             lines.push("STARTTLS".into());
         }
+        if self.is_trusted() {
+            // RFC 6710, onto the priority lanes (`[priority]`).
+            lines.push("MT-PRIORITY".into());
+        }
+        if self.offers_future_release() {
+            // RFC 4865: the longest interval, and the latest date-time.
+            let max = self.cfg.delivery.max_hold_secs;
+            let now = match self.door {
+                Some(door) => door.now(),
+                None => crate::shard::clock::unix_now(),
+            };
+            let latest = chrono::DateTime::from_timestamp(now.saturating_add(max) as i64, 0)
+                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_default();
+            lines.push(format!("FUTURERELEASE {max} {latest}"));
+        }
         if self.submission && self.tls {
             lines.push("AUTH PLAIN LOGIN".into());
         }
@@ -247,6 +265,15 @@ impl<'a> Session<'a> {
         if from.as_ref().is_some_and(Mailbox::is_utf8) && !params.smtputf8 {
             return reject(Rejection::NeedsSmtpUtf8);
         }
+        let release_at = match self.release_at(&params) {
+            Ok(at) => at,
+            Err(why) => return reject(why),
+        };
+        if params.mt_priority.is_some() && !self.is_trusted() {
+            return reject(Rejection::UnsupportedParameter(
+                "MT-PRIORITY (offered to trusted clients only)".into(),
+            ));
+        }
         self.tx = Some(Transaction {
             from,
             params,
@@ -254,6 +281,7 @@ impl<'a> Session<'a> {
             rcpt_params: Vec::new(),
             dropped: 0,
             in_bdat: false,
+            release_at,
         });
         Action::Reply(Reply::new(250, "2.1.0", "Ok"))
     }
@@ -309,9 +337,37 @@ impl<'a> Session<'a> {
     /// route on (`%` hack, `!` bang path, a quoted `@`) is refused even in a
     /// local domain: ringpost does not route on them, but the next hop might.
     /// A client in `relay_networks` or authenticated: trusted with what
-    /// only the sending application may set (`meta.header`).
+    /// only the sending application may set (`meta.header`, future
+    /// release).
     pub fn is_trusted(&self) -> bool {
         self.relay_client || self.authenticated.is_some()
+    }
+
+    /// Whether this client is offered future release (RFC 4865).
+    fn offers_future_release(&self) -> bool {
+        self.is_trusted() && self.cfg.delivery.max_hold_secs > 0
+    }
+
+    /// The release time a MAIL command's `HOLDFOR=`/`HOLDUNTIL=` asks
+    /// for, if any: only from a client it is offered to, at most
+    /// `delivery.max_hold_secs` ahead.
+    fn release_at(&self, params: &MailParams) -> Result<Option<u64>, Rejection> {
+        let Some(hold) = params.hold else {
+            return Ok(None);
+        };
+        if !self.offers_future_release() {
+            return Err(Rejection::UnsupportedParameter(
+                "HOLDFOR/HOLDUNTIL (FUTURERELEASE is offered to trusted clients only)".into(),
+            ));
+        }
+        let now = match self.door {
+            Some(door) => door.now(),
+            None => crate::shard::clock::unix_now(),
+        };
+        let max = self.cfg.delivery.max_hold_secs;
+        hold.release_at(now, max)
+            .map(Some)
+            .map_err(|asked| Rejection::HoldTooLong(asked, max))
     }
 
     /// The header fields the door adds when missing: a trusted client's,
