@@ -299,3 +299,89 @@ fn mt_priority_from_a_trusted_client_picks_the_lane() {
         ]
     );
 }
+
+/// A month of scheduled mail does not pin the spool: the segments it
+/// shares with mail already delivered are compacted (the scheduled
+/// bodies moved to the active segment) and their files removed; the
+/// scheduled messages then go at their time, whole.
+#[test]
+fn scheduled_mail_is_compacted_out_of_sparse_segments() {
+    const N: usize = 400;
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let t0 = 1_800_000_000;
+    let clock = ringpost::shard::clock::Clock::manual(t0);
+    let ts = common::start_with_clock(1, clock.clone(), |c| {
+        c.delivery.smarthost = format!("[127.0.0.1]:{}", sink.addr.port());
+        c.spool.segment_bytes = 1 << 20;
+    });
+    let month = rfc3339(t0 + 30 * 86_400);
+    let filler = "x".repeat(76);
+    for i in 0..N {
+        let mut req = injection(&format!("r{i}@dest.test"), &month);
+        req["content"] = format!(
+            "Subject: {i}\n\nbody of {i}\n{}",
+            format!("{filler}\n").repeat(130)
+        )
+        .into();
+        if i % 20 != 0 {
+            req.as_object_mut().unwrap().remove("deliver_after");
+        }
+        assert_eq!(post(ts.inject_addr.unwrap(), &req).0, 200);
+    }
+    sink.wait_for(N - N / 20, 60);
+    let segments = || {
+        walk_files(&ts.spool_dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .count()
+    };
+    let before = segments();
+    let started = Instant::now();
+    while segments() > 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{} segments left of {before}",
+            segments()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!(
+        "{before} segments before compaction, {} after {:?}",
+        segments(),
+        started.elapsed()
+    );
+    assert!(before >= 4, "{before}");
+    assert!(
+        ts.metrics_text()
+            .lines()
+            .any(|l| l.starts_with("ringpost_spool_compacted_bytes_total") && !l.ends_with(" 0")),
+        "compaction moved bodies"
+    );
+    assert_eq!(states(&ts).len(), N / 20, "the scheduled ones still wait");
+    clock.advance(30 * 86_400);
+    let all = sink.wait_for(N, 30);
+    for m in all.iter().filter(|m| {
+        let i: usize = m.rcpts[0][1..].split('@').next().unwrap().parse().unwrap();
+        i % 20 == 0
+    }) {
+        let i = &m.rcpts[0][1..m.rcpts[0].find('@').unwrap()];
+        let text = String::from_utf8_lossy(&m.data);
+        assert!(
+            text.contains(&format!("\r\n\r\nbody of {i}\r\n")),
+            "{i}: whole"
+        );
+        assert_eq!(text.matches(&filler).count(), 130, "{i}: whole");
+    }
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        match path.is_dir() {
+            true => out.extend(walk_files(&path)),
+            false => out.push(path),
+        }
+    }
+    out
+}
