@@ -362,7 +362,7 @@ fn scheduled_mail_is_compacted_out_of_sparse_segments() {
     let all = sink.wait_for(N, 30);
     for m in all.iter().filter(|m| {
         let i: usize = m.rcpts[0][1..].split('@').next().unwrap().parse().unwrap();
-        i % 20 == 0
+        i.is_multiple_of(20)
     }) {
         let i = &m.rcpts[0][1..m.rcpts[0].find('@').unwrap()];
         let text = String::from_utf8_lossy(&m.data);
