@@ -370,7 +370,9 @@ impl Injector {
         mut errors: Vec<String>,
     ) -> Result<Response, InjectError> {
         let groups = recipient_groups(injection, plan.per_recipient());
-        let merged = injection.recipients.len() - groups.iter().map(Vec::len).sum::<usize>();
+        // Merged before rendering (one message per recipient), and by the
+        // door within a message for all.
+        let mut merged = injection.recipients.len() - groups.iter().map(Vec::len).sum::<usize>();
         let limits = ContentLimits::of(&self.cfg);
         let mut messages = Vec::with_capacity(groups.len());
         for group in &groups {
@@ -387,6 +389,8 @@ impl Injector {
             })?;
             let content = crlf_content(&rendered, limits)?;
             messages.push(self.message(id, injection, group, &content, peer, key.clone()));
+            // Thousands of renderings: the shard's other work gets turns.
+            glommio::yield_if_needed().await;
         }
         ::metrics::counter!(crate::metrics::INJECT_RENDERED).increment(messages.len() as u64);
         let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
@@ -398,6 +402,7 @@ impl Injector {
             match result {
                 Ok(accepted) => {
                     success += accepted.recipients;
+                    merged += accepted.merged;
                     queued.push(id.to_string());
                 }
                 Err(refusal) => {
