@@ -80,7 +80,8 @@ impl Scheduler {
         targets: Vec<Target>,
         rule: Option<&Rule>,
     ) -> Result<Destination, Refused> {
-        let targets = match self.dane_applies(domain, rule) {
+        // DANE only for hosts whose MX and address answers were secure.
+        let targets = match targets.iter().any(|t| t.secure) && self.dane_applies(domain, rule) {
             true => self.under_dane(domain, targets).await?,
             false => targets,
         };
@@ -136,9 +137,6 @@ impl Scheduler {
     /// `targets` with their TLSA records (DANE) where DNSSEC-secure ones
     /// exist; hosts whose TLSA answer failed are left out.
     async fn under_dane(&self, domain: &str, targets: Vec<Target>) -> Result<Vec<Target>, Refused> {
-        if !targets.iter().any(|t| t.secure) {
-            return Ok(targets);
-        }
         let mut found: HashMap<(String, u16), TlsaLookup> = HashMap::new();
         for t in targets.iter().filter(|t| t.secure) {
             if let std::collections::hash_map::Entry::Vacant(slot) =
