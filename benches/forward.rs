@@ -1,10 +1,13 @@
-//! The relay floor (issue 34): a forwarder that does no work at all. It
-//! accepts a connection, connects to the next hop, and copies bytes both
-//! ways until either side closes: no parsing, no spool, no fsync. Like
-//! ringpost it runs one glommio executor per core on io_uring, each
-//! accepting on the same port (SO_REUSEPORT). What the shared harness
-//! measures through it is what any relay could reach on this machine; a
-//! relay makes two hops, so sink-direct is not that floor.
+//! A candidate relay floor (issue 34): a forwarder that does no work at
+//! all. It accepts a connection, connects to the next hop, and copies
+//! bytes both ways until either side closes: no parsing, no spool, no
+//! fsync. Like ringpost it runs one glommio executor per core on
+//! io_uring, each accepting on the same port (SO_REUSEPORT).
+//!
+//! Not a floor for an MTA as it stands: it adds the next hop's round trip
+//! to every SMTP round trip and opens a next-hop connection per client
+//! connection, where an MTA answers locally and pools its outbound
+//! connections, so it can measure below ringpost (benches/results/README.md).
 //!
 //!     cargo bench --bench forward -- [LISTEN] [UPSTREAM]
 //!
