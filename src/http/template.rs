@@ -66,6 +66,11 @@ impl TemplateError {
     }
 }
 
+/// Instructions one rendering may run (minijinja's fuel): a template that
+/// loops without end, or nearly, is an error, not a busy shard. A message
+/// of a few hundred lines and values takes a few thousand.
+pub const FUEL: u64 = 2_000_000;
+
 /// Template names whose output goes into a header field.
 const HEADER_PARTS: [&str; 5] = ["content header", "subject", "from", "to", "reply_to"];
 
@@ -87,6 +92,8 @@ enum Shape {
 #[derive(Debug)]
 pub struct Plan {
     env: Environment<'static>,
+    /// The most one rendered part may write (`smtp.max_message_size`).
+    max_bytes: usize,
     shape: Shape,
     /// `substitutions` (for every recipient).
     global: serde_json::Map<String, serde_json::Value>,
@@ -101,8 +108,10 @@ impl Plan {
         builder: Option<&Builder>,
         global: serde_json::Map<String, serde_json::Value>,
         per_rcpt: HashMap<String, serde_json::Map<String, serde_json::Value>>,
+        max_bytes: usize,
     ) -> Result<Plan, TemplateError> {
         let mut env = Environment::new();
+        env.set_fuel(Some(FUEL));
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         // The header section ends with an empty line: keep it.
         env.set_keep_trailing_newline(true);
@@ -167,6 +176,7 @@ impl Plan {
         };
         Ok(Plan {
             env,
+            max_bytes,
             shape,
             global,
             per_rcpt,
@@ -190,7 +200,19 @@ impl Plan {
         let ctx = Value::from_serialize(&values);
         let render = |name: &str| -> Result<String, TemplateError> {
             let t = self.env.get_template(name).map_err(TemplateError::of)?;
-            t.render(&ctx).map_err(TemplateError::of)
+            let mut out = Bounded {
+                out: Vec::new(),
+                room: self.max_bytes,
+            };
+            t.render_captured_to(&ctx, &mut out)
+                .map_err(|e| match out.room {
+                    0 => part_error(
+                        name,
+                        &format!("renders to more than {} bytes", self.max_bytes),
+                    ),
+                    _ => TemplateError::of(e),
+                })?;
+            String::from_utf8(out.out).map_err(|_| part_error(name, "renders to invalid UTF-8"))
         };
         match &self.shape {
             Shape::Content => {
@@ -248,6 +270,28 @@ impl Plan {
     }
 }
 
+/// A rendering's output, refused past `room` bytes.
+struct Bounded {
+    out: Vec<u8>,
+    room: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.room {
+            self.room = 0;
+            return Err(std::io::Error::other("too large"));
+        }
+        self.room -= buf.len();
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn part_error(part: &str, what: &str) -> TemplateError {
     TemplateError {
         part: part.to_string(),
@@ -292,6 +336,7 @@ mod tests {
                 "a@b.example".to_string(),
                 map(serde_json::json!({"name": "Ann"})),
             )]),
+            MAX,
         )
         .unwrap();
         assert!(plan.per_recipient());
@@ -313,6 +358,7 @@ mod tests {
             None,
             map(serde_json::json!({"s": "a\r\nBcc: victim@x.example"})),
             HashMap::new(),
+            MAX,
         )
         .unwrap();
         let e = plan.render(None, "x@mta.example").unwrap_err();
@@ -323,6 +369,7 @@ mod tests {
             None,
             map(serde_json::json!({"s": "two\nlines"})),
             HashMap::new(),
+            MAX,
         )
         .unwrap();
         assert!(body_only.render(None, "x@mta.example").is_ok());
@@ -335,6 +382,7 @@ mod tests {
             None,
             Default::default(),
             HashMap::new(),
+            MAX,
         )
         .unwrap_err();
         assert_eq!(
@@ -346,6 +394,7 @@ mod tests {
             None,
             Default::default(),
             HashMap::new(),
+            MAX,
         )
         .unwrap()
         .render(None, "x@mta.example")
@@ -375,6 +424,7 @@ mod tests {
                 "a@b.example".to_string(),
                 map(serde_json::json!({"name": "<Ann>"})),
             )]),
+            MAX,
         )
         .unwrap();
         let out = plan.render(Some("a@b.example"), "x@mta.example").unwrap();
@@ -392,6 +442,25 @@ mod tests {
             text: Some("x".into()),
             ..Builder::default()
         };
-        assert!(Plan::compile(None, Some(&bad), Default::default(), HashMap::new()).is_err());
+        assert!(Plan::compile(None, Some(&bad), Default::default(), HashMap::new(), MAX).is_err());
     }
+
+    #[test]
+    fn a_template_that_runs_away_is_stopped() {
+        let compile = |content: &str| {
+            Plan::compile(Some(content), None, Default::default(), HashMap::new(), MAX).unwrap()
+        };
+        let endless = compile(
+            "S: x\n\n{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+        );
+        let started = std::time::Instant::now();
+        let e = endless.render(None, "m@x").unwrap_err();
+        assert!(e.what.contains("fuel"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let huge = compile("S: x\n\n{{ 'x' * 10000000 }}");
+        let e = huge.render(None, "m@x").unwrap_err();
+        assert_eq!(e.what, format!("renders to more than {MAX} bytes"), "{e}");
+    }
+
+    const MAX: usize = 1 << 20;
 }

@@ -172,6 +172,7 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, InjectErro
                 req.template.as_ref(),
                 req.substitutions.unwrap_or_default(),
                 own_values,
+                limits.max_message_size,
             )
             .map_err(|e| refuse(400, e.to_string()))?;
             (Vec::new(), Some(plan))
@@ -194,20 +195,7 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, InjectErro
         None => None,
         Some(text) => Some(crate::config::Priority::parse(text).map_err(|e| refuse(400, e))?),
     };
-    let release_at = match req.deliver_after.as_deref() {
-        None => None,
-        Some(text) => Some(
-            chrono::DateTime::parse_from_rfc3339(text)
-                .map_err(|e| {
-                    refuse(
-                        400,
-                        format!("deliver_after {text:?}: not an RFC 3339 time: {e}"),
-                    )
-                })?
-                .timestamp()
-                .max(0) as u64,
-        ),
-    };
+    let release_at = release_at_of(req.deliver_after.as_deref())?;
     Ok(Injection {
         sender,
         recipients,
@@ -220,6 +208,20 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, InjectErro
         priority,
         dsn,
     })
+}
+
+/// `deliver_after` (RFC 3339) as Unix seconds.
+fn release_at_of(deliver_after: Option<&str>) -> Result<Option<u64>, InjectError> {
+    let Some(text) = deliver_after else {
+        return Ok(None);
+    };
+    let at = chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
+        refuse(
+            400,
+            format!("deliver_after {text:?}: not an RFC 3339 time: {e}"),
+        )
+    })?;
+    Ok(Some(at.timestamp().max(0) as u64))
 }
 
 /// Each recipient's values for the template, by address as queued.
