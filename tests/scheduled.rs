@@ -49,8 +49,9 @@ fn admin_get(ts: &TestServer, path: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// The state `queue ls` gives each queued message, by its first recipient.
-fn states(ts: &TestServer) -> Vec<(String, String)> {
+/// A field `queue ls` gives each queued message (`state`, `priority`),
+/// by its first recipient, sorted.
+fn listed(ts: &TestServer, field: &str) -> Vec<(String, String)> {
     let list = admin_get(ts, "/queue/messages?limit=100");
     let mut out: Vec<(String, String)> = list
         .as_array()
@@ -59,12 +60,16 @@ fn states(ts: &TestServer) -> Vec<(String, String)> {
         .map(|m| {
             (
                 m["recipients"][0]["address"].as_str().unwrap().to_string(),
-                m["state"].as_str().unwrap().to_string(),
+                m[field].as_str().unwrap().to_string(),
             )
         })
         .collect();
     out.sort();
     out
+}
+
+fn states(ts: &TestServer) -> Vec<(String, String)> {
+    listed(ts, "state")
 }
 
 /// Waits until the sink has `n` messages; the wall time it took.
@@ -277,19 +282,7 @@ fn mt_priority_from_a_trusted_client_picks_the_lane() {
         assert_eq!(c.data(b"Subject: p\r\n\r\nx\r\n").code, 250);
     }
     c.expect("MAIL FROM:<app@sender.test> MT-PRIORITY=10", 501);
-    let list = admin_get(&ts, "/queue/messages?limit=10");
-    let mut lanes: Vec<(String, String)> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["recipients"][0]["address"].as_str().unwrap().to_string(),
-                m["priority"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    lanes.sort();
+    let lanes = listed(&ts, "priority");
     assert_eq!(
         lanes,
         [

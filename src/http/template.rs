@@ -95,10 +95,10 @@ pub struct Plan {
     /// The most one rendered part may write (`smtp.max_message_size`).
     max_bytes: usize,
     shape: Shape,
-    /// `substitutions` (for every recipient).
-    global: serde_json::Map<String, serde_json::Value>,
+    /// `substitutions` (for every recipient), made a template value once.
+    global: Value,
     /// Each recipient's own `substitutions`, by address as queued.
-    per_rcpt: HashMap<String, serde_json::Map<String, serde_json::Value>>,
+    per_rcpt: HashMap<String, Value>,
 }
 
 impl Plan {
@@ -178,8 +178,11 @@ impl Plan {
             env,
             max_bytes,
             shape,
-            global,
-            per_rcpt,
+            global: Value::from_serialize(&global),
+            per_rcpt: per_rcpt
+                .into_iter()
+                .map(|(rcpt, values)| (rcpt, Value::from_serialize(&values)))
+                .collect(),
         })
     }
 
@@ -193,11 +196,13 @@ impl Plan {
     /// message the builder makes gets `message_id` (mail-builder would
     /// name the machine's host in one of its own).
     pub fn render(&self, rcpt: Option<&str>, message_id: &str) -> Result<Vec<u8>, TemplateError> {
-        let mut values = self.global.clone();
-        if let Some(own) = rcpt.and_then(|r| self.per_rcpt.get(r)) {
-            values.extend(own.clone());
-        }
-        let ctx = Value::from_serialize(&values);
+        // The recipient's own values over the request's (merge_maps: the
+        // later map wins, as the tests check), merged lazily: shared, not
+        // copied, per rendering.
+        let ctx = match rcpt.and_then(|r| self.per_rcpt.get(r)) {
+            Some(own) => minijinja::value::merge_maps([self.global.clone(), own.clone()]),
+            None => self.global.clone(),
+        };
         let render = |name: &str| -> Result<String, TemplateError> {
             let t = self.env.get_template(name).map_err(TemplateError::of)?;
             let mut out = Bounded {

@@ -202,11 +202,7 @@ impl<'a> Session<'a> {
         if self.offers_future_release() {
             // RFC 4865: the longest interval, and the latest date-time.
             let max = self.cfg.delivery.max_hold_secs;
-            let now = match self.door {
-                Some(door) => door.now(),
-                None => crate::shard::clock::unix_now(),
-            };
-            let latest = chrono::DateTime::from_timestamp(now.saturating_add(max) as i64, 0)
+            let latest = chrono::DateTime::from_timestamp(self.now().saturating_add(max) as i64, 0)
                 .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
                 .unwrap_or_default();
             lines.push(format!("FUTURERELEASE {max} {latest}"));
@@ -343,6 +339,12 @@ impl<'a> Session<'a> {
         self.relay_client || self.authenticated.is_some()
     }
 
+    /// Unix seconds now: the shard's clock (the door's), which tests drive.
+    fn now(&self) -> u64 {
+        self.door
+            .map_or_else(crate::shard::clock::unix_now, crate::inbound::Door::now)
+    }
+
     /// Whether this client is offered future release (RFC 4865).
     fn offers_future_release(&self) -> bool {
         self.is_trusted() && self.cfg.delivery.max_hold_secs > 0
@@ -360,10 +362,7 @@ impl<'a> Session<'a> {
                 "HOLDFOR/HOLDUNTIL (FUTURERELEASE is offered to trusted clients only)".into(),
             ));
         }
-        let now = match self.door {
-            Some(door) => door.now(),
-            None => crate::shard::clock::unix_now(),
-        };
+        let now = self.now();
         let max = self.cfg.delivery.max_hold_secs;
         hold.release_at(now, max)
             .map(Some)
