@@ -110,28 +110,7 @@ impl Plan {
         per_rcpt: HashMap<String, serde_json::Map<String, serde_json::Value>>,
         max_bytes: usize,
     ) -> Result<Plan, TemplateError> {
-        let mut env = Environment::new();
-        env.set_fuel(Some(FUEL));
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        // The header section ends with an empty line: keep it.
-        env.set_keep_trailing_newline(true);
-        // Values in the HTML part are HTML-escaped; elsewhere as given.
-        env.set_auto_escape_callback(|name| match name {
-            "html" => minijinja::AutoEscape::Html,
-            _ => minijinja::AutoEscape::None,
-        });
-        env.set_formatter(|out, state, value| {
-            if is_header_part(state.name()) {
-                let text = value.to_string();
-                if text.contains(['\r', '\n']) {
-                    return Err(minijinja::Error::new(
-                        minijinja::ErrorKind::InvalidOperation,
-                        "a value with a line break in a header field (it would start a header line of its own)",
-                    ));
-                }
-            }
-            minijinja::escape_formatter(out, state, value)
-        });
+        let mut env = environment();
         let mut add = |name: String, source: &str| {
             env.add_template_owned(name, source.to_string())
                 .map_err(TemplateError::of)
@@ -295,6 +274,35 @@ impl std::io::Write for Bounded {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// The template engine as every request's templates use it: strict,
+/// bounded by [`FUEL`], HTML-escaping in `html`, no line break from a value
+/// into a header field.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_fuel(Some(FUEL));
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // The header section ends with an empty line: keep it.
+    env.set_keep_trailing_newline(true);
+    // Values in the HTML part are HTML-escaped; elsewhere as given.
+    env.set_auto_escape_callback(|name| match name {
+        "html" => minijinja::AutoEscape::Html,
+        _ => minijinja::AutoEscape::None,
+    });
+    env.set_formatter(|out, state, value| {
+        if is_header_part(state.name()) {
+            let text = value.to_string();
+            if text.contains(['\r', '\n']) {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    "a value with a line break in a header field (it would start a header line of its own)",
+                ));
+            }
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
+    env
 }
 
 fn part_error(part: &str, what: &str) -> TemplateError {
