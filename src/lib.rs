@@ -46,6 +46,8 @@
 //!   its MX host's certificate.
 //! - [`tlsrpt`]: TLS reporting (RFC 8460): outbound TLS sessions counted
 //!   per day and policy, and the daily report made of them.
+//! - [`unsubscribe`]: one-click unsubscribe (RFC 8058): the signed links
+//!   reception adds, verified when they come back.
 //! - [`dsn`]: delivery status notifications (RFC 3464).
 //! - [`events`]: the JSON delivery log.
 //! - [`metrics`]: every Prometheus metric, declared once.
@@ -81,3 +83,4 @@ pub mod shard;
 pub mod suppression;
 pub mod tls;
 pub mod tlsrpt;
+pub mod unsubscribe;

@@ -913,3 +913,69 @@ fn a_templated_request_makes_a_signed_message_per_recipient() {
         );
     }
 }
+
+/// One-click unsubscribe (issue 33): the `List-Unsubscribe` and
+/// `List-Unsubscribe-Post` fields ringpost adds at reception come before
+/// signing, so both signatures (RSA and Ed25519) carry them in `h=`, and
+/// the independent verifiers pass the messages; over SMTP (the pool wants
+/// links) and injection (a message per recipient) alike.
+#[test]
+fn unsubscribe_links_are_in_both_signatures() {
+    let keys = keys();
+    let sink = Sink::start("127.0.0.1", 0, Script::default());
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("unsubscribe.secret");
+    std::fs::write(&secret, "a-secret-for-the-links-0123456789abcdef\n").unwrap();
+    let server = start_with(2, |c| {
+        c.delivery.smarthost = format!("[127.0.0.1]:{}", sink.addr.port());
+        c.dkim.identity = keys.identities.clone();
+        c.smtp.relay_networks = vec!["127.0.0.1/32".parse().unwrap()];
+        c.unsubscribe.base_url = "https://unsub.example.com".into();
+        c.unsubscribe.secret_file = secret.display().to_string();
+        c.unsubscribe.pools = vec!["*".into()];
+    });
+    let content =
+        "From: News <news@example.com>\r\nTo: <r@example.net>\r\nSubject: links\r\n\r\nbody\r\n";
+    let mut c = Client::connect(server.addr);
+    c.begin("bounces@example.com", &["r1@example.net"]);
+    assert_eq!(c.data(content.as_bytes()).code, 250);
+    let answer = post_injection(
+        &server,
+        &serde_json::json!({
+            "envelope_sender": "bounces@example.com",
+            "recipients": [{"email": "r2@example.net"}, {"email": "r3@example.net"}],
+            "content": content,
+        }),
+    );
+    assert_eq!(answer["ids"].as_array().map(Vec::len), Some(2), "{answer}");
+    let received = sink.wait_for(3, 30);
+    let dir = keys.dir.path().join("unsubscribe");
+    std::fs::create_dir_all(&dir).unwrap();
+    for m in &received {
+        let text = String::from_utf8_lossy(&m.data);
+        assert!(
+            text.contains("\r\nList-Unsubscribe: <https://unsub.example.com/u/")
+                && text.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"),
+            "{text}"
+        );
+        let signatures = signed_fields(&m.data);
+        assert_eq!(signatures.len(), 2);
+        for h in signatures {
+            assert!(h.contains(&"list-unsubscribe".to_string()), "{h:?}");
+            assert!(h.contains(&"list-unsubscribe-post".to_string()), "{h:?}");
+        }
+        std::fs::write(dir.join(format!("{}.eml", m.rcpts[0])), &m.data).unwrap();
+    }
+    let results = verify(&keys, &dir);
+    println!("unsubscribe links: {results:?}");
+    for ((verifier, algo), (checked, passed)) in &results {
+        assert_eq!(checked, passed, "{verifier} {algo}: {results:?}");
+    }
+    for algo in ["rsa-sha256", "ed25519-sha256"] {
+        assert_eq!(
+            results[&("dkimpy".to_string(), algo.to_string())],
+            (3, 3),
+            "dkimpy {algo}"
+        );
+    }
+}

@@ -451,6 +451,7 @@ fn serve(config: Option<PathBuf>, shards: Option<usize>, smarthost: Option<Strin
     let shutdown = server.shutdown_handle();
     let reload = server.reload_handle();
     let certificate = server.certificate_handle();
+    let unsubscribe = server.unsubscribe_links();
     std::thread::Builder::new()
         .name("ringpost-signals".into())
         .spawn(move || {
@@ -465,6 +466,13 @@ fn serve(config: Option<PathBuf>, shards: Option<usize>, smarthost: Option<Strin
                                 "inject: certificate not reloaded (the one in force stays): {e}"
                             )
                         }
+                        None => {}
+                    }
+                    match unsubscribe.as_ref().map(|u| u.keyring.reload()) {
+                        Some(Ok(n)) => log::info!("unsubscribe: {n} secret(s) read again"),
+                        Some(Err(e)) => log::error!(
+                            "unsubscribe: secrets not reloaded (those in force stay): {e}"
+                        ),
                         None => {}
                     }
                     continue;
@@ -521,12 +529,13 @@ impl StartupSummary {
                 self.spool
             ),
             format!(
-                "listening: smtp {}, submission {}, injection {}, metrics {}, admin {}",
+                "listening: smtp {}, submission {}, injection {}, metrics {}, admin {}, unsubscribe {}",
                 at(l.smtp),
                 at(l.submission),
                 at(l.inject),
                 at(l.metrics),
-                at(l.admin)
+                at(l.admin),
+                at(l.unsubscribe)
             ),
             format!("delivery log: {} (logs: standard error)", self.log),
         ]

@@ -15,6 +15,7 @@ pub const EVENT_KINDS: &[&str] = &[
     "Deletion",
     "Complaint",
     "AsyncBounce",
+    "Unsubscribe",
 ];
 
 /// One receiver of events, as an `[[events.webhook]]` table.

@@ -102,6 +102,7 @@ mod submission;
 mod suppression;
 mod tls;
 mod tls_reporting;
+mod unsubscribe;
 
 pub use backoff::{BackoffConfig, BackoffRule};
 pub use bounce_classifier::{BOUNCE_CATEGORIES, BounceClassifierConfig};
@@ -125,6 +126,7 @@ pub use submission::SubmissionConfig;
 pub use suppression::{SuppressionAction, SuppressionConfig, SuppressionScope};
 pub use tls::{OutboundTls, TlsConfig};
 pub use tls_reporting::TlsReportingConfig;
+pub use unsubscribe::UnsubscribeConfig;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
@@ -147,6 +149,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub tls: TlsConfig,
     pub tls_reporting: TlsReportingConfig,
+    pub unsubscribe: UnsubscribeConfig,
     pub dkim: DkimConfig,
     pub metrics: MetricsConfig,
     pub admin: AdminConfig,
@@ -266,6 +269,7 @@ impl Config {
                 "dns" => cfg.dns.merge(t, &mut p),
                 "tls" => cfg.tls.merge(t, &mut p),
                 "tls_reporting" => cfg.tls_reporting.merge(t, &mut p),
+                "unsubscribe" => cfg.unsubscribe.merge(t, &mut p),
                 "dkim" => cfg.dkim.merge(t, &mut p),
                 "metrics" => cfg.metrics.merge(t, &mut p),
                 "admin" => cfg.admin.merge(t, &mut p),
@@ -298,6 +302,8 @@ impl Config {
         self.dns.check(p);
         self.tls.check(p);
         self.tls_reporting.check(p);
+        self.unsubscribe
+            .check(&self.smtp.local_domains, self.suppression.enabled, p);
         self.dkim.check(p);
         self.admin.check(p);
         if self.submission.listen.is_on() && !self.tls.inbound() {
@@ -342,13 +348,14 @@ impl Config {
     }
 
     /// Every listener with its key.
-    pub fn listeners(&self) -> [(&'static str, &Listen); 5] {
+    pub fn listeners(&self) -> [(&'static str, &Listen); 6] {
         [
             ("smtp.listen", &self.smtp.listen),
             ("submission.listen", &self.submission.listen),
             ("inject.listen", &self.inject.listen),
             ("metrics.listen", &self.metrics.listen),
             ("admin.listen", &self.admin.listen),
+            ("unsubscribe.listen", &self.unsubscribe.listen),
         ]
     }
 

@@ -109,6 +109,7 @@ pub fn reference_markdown() -> String {
         super::DnsConfig::reference(),
         super::TlsConfig::reference(),
         super::TlsReportingConfig::reference(),
+        super::UnsubscribeConfig::reference(),
         super::DkimConfig::reference(),
         super::MetricsConfig::reference(),
         super::AdminConfig::reference(),

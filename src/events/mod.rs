@@ -1,7 +1,8 @@
 //! The delivery log: one JSON line per event, for operators and log shippers.
 //!
 //! Owns: [`EventLog`] and the event schema: `time` (RFC 3339, UTC), `event`
-//! (Reception, Delivery, TransientFailure, Bounce, Expiration, Deletion), `id`,
+//! (Reception, Delivery, TransientFailure, Bounce, Expiration, Deletion,
+//! Complaint, AsyncBounce, Unsubscribe), `id`,
 //! `sender`, `recipient`, and where they apply `remote_host`, `remote_ip`,
 //! `reply`, `attempt`, `tls`, `tls_policy`, `category` (TransientFailure, Bounce: the
 //! bounce category), `source` and `site` (delivery attempts), and on
@@ -53,10 +54,13 @@ pub enum EventKind {
     /// A recipient's mail failed after it was delivered to the next hop
     /// (a DSN came to a feedback address).
     AsyncBounce,
+    /// A recipient unsubscribed (a one-click link, or its mailto): now
+    /// suppressed for the sender domain.
+    Unsubscribe,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Reception,
         EventKind::Delivery,
         EventKind::TransientFailure,
@@ -65,6 +69,7 @@ impl EventKind {
         EventKind::Deletion,
         EventKind::Complaint,
         EventKind::AsyncBounce,
+        EventKind::Unsubscribe,
     ];
 
     /// Its place in [`EventKind::ALL`] and `config::EVENT_KINDS`.
@@ -154,6 +159,12 @@ pub struct Event<'a> {
     pub ret: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub envid: Option<&'a str>,
+    /// Unsubscribe: the sender domain the recipient is now suppressed
+    /// for, and how it asked (`one-click`, `mailto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_domain: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
 }
 
 enum Sink {
@@ -338,6 +349,8 @@ impl<'a> Event<'a> {
             orcpt: None,
             ret: None,
             envid: None,
+            sender_domain: None,
+            via: None,
         }
     }
 }

@@ -1,7 +1,8 @@
-//! HTTP: one HTTP/1.1 server for the three APIs, one module each:
+//! HTTP: one HTTP/1.1 server for the APIs, one module each:
 //! [`admin`] (the queue of a running server, with its endpoints
 //! [`suppressions`] and [`trace`] in files of their own), [`metrics`]
-//! (Prometheus and health) and [`inject`] (messages as JSON).
+//! (Prometheus and health), [`inject`] (messages as JSON) and
+//! [`unsubscribe`] (the public one-click unsubscribe pages).
 //!
 //! Owns: [`serve`] (a listener's accept loop on one shard, with its
 //! connection limits; [`serve_maybe_tls`] with a TLS handshake first,
@@ -22,7 +23,8 @@
 //! never gets one), then the body up to the listener's limit at no less
 //! than [`MIN_BODY_RATE`] after that timeout, then the answer.
 //!
-//! May call: `inbound` (the door, for injection), `scheduler` (the admin
+//! May call: `inbound` (the door, for injection; the unsubscriber),
+//! `unsubscribe` (token limits), `scheduler` (the admin
 //! API's operations), `queue`, `history` (lookups), `suppression`, `cluster` (the fleet's state),
 //! `proto` (addresses and DSN parameters in requests), `tls`, `config`,
 //! `metrics`, `shard`.
@@ -69,6 +71,7 @@ pub mod status;
 pub mod suppressions;
 pub mod template;
 pub mod trace;
+pub mod unsubscribe;
 
 /// The largest request head (request line and header fields).
 const MAX_HEAD: usize = 16 * 1024;
@@ -102,6 +105,8 @@ pub struct Request {
     /// another origin asks for).
     pub origin: Option<String>,
     pub host: Option<String>,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
     /// Empty while the endpoint decides on the head alone.
     pub body: Vec<u8>,
 }
@@ -131,6 +136,7 @@ impl Request {
             peer: None,
             origin: None,
             host: None,
+            content_type: None,
             body: Vec::new(),
         }
     }
@@ -155,6 +161,7 @@ impl Request {
         };
         request.origin = header(http::header::ORIGIN);
         request.host = header(http::header::HOST);
+        request.content_type = header(http::header::CONTENT_TYPE);
         request
     }
 

@@ -10,6 +10,9 @@
 //! `feedback.malformed_dir` (up to `feedback.malformed_keep`), written and
 //! synced before the door answers: the 250 means it is on disk.
 //!
+//! Mail to `unsubscribe.mailto` is taken here too, by
+//! [`super::unsubscribe::Unsubscriber`].
+//!
 //! May call: `feedback` (parse), `classify`, `suppression`,
 //! `events`, `metrics`. Must not: queue or deliver anything.
 
@@ -58,6 +61,8 @@ pub struct Intake {
     clock: Clock,
     malformed_dir: PathBuf,
     malformed_logged: LogLimit,
+    /// Mail to `unsubscribe.mailto`, when set.
+    unsubscriber: Option<super::unsubscribe::Unsubscriber>,
 }
 
 impl Intake {
@@ -77,12 +82,40 @@ impl Intake {
             clock,
             malformed_dir,
             malformed_logged: LogLimit::new(Duration::from_secs(10)),
+            unsubscriber: None,
         }
     }
 
-    /// Whether mail to `rcpt` is a report to take here.
+    /// Also takes mail to `unsubscribe.mailto`.
+    pub fn with_unsubscriber(mut self, u: super::unsubscribe::Unsubscriber) -> Intake {
+        self.unsubscriber = Some(u);
+        self
+    }
+
+    /// Whether mail to `rcpt` is a report (or an unsubscribe) to take here.
     pub fn is_report_address(&self, rcpt: &str) -> bool {
         self.cfg.feedback.is_report_address(rcpt)
+            || (self.unsubscriber.is_some() && self.cfg.unsubscribe.is_mailto(rcpt))
+    }
+
+    /// Takes `content`, which came to `rcpts`: an unsubscribe request if
+    /// one of them is the mailto address, a report if one is a feedback
+    /// address.
+    pub fn take_for<'r>(
+        &self,
+        report_id: MessageId,
+        content: &[u8],
+        mut rcpts: impl Iterator<Item = &'r str> + Clone,
+    ) -> Result<(), FeedbackError> {
+        if let Some(u) = &self.unsubscriber
+            && rcpts.clone().any(|r| self.cfg.unsubscribe.is_mailto(r))
+        {
+            u.take_mail(content)?;
+        }
+        if rcpts.any(|r| self.cfg.feedback.is_report_address(r)) {
+            self.take(report_id, content)?;
+        }
+        Ok(())
     }
 
     /// Takes the report `content` (the message as the reporter sent it),

@@ -14,7 +14,7 @@
 //! loop), adds `Date:` and
 //! `Message-ID:` to a trusted client's message that lacks them (a
 //! submission server's duty, RFC 6409 8; counted, never added, for
-//! others), reads the
+//! others) and one-click unsubscribe links (`[unsubscribe]`), reads the
 //! reports that come to feedback addresses instead of queueing them
 //! ([`feedback::Intake`]), adds the tracking header, signs the message
 //! (DKIM, when configured: the spooled bytes are the signed bytes, so
@@ -33,13 +33,14 @@
 //!
 //! May call: `queue` (enqueue), `scheduler` (submit), `dkim` (sign),
 //! `feedback` (reports), `classify` (their categories), `suppression`,
-//! `proto` (header fields, the SMTP codecs), `events`, `tls`, `config`,
-//! `metrics`, `shard`.
+//! `proto` (header fields, the SMTP codecs), `unsubscribe` (the links it
+//! adds), `events`, `tls`, `config`, `metrics`, `shard`.
 //! Must not: speak a protocol (the front ends do) or deliver anything.
 
 pub mod feedback;
 pub mod idempotency;
 pub mod smtp;
+pub mod unsubscribe;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -132,6 +133,9 @@ pub struct Steps {
     pub max_received_headers: usize,
     /// `server.hostname`: the right side of the Message-IDs the door adds.
     pub hostname: String,
+    /// `[unsubscribe]`: the one-click links added to one-recipient
+    /// messages of the pools (or injections) that want them.
+    pub unsubscribe: Option<Arc<crate::unsubscribe::Links>>,
 }
 
 /// `secs` (Unix time) as an RFC 5322 date-time in UTC.
@@ -243,7 +247,8 @@ impl Door {
             return Ok(None);
         }
         let content = body.get(content_start..).unwrap_or(body);
-        if let Err(e) = intake.take(id, content) {
+        let rcpts = envelope.recipients.iter().map(|r| r.address.as_str());
+        if let Err(e) = intake.take_for(id, content, rcpts) {
             return Err(self.refused(id, Refusal::Report(e)));
         }
         let all = envelope.recipients.len();
@@ -321,10 +326,11 @@ impl Door {
             return Err(self.refused(id, Refusal::TooManyHops(survey.received)));
         }
         let added_id = self.complete(id, &mut body, content_start, &survey, complete);
-        envelope.message_id = survey.message_id_value.or(added_id);
+        envelope.message_id = survey.message_id_value.clone().or(added_id);
         if let Some(done) = self.take_reports(id, &mut envelope, &body, content_start)? {
             return Ok(Accepted { merged, ..done });
         }
+        self.add_unsubscribe(id, &envelope, &mut body, content_start, &survey, complete);
         if let Some(h) = &self.steps.tracking_header {
             let line = format!("{h}: {id}\r\n");
             let at = content_start.min(body.len());
@@ -351,6 +357,63 @@ impl Door {
         };
         self.scheduler.submit(id, stored);
         Ok(accepted)
+    }
+
+    /// Whether a message from `sender` through `pool` (empty: as the
+    /// door would choose it) would get one-click unsubscribe links, the
+    /// injection having asked `asked`: such a request is split into a
+    /// message per recipient, since a link names its recipient.
+    pub fn unsubscribe_applies(&self, pool: &str, sender: &str, asked: Option<bool>) -> bool {
+        let Some(links) = &self.steps.unsubscribe else {
+            return false;
+        };
+        let egress = &self.steps.egress;
+        let pool = match pool {
+            "" => egress
+                .sender_domains
+                .get(&crate::queue::domain_of(sender))
+                .map_or("", String::as_str),
+            named => named,
+        };
+        !sender.is_empty() && links.wanted(pool, asked)
+    }
+
+    /// RFC 8058's `List-Unsubscribe` and `List-Unsubscribe-Post`, at the
+    /// top of the content, when the message's pool (or its injection)
+    /// wants them: only for a message to one recipient (the link names
+    /// it), never for the null sender's, never over the application's
+    /// own (counted by what was done).
+    fn add_unsubscribe(
+        &self,
+        id: MessageId,
+        envelope: &crate::queue::Envelope,
+        body: &mut Vec<u8>,
+        content_start: usize,
+        survey: &crate::proto::header::Survey,
+        complete: crate::queue::Completion,
+    ) {
+        let Some(links) = &self.steps.unsubscribe else {
+            return;
+        };
+        if envelope.sender.is_empty() || !links.wanted(&envelope.pool, complete.unsubscribe) {
+            return;
+        }
+        let result = match (survey.list_unsubscribe, envelope.recipients.as_slice()) {
+            (true, _) => "kept",
+            (false, [only]) => {
+                let claim = crate::unsubscribe::Claim {
+                    message: id,
+                    recipient: only.address.clone(),
+                    sender_domain: crate::queue::domain_of(&envelope.sender),
+                    issued: self.clock.now(),
+                };
+                let at = content_start.min(body.len());
+                body.splice(at..at, links.fields(&claim).into_bytes());
+                "added"
+            }
+            (false, _) => "several_recipients",
+        };
+        ::metrics::counter!(crate::metrics::UNSUBSCRIBE_LINKS, "result" => result).increment(1);
     }
 
     /// A submission server's duties (RFC 6409 8): `Date:` and

@@ -1,6 +1,7 @@
 //! Taking header fields out of a message's header section.
 //!
-//! Owns: [`take_fields`] (and [`take_field`] for one name), and
+//! Owns: [`take_fields`] (and [`take_field`] for one name; [`field_value`]
+//! reads one without taking it), and
 //! [`survey`] (the hop count of a loop check, and whether `Date:` and
 //! `Message-ID:` are there, once and well formed), pure functions
 //! over the message bytes: they remove every occurrence of the named
@@ -16,6 +17,13 @@
 pub fn take_field(message: &mut Vec<u8>, start: usize, name: &str) -> Option<String> {
     let [value] = take_fields(message, start, [name]);
     value
+}
+
+/// The first `name:` field's value in the header section, unfolded and
+/// trimmed; the message is left as it is.
+pub fn field_value(message: &[u8], name: &str) -> Option<String> {
+    let end = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4);
+    take_field(&mut message[..end].to_vec(), 0, name)
 }
 
 /// [`take_field`] for several names in one pass over the header section:
@@ -71,6 +79,8 @@ pub struct Survey {
     /// The `Message-ID:` without its angle brackets, when there is
     /// exactly one and it is valid.
     pub message_id_value: Option<String>,
+    /// Whether the message has a `List-Unsubscribe` field of its own.
+    pub list_unsubscribe: bool,
 }
 
 /// One header field that a message should have exactly once.
@@ -102,6 +112,7 @@ pub fn survey(message: &[u8]) -> Survey {
         date: FieldState::Missing,
         message_id: FieldState::Missing,
         message_id_value: None,
+        list_unsubscribe: false,
     };
     let named = |line: &[u8], name: &str| {
         line.len() > name.len()
@@ -117,6 +128,8 @@ pub fn survey(message: &[u8]) -> Survey {
         }
         if named(line, "Received") {
             s.received += 1;
+        } else if named(line, "List-Unsubscribe") {
+            s.list_unsubscribe = true;
         } else if named(line, "Date") {
             let v = unfolded(message, at + 5);
             s.date = s

@@ -145,6 +145,9 @@ pub struct NewMessage {
 pub struct Completion {
     pub date: bool,
     pub message_id: bool,
+    /// One-click unsubscribe links (`[unsubscribe]`): the injection's own
+    /// choice; None: as the message's pool says.
+    pub unsubscribe: Option<bool>,
 }
 
 /// Tunables of one shard's spool.

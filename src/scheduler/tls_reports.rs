@@ -202,6 +202,7 @@ impl Scheduler {
             complete: crate::queue::Completion {
                 date: true,
                 message_id: true,
+                unsubscribe: Some(false),
             },
         };
         let sent = match &*self.notifications.borrow() {

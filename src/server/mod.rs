@@ -94,6 +94,8 @@ pub struct Listeners {
     pub inject: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// The public one-click unsubscribe listener.
+    pub unsubscribe: Option<SocketAddr>,
 }
 
 impl Listeners {
@@ -115,6 +117,7 @@ impl Listeners {
             inject: probe(&mut cfg.inject.listen)?,
             metrics: probe(&mut cfg.metrics.listen)?,
             admin: probe(&mut cfg.admin.listen)?,
+            unsubscribe: probe(&mut cfg.unsubscribe.listen)?,
         })
     }
 }
@@ -205,6 +208,8 @@ pub struct Server {
     reload: crate::scheduler::reload::Reload,
     /// Reads the injection listener's certificate again (SIGHUP).
     inject_cert: Option<Arc<crate::tls::CertReloader>>,
+    /// The unsubscribe links' secrets, read again on SIGHUP.
+    unsubscribe: Option<Arc<crate::unsubscribe::Links>>,
     reports: flume::Receiver<ShardReport>,
     stop: StopSender,
     handles: Option<PoolThreadHandles<()>>,
@@ -308,6 +313,7 @@ pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError>
         shards,
         reload,
         inject_cert: prepared.files.inject_tls.as_ref().map(|(_, r)| r.clone()),
+        unsubscribe: prepared.files.unsubscribe.clone(),
         reports,
         stop,
         handles: Some(handles),
@@ -455,6 +461,12 @@ impl Server {
     /// again (SIGHUP), when it speaks HTTPS.
     pub fn certificate_handle(&self) -> Option<Arc<crate::tls::CertReloader>> {
         self.inject_cert.clone()
+    }
+
+    /// The unsubscribe links (their secrets are read again on SIGHUP),
+    /// when `[unsubscribe]` is on.
+    pub fn unsubscribe_links(&self) -> Option<Arc<crate::unsubscribe::Links>> {
+        self.unsubscribe.clone()
     }
 
     /// A handle that starts a graceful shutdown from any thread (signals).

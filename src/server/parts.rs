@@ -34,6 +34,8 @@ struct Parts {
     scheduler: Rc<Scheduler>,
     door: Rc<Door>,
     smtp: Rc<SmtpService>,
+    /// The shard's delivery log (and webhook events).
+    events: Rc<EventLog>,
     /// The door's task that queues the scheduler's DSNs.
     notifications: glommio::Task<()>,
 }
@@ -102,6 +104,7 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         scheduler,
         door,
         smtp,
+        events,
         notifications,
     })
 }
@@ -145,20 +148,39 @@ async fn recover_spool(
     Ok((spool, recovered.messages))
 }
 
+/// What honours unsubscribe links on this shard, when `[unsubscribe]` is
+/// on (the list is then on too: config checks).
+fn unsubscriber(
+    p: &Prepared,
+    events: &Rc<EventLog>,
+) -> Option<crate::inbound::unsubscribe::Unsubscriber> {
+    Some(crate::inbound::unsubscribe::Unsubscriber::new(
+        p.files.unsubscribe.clone()?,
+        p.suppressions.clone()?,
+        events.clone(),
+        p.clock.clone(),
+        p.cfg.unsubscribe.lifetime_secs(),
+    ))
+}
+
 /// What the reception door does to a message before it queues it.
 fn door_steps(p: &Prepared, events: &Rc<EventLog>) -> crate::inbound::Steps {
     let cfg = &p.cfg;
     crate::inbound::Steps {
         dkim: p.files.dkim.clone(),
         suppressions: p.suppressions.clone(),
-        feedback: cfg.feedback.is_on().then(|| {
-            crate::inbound::feedback::Intake::new(
+        feedback: (cfg.feedback.is_on() || !cfg.unsubscribe.mailto.is_empty()).then(|| {
+            let intake = crate::inbound::feedback::Intake::new(
                 cfg.clone(),
                 p.suppressions.clone(),
                 p.files.classifier.clone(),
                 events.clone(),
                 p.clock.clone(),
-            )
+            );
+            match unsubscriber(p, events) {
+                Some(u) if !cfg.unsubscribe.mailto.is_empty() => intake.with_unsubscriber(u),
+                _ => intake,
+            }
         }),
         tracking_header: Some(cfg.feedback.tracking_header.clone()).filter(|h| !h.is_empty()),
         meta: cfg.meta.clone(),
@@ -166,6 +188,7 @@ fn door_steps(p: &Prepared, events: &Rc<EventLog>) -> crate::inbound::Steps {
         priority_header: cfg.priority.header.clone(),
         max_received_headers: cfg.smtp.max_received_headers,
         hostname: cfg.hostname().to_string(),
+        unsubscribe: p.files.unsubscribe.clone(),
     }
 }
 
@@ -201,6 +224,8 @@ pub(super) struct Listening<S> {
     metrics: Option<S>,
     /// Shard 0 only.
     admin: Option<S>,
+    /// Shard 0 only.
+    unsubscribe: Option<S>,
 }
 
 pub(super) type Sockets = Listening<Reserved>;
@@ -220,6 +245,7 @@ impl Sockets {
             inject: optional(l.inject)?,
             metrics: optional(l.metrics.filter(|_| first))?,
             admin: optional(l.admin.filter(|_| first))?,
+            unsubscribe: optional(l.unsubscribe.filter(|_| first))?,
         })
     }
 
@@ -231,6 +257,7 @@ impl Sockets {
             inject: adopt(self.inject),
             metrics: adopt(self.metrics),
             admin: adopt(self.admin),
+            unsubscribe: adopt(self.unsubscribe),
         }
     }
 }
@@ -325,6 +352,9 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
     if let Some(l) = bound.admin {
         loops.push(spawn_admin(p, l, stop));
     }
+    if let Some(l) = bound.unsubscribe {
+        loops.extend(spawn_unsubscribe(p, parts, l, stop));
+    }
     loops
 }
 
@@ -356,6 +386,31 @@ fn spawn_injection(
         tls,
         stop.clone(),
     ))
+}
+
+/// The public unsubscribe listener (shard 0).
+fn spawn_unsubscribe(
+    p: &Prepared,
+    parts: &Parts,
+    l: crate::shard::net::Bound,
+    stop: &StopSignal,
+) -> Option<glommio::Task<()>> {
+    let api = crate::http::unsubscribe::UnsubscribeApi::new(
+        unsubscriber(p, &parts.events)?,
+        p.cfg.unsubscribe.max_requests_per_ip_per_minute,
+    );
+    let tls = p
+        .files
+        .unsubscribe_tls
+        .as_ref()
+        .map(|(config, _)| futures_rustls::TlsAcceptor::from(config.clone()));
+    Some(glommio::spawn_local(crate::http::serve_maybe_tls(
+        l,
+        Rc::new(api),
+        crate::http::unsubscribe::UnsubscribeApi::limits(p.cfg.unsubscribe.max_connections),
+        tls,
+        stop.clone(),
+    )))
 }
 
 /// The admin API's listener (shard 0).

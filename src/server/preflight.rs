@@ -32,6 +32,11 @@ pub struct Loaded {
     pub shaping: Arc<crate::scheduler::shaping::Shaping>,
     /// The webhooks, with their secrets and TLS configs.
     pub webhooks: Vec<Arc<crate::events::webhook::Hook>>,
+    /// One-click unsubscribe links (`[unsubscribe]`), with their secrets.
+    pub unsubscribe: Option<Arc<crate::unsubscribe::Links>>,
+    /// HTTPS on the unsubscribe listener, when `unsubscribe.cert_file` is
+    /// set.
+    pub unsubscribe_tls: Option<(Arc<rustls::ServerConfig>, Arc<crate::tls::CertReloader>)>,
 }
 
 /// Every check `serve` makes before it binds anything, on the files the
@@ -54,8 +59,11 @@ pub fn preflight(cfg: &Config) -> Result<Loaded, Problems> {
         classifier: Arc::new(crate::classify::Classifier::default_rules()),
         shaping: Arc::default(),
         webhooks: Vec::new(),
+        unsubscribe: None,
+        unsubscribe_tls: None,
     };
     load_tls(cfg, &mut loaded, &mut p);
+    load_unsubscribe(cfg, &mut loaded, &mut p);
     match crate::events::webhook::Hook::load_all(&cfg.events) {
         Ok(hooks) => loaded.webhooks = hooks,
         Err(e) => p.at("events.webhook", e),
@@ -125,6 +133,34 @@ fn load_tls(cfg: &Config, loaded: &mut Loaded, p: &mut Problems) {
             Ok(tls) => loaded.inbound_tls = Some(tls),
             Err(e @ crate::tls::TlsError::Key { .. }) => p.at("tls.key_file", e.to_string()),
             Err(e) => p.at("tls.cert_file", e.to_string()),
+        }
+    }
+}
+
+/// `[unsubscribe]`'s secrets and certificate.
+fn load_unsubscribe(cfg: &Config, loaded: &mut Loaded, p: &mut Problems) {
+    let u = &cfg.unsubscribe;
+    if !u.is_on() || u.secret_file.is_empty() {
+        return;
+    }
+    match crate::unsubscribe::Keyring::load(&u.secret_file) {
+        Ok(keyring) => {
+            loaded.unsubscribe = Some(Arc::new(crate::unsubscribe::Links {
+                keyring,
+                base_url: u.base_url.clone(),
+                mailto: Some(u.mailto.clone()).filter(|m| !m.is_empty()),
+                pools: u.pools.clone(),
+            }))
+        }
+        Err(e) => p.at("unsubscribe.secret_file", e.to_string()),
+    }
+    if !u.cert_file.is_empty() {
+        match crate::tls::CertReloader::load(u.cert_file.as_ref(), u.key_file.as_ref()) {
+            Ok(tls) => loaded.unsubscribe_tls = Some(tls),
+            Err(e @ crate::tls::TlsError::Key { .. }) => {
+                p.at("unsubscribe.key_file", e.to_string())
+            }
+            Err(e) => p.at("unsubscribe.cert_file", e.to_string()),
         }
     }
 }

@@ -25,6 +25,7 @@ pub struct TestServer {
     pub submission_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     pub inject_addr: Option<SocketAddr>,
+    pub unsubscribe_addr: Option<SocketAddr>,
     pub cfg: Config,
     pub shards: usize,
     pub spool_dir: PathBuf,
@@ -72,6 +73,7 @@ pub fn start_with_clock(
         submission_addr: l.submission,
         admin_addr: l.admin,
         inject_addr: l.inject,
+        unsubscribe_addr: l.unsubscribe,
         cfg,
         shards,
         spool_dir,
@@ -205,6 +207,7 @@ impl TestServer {
         self.admin_addr = server.listeners.admin;
         self.metrics_addr = server.listeners.metrics;
         self.inject_addr = server.listeners.inject;
+        self.unsubscribe_addr = server.listeners.unsubscribe;
         self.submission_addr = server.listeners.submission;
         self.server = Some(server);
     }

@@ -334,9 +334,20 @@ impl Injector {
         }
         let peer = req.peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let key = req.idempotency_key.clone().filter(|_| self.keys.is_some());
-        if let Some(plan) = &injection.template {
+        // A link names its recipient: a message each.
+        let linked = injection.recipients.len() > 1
+            && self.door.unsubscribe_applies(
+                &injection.pool,
+                &injection
+                    .sender
+                    .as_ref()
+                    .map(Mailbox::to_string)
+                    .unwrap_or_default(),
+                injection.unsubscribe,
+            );
+        if injection.template.is_some() || linked {
             return self
-                .inject_rendered(&injection, plan, peer, key, errors)
+                .inject_each(&injection, linked, peer, key, errors)
                 .await;
         }
         let all: Vec<usize> = (0..injection.recipients.len()).collect();
@@ -357,19 +368,22 @@ impl Injector {
         ))
     }
 
-    /// A templated request: its messages rendered (one per recipient
-    /// when some recipient has values of its own, else one for all),
-    /// then queued together (one group commit). A message the door
-    /// refuses fails its recipients; the others stay queued.
-    async fn inject_rendered(
+    /// A request of several messages: one per recipient when some
+    /// recipient has template values of its own or `split` (each gets an
+    /// unsubscribe link of its own), else one for all; rendered when
+    /// templated, then queued together (one group commit). A message the
+    /// door refuses fails its recipients; the others stay queued.
+    async fn inject_each(
         &self,
         injection: &Injection,
-        plan: &Plan,
+        split: bool,
         peer: IpAddr,
         key: Option<String>,
         mut errors: Vec<String>,
     ) -> Result<Response, InjectError> {
-        let groups = recipient_groups(injection, plan.per_recipient());
+        let plan = injection.template.as_ref();
+        let per_recipient = split || plan.is_some_and(Plan::per_recipient);
+        let groups = recipient_groups(injection, per_recipient);
         // Merged before rendering (one message per recipient), and by the
         // door within a message for all.
         let mut merged = injection.recipients.len() - groups.iter().map(Vec::len).sum::<usize>();
@@ -377,17 +391,10 @@ impl Injector {
         let mut messages = Vec::with_capacity(groups.len());
         for group in &groups {
             let id = self.door.new_id();
-            let rcpt = plan
-                .per_recipient()
-                .then(|| injection.recipients[group[0]].to_string());
-            let message_id = format!("{id}@{}", self.cfg.hostname());
-            let rendered = plan.render(rcpt.as_deref(), &message_id).map_err(|e| {
-                refuse(
-                    400,
-                    format!("{}{e}", rcpt.map(|r| format!("{r}: ")).unwrap_or_default()),
-                )
-            })?;
-            let content = crlf_content(&rendered, limits)?;
+            let content = match plan {
+                Some(plan) => self.render(plan, id, &injection.recipients[group[0]], limits)?,
+                None => injection.content.clone(),
+            };
             messages.push(self.message(id, injection, group, &content, peer, key.clone()));
             // Thousands of renderings: the shard's other work gets turns.
             glommio::yield_if_needed().await;
@@ -427,6 +434,26 @@ impl Injector {
                 errors,
             },
         ))
+    }
+
+    /// Message `id`'s content, rendered (for `rcpt` when each recipient
+    /// has a message of its own).
+    fn render(
+        &self,
+        plan: &Plan,
+        id: MessageId,
+        rcpt: &Mailbox,
+        limits: ContentLimits,
+    ) -> Result<Vec<u8>, InjectError> {
+        let rcpt = plan.per_recipient().then(|| rcpt.to_string());
+        let message_id = format!("{id}@{}", self.cfg.hostname());
+        let rendered = plan.render(rcpt.as_deref(), &message_id).map_err(|e| {
+            refuse(
+                400,
+                format!("{}{e}", rcpt.map(|r| format!("{r}: ")).unwrap_or_default()),
+            )
+        })?;
+        crlf_content(&rendered, limits)
     }
 
     /// Moves suppressed recipients to `failed`; an error line for each.
@@ -500,6 +527,7 @@ impl Injector {
             complete: crate::queue::Completion {
                 date: self.cfg.inject.add_date,
                 message_id: self.cfg.inject.add_message_id,
+                unsubscribe: injection.unsubscribe,
             },
         }
     }

@@ -53,6 +53,10 @@ struct InjectRequest {
     /// (printable ASCII, at most 100 characters).
     #[serde(default)]
     envid: Option<String>,
+    /// One-click unsubscribe links (`[unsubscribe]`): true or false over
+    /// what the message's pool says.
+    #[serde(default)]
+    unsubscribe: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +106,8 @@ pub struct Injection {
     /// `deliver_after` as Unix seconds, if given (the endpoint checks it
     /// against `delivery.max_hold_secs`).
     pub release_at: Option<u64>,
+    /// `unsubscribe`, if given.
+    pub unsubscribe: Option<bool>,
     pub dsn: DsnRequest,
 }
 
@@ -206,6 +212,7 @@ pub fn parse(body: &[u8], limits: ContentLimits) -> Result<Injection, InjectErro
         meta,
         pool: req.pool,
         priority,
+        unsubscribe: req.unsubscribe,
         dsn,
     })
 }
@@ -330,7 +337,7 @@ pub(super) fn crlf_content(content: &[u8], limits: ContentLimits) -> Result<Vec<
     Ok(out)
 }
 
-/// The recipients of a templated request by message, as indexes: each
+/// The recipients of a request by message, as indexes: each
 /// alone (duplicates merged, the first kept) when `per_recipient`, else
 /// all in one message (the door merges duplicates there).
 pub(super) fn recipient_groups(injection: &Injection, per_recipient: bool) -> Vec<Vec<usize>> {

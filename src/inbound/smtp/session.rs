@@ -370,7 +370,8 @@ impl<'a> Session<'a> {
     }
 
     /// The header fields the door adds when missing: a trusted client's,
-    /// as its listener's config says; nothing for anyone else's mail.
+    /// as its listener's config says (unsubscribe links as its pool
+    /// says); nothing for anyone else's mail.
     pub fn completion(&self) -> crate::queue::Completion {
         let (date, message_id) = match self.submission {
             true => (
@@ -383,6 +384,8 @@ impl<'a> Session<'a> {
         crate::queue::Completion {
             date: trusted && date,
             message_id: trusted && message_id,
+            // Mail of an untrusted client (to local domains) is no list's.
+            unsubscribe: (!trusted).then_some(false),
         }
     }
 
