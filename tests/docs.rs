@@ -400,7 +400,14 @@ fn request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String
 fn every_api_route_in_the_docs_is_served() {
     let routes = routes();
     assert!(routes.len() > 20, "{routes:?}");
-    let ts = common::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("unsubscribe.secret");
+    std::fs::write(&secret, "a-secret-for-the-links-0123456789abcdef\n").unwrap();
+    let ts = common::start_with(1, |c| {
+        c.unsubscribe.listen = ringpost::config::Listen::at("127.0.0.1:0");
+        c.unsubscribe.base_url = "https://unsub.example.com".into();
+        c.unsubscribe.secret_file = secret.display().to_string();
+    });
     let mut problems = Vec::new();
     for ((method, route), at) in &routes {
         // Placeholders (ID, NAME, D) become a value; the route must exist
@@ -417,6 +424,7 @@ fn every_api_route_in_the_docs_is_served() {
             .join("/");
         let addr = match path.as_str() {
             p if p.starts_with("/api/inject") => ts.inject_addr,
+            p if p.starts_with("/u/") => ts.unsubscribe_addr,
             "/metrics" | "/healthz" | "/readyz" => ts.metrics_addr,
             _ => ts.admin_addr,
         }

@@ -382,3 +382,28 @@ fn each_client_address_has_its_allowance() {
     let (status, _) = request(&s.server, "GET", "/elsewhere", "", "");
     assert_eq!(status, 404, "other paths: not found, not counted");
 }
+
+/// The public listener's bad input: a clear status, and nothing else.
+#[test]
+fn hostile_requests_get_a_status_and_change_nothing() {
+    let s = setup(1000);
+    let addr = s.server.unsubscribe_addr.unwrap();
+    let big = "x".repeat(64 * 1024);
+    let (status, _) = request(&s.server, "POST", "/u/abc", "", &big);
+    assert_eq!(status, 413, "bodies over 8 KiB");
+    let long_token = format!("/u/{}", "A".repeat(5000));
+    let (status, _) = request(&s.server, "GET", &long_token, "", "");
+    assert_eq!(status, 400, "a token longer than any we make");
+    let (status, _) = common::http(addr, b"\x00\x01 nonsense\r\n\r\n");
+    assert_eq!(status, 400);
+    let (status, _) = request(
+        &s.server,
+        "POST",
+        "/u/abc",
+        "Content-Type: multipart/form-data; boundary=\r\n",
+        "--\r\n\r\n",
+    );
+    assert_eq!(status, 400);
+    assert_eq!(rcpt_reply(&s.server, "news@shop.test", "bob@example.net"), 250);
+    assert!(s.server.metrics_text().contains("ringpost_unsubscribe_requests_total"));
+}

@@ -85,7 +85,8 @@ section! {
         /// Delivery log, one JSON object per line: `"stdout"`, `"off"`, or
         /// a file path (appended). Events: Reception, Delivery,
         /// TransientFailure, Bounce, Expiration, Deletion (by `queue
-        /// delete`), Complaint, AsyncBounce, with `time`, `id`, `sender`,
+        /// delete`), Complaint, AsyncBounce, Unsubscribe (with
+        /// `sender_domain` and `via`), with `time`, `id`, `sender`,
         /// `recipient`, `meta`, and where known `remote_host`, `remote_ip`,
         /// `reply`, `attempt`, `tls`, `tls_policy` (dane, mta-sts,
         /// require, opportunistic or none), `tls_failure` (as TLS reports

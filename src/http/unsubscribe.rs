@@ -160,7 +160,10 @@ impl Endpoint for UnsubscribeApi {
     /// The route, the method and the client's allowance, from the head.
     fn admit(&self, head: &Request) -> Result<(), Response> {
         match (head.method.as_str(), head.route().as_slice()) {
-            ("GET" | "POST", ["u", token]) if token.len() <= crate::unsubscribe::MAX_TOKEN => {}
+            (_, ["u", token]) if token.len() > crate::unsubscribe::MAX_TOKEN => {
+                return Err(page(400, "Not an unsubscribe link", INVALID));
+            }
+            ("GET" | "POST", ["u", _]) => {}
             (_, ["u", _]) => return Err(Response::text(405, "use GET or POST\n")),
             _ => return Err(Response::text(404, "no such page\n")),
         }

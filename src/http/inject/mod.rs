@@ -302,21 +302,7 @@ impl Injector {
                 format!("no egress pool named {:?}", injection.pool),
             ));
         }
-        if let Some(at) = injection.release_at {
-            let furthest = self
-                .clock
-                .now()
-                .saturating_add(self.cfg.delivery.max_hold_secs);
-            if at > furthest {
-                return Err(refuse(
-                    400,
-                    format!(
-                        "deliver_after is further ahead than delivery.max_hold_secs ({} s)",
-                        self.cfg.delivery.max_hold_secs
-                    ),
-                ));
-            }
-        }
+        self.check_release(injection.release_at)?;
         let errors = self.drop_suppressed(&mut injection);
         if injection.recipients.is_empty() {
             return Ok(Response::json(
@@ -434,6 +420,24 @@ impl Injector {
                 errors,
             },
         ))
+    }
+
+    /// A `deliver_after` no further ahead than `delivery.max_hold_secs`.
+    fn check_release(&self, release_at: Option<u64>) -> Result<(), InjectError> {
+        let furthest = self
+            .clock
+            .now()
+            .saturating_add(self.cfg.delivery.max_hold_secs);
+        match release_at {
+            Some(at) if at > furthest => Err(refuse(
+                400,
+                format!(
+                    "deliver_after is further ahead than delivery.max_hold_secs ({} s)",
+                    self.cfg.delivery.max_hold_secs
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Message `id`'s content, rendered (for `rcpt` when each recipient
