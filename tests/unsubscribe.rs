@@ -404,6 +404,13 @@ fn hostile_requests_get_a_status_and_change_nothing() {
         "--\r\n\r\n",
     );
     assert_eq!(status, 400);
-    assert_eq!(rcpt_reply(&s.server, "news@shop.test", "bob@example.net"), 250);
-    assert!(s.server.metrics_text().contains("ringpost_unsubscribe_requests_total"));
+    assert_eq!(
+        rcpt_reply(&s.server, "news@shop.test", "bob@example.net"),
+        250
+    );
+    assert!(
+        s.server
+            .metrics_text()
+            .contains("ringpost_unsubscribe_requests_total")
+    );
 }

@@ -1,6 +1,9 @@
-//! Compaction of the spool's sparse segments: deferred messages whose
+//! Compaction of the spool's sparse segments: waiting messages whose
 //! bodies hold a mostly empty segment are moved into the active one, a few
-//! MiB per pass, so that the segment's space comes back.
+//! MiB per pass, so that the segment's space comes back. Waiting: deferred
+//! (a retry, scheduled mail, mail of a held site or pool) or held in the
+//! ready queue of a suspended domain (`state::Waiting`); a domain
+//! suspended for days must not pin the segments its mail came in.
 //!
 //! May call: `queue` (`Spool::relocate`) and the schedule's state
 //! (`begin_move`/`end_move`). Must not: move a message in flight.
@@ -14,7 +17,7 @@ use super::Scheduler;
 const COMPACT_BYTES_PER_PASS: u64 = 4 << 20;
 
 impl Scheduler {
-    /// One compaction pass: the deferred messages whose bodies sit in
+    /// One compaction pass: the waiting messages whose bodies sit in
     /// sparse segments are moved into the active one (`Spool::relocate`),
     /// one at a time, each through a commit round like new mail, up to
     /// [`COMPACT_BYTES_PER_PASS`].
@@ -34,7 +37,7 @@ impl Scheduler {
             if moved_bytes >= COMPACT_BYTES_PER_PASS || self.draining.get() {
                 break;
             }
-            let Some(env) = self.state.borrow_mut().begin_move(id) else {
+            let Some((env, waiting)) = self.state.borrow_mut().begin_move(id) else {
                 continue;
             };
             let result = self.spool.relocate(id, &env).await;
@@ -51,7 +54,10 @@ impl Scheduler {
                     None
                 }
             };
-            self.state.borrow_mut().end_move(id, moved);
+            self.state.borrow_mut().end_move(id, moved, waiting);
+            if waiting == super::state::Waiting::Held {
+                self.dispatch(id);
+            }
         }
         self.compacting.set(false);
     }

@@ -75,6 +75,15 @@ pub struct Entry {
     pub deferred: bool,
 }
 
+/// How a message waits while compaction may move it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// In the due-time index.
+    Deferred,
+    /// Its jobs in the ready queues of held domains.
+    Held,
+}
+
 #[derive(Default)]
 pub struct DomainQueue {
     /// Jobs waiting for a worker, by priority lane.
@@ -268,42 +277,68 @@ impl State {
         }
     }
 
-    /// Deferred messages (not in flight) whose bodies are in `segments`:
-    /// what compaction may move now.
+    /// Messages (not in flight) whose bodies are in `segments` and that
+    /// wait for a while: what compaction may move now.
     pub fn movable_in(&self, segments: &[u32]) -> Vec<MessageId> {
         segments
             .iter()
             .filter_map(|seg| self.by_segment.get(seg))
             .flatten()
-            .filter(|id| {
-                self.messages
-                    .get(id)
-                    .is_some_and(|e| e.deferred && e.in_flight == 0)
-            })
+            .filter(|id| self.waiting(id).is_some())
             .copied()
             .collect()
     }
 
-    /// Compaction takes a deferred message out of the due-time index and
-    /// counts it in flight (so nothing delivers, changes or removes it
-    /// while its body moves): its envelope, or None if it is not movable.
-    pub fn begin_move(&mut self, id: MessageId) -> Option<Envelope> {
-        let movable = self
-            .messages
-            .get(&id)
-            .is_some_and(|e| e.deferred && e.in_flight == 0);
-        if !movable {
-            return None;
+    /// How message `id` waits, if it is not in flight and waits for
+    /// longer than an attempt: deferred (a retry, scheduled mail), or held
+    /// (dispatched, and every pending recipient's domain suspended, or its
+    /// site held: its jobs sit in those domains' ready queues).
+    fn waiting(&self, id: &MessageId) -> Option<Waiting> {
+        let e = self.messages.get(id).filter(|e| e.in_flight == 0)?;
+        if e.deferred {
+            return Some(Waiting::Deferred);
         }
-        self.undefer(id);
-        let entry = self.messages.get_mut(&id)?;
-        entry.in_flight += 1;
-        Some(entry.env.clone())
+        let held = e.jobs > 0
+            && e.env.recipients.iter().all(|r| {
+                r.status != RecipientStatus::Pending || self.domain_held(&domain_of(&r.address))
+            });
+        held.then_some(Waiting::Held)
     }
 
-    /// The move is over: the body is at `moved` (None: it stayed), and the
-    /// message waits in the due-time index again.
-    pub fn end_move(&mut self, id: MessageId, moved: Option<crate::queue::BodyRef>) {
+    /// Compaction takes a waiting message out of the due-time index (or
+    /// its jobs out of the held domains' ready queues) and counts it in
+    /// flight, so that nothing delivers, changes or removes it while its
+    /// body moves: its envelope and how it waited, or None if it is not
+    /// movable.
+    pub fn begin_move(&mut self, id: MessageId) -> Option<(Envelope, Waiting)> {
+        let waiting = self.waiting(&id)?;
+        match waiting {
+            Waiting::Deferred => self.undefer(id),
+            Waiting::Held => {
+                let rcpts = self.messages.get(&id)?.env.recipients.clone();
+                for r in &rcpts {
+                    if let Some(q) = self.domains.get_mut(&domain_of(&r.address)) {
+                        q.ready.retain(|job| job.id != id);
+                    }
+                }
+            }
+        }
+        let entry = self.messages.get_mut(&id)?;
+        entry.in_flight += 1;
+        entry.jobs = 0;
+        Some((entry.env.clone(), waiting))
+    }
+
+    /// The move is over: the body is at `moved` (None: it stayed). A
+    /// deferred message waits in the due-time index again; a held one's
+    /// jobs are for the caller to dispatch again (`dispatch`), which also
+    /// starts workers if its domain was resumed meanwhile.
+    pub fn end_move(
+        &mut self,
+        id: MessageId,
+        moved: Option<crate::queue::BodyRef>,
+        waiting: Waiting,
+    ) {
         let Some(entry) = self.messages.get_mut(&id) else {
             return;
         };
@@ -313,7 +348,9 @@ impl State {
             self.unindex_body(id, old.segment);
             self.by_segment.entry(body.segment).or_default().insert(id);
         }
-        self.defer(id);
+        if waiting == Waiting::Deferred {
+            self.defer(id);
+        }
     }
 
     /// Changes a message's entry, keeping the totals right. `None` if the
@@ -822,7 +859,8 @@ mod tests {
         }
         st.defer(a);
         assert_eq!(st.movable_in(&[7]), [a], "b waits for a worker: not moved");
-        let env = st.begin_move(a).unwrap();
+        let (env, waiting) = st.begin_move(a).unwrap();
+        assert_eq!(waiting, Waiting::Deferred);
         assert_eq!(env.body.segment, 7);
         assert!(
             st.deferred.is_empty(),
@@ -832,7 +870,7 @@ mod tests {
         assert!(st.begin_move(a).is_none());
         let mut moved = env.body;
         moved.segment = 9;
-        st.end_move(a, Some(moved));
+        st.end_move(a, Some(moved), waiting);
         assert!(st.messages[&a].deferred);
         assert_eq!(st.messages[&a].env.body.segment, 9);
         assert_eq!(st.by_segment[&7].len(), 1);
@@ -840,6 +878,46 @@ mod tests {
         st.remove(a);
         st.remove(b);
         assert!(st.by_segment.is_empty());
+    }
+
+    #[test]
+    fn compaction_moves_mail_held_by_a_suspension_and_gives_its_jobs_back() {
+        let mut st = State::default();
+        let mut ids = IdGenerator::new(0);
+        let (a, b) = (ids.next_id(), ids.next_id());
+        let mut e = env(&["x@held.example", "y@held.example"]);
+        e.body.segment = 7;
+        st.admit(a, e);
+        let mut e = env(&["x@held.example", "z@open.example"]);
+        e.body.segment = 7;
+        st.admit(b, e);
+        st.suspended.insert("held.example".into(), None);
+        st.dispatch(a);
+        st.dispatch(b);
+        assert_eq!(
+            st.movable_in(&[7]),
+            [a],
+            "b has a job a worker may take (open.example): not moved"
+        );
+        let (env, waiting) = st.begin_move(a).unwrap();
+        assert_eq!(waiting, Waiting::Held);
+        assert_eq!(
+            st.domains["held.example"].ready.len(),
+            1,
+            "only b's job left"
+        );
+        assert!(st.take_out(a) == Some(Err(())), "the admin must wait");
+        // Resumed while it moves: no worker finds a's job.
+        st.suspended.clear();
+        assert!(st.add_worker("held.example", 4));
+        assert_eq!(st.next_job("held.example", true, false).unwrap().id, b);
+        let mut moved = env.body;
+        moved.segment = 9;
+        st.end_move(a, Some(moved), waiting);
+        assert!(!st.messages[&a].deferred, "not deferred: dispatched again");
+        assert_eq!(st.dispatch(a).unwrap(), ["held.example"]);
+        assert_eq!(st.next_job("held.example", false, false).unwrap().id, a);
+        assert!(st.by_segment[&9].contains(&a));
     }
 
     #[test]
