@@ -7,7 +7,10 @@
 //! each, and `ringpost_cluster_redis_up`). A request whose asker stopped
 //! waiting is skipped. While Redis is down, requests fail at once and the
 //! thread tries to connect again every second (also when no request
-//! comes), so the limits become shared again soon after Redis is back.
+//! comes), so the limits become shared again soon after Redis is back; a
+//! Redis Cluster counts as back only when it says `cluster_state:ok`
+//! (after a failover, once a replica took over), and a link that fails
+//! again within 10 s of coming back waits 3 s before the next try.
 //!
 //! Must not: be called from a shard's executor other than through the
 //! channel (it blocks).
@@ -22,6 +25,10 @@ use redis::{Connection, ConnectionLike, Script};
 use super::{Answer, ClusterError, Job, RedisOp, scripts};
 
 const RETRY: Duration = Duration::from_secs(1);
+/// Up for less than this, then down again: flapping.
+const FLAP: Duration = Duration::from_secs(10);
+/// The wait before the next try after a flap.
+const FLAP_RETRY: Duration = Duration::from_secs(3);
 
 /// Where Redis is: one server, or (the seed nodes of) a Redis Cluster.
 pub(super) enum Target {
@@ -59,7 +66,20 @@ impl Target {
                 conn.set_write_timeout(Some(timeout))?;
                 Ok(Conn::Server(conn))
             }
-            Target::Cluster(client) => Ok(Conn::Cluster(Box::new(client.get_connection()?))),
+            Target::Cluster(client) => {
+                let mut conn = client.get_connection()?;
+                // Every slot served: not while a failed primary's replica
+                // has yet to take over (its slots' requests would fail).
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn)?;
+                if !info.contains("cluster_state:ok") {
+                    return Err((
+                        redis::ErrorKind::ClusterConnectionNotFound,
+                        "cluster_state is not ok (a failover under way?)",
+                    )
+                        .into());
+                }
+                Ok(Conn::Cluster(Box::new(conn)))
+            }
         }
     }
 }
@@ -87,6 +107,9 @@ struct Link {
     timeout: Duration,
     nodes: usize,
     next_try: Instant,
+    /// When Redis last came up: a failure soon after means it flaps (a
+    /// cluster failing over), and the next try waits longer.
+    up_since: Instant,
     /// Whether a failure was logged since Redis last answered (the
     /// first one at start-up is, too).
     failure_logged: bool,
@@ -119,6 +142,7 @@ pub(super) fn spawn(
         timeout,
         nodes,
         next_try: Instant::now(),
+        up_since: Instant::now(),
         failure_logged: false,
         scripts: Scripts {
             lease_ttl_ms: lease_ttl.as_millis() as u64,
@@ -201,6 +225,7 @@ impl Link {
                 self.conn = Some(conn);
                 self.failure_logged = false;
                 if !self.up.swap(true, Ordering::Relaxed) {
+                    self.up_since = Instant::now();
                     log::info!("Redis answers: the limits are shared by the cluster");
                     ::metrics::gauge!(crate::metrics::CLUSTER_REDIS_UP).set(1.0);
                 }
@@ -211,11 +236,15 @@ impl Link {
         }
     }
 
-    /// A failed request or connection: down until the next try.
+    /// A failed request or connection: down until the next try (a few
+    /// seconds when it was up for less than [`FLAP`]: each change of
+    /// authority starts the limits' leases over, so flapping between
+    /// Redis and the fallback would stall delivery).
     fn failed(&mut self, e: redis::RedisError) -> ClusterError {
         self.conn = None;
-        self.next_try = Instant::now() + RETRY;
         let was_up = self.up.swap(false, Ordering::Relaxed);
+        let flapped = was_up && self.up_since.elapsed() < FLAP;
+        self.next_try = Instant::now() + if flapped { FLAP_RETRY } else { RETRY };
         if was_up || !self.failure_logged {
             self.failure_logged = true;
             log::warn!(

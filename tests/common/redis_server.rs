@@ -68,17 +68,25 @@ impl Drop for RedisServer {
     }
 }
 
-/// A real Redis Cluster of `n` primaries (no replicas) on loopback ports,
+/// A real Redis Cluster of `n` primaries (and, with
+/// [`RedisCluster::start_with_replicas`], replicas) on loopback ports,
 /// each with its cluster bus at port + 10000, made with
 /// `redis-cli --cluster create`.
 pub struct RedisCluster {
     pub nodes: Vec<SocketAddr>,
-    children: Vec<Child>,
+    children: Vec<Option<Child>>,
     _dir: tempfile::TempDir,
 }
 
 impl RedisCluster {
     pub fn start(n: usize) -> RedisCluster {
+        RedisCluster::start_with_replicas(n, 0)
+    }
+
+    /// `primaries` primaries with `replicas` replicas each; a node that
+    /// does not answer for 2 s is failed over (`cluster-node-timeout`).
+    pub fn start_with_replicas(primaries: usize, replicas: usize) -> RedisCluster {
+        let n = primaries * (1 + replicas);
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
         let mut children = Vec::new();
@@ -93,12 +101,13 @@ impl RedisCluster {
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .args(["--port", &port.to_string(), "--cluster-enabled", "yes"])
                 .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--cluster-node-timeout", "2000"])
                 .arg("--dir")
                 .arg(dir.path())
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("redis-server runs (apt-get install redis-server)");
-            children.push(child);
+            children.push(Some(child));
             nodes.push(SocketAddr::from(([127, 0, 0, 1], port)));
         }
         let mut cluster = RedisCluster {
@@ -112,7 +121,7 @@ impl RedisCluster {
         let made = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(cluster.nodes.iter().map(|a| a.to_string()))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(Stdio::null())
             .status()
             .expect("redis-cli runs");
@@ -145,6 +154,50 @@ impl RedisCluster {
                 redis::cmd("DBSIZE").query(&mut c).unwrap()
             })
             .collect()
+    }
+
+    /// The nodes that are primaries now (`ROLE`), by index.
+    pub fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| {
+                self.children[i].is_some()
+                    && redis::Client::open(format!("redis://{}", self.nodes[i]))
+                        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                        .and_then(|mut c| redis::cmd("ROLE").query::<redis::Value>(&mut c))
+                        .is_ok_and(|v| format!("{v:?}").contains("master"))
+            })
+            .collect()
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until every live node says `cluster_state:ok` (after a
+    /// failover: a replica promoted), up to `secs`.
+    pub fn wait_until_ok_within(&mut self, secs: u64) -> Duration {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(secs);
+        for (i, node) in self.nodes.iter().enumerate() {
+            if self.children[i].is_none() {
+                continue;
+            }
+            loop {
+                let info = redis::Client::open(format!("redis://{node}"))
+                    .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c));
+                if info.is_ok_and(|i| i.contains("cluster_state:ok")) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the Redis Cluster is not ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        started.elapsed()
     }
 
     fn wait_until_ok(&mut self) {
@@ -180,7 +233,7 @@ fn wait_for_ping(url: &str) {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for c in self.children.iter_mut().flatten() {
             let _ = c.kill();
             let _ = c.wait();
         }
