@@ -75,11 +75,12 @@ use glommio::io::BufferedFile;
 use super::segment::Segments;
 
 /// How often sled is flushed: the most recent state changes a crash can
-/// lose (they only cause a repeated attempt), and how long a finished
-/// segment lingers on disk.
-/// The scheduler's timer ticks every 200 ms, so this is two ticks: sled is
-/// flushed within half a second of a change.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(400);
+/// lose (they only cause a repeated attempt: the deliveries of the last
+/// interval are made again after a SIGKILL), and how long a finished
+/// segment lingers on disk. One scheduler tick (200 ms); at 400 ms a kill
+/// under load cost twice the duplicates for no measurable throughput
+/// (benches/results/README.md, 2026-12-07).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 
 pub use crate::config::SyncMode;
 

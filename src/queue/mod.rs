@@ -34,7 +34,7 @@
 //! frame (its record and body) to the active segment, then waits for the
 //! group commit round that fdatasyncs the segment and applies the record to
 //! sled. `enqueue` returns Ok only after that; only then may the session
-//! answer 250. sled itself is flushed within half a second: recovery replays
+//! answer 250. sled itself is flushed every 200 ms: recovery replays
 //! the frames it had not persisted ([`commit`] explains why this is
 //! exact). A crash before the round leaves at most bytes no record refers
 //! to, reclaimed with the segment, or a frame that recovery replays (a
