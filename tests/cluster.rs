@@ -405,16 +405,23 @@ fn a_node_stopped_gracefully_gives_its_leases_back_at_once() {
     assert!(stopped_in < Duration::from_millis(4500), "{stopped_in:?}");
 }
 
+/// Nodes a and b on the Redis Cluster `redis`, relaying to `sink`,
+/// answering.
+fn two_nodes_on(redis: &RedisCluster, dir: &Path, sink: SocketAddr) -> [Node; 2] {
+    let cluster = format!("redis = \"{}\"\nredis_cluster = true\n", redis.urls());
+    let nodes = ["node-a", "node-b"].map(|name| Node::start_with(dir, name, sink, &cluster));
+    for n in &nodes {
+        wait_for_http(n.admin);
+    }
+    nodes
+}
+
 #[test]
 fn the_shared_limits_and_lists_work_on_a_redis_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let redis = RedisCluster::start(3);
     let sink = Sink::start("127.0.0.1", 0, Script::default());
-    let cluster = format!("redis = \"{}\"\nredis_cluster = true\n", redis.urls());
-    let a = Node::start_with(dir.path(), "node-a", sink.addr, &cluster);
-    let b = Node::start_with(dir.path(), "node-b", sink.addr, &cluster);
-    wait_for_http(a.admin);
-    wait_for_http(b.admin);
+    let [a, b] = two_nodes_on(&redis, dir.path(), sink.addr);
 
     // The shared rate and connections: 1,000 messages, half from each
     // node, to one site.
@@ -474,11 +481,7 @@ fn a_redis_cluster_failover_keeps_the_limits_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut redis = RedisCluster::start_with_replicas(3, 1);
     let sink = Sink::start("127.0.0.1", 0, Script::default());
-    let cluster = format!("redis = \"{}\"\nredis_cluster = true\n", redis.urls());
-    let a = Node::start_with(dir.path(), "node-a", sink.addr, &cluster);
-    let b = Node::start_with(dir.path(), "node-b", sink.addr, &cluster);
-    wait_for_http(a.admin);
-    wait_for_http(b.admin);
+    let [a, b] = two_nodes_on(&redis, dir.path(), sink.addr);
     let before = r#"[{"address": "before@example.net"}]"#;
     assert_eq!(a.admin("POST", "/suppressions", before).0, 200);
     assert!(eventually(5, || b.rcpt("before@example.net") == 550));

@@ -191,12 +191,7 @@ fn link_path(received: &[common::sink::Received], rcpt: &str) -> String {
 }
 
 fn taken_events(out: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
-    whole
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::whole_json_lines(out)
 }
 
 #[test]

@@ -82,12 +82,7 @@ impl Drop for Receiver {
 /// The events the receiver took, in order (whole lines: the receiver may
 /// be writing the next one as we read).
 fn taken(out: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(out).unwrap_or_default();
-    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
-    whole
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::whole_json_lines(out)
 }
 
 fn webhook(url: String, secret: &Path) -> Webhook {

@@ -436,6 +436,17 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
+/// The JSON lines of a file another process is appending to: whole lines
+/// only (it may be writing the next one as we read).
+pub fn whole_json_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// The delivery log's (`delivery.log`, JSON lines) events for `rcpt`.
 pub fn log_events(log: &Path, rcpt: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(log)
