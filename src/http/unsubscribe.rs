@@ -169,7 +169,14 @@ impl Endpoint for UnsubscribeApi {
         }
         let ip = head.peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         if !self.rate.borrow_mut().allow(ip, Instant::now()) {
-            count("one-click", "rate_limited");
+            count(
+                if head.method == "POST" {
+                    "one-click"
+                } else {
+                    "page"
+                },
+                "rate_limited",
+            );
             return Err(Response::text(
                 429,
                 "too many requests: try again in a minute\n",

@@ -45,7 +45,7 @@ use crate::scheduler::Scheduler;
 use crate::scheduler::book::LimitBook;
 use crate::shard::clock::Clock;
 use crate::shard::mesh::{self, Mesh, Work};
-use crate::shard::net::probe_listen;
+use crate::shard::net::probe_and_hold;
 use crate::shard::stop::{self, StopSender, StopSignal};
 use crate::suppression::SuppressionList;
 
@@ -99,15 +99,18 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Probes every configured listener (see `probe_listen`) and writes
+    /// Probes every configured listener (see `probe_and_hold`) and writes
     /// the resolved addresses back, so that every shard binds the port
-    /// that port 0 became.
-    fn probe(cfg: &mut Config) -> Result<Listeners, StartError> {
-        let probe = |listen: &mut Listen| -> Result<Option<SocketAddr>, StartError> {
+    /// that port 0 became; `held`: the sockets that keep those ports
+    /// until the shards have bound them.
+    fn probe(cfg: &mut Config, held: &mut Vec<socket2::Socket>) -> Result<Listeners, StartError> {
+        let mut probe = |listen: &mut Listen| -> Result<Option<SocketAddr>, StartError> {
             let Some(addr) = listen.addr() else {
                 return Ok(None);
             };
-            let bound = probe_listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+            let (bound, holder) =
+                probe_and_hold(addr).map_err(|source| StartError::Listen { addr, source })?;
+            held.extend(holder);
             *listen = Listen::At(bound);
             Ok(Some(bound))
         };
@@ -333,12 +336,15 @@ fn prepare(
     books: Mesh<LimitBook>,
 ) -> Result<Prepared, StartError> {
     let files = preflight(&cfg).map_err(|p| StartError::Files(ConfigErrors(p)))?;
-    let listeners = Listeners::probe(&mut cfg)?;
+    let mut held = Vec::new();
+    let listeners = Listeners::probe(&mut cfg, &mut held)?;
     // At once after the probe: between the two, another process could
-    // take the port (and, with SO_REUSEPORT, share it without an error).
+    // take a named port (and, with SO_REUSEPORT, share it without an
+    // error); port 0's are held until now.
     let sockets = (0..shards)
         .map(|index| Sockets::reserve(&listeners, index).map(|s| Mutex::new(Some(s))))
         .collect::<Result<Vec<_>, _>>()?;
+    drop(held);
     let resolver = dns::start(
         &cfg.dns.nameservers,
         Duration::from_secs(cfg.dns.timeout_secs),

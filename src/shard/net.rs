@@ -2,7 +2,8 @@
 //! with the stop signal.
 //!
 //! Owns: [`probe_listen`] (is the address free, and which port does 0
-//! become), [`reserve_shared`] (one SO_REUSEPORT listener per shard,
+//! become; [`probe_and_hold`] keeps port 0's until the shards bind it),
+//! [`reserve_shared`] (one SO_REUSEPORT listener per shard,
 //! bound at start-up and adopted by its shard's executor) and
 //! [`Listener`], which accepts until the stop signal.
 //!
@@ -144,6 +145,31 @@ pub fn probe_listen(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     }
 }
 
+/// [`probe_listen`], except that port 0 (any free port: no predecessor can
+/// hold it) is resolved by a socket bound with SO_REUSEPORT and kept,
+/// never listening, until the caller drops it once every shard has bound
+/// the port: until then the kernel gives the port to no one else, so two
+/// servers started at once (tests in one process) cannot come to share
+/// it, which a probe that let go of the port allowed.
+pub fn probe_and_hold(addr: SocketAddr) -> std::io::Result<(SocketAddr, Option<socket2::Socket>)> {
+    if addr.port() != 0 {
+        return Ok((probe_listen(addr)?, None));
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    let bound = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+    Ok((bound, Some(socket)))
+}
+
 /// How long [`probe_listen`] waits for an address a dead predecessor holds.
 pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -170,5 +196,25 @@ mod tests {
         let err = probe_listen(busy.local_addr().unwrap()).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
         assert!(started.elapsed() >= RELEASE_WAIT);
+    }
+
+    /// Port 0's port is held (no other probe gets it) and the shards'
+    /// listeners bind it all the same; it takes connections only once
+    /// they listen.
+    #[test]
+    fn a_held_port_is_no_one_elses_and_the_shards_bind_it() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (port, holder) = probe_and_hold(any).unwrap();
+        assert!(holder.is_some());
+        for _ in 0..200 {
+            assert_ne!(probe_and_hold(any).unwrap().0, port);
+        }
+        let shards = [reserve_shared(port).unwrap(), reserve_shared(port).unwrap()];
+        drop(holder);
+        assert!(std::net::TcpStream::connect(port).is_ok());
+        drop(shards);
+        let named = probe_and_hold(port).unwrap();
+        assert_eq!(named.0, port);
+        assert!(named.1.is_none(), "a named port is probed, not held");
     }
 }
