@@ -404,6 +404,26 @@ mod tests {
         assert!(Secrets::parse("f", "# only a comment\n").is_err());
     }
 
+    /// Rotation as an operator does it: the new secret on top, the old
+    /// one below; a reload mints with the new one and still verifies the
+    /// old links; a bad file keeps the secrets in force.
+    #[test]
+    fn a_reload_rotates_the_secret_and_keeps_old_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+        let keyring = Keyring::load(path.to_str().unwrap()).unwrap();
+        let old_link = mint(&keyring.current(), &claim());
+        std::fs::write(&path, format!("{OLD}\n{SECRET}\n")).unwrap();
+        assert_eq!(keyring.reload().unwrap(), 2);
+        let secrets = keyring.current();
+        assert_ne!(mint(&secrets, &claim()), old_link);
+        assert_eq!(verify(&secrets, &old_link, 1_800_000_000, 60), Ok(claim()));
+        std::fs::write(&path, "short\n").unwrap();
+        assert!(keyring.reload().is_err());
+        assert_eq!(keyring.current().len(), 2, "the secrets in force stay");
+    }
+
     #[test]
     fn the_one_click_body_is_recognised_in_both_encodings() {
         assert!(is_one_click(None, b"List-Unsubscribe=One-Click"));

@@ -228,6 +228,22 @@ impl EgressConfig {
         self.pool_named(name)?.priority
     }
 
+    /// The pool of a message that named `pool` (empty: none) from
+    /// `sender`: the named one, else the sender domain's
+    /// (`sender_domains`), else the default pool ("").
+    pub fn pool_for<'a>(&'a self, pool: &'a str, sender: &str) -> &'a str {
+        match pool {
+            "" if self.sender_domains.is_empty() => "",
+            "" => {
+                let domain = sender.rsplit_once('@').map_or("", |(_, d)| d);
+                self.sender_domains
+                    .get(&domain.to_ascii_lowercase())
+                    .map_or("", String::as_str)
+            }
+            named => named,
+        }
+    }
+
     /// Whether `name` is a configured pool.
     pub fn has_pool(&self, name: &str) -> bool {
         self.pool.iter().any(|p| p.name == name)

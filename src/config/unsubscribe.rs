@@ -111,14 +111,17 @@ impl UnsubscribeConfig {
                 "cert_file and key_file go together",
             );
         }
-        if self.link_lifetime_days == 0 {
-            p.at("unsubscribe.link_lifetime_days", "must be at least 1");
-        }
-        if self.max_requests_per_ip_per_minute == 0 || self.max_connections == 0 {
-            p.at(
-                "unsubscribe.max_requests_per_ip_per_minute",
-                "limits must be at least 1",
-            );
+        for (key, zero) in [
+            ("link_lifetime_days", self.link_lifetime_days == 0),
+            (
+                "max_requests_per_ip_per_minute",
+                self.max_requests_per_ip_per_minute == 0,
+            ),
+            ("max_connections", self.max_connections == 0),
+        ] {
+            if zero {
+                p.at(format!("unsubscribe.{key}"), "must be at least 1");
+            }
         }
     }
 

@@ -367,14 +367,7 @@ impl Door {
         let Some(links) = &self.steps.unsubscribe else {
             return false;
         };
-        let egress = &self.steps.egress;
-        let pool = match pool {
-            "" => egress
-                .sender_domains
-                .get(&crate::queue::domain_of(sender))
-                .map_or("", String::as_str),
-            named => named,
-        };
+        let pool = self.steps.egress.pool_for(pool, sender);
         !sender.is_empty() && links.wanted(pool, asked)
     }
 
@@ -490,12 +483,8 @@ impl Door {
             }
             envelope.pool = name;
         }
-        if envelope.pool.is_empty()
-            && let Some(pool) = egress
-                .sender_domains
-                .get(&crate::queue::domain_of(&envelope.sender))
-        {
-            envelope.pool = pool.clone();
+        if envelope.pool.is_empty() {
+            envelope.pool = egress.pool_for("", &envelope.sender).to_string();
         }
         if let Some(text) = priority
             && envelope.priority.is_none()

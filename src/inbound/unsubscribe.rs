@@ -67,9 +67,9 @@ impl Unsubscriber {
     /// Whether the claim's recipient is suppressed for its sender domain
     /// (or every sender) now.
     pub fn is_suppressed(&self, claim: &Claim) -> bool {
-        let sender = format!("x@{}", claim.sender_domain);
+        let domain = claim.sender_domain.to_ascii_lowercase();
         self.suppressions
-            .check(&sender, &claim.recipient, self.clock.now())
+            .check_domain(&domain, &claim.recipient, self.clock.now())
             .is_some()
     }
 

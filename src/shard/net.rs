@@ -119,21 +119,8 @@ pub fn probe_listen(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         // Bound, never listening: a client that connects while we look
         // is refused, not accepted into a socket about to close (which
         // would reset it).
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        // As std's bind: connections of a predecessor in TIME_WAIT do not
-        // hold the address.
-        socket.set_reuse_address(true)?;
-        match socket.bind(&addr.into()) {
-            Ok(()) => {
-                return socket
-                    .local_addr()?
-                    .as_socket()
-                    .ok_or_else(|| std::io::Error::other("not an IP socket"));
-            }
+        match bind_probe(addr, false) {
+            Ok((bound, _)) => return Ok(bound),
             Err(e)
                 if e.kind() == std::io::ErrorKind::AddrInUse
                     && std::time::Instant::now() < deadline =>
@@ -155,19 +142,27 @@ pub fn probe_and_hold(addr: SocketAddr) -> std::io::Result<(SocketAddr, Option<s
     if addr.port() != 0 {
         return Ok((probe_listen(addr)?, None));
     }
+    let (bound, socket) = bind_probe(addr, true)?;
+    Ok((bound, Some(socket)))
+}
+
+/// A socket bound to `addr`, never listening (SO_REUSEADDR, as std's
+/// bind: a predecessor's connections in TIME_WAIT do not hold the
+/// address; SO_REUSEPORT when `shared`), and the address it got.
+fn bind_probe(addr: SocketAddr, shared: bool) -> std::io::Result<(SocketAddr, socket2::Socket)> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(shared)?;
     socket.bind(&addr.into())?;
     let bound = socket
         .local_addr()?
         .as_socket()
         .ok_or_else(|| std::io::Error::other("not an IP socket"))?;
-    Ok((bound, Some(socket)))
+    Ok((bound, socket))
 }
 
 /// How long [`probe_listen`] waits for an address a dead predecessor holds.

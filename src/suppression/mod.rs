@@ -183,8 +183,12 @@ impl SuppressionList {
     /// The live entry that refuses mail from `sender` to `rcpt`, if any:
     /// the global one first, then the sender domain's.
     pub fn check(&self, sender: &str, rcpt: &str, now: u64) -> Option<Suppression> {
-        let sender_domain = domain_of(sender);
-        [GLOBAL, sender_domain.as_str()]
+        self.check_domain(&domain_of(sender), rcpt, now)
+    }
+
+    /// [`SuppressionList::check`] for mail from a sender at `sender_domain`.
+    pub fn check_domain(&self, sender_domain: &str, rcpt: &str, now: u64) -> Option<Suppression> {
+        [GLOBAL, sender_domain]
             .into_iter()
             .filter(|s| !s.is_empty())
             .find_map(|scope| self.get(scope, rcpt).filter(|s| s.is_live(now)))
