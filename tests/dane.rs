@@ -22,17 +22,19 @@
 //! | tlsaunusable.test | only PKIX-EE (`1 1 1`), unusable for SMTP | a self-signed certificate | delivered over TLS (mandatory, unauthenticated); reported as tlsa-invalid |
 //! | stsfetch.test | an MTA-STS record whose policy host refuses connections | a self-signed certificate | delivered (opportunistic); reported as sts-policy-fetch-error |
 //! | ruleoff.test | DANE-EE of another key; a shaping rule says `dane = false` | a self-signed certificate | delivered (opportunistic) |
+//! | tlsservfail.test | DANE-EE of the sink's key, but its TLSA query gets SERVFAIL (a forwarder in front of Knot) | a self-signed certificate | waits (the host cannot be checked), never connected to; reported as dnssec-invalid |
 
 mod common;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use common::dns_proxy::ServfailProxy;
 use common::knot::{Knot, Zone};
 use common::sink::{Script, Sink};
 
 /// Each domain, the TLS its sink offers, whether it must be delivered.
-const CASES: [(&str, &str, bool); 16] = [
+const CASES: [(&str, &str, bool); 17] = [
     ("ee.test", "self-signed", true),
     ("eebad.test", "self-signed", false),
     ("ta.test", "ca-chain", true),
@@ -49,6 +51,7 @@ const CASES: [(&str, &str, bool); 16] = [
     ("tlsaunusable.test", "self-signed", true),
     ("stsfetch.test", "self-signed", true),
     ("ruleoff.test", "self-signed", true),
+    ("tlsservfail.test", "self-signed", false),
 ];
 
 fn mx_ip(i: usize) -> Ipv4Addr {
@@ -133,7 +136,7 @@ fn zones(certs: &Certs, port: u16) -> Vec<Zone<'static>> {
             mx_ip(i)
         ));
         let tlsa = match label {
-            "ee" | "notls" => Some(&ee),
+            "ee" | "notls" | "tlsservfail" => Some(&ee),
             "eebad" | "ignored" | "ruleoff" => Some(&wrong),
             "ta" | "taname" | "taexpired" => Some(&ta),
             "tlsaunusable" => Some(&pkix_ee),
@@ -223,6 +226,9 @@ const STS_HOST_DOWN: &str = "127.0.47.42";
 struct World {
     sinks: Vec<Sink>,
     knot: Knot,
+    /// The resolver's name server: Knot behind a forwarder that answers
+    /// SERVFAIL for tlsservfail.test's TLSA query.
+    dns: ServfailProxy,
     port: u16,
     certs: Certs,
 }
@@ -249,9 +255,11 @@ fn world() -> World {
         })
         .expect("a port free on every sink address");
     let knot = Knot::serve(&zones(&certs, port));
+    let dns = ServfailProxy::start(knot.addr, "mx.tlsservfail.test", 52);
     World {
         sinks,
         knot,
+        dns,
         port,
         certs,
     }
@@ -266,7 +274,7 @@ fn configure(c: &mut ringpost::config::Config, w: &World, log: &std::path::Path)
     c.delivery.retry_max_secs = 3600;
     c.delivery.connect_timeout_secs = 2;
     c.delivery.log = log.display().to_string();
-    c.dns.nameservers = vec![w.knot.addr];
+    c.dns.nameservers = vec![w.dns.addr];
     c.dns.timeout_secs = 2;
     c.dns.dnssec = true;
     c.dns.trust_anchor_file = w.knot.anchor.display().to_string();
@@ -364,7 +372,13 @@ fn tlsa_records_in_a_secure_zone_decide_the_tls_of_their_mx_host() {
             && tlsa_bogus.contains("DNSSEC"),
         "{tlsa_bogus}"
     );
-    for domain in ["bogus.test", "tlsabogus.test"] {
+    let servfail = reply("tlsservfail.test");
+    assert!(
+        servfail.starts_with("451 4.7.5 DANE: no MX host of tlsservfail.test can be checked")
+            && servfail.contains("TLSA lookup of _"),
+        "{servfail}"
+    );
+    for domain in ["bogus.test", "tlsabogus.test", "tlsservfail.test"] {
         assert_eq!(
             sinks[CASES.iter().position(|c| c.0 == domain).unwrap()].accepts(),
             0,
@@ -425,6 +439,7 @@ fn queue_summary_shows_the_tls_of_each_destination(ts: &common::TestServer) {
         ("notls.test", "dane", Some("starttls-not-supported")),
         ("taexpired.test", "dane", Some("certificate-expired")),
         ("tlsabogus.test", "dane", Some("dnssec-invalid")),
+        ("tlsservfail.test", "dane", Some("dnssec-invalid")),
     ] {
         let l = line(domain);
         assert_eq!(l["policy"], policy, "{l}");
@@ -543,7 +558,7 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
 
     clock.advance(86_400);
     // (result, sessions) per domain that asks for reports.
-    let expected: [(&str, u64, Option<&str>); 11] = [
+    let expected: [(&str, u64, Option<&str>); 12] = [
         ("sts.test", 1, None),
         ("ststest.test", 0, Some("certificate-host-mismatch")),
         ("ee.test", 1, None),
@@ -553,6 +568,7 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
         ("taexpired.test", 0, Some("certificate-expired")),
         ("notls.test", 0, Some("starttls-not-supported")),
         ("tlsabogus.test", 0, Some("dnssec-invalid")),
+        ("tlsservfail.test", 0, Some("dnssec-invalid")),
         ("tlsaunusable.test", 0, Some("tlsa-invalid")),
         ("stsfetch.test", 0, Some("sts-policy-fetch-error")),
     ];
@@ -617,8 +633,8 @@ fn a_day_of_tls_sessions_is_reported_to_each_domain_that_asks() {
     );
     assert!(
         ts.metrics_text()
-            .contains("ringpost_tls_reports_sent_total 12"),
-        "eleven reports queued, one posted"
+            .contains("ringpost_tls_reports_sent_total 13"),
+        "twelve reports queued, one posted"
     );
 }
 
@@ -636,7 +652,7 @@ fn tls_check_tells_what_a_destination_publishes_and_what_applies() {
             "[delivery]\nremote_port = {}\n[dns]\nnameservers = [\"{}\"]\ndnssec = true\n\
              trust_anchor_file = \"{}\"\ntimeout_secs = 2\n",
             w.port,
-            w.knot.addr,
+            w.dns.addr,
             w.knot.anchor.display()
         ),
     )

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod dns_proxy;
 pub mod https;
 pub mod knot;
 pub mod redis_server;
