@@ -382,3 +382,73 @@ fn a_single_nxdomain_suppresses_for_three_days_not_for_good() {
     clock.advance(1);
     assert_eq!(rcpt(&ts, "a@shop.example", "someone@gone.dead.test"), 250);
 }
+
+/// A recipient suppressed while its message waits in the queue is not
+/// sent to: the retry goes to the others, the suppressed one bounces
+/// untried (Bounce event, DSN to the sender), and that failure triggers
+/// no `[backoff]` rule (one that would suspend the domain is in force).
+#[test]
+fn a_recipient_suppressed_while_its_message_waits_is_not_sent_to() {
+    let sink = Sink::start(
+        "127.0.0.1",
+        0,
+        Script::temp_failing(1, "451 4.3.0 try later"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("delivery.log");
+    let ts = start_with(1, |c| {
+        c.delivery.smarthost = format!("[127.0.0.1]:{}", sink.addr.port());
+        c.delivery.retry_initial_secs = 3;
+        c.delivery.log = log.display().to_string();
+        c.backoff.rules = vec![ringpost::config::BackoffRule {
+            category: None,
+            text: Some("suppressed".into()),
+            action: "suspend".into(),
+            secs: 3600,
+            factor: 0.5,
+        }];
+    });
+    let mut c = Client::connect(ts.addr);
+    c.begin(
+        "a@shop.example",
+        &["kept@dest.example", "gone@dest.example"],
+    );
+    assert_eq!(c.data(b"Subject: x\r\n\r\nx\r\n").code, 250);
+    common::wait_for_log_event(&log, "gone@dest.example", "TransientFailure");
+    let (status, _) = admin(
+        &ts,
+        "POST",
+        "/suppressions",
+        r#"[{"address": "gone@dest.example", "reason": "complained by phone"}]"#,
+    );
+    assert_eq!(status, 200);
+
+    let bounce = common::wait_for_log_event(&log, "gone@dest.example", "Bounce");
+    let reply = bounce["reply"].as_str().unwrap();
+    assert!(
+        reply.starts_with("550 5.7.1 Recipient suppressed (complained by phone"),
+        "{reply}"
+    );
+    common::wait_for_log_event(&log, "kept@dest.example", "Delivery");
+    let got = sink.wait_for(2, 30);
+    let retry = got.iter().find(|m| m.from == "a@shop.example").unwrap();
+    assert_eq!(
+        retry.rcpts,
+        ["kept@dest.example"],
+        "only the other one is sent"
+    );
+    let dsn = got.iter().find(|m| m.from.is_empty()).expect("a DSN");
+    assert_eq!(dsn.rcpts, ["a@shop.example"]);
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(text.contains("Recipient suppressed"), "{text}");
+    // No suspension: the next message to the domain goes at once.
+    let mut c = Client::connect(ts.addr);
+    c.begin("a@shop.example", &["later@dest.example"]);
+    assert_eq!(c.data(b"Subject: y\r\n\r\ny\r\n").code, 250);
+    common::wait_for_log_event(&log, "later@dest.example", "Delivery");
+    assert!(
+        ts.metrics_text()
+            .contains("ringpost_delivery_suppressed_total 1"),
+        "counted"
+    );
+}

@@ -99,6 +99,11 @@ pub struct Attempt {
     /// the failure as TLS reports name it (`certificate-host-mismatch`,
     /// `starttls-not-supported`, ...).
     pub tls_failure: Option<&'static str>,
+    /// Positions in `outcomes` of recipients the scheduler failed without
+    /// trying them: they were put on the suppression list after their
+    /// message was queued. Their failures are logged and bounced like
+    /// any other, but trigger no `[backoff]` rule and suppress nothing.
+    pub suppressed: Vec<usize>,
 }
 
 impl Attempt {
@@ -114,7 +119,17 @@ impl Attempt {
             held: false,
             tls_policy: None,
             tls_failure: None,
+            suppressed: Vec::new(),
         }
+    }
+
+    /// Whether `outcome` (one of this attempt's) came of trying its
+    /// recipient, not of the suppression list ([`Attempt::suppressed`]).
+    pub fn tried(&self, outcome: &DeliveryOutcome) -> bool {
+        !self
+            .suppressed
+            .iter()
+            .any(|&k| std::ptr::eq(&self.outcomes[k], outcome))
     }
 
     /// The attempt as a drain sees it: the peer is a hop the operator
@@ -486,6 +501,7 @@ impl Delivery {
                 tls_failure: None,
                 source: source_name,
                 site: Some(path.site.to_string()),
+                suppressed: Vec::new(),
             });
         }
         Ok(Attempt {

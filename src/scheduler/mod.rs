@@ -35,7 +35,8 @@
 //! the DATA wire once for every try, delivery), with `tls_policy` (the
 //! receivers' DANE records and MTA-STS policy applied to its targets,
 //! and `tls_reports`, the daily TLS reports of what came of them);
-//! `record` applies its
+//! `suppressed` fails, untried, the recipients suppressed since their
+//! message was queued; `record` applies its
 //! outcomes (state, categories, suppression, the delivery log, `[backoff]`
 //! rules); `finish` ends a round (retry or expiry, DSNs, removal);
 //! `compact` moves bodies out of sparse segments. Beside them:
@@ -87,6 +88,7 @@ pub mod shaping;
 pub mod shared;
 pub mod state;
 pub mod stored;
+mod suppressed;
 mod tally;
 mod tls_policy;
 mod tls_reports;
@@ -504,7 +506,7 @@ impl Scheduler {
         let bouncing = self.state.borrow().bouncing.get(domain).cloned();
         let attempt = match bouncing.filter(|b| b.until > Instant::now() && !handing_over) {
             Some(b) => bounced_by_rule(domain, &b.reply, job.rcpts.len()),
-            None => self.attempt(domain, &job, &env).await,
+            None => self.attempt_unsuppressed(domain, &job, &env).await,
         };
         self.tls_book
             .borrow_mut()

@@ -33,6 +33,18 @@ pub enum Flow {
     Bounced = 3,
 }
 
+impl Flow {
+    /// What a recipient's outcome counts as.
+    pub fn of(outcome: &crate::outbound::DeliveryOutcome) -> Flow {
+        use crate::outbound::DeliveryOutcome::*;
+        match outcome {
+            Delivered { .. } => Flow::Delivered,
+            Temporary { .. } => Flow::Deferred,
+            Permanent { .. } => Flow::Bounced,
+        }
+    }
+}
+
 /// Counts per minute for the last hour (a ring of 60 minutes).
 #[derive(Default)]
 pub struct Traffic {

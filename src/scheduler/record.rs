@@ -46,12 +46,9 @@ impl Scheduler {
         let mut flows = [0u64; 4];
         let mut last_failure = None;
         for (address, attempts, outcome) in told {
-            let flow = match outcome {
-                DeliveryOutcome::Delivered { .. } => super::overview::Flow::Delivered,
-                DeliveryOutcome::Temporary { .. } => super::overview::Flow::Deferred,
-                DeliveryOutcome::Permanent { .. } => super::overview::Flow::Bounced,
-            };
-            flows[flow as usize] += 1;
+            // Failed without an attempt as suppressed: no rule, no entry.
+            let tried = attempt.tried(outcome);
+            flows[super::overview::Flow::of(outcome) as usize] += 1;
             if !matches!(outcome, DeliveryOutcome::Delivered { .. }) {
                 last_failure = Some(outcome.reply());
             }
@@ -70,12 +67,14 @@ impl Scheduler {
                 DeliveryOutcome::Permanent { reply, .. } => {
                     ::metrics::counter!(crate::metrics::RECIPIENTS_BOUNCED).increment(1);
                     let category = self.failed(reply, false, true);
-                    self.suppress(sender, address, category);
+                    if tried {
+                        self.suppress(sender, address, category);
+                    }
                     (EventKind::Bounce, Some(category))
                 }
             };
             // The first failure a `[backoff]` rule fits decides.
-            if let (Some(category), None) = (category, &backoff) {
+            if let (Some(category), None, true) = (category, &backoff, tried) {
                 let reply = outcome.reply();
                 backoff = self
                     .backoff

@@ -688,6 +688,7 @@ mod tests {
             held: false,
             tls_policy: None,
             tls_failure: None,
+            suppressed: Vec::new(),
         }
     }
 
