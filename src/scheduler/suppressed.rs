@@ -52,7 +52,11 @@ impl Scheduler {
                     attempt.suppressed.push(k);
                     not_attempted(&entry)
                 }
-                None => tried.next().expect("one outcome per recipient tried"),
+                // One outcome per recipient tried; should one be missing,
+                // the recipient waits for the next round (no panic here).
+                None => tried.next().unwrap_or_else(|| DeliveryOutcome::Temporary {
+                    reply: "451 4.3.0 no outcome for this recipient: tried again later".into(),
+                }),
             };
             attempt.outcomes.push(outcome);
         }
