@@ -406,16 +406,21 @@ def http_client():
         time.sleep(PACE)
 
 
-def sink_records():
+def json_lines(path):
+    """The whole lines of a JSON-lines file another process is writing."""
     out = []
     try:
-        with open(f"{work}/sink/sink.jsonl") as f:
+        with open(path) as f:
             for line in f:
                 if line.endswith("\n"):
                     out.append(json.loads(line))
     except FileNotFoundError:
         pass
     return out
+
+
+def sink_records():
+    return json_lines(f"{work}/sink/sink.jsonl")
 
 
 def operator():
@@ -641,15 +646,7 @@ left = queued()
 
 
 def events():
-    out = []
-    try:
-        with open(f"{work}/events.jsonl") as f:
-            for line in f:
-                if line.endswith("\n"):
-                    out.append(json.loads(line))
-    except FileNotFoundError:
-        pass
-    return out
+    return json_lines(f"{work}/events.jsonl")
 
 
 def wanted_events():
