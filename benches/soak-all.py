@@ -292,6 +292,7 @@ stats = {"smtp_connections": 0, "smtp_errors": 0, "http_requests": 0, "http_erro
          "idempotent_repeats": 0, "idempotent_mismatch": 0, "idempotent_refused": 0,
          "idempotent_new_while_redis_down": 0,
          "complaints": 0, "bulk_runs_cut_short": 0,
+         "http_uncertain": 0,
          "suppressed_refused_at_rcpt": 0}
 running = threading.Event()
 redis_up = threading.Event()
@@ -385,9 +386,14 @@ def http_client():
         key = f"k-{rcpt}" if random.random() < 0.5 else None
         answer = inject(node, body, key)
         # A keyed request whose answer was lost is sent again, to either node.
+        retried = False
         while key and answer is None and running.is_set():
             time.sleep(0.2)
+            retried = True
             answer = inject(random.choice(nodes), body, key)
+        # A refusal of a retry (or a 409: the first is still under way)
+        # says nothing of the first request, which may have been queued.
+        uncertain = key and answer and answer.get("status") and (retried or answer["status"] == 409)
         if key and answer and "id" in answer and random.random() < 0.5:
             again = inject(random.choice(nodes), body, key)
             with LOCK:
@@ -401,6 +407,8 @@ def http_client():
         with LOCK:
             if answer and answer.get("success_count") == 1:
                 acked[rcpt] = node.name
+            elif uncertain:
+                stats["http_uncertain"] += 1
             elif answer and "status" in answer:
                 refused.add(rcpt)
         time.sleep(PACE)
