@@ -92,6 +92,18 @@ REDIS_EVERY = (20, 24) if ARGS.short else (120, 240)
 HOOK_DOWN = ((10, 12), (5, 8)) if ARGS.short else ((300, 300), (60, 120))
 RELOAD_EVERY = (30, 34) if ARGS.short else (600, 600)
 
+def port_in_use(port):
+    import socket
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# A node or server left from an earlier run would answer in our parts'
+# places (and a node's start would seem to succeed): refuse to begin.
+busy = [p for p in range(BASE, BASE + 40) if port_in_use(p)]
+if busy:
+    raise SystemExit(f"ports {busy} are in use (an earlier soak still running?); "
+                     "stop it or set SOAK_PORT_BASE")
 work = tempfile.mkdtemp(prefix="ringpost-soak-all-")
 T0 = time.time()
 
