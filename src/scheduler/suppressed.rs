@@ -10,6 +10,10 @@
 //! Its failure triggers no `[backoff]` rule and suppresses nothing anew
 //! ([`Attempt::suppressed`]). A drain hands everything to its peer,
 //! which checks for itself.
+//!
+//! May call: `suppression` (the list, read only), the scheduler's own
+//! `attempt` for the recipients left. Must not: change the list or the
+//! schedule's state (`record` applies the outcomes).
 
 use std::rc::Rc;
 
