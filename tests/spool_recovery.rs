@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use ringpost::queue::{Envelope, IdGenerator, MessageId, RecoveryReport, Spool, SpoolOptions};
+use ringpost::queue::{
+    Envelope, IdGenerator, KeptRider, KeptTree, MessageId, RecoveryReport, Spool, SpoolOptions,
+};
 
 /// Small segments so that each 40 KiB test body lands in its own segment.
 fn opts() -> SpoolOptions {
@@ -253,6 +255,71 @@ fn acknowledged_messages_are_replayed_from_the_journal_after_a_crash() {
     let spool = Spool::open(tmp.path(), 0, &opts()).unwrap();
     let again = spool.recover().unwrap();
     assert_eq!((again.messages, again.replayed), (N, 0));
+}
+
+/// The child half of the next test: messages each carrying a rider for
+/// the idempotency tree, then an abort before any sled flush.
+fn enqueue_riders_then_abort(root: &Path, n: usize) -> ! {
+    run_then_abort(root, move |root| async move {
+        let spool = Spool::open(&root, 0, &opts()).unwrap();
+        let kept = spool.kept(KeptTree::Idempotency);
+        let mut ids_gen = IdGenerator::new(0);
+        for i in 0..n {
+            let mut env = Envelope::new("a@b.example".into(), vec!["c@d.example".into()], 1);
+            env.rider = Some(KeptRider::new(
+                KeptTree::Idempotency,
+                &format!("key-{i}"),
+                format!("answer {i}\n\u{0}\u{ff}").as_bytes(),
+            ));
+            let body = format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes();
+            let stored = spool.enqueue(ids_gen.next_id(), env, body).await.unwrap();
+            // In the tree from the commit round on, and not in the record.
+            assert!(stored.rider.is_none());
+            assert!(
+                kept.get(format!("key-{i}")).is_some(),
+                "key-{i} in the round"
+            );
+        }
+    })
+}
+
+#[test]
+fn a_record_riding_in_a_frame_comes_back_with_its_message_after_a_crash() {
+    const N: usize = 25;
+    if let Ok(root) = std::env::var("RINGPOST_TEST_CHILD_RIDERS") {
+        enqueue_riders_then_abort(Path::new(&root), N);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    run_crashing_child(
+        "a_record_riding_in_a_frame_comes_back_with_its_message_after_a_crash",
+        "RINGPOST_TEST_CHILD_RIDERS",
+        tmp.path(),
+    );
+    let spool = Spool::open(tmp.path(), 0, &opts()).unwrap();
+    let report = spool.recover().unwrap();
+    assert_eq!(report.messages, N, "{report:?}");
+    assert!(report.replayed > 0, "{report:?}");
+    let kept = spool.kept(KeptTree::Idempotency);
+    for i in 0..N {
+        let value = kept.get(format!("key-{i}")).expect("the rider is back");
+        assert_eq!(
+            value.as_ref(),
+            format!("answer {i}\n\u{0}\u{ff}").as_bytes()
+        );
+    }
+    for (id, env) in spool.list() {
+        assert!(
+            env.rider.is_none(),
+            "{id}: the record in sled carries no rider"
+        );
+    }
+    // After a clean start (flushed, watermarks written): still there.
+    drop(kept);
+    drop(spool);
+    let spool = Spool::open(tmp.path(), 0, &opts()).unwrap();
+    let again = spool.recover().unwrap();
+    assert_eq!((again.messages, again.replayed), (N, 0));
+    assert_eq!(spool.kept(KeptTree::Idempotency).entries().len(), N);
 }
 
 /// Equal frames, so that a recycled segment's stale frames start exactly

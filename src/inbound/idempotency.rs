@@ -3,21 +3,27 @@
 //! gets the first answer, and nothing is queued twice.
 //!
 //! Owns: [`KeyIndex`], one per shard, for the keys it owns
-//! (`hash(key) % shards`, [`owner_of`]): every request with a key asks
-//! the owner over the key mesh, so two requests with the same key meet
-//! on one shard whichever shards took them. The owner keeps the requests
-//! under way in memory (a second one waits for the first's answer) and
-//! the answers in its spool's kept tree `idempotency` (key -> expiry,
-//! Unix seconds as u64 big-endian; the request's SHA-256, 32 bytes; the
-//! answer: a format this module owns), durable before the client is
-//! answered, for `inject.idempotency_window_secs`.
+//! (`hash(key) % shards`, [`owner_of`]). A request with a key is served
+//! whole by the shard that owns it (the injection front end hands it
+//! over), so two requests with the same key meet on one shard whichever
+//! shards took them, and the message it queues is in that shard's spool.
+//! The owner keeps the requests under way in memory (a second one waits
+//! for the first's answer) and the answers in its spool's kept tree
+//! `idempotency` (key -> expiry, Unix seconds as u64 big-endian; the
+//! request's SHA-256, 32 bytes; the answer: a format this module owns),
+//! for `inject.idempotency_window_secs`.
 //! A request whose key is known with a different body is refused (422).
 //!
-//! Known gap: the answer is stored after the message is queued, in a
-//! commit round of its own; a crash between the two (a few ms) forgets
-//! the key, and a retry then queues the message again (a duplicate, never
-//! a loss). The answer is never stored before its message is on disk: a
-//! replay never names a message that is not.
+//! Durability: a request that queues one message carries its answer in
+//! that message's journal frame ([`KeyIndex::rider`], `queue::KeptRider`):
+//! the commit round that makes the message durable stores the answer, and
+//! recovery puts it back from the frame, so the answer is durable exactly
+//! when the message is, at no cost of its own. Any other answer (several
+//! messages, or none) is stored after its messages are queued, with a
+//! flush of its own ([`KeyIndex::finish`]); a crash between the two (a
+//! few ms) forgets the key, and a retry then queues the messages again (a
+//! duplicate, never a loss). An answer is never durable before its
+//! messages are: a replay never names a message that is not on disk.
 //!
 //! Must not: hold a `RefCell` borrow across an await.
 
@@ -27,8 +33,7 @@ use std::time::Duration;
 
 use futures::channel::oneshot;
 
-use crate::queue::{Kept, KeptTree, Spool, SpoolError};
-use crate::shard::mesh::{Mesh, ShardGone};
+use crate::queue::{Kept, KeptRider, KeptTree, Spool, SpoolError};
 
 /// Expired answers are swept at most this often (on a request).
 const SWEEP_EVERY_SECS: u64 = 600;
@@ -143,24 +148,14 @@ impl KeyIndex {
         }
     }
 
-    /// [`KeyIndex::begin`] from any shard, over the key mesh, waiting
-    /// (here) for a first request under way: never [`Begin::Wait`].
-    pub async fn begin_on(
-        keys: &Mesh<KeyIndex>,
-        key: &str,
-        digest: [u8; 32],
-        now: u64,
-    ) -> Result<Begin, ShardGone> {
-        let owner = owner_of(key, keys.count());
+    /// [`KeyIndex::begin`], waiting for a first request under way (up to
+    /// [`WAIT_FOR_FIRST`]): never [`Begin::Wait`].
+    pub async fn begin_waiting(&self, key: &str, digest: [u8; 32], now: u64) -> Begin {
         let started = std::time::Instant::now();
         loop {
-            let k = key.to_string();
-            let first = match keys
-                .ask(owner, move |ix| async move { ix.begin(&k, digest, now) })
-                .await?
-            {
+            let first = match self.begin(key, digest, now) {
                 Begin::Wait(first) => first,
-                other => return Ok(other),
+                other => return other,
             };
             let left = WAIT_FOR_FIRST.saturating_sub(started.elapsed());
             let late = async move {
@@ -168,41 +163,54 @@ impl KeyIndex {
                 None
             };
             match futures_lite::future::or(async { Some(first.await) }, late).await {
-                Some(Ok(Some(answer))) => return Ok(Begin::Replay(answer)),
+                Some(Ok(Some(answer))) => return Begin::Replay(answer),
                 // The first one queued nothing: ask again.
                 Some(_) => continue,
-                None => return Ok(Begin::Busy),
+                None => return Begin::Busy,
             }
         }
     }
 
-    /// The request with `key` is done: its answer (stored until `expires`,
-    /// durably, before this returns), or None when it queued nothing (a
-    /// retry may then try again). Requests waiting for it get the same.
+    /// The record that stores `answer` to the request under way with
+    /// `key` until `expires`, to ride in its message's journal frame
+    /// (see the module header); None if no request with `key` is under
+    /// way here.
+    pub fn rider(&self, key: &str, answer: &str, expires: u64) -> Option<KeptRider> {
+        let digest = self.under_way.borrow().get(key).map(|u| u.digest)?;
+        let value = encode_answer(expires, digest, answer);
+        Some(KeptRider::new(KeptTree::Idempotency, key, &value))
+    }
+
+    /// The request with `key` is done: its answer, or None when it queued
+    /// nothing (a retry may then try again). `stored`: the answer rode in
+    /// its message's frame ([`KeyIndex::rider`]) and is durable already;
+    /// otherwise it is stored here until `expires`, durably, before this
+    /// returns. Requests waiting for it get the same.
     pub async fn finish(
         &self,
         key: &str,
         answer: Option<String>,
         expires: u64,
+        stored: bool,
     ) -> Result<(), SpoolError> {
         let digest = self.under_way.borrow().get(key).map(|u| u.digest);
-        let stored = match (&answer, digest) {
-            // A second durable write: most of what a key costs
-            // (`benches/inject-idempotency-ab.sh`); storing the key in
-            // the message's own commit would remove it.
+        let result = match (&answer, digest) {
+            (Some(_), _) if stored => Ok(()),
+            // A durable write of its own: what a key costs when it could
+            // not ride with its message.
             (Some(a), Some(d)) => {
                 let value = encode_answer(expires, d, a);
                 self.answers.put_durably(key, Some(&value)).await
             }
             _ => Ok(()),
         };
-        let answer = answer.filter(|_| stored.is_ok());
+        let answer = answer.filter(|_| result.is_ok());
         if let Some(u) = self.under_way.borrow_mut().remove(key) {
             for w in u.waiters {
                 let _ = w.send(answer.clone());
             }
         }
-        stored
+        result
     }
 
     /// Forgets answers past their window (the door's timer calls it).

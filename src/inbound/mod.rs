@@ -279,6 +279,18 @@ impl Door {
     /// Makes `msg` durable and scheduled. Only once this returned Ok may
     /// the client be told the message is accepted.
     pub async fn accept(&self, msg: NewMessage) -> Result<Accepted, Refusal> {
+        self.accept_with(msg, None).await
+    }
+
+    /// [`Door::accept`], with a record made from what was accepted, just
+    /// before the message is stored, to ride in its journal frame
+    /// (`queue::KeptRider`: durable with the message, in the same commit
+    /// round). Not called when nothing is stored (a report taken whole).
+    pub async fn accept_with(
+        &self,
+        msg: NewMessage,
+        rider: Option<&dyn Fn(Accepted) -> Option<crate::queue::KeptRider>>,
+    ) -> Result<Accepted, Refusal> {
         let NewMessage {
             id,
             mut envelope,
@@ -342,6 +354,11 @@ impl Door {
         envelope.created = now;
         // Scheduled mail (`release_at`) waits for its time like a retry.
         envelope.next_due = envelope.release_at.map_or(now, |at| at.max(now));
+        let accepted = Accepted {
+            recipients: envelope.recipients.len(),
+            merged,
+        };
+        envelope.rider = rider.and_then(|make| make(accepted));
         let stored = match self.spool.enqueue(id, envelope, body).await {
             Ok(stored) => stored,
             Err(e) => return Err(self.refused(id, Refusal::Storage(e))),
@@ -351,10 +368,6 @@ impl Door {
             .increment(stored.recipients.len() as u64);
         ::metrics::counter!(crate::metrics::BYTES_RECEIVED).increment(stored.size());
         self.events.reception(id, &stored, dkim.as_ref());
-        let accepted = Accepted {
-            recipients: stored.recipients.len(),
-            merged,
-        };
         self.scheduler.submit(id, stored);
         Ok(accepted)
     }

@@ -105,6 +105,7 @@ enum Slot {
     Written {
         key: [u8; 16],
         record: Vec<u8>,
+        rider: Option<RiderWrite>,
         done: oneshot::Sender<Result<(), String>>,
     },
     /// Its write failed, or an earlier one in its segment did.
@@ -117,6 +118,11 @@ struct Frame {
     end: u64,
     slot: Slot,
 }
+
+/// A record for another tree of the spool that rides in a message's
+/// frame (`kept::KeptRider`): inserted in the same round as the message's
+/// record, so a watermark that covers the one covers the other.
+pub type RiderWrite = (sled::Tree, Vec<u8>, Vec<u8>);
 
 /// A frame's place in the queue, from [`GroupCommit::register`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,12 +202,14 @@ impl GroupCommit {
     }
 
     /// The frame's write is complete: resolves once a round has synced it
-    /// and applied `record` under `key` to sled.
+    /// and applied `record` under `key` to sled (and `rider` to its tree,
+    /// right after).
     pub async fn written(
         &self,
         ticket: CommitTicket,
         key: [u8; 16],
         record: Vec<u8>,
+        rider: Option<RiderWrite>,
     ) -> Result<(), String> {
         let (done, rx) = oneshot::channel();
         {
@@ -210,7 +218,12 @@ impl GroupCommit {
             if matches!(frame.slot, Slot::Failed) {
                 return Err("an earlier write to the segment failed".into());
             }
-            frame.slot = Slot::Written { key, record, done };
+            frame.slot = Slot::Written {
+                key,
+                record,
+                rider,
+                done,
+            };
         }
         self.kick();
         rx.await
@@ -324,7 +337,7 @@ impl GroupCommit {
                 (ready, st.tail.replace(rx), tx)
             };
             let start = Instant::now();
-            let mut segments: Vec<u32> = ready.iter().map(|r| r.0).collect();
+            let mut segments: Vec<u32> = ready.iter().map(|r| r.segment).collect();
             segments.sort_unstable();
             segments.dedup();
             let synced = self.sync(&segments).await;
@@ -382,18 +395,22 @@ impl GroupCommit {
         let mut st = self.state.borrow_mut();
         st.dirty = true;
         let count = ready.len();
-        for (segment, end, key, record, done) in ready {
+        for Ready {
+            segment,
+            end,
+            key,
+            record,
+            rider,
+            done,
+        } in ready
+        {
             let result = match &synced {
                 Err(e) => Err(e.clone()),
                 Ok(()) if st.poisoned.contains(&segment) => {
                     Err("an earlier sync of the segment failed".to_string())
                 }
                 // In memory and sled's log buffer: no I/O to wait for here.
-                Ok(()) => self
-                    .envelopes
-                    .insert(key, record.as_slice())
-                    .map(|_| ())
-                    .map_err(|e| format!("sled insert: {e}")),
+                Ok(()) => self.insert(key, &record, rider),
             };
             if result.is_ok() {
                 let mark = st.applied.entry(segment).or_default();
@@ -402,6 +419,21 @@ impl GroupCommit {
             let _ = done.send(result);
         }
         count
+    }
+
+    /// A round's inserts for one frame: its record, then its rider's.
+    fn insert(
+        &self,
+        key: [u8; 16],
+        record: &[u8],
+        rider: Option<RiderWrite>,
+    ) -> Result<(), String> {
+        let sled_err = |e: sled::Error| format!("sled insert: {e}");
+        self.envelopes.insert(key, record).map_err(sled_err)?;
+        if let Some((tree, k, v)) = rider {
+            tree.insert(k, v).map_err(sled_err)?;
+        }
+        Ok(())
     }
 
     /// Flushes sled if it changed, then unlinks (or recycles) the segments
@@ -525,13 +557,15 @@ fn sync_inline(files: &[Rc<BufferedFile>], dir: Option<&std::path::Path>) -> Res
     Ok(())
 }
 
-type Ready = (
-    u32,
-    u64,
-    [u8; 16],
-    Vec<u8>,
-    oneshot::Sender<Result<(), String>>,
-);
+/// A written frame taken for a round.
+struct Ready {
+    segment: u32,
+    end: u64,
+    key: [u8; 16],
+    record: Vec<u8>,
+    rider: Option<RiderWrite>,
+    done: oneshot::Sender<Result<(), String>>,
+}
 
 impl CommitQueue {
     fn frame(&mut self, t: CommitTicket) -> Option<&mut Frame> {
@@ -549,8 +583,21 @@ impl CommitQueue {
             }
             let frame = self.frames.pop_front().expect("front exists");
             self.first += 1;
-            if let Slot::Written { key, record, done } = frame.slot {
-                ready.push((frame.segment, frame.end, key, record, done));
+            if let Slot::Written {
+                key,
+                record,
+                rider,
+                done,
+            } = frame.slot
+            {
+                ready.push(Ready {
+                    segment: frame.segment,
+                    end: frame.end,
+                    key,
+                    record,
+                    rider,
+                    done,
+                });
             }
         }
         ready

@@ -147,6 +147,11 @@ pub struct Envelope {
     /// The injection request's `Idempotency-Key`, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// A record for a kept tree that rides in this message's journal frame
+    /// (`kept::KeptRider`): set by the door, written with the frame and
+    /// taken off before the record goes to sled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rider: Option<super::kept::KeptRider>,
     /// What DKIM signing did (`dkim::DkimOutcome::summary`); None when
     /// signing is not configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -188,6 +193,7 @@ impl Envelope {
             envid: None,
             message_id: None,
             idempotency_key: None,
+            rider: None,
             dkim: None,
             release_at: None,
         }

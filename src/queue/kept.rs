@@ -11,9 +11,14 @@
 //! [`Kept::put`] tells the group commit there is something to flush), or
 //! at once with [`Kept::put_durably`]. [`FlushMark`] lets a user that
 //! numbers its records (the event outbox) learn how far a flush has made
-//! them durable.
+//! them durable. A record that must be durable exactly when a message is
+//! can ride in the message's own journal frame instead ([`KeptRider`]):
+//! the commit round that makes the message durable inserts it, and
+//! recovery puts it back from the frame, so it costs no write of its own.
 //!
 //! Must not: hold mail, or interpret a record.
+
+use serde::{Deserialize, Serialize};
 
 use super::SpoolError;
 pub use super::commit::FlushMark;
@@ -62,6 +67,11 @@ impl KeptTree {
         KeptTree::TlsReports,
     ];
 
+    /// The tree named `name` ([`KeptTree::name`]).
+    pub fn named(name: &str) -> Option<KeptTree> {
+        KeptTree::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// The sled tree's name (on disk: keep stable).
     pub fn name(self) -> &'static str {
         match self {
@@ -76,6 +86,41 @@ impl KeptTree {
             KeptTree::History => "history",
             KeptTree::TlsReports => "tls_reports",
         }
+    }
+}
+
+/// A record for a kept tree carried in a new message's journal frame
+/// (`Envelope::rider`): durable with the message, in the same commit
+/// round, and put back by recovery from the frame if sled lost it. Only
+/// the frame holds it: the message's record in sled does not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptRider {
+    /// The tree's name ([`KeptTree::name`]).
+    pub tree: String,
+    pub key: String,
+    /// The record, base64 (the frame's record is JSON).
+    pub value: String,
+}
+
+impl KeptRider {
+    pub fn new(tree: KeptTree, key: &str, value: &[u8]) -> KeptRider {
+        use base64::Engine;
+        KeptRider {
+            tree: tree.name().to_string(),
+            key: key.to_string(),
+            value: base64::engine::general_purpose::STANDARD.encode(value),
+        }
+    }
+
+    /// Its tree, key and record; None if the frame holds something this
+    /// version cannot read (a tree it does not know).
+    pub fn decode(&self) -> Option<(KeptTree, &str, Vec<u8>)> {
+        use base64::Engine;
+        let tree = KeptTree::named(&self.tree)?;
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(&self.value)
+            .ok()?;
+        Some((tree, &self.key, value))
     }
 }
 

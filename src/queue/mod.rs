@@ -63,7 +63,7 @@ use std::rc::Rc;
 pub use envelope::{Envelope, Recipient, RecipientStatus, domain_of};
 pub use frame::BodyRef;
 pub use id::{IdGenerator, MessageId};
-pub use kept::{Bytes, FlushMark, Kept, KeptTree};
+pub use kept::{Bytes, FlushMark, Kept, KeptRider, KeptTree};
 
 pub use commit::SyncMode;
 use commit::{GroupCommit, watermark_key};
@@ -439,7 +439,10 @@ impl Spool {
 
     /// Stores a message durably and returns its envelope as stored. Returns
     /// only after the body and the record are both on disk (see the module
-    /// doc). On error nothing is queued.
+    /// doc), and with them the envelope's rider, if any (`kept::KeptRider`:
+    /// in the frame, and in its tree from the same round; the envelope
+    /// returned and stored in sled no longer carries it). On error nothing
+    /// is queued.
     pub async fn enqueue(
         &self,
         id: MessageId,
@@ -455,6 +458,7 @@ impl Spool {
         // where the frame is.
         env.body = BodyRef::default();
         let frame = Frame::new(id.as_bytes(), &env.encode(), body);
+        let rider = env.rider.take().and_then(|r| self.rider_write(&r));
         self.space
             .written
             .set(self.space.written.get() + frame.len());
@@ -472,16 +476,30 @@ impl Spool {
             return Err(body_err(e));
         }
         let key = *id.as_bytes();
-        if let Err(reason) = self.commit.written(ticket, key, env.encode()).await {
-            // The round may have inserted the record before failing; the
-            // frame may be on disk whole. Neither may outlive the refusal.
+        let undo = rider.as_ref().map(|(tree, k, _)| (tree.clone(), k.clone()));
+        if let Err(reason) = self.commit.written(ticket, key, env.encode(), rider).await {
+            // The round may have inserted the record (and its rider) before
+            // failing; the frame may be on disk whole. None may outlive the
+            // refusal.
             let _ = self.envelopes.remove(key);
+            if let Some((tree, k)) = undo {
+                let _ = tree.remove(k);
+            }
             self.commit.touched();
             self.void(id, segment, frame_offset);
             self.segments.release(&body_ref);
             return Err(SpoolError::Commit { id, reason });
         }
         Ok(env)
+    }
+
+    /// What the commit round inserts for a rider (None: a tree this
+    /// version does not know, which only a frame from another version
+    /// could name).
+    fn rider_write(&self, rider: &kept::KeptRider) -> Option<commit::RiderWrite> {
+        let (tree, key, value) = rider.decode()?;
+        let tree = self.kept[tree as usize].clone();
+        Some((tree, key.as_bytes().to_vec(), value))
     }
 
     /// Makes sure a refused message's frame is never replayed (see

@@ -48,6 +48,20 @@ fn remove_dir_when_unlocked(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// A replayed frame's record as sled keeps it: its body's place filled
+/// in, its rider taken off; a record that does not decode is kept as it
+/// is (and quarantined next).
+fn replayed_record(env: Option<Envelope>, f: &frame::ReplayedFrame) -> Vec<u8> {
+    match env {
+        Some(mut env) => {
+            env.body = f.body;
+            env.rider = None;
+            env.encode()
+        }
+        None => f.record.clone(),
+    }
+}
+
 impl Spool {
     /// Makes the queue consistent after a crash. Blocking; start-up only.
     ///
@@ -148,11 +162,15 @@ impl Spool {
             };
             let mut batch = sled::Batch::default();
             for f in frames {
+                let env = Envelope::decode(&f.record).ok();
+                if let Some(rider) = env.as_ref().and_then(|e| e.rider.as_ref()) {
+                    self.replay_rider(rider)?;
+                }
                 // A record sled kept is as new as the frame's, or newer.
                 if self.envelopes.contains_key(f.id).unwrap_or(false) {
                     continue;
                 }
-                batch.insert(f.id.as_slice(), self.replayed_record(&f));
+                batch.insert(f.id.as_slice(), replayed_record(env, &f));
                 replayed += 1;
             }
             batch.insert(&key, &last.to_be_bytes());
@@ -169,16 +187,20 @@ impl Spool {
         Ok(replayed)
     }
 
-    /// A replayed frame's record with its body's place filled in; a record
-    /// that does not decode is kept as it is (and quarantined next).
-    fn replayed_record(&self, f: &frame::ReplayedFrame) -> Vec<u8> {
-        match Envelope::decode(&f.record) {
-            Ok(mut env) => {
-                env.body = f.body;
-                env.encode()
-            }
-            Err(_) => f.record.clone(),
+    /// Puts a frame's rider back into its tree if sled lost it (the round
+    /// inserted it right after the message's record; a crash before the
+    /// next flush can lose either). A record already there is left: it is
+    /// the rider's, or newer.
+    fn replay_rider(&self, rider: &KeptRider) -> Result<(), SpoolError> {
+        let Some((tree, key, value)) = rider.decode() else {
+            return Ok(());
+        };
+        let tree = &self.kept[tree as usize];
+        if !tree.contains_key(key).unwrap_or(false) {
+            tree.insert(key, value)
+                .map_err(|source| self.db_err(source))?;
         }
+        Ok(())
     }
 
     fn adopt_record(&self, key: &[u8], value: &[u8]) -> Result<(MessageId, Envelope), String> {

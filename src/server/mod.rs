@@ -21,8 +21,8 @@
 //! Concurrency: shards share nothing but what start-up prepared (read-only
 //! config, loaded files, the DNS resolver handle) and the metrics recorder.
 //! Cross-shard traffic (the admin API's, the schedulers' back-off
-//! notices) goes over the shard mesh; injection's `Idempotency-Key`s over
-//! a second mesh to the shard that owns each key. With `[cluster]`, one
+//! notices) goes over the shard mesh; injection requests with an
+//! `Idempotency-Key` over a second mesh to the shard that owns the key. With `[cluster]`, one
 //! Redis thread per node (`cluster::Cluster`) is shared by every shard,
 //! and shard 0 keeps the node's suppression list in step with the
 //! fleet's (`suppression::share`).
@@ -39,7 +39,7 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement, PoolThreadHandles
 
 use crate::config::{Config, ConfigErrors, Listen};
 use crate::dns::{self, Resolver};
-use crate::inbound::idempotency::KeyIndex;
+use crate::http::inject::Injector;
 use crate::outbound::OutboundSettings;
 use crate::scheduler::Scheduler;
 use crate::scheduler::book::LimitBook;
@@ -141,8 +141,9 @@ struct Prepared {
     /// Turns true once every shard serves (`/readyz`).
     ready: Arc<AtomicBool>,
     mesh: Mesh<Scheduler>,
-    /// Every shard's `Idempotency-Key` index.
-    keys: Mesh<KeyIndex>,
+    /// Every shard's injector: requests with an `Idempotency-Key` go to
+    /// the one that owns the key.
+    keys: Mesh<Injector>,
     /// Every shard's book of the node's path limits.
     books: Mesh<LimitBook>,
     /// The node's suppression list, when `suppression.enabled`.
@@ -156,8 +157,8 @@ struct Seat {
     index: usize,
     stop: StopSignal,
     work: flume::Receiver<Work<Scheduler>>,
-    /// Requests about the `Idempotency-Key`s this shard owns.
-    key_work: flume::Receiver<Work<KeyIndex>>,
+    /// Injection requests with an `Idempotency-Key` this shard owns.
+    key_work: flume::Receiver<Work<Injector>>,
     /// Requests about the path limits this shard keeps.
     book_work: flume::Receiver<Work<LimitBook>>,
     /// Fires once every shard's scheduler has drained.
@@ -332,7 +333,7 @@ fn prepare(
     shards: usize,
     clock: Clock,
     mesh: Mesh<Scheduler>,
-    keys: Mesh<KeyIndex>,
+    keys: Mesh<Injector>,
     books: Mesh<LimitBook>,
 ) -> Result<Prepared, StartError> {
     let files = preflight(&cfg).map_err(|p| StartError::Files(ConfigErrors(p)))?;

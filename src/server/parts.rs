@@ -325,13 +325,14 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
         parts.scheduler.clone(),
         stop.clone(),
     )));
+    let injector = injector(p, seat.index, parts);
     loops.push(glommio::spawn_local(mesh::serve(
         seat.key_work,
-        Rc::new(KeyIndex::new(&parts.spool)),
+        injector.clone(),
         stop.clone(),
     )));
     if let Some(l) = bound.inject {
-        loops.push(spawn_injection(p, seat.index, parts, l, stop));
+        loops.push(spawn_injection(p, seat.index, injector, l, stop));
     }
     if let (0, Some(list), Some(cluster)) = (seat.index, &p.suppressions, &p.cluster) {
         loops.push(glommio::spawn_local(crate::suppression::share::run(
@@ -358,22 +359,29 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
     loops
 }
 
+/// This shard's injector: its listener's handler, and the server of the
+/// keyed requests whose keys it owns (whichever shard took them).
+fn injector(p: &Prepared, index: usize, parts: &Parts) -> Rc<crate::http::inject::Injector> {
+    Rc::new(crate::http::inject::Injector {
+        cfg: p.cfg.clone(),
+        door: parts.door.clone(),
+        token: p.files.inject_token.clone(),
+        index: KeyIndex::new(&parts.spool),
+        keyed: (p.cfg.inject.idempotency_window_secs > 0).then(|| p.keys.clone()),
+        shard: index,
+        cluster: p.cluster.clone(),
+        clock: p.clock.clone(),
+    })
+}
+
 /// The injection API's listener on this shard.
 fn spawn_injection(
     p: &Prepared,
     index: usize,
-    parts: &Parts,
+    injector: Rc<crate::http::inject::Injector>,
     l: crate::shard::net::Bound,
     stop: &StopSignal,
 ) -> glommio::Task<()> {
-    let injector = Rc::new(crate::http::inject::Injector {
-        cfg: p.cfg.clone(),
-        door: parts.door.clone(),
-        token: p.files.inject_token.clone(),
-        keys: (p.cfg.inject.idempotency_window_secs > 0).then(|| p.keys.clone()),
-        cluster: p.cluster.clone(),
-        clock: p.clock.clone(),
-    });
     let tls = p
         .files
         .inject_tls

@@ -70,6 +70,23 @@ impl<S: 'static> Mesh<S> {
         rx.recv_async().await.map_err(|_| gone)
     }
 
+    /// Sends `work` to shard `shard` without waiting for it: for work
+    /// that answers by a channel of its own (one cross-thread wake fewer
+    /// than [`Mesh::ask`]).
+    pub async fn tell<F, Fut>(&self, shard: usize, work: F) -> Result<(), ShardGone>
+    where
+        F: FnOnce(Rc<S>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let task: Work<S> = Box::new(move |state| Box::pin(work(state)));
+        self.txs
+            .get(shard)
+            .ok_or(ShardGone(shard))?
+            .send_async(task)
+            .await
+            .map_err(|_| ShardGone(shard))
+    }
+
     /// Runs `work` on every shard at once; the answers in shard order.
     pub async fn ask_all<T, F, Fut>(&self, work: F) -> Result<Vec<T>, ShardGone>
     where

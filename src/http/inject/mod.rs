@@ -12,10 +12,10 @@
 //! Concurrency: every shard listens on the injection port (SO_REUSEPORT,
 //! like SMTP). A request is queued in the spool of the shard that took it
 //! and handed to that shard's scheduler. Only a request with an
-//! `Idempotency-Key` crosses shards: its key is claimed at the shard that
-//! owns it (`inbound::idempotency`, over the key mesh) and, with
-//! `[cluster]`, in Redis; its work runs as a task of its own, so a client
-//! that goes away does not cut it short.
+//! `Idempotency-Key` crosses shards: it is served whole by the shard that
+//! owns its key (`keyed.rs`, over the injector mesh), and with
+//! `[cluster]` its key is claimed in Redis too; its work runs as a task
+//! of its own, so a client that goes away does not cut it short.
 //!
 //! May call: `inbound` (the reception door, the key index), `proto`
 //! (address syntax, the trace header), `http` (the server, templates),
@@ -37,7 +37,7 @@ use std::pin::Pin;
 use crate::cluster::Cluster;
 use crate::http::template::Plan;
 use crate::http::{Endpoint, Request, Response};
-use crate::inbound::idempotency::{self, Begin, KeyIndex};
+use crate::inbound::idempotency::KeyIndex;
 use crate::inbound::{Door, Refusal};
 use crate::proto::command::Mailbox;
 use crate::proto::trace::{self, Trace};
@@ -45,6 +45,7 @@ use crate::queue::{Envelope, MessageId, NewMessage};
 use crate::shard::clock::Clock;
 use crate::shard::mesh::Mesh;
 
+mod keyed;
 mod parse;
 pub use parse::{ContentLimits, DsnRequest, InjectError, Injection, parse};
 use parse::{crlf_content, recipient_groups, refuse};
@@ -55,16 +56,18 @@ pub struct Injector {
     pub door: Rc<Door>,
     /// The bearer token that admits clients outside `smtp.relay_networks`.
     pub token: Option<String>,
-    /// Every shard's `Idempotency-Key` index (None: keys ignored,
+    /// This shard's index of the `Idempotency-Key`s it owns.
+    pub index: KeyIndex,
+    /// Every shard's injector: a request with an `Idempotency-Key` is
+    /// served by its key's owner (None: keys ignored,
     /// `inject.idempotency_window_secs` = 0).
-    pub keys: Option<Mesh<KeyIndex>>,
+    pub keyed: Option<Mesh<Injector>>,
+    /// This shard's index.
+    pub shard: usize,
     /// With `[cluster]`: keys are claimed fleet-wide too.
     pub cluster: Option<Arc<Cluster>>,
     pub clock: Clock,
 }
-
-/// What a key holds in Redis while its first request is under way.
-const FLEET_MARK: &str = "pending";
 
 /// What shard `index`'s listener admits: its share of
 /// `inject.max_connections`, and request bodies up to a message at the size
@@ -120,47 +123,12 @@ impl Endpoint for Injector {
     fn answer(self: Rc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Response>>> {
         Box::pin(async move {
             let answer = match req.idempotency_key.clone() {
-                Some(key) if self.keys.is_some() => self.inject_once(key, req).await,
-                _ => self.inject(req).await,
+                Some(key) if self.keyed.is_some() => self.inject_once(key, req).await,
+                _ => self.inject(req, None).await,
             };
             answer.unwrap_or_else(InjectError::into_response)
         })
     }
-}
-
-/// A key's claim in the fleet.
-enum FleetClaim {
-    /// Not shared (no `[cluster]`, or Redis unreachable).
-    NotShared,
-    /// Claimed: this request goes on.
-    Ours,
-    /// Another node answered it.
-    Answered(String),
-}
-
-/// The stored first answer, as given then.
-fn replayed(answer: String) -> Response {
-    ::metrics::counter!(crate::metrics::INJECT_REPLAYS).increment(1);
-    Response {
-        status: 200,
-        content_type: "application/json",
-        body: answer.into_bytes(),
-    }
-}
-
-fn mismatch() -> InjectError {
-    refuse(422, "this Idempotency-Key was used for a different request")
-}
-
-fn busy() -> InjectError {
-    refuse(
-        409,
-        "a request with this Idempotency-Key is still under way: try again",
-    )
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl InjectError {
@@ -170,119 +138,13 @@ impl InjectError {
 }
 
 impl Injector {
-    /// A request with an `Idempotency-Key`: queued at most once within the
-    /// window. The work runs on as its own task: a client that goes away
-    /// before the answer (the case the key is for) does not cut it short,
-    /// and its retry gets the answer.
-    async fn inject_once(
-        self: Rc<Self>,
-        key: String,
-        req: Request,
-    ) -> Result<Response, InjectError> {
-        if !idempotency::valid_key(&key) {
-            return Err(refuse(
-                400,
-                "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            ));
-        }
-        let (tx, rx) = futures::channel::oneshot::channel();
-        let me = self.clone();
-        glommio::spawn_local(async move {
-            let _ = tx.send(me.queue_once(key, req).await);
-        })
-        .detach();
-        rx.await
-            .unwrap_or_else(|_| Err(refuse(503, "the server is stopping: try again")))
-    }
-
-    async fn queue_once(&self, key: String, req: Request) -> Result<Response, InjectError> {
-        let keys = self.keys.as_ref().expect("only with the key index");
-        let digest = idempotency::digest_of(&req.body);
-        let owner = idempotency::owner_of(&key, keys.count());
-        let now = self.clock.now();
-        let stopping = |_| refuse(503, "the server is stopping: try again");
-        let begin = KeyIndex::begin_on(keys, &key, digest, now)
-            .await
-            .map_err(stopping)?;
-        match begin {
-            Begin::New => {}
-            Begin::Replay(answer) => return Ok(replayed(answer)),
-            Begin::Mismatch => return Err(mismatch()),
-            // (begin_on never answers Wait.)
-            Begin::Busy | Begin::Wait(_) => return Err(busy()),
-        }
-        let window = self.cfg.inject.idempotency_window_secs;
-        let fleet = self.claim_in_fleet(&key, digest, window).await;
-        let result = match &fleet {
-            Ok(FleetClaim::Answered(answer)) => Ok(replayed(answer.clone())),
-            Err(refusal) => Err(refusal.clone()),
-            Ok(FleetClaim::Ours | FleetClaim::NotShared) => self.inject(req).await,
-        };
-        let answer = match (&fleet, &result) {
-            (Ok(FleetClaim::Ours | FleetClaim::NotShared), Ok(r)) if r.status == 200 => {
-                Some(String::from_utf8_lossy(&r.body).into_owned())
-            }
-            _ => None,
-        };
-        let (k, a, expires) = (key.clone(), answer.clone(), now + window);
-        let stored = keys
-            .ask(owner, move |ix| async move {
-                ix.finish(&k, a, expires).await.map_err(|e| e.to_string())
-            })
-            .await;
-        if let Ok(Err(e)) = stored {
-            log::error!("storing the answer of Idempotency-Key {key:?}: {e}");
-        }
-        if let (Ok(FleetClaim::Ours), Some(cluster)) = (&fleet, &self.cluster) {
-            let value = answer.map(|a| format!("{}\n{a}", hex(&digest)));
-            let window = std::time::Duration::from_secs(window);
-            if let Err(e) = cluster.settle(&key, value, window).await {
-                log::warn!("Idempotency-Key {key:?} holds on this node only: {e}");
-            }
-        }
-        result
-    }
-
-    /// Claims `key` in Redis, when the fleet shares keys: the first
-    /// answer if another node gave it, or wait while its request is under
-    /// way. Redis unreachable: this node alone (logged).
-    async fn claim_in_fleet(
+    /// Queues an admitted request's message. `rider`: a keyed request's,
+    /// whose answer rides in its message's frame when it queues one.
+    async fn inject(
         &self,
-        key: &str,
-        digest: [u8; 32],
-        window: u64,
-    ) -> Result<FleetClaim, InjectError> {
-        let Some(cluster) = &self.cluster else {
-            return Ok(FleetClaim::NotShared);
-        };
-        let window = std::time::Duration::from_secs(window);
-        let started = std::time::Instant::now();
-        loop {
-            let held = match cluster.reserve(key, FLEET_MARK, window).await {
-                Ok(None) => return Ok(FleetClaim::Ours),
-                Ok(Some(held)) => held,
-                Err(e) => {
-                    log::debug!("Idempotency-Key {key:?} checked on this node only: {e}");
-                    return Ok(FleetClaim::NotShared);
-                }
-            };
-            if held == FLEET_MARK {
-                if started.elapsed() > idempotency::WAIT_FOR_FIRST {
-                    return Err(busy());
-                }
-                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-            let (theirs, answer) = held.split_once('\n').unwrap_or(("", ""));
-            return match theirs == hex(&digest) {
-                true => Ok(FleetClaim::Answered(answer.to_string())),
-                false => Err(mismatch()),
-            };
-        }
-    }
-
-    /// Queues an admitted request's message.
-    async fn inject(&self, req: Request) -> Result<Response, InjectError> {
+        req: Request,
+        rider: Option<&keyed::AnswerRider<'_>>,
+    ) -> Result<Response, InjectError> {
         if self.door.draining() {
             return Err(refuse(
                 503,
@@ -319,7 +181,7 @@ impl Injector {
             ));
         }
         let peer = req.peer.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let key = req.idempotency_key.clone().filter(|_| self.keys.is_some());
+        let key = req.idempotency_key.clone().filter(|_| self.keyed.is_some());
         // A link names its recipient: a message each.
         let linked = injection.recipients.len() > 1
             && self.door.unsubscribe_applies(
@@ -339,19 +201,36 @@ impl Injector {
         let all: Vec<usize> = (0..injection.recipients.len()).collect();
         let id = self.door.new_id();
         let msg = self.message(id, &injection, &all, &injection.content, peer, key);
-        let accepted = self.door.accept(msg).await.map_err(refusal_answer)?;
-        Ok(Response::json(
-            200,
-            &Accepted {
-                id: id.to_string(),
-                ids: Vec::new(),
-                success_count: accepted.recipients,
-                fail_count: injection.failed.len(),
-                merged_count: accepted.merged,
-                failed_recipients: injection.failed,
-                errors,
+        let answer_to = |accepted: crate::inbound::Accepted| {
+            Response::json(
+                200,
+                &Accepted {
+                    id: id.to_string(),
+                    ids: Vec::new(),
+                    success_count: accepted.recipients,
+                    fail_count: injection.failed.len(),
+                    merged_count: accepted.merged,
+                    failed_recipients: injection.failed.clone(),
+                    errors: errors.clone(),
+                },
+            )
+        };
+        let ride = |accepted| rider?.ride(answer_to(accepted).body);
+        let ride: &dyn Fn(crate::inbound::Accepted) -> Option<crate::queue::KeptRider> = &ride;
+        let accepted = self
+            .door
+            .accept_with(msg, rider.map(|_| ride))
+            .await
+            .map_err(refusal_answer)?;
+        Ok(match rider.and_then(keyed::AnswerRider::take_answer) {
+            // The very answer stored with the message.
+            Some(body) => Response {
+                status: 200,
+                content_type: "application/json",
+                body,
             },
-        ))
+            None => answer_to(accepted),
+        })
     }
 
     /// A request of several messages: one per recipient when some
