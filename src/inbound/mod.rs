@@ -305,22 +305,7 @@ impl Door {
         if !self.spool.has_room() {
             return Err(self.refused(id, Refusal::InsufficientStorage));
         }
-        // Our own header fields: taken out of every message (they must
-        // never reach a recipient), honoured only from trusted clients.
-        let [meta, pool, priority] = crate::proto::header::take_fields(
-            &mut body,
-            content_start,
-            [
-                &self.steps.meta.header,
-                &self.steps.egress.pool_header,
-                &self.steps.priority_header,
-            ],
-        );
-        let fields = match trusted {
-            true => [meta, pool, priority],
-            false => [None, None, None],
-        };
-        if let Err(why) = self.set_own_fields(&mut envelope, fields) {
+        if let Err(why) = self.take_own_fields(&mut envelope, &mut body, content_start, trusted) {
             return Err(self.refused(id, why));
         }
         // A recipient listed twice gets the message once, as Postfix's
@@ -370,6 +355,31 @@ impl Door {
         self.events.reception(id, &stored, dkim.as_ref());
         self.scheduler.submit(id, stored);
         Ok(accepted)
+    }
+
+    /// Our own header fields: taken out of every message (they must never
+    /// reach a recipient), honoured only from trusted clients.
+    fn take_own_fields(
+        &self,
+        envelope: &mut crate::queue::Envelope,
+        body: &mut Vec<u8>,
+        content_start: usize,
+        trusted: bool,
+    ) -> Result<(), Refusal> {
+        let [meta, pool, priority] = crate::proto::header::take_fields(
+            body,
+            content_start,
+            [
+                &self.steps.meta.header,
+                &self.steps.egress.pool_header,
+                &self.steps.priority_header,
+            ],
+        );
+        let fields = match trusted {
+            true => [meta, pool, priority],
+            false => [None, None, None],
+        };
+        self.set_own_fields(envelope, fields)
     }
 
     /// Whether a message from `sender` through `pool` (empty: as the

@@ -198,9 +198,22 @@ impl Injector {
                 .inject_each(&injection, linked, peer, key, errors)
                 .await;
         }
+        self.inject_one(&injection, peer, key, errors, rider).await
+    }
+
+    /// A request of one message for all its recipients; a keyed
+    /// request's answer rides in the message's frame.
+    async fn inject_one(
+        &self,
+        injection: &Injection,
+        peer: IpAddr,
+        key: Option<String>,
+        errors: Vec<String>,
+        rider: Option<&keyed::AnswerRider<'_>>,
+    ) -> Result<Response, InjectError> {
         let all: Vec<usize> = (0..injection.recipients.len()).collect();
         let id = self.door.new_id();
-        let msg = self.message(id, &injection, &all, &injection.content, peer, key);
+        let msg = self.message(id, injection, &all, &injection.content, peer, key);
         let answer_to = |accepted: crate::inbound::Accepted| {
             Response::json(
                 200,
