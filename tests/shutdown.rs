@@ -250,3 +250,48 @@ fn a_stop_under_load_ends_within_the_grace_period() {
         stop.elapsed()
     );
 }
+
+/// A stop with mail still queued behind a busy path ends once the attempt
+/// in flight is done, not at the end of the grace period (the workers of
+/// a path with mail queued used to start one another again and again
+/// while draining: a busy loop for the whole grace period), and what was
+/// not delivered stays queued.
+#[test]
+fn a_stop_with_mail_queued_ends_when_the_attempts_in_flight_do() {
+    use common::sink::{Script, Sink};
+
+    let slow = Sink::start(
+        "127.0.0.1",
+        0,
+        Script {
+            delay: Duration::from_millis(100),
+            ..Script::default()
+        },
+    );
+    let mut ts = common::start_with(1, |c| {
+        c.delivery.smarthost = format!("[127.0.0.1]:{}", slow.addr.port());
+        c.delivery.max_connections = 1;
+        c.server.shutdown_grace_secs = 10;
+    });
+    const N: usize = 30;
+    let mut c = ts.client();
+    c.expect("EHLO l.test", 250);
+    for i in 0..N {
+        c.begin("a@b.example", &["x@y.example"]);
+        let body = format!("Subject: queued {i}\r\n\r\nbody\r\n");
+        assert_eq!(c.data(body.as_bytes()).code, 250);
+    }
+    slow.wait_for(1, 10);
+    let stop = Instant::now();
+    ts.stop();
+    let took = stop.elapsed();
+    let queued = ts.stop_and_list().len();
+    let delivered = slow.messages().len();
+    eprintln!("stopped in {took:?}: {delivered} delivered, {queued} still queued");
+    assert!(
+        took < Duration::from_secs(3),
+        "the stop took {took:?} with one attempt (under a second) in flight"
+    );
+    assert!(queued > 0, "the backlog was gone before the stop");
+    assert!(delivered + queued >= N, "{delivered} + {queued} of {N}");
+}

@@ -446,8 +446,13 @@ impl Scheduler {
         }
     }
 
-    /// Starts workers for `domain` up to its connection share.
+    /// Starts workers for `domain` up to its connection share; none once
+    /// draining (a worker would find no job and kick again: a busy loop
+    /// for the whole grace period of a stop with mail queued).
     fn kick(self: &Rc<Self>, domain: &str) {
+        if self.draining.get() {
+            return;
+        }
         while {
             let limit = self.connection_limit(domain);
             self.state.borrow_mut().add_worker(domain, limit)
