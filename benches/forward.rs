@@ -12,8 +12,8 @@
 //!     cargo bench --bench forward -- [LISTEN] [UPSTREAM]
 //!
 //! Defaults: 127.0.0.1:2527 (where the harness injects) to 127.0.0.1:2626
-//! (its smtp-sink). Loopback addresses only. Not yet a column of
-//! benches/loadtest.sh (issue 34 point 1, under way).
+//! (its smtp-sink). Loopback addresses only. The floor benches/loadtest.sh
+//! runs is `benches/relay_floor.rs`, a store-and-forward relay.
 
 use std::net::SocketAddr;
 

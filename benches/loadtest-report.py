@@ -33,19 +33,31 @@ for r in runs:
     by.setdefault(scenario(r), {})[r["mta"]] = r
 pairs = [(k, m["postfix"], m["ringpost"]) for k, m in by.items() if "postfix" in m and "ringpost" in m]
 
+
+def of_floor(k, r):
+    """ringpost's e2e as a share of the relay floor's (benches/relay_floor.rs)."""
+    floor = by[k].get("floor")
+    if not floor:
+        return "-", "-"
+    return f"{floor['e2e_msgs_per_s']:.0f}", f"{100 * r['e2e_msgs_per_s'] / floor['e2e_msgs_per_s']:.0f}%"
+
+
 lines = [
     "| scenario | Postfix e2e msg/s | ringpost e2e msg/s | e2e ratio | accept ratio "
-    "| Postfix CPU µs/msg | ringpost CPU µs/msg | CPU ratio | ringpost e2e / sink-direct |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| Postfix CPU µs/msg | ringpost CPU µs/msg | CPU ratio | ringpost e2e / sink-direct "
+    "| relay floor e2e msg/s | ringpost / floor |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
 for k, p, r in pairs:
+    floor, share = of_floor(k, r)
     lines.append(
         f"| `{k}` | {p['e2e_msgs_per_s']:.0f} | {r['e2e_msgs_per_s']:.0f} | "
         f"**{r['e2e_msgs_per_s'] / p['e2e_msgs_per_s']:.2f}x** | "
         f"{r['accept_msgs_per_s'] / p['accept_msgs_per_s']:.2f}x | "
         f"{p['mta_cpu_us_per_msg']} | {r['mta_cpu_us_per_msg']} | "
         f"1/{p['mta_cpu_us_per_msg'] / r['mta_cpu_us_per_msg']:.1f} | "
-        f"{100 * r['e2e_msgs_per_s'] / r['sink_direct_msgs_per_s']:.0f}% |"
+        f"{100 * r['e2e_msgs_per_s'] / r['sink_direct_msgs_per_s']:.0f}% | "
+        f"{floor} | **{share}** |"
     )
 for lat in latency:
     lines.append(

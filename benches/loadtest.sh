@@ -9,6 +9,10 @@
 #       line), DATE-loadtest.md (the ratio table) and DATE-loadtest.png (the
 #       ratios and CPU per message as a chart; also copied to
 #       benches/results/latest-loadtest.png, which the README shows).
+#       After the harness's two columns, the same scenarios through the
+#       relay floor (benches/relay_floor.rs: a store-and-forward relay that
+#       does nothing else, in memory, on io_uring like ringpost), a third
+#       column: ringpost's e2e as a share of what a relay reaches here.
 #
 #   benches/loadtest.sh --ab BIN_A BIN_B [--pairs N] [--config FILE] [SCENARIO...]
 #       two ringpost binaries (or one binary with two configs: --config-b
@@ -85,10 +89,13 @@ EOF
 fi
 
 OUT=benches/results/$STAMP-loadtest
-(cargo build --release --bin ringpost && cargo bench --no-run --bench accept_latency)
+(cargo build --release --bin ringpost && cargo bench --no-run --bench accept_latency --bench relay_floor)
+FLOOR=$(ls -t target/release/deps/relay_floor-* | grep -v '\.d$' | head -1)
 CMD=$(mta_cmd "$BIN" "$CONFIG")
 echo "# $(date -u +%FT%TZ) $HARNESS --mode both --name ringpost --mta-cmd '$CMD' ${SCENARIOS[*]}" > "$OUT.jsonl"
 "$HARNESS" --mode both --name ringpost --mta-cmd "$CMD" "${SCENARIOS[@]}" | tee -a "$OUT.jsonl"
+# The relay floor, the same scenarios through the same harness.
+"$HARNESS" --mode external --name floor --no-control --mta-cmd "$FLOOR" "${SCENARIOS[@]}" | tee -a "$OUT.jsonl"
 
 # Acceptance latency under the same relay setup.
 export PATH=$PATH:/usr/sbin
