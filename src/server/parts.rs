@@ -326,11 +326,12 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
         stop.clone(),
     )));
     let injector = injector(p, seat.index, parts);
-    loops.push(glommio::spawn_local(mesh::serve(
-        seat.key_work,
-        injector.clone(),
-        stop.clone(),
-    )));
+    let (keyed, key_stop) = (injector.clone(), stop.clone());
+    let grace = Duration::from_secs(p.cfg.server.shutdown_grace_secs);
+    loops.push(glommio::spawn_local(async move {
+        mesh::serve(seat.key_work, keyed.clone(), key_stop.clone()).await;
+        keyed.finish_keyed(key_stop.deadline(grace)).await;
+    }));
     if let Some(l) = bound.inject {
         loops.push(spawn_injection(p, seat.index, injector, l, stop));
     }
@@ -369,6 +370,7 @@ fn injector(p: &Prepared, index: usize, parts: &Parts) -> Rc<crate::http::inject
         index: KeyIndex::new(&parts.spool),
         keyed: (p.cfg.inject.idempotency_window_secs > 0).then(|| p.keys.clone()),
         shard: index,
+        keyed_under_way: std::cell::Cell::new(0),
         cluster: p.cluster.clone(),
         clock: p.clock.clone(),
     })

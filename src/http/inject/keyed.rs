@@ -140,10 +140,25 @@ impl Injector {
         req: Request,
         tx: oneshot::Sender<Result<Response, InjectError>>,
     ) {
+        self.keyed_under_way.set(self.keyed_under_way.get() + 1);
         glommio::spawn_local(async move {
-            let _ = tx.send(self.queue_once(key, req).await);
+            let result = self.queue_once(key, req).await;
+            self.keyed_under_way.set(self.keyed_under_way.get() - 1);
+            let _ = tx.send(result);
         })
         .detach();
+    }
+
+    /// On stop, once no more keyed requests come in: waits (until
+    /// `deadline`) for those under way here, which may be other shards'
+    /// clients' (whose listeners wait for their answers, not for this
+    /// shard). Ending this shard under one could drop it between its
+    /// message's commit and its answer: the client would get 503 for a
+    /// message that is queued.
+    pub async fn finish_keyed(&self, deadline: std::time::Instant) {
+        while self.keyed_under_way.get() > 0 && std::time::Instant::now() < deadline {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
     }
 
     /// A keyed request on its key's owner: the first answer if the key is
