@@ -6,7 +6,7 @@ the webhook receiver's and the clients' own records.
 
     python3 benches/soak-all.py [--minutes M] [--short] [--bulk N]
 
---short is the form tests/soak_all.rs runs in CI (50 s of lighter load,
+--short is the form tests/soak_all.rs runs in CI (38 s of lighter load,
 a node killed every 4-8 s, Redis killed once, the receiver away and
 flapping every 10-12 s, one reload).
 The long form (the default, 60 minutes) kills node b every 5-30 s (node a
@@ -86,11 +86,11 @@ ARGS = p.parse_args()
 # Each client's pause between messages: the short form's load is lighter
 # (CI has 2 cores for everything), the long form's about 150 msgs/s.
 PACE = ARGS.pace if ARGS.pace is not None else (0.08 if ARGS.short else 0.03)
-SECONDS = 50 if ARGS.short else ARGS.minutes * 60
+SECONDS = 38 if ARGS.short else ARGS.minutes * 60
 KILL_EVERY = (4, 8) if ARGS.short else (5, 30)
 REDIS_EVERY = (20, 24) if ARGS.short else (120, 240)
 HOOK_DOWN = ((10, 12), (5, 8)) if ARGS.short else ((300, 300), (60, 120))
-RELOAD_EVERY = (30, 34) if ARGS.short else (600, 600)
+RELOAD_EVERY = (24, 28) if ARGS.short else (600, 600)
 
 def port_in_use(port):
     import socket

@@ -4,7 +4,7 @@
 //! lanes, feedback and suppression, SMTP and HTTP clients, with nodes
 //! killed (SIGKILL) every 4-8 s, Redis killed and restarted empty, the
 //! webhook receiver away and then flapping (500s, 404s), and a reload
-//! of a broken then a good shaping file, for 50 s of load; then every
+//! of a broken then a good shaping file, for 38 s of load; then every
 //! acknowledged message must be delivered or bounced, none refused
 //! delivered, every delivery DKIM-verified (dkimpy) and with its webhook
 //! event, no suppressed recipient delivered after the acknowledgement,
