@@ -370,7 +370,7 @@ fn injector(p: &Prepared, index: usize, parts: &Parts) -> Rc<crate::http::inject
         index: KeyIndex::new(&parts.spool),
         keyed: (p.cfg.inject.idempotency_window_secs > 0).then(|| p.keys.clone()),
         shard: index,
-        keyed_under_way: std::cell::Cell::new(0),
+        keyed_tasks: Default::default(),
         cluster: p.cluster.clone(),
         clock: p.clock.clone(),
     })

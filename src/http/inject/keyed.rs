@@ -132,33 +132,30 @@ impl Injector {
         answer.await.unwrap_or_else(|_| Err(stopping()))
     }
 
-    /// Starts [`Injector::queue_once`] as a task of this shard's, its
-    /// answer to `tx`.
+    /// Starts [`Injector::queue_once`] as a task of this shard's keyed
+    /// work (`keyed_tasks`), its answer to `tx`.
     fn spawn_once(
         self: Rc<Self>,
         key: String,
         req: Request,
         tx: oneshot::Sender<Result<Response, InjectError>>,
     ) {
-        self.keyed_under_way.set(self.keyed_under_way.get() + 1);
-        glommio::spawn_local(async move {
-            let result = self.queue_once(key, req).await;
-            self.keyed_under_way.set(self.keyed_under_way.get() - 1);
-            let _ = tx.send(result);
-        })
-        .detach();
+        let tasks = self.keyed_tasks.clone();
+        tasks.spawn(async move {
+            let _ = tx.send(self.queue_once(key, req).await);
+        });
     }
 
     /// On stop, once no more keyed requests come in: waits (until
     /// `deadline`) for those under way here, which may be other shards'
     /// clients' (whose listeners wait for their answers, not for this
-    /// shard). Ending this shard under one could drop it between its
-    /// message's commit and its answer: the client would get 503 for a
-    /// message that is queued.
+    /// shard), then cancels what is left, as the shard's other tasks are.
+    /// Ending this shard under one could drop it between its message's
+    /// commit and its answer: the client would get 503 for a message that
+    /// is queued.
     pub async fn finish_keyed(&self, deadline: std::time::Instant) {
-        while self.keyed_under_way.get() > 0 && std::time::Instant::now() < deadline {
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        self.keyed_tasks.wait_until_at_most(0, deadline).await;
+        self.keyed_tasks.cancel_all();
     }
 
     /// A keyed request on its key's owner: the first answer if the key is

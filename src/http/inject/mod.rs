@@ -64,9 +64,9 @@ pub struct Injector {
     pub keyed: Option<Mesh<Injector>>,
     /// This shard's index.
     pub shard: usize,
-    /// Keyed requests this shard is serving, for any shard's clients
+    /// The keyed requests this shard is serving, for any shard's clients
     /// (`keyed.rs`: a stop waits for them).
-    pub keyed_under_way: std::cell::Cell<usize>,
+    pub keyed_tasks: crate::shard::tasks::TaskSet,
     /// With `[cluster]`: keys are claimed fleet-wide too.
     pub cluster: Option<Arc<Cluster>>,
     pub clock: Clock,
