@@ -22,10 +22,11 @@
 //! config, loaded files, the DNS resolver handle) and the metrics recorder.
 //! Cross-shard traffic (the admin API's, the schedulers' back-off
 //! notices) goes over the shard mesh; injection requests with an
-//! `Idempotency-Key` over a second mesh to the shard that owns the key. With `[cluster]`, one
-//! Redis thread per node (`cluster::Cluster`) is shared by every shard,
-//! and shard 0 keeps the node's suppression list in step with the
-//! fleet's (`suppression::share`).
+//! `Idempotency-Key` over a second mesh, of injectors, to the shard that
+//! owns the key. With `[cluster]`, one Redis thread per node
+//! (`cluster::Cluster`) is shared by every shard, and shard 0 keeps the
+//! node's suppression list in step with the fleet's
+//! (`suppression::share`).
 //!
 //! May call: every module (it is the composition root).
 //! Must not: be imported by any of them.
@@ -143,7 +144,7 @@ struct Prepared {
     mesh: Mesh<Scheduler>,
     /// Every shard's injector: requests with an `Idempotency-Key` go to
     /// the one that owns the key.
-    keys: Mesh<Injector>,
+    injectors: Mesh<Injector>,
     /// Every shard's book of the node's path limits.
     books: Mesh<LimitBook>,
     /// The node's suppression list, when `suppression.enabled`.
@@ -157,8 +158,8 @@ struct Seat {
     index: usize,
     stop: StopSignal,
     work: flume::Receiver<Work<Scheduler>>,
-    /// Injection requests with an `Idempotency-Key` this shard owns.
-    key_work: flume::Receiver<Work<Injector>>,
+    /// Injection requests with an `Idempotency-Key` this shard owns the key of.
+    keyed_work: flume::Receiver<Work<Injector>>,
     /// Requests about the path limits this shard keeps.
     book_work: flume::Receiver<Work<LimitBook>>,
     /// Fires once every shard's scheduler has drained.
@@ -250,12 +251,12 @@ pub fn start(cfg: Config) -> Result<Server, StartError> {
 pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError> {
     let shards = shard_count(&cfg);
     let (mesh, works) = mesh::mesh(shards);
-    let (keys, key_works) = mesh::mesh(shards);
+    let (injectors, keyed_works) = mesh::mesh(shards);
     let (books, book_works) = mesh::mesh(shards);
     let reload = crate::scheduler::reload::Reload::new(&cfg.delivery.shaping_file, mesh.clone());
     // Before `prepare`: the Redis thread it starts sets its gauge at once.
     crate::metrics::install();
-    let prepared = Arc::new(prepare(cfg, shards, clock, mesh, keys, books)?);
+    let prepared = Arc::new(prepare(cfg, shards, clock, mesh, injectors, books)?);
 
     let (report_tx, reports) = flume::unbounded();
     let (stop, signals) = stop::channel(shards);
@@ -267,16 +268,16 @@ pub fn start_with_clock(cfg: Config, clock: Clock) -> Result<Server, StartError>
     });
     let seats: Vec<Option<Seat>> = signals
         .into_iter()
-        .zip(works.into_iter().zip(key_works).zip(book_works))
+        .zip(works.into_iter().zip(keyed_works).zip(book_works))
         .zip(book_signals)
         .enumerate()
         .map(
-            |(index, ((stop, ((work, key_work), book_work)), book_stop))| {
+            |(index, ((stop, ((work, keyed_work), book_work)), book_stop))| {
                 Some(Seat {
                     index,
                     stop,
                     work,
-                    key_work,
+                    keyed_work,
                     book_work,
                     book_stop,
                     books: books.clone(),
@@ -333,7 +334,7 @@ fn prepare(
     shards: usize,
     clock: Clock,
     mesh: Mesh<Scheduler>,
-    keys: Mesh<Injector>,
+    injectors: Mesh<Injector>,
     books: Mesh<LimitBook>,
 ) -> Result<Prepared, StartError> {
     let files = preflight(&cfg).map_err(|p| StartError::Files(ConfigErrors(p)))?;
@@ -392,7 +393,7 @@ fn prepare(
         files,
         ready: Arc::new(AtomicBool::new(false)),
         mesh,
-        keys,
+        injectors,
         books,
     })
 }

@@ -329,7 +329,7 @@ fn spawn_loops(p: &Prepared, seat: Seat, parts: &Parts, bound: Bound) -> Vec<glo
     let (keyed, key_stop) = (injector.clone(), stop.clone());
     let grace = Duration::from_secs(p.cfg.server.shutdown_grace_secs);
     loops.push(glommio::spawn_local(async move {
-        mesh::serve(seat.key_work, keyed.clone(), key_stop.clone()).await;
+        mesh::serve(seat.keyed_work, keyed.clone(), key_stop.clone()).await;
         keyed.finish_keyed(key_stop.deadline(grace)).await;
     }));
     if let Some(l) = bound.inject {
@@ -368,7 +368,7 @@ fn injector(p: &Prepared, index: usize, parts: &Parts) -> Rc<crate::http::inject
         door: parts.door.clone(),
         token: p.files.inject_token.clone(),
         index: KeyIndex::new(&parts.spool),
-        keyed: (p.cfg.inject.idempotency_window_secs > 0).then(|| p.keys.clone()),
+        keyed: (p.cfg.inject.idempotency_window_secs > 0).then(|| p.injectors.clone()),
         shard: index,
         keyed_tasks: Default::default(),
         cluster: p.cluster.clone(),

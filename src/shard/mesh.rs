@@ -55,19 +55,11 @@ impl<S: 'static> Mesh<S> {
         Fut: Future<Output = T> + 'static,
     {
         let (tx, rx) = flume::bounded(1);
-        let task: Work<S> = Box::new(move |state| {
-            Box::pin(async move {
-                let _ = tx.send(work(state).await);
-            })
-        });
-        let gone = ShardGone(shard);
-        self.txs
-            .get(shard)
-            .ok_or(gone.clone())?
-            .send_async(task)
-            .await
-            .map_err(|_| gone.clone())?;
-        rx.recv_async().await.map_err(|_| gone)
+        self.tell(shard, move |state| async move {
+            let _ = tx.send(work(state).await);
+        })
+        .await?;
+        rx.recv_async().await.map_err(|_| ShardGone(shard))
     }
 
     /// Sends `work` to shard `shard` without waiting for it: for work

@@ -15,7 +15,7 @@
 //! Must not: store an answer before its messages are durable, or run a
 //! keyed request anywhere but on its key's owner.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use futures::channel::oneshot;
@@ -48,10 +48,8 @@ pub(super) struct AnswerRider<'a> {
     injector: &'a Injector,
     key: &'a str,
     expires: u64,
-    /// The answer as it rode, until the response takes it.
+    /// The answer as it rode (None: none did).
     rode: RefCell<Option<Vec<u8>>>,
-    /// Whether an answer rode.
-    ridden: Cell<bool>,
 }
 
 impl AnswerRider<'_> {
@@ -60,13 +58,12 @@ impl AnswerRider<'_> {
         let answer = std::str::from_utf8(&body).ok()?;
         let rider = self.injector.index.rider(self.key, answer, self.expires)?;
         *self.rode.borrow_mut() = Some(body);
-        self.ridden.set(true);
         Some(rider)
     }
 
-    /// The answer that rode, if one did (once: for the response).
-    pub(super) fn take_answer(&self) -> Option<Vec<u8>> {
-        self.rode.borrow_mut().take()
+    /// The answer that rode, if one did.
+    pub(super) fn rode(&self) -> Option<Vec<u8>> {
+        self.rode.borrow().clone()
     }
 }
 
@@ -178,14 +175,13 @@ impl Injector {
             key: &key,
             expires,
             rode: RefCell::new(None),
-            ridden: Cell::new(false),
         };
         let result = match &fleet {
             Ok(FleetClaim::Answered(answer)) => Ok(replayed(answer.clone())),
             Err(refusal) => Err(refusal.clone()),
             Ok(FleetClaim::Ours | FleetClaim::NotShared) => self.inject(req, Some(&rider)).await,
         };
-        let stored = rider.ridden.get();
+        let stored = rider.rode.borrow().is_some();
         let answer = match (&fleet, &result) {
             (Ok(FleetClaim::Ours | FleetClaim::NotShared), Ok(r)) if r.status == 200 => {
                 Some(String::from_utf8_lossy(&r.body).into_owned())

@@ -238,7 +238,7 @@ impl Injector {
             .accept_with(msg, rider.map(|_| ride))
             .await
             .map_err(refusal_answer)?;
-        Ok(match rider.and_then(keyed::AnswerRider::take_answer) {
+        Ok(match rider.and_then(keyed::AnswerRider::rode) {
             // The very answer stored with the message.
             Some(body) => Response {
                 status: 200,
