@@ -1,6 +1,6 @@
 //! What each optional feature on the delivery and reception paths costs a
 //! message, measured one by one, so that the next feature's cost is
-//! measured against this run (benches/results/hot-path.md):
+//! measured against this run (benches/results/README.md, 2026-12-07):
 //!
 //! - suppression: the list looked up for a recipient (hit and miss) in a
 //!   list of 100,000 entries, as reception and the delivery-time check do;
