@@ -30,8 +30,10 @@ fn envelope(i: usize) -> Envelope {
         vec![format!("user{i}@dest{}.example", i % 100)],
         1_800_000_000,
     );
-    env.message_id = Some(format!("m{i}@shop.example"));
-    env.meta = Some(serde_json::json!({"campaign": format!("c{}", i % 2), "user": i}));
+    env.message_id = Some(format!("m{i}@shop.example").into());
+    env.meta = Some(Box::new(
+        serde_json::json!({"campaign": format!("c{}", i % 2), "user": i}),
+    ));
     env
 }
 

@@ -67,7 +67,7 @@ fn envelope(id: MessageId) -> Envelope {
         1_765_000_000,
     );
     env.client = "localhost [127.0.0.1]".into();
-    env.message_id = Some(format!("{id}@ringpost.bench.test"));
+    env.message_id = Some(format!("{id}@ringpost.bench.test").into());
     env.attempts = 1;
     env.next_due = 1_765_003_600;
     env.body.segment = 1;
@@ -99,8 +99,11 @@ fn main() {
     let ids: Vec<MessageId> = (0..n).map(|_| ids.next_id()).collect();
     let envs: Vec<Envelope> = ids.iter().map(|&id| envelope(id)).collect();
     println!(
-        "{n} deferred messages; an Envelope is {} bytes inline",
-        std::mem::size_of::<Envelope>()
+        "{n} deferred messages; inline sizes: Envelope {} bytes, its Recipient {}, \
+         the scheduler's Entry {}",
+        std::mem::size_of::<Envelope>(),
+        std::mem::size_of::<ringpost::queue::Recipient>(),
+        std::mem::size_of::<ringpost::scheduler::state::Entry>()
     );
 
     let before = now();

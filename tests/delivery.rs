@@ -848,7 +848,7 @@ fn a_require_destination_never_rides_an_opportunistic_pooled_connection() {
         );
         let queued = ts.messages();
         assert_eq!(queued.len(), 1, "req.test's message waits for a retry");
-        assert_eq!(queued[0].1.recipients[0].address, "y@req.test");
+        assert_eq!(&*queued[0].1.recipients[0].address, "y@req.test");
     }
 }
 

@@ -200,7 +200,7 @@ fn the_200_comes_after_the_message_is_in_the_spool() {
         .expect("the injected message is in the spool");
     assert_eq!(env.sender, "orders@sender.test");
     assert_eq!(env.recipients.len(), 1);
-    assert_eq!(env.recipients[0].address, "x@elsewhere.test");
+    assert_eq!(&*env.recipients[0].address, "x@elsewhere.test");
 }
 
 #[test]

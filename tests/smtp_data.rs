@@ -104,12 +104,7 @@ fn pipelined_commands_are_answered_in_order_in_one_write() {
     let mut ts = ts;
     let msgs = ts.stop_and_list();
     assert_eq!(msgs.len(), 1);
-    let rcpts: Vec<_> = msgs[0]
-        .1
-        .recipients
-        .iter()
-        .map(|r| r.address.as_str())
-        .collect();
+    let rcpts: Vec<_> = msgs[0].1.recipients.iter().map(|r| &*r.address).collect();
     assert_eq!(rcpts, ["x@y.example", "z@y.example"]);
     assert_eq!(msgs[0].0.to_string(), r.queued_id());
 }

@@ -199,7 +199,7 @@ fn relay_is_denied_to_clients_outside_relay_networks() {
         .1
         .recipients
         .iter()
-        .map(|r| r.address.clone())
+        .map(|r| r.address.to_string())
         .collect();
     assert_eq!(rcpts, ["user@local.example"]);
 }

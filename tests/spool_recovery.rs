@@ -248,7 +248,7 @@ fn acknowledged_messages_are_replayed_from_the_journal_after_a_crash() {
     for (id, env) in spool.list() {
         let body = spool.read_body_blocking(id, &env).unwrap();
         assert!(body.starts_with(b"Subject: "), "{id}");
-        assert_eq!(env.recipients[0].address, "c@d.example");
+        assert_eq!(&*env.recipients[0].address, "c@d.example");
     }
     // Replayed records are in sled now: a second recovery replays nothing.
     drop(spool);
@@ -266,11 +266,11 @@ fn enqueue_riders_then_abort(root: &Path, n: usize) -> ! {
         let mut ids_gen = IdGenerator::new(0);
         for i in 0..n {
             let mut env = Envelope::new("a@b.example".into(), vec!["c@d.example".into()], 1);
-            env.rider = Some(KeptRider::new(
+            env.rider = Some(Box::new(KeptRider::new(
                 KeptTree::Idempotency,
                 &format!("key-{i}"),
                 format!("answer {i}\n\u{0}\u{ff}").as_bytes(),
-            ));
+            )));
             let body = format!("Subject: {i}\r\n\r\nbody {i}\r\n").into_bytes();
             let stored = spool.enqueue(ids_gen.next_id(), env, body).await.unwrap();
             // In the tree from the commit round on, and not in the record.

@@ -212,12 +212,7 @@ fn the_drop_action_answers_250_and_queues_nothing_for_suppressed_recipients() {
     let queued = ts.stop_and_list();
     assert_eq!(queued.len(), 1);
     assert_eq!(queued[0].0.to_string(), id);
-    let rcpts: Vec<&str> = queued[0]
-        .1
-        .recipients
-        .iter()
-        .map(|r| r.address.as_str())
-        .collect();
+    let rcpts: Vec<&str> = queued[0].1.recipients.iter().map(|r| &*r.address).collect();
     assert_eq!(rcpts, ["fine@example.net"]);
 }
 

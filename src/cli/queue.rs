@@ -476,7 +476,7 @@ pub(super) fn queue_ls(dir: &std::path::Path, cfg: &Config) -> Result<()> {
         // only in the segments' journal.
         spool.recover()?;
         for (id, env) in spool.list() {
-            let rcpts: Vec<&str> = env.recipients.iter().map(|r| r.address.as_str()).collect();
+            let rcpts: Vec<&str> = env.recipients.iter().map(|r| &*r.address).collect();
             let sender = if env.sender.is_empty() {
                 "<>"
             } else {

@@ -317,7 +317,7 @@ impl<'a> Event<'a> {
     /// sender and meta.
     pub fn of(event: EventKind, id: MessageId, env: &'a Envelope, recipient: &'a str) -> Event<'a> {
         let mut ev = Event::new(event, id, &env.sender, recipient);
-        ev.meta = env.meta.as_ref();
+        ev.meta = env.meta.as_deref();
         ev
     }
 

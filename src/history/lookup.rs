@@ -168,13 +168,9 @@ pub fn key_hashes(seed: u64, env: &crate::queue::Envelope) -> Vec<u64> {
         sender: &env.sender,
         message_id: env.message_id.as_deref(),
         idempotency_key: env.idempotency_key.as_deref(),
-        meta: env.meta.as_ref(),
+        meta: env.meta.as_deref(),
     };
-    hashes_of(
-        seed,
-        keyed,
-        env.recipients.iter().map(|r| r.address.as_str()),
-    )
+    hashes_of(seed, keyed, env.recipients.iter().map(|r| &*r.address))
 }
 
 /// [`key_hashes`] of any message: its recipients and the rest of what it
@@ -275,7 +271,7 @@ impl Lookup {
                 .as_deref()
                 .is_some_and(|v| is(self.kind, v)),
             LookupKind::Meta => {
-                let Some(serde_json::Value::Object(map)) = &env.meta else {
+                let Some(serde_json::Value::Object(map)) = env.meta.as_deref() else {
                     return false;
                 };
                 map.iter().take(MAX_META_KEYS).any(|(k, v)| {
@@ -356,9 +352,9 @@ pub fn keys_of_envelope(env: &crate::queue::Envelope) -> Vec<Lookup> {
         sender: &env.sender,
         message_id: env.message_id.as_deref(),
         idempotency_key: env.idempotency_key.as_deref(),
-        meta: env.meta.as_ref(),
+        meta: env.meta.as_deref(),
     };
-    keys_of(keyed, env.recipients.iter().map(|r| r.address.as_str()))
+    keys_of(keyed, env.recipients.iter().map(|r| &*r.address))
 }
 
 #[cfg(test)]
@@ -374,8 +370,9 @@ mod tests {
         );
         env.message_id = Some("<m1@shop.example>".into());
         env.idempotency_key = Some("order 42".into());
-        env.meta =
-            Some(serde_json::json!({"c": "spring", "n": 7.5, "t": true, "o": {}, "k=x": "y"}));
+        env.meta = Some(Box::new(
+            serde_json::json!({"c": "spring", "n": 7.5, "t": true, "o": {}, "k=x": "y"}),
+        ));
         let keys = keys_of_envelope(&env);
         for k in &keys {
             assert!(k.found_in(&env), "{k:?}");
@@ -416,8 +413,9 @@ mod tests {
         );
         env.message_id = Some("m1@shop.example".into());
         env.idempotency_key = Some("order 42".into());
-        env.meta =
-            Some(serde_json::json!({"c": "spring", "n": 7.5, "t": true, "o": {}, "s": " x "}));
+        env.meta = Some(Box::new(
+            serde_json::json!({"c": "spring", "n": 7.5, "t": true, "o": {}, "s": " x "}),
+        ));
         let mut want: Vec<u64> = keys_of_envelope(&env).iter().map(|k| k.hash(9)).collect();
         want.sort_unstable();
         assert_eq!(key_hashes(9, &env), want);

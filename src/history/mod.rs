@@ -165,7 +165,7 @@ impl<'a> Record<'a> {
             sender: &env.sender,
             message_id: env.message_id.as_deref(),
             idempotency_key: env.idempotency_key.as_deref(),
-            meta: env.meta.as_ref(),
+            meta: env.meta.as_deref(),
             pool: &env.pool,
             priority: env.priority,
             size: env.size(),
@@ -693,8 +693,8 @@ mod tests {
     fn record(h: &History, spool: &Spool, rcpt: &str, finished: u64) -> (MessageId, Finished) {
         let id = spool.new_id();
         let mut env = Envelope::new("app@shop.example".into(), vec![rcpt.into()], finished - 5);
-        env.message_id = Some(format!("{id}@shop.example"));
-        env.meta = Some(serde_json::json!({"campaign": "spring"}));
+        env.message_id = Some(format!("{id}@shop.example").into());
+        env.meta = Some(Box::new(serde_json::json!({"campaign": "spring"})));
         let rec = Record::of(id, &env, finished, |_, r| RecipientRecord {
             address: &r.address,
             outcome: Outcome::Delivered,

@@ -247,7 +247,7 @@ impl Door {
             return Ok(None);
         }
         let content = body.get(content_start..).unwrap_or(body);
-        let rcpts = envelope.recipients.iter().map(|r| r.address.as_str());
+        let rcpts = envelope.recipients.iter().map(|r| &*r.address);
         if let Err(e) = intake.take_for(id, content, rcpts) {
             return Err(self.refused(id, Refusal::Report(e)));
         }
@@ -323,7 +323,11 @@ impl Door {
             return Err(self.refused(id, Refusal::TooManyHops(survey.received)));
         }
         let added_id = self.complete(id, &mut body, content_start, &survey, complete);
-        envelope.message_id = survey.message_id_value.clone().or(added_id);
+        envelope.message_id = survey
+            .message_id_value
+            .as_deref()
+            .map(Into::into)
+            .or(added_id.map(Into::into));
         if let Some(done) = self.take_reports(id, &mut envelope, &body, content_start)? {
             return Ok(Accepted { merged, ..done });
         }
@@ -334,7 +338,7 @@ impl Door {
             body.splice(at..at, line.into_bytes());
         }
         let dkim = self.sign(&mut body);
-        envelope.dkim = dkim.as_ref().map(crate::dkim::DkimOutcome::summary);
+        envelope.dkim = dkim.as_ref().map(|d| d.summary().into());
         let now = self.clock.now();
         envelope.created = now;
         // Scheduled mail (`release_at`) waits for its time like a retry.
@@ -343,7 +347,7 @@ impl Door {
             recipients: envelope.recipients.len(),
             merged,
         };
-        envelope.rider = rider.and_then(|make| make(accepted));
+        envelope.rider = rider.and_then(|make| make(accepted)).map(Box::new);
         let stored = match self.spool.enqueue(id, envelope, body).await {
             Ok(stored) => stored,
             Err(e) => return Err(self.refused(id, Refusal::Storage(e))),
@@ -419,7 +423,7 @@ impl Door {
             (false, [only]) => {
                 let claim = crate::unsubscribe::Claim {
                     message: id,
-                    recipient: only.address.clone(),
+                    recipient: only.address.to_string(),
                     sender_domain: crate::queue::domain_of(&envelope.sender),
                     issued: self.clock.now(),
                 };
@@ -495,7 +499,9 @@ impl Door {
         if let Some(text) = meta
             && envelope.meta.is_none()
         {
-            envelope.meta = Some(self.steps.meta.parse(&text).map_err(Refusal::BadMeta)?);
+            envelope.meta = Some(Box::new(
+                self.steps.meta.parse(&text).map_err(Refusal::BadMeta)?,
+            ));
         }
         let egress = &self.steps.egress;
         if let Some(name) = pool

@@ -6,6 +6,8 @@
 //! Must not: hold the body; bodies live in segments (see `queue::segment`),
 //! and the record says where.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::frame::BodyRef;
@@ -21,19 +23,19 @@ pub enum RecipientStatus {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
-    pub address: String,
+    pub address: Box<str>,
     pub status: RecipientStatus,
     #[serde(default)]
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_reply: Option<String>,
+    pub last_reply: Option<Arc<str>>,
     /// DSN (RFC 3461): the notices the sender asked for (None: the
     /// default, a failure notice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<Notify>,
     /// DSN: the original recipient, `type;address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub orcpt: Option<String>,
+    pub orcpt: Option<Box<str>>,
     /// A delay notice was sent for it (at most one is).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_notified: bool,
@@ -43,16 +45,16 @@ pub struct Recipient {
     pub held: bool,
     /// The egress source its last attempt went from (`[egress]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
+    pub source: Option<Arc<str>>,
     /// The site its last attempt went to (its domain's MX hosts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub site: Option<String>,
+    pub site: Option<Arc<str>>,
 }
 
 impl Recipient {
     pub fn pending(address: String) -> Recipient {
         Recipient {
-            address,
+            address: address.into(),
             status: RecipientStatus::Pending,
             attempts: 0,
             last_reply: None,
@@ -119,12 +121,12 @@ pub struct Envelope {
     pub eight_bit: bool,
     /// Who sent it: `helo [ip]`, for logs and `queue show`.
     #[serde(default)]
-    pub client: String,
+    pub client: Arc<str>,
     /// The application's own data for this message (a JSON object: the
     /// injection's `meta`, or the trusted `X-Ringpost-Meta` header),
     /// copied into every event of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub meta: Option<serde_json::Value>,
+    pub meta: Option<Box<serde_json::Value>>,
     /// The egress pool it goes out through (`[egress]`); empty: the
     /// default pool.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -139,23 +141,23 @@ pub struct Envelope {
     pub ret: Option<Ret>,
     /// DSN: the sender's id of the transaction, returned in notices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub envid: Option<String>,
+    pub envid: Option<Box<str>>,
     /// The message's `Message-ID:` (without its angle brackets), when it
     /// has exactly one, valid: a key `queue find` looks messages up by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<String>,
+    pub message_id: Option<Box<str>>,
     /// The injection request's `Idempotency-Key`, if it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<Box<str>>,
     /// A record for a kept tree that rides in this message's journal frame
     /// (`kept::KeptRider`): set by the door, written with the frame and
     /// taken off before the record goes to sled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rider: Option<super::kept::KeptRider>,
+    pub rider: Option<Box<super::kept::KeptRider>>,
     /// What DKIM signing did (`dkim::DkimOutcome::summary`); None when
     /// signing is not configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dkim: Option<String>,
+    pub dkim: Option<Arc<str>>,
     /// Scheduled delivery: no attempt before this Unix second (the
     /// injection's `deliver_after`, SMTP's `HOLDFOR=`/`HOLDUNTIL=`, RFC
     /// 4865). The first `next_due` is set from it at reception.
@@ -185,7 +187,7 @@ impl Envelope {
             body: BodyRef::default(),
             smtputf8: false,
             eight_bit: false,
-            client: String::new(),
+            client: Arc::default(),
             meta: None,
             pool: String::new(),
             priority: None,
@@ -209,7 +211,12 @@ impl Envelope {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Envelope, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let mut env: Envelope = serde_json::from_slice(bytes)?;
+        // JSON gives serde no length: the list grew to hold 4 at least,
+        // 336 bytes too many for the usual one recipient, held as long as
+        // the message is queued.
+        env.recipients.shrink_to_fit();
+        Ok(env)
     }
 }
 
@@ -231,7 +238,7 @@ mod tests {
             r("c@example.com", None),
         ];
         assert_eq!(merge_duplicate_recipients(&mut list), 2);
-        let left: Vec<&str> = list.iter().map(|r| r.address.as_str()).collect();
+        let left: Vec<&str> = list.iter().map(|r| &*r.address).collect();
         assert_eq!(left, ["b@example.com", "B@example.com", "c@example.com"]);
         assert_eq!(list[0].notify, crate::dsn::Notify::parse("SUCCESS"));
         assert_eq!(merge_duplicate_recipients(&mut list), 0);

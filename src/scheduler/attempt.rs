@@ -46,7 +46,7 @@ impl Scheduler {
         let rcpts: Vec<String> = job
             .rcpts
             .iter()
-            .map(|&i| env.recipients[i].address.clone())
+            .map(|&i| env.recipients[i].address.to_string())
             .collect();
         let started = Instant::now();
         let targets = self.router.targets_for(domain).await;

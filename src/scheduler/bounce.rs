@@ -104,7 +104,7 @@ mod tests {
         let n = notification("mx.test", id, &env, &failures, failure, original, dsn_id).unwrap();
         assert_eq!(n.id, dsn_id);
         assert_eq!(n.envelope.sender, "");
-        assert_eq!(n.envelope.recipients[0].address, "alice@a.example");
+        assert_eq!(&*n.envelope.recipients[0].address, "alice@a.example");
         let text = String::from_utf8(n.body).unwrap();
         assert!(
             text.contains("Final-Recipient: rfc822; bob@b.example"),

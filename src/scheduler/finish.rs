@@ -21,7 +21,7 @@ impl Scheduler {
     /// not over yet (see `record`).
     pub(super) async fn notify_early(self: Rc<Self>, id: MessageId) {
         let taken = self.state.borrow_mut().messages.get_mut(&id).and_then(|e| {
-            let failures = std::mem::take(&mut e.failures);
+            let failures = e.take_failures();
             (!failures.is_empty()).then(|| (e.env.clone(), failures))
         });
         if let Some((env, failures)) = taken {
@@ -110,12 +110,12 @@ impl Scheduler {
                 remote: None,
             });
             let mut ev = Event::new(EventKind::Expiration, id, &sender, &r.address);
-            ev.meta = meta.as_ref();
+            ev.meta = meta.as_deref();
             ev.reply = r.last_reply.as_deref();
             ev.attempt = Some(r.attempts);
             self.events.write(&ev);
             let failure = failures.last().expect("just pushed");
-            self.log_bounce(id, (&sender, meta.as_ref()), r, failure);
+            self.log_bounce(id, (&sender, meta.as_deref()), r, failure);
         }
     }
 
@@ -190,7 +190,7 @@ impl Scheduler {
                 continue;
             }
             r.delay_notified = true;
-            let reply = r.last_reply.clone().unwrap_or_default();
+            let reply = r.last_reply.as_deref().unwrap_or_default().to_string();
             let status = match crate::classify::parse_reply(&reply).1 {
                 Some(s) => format!("4.{}.{}", s.subject, s.detail),
                 None => "4.0.0".to_string(),

@@ -22,10 +22,12 @@ use crate::queue::{Envelope, MessageId};
 
 /// The ids under one key: most keys (a recipient, a Message-ID) name one
 /// message; a sender or a campaign may name a million (ordered, so the
-/// newest come first without a sort).
+/// newest come first without a sort). The set is boxed: a key of one
+/// message, the usual kind, then takes 24 bytes of the table, not 32.
+#[allow(clippy::box_collection)] // boxed for the enum's size, as said above
 enum Ids {
     One(MessageId),
-    Many(BTreeSet<MessageId>),
+    Many(Box<BTreeSet<MessageId>>),
 }
 
 pub struct QueueIndex {
@@ -59,7 +61,7 @@ impl QueueIndex {
                     Ids::One(other) if *other == id => {}
                     Ids::One(other) => {
                         let set = BTreeSet::from([*other, id]);
-                        o.insert(Ids::Many(set));
+                        o.insert(Ids::Many(Box::new(set)));
                     }
                     Ids::Many(set) => {
                         set.insert(id);
@@ -120,7 +122,7 @@ mod tests {
         let mut ix = QueueIndex::default();
         let (a, b) = (ids.next_id(), ids.next_id());
         let mut ea = Envelope::new("app@s.example".into(), vec!["x@Y.org".into()], 1);
-        ea.meta = Some(serde_json::json!({"campaign": "c1"}));
+        ea.meta = Some(Box::new(serde_json::json!({"campaign": "c1"})));
         let eb = Envelope::new("app@s.example".into(), vec!["z@y.org".into()], 1);
         ix.add(a, &ea);
         ix.add(b, &eb);

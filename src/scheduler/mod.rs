@@ -40,7 +40,8 @@
 //! outcomes (state, categories, suppression, the delivery log, `[backoff]`
 //! rules); `finish` ends a round (retry or expiry, DSNs, removal);
 //! `compact` moves bodies out of sparse segments. Beside them:
-//! [`state`] (the schedule as data and its accounting, unit-tested),
+//! [`state`] (the schedule as data and its accounting, unit-tested,
+//! with [`interned`]: one copy of the strings queued envelopes repeat),
 //! [`gate`] (admission per path), [`shaping`] (sites and the shaping
 //! rules, pure), [`reload`] (new shaping rules for every shard),
 //! [`backoff`] (reply-driven rules and the AIMD throttle, pure),
@@ -75,6 +76,7 @@ pub mod find;
 mod finish;
 pub mod gate;
 pub mod index;
+pub mod interned;
 pub mod lanes;
 pub mod operations;
 pub mod overview;

@@ -419,6 +419,7 @@ impl Scheduler {
             .messages
             .iter()
             .filter(|(_, e)| domain.as_deref().is_none_or(|d| e.has_pending_at(d)))
+            .map(|(id, e)| (id, &**e))
             .collect();
         let oldest_first = |(id, e): &(&MessageId, &Entry)| (e.env.created, **id);
         // Only the first `limit` need sorting, not the whole queue.
@@ -671,6 +672,7 @@ impl Scheduler {
         };
         let failed = self.state.borrow_mut().change(id, |entry| {
             let (sender, meta) = (entry.env.sender.clone(), entry.env.meta.clone());
+            let mut failures = Vec::new();
             for (i, r) in entry.env.recipients.iter_mut().enumerate() {
                 if r.status == RecipientStatus::Pending {
                     r.status = RecipientStatus::Failed;
@@ -680,10 +682,11 @@ impl Scheduler {
                         reply: reply.clone(),
                         remote: None,
                     };
-                    self.log_bounce(id, (&sender, meta.as_ref()), r, &failure);
-                    entry.failures.push(failure);
+                    self.log_bounce(id, (&sender, meta.as_deref()), r, &failure);
+                    failures.push(failure);
                 }
             }
+            failures.into_iter().for_each(|f| entry.push_failure(f));
         });
         failed.ok_or(OperationError::NotFound(id))?;
         self.clone().finish(id).await;
@@ -740,24 +743,24 @@ impl Entry {
                 .recipients
                 .iter()
                 .map(|r| RecipientInfo {
-                    address: r.address.clone(),
+                    address: r.address.to_string(),
                     status: r.status,
                     attempts: r.attempts,
-                    last_reply: r.last_reply.clone(),
+                    last_reply: r.last_reply.as_deref().map(str::to_string),
                     notify: r.notify,
-                    orcpt: r.orcpt.clone(),
-                    source: r.source.clone(),
-                    site: r.site.clone(),
+                    orcpt: r.orcpt.as_deref().map(str::to_string),
+                    source: r.source.as_deref().map(str::to_string),
+                    site: r.site.as_deref().map(str::to_string),
                 })
                 .collect(),
             priority: env.priority.unwrap_or_default().as_str().into(),
             pool: env.pool.clone(),
-            meta: env.meta.clone(),
-            message_id: env.message_id.clone(),
-            idempotency_key: env.idempotency_key.clone(),
-            dkim: env.dkim.clone(),
+            meta: env.meta.as_deref().cloned(),
+            message_id: env.message_id.as_deref().map(str::to_string),
+            idempotency_key: env.idempotency_key.as_deref().map(str::to_string),
+            dkim: env.dkim.as_deref().map(str::to_string),
             ret: env.ret,
-            envid: env.envid.clone(),
+            envid: env.envid.as_deref().map(str::to_string),
         }
     }
 }

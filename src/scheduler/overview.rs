@@ -241,9 +241,9 @@ fn next_retry_by_site(st: &super::state::State) -> HashMap<String, u64> {
         };
         for r in &entry.env.recipients {
             if let (RecipientStatus::Pending, Some(site)) = (r.status, &r.site)
-                && !found.contains_key(site)
+                && !found.contains_key(&**site)
             {
-                found.insert(site.clone(), *due);
+                found.insert(site.to_string(), *due);
             }
         }
     }

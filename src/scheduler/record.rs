@@ -28,7 +28,7 @@ impl Scheduler {
         &self,
         id: MessageId,
         attempt: &Attempt,
-        (sender, meta): &(String, Option<serde_json::Value>),
+        (sender, meta): &(String, Option<Box<serde_json::Value>>),
         told: &[(String, u32, &DeliveryOutcome)],
     ) -> Option<(
         backoff::BackoffAction,
@@ -83,7 +83,7 @@ impl Scheduler {
             }
             let remote = attempt.remote.as_ref();
             let mut ev = Event::new(kind, id, sender, address);
-            ev.meta = meta.as_ref();
+            ev.meta = meta.as_deref();
             ev.remote_host = remote.map(|t| t.host.as_str());
             ev.remote_ip = remote.map(|t| t.addr.ip().to_string());
             ev.reply = Some(outcome.reply());
@@ -116,7 +116,7 @@ impl Scheduler {
             .borrow_mut()
             .record(id, rcpts, attempt, |env, i, outcome| {
                 let r = &env.recipients[i];
-                told.push((r.address.clone(), r.attempts, outcome));
+                told.push((r.address.to_string(), r.attempts, outcome));
                 sender.get_or_insert_with(|| (env.sender.clone(), env.meta.clone()));
             });
         let Some(recorded) = recorded else {

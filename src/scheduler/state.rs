@@ -18,6 +18,7 @@
 //! these calls.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::tally::Tallies;
@@ -39,7 +40,10 @@ pub struct Failure {
 
 #[derive(Default)]
 pub struct State {
-    pub messages: HashMap<MessageId, Entry>,
+    /// Each entry boxed: the table keeps a pointer per slot, so its
+    /// power-of-two slack (up to half its slots empty) costs 8 bytes a
+    /// slot rather than an entry's few hundred.
+    pub messages: HashMap<MessageId, Box<Entry>>,
     pub domains: HashMap<String, DomainQueue>,
     pub deferred: BTreeSet<(u64, MessageId)>,
     pub tallies: Tallies,
@@ -57,22 +61,32 @@ pub struct State {
     pub lane_weights: [u32; super::lanes::LANES],
     /// The messages by recipient, sender, Message-ID, key and meta.
     pub index: super::index::QueueIndex,
+    /// One copy of the strings the queued envelopes repeat.
+    pub interned: super::interned::Interned,
 }
 
 pub struct Entry {
     pub env: Envelope,
     /// Jobs of the current round not yet done.
-    pub jobs: usize,
-    /// Recipients that failed for good in this round, for the DSN.
-    pub failures: Vec<Failure>,
-    /// Recipients delivered in this round to a next hop without DSN whose
-    /// sender asked for NOTIFY=SUCCESS: a "relayed" notice is due.
-    pub relayed: Vec<Failure>,
+    pub jobs: u32,
     /// Jobs of this message with a delivery attempt under way (or its
     /// round being finished).
-    pub in_flight: usize,
+    pub in_flight: u32,
     /// In the due-time index, waiting for a retry.
     pub deferred: bool,
+    /// What this round owes the sender, if anything: most rounds owe
+    /// nothing, and a queued message should not pay for two empty lists.
+    notices: Option<Box<Notices>>,
+}
+
+/// The notices a round owes its sender.
+#[derive(Default)]
+struct Notices {
+    /// Recipients that failed for good in this round, for the DSN.
+    failures: Vec<Failure>,
+    /// Recipients delivered in this round to a next hop without DSN whose
+    /// sender asked for NOTIFY=SUCCESS: a "relayed" notice is due.
+    relayed: Vec<Failure>,
 }
 
 /// How a message waits while compaction may move it.
@@ -229,11 +243,37 @@ impl Entry {
         Entry {
             env,
             jobs: 0,
-            failures: Vec::new(),
-            relayed: Vec::new(),
             in_flight: 0,
             deferred: false,
+            notices: None,
         }
+    }
+
+    /// Records a recipient that failed for good this round (a DSN is due).
+    pub fn push_failure(&mut self, failure: Failure) {
+        self.notices.get_or_insert_default().failures.push(failure);
+    }
+
+    /// Records a recipient relayed this round whose sender asked for
+    /// NOTIFY=SUCCESS.
+    fn push_relayed(&mut self, relayed: Failure) {
+        self.notices.get_or_insert_default().relayed.push(relayed);
+    }
+
+    /// Takes the failures recorded so far this round.
+    pub fn take_failures(&mut self) -> Vec<Failure> {
+        self.notices
+            .as_mut()
+            .map(|n| std::mem::take(&mut n.failures))
+            .unwrap_or_default()
+    }
+
+    /// Takes the round's failures and relayed recipients.
+    fn take_notices(&mut self) -> (Vec<Failure>, Vec<Failure>) {
+        self.notices
+            .take()
+            .map(|n| (n.failures, n.relayed))
+            .unwrap_or_default()
     }
 
     pub fn has_pending_at(&self, domain: &str) -> bool {
@@ -243,22 +283,34 @@ impl Entry {
 
 impl State {
     /// A message enters the schedule (not yet in the due-time index).
-    pub fn admit(&mut self, id: MessageId, env: Envelope) {
+    pub fn admit(&mut self, id: MessageId, mut env: Envelope) {
+        self.share_strings(&mut env);
         self.tallies.count(&env, false, true);
         self.by_segment
             .entry(env.body.segment)
             .or_default()
             .insert(id);
         self.index.add(id, &env);
-        if let Some(old) = self.messages.insert(id, Entry::new(env)) {
+        if let Some(old) = self.messages.insert(id, Box::new(Entry::new(env))) {
             self.tallies.count(&old.env, old.deferred, false);
             self.unindex_body(id, old.env.body.segment);
         }
     }
 
+    /// Points the envelope's repeated strings at the shard's one copy.
+    fn share_strings(&mut self, env: &mut Envelope) {
+        self.interned.adopt(&mut env.client);
+        self.interned.adopt_opt(&mut env.dkim);
+        for r in &mut env.recipients {
+            self.interned.adopt_opt(&mut r.last_reply);
+            self.interned.adopt_opt(&mut r.site);
+            self.interned.adopt_opt(&mut r.source);
+        }
+    }
+
     /// A message leaves the schedule.
     pub fn remove(&mut self, id: MessageId) -> Option<Entry> {
-        let entry = self.messages.remove(&id)?;
+        let entry = *self.messages.remove(&id)?;
         self.tallies.count(&entry.env, entry.deferred, false);
         if entry.deferred {
             self.deferred.remove(&(entry.env.next_due, id));
@@ -395,7 +447,7 @@ impl State {
         for r in &env.recipients {
             if let (RecipientStatus::Pending, Some(reply)) = (r.status, &r.last_reply) {
                 let q = self.domains.entry(domain_of(&r.address)).or_default();
-                q.last_error.get_or_insert_with(|| (0, reply.clone()));
+                q.last_error.get_or_insert_with(|| (0, reply.to_string()));
             }
         }
     }
@@ -478,7 +530,8 @@ impl State {
     pub fn dispatch(&mut self, id: MessageId) -> Option<Vec<String>> {
         let entry = self.messages.get_mut(&id)?;
         let by_domain = jobs_by_domain(&entry.env);
-        entry.jobs = by_domain.len();
+        // Bounded by the recipients a message may have (`smtp.max_recipients`).
+        entry.jobs = by_domain.len() as u32;
         let lane = entry.env.priority.unwrap_or_default().lane();
         let names: Vec<String> = by_domain.keys().cloned().collect();
         for (domain, rcpts) in by_domain {
@@ -554,28 +607,38 @@ impl State {
         attempt: &'o Attempt,
         mut each: impl FnMut(&Envelope, usize, &'o DeliveryOutcome),
     ) -> Option<Recorded> {
+        // A reply that keeps a recipient queued is shared with the others
+        // that got it; a delivered one leaves with its message.
+        let replies: Vec<Arc<str>> = (attempt.outcomes.iter().take(rcpts.len()))
+            .map(|o| match o {
+                DeliveryOutcome::Delivered { .. } => Arc::from(o.reply()),
+                _ => self.interned.get(o.reply()),
+            })
+            .collect();
+        let site = attempt.site.as_deref().map(|s| self.interned.get(s));
+        let source = attempt.source.as_deref().map(|s| self.interned.get(s));
         let recorded = self.change(id, |entry| {
             entry.in_flight = entry.in_flight.saturating_sub(1);
             let remote = attempt.remote.as_ref().map(|t| t.host.clone());
             let mut failed = None;
             let mut bounced = false;
-            for (&i, outcome) in rcpts.iter().zip(&attempt.outcomes) {
+            for ((&i, outcome), reply) in rcpts.iter().zip(&attempt.outcomes).zip(replies) {
                 let r = &mut entry.env.recipients[i];
                 r.attempts += 1;
-                r.last_reply = Some(outcome.reply().to_string());
+                r.last_reply = Some(reply);
                 // Where a recipient still waiting went last (a delivered
                 // one leaves with its message: nothing shows it).
                 let delivered = matches!(outcome, DeliveryOutcome::Delivered { .. });
-                if attempt.site.is_some() && !delivered {
-                    r.source.clone_from(&attempt.source);
-                    r.site.clone_from(&attempt.site);
+                if site.is_some() && !delivered {
+                    r.source.clone_from(&source);
+                    r.site.clone_from(&site);
                 }
                 r.held = attempt.held && matches!(outcome, DeliveryOutcome::Temporary { .. });
                 match outcome {
                     DeliveryOutcome::Delivered { reply } => {
                         r.status = RecipientStatus::Delivered;
                         if !attempt.next_hop_dsn && r.notify.is_some_and(|n| n.success()) {
-                            entry.relayed.push(Failure {
+                            entry.push_relayed(Failure {
                                 index: i,
                                 status: "2.0.0".into(),
                                 reply: reply.clone(),
@@ -587,7 +650,7 @@ impl State {
                     DeliveryOutcome::Permanent { reply, status } => {
                         bounced = true;
                         r.status = RecipientStatus::Failed;
-                        entry.failures.push(Failure {
+                        entry.push_failure(Failure {
                             index: i,
                             status: status.clone(),
                             reply: reply.clone(),
@@ -619,11 +682,8 @@ impl State {
     ) -> Option<(Envelope, Vec<Failure>, Vec<Failure>)> {
         let entry = self.messages.get_mut(&id)?;
         entry.in_flight += 1;
-        Some((
-            entry.env.clone(),
-            std::mem::take(&mut entry.failures),
-            std::mem::take(&mut entry.relayed),
-        ))
+        let (failures, relayed) = entry.take_notices();
+        Some((entry.env.clone(), failures, relayed))
     }
 
     /// Finishing a round ends: the message leaves (`done`) or waits in the

@@ -408,7 +408,7 @@ impl Injector {
         key: Option<String>,
     ) -> NewMessage {
         let mut envelope = self.envelope(injection, rcpts, content, peer);
-        envelope.idempotency_key = key;
+        envelope.idempotency_key = key.map(Into::into);
         let only_rcpt = match rcpts {
             [only] => Some(&injection.recipients[*only]),
             _ => None,
@@ -454,17 +454,17 @@ impl Injector {
             .chain(rcpts.iter().map(|&i| &injection.recipients[i]))
             .any(Mailbox::is_utf8);
         env.eight_bit = !content.is_ascii();
-        env.client = format!("http [{peer}]");
-        env.meta = injection.meta.clone();
+        env.client = format!("http [{peer}]").into();
+        env.meta = injection.meta.clone().map(Box::new);
         env.pool = injection.pool.clone();
         env.priority = injection.priority;
         env.release_at = injection.release_at;
         env.ret = injection.dsn.ret;
-        env.envid = injection.dsn.envid.clone();
+        env.envid = injection.dsn.envid.as_deref().map(Into::into);
         for (r, &i) in env.recipients.iter_mut().zip(rcpts) {
             if let Some((notify, orcpt)) = injection.dsn.rcpts.get(i) {
                 r.notify = *notify;
-                r.orcpt = orcpt.clone();
+                r.orcpt = orcpt.as_deref().map(Into::into);
             }
         }
         env

@@ -189,9 +189,9 @@ async fn finish(body: BodyInProgress, tx: &Transaction, service: &SmtpService) -
     let mut envelope = Envelope::new(tx.sender(), rcpts, 0);
     envelope.smtputf8 = tx.smtputf8();
     envelope.eight_bit = tx.declared_8bit() || body.reader.has_8bit();
-    envelope.client = body.client;
+    envelope.client = body.client.into();
     envelope.ret = tx.params.ret;
-    envelope.envid = tx.params.envid.clone();
+    envelope.envid = tx.params.envid.as_deref().map(Into::into);
     envelope.release_at = tx.release_at;
     // RFC 6710's -9..9 onto the lanes: above 0 high, below 0 bulk.
     envelope.priority = tx.params.mt_priority.map(|n| match n.signum() {
@@ -201,7 +201,7 @@ async fn finish(body: BodyInProgress, tx: &Transaction, service: &SmtpService) -
     });
     for (r, p) in envelope.recipients.iter_mut().zip(&tx.rcpt_params) {
         r.notify = p.notify;
-        r.orcpt = p.orcpt.clone();
+        r.orcpt = p.orcpt.as_deref().map(Into::into);
     }
     let id = body.id;
     let started = std::time::Instant::now();
