@@ -20,7 +20,8 @@ By recipient domain:
   anything else  250
 
 DIR/sink.jsonl gets one line per transaction that reached the end of its
-data: {"t", "peer" (the sending address), "from", "rcpts", "code", "id"
+data: {"t", "t_mail" (when its MAIL FROM came: the attempt was under way
+since), "peer" (the sending address), "from", "rcpts", "code", "id"
 (the X-Ringpost-Id header), "file"}; a 250's message is kept as
 DIR/msgs/N.eml (for the DKIM check). Lines are written before the
 reply, so nothing answered is missing from the record.
@@ -47,7 +48,7 @@ def domain(rcpt):
     return rcpt.rsplit("@", 1)[-1].lower()
 
 
-def record(peer, sender, rcpts, code, data):
+def record(peer, sender, rcpts, code, data, t_mail):
     msg_id = None
     head = data.split(b"\r\n\r\n", 1)[0]
     for line in head.split(b"\r\n"):
@@ -60,7 +61,7 @@ def record(peer, sender, rcpts, code, data):
             name = f"{COUNT[0]}.eml"
             with open(os.path.join(DIR, "msgs", name), "wb") as f:
                 f.write(data)
-        LOG.write(json.dumps({"t": time.time(), "peer": peer, "from": sender, "rcpts": rcpts,
+        LOG.write(json.dumps({"t": time.time(), "t_mail": t_mail, "peer": peer, "from": sender, "rcpts": rcpts,
                               "code": code, "id": msg_id, "file": name}) + "\n")
         LOG.flush()
 
@@ -102,7 +103,7 @@ def session(conn, peer):
     conn.settimeout(120)
     f = conn.makefile("rb")
     w = conn.makefile("wb")
-    sender, rcpts = "", []
+    sender, rcpts, t_mail = "", [], None
 
     def say(text):
         w.write(text)
@@ -122,6 +123,7 @@ def session(conn, peer):
             say(b"250 2.0.0 Ok\r\n")
         elif up.startswith("MAIL FROM:"):
             sender, rcpts = cmd[10:].split()[0].strip("<>") if cmd[10:].strip() else "", []
+            t_mail = time.time()
             say(b"250 2.1.0 Ok\r\n")
         elif up.startswith("RCPT TO:"):
             rcpt = cmd[8:].split()[0].strip("<>")
@@ -143,7 +145,7 @@ def session(conn, peer):
             if data is None:
                 return
             code, reply = answer_data(rcpts)
-            record(peer, sender, rcpts, code, data)
+            record(peer, sender, rcpts, code, data, t_mail)
             say(reply)
             sender, rcpts = "", []
             if code == 421:

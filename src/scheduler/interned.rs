@@ -6,8 +6,10 @@
 //! Owns: [`Interned`], a set of shared strings kept by the shard's
 //! [`State`](super::state::State), which hands out the set's copy of a
 //! string as messages are admitted and their attempts recorded. A string
-//! no message holds any more is dropped at the next sweep: the set never
-//! keeps more than about twice what the queue holds.
+//! no message holds any more is dropped at the next sweep, which comes
+//! when the set has doubled since the last one: it holds at most about
+//! twice the strings the queue held then. A string no two messages share
+//! (a reply with a receiver's own id in it) costs its slot in the set.
 //!
 //! Must not: do I/O; share across shards (each shard has its own set, the
 //! strings are `Arc` only because envelopes travel between shards).
