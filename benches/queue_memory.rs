@@ -9,8 +9,9 @@
 //! (`State::admit` and `State::defer`, as recovery and reception do).
 //! What this does not see: sled's own memory (its page cache, up to
 //! `spool.cache_bytes` per shard, and its per-key page table), the
-//! allocator's overhead per allocation (glibc: 8 bytes and rounding to
-//! 16, counted here as allocations), and the history.
+//! allocator's overhead per allocation (counted here as allocations: the
+//! bench runs on glibc, 8 bytes and rounding to 16; the ringpost binary on
+//! jemalloc, whose size classes round up instead), and the history.
 //!
 //!     cargo bench --bench queue_memory [-- N]      (default 200000)
 

@@ -28,8 +28,7 @@ section! {
         /// quarantine) and `shard-N/segments` (message bodies).
         dir: PathBuf = PathBuf::from("./ringpost-spool"),
         /// sled page cache per shard, in bytes. sled holds more than this
-        /// in memory (about 1.3 times); the records it caches are the
-        /// newest, which the next changes touch.
+        /// in memory: about 1.3 times, measured with a million queued.
         cache_bytes: u64 = 32 << 20,
         /// Size of one body segment file (1 MiB to 1 GiB). Disk space comes
         /// back a segment at a time, when its last message is done. A

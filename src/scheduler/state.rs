@@ -609,7 +609,10 @@ impl State {
     ) -> Option<Recorded> {
         // A reply that keeps a recipient queued is shared with the others
         // that got it; a delivered one leaves with its message.
-        let replies: Vec<Arc<str>> = (attempt.outcomes.iter().take(rcpts.len()))
+        let replies: Vec<Arc<str>> = attempt
+            .outcomes
+            .iter()
+            .take(rcpts.len())
             .map(|o| match o {
                 DeliveryOutcome::Delivered { .. } => Arc::from(o.reply()),
                 _ => self.interned.get(o.reply()),
