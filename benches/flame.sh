@@ -6,12 +6,15 @@
 #   benches/flame.sh SCENARIO [SECONDS]      e.g. 20:10000:1024:1:reuse 8
 #
 # Starts smtp-sink (127.0.0.1:2626) and ringpost on benches/relay-bench.toml
-# (a fresh spool), sends the scenario with smtp-source as the shared harness
+# (or $FLAME_CONFIG; a fresh spool), sends the scenario with smtp-source as the shared harness
 # does (S sessions, N messages of SIZE bytes to R recipients; `reuse` keeps
 # each session's connection; repeated until the sample ends), and samples ringpost with `perf record -e
 # cpu-clock` (the event this VM has) for SECONDS once the load is running.
 # Writes benches/results/flame-DATE-SCENARIO.svg and prints the table of
 # shares (the same rows go to benches/results/flame-DATE-SCENARIO.txt).
+#
+# FLAME_BIN profiles another build (default target/release/ringpost) and
+# FLAME_LABEL is added to the output names (e.g. before, after).
 #
 # Needs perf, smtp-source and smtp-sink (Debian: linux-perf, postfix),
 # inferno (`cargo install inferno`) and a release build. Loopback only.
@@ -20,7 +23,7 @@ set -euo pipefail
 SCENARIO=${1:?usage: benches/flame.sh SCENARIO [SECONDS]}
 SECONDS_SAMPLED=${2:-8}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$ROOT/target/release/ringpost
+BIN=${FLAME_BIN:-$ROOT/target/release/ringpost}
 OUT=$ROOT/benches/results
 WORK=$(mktemp -d /tmp/ringpost-flame.XXXXXX)
 export PATH=$PATH:/usr/sbin:$HOME/.cargo/bin
@@ -41,7 +44,7 @@ trap cleanup EXIT
 rm -rf /var/tmp/ringpost-bench-spool
 smtp-sink -c -u nobody -h sink.example.test -m 1024 127.0.0.1:2626 1024 >"$WORK/sink.log" 2>&1 &
 PIDS+=($!)
-RUST_LOG=warn "$BIN" serve --config "$ROOT/benches/relay-bench.toml" 2>"$WORK/ringpost.log" &
+RUST_LOG=warn "$BIN" serve --config "${FLAME_CONFIG:-$ROOT/benches/relay-bench.toml}" 2>"$WORK/ringpost.log" &
 RP=$!
 PIDS+=($RP)
 for _ in $(seq 100); do
@@ -64,9 +67,11 @@ perf record -q -F 499 -e cpu-clock --call-graph dwarf,16384 -p "$RP" \
 kill "$SRC" 2>/dev/null || true
 pkill -P "$SRC" smtp-source 2>/dev/null || true
 
-name=flame-$(date -u +%Y-%m-%d)-${SCENARIO//:/-}
+name=flame-$(date -u +%Y-%m-%d)-${SCENARIO//:/-}${FLAME_LABEL:+-$FLAME_LABEL}
 perf script -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf --all >"$WORK/folded"
 inferno-flamegraph --title "ringpost, $SCENARIO (cpu-clock, $SECONDS_SAMPLED s)" \
   <"$WORK/folded" >"$OUT/$name.svg"
+# The folded stacks stay in /tmp for a closer look (too big for the repo).
+gzip -c "$WORK/folded" >"/tmp/$name.folded.gz"
 python3 "$ROOT/benches/flame-shares.py" "$WORK/folded" | tee "$OUT/$name.txt"
 echo "wrote $OUT/$name.svg"

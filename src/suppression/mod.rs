@@ -12,6 +12,14 @@
 //! and a cross-core hop per RCPT would cost more than sled's lock-free
 //! read. Writes are rare (bounces, the admin API).
 //!
+//! Lookups: most recipients are not on the list, and a miss in sled costs
+//! a walk down its tree per scope, twice per recipient (at RCPT and before
+//! each attempt). A Bloom filter ([`KeyFilter`], `fastbloom`) of every key
+//! the list has held since it was opened answers most misses without
+//! sled: it is filled from the tree at open and each entry's bits are set
+//! before the entry is written, so an entry sled holds is never filtered
+//! out. Removals leave their bits (a false positive asks sled, as before).
+//!
 //! Durability: [`SuppressionList::add_durably`] returns after sled's
 //! flush (an fsync), so what the admin API reported as added survives a
 //! SIGKILL. Entries the scheduler adds after a bounce are flushed by
@@ -82,6 +90,7 @@ pub struct SuppressionList {
     path: std::path::PathBuf,
     db: sled::Db,
     tree: sled::Tree,
+    filter: KeyFilter,
     /// Changes not yet published to the fleet (sequence -> JSON
     /// `[field, value or null]`); None when the list is not shared.
     outbox: Option<sled::Tree>,
@@ -106,10 +115,53 @@ pub fn field_of(scope: &str, address: &str) -> String {
 
 fn key(scope: &str, address: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(scope.len() + 1 + address.len());
-    k.extend_from_slice(scope.to_ascii_lowercase().as_bytes());
+    k.extend(scope.bytes().map(|b| b.to_ascii_lowercase()));
     k.push(0);
-    k.extend_from_slice(address.to_lowercase().as_bytes());
+    if address.is_ascii() {
+        k.extend(address.bytes().map(|b| b.to_ascii_lowercase()));
+    } else {
+        k.extend_from_slice(address.to_lowercase().as_bytes());
+    }
     k
+}
+
+/// Which keys the list may hold: a Bloom filter over every key written
+/// since the list was opened (see the module header). Sized at open for
+/// four times the entries then held (at least 2^20, 1% false positives:
+/// about 1.2 MB per million); once more keys than that have been added it
+/// stops answering (every lookup asks sled, as without it) until the next
+/// start sizes it again.
+struct KeyFilter {
+    bloom: fastbloom::AtomicBloomFilter,
+    capacity: usize,
+    added: std::sync::atomic::AtomicUsize,
+}
+
+impl KeyFilter {
+    fn for_tree(tree: &sled::Tree) -> KeyFilter {
+        let held = tree.len();
+        let capacity = (held * 4).max(1 << 20);
+        let filter = KeyFilter {
+            bloom: fastbloom::AtomicBloomFilter::with_false_pos(0.01).expected_items(capacity),
+            capacity,
+            added: Default::default(),
+        };
+        for k in tree.iter().keys().filter_map(Result::ok) {
+            filter.note(&k);
+        }
+        filter
+    }
+
+    /// Before a key is written.
+    fn note(&self, key: &[u8]) {
+        self.added.fetch_add(1, Ordering::Relaxed);
+        self.bloom.insert(key);
+    }
+
+    /// False only when the list holds no entry under `key`.
+    fn may_hold(&self, key: &[u8]) -> bool {
+        self.added.load(Ordering::Relaxed) > self.capacity || self.bloom.contains(key)
+    }
 }
 
 /// The domain of an address, lower case.
@@ -159,10 +211,12 @@ impl SuppressionList {
             .map_err(err)?;
         let tree = db.open_tree("suppressions").map_err(err)?;
         let sync = db.open_tree("sync").map_err(err)?;
+        let filter = KeyFilter::for_tree(&tree);
         Ok(SuppressionList {
             path: path.to_path_buf(),
             db,
             tree,
+            filter,
             outbox: None,
             outbox_len: Default::default(),
             sync,
@@ -195,7 +249,11 @@ impl SuppressionList {
     }
 
     pub fn get(&self, scope: &str, address: &str) -> Option<Suppression> {
-        let value = self.tree.get(key(scope, address)).ok()??;
+        let k = key(scope, address);
+        if !self.filter.may_hold(&k) {
+            return None;
+        }
+        let value = self.tree.get(k).ok()??;
         serde_json::from_slice(&value).ok()
     }
 
@@ -206,7 +264,9 @@ impl SuppressionList {
         let mut batch = sled::Batch::default();
         for s in entries {
             let value = serde_json::to_vec(s).expect("serializable");
-            batch.insert(key(&s.scope, &s.address), value);
+            let k = key(&s.scope, &s.address);
+            self.filter.note(&k);
+            batch.insert(k, value);
         }
         self.tree.apply_batch(batch).map_err(|e| self.db_err(e))
     }
@@ -280,7 +340,9 @@ impl SuppressionList {
                     if field_of(&s.scope, &s.address) != *field {
                         continue;
                     }
-                    batch.insert(key(&s.scope, &s.address), json.as_bytes());
+                    let k = key(&s.scope, &s.address);
+                    self.filter.note(&k);
+                    batch.insert(k, json.as_bytes());
                 }
             }
             applied += 1;
@@ -432,6 +494,40 @@ mod tests {
         assert_eq!(all.len(), 2);
         let next = list.list(Some((&all[0].scope, &all[0].address)), 10);
         assert_eq!(next, all[1..]);
+    }
+
+    #[test]
+    fn the_key_filter_never_hides_an_entry_written_before_or_after_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let list = SuppressionList::open(dir.path()).unwrap();
+            list.add_durably(&[entry("before@example.net", GLOBAL, 0)])
+                .unwrap();
+        }
+        let list = SuppressionList::open(dir.path()).unwrap();
+        assert!(list.check("a@x.example", "Before@example.net", 1).is_some());
+        list.add(&[entry("after@example.net", "brand.example", 0)])
+            .unwrap();
+        assert!(
+            list.check("a@brand.example", "after@example.net", 1)
+                .is_some()
+        );
+        let fleet = entry("fleet@example.net", GLOBAL, 0);
+        let json = serde_json::to_string(&fleet).unwrap();
+        list.apply_shared(&[(field_of(GLOBAL, "fleet@example.net"), Some(json))])
+            .unwrap();
+        assert!(list.check("a@x.example", "fleet@example.net", 1).is_some());
+        // Misses: nearly all answered by the filter without sled.
+        let k = key(GLOBAL, "never@example.net");
+        assert!(!list.filter.may_hold(&k));
+        assert!(list.check("a@x.example", "never@example.net", 1).is_none());
+        // Past its size the filter lets every lookup through to sled.
+        list.filter
+            .added
+            .store(list.filter.capacity + 1, Ordering::Relaxed);
+        assert!(list.filter.may_hold(&k));
+        assert!(list.check("a@x.example", "never@example.net", 1).is_none());
+        assert!(list.check("a@x.example", "before@example.net", 1).is_some());
     }
 
     #[test]

@@ -304,10 +304,9 @@ impl<'a> Session<'a> {
             return reject(Rejection::RelayDenied);
         }
         let tx = self.tx.as_mut().expect("checked above");
+        let (sender, rcpt) = (tx.sender(), to.to_string());
         if let Some(door) = self.door
-            && door
-                .suppressed(&tx.sender(), &to.to_string(), "smtp")
-                .is_some()
+            && door.suppressed(&sender, &rcpt, "smtp").is_some()
         {
             match self.cfg.suppression.action {
                 SuppressionAction::Reject => return reject(Rejection::Suppressed),
@@ -319,7 +318,7 @@ impl<'a> Session<'a> {
         }
         if let Some(why) = self
             .door
-            .and_then(|door| door.refused_by_rule(&tx.sender(), &to.to_string()))
+            .and_then(|door| door.refused_by_rule(&sender, &rcpt))
         {
             return reject(Rejection::BounceRule(why));
         }
