@@ -223,7 +223,8 @@ const SPACE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_mill
 const SPACE_CHECK_BYTES: u64 = 4 << 20;
 
 /// What [`Spool::start`] found: the report, and every queued message,
-/// decoded once, for the scheduler to take over.
+/// decoded once. (A shard's start streams them into its scheduler
+/// instead: `Spool::recover_each`.)
 pub struct Recovered {
     pub report: RecoveryReport,
     pub messages: Vec<(MessageId, Envelope)>,

@@ -3,11 +3,13 @@
 //! damaged records quarantined), with progress logged; and the taking
 //! over of a spool whose shard no longer runs.
 //!
-//! Owns: the `impl Spool` blocks for [`Spool::recover`] and
-//! [`Spool::adopt_orphan`] and their steps.
+//! Owns: the `impl Spool` blocks for [`Spool::recover`] (and
+//! [`Spool::recover_each`], which hands each message to its caller as it
+//! is read rather than gathering them all: a shard's start streams them
+//! into its scheduler) and [`Spool::adopt_orphan`], and their steps.
 //!
 //! Must not: serve before it has finished (the shard starts its listeners
-//! after [`Spool::start`]).
+//! after recovery: `server::parts`).
 
 use super::*;
 use std::fs;
@@ -75,14 +77,25 @@ impl Spool {
         Ok(self.recover_messages()?.report)
     }
 
-    /// [`Spool::recover`], keeping what it decoded. Logs how far it is
-    /// every few seconds: a queue of millions takes a while.
+    /// [`Spool::recover`], keeping what it decoded.
     pub(super) fn recover_messages(&self) -> Result<Recovered, SpoolError> {
+        let mut messages = Vec::new();
+        let report = self.recover_each(|id, env| messages.push((id, env)))?;
+        Ok(Recovered { report, messages })
+    }
+
+    /// [`Spool::recover`], handing each message it decoded to `found` as
+    /// it goes (the scheduler takes them over one by one: a Vec of a
+    /// million envelopes would double the memory a restart needs). Logs
+    /// how far it is every few seconds: a queue of millions takes a while.
+    pub fn recover_each(
+        &self,
+        mut found: impl FnMut(MessageId, Envelope),
+    ) -> Result<RecoveryReport, SpoolError> {
         let mut report = RecoveryReport {
             replayed: self.replay_journal()?,
             ..RecoveryReport::default()
         };
-        let mut recovered = Vec::new();
         let mut watermarks = Vec::new();
         let mut progress = Progress::new();
         for item in self.envelopes.iter() {
@@ -91,7 +104,7 @@ impl Spool {
                 log::info!(
                     "spool shard {}: recovering, {} messages read so far",
                     self.shard,
-                    recovered.len()
+                    report.messages
                 );
             }
             if key.len() == watermark_key(0).len() {
@@ -99,8 +112,8 @@ impl Spool {
                 continue;
             }
             match self.adopt_record(&key, &value) {
-                Ok(entry) => {
-                    recovered.push(entry);
+                Ok((id, env)) => {
+                    found(id, env);
                     report.messages += 1;
                 }
                 Err(reason) => {
@@ -136,10 +149,7 @@ impl Spool {
                 .flush()
                 .map_err(|source| self.db_err(source))?;
         }
-        Ok(Recovered {
-            report,
-            messages: recovered,
-        })
+        Ok(report)
     }
 
     /// Puts back into sled the records of frames past each segment's

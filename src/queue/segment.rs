@@ -560,14 +560,17 @@ impl Segments {
     }
 
     /// Recovery: counts a reference found in a queue record, after checking
-    /// that the segment exists and holds the whole body.
+    /// that the segment exists and holds the whole body. Recovery comes
+    /// before any append (`ready_for_appends`), so a segment's size is
+    /// still the one it had at open (`capacity`): no system call per
+    /// message.
     pub fn adopt(&self, r: &BodyRef) -> Result<(), String> {
         let mut st = self.state.borrow_mut();
         let seg = st
             .files
             .get_mut(&r.segment)
             .ok_or_else(|| format!("segment {} is missing", r.segment))?;
-        let size = seg.file.metadata().map_err(|e| e.to_string())?.len();
+        let size = seg.capacity;
         if r.offset.checked_add(r.len).is_none_or(|end| end > size) {
             return Err(format!(
                 "segment {} has {size} bytes, body needs {}+{}",

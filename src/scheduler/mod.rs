@@ -284,10 +284,27 @@ impl Scheduler {
         (Rc::new(scheduler), rx)
     }
 
-    /// Takes over the messages recovery found and the stored suspensions,
-    /// and starts the timer. Due messages are dispatched at once.
-    pub fn start(self: &Rc<Self>, recovered: Vec<(MessageId, Envelope)>) {
-        let now = self.clock.now();
+    /// Takes over a message recovery found, before [`Scheduler::start`]:
+    /// it waits for its due time, or, when due by `now`, the answer is
+    /// true and the caller hands its id to `start`, which dispatches it.
+    /// (Recovery streams messages here one by one: see
+    /// `Spool::recover_each`.)
+    pub fn take_over(&self, id: MessageId, env: Envelope, now: u64) -> bool {
+        let due = env.next_due <= now;
+        queue_gauges(&env, 1.0);
+        let mut st = self.state.borrow_mut();
+        st.remember_last_errors(&env);
+        st.admit(id, env);
+        if !due {
+            st.defer(id);
+        }
+        due
+    }
+
+    /// Takes over the stored suspensions, dispatches the recovered
+    /// messages that are due (`due`: see [`Scheduler::take_over`]), and
+    /// starts the timer.
+    pub fn start(self: &Rc<Self>, due: Vec<MessageId>) {
         for (key, until) in self.holds.all() {
             match rules::is_rule_key(&key) {
                 true => {
@@ -306,18 +323,8 @@ impl Scheduler {
         }
         let me = self.clone();
         self.tasks.spawn(async move { me.seed_caps(stored).await });
-        for (id, env) in recovered {
-            let due = env.next_due;
-            queue_gauges(&env, 1.0);
-            let mut st = self.state.borrow_mut();
-            st.remember_last_errors(&env);
-            st.admit(id, env);
-            if due <= now {
-                drop(st);
-                self.dispatch(id);
-            } else {
-                st.defer(id);
-            }
+        for id in due {
+            self.dispatch(id);
         }
         // Counts kept from before a restart; days among them that ended
         // while the node was down are reported at the first look (the

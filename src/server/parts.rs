@@ -57,13 +57,14 @@ fn mta_sts_policies(
     ))
 }
 
-/// Opens the spool, builds the scheduler and the door in front of it, and
-/// the SMTP front end. Blocking work (recovery) happens here, before the
-/// shard serves.
+/// Opens the spool, builds the scheduler, recovers the spool into it and
+/// builds the door in front of it, and the SMTP front end. Blocking work
+/// (recovery) happens here, before the shard serves.
 async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
     let cfg = &p.cfg;
-    let (spool, recovered) = recover_spool(p, index).await?;
-    let spool = Rc::new(spool);
+    let opts = SpoolOptions::from(&cfg.spool);
+    let spool =
+        Rc::new(Spool::open(&cfg.spool.dir, index as u16, &opts).map_err(|e| e.to_string())?);
     let outbox = Rc::new(Outbox::open(&spool));
     let events = Rc::new(
         EventLog::open(&cfg.delivery.log)
@@ -88,7 +89,8 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
         book: p.books.clone(),
         sts: mta_sts_policies(p, cfg, &spool),
     });
-    scheduler.start(recovered);
+    let due = recover_spool(p, index, &spool, &scheduler).await?;
+    scheduler.start(due);
     let door = Rc::new(Door::new(
         spool.clone(),
         scheduler.clone(),
@@ -109,22 +111,28 @@ async fn assemble(p: &Prepared, index: usize) -> Result<Parts, String> {
     })
 }
 
-/// Shard `index`'s spool, recovered, with the spools of shards that no
-/// longer run taken over; and every message found in them.
+/// Recovers shard `index`'s spool, and takes over the spools of shards
+/// that no longer run, handing every message found to the scheduler as
+/// it is read (`Scheduler::take_over`). Returns the ids of those due now.
 async fn recover_spool(
     p: &Prepared,
     index: usize,
-) -> Result<
-    (
-        Spool,
-        Vec<(crate::queue::MessageId, crate::queue::Envelope)>,
-    ),
-    String,
-> {
+    spool: &Spool,
+    scheduler: &Scheduler,
+) -> Result<Vec<crate::queue::MessageId>, String> {
     let cfg = &p.cfg;
     let opts = SpoolOptions::from(&cfg.spool);
-    let (spool, mut recovered) =
-        Spool::start(&cfg.spool.dir, index as u16, &opts).map_err(|e| e.to_string())?;
+    let now = p.clock.now();
+    let mut due = Vec::new();
+    let mut take_over = |id, env| {
+        if scheduler.take_over(id, env, now) {
+            due.push(id);
+        }
+    };
+    let report = spool
+        .recover_each(&mut take_over)
+        .map_err(|e| e.to_string())?;
+    spool.ready_for_appends().map_err(|e| e.to_string())?;
     for orphan in orphans_of(cfg, index, p.shards) {
         log::warn!(
             "shard {index}: the spool of shard {orphan} has no shard to run it ({} shards now): taking it over",
@@ -134,18 +142,19 @@ async fn recover_spool(
             .adopt_orphan(&cfg.spool.dir, orphan, &opts)
             .await
             .map_err(|e| format!("taking over shard {orphan}'s spool: {e}"))?;
-        recovered.messages.extend(moved);
+        for (id, env) in moved {
+            take_over(id, env);
+        }
     }
-    let r = &recovered.report;
     log::info!(
         "shard {index}: spool {} recovered: {} messages ({} replayed from the journal), {} quarantined, {} unreferenced segments removed",
         spool.path().display(),
-        r.messages,
-        r.replayed,
-        r.quarantined,
-        r.segments_removed
+        report.messages,
+        report.replayed,
+        report.quarantined,
+        report.segments_removed
     );
-    Ok((spool, recovered.messages))
+    Ok(due)
 }
 
 /// What honours unsubscribe links on this shard, when `[unsubscribe]` is
