@@ -719,7 +719,28 @@ bounced = {r for r, k in kinds.items() if "Bounce" in k}
 tracked = [r for r in recs if r["peer"] in NODE_OF_IP]
 lost = sorted(r for r in acked if r not in delivered and r not in bounced)
 refused_delivered = sorted(r for r in refused if r in delivered)
-missing_delivery_events = sorted(r for r in delivered if "Delivery" not in kinds.get(r, ()))
+# A kill within a flush of a delivery loses the delivery's record and its
+# event together (docs/webhooks-and-dsn.md): the message is tried again
+# after the restart, and if its recipient was suppressed meanwhile, that
+# attempt's Bounce is its event. Counted, not failed, when the node that
+# delivered it was killed within a second of the delivery.
+FLUSH_WINDOW = 1.0
+
+
+def lost_with_kill(rcpt):
+    if "Bounce" not in kinds.get(rcpt, ()) or rcpt not in suppressed:
+        return False
+    for r in recs:
+        if r["code"] == 250 and r["rcpts"][0] == rcpt and r["peer"] in NODE_OF_IP:
+            node = next(n for n in nodes if n.name == NODE_OF_IP[r["peer"]])
+            if any(r["t"] <= k <= r["t"] + FLUSH_WINDOW for k in node.kills):
+                return True
+    return False
+
+
+no_delivery_event = sorted(r for r in delivered if "Delivery" not in kinds.get(r, ()))
+delivery_events_lost_with_kill = [r for r in no_delivery_event if lost_with_kill(r)]
+missing_delivery_events = [r for r in no_delivery_event if r not in delivery_events_lost_with_kill]
 missing_bounce_events = sorted(r for r in acked if r.split("@")[1] in ("bounce.soak", "block.soak")
                                and "Bounce" not in kinds.get(r, ()))
 
@@ -804,6 +825,7 @@ summary = {
     "lost": len(lost), "refused_but_delivered": len(refused_delivered),
     "left_queued": left,
     "events_received": len(ev), "delivery_events_missing": len(missing_delivery_events),
+    "delivery_events_lost_with_kill": len(delivery_events_lost_with_kill),
     "bounce_events_missing": len(missing_bounce_events),
     "suppressed": len(suppressed), "delivered_after_suppression": len(late),
     "dkim_checked": dkim_checked, "dkim_failed": len(dkim_failed),
