@@ -127,10 +127,10 @@ fn key(scope: &str, address: &str) -> Vec<u8> {
 
 /// Which keys the list may hold: a Bloom filter over every key written
 /// since the list was opened (see the module header). Sized at open for
-/// four times the entries then held (at least 2^20, 1% false positives:
-/// about 1.2 MB per million); once more keys than that have been added it
-/// stops answering (every lookup asks sled, as without it) until the next
-/// start sizes it again.
+/// four times the entries then held (at least 2^20 keys, 1% false
+/// positives: 9.6 bits, about 1.2 bytes a key); once more keys than that
+/// have been added it stops answering (every lookup asks sled, as without
+/// it) until the next start sizes it again.
 struct KeyFilter {
     bloom: fastbloom::AtomicBloomFilter,
     capacity: usize,
